@@ -1,0 +1,104 @@
+/* cffi cdef: what Python sees of uffdctl._uffd.  Layouts come from the
+ * compiler ("...;"), so tests/test_bindings.py checks them against the spec. */
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef long long __s64;
+
+struct uffdio_api { __u64 api; __u64 features; __u64 ioctls; };
+struct uffdio_range { __u64 start; __u64 len; };
+struct uffdio_register { struct uffdio_range range; __u64 mode; __u64 ioctls; };
+struct uffdio_copy { __u64 dst; __u64 src; __u64 len; __u64 mode; __s64 copy; };
+struct uffdio_zeropage { struct uffdio_range range; __u64 mode; __s64 zeropage; };
+struct uffdio_writeprotect { struct uffdio_range range; __u64 mode; };
+struct uffdio_continue { struct uffdio_range range; __u64 mode; __s64 mapped; };
+struct uffdio_poison { struct uffdio_range range; __u64 mode; __s64 updated; };
+struct uffdio_move { __u64 dst; __u64 src; __u64 len; __u64 mode; __s64 move; };
+
+struct uffd_msg {
+	__u8 event;
+	__u8 reserved1;
+	__u16 reserved2;
+	__u32 reserved3;
+	union {
+		struct { __u64 flags; __u64 address; union { __u32 ptid; } feat; } pagefault;
+		struct { __u32 ufd; } fork;
+		struct { __u64 from; __u64 to; __u64 len; } remap;
+		struct { __u64 start; __u64 end; } remove;
+		struct { __u64 reserved1; __u64 reserved2; __u64 reserved3; } reserved;
+	} arg;
+	...;
+};
+
+struct page_region { __u64 start; __u64 end; __u64 categories; };
+struct pm_scan_arg {
+	__u64 size; __u64 flags; __u64 start; __u64 end; __u64 walk_end;
+	__u64 vec; __u64 vec_len; __u64 max_pages; __u64 category_inverted;
+	__u64 category_mask; __u64 category_anyof_mask; __u64 return_mask;
+};
+
+#define USERFAULTFD_IOC_NEW ...
+#define UFFDIO_API ...
+#define UFFDIO_REGISTER ...
+#define UFFDIO_UNREGISTER ...
+#define UFFDIO_WAKE ...
+#define UFFDIO_COPY ...
+#define UFFDIO_ZEROPAGE ...
+#define UFFDIO_MOVE ...
+#define UFFDIO_WRITEPROTECT ...
+#define UFFDIO_CONTINUE ...
+#define UFFDIO_POISON ...
+#define PAGEMAP_SCAN ...
+
+/* libc, called directly: cffi releases the GIL around each call */
+void *memset(void *, int, size_t);
+void *memcpy(void *, const void *, size_t);
+
+/* helpers (cdefs/uffdctl_helpers.c): 0 / value or -errno */
+int uffdctl_ioctl(int, unsigned long, void *);
+int uffdctl_userfaultfd(int);
+int uffdctl_dev_userfaultfd(int);
+int64_t uffdctl_mmap(uint64_t, uint64_t, int, int, int, int64_t);
+int uffdctl_munmap(uint64_t, uint64_t);
+int uffdctl_madvise(uint64_t, uint64_t, int);
+int uffdctl_mprotect(uint64_t, uint64_t, int);
+int64_t uffdctl_mremap(uint64_t, uint64_t, uint64_t, int, uint64_t);
+int uffdctl_memfd_create(const char *, unsigned int);
+int64_t uffdctl_pread(int, void *, uint64_t, int64_t);
+int64_t uffdctl_read(int, void *, uint64_t);
+
+struct uffdctl_access_result {
+	int64_t minflt; int64_t majflt; int32_t sigbus; int32_t si_code;
+	uint64_t fault_addr; uint64_t ns;
+};
+int uffdctl_access(uint64_t, uint64_t, int, const void *, void *, int, uint64_t,
+		   struct uffdctl_access_result *);
+int uffdctl_thread_faults(int64_t *, int64_t *);
+int uffdctl_gettid(void);
+
+#define UFFDCTL_POL_QUEUE ...
+#define UFFDCTL_POL_ZEROPAGE ...
+#define UFFDCTL_POL_COPY_SRC ...
+#define UFFDCTL_POL_COPY_FILL ...
+#define UFFDCTL_POL_CONTINUE ...
+#define UFFDCTL_POL_UNPROTECT ...
+#define UFFDCTL_POL_WAKE ...
+struct uffdctl_handler_cfg {
+	int uffd; int missing_policy; int wp_policy; int minor_policy;
+	uint64_t base; uint64_t src; uint64_t page_size; uint64_t copy_mode;
+	int fill; int batch; int log_cap;
+};
+struct uffdctl_event {
+	uint64_t ts_ns; struct uffd_msg msg; int32_t action; int32_t err; int64_t result;
+};
+struct uffdctl_handler;
+struct uffdctl_handler *uffdctl_handler_start(const struct uffdctl_handler_cfg *, int *);
+int uffdctl_handler_stop(struct uffdctl_handler *);
+int uffdctl_handler_drain(struct uffdctl_handler *, struct uffdctl_event *, int);
+void uffdctl_handler_stats(struct uffdctl_handler *, uint64_t *);
+void uffdctl_handler_free(struct uffdctl_handler *);
+
+int64_t uffdctl_loop_copy(int, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_loop_zeropage(int, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_loop_writeprotect(int, uint64_t, uint64_t, uint64_t, uint64_t);

@@ -1,0 +1,104 @@
+"""The native fault handler: a pthread in C that polls the uffd and a stop eventfd.
+
+It reads messages in batches, resolves page faults by policy (zeropage, copy
+from a source or a fill page, continue, unprotect, wake, or queue for a manual
+resolution) and logs every message with a CLOCK_MONOTONIC timestamp into a
+ring that Python drains.  The resolve path never needs the GIL, so even a
+Python thread that faults *while holding the GIL* (ffi.buffer, mmap slices)
+is served — a Python handler could not do that (tests/test_handler.py).
+
+Shutdown never hangs: stop() signals the eventfd and joins the thread (cffi
+releases the GIL while it waits); faults still queued are woken.
+"""
+from __future__ import annotations
+
+from ._native import load
+from .backend import HandledEvent, Handler, HandlerPolicy, UffdMsg
+
+_MISSING = {"queue": "UFFDCTL_POL_QUEUE", "zeropage": "UFFDCTL_POL_ZEROPAGE",
+            "copy": "UFFDCTL_POL_COPY_SRC", "fill": "UFFDCTL_POL_COPY_FILL"}
+_WP = {"queue": "UFFDCTL_POL_QUEUE", "unprotect": "UFFDCTL_POL_UNPROTECT", "wake": "UFFDCTL_POL_WAKE"}
+_MINOR = {"queue": "UFFDCTL_POL_QUEUE", "continue": "UFFDCTL_POL_CONTINUE"}
+_ACTION_NAMES = {"UFFDCTL_POL_QUEUE": "queue", "UFFDCTL_POL_ZEROPAGE": "zeropage",
+                 "UFFDCTL_POL_COPY_SRC": "copy", "UFFDCTL_POL_COPY_FILL": "fill",
+                 "UFFDCTL_POL_CONTINUE": "continue", "UFFDCTL_POL_UNPROTECT": "unprotect",
+                 "UFFDCTL_POL_WAKE": "wake"}
+
+
+class NativeHandler(Handler):
+    def __init__(self, uffd, policy: HandlerPolicy, batch: int = 16, log_cap: int = 65536):
+        self._ffi, self._lib = load()
+        self.uffd = uffd
+        self.policy = policy
+        self._batch = batch
+        self._log_cap = log_cap
+        self._h = None
+        self._actions = {getattr(self._lib, k): v for k, v in _ACTION_NAMES.items()}
+        self._final_stats: dict | None = None
+
+    def start(self) -> None:
+        if self._h is not None:
+            return
+        p, lib = self.policy, self._lib
+        cfg = self._ffi.new("struct uffdctl_handler_cfg *", {
+            "uffd": self.uffd.fileno(),
+            "missing_policy": getattr(lib, _MISSING[p.missing]),
+            "wp_policy": getattr(lib, _WP[p.wp]),
+            "minor_policy": getattr(lib, _MINOR[p.minor]),
+            "base": p.base, "src": p.src, "page_size": p.page_size, "copy_mode": p.copy_mode,
+            "fill": p.fill, "batch": self._batch, "log_cap": self._log_cap})
+        err = self._ffi.new("int *")
+        h = lib.uffdctl_handler_start(cfg, err)
+        if h == self._ffi.NULL:
+            raise OSError(-err[0], "cannot start the fault handler thread")
+        self._h = h
+        self._pending: list[HandledEvent] = []
+        self.uffd._handlers.append(self)
+
+    def stop(self) -> None:
+        if self._h is None:
+            return
+        self._lib.uffdctl_handler_stop(self._h)
+        self._pending = self._drain()
+        self._final_stats = self._stats()
+        self._lib.uffdctl_handler_free(self._h)
+        self._h = None
+        if self in self.uffd._handlers:
+            self.uffd._handlers.remove(self)
+
+    @property
+    def running(self) -> bool:
+        return self._h is not None
+
+    def _drain(self) -> list[HandledEvent]:
+        out = []
+        buf = self._ffi.new("struct uffdctl_event[]", 256)
+        while True:
+            n = self._lib.uffdctl_handler_drain(self._h, buf, 256)
+            for i in range(n):
+                e = buf[i]
+                m = e.msg
+                raw = bytes(self._ffi.buffer(self._ffi.addressof(m), 32))
+                from .kernel import decode_msg
+                msg: UffdMsg = decode_msg(raw, e.ts_ns)
+                action = self._actions.get(e.action, "event") if e.action >= 0 else "event"
+                out.append(HandledEvent(msg, action, e.err, e.result))
+            if n < 256:
+                return out
+
+    def events(self) -> list[HandledEvent]:
+        out = getattr(self, "_pending", [])
+        self._pending = []
+        if self._h is not None:
+            out = out + self._drain()
+        return out
+
+    def _stats(self) -> dict:
+        s = self._ffi.new("uint64_t[5]")
+        self._lib.uffdctl_handler_stats(self._h, s)
+        return {"msgs": s[0], "resolved": s[1], "errors": s[2], "dropped": s[3], "reads": s[4]}
+
+    def stats(self) -> dict:
+        if self._h is None:
+            return dict(self._final_stats or {"msgs": 0, "resolved": 0, "errors": 0, "dropped": 0, "reads": 0})
+        return self._stats()

@@ -1,0 +1,517 @@
+"""The real-kernel backend: userfaultfd(2), /dev/userfaultfd and ioctl(2) through cffi.
+
+Hazmat-thin: every ioctl fills its struct, calls the non-variadic C wrapper
+``uffdctl_ioctl`` (which returns -errno) and either returns the struct's result
+field or raises :class:`~uffdctl.errors.UffdError` carrying it.  No retries here.
+
+Memory is only ever touched through C calls, which cffi makes with the GIL
+released: a thread blocked in a userfault never holds the GIL, so a Python
+fault handler can always run (tests/test_handler.py proves it with a timeout).
+"""
+from __future__ import annotations
+
+import errno as E
+import itertools
+import os
+import platform
+import queue
+import struct
+import threading
+import time
+
+from . import uapi
+from ._native import load
+from .backend import (Access, AccessResult, Backend, Handler, HandlerPolicy, MemType, Region,
+                      ScanResult, SoftDirtyProbe, Thread, Uffd, UffdioApi, UffdMsg)
+from .errors import BackendUnavailable, Unsupported, uffd_error
+
+# A value the kernel never writes into a result field: seeing it afterwards means
+# "not written" (argument validation failed before the copy-out).
+_UNWRITTEN = -(1 << 63)
+
+_MSG = struct.Struct("<BBHI24s")
+
+
+def decode_msg(raw: bytes, ts_ns: int = 0) -> UffdMsg:
+    """Decode one packed 32-byte ``struct uffd_msg``."""
+    event, _r1, _r2, _r3, arg = _MSG.unpack(raw)
+    m = UffdMsg(event=event, ts_ns=ts_ns)
+    if event == uapi.Event.PAGEFAULT:
+        m.flags, m.address, m.ptid = struct.unpack_from("<QQI", arg)
+    elif event == uapi.Event.FORK:
+        (m.ufd,) = struct.unpack_from("<I", arg)
+    elif event == uapi.Event.REMAP:
+        m.from_, m.to, m.len = struct.unpack_from("<QQQ", arg)
+    else:
+        m.start, m.end = struct.unpack_from("<QQ", arg)
+    return m
+
+
+def open_error_hint(err: int, via: str) -> str:
+    """Why a uffd could not be opened, and what cures it."""
+    if via == "dev":
+        if err in (E.EACCES, E.EPERM):
+            return "/dev/userfaultfd is not accessible to this user: check its mode/group (crw------- root by default)"
+        if err == E.ENOENT:
+            return "/dev/userfaultfd does not exist (kernel older than 6.1, or devtmpfs not mounted)"
+        if err == E.ENODEV:
+            return "/dev/userfaultfd exists but the kernel lacks CONFIG_USERFAULTFD"
+    if err == E.EPERM:
+        return ("userfaultfd(2) refused: set sysctl vm.unprivileged_userfaultfd=1, run with CAP_SYS_PTRACE, "
+                "or open with UFFD_USER_MODE_ONLY")
+    if err == E.ENOSYS:
+        return "userfaultfd(2) is not implemented: kernel without CONFIG_USERFAULTFD, or a seccomp filter blocks it"
+    if err == E.EINVAL:
+        return "flags not accepted (only O_CLOEXEC, O_NONBLOCK, UFFD_USER_MODE_ONLY)"
+    return os.strerror(err)
+
+
+class KernelUffd(Uffd):
+    def __init__(self, backend: "KernelBackend", fd: int, via: str, flags: int):
+        self._b = backend
+        self._ffi, self._lib = backend._ffi, backend._lib
+        self.fd = fd
+        self.via = via
+        self.flags = flags
+        self.features = 0
+        self._closed = False
+        self._handlers: list[Handler] = []
+
+    # -- plumbing -----------------------------------------------------------------
+    def _call(self, name: str, req: int, s, start=None, len=None, result: str | None = None) -> int:
+        if self._closed:
+            raise uffd_error(E.EBADF, name, start, len, message="uffd is closed")
+        if result:
+            setattr(s, result, _UNWRITTEN)
+        r = self._lib.uffdctl_ioctl(self.fd, req, s)
+        done = None
+        if result:
+            done = getattr(s, result)
+            if done == _UNWRITTEN:
+                done = None
+        if r < 0:
+            raise uffd_error(-r, name, start, len, done)
+        return done if result else r
+
+    # -- ioctls -------------------------------------------------------------------
+    def api(self, features: int = 0, api: int = uapi.UFFD_API) -> UffdioApi:
+        s = self._ffi.new("struct uffdio_api *", {"api": api, "features": features})
+        self._call("UFFDIO_API", self._lib.UFFDIO_API, s)
+        self.features = s.features
+        return UffdioApi(s.api, s.features, s.ioctls)
+
+    def register(self, start: int, len: int, mode: int) -> int:
+        s = self._ffi.new("struct uffdio_register *", {"range": {"start": start, "len": len}, "mode": mode})
+        self._call("UFFDIO_REGISTER", self._lib.UFFDIO_REGISTER, s, start, len)
+        return s.ioctls
+
+    def unregister(self, start: int, len: int) -> None:
+        s = self._ffi.new("struct uffdio_range *", {"start": start, "len": len})
+        self._call("UFFDIO_UNREGISTER", self._lib.UFFDIO_UNREGISTER, s, start, len)
+
+    def wake(self, start: int, len: int) -> None:
+        s = self._ffi.new("struct uffdio_range *", {"start": start, "len": len})
+        self._call("UFFDIO_WAKE", self._lib.UFFDIO_WAKE, s, start, len)
+
+    def copy(self, dst: int, src: int, len: int, mode: int = 0) -> int:
+        s = self._ffi.new("struct uffdio_copy *", {"dst": dst, "src": src, "len": len, "mode": mode})
+        return self._call("UFFDIO_COPY", self._lib.UFFDIO_COPY, s, dst, len, "copy")
+
+    def zeropage(self, start: int, len: int, mode: int = 0) -> int:
+        s = self._ffi.new("struct uffdio_zeropage *", {"range": {"start": start, "len": len}, "mode": mode})
+        return self._call("UFFDIO_ZEROPAGE", self._lib.UFFDIO_ZEROPAGE, s, start, len, "zeropage")
+
+    def continue_(self, start: int, len: int, mode: int = 0) -> int:
+        s = self._ffi.new("struct uffdio_continue *", {"range": {"start": start, "len": len}, "mode": mode})
+        return self._call("UFFDIO_CONTINUE", self._lib.UFFDIO_CONTINUE, s, start, len, "mapped")
+
+    def writeprotect(self, start: int, len: int, mode: int = 0) -> None:
+        s = self._ffi.new("struct uffdio_writeprotect *", {"range": {"start": start, "len": len}, "mode": mode})
+        self._call("UFFDIO_WRITEPROTECT", self._lib.UFFDIO_WRITEPROTECT, s, start, len)
+
+    def poison(self, start: int, len: int, mode: int = 0) -> int:
+        s = self._ffi.new("struct uffdio_poison *", {"range": {"start": start, "len": len}, "mode": mode})
+        return self._call("UFFDIO_POISON", self._lib.UFFDIO_POISON, s, start, len, "updated")
+
+    def move(self, dst: int, src: int, len: int, mode: int = 0) -> int:
+        s = self._ffi.new("struct uffdio_move *", {"dst": dst, "src": src, "len": len, "mode": mode})
+        return self._call("UFFDIO_MOVE", self._lib.UFFDIO_MOVE, s, dst, len, "move")
+
+    def ioctl_raw(self, req: int, buf: bytes) -> tuple[int, bytes]:
+        """Issue an arbitrary ioctl number on this fd (for unknown-command tests): (ret or -errno, buffer after)."""
+        b = self._ffi.new("char[]", bytes(buf) or b"\0" * 8)
+        r = self._lib.uffdctl_ioctl(self.fd, req, b)
+        return r, bytes(self._ffi.buffer(b))
+
+    # -- messages -----------------------------------------------------------------
+    def read_msgs(self, max: int = 64) -> list[UffdMsg]:
+        size = max * 32
+        buf = self._ffi.new("char[]", size)
+        r = self._lib.uffdctl_read(self.fd, buf, size)
+        if r == -E.EAGAIN:
+            return []
+        if r < 0:
+            raise uffd_error(-r, "read")
+        ts = time.monotonic_ns()
+        raw = bytes(self._ffi.buffer(buf, r))
+        return [decode_msg(raw[i:i + 32], ts) for i in range(0, r, 32)]
+
+    def read_raw(self, size: int) -> int:
+        """read() with an arbitrary buffer size: bytes read or -errno (for the size<32 test)."""
+        buf = self._ffi.new("char[]", max(size, 1))
+        return self._lib.uffdctl_read(self.fd, buf, size)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        for h in list(self._handlers):
+            h.stop()
+        self._closed = True
+        os.close(self.fd)
+        if self in self._b._uffds:
+            self._b._uffds.remove(self)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+
+class _KernelAccess(Access):
+    def __init__(self):
+        self._ev = threading.Event()
+        self._res: AccessResult | None = None
+        self._exc: BaseException | None = None
+
+    def wait(self, timeout=None) -> bool:
+        return self._ev.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._ev.is_set()
+
+    def result(self) -> AccessResult:
+        if not self._ev.is_set():
+            raise RuntimeError("access still in progress (blocked in a fault?)")
+        if self._exc:
+            raise self._exc
+        return self._res
+
+
+class KernelThread(Thread):
+    """A real thread (daemon) that performs accesses in C with the GIL released."""
+
+    def __init__(self, backend: "KernelBackend", name: str):
+        self._b = backend
+        self.name = name
+        self._q: queue.Queue = queue.Queue()
+        self._ready = threading.Event()
+        self.tid = 0
+        self._t = threading.Thread(target=self._run, name=f"uffdctl-{name}", daemon=True)
+        self._t.start()
+        self._ready.wait()
+
+    def _run(self):
+        lib = self._b._lib
+        self.tid = lib.uffdctl_gettid()
+        self._ready.set()
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            fn, acc = job
+            try:
+                acc._res = fn()
+            except BaseException as e:  # handed to the waiter
+                acc._exc = e
+            acc._ev.set()
+
+    def access(self, addr, len, write, data=None, fill=0, stride=0, want_data=False) -> Access:
+        acc = _KernelAccess()
+        self._q.put((lambda: self._b._access(addr, len, write, data, fill, stride, want_data), acc))
+        return acc
+
+    def faults(self) -> tuple[int, int]:
+        # Read from outside: works while the thread is blocked in a fault.
+        with open(f"/proc/self/task/{self.tid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[7]), int(fields[9])  # minflt, majflt (stat fields 10, 12)
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        self._q.put(None)
+        self._t.join(timeout)
+        return not self._t.is_alive()
+
+    @property
+    def busy(self) -> bool:
+        return not self._q.empty()
+
+
+class KernelBackend(Backend):
+    """The running kernel, this process's own mm."""
+
+    name = "kernel"
+
+    def __init__(self, probe: bool = True):
+        self._ffi, self._lib = load()
+        self._regions: dict[str, Region] = {}
+        self._uffds: list[KernelUffd] = []
+        self._threads: dict[str, KernelThread] = {}
+        self._names = itertools.count()
+        self._pagemap_fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+        self._sd: SoftDirtyProbe | None = None
+        self._features: int | None = None
+        if probe:
+            self._features = self.probe_features()
+
+    # -- identity -----------------------------------------------------------------
+    def probe_features(self) -> int:
+        """UFFDIO_API on a throwaway fd (UFFDIO_API works once per fd); raises BackendUnavailable."""
+        try:
+            u = self.userfaultfd()
+        except OSError as e:
+            raise BackendUnavailable(f"cannot open a userfaultfd: {e}") from None
+        with u:
+            return u.api(0).features
+
+    def describe(self) -> dict:
+        if self._features is None:
+            self._features = self.probe_features()
+        sd = self.soft_dirty()
+        return {"backend": self.name, "release": platform.release(), "machine": platform.machine(),
+                "profile": None, "soft_dirty": sd.available, "soft_dirty_reason": sd.reason,
+                "features": self._features}
+
+    # -- mappings -----------------------------------------------------------------
+    def _name(self, name):
+        if name is None:
+            name = f"r{next(self._names)}"
+            while name in self._regions:
+                name = f"r{next(self._names)}"
+        return name
+
+    def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
+        memtype = MemType(memtype)
+        name = self._name(name)
+        if name in self._regions:
+            raise ValueError(f"region {name!r} exists")
+        page = uapi.PAGE_SIZE
+        fd = None
+        flags = uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE
+        if addr:
+            flags |= uapi.MAP_FIXED_NOREPLACE
+        if memtype.hugetlb:
+            page = _hpage_size()
+            total = hugepages_total()
+            if total == 0:
+                raise Unsupported("HugePages_Total=0: no huge pages reserved",
+                                  "reserve some with: sysctl vm.nr_hugepages=N")
+        if len <= 0 or len % page:
+            raise uffd_error(E.EINVAL, "mmap", addr, len, message=f"length must be a positive multiple of {page}")
+        if memtype is MemType.ANON:
+            flags |= uapi.MAP_ANONYMOUS
+        else:
+            mfd_flags = uapi.MFD_CLOEXEC | (uapi.MFD_HUGETLB if memtype.hugetlb else 0)
+            fd = self._lib.uffdctl_memfd_create(f"uffdctl-{name}".encode(), mfd_flags)
+            if fd < 0:
+                raise uffd_error(-fd, "memfd_create", None, len)
+            os.ftruncate(fd, len)
+        a = self._lib.uffdctl_mmap(addr or 0, len, prot, flags, -1 if fd is None else fd, 0)
+        if a < 0:
+            if fd is not None:
+                os.close(fd)
+            raise uffd_error(-a, "mmap", addr, len)
+        if memtype is MemType.ANON:
+            # page-granular behaviour, as the selftests ask for: no THP under our feet
+            self._lib.uffdctl_madvise(a, len, uapi.MADV_NOHUGEPAGE)
+        r = Region(name, a, len, memtype, page, fd, prot)
+        self._regions[name] = r
+        return r
+
+    def alias(self, region, name=None):
+        if region.fd is None:
+            raise ValueError(f"region {region.name} is anonymous: no file to alias")
+        name = self._name(name or f"{region.name}-alias")
+        a = self._lib.uffdctl_mmap(0, region.len, uapi.PROT_READ | uapi.PROT_WRITE, uapi.MAP_SHARED, region.fd, 0)
+        if a < 0:
+            raise uffd_error(-a, "mmap", None, region.len)
+        r = Region(name, a, region.len, region.memtype, region.page_size, None)
+        self._regions[name] = r
+        return r
+
+    def munmap(self, addr, len):
+        r = self._lib.uffdctl_munmap(addr, len)
+        if r < 0:
+            raise uffd_error(-r, "munmap", addr, len)
+        for name, reg in list(self._regions.items()):
+            if addr <= reg.addr and reg.end <= addr + len:
+                if reg.fd is not None:
+                    os.close(reg.fd)
+                del self._regions[name]
+
+    def madvise(self, addr, len, advice):
+        r = self._lib.uffdctl_madvise(addr, len, advice)
+        if r < 0:
+            raise uffd_error(-r, "madvise", addr, len)
+
+    def mprotect(self, addr, len, prot):
+        r = self._lib.uffdctl_mprotect(addr, len, prot)
+        if r < 0:
+            raise uffd_error(-r, "mprotect", addr, len)
+
+    def mremap(self, old, old_len, new_len, flags=0, new_addr=0):
+        r = self._lib.uffdctl_mremap(old, old_len, new_len, flags, new_addr)
+        if r < 0:
+            raise uffd_error(-r, "mremap", old, old_len)
+        return r
+
+    @property
+    def regions(self) -> dict[str, Region]:
+        return dict(self._regions)
+
+    # -- userfaultfd --------------------------------------------------------------
+    def userfaultfd(self, flags=uapi.O_CLOEXEC | uapi.O_NONBLOCK, via="auto") -> KernelUffd:
+        order = {"auto": ("syscall", "dev"), "syscall": ("syscall",), "dev": ("dev",)}.get(via)
+        if order is None:
+            raise ValueError(f"unknown open method {via!r} (valid: auto, syscall, dev)")
+        errs = []
+        for how in order:
+            fn = self._lib.uffdctl_userfaultfd if how == "syscall" else self._lib.uffdctl_dev_userfaultfd
+            fd = fn(flags)
+            if fd >= 0:
+                u = KernelUffd(self, fd, how, flags)
+                self._uffds.append(u)
+                return u
+            errs.append((how, -fd))
+        how, err = errs[0] if len(errs) == 1 or errs[0][1] != E.EPERM else errs[-1]
+        hints = "; ".join(f"{h}: {os.strerror(e)} - {open_error_hint(e, h)}" for h, e in errs)
+        raise uffd_error(err, "userfaultfd" if how == "syscall" else "USERFAULTFD_IOC_NEW", message=hints)
+
+    def fault_handler(self, uffd, policy: HandlerPolicy) -> Handler:
+        from .handler import NativeHandler
+        return NativeHandler(uffd, policy)
+
+    # -- memory access ------------------------------------------------------------
+    def thread(self, name="main") -> KernelThread:
+        t = self._threads.get(name)
+        if t is None:
+            t = self._threads[name] = KernelThread(self, name)
+        return t
+
+    def _access(self, addr, len, write, data=None, fill=0, stride=0, want_data=False) -> AccessResult:
+        ffi, lib = self._ffi, self._lib
+        res = ffi.new("struct uffdctl_access_result *")
+        wbuf = ffi.from_buffer(data) if (write and data is not None) else ffi.NULL
+        rbuf = ffi.new("char[]", len) if (want_data and not write) else ffi.NULL
+        lib.uffdctl_access(addr, len, 1 if write else 0, wbuf, rbuf, fill, stride, res)
+        out = AccessResult(res.minflt, res.majflt, bool(res.sigbus), res.si_code, res.fault_addr, None, res.ns)
+        if rbuf != ffi.NULL and not out.sigbus:
+            out.data = bytes(ffi.buffer(rbuf, len))
+        return out
+
+    def read(self, addr, len) -> bytes:
+        r = self._access(addr, len, False, want_data=True)
+        if r.sigbus:
+            raise uffd_error(E.EFAULT, "read", addr, len, message=f"SIGBUS (si_code {r.si_code})")
+        return r.data
+
+    def write(self, addr, data) -> None:
+        r = self._access(addr, len(data), True, data=bytes(data))
+        if r.sigbus:
+            raise uffd_error(E.EFAULT, "write", addr, len(data), message=f"SIGBUS (si_code {r.si_code})")
+
+    # -- /proc --------------------------------------------------------------------
+    def pagemap(self, addr, npages) -> list[int]:
+        raw = os.pread(self._pagemap_fd, 8 * npages, (addr // uapi.PAGE_SIZE) * 8)
+        return list(struct.unpack(f"<{len(raw) // 8}Q", raw))
+
+    def clear_refs(self, value) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write(str(value))
+        except OSError as e:
+            raise uffd_error(e.errno, "clear_refs", message=f"value {value!r}") from None
+
+    def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0,
+                     category_anyof_mask=0, return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0,
+                     vec_len=512) -> ScanResult:
+        ffi, lib = self._ffi, self._lib
+        vec = ffi.new("struct page_region[]", max(vec_len, 1))
+        arg = ffi.new("struct pm_scan_arg *", {
+            "size": ffi.sizeof("struct pm_scan_arg"), "flags": flags, "start": start, "end": end,
+            "vec": int(ffi.cast("uintptr_t", vec)) if vec_len else 0, "vec_len": vec_len,
+            "max_pages": max_pages, "category_inverted": category_inverted, "category_mask": category_mask,
+            "category_anyof_mask": category_anyof_mask, "return_mask": return_mask})
+        n = lib.uffdctl_ioctl(self._pagemap_fd, lib.PAGEMAP_SCAN, arg)
+        if n < 0:
+            raise uffd_error(-n, "PAGEMAP_SCAN", start, end - start)
+        return ScanResult([(vec[i].start, vec[i].end, vec[i].categories) for i in range(n)], arg.walk_end)
+
+    def soft_dirty(self) -> SoftDirtyProbe:
+        if self._sd is None:
+            self._sd = soft_dirty_roundtrip(self)
+        return self._sd
+
+    def smaps_private_dirty(self, addr) -> int:
+        import psutil
+        for m in psutil.Process().memory_maps(grouped=False):
+            lo, hi = (int(x, 16) for x in m.addr.split("-"))
+            if lo <= addr < hi:
+                return m.private_dirty
+        raise uffd_error(E.ENOENT, "smaps", addr, message="no mapping contains this address")
+
+    def close(self) -> None:
+        for u in list(self._uffds):
+            u.close()  # releases any fault still blocked (memory then reads as zeros)
+        for t in self._threads.values():
+            t.stop()
+        self._threads.clear()
+        for r in list(self._regions.values()):
+            self._lib.uffdctl_munmap(r.addr, r.len)
+            if r.fd is not None:
+                os.close(r.fd)
+        self._regions.clear()
+        if self._pagemap_fd >= 0:
+            os.close(self._pagemap_fd)
+            self._pagemap_fd = -1
+
+
+def soft_dirty_roundtrip(b: Backend) -> SoftDirtyProbe:
+    """clear_refs 4, then write a scratch page: PM_SOFT_DIRTY must read 0 then 1.
+
+    Writing 4 to clear_refs succeeds silently on kernels without CONFIG_MEM_SOFT_DIRTY,
+    so only the round trip tells (spec §5.4).
+    """
+    r = b.mmap(uapi.PAGE_SIZE, MemType.ANON, name="__softdirty_probe")
+    try:
+        b.write(r.addr, b"\1")
+        b.clear_refs(uapi.CLEAR_REFS_SOFT_DIRTY)
+        before = b.pagemap(r.addr, 1)[0]
+        b.write(r.addr, b"\2")
+        after = b.pagemap(r.addr, 1)[0]
+    finally:
+        b.munmap(r.addr, r.len)
+    if after & uapi.PM_SOFT_DIRTY and not before & uapi.PM_SOFT_DIRTY:
+        return SoftDirtyProbe(True, "round trip: clear_refs 4 cleared bit 55, a write set it", before, after)
+    if before & uapi.PM_SOFT_DIRTY:
+        return SoftDirtyProbe(False, "clear_refs 4 did not clear bit 55", before, after)
+    return SoftDirtyProbe(False, "CONFIG_MEM_SOFT_DIRTY off: round trip read 0", before, after)
+
+
+def meminfo() -> dict[str, int]:
+    out = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def hugepages_total() -> int:
+    return meminfo().get("HugePages_Total", 0)
+
+
+def _hpage_size() -> int:
+    return meminfo().get("Hugepagesize", 2048) * 1024
