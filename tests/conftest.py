@@ -1,0 +1,102 @@
+"""Fixtures and the skip policy.
+
+Kernel tests skip only with a reason detected at run time ("feature missing:
+UFFD_FEATURE_MOVE", "HugePages_Total=0").  With UFFDCTL_REQUIRE_KERNEL=1 (CI)
+a kernel skip becomes a failure, so a kernel test that could run here never
+silently skips.  Properties of the running kernel that are not failures to reach
+it (CONFIG_MEM_SOFT_DIRTY off, marker ``softdirty``) stay skips unless
+UFFDCTL_REQUIRE_SOFTDIRTY=1 (set inside the QEMU run).
+"""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from uffdctl import uapi
+from uffdctl.backend import MemType
+
+# Backends the shared case table (tests/cases.py) runs on.
+TABLE_BACKENDS = ["kernel"]
+
+REQUIRE_KERNEL = os.environ.get("UFFDCTL_REQUIRE_KERNEL") == "1"
+REQUIRE_SOFTDIRTY = os.environ.get("UFFDCTL_REQUIRE_SOFTDIRTY") == "1"
+
+
+def require_kernel(reason: str):
+    """Skip with ``reason``; fail instead when UFFDCTL_REQUIRE_KERNEL=1."""
+    if REQUIRE_KERNEL:
+        pytest.fail(f"UFFDCTL_REQUIRE_KERNEL=1 but: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def require_softdirty(reason: str):
+    if REQUIRE_SOFTDIRTY:
+        pytest.fail(f"UFFDCTL_REQUIRE_SOFTDIRTY=1 but: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+_kernel_unavailable: str | None = None
+
+
+def _kernel_reason() -> str | None:
+    global _kernel_unavailable
+    if _kernel_unavailable is None:
+        try:
+            from uffdctl.kernel import KernelBackend
+            KernelBackend().close()
+            _kernel_unavailable = ""
+        except Exception as e:  # BackendUnavailable, or anything the probe said
+            _kernel_unavailable = f"kernel backend unavailable: {e}"
+    return _kernel_unavailable or None
+
+
+def make_backend(name: str, **kw):
+    """A fresh backend; kernel unavailability skips (or fails under REQUIRE_KERNEL)."""
+    if name == "kernel":
+        reason = _kernel_reason()
+        if reason:
+            require_kernel(reason)
+        from uffdctl.kernel import KernelBackend
+        return KernelBackend()
+    from uffdctl.backend import open_backend
+    return open_backend(name, **kw)
+
+
+@pytest.fixture
+def kernel_backend():
+    b = make_backend("kernel")
+    yield b
+    b.close()
+
+
+def hugetlb_reason(backend) -> str | None:
+    if backend.name != "kernel":
+        return None
+    from uffdctl.kernel import hugepages_total, meminfo
+    if hugepages_total() == 0:
+        return "HugePages_Total=0 (no huge pages reserved; sysctl vm.nr_hugepages=N)"
+    if meminfo().get("HugePages_Free", 0) < 4:
+        return f"HugePages_Free={meminfo().get('HugePages_Free', 0)} (need 4)"
+    return None
+
+
+def feature_reason(backend, required: int) -> str | None:
+    """Ask the kernel (UFFDIO_API on a throwaway fd), as the selftests' uffd_feature_supported()."""
+    if not required:
+        return None
+    with backend.userfaultfd() as u:
+        have = u.api(0).features
+    missing = required & ~have
+    if missing:
+        return "feature missing: " + "|".join(uapi.Feature.decode(missing))
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "softdirty" in item.keywords:
+            item.add_marker(pytest.mark.kernel)
+
+
+ALL_MEMTYPES = list(MemType)
