@@ -23,7 +23,7 @@ demo: install ## the main job: uffdctl check, then the thread's reproductions
 	@scripts/demo.sh $(VENV)
 
 test: install ## run the test suite (ARGS= passes options to pytest)
-	@$(VENV)/bin/pytest -q $(ARGS)
+	@$(VENV)/bin/pytest -q -rs $(ARGS)
 
 check: install ## uffdctl check on this machine
 	@$(VENV)/bin/uffdctl check

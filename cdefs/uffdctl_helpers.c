@@ -206,8 +206,11 @@ int uffdctl_access(uint64_t addr, uint64_t len, int write, const void *wbuf,
 		} else if (rbuf) {
 			memcpy(rbuf, (const void *)(uintptr_t)addr, len);
 		} else {
-			for (uint64_t off = 0; off + 8 <= len; off += 8)
+			uint64_t off = 0;
+			for (; off + 8 <= len; off += 8)
 				sink += *(volatile uint64_t *)(uintptr_t)(addr + off);
+			for (; off < len; off++)
+				sink += *(volatile uint8_t *)(uintptr_t)(addr + off);
 		}
 	} else {
 		res->sigbus = 1;
