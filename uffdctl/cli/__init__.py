@@ -1,1 +1,149 @@
-"""placeholder package; filled by its issue."""
+"""The ``uffdctl`` command line.
+
+Start-up stays light: the root group loads subcommands lazily, and nothing here
+imports cffi or opens a uffd until a command runs (``uffdctl --help`` loads
+neither; tests/test_cli.py checks).  Session commands are built from the one
+command table (uffdctl.session.commands) and sent to the session daemon.
+
+Exit codes: 0 ok, 1 operation or expectation failed, 2 usage error, 4 unsupported here.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from .output import Emitter
+
+EPILOG = """\b
+Example (a fault resolved by hand):
+  uffdctl session start --name demo
+  uffdctl mmap --size 64K --name buf
+  uffdctl register buf --mode missing
+  uffdctl touch buf:3 --write        # blocks in a fault
+  uffdctl events
+  uffdctl copy buf:3 --fill 0x41     # resolves it
+  uffdctl pagemap buf --map
+  uffdctl session stop
+
+\b
+Exit codes: 0 ok, 1 operation or expectation failed, 2 usage error, 4 unsupported here.
+Shell completion: eval "$(_UFFDCTL_COMPLETE=bash_source uffdctl)" (zsh_source, fish_source).
+"""
+
+LOCAL = {
+    "check": ("uffdctl.cli.local", "check"),
+    "run": ("uffdctl.cli.local", "run"),
+    "session": ("uffdctl.cli.local", "session"),
+}
+
+
+class Globals:
+    def __init__(self, json_mode: bool, pretty: bool, session: str | None):
+        self.out = Emitter(json_mode, pretty)
+        self.session = session
+
+
+class LazyGroup(click.Group):
+    """Subcommands imported on demand (click's documented LazyGroup pattern)."""
+
+    def list_commands(self, ctx):
+        from ..session.commands import COMMANDS
+        return sorted(set(LOCAL) | set(COMMANDS))
+
+    def get_command(self, ctx, name):
+        if name in LOCAL:
+            import importlib
+            mod, attr = LOCAL[name]
+            return getattr(importlib.import_module(mod), attr)
+        from ..session.commands import COMMANDS
+        if name in COMMANDS:
+            from .build import build
+            return build(name, _send)
+        return None
+
+
+def _send(cmd, args, local):
+    """Callback of every session command: send to the daemon, print the result."""
+    from ..session import client
+    g = click.get_current_context().find_object(Globals)
+    if cmd.name == "events" and local.get("follow"):
+        return _follow(g, args, local)
+    r = client.call(g.session, cmd.name, args)
+    g.out.result(cmd.name, r, local)
+
+
+def _follow(g, args, local):
+    import time
+    from ..session import client
+    since, seen, count = args.get("since", 0), 0, local.get("count")
+    name = client.resolve(g.session)
+    with client.Client(name) as c:
+        while True:
+            r = c.call("events", {"since": since})
+            for e in r["events"]:
+                if g.out.json:
+                    print(__import__("json").dumps(e), flush=True)
+                else:
+                    g.out.result("events", {"events": [e]})
+                since = e["seq"]
+                seen += 1
+                if count and seen >= count:
+                    return
+            time.sleep(0.05)
+
+
+@click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-j", "--json", "json_mode", is_flag=True, help="one JSON document per command (errors too)")
+@click.option("-p", "--pretty", is_flag=True, help="pretty JSON (implies -j)")
+@click.option("--session", "-s", envvar="UFFDCTL_SESSION", metavar="NAME",
+              help="session to talk to (env UFFDCTL_SESSION; default: the only one running)")
+@click.version_option(package_name="uffdctl")
+@click.pass_context
+def cli(ctx, json_mode, pretty, session):
+    """Drive userfaultfd from the shell and watch what the kernel does to page tables.
+
+    A session (uffdctl session start) owns a uffd, its regions, a fault handler and
+    threads; the commands below, named after the kernel's ioctls, act on it.
+    """
+    ctx.obj = Globals(json_mode, pretty, session)
+
+
+def _json_mode(argv) -> tuple[bool, bool]:
+    pretty = any(a in ("-p", "--pretty") for a in argv)
+    return any(a in ("-j", "--json") for a in argv) or pretty, pretty
+
+
+def main(argv=None) -> int:
+    """Entry point: every error is one line (or {"error": ...} with -j) and an exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("_UFFDCTL_COMPLETE"):
+        return cli.main(argv, prog_name="uffdctl")
+    out = Emitter(*_json_mode(argv))
+    try:
+        rv = cli.main(argv, prog_name="uffdctl", standalone_mode=False)
+        return rv if isinstance(rv, int) else 0
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.UsageError as e:
+        cmd = e.ctx.command_path if e.ctx else "uffdctl"
+        out.error({"type": "UsageError", "errno": None, "ioctl": None, "message": e.format_message()}, cmd)
+        return 2
+    except click.Abort:
+        out.error({"type": "Aborted", "errno": None, "ioctl": None, "message": "aborted"})
+        return 130
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 1
+    except Exception as e:
+        from ..session.commands import error_dict, exit_code_of
+        if os.environ.get("UFFDCTL_DEBUG") == "1":
+            raise
+        out.error(error_dict(e))
+        return exit_code_of(e)
+
+
+def entry() -> None:
+    sys.exit(main())

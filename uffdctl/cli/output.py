@@ -1,0 +1,150 @@
+"""Output: human tables by default, one JSON document with ``-j`` (``-p`` pretty).
+
+bpftool's convention: in JSON mode stdout stays parseable, errors included
+(``{"error": {...}}``); in human mode results go to stdout and ``uffdctl: error: ...``
+(one line) to stderr.  Renderers are plain functions (no click), shared by the
+CLI and ``uffdctl run``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+LEGEND = (". none  P present  D present+soft-dirty  W present+uffd-wp  Z zero page  "
+          "M uffd-wp marker  X other marker (poison)  G guard  S swap  s soft-dirty (not present)")
+
+
+def dumps(obj, pretty: bool = False) -> str:
+    return json.dumps(obj, indent=2 if pretty else None, sort_keys=False, default=str)
+
+
+def _hex(v):
+    return f"0x{v:x}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+
+
+def table(rows: list[dict], cols: list[tuple[str, str]]) -> str:
+    """Columns (key, header); ints in address-ish columns shown in hex by the caller."""
+    cells = [[h for _, h in cols]] + [[str(r.get(k, "")) if r.get(k) is not None else "-" for k, _ in cols]
+                                      for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def _flag(v) -> str:
+    return "1" if v else "."
+
+
+def render_pagemap(r: dict, opts: dict) -> str:
+    ents = r["entries"]
+    if opts.get("map"):
+        lines = [f"{r['region']} 0x{r['start']:x} ({len(ents)} pages, 64 per row)"]
+        for i in range(0, len(ents), 64):
+            row = "".join(e["symbol"] for e in ents[i:i + 64])
+            lines.append(f"{ents[i]['index']:6d}  {row}")
+        lines.append("legend: " + LEGEND)
+        return "\n".join(lines)
+    rows = [{"addr": _hex(e["addr"]), "index": e["index"], "present": _flag(e["present"]), "swap": _flag(e["swap"]),
+             "file": _flag(e["file"]), "uffd_wp": _flag(e["uffd_wp"]), "soft_dirty": _flag(e["soft_dirty"]),
+             "exclusive": _flag(e["exclusive"]), "guard": _flag(e["guard"]), "zero": _flag(e["zero"]),
+             "pfn": _hex(e["pfn"]) if e["pfn"] else "-"} for e in ents]
+    return table(rows, [(k, k) for k in ("addr", "index", "present", "swap", "file", "uffd_wp", "soft_dirty",
+                                         "exclusive", "guard", "zero", "pfn")])
+
+
+def _event_line(e: dict) -> str:
+    where = f" {e['region']}:{e['page']}" if "region" in e else ""
+    if e["event"] == "pagefault":
+        flags = "|".join(f.replace("UFFD_PAGEFAULT_FLAG_", "") for f in e.get("flags_decoded", [])) or "MISSING"
+        return (f"#{e['seq']} pagefault {flags} address=0x{e['address']:x}{where} ptid={e.get('ptid', 0)} "
+                f"action={e.get('action')}" + (f" err={e['err']}" if e.get("err") else ""))
+    rest = " ".join(f"{k}={_hex(v)}" for k, v in e.items() if k not in ("seq", "event", "ts_ns", "action",
+                                                                         "err", "result"))
+    return f"#{e['seq']} {e['event']} {rest}"
+
+
+def render_touch(r: dict) -> str:
+    kind = "write" if r["write"] else "read"
+    head = f"touch #{r['touch']} {kind} 0x{r['start']:x}+{r['len']:#x} by thread {r['thread']}"
+    if r.get("blocked"):
+        return head + " (tid %s): BLOCKED in a fault; resolve it (copy/zeropage/continue/wake/writeprotect --off)" \
+            % r.get("tid")
+    if "error" in r:
+        return head + f": failed: {r['error']}"
+    return head + f": finished, minflt={r['minflt']} majflt={r['majflt']}" + \
+        (f" SIGBUS si_code={r['si_code']} addr=0x{r['fault_addr']:x}" if r.get("sigbus") else "") + \
+        f" ({r['ns'] / 1000:.0f} us)"
+
+
+def render_kv(r: dict) -> str:
+    out = []
+    for k, v in r.items():
+        if isinstance(v, list):
+            v = ",".join(map(str, v)) if v and not isinstance(v[0], dict) else (f"{len(v)} items" if v else "-")
+        elif isinstance(v, dict):
+            v = " ".join(f"{a}={_hex(b) if a in ('start', 'addr') else b}" for a, b in v.items())
+        elif k in ("start", "dst", "src", "addr", "address", "ioctls", "features", "len", "mode", "zero_pfn") \
+                and isinstance(v, int):
+            v = _hex(v)
+        out.append(f"{k}: {v}")
+    return "\n".join(out)
+
+
+def render(name: str, r: dict, opts: dict | None = None) -> str:
+    """Human rendering of one command's result."""
+    opts = opts or {}
+    if name == "pagemap":
+        return render_pagemap(r, opts)
+    if name == "events":
+        return "\n".join(_event_line(e) for e in r["events"]) or "(no events)"
+    if name in ("touch", "wait"):
+        return render_touch(r)
+    if name == "touches":
+        return "\n".join(render_touch(t) for t in r["touches"]) or "(no touches)"
+    if name == "regions":
+        rows = [dict(x, start=_hex(x["start"]), len=_hex(x["len"]),
+                     mode="|".join(m.replace("UFFDIO_REGISTER_MODE_", "").lower() for m in x["mode_decoded"]) or "-")
+                for x in r["regions"]]
+        return table(rows, [("name", "NAME"), ("start", "START"), ("len", "LEN"), ("type", "TYPE"),
+                            ("mode", "REGISTERED"), ("present", "PRESENT"), ("private_dirty", "PRIVATE_DIRTY")]) \
+            if rows else "(no regions)"
+    if name == "faults":
+        rows = [dict(x, blocked=f"touch #{x['touch']} at 0x{x['address']:x}" if x["blocked"] else "-")
+                for x in r["threads"]]
+        return table(rows, [("thread", "THREAD"), ("tid", "TID"), ("minflt", "MINFLT"), ("majflt", "MAJFLT"),
+                            ("blocked", "BLOCKED")])
+    if name == "scan":
+        lines = [f"walk_end: 0x{r['walk_end']:x}"]
+        for x in r["regions"]:
+            cats = "|".join(c.replace("PAGE_IS_", "") for c in x["categories_decoded"]) or "-"
+            lines.append(f"0x{x['start']:x}-0x{x['end']:x}  {(x['end'] - x['start']) // 4096:6d} pages  {cats}")
+        return "\n".join(lines)
+    if name == "session-list":
+        rows = [dict(x, uptime=f"{x['uptime_s']:.0f}s" if "uptime_s" in x else "-",
+                     rss=f"{x['rss'] >> 10}K" if "rss" in x else "-") for x in r["sessions"]]
+        return table(rows, [("name", "NAME"), ("state", "STATE"), ("pid", "PID"), ("uptime", "UPTIME"),
+                            ("rss", "RSS"), ("backend", "BACKEND"), ("regions", "REGIONS"),
+                            ("blocked", "BLOCKED")]) if rows else "(no sessions)"
+    return render_kv(r)
+
+
+class Emitter:
+    """Prints results and errors in the chosen mode."""
+
+    def __init__(self, json_mode: bool = False, pretty: bool = False):
+        self.json = json_mode or pretty
+        self.pretty = pretty
+
+    def result(self, name: str, r: dict, opts: dict | None = None) -> None:
+        if self.json:
+            print(dumps(r, self.pretty), flush=True)
+        else:
+            text = render(name, r, opts)
+            if text:
+                print(text, flush=True)
+
+    def error(self, err: dict, prefix: str = "uffdctl") -> None:
+        if self.json:
+            print(dumps({"error": err}, self.pretty), flush=True)
+        else:
+            msg = " ".join(str(err.get("message") or err.get("type")).split())
+            print(f"{prefix}: error: {msg}", file=sys.stderr, flush=True)

@@ -1,0 +1,194 @@
+"""The session daemon: owns a :class:`SessionState` and serves commands on a Unix socket.
+
+Started by ``uffdctl session start`` as ``python -m uffdctl.session.server`` in a new
+session (``start_new_session``), stdio to ``NAME.log``.  It opens the backend first,
+then binds ``NAME.sock`` (0600, in the 0700 runtime directory), writes ``NAME.pid``
+and only then reports ready on ``--ready-fd`` — so ``session start`` returns once the
+socket is listening, or with the daemon's one-line error.
+
+One thread per client: a command that waits (``touch --wait``) holds no lock while
+it waits, so other clients go on.  Every connection's peer uid (SO_PEERCRED) must be
+ours.  SIGTERM or the ``stop`` op: close the uffd (every blocked fault is woken),
+stop the threads, remove the socket and pid file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import traceback
+
+from . import paths, protocol
+from .commands import error_dict, execute, exit_code_of
+from .state import SessionState
+
+
+def peer_uid(conn: socket.socket) -> tuple[int, int, int]:
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)  # pid, uid, gid
+
+
+class Server:
+    def __init__(self, name: str, state: SessionState):
+        self.name = name
+        self.state = state
+        self.stopping = threading.Event()
+        self.sock: socket.socket | None = None
+        self.sock_path = paths.sock_path(name)
+        self.pid_path = paths.pid_path(name)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def bind(self) -> None:
+        if os.path.exists(self.sock_path):
+            os.unlink(self.sock_path)  # the client checked it is stale
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            s.bind(self.sock_path)
+        finally:
+            os.umask(old)
+        os.chmod(self.sock_path, 0o600)
+        s.listen(16)
+        s.settimeout(0.25)
+        self.sock = s
+        tmp = self.pid_path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(tmp, self.pid_path)
+
+    def serve_forever(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                if self.stopping.is_set():
+                    break
+                raise
+            threading.Thread(target=self.handle, args=(conn,), daemon=True).start()
+
+    def cleanup(self) -> None:
+        for p in (self.sock_path, self.pid_path):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+        if self.sock is not None:
+            self.sock.close()
+        try:
+            self.state.close()
+        except Exception:
+            traceback.print_exc()
+
+    # -- one client -----------------------------------------------------------------------
+    def handle(self, conn: socket.socket) -> None:
+        with conn:
+            _pid, uid, _gid = peer_uid(conn)
+            if uid != os.getuid():
+                err = {"type": "PermissionDenied", "errno": 1, "ioctl": None,
+                       "message": f"uid {uid} may not use session {self.name} (owner uid {os.getuid()})"}
+                print(f"refused a client with uid {uid} (pid {_pid})", flush=True)
+                self._send(conn, protocol.error_response(None, err, 1))
+                return
+            f = conn.makefile("rb")
+            while True:
+                line = f.readline(protocol.MAX_LINE + 1)
+                if not line:
+                    return
+                if len(line) > protocol.MAX_LINE and not line.endswith(b"\n"):
+                    err = {"type": "ProtocolError", "errno": None, "ioctl": None,
+                           "message": f"message exceeds the limit of {protocol.MAX_LINE} bytes"}
+                    self._send(conn, protocol.error_response(None, err, 2))
+                    return
+                if not line.strip():
+                    continue
+                resp = self.respond(line)
+                if not self._send(conn, resp):
+                    return
+                if resp.get("ok") and resp.get("result", {}).get("stopping"):
+                    self.stopping.set()
+                    return
+
+    @staticmethod
+    def _send(conn, obj) -> bool:
+        try:
+            conn.sendall(protocol.encode(obj))
+            return True
+        except OSError:
+            return False
+
+    def respond(self, line: bytes) -> dict:
+        try:
+            req = protocol.decode_request(line)
+        except protocol.ProtocolError as e:
+            return protocol.error_response(None, {"type": "ProtocolError", "errno": None, "ioctl": None,
+                                                  "message": str(e)}, 2)
+        rid, op, args = req.get("id"), req["op"], req.get("args") or {}
+        try:
+            if op == "hello":
+                result = {"version": protocol.VERSION, "name": self.name, "pid": os.getpid(),
+                          "backend": self.state.backend.name}
+            elif op == "stop":
+                result = {"name": self.name, "pid": os.getpid(), "stopping": 1}
+            elif op == "status":
+                result = execute(self.state, "status", args)
+                result.update(self.process_info())
+            else:
+                result = execute(self.state, op, args)
+            return {"v": protocol.VERSION, "id": rid, "ok": True, "result": result}
+        except Exception as e:  # every error goes back to the client as data
+            if not hasattr(e, "exit_code"):
+                traceback.print_exc()
+            return protocol.error_response(rid, error_dict(e), exit_code_of(e))
+
+    def process_info(self) -> dict:
+        import psutil
+        p = psutil.Process()
+        return {"pid": p.pid, "rss": p.memory_info().rss, "socket": self.sock_path}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m uffdctl.session.server")
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--backend", default="auto")
+    ap.add_argument("--profile", default=None)
+    ap.add_argument("--ready-fd", type=int, default=-1)
+    ns = ap.parse_args(argv)
+
+    def ready(obj):
+        if ns.ready_fd >= 0:
+            os.write(ns.ready_fd, (json.dumps(obj) + "\n").encode())
+            os.close(ns.ready_fd)
+            ns.ready_fd = -1
+
+    state = SessionState(ns.backend, ns.profile, ns.name)
+    server = Server(ns.name, state)
+    try:
+        paths.ensure_dir()
+        state.open()
+        server.bind()
+    except Exception as e:
+        ready({"ok": False, "exit": exit_code_of(e), "error": error_dict(e)})
+        server.cleanup() if server.sock is not None else state.close()
+        return exit_code_of(e)
+    signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    print(f"session {ns.name}: pid {os.getpid()}, backend {state.backend.name}, socket {server.sock_path}",
+          flush=True)
+    ready({"ok": True, "pid": os.getpid(), "socket": server.sock_path, "backend": state.backend.name})
+    try:
+        server.serve_forever()
+    finally:
+        server.cleanup()
+        print(f"session {ns.name}: stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

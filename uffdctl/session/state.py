@@ -1,0 +1,211 @@
+"""The state of one session: what a daemon (or one ``uffdctl run``) owns.
+
+One backend (one address space), one userfaultfd (opened and UFFDIO_API'd on
+first need, or by the ``api`` command), the user's regions by name, the fault
+handler (policy ``queue`` by default: faults wait for the user), named threads
+that touch memory, the touches they made, and the message log with ``seq``
+numbers.  Command functions (``uffdctl.session.commands``) take this object;
+neither module imports click or cffi at import time.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .. import uapi
+from ..backend import Access, Backend, HandlerPolicy, Region, open_backend
+from ..errors import BackendUnavailable, Unsupported
+
+# Features asked for when the uffd is opened implicitly: THREAD_ID, so every
+# fault message names the thread that is blocked (``events`` shows it).
+DEFAULT_FEATURES = int(uapi.Feature.THREAD_ID)
+
+# Faults wait for the user by default (copy/zeropage/continue/wake/writeprotect --off).
+DEFAULT_POLICY = dict(missing="queue", wp="queue", minor="queue")
+
+
+@dataclass
+class Touch:
+    """One access made by ``touch``."""
+
+    id: int
+    thread: str
+    start: int
+    len: int
+    write: bool
+    access: Access
+    started_ns: int = field(default_factory=time.monotonic_ns)
+
+    def to_dict(self) -> dict:
+        d = {"touch": self.id, "thread": self.thread, "start": self.start, "len": self.len,
+             "write": int(self.write), "finished": int(self.access.done), "blocked": int(not self.access.done)}
+        if self.access.done:
+            try:
+                r = self.access.result()
+            except Exception as e:  # handed back from the thread
+                d.update(error=str(e))
+            else:
+                d.update(minflt=r.minflt, majflt=r.majflt, sigbus=int(r.sigbus), si_code=r.si_code,
+                         fault_addr=r.fault_addr, ns=r.ns)
+        return d
+
+
+def open_session_backend(name: str, profile: str | None = None) -> Backend:
+    """open_backend with "emulator not here" turned into Unsupported (exit 4)."""
+    kw = {"profile": profile} if profile else {}
+    if name == "kernel" and profile:
+        raise Unsupported(f"--profile {profile} is for the emulator backend", "use --backend emu")
+    try:
+        return open_backend(name, **kw)
+    except BackendUnavailable:
+        raise
+    except ValueError as e:
+        raise Unsupported(str(e)) from None
+    except (ImportError, AttributeError, TypeError) as e:
+        raise Unsupported(f"backend {name!r} is not available here ({e.__class__.__name__}: {e})",
+                          "the emulator has not landed in this build; use --backend kernel") from None
+
+
+class SessionState:
+    """Everything one session owns.  ``lock`` serialises commands (touch waits outside it)."""
+
+    def __init__(self, backend: str = "auto", profile: str | None = None, name: str = "run"):
+        self.name = name
+        self.backend_name = backend
+        self.profile = profile
+        self.lock = threading.RLock()
+        self.started = time.time()
+        self._backend: Backend | None = None
+        self.uffd = None
+        self.api_result = None
+        self.handler = None
+        self.policy = HandlerPolicy(**DEFAULT_POLICY)
+        self.regions: dict[str, Region] = {}
+        self.registrations: dict[tuple[int, int], int] = {}   # (start, len) -> mode
+        self.touches: dict[int, Touch] = {}
+        self._touch_ids = itertools.count(1)
+        self.events: list[dict] = []
+        self._seq = itertools.count(1)
+        self.zero_pfn: int | None = None
+        self.thread_names: list[str] = []
+        self._scratch: Region | None = None
+        self.last_result: dict | None = None
+        self.closed = False
+
+    # -- the backend and the uffd ---------------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = open_session_backend(self.backend_name, self.profile)
+        return self._backend
+
+    def open(self) -> "SessionState":
+        """Open the backend now (a daemon fails fast, before it says it is ready)."""
+        _ = self.backend
+        return self
+
+    def get_uffd(self, features: int | None = None):
+        """The session's uffd, opened and UFFDIO_API'd (with ``features``) on first need."""
+        if self.uffd is None:
+            u = self.backend.userfaultfd()
+            try:
+                self.api_result = u.api(DEFAULT_FEATURES if features is None else features)
+            except Exception:
+                u.close()
+                raise
+            self.uffd = u
+            self.start_handler()
+        return self.uffd
+
+    def start_handler(self, policy: HandlerPolicy | None = None) -> None:
+        if policy is not None:
+            self.policy = policy
+        if self.uffd is None:
+            return  # starts with the uffd
+        if self.handler is not None:
+            self.collect_events()
+            self.handler.stop()   # queued faults are woken: they fault again into the new handler
+            self.collect_events()
+        self.handler = self.backend.fault_handler(self.uffd, self.policy)
+        self.handler.start()
+
+    def collect_events(self) -> list[dict]:
+        """Move what the handler logged into the session's event log (with seq)."""
+        if self.handler is None:
+            return []
+        new = []
+        for ev in self.handler.events():
+            d = {"seq": next(self._seq)}
+            d.update(ev.to_dict())
+            reg = self.region_at(d.get("address", 0)) if "address" in d else None
+            if reg is not None:
+                d["region"] = reg.name
+                d["page"] = (d["address"] - reg.addr) // reg.page_size
+            new.append(d)
+        self.events.extend(new)
+        return new
+
+    # -- regions --------------------------------------------------------------------
+    def region_at(self, addr: int) -> Region | None:
+        for r in self.regions.values():
+            if r.addr <= addr < r.end:
+                return r
+        return None
+
+    def scratch(self, len: int) -> Region:
+        """An unregistered anon buffer (COPY's src, probes): never one of the user's regions."""
+        if self._scratch is None or self._scratch.len < len:
+            if self._scratch is not None:
+                self.backend.munmap(self._scratch.addr, self._scratch.len)
+            size = max(len, 16 * uapi.PAGE_SIZE)
+            self._scratch = self.backend.mmap(size, "anon", name=f"__scratch{os.getpid()}_{size}")
+        return self._scratch
+
+    def learn_zero_pfn(self) -> int:
+        """PFN of the zero page: read-fault a fresh anon page once, read its pagemap PFN."""
+        if self.zero_pfn is None:
+            b = self.backend
+            r = b.mmap(uapi.PAGE_SIZE, "anon", name="__zero_pfn_probe")
+            try:
+                b.read(r.addr, 1)
+                self.zero_pfn = b.pagemap(r.addr, 1)[0] & uapi.PM_PFRAME_MASK
+            finally:
+                b.munmap(r.addr, r.len)
+        return self.zero_pfn
+
+    # -- threads --------------------------------------------------------------------
+    def busy_touch(self, thread: str) -> Touch | None:
+        for t in self.touches.values():
+            if t.thread == thread and not t.access.done:
+                return t
+        return None
+
+    def new_touch(self, thread: str, start: int, len: int, write: bool, fill: int) -> Touch:
+        th = self.thread(thread)
+        acc = th.access(start, len, write, fill=fill, stride=uapi.PAGE_SIZE)
+        t = Touch(next(self._touch_ids), thread, start, len, write, acc)
+        self.touches[t.id] = t
+        return t
+
+    def thread(self, name: str):
+        """The named thread (created on first use; ``main`` is the default toucher)."""
+        t = self.backend.thread(name)
+        if name not in self.thread_names:
+            self.thread_names.append(name)
+        return t
+
+    # -- shutdown -------------------------------------------------------------------
+    def close(self) -> None:
+        """Release everything: closing the uffd wakes every blocked fault, then threads stop."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._backend is not None:
+            try:
+                self.collect_events()
+            except Exception:
+                pass
+            self._backend.close()
