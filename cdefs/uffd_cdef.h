@@ -94,7 +94,7 @@ struct uffdctl_event {
 };
 struct uffdctl_handler;
 struct uffdctl_handler *uffdctl_handler_start(const struct uffdctl_handler_cfg *, int *);
-int uffdctl_handler_stop(struct uffdctl_handler *);
+int uffdctl_handler_stop(struct uffdctl_handler *, int);
 int uffdctl_handler_drain(struct uffdctl_handler *, struct uffdctl_event *, int);
 void uffdctl_handler_stats(struct uffdctl_handler *, uint64_t *);
 void uffdctl_handler_free(struct uffdctl_handler *);

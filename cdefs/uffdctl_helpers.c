@@ -284,6 +284,8 @@ struct uffdctl_handler {
 	uint64_t head, tail;	/* ring: [tail, head) */
 	uint64_t dropped, nmsgs, nresolved, nerrors, nreads;
 	int exit_err;
+	struct uffd_msg *pending;	/* faults queued for a manual resolution */
+	int npending, pending_cap;
 };
 
 static void uffdctl_log(struct uffdctl_handler *h, const struct uffd_msg *m,
@@ -388,6 +390,56 @@ static int uffdctl_resolve(struct uffdctl_handler *h, const struct uffd_msg *m,
 	return action;
 }
 
+static void uffdctl_add_pending(struct uffdctl_handler *h, const struct uffd_msg *m)
+{
+	if (h->npending == h->pending_cap) {
+		int cap = h->pending_cap ? 2 * h->pending_cap : 64;
+		struct uffd_msg *p = realloc(h->pending, cap * sizeof(*p));
+		if (!p)
+			return;
+		h->pending = p;
+		h->pending_cap = cap;
+	}
+	h->pending[h->npending++] = *m;
+}
+
+/*
+ * Release: resolve every fault the handler queued (and any message still
+ * unread) the way that lets the faulting thread go on: MISSING -> zero-filled
+ * page, WP -> un-protect, MINOR -> CONTINUE.  A fault the user already resolved
+ * answers EEXIST (or is a no-op) and is merely woken.  So stopping a handler
+ * never leaves a thread blocked in a fault it took.
+ */
+static void uffdctl_release_pending(struct uffdctl_handler *h)
+{
+	struct uffdctl_handler_cfg safe = h->cfg;
+	struct uffd_msg m;
+	uint64_t ts = uffdctl_now_ns();
+
+	safe.missing_policy = UFFDCTL_POL_COPY_FILL;	/* zero-filled: works on hugetlb too */
+	safe.wp_policy = UFFDCTL_POL_UNPROTECT;
+	safe.minor_policy = UFFDCTL_POL_CONTINUE;
+	memset(h->fill_page, 0, h->cfg.page_size);
+	/* messages that arrived but were never read */
+	for (;;) {
+		struct pollfd p = { .fd = h->cfg.uffd, .events = POLLIN };
+		if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN))
+			break;
+		if (read(h->cfg.uffd, &m, sizeof(m)) != sizeof(m))
+			break;
+		uffdctl_log(h, &m, m.event == UFFD_EVENT_PAGEFAULT ? UFFDCTL_POL_QUEUE : -1, 0, 0, ts);
+		if (m.event == UFFD_EVENT_PAGEFAULT)
+			uffdctl_add_pending(h, &m);
+	}
+	h->cfg = safe;
+	for (int i = 0; i < h->npending; i++) {
+		int err;
+		int64_t result;
+		uffdctl_resolve(h, &h->pending[i], &err, &result);
+	}
+	h->npending = 0;
+}
+
 static void *uffdctl_handler_main(void *arg)
 {
 	struct uffdctl_handler *h = arg;
@@ -434,6 +486,8 @@ static void *uffdctl_handler_main(void *arg)
 			int64_t result = 0;
 			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
 				action = uffdctl_resolve(h, &msgs[i], &err, &result);
+			if (action == UFFDCTL_POL_QUEUE)
+				uffdctl_add_pending(h, &msgs[i]);
 			uffdctl_log(h, &msgs[i], action, err, result, ts);
 		}
 	}
@@ -484,7 +538,7 @@ fail:
 }
 
 /* Stop and join the thread (the GIL is released by cffi while we wait). */
-int uffdctl_handler_stop(struct uffdctl_handler *h)
+int uffdctl_handler_stop(struct uffdctl_handler *h, int release)
 {
 	uint64_t one = 1;
 	if (!h->running)
@@ -493,6 +547,8 @@ int uffdctl_handler_stop(struct uffdctl_handler *h)
 		return -errno;
 	pthread_join(h->thread, NULL);
 	h->running = 0;
+	if (release)
+		uffdctl_release_pending(h);
 	return h->exit_err;
 }
 
@@ -523,8 +579,9 @@ void uffdctl_handler_stats(struct uffdctl_handler *h, uint64_t *out)
 void uffdctl_handler_free(struct uffdctl_handler *h)
 {
 	if (h->running)
-		uffdctl_handler_stop(h);
+		uffdctl_handler_stop(h, 1);
 	close(h->stopfd);
+	free(h->pending);
 	munmap(h->fill_page, h->cfg.page_size);
 	pthread_mutex_destroy(&h->lock);
 	free(h->log);

@@ -55,10 +55,13 @@ class NativeHandler(Handler):
         self._pending: list[HandledEvent] = []
         self.uffd._handlers.append(self)
 
-    def stop(self) -> None:
+    def stop(self, release: bool = True) -> None:
+        """Stop the thread; with ``release`` (default) resolve every fault it queued, and any message
+        still unread, so that no thread stays blocked (MISSING -> zero-filled page, WP -> un-protect,
+        MINOR -> CONTINUE; already-resolved ones are just woken)."""
         if self._h is None:
             return
-        self._lib.uffdctl_handler_stop(self._h)
+        self._lib.uffdctl_handler_stop(self._h, 1 if release else 0)
         self._pending = self._drain()
         self._final_stats = self._stats()
         self._lib.uffdctl_handler_free(self._h)

@@ -1,0 +1,208 @@
+"""The fault handler, the GIL hazard, shutdown and fd hygiene — each proven with a timeout, not hope.
+
+Scenarios that could hang run in a subprocess with a timeout, so the suite itself never does.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from uffdctl import uapi
+from uffdctl.backend import HandlerPolicy
+
+pytestmark = pytest.mark.kernel
+P = uapi.PAGE_SIZE
+
+PRELUDE = """
+import sys, threading, time
+from uffdctl.kernel import KernelBackend
+from uffdctl._uffd import ffi, lib
+b = KernelBackend()
+r = b.mmap(16 * 4096, "anon")
+u = b.userfaultfd()
+u.api(0)
+u.register(r.addr, r.len, 1)
+"""
+
+PY_HANDLER = """
+def py_handler():
+    # a handler written in Python: needs the GIL for every step
+    while True:
+        for m in u.read_msgs():
+            u.zeropage(m.address, 4096)
+        time.sleep(0.001)
+threading.Thread(target=py_handler, daemon=True).start()
+"""
+
+
+def run_py(body: str, timeout: float) -> subprocess.CompletedProcess | None:
+    """Run a script with the installed uffdctl; None if it had to be killed at the timeout."""
+    try:
+        return subprocess.run([sys.executable, "-c", textwrap.dedent(PRELUDE + body)], capture_output=True,
+                              text=True, timeout=timeout, cwd="/")  # not the checkout: the installed package
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_gil_released_access_with_python_handler(kernel_backend):
+    """Touching registered memory through uffdctl's C calls releases the GIL: a Python handler serves it."""
+    p = run_py(PY_HANDLER + """
+print(b.read(r.addr + 5 * 4096, 16).hex())
+b.thread("t").access(r.addr, 4096, True, fill=3).wait(5) or sys.exit(3)
+print("ok")
+""", timeout=30)
+    assert p is not None, "deadlocked: an access that should release the GIL held it"
+    assert p.returncode == 0 and p.stdout.split() == ["00" * 16, "ok"], p.stderr
+
+
+def test_gil_held_access_deadlocks_python_handler(kernel_backend):
+    """The hazard itself: ffi.buffer on registered memory faults *with the GIL held*; a Python handler can
+    never run, and the process hangs (killed here after 5 s)."""
+    p = run_py(PY_HANDLER + """
+data = bytes(ffi.buffer(ffi.cast("char *", r.addr), 16))   # holds the GIL in the fault
+print("unexpectedly returned")
+""", timeout=5)
+    assert p is None, f"expected a deadlock, got rc={p.returncode} out={p.stdout!r} err={p.stderr[-300:]!r}"
+
+
+def test_gil_held_access_served_by_native_handler(kernel_backend):
+    """Same GIL-holding access, native handler: it never needs the GIL, so the access completes."""
+    p = run_py("""
+from uffdctl.backend import HandlerPolicy
+h = b.fault_handler(u, HandlerPolicy(missing="fill", fill=0x7e))
+h.start()
+data = bytes(ffi.buffer(ffi.cast("char *", r.addr), 16))   # holds the GIL in the fault
+h.stop()
+print(data.hex(), [e.action for e in h.events()])
+""", timeout=30)
+    assert p is not None, "native handler did not serve a GIL-holding fault"
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "7e" * 16 + " ['fill']"
+
+
+def test_handler_batches_and_logs(kernel_backend):
+    """Many threads fault at once: one handler resolves all, logs each message once, with timestamps."""
+    b = kernel_backend
+    r = b.mmap(64 * P, "anon")
+    u = b.userfaultfd()
+    u.api(uapi.Feature.THREAD_ID)
+    u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
+    with b.fault_handler(u, HandlerPolicy(missing="zeropage")) as h:
+        accs = [b.thread(f"t{i % 8}").access(r.addr + i * P, 1, True, fill=1) for i in range(64)]
+        assert all(a.wait(5) for a in accs)
+        evs = h.events()
+        st = h.stats()
+    assert sorted(e.msg.address for e in evs) == [r.addr + i * P for i in range(64)]
+    assert all(e.action == "zeropage" and e.err == 0 and e.result == P for e in evs)
+    assert {e.msg.ptid for e in evs} == {b.thread(f"t{i}").tid for i in range(8)}
+    ts = [e.msg.ts_ns for e in evs]
+    assert ts == sorted(ts) and ts[0] > 0
+    assert st["msgs"] == 64 and st["resolved"] == 64 and st["errors"] == 0 and st["dropped"] == 0
+    assert st["reads"] <= 64
+
+
+@pytest.mark.parametrize("kind", ["missing", "wp", "minor"])
+def test_handler_stop_releases_queued_faults(kernel_backend, kind):
+    """A queued (manual) fault is not left blocked when the handler stops."""
+    b = kernel_backend
+    mt = "shmem" if kind == "minor" else "anon"
+    r = b.mmap(4 * P, mt)
+    u = b.userfaultfd()
+    u.api(0)
+    mode = {"missing": 1, "wp": 2, "minor": 4}[kind]
+    u.register(r.addr, r.len, mode)
+    if kind == "wp":
+        b.write(r.addr, b"x")
+        u.writeprotect(r.addr, P, uapi.WriteprotectMode.WP)
+    if kind == "minor":
+        b.write(b.alias(r).addr, b"m")
+    h = b.fault_handler(u, HandlerPolicy(missing="queue", wp="queue", minor="queue"))
+    h.start()
+    acc = b.thread("t").access(r.addr, 1, True, fill=9)
+    assert not acc.wait(0.3)
+    time.sleep(0.1)
+    h.stop()
+    assert acc.wait(5), "handler stopped with a thread still blocked in its fault"
+    assert [e.action for e in h.events()] == ["queue"]
+    assert b.read(r.addr, 1) == b"\x09"
+
+
+def test_handler_stop_after_manual_resolution(kernel_backend):
+    """Faults the user already resolved are only woken at stop (EEXIST -> wake), never overwritten."""
+    b = kernel_backend
+    r = b.mmap(4 * P, "anon")
+    src = b.mmap(P, "anon")
+    b.write(src.addr, b"S" * P)
+    u = b.userfaultfd()
+    u.api(0)
+    u.register(r.addr, r.len, 1)
+    h = b.fault_handler(u, HandlerPolicy(missing="queue"))
+    h.start()
+    acc = b.thread("t").access(r.addr, 1, False)
+    assert not acc.wait(0.3)
+    u.copy(r.addr, src.addr, P, uapi.CopyMode.DONTWAKE)
+    h.stop()
+    assert acc.wait(5)
+    assert b.read(r.addr, 4) == b"SSSS"
+
+
+def test_close_releases_blocked_thread(kernel_backend):
+    b = kernel_backend
+    r = b.mmap(4 * P, "anon")
+    u = b.userfaultfd()
+    u.api(0)
+    u.register(r.addr, r.len, 1)
+    acc = b.thread("t").access(r.addr + P, 8, False, want_data=True)
+    assert not acc.wait(0.3)
+    u.close()
+    assert acc.wait(5)
+    assert acc.result().data == bytes(8)
+
+
+def test_exit_with_blocked_fault_does_not_hang(kernel_backend):
+    """A process whose thread is blocked in a fault exits promptly (daemon threads; the mm goes away)."""
+    t0 = time.monotonic()
+    p = run_py("""
+acc = b.thread("t").access(r.addr, 1, True, fill=1)
+print("blocked" if not acc.wait(0.3) else "not blocked")
+""", timeout=20)
+    assert p is not None, "interpreter exit hung with a thread blocked in a userfault"
+    assert p.returncode == 0 and p.stdout.strip() == "blocked", p.stderr
+    assert time.monotonic() - t0 < 20
+
+
+def test_fd_leak(kernel_backend):
+    """Open, API and close 1,000 uffds: the fd table is unchanged; O_CLOEXEC is set on each."""
+    import fcntl
+    before = sorted(os.listdir("/proc/self/fd"))
+    for i in range(1000):
+        u = kernel_backend.userfaultfd(via="dev" if i % 2 else "syscall")
+        if i == 0:
+            assert fcntl.fcntl(u.fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        u.api(0)
+        u.close()
+    assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_handlers_threads_gone_after_close():
+    """Backend.close() stops handlers and toucher threads: nothing of ours keeps running."""
+    from conftest import make_backend
+    b = make_backend("kernel")
+    r = b.mmap(4 * P, "anon")
+    u = b.userfaultfd()
+    u.api(0)
+    u.register(r.addr, r.len, 1)
+    h = b.fault_handler(u, HandlerPolicy(missing="queue"))
+    h.start()
+    acc = b.thread("t").access(r.addr, 1, True)
+    assert not acc.wait(0.2)
+    b.close()
+    assert acc.wait(5)
+    assert not h.running
+    assert not [t for t in threading.enumerate() if t.name.startswith("uffdctl-")]
