@@ -1,0 +1,194 @@
+"""pagemap decoding (on injected entries), clear_refs, soft-dirty detection and PAGEMAP_SCAN (live)."""
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from conftest import TABLE_BACKENDS, make_backend
+from uffdctl import pagemap, uapi
+from uffdctl.backend import Backend, ScanResult
+from uffdctl.errors import UffdError
+from uffdctl.pagemap import PagemapEntry
+
+P = uapi.PAGE_SIZE
+C = uapi.PageCategory
+
+# Observed host entries (spec §5.1 [E]) and what they decode to.
+OBSERVED = [
+    (0x810000000011F0FB, ["present", "exclusive"], 0x11F0FB),            # COPY'd anon page
+    (0x830000000011F0FB, ["present", "uffd_wp", "exclusive"], 0x11F0FB),  # COPY MODE_WP
+    (0x8000000000003B32, ["present"], 0x3B32),                            # anon zero page
+    (0xA100000000000123, ["present", "file", "exclusive"], 0x123),       # shmem page
+    (0xA000000000000123, ["present", "file"], 0x123),                    # page mapped twice (CONTINUE)
+    (0x420000000000003F, ["swap", "uffd_wp"], 0x3F),                     # uffd-wp marker
+    (0x400000000000005F, ["swap"], 0x5F),                                # poison marker
+    (0x440000000000009F, ["swap", "guard"], 0x9F),                       # guard marker (6.15+)
+    (0x0080000000000000, ["soft_dirty"], 0),                             # hole in a VM_SOFTDIRTY VMA
+    (0, [], 0),
+]
+
+
+@pytest.mark.parametrize("raw,flags,pfn", OBSERVED, ids=[hex(o[0]) for o in OBSERVED])
+def test_decode(raw, flags, pfn):
+    e = PagemapEntry(0x1000, raw)
+    assert e.flags() == flags
+    assert e.pfn == pfn
+    assert e.to_dict()["raw"] == raw
+    assert e.marker == ("swap" in flags and "present" not in flags)
+
+
+def test_symbols():
+    assert PagemapEntry(0, 0x8000000000003B32).symbol(zero_pfn=0x3B32) == "Z"
+    assert PagemapEntry(0, 0x830000000011F0FB).symbol() == "W"
+    assert PagemapEntry(0, 0x420000000000003F).symbol() == "M"
+    assert PagemapEntry(0, 0x400000000000005F).symbol() == "X"
+    assert PagemapEntry(0, 0x440000000000009F).symbol() == "G"
+    assert PagemapEntry(0, 0).symbol() == "."
+    assert PagemapEntry(0, uapi.PM_PRESENT | uapi.PM_SOFT_DIRTY).symbol() == "D"
+
+
+class FakeScan(Backend):
+    """A backend whose PAGEMAP_SCAN returns at most ``vec_len`` regions, like the kernel (for scan_all)."""
+
+    name = "fake"
+
+    def __init__(self, pages: dict[int, int]):
+        self.pages = pages
+        self.calls: list[tuple[int, int, int]] = []
+
+    def pagemap_scan(self, start, end, *, vec_len=512, max_pages=0, return_mask=0x1FF, **kw):
+        self.calls.append((start, end, vec_len))
+        out: list[list[int]] = []
+        pos, taken = start, 0
+        while pos < end:
+            cat = self.pages.get(pos, 0) & return_mask
+            if cat:
+                if out and out[-1][1] == pos and out[-1][2] == cat:
+                    out[-1][1] += P
+                elif len(out) == vec_len:
+                    break  # the vector is full: walk_end stops here
+                else:
+                    out.append([pos, pos + P, cat])
+                taken += 1
+            pos += P
+            if max_pages and taken == max_pages:
+                break
+        return ScanResult([tuple(x) for x in out], pos)
+
+    # the rest of the interface is not used here
+    describe = mmap = alias = munmap = madvise = mprotect = mremap = userfaultfd = fault_handler = None
+    thread = read = write = pagemap = clear_refs = soft_dirty = smaps_private_dirty = None
+
+
+FakeScan.__abstractmethods__ = frozenset()
+
+
+def test_scan_all_continues_from_walk_end():
+    """With a vector of 2 regions and 5 alternating runs, scan_all must resume at walk_end (not at the end
+    of the last region) and must not lose or duplicate a page."""
+    base = 0x10000000
+    pages = {}
+    for i in range(20):
+        pages[base + i * P] = (C.PRESENT | C.WRITTEN) if (i // 4) % 2 == 0 else C.PRESENT
+    fake = FakeScan(pages)
+    res = pagemap.scan_all(fake, base, base + 20 * P, vec_len=2)
+    assert res.walk_end == base + 20 * P
+    assert res.regions == [(base + 4 * k * P, base + 4 * (k + 1) * P, pages[base + 4 * k * P]) for k in range(5)]
+    assert len(fake.calls) == 3 and fake.calls[1][0] == base + 8 * P
+
+
+def test_scan_all_merges_split_regions():
+    base = 0x20000000
+    pages = {base + i * P: C.PRESENT for i in range(10)}
+    fake = FakeScan(pages)
+    res = pagemap.scan_all(fake, base, base + 10 * P, vec_len=1, max_pages=3)
+    assert res.regions == [(base, base + 3 * P, C.PRESENT)]
+
+
+# -- live -----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend_name", TABLE_BACKENDS)
+def test_clear_refs_values(backend_name):
+    b = make_backend(backend_name)
+    try:
+        for v in (1, 2, 3, 5):
+            b.clear_refs(v)
+        for bad in (0, 6, "x"):
+            with pytest.raises(UffdError) as ei:
+                b.clear_refs(bad)
+            assert ei.value.errno == errno.EINVAL
+    finally:
+        b.close()
+
+
+def test_soft_dirty_roundtrip_here(kernel_backend):
+    """This host has CONFIG_MEM_SOFT_DIRTY off: clear_refs 4 succeeds, and the round trip reads 0."""
+    sd = kernel_backend.soft_dirty()
+    with open("/proc/config.gz", "rb") as f:
+        import gzip
+        config = gzip.decompress(f.read()).decode()
+    configured = "CONFIG_MEM_SOFT_DIRTY=y" in config
+    assert sd.available == configured, sd
+    if not configured:
+        assert sd.reason == "CONFIG_MEM_SOFT_DIRTY off: round trip read 0"
+        assert not sd.raw_after & uapi.PM_SOFT_DIRTY
+
+
+def test_pagemap_live_bits(kernel_backend):
+    b = kernel_backend
+    r = b.mmap(4 * P, "anon")
+    b.write(r.addr, b"x")
+    e0, e1 = pagemap.read(b, r.addr, 2)
+    assert e0.present and e0.exclusive and not e0.file and e0.pfn != 0  # root: real PFNs
+    assert e1.raw == 0
+    b.madvise(r.addr + 2 * P, P, uapi.MADV_GUARD_INSTALL)
+    g = pagemap.entry(b, r.addr + 2 * P)
+    assert g.guard and g.swap and not g.present
+
+
+def test_pagemap_scan_written_and_continuation(kernel_backend):
+    """PAGEMAP_SCAN on a WP_ASYNC range: the vector fills, walk_end says where to resume, and
+    scan_all's result equals one big-vector call."""
+    b = kernel_backend
+    n = 32
+    r = b.mmap(n * P, "anon")
+    u = b.userfaultfd()
+    u.api(uapi.Feature.WP_ASYNC | uapi.Feature.WP_UNPOPULATED)
+    u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    u.writeprotect(r.addr, r.len, uapi.WriteprotectMode.WP)
+    for i in range(0, n, 3):  # written pages every third page: many small regions
+        b.write(r.addr + i * P, b"w")
+    one = b.pagemap_scan(r.addr, r.end, category_mask=C.WRITTEN, return_mask=C.WRITTEN, vec_len=64)
+    assert one.walk_end == r.end
+    assert [s for s, _, _ in one.regions] == [r.addr + i * P for i in range(0, n, 3)]
+    short = b.pagemap_scan(r.addr, r.end, category_mask=C.WRITTEN, return_mask=C.WRITTEN, vec_len=2)
+    assert len(short.regions) == 2 and r.addr < short.walk_end < r.end
+    assert pagemap.scan_all(b, r.addr, r.end, category_mask=C.WRITTEN, return_mask=C.WRITTEN,
+                            vec_len=2).regions == one.regions
+    # WP_MATCHING write-protects what it reports: a second scan finds nothing written
+    b.pagemap_scan(r.addr, r.end, flags=uapi.PM_SCAN_WP_MATCHING | uapi.PM_SCAN_CHECK_WPASYNC,
+                   category_mask=C.WRITTEN, return_mask=C.WRITTEN)
+    assert b.pagemap_scan(r.addr, r.end, category_mask=C.WRITTEN, return_mask=C.WRITTEN).regions == []
+
+
+def test_pagemap_scan_errors(kernel_backend):
+    b = kernel_backend
+    r = b.mmap(4 * P, "anon")
+    for kw, err in [(dict(start=r.addr + 1), errno.EINVAL),
+                    (dict(flags=1 << 5), errno.EINVAL),
+                    (dict(category_mask=1 << 20), errno.EINVAL),
+                    (dict(flags=uapi.PM_SCAN_CHECK_WPASYNC), errno.EPERM)]:  # not a WP_ASYNC VMA
+        args = dict(start=r.addr, end=r.end)
+        args.update(kw)
+        with pytest.raises(UffdError) as ei:
+            b.pagemap_scan(args.pop("start"), args.pop("end"), **args)
+        assert ei.value.errno == err, (kw, ei.value)
+
+
+def test_scan_category_probe(kernel_backend):
+    """The categories this kernel accepts: all nine on 6.18 (GUARD since 6.15); SOFT_DIRTY is accepted
+    even without CONFIG_MEM_SOFT_DIRTY (it simply never matches)."""
+    r = kernel_backend.mmap(P, "anon")
+    got = pagemap.probe_scan_categories(kernel_backend, r.addr)
+    assert got == {c.name: True for c in C}
