@@ -66,6 +66,14 @@ def state_of(name: str) -> str:
     return "gone"
 
 
+def _forget(name: str) -> None:
+    clean(name)
+    try:
+        os.unlink(paths.log_path(name))
+    except OSError:
+        pass
+
+
 def live_names() -> list[str]:
     return [n for n in paths.names() if state_of(n) == "live"]
 
@@ -79,12 +87,16 @@ def resolve(name: str | None) -> str:
             raise UsageError(str(e)) from None
         st = state_of(name)
         if st != "live":
-            was = os.path.exists(paths.log_path(name))
-            raise SessionGone(f"session {name!r} is {'gone (its process died; stale files removed)' if was else 'not running'}"
-                              f"{'' if was else ' (start it: uffdctl session start --name ' + name + ')'}")
+            if os.path.exists(paths.log_path(name)):
+                raise SessionGone(f"session {name!r} is gone (its process died; stale socket removed)")
+            raise SessionGone(f"session {name!r} is not running (start it: uffdctl session start --name {name})")
         return name
     names = live_names()
     if not names:
+        gone = [n for n in paths.names() if state_of(n) == "gone"]
+        if gone:
+            raise SessionGone(f"no session is running: {', '.join(gone)} died (stale socket removed; "
+                              f"uffdctl session list reports it)")
         raise SessionGone("no session is running (start one: uffdctl session start)")
     if len(names) > 1:
         raise UsageError(f"several sessions are running ({', '.join(names)}): pick one with --session or "
@@ -184,11 +196,13 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
         os.close(r)
     if not buf.strip():
         proc.wait(5)
+        _forget(name)
         raise SessionGone(f"session {name!r} exited during start-up (status {proc.returncode}; "
                           f"log: {paths.log_path(name)})")
     msg = json.loads(buf.split(b"\n", 1)[0])
     if not msg.get("ok"):
         proc.wait(5)
+        _forget(name)
         raise RemoteErrorLike(msg.get("error") or {}, msg.get("exit", 1))
     return {"name": name, "pid": msg["pid"], "socket": msg["socket"], "backend": msg["backend"],
             "log": paths.log_path(name)}
@@ -204,7 +218,7 @@ def stop(name: str | None) -> dict:
         time.sleep(0.02)
     if _pid_is_server(pid):
         os.kill(pid, 9)
-    clean(name)
+    _forget(name)
     return {"name": name, "pid": pid, "stopped": 1}
 
 
@@ -216,6 +230,8 @@ def listing() -> list[dict]:
         st = state_of(name)
         if st != "live":
             out.append({"name": name, "state": st, "pid": pid})
+            if st == "gone":  # reported once: the log goes too
+                _forget(name)
             continue
         d = {"name": name, "state": "live", "pid": pid}
         try:

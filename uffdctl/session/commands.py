@@ -430,10 +430,10 @@ def _src_span(st: SessionState, a: dict, length: int) -> tuple[int, str]:
          kernel_name="UFFDIO_COPY")
 def cmd_copy(st, a):
     span = parse_range(st, a["range"])
-    u = st.get_uffd()
-    src, what = _src_span(st, a, span.len)
     mode = (uapi.CopyMode.DONTWAKE if a.get("dontwake") else 0) | (uapi.CopyMode.WP if a.get("wp") else 0)
     mode |= _hint_bits(st, a, "COPY")
+    u = st.get_uffd()
+    src, what = _src_span(st, a, span.len)
     done = u.copy(span.start, src, span.len, int(mode))
     return {"dst": span.start, "src": src, "len": span.len, "mode": int(mode), "copy": done, "source": what}
 
@@ -442,8 +442,8 @@ def cmd_copy(st, a):
          RANGE, DONTWAKE, *HINTS, kernel_name="UFFDIO_ZEROPAGE")
 def cmd_zeropage(st, a):
     span = parse_range(st, a["range"])
-    u = st.get_uffd()
     mode = (uapi.ZeropageMode.DONTWAKE if a.get("dontwake") else 0) | _hint_bits(st, a, "ZEROPAGE")
+    u = st.get_uffd()
     done = u.zeropage(span.start, span.len, int(mode))
     return _span_dict(span, mode=int(mode), zeropage=done)
 
@@ -467,9 +467,9 @@ def cmd_writeprotect(st, a):
     span = parse_range(st, a["range"])
     if a.get("on") is None:
         raise UsageError("writeprotect: say --on or --off")
-    u = st.get_uffd()
     mode = (uapi.WriteprotectMode.WP if a["on"] else 0) | (uapi.WriteprotectMode.DONTWAKE if a.get("dontwake") else 0)
     mode |= _hint_bits(st, a, "WRITEPROTECT")
+    u = st.get_uffd()
     u.writeprotect(span.start, span.len, int(mode))
     return _span_dict(span, mode=int(mode))
 
@@ -695,8 +695,9 @@ def cmd_scan(st, a):
 def cmd_status(st, a):
     b = st.backend
     return {"name": st.name, "backend": b.name, "profile": st.profile, "uptime_s": round(time.time() - st.started, 3),
-            "uffd": None if st.uffd is None else {"fd": st.uffd.fileno(), "features": st.uffd.features,
-                                                 "features_decoded": uapi.Feature.decode(st.uffd.features)},
+            "uffd": None if st.uffd is None else {
+                "fd": st.uffd.fileno(), "features": st.requested_features,
+                "features_decoded": uapi.Feature.decode(st.requested_features or 0)},
             "regions": sorted(st.regions), "threads": list(st.thread_names),
             "blocked": sorted(t.id for t in st.touches.values() if not t.access.done),
             "events": len(st.events), "policy": {"missing": st.policy.missing, "wp": st.policy.wp,

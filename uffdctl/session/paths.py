@@ -59,5 +59,5 @@ def names() -> list[str]:
         entries = os.listdir(d)
     except OSError:
         return []
-    out = {e.rsplit(".", 1)[0] for e in entries if e.endswith((".sock", ".pid"))}
+    out = {e.rsplit(".", 1)[0] for e in entries if e.endswith((".sock", ".pid", ".log"))}
     return sorted(n for n in out if NAME_RE.match(n))

@@ -81,6 +81,7 @@ class SessionState:
         self._backend: Backend | None = None
         self.uffd = None
         self.api_result = None
+        self.requested_features: int | None = None
         self.handler = None
         self.policy = HandlerPolicy(**DEFAULT_POLICY)
         self.regions: dict[str, Region] = {}
@@ -111,8 +112,9 @@ class SessionState:
         """The session's uffd, opened and UFFDIO_API'd (with ``features``) on first need."""
         if self.uffd is None:
             u = self.backend.userfaultfd()
+            self.requested_features = DEFAULT_FEATURES if features is None else features
             try:
-                self.api_result = u.api(DEFAULT_FEATURES if features is None else features)
+                self.api_result = u.api(self.requested_features)
             except Exception:
                 u.close()
                 raise
