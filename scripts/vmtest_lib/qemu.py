@@ -1,0 +1,192 @@
+"""One QEMU run: the command line, streaming the guest's output, the time limit, and cleanup.
+
+QEMU runs in its own process group (``start_new_session``) with
+``PR_SET_PDEATHSIG`` = SIGKILL, so it dies with vmtest even on SIGKILL; on a
+timeout, Ctrl-C, SIGTERM/SIGHUP or any error :func:`run` kills the whole group
+(SIGTERM, then SIGKILL) before returning or re-raising.  Nothing is left behind.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from .host import log
+from .kernelpkg import Kernel
+
+PR_SET_PDEATHSIG = 1
+STATUS_TIMEOUT = 124        # as timeout(1)
+STATUS_NO_REPORT = 125      # the guest never reported an exit status
+
+_live: set[int] = set()     # process groups started and not yet reaped
+
+
+@dataclass
+class VM:
+    qemu: str
+    kernel: Kernel
+    initramfs: str
+    accel: str = "tcg"
+    smp: int = 2
+    mem: str = "2G"
+    timeout: float = 900.0
+    extra_append: list[str] = field(default_factory=list)
+
+    def append(self, share: str) -> str:
+        args = ["console=ttyS0", "loglevel=4", "panic=-1", "mitigations=off", "8250.nr_uarts=1",
+                "random.trust_cpu=on", f"vmtest.share={share}"]
+        return " ".join(args + self.extra_append)
+
+    def argv(self, run_dir: str, share: str) -> list[str]:
+        """The QEMU command line.  ``run_dir`` holds the host-side files, ``share`` is shared read-write."""
+        accel = "kvm" if self.accel == "kvm" else "tcg,thread=multi"
+        cpu = "host" if self.accel == "kvm" else "max"
+        return [
+            self.qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-machine", "pc", "-accel", accel, "-cpu", cpu, "-smp", str(self.smp), "-m", self.mem,
+            "-kernel", self.kernel.image_path, "-initrd", self.initramfs, "-append", self.append(share),
+            "-serial", f"file:{os.path.join(run_dir, 'console.log')}",
+            "-device", "virtio-serial-pci,id=vser0",
+            "-chardev", f"file,id=out,path={os.path.join(run_dir, 'out.log')}",
+            "-device", "virtserialport,bus=vser0.0,chardev=out,name=out",
+            "-chardev", f"file,id=status,path={os.path.join(run_dir, 'status')}",
+            "-device", "virtserialport,bus=vser0.0,chardev=status,name=status",
+            "-fsdev", "local,id=hostroot,path=/,security_model=none,readonly=on,multidevs=remap",
+            "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
+            "-fsdev", f"local,id=share,path={share},security_model=none,multidevs=remap",
+            "-device", "virtio-9p-pci,fsdev=share,mount_tag=vmtest_share",
+        ]
+
+
+@dataclass
+class Result:
+    status: int                # the guest command's exit status, or STATUS_TIMEOUT / STATUS_NO_REPORT
+    seconds: float
+    timed_out: bool = False
+    qemu_status: int | None = None
+    console_tail: str = ""
+    qemu_stderr: str = ""
+
+    @property
+    def reported(self) -> bool:
+        return not self.timed_out and self.status != STATUS_NO_REPORT
+
+
+def _pdeathsig():
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def kill_group(pgid: int, grace: float = 3.0) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        end = time.monotonic() + wait
+        while time.monotonic() < end:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                _live.discard(pgid)
+                return
+            time.sleep(0.05)
+    _live.discard(pgid)
+
+
+def kill_all() -> None:
+    """Kill every QEMU this process started and has not reaped (atexit, signal handlers)."""
+    for pgid in list(_live):
+        kill_group(pgid, grace=1.0)
+
+
+def tail(path: str, lines: int = 30) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def spawn(argv: list[str], stderr_path: str) -> subprocess.Popen:
+    with open(stderr_path, "wb") as err:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                             start_new_session=True, preexec_fn=_pdeathsig)
+    _live.add(p.pid)
+    return p
+
+
+def supervise(proc: subprocess.Popen, out_path: str, timeout: float, stream=None) -> tuple[int | None, bool]:
+    """Stream ``out_path`` to ``stream`` while ``proc`` runs; kill its group on timeout or any exception.
+
+    Returns (QEMU exit status or None if killed, timed_out).
+    """
+    stream = stream if stream is not None else sys.stdout.buffer
+    deadline = time.monotonic() + timeout
+    timed_out = False
+    rc = None
+    try:
+        with open(out_path, "ab+") as f:
+            f.seek(0)
+
+            def pump():
+                data = f.read()
+                if data:
+                    stream.write(data)
+                    stream.flush()
+
+            while True:
+                try:
+                    rc = proc.wait(0.1)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                pump()
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
+            pump()
+    finally:
+        if proc.poll() is None:
+            kill_group(proc.pid)
+            proc.wait()
+        _live.discard(proc.pid)
+    return rc, timed_out
+
+
+def run(vm: VM, run_dir: str, share: str, stream=None) -> Result:
+    """Boot, run ``share/guest.sh`` in the guest, stream its output; the guest's exit status."""
+    out_path = os.path.join(run_dir, "out.log")
+    status_path = os.path.join(run_dir, "status")
+    for p in (out_path, status_path):
+        open(p, "wb").close()
+    argv = vm.argv(run_dir, share)
+    with open(os.path.join(run_dir, "qemu.cmd"), "w") as f:
+        f.write(shlex.join(argv) + "\n")
+    t0 = time.monotonic()
+    proc = spawn(argv, os.path.join(run_dir, "qemu.stderr"))
+    rc, timed_out = supervise(proc, out_path, vm.timeout, stream)
+    secs = time.monotonic() - t0
+    res = Result(STATUS_NO_REPORT, secs, timed_out, rc, tail(os.path.join(run_dir, "console.log")),
+                 tail(os.path.join(run_dir, "qemu.stderr")))
+    if timed_out:
+        res.status = STATUS_TIMEOUT
+        log(f"timeout after {vm.timeout:.0f} s: QEMU killed")
+        return res
+    try:
+        with open(status_path) as f:
+            res.status = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        log(f"the guest reported no exit status (QEMU exit {rc}); console tail:\n{res.console_tail}\n"
+            f"{res.qemu_stderr}")
+    return res
