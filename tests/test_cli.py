@@ -99,7 +99,8 @@ def test_json_keys_of_every_command(session):
     assert ev["event"] == "pagefault" and ev["region"] == "buf" and ev["page"] == 3 and ev["flags"] & 1
     r = c.j("faults")
     assert keys(r) == {"threads"}
-    assert keys(r["threads"][0]) == {"thread", "tid", "minflt", "majflt", "blocked", "touch", "address"}
+    assert keys(r["threads"][0]) == {"thread", "tid", "minflt", "majflt", "access_minflt",
+                                             "access_majflt", "blocked", "touch", "address"}
     assert r["threads"][0]["blocked"] == 1
     r = c.j("copy", "buf:3", "--fill", "0x41")
     assert keys(r) == {"dst", "src", "len", "mode", "copy", "source"} and r["copy"] == 4096

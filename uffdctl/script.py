@@ -8,7 +8,9 @@ in-process against one :class:`~uffdctl.session.state.SessionState` (no daemon).
 
     expect pagemap RANGE key=value ...   every page of RANGE (keys: present swap file uffd_wp soft_dirty
                                          exclusive guard zero marker pfn)
-    expect faults THREAD minor=+1 major=0   +N/-N: change since just before the previous command
+    expect faults THREAD minor=+1 major=0   faults taken by the thread's finished touches (the
+                                         kernel's count around each access); +N: change since the
+                                         previous ``expect faults`` of that thread
     expect errno EEXIST                  the previous command failed with this errno (name or number)
     expect result key=value ...          fields of the previous command's result (dotted keys)
     expect event key=value ...           the newest message in the log
@@ -28,13 +30,17 @@ from .session.state import SessionState
 class ScriptError(Exception):
     """A line that cannot run (malformed, or an expectation that failed)."""
 
-    def __init__(self, lineno: int, line: str, message: str, exit_code: int = 1, kind: str = "ExpectationFailed"):
+    def __init__(self, lineno: int, line: str, message: str, exit_code: int = 1, kind: str = "ExpectationFailed",
+                 cause: dict | None = None):
         super().__init__(f"line {lineno}: {message}")
         self.lineno, self.line, self.message, self.exit_code, self.kind = lineno, line, message, exit_code, kind
+        self.cause = cause or {}
 
     def to_dict(self) -> dict:
-        return {"type": self.kind, "errno": None, "ioctl": None, "line": self.lineno, "text": self.line,
-                "message": str(self)}
+        d = {"type": self.kind, "errno": None, "ioctl": None}
+        d.update(self.cause)
+        d.update(line=self.lineno, text=self.line, message=str(self))
+        return d
 
 
 def _value(text: str):
@@ -64,12 +70,8 @@ class Interpreter:
         self.echo = echo
         self.last_error: BaseException | None = None
         self.last_result: dict | None = None
-        self.before: dict[str, tuple[int, int]] = {}
+        self.baseline: dict[str, tuple[int, int]] = {}
         self.log: list[dict] = []
-
-    # -- fault snapshots --------------------------------------------------------------------
-    def _snapshot(self) -> dict[str, tuple[int, int]]:
-        return {n: self.st.backend.thread(n).faults() for n in self.st.thread_names}
 
     # -- one line -----------------------------------------------------------------------------
     def command(self, lineno: int, line: str, toks: list[str]) -> None:
@@ -88,7 +90,6 @@ class Interpreter:
             self.st.thread(args.get("thread") or "main")
         if "main" not in self.st.thread_names:
             self.st.thread("main")
-        self.before = self._snapshot()
         self.last_error, self.last_result = None, None
         try:
             self.last_result = execute(self.st, name, args)
@@ -162,8 +163,8 @@ class Interpreter:
         if name not in self.st.thread_names:
             raise ScriptError(lineno, line, f"unknown thread {name!r} (threads: {', '.join(self.st.thread_names)})",
                               2, "UsageError")
-        now = self.st.backend.thread(name).faults()
-        base = self.before.get(name, now)
+        now = self.st.access_faults(name)
+        base = self.baseline.get(name, (0, 0))
         for k, v in pairs:
             idx = {"minor": 0, "minflt": 0, "major": 1, "majflt": 1}.get(k)
             if idx is None:
@@ -178,6 +179,7 @@ class Interpreter:
                 what = "change" if rel else "value"
                 raise ScriptError(lineno, line, f"thread {name} {k}: expected {what} {v}, actual "
                                                 f"{'%+d' % got if rel else got}")
+        self.baseline[name] = now
 
     def _expect_result(self, lineno, line, rest):
         pairs = _pairs(lineno, line, rest)
@@ -225,7 +227,8 @@ class Interpreter:
             nxt = parsed[n + 1][2] if n + 1 < len(parsed) else []
             if self.last_error is not None and nxt[:2] != ["expect", "errno"]:
                 e = self.last_error
-                raise ScriptError(lineno, line, error_dict(e)["message"], exit_code_of(e), type(e).__name__)
+                raise ScriptError(lineno, line, error_dict(e)["message"], exit_code_of(e), type(e).__name__,
+                                  error_dict(e))
         return {"ok": True, "lines": self.log}
 
 

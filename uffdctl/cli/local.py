@@ -57,7 +57,7 @@ def run(file, backend, profile, quiet):
 
     \b
       expect pagemap buf:0 present=1 uffd_wp=0 soft_dirty=1
-      expect faults main minor=+1      (+N: change since before the previous command)
+      expect faults main minor=+1      (+N: change since the last expect faults)
       expect errno EEXIST              (the previous command failed with EEXIST)
       expect result copy=4096 blocked=0
       expect event event=pagefault region=buf page=3

@@ -111,6 +111,7 @@ def render(name: str, r: dict, opts: dict | None = None) -> str:
         rows = [dict(x, blocked=f"touch #{x['touch']} at 0x{x['address']:x}" if x["blocked"] else "-")
                 for x in r["threads"]]
         return table(rows, [("thread", "THREAD"), ("tid", "TID"), ("minflt", "MINFLT"), ("majflt", "MAJFLT"),
+                            ("access_minflt", "ACCESS_MINFLT"), ("access_majflt", "ACCESS_MAJFLT"),
                             ("blocked", "BLOCKED")])
     if name == "scan":
         lines = [f"walk_end: 0x{r['walk_end']:x}"]

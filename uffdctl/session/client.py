@@ -176,7 +176,7 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
         cmd += ["--profile", profile]
     with open(paths.log_path(name), "ab") as log:
         os.chmod(paths.log_path(name), 0o600)
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,),
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,), cwd="/",
                                 start_new_session=True, close_fds=True)
     os.close(w)
     deadline = time.monotonic() + START_TIMEOUT_S

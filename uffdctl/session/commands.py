@@ -592,7 +592,8 @@ def cmd_wait(st, a):
         return dict(t.to_dict(), tid=st.backend.thread(t.thread).tid)
 
 
-@command("faults", "Per-thread fault counters (minflt/majflt) and what each thread is blocked on.",
+@command("faults", "Per-thread fault counters and what each thread is blocked on. minflt/majflt: the thread's "
+         "/proc counters; access_minflt/access_majflt: summed over its finished touches.",
          "uffdctl faults")
 def cmd_faults(st, a):
     out = []
@@ -601,8 +602,10 @@ def cmd_faults(st, a):
     for name in st.thread_names:
         th = st.backend.thread(name)
         minflt, majflt = th.faults()
+        amin, amaj = st.access_faults(name)
         busy = st.busy_touch(name)
         out.append({"thread": name, "tid": th.tid, "minflt": minflt, "majflt": majflt,
+                    "access_minflt": amin, "access_majflt": amaj,
                     "blocked": int(busy is not None), "touch": busy.id if busy else None,
                     "address": busy.start if busy else None})
     return {"threads": out}

@@ -199,6 +199,19 @@ class SessionState:
             self.thread_names.append(name)
         return t
 
+    def access_faults(self, thread: str) -> tuple[int, int]:
+        """(minflt, majflt) summed over the thread's finished touches: the kernel's count around each
+        access (getrusage RUSAGE_THREAD), free of the thread's own bookkeeping faults."""
+        mn = mj = 0
+        for t in self.touches.values():
+            if t.thread == thread and t.access.done:
+                try:
+                    r = t.access.result()
+                except Exception:
+                    continue
+                mn, mj = mn + r.minflt, mj + r.majflt
+        return mn, mj
+
     # -- shutdown -------------------------------------------------------------------
     def close(self) -> None:
         """Release everything: closing the uffd wakes every blocked fault, then threads stop."""

@@ -1,0 +1,99 @@
+"""``uffdctl check``: the probes, the verdicts, the exit code."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_cli_support import cli, need_kernel  # noqa: F401  (fixtures)
+from uffdctl import uapi
+
+
+@pytest.fixture(scope="module")
+def res():
+    need_kernel()
+    from uffdctl.check import run_checks
+    return run_checks()
+
+
+def _verdict(res, name):
+    return next(v for v in res["verdicts"] if v["check"] == name)
+
+
+def test_features_are_the_kernels(res):
+    from uffdctl.kernel import KernelBackend
+    b = KernelBackend()
+    try:
+        want = b.probe_features()
+    finally:
+        b.close()
+    assert res["api"]["features"] == want
+    names = uapi.Feature.decode(want)
+    v = _verdict(res, "features")
+    assert v["status"] == "ok" and f"({len(names)}/17)" in v["message"]
+    assert all(n.replace("UFFD_FEATURE_", "") in v["message"] for n in names)
+
+
+def test_register_matrix(res):
+    rows = {(r["memtype"], r["mode"]): r for r in res["register"]}
+    assert len(rows) == 5 * 7
+    anon_minor = rows[("anon", "minor")]
+    assert anon_minor["status"] == "n/a" and anon_minor["errno"] == "EINVAL"
+    assert anon_minor["reason"] == "vma_can_userfault: MINOR needs shmem/hugetlb"
+    assert rows[("anon", "missing")]["ioctls"] == 0x13c            # spec 3.3 [E B1]
+    assert rows[("anon", "missing,wp")]["ioctls"] == 0x17c
+    assert rows[("shmem", "missing,wp,minor")]["ioctls"] == 0x1fc
+    from uffdctl.kernel import hugepages_total
+    hp = rows[("hugetlb", "missing")]
+    if hugepages_total() == 0:
+        assert hp["status"] == "unsupported" and "HugePages_Total=0" in hp["reason"]
+    else:
+        assert hp["status"] == "ok" and hp["ioctls"] & ~0x1cc == 0   # UFFD_API_RANGE_IOCTLS_BASIC
+
+
+def test_soft_dirty_and_hugetlb_verdicts(res):
+    sd = _verdict(res, "soft-dirty")
+    if res["soft_dirty"]["available"]:
+        assert sd["status"] == "ok"
+    else:
+        assert sd["status"] == "unsupported"
+        assert sd["message"] == "not available (CONFIG_MEM_SOFT_DIRTY off: round trip read 0)"
+    hp = _verdict(res, "hugetlb")
+    if res["hugetlb"]["HugePages_Total"] == 0:
+        assert hp["status"] == "unsupported" and hp["message"].startswith("0 pages reserved")
+    else:
+        assert hp["status"] == "ok" and hp["message"].startswith(f"{res['hugetlb']['HugePages_Total']} pages reserved")
+
+
+def test_exit_code_follows_the_verdicts(res):
+    statuses = {v["status"] for v in res["verdicts"]}
+    want = 1 if "broken" in statuses else 4 if "unsupported" in statuses else 0
+    assert res["exit"] == want
+    assert "broken" not in statuses, res["verdicts"]
+
+
+def test_scan_and_sysctl(res):
+    cats = res["pagemap_scan"]["categories"]
+    assert set(cats) == {c.name for c in uapi.PageCategory} and cats["PRESENT"]
+    assert res["sysctl"]["vm.unprivileged_userfaultfd"] in (0, 1)
+    assert [o["via"] for o in res["open"]] == ["syscall", "user-mode-only", "/dev/userfaultfd"]
+
+
+def test_check_cli(cli, res):
+    p = cli("check")
+    assert p.returncode == res["exit"]
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("kernel: ") and lines[-1].startswith(("Looks good", "Something is broken"))
+    assert any(ln.startswith("soft-dirty: ") for ln in lines)
+    r = json.loads(cli("-p", "check").stdout)
+    assert set(r) == {"kernel", "verdicts", "open", "api", "register", "soft_dirty", "pagemap_scan", "hugetlb",
+                      "sysctl", "exit"}
+    assert r["exit"] == res["exit"]
+
+
+def test_check_without_the_native_module(monkeypatch):
+    import uffdctl._native as native
+    from uffdctl.check import run_checks
+    monkeypatch.setattr(native, "available", lambda: (False, "native extension uffdctl._uffd is not built"))
+    r = run_checks()
+    assert r["exit"] == 4 and r["verdicts"][0]["check"] == "native"

@@ -1,0 +1,147 @@
+"""``uffdctl run``: the script language, its expectations, and its errors."""
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from test_cli_support import cli, need_kernel  # noqa: F401  (fixtures)
+from uffdctl.script import run_file
+
+
+@pytest.fixture
+def run(tmp_path):
+    need_kernel()
+
+    def _run(text, **kw):
+        f = tmp_path / "s.uffd"
+        f.write_text(textwrap.dedent(text))
+        return run_file(str(f), backend="kernel", **kw)
+    return _run
+
+
+MISSING_COPY = """\
+    # a missing fault, resolved by hand
+    mmap --size 64K --name buf
+    register buf --mode missing,wp
+    expect result ioctls=0x17c
+    touch buf:3 --write          # blocks
+    expect result blocked=1
+    expect event event=pagefault region=buf page=3 flags=1
+    expect pagemap buf:3 present=0
+    copy buf:3 --fill 0x41
+    expect result copy=4096
+    wait --timeout 5
+    expect result finished=1 sigbus=0
+    expect faults main minor=+1
+    expect pagemap buf:3 present=1 uffd_wp=0 zero=0 soft_dirty=0
+    expect pagemap buf:4-15 present=0
+    copy buf:3
+    expect errno EEXIST
+    zeropage buf:4
+    expect pagemap buf:4 present=1 zero=1
+    touch buf:4 --read --wait
+    expect faults main minor=+0
+    writeprotect buf:3 --on
+    expect pagemap buf:3 uffd_wp=1
+"""
+
+
+def test_a_script_with_expectations_runs(run):
+    res = run(MISSING_COPY)
+    assert res["ok"], res.get("error")
+    assert res["exit"] == 0
+    assert [ln["line"] for ln in res["lines"]][:3] == [2, 3, 4]
+
+
+def test_a_failed_expectation_names_the_line_and_the_diff(run):
+    res = run("""\
+        mmap --size 16K --name buf
+        register buf --mode missing
+        zeropage buf:1
+        expect pagemap buf:0-1 present=1
+        mmap --size 16K --name never
+    """)
+    assert not res["ok"] and res["exit"] == 1
+    e = res["error"]
+    assert e["line"] == 4 and e["type"] == "ExpectationFailed"
+    assert "page 0" in e["message"] and "present: expected 1, actual 0" in e["message"]
+    assert "page 1" not in e["message"]
+    assert all(ln["line"] != 5 for ln in res["lines"])     # stopped there
+
+
+def test_expect_faults_diff(run):
+    res = run("""\
+        mmap --size 16K --name buf
+        touch buf:0-1 --write --wait
+        expect faults main minor=+5
+    """)
+    assert res["error"]["line"] == 3
+    assert "expected change +5, actual +2" in res["error"]["message"]
+
+
+def test_expect_errno_mismatch_and_success(run):
+    res = run("""\
+        mmap --size 16K --name buf
+        zeropage buf:0
+        expect errno EEXIST
+    """)
+    assert res["error"]["line"] == 3 and "expected errno EEXIST, actual: ENOENT" in res["error"]["message"]
+    res = run("""\
+        mmap --size 16K --name buf
+        register buf --mode missing
+        expect errno EINVAL
+    """)
+    assert "actual: success" in res["error"]["message"]
+
+
+def test_a_failing_command_stops_the_script(run):
+    res = run("""\
+        mmap --size 16K --name buf
+        continue buf:0
+        mmap --size 16K --name never
+    """)
+    assert not res["ok"] and res["exit"] == 1 and res["error"]["line"] == 2
+    assert "UFFDIO_CONTINUE" in res["error"]["message"] and res["error"]["errno_name"] == "ENOENT"
+
+
+@pytest.mark.parametrize("text, line, needle", [
+    ("mmap --size 16K --name buf\nfrobnicate buf\n", 2, "unknown command 'frobnicate'"),
+    ("mmap --size 16K --bogus\n", 1, "No such option"),
+    ("mmap --size 16K --name 'buf\n", 1, "cannot parse line"),
+    ("mmap --size 16K --name buf\nexpect nonsense\n", 2, "unknown expectation"),
+    ("mmap --size 16K --name buf\nexpect pagemap buf:0 present\n", 2, "key=value"),
+    ("mmap --size 16K --name buf\nexpect pagemap buf:0 bogus=1\n", 2, "unknown pagemap field"),
+    ("mmap --size 16K --name buf\nexpect pagemap nope:0 present=1\n", 2, "unknown region"),
+    ("mmap --size 16K --name buf\nexpect faults nobody minor=1\n", 2, "unknown thread"),
+    ("mmap --size 16K --name buf\nexpect errno EWHATEVER\n", 2, "unknown errno"),
+    ("mmap --size 0\n", 1, "must be > 0"),
+    ("mmap --size 16K --name buf\ncopy buf:9\n", 2, "outside region"),
+    ("mmap --size 16K --name buf\nexpect\n", 2, "expect what"),
+    ("mmap --help\n", 1, "--help"),
+])
+def test_malformed_script_lines(run, text, line, needle):
+    res = run(text)
+    assert not res["ok"] and res["exit"] == 2, res
+    assert res["error"]["line"] == line and needle in res["error"]["message"], res["error"]
+
+
+def test_uffdctl_run_cli(cli, tmp_path):
+    need_kernel()
+    f = tmp_path / "ok.uffd"
+    f.write_text(textwrap.dedent(MISSING_COPY))
+    p = cli("run", "--backend", "kernel", f, check=0)
+    assert "  3: register buf --mode missing,wp" in p.stdout and "BLOCKED" in p.stdout
+    r = cli.j("run", "--backend", "kernel", f)
+    assert r["ok"] is True and r["exit"] == 0 and len(r["lines"]) > 10
+    bad = tmp_path / "bad.uffd"
+    bad.write_text("mmap --size 16K --name buf\nexpect pagemap buf:0 present=1\n")
+    p = cli("run", "--backend", "kernel", bad)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines()[-1].startswith("uffdctl run: error: line 2: page 0")
+    p = cli("-j", "run", "--backend", "kernel", bad, check=1)
+    assert json.loads(p.stdout)["error"]["line"] == 2
+    p = cli("run", tmp_path / "missing.uffd", check=2)
+    assert "cannot read" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = cli("run", "--backend", "kernel", "-", input="mmap --size 4K --name x\nexpect result len=4096\n", check=0)
