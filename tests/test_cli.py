@@ -208,8 +208,10 @@ def _malformed(addr):
         (2, ["move", "buf:0", "--src", "buf:1-2"]), (2, ["nosuchcommand"]), (2, ["--session", "bad/name", "regions"]),
         (2, ["api", "--features", "bogus"]), (2, ["wait", "99"]), (2, ["unregister", "buf:0-99"]),
         (2, ["alias", "buf"]), (2, ["session", "start", "--name", "t"]), (2, ["run", "/nonexistent/x.uffd"]),
-        (1, ["--session", "nosuch", "regions"]), (1, ["zeropage", "buf:0"]), (1, ["continue", "buf:0"]),
+        (1, ["--session", "nosuch", "regions"]), (1, ["continue", "buf:0"]),
+        (1, ["move", "buf:0", "--src", "buf:1"]), (1, ["writeprotect", "buf:0", "--on"]),
         (1, ["api"]), (4, ["copy", "buf:0", "--access-likely"]), (4, ["zeropage", "buf:0", "--write-likely"]),
+        (2, ["munmap", "buf"]),                      # a touch is blocked in it (see below)
     ]
 
 
@@ -225,6 +227,8 @@ def _snapshot(c):
 def test_malformed_invocations(session):
     c = session
     c.j("api")                      # the uffd exists before: a failing command must not change anything
+    c.j("register", "buf", "--mode", "missing")
+    assert c.j("touch", "buf:15", "--read")["blocked"] == 1
     addr = c.j("regions")["regions"][0]["start"]
     before = _snapshot(c)
     cases = _malformed(addr)

@@ -338,6 +338,10 @@ def cmd_munmap(st, a):
     if reg is None:
         raise UsageError(f"unknown region {a['region']!r} (munmap takes a region name; regions: "
                          f"{', '.join(st.regions) or 'none'})")
+    for t in st.touches.values():
+        if not t.access.done and t.start < reg.end and reg.addr < t.start + t.len:
+            # the woken access would retry on an unmapped address: SIGSEGV for the whole session
+            raise UsageError(f"touch #{t.id} (thread {t.thread}) is blocked in region {reg.name}: resolve it first")
     st.backend.munmap(reg.addr, reg.len)
     del st.regions[reg.name]
     for key in [k for k in st.registrations if reg.addr <= k[0] < reg.end]:
