@@ -20,19 +20,25 @@ BASE_ENV = {
 }
 
 
-def script(cwd: str, env: dict[str, str], body: str) -> str:
-    """guest.sh: environment, working directory, then ``body`` (its exit status is the guest's)."""
-    lines = ["#!/bin/sh", "# written by scripts/vmtest; runs in the guest's chroot"]
-    lines += [f"export {k}={shlex.quote(v)}" for k, v in {**BASE_ENV, **env}.items()]
+def script(cwd: str, env: dict[str, str], body: str, base: dict[str, str] | None = None) -> str:
+    """guest.sh: environment (``base`` then ``env``), working directory, then ``body`` (its exit status is
+    the script's)."""
+    lines = ["#!/bin/sh", "# written by scripts/vmtest"]
+    lines += [f"export {k}={shlex.quote(v)}" for k, v in {**(base or {}), **env}.items()]
     lines += [f"cd {shlex.quote(cwd)} || exit 125", body]
     return "\n".join(lines) + "\n"
 
 
 @dataclass
 class Job:
-    """A run directory on the host: ``share/`` is visible in the guest at the same path (read-write)."""
+    """A run directory on the host: ``share/`` is visible in the guest at the same path (read-write).
 
-    vm: qemu.VM
+    With ``vm`` None the script runs here instead (the matrix's host column), under the same supervision:
+    own process group, streamed output, time limit, nothing left behind.
+    """
+
+    vm: qemu.VM | None
+    timeout: float = 900.0
     keep: bool = False
     base: str | None = None
     run_dir: str = field(init=False, default="")
@@ -51,6 +57,9 @@ class Job:
         return os.path.join(self.run_dir, "share")
 
     def run(self, body: str, cwd: str, env: dict[str, str] | None = None, stream=None) -> qemu.Result:
-        with open(os.path.join(self.share, "guest.sh"), "w") as f:
-            f.write(script(cwd, env or {}, body))
-        return qemu.run(self.vm, self.run_dir, self.share, stream)
+        path = os.path.join(self.share, "guest.sh")
+        with open(path, "w") as f:
+            f.write(script(cwd, env or {}, body, BASE_ENV if self.vm else None))
+        if self.vm:
+            return qemu.run(self.vm, self.run_dir, self.share, stream)
+        return qemu.run_here(["/bin/sh", path], self.run_dir, self.timeout, stream)

@@ -118,9 +118,10 @@ def tail(path: str, lines: int = 30) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def spawn(argv: list[str], stderr_path: str) -> subprocess.Popen:
-    with open(stderr_path, "wb") as err:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+def spawn(argv: list[str], log_path: str, cwd: str | None = None) -> subprocess.Popen:
+    """Start ``argv`` in its own process group, stdout and stderr to ``log_path``; it dies with us."""
+    with open(log_path, "wb") as log_f:
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_f, stderr=log_f, cwd=cwd,
                              start_new_session=True, preexec_fn=_pdeathsig)
     _live.add(p.pid)
     return p
@@ -189,4 +190,16 @@ def run(vm: VM, run_dir: str, share: str, stream=None) -> Result:
     except (OSError, ValueError, IndexError):
         log(f"the guest reported no exit status (QEMU exit {rc}); console tail:\n{res.console_tail}\n"
             f"{res.qemu_stderr}")
+    return res
+
+
+def run_here(argv: list[str], run_dir: str, timeout: float, stream=None) -> Result:
+    """Run ``argv`` on the host under the same supervision as a VM (the matrix's host column)."""
+    out_path = os.path.join(run_dir, "out.log")
+    t0 = time.monotonic()
+    proc = spawn(argv, out_path)
+    rc, timed_out = supervise(proc, out_path, timeout, stream)
+    res = Result(STATUS_TIMEOUT if timed_out else rc, time.monotonic() - t0, timed_out, rc)
+    if timed_out:
+        log(f"timeout after {timeout:.0f} s: {argv[0]} killed")
     return res

@@ -1,0 +1,302 @@
+"""scripts/vmtest command line.
+
+    scripts/vmtest [OPTIONS] [matrix]           the kernel matrix (default): host + each kernel, one table
+    scripts/vmtest [OPTIONS] run [-e K=V] -- CMD  run CMD in the guest (in the checkout); its exit status
+    scripts/vmtest [OPTIONS] fetch              download/unpack the kernel(s), build the initramfs
+    scripts/vmtest [OPTIONS] doctor             can it run here? why not?
+
+Exit status: the command's (run), 0/1 (matrix: all verdicts good or not), 4 when vmtest cannot run here
+(with the reason), 124 on timeout, 130 on Ctrl-C.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from . import Unavailable, host, initramfs, kernelpkg, matrix, qemu
+from .guest import Job
+from .host import log
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+KERNEL_ENV = "UFFDCTL_VMTEST_KERNEL"
+
+
+class Terminated(BaseException):
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, _frame):
+    raise Terminated(signum)
+
+
+class Prefixed:
+    """A byte stream that prefixes every line (columns of the matrix stream into one terminal)."""
+
+    def __init__(self, out, prefix: str, tee=None):
+        self.out, self.prefix, self.tee = out, prefix.encode(), tee
+        self.at_bol = True
+
+    def write(self, data: bytes) -> None:
+        if self.tee:
+            self.tee.write(data)
+        parts = data.split(b"\n")
+        buf = []
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if last and not part:
+                break
+            if self.at_bol:
+                buf.append(self.prefix)
+            buf.append(part)
+            if not last:
+                buf.append(b"\n")
+            self.at_bol = not last
+        self.out.write(b"".join(buf))
+
+    def flush(self) -> None:
+        self.out.flush()
+        if self.tee:
+            self.tee.flush()
+
+
+# -- options ----------------------------------------------------------------------------------
+
+def add_common(p: argparse.ArgumentParser, sub: bool = False) -> None:
+    """The options every command takes, before or after the command name."""
+    d = (lambda v: argparse.SUPPRESS) if sub else (lambda v: v)  # noqa: E731  (sub: keep the main's value)
+    k = p.add_argument_group("kernel (repeat to build a matrix; default: $%s, else the newest "
+                             "linux-image-*-amd64 of the apt sources)" % KERNEL_ENV)
+    k.add_argument("--kernel", action="append", default=d([]), metavar="SERIES",
+                   help="newest generic image of a series: 6.1, 6.12, or 'newest' (comma lists allowed)")
+    k.add_argument("--kernel-pkg", action="append", default=d([]), metavar="NAME",
+                   help="an exact package, e.g. linux-image-6.1.0-56-amd64")
+    k.add_argument("--kernel-deb", action="append", default=d([]), metavar="FILE", help="a downloaded .deb")
+    v = p.add_argument_group("virtual machine")
+    v.add_argument("--accel", choices=("auto", "kvm", "tcg"), default=d("auto"),
+                   help="auto: KVM only where a stock guest really runs under it, else TCG (default auto)")
+    v.add_argument("--smp", type=int, default=d(min(2, os.cpu_count() or 1)))
+    v.add_argument("--mem", default=d("2G"))
+    v.add_argument("--timeout", type=float, default=d(600.0),
+                   help="seconds per boot, and for the host column (default 600)")
+    v.add_argument("--qemu", default=d(None), help="QEMU binary (default: qemu-system-x86_64 on PATH)")
+    g = p.add_argument_group("host")
+    g.add_argument("--venv", default=d(os.path.join(REPO, ".venv")),
+                   help="the project's venv, seen in the guest at the same path (default: the checkout's .venv)")
+    g.add_argument("--cache", default=d(kernelpkg.default_cache()),
+                   help=f"kernel cache (default {kernelpkg.default_cache()}; env UFFDCTL_VMTEST_CACHE)")
+    g.add_argument("--no-install", action="store_true", default=d(False),
+                   help="never apt-get install QEMU/busybox-static")
+    g.add_argument("--keep", action="store_true", default=d(False), help="keep the run directories (printed)")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="scripts/vmtest", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="See docs/vmtest.md.")
+    add_common(p)
+    sub = p.add_subparsers(dest="cmd", metavar="{matrix,run,fetch,doctor}")
+    m = sub.add_parser("matrix", help="the kernel matrix (default)")
+    m.add_argument("--tests", nargs="+", metavar="PATH", help="pytest selection (default: %s + %s if present)"
+                   % (" ".join(matrix.DEFAULT_TESTS), " ".join(matrix.OPTIONAL_TESTS)))
+    m.add_argument("--no-host", action="store_true", help="no host column")
+    m.add_argument("--out", default=os.path.join(REPO, "build", "vmtest"),
+                   help="artifacts: per-column logs and results, matrix.txt, matrix.json (default %(default)s)")
+    m.add_argument("-q", "--quiet", action="store_true", help="do not stream the columns' output")
+    r = sub.add_parser("run", help="run a command in the guest")
+    r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
+    r.add_argument("--cwd", default=REPO, help="working directory in the guest (default: the checkout)")
+    r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
+    f = sub.add_parser("fetch", help="download and unpack the kernel(s), build the initramfs")
+    d = sub.add_parser("doctor", help="say whether vmtest can run here, and why not")
+    for sp in (m, r, f, d):
+        add_common(sp, sub=True)
+    return p
+
+
+def kernel_specs(args) -> list[tuple[str, str]]:
+    specs = [("deb", d) for d in args.kernel_deb] + [("pkg", n) for n in args.kernel_pkg]
+    for s in args.kernel:
+        specs += [("series", x.strip()) for x in s.split(",") if x.strip()]
+    if not specs:
+        specs = [("series", x.strip()) for x in os.environ.get(KERNEL_ENV, "newest").split(",") if x.strip()]
+    return specs
+
+
+def get_kernels(args) -> list[kernelpkg.Kernel]:
+    out = []
+    for kind, val in kernel_specs(args):
+        if kind == "deb":
+            out.append(kernelpkg.get_kernel(args.cache, deb=val))
+        elif kind == "pkg":
+            out.append(kernelpkg.get_kernel(args.cache, pkg=val))
+        else:
+            try:
+                out.append(kernelpkg.get_kernel(args.cache, series=val))
+            except ValueError as e:
+                raise Unavailable(str(e)) from None
+    return out
+
+
+def prepare(args) -> list[qemu.VM]:
+    """Tools, accelerator, kernels, initramfs: one VM description per kernel."""
+    qemu_bin, busybox = host.ensure_tools(args.qemu, install=not args.no_install)
+    accel, why = host.choose_accel(args.accel)
+    vms = []
+    for k in get_kernels(args):
+        vms.append(qemu.VM(qemu_bin, k, initramfs.build(k, busybox), accel=accel, smp=args.smp, mem=args.mem,
+                           timeout=args.timeout))
+        log(f"kernel {k.package} {k.version} ({k.release}; {'vmlinux/PVH' if k.pvh else 'bzImage'}; "
+            f"soft-dirty {'y' if k.soft_dirty else 'n'}); accel {accel} ({why})")
+    return vms
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise SystemExit("vmtest run: no command (scripts/vmtest run -- CMD ...)")
+    env = {}
+    for kv in args.env:
+        if "=" not in kv:
+            raise SystemExit(f"vmtest run: --env {kv!r}: expected K=V")
+        k, v = kv.split("=", 1)
+        env[k] = v
+    body = shlex.join(command)
+    venv_bin = os.path.join(os.path.abspath(args.venv), "bin")
+    if os.path.isdir(venv_bin):
+        body = f'export PATH={shlex.quote(venv_bin)}:"$PATH"\n{body}'
+    status = 0
+    for vm in prepare(args):
+        with Job(vm, keep=args.keep) as job:
+            res = job.run(body, args.cwd, env)
+            if args.keep:
+                log(f"run directory kept: {job.run_dir}")
+        log(f"{vm.kernel.label}: exit {res.status} after {res.seconds:.1f} s")
+        status = status or res.status
+    return status
+
+
+def make_plan(args) -> matrix.Plan:
+    venv = os.path.abspath(args.venv)
+    if not os.access(os.path.join(venv, "bin", "pytest"), os.X_OK):
+        raise Unavailable(f"no pytest in the venv {venv}: run make install VENV={args.venv} first "
+                          "(or pass --venv)")
+    tests = args.tests or list(matrix.DEFAULT_TESTS) + [t for t in matrix.OPTIONAL_TESTS
+                                                         if os.path.exists(os.path.join(REPO, t))]
+    py = os.path.join(venv, "bin", "python")
+    probe = subprocess.run([py, "-c", "import importlib.util as u, sys\n"
+                            "try:\n from uffdctl.emu.profiles import PROFILES; print(' '.join(PROFILES))\n"
+                            "except Exception: print()\n"
+                            "print(int(u.find_spec('uffdctl.repro.cli') is not None "
+                            "or u.find_spec('uffdctl.cli.repro') is not None))"],
+                           capture_output=True, text=True, cwd="/")
+    lines = probe.stdout.splitlines() + ["", "0"]
+    profiles = tuple(lines[0].split())
+    repro = lines[1].strip() == "1"
+    return matrix.Plan(venv, tests, repro=repro, profiles=profiles)
+
+
+def cmd_matrix(args) -> int:
+    plan = make_plan(args)
+    vms = prepare(args)
+    os.makedirs(args.out, exist_ok=True)
+    t_all = time.monotonic()
+    columns: list[matrix.Column] = []
+    targets: list[qemu.VM | None] = ([] if args.no_host else [None]) + vms
+    for vm in targets:
+        col = matrix.Column("host" if vm is None else vm.kernel.label, "host" if vm is None else "vm")
+        with Job(vm, timeout=args.timeout, keep=args.keep) as job:
+            body, env = plan.script(job.share, soft_dirty=vm.kernel.soft_dirty if vm else False,
+                                    series=".".join(vm.kernel.label.split(".")[:2]) if vm else None)
+            log(f"column {col.label}: {'booting ' + vm.kernel.package if vm else 'running on the host'}")
+            with open(os.path.join(job.run_dir, "column.log"), "wb") as tee:
+                stream = Prefixed(sys.stdout.buffer, f"[{col.label}] ", tee) if not args.quiet else tee
+                res = job.run(body, REPO, env, stream=stream)
+            col.seconds = res.seconds
+            col.share = job.share
+            if res.timed_out:
+                col.problem = f"timeout after {args.timeout:.0f} s"
+            elif not res.reported:
+                col.problem = "the guest reported no exit status (see console.log)"
+            matrix.collect(col)
+            dest = os.path.join(args.out, col.label.replace(" ", "-"))
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(job.run_dir, dest, ignore=shutil.ignore_patterns("guest.sh"))
+        columns.append(col)
+    table = matrix.render(columns)
+    total = time.monotonic() - t_all
+    with open(os.path.join(args.out, "matrix.txt"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.out, "matrix.json"), "w") as f:
+        json.dump({**matrix.to_json(columns), "seconds": round(total, 1)}, f, indent=1)
+    print("\n== kernel matrix ==\n" + table)
+    ok = all(c.ok for c in columns)
+    print(f"\nvmtest: {'OK' if ok else 'FAILED'} in {total:.1f} s; artifacts in {args.out}")
+    return 0 if ok else 1
+
+
+def cmd_fetch(args) -> int:
+    for vm in prepare(args):
+        k = vm.kernel
+        print(f"{k.package} {k.version} release={k.release} image={k.image_path} initramfs={vm.initramfs}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    ok = True
+    missing = host.missing_tools(args.qemu)
+    for t in (host.QEMU, "busybox"):
+        state = "missing" if t in missing else "ok"
+        print(f"{t}: {state}" + (f" (apt-get install {host.PACKAGES[t]})" if t in missing else ""))
+    accel, why = host.choose_accel("auto")
+    print(f"accelerator: {accel} ({why})")
+    for kind, val in kernel_specs(args):
+        try:
+            if kind == "series":
+                pkg, ver = kernelpkg.resolve_package(val)
+                print(f"kernel {val}: {pkg} {ver}")
+            else:
+                print(f"kernel {kind} {val}")
+        except Unavailable as e:
+            cached = kernelpkg.cached_kernels(args.cache, val if kind == "series" else None)
+            print(f"kernel {val}: {e}" + (f" (cached: {cached[-1].package})" if cached else ""))
+            ok = ok and bool(cached)
+    for k in kernelpkg.cached_kernels(args.cache):
+        print(f"cached: {k.package} {k.version} in {k.dir}")
+    if missing and (args.no_install or os.geteuid() != 0):
+        ok = False
+    return 0 if ok else Unavailable.exit_code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    atexit.register(qemu.kill_all)
+    cmd = {"run": cmd_run, "fetch": cmd_fetch, "doctor": cmd_doctor}.get(args.cmd, cmd_matrix)
+    if args.cmd is None:
+        args = parser().parse_args((argv if argv is not None else sys.argv[1:]) + ["matrix"])
+    try:
+        return cmd(args)
+    except Unavailable as e:
+        log(f"cannot run here: {e}")
+        return Unavailable.exit_code
+    except KeyboardInterrupt:
+        qemu.kill_all()
+        log("interrupted; no QEMU left running")
+        return 130
+    except Terminated as e:
+        qemu.kill_all()
+        log(f"terminated by signal {e.signum}; no QEMU left running")
+        return 128 + e.signum

@@ -1,0 +1,258 @@
+"""The kernel matrix: one selection of tests and reproductions, run on the host and in each guest kernel.
+
+Each *column* (the host, or one booted kernel) runs the same steps from the
+checkout, writing its artifacts into a directory both sides see:
+
+- ``release``, ``proc_version``     which kernel answered
+- ``check.json``                    ``uffdctl check -j`` (carries the kernel release)
+- ``junit.xml``                     pytest on the selection (soft-dirty tests, differential ...)
+- ``repro.json``                    ``uffdctl repro all -j`` (when the checkout has it)
+- ``STEP.rc``                       each step's exit status
+
+:func:`collect` reads them back into :class:`Column` verdicts and :func:`render`
+lays the columns side by side: one row per test or scenario.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+PASS, FAIL, ERROR, UNSUPPORTED, MISSING = "PASS", "FAIL", "ERROR", "UNSUPPORTED", "-"
+BAD = {FAIL, ERROR, "BROKEN", "DIVERGED", "MISMATCH"}
+
+# Tests that need a real soft-dirty kernel or a specific kernel: they run in every column.
+DEFAULT_TESTS = ("tests/test_softdirty.py",)
+# Collected when present in the checkout (they land from other issues).
+OPTIONAL_TESTS = ("tests/test_differential.py",)
+
+PYTEST_OPTS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-q", "-rs")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str
+    reason: str = ""
+
+
+@dataclass
+class Column:
+    label: str                       # "host 6.18.44" or "6.1.192"
+    where: str                       # "host" or "vm"
+    share: str = ""                  # the artifacts directory
+    release: str = ""
+    seconds: float = 0.0
+    problem: str = ""                # why the column has no (complete) results
+    verdicts: dict[str, Verdict] = field(default_factory=dict)
+    rcs: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem and not any(v.verdict in BAD for v in self.verdicts.values())
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "where": self.where, "release": self.release, "seconds": round(self.seconds, 1),
+                "problem": self.problem, "rcs": self.rcs,
+                "verdicts": {k: {"verdict": v.verdict, "reason": v.reason} for k, v in self.verdicts.items()}}
+
+
+@dataclass
+class Plan:
+    """What every column runs."""
+
+    venv: str
+    tests: list[str]
+    repro: bool = False              # the venv has ``uffdctl repro``
+    profiles: tuple[str, ...] = ()   # emulator profiles the venv knows
+
+    def profile_for(self, series: str) -> str | None:
+        return series if series in self.profiles else None
+
+    def script(self, share: str, soft_dirty: bool, series: str | None = None) -> tuple[str, dict[str, str]]:
+        """(shell body, environment) for one column.  ``soft_dirty``: the kernel has CONFIG_MEM_SOFT_DIRTY,
+        so a soft-dirty skip is a failure there.  ``series`` (6.1) picks the emulator profile; None: ask the
+        running kernel (uname -r)."""
+        bin_ = os.path.join(self.venv, "bin")
+        env = {"UFFDCTL_REQUIRE_KERNEL": "1", "VMTEST_OUT": share}
+        if soft_dirty:
+            env["UFFDCTL_REQUIRE_SOFTDIRTY"] = "1"
+        q = shlex.quote
+        lines = [
+            f'export PATH={q(bin_)}:"$PATH"',
+            'step() { name=$1; shift; echo "== vmtest step $name"; "$@"; rc=$?; echo $rc > "$VMTEST_OUT/$name.rc"; }',
+            'uname -r > "$VMTEST_OUT/release"; cat /proc/version > "$VMTEST_OUT/proc_version"',
+            'step check sh -c \'uffdctl -j check > "$VMTEST_OUT/check.json"\'',
+        ]
+        if series is None:
+            lines.append("SERIES=$(uname -r | sed -E 's/^([0-9]+\\.[0-9]+).*/\\1/')")
+        else:
+            lines.append(f"SERIES={q(series)}")
+        profiles = " ".join(self.profiles)
+        lines.append(f'PROFILE=""; for p in {profiles}; do [ "$p" = "$SERIES" ] && PROFILE=$p; done'
+                     if profiles else 'PROFILE=""')
+        lines.append('export UFFDCTL_EMU_PROFILE="$PROFILE"')
+        tests = " ".join(q(t) for t in self.tests)
+        lines.append(f'step pytest pytest {" ".join(PYTEST_OPTS)} --junitxml="$VMTEST_OUT/junit.xml" {tests}')
+        if self.repro:
+            lines.append('if [ -n "$PROFILE" ]; then RB="--backend both --profile $PROFILE"; '
+                         'else RB="--backend kernel"; fi')
+            lines.append('step repro sh -c "uffdctl -j repro all $RB > \\"$VMTEST_OUT/repro.json\\""')
+        lines.append('exit "$(cat "$VMTEST_OUT/pytest.rc")"')
+        return "\n".join(lines), env
+
+
+# -- reading the artifacts back ---------------------------------------------------------------
+
+def junit_verdicts(path: str) -> dict[str, Verdict]:
+    """``file.py::test[id]`` -> verdict, from pytest's junit XML."""
+    out: dict[str, Verdict] = {}
+    root = ET.parse(path).getroot()
+    for tc in root.iter("testcase"):
+        mod = tc.get("classname", "").split(".")
+        # classname is "tests.test_x" or "tests.test_x.TestClass"
+        fname = next((m for m in mod if m.startswith("test_")), mod[-1]) + ".py"
+        cls = mod[-1] if mod and not mod[-1].startswith("test_") and len(mod) > 1 else ""
+        key = f"{fname}::{cls + '::' if cls else ''}{tc.get('name')}"
+        v = Verdict(PASS)
+        for child in tc:
+            msg = (child.get("message") or "").strip()
+            if child.tag == "skipped":
+                v = Verdict(UNSUPPORTED, re.sub(r"^Skipped: ", "", msg))
+            elif child.tag == "failure":
+                v = Verdict(FAIL, msg.splitlines()[0][:200] if msg else "")
+            elif child.tag == "error":
+                v = Verdict(ERROR, msg.splitlines()[0][:200] if msg else "")
+        out[key] = v
+    return out
+
+
+def repro_verdicts(doc) -> dict[str, Verdict]:
+    """``repro: NAME`` -> verdict from ``uffdctl repro all -j`` (a list, or {"results"|"scenarios": [...]})."""
+    items = doc
+    if isinstance(doc, dict):
+        items = next((doc[k] for k in ("results", "scenarios", "repro") if isinstance(doc.get(k), list)), [])
+    out = {}
+    for it in items if isinstance(items, list) else []:
+        if not isinstance(it, dict):
+            continue
+        name = it.get("scenario") or it.get("name") or it.get("id")
+        verdict = it.get("verdict") or it.get("status")
+        if name and verdict:
+            reason = it.get("reason") or it.get("detail") or it.get("message") or ""
+            out[f"repro: {name}"] = Verdict(str(verdict).upper(), str(reason)[:200])
+    return out
+
+
+def check_verdicts(doc) -> dict[str, Verdict]:
+    """``check: NAME`` -> OK / UNSUPPORTED / BROKEN from ``uffdctl -j check``."""
+    out = {}
+    for v in doc.get("verdicts", []) if isinstance(doc, dict) else []:
+        status = str(v.get("status", "?")).upper()
+        out[f"check: {v.get('check')}"] = Verdict(status, "" if status == "OK" else str(v.get("message", ""))[:200])
+    return out
+
+
+def kernel_label(release: str, proc_version: str) -> str:
+    """Debian's 6.1.0-56-amd64 is 6.1.192: prefer the version named after "Debian" in /proc/version."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    if m:
+        for d in re.findall(r"Debian (\d+\.\d+\.\d+)", proc_version):
+            if d.split(".")[:2] == [m.group(1), m.group(2)]:
+                return d
+    m = re.match(r"\d+\.\d+(\.\d+)?", release)
+    return m.group(0) if m else release or "?"
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def collect(col: Column) -> Column:
+    s = col.share
+    col.release = _read(os.path.join(s, "release"))
+    if col.release:
+        label = kernel_label(col.release, _read(os.path.join(s, "proc_version")))
+        col.label = f"host {label}" if col.where == "host" else label
+    for fn in sorted(os.listdir(s)) if os.path.isdir(s) else []:
+        if fn.endswith(".rc"):
+            try:
+                col.rcs[fn[:-3]] = int(_read(os.path.join(s, fn)))
+            except ValueError:
+                pass
+    junit = os.path.join(s, "junit.xml")
+    if os.path.exists(junit):
+        try:
+            col.verdicts.update(junit_verdicts(junit))
+        except ET.ParseError as e:
+            col.problem = col.problem or f"junit.xml unreadable: {e}"
+    elif not col.problem:
+        col.problem = "pytest wrote no junit.xml" + (f" (exit {col.rcs['pytest']})" if "pytest" in col.rcs else "")
+    if "pytest" in col.rcs and col.rcs["pytest"] not in (0, 1) and not col.problem:
+        col.problem = f"pytest exited {col.rcs['pytest']}"
+    check = os.path.join(s, "check.json")
+    if os.path.exists(check):
+        try:
+            with open(check) as f:
+                col.verdicts.update(check_verdicts(json.load(f)))
+        except ValueError:
+            pass  # uffdctl check failed before printing: its rc is in the table's footer
+    repro = os.path.join(s, "repro.json")
+    if os.path.exists(repro):
+        try:
+            with open(repro) as f:
+                col.verdicts.update(repro_verdicts(json.load(f)))
+        except ValueError as e:
+            col.problem = col.problem or f"repro.json unreadable: {e}"
+    if col.rcs.get("repro", 0) not in (0, 4) and not col.problem:
+        col.problem = f"uffdctl repro exited {col.rcs['repro']}"
+    return col
+
+
+# -- the table --------------------------------------------------------------------------------
+
+def render(cols: list[Column]) -> str:
+    rows: list[str] = []
+    for c in cols:
+        rows += [k for k in c.verdicts if k not in rows]
+    notes: list[str] = []
+
+    def cell(c: Column, key: str) -> str:
+        v = c.verdicts.get(key)
+        if v is None:
+            return MISSING
+        if not v.reason or v.verdict in (PASS, "OK"):
+            return v.verdict
+        if v.reason not in notes:
+            notes.append(v.reason)
+        return f"{v.verdict} [{notes.index(v.reason) + 1}]"
+
+    head = ["test / scenario"] + [c.label + (" (VM)" if c.where == "vm" else "") for c in cols]
+    body = [[k] + [cell(c, k) for c in cols] for k in rows]
+    widths = [max(len(r[i]) for r in [head] + body) for i in range(len(head))]
+    fmt = lambda r: "  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip()  # noqa: E731
+    out = [fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in body]
+    if notes:
+        out.append("")
+        out += [f"[{i}] {n}" for i, n in enumerate(notes, 1)]
+    out.append("")
+    for c in cols:
+        counts: dict[str, int] = {}
+        for v in c.verdicts.values():
+            counts[v.verdict] = counts.get(v.verdict, 0) + 1
+        summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no results"
+        line = f"{c.label}: {summary}; {c.seconds:.1f} s"
+        if c.problem:
+            line += f"; PROBLEM: {c.problem}"
+        out.append(line)
+    return "\n".join(out)
+
+
+def to_json(cols: list[Column]) -> dict:
+    return {"columns": [c.to_dict() for c in cols], "ok": all(c.ok for c in cols)}
