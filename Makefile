@@ -35,7 +35,7 @@ soak: install ## long differential run of the emulator against the kernel
 	@UFFDCTL_DIFF_EXAMPLES=$${UFFDCTL_DIFF_EXAMPLES:-20000} $(VENV)/bin/pytest -q tests/test_differential.py $(ARGS)
 
 test-vm: install ## run the soft-dirty tests and reproductions in a stock kernel under QEMU
-	@scripts/vmtest $(ARGS)
+	@UFFDCTL_VMTEST_KERNEL=$${UFFDCTL_VMTEST_KERNEL:-6.1} scripts/vmtest --venv $(VENV) $(ARGS)
 
 clean: ## remove the venv and build products
 	rm -rf $(VENV) build *.egg-info uffdctl/_uffd*.so uffdctl/_uffd.c
