@@ -78,14 +78,17 @@ def live_names() -> list[str]:
     return [n for n in paths.names() if state_of(n) == "live"]
 
 
+def _checked(name: str) -> str:
+    try:
+        return paths.check_name(name)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def resolve(name: str | None) -> str:
     """The session to talk to: the given one, else the only live one."""
     if name:
-        try:
-            paths.check_name(name)
-        except ValueError as e:
-            raise UsageError(str(e)) from None
-        st = state_of(name)
+        st = state_of(_checked(name))
         if st != "live":
             if os.path.exists(paths.log_path(name)):
                 raise SessionGone(f"session {name!r} is gone (its process died; stale socket removed)")
@@ -160,14 +163,8 @@ def _free_name() -> str:
 def start(name: str | None = None, backend: str = "auto", profile: str | None = None) -> dict:
     """Spawn a daemon; return once its socket listens (or raise its one-line error)."""
     paths.ensure_dir()
-    if name is None:
-        name = _free_name()
-    try:
-        paths.check_name(name)
-    except ValueError as e:
-        raise UsageError(str(e)) from None
-    st = state_of(name)
-    if st != "gone":
+    name = _checked(_free_name() if name is None else name)
+    if state_of(name) != "gone":
         raise UsageError(f"session {name!r} is already running (pid {_read_pid(name)})")
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "uffdctl.session.server", "--name", name, "--backend", backend,
