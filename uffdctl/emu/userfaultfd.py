@@ -1,0 +1,364 @@
+"""The userfaultfd context and its ioctls, as fs/userfaultfd.c does them (spec §3).
+
+:class:`EmuUffd` is the ``struct userfaultfd_ctx``: negotiated features, the
+fault queues (``fault_pending_wqh``: messages not yet read; ``fault_wqh``: read,
+still waiting), the event queue with ``mmap_changing``, and the ioctls in the
+kernel's check order.  Page-table work is delegated to ``mm.MM``.
+
+Each waiter is one faulting access; a wake (resolving ioctl without DONTWAKE,
+UFFDIO_WAKE, close, UNREGISTER of a MISSING VMA) hands it back to the backend,
+which retries the access (userfaultfd_must_wait()).
+"""
+from __future__ import annotations
+
+import errno as E
+import os
+import time
+
+from .. import uapi
+from ..backend import Uffd, UffdioApi, UffdMsg
+from ..errors import uffd_error
+from . import mm as M
+from .profiles import HINT_MODES
+
+_UNWRITTEN = None
+
+
+class Waiter:
+    """A faulting access queued on the ctx (struct userfaultfd_wait_queue)."""
+
+    __slots__ = ("msg", "access", "read")
+
+    def __init__(self, msg: UffdMsg, access):
+        self.msg, self.access, self.read = msg, access, False
+
+
+class EmuUffd(Uffd):
+    def __init__(self, backend, flags: int):
+        self._b = backend
+        self.mm: M.MM = backend.mm
+        self.flags = flags
+        self.features = 0
+        self._initialized = False
+        self._closed = False
+        self.pending: list[Waiter] = []     # fault_pending_wqh
+        self.waiting: list[Waiter] = []     # fault_wqh
+        self.event_q: list[UffdMsg] = []
+        self._handlers: list = []
+        self._r, self._w = os.pipe()        # readable while a message is pending: pollable like the real fd
+        os.set_blocking(self._r, False)
+        self._signalled = False
+        self.fd = self._r
+
+    # -- plumbing ----------------------------------------------------------------------
+    @property
+    def mmap_changing(self) -> bool:
+        return bool(self.event_q)
+
+    @property
+    def wp_async(self) -> bool:
+        return bool(self.features & uapi.Feature.WP_ASYNC)
+
+    @property
+    def wp_unpopulated(self) -> bool:
+        return bool(self.features & (uapi.Feature.WP_UNPOPULATED | uapi.Feature.WP_ASYNC))
+
+    def _update_readable(self):
+        want = bool(self.pending or self.event_q) and not self._closed
+        if want and not self._signalled:
+            os.write(self._w, b"\1")
+            self._signalled = True
+        elif not want and self._signalled:
+            try:
+                os.read(self._r, 1)
+            except BlockingIOError:
+                pass
+            self._signalled = False
+
+    def _check(self, name: str, start=None, length=None):
+        if self._closed:
+            raise uffd_error(E.EBADF, name, start, length, message="uffd is closed")
+        if not self._initialized:
+            raise uffd_error(E.EINVAL, name, start, length, message="UFFDIO_API not done yet")
+
+    def _validate_range(self, name, start, length, aligned=True):
+        if aligned and start % uapi.PAGE_SIZE or length % uapi.PAGE_SIZE or length == 0 \
+                or start >= M.TASK_SIZE or length > M.TASK_SIZE - start:
+            raise uffd_error(E.EINVAL, name, start, length)
+
+    def _has_ioctl(self, bit: int) -> bool:
+        return bool(self._range_ioctls() & bit)
+
+    def _range_ioctls(self) -> int:
+        mask = int(uapi.UFFD_API_RANGE_IOCTLS)
+        if not self.mm.profile.features & uapi.Feature.POISON:
+            mask &= ~int(uapi.Ioctl.POISON)
+        if not self.mm.profile.features & uapi.Feature.MOVE:
+            mask &= ~int(uapi.Ioctl.MOVE)
+        return mask
+
+    # -- the fault side ------------------------------------------------------------------
+    def handle_userfault(self, vmf, reason: int) -> int:
+        if self.features & uapi.Feature.SIGBUS:
+            return M.VM_FAULT_SIGBUS
+        if vmf.task is None:          # a kernel access (copy_from_user) by the ioctl caller
+            return M.VM_FAULT_SIGBUS
+        flags = 0
+        if vmf.write:
+            flags |= uapi.PagefaultFlag.WRITE
+        if reason == M.VM_UFFD_WP:
+            flags |= uapi.PagefaultFlag.WP
+        elif reason == M.VM_UFFD_MINOR:
+            flags |= uapi.PagefaultFlag.MINOR
+        if self.features & uapi.Feature.EXACT_ADDRESS:
+            address = vmf.real_address
+        else:
+            address = vmf.address      # page- (hugetlb: huge-page-) aligned
+        ptid = vmf.task.thread.tid if self.features & uapi.Feature.THREAD_ID else 0
+        w = Waiter(UffdMsg(uapi.Event.PAGEFAULT, flags=int(flags), address=address, ptid=ptid), vmf.task)
+        self.pending.append(w)
+        vmf.task.waiter = w
+        self._update_readable()
+        return M.VM_FAULT_RETRY
+
+    def queue_event(self, msg: UffdMsg) -> None:
+        """A non-cooperative event: mmap_changing until read (the mm operation does not block here)."""
+        self.event_q.append(msg)
+        self._update_readable()
+
+    def wake_userfault(self, start: int, length: int | None) -> None:
+        """Wake waiters whose message address lies in [start, start+len); len None: all."""
+        woken = []
+        for q in (self.pending, self.waiting):
+            keep = []
+            for w in q:
+                if length is None or start <= w.msg.address < start + length:
+                    woken.append(w)
+                else:
+                    keep.append(w)
+            q[:] = keep
+        self._update_readable()
+        for w in woken:
+            self._b._wake(w)
+
+    def cancel(self, w: Waiter) -> None:
+        for q in (self.pending, self.waiting):
+            if w in q:
+                q.remove(w)
+        self._update_readable()
+
+    # -- ioctls --------------------------------------------------------------------------
+    def api(self, features: int = 0, api: int = uapi.UFFD_API) -> UffdioApi:
+        if self._closed:
+            raise uffd_error(E.EBADF, "UFFDIO_API")
+        avail = self.mm.profile.features
+        if api != uapi.UFFD_API or self._initialized or features & ~avail:
+            self._initialized = self._initialized or False
+            raise uffd_error(E.EINVAL, "UFFDIO_API")
+        if features & uapi.Feature.WP_ASYNC:
+            features |= uapi.Feature.WP_UNPOPULATED
+        self.features = features
+        self._initialized = True
+        return UffdioApi(uapi.UFFD_API, avail, int(uapi.UFFD_API_IOCTLS))
+
+    def register(self, start: int, len: int, mode: int) -> int:
+        name = "UFFDIO_REGISTER"
+        self._check(name, start, len)
+        R = uapi.RegisterMode
+        if mode == 0 or mode & ~int(R.MISSING | R.WP | R.MINOR):
+            raise uffd_error(E.EINVAL, name, start, len)
+        self._validate_range(name, start, len)
+        if self.mm.exited:
+            raise uffd_error(E.ENOMEM, name, start, len)
+        end = start + len
+        vmas = self.mm.vmas_in(start, end)
+        if not vmas:
+            raise uffd_error(E.EINVAL, name, start, len)
+        vm_flags = (M.VM_UFFD_MISSING if mode & R.MISSING else 0) | (M.VM_UFFD_WP if mode & R.WP else 0) \
+            | (M.VM_UFFD_MINOR if mode & R.MINOR else 0)
+        basic = False
+        for v in vmas:
+            if v.hugetlb and (start % v.page_size or end % v.page_size):
+                raise uffd_error(E.EINVAL, name, start, len)
+            if mode & R.MINOR and v.anon:               # vma_can_userfault()
+                raise uffd_error(E.EINVAL, name, start, len)
+            if not v.flags & M.VM_MAYWRITE:
+                raise uffd_error(E.EPERM, name, start, len)
+            if v.ctx is not None and v.ctx is not self:
+                raise uffd_error(E.EBUSY, name, start, len)
+            basic |= v.hugetlb
+        for v in self.mm.split(start, end):
+            if v.ctx is self and v.flags & vm_flags == vm_flags:
+                continue                                  # already registered with these modes
+            v.flags = (v.flags & ~M.VM_UFFD_FLAGS) | vm_flags
+            v.ctx = self
+        self.mm.merge()
+        ioctls = int(uapi.UFFD_API_RANGE_IOCTLS_BASIC if basic else uapi.UFFD_API_RANGE_IOCTLS)
+        ioctls &= self._range_ioctls() | int(uapi.UFFD_API_RANGE_IOCTLS_BASIC) & self._range_ioctls()
+        if not mode & R.WP:
+            ioctls &= ~int(uapi.Ioctl.WRITEPROTECT)
+        if not mode & R.MINOR:
+            ioctls &= ~int(uapi.Ioctl.CONTINUE)
+        return ioctls
+
+    def _clear_vma(self, v) -> None:
+        """userfaultfd_clear_vma(): drop uffd-wp bits and markers, then the flags."""
+        if M.userfaultfd_wp(v):
+            self.mm.uffd_wp_range(v, v.start, v.end, False)
+        v.flags &= ~M.VM_UFFD_FLAGS
+        v.ctx = None
+
+    def unregister(self, start: int, len: int) -> None:
+        name = "UFFDIO_UNREGISTER"
+        self._check(name, start, len)
+        self._validate_range(name, start, len)
+        if self.mm.exited:
+            raise uffd_error(E.ENOMEM, name, start, len)
+        end = start + len
+        if not self.mm.vmas_in(start, end):
+            raise uffd_error(E.EINVAL, name, start, len)
+        for v in self.mm.split(start, end):
+            if v.ctx is not self:
+                continue
+            if M.userfaultfd_missing(v):
+                self.wake_userfault(v.start, v.end - v.start)
+            self._clear_vma(v)
+        self.mm.merge()
+        self._b._pump()
+
+    def wake(self, start: int, len: int) -> None:
+        self._check("UFFDIO_WAKE", start, len)
+        self._validate_range("UFFDIO_WAKE", start, len)
+        self.wake_userfault(start, len)
+        self._b._pump()
+
+    def _mfill(self, name: str, kind: str, dst: int, src: int, length: int, mode: int, modes: int,
+               dontwake: int, wp_bit: int = 0) -> int:
+        self._check(name, dst, length)
+        p = self.mm.profile
+        if self.mmap_changing:
+            raise uffd_error(E.EAGAIN, name, dst, length, -E.EAGAIN if p.early_eagain_result else None)
+        if kind == M.MFILL_ATOMIC_COPY:
+            self._validate_range(name, src, length, aligned=False)
+        self._validate_range(name, dst, length)
+        if p.hints and kind != M.MFILL_ATOMIC_CONTINUE and kind != M.MFILL_ATOMIC_POISON:
+            modes |= HINT_MODES
+        if mode & ~int(modes):
+            raise uffd_error(E.EINVAL, name, dst, length)
+        if self.mm.exited:
+            raise uffd_error(E.ESRCH, name, dst, length)
+        wp = bool(wp_bit and mode & wp_bit)
+        ret = self.mm.mfill_atomic(self, kind, dst, src, length, wp, mode & HINT_MODES)
+        return self._finish(name, dst, length, ret, mode & dontwake)
+
+    def _finish(self, name, dst, length, ret, dontwake) -> int:
+        if ret < 0:
+            self._b._pump()
+            raise uffd_error(-ret, name, dst, length, ret)
+        if not dontwake:
+            self.wake_userfault(dst, ret)
+        self._b._pump()
+        if ret != length:
+            raise uffd_error(E.EAGAIN, name, dst, length, ret)
+        return ret
+
+    def copy(self, dst: int, src: int, len: int, mode: int = 0) -> int:
+        C = uapi.CopyMode
+        return self._mfill("UFFDIO_COPY", M.MFILL_ATOMIC_COPY, dst, src, len, mode, C.DONTWAKE | C.WP,
+                           C.DONTWAKE, C.WP)
+
+    def zeropage(self, start: int, len: int, mode: int = 0) -> int:
+        Z = uapi.ZeropageMode
+        return self._mfill("UFFDIO_ZEROPAGE", M.MFILL_ATOMIC_ZEROPAGE, start, 0, len, mode, Z.DONTWAKE, Z.DONTWAKE)
+
+    def continue_(self, start: int, len: int, mode: int = 0) -> int:
+        C = uapi.ContinueMode
+        modes = C.DONTWAKE | (C.WP if self.mm.profile.continue_mode_wp else 0)
+        return self._mfill("UFFDIO_CONTINUE", M.MFILL_ATOMIC_CONTINUE, start, 0, len, mode, modes, C.DONTWAKE,
+                           C.WP)
+
+    def poison(self, start: int, len: int, mode: int = 0) -> int:
+        self._check("UFFDIO_POISON", start, len)
+        if not self._has_ioctl(uapi.Ioctl.POISON):
+            raise uffd_error(E.EINVAL, "UFFDIO_POISON", start, len, message="no UFFDIO_POISON before 6.6")
+        P = uapi.PoisonMode
+        return self._mfill("UFFDIO_POISON", M.MFILL_ATOMIC_POISON, start, 0, len, mode, P.DONTWAKE, P.DONTWAKE)
+
+    def writeprotect(self, start: int, len: int, mode: int = 0) -> None:
+        name = "UFFDIO_WRITEPROTECT"
+        self._check(name, start, len)
+        if self.mmap_changing:
+            raise uffd_error(E.EAGAIN, name, start, len)
+        self._validate_range(name, start, len)
+        W = uapi.WriteprotectMode
+        modes = W.WP | W.DONTWAKE | (HINT_MODES if self.mm.profile.hints else 0)
+        if mode & ~int(modes) or mode & W.WP and mode & W.DONTWAKE:
+            raise uffd_error(E.EINVAL, name, start, len)
+        if self.mm.exited:
+            raise uffd_error(E.ESRCH, name, start, len)
+        ret = self.mm.mwriteprotect_range(self, start, len, bool(mode & W.WP), mode & HINT_MODES)
+        if ret:
+            self._b._pump()
+            raise uffd_error(-ret, name, start, len)
+        if not mode & (W.WP | W.DONTWAKE):
+            self.wake_userfault(start, len)
+        self._b._pump()
+
+    def move(self, dst: int, src: int, len: int, mode: int = 0) -> int:
+        name = "UFFDIO_MOVE"
+        self._check(name, dst, len)
+        if not self._has_ioctl(uapi.Ioctl.MOVE):
+            raise uffd_error(E.EINVAL, name, dst, len, message="no UFFDIO_MOVE before 6.8")
+        if self.mmap_changing:
+            raise uffd_error(E.EAGAIN, name, dst, len, -E.EAGAIN if self.mm.profile.early_eagain_result else None)
+        Mv = uapi.MoveMode
+        if mode & ~int(Mv.DONTWAKE | Mv.ALLOW_SRC_HOLES):
+            raise uffd_error(E.EINVAL, name, dst, len)
+        self._validate_range(name, dst, len)
+        self._validate_range(name, src, len)
+        if self.mm.exited:
+            raise uffd_error(E.ESRCH, name, dst, len)
+        ret = self.mm.move_pages(self, dst, src, len, mode)
+        return self._finish(name, dst, len, ret, mode & Mv.DONTWAKE)
+
+    # -- read / close ----------------------------------------------------------------------
+    def read_msgs(self, max: int = 64) -> list[UffdMsg]:
+        if self._closed:
+            raise uffd_error(E.EBADF, "read")
+        if not self._initialized:
+            raise uffd_error(E.EINVAL, "read")
+        out = []
+        ts = time.monotonic_ns()
+        while len(out) < max and (self.pending or self.event_q):
+            if self.pending:                # userfaultfd_ctx_read(): page faults first, then events
+                w = self.pending.pop(0)
+                w.read = True
+                self.waiting.append(w)
+                msg = w.msg
+            else:
+                msg = self.event_q.pop(0)
+            out.append(UffdMsg(**{**msg.__dict__, "ts_ns": ts}))
+        self._update_readable()
+        return out
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        for h in list(self._handlers):
+            h.stop()
+        for v in list(self.mm.vmas):           # userfaultfd_release()
+            if v.ctx is self:
+                self._clear_vma(v)
+        self.mm.merge()
+        self.event_q.clear()
+        self._closed = True
+        self.wake_userfault(0, None)
+        os.close(self._r)
+        os.close(self._w)
+        if self in self._b._uffds:
+            self._b._uffds.remove(self)
+        self._b._pump()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
