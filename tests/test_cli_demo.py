@@ -5,15 +5,19 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from test_cli_support import need_kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_session_demo_script(tmp_path):
-    need_kernel()
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_session_demo_script(tmp_path, backend):
+    if backend == "kernel":
+        need_kernel()
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
-               UFFDCTL_RUNTIME_DIR=str(tmp_path / "rt"))
+               UFFDCTL_RUNTIME_DIR=str(tmp_path / "rt"), UFFDCTL_BACKEND=backend)
     env.pop("UFFDCTL_SESSION", None)
     p = subprocess.run(["sh", os.path.join(ROOT, "scripts", "session-demo.sh")], capture_output=True, text=True,
                        env=env, cwd=tmp_path, timeout=120)

@@ -10,15 +10,26 @@ from test_cli_support import cli, need_kernel  # noqa: F401  (fixtures)
 from uffdctl.script import run_file
 
 
-@pytest.fixture
-def run(tmp_path):
-    need_kernel()
-
+def _runner(tmp_path, backend):
     def _run(text, **kw):
         f = tmp_path / "s.uffd"
         f.write_text(textwrap.dedent(text))
-        return run_file(str(f), backend="kernel", **kw)
+        return run_file(str(f), backend=backend, **kw)
     return _run
+
+
+@pytest.fixture
+def run(tmp_path):
+    need_kernel()
+    return _runner(tmp_path, "kernel")
+
+
+@pytest.fixture(params=["kernel", "emu"])
+def run_any(request, tmp_path):
+    """The same script on the real kernel and on the emulator (profile 6.18)."""
+    if request.param == "kernel":
+        need_kernel()
+    return _runner(tmp_path, request.param)
 
 
 MISSING_COPY = """\
@@ -35,7 +46,7 @@ MISSING_COPY = """\
     wait --timeout 5
     expect result finished=1 sigbus=0
     expect faults main minor=+1
-    expect pagemap buf:3 present=1 uffd_wp=0 zero=0 soft_dirty=0
+    expect pagemap buf:3 present=1 uffd_wp=0 zero=0
     expect pagemap buf:4-15 present=0
     copy buf:3
     expect errno EEXIST
@@ -48,8 +59,8 @@ MISSING_COPY = """\
 """
 
 
-def test_a_script_with_expectations_runs(run):
-    res = run(MISSING_COPY)
+def test_a_script_with_expectations_runs(run_any):
+    res = run_any(MISSING_COPY)
     assert res["ok"], res.get("error")
     assert res["exit"] == 0
     assert [ln["line"] for ln in res["lines"]][:3] == [2, 3, 4]
@@ -145,3 +156,17 @@ def test_uffdctl_run_cli(cli, tmp_path):
     p = cli("run", tmp_path / "missing.uffd", check=2)
     assert "cannot read" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = cli("run", "--backend", "kernel", "-", input="mmap --size 4K --name x\nexpect result len=4096\n", check=0)
+
+
+def test_rfc_hints_only_on_the_emulator_profile(tmp_path):
+    hinted = "mmap --size 16K --name buf\nregister buf --mode missing\ncopy buf:0 --access-likely --write-likely\n" \
+             "expect result mode=12\n"
+    assert _runner(tmp_path, "emu")(hinted)["exit"] == 4            # profile 6.18: no hints
+    res = run_file_text(tmp_path, hinted, backend="emu", profile="rfc-hints")
+    assert res["ok"], res.get("error")
+
+
+def run_file_text(tmp_path, text, **kw):
+    f = tmp_path / "h.uffd"
+    f.write_text(text)
+    return run_file(str(f), **kw)

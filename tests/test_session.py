@@ -204,18 +204,25 @@ def _other_uid_probe(c):
     assert "refused a client with uid 65534" in open(os.path.join(c.rtdir, "t.log")).read()
 
 
-def test_backend_emu_until_it_lands(cli):
-    try:
-        from uffdctl.emu import EmuBackend  # noqa: F401
-    except ImportError:
-        p = cli("session", "start", "--name", "e", "--backend", "emu")
-        assert p.returncode == 4 and "Traceback" not in p.stderr
-        assert len(p.stderr.strip().splitlines()) == 1 and "unsupported" not in p.stdout
-        assert cli.j("session", "list")["sessions"] == []
-        return
-    r = cli.j("session", "start", "--name", "e", "--backend", "emu")
+def test_emulator_session(cli):
+    """--backend emu: the same commands; the RFC hints only under profile rfc-hints; bad profiles are usage errors."""
+    p = cli("session", "start", "--name", "e", "--backend", "emu", "--profile", "no-such")
+    assert p.returncode == 2 and "unknown emulator profile" in p.stderr and "Traceback" not in p.stderr
+    assert cli.j("session", "list")["sessions"] == []
+    r = cli.j("session", "start", "--name", "e", "--backend", "emu", "--profile", "rfc-hints")
     assert r["backend"] == "emu"
-    cli("session", "stop", "e", check=0)
+    try:
+        cli.j("mmap", "--size", "16K", "--name", "buf")
+        cli.j("register", "buf", "--mode", "missing")
+        assert cli.j("touch", "buf:1", "--write")["blocked"] == 1
+        assert cli.j("events")["events"][-1]["page"] == 1
+        r = cli.j("copy", "buf:1", "--access-likely", "--write-likely")
+        assert r["copy"] == 4096 and r["mode"] == 0b1100
+        assert cli.j("wait")["finished"] == 1
+        assert cli.j("pagemap", "buf:1")["entries"][0]["present"] == 1
+        assert cli.j("status")["profile"] == "rfc-hints"
+    finally:
+        cli("session", "stop", "e", check=0)
 
 
 def test_kernel_profile_is_rejected(cli):

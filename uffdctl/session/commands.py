@@ -22,16 +22,10 @@ from typing import Any, Callable
 from .. import uapi
 from ..backend import HandlerPolicy, MemType, Region
 from ..errors import Unsupported, UffdctlError
-from .state import SessionState
+from .state import SessionState, UsageError
 
 PAGE = uapi.PAGE_SIZE
 TOUCH_DECIDE_S = 0.2     # touch without --wait: how long to wait before saying "blocked"
-
-
-class UsageError(UffdctlError):
-    """Bad input (exit code 2): nothing was changed."""
-
-    exit_code = 2
 
 
 def error_dict(e: BaseException) -> dict:
@@ -246,19 +240,15 @@ def _hint_bits(st: SessionState, args: dict, ioctl: str) -> int:
     wanted = [h for h in ("access_likely", "write_likely") if args.get(h)]
     if not wanted:
         return 0
-    if st.backend.name != "emu" or st.profile != "rfc-hints":
-        raise Unsupported(f"--{wanted[0].replace('_', '-')} is an emulator-only RFC hint",
+    if st.backend.name != "emu" or not getattr(getattr(st.backend, "profile", None), "hints", None):
+        raise Unsupported(f"--{wanted[0].replace('_', '-')} is an emulator-only RFC hint (never merged)",
                           "start the session with --backend emu --profile rfc-hints")
-    from .. import emu  # the emulator owns the (private) values
+    from ..emu import profiles  # the emulator owns the (uffdctl-private) values
     bits = 0
     for h in wanted:
-        val = None
-        for nm in (f"{ioctl}_MODE_{h.upper()}", f"UFFDIO_{ioctl}_MODE_{h.upper()}", h.upper(), f"MODE_{h.upper()}"):
-            val = getattr(emu, nm, None)
-            if val is not None:
-                break
+        val = getattr(profiles, f"UFFDIO_{ioctl}_MODE_{h.upper()}", None)
         if val is None:
-            raise Unsupported(f"the emulator does not define the {h.upper()} mode bit for {ioctl}")
+            raise Unsupported(f"the emulator has no {h.upper()} mode for UFFDIO_{ioctl}")
         bits |= int(val)
     return bits
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .. import uapi
 from ..backend import Access, Backend, HandlerPolicy, Region, open_backend
-from ..errors import BackendUnavailable, Unsupported
+from ..errors import BackendUnavailable, UffdctlError, Unsupported
 
 # Features asked for when the uffd is opened implicitly: THREAD_ID, so every
 # fault message names the thread that is blocked (``events`` shows it).
@@ -53,6 +53,12 @@ class Touch:
         return d
 
 
+class UsageError(UffdctlError):
+    """Bad input (exit code 2): nothing was changed."""
+
+    exit_code = 2
+
+
 def open_session_backend(name: str, profile: str | None = None) -> Backend:
     """open_backend with "emulator not here" turned into Unsupported (exit 4)."""
     kw = {"profile": profile} if profile else {}
@@ -62,8 +68,8 @@ def open_session_backend(name: str, profile: str | None = None) -> Backend:
         return open_backend(name, **kw)
     except BackendUnavailable:
         raise
-    except ValueError as e:
-        raise Unsupported(str(e)) from None
+    except ValueError as e:  # unknown backend or profile
+        raise UsageError(str(e)) from None
     except (ImportError, AttributeError, TypeError) as e:
         raise Unsupported(f"backend {name!r} is not available here ({e.__class__.__name__}: {e})",
                           "the emulator has not landed in this build; use --backend kernel") from None
