@@ -89,6 +89,8 @@ def test_check_cli(cli, res):
     assert set(r) == {"kernel", "verdicts", "open", "api", "register", "soft_dirty", "pagemap_scan", "hugetlb",
                       "sysctl", "exit"}
     assert r["exit"] == res["exit"]
+    p = cli("check", "-j")                        # the spelling: flags after the command
+    assert p.returncode == res["exit"] and json.loads(p.stdout)["exit"] == res["exit"]
 
 
 def test_check_without_the_native_module(monkeypatch):

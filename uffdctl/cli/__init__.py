@@ -95,8 +95,9 @@ def _follow(g, args, local):
 
 
 @click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-j", "--json", "json_mode", is_flag=True, help="one JSON document per command (errors too)")
-@click.option("-p", "--pretty", is_flag=True, help="pretty JSON (implies -j)")
+@click.option("-j", "--json", "json_mode", is_flag=True,
+              help="one JSON document per command (errors too); may also follow the command")
+@click.option("-p", "--pretty", is_flag=True, help="pretty JSON (implies -j); may also follow the command")
 @click.option("--session", "-s", envvar="UFFDCTL_SESSION", metavar="NAME",
               help="session to talk to (env UFFDCTL_SESSION; default: the only one running)")
 @click.version_option(package_name="uffdctl")
@@ -110,6 +111,17 @@ def cli(ctx, json_mode, pretty, session):
     ctx.obj = Globals(json_mode, pretty, session)
 
 
+_OUT_FLAGS = ("-j", "--json", "-p", "--pretty")
+
+
+def _hoist(argv: list[str]) -> list[str]:
+    """-j/-p may come anywhere (``uffdctl check -p``): move them before the subcommand."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    flags = [a for a in argv[:end] if a in _OUT_FLAGS]
+    rest = [a for a in argv[:end] if a not in _OUT_FLAGS]
+    return flags + rest + argv[end:]
+
+
 def _json_mode(argv) -> tuple[bool, bool]:
     pretty = any(a in ("-p", "--pretty") for a in argv)
     return any(a in ("-j", "--json") for a in argv) or pretty, pretty
@@ -117,7 +129,7 @@ def _json_mode(argv) -> tuple[bool, bool]:
 
 def main(argv=None) -> int:
     """Entry point: every error is one line (or {"error": ...} with -j) and an exit code."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = _hoist(list(sys.argv[1:] if argv is None else argv))
     if os.environ.get("_UFFDCTL_COMPLETE"):
         return cli.main(argv, prog_name="uffdctl")
     out = Emitter(*_json_mode(argv))
