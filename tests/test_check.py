@@ -99,3 +99,20 @@ def test_check_without_the_native_module(monkeypatch):
     monkeypatch.setattr(native, "available", lambda: (False, "native extension uffdctl._uffd is not built"))
     r = run_checks()
     assert r["exit"] == 4 and r["verdicts"][0]["check"] == "native"
+
+
+def test_no_huge_pages_reserved_is_unsupported_here(monkeypatch):
+    """What `uffdctl check` says on a host with HugePages_Total=0 (this host, unless a test reserved some)."""
+    need_kernel()
+    import uffdctl.kernel as k
+    from uffdctl.check import render, run_checks
+    real = k.meminfo
+    monkeypatch.setattr(k, "meminfo", lambda: dict(real(), HugePages_Total=0, HugePages_Free=0))
+    r = run_checks()
+    hp = _verdict(r, "hugetlb")
+    assert hp["status"] == "unsupported" and hp["message"].startswith("0 pages reserved")
+    rows = [x for x in r["register"] if x["memtype"].startswith("hugetlb")]
+    assert rows and all(x["status"] == "unsupported" and "HugePages_Total=0" in x["reason"] for x in rows)
+    assert r["exit"] == 4
+    text = render(r)
+    assert "hugetlb: UNSUPPORTED: 0 pages reserved" in text and text.endswith("unsupported here (exit 4).")
