@@ -140,10 +140,7 @@ def get_kernels(args) -> list[kernelpkg.Kernel]:
         elif kind == "pkg":
             out.append(kernelpkg.get_kernel(args.cache, pkg=val))
         else:
-            try:
-                out.append(kernelpkg.get_kernel(args.cache, series=val))
-            except ValueError as e:
-                raise Unavailable(str(e)) from None
+            out.append(kernelpkg.get_kernel(args.cache, series=val))
     return out
 
 
@@ -165,11 +162,11 @@ def prepare(args) -> list[qemu.VM]:
 def cmd_run(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
-        raise SystemExit("vmtest run: no command (scripts/vmtest run -- CMD ...)")
+        raise ValueError("run: no command (scripts/vmtest run -- CMD ...)")
     env = {}
     for kv in args.env:
         if "=" not in kv:
-            raise SystemExit(f"vmtest run: --env {kv!r}: expected K=V")
+            raise ValueError(f"run: --env {kv!r}: expected K=V")
         k, v = kv.split("=", 1)
         env[k] = v
     body = shlex.join(command)
@@ -292,6 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     except Unavailable as e:
         log(f"cannot run here: {e}")
         return Unavailable.exit_code
+    except ValueError as e:
+        log(f"error: {e}")
+        return 2
     except KeyboardInterrupt:
         qemu.kill_all()
         log("interrupted; no QEMU left running")

@@ -84,8 +84,27 @@ def _pdeathsig():
         pass
 
 
-def kill_group(pgid: int, grace: float = 3.0) -> None:
-    """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds."""
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``."""
+    out = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            out.append(int(d))
+    return out
+
+
+def kill_group(pgid: int, grace: float = 3.0, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM the process group, then SIGKILL whatever is left after ``grace`` seconds.
+
+    ``proc`` (the group leader, our child) is reaped on the way, so a zombie leader does not count as alive.
+    """
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pgid, sig)
@@ -93,9 +112,9 @@ def kill_group(pgid: int, grace: float = 3.0) -> None:
             break
         end = time.monotonic() + wait
         while time.monotonic() < end:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
+            if proc is not None:
+                proc.poll()
+            if not group_members(pgid):
                 _live.discard(pgid)
                 return
             time.sleep(0.05)
@@ -158,8 +177,8 @@ def supervise(proc: subprocess.Popen, out_path: str, timeout: float, stream=None
                     break
             pump()
     finally:
-        if proc.poll() is None:
-            kill_group(proc.pid)
+        if proc.poll() is None or group_members(proc.pid):
+            kill_group(proc.pid, proc=proc)
             proc.wait()
         _live.discard(proc.pid)
     return rc, timed_out

@@ -1,0 +1,456 @@
+"""scripts/vmtest's own machinery, on the host.
+
+Pure parts run everywhere: the cpio writer, ELF .modinfo reading, module
+dependency order, package choice, vmlinux extraction, KVM detection, the
+verdict table.  Process hygiene runs everywhere too, with stand-in processes:
+a timeout, Ctrl-C or SIGKILL of vmtest leaves nothing behind.  The end-to-end
+tests boot a real guest; they need qemu-system-x86_64 and a kernel in the
+vmtest cache (``scripts/vmtest fetch``), skip with that reason otherwise, and
+fail instead when UFFDCTL_REQUIRE_VM=1 (CI sets it after ``make test-vm``).
+"""
+from __future__ import annotations
+
+import gzip
+import lzma
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = os.path.join(REPO, "scripts")
+VMTEST = os.path.join(SCRIPTS, "vmtest")
+sys.path.insert(0, SCRIPTS)
+
+from vmtest_lib import Unavailable, elf, host, initramfs, kernelpkg, matrix, qemu  # noqa: E402
+from vmtest_lib.cli import Prefixed  # noqa: E402
+
+
+# -- synthetic inputs ---------------------------------------------------------------------------
+
+def make_elf(sections: dict[str, bytes], interp: bool = False) -> bytes:
+    """A minimal little-endian ELF64 with the given sections (and a PT_INTERP program header if asked)."""
+    names = list(sections) + [".shstrtab"]
+    shstr = b"\0"
+    offs = {}
+    for n in names:
+        offs[n] = len(shstr)
+        shstr += n.encode() + b"\0"
+    blobs = {**sections, ".shstrtab": shstr}
+    phnum = 1 if interp else 0
+    pos = 64 + 56 * phnum
+    data, where = b"", {}
+    for n in names:
+        where[n] = pos + len(data)
+        data += blobs[n]
+    shoff = pos + len(data)
+    hdr = bytearray(64)
+    hdr[:16] = b"\x7fELF\x02\x01\x01" + b"\0" * 9
+    struct.pack_into("<HHIQQQIHHHHHH", hdr, 16, 2, 62, 1, 0, 64 if phnum else 0, shoff, 0, 64, 56, phnum, 64,
+                     len(names) + 1, len(names))
+    ph = struct.pack("<IIQQQQQQ", elf.PT_INTERP, 4, 0, 0, 0, 0, 0, 1) if interp else b""
+    sh = b"\0" * 64
+    for n in names:
+        sh += struct.pack("<IIQQQQIIQQ", offs[n], 1, 0, 0, where[n], len(blobs[n]), 0, 0, 1, 0)
+    return bytes(hdr) + ph + data + sh
+
+
+def module(name: str, depends: str = "") -> bytes:
+    return make_elf({".text": b"\x90" * 16, ".modinfo": f"license=GPL\0depends={depends}\0name={name}\0".encode()})
+
+
+def read_newc(blob: bytes) -> list[tuple[str, int, bytes]]:
+    """Parse a newc archive (to check the writer against the format, not against itself)."""
+    out, i = [], 0
+    while True:
+        assert blob[i:i + 6] == b"070701", f"bad magic at {i}"
+        f = [int(blob[i + 6 + 8 * k:i + 14 + 8 * k], 16) for k in range(13)]
+        mode, size, namesize = f[1], f[6], f[11]
+        name = blob[i + 110:i + 110 + namesize - 1].decode()
+        i = (i + 110 + namesize + 3) & ~3
+        data = blob[i:i + size]
+        i = (i + size + 3) & ~3
+        if name == "TRAILER!!!":
+            assert i == len(blob)
+            return out
+        out.append((name, mode, data))
+
+
+# -- pure parts ---------------------------------------------------------------------------------
+
+def test_cpio_roundtrip():
+    entries = [("bin", 0o040755, b""), ("bin/busybox", 0o100755, b"x" * 4097), ("init", 0o100755, b"#!/bin/sh\n"),
+               ("modules/a.ko", 0o100644, b"abc")]
+    assert read_newc(initramfs.cpio(entries)) == entries
+
+
+def test_init_script_contract():
+    """/init and the QEMU command line agree on the names they share."""
+    for word in ("hostroot", "vmtest_share", "vmtest.share=", "port out", "port status", "guest.sh", "reboot -f"):
+        assert word in initramfs.INIT, word
+
+
+def test_modinfo_and_static():
+    m = module("9p", "netfs,9pnet")
+    assert elf.modinfo(m) == {"license": "GPL", "depends": "netfs,9pnet", "name": "9p"}
+    assert elf.section(m, ".nothere") is None
+    with pytest.raises(ValueError):
+        elf.modinfo(b"not an elf at all" * 8)
+
+
+def test_is_static(tmp_path):
+    s, d = tmp_path / "s", tmp_path / "d"
+    s.write_bytes(make_elf({".text": b"\x90"}))
+    d.write_bytes(make_elf({".text": b"\x90"}, interp=True))
+    assert elf.is_static(str(s)) and not elf.is_static(str(d))
+    assert not elf.is_static(str(tmp_path / "missing"))
+
+
+def _index(tmp_path, mods: dict[str, str], compress=None) -> dict[str, str]:
+    idx = {}
+    for name, deps in mods.items():
+        data = module(name, deps)
+        path = tmp_path / f"{name}.ko"
+        if compress == "xz":
+            path, data = tmp_path / f"{name}.ko.xz", lzma.compress(data)
+        elif compress == "gz":
+            path, data = tmp_path / f"{name}.ko.gz", gzip.compress(data)
+        path.write_bytes(data)
+        idx[kernelpkg.module_name(path.name)] = str(path)
+    return idx
+
+
+@pytest.mark.parametrize("compress", [None, "xz", "gz"])
+def test_module_closure_orders_dependencies_first(tmp_path, compress):
+    mods = {"virtio_ring": "", "virtio": "", "virtio_pci": "virtio_ring,virtio", "virtio_console": "virtio_ring,virtio",
+            "netfs": "", "9pnet": "", "9pnet_virtio": "9pnet,virtio_ring,virtio", "9p": "netfs,9pnet",
+            "overlay": "", "unused": ""}
+    order = kernelpkg.module_closure(_index(tmp_path, mods, compress), builtin={"virtio"})
+    assert "unused" not in order and "virtio" not in order
+    for name in order:
+        for dep in filter(None, mods[name].split(",")):
+            assert dep == "virtio" or order.index(dep) < order.index(name), (dep, name)
+    assert set(order) >= set(kernelpkg.ROOT_MODULES)
+
+
+def test_module_closure_missing_and_cycle(tmp_path):
+    with pytest.raises(Unavailable, match="9pnet_virtio is neither built in nor shipped"):
+        kernelpkg.module_closure(_index(tmp_path, {"virtio_pci": ""}), set(), roots=("virtio_pci", "9pnet_virtio"))
+    with pytest.raises(Unavailable, match="cycle"):
+        kernelpkg.module_closure(_index(tmp_path, {"a": "b", "b": "a"}), set(), roots=("a",))
+
+
+NAMES = ["linux-image-amd64", "linux-image-6.12-amd64", "linux-image-6.1.0-9-amd64", "linux-image-6.1.0-56-amd64",
+         "linux-image-6.1.0-56-cloud-amd64", "linux-image-6.1.0-57-rt-amd64", "linux-image-6.1.0-56-amd64-dbg",
+         "linux-image-6.12.115+deb12-amd64", "linux-image-6.12.117+deb12-amd64",
+         "linux-image-6.12.117+deb12-cloud-amd64"]
+
+
+def test_pick_package():
+    assert kernelpkg.pick_package(NAMES, "6.1") == "linux-image-6.1.0-56-amd64"
+    assert kernelpkg.pick_package(NAMES, "6.12") == "linux-image-6.12.117+deb12-amd64"
+    assert kernelpkg.pick_package(NAMES, "newest") == "linux-image-6.12.117+deb12-amd64"
+    assert kernelpkg.pick_package(NAMES, "5.10") is None
+    with pytest.raises(ValueError):
+        kernelpkg.pick_package(NAMES, "six")
+
+
+@pytest.mark.parametrize("codec", ["xz", "gzip"])
+def test_extract_vmlinux(codec):
+    payload = make_elf({".text": b"\x90" * 1000})
+    comp = lzma.compress(payload, format=lzma.FORMAT_XZ) if codec == "xz" else gzip.compress(payload)
+    # a stray magic before the real payload must not confuse it
+    bz = b"MZ" + b"\0" * 500 + kernelpkg.XZ_MAGIC + b"junk" + kernelpkg.GZIP_MAGIC + b"junk" + comp + b"\0" * 64
+    assert kernelpkg.extract_vmlinux(bz) == payload
+    assert kernelpkg.extract_vmlinux(b"MZ" + b"\0" * 1000) is None
+
+
+def test_kvm_usable(tmp_path):
+    dev = tmp_path / "kvm"
+    dev.write_bytes(b"")
+    sysfs = tmp_path / "module"
+    (sysfs / "kvm").mkdir(parents=True)
+    assert kvm_usable(sysfs, tmp_path / "nokvm", {"vmx"}) == (False, f"{tmp_path / 'nokvm'} does not exist")
+    (sysfs / "kvm_pvm").mkdir()
+    ok, why = kvm_usable(sysfs, dev, {"vmx"})
+    assert not ok and "kvm_pvm" in why
+    (sysfs / "kvm_pvm").rmdir()
+    ok, why = kvm_usable(sysfs, dev, set())
+    assert not ok and "vmx/svm" in why
+    (sysfs / "kvm_intel").mkdir()
+    assert kvm_usable(sysfs, dev, {"vmx"})[0]
+
+
+def kvm_usable(sysfs, dev, flags):
+    return host.kvm_usable(str(sysfs), str(dev), flags)
+
+
+def test_this_host_uses_tcg():
+    """The development host is a PVM guest: auto must not pick KVM here (issue 6: stock guests crawl)."""
+    if not os.path.isdir("/sys/module/kvm_pvm"):
+        pytest.skip("not a PVM guest (no /sys/module/kvm_pvm)")
+    assert host.choose_accel("auto")[0] == "tcg"
+
+
+JUNIT = """<?xml version="1.0" encoding="utf-8"?><testsuites><testsuite name="pytest">
+<testcase classname="tests.test_softdirty" name="test_roundtrip" time="0.1"/>
+<testcase classname="tests.test_softdirty" name="test_move_marks_soft_dirty" time="0.0">
+  <skipped type="pytest.skip" message="feature missing: UFFD_FEATURE_MOVE">...</skipped></testcase>
+<testcase classname="tests.test_softdirty" name="test_copy[anon]" time="0.0">
+  <failure message="AssertionError: assert 0 == 1&#10;more">trace</failure></testcase>
+<testcase classname="tests.test_x.TestCls" name="test_e" time="0.0"><error message="fixture broke"/></testcase>
+</testsuite></testsuites>"""
+
+
+def test_junit_verdicts(tmp_path):
+    p = tmp_path / "junit.xml"
+    p.write_text(JUNIT)
+    v = matrix.junit_verdicts(str(p))
+    assert v == {
+        "test_softdirty.py::test_roundtrip": matrix.Verdict("PASS"),
+        "test_softdirty.py::test_move_marks_soft_dirty": matrix.Verdict("UNSUPPORTED",
+                                                                        "feature missing: UFFD_FEATURE_MOVE"),
+        "test_softdirty.py::test_copy[anon]": matrix.Verdict("FAIL", "AssertionError: assert 0 == 1"),
+        "test_x.py::TestCls::test_e": matrix.Verdict("ERROR", "fixture broke"),
+    }
+
+
+def test_repro_and_check_verdicts():
+    doc = {"results": [{"scenario": "copy-soft-dirty", "verdict": "reproduced"},
+                       {"name": "anon-extra-fault", "verdict": "NOT REPRODUCED", "reason": "0 faults"}]}
+    assert matrix.repro_verdicts(doc) == {"repro: copy-soft-dirty": matrix.Verdict("REPRODUCED"),
+                                          "repro: anon-extra-fault": matrix.Verdict("NOT REPRODUCED", "0 faults")}
+    assert matrix.repro_verdicts([{"scenario": "x", "verdict": "UNSUPPORTED", "reason": "r"}]) == \
+        {"repro: x": matrix.Verdict("UNSUPPORTED", "r")}
+    chk = {"verdicts": [{"check": "soft-dirty", "status": "unsupported", "message": "off"},
+                        {"check": "open", "status": "ok", "message": "fine"}]}
+    assert matrix.check_verdicts(chk) == {"check: soft-dirty": matrix.Verdict("UNSUPPORTED", "off"),
+                                          "check: open": matrix.Verdict("OK")}
+
+
+def test_kernel_label():
+    pv = ("Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org) (gcc-12 (Debian 12.2.0-14+deb12u1) "
+          "12.2.0, GNU ld (GNU Binutils for Debian) 2.40) #1 SMP PREEMPT_DYNAMIC Debian 6.1.192-2 (2026-11-16)")
+    assert matrix.kernel_label("6.1.0-56-amd64", pv) == "6.1.192"
+    assert matrix.kernel_label("6.18.44-fc-v595", "Linux version 6.18.44-fc-v595 (gcc 12)") == "6.18.44"
+
+
+def test_render_and_status():
+    host_col = matrix.Column("host 6.18.44", "host", verdicts={
+        "t::a": matrix.Verdict("UNSUPPORTED", "CONFIG_MEM_SOFT_DIRTY off: round trip read 0"),
+        "t::b": matrix.Verdict("PASS")})
+    vm_col = matrix.Column("6.1.192", "vm", verdicts={"t::a": matrix.Verdict("PASS"),
+                                                     "t::b": matrix.Verdict("FAIL", "assert 1 == 0")})
+    text = matrix.render([host_col, vm_col])
+    lines = text.splitlines()
+    assert lines[0].split() == ["test", "/", "scenario", "host", "6.18.44", "6.1.192", "(VM)"]
+    assert lines[2].split() == ["t::a", "UNSUPPORTED", "[1]", "PASS"]
+    assert lines[3].split() == ["t::b", "PASS", "FAIL", "[2]"]
+    assert "[1] CONFIG_MEM_SOFT_DIRTY off: round trip read 0" in lines
+    assert host_col.ok and not vm_col.ok
+    assert not matrix.Column("x", "vm", problem="timeout").ok
+
+
+def test_plan_script(tmp_path):
+    plan = matrix.Plan("/v", ["tests/test_softdirty.py"], repro=True, profiles=("6.1", "6.18"))
+    body, env = plan.script(str(tmp_path), soft_dirty=True, series="6.1")
+    assert env["UFFDCTL_REQUIRE_SOFTDIRTY"] == "1" and env["UFFDCTL_REQUIRE_KERNEL"] == "1"
+    assert "--junitxml" in body and "tests/test_softdirty.py" in body and "repro all" in body
+    assert "SERIES=6.1" in body
+    _, env = plan.script(str(tmp_path), soft_dirty=False)
+    assert "UFFDCTL_REQUIRE_SOFTDIRTY" not in env
+
+
+def test_prefixed_stream():
+    class Sink:
+        def __init__(self):
+            self.data = b""
+
+        def write(self, b):
+            self.data += b
+
+        def flush(self):
+            pass
+
+    sink, tee = Sink(), Sink()
+    p = Prefixed(sink, "[k] ", tee)
+    for chunk in (b"ab", b"c\nde", b"f\n", b"\n", b"g"):
+        p.write(chunk)
+    assert sink.data == b"[k] abc\n[k] def\n[k] \n[k] g"
+    assert tee.data == b"abc\ndef\n\ng"
+
+
+# -- process hygiene with stand-ins -------------------------------------------------------------
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_gone(pid: int, secs: float = 5.0) -> bool:
+    end = time.monotonic() + secs
+    while time.monotonic() < end:
+        if not alive(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def wait_file(path, secs: float = 10.0) -> str:
+    end = time.monotonic() + secs
+    while time.monotonic() < end:
+        if os.path.exists(path) and open(path).read().strip():
+            return open(path).read().strip()
+        time.sleep(0.05)
+    raise AssertionError(f"{path} never written")
+
+
+STANDIN = "sleep 300 & echo $! > {pidfile}; echo started; wait"
+
+
+def test_timeout_kills_the_whole_group(tmp_path):
+    log = str(tmp_path / "out.log")
+    p = qemu.spawn(["sh", "-c", STANDIN.format(pidfile=tmp_path / "child")], log)
+    t0 = time.monotonic()
+    rc, timed_out = qemu.supervise(p, log, timeout=1.0, stream=open(os.devnull, "wb"))
+    assert timed_out and rc is None and time.monotonic() - t0 < 10
+    child = int(wait_file(tmp_path / "child"))
+    assert not alive(p.pid) and wait_gone(child), "a process of the group survived the timeout"
+    assert p.pid not in qemu._live
+
+
+SUPERVISOR = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {scripts!r})
+    from vmtest_lib import qemu
+    p = qemu.spawn(["sh", "-c", {cmd!r}], {log!r})
+    open({ready!r}, "w").write(str(p.pid))
+    qemu.supervise(p, {log!r}, 120)
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_supervisor_death_leaves_nothing(tmp_path, sig):
+    """Ctrl-C: the finally-clause kills the group.  SIGKILL: PR_SET_PDEATHSIG kills the direct child (QEMU is
+    the direct child).  SIGTERM needs the CLI's handler: test_vm_sigint_and_sigterm."""
+    cmd = "exec sleep 300" if sig == signal.SIGKILL else STANDIN.format(pidfile=tmp_path / "child")
+    code = SUPERVISOR.format(scripts=SCRIPTS, cmd=cmd, log=str(tmp_path / "out.log"), ready=str(tmp_path / "ready"))
+    sup = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL)
+    try:
+        pid = int(wait_file(tmp_path / "ready"))
+        child = int(wait_file(tmp_path / "child")) if sig != signal.SIGKILL else pid
+        sup.send_signal(sig)
+        sup.wait(10)
+        assert wait_gone(pid) and wait_gone(child), f"{sig.name}: something survived"
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+
+
+# -- end to end (real QEMU, cached kernel) ------------------------------------------------------
+
+def vm_ready() -> str | None:
+    if not host.find_qemu():
+        return "qemu-system-x86_64 is not installed (scripts/vmtest installs it: apt-get install qemu-system-x86)"
+    if not host.find_static_busybox():
+        return "no static busybox (apt-get install busybox-static)"
+    if not kernelpkg.cached_kernels(kernelpkg.default_cache()):
+        return f"no kernel in the vmtest cache {kernelpkg.default_cache()} (scripts/vmtest fetch)"
+    return None
+
+
+@pytest.fixture
+def vm_kernel():
+    reason = vm_ready()
+    if reason:
+        if os.environ.get("UFFDCTL_REQUIRE_VM") == "1":
+            pytest.fail(f"UFFDCTL_REQUIRE_VM=1 but: {reason}", pytrace=False)
+        pytest.skip(reason)
+    return kernelpkg.cached_kernels(kernelpkg.default_cache())[0]
+
+
+def vmtest(kernel, *args) -> list[str]:
+    return [sys.executable, VMTEST, "--no-install", "--kernel-pkg", kernel.package, *args]
+
+
+def qemu_children(pid: int) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    st = f.read()
+                comm = st[st.index("(") + 1:st.rindex(")")]
+                ppid = int(st.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+            if ppid == pid and comm.startswith("qemu-system"):
+                out.append(int(d))
+    return out
+
+
+def test_vm_runs_a_command(vm_kernel):
+    """Boot, run in the checkout with the venv on PATH, stream the output, return the exit status."""
+    r = subprocess.run(vmtest(vm_kernel, "run", "--", "sh", "-c", "pwd; uname -r; echo out-$((6*7)); exit 3"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout.splitlines()[:3] == [REPO, vm_kernel.release, "out-42"]
+
+
+def test_vm_timeout_leaves_no_qemu(vm_kernel):
+    p = subprocess.Popen(vmtest(vm_kernel, "--timeout", "5", "run", "--", "sleep", "600"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    seen: set[int] = set()
+    while p.poll() is None:
+        seen.update(qemu_children(p.pid))
+        time.sleep(0.1)
+    assert p.returncode == qemu.STATUS_TIMEOUT, p.stderr.read()
+    assert seen, "never saw the QEMU child"
+    assert all(wait_gone(q) for q in seen), "QEMU survived the timeout"
+
+
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_vm_sigint_and_sigterm(vm_kernel, sig, status):
+    p = subprocess.Popen(vmtest(vm_kernel, "run", "--", "sleep", "600"),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + 60
+        kids: list[int] = []
+        while not kids and time.monotonic() < end and p.poll() is None:
+            kids = qemu_children(p.pid)
+            time.sleep(0.1)
+        assert kids, "QEMU never started"
+        p.send_signal(sig)
+        assert p.wait(30) == status
+        assert "no QEMU left running" in p.stderr.read()
+        assert all(wait_gone(q) for q in kids)
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
+def test_unavailable_is_one_line_exit_4(tmp_path):
+    """Where QEMU is missing (and may not be installed) or the package does not exist: one line, exit 4."""
+    r = subprocess.run([sys.executable, VMTEST, "--no-install", "--qemu", str(tmp_path / "no-qemu"), "run", "--",
+                        "true"], capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (4, "")
+    assert r.stderr.strip().splitlines() == [f"vmtest: cannot run here: --qemu {tmp_path / 'no-qemu'}: "
+                                             "not an executable"]
+    r = subprocess.run([sys.executable, VMTEST, "--kernel", "six", "fetch"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    if shutil.which("apt-cache") and host.find_qemu() and host.find_static_busybox():
+        r = subprocess.run([sys.executable, VMTEST, "--no-install", "--cache", str(tmp_path), "--kernel", "2.6",
+                            "fetch"], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 4 and "no linux-image-2.6-amd64 package" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
