@@ -34,7 +34,8 @@ def _read_pid(name: str) -> int | None:
         return None
 
 
-def _pid_is_server(pid: int | None) -> bool:
+def _pid_is_server(pid: int | None, name: str | None = None) -> bool:
+    """Is ``pid`` a live session server (named ``name``)?  A recycled pid is not."""
     if not pid:
         return False
     try:
@@ -42,7 +43,8 @@ def _pid_is_server(pid: int | None) -> bool:
         p = psutil.Process(pid)
         if p.status() == psutil.STATUS_ZOMBIE:
             return False
-        return "uffdctl.session.server" in " ".join(p.cmdline())
+        cmd = p.cmdline()
+        return "uffdctl.session.server" in cmd and (name is None or ["--name", name] == cmd[cmd.index("--name"):][:2])
     except Exception:  # NoSuchProcess, AccessDenied
         return False
 
@@ -58,9 +60,9 @@ def clean(name: str) -> None:
 def state_of(name: str) -> str:
     """"live", or "gone" (and the stale files are removed)."""
     pid = _read_pid(name)
-    if _pid_is_server(pid) and os.path.exists(paths.sock_path(name)):
+    if _pid_is_server(pid, name) and os.path.exists(paths.sock_path(name)):
         return "live"
-    if _pid_is_server(pid):
+    if _pid_is_server(pid, name):
         return "starting"
     clean(name)
     return "gone"
@@ -126,7 +128,7 @@ class Client:
         msg = {"v": protocol.VERSION, "id": self._id, "op": op, "args": args or {}}
         try:
             self.sock.sendall(protocol.encode(msg))
-            line = self._f.readline(protocol.MAX_LINE + 1)
+            line = self._f.readline()   # responses are not limited: the server is our own uid
         except OSError as e:
             raise SessionGone(f"session {self.name!r} went away during {op} ({e})") from None
         if not line:

@@ -26,6 +26,7 @@ from .state import SessionState, UsageError
 
 PAGE = uapi.PAGE_SIZE
 TOUCH_DECIDE_S = 0.2     # touch without --wait: how long to wait before saying "blocked"
+MAX_PAGEMAP_PAGES = 1 << 16
 
 
 def error_dict(e: BaseException) -> dict:
@@ -645,6 +646,9 @@ def pagemap_entries(st: SessionState, span: Span) -> list[dict]:
          RANGE, Param("--map", "a grid picture, one character per page", kind="flag", local=True))
 def cmd_pagemap(st, a):
     span = parse_range(st, a["range"])
+    if span.len // PAGE > MAX_PAGEMAP_PAGES:
+        raise UsageError(f"pagemap {a['range']}: {span.len // PAGE} pages, at most {MAX_PAGEMAP_PAGES} per command "
+                         f"(give a sub-range, or use scan)")
     return {"start": span.start, "len": span.len, "region": span.region.name, "zero_pfn": st.learn_zero_pfn(),
             "entries": pagemap_entries(st, span)}
 

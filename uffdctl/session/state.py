@@ -221,12 +221,13 @@ class SessionState:
     # -- shutdown -------------------------------------------------------------------
     def close(self) -> None:
         """Release everything: closing the uffd wakes every blocked fault, then threads stop."""
-        if self.closed:
-            return
-        self.closed = True
-        if self._backend is not None:
-            try:
-                self.collect_events()
-            except Exception:
-                pass
-            self._backend.close()
+        with self.lock:   # not in the middle of a command (touch waits outside the lock)
+            if self.closed:
+                return
+            self.closed = True
+            if self._backend is not None:
+                try:
+                    self.collect_events()
+                except Exception:
+                    pass
+                self._backend.close()
