@@ -79,6 +79,24 @@ def test_scan_and_sysctl(res):
     assert [o["via"] for o in res["open"]] == ["syscall", "user-mode-only", "/dev/userfaultfd"]
 
 
+def test_open_as_another_uid(res):
+    """As root, check also opens as uid 65534: USER_MODE_ONLY always works; the plain syscall follows the
+    sysctl (spec 3.8: EPERM without CAP_SYS_PTRACE unless vm.unprivileged_userfaultfd=1)."""
+    import os
+    if os.getuid() != 0:
+        assert res["open_unprivileged"] is None
+        return
+    rows = {o["via"]: o for o in res["open_unprivileged"]}
+    assert rows["user-mode-only"]["ok"] == 1
+    if res["sysctl"]["vm.unprivileged_userfaultfd"] == 0:
+        assert rows["syscall"]["errno"] == "EPERM" and "vm.unprivileged_userfaultfd" in rows["syscall"]["hint"]
+    else:
+        assert rows["syscall"]["ok"] == 1
+    mode = res["sysctl"]["dev_userfaultfd_mode"]
+    if mode is not None and int(mode, 8) & 0o006 == 0:
+        assert rows["/dev/userfaultfd"]["errno"] == "EACCES"
+
+
 def test_check_cli(cli, res):
     p = cli("check")
     assert p.returncode == res["exit"]
@@ -86,8 +104,8 @@ def test_check_cli(cli, res):
     assert lines[0].startswith("kernel: ") and lines[-1].startswith(("Looks good", "Something is broken"))
     assert any(ln.startswith("soft-dirty: ") for ln in lines)
     r = json.loads(cli("-p", "check").stdout)
-    assert set(r) == {"kernel", "verdicts", "open", "api", "register", "soft_dirty", "pagemap_scan", "hugetlb",
-                      "sysctl", "exit"}
+    assert set(r) == {"kernel", "verdicts", "open", "open_unprivileged", "api", "register", "soft_dirty",
+                      "pagemap_scan", "hugetlb", "sysctl", "exit"}
     assert r["exit"] == res["exit"]
     p = cli("check", "-j")                        # the issue's spelling: flags after the command
     assert p.returncode == res["exit"] and json.loads(p.stdout)["exit"] == res["exit"]

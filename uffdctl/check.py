@@ -66,20 +66,59 @@ def _expected_failure(memtype: MemType, mode: int) -> bool:
     return bool(mode & uapi.RegisterMode.MINOR) and memtype is MemType.ANON
 
 
-def probe_open(b) -> list[dict]:
+OPEN_METHODS = (("syscall", "syscall", 0), ("user-mode-only", "syscall", uapi.UFFD_USER_MODE_ONLY),
+                ("/dev/userfaultfd", "dev", 0))
+NOBODY = 65534
+
+
+def _try_open(via: str, flags: int) -> int:
+    """0 if a uffd opens this way (and is closed again), else the errno."""
+    from ._native import load
+    _ffi, lib = load()
+    fn = lib.uffdctl_userfaultfd if via == "syscall" else lib.uffdctl_dev_userfaultfd
+    fd = fn(uapi.O_CLOEXEC | uapi.O_NONBLOCK | flags)
+    if fd < 0:
+        return -fd
+    os.close(fd)
+    return 0
+
+
+def probe_open() -> list[dict]:
+    """Each way of opening a uffd, as this process: ok, or the errno, why, and the cure."""
     from .kernel import open_error_hint
     out = []
-    base = uapi.O_CLOEXEC | uapi.O_NONBLOCK
-    for label, via, flags in (("syscall", "syscall", base),
-                              ("user-mode-only", "syscall", base | uapi.UFFD_USER_MODE_ONLY),
-                              ("/dev/userfaultfd", "dev", base)):
-        try:
-            b.userfaultfd(flags, via=via).close()
-            out.append({"via": label, "ok": 1, "errno": None, "hint": None})
-        except OSError as e:
-            out.append({"via": label, "ok": 0, "errno": E.errorcode.get(e.errno, e.errno),
-                        "hint": open_error_hint(e.errno, via)})
+    for label, via, flags in OPEN_METHODS:
+        err = _try_open(via, flags)
+        out.append({"via": label, "ok": int(not err), "errno": E.errorcode.get(err, err) if err else None,
+                    "hint": open_error_hint(err, via) if err else None})
     return out
+
+
+def probe_open_unprivileged(uid: int = NOBODY) -> list[dict] | None:
+    """probe_open() in a child that dropped to ``uid`` (only when we are root): what a user can do."""
+    import json
+    if os.getuid() != 0:
+        return None
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: no threads, just syscalls
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.write(w, json.dumps(probe_open()).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    return json.loads(data) if status == 0 and data else None
 
 
 def probe_register(b, features: int) -> list[dict]:
@@ -143,11 +182,16 @@ def run_checks() -> dict:
     b = KernelBackend(probe=False)
     try:
         # how a uffd can be opened, and why not
-        res["open"] = probe_open(b)
+        res["open"] = probe_open()
         opened = [o["via"] for o in res["open"] if o["ok"]]
         if opened:
             v.append(_verdict("open", OK, "userfaultfd opens via " + ", ".join(opened) +
                               "".join(f"; {o['via']}: {o['errno']} ({o['hint']})" for o in res["open"] if not o["ok"])))
+            res["open_unprivileged"] = probe_open_unprivileged()
+            if res["open_unprivileged"] is not None:
+                ok_u = [o["via"] for o in res["open_unprivileged"] if o["ok"]]
+                v.append(_verdict(f"open as uid {NOBODY}", OK, "opens via " + (", ".join(ok_u) or "nothing") + "".join(
+                    f"; {o['via']}: {o['errno']} ({o['hint']})" for o in res["open_unprivileged"] if not o["ok"])))
         else:
             v.append(_verdict("open", UNSUPPORTED, "; ".join(f"{o['via']}: {o['errno']} - {o['hint']}"
                                                              for o in res["open"])))
