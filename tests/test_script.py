@@ -59,6 +59,38 @@ MISSING_COPY = """\
 """
 
 
+WP_THEN_POLICY = """\
+    # a write-protect fault resolved with writeprotect --off, then a handler policy
+    mmap --size 16K --name buf
+    register buf --mode missing,wp
+    zeropage buf:2
+    writeprotect buf:2 --on
+    expect pagemap buf:2 uffd_wp=1 zero=1
+    touch buf:2 --write
+    expect result blocked=1
+    expect event event=pagefault flags=3 page=2 action=queue
+    writeprotect buf:2 --off
+    wait
+    expect result finished=1
+    expect faults main minor=+1
+    expect pagemap buf:2 uffd_wp=0 zero=0 present=1
+    handler --policy zeropage
+    touch buf:3 --read --wait --thread t2
+    expect event flags=0 page=3 action=zeropage
+    expect pagemap buf:3 zero=1
+    expect faults t2 minor=+1
+    poison buf:1
+    expect pagemap buf:1 marker=1 present=0
+    touch buf:1 --read --wait
+    expect result sigbus=1
+"""
+
+
+def test_wp_fault_and_handler_policy(run_any):
+    res = run_any(WP_THEN_POLICY)
+    assert res["ok"], res.get("error")
+
+
 def test_a_script_with_expectations_runs(run_any):
     res = run_any(MISSING_COPY)
     assert res["ok"], res.get("error")
