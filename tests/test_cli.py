@@ -251,3 +251,9 @@ def test_malformed_invocations(session):
 def test_no_session_is_a_one_line_error(cli):
     p = cli("regions")
     assert p.returncode == 1 and p.stderr.count("\n") == 1 and "no session is running" in p.stderr
+
+
+def test_bare_groups_print_their_help(cli):
+    for argv in ([], ["session"]):
+        p = cli(*argv)
+        assert p.returncode == 2 and p.stdout.startswith("Usage: ") and p.stderr == ""

@@ -139,6 +139,9 @@ def main(argv=None) -> int:
     except click.exceptions.Exit as e:
         return e.exit_code
     except click.UsageError as e:
+        if type(e).__name__ == "NoArgsIsHelpError" and e.ctx is not None and not out.json:
+            click.echo(e.ctx.get_help())           # a bare group: its help, as a usage error
+            return 2
         cmd = e.ctx.command_path if e.ctx else "uffdctl"
         out.error({"type": "UsageError", "errno": None, "ioctl": None, "message": e.format_message()}, cmd)
         return 2
