@@ -257,3 +257,10 @@ def test_bare_groups_print_their_help(cli):
     for argv in ([], ["session"]):
         p = cli(*argv)
         assert p.returncode == 2 and p.stdout.startswith("Usage: ") and p.stderr == ""
+
+
+def test_session_names_complete(cli, tmp_path):
+    os.makedirs(cli.rtdir, mode=0o700)
+    open(os.path.join(cli.rtdir, "alpha.sock"), "w").close()
+    p = cli(env={"COMP_WORDS": "uffdctl --session a", "COMP_CWORD": "2", "_UFFDCTL_COMPLETE": "bash_complete"})
+    assert p.stdout.split() == ["plain,alpha"]

@@ -94,11 +94,16 @@ def _follow(g, args, local):
             time.sleep(0.05)
 
 
+def _complete_sessions(ctx, param, incomplete):
+    from ..session import paths
+    return [n for n in paths.names() if n.startswith(incomplete)]
+
+
 @click.group(cls=LazyGroup, epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("-j", "--json", "json_mode", is_flag=True,
               help="one JSON document per command (errors too); may also follow the command")
 @click.option("-p", "--pretty", is_flag=True, help="pretty JSON (implies -j); may also follow the command")
-@click.option("--session", "-s", envvar="UFFDCTL_SESSION", metavar="NAME",
+@click.option("--session", "-s", envvar="UFFDCTL_SESSION", metavar="NAME", shell_complete=_complete_sessions,
               help="session to talk to (env UFFDCTL_SESSION; default: the only one running)")
 @click.version_option(package_name="uffdctl")
 @click.pass_context
