@@ -15,6 +15,7 @@ def _runner(tmp_path, backend):
         f = tmp_path / "s.uffd"
         f.write_text(textwrap.dedent(text))
         return run_file(str(f), backend=backend, **kw)
+    _run.backend = backend
     return _run
 
 
@@ -202,3 +203,30 @@ def run_file_text(tmp_path, text, **kw):
     f = tmp_path / "h.uffd"
     f.write_text(text)
     return run_file(str(f), **kw)
+
+
+HUGETLB = """\
+    mmap --size 2M --type hugetlb --name h
+    register h --mode missing
+    touch h:0 --write
+    expect result blocked=1
+    expect event page=0
+    copy h:0 --fill 7
+    expect result copy=2097152
+    wait
+    expect result finished=1
+    expect pagemap h present=1 file=1
+    zeropage h:0
+    expect errno EINVAL
+"""
+
+
+def test_hugetlb_missing_fault(run_any):
+    if run_any.backend == "kernel":
+        from conftest import require_kernel
+        from uffdctl.kernel import meminfo
+        free = meminfo().get("HugePages_Free", 0)
+        if free < 1:
+            require_kernel(f"HugePages_Free={free} (reserve some: sysctl vm.nr_hugepages=N)")
+    res = run_any(HUGETLB)
+    assert res["ok"], res.get("error")
