@@ -46,6 +46,7 @@ class EmuAccess(Access):
         # itself (not the instruction): 1 = mmap_lock retry, >=2 = FAULT_FLAG_TRIED (counted major)
         self.attempt = 0
         self.waiter = None
+        self.blocks = 0          # userfault waits so far
         self._res = AccessResult()
         self._done = False
         self._segv = False
@@ -71,6 +72,7 @@ class EmuAccess(Access):
                 continue
             r = mm.handle_mm_fault(vma, a, self.write, self)
             if r == M.VM_FAULT_RETRY:
+                self.blocks += 1
                 return                                  # blocked: waits for _wake()
             if r & M.VM_FAULT_SIGSEGV:
                 self._segv = True

@@ -224,7 +224,7 @@ class MM:
         self._starts: list[int] = []
         self.ptes: dict[int, Pte] = {}
         self.tlb = _tlb.Tlb()
-        self._pfns = itertools.count(FIRST_PFN)
+        self._next_pfn = FIRST_PFN
         self._origins = itertools.count(1)
         self.zero_page = Folio(ZERO_PFN, PAGE_SIZE, anon=False, zero=True)
         self.zero_page.exclusive = False
@@ -276,6 +276,7 @@ class MM:
         for v in self.vmas:
             p = out[-1] if out else None
             if (p is not None and p.end == v.start and p.origin == v.origin and p.ctx is v.ctx
+                    and not p.hugetlb                      # hugetlb_vm_ops has ->close: never merged
                     and (p.flags ^ v.flags) & ~VM_SOFTDIRTY == 0
                     and (p.file is None or p.pgoff + (p.end - p.start) == v.pgoff)):
                 p.end = v.end
@@ -339,7 +340,8 @@ class MM:
 
     # -- page allocation -----------------------------------------------------------
     def alloc_folio(self, size: int, anon: bool, data: bytearray | None = None) -> Folio:
-        return Folio(next(self._pfns), size, anon, data)
+        pfn, self._next_pfn = self._next_pfn, self._next_pfn + size // PAGE_SIZE
+        return Folio(pfn, size, anon, data)
 
     def page_base(self, vma, addr: int) -> int:
         return addr - (addr - vma.start) % vma.page_size if vma.hugetlb else addr & ~(PAGE_SIZE - 1)
@@ -491,21 +493,24 @@ class MM:
         return VM_FAULT_OK
 
     def hugetlb_fault(self, vmf) -> int:
-        """hugetlb_no_page(): shared -> page cache; private -> the cache page read-only, COW on write."""
+        """hugetlb_no_page(): shared -> page cache; private -> the cache page if there is one (COW on
+        write), else a new anon page; a private write fault does the COW at once (hugetlb_wp)."""
         vma = vmf.vma
         idx = vma.linear_page_index(vmf.address)
         folio = vma.file.pages.get(idx)
         if folio is not None and userfaultfd_minor(vma):
             return self.handle_userfault(vmf, VM_UFFD_MINOR)
         if folio is None:
-            if userfaultfd_missing(vma):
-                return self.handle_userfault(vmf, VM_UFFD_MISSING)
             if idx * vma.page_size >= vma.file.size:
                 return VM_FAULT_SIGBUS
-            folio = vma.file.pages[idx] = self.alloc_folio(vma.page_size, anon=False)
-        if vmf.write and not vma.shared:
+            if userfaultfd_missing(vma):
+                return self.handle_userfault(vmf, VM_UFFD_MISSING)
+            folio = self.alloc_folio(vma.page_size, anon=not vma.shared)
+            if vma.shared:
+                vma.file.pages[idx] = folio
+        elif vmf.write and not vma.shared:
             folio = self.alloc_folio(vma.page_size, anon=True, data=folio.copy_data())
-        pte = Pte(folio, write=bool(vmf.write or vma.shared and vma.flags & VM_WRITE), young=True)
+        pte = Pte(folio, write=bool(vma.flags & VM_WRITE and (vma.shared or vmf.write)), young=True)
         if vmf.write:
             self.pte_mkdirty(pte)
         if vmf.orig_pte_uffd_wp:
@@ -582,7 +587,43 @@ class MM:
             copied += step
         return copied if copied else err
 
+    def hugetlb_mfill_atomic_pte(self, vma, kind, dst, src, wp) -> int:
+        """mfill_atomic_hugetlb() + hugetlb_mfill_atomic_pte(): the PTE is checked before the copy."""
+        pte = self.ptes.get(dst)
+        if kind == MFILL_ATOMIC_POISON:
+            if pte is not None:
+                return -E.EEXIST
+            self.set_pte(dst, make_pte_marker(PTE_MARKER_POISONED))
+            return 0
+        if kind != MFILL_ATOMIC_CONTINUE and not self.pte_none_mostly(pte):
+            return -E.EEXIST
+        idx = vma.linear_page_index(dst)
+        if kind == MFILL_ATOMIC_CONTINUE:
+            folio = vma.file.pages.get(idx)
+            if folio is None:
+                return -E.EFAULT
+        else:
+            if vma.shared and idx in vma.file.pages:
+                return -E.EEXIST
+            data = self.copy_from_user(src, vma.page_size)
+            if isinstance(data, int):
+                return data
+            folio = self.alloc_folio(vma.page_size, anon=not vma.shared, data=bytearray(data))
+        if idx * vma.page_size >= vma.file.size:
+            return -E.EFAULT
+        if not self.pte_none_mostly(self.ptes.get(dst)):
+            return -E.EEXIST
+        if vma.shared and kind != MFILL_ATOMIC_CONTINUE:
+            vma.file.pages[idx] = folio
+        writable = bool(vma.flags & VM_WRITE) and not wp and not (kind == MFILL_ATOMIC_CONTINUE and not vma.shared)
+        pte = Pte(folio, write=writable, young=True, uffd_wp=wp)
+        self.pte_mkdirty(pte)
+        self.set_pte(dst, pte)
+        return 0
+
     def mfill_atomic_pte(self, vma, kind, dst, src, wp, hints) -> int:
+        if vma.hugetlb:
+            return self.hugetlb_mfill_atomic_pte(vma, kind, dst, src, wp)
         if kind == MFILL_ATOMIC_POISON:
             pte = self.ptes.get(dst)
             if pte is not None:

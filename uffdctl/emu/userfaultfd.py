@@ -187,11 +187,12 @@ class EmuUffd(Uffd):
             if v.ctx is not None and v.ctx is not self:
                 raise uffd_error(E.EBUSY, name, start, len)
             basic |= v.hugetlb
-        for v in self.mm.split(start, end):
-            if v.ctx is self and v.flags & vm_flags == vm_flags:
-                continue                                  # already registered with these modes
-            v.flags = (v.flags & ~M.VM_UFFD_FLAGS) | vm_flags
-            v.ctx = self
+        for old in list(vmas):
+            if old.ctx is self and old.flags & vm_flags == vm_flags:
+                continue                                  # already registered with these modes: not split
+            for v in self.mm.split(max(start, old.start), min(end, old.end)):
+                v.flags = (v.flags & ~M.VM_UFFD_FLAGS) | vm_flags
+                v.ctx = self
         self.mm.merge()
         ioctls = int(uapi.UFFD_API_RANGE_IOCTLS_BASIC if basic else uapi.UFFD_API_RANGE_IOCTLS)
         ioctls &= self._range_ioctls() | int(uapi.UFFD_API_RANGE_IOCTLS_BASIC) & self._range_ioctls()

@@ -1,0 +1,585 @@
+"""Differential test: random op sequences on the real kernel and on the emulator (profile 6.18, soft-dirty
+off, as this host), compared after every op (spec §8; issue 3 item 5).
+
+A sequence is data (JSON-able): regions (index 0 is an anon source pool, never
+registered), the UFFDIO_API features, and ops named after the kernel calls.
+``run(seq, kernel, emu)`` executes every op on both backends and compares, after
+each op: the return value or errno and result field, the state of every access
+(done, sigbus, minor/major faults, bytes read), pagemap entries of every mapping
+(present, swap incl. marker type, file, guard, uffd-wp, exclusive, and page
+identity as relations: same page / zero page / another page), and messages
+(event, flags, region-relative address, which thread).  Whether an op applies
+is decided from the emulator's state (a thread already blocked takes no new
+access; a region with a blocked access is not unmapped), identically for both.
+
+On a divergence the sequence is shrunk (ops dropped while it still diverges),
+printed as readable lines, and saved as JSON; ``UFFDCTL_DIFF_REPLAY=<file>``
+reruns it.  ``UFFDCTL_DIFF_EXAMPLES`` (default 2000; ``make soak``: 20000) sets how
+many sequences; ``UFFDCTL_DIFF_SECONDS`` bounds the time; ``UFFDCTL_DIFF_SEED``
+fixes the seed.  Accesses that end in SIGBUS are compared without their fault
+count (the first signal delivered to a thread faults in its signal frame).
+hugetlb is included only when huge pages are reserved.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import time
+
+import pytest
+
+from conftest import hugetlb_reason, make_backend
+from uffdctl import uapi
+from uffdctl.backend import MemType
+from uffdctl.errors import UffdError
+from uffdctl.kernel import meminfo
+
+R = uapi.RegisterMode
+PS = uapi.PAGE_SIZE
+THREADS = ("t0", "t1", "t2")
+SRC_PAGES = 8
+SETTLE = 5.0
+HP = 2 << 20
+
+
+class Divergence(AssertionError):
+    def __init__(self, step: int, what: str, kernel, emu):
+        self.step, self.what, self.kernel, self.emu = step, what, kernel, emu
+        super().__init__(f"step {step}: {what}: kernel={kernel!r} emu={emu!r}")
+
+
+# -- generation -----------------------------------------------------------------------------
+
+def gen_sequence(rng: random.Random, memtypes, max_ops: int = 14) -> dict:
+    regions = [{"type": "anon", "pages": SRC_PAGES}]
+    for _ in range(rng.randint(1, 2)):
+        mt = rng.choice(memtypes)
+        if MemType(mt).hugetlb:
+            if any(MemType(g["type"]).hugetlb for g in regions):
+                mt = MemType.ANON.value
+            else:   # few huge pages (others may use the pool); the source pool must cover huge copies
+                regions[0]["pages"] = SRC_PAGES * 512
+        regions.append({"type": mt, "pages": rng.randint(2, 3 if MemType(mt).hugetlb else 6)})
+    feats = 0
+    for f, p in ((uapi.Feature.WP_UNPOPULATED, 0.3), (uapi.Feature.EXACT_ADDRESS, 0.2),
+                 (uapi.Feature.THREAD_ID, 0.3), (uapi.Feature.SIGBUS, 0.08)):
+        if rng.random() < p:
+            feats |= int(f)
+    ops = []
+    # usually start registered, so that faults happen
+    if rng.random() < 0.8:
+        r = rng.randint(1, len(regions) - 1)
+        ops.append(["register", r, 0, regions[r]["pages"], rng.choice([1, 2, 3, 3, 4, 5, 7])])
+    for _ in range(rng.randint(3, max_ops)):
+        ops.append(gen_op(rng, regions))
+    return {"regions": regions, "features": feats, "ops": ops}
+
+
+def gen_op(rng: random.Random, regions) -> list:
+    r = rng.randint(1, len(regions) - 1)
+    npg = regions[r]["pages"]
+    p0 = rng.randrange(npg)
+    n = rng.randint(1, npg - p0)
+    if rng.random() < 0.15:
+        n = 1
+    kind = rng.choices(
+        ["touch", "copy", "zeropage", "continue", "writeprotect", "wake", "poison", "move", "register",
+         "unregister", "read_msgs", "clear_refs", "dontneed", "cache_write", "munmap"],
+        [22, 8, 5, 4, 9, 3, 2, 3, 4, 2, 8, 2, 3, 3, 1])[0]
+    if kind == "touch":
+        return ["touch", rng.choice(THREADS), r, p0, rng.random() < 0.5, rng.randrange(1, 256)]
+    if kind == "copy":
+        return ["copy", r, p0, n, rng.randrange(SRC_PAGES - n + 1) if n <= SRC_PAGES else 0,
+                rng.choice([0, 0, 1, 2, 3])]
+    if kind == "zeropage":
+        return ["zeropage", r, p0, n, rng.choice([0, 0, 1])]
+    if kind == "continue":
+        return ["continue", r, p0, n, rng.choice([0, 0, 1, 2])]
+    if kind == "writeprotect":
+        return ["writeprotect", r, p0, n, rng.choice([1, 1, 0, 0, 2, 3])]
+    if kind == "wake":
+        return ["wake", r, p0, n]
+    if kind == "poison":
+        return ["poison", r, p0, 1, rng.choice([0, 1])]
+    if kind == "move":
+        rs = rng.randrange(len(regions))
+        spg = regions[rs]["pages"]
+        m = min(n, spg)
+        return ["move", r, p0, rs, rng.randrange(spg - m + 1), m, rng.choice([0, 0, 1, 2])]
+    if kind == "register":
+        return ["register", r, p0, n, rng.choice([1, 2, 3, 4, 5, 7])]
+    if kind == "unregister":
+        return ["unregister", r, p0, n]
+    if kind == "read_msgs":
+        return ["read_msgs"]
+    if kind == "clear_refs":
+        return ["clear_refs", rng.choice([1, 2, 3, 4, 5, 6])]
+    if kind == "dontneed":
+        return ["dontneed", r, p0, n]
+    if kind == "cache_write":
+        return ["cache_write", r, p0, rng.randrange(1, 256)]
+    return ["munmap", r]
+
+
+# -- rendering --------------------------------------------------------------------------------
+
+def render(seq: dict) -> str:
+    lines = [f"# regions: " + ", ".join(f"r{i}={g['type']}x{g['pages']}" + (" (src pool)" if i == 0 else "")
+                                      for i, g in enumerate(seq["regions"])),
+             f"uffd.api(features={'|'.join(uapi.Feature.decode(seq['features'])) or 0})"]
+    for op in seq["ops"]:
+        k = op[0]
+        if k == "touch":
+            lines.append(f"{op[1]}.{'write' if op[4] else 'read'}(r{op[2]}[{op[3]}]" +
+                         (f", fill={op[5]:#x})" if op[4] else ")"))
+        elif k in ("copy",):
+            lines.append(f"uffd.copy(dst=r{op[1]}[{op[2]}], src=r0[{op[4]}], len={op[3]} pages, mode={op[5]})")
+        elif k == "move":
+            lines.append(f"uffd.move(dst=r{op[1]}[{op[2]}], src=r{op[3]}[{op[4]}], len={op[5]} pages, "
+                         f"mode={op[6]})")
+        elif k == "register":
+            lines.append(f"uffd.register(r{op[1]}[{op[2]}:{op[2] + op[3]}], mode="
+                         f"{'|'.join(m.name for m in R if op[4] & m)})")
+        elif k in ("unregister", "wake", "dontneed"):
+            name = "madvise(MADV_DONTNEED," if k == "dontneed" else f"uffd.{k}("
+            lines.append(f"{name} r{op[1]}[{op[2]}:{op[2] + op[3]}])")
+        elif k in ("zeropage", "continue", "writeprotect", "poison"):
+            lines.append(f"uffd.{k}(r{op[1]}[{op[2]}:{op[2] + op[3]}], mode={op[4]})")
+        elif k == "read_msgs":
+            lines.append("uffd.read_msgs()")
+        elif k == "clear_refs":
+            lines.append(f"clear_refs({op[1]})")
+        elif k == "cache_write":
+            lines.append(f"alias(r{op[1]})[{op[2]}] = {op[3]:#x}   # fills the page cache, not registered")
+        elif k == "munmap":
+            lines.append(f"munmap(r{op[1]})")
+    return "\n".join(f"{i - 1:3d}  {line}" if i >= 2 else f"     {line}" for i, line in enumerate(lines))
+
+
+def replay_command(path: str) -> str:
+    return f"UFFDCTL_DIFF_REPLAY={path} pytest tests/test_differential.py -k replay"
+
+
+# -- one backend's side -------------------------------------------------------------------------
+
+class Side:
+    def __init__(self, b, seq, zero_pfn):
+        self.b = b
+        self.zero_pfn = zero_pfn
+        self.regions = []
+        self.aliases = {}
+        for i, g in enumerate(seq["regions"]):
+            r = aligned_mmap(b, g["pages"] * (HP if MemType(g["type"]).hugetlb else PS), g["type"], f"r{i}")
+            self.regions.append(r)
+            if r.fd is not None:
+                self.aliases[i] = b.alias(r, name=f"r{i}alias")
+        self.all_regions = list(self.regions)   # also after munmap, to name addresses
+        src = self.regions[0]
+        for p in range(SRC_PAGES):
+            b.write(src.addr + p * PS, bytes([0x10 + p]) * 8)
+        self.u = b.userfaultfd()
+        self.u.api(seq["features"])
+        self.threads = {n: b.thread(n) for n in THREADS}
+        self.acc = {}            # thread -> (access, start vcsw)
+        self.labels = {}
+        self.nextlabel = 0
+
+    def addr(self, r, p):
+        reg = self.regions[r]
+        return reg.addr + p * reg.page_size
+
+    def where(self, addr):
+        for i, reg in enumerate(self.all_regions):
+            if reg.addr <= addr < reg.end:
+                return f"r{i}+{addr - reg.addr:#x}"
+        return hex(addr)
+
+    def vcsw(self, name):
+        t = self.threads[name]
+        if self.b.name != "kernel":
+            return 0
+        with open(f"/proc/self/task/{t.tid}/status") as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches"):
+                    return int(line.split()[1])
+        return 0
+
+    def snapshot(self) -> list:
+        """Pagemap of every mapping as runs: (mapping, first page, pages, kept bits, identity)."""
+        out = []
+        live = set()
+        mappings = [(f"r{i}", r) for i, r in enumerate(self.regions) if r is not None]
+        mappings += [(f"r{i}alias", a) for i, a in sorted(self.aliases.items()) if a is not None]
+        keepmask = (uapi.PM_PRESENT | uapi.PM_SWAP | uapi.PM_FILE | uapi.PM_GUARD_REGION | uapi.PM_UFFD_WP
+                    | uapi.PM_MMAP_EXCLUSIVE)
+        for name, reg in mappings:
+            prev = None
+            for i, raw in enumerate(self.b.pagemap(reg.addr, reg.len // PS)):
+                keep = raw & keepmask
+                pfn = raw & uapi.PM_PFRAME_MASK
+                if not keep:
+                    prev = None
+                    continue
+                sub = reg.page_size // PS    # the 4 KiB entries of one huge page form one run
+                if prev is not None and sub > 1 and i % sub and prev[0] == i - 1 and prev[1] == keep and (
+                        not raw & uapi.PM_PRESENT or pfn == prev[2] + 1):
+                    out[-1][2] += 1
+                    prev = (i, keep, pfn)
+                    live.add(pfn)
+                    continue
+                if raw & uapi.PM_PRESENT:
+                    if pfn == self.zero_pfn:
+                        ident = "zero"
+                    else:
+                        live.add(pfn)
+                        if pfn not in self.labels:
+                            self.labels[pfn] = f"p{self.nextlabel}"
+                            self.nextlabel += 1
+                        ident = self.labels[pfn]
+                else:
+                    ident = f"swp{pfn:#x}"
+                out.append([name, i, 1, hex(keep), ident])
+                prev = (i, keep, pfn)
+        self.labels = {k: v for k, v in self.labels.items() if k in live}
+        return [tuple(x) for x in out]
+
+
+def aligned_mmap(b, length, memtype, name):
+    """A 2 MiB-aligned mapping on either backend: read fault-around (64 KiB windows) and the page-table
+    boundary then fall on the same pages in both."""
+    probe = b.mmap(length + 2 * HP, MemType.ANON, name=name + "-probe")
+    addr = (probe.addr + HP - 1) & ~(HP - 1)
+    b.munmap(probe.addr, probe.len)
+    return b.mmap(length, memtype, name=name, addr=addr)
+
+
+def _call(fn):
+    try:
+        v = fn()
+        return ("ok", v if isinstance(v, int) else None)
+    except UffdError as e:
+        return ("err", errno.errorcode.get(e.errno, e.errno), e.done)
+
+
+def kernel_zero_pfn(kb) -> int:
+    r = kb.mmap(PS, MemType.ANON, name="zeroprobe")
+    kb.read(r.addr, 8)
+    pfn = kb.pagemap(r.addr, 1)[0] & uapi.PM_PFRAME_MASK
+    kb.munmap(r.addr, r.len)
+    return pfn
+
+
+# -- the lock-step run --------------------------------------------------------------------------
+
+def apply(side: Side, op) -> tuple:
+    b, u, k = side.b, side.u, op[0]
+    A = side.addr
+    if k == "touch":
+        _, tn, r, p, write, fill = op
+        t = side.threads[tn]
+        base = side.vcsw(tn)
+        if write:
+            acc = t.access(A(r, p), 1, True, fill=fill, stride=PS)
+        else:
+            acc = t.access(A(r, p), 8, False, want_data=True)
+        side.acc[tn] = (acc, base)
+        return ("started",)
+    if k == "copy":
+        _, r, p, n, sp, mode = op
+        ps = side.regions[r].page_size
+        return _call(lambda: u.copy(A(r, p), side.regions[0].addr + sp * ps, n * ps, mode))
+    if k == "zeropage":
+        return _call(lambda: u.zeropage(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size, op[4]))
+    if k == "continue":
+        return _call(lambda: u.continue_(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size, op[4]))
+    if k == "writeprotect":
+        return _call(lambda: u.writeprotect(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size, op[4]))
+    if k == "poison":
+        return _call(lambda: u.poison(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size, op[4]))
+    if k == "wake":
+        return _call(lambda: u.wake(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size))
+    if k == "move":
+        _, r, p, rs, sp, n, mode = op
+        return _call(lambda: u.move(A(r, p), A(rs, sp), n * side.regions[r].page_size, mode))
+    if k == "register":
+        return _call(lambda: u.register(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size, op[4]))
+    if k == "unregister":
+        return _call(lambda: u.unregister(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size))
+    if k == "read_msgs":
+        msgs = u.read_msgs()
+        return ("msgs", msgs)
+    if k == "clear_refs":
+        return _call(lambda: b.clear_refs(op[1]))
+    if k == "dontneed":
+        return _call(lambda: b.madvise(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size,
+                                       uapi.MADV_DONTNEED))
+    if k == "cache_write":
+        a = side.aliases[op[1]]
+        return _call(lambda: b.write(a.addr + op[2] * a.page_size, bytes([op[3]])))
+    if k == "munmap":
+        r = side.regions[op[1]]
+        res = _call(lambda: b.munmap(r.addr, r.len))
+        side.regions[op[1]] = None
+        if op[1] in side.aliases:
+            a = side.aliases.pop(op[1])
+            b.munmap(a.addr, a.len)
+        return res
+    raise ValueError(f"unknown op {k!r}")
+
+
+def applicable(emu: Side, op) -> bool:
+    """Decided on the emulator's state, applied to both."""
+    k = op[0]
+    regs = [] if k in ("read_msgs", "clear_refs") else [op[2]] if k == "touch" else [op[1]]
+    if k == "move":
+        regs.append(op[3])
+    if any(emu.regions[r] is None for r in regs):
+        return False
+    if k == "touch":
+        tn = op[1]
+        if tn in emu.acc and not emu.acc[tn][0].done:
+            return False
+        # two threads released by one wake race on the kernel: one blocked access per page
+        a = emu.addr(op[2], op[3])
+        ps = emu.regions[op[2]].page_size
+        for acc, _ in emu.acc.values():
+            if not acc.done and acc.waiter is not None and acc.waiter.msg.address // ps == a // ps:
+                return False
+        return emu.b.mm.find_vma(a) is not None
+    if k == "cache_write":
+        return op[1] in emu.aliases
+    if k == "munmap":
+        return not any(not a.done for a, _ in emu.acc.values())  # no access may be left blocked on it
+    return True
+
+
+def _wchan(tid) -> str:
+    try:
+        with open(f"/proc/self/task/{tid}/wchan") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def settle(ks: Side, es: Side, step: int):
+    """Wait for the kernel's threads to reach the state the emulator is in, then compare accesses."""
+    for tn, (eacc, _) in es.acc.items():
+        kacc, base = ks.acc[tn]
+        if eacc.done:
+            if not kacc.wait(SETTLE):
+                raise Divergence(step, f"{tn} access finished", False, True)
+        else:
+            deadline = time.monotonic() + SETTLE
+            while time.monotonic() < deadline and not kacc.done:
+                if _wchan(ks.threads[tn].tid) == "handle_userfault" and ks.vcsw(tn) - base >= eacc.blocks:
+                    break
+                time.sleep(0.0005)
+            if kacc.done:
+                raise Divergence(step, f"{tn} access finished", True, False)
+        kres = _acc_view(ks, kacc)
+        eres = _acc_view(es, eacc)
+        if kres != eres:
+            raise Divergence(step, f"{tn} access result", kres, eres)
+
+
+def _acc_view(side, acc):
+    if not acc.done:
+        return ("blocked",)
+    r = acc.result()
+    if r.sigbus:
+        return ("sigbus", side.where(r.fault_addr))
+    return ("done", r.minflt, r.majflt, r.data)
+
+
+def _msgs_view(side, msgs):
+    tids = {t.tid: n for n, t in side.threads.items()}
+    # sorted: faults racing after one wake queue in scheduler order on the kernel
+    return sorted((m.event_name, m.flags, side.where(m.address), tids.get(m.ptid, m.ptid)) for m in msgs)
+
+
+def run(seq: dict, kb, eb, zero_pfn: int) -> int:
+    """Run ``seq`` on both backends; raise Divergence on the first difference; returns ops applied."""
+    ks, es = Side(kb, seq, zero_pfn), Side(eb, seq, eb.mm.zero_page.pfn)
+    applied = 0
+    try:
+        for step, op in enumerate(seq["ops"]):
+            if not applicable(es, op):
+                continue
+            applied += 1
+            er = apply(es, op)
+            kr = apply(ks, op)
+            settle(ks, es, step)
+            if op[0] == "read_msgs":
+                kmsgs = kr[1]
+                deadline = time.monotonic() + SETTLE
+                while len(kmsgs) < len(er[1]) and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                    kmsgs += ks.u.read_msgs()
+                kr, er = _msgs_view(ks, kmsgs), _msgs_view(es, er[1])
+            if kr != er:
+                raise Divergence(step, f"{op[0]} result", kr, er)
+            ksnap, esnap = ks.snapshot(), es.snapshot()
+            if ksnap != esnap:
+                kd = [x for x in ksnap if x not in esnap]
+                ed = [x for x in esnap if x not in ksnap]
+                raise Divergence(step, "pagemap", kd[:8], ed[:8])
+    finally:
+        ks.u.close()
+        es.u.close()
+    return applied
+
+
+def shrink(seq: dict, check) -> dict:
+    """Greedy delta debugging: drop ops (and then regions' spare pages) while ``check(seq)`` still fails."""
+    ops = list(seq["ops"])
+    changed = True
+    while changed:
+        changed = False
+        for i in reversed(range(len(ops))):
+            trial = {**seq, "ops": ops[:i] + ops[i + 1:]}
+            if check(trial):
+                ops = trial["ops"]
+                changed = True
+    out = {**seq, "ops": ops}
+    if out["features"]:
+        for f in uapi.Feature:
+            if out["features"] & f:
+                trial = {**out, "features": out["features"] & ~int(f)}
+                if check(trial):
+                    out = trial
+    return out
+
+
+def save(seq: dict, directory: str) -> str:
+    os.makedirs(directory, exist_ok=True)
+    path = os.path.join(directory, f"diff-repro-{os.getpid()}-{int(time.time() * 1000)}.json")
+    with open(path, "w") as f:
+        json.dump(seq, f)
+    return path
+
+
+# -- the tests ------------------------------------------------------------------------------------
+
+EXAMPLES = int(os.environ.get("UFFDCTL_DIFF_EXAMPLES", "2000"))
+SECONDS = float(os.environ.get("UFFDCTL_DIFF_SECONDS", str(max(240, EXAMPLES * 0.15))))
+REPRO_DIR = os.environ.get("UFFDCTL_DIFF_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "uffdctl-diff"))
+
+
+def emu_6_18():
+    from uffdctl.emu import EmuBackend
+    return EmuBackend(profile="6.18", soft_dirty=False)
+
+
+class Runner:
+    """Fresh backends per sequence; the kernel's zero-page PFN probed once."""
+
+    def __init__(self, make_emu=emu_6_18):
+        self.make_emu = make_emu
+        kb = make_backend("kernel")
+        try:
+            self.zero_pfn = kernel_zero_pfn(kb)
+            self.memtypes = [MemType.ANON.value, MemType.SHMEM.value, MemType.SHMEM_PRIVATE.value]
+            if hugetlb_reason(kb) is None and meminfo().get("HugePages_Free", 0) >= 16:
+                self.memtypes += [MemType.HUGETLB.value, MemType.HUGETLB_PRIVATE.value]
+        finally:
+            kb.close()
+
+    def run(self, seq) -> int:
+        kb, eb = make_backend("kernel"), self.make_emu()
+        try:
+            return run(seq, kb, eb, self.zero_pfn)
+        finally:
+            kb.close()
+            eb.close()
+
+    def diverges(self, seq) -> Divergence | None:
+        try:
+            self.run(seq)
+        except Divergence as d:
+            return d
+        return None
+
+    def report(self, seq, d: Divergence) -> str:
+        small = shrink(seq, lambda s: self.diverges(s) is not None)
+        d2 = self.diverges(small) or d
+        path = save(small, REPRO_DIR)
+        return (f"emulator and kernel diverge at op {d2.step} ({d2.what}):\n  kernel: {d2.kernel!r}\n"
+                f"  emu:    {d2.emu!r}\nminimal reproducer ({len(small['ops'])} ops):\n{render(small)}\n"
+                f"rerun: {replay_command(path)}")
+
+
+@pytest.mark.kernel
+def test_differential():
+    """EXAMPLES random sequences, kernel vs emulator, zero divergences."""
+    seed = int(os.environ.get("UFFDCTL_DIFF_SEED", str(random.randrange(1 << 30))))
+    runner = Runner()
+    deadline = time.monotonic() + SECONDS
+    done = ops = 0
+    unconfirmed = []
+    for i in range(EXAMPLES):
+        if time.monotonic() > deadline:
+            break
+        seq = gen_sequence(random.Random(seed + i), runner.memtypes)
+        d = runner.diverges(seq)
+        if d is not None:
+            # the kernel side is concurrent: a divergence counts once it repeats on a rerun
+            if runner.diverges(seq) is None and runner.diverges(seq) is None:
+                unconfirmed.append((seed + i, str(d)))
+            else:
+                pytest.fail(f"seed {seed + i} (UFFDCTL_DIFF_SEED={seed + i} UFFDCTL_DIFF_EXAMPLES=1): "
+                            + runner.report(seq, d), pytrace=False)
+        done += 1
+        ops += len(seq["ops"])
+    print(f"differential: {done} sequences ({ops} ops), seed {seed}, zero divergences; "
+          f"{len(unconfirmed)} that did not repeat on two reruns: {unconfirmed}")
+    assert len(unconfirmed) <= max(1, done // 500), f"too many non-repeating divergences: {unconfirmed}"
+    assert done >= EXAMPLES, (f"only {done} of {EXAMPLES} sequences ran within {SECONDS:.0f} s "
+                              "(raise UFFDCTL_DIFF_SECONDS or lower UFFDCTL_DIFF_EXAMPLES)")
+
+
+@pytest.mark.kernel
+@pytest.mark.skipif(not os.environ.get("UFFDCTL_DIFF_REPLAY"), reason="set UFFDCTL_DIFF_REPLAY=<file.json>")
+def test_replay():
+    """Rerun a saved reproducer."""
+    with open(os.environ["UFFDCTL_DIFF_REPLAY"]) as f:
+        seq = json.load(f)
+    print(render(seq))
+    Runner().run(seq)
+
+
+# A hand-written sequence the shmem un-protect rule decides (spec §2.3.6): write, WP, un-WP, write.
+SHMEM_UNWP = {"regions": [{"type": "anon", "pages": SRC_PAGES}, {"type": "shmem", "pages": 2}], "features": 0,
+              "ops": [["touch", "t0", 1, 0, True, 1], ["register", 1, 0, 2, 2],
+                      ["writeprotect", 1, 0, 1, 1], ["writeprotect", 1, 0, 1, 0],
+                      ["touch", "t0", 1, 0, True, 2]]}
+
+
+def _broken_upgrade(self, vma):
+    """A deliberately wrong rule: shmem MAP_SHARED un-protect makes the PTE writable (as 5.19-6.2 did)."""
+    return bool(vma.flags & 0x2)
+
+
+@pytest.mark.kernel
+def test_differential_catches_a_broken_rule(monkeypatch):
+    """The differential test can fail: break one rule of the model and it is caught, with a reproducer."""
+    runner = Runner()
+    assert runner.diverges(SHMEM_UNWP) is None           # the real rule agrees with the kernel
+    from uffdctl.emu import mm
+    monkeypatch.setattr(mm.MM, "vma_wants_manual_pte_write_upgrade", _broken_upgrade)
+    d = runner.diverges(SHMEM_UNWP)
+    assert d is not None and d.what == "t0 access result", d
+    assert d.kernel[:2] == ("done", 1) and d.emu[:2] == ("done", 0)
+    # and the random generator finds it too, then shrinks it to a readable reproducer
+    rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
+    for i in range(400):
+        seq = gen_sequence(random.Random(rng_seed + i), [MemType.SHMEM.value])
+        d = runner.diverges(seq)
+        if d is not None:
+            text = runner.report(seq, d)
+            assert "minimal reproducer" in text and "uffd.writeprotect" in text, text
+            small_ops = int(text.split("minimal reproducer (")[1].split(" ops")[0])
+            assert small_ops <= 8, text
+            return
+    pytest.fail("400 random shmem sequences did not catch the broken un-protect rule")
