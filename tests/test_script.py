@@ -230,3 +230,20 @@ def test_hugetlb_missing_fault(run_any):
             require_kernel(f"HugePages_Free={free} (reserve some: sysctl vm.nr_hugepages=N)")
     res = run_any(HUGETLB)
     assert res["ok"], res.get("error")
+
+
+def test_resume_through_existing_pages(run_any):
+    """One ioctl by default (partial progress is an error with done); --resume/--skip-existing use uffdctl.ops."""
+    res = run_any("""\
+        mmap --size 32K --name buf
+        register buf --mode missing
+        copy buf:2
+        copy buf:0-7
+        expect errno EAGAIN
+        copy buf:0-7 --skip-existing
+        expect result copy=20480 ops.calls=4   # pages 0-1 came from the partial copy, 2 before it
+        expect pagemap buf present=1
+        zeropage buf:0-7 --resume
+        expect errno EEXIST
+    """)
+    assert res["ok"], res.get("error")

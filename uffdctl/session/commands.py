@@ -254,6 +254,20 @@ def _hint_bits(st: SessionState, args: dict, ioctl: str) -> int:
     return bits
 
 
+RESUME = (Param("--resume", "resume after short counts (EAGAIN) until the range is done (uffdctl.ops)",
+                 kind="flag"),
+          Param("--skip-existing", "with --resume: wake and step over pages that exist (EEXIST)", kind="flag"))
+
+
+def _issue(a: dict, span: Span, single: Callable[[], int], ranged: str, *args) -> tuple[int, dict]:
+    """One ioctl, exactly as asked, or with --resume the uffdctl.ops loop (each call counted in ``ops``)."""
+    if not (a.get("resume") or a.get("skip_existing")):
+        return single(), {}
+    from .. import ops
+    r = getattr(ops, ranged)(*args, page=span.region.page_size, skip_existing=bool(a.get("skip_existing")))
+    return r.done, {"ops": r.to_dict()}
+
+
 def _span_dict(span: Span, **kw) -> dict:
     d = {"start": span.start, "len": span.len}
     d.update(kw)
@@ -421,7 +435,7 @@ def _src_span(st: SessionState, a: dict, length: int) -> tuple[int, str]:
          "uffdctl copy buf:3 --fill 0x41",
          RANGE, Param("--src", "source range (REGION[:PAGES] or 0xADDR+LEN)"),
          Param("--fill", "source byte when no --src (default 0xaa)"), DONTWAKE,
-         Param("--wp", "UFFDIO_COPY_MODE_WP: install write-protected", kind="flag"), *HINTS,
+         Param("--wp", "UFFDIO_COPY_MODE_WP: install write-protected", kind="flag"), *HINTS, *RESUME,
          kernel_name="UFFDIO_COPY")
 def cmd_copy(st, a):
     span = parse_range(st, a["range"])
@@ -429,29 +443,34 @@ def cmd_copy(st, a):
     mode |= _hint_bits(st, a, "COPY")
     u = st.get_uffd()
     src, what = _src_span(st, a, span.len)
-    done = u.copy(span.start, src, span.len, int(mode))
-    return {"dst": span.start, "src": src, "len": span.len, "mode": int(mode), "copy": done, "source": what}
+    done, extra = _issue(a, span, lambda: u.copy(span.start, src, span.len, int(mode)), "copy_range",
+                         u, span.start, src, span.len, int(mode))
+    return dict({"dst": span.start, "src": src, "len": span.len, "mode": int(mode), "copy": done, "source": what},
+                **extra)
 
 
 @command("zeropage", "UFFDIO_ZEROPAGE: map the zero page.", "uffdctl zeropage buf:0-3",
-         RANGE, DONTWAKE, *HINTS, kernel_name="UFFDIO_ZEROPAGE")
+         RANGE, DONTWAKE, *HINTS, *RESUME, kernel_name="UFFDIO_ZEROPAGE")
 def cmd_zeropage(st, a):
     span = parse_range(st, a["range"])
     mode = (uapi.ZeropageMode.DONTWAKE if a.get("dontwake") else 0) | _hint_bits(st, a, "ZEROPAGE")
     u = st.get_uffd()
-    done = u.zeropage(span.start, span.len, int(mode))
-    return _span_dict(span, mode=int(mode), zeropage=done)
+    done, extra = _issue(a, span, lambda: u.zeropage(span.start, span.len, int(mode)), "zeropage_range",
+                         u, span.start, span.len, int(mode))
+    return _span_dict(span, mode=int(mode), zeropage=done, **extra)
 
 
 @command("continue", "UFFDIO_CONTINUE: map the page cache page (minor faults, shmem/hugetlb).",
          "uffdctl continue buf:0",
-         RANGE, DONTWAKE, Param("--wp", "UFFDIO_CONTINUE_MODE_WP", kind="flag"), kernel_name="UFFDIO_CONTINUE")
+         RANGE, DONTWAKE, Param("--wp", "UFFDIO_CONTINUE_MODE_WP", kind="flag"), *RESUME,
+         kernel_name="UFFDIO_CONTINUE")
 def cmd_continue(st, a):
     span = parse_range(st, a["range"])
     u = st.get_uffd()
     mode = (uapi.ContinueMode.DONTWAKE if a.get("dontwake") else 0) | (uapi.ContinueMode.WP if a.get("wp") else 0)
-    done = u.continue_(span.start, span.len, int(mode))
-    return _span_dict(span, mode=int(mode), mapped=done)
+    done, extra = _issue(a, span, lambda: u.continue_(span.start, span.len, int(mode)), "continue_range",
+                         u, span.start, span.len, int(mode))
+    return _span_dict(span, mode=int(mode), mapped=done, **extra)
 
 
 @command("writeprotect", "UFFDIO_WRITEPROTECT: --on protects, --off un-protects (and wakes unless --dontwake).",
