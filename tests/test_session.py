@@ -228,3 +228,13 @@ def test_emulator_session(cli):
 def test_kernel_profile_is_rejected(cli):
     p = cli("session", "start", "--name", "x", "--backend", "kernel", "--profile", "6.1")
     assert p.returncode == 4 and "emulator" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_json_keys_of_session_commands(cli):
+    need_kernel()
+    r = cli.j("session", "start", "--name", "k", "--backend", "kernel")
+    assert set(r) == {"name", "pid", "socket", "backend", "log"} and r["backend"] == "kernel"
+    assert set(cli.j("session", "status")) >= {"name", "backend", "pid", "rss", "socket", "uffd", "regions"}
+    r = cli.j("session", "stop", "k")
+    assert set(r) == {"name", "pid", "stopped"} and r["stopped"] == 1
+    assert cli.j("session", "list") == {"sessions": []}
