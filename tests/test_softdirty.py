@@ -115,7 +115,7 @@ WARM = "__warm"
 @pytest.fixture
 def kb():
     """Kernel backend with the touching thread started (its stack is mmapped before any clear_refs) and a
-    scratch page for :func:`clear_refs_4`'s warm-up write."""
+    scratch page for :func:`write_faults`' warm-up write."""
     b = make_backend("kernel")
     b.thread("main")
     b.mmap(PS, MemType.ANON, name=WARM)
@@ -143,30 +143,29 @@ def soft_dirty(b, addr: int) -> int:
     return int(pagemap.entry(b, addr).soft_dirty)
 
 
-def write_faults(b, addr: int) -> int:
-    """Minor faults the main thread takes writing one byte at ``addr``."""
+def touch(b, addr: int):
     acc = b.thread("main").access(addr, 1, True, fill=0x5A)
     assert acc.wait(5), f"write at {addr:#x} blocked (unexpected userfault)"
     r = acc.result()
     assert not r.sigbus, f"SIGBUS writing {addr:#x}"
-    return r.minflt
+    return r
 
 
-def clear_refs_4(b) -> None:
-    """clear_refs 4, then one throwaway write from the main thread.
+def write_faults(b, addr: int) -> int:
+    """Minor faults the main thread takes writing one byte at ``addr``.
 
-    clear_refs 4 write-protects every PTE of the process, including the touching thread's stack and TLS
-    (uffdctl_access writes its sigjmp_buf pointer there between its two getrusage calls): the first access
-    after it counts those faults too (3 instead of 1, measured in VM-6.1).  The warm-up takes them.
+    A throwaway write first: clear_refs 4 write-protects every PTE of the process, including the touching
+    thread's stack and TLS (uffdctl_access writes its sigjmp_buf pointer there between its two getrusage
+    calls), and glibc hands a later thread the same cached stack.  Without the warm-up the count includes
+    those faults: 3 instead of 1 (measured in VM-6.1), or 1 instead of 0 in a later test.
     """
-    b.clear_refs(uapi.CLEAR_REFS_SOFT_DIRTY)
-    acc = b.thread("main").access(b.regions[WARM].addr, 1, True, fill=1)
-    assert acc.wait(5) and not acc.result().sigbus
+    touch(b, b.regions[WARM].addr)
+    return touch(b, addr).minflt
 
 
 def clear_soft_dirty(b, *addrs: int) -> None:
-    """clear_refs 4 (with the warm-up), then check it took: every address reads soft-dirty 0."""
-    clear_refs_4(b)
+    """clear_refs 4, then check it took: every address reads soft-dirty 0."""
+    b.clear_refs(uapi.CLEAR_REFS_SOFT_DIRTY)
     for a in addrs:
         assert soft_dirty(b, a) == 0, f"bit 55 still set at {a:#x} after clear_refs 4"
 
@@ -214,7 +213,7 @@ def test_clear_refs_4_write_faults(kb):
     accepted and does nothing (0 faults, bit 55 stays 0; spec §5.4 [E] O3, O4)."""
     have = kb.soft_dirty().available
     r = populated(kb, MemType.ANON, "p")
-    clear_refs_4(kb)
+    kb.clear_refs(uapi.CLEAR_REFS_SOFT_DIRTY)
     assert write_faults(kb, r.addr) == (1 if have else 0)
     assert soft_dirty(kb, r.addr) == (1 if have else 0)
 

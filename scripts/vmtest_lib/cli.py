@@ -112,6 +112,8 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--out", default=os.path.join(REPO, "build", "vmtest"),
                    help="artifacts: per-column logs and results, matrix.txt, matrix.json (default %(default)s)")
     m.add_argument("-q", "--quiet", action="store_true", help="do not stream the columns' output")
+    m.add_argument("--diff-examples", type=int, default=300, metavar="N",
+                   help="random sequences for tests/test_differential.py in each column (default %(default)s)")
     r = sub.add_parser("run", help="run a command in the guest")
     r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     r.add_argument("--cwd", default=REPO, help="working directory in the guest (default: the checkout)")
@@ -201,7 +203,7 @@ def make_plan(args) -> matrix.Plan:
     lines = probe.stdout.splitlines() + ["", "0"]
     profiles = tuple(lines[0].split())
     repro = lines[1].strip() == "1"
-    return matrix.Plan(venv, tests, repro=repro, profiles=profiles)
+    return matrix.Plan(venv, tests, repro=repro, profiles=profiles, diff_examples=args.diff_examples)
 
 
 def cmd_matrix(args) -> int:

@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 from . import Unavailable
 from .elf import is_static
@@ -14,8 +15,12 @@ QEMU = "qemu-system-x86_64"
 PACKAGES = {QEMU: "qemu-system-x86", "busybox": "busybox-static"}
 
 
+_T0 = time.monotonic()
+
+
 def log(msg: str) -> None:
-    print(f"vmtest: {msg}", file=sys.stderr, flush=True)
+    """One line on stderr, with the seconds since vmtest started."""
+    print(f"vmtest [{time.monotonic() - _T0:5.1f}s]: {msg}", file=sys.stderr, flush=True)
 
 
 def find_qemu(override: str | None = None) -> str | None:

@@ -67,6 +67,7 @@ class Plan:
     tests: list[str]
     repro: bool = False              # the venv has ``uffdctl repro``
     profiles: tuple[str, ...] = ()   # emulator profiles the venv knows
+    diff_examples: int = 300         # random sequences of tests/test_differential.py per column
 
     def profile_for(self, series: str) -> str | None:
         return series if series in self.profiles else None
@@ -76,7 +77,7 @@ class Plan:
         so a soft-dirty skip is a failure there.  ``series`` (6.1) picks the emulator profile; None: ask the
         running kernel (uname -r)."""
         bin_ = os.path.join(self.venv, "bin")
-        env = {"UFFDCTL_REQUIRE_KERNEL": "1", "VMTEST_OUT": share}
+        env = {"UFFDCTL_REQUIRE_KERNEL": "1", "VMTEST_OUT": share, "UFFDCTL_DIFF_EXAMPLES": str(self.diff_examples)}
         if soft_dirty:
             env["UFFDCTL_REQUIRE_SOFTDIRTY"] = "1"
         q = shlex.quote
