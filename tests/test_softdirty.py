@@ -19,7 +19,9 @@ and would read soft-dirty as a whole.
 """
 from __future__ import annotations
 
+import os
 import platform
+import random
 import re
 from dataclasses import dataclass
 
@@ -342,6 +344,37 @@ def test_unprotect_soft_dirty(sd, memtype):
     faults = write_faults(sd, r.addr)
     assert (faults, soft_dirty(sd, r.addr)) == (want_faults.value, want_sd.value), \
         f"{want_faults.source} / {want_sd.source}"
+
+
+# -- the emulator's profile for this kernel, held to it ---------------------------------------
+
+DIFF_EXAMPLES = int(os.environ.get("UFFDCTL_DIFF_KERNEL_EXAMPLES", "100"))
+
+
+@pytest.mark.kernel
+def test_differential_this_kernel(kb):
+    """tests/test_differential.py's random sequences, with the emulator profile named after the running kernel
+    (6.1 in the 6.1 guest, 6.18 here) and its soft-dirty configuration: zero divergences.
+
+    The generator's UFFDIO_API features are masked to what this kernel offers (6.1 has no WP_UNPOPULATED)."""
+    import test_differential as td
+    from uffdctl.emu import PROFILES, EmuBackend
+
+    series = "%d.%d" % running_version()[:2]
+    if series not in PROFILES:
+        pytest.skip(f"no emulator profile for kernel {series} (profiles: {', '.join(PROFILES)})")
+    have_sd = kb.soft_dirty().available
+    with kb.userfaultfd() as u:
+        offered = u.api(0).features
+    runner = td.Runner(make_emu=lambda: EmuBackend(profile=series, soft_dirty=have_sd))
+    seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
+    for i in range(DIFF_EXAMPLES):
+        seq = td.gen_sequence(random.Random(seed + i), runner.memtypes)
+        seq["features"] &= offered
+        d = runner.diverges(seq)
+        if d is not None:
+            pytest.fail(f"profile {series} (soft-dirty {int(have_sd)}), seed {seed + i}: " + runner.report(seq, d),
+                        pytrace=False)
 
 
 def test_parse_version():

@@ -444,8 +444,9 @@ def test_unavailable_is_one_line_exit_4(tmp_path):
     r = subprocess.run([sys.executable, VMTEST, "--no-install", "--qemu", str(tmp_path / "no-qemu"), "run", "--",
                         "true"], capture_output=True, text=True, timeout=60)
     assert (r.returncode, r.stdout) == (4, "")
-    assert r.stderr.strip().splitlines() == [f"vmtest: cannot run here: --qemu {tmp_path / 'no-qemu'}: "
-                                             "not an executable"]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].endswith(f"]: cannot run here: --qemu {tmp_path / 'no-qemu'}: "
+                                                 "not an executable"), lines
     r = subprocess.run([sys.executable, VMTEST, "--kernel", "six", "fetch"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

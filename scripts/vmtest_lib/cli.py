@@ -106,14 +106,14 @@ def parser() -> argparse.ArgumentParser:
     add_common(p)
     sub = p.add_subparsers(dest="cmd", metavar="{matrix,run,fetch,doctor}")
     m = sub.add_parser("matrix", help="the kernel matrix (default)")
-    m.add_argument("--tests", nargs="+", metavar="PATH", help="pytest selection (default: %s + %s if present)"
-                   % (" ".join(matrix.DEFAULT_TESTS), " ".join(matrix.OPTIONAL_TESTS)))
+    m.add_argument("--tests", nargs="+", metavar="PATH",
+                   help="pytest selection (default: %s)" % " ".join(matrix.DEFAULT_TESTS))
     m.add_argument("--no-host", action="store_true", help="no host column")
     m.add_argument("--out", default=os.path.join(REPO, "build", "vmtest"),
                    help="artifacts: per-column logs and results, matrix.txt, matrix.json (default %(default)s)")
     m.add_argument("-q", "--quiet", action="store_true", help="do not stream the columns' output")
     m.add_argument("--diff-examples", type=int, default=300, metavar="N",
-                   help="random sequences for tests/test_differential.py in each column (default %(default)s)")
+                   help="random sequences of the differential test in each column (default %(default)s)")
     r = sub.add_parser("run", help="run a command in the guest")
     r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     r.add_argument("--cwd", default=REPO, help="working directory in the guest (default: the checkout)")
@@ -191,8 +191,7 @@ def make_plan(args) -> matrix.Plan:
     if not os.access(os.path.join(venv, "bin", "pytest"), os.X_OK):
         raise Unavailable(f"no pytest in the venv {venv}: run make install VENV={args.venv} first "
                           "(or pass --venv)")
-    tests = args.tests or list(matrix.DEFAULT_TESTS) + [t for t in matrix.OPTIONAL_TESTS
-                                                         if os.path.exists(os.path.join(REPO, t))]
+    tests = args.tests or list(matrix.DEFAULT_TESTS)
     py = os.path.join(venv, "bin", "python")
     probe = subprocess.run([py, "-c", "import importlib.util as u, sys\n"
                             "try:\n from uffdctl.emu.profiles import PROFILES; print(' '.join(PROFILES))\n"

@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 PASS, FAIL, ERROR, UNSUPPORTED, MISSING = "PASS", "FAIL", "ERROR", "UNSUPPORTED", "-"
 BAD = {FAIL, ERROR, "BROKEN", "DIVERGED", "MISMATCH"}
 
-# Tests that need a real soft-dirty kernel or a specific kernel: they run in every column.
+# Tests that need a real soft-dirty kernel or a specific kernel (including the differential test with the
+# emulator profile of the running kernel): they run in every column.
 DEFAULT_TESTS = ("tests/test_softdirty.py",)
-# Collected when present in the checkout (they land from other issues).
-OPTIONAL_TESTS = ("tests/test_differential.py",)
 
 PYTEST_OPTS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-q", "-rs")
 
@@ -67,7 +66,7 @@ class Plan:
     tests: list[str]
     repro: bool = False              # the venv has ``uffdctl repro``
     profiles: tuple[str, ...] = ()   # emulator profiles the venv knows
-    diff_examples: int = 300         # random sequences of tests/test_differential.py per column
+    diff_examples: int = 300         # random sequences of the differential test per column
 
     def profile_for(self, series: str) -> str | None:
         return series if series in self.profiles else None
@@ -77,7 +76,9 @@ class Plan:
         so a soft-dirty skip is a failure there.  ``series`` (6.1) picks the emulator profile; None: ask the
         running kernel (uname -r)."""
         bin_ = os.path.join(self.venv, "bin")
-        env = {"UFFDCTL_REQUIRE_KERNEL": "1", "VMTEST_OUT": share, "UFFDCTL_DIFF_EXAMPLES": str(self.diff_examples)}
+        env = {"UFFDCTL_REQUIRE_KERNEL": "1", "VMTEST_OUT": share, 
+               "UFFDCTL_DIFF_KERNEL_EXAMPLES": str(self.diff_examples),
+               "UFFDCTL_DIFF_DIR": os.path.join(share, "diff")}  # shrunk reproducers outlive the guest
         if soft_dirty:
             env["UFFDCTL_REQUIRE_SOFTDIRTY"] = "1"
         q = shlex.quote
@@ -94,7 +95,6 @@ class Plan:
         profiles = " ".join(self.profiles)
         lines.append(f'PROFILE=""; for p in {profiles}; do [ "$p" = "$SERIES" ] && PROFILE=$p; done'
                      if profiles else 'PROFILE=""')
-        lines.append('export UFFDCTL_EMU_PROFILE="$PROFILE"')
         tests = " ".join(q(t) for t in self.tests)
         lines.append(f'step pytest pytest {" ".join(PYTEST_OPTS)} --junitxml="$VMTEST_OUT/junit.xml" {tests}')
         if self.repro:
