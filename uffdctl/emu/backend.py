@@ -418,6 +418,7 @@ class EmuBackend(Backend):
                 continue
             pte.soft_dirty = True                      # move_soft_dirty_pte()
             mm.ptes[dst + a - old] = pte
+            mm.pgtables.add((dst + a - old) >> 21)
             mm.tlb.entries.pop(a, None)
         mm.tlb.flushes += 1
         mm.vmas.append(moved)
@@ -426,9 +427,7 @@ class EmuBackend(Backend):
         else:
             mm.vmas.remove(src)
         mm._reindex()
-        for name, reg in list(self._regions.items()):
-            if reg.addr == old and reg.len == old_len and not flags & uapi.MREMAP_DONTUNMAP:
-                reg.addr, reg.len = dst, new_len
+        self._pump()
         return dst
 
     @property
@@ -460,7 +459,6 @@ class EmuBackend(Backend):
         if not acc.done:
             w = acc.waiter
             if w is not None:
-                w.msg_ctx = None
                 for u in self._uffds:
                     u.cancel(w)
             self._caller._current = None
@@ -576,7 +574,7 @@ def do_pagemap_scan(mm: M.MM, start, end, flags, inverted, mask, anyof, return_m
                     got = emit(pos, n, cat)
                     if flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN:
                         for a in range(pos, pos + got * uapi.PAGE_SIZE, vma.page_size):
-                            mm.ptes[a] = M.make_pte_marker(M.PTE_MARKER_UFFD_WP)
+                            mm.set_pte(a, M.make_pte_marker(M.PTE_MARKER_UFFD_WP))
                     if got < n:
                         mm.tlb.flush_range(wp_flush)
                         return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)

@@ -229,6 +229,8 @@ class MM:
         self.zero_page = Folio(ZERO_PFN, PAGE_SIZE, anon=False, zero=True)
         self.zero_page.exclusive = False
         self.next_addr = MMAP_BASE
+        self.low_addr = MMAP_BASE - HPAGE_SIZE
+        self.pgtables: set[int] = set()   # PMD indices (addr >> 21) that have a PTE table
         self.exited = False
         self.events = None  # hook: userfaultfd event sink (set by the backend)
 
@@ -287,9 +289,24 @@ class MM:
         self._reindex()
 
     def get_unmapped_area(self, length: int, align: int) -> int:
+        """Upwards from 0x7f0000000000 with a one-page gap (emulated mappings never merge); what does
+        not fit below TASK_SIZE goes downwards from there."""
         addr = (self.next_addr + align - 1) & ~(align - 1)
-        self.next_addr = addr + length + PAGE_SIZE  # a one-page gap: emulated mappings never merge
+        if addr + length <= TASK_SIZE:
+            self.next_addr = addr + length + PAGE_SIZE
+            return addr
+        addr = (self.low_addr - length) & ~(max(align, HPAGE_SIZE) - 1)
+        self.low_addr = addr - PAGE_SIZE
         return addr
+
+    # -- page tables: a PMD entry exists once any PTE under it was populated, until munmap frees it --
+    def pmd_none(self, addr: int) -> bool:
+        return addr >> 21 not in self.pgtables
+
+    def free_pgtables(self, start: int, end: int) -> None:
+        for pmd in range(start >> 21, ((end - 1) >> 21) + 1):
+            if pmd in self.pgtables and not self.vmas_in(pmd << 21, (pmd + 1) << 21):
+                self.pgtables.discard(pmd)
 
     def mmap(self, length: int, memtype: MemType, prot: int, addr: int | None = None,
              file: ShmemFile | None = None, pgoff: int = 0, shared: bool | None = None) -> Vma:
@@ -356,6 +373,7 @@ class MM:
         if pte.present and (old is None or not old.present or old.page is not pte.page):
             pte.page.mapcount += 1
         self.ptes[addr] = pte
+        self.pgtables.add(addr >> 21)
 
     def pte_val(self, pte) -> int:
         return _tlb.pte_val(pte, self.soft_dirty_config)
@@ -401,10 +419,13 @@ class MM:
             return VM_FAULT_HWPOISON
         if m & PTE_MARKER_GUARD:
             return VM_FAULT_SIGSEGV
-        # pte_marker_handle_uffd_wp(): a stale marker on a VMA no longer uffd-wp is just cleared
+        if vmf.vma.hugetlb:          # hugetlb_fault(): the marker's uffd-wp carries over, VMA flags or not
+            return self.hugetlb_fault(vmf)
+        # pte_marker_handle_uffd_wp(): a stale marker on a VMA no longer uffd-wp is cleared (pte_marker_clear),
+        # the fault returns and the CPU faults again
         if not userfaultfd_wp(vmf.vma):
             self.set_pte(vmf.address, None)
-            vmf.orig_pte = None
+            return VM_FAULT_OK
         return self.do_pte_missing(vmf)
 
     def do_pte_missing(self, vmf) -> int:
@@ -735,7 +756,7 @@ class MM:
         if uffd_wp and self.userfaultfd_wp_use_markers(vma):
             for a in range(start, end, step):
                 if a not in self.ptes:
-                    self.ptes[a] = make_pte_marker(PTE_MARKER_UFFD_WP)
+                    self.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
                     pages += 1
         for a in self.pte_keys(start, end, step):
             pte = self.ptes[a]
@@ -814,6 +835,11 @@ class MM:
         moved, err = 0, 0
         flush = []
         while moved < length:
+            if self.pmd_none(src_start + moved):          # no page table under src at all
+                if not mode & uapi.MoveMode.ALLOW_SRC_HOLES:
+                    err = -E.ENOENT
+                    break
+                self.pgtables.add((src_start + moved) >> 21)
             err = self.move_pages_pte(dst_vma, src_vma, dst_start + moved, src_start + moved, mode, flush)
             if err:
                 break
@@ -870,6 +896,7 @@ class MM:
             self.zap_pte_range(vma, vma.start, vma.end, final=True)
             self.vmas.remove(vma)
         self._reindex()
+        self.free_pgtables(start, end)
         return 0
 
     def madvise(self, start: int, length: int, advice: int) -> int:
@@ -906,7 +933,7 @@ class MM:
                     return -E.EINVAL
                 self.zap_pte_range(vma, s, e, final=True)
                 for a in range(s, e, PAGE_SIZE):
-                    self.ptes[a] = make_pte_marker(PTE_MARKER_GUARD)
+                    self.set_pte(a, make_pte_marker(PTE_MARKER_GUARD))
             elif advice == uapi.MADV_GUARD_REMOVE:
                 if not self.profile.guard_markers:
                     return -E.EINVAL
