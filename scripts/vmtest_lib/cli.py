@@ -95,7 +95,7 @@ def add_common(p: argparse.ArgumentParser, sub: bool = False) -> None:
     g.add_argument("--cache", default=d(kernelpkg.default_cache()),
                    help=f"kernel cache (default {kernelpkg.default_cache()}; env UFFDCTL_VMTEST_CACHE)")
     g.add_argument("--no-install", action="store_true", default=d(False),
-                   help="never apt-get install QEMU/busybox-static")
+                   help="never run apt-get install (QEMU, busybox-static) or apt-get update")
     g.add_argument("--keep", action="store_true", default=d(False), help="keep the run directories (printed)")
 
 
@@ -137,12 +137,8 @@ def kernel_specs(args) -> list[tuple[str, str]]:
 def get_kernels(args) -> list[kernelpkg.Kernel]:
     out = []
     for kind, val in kernel_specs(args):
-        if kind == "deb":
-            out.append(kernelpkg.get_kernel(args.cache, deb=val))
-        elif kind == "pkg":
-            out.append(kernelpkg.get_kernel(args.cache, pkg=val))
-        else:
-            out.append(kernelpkg.get_kernel(args.cache, series=val))
+        what = {"deb": {"deb": val}, "pkg": {"pkg": val}, "series": {"series": val}}[kind]
+        out.append(kernelpkg.get_kernel(args.cache, refresh=not args.no_install, **what))
     return out
 
 
@@ -262,7 +258,7 @@ def cmd_doctor(args) -> int:
     for kind, val in kernel_specs(args):
         try:
             if kind == "series":
-                pkg, ver = kernelpkg.resolve_package(val)
+                pkg, ver = kernelpkg.resolve_package(val, refresh=False)
                 print(f"kernel {val}: {pkg} {ver}")
             else:
                 print(f"kernel {kind} {val}")

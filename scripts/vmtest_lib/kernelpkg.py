@@ -125,17 +125,31 @@ def apt_version(pkg: str) -> str | None:
     return m.group(1) if m else None
 
 
-def resolve_package(series: str, pkg: str | None = None) -> tuple[str, str]:
-    """(package, version) from the configured apt sources."""
+def apt_update() -> bool:
+    """apt-get update, as root only (a fresh machine may have no package lists yet)."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return False
+    log("apt-get update (no matching package in the current lists)")
+    return subprocess.run(["apt-get", "update", "-q"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0
+
+
+def resolve_package(series: str, pkg: str | None = None, refresh: bool = True) -> tuple[str, str]:
+    """(package, version) from the configured apt sources (with ``refresh``, updated once if they know none)."""
     if pkg is None:
         names = apt_package_names()
         pkg = pick_package(names, series)
+        if pkg is None and refresh and apt_update():
+            names = apt_package_names()
+            pkg = pick_package(names, series)
         if pkg is None:
             have = sorted({".".join(map(str, k[:2])) for n in names if (k := pkg_key(n))})
             raise Unavailable(f"no linux-image-{series if series != 'newest' else '*'}-amd64 package in the "
                               f"configured apt sources (series available: {', '.join(have) or 'none'}; "
                               "run apt-get update, or pass --kernel-deb FILE)")
     version = apt_version(pkg)
+    if version is None and refresh and apt_update():
+        version = apt_version(pkg)
     if version is None:
         raise Unavailable(f"package {pkg} is not in the configured apt sources (apt-cache show found nothing)")
     return pkg, version
@@ -328,8 +342,10 @@ def deb_fields(deb: str) -> tuple[str, str]:
     return fields["Package"], fields.get("Version", "0")
 
 
-def get_kernel(cache: str, series: str = "6.1", pkg: str | None = None, deb: str | None = None) -> Kernel:
-    """The kernel to boot, from the cache when it is there (downloading and unpacking otherwise)."""
+def get_kernel(cache: str, series: str = "6.1", pkg: str | None = None, deb: str | None = None,
+               refresh: bool = True) -> Kernel:
+    """The kernel to boot, from the cache when it is there (downloading and unpacking otherwise).
+    ``refresh``: may run apt-get update when the package lists know no such package."""
     kdir = os.path.join(cache, "kernels")
     if deb:
         if not os.path.isfile(deb):
@@ -337,7 +353,7 @@ def get_kernel(cache: str, series: str = "6.1", pkg: str | None = None, deb: str
         pkg, version = deb_fields(deb)
     else:
         try:
-            pkg, version = resolve_package(series, pkg)
+            pkg, version = resolve_package(series, pkg, refresh)
         except Unavailable:
             cached = cached_kernels(cache, series if pkg is None else None, pkg)
             if not cached:
