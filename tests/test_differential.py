@@ -428,6 +428,12 @@ def run(seq: dict, kb, eb, zero_pfn: int) -> int:
     finally:
         ks.u.close()
         es.u.close()
+        # close() released every fault: the kernel's accesses must finish before the regions go away
+        stuck = [tn for tn, (kacc, _) in ks.acc.items() if not kacc.wait(10)]
+        if stuck:
+            kb.stuck = True
+            raise Divergence(-1, f"kernel access of {stuck} still running 10 s after the uffd was closed",
+                             "running", "released")
     return applied
 
 
@@ -491,7 +497,8 @@ class Runner:
         try:
             return run(seq, kb, eb, self.zero_pfn)
         finally:
-            kb.close()
+            if not getattr(kb, "stuck", False):   # never unmap under a thread still touching the memory
+                kb.close()
             eb.close()
 
     def diverges(self, seq) -> Divergence | None:
@@ -515,6 +522,7 @@ def test_differential():
     """EXAMPLES random sequences, kernel vs emulator, zero divergences."""
     seed = int(os.environ.get("UFFDCTL_DIFF_SEED", str(random.randrange(1 << 30))))
     runner = Runner()
+    print(f"differential: seed {seed}, {EXAMPLES} sequences, memory types {runner.memtypes}", flush=True)
     deadline = time.monotonic() + SECONDS
     done = ops = 0
     unconfirmed = []
