@@ -147,9 +147,10 @@ def prepare(args) -> list[qemu.VM]:
     qemu_bin, busybox = host.ensure_tools(args.qemu, install=not args.no_install)
     accel, why = host.choose_accel(args.accel)
     vms = []
-    for k in get_kernels(args):
-        vms.append(qemu.VM(qemu_bin, k, initramfs.build(k, busybox), accel=accel, smp=args.smp, mem=args.mem,
-                           timeout=args.timeout))
+    with kernelpkg.locked(args.cache):
+        built = [(k, initramfs.build(k, busybox)) for k in get_kernels(args)]
+    for k, initrd in built:
+        vms.append(qemu.VM(qemu_bin, k, initrd, accel=accel, smp=args.smp, mem=args.mem, timeout=args.timeout))
         log(f"kernel {k.package} {k.version} ({k.release}; {'vmlinux/PVH' if k.pvh else 'bzImage'}; "
             f"soft-dirty {'y' if k.soft_dirty else 'n'}); accel {accel} ({why})")
     return vms

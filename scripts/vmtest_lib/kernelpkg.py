@@ -14,6 +14,8 @@ Only the generic flavour can be used: the ``-cloud`` flavour has no 9p.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import gzip
 import json
 import lzma
@@ -42,6 +44,18 @@ PKG_RE = re.compile(r"^linux-image-(\d+)\.(\d+)\.(\d+)(?:-(\d+))?(?:\+deb\d+)?-a
 XZ_MAGIC = b"\xfd7zXZ\x00"
 GZIP_MAGIC = b"\x1f\x8b\x08"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+@contextlib.contextmanager
+def locked(cache: str):
+    """Serialise cache updates between concurrent vmtest runs (download, unpack, initramfs)."""
+    os.makedirs(cache, exist_ok=True)
+    with open(os.path.join(cache, ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def default_cache() -> str:
