@@ -189,16 +189,13 @@ def make_plan(args) -> matrix.Plan:
         raise Unavailable(f"no pytest in the venv {venv}: run make install VENV={args.venv} first "
                           "(or pass --venv)")
     tests = args.tests or list(matrix.DEFAULT_TESTS)
-    py = os.path.join(venv, "bin", "python")
-    probe = subprocess.run([py, "-c", "import importlib.util as u, sys\n"
-                            "try:\n from uffdctl.emu.profiles import PROFILES; print(' '.join(PROFILES))\n"
-                            "except Exception: print()\n"
-                            "print(int(u.find_spec('uffdctl.repro.cli') is not None "
-                            "or u.find_spec('uffdctl.cli.repro') is not None))"],
+    bin_ = os.path.join(venv, "bin")
+    probe = subprocess.run([os.path.join(bin_, "python"), "-c",
+                            "from uffdctl.emu import PROFILES; print(' '.join(PROFILES))"],
                            capture_output=True, text=True, cwd="/")
-    lines = probe.stdout.splitlines() + ["", "0"]
-    profiles = tuple(lines[0].split())
-    repro = lines[1].strip() == "1"
+    profiles = tuple(probe.stdout.split()) if probe.returncode == 0 else ()
+    repro = os.access(os.path.join(bin_, "uffdctl"), os.X_OK) and subprocess.run(
+        [os.path.join(bin_, "uffdctl"), "repro", "--help"], capture_output=True, cwd="/").returncode == 0
     return matrix.Plan(venv, tests, repro=repro, profiles=profiles, diff_examples=args.diff_examples)
 
 
