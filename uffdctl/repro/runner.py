@@ -1,0 +1,283 @@
+"""Run a scenario case on one target (the kernel, or one emulator profile) and decide its verdict.
+
+The steps go through the ``uffdctl run`` interpreter (one in-process session).
+After every step the runner records the state of the watched page:
+
+======================  ===========================================================================
+column                  where it comes from
+======================  ===========================================================================
+present, uffd_wp,       /proc/self/pagemap bits 63, 57, 56 (both backends)
+exclusive
+soft_dirty              pagemap bit 55; ``None`` ("-") where the kernel has no soft-dirty
+write, dirty            the PTE's RW and D bits: the emulator knows them; the kernel does not say
+                        (``None``): its write-ability shows in the next write's fault count
+private_dirty           /proc/self/smaps Private_Dirty of the page's VMA, bytes
+written                 PAGEMAP_SCAN PAGE_IS_WRITTEN of the page (``None`` without PAGEMAP_SCAN)
+fault                   minor faults of this step's access (``touch``), measured around it
+faults                  minor faults of all finished accesses so far
+flushes                 TLB flushes during this step: the emulator's TLB model, or tracefs
+                        ``tlb:tlb_flush`` on the kernel (only when the scenario needs it)
+======================  ===========================================================================
+
+The verdict comes from the observation (the scenario's ``symptom`` evaluated on
+the state after the last step), never from the expectation, which is printed
+beside it; ``match`` says whether they agree.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from .. import uapi
+from ..errors import BackendUnavailable, UffdctlError
+from . import scenario as S
+
+COMPARED = ("present", "uffd_wp", "exclusive", "soft_dirty", "private_dirty", "written", "fault", "flushes")
+_MADV = {"free": uapi.MADV_FREE, "dontneed": uapi.MADV_DONTNEED}
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a case runs: ``kernel``, or ``emu`` with a profile (and CONFIG_MEM_SOFT_DIRTY on/off)."""
+
+    backend: str
+    profile: str | None = None
+    soft_dirty: bool = True          # emulator only; the kernel's is what it is
+    mirror: bool = False             # the emulator twin of the kernel (--backend both)
+
+    @property
+    def label(self) -> str:
+        if self.backend == "kernel":
+            return "kernel"
+        return f"emu {self.profile}" + ("" if self.soft_dirty else " sd=off")
+
+    def to_dict(self) -> dict:
+        return {"backend": self.backend, "profile": self.profile, "label": self.label,
+                "emulated_soft_dirty": self.soft_dirty if self.backend == "emu" else None, "mirror": self.mirror}
+
+
+@dataclass
+class CaseRun:
+    scenario: str
+    case: str
+    target: Target
+    facts: dict = field(default_factory=dict)
+    steps: list = field(default_factory=list)
+    verdict: str = "ERROR"
+    reason: str = ""
+    symptom: str = ""
+    means: str = ""
+    observed: dict = field(default_factory=dict)
+    expected: S.Rule | None = None
+    seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.scenario}/{self.case}"
+
+    @property
+    def match(self) -> bool | None:
+        return None if self.expected is None else self.expected.verdict == self.verdict
+
+    def to_dict(self) -> dict:
+        exp = None if self.expected is None else {"verdict": self.expected.verdict, "source": self.expected.source,
+                                                  "when": self.expected.describe()}
+        return {"scenario": self.scenario, "case": self.case, "target": self.target.to_dict(), **self.facts,
+                "verdict": self.verdict, "reason": self.reason, "symptom": self.symptom, "means": self.means,
+                "observed": self.observed, "expected": exp, "match": self.match, "steps": self.steps,
+                "seconds": round(self.seconds, 3)}
+
+
+def open_target(t: Target, switches: dict | None = None):
+    if t.backend == "kernel":
+        from ..kernel import KernelBackend
+        return KernelBackend()
+    from ..emu import EmuBackend
+    return EmuBackend(t.profile, soft_dirty=t.soft_dirty, **(switches or {}))
+
+
+def _unmet(need: str, b, desc: dict) -> str | None:
+    """Why ``need`` cannot be met on this backend (None: it can)."""
+    feats = desc.get("features") or 0
+    if need == "soft_dirty":
+        return None if desc.get("soft_dirty") else (desc.get("soft_dirty_reason") or "no soft-dirty")
+    if need in ("wp_async", "move"):
+        bit = uapi.Feature.WP_ASYNC if need == "wp_async" else uapi.Feature.MOVE
+        return None if feats & bit else f"feature missing: UFFD_FEATURE_{bit.name}"
+    if need == "pagemap_scan":
+        return None if feats & uapi.Feature.WP_ASYNC else "no PAGEMAP_SCAN (6.7)"
+    if need == "tlb":
+        if b.name == "emu":
+            return None
+        from .tlbtrace import TlbTrace, TlbTraceUnavailable
+        try:
+            TlbTrace().close()
+        except TlbTraceUnavailable as e:
+            return f"tracefs tlb:tlb_flush unusable: {e}"
+        return None
+    return f"unknown need {need}"
+
+
+class _Observer:
+    def __init__(self, st, sc: S.Scenario, sd_ok: bool, count_tlb: bool):
+        self.st, self.sc, self.sd_ok = st, sc, sd_ok
+        b = st.backend
+        self.emu = b.name == "emu"
+        self.trace = None
+        if count_tlb and not self.emu:
+            from .tlbtrace import TlbTrace
+            self.trace = TlbTrace()
+        self._flushes = b.tlb_flushes if self.emu else 0
+
+    def flushes(self) -> int | None:
+        if self.emu:
+            now = self.st.backend.tlb_flushes
+            d, self._flushes = now - self._flushes, now
+            return d
+        return self.trace.take() if self.trace else None
+
+    def page(self) -> dict:
+        from ..session.commands import UsageError, pagemap_entries, parse_range
+        try:
+            span = parse_range(self.st, self.sc.watch)
+        except UsageError:
+            return {}                     # not mapped yet
+        span.len = span.region.page_size
+        b = self.st.backend
+        e = pagemap_entries(self.st, span)[0]
+        o = {"present": e["present"], "uffd_wp": e["uffd_wp"], "exclusive": e["exclusive"],
+             "soft_dirty": e["soft_dirty"] if self.sd_ok else None, "write": None, "dirty": None}
+        if self.emu:
+            pte = b.mm.ptes.get(span.start)
+            if pte is not None and pte.present:
+                o.update(write=int(pte.write), dirty=int(pte.dirty))
+            else:
+                o.update(write=0, dirty=0)
+        try:
+            o["private_dirty"] = b.smaps_private_dirty(span.start)
+        except Exception:
+            o["private_dirty"] = None
+        try:
+            res = b.pagemap_scan(span.start, span.end, return_mask=int(uapi.PageCategory.WRITTEN))
+            o["written"] = int(any(c & uapi.PageCategory.WRITTEN for _, _, c in res.regions))
+        except Exception:
+            o["written"] = None
+        return o
+
+    def close(self):
+        if self.trace:
+            self.trace.close()
+
+
+def _madvise(st, toks: list[str]) -> dict:
+    from ..session.commands import UsageError, parse_range
+    if len(toks) != 4 or toks[2] != "--advice" or toks[3] not in _MADV:
+        raise UsageError(f"madvise RANGE --advice {'|'.join(_MADV)}")
+    span = parse_range(st, toks[1])
+    st.backend.madvise(span.start, span.len, _MADV[toks[3]])
+    return {"start": span.start, "len": span.len, "advice": toks[3]}
+
+
+def run_case(sc: S.Scenario, case: S.Case, target: Target, echo=None) -> CaseRun:
+    """Run one case on one target; never raises for what the kernel does (that is the verdict)."""
+    from ..script import Interpreter, ScriptError
+    from ..session.commands import error_dict
+    from ..session.state import SessionState
+    t0 = time.monotonic()
+    run = CaseRun(sc.name, case.id, target)
+    switches = case.switches.get(target.profile) if target.backend == "emu" else None
+    try:
+        backend = open_target(target, switches)
+    except (BackendUnavailable, UffdctlError, OSError) as e:
+        run.verdict, run.reason = "UNSUPPORTED", f"{target.backend} backend unavailable: {e}"
+        return run
+    st = SessionState(target.backend, target.profile, name=f"repro-{sc.name}")
+    st._backend = backend          # the session takes a ready backend (soft_dirty/switches are not CLI options)
+    obs = None
+    try:
+        desc = backend.describe()
+        run.facts = {"release": desc.get("release"), "profile": desc.get("profile"), "backend": backend.name,
+                     "soft_dirty": bool(desc.get("soft_dirty")), "soft_dirty_reason": desc.get("soft_dirty_reason")}
+        if switches:
+            run.facts["switches"] = switches
+        unmet = {n: r for n in case.needs if (r := _unmet(n, backend, desc))}
+        sd_ok = "soft_dirty" not in unmet and bool(desc.get("soft_dirty"))
+        run.symptom, run.means = case.symptom, sc.reproduced
+        if "soft_dirty" in unmet and case.fallback:
+            run.symptom, run.means = case.fallback["symptom"], case.fallback.get("means", "")
+            run.reason = f"via {case.fallback['symptom']} (soft-dirty: {unmet.pop('soft_dirty')})"
+        # everything that maps memory happens before the steps: a new VMA after clear-refs 4 is soft-dirty
+        st.thread("main")
+        st.learn_zero_pfn()
+        st.scratch(uapi.PAGE_SIZE)
+        obs = _Observer(st, sc, sd_ok, "tlb" in case.needs and "tlb" not in unmet)
+        it = Interpreter(st)
+        failed = None
+        for step in sc.steps(case):
+            toks = step.tokens
+            rec = {"line": step.lineno, "text": step.text, "comment": step.comment}
+            it.last_error = it.last_result = None
+            try:
+                if toks[0] in S.REPRO_ONLY:
+                    rec["repro_only"] = True
+                    it.last_result = _madvise(st, toks)
+                else:
+                    it.command(step.lineno, step.text, toks)
+            except ScriptError as e:
+                it.last_error = e
+            except Exception as e:     # UsageError of a repro-only step, backend errors
+                it.last_error = e
+            if it.last_error is not None:
+                rec["error"] = error_dict(it.last_error)["message"] if not isinstance(it.last_error, ScriptError) \
+                    else str(it.last_error)
+            state = obs.page()
+            res = it.last_result or {}
+            state["fault"] = res.get("minflt") if toks[0] in ("touch", "wait") else None
+            if toks[0] == "touch" and res.get("blocked"):
+                rec["error"] = rec.get("error") or "the access blocked in a userfault"
+            state["faults"] = st.access_faults("main")[0]
+            state["flushes"] = obs.flushes()
+            rec["state"] = state
+            run.steps.append(rec)
+            if echo:
+                echo(rec)
+            if "error" in rec:
+                failed = rec
+                break
+        run.observed = run.steps[-1]["state"] if run.steps else {}
+        if unmet:
+            run.verdict = "UNSUPPORTED"
+            run.reason = "; ".join(unmet.values())
+        elif failed is not None:
+            run.verdict, run.reason = "ERROR", f"line {failed['line']} ({failed['text']}): {failed['error']}"
+        else:
+            try:
+                hit = S.evaluate(run.symptom, run.observed)
+                run.verdict = "REPRODUCED" if hit else "NOT REPRODUCED"
+            except S.Unobservable as e:
+                run.verdict, run.reason = "UNSUPPORTED", f"not observable on this backend: {e}"
+    except Exception as e:           # a bug or a backend failure: shown, never a verdict of the kernel
+        run.verdict, run.reason = "ERROR", f"{type(e).__name__}: {e}"
+    finally:
+        if obs is not None:
+            obs.close()
+        try:
+            st.close()
+        except Exception:
+            pass
+        run.seconds = time.monotonic() - t0
+    run.expected = sc.expectation(case, run.facts) if run.facts else None
+    return run
+
+
+def diff_steps(a: CaseRun, b: CaseRun) -> list[dict]:
+    """Per step, the compared columns where both backends observed a value and the values differ."""
+    out = []
+    for sa, sb in zip(a.steps, b.steps):
+        d = {k: (sa["state"].get(k), sb["state"].get(k)) for k in COMPARED
+             if sa["state"].get(k) is not None and sb["state"].get(k) is not None
+             and sa["state"].get(k) != sb["state"].get(k)}
+        out.append(d)
+    if len(a.steps) != len(b.steps):
+        out.append({"steps": (len(a.steps), len(b.steps))})
+    return out
