@@ -216,22 +216,37 @@ def test_junit_verdicts(tmp_path):
         "test_softdirty.py::test_roundtrip": matrix.Verdict("PASS"),
         "test_softdirty.py::test_move_marks_soft_dirty": matrix.Verdict("UNSUPPORTED",
                                                                         "feature missing: UFFD_FEATURE_MOVE"),
-        "test_softdirty.py::test_copy[anon]": matrix.Verdict("FAIL", "AssertionError: assert 0 == 1"),
-        "test_x.py::TestCls::test_e": matrix.Verdict("ERROR", "fixture broke"),
+        "test_softdirty.py::test_copy[anon]": matrix.Verdict("FAIL", "AssertionError: assert 0 == 1", True),
+        "test_x.py::TestCls::test_e": matrix.Verdict("ERROR", "fixture broke", True),
     }
 
 
 def test_repro_and_check_verdicts():
-    doc = {"results": [{"scenario": "copy-soft-dirty", "verdict": "reproduced"},
-                       {"name": "anon-extra-fault", "verdict": "NOT REPRODUCED", "reason": "0 faults"}]}
-    assert matrix.repro_verdicts(doc) == {"repro: copy-soft-dirty": matrix.Verdict("REPRODUCED"),
-                                          "repro: anon-extra-fault": matrix.Verdict("NOT REPRODUCED", "0 faults")}
-    assert matrix.repro_verdicts([{"scenario": "x", "verdict": "UNSUPPORTED", "reason": "r"}]) == \
-        {"repro: x": matrix.Verdict("UNSUPPORTED", "r")}
+    runs = [{"scenario": "copy-dirties", "case": "anon", "target": {"backend": "kernel", "label": "kernel"},
+             "release": "6.1.0-56-amd64", "verdict": "REPRODUCED", "reason": "", "match": True,
+             "expected": {"verdict": "REPRODUCED", "source": "spec §7.1 A"}},
+            {"scenario": "copy-dirties", "case": "anon", "target": {"backend": "emu", "label": "emu 6.1",
+                                                                     "mirror": True},
+             "verdict": "NOT REPRODUCED", "match": False,
+             "expected": {"verdict": "REPRODUCED", "source": "spec §7.1 A"}},
+            {"scenario": "move", "case": "anon", "target": {"backend": "kernel"}, "verdict": "UNSUPPORTED",
+             "reason": "feature missing: UFFD_FEATURE_MOVE", "match": True}]
+    v = matrix.repro_verdicts({"results": runs})
+    assert v == {
+        "repro: copy-dirties/anon [kernel]": matrix.Verdict("REPRODUCED"),
+        "repro: copy-dirties/anon [emu]": matrix.Verdict("NOT REPRODUCED (expected REPRODUCED)",
+                                                         "expected REPRODUCED: spec §7.1 A", True),
+        "repro: move/anon [kernel]": matrix.Verdict("UNSUPPORTED", "feature missing: UFFD_FEATURE_MOVE"),
+    }
+    assert matrix.repro_verdicts(runs[:1]) == {"repro: copy-dirties/anon [kernel]": matrix.Verdict("REPRODUCED")}
+    col = matrix.Column("6.1.192", "vm", verdicts=v)
+    assert not col.ok, "a reproduction that disagrees with its expectation fails the column"
     chk = {"verdicts": [{"check": "soft-dirty", "status": "unsupported", "message": "off"},
-                        {"check": "open", "status": "ok", "message": "fine"}]}
+                        {"check": "open", "status": "ok", "message": "fine"},
+                        {"check": "register", "status": "broken", "message": "EINVAL"}]}
     assert matrix.check_verdicts(chk) == {"check: soft-dirty": matrix.Verdict("UNSUPPORTED", "off"),
-                                          "check: open": matrix.Verdict("OK")}
+                                          "check: open": matrix.Verdict("OK"),
+                                          "check: register": matrix.Verdict("BROKEN", "EINVAL", True)}
 
 
 def test_kernel_label():
@@ -246,7 +261,7 @@ def test_render_and_status():
         "t::a": matrix.Verdict("UNSUPPORTED", "CONFIG_MEM_SOFT_DIRTY off: round trip read 0"),
         "t::b": matrix.Verdict("PASS")})
     vm_col = matrix.Column("6.1.192", "vm", verdicts={"t::a": matrix.Verdict("PASS"),
-                                                     "t::b": matrix.Verdict("FAIL", "assert 1 == 0")})
+                                                     "t::b": matrix.Verdict.of("FAIL", "assert 1 == 0")})
     text = matrix.render([host_col, vm_col])
     lines = text.splitlines()
     assert lines[0].split() == ["test", "/", "scenario", "host", "6.18.44", "6.1.192", "(VM)"]

@@ -22,7 +22,7 @@ import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
 PASS, FAIL, ERROR, UNSUPPORTED, MISSING = "PASS", "FAIL", "ERROR", "UNSUPPORTED", "-"
-BAD = {FAIL, ERROR, "BROKEN", "DIVERGED", "MISMATCH"}
+BAD = {FAIL, ERROR, "BROKEN"}
 
 # Tests that need a real soft-dirty kernel or a specific kernel (including the differential test with the
 # emulator profile of the running kernel): they run in every column.
@@ -35,6 +35,11 @@ PYTEST_OPTS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-q", "-rs
 class Verdict:
     verdict: str
     reason: str = ""
+    bad: bool = False   # a failure: FAIL, ERROR, BROKEN, or a reproduction that disagrees with its expectation
+
+    @classmethod
+    def of(cls, verdict: str, reason: str = "") -> "Verdict":
+        return cls(verdict, reason, verdict in BAD)
 
 
 @dataclass
@@ -50,12 +55,13 @@ class Column:
 
     @property
     def ok(self) -> bool:
-        return not self.problem and not any(v.verdict in BAD for v in self.verdicts.values())
+        return not self.problem and not any(v.bad for v in self.verdicts.values())
 
     def to_dict(self) -> dict:
         return {"label": self.label, "where": self.where, "release": self.release, "seconds": round(self.seconds, 1),
                 "problem": self.problem, "rcs": self.rcs,
-                "verdicts": {k: {"verdict": v.verdict, "reason": v.reason} for k, v in self.verdicts.items()}}
+                "verdicts": {k: {"verdict": v.verdict, "reason": v.reason, "bad": v.bad}
+                             for k, v in self.verdicts.items()}}
 
 
 @dataclass
@@ -123,27 +129,43 @@ def junit_verdicts(path: str) -> dict[str, Verdict]:
             if child.tag == "skipped":
                 v = Verdict(UNSUPPORTED, re.sub(r"^Skipped: ", "", msg))
             elif child.tag == "failure":
-                v = Verdict(FAIL, msg.splitlines()[0][:200] if msg else "")
+                v = Verdict.of(FAIL, msg.splitlines()[0][:200] if msg else "")
             elif child.tag == "error":
-                v = Verdict(ERROR, msg.splitlines()[0][:200] if msg else "")
+                v = Verdict.of(ERROR, msg.splitlines()[0][:200] if msg else "")
         out[key] = v
     return out
 
 
 def repro_verdicts(doc) -> dict[str, Verdict]:
-    """``repro: NAME`` -> verdict from ``uffdctl repro all -j`` (a list, or {"results"|"scenarios": [...]})."""
+    """``repro: SCENARIO/CASE [TARGET]`` -> verdict, from ``uffdctl -j repro all`` (a list of case runs, or
+    {"results"|"runs"|"cases"|"scenarios": [...]}).  TARGET is ``kernel`` or ``emu`` (the kernel's emulator
+    twin, --backend both).  A run whose ``match`` is false (the observation disagrees with the expectation
+    for this release) is a failure of the column, shown as ``VERDICT (expected X)``."""
     items = doc
     if isinstance(doc, dict):
-        items = next((doc[k] for k in ("results", "scenarios", "repro") if isinstance(doc.get(k), list)), [])
+        items = next((doc[k] for k in ("results", "runs", "cases", "scenarios") if isinstance(doc.get(k), list)), [])
     out = {}
     for it in items if isinstance(items, list) else []:
         if not isinstance(it, dict):
             continue
         name = it.get("scenario") or it.get("name") or it.get("id")
-        verdict = it.get("verdict") or it.get("status")
-        if name and verdict:
-            reason = it.get("reason") or it.get("detail") or it.get("message") or ""
-            out[f"repro: {name}"] = Verdict(str(verdict).upper(), str(reason)[:200])
+        verdict = str(it.get("verdict") or it.get("status") or "").upper()
+        if not name or not verdict:
+            continue
+        if it.get("case"):
+            name = f"{name}/{it['case']}"
+        t = it.get("target")
+        if isinstance(t, dict):
+            t = "kernel" if t.get("backend") == "kernel" else ("emu" if t.get("mirror") else t.get("label"))
+        key = f"repro: {name}" + (f" [{t}]" if t else "")
+        reason = str(it.get("reason") or it.get("detail") or it.get("message") or "")[:200]
+        exp = it.get("expected") if isinstance(it.get("expected"), dict) else {}
+        if it.get("match") is False:
+            out[key] = Verdict(f"{verdict} (expected {exp.get('verdict', '?')})",
+                               f"expected {exp.get('verdict', '?')}: {exp.get('source', '')}"[:200], True)
+        else:
+            out[key] = Verdict(verdict, reason if verdict not in ("REPRODUCED", "NOT REPRODUCED") else "",
+                               verdict == ERROR)
     return out
 
 
@@ -152,7 +174,7 @@ def check_verdicts(doc) -> dict[str, Verdict]:
     out = {}
     for v in doc.get("verdicts", []) if isinstance(doc, dict) else []:
         status = str(v.get("status", "?")).upper()
-        out[f"check: {v.get('check')}"] = Verdict(status, "" if status == "OK" else str(v.get("message", ""))[:200])
+        out[f"check: {v.get('check')}"] = Verdict.of(status, "" if status == "OK" else str(v.get("message", ""))[:200])
     return out
 
 
