@@ -421,6 +421,14 @@ def test_vm_runs_a_command(vm_kernel):
     assert r.stdout.splitlines()[:3] == [REPO, vm_kernel.release, "out-42"]
 
 
+def test_vm_guest_reset_is_reported(vm_kernel):
+    """A guest that dies before reporting (here: sysrq reset) gives 125 and the console's last lines."""
+    r = subprocess.run(vmtest(vm_kernel, "run", "--", "sh", "-c", "echo b > /proc/sysrq-trigger; sleep 30"),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == qemu.STATUS_NO_REPORT
+    assert "reported no exit status" in r.stderr and "sysrq: Resetting" in r.stderr
+
+
 def test_vm_timeout_leaves_no_qemu(vm_kernel):
     p = subprocess.Popen(vmtest(vm_kernel, "--timeout", "5", "run", "--", "sleep", "600"),
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

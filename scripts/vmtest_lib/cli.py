@@ -287,6 +287,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         log(f"error: {e}")
         return 2
+    except BrokenPipeError:  # stdout closed (| head): stop quietly, QEMU already killed by supervise()
+        qemu.kill_all()
+        return 141
     except KeyboardInterrupt:
         qemu.kill_all()
         log("interrupted; no QEMU left running")
