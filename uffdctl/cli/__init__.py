@@ -36,6 +36,7 @@ LOCAL = {
     "check": ("uffdctl.cli.local", "check"),
     "run": ("uffdctl.cli.local", "run"),
     "session": ("uffdctl.cli.local", "session"),
+    "repro": ("uffdctl.cli.repro", "repro"),
 }
 
 

@@ -1,1 +1,131 @@
-"""placeholder package; filled by its issue."""
+"""Reproductions of the 2022 linux-mm thread (``uffdctl repro``).
+
+* :mod:`.scenario` — the scenario files (``scenarios/*.uffd``: run-language steps
+  under a TOML header with the symptom and the expectations and their sources);
+* :mod:`.runner` — one case on one target, the per-step page state, the verdict;
+* :mod:`.render` — the traces, the side-by-side marks and the verdict table;
+* :mod:`.shell` — the same steps as ``scripts/repro-NAME.sh`` (session commands).
+
+:func:`run` is what ``uffdctl repro`` calls: it picks the targets (the kernel; its
+emulator twin — the profile of the kernel's series, soft-dirty as on the host;
+the emulator profiles asked for, soft-dirty on), runs every case on each, and
+returns a :class:`Report`.
+"""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+
+from .runner import CaseRun, Target, diff_steps, run_case
+from .scenario import Scenario, ScenarioError, load, load_all
+
+DEFAULT_PROFILES = ("5.19", "6.1", "6.18", "rfc-hints", "rfc-hints-fixed")
+BACKENDS = ("kernel", "emu", "both")
+
+
+@dataclass
+class Report:
+    backend: str
+    kernel: dict | None                  # the kernel backend's describe() (or why it is unavailable)
+    targets: list
+    runs: list = field(default_factory=list)
+    divergences: list = field(default_factory=list)
+
+    @property
+    def failures(self) -> list[CaseRun]:
+        """Runs whose verdict contradicts the expectation, or that broke (ERROR)."""
+        return [r for r in self.runs if r.verdict == "ERROR" or r.match is False]
+
+    @property
+    def exit(self) -> int:
+        return 1 if self.failures else 0
+
+    def to_dict(self) -> dict:
+        k = self.kernel or {}
+        results = [{"scenario": r.name if r.target.backend == "kernel" else f"{r.name} @{r.target.label}",
+                    "verdict": r.verdict, "reason": r.reason,
+                    "expected": r.expected.verdict if r.expected else None, "match": r.match} for r in self.runs]
+        return {"release": k.get("release", platform.release()), "machine": platform.machine(),
+                "soft_dirty": k.get("soft_dirty"), "soft_dirty_reason": k.get("soft_dirty_reason"),
+                "kernel": self.kernel, "backend": self.backend,
+                "profiles": [t.profile for t in self.targets if t.backend == "emu"],
+                "targets": [t.to_dict() for t in self.targets],
+                "results": results, "runs": [r.to_dict() for r in self.runs],
+                "divergences": self.divergences, "failures": [f"{r.name} @{r.target.label}" for r in self.failures],
+                "exit": self.exit}
+
+
+def kernel_facts() -> dict:
+    """describe() of the kernel backend (release, soft-dirty round trip), or why it is unavailable."""
+    try:
+        from ..kernel import KernelBackend
+        b = KernelBackend()
+    except Exception as e:
+        return {"available": False, "reason": str(e), "release": platform.release()}
+    try:
+        d = b.describe()
+        d = {k: d.get(k) for k in ("release", "machine", "soft_dirty", "soft_dirty_reason", "features")}
+        d["available"] = True
+        return d
+    finally:
+        b.close()
+
+
+def mirror_profile(release: str) -> str:
+    """The emulator profile of the kernel's series (6.1, 6.18, ...), else the default (6.18)."""
+    from ..emu.profiles import DEFAULT_PROFILE, PROFILES
+    series = ".".join(release.split("-")[0].split(".")[:2])
+    return series if series in PROFILES else DEFAULT_PROFILE
+
+
+def targets_for(backend: str, profiles: tuple, kernel: dict | None) -> list[Target]:
+    out = []
+    if backend in ("kernel", "both"):
+        out.append(Target("kernel"))
+    if backend == "both" and kernel and kernel.get("available"):
+        out.append(Target("emu", mirror_profile(kernel["release"]), bool(kernel.get("soft_dirty")), mirror=True))
+    if backend in ("emu", "both"):
+        out += [Target("emu", p) for p in profiles]
+    return out
+
+
+def applies(case, t: Target) -> bool:
+    """Kernel and mirror runs always; other emulator profiles only where the scenario says."""
+    return t.backend == "kernel" or t.mirror or not case.profiles or t.profile in case.profiles
+
+
+def run(scenarios: list[Scenario], backend: str = "both", profiles: tuple = DEFAULT_PROFILES,
+        cases: tuple = (), on_run=None) -> Report:
+    from ..emu.profiles import PROFILES
+    bad = [p for p in profiles if p not in PROFILES]
+    if bad:
+        raise ValueError(f"unknown emulator profile(s) {', '.join(bad)} (valid: {', '.join(PROFILES)})")
+    kernel = kernel_facts() if backend in ("kernel", "both") else None
+    rep = Report(backend, kernel, targets_for(backend, profiles, kernel))
+    for sc in scenarios:
+        for case in sc.cases:
+            if cases and case.id not in cases:
+                continue
+            runs = {}
+            for t in rep.targets:
+                if not applies(case, t):
+                    continue
+                r = run_case(sc, case, t)
+                runs[t] = r
+                rep.runs.append(r)
+                if on_run:
+                    on_run(r)
+            k = next((r for t, r in runs.items() if t.backend == "kernel"), None)
+            m = next((r for t, r in runs.items() if t.mirror), None)
+            if k is not None and m is not None and k.steps:
+                d = diff_steps(k, m)
+                marks = [{"line": s["line"], "text": s["text"], "differs": x}
+                         for s, x in zip(k.steps, d) if x]
+                if marks or k.verdict != m.verdict:
+                    rep.divergences.append({"scenario": k.name, "kernel": k.verdict, "emulator": m.verdict,
+                                            "profile": m.target.profile, "steps": marks})
+    return rep
+
+
+__all__ = ["BACKENDS", "DEFAULT_PROFILES", "CaseRun", "Report", "Scenario", "ScenarioError", "Target",
+           "load", "load_all", "run", "run_case"]

@@ -12,7 +12,9 @@ soft_dirty              pagemap bit 55; ``None`` ("-") where the kernel has no s
 write, dirty            the PTE's RW and D bits: the emulator knows them; the kernel does not say
                         (``None``): its write-ability shows in the next write's fault count
 private_dirty           /proc/self/smaps Private_Dirty of the page's VMA, bytes
-written                 PAGEMAP_SCAN PAGE_IS_WRITTEN of the page (``None`` without PAGEMAP_SCAN)
+written                 PAGEMAP_SCAN PAGE_IS_WRITTEN of the page, while the page is in a uffd-wp registered
+                        range (the category means "no uffd-wp bit": elsewhere it tracks nothing);
+                        ``None`` outside such a range or without PAGEMAP_SCAN (before 6.7)
 fault                   minor faults of this step's access (``touch``), measured around it
 faults                  minor faults of all finished accesses so far
 flushes                 TLB flushes during this step: the emulator's TLB model, or tracefs
@@ -157,12 +159,19 @@ class _Observer:
             o["private_dirty"] = b.smaps_private_dirty(span.start)
         except Exception:
             o["private_dirty"] = None
-        try:
-            res = b.pagemap_scan(span.start, span.end, return_mask=int(uapi.PageCategory.WRITTEN))
-            o["written"] = int(any(c & uapi.PageCategory.WRITTEN for _, _, c in res.regions))
-        except Exception:
-            o["written"] = None
+        o["written"] = self.written(span) if self.wp_registered(span.start) else None
         return o
+
+    def wp_registered(self, addr: int) -> bool:
+        """PAGE_IS_WRITTEN means "no uffd-wp bit": it tracks writes only on a uffd-wp range."""
+        return any(s <= addr < s + n and m & uapi.RegisterMode.WP for (s, n), m in self.st.registrations.items())
+
+    def written(self, span) -> int | None:
+        try:
+            res = self.st.backend.pagemap_scan(span.start, span.end, return_mask=int(uapi.PageCategory.WRITTEN))
+        except Exception:
+            return None              # no PAGEMAP_SCAN (before 6.7)
+        return int(any(c & uapi.PageCategory.WRITTEN for _, _, c in res.regions))
 
     def close(self):
         if self.trace:
