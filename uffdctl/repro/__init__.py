@@ -42,9 +42,8 @@ class Report:
 
     def to_dict(self) -> dict:
         k = self.kernel or {}
-        results = [{"scenario": r.name if r.target.backend == "kernel" else f"{r.name} @{r.target.label}",
-                    "verdict": r.verdict, "reason": r.reason,
-                    "expected": r.expected.verdict if r.expected else None, "match": r.match} for r in self.runs]
+        keep = ("scenario", "case", "target", "release", "soft_dirty", "verdict", "reason", "expected", "match")
+        results = [{k: v for k, v in r.to_dict().items() if k in keep} for r in self.runs]
         return {"release": k.get("release", platform.release()), "machine": platform.machine(),
                 "soft_dirty": k.get("soft_dirty"), "soft_dirty_reason": k.get("soft_dirty_reason"),
                 "kernel": self.kernel, "backend": self.backend,

@@ -120,18 +120,25 @@ class Scenario:
                 return c
         raise KeyError(f"scenario {self.name} has no case {cid!r} (cases: {', '.join(c.id for c in self.cases)})")
 
-    def steps(self, case: Case) -> list[Step]:
-        """The steps of one case: tag filter applied, ``${VAR}`` substituted."""
-        out = []
+    def tagged_lines(self):
+        """(lineno, tags or None, code, comment) of every step line, ``${VAR}`` left as written."""
         for lineno, raw in self.body:
             code, comment = split_comment(raw)
             if not code:
                 continue
             m = _TAGS.match(code)
-            if m:
-                if not set(m.group(1).split(",")) & set(case.tags):
-                    continue
-                code = m.group(2)
+            yield (lineno, tuple(m.group(1).split(",")), m.group(2), comment) if m else (lineno, None, code, comment)
+
+    def lines(self, case: Case):
+        """(lineno, code, comment) of the case's lines: tag filter applied."""
+        for lineno, tags, code, comment in self.tagged_lines():
+            if tags is None or set(tags) & set(case.tags):
+                yield lineno, code, comment
+
+    def steps(self, case: Case) -> list[Step]:
+        """The steps of one case: tag filter applied, ``${VAR}`` substituted."""
+        out = []
+        for lineno, code, comment in self.lines(case):
             try:
                 text = string.Template(code).substitute(case.vars)
             except (KeyError, ValueError) as e:
