@@ -47,6 +47,7 @@ class EmuAccess(Access):
         self.attempt = 0
         self.waiter = None
         self.blocks = 0          # userfault waits so far
+        self.spinning = False    # faulting forever without a userfault (see mm.VM_FAULT_LIVELOCK)
         self._res = AccessResult()
         self._done = False
         self._segv = False
@@ -74,6 +75,10 @@ class EmuAccess(Access):
             if r == M.VM_FAULT_RETRY:
                 self.blocks += 1
                 return                                  # blocked: waits for _wake()
+            if r == M.VM_FAULT_LIVELOCK:
+                self.spinning = True                    # retried after the next ioctl, never counted
+                self._b._spinning.append(self)
+                return
             if r & M.VM_FAULT_SIGSEGV:
                 self._segv = True
                 break
@@ -276,6 +281,7 @@ class EmuBackend(Backend):
         self._caller = EmuThread(self, "caller")
         self._handlers: list[EmuHandler] = []
         self._runq: collections.deque = collections.deque()
+        self._spinning: list = []
         self._pumping = False
         self._names = itertools.count()
         self._fds = itertools.count(1000)
@@ -304,6 +310,8 @@ class EmuBackend(Backend):
         if self._pumping:
             return
         self._pumping = True
+        spinning, self._spinning = self._spinning, []
+        self._runq.extend(spinning)                    # state may have changed: let them fault again
         try:
             while True:
                 while self._runq:
@@ -567,10 +575,11 @@ def do_pagemap_scan(mm: M.MM, start, end, flags, inverted, mask, anyof, return_m
         pos = s
         keys = mm.pte_keys(s, e, vma.page_size) + [e]
         for k in keys:
-            if k > pos:                                   # a hole run [pos, k)
-                cat = mm.pagemap_scan_category(vma, None) | vcat
+            while k > pos:                                # a hole run [pos, k), split at page-table bounds
+                hend = min(k, (pos | (M.HPAGE_SIZE - 1)) + 1)
+                cat = mm.pagemap_scan_category(vma, None, not vma.hugetlb and not mm.pmd_none(pos)) | vcat
                 if match(cat):
-                    n = (k - pos) // uapi.PAGE_SIZE
+                    n = (hend - pos) // uapi.PAGE_SIZE
                     got = emit(pos, n, cat)
                     if flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN:
                         for a in range(pos, pos + got * uapi.PAGE_SIZE, vma.page_size):
@@ -578,7 +587,7 @@ def do_pagemap_scan(mm: M.MM, start, end, flags, inverted, mask, anyof, return_m
                     if got < n:
                         mm.tlb.flush_range(wp_flush)
                         return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
-                pos = k
+                pos = hend
             if k >= e:
                 break
             pte = mm.ptes[k]

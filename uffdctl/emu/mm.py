@@ -58,6 +58,7 @@ VM_FAULT_SIGBUS = 0x2
 VM_FAULT_HWPOISON = 0x10
 VM_FAULT_SIGSEGV = 0x40
 VM_FAULT_RETRY = 0x400
+VM_FAULT_LIVELOCK = 1 << 20   # not a kernel code: the fault returns 0 without changing anything, forever
 VM_FAULT_ERROR = VM_FAULT_SIGBUS | VM_FAULT_HWPOISON | VM_FAULT_SIGSEGV
 
 # MFILL_ATOMIC_* (include/linux/userfaultfd_k.h, 6.4+)
@@ -545,6 +546,10 @@ class MM:
             if not vma.ctx.wp_async:
                 return self.handle_userfault(vmf, VM_UFFD_WP)
             pte.uffd_wp = False                      # async: resolved in the kernel, no message
+        elif pte.uffd_wp and vma.hugetlb:
+            # hugetlb_wp(): "Never handle CoW for uffd-wp protected pages" returns 0 even when the VMA lost
+            # VM_UFFD_WP (re-registered without WP): the write faults again forever [measured on 6.18]
+            return VM_FAULT_LIVELOCK
         page = pte.page
         if vma.shared or (page.anon and page.exclusive and not pte.special):
             new = pte.copy()                         # wp_page_reuse() / wp_page_shared()
@@ -872,17 +877,19 @@ class MM:
     def zap_pte_range(self, vma, start: int, end: int, final: bool = False) -> None:
         """zap_pte_range(): drop PTEs; file VMAs keep uffd-wp (as markers) unless unmapping;
         guard markers survive everything but unmap."""
-        keep_wp = not vma.anon and userfaultfd_wp(vma) and not final
+        # pte_install_uffd_wp_if_needed(): shmem only in a uffd-wp VMA; __unmap_hugepage_range(): always
+        arm_wp = not final and (vma.hugetlb or not vma.anon and userfaultfd_wp(vma))
+        keep_markers = not vma.anon and not final      # only an unmap drops a file VMA's uffd-wp markers
         flush = []
         for a in self.pte_keys(start, end, vma.page_size):
             pte = self.ptes[a]
             if pte.present:
                 flush.append(a)
-                self.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP) if keep_wp and pte.uffd_wp else None)
+                self.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP) if arm_wp and pte.uffd_wp else None)
             elif pte.marker & PTE_MARKER_GUARD:
                 if final:
                     del self.ptes[a]
-            elif pte.marker & PTE_MARKER_UFFD_WP and keep_wp:
+            elif pte.marker & PTE_MARKER_UFFD_WP and keep_markers:
                 continue
             else:
                 del self.ptes[a]
@@ -1022,15 +1029,18 @@ class MM:
                     self.ptes[a].young = False         # no flush: the TLB may keep A
         return 0
 
-    def pagemap_scan_category(self, vma, pte: Pte | None) -> int:
-        """Categories of one page (6.18 rules, spec §4.1)."""
+    def pagemap_scan_category(self, vma, pte: Pte | None, has_table: bool = True) -> int:
+        """Categories of one page (6.18 rules, spec §4.1).  A none PTE under an existing page table reads
+        WRITTEN on any VMA [measured]; a hole without a page table only in a uffd-wp VMA."""
         C = uapi.PageCategory
         cat = 0
         if self.soft_dirty_config and vma.flags & VM_SOFTDIRTY:
             cat |= C.SOFT_DIRTY
-        if pte is None:
-            return cat | (C.WRITTEN if userfaultfd_wp(vma) else 0)
         written_ok = self.profile.scan_written_any_vma or userfaultfd_wp(vma)
+        if pte is None:
+            if vma.hugetlb:       # the hugetlb walker: a none huge PTE is only HUGE
+                return cat | C.HUGE
+            return cat | (C.WRITTEN if userfaultfd_wp(vma) or has_table and written_ok else 0)
         if pte.present:
             cat |= C.PRESENT
             if written_ok and not pte.uffd_wp:
@@ -1044,7 +1054,7 @@ class MM:
             if vma.hugetlb:
                 cat |= C.HUGE
             return int(cat)
-        cat |= C.SWAPPED
+        cat |= C.SWAPPED | (C.HUGE if vma.hugetlb else 0)
         if written_ok and not pte.marker & PTE_MARKER_UFFD_WP:
             cat |= C.WRITTEN
         if pte.marker & PTE_MARKER_GUARD and self.profile.pagemap_guard_bit:
