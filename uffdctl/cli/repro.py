@@ -18,7 +18,9 @@ def _split(values) -> tuple:
                    "(default: 5.19,6.1,6.18,rfc-hints,rfc-hints-fixed; soft-dirty on)")
 @click.option("--case", "cases", multiple=True, metavar="ID", help="only these cases of the scenario(s)")
 @click.option("-v", "--verbose", is_flag=True, help="print the step trace of every profile, not only the kernel's")
-def repro(name, backend, profiles, cases, verbose):
+@click.option("--scenario-dir", metavar="DIR", type=click.Path(file_okay=False, exists=True),
+              help="run the *.uffd scenarios of DIR instead of the packaged ones (e.g. an edited copy)")
+def repro(name, backend, profiles, cases, verbose, scenario_dir):
     """Reproduce the 2022 linux-mm thread's bugs: per-page traces and verdicts.
 
     Each scenario's steps (uffdctl/repro/scenarios/NAME.uffd, the `uffdctl run`
@@ -45,7 +47,10 @@ def repro(name, backend, profiles, cases, verbose):
     from . import Globals
     g = click.get_current_context().find_object(Globals)
     out = g.out if g is not None else None
-    scenarios = R.load_all()
+    try:
+        scenarios = R.load_all(scenario_dir)
+    except R.ScenarioError as e:
+        raise click.UsageError(str(e)) from None
     names = [s.name for s in scenarios]
     if name == "list":
         rows = [{"name": s.name, "title": s.title, "cases": [c.id for c in s.cases], "spec": s.spec,

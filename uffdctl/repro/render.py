@@ -103,7 +103,9 @@ def _differing(states: list) -> list[str]:
 
 def verdict_line(r: CaseRun, with_state: bool) -> str:
     exp = r.expected
-    if exp is None:
+    if r.environment:
+        tail = "not judged (this machine cannot observe it)"
+    elif exp is None:
         tail = "no expectation for this kernel/profile"
     else:
         tail = f"expected {exp.verdict}" + ("  ok" if r.match else "  ✗ CONTRADICTS THE EXPECTATION")

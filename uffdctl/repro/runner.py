@@ -72,6 +72,7 @@ class CaseRun:
     observed: dict = field(default_factory=dict)
     expected: S.Rule | None = None
     seconds: float = 0.0
+    environment: bool = False        # UNSUPPORTED for a reason outside the kernel's behaviour (no tracefs, ...)
 
     @property
     def name(self) -> str:
@@ -79,14 +80,19 @@ class CaseRun:
 
     @property
     def match(self) -> bool | None:
-        return None if self.expected is None else self.expected.verdict == self.verdict
+        """Does the observation agree with the expectation?  None: nothing to judge (no rule for this
+        kernel, or the run could not observe for a reason of the environment, e.g. no tracefs)."""
+        if self.expected is None or self.environment:
+            return None
+        return self.expected.verdict == self.verdict
 
     def to_dict(self) -> dict:
         exp = None if self.expected is None else {"verdict": self.expected.verdict, "source": self.expected.source,
                                                   "when": self.expected.describe()}
         return {"scenario": self.scenario, "case": self.case, "target": self.target.to_dict(), **self.facts,
                 "verdict": self.verdict, "reason": self.reason, "symptom": self.symptom, "means": self.means,
-                "observed": self.observed, "expected": exp, "match": self.match, "steps": self.steps,
+                "observed": self.observed, "expected": exp, "match": self.match,
+                "environment": self.environment, "steps": self.steps,
                 "seconds": round(self.seconds, 3)}
 
 
@@ -199,6 +205,7 @@ def run_case(sc: S.Scenario, case: S.Case, target: Target, echo=None) -> CaseRun
         backend = open_target(target, switches)
     except (BackendUnavailable, UffdctlError, OSError) as e:
         run.verdict, run.reason = "UNSUPPORTED", f"{target.backend} backend unavailable: {e}"
+        run.environment = True
         return run
     st = SessionState(target.backend, target.profile, name=f"repro-{sc.name}")
     st._backend = backend          # the session takes a ready backend (soft_dirty/switches are not CLI options)
@@ -257,6 +264,7 @@ def run_case(sc: S.Scenario, case: S.Case, target: Target, echo=None) -> CaseRun
         if unmet:
             run.verdict = "UNSUPPORTED"
             run.reason = "; ".join(unmet.values())
+            run.environment = "tlb" in unmet
         elif failed is not None:
             run.verdict, run.reason = "ERROR", f"line {failed['line']} ({failed['text']}): {failed['error']}"
         else:

@@ -29,6 +29,7 @@ backend itself.
 from __future__ import annotations
 
 import ast
+import pathlib
 import re
 import shlex
 import string
@@ -283,18 +284,22 @@ def _check_step(step: Step, where: str) -> None:
         raise ScenarioError(f"{where}:{step.lineno}: unknown command {toks[0]!r}")
 
 
-def _files():
-    return sorted((p for p in resources.files(__package__).joinpath("scenarios").iterdir()
-                   if p.name.endswith(".uffd")), key=lambda p: p.name)
+def _files(directory: str | None = None):
+    root = pathlib.Path(directory) if directory else resources.files(__package__).joinpath("scenarios")
+    return sorted((p for p in root.iterdir() if p.name.endswith(".uffd")), key=lambda p: p.name)
 
 
 _ORDER = ("copy-dirties", "unprotect-extra-fault", "clean-writable-escapes-softdirty", "wp-clean-flush",
           "softdirty-lost-wp-shmem")
 
 
-def load_all() -> list[Scenario]:
-    """Every packaged scenario, in the issue's order (then by name)."""
-    texts = {p.name[:-5]: (p.read_text(encoding="utf-8"), f"scenarios/{p.name}") for p in _files()}
+def load_all(directory: str | None = None) -> list[Scenario]:
+    """Every packaged scenario (or every ``*.uffd`` of ``directory``), in the issue's order (then by name)."""
+    try:
+        files = _files(directory)
+    except OSError as e:
+        raise ScenarioError(f"cannot read scenarios from {directory}: {e.strerror}") from None
+    texts = {p.name[:-5]: (p.read_text(encoding="utf-8"), f"scenarios/{p.name}") for p in files}
     own = {n: parse(t, path) for n, (t, path) in texts.items() if not _borrows(t)}
     bodies = {s.name: s.body for s in own.values()}
     out = list(own.values()) + [parse(t, path, bodies) for n, (t, path) in texts.items() if _borrows(t)]
