@@ -32,7 +32,7 @@ class VM:
     kernel: Kernel
     initramfs: str
     accel: str = "tcg"
-    smp: int = 2
+    smp: int = 1
     mem: str = "2G"
     timeout: float = 900.0
     extra_append: list[str] = field(default_factory=list)
