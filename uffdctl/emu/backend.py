@@ -575,9 +575,8 @@ def do_pagemap_scan(mm: M.MM, start, end, flags, inverted, mask, anyof, return_m
         pos = s
         keys = mm.pte_keys(s, e, vma.page_size) + [e]
         for k in keys:
-            while k > pos:                                # a hole run [pos, k), split at page-table bounds
-                hend = min(k, (pos | (M.HPAGE_SIZE - 1)) + 1)
-                cat = mm.pagemap_scan_category(vma, None, not vma.hugetlb and not mm.pmd_none(pos)) | vcat
+            for pos, hend, table in (mm.table_runs(pos, k) if k > pos else ()):   # hole runs [pos, k)
+                cat = mm.pagemap_scan_category(vma, None, table and not vma.hugetlb) | vcat
                 if match(cat):
                     n = (hend - pos) // uapi.PAGE_SIZE
                     got = emit(pos, n, cat)
@@ -587,7 +586,7 @@ def do_pagemap_scan(mm: M.MM, start, end, flags, inverted, mask, anyof, return_m
                     if got < n:
                         mm.tlb.flush_range(wp_flush)
                         return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
-                pos = hend
+            pos = max(pos, k)
             if k >= e:
                 break
             pte = mm.ptes[k]

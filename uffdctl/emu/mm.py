@@ -304,6 +304,23 @@ class MM:
     def pmd_none(self, addr: int) -> bool:
         return addr >> 21 not in self.pgtables
 
+    def table_runs(self, start: int, end: int):
+        """Split [start, end) into (start, end, has_page_table) runs; O(page tables), not O(range)."""
+        lo, hi = start >> 21, (end - 1) >> 21
+        if hi - lo + 1 <= len(self.pgtables):
+            tables = [p for p in range(lo, hi + 1) if p in self.pgtables]
+        else:
+            tables = sorted(p for p in self.pgtables if lo <= p <= hi)
+        pos = start
+        for p in tables:
+            a, b = max(start, p << 21), min(end, (p + 1) << 21)
+            if a > pos:
+                yield pos, a, False
+            yield a, b, True
+            pos = b
+        if pos < end:
+            yield pos, end, False
+
     def free_pgtables(self, start: int, end: int) -> None:
         for pmd in range(start >> 21, ((end - 1) >> 21) + 1):
             if pmd in self.pgtables and not self.vmas_in(pmd << 21, (pmd + 1) << 21):
