@@ -462,6 +462,7 @@ class MM:
         if vma.hugetlb:
             return self.hugetlb_fault(vmf)
         uffd_wp = vmf.orig_pte_uffd_wp
+        self.pgtables.add(vmf.address >> 21)           # pte_alloc() precedes the userfault check
         if userfaultfd_missing(vma):
             return self.handle_userfault(vmf, VM_UFFD_MISSING)
         if not vmf.write:
@@ -547,12 +548,16 @@ class MM:
             folio = self.alloc_folio(vma.page_size, anon=not vma.shared)
             if vma.shared:
                 vma.file.pages[idx] = folio
-        elif vmf.write and not vma.shared:
+        uffd_wp = vmf.orig_pte_uffd_wp
+        # make_huge_pte(vma, folio, VM_SHARED): shared is mapped writable+dirty even on a read; a private write
+        # does the CoW at once (hugetlb_wp), unless the PTE carries uffd-wp: "never CoW a uffd-wp page"
+        cow = vmf.write and not vma.shared and not uffd_wp
+        if cow and not folio.anon:
             folio = self.alloc_folio(vma.page_size, anon=True, data=folio.copy_data())
-        pte = Pte(folio, write=bool(vma.flags & VM_WRITE and (vma.shared or vmf.write)), young=True)
-        if vmf.write:
+        pte = Pte(folio, write=bool(vma.flags & VM_WRITE and (vma.shared or cow)), young=True)
+        if pte.write:
             self.pte_mkdirty(pte)
-        if vmf.orig_pte_uffd_wp:
+        if uffd_wp:
             pte.uffd_wp, pte.write = True, False
         self.set_pte(vmf.address, pte)
         return VM_FAULT_OK
@@ -624,6 +629,8 @@ class MM:
         copied, err = 0, 0
         step = vma.page_size
         while copied < length:
+            if not vma.hugetlb:
+                self.pgtables.add((dst_start + copied) >> 21)    # the dst PTE table is allocated first
             err = self.mfill_atomic_pte(vma, kind, dst_start + copied, src_start + copied, wp, hints)
             if err:
                 break
@@ -862,6 +869,7 @@ class MM:
                     err = -E.ENOENT
                     break
                 self.pgtables.add((src_start + moved) >> 21)
+            self.pgtables.add((dst_start + moved) >> 21)
             err = self.move_pages_pte(dst_vma, src_vma, dst_start + moved, src_start + moved, mode, flush)
             if err:
                 break
