@@ -323,11 +323,8 @@ class EmuBackend(Backend):
 
     # -- mappings -------------------------------------------------------------------------
     def _name(self, name):
-        if name is None:
-            name = f"r{next(self._names)}"
-            while name in self._regions:
-                name = f"r{next(self._names)}"
-        return name
+        """The given name, or the first free r<N>."""
+        return name if name is not None else next(n for n in map("r{}".format, self._names) if n not in self._regions)
 
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
         memtype = MemType(memtype)
@@ -368,10 +365,7 @@ class EmuBackend(Backend):
     def munmap(self, addr, len):
         self._event(uapi.Feature.EVENT_UNMAP, {"event": uapi.Event.UNMAP, "start": addr, "end": addr + len},
                     self.mm.vmas_in(addr, addr + len))
-        r = self.mm.munmap(addr, len)
-        self._pump()
-        if r < 0:
-            raise uffd_error(-r, "munmap", addr, len)
+        self._syscall("munmap", addr, len, self.mm.munmap(addr, len))
         for name, reg in list(self._regions.items()):
             if addr <= reg.addr and reg.end <= addr + len:
                 del self._regions[name]
@@ -380,15 +374,16 @@ class EmuBackend(Backend):
         if advice in (uapi.MADV_DONTNEED, uapi.MADV_REMOVE):
             self._event(uapi.Feature.EVENT_REMOVE, {"event": uapi.Event.REMOVE, "start": addr, "end": addr + len},
                         self.mm.vmas_in(addr, addr + len))
-        r = self.mm.madvise(addr, len, advice)
-        self._pump()
-        if r < 0:
-            raise uffd_error(-r, "madvise", addr, len)
+        self._syscall("madvise", addr, len, self.mm.madvise(addr, len, advice))
 
     def mprotect(self, addr, len, prot):
-        r = self.mm.mprotect(addr, len, prot)
-        if r < 0:
-            raise uffd_error(-r, "mprotect", addr, len)
+        self._syscall("mprotect", addr, len, self.mm.mprotect(addr, len, prot))
+
+    def _syscall(self, name, addr, length, ret):
+        """Let woken or queued work run, then turn a -errno from the model into the exception."""
+        self._pump()
+        if ret < 0:
+            raise uffd_error(-ret, name, addr, length)
 
     def mremap(self, old, old_len, new_len, flags=0, new_addr=0):
         """mremap(): grow/shrink in place when free, else move (MREMAP_MAYMOVE / FIXED / DONTUNMAP)."""
