@@ -222,25 +222,32 @@ def test_junit_verdicts(tmp_path):
 
 
 def test_repro_and_check_verdicts():
-    runs = [{"scenario": "copy-dirties", "case": "anon", "target": {"backend": "kernel", "label": "kernel"},
-             "release": "6.1.0-56-amd64", "verdict": "REPRODUCED", "reason": "", "match": True,
-             "expected": {"verdict": "REPRODUCED", "source": "spec §7.1 A"}},
-            {"scenario": "copy-dirties", "case": "anon", "target": {"backend": "emu", "label": "emu 6.1",
-                                                                     "mirror": True},
-             "verdict": "NOT REPRODUCED", "match": False,
-             "expected": {"verdict": "REPRODUCED", "source": "spec §7.1 A"}},
-            {"scenario": "move", "case": "anon", "target": {"backend": "kernel"}, "verdict": "UNSUPPORTED",
-             "reason": "feature missing: UFFD_FEATURE_MOVE", "match": True}]
-    v = matrix.repro_verdicts({"results": runs})
+    kern = {"backend": "kernel", "profile": None, "label": "kernel", "mirror": False}
+    twin = {"backend": "emu", "profile": "6.1", "label": "emu 6.1", "mirror": True}
+    other = {"backend": "emu", "profile": "5.19", "label": "emu 5.19", "mirror": False}
+    exp = {"verdict": "REPRODUCED", "source": "spec §7.1 A"}
+    doc = {"release": "6.1.0-56-amd64", "results": [
+        {"scenario": "copy-dirties", "case": "copy", "target": kern, "verdict": "REPRODUCED", "match": True,
+         "reason": "via soft_dirty", "expected": exp},
+        {"scenario": "copy-dirties", "case": "copy", "target": twin, "verdict": "NOT REPRODUCED", "match": False,
+         "expected": exp},
+        {"scenario": "copy-dirties", "case": "copy", "target": other, "verdict": "REPRODUCED", "match": True},
+        {"scenario": "copy-dirties", "case": "move", "target": kern, "verdict": "UNSUPPORTED", "match": None,
+         "reason": "feature missing: UFFD_FEATURE_MOVE"},
+        {"scenario": "unprotect-extra-fault", "case": "anon", "target": twin, "verdict": "REPRODUCED",
+         "match": True}],
+        "divergences": [{"scenario": "unprotect-extra-fault/anon", "kernel": "REPRODUCED", "emulator": "REPRODUCED",
+                         "profile": "6.1", "steps": [{"line": 3}, {"line": 5}]}]}
+    v = matrix.repro_verdicts(doc)
     assert v == {
-        "repro: copy-dirties/anon [kernel]": matrix.Verdict("REPRODUCED"),
-        "repro: copy-dirties/anon [emu]": matrix.Verdict("NOT REPRODUCED (expected REPRODUCED)",
+        "repro: copy-dirties/copy [kernel]": matrix.Verdict("REPRODUCED"),
+        "repro: copy-dirties/copy [emu]": matrix.Verdict("NOT REPRODUCED (expected REPRODUCED)",
                                                          "expected REPRODUCED: spec §7.1 A", True),
-        "repro: move/anon [kernel]": matrix.Verdict("UNSUPPORTED", "feature missing: UFFD_FEATURE_MOVE"),
+        "repro: copy-dirties/move [kernel]": matrix.Verdict("UNSUPPORTED", "feature missing: UFFD_FEATURE_MOVE"),
+        "repro: unprotect-extra-fault/anon [emu]": matrix.Verdict("REPRODUCED, 2 steps differ"),
     }
-    assert matrix.repro_verdicts(runs[:1]) == {"repro: copy-dirties/anon [kernel]": matrix.Verdict("REPRODUCED")}
     col = matrix.Column("6.1.192", "vm", verdicts=v)
-    assert not col.ok, "a reproduction that disagrees with its expectation fails the column"
+    assert not col.ok, "a reproduction that contradicts its expectation fails the column"
     chk = {"verdicts": [{"check": "soft-dirty", "status": "unsupported", "message": "off"},
                         {"check": "open", "status": "ok", "message": "fine"},
                         {"check": "register", "status": "broken", "message": "EINVAL"}]}

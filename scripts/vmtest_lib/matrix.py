@@ -137,35 +137,38 @@ def junit_verdicts(path: str) -> dict[str, Verdict]:
 
 
 def repro_verdicts(doc) -> dict[str, Verdict]:
-    """``repro: SCENARIO/CASE [TARGET]`` -> verdict, from ``uffdctl -j repro all`` (a list of case runs, or
-    {"results"|"runs"|"cases"|"scenarios": [...]}).  TARGET is ``kernel`` or ``emu`` (the kernel's emulator
-    twin, --backend both).  A run whose ``match`` is false (the observation disagrees with the expectation
-    for this release) is a failure of the column, shown as ``VERDICT (expected X)``."""
-    items = doc
-    if isinstance(doc, dict):
-        items = next((doc[k] for k in ("results", "runs", "cases", "scenarios") if isinstance(doc.get(k), list)), [])
+    """``repro: SCENARIO/CASE [kernel|emu]`` -> verdict, from ``uffdctl -j repro all --backend both``.
+
+    Only the kernel and its emulator twin (``target.mirror``: the profile named after this kernel, with
+    its soft-dirty configuration) become rows; the other profiles' runs stay in repro.json.  A run whose
+    ``match`` is false (the observation contradicts the expectation for this release) fails the column,
+    shown as ``VERDICT (expected X)``.  A twin whose steps differ from the kernel's (``divergences``) says
+    so: ``VERDICT, N steps differ``.
+    """
+    items = doc.get("results", []) if isinstance(doc, dict) else doc
+    differ = {}
+    for d in doc.get("divergences", []) if isinstance(doc, dict) else []:
+        differ[d.get("scenario")] = len(d.get("steps") or [])
     out = {}
     for it in items if isinstance(items, list) else []:
-        if not isinstance(it, dict):
+        if not isinstance(it, dict) or not it.get("scenario") or not it.get("verdict"):
             continue
-        name = it.get("scenario") or it.get("name") or it.get("id")
-        verdict = str(it.get("verdict") or it.get("status") or "").upper()
-        if not name or not verdict:
+        t = it.get("target") or {}
+        if t.get("backend") != "kernel" and not t.get("mirror"):
             continue
-        if it.get("case"):
-            name = f"{name}/{it['case']}"
-        t = it.get("target")
-        if isinstance(t, dict):
-            t = "kernel" if t.get("backend") == "kernel" else ("emu" if t.get("mirror") else t.get("label"))
-        key = f"repro: {name}" + (f" [{t}]" if t else "")
-        reason = str(it.get("reason") or it.get("detail") or it.get("message") or "")[:200]
+        name = it["scenario"] + (f"/{it['case']}" if it.get("case") else "")
+        who = "kernel" if t.get("backend") == "kernel" else "emu"
+        verdict = str(it["verdict"]).upper()
+        reason = str(it.get("reason") or "")[:200] if verdict in ("UNSUPPORTED", ERROR) else ""
+        if who == "emu" and differ.get(name):
+            verdict += f", {differ[name]} steps differ"
         exp = it.get("expected") if isinstance(it.get("expected"), dict) else {}
         if it.get("match") is False:
-            out[key] = Verdict(f"{verdict} (expected {exp.get('verdict', '?')})",
-                               f"expected {exp.get('verdict', '?')}: {exp.get('source', '')}"[:200], True)
+            out[f"repro: {name} [{who}]"] = Verdict(f"{verdict} (expected {exp.get('verdict', '?')})",
+                                                    f"expected {exp.get('verdict', '?')}: {exp.get('source', '')}"
+                                                    [:200], True)
         else:
-            out[key] = Verdict(verdict, reason if verdict not in ("REPRODUCED", "NOT REPRODUCED") else "",
-                               verdict == ERROR)
+            out[f"repro: {name} [{who}]"] = Verdict(verdict, reason, verdict.startswith(ERROR))
     return out
 
 
@@ -233,7 +236,7 @@ def collect(col: Column) -> Column:
                 col.verdicts.update(repro_verdicts(json.load(f)))
         except ValueError as e:
             col.problem = col.problem or f"repro.json unreadable: {e}"
-    if col.rcs.get("repro", 0) not in (0, 4) and not col.problem:
+    if col.rcs.get("repro", 0) not in (0, 1) and not col.problem:  # 1: a contradicted expectation (in the rows)
         col.problem = f"uffdctl repro exited {col.rcs['repro']}"
     return col
 
