@@ -11,7 +11,8 @@ exclusive
 soft_dirty              pagemap bit 55; ``None`` ("-") where the kernel has no soft-dirty
 write, dirty            the PTE's RW and D bits: the emulator knows them; the kernel does not say
                         (``None``): its write-ability shows in the next write's fault count
-private_dirty           /proc/self/smaps Private_Dirty of the page's VMA, bytes
+private_dirty           /proc/self/smaps Private_Dirty of the page's VMA, bytes, while that VMA is the
+                        region itself (``None`` while a neighbour is merged into it)
 written                 PAGEMAP_SCAN PAGE_IS_WRITTEN of the page, while the page is in a uffd-wp registered
                         range (the category means "no uffd-wp bit": elsewhere it tracks nothing);
                         ``None`` outside such a range or without PAGEMAP_SCAN (before 6.7)
@@ -112,8 +113,6 @@ def _unmet(need: str, b, desc: dict) -> str | None:
     if need in ("wp_async", "move"):
         bit = uapi.Feature.WP_ASYNC if need == "wp_async" else uapi.Feature.MOVE
         return None if feats & bit else f"feature missing: UFFD_FEATURE_{bit.name}"
-    if need == "pagemap_scan":
-        return None if feats & uapi.Feature.WP_ASYNC else "no PAGEMAP_SCAN (6.7)"
     if need == "tlb":
         if b.name == "emu":
             return None
@@ -161,12 +160,20 @@ class _Observer:
                 o.update(write=int(pte.write), dirty=int(pte.dirty))
             else:
                 o.update(write=0, dirty=0)
-        try:
-            o["private_dirty"] = b.smaps_private_dirty(span.start)
-        except Exception:
-            o["private_dirty"] = None
+        o["private_dirty"] = self.private_dirty(span)
         o["written"] = self.written(span) if self.wp_registered(span.start) else None
         return o
+
+    def private_dirty(self, span) -> int | None:
+        """smaps Private_Dirty of the page's VMA, only while that VMA is exactly the region: before
+        registration a neighbouring anon mapping may have merged into it (the kernel and the emulator
+        place mappings differently), and its pages would be counted too."""
+        if _vma_bounds(self.st.backend, span.start) != (span.region.addr, span.region.end):
+            return None
+        try:
+            return self.st.backend.smaps_private_dirty(span.start)
+        except Exception:
+            return None
 
     def wp_registered(self, addr: int) -> bool:
         """PAGE_IS_WRITTEN means "no uffd-wp bit": it tracks writes only on a uffd-wp range."""
@@ -182,6 +189,19 @@ class _Observer:
     def close(self):
         if self.trace:
             self.trace.close()
+
+
+def _vma_bounds(b, addr: int) -> tuple[int, int] | None:
+    """[start, end) of the VMA containing addr: the emulator's VMA list, or /proc/self/maps."""
+    if b.name == "emu":
+        v = b.mm.find_vma(addr)
+        return (v.start, v.end) if v is not None else None
+    with open("/proc/self/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+            if lo <= addr < hi:
+                return lo, hi
+    return None
 
 
 def _madvise(st, toks: list[str]) -> dict:

@@ -39,7 +39,7 @@ from importlib import resources
 
 VERDICTS = ("REPRODUCED", "NOT REPRODUCED", "UNSUPPORTED")
 REPRO_ONLY = {"madvise": ("free", "dontneed")}      # steps the run language lacks (see the module doc)
-NEEDS = ("soft_dirty", "tlb", "wp_async", "move", "pagemap_scan")
+NEEDS = ("soft_dirty", "tlb", "wp_async", "move")
 OBSERVABLES = ("present", "write", "dirty", "soft_dirty", "uffd_wp", "exclusive", "private_dirty", "written",
                "fault", "flushes", "faults")
 _TAGS = re.compile(r"^\[([\w,.-]+)\]\s+(.*)$")
