@@ -52,6 +52,8 @@ mount -t overlay overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/
     || die "cannot mount the overlay"
 mount -t proc proc /mnt/root/proc
 mount -t sysfs sysfs /mnt/root/sys
+mount -t tracefs tracefs /mnt/root/sys/kernel/tracing 2>/dev/null
+mount -t debugfs debugfs /mnt/root/sys/kernel/debug 2>/dev/null
 mount -t devtmpfs devtmpfs /mnt/root/dev
 mkdir -p /mnt/root/dev/shm /mnt/root/dev/pts
 mount -t tmpfs tmpfs /mnt/root/dev/shm

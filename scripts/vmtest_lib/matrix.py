@@ -161,7 +161,8 @@ def repro_verdicts(doc) -> dict[str, Verdict]:
         verdict = str(it["verdict"]).upper()
         reason = str(it.get("reason") or "")[:200] if verdict in ("UNSUPPORTED", ERROR) else ""
         if who == "emu" and differ.get(name):
-            verdict += f", {differ[name]} steps differ"
+            n = differ[name]
+            verdict += f", {n} step{' differs' if n == 1 else 's differ'}"
         exp = it.get("expected") if isinstance(it.get("expected"), dict) else {}
         if it.get("match") is False:
             out[f"repro: {name} [{who}]"] = Verdict(f"{verdict} (expected {exp.get('verdict', '?')})",
@@ -271,8 +272,11 @@ def render(cols: list[Column]) -> str:
     for c in cols:
         counts: dict[str, int] = {}
         for v in c.verdicts.values():
-            counts[v.verdict] = counts.get(v.verdict, 0) + 1
+            base = v.verdict.split(" (")[0].split(",")[0]
+            counts[base] = counts.get(base, 0) + 1
+        bad = sum(v.bad for v in c.verdicts.values())
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items())) or "no results"
+        summary += f" ({bad} failing)" if bad else ""
         line = f"{c.label}: {summary}; {c.seconds:.1f} s"
         if c.problem:
             line += f"; PROBLEM: {c.problem}"
