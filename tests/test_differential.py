@@ -86,8 +86,8 @@ def gen_op(rng: random.Random, regions) -> list:
         n = 1
     kind = rng.choices(
         ["touch", "copy", "zeropage", "continue", "writeprotect", "wake", "poison", "move", "register",
-         "unregister", "read_msgs", "clear_refs", "dontneed", "cache_write", "munmap", "scan"],
-        [22, 8, 5, 4, 9, 3, 2, 3, 4, 2, 8, 2, 3, 3, 1, 4])[0]
+         "unregister", "read_msgs", "clear_refs", "dontneed", "cache_write", "munmap", "scan", "mprotect"],
+        [22, 8, 5, 4, 9, 3, 2, 3, 4, 2, 8, 2, 3, 3, 1, 4, 2])[0]
     if kind == "touch":
         return ["touch", rng.choice(THREADS), r, p0, rng.random() < 0.5, rng.randrange(1, 256)]
     if kind == "copy":
@@ -120,6 +120,8 @@ def gen_op(rng: random.Random, regions) -> list:
         return ["dontneed", r, p0, n]
     if kind == "cache_write":
         return ["cache_write", r, p0, rng.randrange(1, 256)]
+    if kind == "mprotect":
+        return ["mprotect", r, p0, n]
     if kind == "scan":
         C = uapi.PageCategory
         return ["scan", r, p0, n, rng.choice([0, 0, 1, 3]), rng.choice([0, 0, int(C.WRITTEN), int(C.PRESENT)]),
@@ -160,6 +162,8 @@ def render(seq: dict) -> str:
             lines.append(f"alias(r{op[1]})[{op[2]}] = {op[3]:#x}   # fills the page cache, not registered")
         elif k == "munmap":
             lines.append(f"munmap(r{op[1]})")
+        elif k == "mprotect":
+            lines.append(f"mprotect(r{op[1]}[{op[2]}:{op[2] + op[3]}], PROT_READ); mprotect(..., PROT_READ|PROT_WRITE)")
         elif k == "scan":
             lines.append(f"pagemap_scan(r{op[1]}[{op[2]}:{op[2] + op[3]}], flags={op[4]}, category_mask={op[5]:#x}, "
                          f"return_mask={op[6]:#x}, max_pages={op[7]}, vec_len={op[8]})")
@@ -326,6 +330,10 @@ def apply(side: Side, op) -> tuple:
     if k == "cache_write":
         a = side.aliases[op[1]]
         return _call(lambda: b.write(a.addr + op[2] * a.page_size, bytes([op[3]])))
+    if k == "mprotect":                 # read-only and back: never leaves a region a write would SIGSEGV in
+        ln = op[3] * side.regions[op[1]].page_size
+        return (_call(lambda: b.mprotect(A(op[1], op[2]), ln, uapi.PROT_READ)),
+                _call(lambda: b.mprotect(A(op[1], op[2]), ln, uapi.PROT_READ | uapi.PROT_WRITE)))
     if k == "scan":
         _, r, p, n, flags, mask, ret, maxp, vlen = op
         base = side.regions[r].addr

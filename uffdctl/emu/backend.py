@@ -599,8 +599,8 @@ def do_pagemap_scan(mm: M.MM, start, end, flags, inverted, mask, anyof, return_m
                         if mm.needs_flush(pte, new):
                             wp_flush.append(k)
                         mm.ptes[k] = new
-                    elif not pte.marker & (M.PTE_MARKER_POISONED | M.PTE_MARKER_GUARD):
-                        pte.marker |= M.PTE_MARKER_UFFD_WP
+                    else:                                 # make_uffd_wp_pte(): pte_swp_mkuffd_wp()
+                        pte.uffd_wp = True
             pos = k + vma.page_size
     mm.tlb.flush_range(wp_flush)
     return ScanResult([tuple(r) for r in regions], end)

@@ -116,7 +116,7 @@ class Pte:
         self.dirty = dirty          # pte_dirty(): D or SavedDirty
         self.young = young
         self.soft_dirty = soft_dirty
-        self.uffd_wp = uffd_wp
+        self.uffd_wp = uffd_wp      # present: _PAGE_UFFD_WP; marker: the swap entry's uffd-wp bit
         self.special = special
         self.marker = marker
 
@@ -916,6 +916,8 @@ class MM:
                     del self.ptes[a]
             elif pte.marker & PTE_MARKER_UFFD_WP and keep_markers:
                 continue
+            elif pte.uffd_wp and arm_wp:                    # a zapped swap entry keeps its uffd-wp
+                self.ptes[a] = make_pte_marker(PTE_MARKER_UFFD_WP)
             else:
                 del self.ptes[a]
         self.tlb.flush_range(flush)
@@ -990,7 +992,7 @@ class MM:
         for vma in self.split(start, end):
             vma.flags = (vma.flags & ~(VM_READ | VM_WRITE)) | (VM_READ if prot & uapi.PROT_READ else 0) \
                 | (VM_WRITE if prot & uapi.PROT_WRITE else 0)
-            try_change = self.profile.name != "5.19" and self.vma_wants_manual_pte_write_upgrade(vma)
+            try_change = self.profile.mprotect_try_change_writable and self.vma_wants_manual_pte_write_upgrade(vma)
             self.change_pte_range(vma, vma.start, vma.end, self.vm_page_prot_writable(vma),
                                   MM_CP_TRY_CHANGE_WRITABLE if try_change else 0)
         self.merge()
@@ -1012,7 +1014,7 @@ class MM:
             return flags | (uapi.PM_UFFD_WP if pte.marker & PTE_MARKER_UFFD_WP else 0)
         if not pte.present:
             flags |= uapi.PM_SWAP | SWP_PTE_MARKER | (pte.marker << 5)
-            if pte.marker & PTE_MARKER_UFFD_WP:
+            if pte.marker & PTE_MARKER_UFFD_WP or pte.uffd_wp:
                 flags |= uapi.PM_UFFD_WP
             if pte.marker & PTE_MARKER_GUARD and self.profile.pagemap_guard_bit:
                 flags |= uapi.PM_GUARD_REGION
@@ -1080,7 +1082,7 @@ class MM:
                 cat |= C.HUGE
             return int(cat)
         cat |= C.SWAPPED | (C.HUGE if vma.hugetlb else 0)
-        if written_ok and not pte.marker & PTE_MARKER_UFFD_WP:
+        if written_ok and not pte.marker & PTE_MARKER_UFFD_WP and not pte.uffd_wp:
             cat |= C.WRITTEN
         if pte.marker & PTE_MARKER_GUARD and self.profile.pagemap_guard_bit:
             cat |= C.GUARD

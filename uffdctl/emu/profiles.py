@@ -43,6 +43,7 @@ class Profile:
     writenotify_uffd_wp: bool
     # 64fe24a3e05e (6.0) required pte_dirty() for exclusive anon in can_change_pte_writable(); 6.2 dropped it.
     can_change_writable_needs_dirty: bool
+    mprotect_try_change_writable: bool = True   # 64fe24a3e05e (6.0): mprotect() upgrades exclusive anon
     continue_mode_wp: bool = False      # UFFDIO_CONTINUE_MODE_WP (6.4)
     move_dirty_from_src: bool = False   # 75cb1cca2c88 (6.15): MOVE dst dirty = src dirty
     early_eagain_result: bool = False   # 95567729173e (6.15): early EAGAIN written into the result field
@@ -67,7 +68,7 @@ class Profile:
 
 
 _5_19 = Profile("5.19", "5.19.0", FEATURES_5_19, uffd_wp_range_vm_page_prot=False,
-                writenotify_uffd_wp=False, can_change_writable_needs_dirty=True)
+                writenotify_uffd_wp=False, can_change_writable_needs_dirty=True, mprotect_try_change_writable=False)
 _6_18 = Profile("6.18", "6.18.44", uapi.FEATURES_6_18, uffd_wp_range_vm_page_prot=True,
                 writenotify_uffd_wp=True, can_change_writable_needs_dirty=False, continue_mode_wp=True,
                 move_dirty_from_src=True, early_eagain_result=True, guard_markers=True, pagemap_guard_bit=True,
@@ -75,13 +76,15 @@ _6_18 = Profile("6.18", "6.18.44", uapi.FEATURES_6_18, uffd_wp_range_vm_page_pro
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     _5_19,
-    replace(_5_19, name="6.1", release="6.1.0"),
-    replace(_5_19, name="6.2", release="6.2.0", writenotify_uffd_wp=True, can_change_writable_needs_dirty=False),
+    replace(_5_19, name="6.1", release="6.1.0", mprotect_try_change_writable=True),
+    replace(_5_19, name="6.2", release="6.2.0", writenotify_uffd_wp=True, can_change_writable_needs_dirty=False,
+            mprotect_try_change_writable=True),
     _6_18,
     replace(_6_18, name="7.3", release="7.3.4", install_over_guard=False, scan_written_any_vma=False),
-    replace(_5_19, name="rfc-hints", release="5.19.0-rfc-hints", hints="rfc",
+    replace(_5_19, name="rfc-hints", release="5.19.0-rfc-hints", hints="rfc", mprotect_try_change_writable=True,
             can_change_writable_needs_dirty=False),
     replace(_5_19, name="rfc-hints-fixed", release="5.19.0-rfc-hints-fixed", hints="rfc-fixed",
+            mprotect_try_change_writable=True,
             can_change_writable_needs_dirty=False),
 )}
 DEFAULT_PROFILE = "6.18"
