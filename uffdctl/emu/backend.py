@@ -588,6 +588,10 @@ def do_pagemap_scan(mm: M.MM, start, end, flags, inverted, mask, anyof, return_m
             cat = mm.pagemap_scan_category(vma, pte) | vcat
             npages = vma.page_size // uapi.PAGE_SIZE
             if match(cat):
+                if vma.hugetlb and flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN \
+                        and budget < npages:      # "Partial HugeTLB page WP isn't possible": stop before it
+                    mm.tlb.flush_range(wp_flush)
+                    return ScanResult([tuple(r) for r in regions], k)
                 got = emit(k, npages, cat)
                 if got < npages:
                     mm.tlb.flush_range(wp_flush)
