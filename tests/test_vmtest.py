@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import lzma
 import os
+import re
 import shutil
 import signal
 import struct
@@ -281,12 +282,30 @@ def test_render_and_status():
 
 def test_plan_script(tmp_path):
     plan = matrix.Plan("/v", ["tests/test_softdirty.py"], repro=True, profiles=("6.1", "6.18"))
-    body, env = plan.script(str(tmp_path), soft_dirty=True, series="6.1")
+    body, env = plan.script(str(tmp_path), soft_dirty=True)
     assert env["UFFDCTL_REQUIRE_SOFTDIRTY"] == "1" and env["UFFDCTL_REQUIRE_KERNEL"] == "1"
     assert "--junitxml" in body and "tests/test_softdirty.py" in body and "repro all" in body
-    assert "SERIES=6.1" in body
     _, env = plan.script(str(tmp_path), soft_dirty=False)
     assert "UFFDCTL_REQUIRE_SOFTDIRTY" not in env
+    # the script itself: run it here with a fake venv whose tools record how they were called
+    share, venv = tmp_path / "share", tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    share.mkdir()
+    for tool in ("pytest", "uffdctl"):
+        (venv / "bin" / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {share}/calls\n[ {tool} = pytest ] && exit 1\n'
+                                         'echo "{}"\n')
+        (venv / "bin" / tool).chmod(0o755)
+    series = re.match(r"\d+\.\d+", os.uname().release).group(0)
+    body, env = matrix.Plan(str(venv), ["tests/test_softdirty.py"], repro=True,
+                            profiles=("5.19", series)).script(str(share), False)
+    r = subprocess.run(["sh", "-c", body], env={**os.environ, **env}, capture_output=True, text=True)
+    assert r.returncode == 1, r.stderr          # the script's status is pytest's
+    calls = (share / "calls").read_text().splitlines()
+    assert calls[0] == "uffdctl -j check"
+    assert calls[1].startswith("pytest -p no:cacheprovider") and calls[1].endswith("tests/test_softdirty.py")
+    assert calls[2] == f"uffdctl -j repro all --backend both --profile {series}"
+    assert {p.name for p in share.iterdir()} >= {"release", "proc_version", "check.rc", "pytest.rc", "repro.rc",
+                                                  "check.json", "repro.json"}
 
 
 def test_prefixed_stream():

@@ -74,15 +74,12 @@ class Plan:
     profiles: tuple[str, ...] = ()   # emulator profiles the venv knows
     diff_examples: int = 300         # random sequences of the differential test per column
 
-    def profile_for(self, series: str) -> str | None:
-        return series if series in self.profiles else None
-
-    def script(self, share: str, soft_dirty: bool, series: str | None = None) -> tuple[str, dict[str, str]]:
+    def script(self, share: str, soft_dirty: bool) -> tuple[str, dict[str, str]]:
         """(shell body, environment) for one column.  ``soft_dirty``: the kernel has CONFIG_MEM_SOFT_DIRTY,
-        so a soft-dirty skip is a failure there.  ``series`` (6.1) picks the emulator profile; None: ask the
-        running kernel (uname -r)."""
+        so a soft-dirty skip is a failure there.  The emulator profile for the reproductions is the running
+        kernel's series (``uname -r``: 6.1.0-56-amd64 -> 6.1) when the emulator has one of that name."""
         bin_ = os.path.join(self.venv, "bin")
-        env = {"UFFDCTL_REQUIRE_KERNEL": "1", "VMTEST_OUT": share, 
+        env = {"UFFDCTL_REQUIRE_KERNEL": "1", "VMTEST_OUT": share,
                "UFFDCTL_DIFF_KERNEL_EXAMPLES": str(self.diff_examples),
                "UFFDCTL_DIFF_DIR": os.path.join(share, "diff")}  # shrunk reproducers outlive the guest
         if soft_dirty:
@@ -94,10 +91,7 @@ class Plan:
             'uname -r > "$VMTEST_OUT/release"; cat /proc/version > "$VMTEST_OUT/proc_version"',
             'step check sh -c \'uffdctl -j check > "$VMTEST_OUT/check.json"\'',
         ]
-        if series is None:
-            lines.append("SERIES=$(uname -r | sed -E 's/^([0-9]+\\.[0-9]+).*/\\1/')")
-        else:
-            lines.append(f"SERIES={q(series)}")
+        lines.append("SERIES=$(uname -r | sed -E 's/^([0-9]+\\.[0-9]+).*/\\1/')")
         profiles = " ".join(self.profiles)
         lines.append(f'PROFILE=""; for p in {profiles}; do [ "$p" = "$SERIES" ] && PROFILE=$p; done'
                      if profiles else 'PROFILE=""')
