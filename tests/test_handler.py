@@ -96,8 +96,8 @@ def test_handler_batches_and_logs(kernel_backend):
     with b.fault_handler(u, HandlerPolicy(missing="zeropage")) as h:
         accs = [b.thread(f"t{i % 8}").access(r.addr + i * P, 1, True, fill=1) for i in range(64)]
         assert all(a.wait(5) for a in accs)
-        evs = h.events()
-        st = h.stats()
+    evs = h.events()  # after stop: entries are logged after their ioctl
+    st = h.stats()
     assert sorted(e.msg.address for e in evs) == [r.addr + i * P for i in range(64)]
     assert all(e.action == "zeropage" and e.err == 0 and e.result == P for e in evs)
     assert {e.msg.ptid for e in evs} == {b.thread(f"t{i}").tid for i in range(8)}

@@ -376,6 +376,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def fault_handler(self, uffd: Uffd, policy: HandlerPolicy) -> Handler: ...
 
+    def adopt_uffd(self, fd: int) -> Uffd:
+        """Wrap a uffd fd this backend did not open itself: the ``ufd`` of a FORK event (the child's uffd,
+        already past UFFDIO_API).  The returned Uffd owns the fd."""
+        from .errors import Unsupported
+        raise Unsupported(f"backend {self.name!r} cannot adopt a uffd fd")
+
     # -- memory access ----------------------------------------------------------
     @abc.abstractmethod
     def thread(self, name: str = "main") -> Thread:

@@ -386,6 +386,13 @@ class KernelBackend(Backend):
         hints = "; ".join(f"{h}: {os.strerror(e)} - {open_error_hint(e, h)}" for h, e in errs)
         raise uffd_error(err, "userfaultfd" if how == "syscall" else "USERFAULTFD_IOC_NEW", message=hints)
 
+    def adopt_uffd(self, fd: int) -> KernelUffd:
+        import fcntl
+        u = KernelUffd(self, fd, "fork", fcntl.fcntl(fd, fcntl.F_GETFL))
+        u.features = -1  # negotiated by the parent's UFFDIO_API; the child ctx inherits it
+        self._uffds.append(u)
+        return u
+
     def fault_handler(self, uffd, policy: HandlerPolicy) -> Handler:
         from .handler import NativeHandler
         return NativeHandler(uffd, policy)
