@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
@@ -286,6 +287,8 @@ struct uffdctl_handler {
 	int exit_err;
 	struct uffd_msg *pending;	/* faults queued for a manual resolution */
 	int npending, pending_cap;
+	struct uffd_msg *msgs;		/* read buffer, allocated by start(): the thread never mallocs */
+	sem_t ready;			/* posted once the thread is about to poll */
 };
 
 static void uffdctl_log(struct uffdctl_handler *h, const struct uffd_msg *m,
@@ -308,7 +311,7 @@ static void uffdctl_log(struct uffdctl_handler *h, const struct uffd_msg *m,
 	h->nmsgs++;
 	if (err)
 		h->nerrors++;
-	else if (action != UFFDCTL_POL_QUEUE)
+	else if (action > UFFDCTL_POL_QUEUE)	/* a fault resolved (events have action -1) */
 		h->nresolved++;
 	pthread_mutex_unlock(&h->lock);
 }
@@ -390,15 +393,20 @@ static int uffdctl_resolve(struct uffdctl_handler *h, const struct uffd_msg *m,
 	return action;
 }
 
+/*
+ * No malloc on the handler thread: a thread that forks holds glibc's allocator
+ * locks until fork() returns, and with UFFD_FEATURE_EVENT_FORK fork() returns only
+ * once this thread has read the FORK event.  The pending list grows with mremap.
+ */
 static void uffdctl_add_pending(struct uffdctl_handler *h, const struct uffd_msg *m)
 {
 	if (h->npending == h->pending_cap) {
-		int cap = h->pending_cap ? 2 * h->pending_cap : 64;
-		struct uffd_msg *p = realloc(h->pending, cap * sizeof(*p));
-		if (!p)
+		size_t old = h->pending_cap * sizeof(*m), new = 2 * old;
+		void *p = mremap(h->pending, old, new, MREMAP_MAYMOVE);
+		if (p == MAP_FAILED)
 			return;
 		h->pending = p;
-		h->pending_cap = cap;
+		h->pending_cap *= 2;
 	}
 	h->pending[h->npending++] = *m;
 }
@@ -443,17 +451,14 @@ static void uffdctl_release_pending(struct uffdctl_handler *h)
 static void *uffdctl_handler_main(void *arg)
 {
 	struct uffdctl_handler *h = arg;
-	int n = h->cfg.batch > 0 ? h->cfg.batch : 16;
-	struct uffd_msg *msgs = calloc(n, sizeof(*msgs));
+	int n = h->cfg.batch;
+	struct uffd_msg *msgs = h->msgs;
 	sigset_t all;
 
 	/* Signals belong to Python's main thread, not to this one. */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
-	if (!msgs) {
-		h->exit_err = -ENOMEM;
-		return NULL;
-	}
+	sem_post(&h->ready);
 	for (;;) {
 		struct pollfd p[2] = {
 			{ .fd = h->cfg.uffd, .events = POLLIN },
@@ -491,7 +496,6 @@ static void *uffdctl_handler_main(void *arg)
 			uffdctl_log(h, &msgs[i], action, err, result, ts);
 		}
 	}
-	free(msgs);
 	return NULL;
 }
 
@@ -510,21 +514,30 @@ struct uffdctl_handler *uffdctl_handler_start(const struct uffdctl_handler_cfg *
 		h->cfg.log_cap = 4096;
 	if (h->cfg.page_size == 0)
 		h->cfg.page_size = 4096;
+	if (h->cfg.batch <= 0)
+		h->cfg.batch = 16;
 	h->log = calloc(h->cfg.log_cap, sizeof(*h->log));
+	h->msgs = calloc(h->cfg.batch, sizeof(*h->msgs));
+	h->pending_cap = 256;
+	h->pending = mmap(NULL, h->pending_cap * sizeof(*h->pending), PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	h->fill_page = mmap(NULL, h->cfg.page_size, PROT_READ | PROT_WRITE,
 			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	h->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-	if (!h->log || h->fill_page == MAP_FAILED || h->stopfd < 0) {
+	if (!h->log || !h->msgs || h->pending == MAP_FAILED || h->fill_page == MAP_FAILED || h->stopfd < 0) {
 		*err = -ENOMEM;
 		goto fail;
 	}
 	memset(h->fill_page, h->cfg.fill, h->cfg.page_size);
 	pthread_mutex_init(&h->lock, NULL);
+	sem_init(&h->ready, 0, 0);
 	r = pthread_create(&h->thread, NULL, uffdctl_handler_main, h);
 	if (r) {
 		*err = -r;
 		goto fail;
 	}
+	while (sem_wait(&h->ready) < 0 && errno == EINTR)
+		;	/* started means polling: a fork right after start() cannot deadlock */
 	h->running = 1;
 	return h;
 fail:
@@ -532,6 +545,9 @@ fail:
 		close(h->stopfd);
 	if (h->fill_page && h->fill_page != MAP_FAILED)
 		munmap(h->fill_page, h->cfg.page_size);
+	if (h->pending && h->pending != MAP_FAILED)
+		munmap(h->pending, h->pending_cap * sizeof(*h->pending));
+	free(h->msgs);
 	free(h->log);
 	free(h);
 	return NULL;
@@ -581,7 +597,9 @@ void uffdctl_handler_free(struct uffdctl_handler *h)
 	if (h->running)
 		uffdctl_handler_stop(h, 1);
 	close(h->stopfd);
-	free(h->pending);
+	munmap(h->pending, h->pending_cap * sizeof(*h->pending));
+	free(h->msgs);
+	sem_destroy(&h->ready);
 	munmap(h->fill_page, h->cfg.page_size);
 	pthread_mutex_destroy(&h->lock);
 	free(h->log);
