@@ -211,7 +211,7 @@ def cmd_matrix(args) -> int:
     for vm in targets:
         col = matrix.Column("host" if vm is None else vm.kernel.label, "host" if vm is None else "vm")
         with Job(vm, timeout=args.timeout, keep=args.keep) as job:
-            body, env = plan.script(job.share, soft_dirty=vm.kernel.soft_dirty if vm else False)
+            body, env = plan.script(job.share, soft_dirty=vm.kernel.soft_dirty if vm else False, guest=vm is not None)
             log(f"column {col.label}: {'booting ' + vm.kernel.package if vm else 'running on the host'}")
             with open(os.path.join(job.run_dir, "column.log"), "wb") as tee:
                 stream = Prefixed(sys.stdout.buffer, f"[{col.label}] ", tee) if not args.quiet else tee

@@ -29,6 +29,7 @@ BAD = {FAIL, ERROR, "BROKEN"}
 DEFAULT_TESTS = ("tests/test_softdirty.py",)
 
 PYTEST_OPTS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-q", "-rs")
+GUEST_HUGEPAGES = 32   # 64 MiB of the guest's 2 GiB
 
 
 @dataclass(frozen=True)
@@ -74,10 +75,12 @@ class Plan:
     profiles: tuple[str, ...] = ()   # emulator profiles the venv knows
     diff_examples: int = 300         # random sequences of the differential test per column
 
-    def script(self, share: str, soft_dirty: bool) -> tuple[str, dict[str, str]]:
+    def script(self, share: str, soft_dirty: bool, guest: bool = False) -> tuple[str, dict[str, str]]:
         """(shell body, environment) for one column.  ``soft_dirty``: the kernel has CONFIG_MEM_SOFT_DIRTY,
-        so a soft-dirty skip is a failure there.  The emulator profile for the reproductions is the running
-        kernel's series (``uname -r``: 6.1.0-56-amd64 -> 6.1) when the emulator has one of that name."""
+        so a soft-dirty skip is a failure there.  ``guest``: the column is a VM of its own, so it reserves
+        huge pages (as .ci/run does on the host) and hugetlb is tested there too.  The emulator profile
+        for the reproductions is the running kernel's series (``uname -r``: 6.1.0-56-amd64 -> 6.1) when
+        the emulator has one of that name."""
         bin_ = os.path.join(self.venv, "bin")
         env = {"UFFDCTL_REQUIRE_KERNEL": "1", "VMTEST_OUT": share,
                "UFFDCTL_DIFF_KERNEL_EXAMPLES": str(self.diff_examples),
@@ -89,8 +92,10 @@ class Plan:
             f'export PATH={q(bin_)}:"$PATH"',
             'step() { name=$1; shift; echo "== vmtest step $name"; "$@"; rc=$?; echo $rc > "$VMTEST_OUT/$name.rc"; }',
             'uname -r > "$VMTEST_OUT/release"; cat /proc/version > "$VMTEST_OUT/proc_version"',
-            'step check sh -c \'uffdctl -j check > "$VMTEST_OUT/check.json"\'',
         ]
+        if guest:
+            lines.append(f"echo {GUEST_HUGEPAGES} > /proc/sys/vm/nr_hugepages")
+        lines.append('step check sh -c \'uffdctl -j check > "$VMTEST_OUT/check.json"\'')
         lines.append("SERIES=$(uname -r | sed -E 's/^([0-9]+\\.[0-9]+).*/\\1/')")
         profiles = " ".join(self.profiles)
         lines.append(f'PROFILE=""; for p in {profiles}; do [ "$p" = "$SERIES" ] && PROFILE=$p; done'
