@@ -285,8 +285,10 @@ def test_plan_script(tmp_path):
     body, env = plan.script(str(tmp_path), soft_dirty=True)
     assert env["UFFDCTL_REQUIRE_SOFTDIRTY"] == "1" and env["UFFDCTL_REQUIRE_KERNEL"] == "1"
     assert "--junitxml" in body and "tests/test_softdirty.py" in body and "repro all" in body
+    assert "nr_hugepages" not in body, "the host column must not touch the host's sysctls"
     _, env = plan.script(str(tmp_path), soft_dirty=False)
     assert "UFFDCTL_REQUIRE_SOFTDIRTY" not in env
+    assert "echo 32 > /proc/sys/vm/nr_hugepages" in plan.script(str(tmp_path), soft_dirty=True, guest=True)[0]
     # the script itself: run it here with a fake venv whose tools record how they were called
     share, venv = tmp_path / "share", tmp_path / "venv"
     (venv / "bin").mkdir(parents=True)
