@@ -472,7 +472,10 @@ def test_vm_timeout_leaves_no_qemu(vm_kernel):
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)],
                          ids=["SIGINT", "SIGTERM"])
 def test_vm_sigint_and_sigterm(vm_kernel, sig, status):
-    p = subprocess.Popen(vmtest(vm_kernel, "run", "--", "sleep", "600"),
+    """SIGINT is delivered with SIGINT inherited as ignored, as a shell starts background jobs: vmtest must
+    still stop (Python would otherwise keep it ignored)."""
+    ignore_int = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    p = subprocess.Popen(vmtest(vm_kernel, "run", "--", "sleep", "600"), preexec_fn=ignore_int,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         end = time.monotonic() + 60

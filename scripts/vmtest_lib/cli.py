@@ -276,6 +276,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
+    # Ctrl-C must always stop QEMU, even when started from a shell that runs background jobs with
+    # SIGINT ignored (Python then leaves it ignored).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     atexit.register(qemu.kill_all)
     cmd = {"run": cmd_run, "fetch": cmd_fetch, "doctor": cmd_doctor}.get(args.cmd, cmd_matrix)
     if args.cmd is None:
