@@ -292,3 +292,15 @@ def test_cli_bad_scenario_dir(cli, tmp_path):
     (d / "x.uffd").write_text("#: name = \"x\"\nmmap --size 4K\n")
     p = cli("repro", "all", "--scenario-dir", d)
     assert p.returncode == 2 and "header lacks" in p.stderr and "Traceback" not in p.stderr
+
+
+@pytest.mark.parametrize("release,sd,profiles,want", [
+    ("6.18.44-fc", False, ("5.19", "6.18"), ["kernel", "emu 6.18 sd=off", "emu 5.19", "emu 6.18"]),
+    ("6.1.0-56-amd64", True, ("6.1",), ["kernel", "emu 6.1"]),          # the twin is the 6.1 profile already
+    ("6.12.117", True, ("6.1",), ["kernel", "emu 6.18", "emu 6.1"]),     # no 6.12 profile: the default twin
+])
+def test_targets_of_both(release, sd, profiles, want):
+    ts = R.targets_for("both", profiles, {"available": True, "release": release, "soft_dirty": sd})
+    assert [t.label for t in ts] == want and ts[1].mirror
+    assert [t.label for t in R.targets_for("kernel", profiles, None)] == ["kernel"]
+    assert [t.label for t in R.targets_for("emu", ("7.3",), None)] == ["emu 7.3"]

@@ -81,10 +81,13 @@ def targets_for(backend: str, profiles: tuple, kernel: dict | None) -> list[Targ
     out = []
     if backend in ("kernel", "both"):
         out.append(Target("kernel"))
+    twin = None
     if backend == "both" and kernel and kernel.get("available"):
-        out.append(Target("emu", mirror_profile(kernel["release"]), bool(kernel.get("soft_dirty")), mirror=True))
+        twin = Target("emu", mirror_profile(kernel["release"]), bool(kernel.get("soft_dirty")), mirror=True)
+        out.append(twin)
     if backend in ("emu", "both"):
-        out += [Target("emu", p) for p in profiles]
+        # a profile the twin already is (same series, soft-dirty on) is not run twice
+        out += [Target("emu", p) for p in profiles if not (twin and twin.soft_dirty and twin.profile == p)]
     return out
 
 
