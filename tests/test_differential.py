@@ -133,7 +133,7 @@ def gen_op(rng: random.Random, regions) -> list:
 # -- rendering --------------------------------------------------------------------------------
 
 def render(seq: dict) -> str:
-    lines = [f"# regions: " + ", ".join(f"r{i}={g['type']}x{g['pages']}" + (" (src pool)" if i == 0 else "")
+    lines = ["# regions: " + ", ".join(f"r{i}={g['type']}x{g['pages']}" + (" (src pool)" if i == 0 else "")
                                       for i, g in enumerate(seq["regions"])),
              f"uffd.api(features={'|'.join(uapi.Feature.decode(seq['features'])) or 0})"]
     for op in seq["ops"]:

@@ -16,11 +16,10 @@ from __future__ import annotations
 import collections
 import errno as E
 import itertools
-import os
 
 from .. import uapi
 from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, HandlerPolicy, MemType, Region,
-                       ScanResult, SoftDirtyProbe, Thread)
+                       ScanResult, SoftDirtyProbe, Thread, UffdMsg)
 from ..errors import UffdError, uffd_error
 from . import mm as M
 from .profiles import DEFAULT_PROFILE, get_profile
@@ -357,7 +356,6 @@ class EmuBackend(Backend):
         return r
 
     def _event(self, feature, msg_kw, vmas) -> None:
-        from ..backend import UffdMsg
         for ctx in {id(v.ctx): v.ctx for v in vmas if v.ctx is not None}.values():
             if ctx.features & feature:
                 ctx.queue_event(UffdMsg(**msg_kw))
@@ -409,8 +407,7 @@ class EmuBackend(Backend):
                       src.memtype, src.file, src.pgoff, src.page_size, next(mm._origins))
         if ctx is not None and ctx.features & uapi.Feature.EVENT_REMAP:
             moved.ctx = ctx
-            ctx.queue_event(__import__("uffdctl.backend", fromlist=["UffdMsg"]).UffdMsg(
-                uapi.Event.REMAP, from_=old, to=dst, len=old_len))
+            ctx.queue_event(UffdMsg(uapi.Event.REMAP, from_=old, to=dst, len=old_len))
         else:
             moved.flags &= ~M.VM_UFFD_FLAGS
         for a in mm.pte_keys(old, old + old_len, src.page_size):

@@ -21,9 +21,6 @@ from ..errors import uffd_error
 from . import mm as M
 from .profiles import HINT_MODES
 
-_UNWRITTEN = None
-
-
 class Waiter:
     """A faulting access queued on the ctx (struct userfaultfd_wait_queue)."""
 
@@ -153,7 +150,6 @@ class EmuUffd(Uffd):
             raise uffd_error(E.EBADF, "UFFDIO_API")
         avail = self.mm.profile.features
         if api != uapi.UFFD_API or self._initialized or features & ~avail:
-            self._initialized = self._initialized or False
             raise uffd_error(E.EINVAL, "UFFDIO_API")
         if features & uapi.Feature.WP_ASYNC:
             features |= uapi.Feature.WP_UNPOPULATED
@@ -195,7 +191,7 @@ class EmuUffd(Uffd):
                 v.ctx = self
         self.mm.merge()
         ioctls = int(uapi.UFFD_API_RANGE_IOCTLS_BASIC if basic else uapi.UFFD_API_RANGE_IOCTLS)
-        ioctls &= self._range_ioctls() | int(uapi.UFFD_API_RANGE_IOCTLS_BASIC) & self._range_ioctls()
+        ioctls &= self._range_ioctls()
         if not mode & R.WP:
             ioctls &= ~int(uapi.Ioctl.WRITEPROTECT)
         if not mode & R.MINOR:
