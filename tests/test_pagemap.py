@@ -192,3 +192,17 @@ def test_scan_category_probe(kernel_backend):
     r = kernel_backend.mmap(P, "anon")
     got = pagemap.probe_scan_categories(kernel_backend, r.addr)
     assert got == {c.name: True for c in C}
+
+
+def test_kpageflags(kernel_backend):
+    """The PFN pagemap gives (as root) leads to /proc/kpageflags: a written anon page is ANON|MMAP, the
+    zero page ZERO_PAGE."""
+    b = kernel_backend
+    r = b.mmap(2 * P, "anon")
+    b.write(r.addr, b"x")
+    e = pagemap.entry(b, r.addr)
+    flags = pagemap.kpageflags(e.pfn)
+    assert {"ANON", "MMAP", "UPTODATE"} <= set(flags), flags
+    b.read(r.addr + P, 1)  # a read fault on anon maps the zero page
+    z = pagemap.entry(b, r.addr + P)
+    assert "ZERO_PAGE" in pagemap.kpageflags(z.pfn)

@@ -144,3 +144,24 @@ def probe_scan_categories(backend: Backend, addr: int) -> dict[str, bool]:
         except OSError:
             out[cat.name] = False
     return out
+
+
+# /proc/kpageflags (include/uapi/linux/kernel-page-flags.h): needs CAP_SYS_ADMIN and a real PFN.
+KPF_NAMES = ("LOCKED", "ERROR", "REFERENCED", "UPTODATE", "DIRTY", "LRU", "ACTIVE", "SLAB", "WRITEBACK",
+             "RECLAIM", "BUDDY", "MMAP", "ANON", "SWAPCACHE", "SWAPBACKED", "COMPOUND_HEAD", "COMPOUND_TAIL",
+             "HUGE", "UNEVICTABLE", "HWPOISON", "NOPAGE", "KSM", "THP", "OFFLINE", "ZERO_PAGE", "IDLE", "PGTABLE")
+
+
+def kpageflags(pfn: int, path: str = "/proc/kpageflags") -> list[str]:
+    """The KPF_* flags of a page frame, by kernel name (e.g. ['UPTODATE', 'DIRTY', 'LRU', 'MMAP', 'ANON'])."""
+    import os
+    import struct
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        raw = os.pread(fd, 8, pfn * 8)
+    finally:
+        os.close(fd)
+    if len(raw) != 8:
+        raise ValueError(f"no kpageflags entry for pfn 0x{pfn:x}")
+    (v,) = struct.unpack("<Q", raw)
+    return [name for i, name in enumerate(KPF_NAMES) if v >> i & 1]
