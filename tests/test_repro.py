@@ -304,3 +304,16 @@ def test_targets_of_both(release, sd, profiles, want):
     assert [t.label for t in ts] == want and ts[1].mirror
     assert [t.label for t in R.targets_for("kernel", profiles, None)] == ["kernel"]
     assert [t.label for t in R.targets_for("emu", ("7.3",), None)] == ["emu 7.3"]
+
+
+@pytest.mark.parametrize("line,local", [
+    ("python3-120 [000] d..1. 11.215578: tlb_flush: pages:1 reason:local mm shootdown (3)", True),   # 6.1
+    ("python3-9 [001] d..1. 5.1: tlb_flush: pages:1 reason:local MM shootdown (3)", True),          # 6.18
+    ("python3-9 [001] d..1. 5.1: tlb_flush: pages:1 reason:local shootdown (2)", True),
+    ("python3-9 [001] d..1. 5.1: tlb_flush: pages:1 reason:remote IPI send (4)", False),
+    ("python3-9 [001] d..1. 5.1: tlb_flush: pages:-1 reason:flush on task switch (0)", False),
+])
+def test_tlb_trace_counts_local_flushes_by_number(line, local):
+    from uffdctl.repro import tlbtrace
+    m = tlbtrace._REASON.search(line)
+    assert m and (int(m.group(1)) in tlbtrace.LOCAL_REASONS) is local

@@ -1,6 +1,7 @@
 """Run a scenario case on one target (the kernel, or one emulator profile) and decide its verdict.
 
-The steps go through the ``uffdctl run`` interpreter (one in-process session).
+The steps are parsed by the ``uffdctl run`` language's click definitions and run in one in-process
+session (:func:`uffdctl.session.commands.execute`).
 After every step the runner records the state of the watched page:
 
 ======================  ===========================================================================
@@ -18,8 +19,9 @@ written                 PAGEMAP_SCAN PAGE_IS_WRITTEN of the page, while the page
                         ``None`` outside such a range or without PAGEMAP_SCAN (before 6.7)
 fault                   minor faults of this step's access (``touch``), measured around it
 faults                  minor faults of all finished accesses so far
-flushes                 TLB flushes during this step: the emulator's TLB model, or tracefs
-                        ``tlb:tlb_flush`` on the kernel (only when the scenario needs it)
+flushes                 TLB flushes during this step's command: the emulator's TLB model, or tracefs
+                        ``tlb:tlb_flush`` local shootdowns of the calling thread on the kernel (only when
+                        the scenario needs it; Python's own munmaps outside the command are not counted)
 ======================  ===========================================================================
 
 The verdict comes from the observation (the scenario's ``symptom`` evaluated on
@@ -204,6 +206,27 @@ def _vma_bounds(b, addr: int) -> tuple[int, int] | None:
     return None
 
 
+def _prepare(st, toks: list[str]):
+    """Parse one step as ``uffdctl run`` does (the same click definitions); returns the call that runs it,
+    so that TLB flushes are counted around the command alone."""
+    import click
+
+    from ..cli.build import parse_line
+    from ..session.commands import COMMANDS, UsageError, execute
+    name = toks[0]
+    if name in S.REPRO_ONLY:
+        return lambda: _madvise(st, toks)
+    if name not in COMMANDS:
+        raise UsageError(f"unknown command {name!r}")
+    try:
+        _, args, _ = parse_line(name, toks[1:])
+    except (click.UsageError, click.exceptions.Exit) as e:
+        raise UsageError(f"{name}: {getattr(e, 'format_message', lambda: 'bad usage')()}") from None
+    if name == "touch":
+        st.thread(args.get("thread") or "main")
+    return lambda: execute(st, name, args)
+
+
 def _madvise(st, toks: list[str]) -> dict:
     from ..session.commands import UsageError, parse_range
     if len(toks) != 4 or toks[2] != "--advice" or toks[3] not in _MADV:
@@ -215,7 +238,6 @@ def _madvise(st, toks: list[str]) -> dict:
 
 def run_case(sc: S.Scenario, case: S.Case, target: Target, echo=None) -> CaseRun:
     """Run one case on one target; never raises for what the kernel does (that is the verdict)."""
-    from ..script import Interpreter, ScriptError
     from ..session.commands import error_dict
     from ..session.state import SessionState
     t0 = time.monotonic()
@@ -247,32 +269,31 @@ def run_case(sc: S.Scenario, case: S.Case, target: Target, echo=None) -> CaseRun
         st.learn_zero_pfn()
         st.scratch(uapi.PAGE_SIZE)
         obs = _Observer(st, sc, sd_ok, "tlb" in case.needs and "tlb" not in unmet)
-        it = Interpreter(st)
         failed = None
         for step in sc.steps(case):
             toks = step.tokens
             rec = {"line": step.lineno, "text": step.text, "comment": step.comment}
-            it.last_error = it.last_result = None
+            result, error, flushes = None, None, None
             try:
-                if toks[0] in S.REPRO_ONLY:
-                    rec["repro_only"] = True
-                    it.last_result = _madvise(st, toks)
-                else:
-                    it.command(step.lineno, step.text, toks)
-            except ScriptError as e:
-                it.last_error = e
-            except Exception as e:     # UsageError of a repro-only step, backend errors
-                it.last_error = e
-            if it.last_error is not None:
-                rec["error"] = error_dict(it.last_error)["message"] if not isinstance(it.last_error, ScriptError) \
-                    else str(it.last_error)
+                call = _prepare(st, toks)
+                obs.flushes()               # what the interpreter did so far is not the step's
+                try:
+                    result = call()
+                finally:
+                    flushes = obs.flushes()
+            except Exception as e:          # bad step (UsageError) or the kernel's answer
+                error = e
+            if toks[0] in S.REPRO_ONLY:
+                rec["repro_only"] = True
+            if error is not None:
+                rec["error"] = error_dict(error)["message"]
             state = obs.page()
-            res = it.last_result or {}
+            res = result or {}
             state["fault"] = res.get("minflt") if toks[0] in ("touch", "wait") else None
             if toks[0] == "touch" and res.get("blocked"):
                 rec["error"] = rec.get("error") or "the access blocked in a userfault"
             state["faults"] = st.access_faults("main")[0]
-            state["flushes"] = obs.flushes()
+            state["flushes"] = flushes
             rec["state"] = state
             run.steps.append(rec)
             if echo:

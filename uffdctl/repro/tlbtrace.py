@@ -3,19 +3,23 @@
 A private tracefs instance (``instances/uffdctl-repro-PID``) so the global
 trace buffer is left alone; the event is filtered on the thread that issues the
 ioctls (``common_pid`` is a tid).  One flush of the caller's own CPU shows up
-as a *local* shootdown event (reason 2 or 3); a flush that also needs other
+as a *local* shootdown event (reason 2 or 3, matched by number); a flush that also needs other
 CPUs adds a "remote IPI send" event (4) from the same thread, which is the same
 flush and is not counted again.
 """
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import threading
 
 TRACEFS = "/sys/kernel/tracing"
 EVENT = "events/tlb/tlb_flush"
-LOCAL_REASONS = ("local shootdown", "local MM shootdown")
+# enum tlb_flush_reason: TLB_LOCAL_SHOOTDOWN = 2, TLB_LOCAL_MM_SHOOTDOWN = 3 (the printed names differ
+# between kernels: "local mm shootdown" on 6.1, "local MM shootdown" on 6.18; the numbers do not)
+LOCAL_REASONS = (2, 3)
+_REASON = re.compile(r"tlb_flush: .*reason:.*\((\d+)\)\s*$")
 
 
 class TlbTraceUnavailable(Exception):
@@ -68,7 +72,7 @@ class TlbTrace:
         with open(os.path.join(self.dir, "trace")) as f:
             lines = [ln for ln in f if "tlb_flush:" in ln]
         self._write("trace", "")
-        return sum(1 for ln in lines if any(f"reason:{r} " in ln for r in LOCAL_REASONS))
+        return sum(1 for ln in lines if (m := _REASON.search(ln)) and int(m.group(1)) in LOCAL_REASONS)
 
     def close(self) -> None:
         try:
