@@ -317,3 +317,16 @@ def test_tlb_trace_counts_local_flushes_by_number(line, local):
     from uffdctl.repro import tlbtrace
     m = tlbtrace._REASON.search(line)
     assert m and (int(m.group(1)) in tlbtrace.LOCAL_REASONS) is local
+
+
+def test_diff_ignores_the_absorbing_touch_only():
+    """A touch elsewhere (absorbing clear-refs 4's stack faults) is not compared; the watched page's are."""
+    sc, case = _case("unprotect-extra-fault/anon-softdirty")
+    a = R.run_case(sc, case, R.Target("emu", "6.18"))
+    b = R.run_case(sc, case, R.Target("emu", "6.18"))
+    spare = next(i for i, s in enumerate(a.steps) if s["text"].startswith("touch spare"))
+    assert a.steps[spare].get("aside") and not a.steps[-1].get("aside")
+    a.steps[spare]["state"]["fault"] = 3
+    assert not any(R.diff_steps(a, b))
+    a.steps[-1]["state"]["fault"] = 0
+    assert R.diff_steps(a, b)[-1] == {"fault": (0, 1)}

@@ -80,7 +80,7 @@ def trace(runs: list[CaseRun]) -> str:
                 errs.append(f"{target_label(r)}: {s['error']}")
         mark = ""
         if len(runs) > 1:
-            differ = _differing(states)
+            differ = [k for k in _differing(states) if not (k == "fault" and first.get("aside"))]
             if differ:
                 mark = "  ≠ " + ",".join(differ)
         lines.append(f"{first['line']:>4}  {text.ljust(STEP_W)}" + "   ".join(c.ljust(w) for c in cells).rstrip()
