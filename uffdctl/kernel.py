@@ -402,7 +402,7 @@ class KernelBackend(Backend):
                 self._uffds.append(u)
                 return u
             errs.append((how, -fd))
-        how, err = errs[0] if len(errs) == 1 or errs[0][1] != E.EPERM else errs[-1]
+        how, err = errs[0]  # the first method's errno; the message gives every method's, with its cure
         hints = "; ".join(f"{h}: {os.strerror(e)} - {open_error_hint(e, h)}" for h, e in errs)
         raise uffd_error(err, "userfaultfd" if how == "syscall" else "USERFAULTFD_IOC_NEW", message=hints)
 
