@@ -587,13 +587,9 @@ def case_event_remap(c: Ctx):
 def case_event_fork(c: Ctx):
     """FORK: the child's uffd arrives as a new fd in the monitor; the child's range is registered on it.
     Once the child exits, range ioctls on that uffd give ESRCH and REGISTER gives ENOMEM (spec §3.2 [E P1-P4])."""
-    import os
     from uffdctl.backend import HandlerPolicy
     with c.b.fault_handler(c.u, HandlerPolicy(missing="queue")) as h:
-        pid = os.fork()
-        if pid == 0:
-            os._exit(0)
-        os.waitpid(pid, 0)
+        c.b.fork_child()
         deadline = time.monotonic() + 2
         evs = []
         while not evs and time.monotonic() < deadline:

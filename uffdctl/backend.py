@@ -376,6 +376,12 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def fault_handler(self, uffd: Uffd, policy: HandlerPolicy) -> Handler: ...
 
+    def fork_child(self) -> int:
+        """fork() a child of this mm that exits at once (the parent waits for it); returns its pid.
+        With UFFD_FEATURE_EVENT_FORK the fork blocks until the FORK event is read (run a handler)."""
+        from .errors import Unsupported
+        raise Unsupported(f"backend {self.name!r} cannot fork")
+
     def adopt_uffd(self, fd: int) -> Uffd:
         """Wrap a uffd fd this backend did not open itself: the ``ufd`` of a FORK event (the child's uffd,
         already past UFFDIO_API).  The returned Uffd owns the fd."""

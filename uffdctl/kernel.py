@@ -406,6 +406,13 @@ class KernelBackend(Backend):
         hints = "; ".join(f"{h}: {os.strerror(e)} - {open_error_hint(e, h)}" for h, e in errs)
         raise uffd_error(err, "userfaultfd" if how == "syscall" else "USERFAULTFD_IOC_NEW", message=hints)
 
+    def fork_child(self) -> int:
+        pid = os.fork()
+        if pid == 0:
+            os._exit(0)
+        os.waitpid(pid, 0)
+        return pid
+
     def adopt_uffd(self, fd: int) -> KernelUffd:
         import fcntl
         u = KernelUffd(self, fd, "fork", fcntl.fcntl(fd, fcntl.F_GETFL))
