@@ -16,8 +16,9 @@ import pytest
 from uffdctl import uapi
 from uffdctl.backend import MemType
 
-# Backends the shared case table (tests/cases.py) runs on.
-TABLE_BACKENDS = ["kernel"]
+# Backends the shared case table (tests/cases.py) runs on: the real kernel; the emulator as this host is
+# (profile 6.18, CONFIG_MEM_SOFT_DIRTY off); the emulator with soft-dirty on (its default).
+TABLE_BACKENDS = ["kernel", "emu", "emu-sd"]
 
 REQUIRE_KERNEL = os.environ.get("UFFDCTL_REQUIRE_KERNEL") == "1"
 REQUIRE_SOFTDIRTY = os.environ.get("UFFDCTL_REQUIRE_SOFTDIRTY") == "1"
@@ -60,6 +61,10 @@ def make_backend(name: str, **kw):
         from uffdctl.kernel import KernelBackend
         return KernelBackend()
     from uffdctl.backend import open_backend
+    if name in ("emu", "emu-sd"):
+        kw.setdefault("profile", "6.18")
+        kw.setdefault("soft_dirty", name == "emu-sd")
+        name = "emu"
     return open_backend(name, **kw)
 
 

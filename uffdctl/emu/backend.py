@@ -279,6 +279,7 @@ class EmuBackend(Backend):
         self._threads: dict[str, EmuThread] = {}
         self._caller = EmuThread(self, "caller")
         self._handlers: list[EmuHandler] = []
+        self._pids = itertools.count(1000)  # pids of emulated fork children
         self._runq: collections.deque = collections.deque()
         self._spinning: list = []
         self._pumping = False
@@ -446,6 +447,33 @@ class EmuBackend(Backend):
 
     def fault_handler(self, uffd, policy: HandlerPolicy) -> Handler:
         return EmuHandler(self, uffd, policy)
+
+    def fork_child(self) -> int:
+        """dup_userfaultfd(): every ctx with UFFD_FEATURE_EVENT_FORK that has a VMA of this mm gets a FORK
+        event carrying a new uffd for the child (a ctx on the child's mm); without the feature the child's
+        VMAs are simply unregistered.  The child exits at once, so its ctx is left with an exited mm
+        (range ioctls -> ESRCH, REGISTER/UNREGISTER -> ENOMEM).  The parent's fork would block until the
+        event is read; here it returns and the event is pending (mmap_changing) until then."""
+        child_mm = M.MM(self.mm.profile, self.mm.soft_dirty_config)
+        child_mm.exited = True
+        for u in self._uffds:
+            if u.closed or not u.features & uapi.Feature.EVENT_FORK:
+                continue
+            if not any(v.ctx is u for v in self.mm.vmas):
+                continue
+            child = EmuUffd(self, u.flags)
+            child.mm = child_mm
+            child.features, child._initialized = u.features, True
+            self._uffds.append(child)
+            u.queue_event(UffdMsg(uapi.Event.FORK, ufd=child.fd))
+        self._pump()
+        return next(self._pids)
+
+    def adopt_uffd(self, fd: int) -> EmuUffd:
+        for u in self._uffds:
+            if u.fd == fd and not u.closed:
+                return u
+        raise uffd_error(E.EBADF, "adopt_uffd", message=f"fd {fd} is not a uffd of this emulated process")
 
     # -- memory access --------------------------------------------------------------------
     def thread(self, name="main") -> EmuThread:
