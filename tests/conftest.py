@@ -75,6 +75,23 @@ def kernel_backend():
     b.close()
 
 
+def registered(b, pages: int = 4, mode: int = 1, memtype="anon", features: int = 0):
+    """A region of ``pages`` pages and a uffd (API done) with the region registered in ``mode``."""
+    r = b.mmap(pages * uapi.PAGE_SIZE, memtype)
+    u = b.userfaultfd()
+    u.api(features)
+    u.register(r.addr, r.len, mode)
+    return r, u
+
+
+@pytest.fixture(params=TABLE_BACKENDS)
+def any_backend(request):
+    """Each backend of TABLE_BACKENDS in turn (kernel skips with its reason)."""
+    b = make_backend(request.param)
+    yield b
+    b.close()
+
+
 def hugetlb_reason(backend) -> str | None:
     if backend.name != "kernel":
         return None

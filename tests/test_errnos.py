@@ -12,7 +12,7 @@ import os
 import pytest
 
 from cases import Ctx, UffdCase
-from conftest import TABLE_BACKENDS, hugetlb_reason, make_backend, require_kernel
+from conftest import TABLE_BACKENDS, make_backend, registered, require_kernel
 from uffdctl import uapi
 from uffdctl.backend import MemType
 from uffdctl.errors import UffdError
@@ -130,36 +130,24 @@ def test_errno(row, backend_name):
         b.close()
 
 
-@pytest.mark.parametrize("backend_name", TABLE_BACKENDS)
-def test_register_holes_allowed_and_reregister(backend_name):
+def test_register_holes_allowed_and_reregister(any_backend):
     """Holes inside a REGISTER range are allowed; re-registering replaces the mode (spec §3.2, [E B2,B10])."""
-    b = make_backend(backend_name)
-    try:
-        r1 = b.mmap(4 * P, "anon")
-        b.munmap(r1.addr + P, P)
-        u = b.userfaultfd()
-        u.api(0)
-        assert u.register(r1.addr, 4 * P, M.MISSING) == 0x13C
-        assert u.register(r1.addr, 4 * P, M.MISSING | M.WP) == 0x17C
-        u.unregister(r1.addr, 4 * P)
-        u.unregister(r1.addr, 4 * P)  # unregistering an unregistered range is fine
-    finally:
-        b.close()
+    r, u = registered(any_backend, mode=M.MISSING)
+    any_backend.munmap(r.addr + P, P)
+    assert u.register(r.addr, 4 * P, M.MISSING) == 0x13C
+    assert u.register(r.addr, 4 * P, M.MISSING | M.WP) == 0x17C
+    u.unregister(r.addr, 4 * P)
+    u.unregister(r.addr, 4 * P)  # unregistering an unregistered range is fine
 
 
-@pytest.mark.parametrize("backend_name", TABLE_BACKENDS)
-def test_ioctl_before_api(backend_name):
-    b = make_backend(backend_name)
-    try:
-        r = b.mmap(P, "anon")
-        u = b.userfaultfd()
-        with pytest.raises(UffdError) as ei:
-            u.register(r.addr, P, M.MISSING)
-        assert ei.value.errno == errno.EINVAL
-        u.api(0)
-        assert u.register(r.addr, P, M.MISSING)
-    finally:
-        b.close()
+def test_ioctl_before_api(any_backend):
+    r = any_backend.mmap(P, "anon")
+    u = any_backend.userfaultfd()
+    with pytest.raises(UffdError) as ei:
+        u.register(r.addr, P, M.MISSING)
+    assert ei.value.errno == errno.EINVAL
+    u.api(0)
+    assert u.register(r.addr, P, M.MISSING)
 
 
 # -- the UFFDIO_API contract (selftests' test_uffd_api), both open paths -----------------------

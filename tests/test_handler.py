@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from conftest import make_backend, registered
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy
 
@@ -89,10 +90,7 @@ print(data.hex(), [e.action for e in h.events()])
 def test_handler_batches_and_logs(kernel_backend):
     """Many threads fault at once: one handler resolves all, logs each message once, with timestamps."""
     b = kernel_backend
-    r = b.mmap(64 * P, "anon")
-    u = b.userfaultfd()
-    u.api(uapi.Feature.THREAD_ID)
-    u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
+    r, u = registered(b, 64, features=uapi.Feature.THREAD_ID)
     with b.fault_handler(u, HandlerPolicy(missing="zeropage")) as h:
         accs = [b.thread(f"t{i % 8}").access(r.addr + i * P, 1, True, fill=1) for i in range(64)]
         assert all(a.wait(5) for a in accs)
@@ -136,12 +134,9 @@ def test_handler_stop_releases_queued_faults(kernel_backend, kind):
 def test_handler_stop_after_manual_resolution(kernel_backend):
     """Faults the user already resolved are only woken at stop (EEXIST -> wake), never overwritten."""
     b = kernel_backend
-    r = b.mmap(4 * P, "anon")
+    r, u = registered(b)
     src = b.mmap(P, "anon")
     b.write(src.addr, b"S" * P)
-    u = b.userfaultfd()
-    u.api(0)
-    u.register(r.addr, r.len, 1)
     h = b.fault_handler(u, HandlerPolicy(missing="queue"))
     h.start()
     acc = b.thread("t").access(r.addr, 1, False)
@@ -154,10 +149,7 @@ def test_handler_stop_after_manual_resolution(kernel_backend):
 
 def test_close_releases_blocked_thread(kernel_backend):
     b = kernel_backend
-    r = b.mmap(4 * P, "anon")
-    u = b.userfaultfd()
-    u.api(0)
-    u.register(r.addr, r.len, 1)
+    r, u = registered(b)
     acc = b.thread("t").access(r.addr + P, 8, False, want_data=True)
     assert not acc.wait(0.3)
     u.close()
@@ -192,12 +184,8 @@ def test_fd_leak(kernel_backend):
 
 def test_handlers_threads_gone_after_close():
     """Backend.close() stops handlers and toucher threads: nothing of ours keeps running."""
-    from conftest import make_backend
     b = make_backend("kernel")
-    r = b.mmap(4 * P, "anon")
-    u = b.userfaultfd()
-    u.api(0)
-    u.register(r.addr, r.len, 1)
+    r, u = registered(b)
     h = b.fault_handler(u, HandlerPolicy(missing="queue"))
     h.start()
     acc = b.thread("t").access(r.addr, 1, True)

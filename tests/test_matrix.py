@@ -1,8 +1,6 @@
 """The case table (tests/cases.py) × memory types × backends, ids like ``copy-wp-shmem-kernel``."""
 from __future__ import annotations
 
-import pytest
-
 from cases import CASES, Ctx
 from conftest import TABLE_BACKENDS, feature_reason, hugetlb_reason, make_backend, require_kernel
 from uffdctl.backend import MemType

@@ -32,6 +32,7 @@ EMU = {
     "unprotect-extra-fault/anon-softdirty": {"5.19": REP, "6.1": REP, "6.18": REP},
     "clean-writable-escapes-softdirty/anon": {"5.19": NOT, "6.1": NOT, "6.18": NOT, "rfc-hints": REP,
                                               "rfc-hints-fixed": NOT},
+    "clean-writable-escapes-softdirty/write-likely": {"rfc-hints": NOT, "rfc-hints-fixed": NOT},
     "wp-clean-flush/clean":         {"5.19": REP, "6.1": REP, "6.18": REP, "rfc-hints": NOT, "rfc-hints-fixed": NOT},
     "softdirty-lost-wp-shmem/wp-onoff":   {"5.19": REP, "6.1": REP, "6.2": REP, "6.18": NOT},
     "softdirty-lost-wp-shmem/unregister": {"5.19": REP, "6.1": REP, "6.2": REP, "6.18": NOT},
@@ -48,6 +49,7 @@ KERNEL_NO_SOFTDIRTY = {
     "unprotect-extra-fault/shmem": REP,
     "unprotect-extra-fault/anon-softdirty": UNS,
     "clean-writable-escapes-softdirty/anon": UNS,
+    "clean-writable-escapes-softdirty/write-likely": UNS,   # and the hints were never merged
     "wp-clean-flush/clean": REP,
     "softdirty-lost-wp-shmem/wp-onoff": UNS,
     "softdirty-lost-wp-shmem/unregister": UNS,
@@ -330,3 +332,14 @@ def test_diff_ignores_the_absorbing_touch_only():
     assert not any(R.diff_steps(a, b))
     a.steps[-1]["state"]["fault"] = 0
     assert R.diff_steps(a, b)[-1] == {"fault": (0, 1)}
+
+
+def test_write_likely_keeps_soft_dirty_without_a_fault():
+    """The RFC's WRITE_LIKELY un-protect: writable and soft-dirty at once, so the write neither faults nor escapes."""
+    sc, case = _case("clean-writable-escapes-softdirty/write-likely")
+    for profile in ("rfc-hints", "rfc-hints-fixed"):
+        r = R.run_case(sc, case, R.Target("emu", profile))
+        off = next(s["state"] for s in r.steps if s["text"].startswith("writeprotect buf:0 --off"))
+        assert (off["write"], off["soft_dirty"]) == (1, 1) and r.observed["fault"] == 0 and r.verdict == NOT
+    r = R.run_case(sc, case, R.Target("emu", "6.18"))
+    assert r.verdict == UNS and "never merged" in r.reason and r.match is True

@@ -16,7 +16,7 @@ from __future__ import annotations
 import abc
 import enum
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from . import uapi
 from .errors import BackendUnavailable
@@ -458,4 +458,4 @@ def env_backend_default() -> str:
     return os.environ.get("UFFDCTL_BACKEND", "auto")
 
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("abc", "enum", "os", "field")]
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("abc", "enum", "os")]
