@@ -11,7 +11,7 @@
 # REPRODUCED means: after clear-refs 4, WP on and off, a write to the page leaves it NOT soft-dirty:
 # an incremental dump would miss the write (lost data)
 #
-# Usage: scripts/repro-clean-writable-escapes-softdirty.sh [CASE ...]    (cases: anon; default all)
+# Usage: scripts/repro-clean-writable-escapes-softdirty.sh [CASE ...]    (cases: anon, write-likely; default all)
 #   UFFDCTL=/path/to/uffdctl   UFFDCTL_BACKEND=kernel|emu   UFFDCTL_PROFILE=5.19 (emulator profile)
 # Each case runs in a fresh session; after the last step the watched page's pagemap entry
 # (buf:0) and the regions' Private_Dirty are printed; each touch prints its minor faults.
@@ -47,7 +47,7 @@ steps() {    # one case: its variables and TAGS are set by case_* below
     if tagged softdirty; then step clear-refs 4; fi    # soft-dirty tracking on: the PTE is now clean for soft-dirty
     if tagged softdirty; then step touch spare:0 --write --wait; fi    # absorb the toucher's own stack faults after clear-refs 4
     step writeprotect buf:0 --on    # UFFDIO_WRITEPROTECT mode=WP
-    step writeprotect buf:0 --off    # mode=0: is the PTE writable again?
+    step writeprotect buf:0 --off ${HINT}    # mode=0 (HINT: an RFC hint mode bit): is the PTE writable again?
     step touch buf:0 --write --wait    # count this write's faults
     step pagemap buf:0    # the watched page after the last step
     step regions                # Private_Dirty
@@ -55,12 +55,18 @@ steps() {    # one case: its variables and TAGS are set by case_* below
 
 # case anon: anon private: write, clear-refs 4, WP on, WP off, write
 # REPRODUCED when soft_dirty == 0
-case_anon() { TYPE='anon'; TAGS='softdirty'; start anon; steps; stop; }
+case_anon() { HINT=''; TYPE='anon'; TAGS='softdirty'; start anon; steps; stop; }
 
-[ $# -gt 0 ] || set -- anon
+# case write-likely: the same with WRITE_LIKELY on the un-protect: writable and marked dirty/soft-
+# dirty at once (no fault, nothing lost)
+# REPRODUCED when soft_dirty == 0
+case_write_likely() { case ${UFFDCTL_PROFILE:-} in rfc-hints*) ;; *) echo 'skipped: needs UFFDCTL_BACKEND=emu UFFDCTL_PROFILE=rfc-hints or rfc-hints-fixed (the hints were never merged)'; return 0 ;; esac; HINT='--write-likely'; TYPE='anon'; TAGS='softdirty'; start write-likely; steps; stop; }
+
+[ $# -gt 0 ] || set -- anon write-likely
 for c in "$@"; do
     case $c in
     anon) printf '\n== clean-writable-escapes-softdirty/anon\n'; case_anon ;;
-    *) echo "repro-clean-writable-escapes-softdirty.sh: unknown case $c (cases: anon)" >&2; exit 2 ;;
+    write-likely) printf '\n== clean-writable-escapes-softdirty/write-likely\n'; case_write_likely ;;
+    *) echo "repro-clean-writable-escapes-softdirty.sh: unknown case $c (cases: anon write-likely)" >&2; exit 2 ;;
     esac
 done

@@ -47,7 +47,7 @@ steps() {    # one case: its variables and TAGS are set by case_* below
     if tagged softdirty; then step clear-refs 4; fi    # soft-dirty tracking on: the PTE is now clean for soft-dirty
     if tagged softdirty; then step touch spare:0 --write --wait; fi    # absorb the toucher's own stack faults after clear-refs 4
     step writeprotect buf:0 --on    # UFFDIO_WRITEPROTECT mode=WP
-    step writeprotect buf:0 --off    # mode=0: is the PTE writable again?
+    step writeprotect buf:0 --off ${HINT}    # mode=0 (HINT: an RFC hint mode bit): is the PTE writable again?
     step touch buf:0 --write --wait    # count this write's faults
     step pagemap buf:0    # the watched page after the last step
     step regions                # Private_Dirty
@@ -55,16 +55,16 @@ steps() {    # one case: its variables and TAGS are set by case_* below
 
 # case anon: anon private, exclusive page
 # REPRODUCED when fault >= 1
-case_anon() { TYPE='anon'; TAGS='anon'; start anon; steps; stop; }
+case_anon() { HINT=''; TYPE='anon'; TAGS='anon'; start anon; steps; stop; }
 
 # case shmem: shmem (memfd) MAP_SHARED
 # REPRODUCED when fault >= 1
-case_shmem() { TYPE='shmem'; TAGS='shmem'; start shmem; steps; stop; }
+case_shmem() { HINT=''; TYPE='shmem'; TAGS='shmem'; start shmem; steps; stop; }
 
 # case anon-softdirty: anon private with soft-dirty tracking active (clear-refs 4 first): the fault
 # is kept on purpose
 # REPRODUCED when fault >= 1
-case_anon_softdirty() { TYPE='anon'; TAGS='softdirty'; start anon-softdirty; steps; stop; }
+case_anon_softdirty() { HINT=''; TYPE='anon'; TAGS='softdirty'; start anon-softdirty; steps; stop; }
 
 [ $# -gt 0 ] || set -- anon shmem anon-softdirty
 for c in "$@"; do

@@ -115,6 +115,10 @@ def _unmet(need: str, b, desc: dict) -> str | None:
     if need in ("wp_async", "move"):
         bit = uapi.Feature.WP_ASYNC if need == "wp_async" else uapi.Feature.MOVE
         return None if feats & bit else f"feature missing: UFFD_FEATURE_{bit.name}"
+    if need == "hints":
+        if b.name == "emu" and getattr(b.profile, "hints", None):
+            return None
+        return "the 2022 access/write hints were never merged: emulator rfc-hints profiles only"
     if need == "tlb":
         if b.name == "emu":
             return None

@@ -18,7 +18,7 @@ measurement)::
     mmap --size 8K --type ${TYPE} --name buf
     [softdirty] clear-refs 4          # only in the cases tagged softdirty
 
-``${VAR}`` is replaced by the case's ``vars`` (the generated shell scripts use
+``${VAR}`` is replaced by the case's ``vars`` over the header's (the generated shell scripts use
 the same text as shell variables); a line starting with ``[tag,...]`` runs only
 in cases carrying one of those tags (a case's tags default to its id).
 
@@ -39,7 +39,7 @@ from importlib import resources
 
 VERDICTS = ("REPRODUCED", "NOT REPRODUCED", "UNSUPPORTED")
 REPRO_ONLY = {"madvise": ("free", "dontneed")}      # steps the run language lacks (see the module doc)
-NEEDS = ("soft_dirty", "tlb", "wp_async", "move")
+NEEDS = ("soft_dirty", "tlb", "wp_async", "move", "hints")
 OBSERVABLES = ("present", "write", "dirty", "soft_dirty", "uffd_wp", "exclusive", "private_dirty", "written",
                "fault", "flushes", "faults")
 _TAGS = re.compile(r"^\[([\w,.-]+)\]\s+(.*)$")
@@ -141,7 +141,7 @@ class Scenario:
         out = []
         for lineno, code, comment in self.lines(case):
             try:
-                text = string.Template(code).substitute(case.vars)
+                text = " ".join(string.Template(code).substitute(case.vars).split())   # an empty ${VAR} leaves no gap
             except (KeyError, ValueError) as e:
                 raise ScenarioError(f"{self.name}:{lineno}: case {case.id}: no value for {e}") from None
             out.append(Step(lineno, text, comment))
@@ -263,7 +263,8 @@ def parse(text: str, path: str = "<scenario>", bodies: dict | None = None) -> Sc
         check_expr(c["symptom"], where)
         if c.get("fallback"):
             check_expr(c["fallback"]["symptom"], where + " fallback")
-        case = Case(cid, c.get("title", ""), dict(c.get("vars") or {}), tuple(c.get("tags") or (cid,)),
+        case = Case(cid, c.get("title", ""), {**(h.get("vars") or {}), **(raw_case.get("vars") or {})},
+                    tuple(c.get("tags") or (cid,)),
                     c["symptom"], needs, c.get("fallback"), rules, tuple(c.get("profiles") or ()),
                     dict(c.get("switches") or {}))
         sc.cases.append(case)
