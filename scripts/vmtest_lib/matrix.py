@@ -112,6 +112,11 @@ class Plan:
 
 # -- reading the artifacts back ---------------------------------------------------------------
 
+def _gist(msg: str, lines: int = 3, width: int = 300) -> str:
+    """The first lines of a failure message on one line (the table's note)."""
+    return " / ".join(line.strip() for line in msg.splitlines()[:lines] if line.strip())[:width]
+
+
 def junit_verdicts(path: str) -> dict[str, Verdict]:
     """``file.py::test[id]`` -> verdict, from pytest's junit XML."""
     out: dict[str, Verdict] = {}
@@ -127,10 +132,8 @@ def junit_verdicts(path: str) -> dict[str, Verdict]:
             msg = (child.get("message") or "").strip()
             if child.tag == "skipped":
                 v = Verdict(UNSUPPORTED, re.sub(r"^Skipped: ", "", msg))
-            elif child.tag == "failure":
-                v = Verdict.of(FAIL, msg.splitlines()[0][:200] if msg else "")
-            elif child.tag == "error":
-                v = Verdict.of(ERROR, msg.splitlines()[0][:200] if msg else "")
+            elif child.tag in ("failure", "error"):
+                v = Verdict.of(FAIL if child.tag == "failure" else ERROR, _gist(msg))
         out[key] = v
     return out
 
