@@ -42,7 +42,7 @@ stop() { $U session stop "$S" >/dev/null; S=; }
 steps() {    # one case: its variables and TAGS are set by case_* below
     step mmap --size 8K --type anon --name buf
     step touch buf:0 --write --wait    # present, writable, dirty
-    echo 'note: skipped "madvise buf:0 --advice free": not a session command yet (uffdctl repro issues it through the backend)'    # MADV_FREE: the PTE stays writable but is made clean
+    step madvise buf:0 --advice free    # MADV_FREE: the PTE stays writable but is made clean
     step register buf --mode wp
     step writeprotect buf:0 --on    # RW -> RO of a clean PTE: count the TLB flushes of this step
     step pagemap buf:0    # the watched page after the last step

@@ -123,6 +123,8 @@ def test_json_keys_of_every_command(session):
                        "category_anyof_mask", "category_inverted"}
     assert keys(r["regions"][0]) == {"start", "end", "categories", "categories_decoded"}
     assert keys(c.j("clear-refs", "1")) == {"value"}
+    assert keys(c.j("madvise", "buf:4", "--advice", "dontneed")) == {"start", "len", "advice"}
+    assert c.j("pagemap", "buf:4")["entries"][0]["present"] == 0
     assert keys(c.j("handler", "--policy", "zeropage")) == {"missing", "wp", "minor", "src", "fill", "running",
                                                             "stats"}
     r = c.j("regions")

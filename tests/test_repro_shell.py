@@ -55,7 +55,7 @@ def test_script_runs_the_scenario_steps(tmp_path, sc, backend):
     assert [b.split("\n", 1)[0] for b in blocks] == [f"{sc.name}/{c.id}" for c in sc.cases]
     for case, block in zip(sc.cases, blocks):
         issued = [ln[len("$ uffdctl "):] for ln in block.splitlines() if ln.startswith("$ uffdctl ")]
-        want = [st.text for st in sc.steps(case) if st.tokens[0] not in S.REPRO_ONLY]
+        want = [st.text for st in sc.steps(case)]
         if "hints" in case.needs:       # RFC hint modes: emulator rfc-hints profiles only
             assert issued == [] and "skipped: needs UFFDCTL_BACKEND=emu" in block
             continue

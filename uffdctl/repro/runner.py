@@ -38,7 +38,6 @@ from ..errors import BackendUnavailable, UffdctlError
 from . import scenario as S
 
 COMPARED = ("present", "uffd_wp", "exclusive", "soft_dirty", "private_dirty", "written", "fault", "flushes")
-_MADV = {"free": uapi.MADV_FREE, "dontneed": uapi.MADV_DONTNEED}
 
 
 @dataclass(frozen=True)
@@ -223,8 +222,6 @@ def _prepare(st, toks: list[str]):
     from ..cli.build import parse_line
     from ..session.commands import COMMANDS, UsageError, execute
     name = toks[0]
-    if name in S.REPRO_ONLY:
-        return lambda: _madvise(st, toks)
     if name not in COMMANDS:
         raise UsageError(f"unknown command {name!r}")
     try:
@@ -234,15 +231,6 @@ def _prepare(st, toks: list[str]):
     if name == "touch":
         st.thread(args.get("thread") or "main")
     return lambda: execute(st, name, args)
-
-
-def _madvise(st, toks: list[str]) -> dict:
-    from ..session.commands import UsageError, parse_range
-    if len(toks) != 4 or toks[2] != "--advice" or toks[3] not in _MADV:
-        raise UsageError(f"madvise RANGE --advice {'|'.join(_MADV)}")
-    span = parse_range(st, toks[1])
-    st.backend.madvise(span.start, span.len, _MADV[toks[3]])
-    return {"start": span.start, "len": span.len, "advice": toks[3]}
 
 
 def run_case(sc: S.Scenario, case: S.Case, target: Target, echo=None) -> CaseRun:
@@ -292,8 +280,6 @@ def run_case(sc: S.Scenario, case: S.Case, target: Target, echo=None) -> CaseRun
                     flushes = obs.flushes()
             except Exception as e:          # bad step (UsageError) or the kernel's answer
                 error = e
-            if toks[0] in S.REPRO_ONLY:
-                rec["repro_only"] = True
             if error is not None:
                 rec["error"] = error_dict(error)["message"]
             state = obs.page()

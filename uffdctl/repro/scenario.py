@@ -21,10 +21,6 @@ measurement)::
 ``${VAR}`` is replaced by the case's ``vars`` over the header's (the generated shell scripts use
 the same text as shell variables); a line starting with ``[tag,...]`` runs only
 in cases carrying one of those tags (a case's tags default to its id).
-
-One step outside the run language: ``madvise RANGE --advice free|dontneed``
-(the session has no madvise command yet); the runner issues it through the
-backend itself.
 """
 from __future__ import annotations
 
@@ -38,7 +34,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 
 VERDICTS = ("REPRODUCED", "NOT REPRODUCED", "UNSUPPORTED")
-REPRO_ONLY = {"madvise": ("free", "dontneed")}      # steps the run language lacks (see the module doc)
 NEEDS = ("soft_dirty", "tlb", "wp_async", "move", "hints")
 OBSERVABLES = ("present", "write", "dirty", "soft_dirty", "uffd_wp", "exclusive", "private_dirty", "written",
                "fault", "flushes", "faults")
@@ -281,7 +276,7 @@ def _check_step(step: Step, where: str) -> None:
     if toks[0] == "expect":
         raise ScenarioError(f"{where}:{step.lineno}: scenarios observe, they do not assert (no expect lines): "
                             "the verdict comes from the symptom")
-    if toks[0] not in COMMANDS and toks[0] not in REPRO_ONLY:
+    if toks[0] not in COMMANDS:
         raise ScenarioError(f"{where}:{step.lineno}: unknown command {toks[0]!r}")
 
 

@@ -44,10 +44,6 @@ def _comment(text: str, width: int = 100) -> list[str]:
 
 
 def _step_line(code: str) -> str:
-    toks = code.split()
-    if toks and toks[0] in S.REPRO_ONLY:
-        return (f"echo 'note: skipped \"{code}\": not a session command yet "
-                "(uffdctl repro issues it through the backend)'")
     return f"step {code}"
 
 

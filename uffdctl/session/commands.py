@@ -672,6 +672,19 @@ def cmd_pagemap(st, a):
             "entries": pagemap_entries(st, span)}
 
 
+MADVICE = {"dontneed": uapi.MADV_DONTNEED, "free": uapi.MADV_FREE, "remove": uapi.MADV_REMOVE,
+           "guard-install": uapi.MADV_GUARD_INSTALL, "guard-remove": uapi.MADV_GUARD_REMOVE}
+
+
+@command("madvise", "madvise(2) a range: dontneed (REMOVE event), free (clean but writable), remove, "
+         "guard-install / guard-remove (guard markers).", "uffdctl madvise buf:0 --advice free",
+         RANGE, Param("--advice", "the advice", kind="choice", choices=tuple(MADVICE), required=True))
+def cmd_madvise(st, a):
+    span = parse_range(st, a["range"])
+    st.backend.madvise(span.start, span.len, MADVICE[a["advice"]])
+    return _span_dict(span, advice=a["advice"])
+
+
 @command("clear-refs", "Write 1-5 to /proc/self/clear_refs (4: clear soft-dirty).", "uffdctl clear-refs 4",
          Param("value", "1 all, 2 anon, 3 mapped, 4 soft-dirty, 5 mm hiwater rss", kind="int", required=True,
                metavar="[1-5]"))
