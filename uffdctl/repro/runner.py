@@ -246,8 +246,7 @@ def run_case(sc: S.Scenario, case: S.Case, target: Target, echo=None) -> CaseRun
         run.verdict, run.reason = "UNSUPPORTED", f"{target.backend} backend unavailable: {e}"
         run.environment = True
         return run
-    st = SessionState(target.backend, target.profile, name=f"repro-{sc.name}")
-    st._backend = backend          # the session takes a ready backend (soft_dirty/switches are not CLI options)
+    st = SessionState(backend, target.profile, name=f"repro-{sc.name}")
     obs = None
     try:
         desc = backend.describe()

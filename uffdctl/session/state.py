@@ -78,13 +78,15 @@ def open_session_backend(name: str, profile: str | None = None) -> Backend:
 class SessionState:
     """Everything one session owns.  ``lock`` serialises commands (touch waits outside it)."""
 
-    def __init__(self, backend: str = "auto", profile: str | None = None, name: str = "run"):
+    def __init__(self, backend: "str | Backend" = "auto", profile: str | None = None, name: str = "run"):
+        """``backend``: a name (opened on first need) or a ready Backend (e.g. an emulator with switches)."""
         self.name = name
-        self.backend_name = backend
+        ready = backend if isinstance(backend, Backend) else None
+        self.backend_name = ready.name if ready else backend
         self.profile = profile
         self.lock = threading.RLock()
         self.started = time.time()
-        self._backend: Backend | None = None
+        self._backend: Backend | None = ready
         self.uffd = None
         self.api_result = None
         self.requested_features: int | None = None
