@@ -57,6 +57,9 @@ void *memcpy(void *, const void *, size_t);
 
 /* helpers (cdefs/uffdctl_helpers.c): 0 / value or -errno */
 int uffdctl_ioctl(int, unsigned long, void *);
+int uffdctl_ioctl_range(int, unsigned long, uint64_t, uint64_t);
+int uffdctl_ioctl_range_mode(int, unsigned long, uint64_t, uint64_t, uint64_t, int64_t *);
+int uffdctl_ioctl_dst_src(int, unsigned long, uint64_t, uint64_t, uint64_t, uint64_t, int64_t *);
 int uffdctl_userfaultfd(int);
 int uffdctl_dev_userfaultfd(int);
 int64_t uffdctl_mmap(uint64_t, uint64_t, int, int, int, int64_t);

@@ -31,6 +31,7 @@ _UNWRITTEN = -(1 << 63)
 
 _MSG = struct.Struct("<BBHI24s")
 _T: dict = {}  # cached cffi pointer types of the uffdio_* structs
+_tls = threading.local()  # per-thread result cell of the range ioctls
 
 
 def decode_msg(raw: bytes, ts_ns: int = 0) -> UffdMsg:
@@ -79,78 +80,101 @@ class KernelUffd(Uffd):
         self._handlers: list[Handler] = []
         self._new = self._ffi.new
         self._ioctl = self._lib.uffdctl_ioctl
+        self._io_range = self._lib.uffdctl_ioctl_range
+        self._io_range_mode = self._lib.uffdctl_ioctl_range_mode
+        self._io_dst_src = self._lib.uffdctl_ioctl_dst_src
         if not _T:
-            _T.update((k, self._ffi.typeof(f"struct uffdio_{k} *")) for k in
-                      ("api", "range", "register", "copy", "zeropage", "writeprotect", "continue", "poison", "move"))
+            _T.update((k, self._ffi.typeof(f"struct uffdio_{k} *")) for k in ("api", "register"))
 
     # -- plumbing -----------------------------------------------------------------
-    def _call(self, name: str, req: int, s, start=None, len=None, result: str | None = None) -> int:
-        if self._closed:
-            raise uffd_error(E.EBADF, name, start, len, message="uffd is closed")
-        if result:
-            setattr(s, result, _UNWRITTEN)
+    def _fail(self, name: str, r: int, start, len, done=None):
+        """The one place an ioctl's -errno becomes an exception (done: the result field, or None if unwritten)."""
+        if done == _UNWRITTEN:
+            done = None
+        msg = "uffd is closed" if self._closed else None
+        return uffd_error(-r, name, start, len, done, msg)
+
+    def _call(self, name: str, req: int, s, start=None, len=None) -> None:
         r = self._ioctl(self.fd, req, s)
-        done = None
-        if result:
-            done = getattr(s, result)
-            if done == _UNWRITTEN:
-                done = None
         if r < 0:
-            raise uffd_error(-r, name, start, len, done)
-        return done if result else r
+            raise self._fail(name, r, start, len)
 
     # -- ioctls -------------------------------------------------------------------
-    # Structs are filled by attribute (a dict initializer costs ~3x more) from cached ctypes.
+    # The range ioctls go through per-shape C wrappers that take scalars (the struct is
+    # filled in C; a cffi field set costs ~100 ns) and return the result field through a
+    # per-thread int64_t, preset by C to a value the kernel never writes.  Request codes
+    # are uapi's Python ints (checked against the compiled ones by tests/test_bindings.py).
     def api(self, features: int = 0, api: int = uapi.UFFD_API) -> UffdioApi:
         s = self._new(_T["api"])
-        s.api, s.features = api, features
-        self._call("UFFDIO_API", self._lib.UFFDIO_API, s)
+        s.api = api
+        s.features = features
+        self._call("UFFDIO_API", uapi.UFFDIO_API, s)
         self.features = s.features
         return UffdioApi(s.api, s.features, s.ioctls)
 
     def register(self, start: int, len: int, mode: int) -> int:
         s = self._new(_T["register"])
-        s.range.start, s.range.len, s.mode = start, len, mode
-        self._call("UFFDIO_REGISTER", self._lib.UFFDIO_REGISTER, s, start, len)
+        rng = s.range  # one cdata for the nested struct, not one per field
+        rng.start = start
+        rng.len = len
+        s.mode = mode
+        self._call("UFFDIO_REGISTER", uapi.UFFDIO_REGISTER, s, start, len)
         return s.ioctls
 
     def _range(self, name: str, req: int, start: int, len: int) -> None:
-        s = self._new(_T["range"])
-        s.start, s.len = start, len
-        self._call(name, req, s, start, len)
+        r = self._io_range(self.fd, req, start, len)
+        if r < 0:
+            raise self._fail(name, r, start, len)
 
     def unregister(self, start: int, len: int) -> None:
-        self._range("UFFDIO_UNREGISTER", self._lib.UFFDIO_UNREGISTER, start, len)
+        self._range("UFFDIO_UNREGISTER", uapi.UFFDIO_UNREGISTER, start, len)
 
     def wake(self, start: int, len: int) -> None:
-        self._range("UFFDIO_WAKE", self._lib.UFFDIO_WAKE, start, len)
+        self._range("UFFDIO_WAKE", uapi.UFFDIO_WAKE, start, len)
+
+    def _range_mode(self, name: str, req: int, start: int, len: int, mode: int) -> int:
+        try:
+            res = _tls.res
+        except AttributeError:
+            res = _tls.res = self._new("int64_t *")
+        r = self._io_range_mode(self.fd, req, start, len, mode, res)
+        if r < 0:
+            raise self._fail(name, r, start, len, res[0])
+        return res[0]
+
+    def _dst_src(self, name: str, req: int, dst: int, src: int, len: int, mode: int) -> int:
+        try:
+            res = _tls.res
+        except AttributeError:
+            res = _tls.res = self._new("int64_t *")
+        r = self._io_dst_src(self.fd, req, dst, src, len, mode, res)
+        if r < 0:
+            raise self._fail(name, r, dst, len, res[0])
+        return res[0]
 
     def copy(self, dst: int, src: int, len: int, mode: int = 0) -> int:
-        s = self._new(_T["copy"])
-        s.dst, s.src, s.len, s.mode = dst, src, len, mode
-        return self._call("UFFDIO_COPY", self._lib.UFFDIO_COPY, s, dst, len, "copy")
+        return self._dst_src("UFFDIO_COPY", uapi.UFFDIO_COPY, dst, src, len, mode)
 
     def move(self, dst: int, src: int, len: int, mode: int = 0) -> int:
-        s = self._new(_T["move"])
-        s.dst, s.src, s.len, s.mode = dst, src, len, mode
-        return self._call("UFFDIO_MOVE", self._lib.UFFDIO_MOVE, s, dst, len, "move")
-
-    def _ranged(self, name: str, t: str, req: int, start: int, len: int, mode: int, result: str | None):
-        s = self._new(_T[t])
-        s.range.start, s.range.len, s.mode = start, len, mode
-        return self._call(name, req, s, start, len, result)
+        return self._dst_src("UFFDIO_MOVE", uapi.UFFDIO_MOVE, dst, src, len, mode)
 
     def zeropage(self, start: int, len: int, mode: int = 0) -> int:
-        return self._ranged("UFFDIO_ZEROPAGE", "zeropage", self._lib.UFFDIO_ZEROPAGE, start, len, mode, "zeropage")
+        return self._range_mode("UFFDIO_ZEROPAGE", uapi.UFFDIO_ZEROPAGE, start, len, mode)
 
     def continue_(self, start: int, len: int, mode: int = 0) -> int:
-        return self._ranged("UFFDIO_CONTINUE", "continue", self._lib.UFFDIO_CONTINUE, start, len, mode, "mapped")
-
-    def writeprotect(self, start: int, len: int, mode: int = 0) -> None:
-        self._ranged("UFFDIO_WRITEPROTECT", "writeprotect", self._lib.UFFDIO_WRITEPROTECT, start, len, mode, None)
+        return self._range_mode("UFFDIO_CONTINUE", uapi.UFFDIO_CONTINUE, start, len, mode)
 
     def poison(self, start: int, len: int, mode: int = 0) -> int:
-        return self._ranged("UFFDIO_POISON", "poison", self._lib.UFFDIO_POISON, start, len, mode, "updated")
+        return self._range_mode("UFFDIO_POISON", uapi.UFFDIO_POISON, start, len, mode)
+
+    def writeprotect(self, start: int, len: int, mode: int = 0) -> None:
+        try:
+            res = _tls.res
+        except AttributeError:
+            res = _tls.res = self._new("int64_t *")
+        r = self._io_range_mode(self.fd, uapi.UFFDIO_WRITEPROTECT, start, len, mode, res)
+        if r < 0:
+            raise self._fail("UFFDIO_WRITEPROTECT", r, start, len)
 
     def ioctl_raw(self, req: int, buf: bytes) -> tuple[int, bytes]:
         """Issue an arbitrary ioctl number on this fd (for unknown-command tests): (ret or -errno, buffer after)."""
@@ -183,6 +207,7 @@ class KernelUffd(Uffd):
             h.stop()
         self._closed = True
         os.close(self.fd)
+        self.fd = -1  # later ioctls fail with EBADF ("uffd is closed")
         if self in self._b._uffds:
             self._b._uffds.remove(self)
 
