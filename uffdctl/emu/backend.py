@@ -303,7 +303,8 @@ class EmuBackend(Backend):
         acc = waiter.access
         if acc.waiter is waiter:
             acc.waiter = None
-            acc.attempt += 1
+            # with per-VMA locks the first retry is an mmap_lock retry; without, it is FAULT_FLAG_TRIED
+            acc.attempt += 1 if self.mm.profile.per_vma_lock else 2
             self._runq.append(acc)
 
     def _pump(self) -> None:

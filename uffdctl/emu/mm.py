@@ -50,7 +50,6 @@ VM_UFFD_FLAGS = VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR
 PTE_MARKER_UFFD_WP = 1 << 0
 PTE_MARKER_POISONED = 1 << 1
 PTE_MARKER_GUARD = 1 << 2
-SWP_PTE_MARKER = 0x1F  # swap type the pagemap shows for markers (bits 0-4), marker bits from bit 5
 
 # vm_fault_t
 VM_FAULT_OK = 0
@@ -834,6 +833,8 @@ class MM:
         vmas = self.vmas_in(start, end)
         if not vmas:
             return -E.ENOENT
+        if not self.profile.wp_multi_vma and (len(vmas) > 1 or vmas[0].start > start or vmas[0].end < end):
+            return -E.ENOENT                 # find_dst_vma(): the whole range in one VMA (before 6.5)
         for vma in vmas:
             if not userfaultfd_wp(vma):
                 return -E.ENOENT
@@ -1013,7 +1014,7 @@ class MM:
         if not pte.present and vma.hugetlb:       # pagemap_hugetlb_range(): no PM_SWAP for markers
             return flags | (uapi.PM_UFFD_WP if pte.marker & PTE_MARKER_UFFD_WP else 0)
         if not pte.present:
-            flags |= uapi.PM_SWAP | SWP_PTE_MARKER | (pte.marker << 5)
+            flags |= uapi.PM_SWAP | self.profile.pte_marker_swp_type | (pte.marker << 5)
             if pte.marker & PTE_MARKER_UFFD_WP or pte.uffd_wp:
                 flags |= uapi.PM_UFFD_WP
             if pte.marker & PTE_MARKER_GUARD and self.profile.pagemap_guard_bit:

@@ -52,6 +52,14 @@ class Profile:
     install_over_guard: bool = False    # pte_none_mostly(): COPY may overwrite a guard marker (6.13-6.18)
     pagemap_scan: bool = False          # PAGEMAP_SCAN (6.7)
     scan_written_any_vma: bool = False  # 6.18: PAGE_IS_WRITTEN for present/swap on any VMA (7.3: uffd-wp VMAs)
+    # Per-VMA locks (6.4+): a userfault's first retry is an mmap_lock retry (minor); without them the
+    # retry carries FAULT_FLAG_TRIED and mm_account_fault() counts it major [measured: 6.1.192 guest].
+    per_vma_lock: bool = True
+    # mwriteprotect_range() loops over the VMAs of the range (6.5+); before, the range had to lie in one
+    # VMA (find_dst_vma) or the ioctl failed with ENOENT and protected nothing [measured: 6.1.192 guest].
+    wp_multi_vma: bool = True
+    # swap type pagemap shows for PTE markers (bits 0-4): 0x1f on 6.18, 0x1e on 6.1 [measured in guests].
+    pte_marker_swp_type: int = 0x1F
     hints: str | None = None            # None | "rfc" | "rfc-fixed": the 2022 access/write hints
     clean_wp_noflush: bool = False      # RFC 12/14: RW->RO of a clean PTE needs no TLB flush
 
@@ -68,7 +76,8 @@ class Profile:
 
 
 _5_19 = Profile("5.19", "5.19.0", FEATURES_5_19, uffd_wp_range_vm_page_prot=False,
-                writenotify_uffd_wp=False, can_change_writable_needs_dirty=True, mprotect_try_change_writable=False)
+                writenotify_uffd_wp=False, can_change_writable_needs_dirty=True, mprotect_try_change_writable=False,
+                per_vma_lock=False, wp_multi_vma=False, pte_marker_swp_type=0x1E)
 _6_18 = Profile("6.18", "6.18.44", uapi.FEATURES_6_18, uffd_wp_range_vm_page_prot=True,
                 writenotify_uffd_wp=True, can_change_writable_needs_dirty=False, continue_mode_wp=True,
                 move_dirty_from_src=True, early_eagain_result=True, guard_markers=True, pagemap_guard_bit=True,
