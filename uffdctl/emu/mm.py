@@ -257,10 +257,13 @@ class MM:
                 out.append(v)
         return out
 
-    def split(self, start: int, end: int) -> list[Vma]:
-        """Split VMAs at start/end; return those inside [start, end)."""
+    def split(self, start: int, end: int, only=None) -> list[Vma]:
+        """Split VMAs at start/end; return those inside [start, end).  ``only(vma)``: split just the VMAs
+        it accepts (the others are returned whole, as the kernel skips them without vma_modify())."""
         changed = False
         for v in list(self.vmas_in(start, end)):
+            if only is not None and not only(v):
+                continue
             for cut in (start, end):
                 if v.start < cut < v.end:
                     left, right = v.split_copy(v.start, cut), v.split_copy(cut, v.end)

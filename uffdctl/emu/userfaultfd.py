@@ -214,7 +214,8 @@ class EmuUffd(Uffd):
         end = start + len
         if not self.mm.vmas_in(start, end):
             raise uffd_error(E.EINVAL, name, start, len)
-        for v in self.mm.split(start, end):
+        # userfaultfd_unregister(): a VMA without a ctx is skipped, not split
+        for v in self.mm.split(start, end, only=lambda v: v.ctx is self):
             if v.ctx is not self:
                 continue
             if M.userfaultfd_missing(v):
