@@ -227,7 +227,18 @@ int uffdctl_access(uint64_t addr, uint64_t len, int write, const void *wbuf,
 	uint64_t t0;
 
 	uffdctl_arm_sigbus();
+	/*
+	 * Write everything this function writes between the two getrusage() calls first:
+	 * the result, the thread-locals and the stack locals.  After clear_refs 4 on a
+	 * soft-dirty kernel those pages are write-protected too, and their write faults
+	 * must not be counted as the access's.
+	 */
 	memset(res, 0, sizeof(*res));
+	memset(&jb, 0, sizeof(jb));
+	memset(&r1, 0, sizeof(r1));
+	uffdctl_jb = NULL;
+	uffdctl_bus_code = 0;
+	uffdctl_bus_addr = 0;
 	getrusage(RUSAGE_THREAD, &r0);
 	t0 = uffdctl_now_ns();
 	if (sigsetjmp(jb, 1) == 0) {
