@@ -584,6 +584,7 @@ def do_pagemap_scan(mm: M.MM, start, end, flags, inverted, mask, anyof, return_m
         c = cat ^ inverted
         return (c & mask) == mask and (not anyof or c & anyof)
 
+    partial_at = None
     for vma in mm.vmas_in(start, end):
         s, e = max(start, vma.start), min(end, vma.end)
         wp_allowed = bool(vma.ctx and vma.ctx.wp_async and mm.userfaultfd_wp_use_markers(vma))
@@ -615,9 +616,12 @@ def do_pagemap_scan(mm: M.MM, start, end, flags, inverted, mask, anyof, return_m
             npages = vma.page_size // uapi.PAGE_SIZE
             if match(cat):
                 if vma.hugetlb and flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN \
-                        and budget < npages:      # "Partial HugeTLB page WP isn't possible": stop before it
-                    mm.tlb.flush_range(wp_flush)
-                    return ScanResult([tuple(r) for r in regions], k)
+                        and budget < npages:
+                    # "Partial HugeTLB page WP isn't possible": backed out, walk_end = its start, and the
+                    # walk goes on (returns 0): walk_end ends at the last such page [measured on 6.18]
+                    partial_at = k
+                    pos = k + vma.page_size
+                    continue
                 got = emit(k, npages, cat)
                 if got < npages:
                     mm.tlb.flush_range(wp_flush)
@@ -633,7 +637,7 @@ def do_pagemap_scan(mm: M.MM, start, end, flags, inverted, mask, anyof, return_m
                         pte.uffd_wp = True
             pos = k + vma.page_size
     mm.tlb.flush_range(wp_flush)
-    return ScanResult([tuple(r) for r in regions], end)
+    return ScanResult([tuple(r) for r in regions], end if partial_at is None else partial_at)
 
 
 __all__ = ["EmuBackend", "EmuUffd", "EmuThread", "EmuAccess", "EmuHandler", "do_pagemap_scan"]

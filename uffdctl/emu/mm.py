@@ -150,7 +150,7 @@ class ShmemFile:
 
 
 class Vma:
-    __slots__ = ("start", "end", "flags", "memtype", "file", "pgoff", "ctx", "page_size", "origin")
+    __slots__ = ("start", "end", "flags", "memtype", "file", "pgoff", "ctx", "page_size", "origin", "anon_vma")
 
     def __init__(self, start, end, flags, memtype, file, pgoff, page_size, origin):
         self.start, self.end, self.flags = start, end, flags
@@ -160,6 +160,7 @@ class Vma:
         self.ctx = None             # vm_userfaultfd_ctx.ctx
         self.page_size = page_size
         self.origin = origin        # which mmap() made it: only pieces of one mapping merge
+        self.anon_vma = None        # identity of vma->anon_vma (anon_vma_prepare); None until needed
 
     def __repr__(self):
         return f"Vma({self.start:#x}-{self.end:#x} {self.memtype} flags={self.flags:#x})"
@@ -183,6 +184,7 @@ class Vma:
         v = Vma(start, end, self.flags, self.memtype, self.file, self.pgoff + (start - self.start),
                 self.page_size, self.origin)
         v.ctx = self.ctx
+        v.anon_vma = self.anon_vma   # both halves of a split share the anon_vma
         return v
 
 
@@ -226,6 +228,7 @@ class MM:
         self.tlb = _tlb.Tlb()
         self._next_pfn = FIRST_PFN
         self._origins = itertools.count(1)
+        self._anon_vmas = itertools.count(1)
         self.zero_page = Folio(ZERO_PFN, PAGE_SIZE, anon=False, zero=True)
         self.zero_page.exclusive = False
         self.next_addr = MMAP_BASE
@@ -283,9 +286,12 @@ class MM:
             if (p is not None and p.end == v.start and p.origin == v.origin and p.ctx is v.ctx
                     and not p.hugetlb                      # hugetlb_vm_ops has ->close: never merged
                     and (p.flags ^ v.flags) & ~VM_SOFTDIRTY == 0
+                    # is_mergeable_anon_vma(): two different anon_vmas never merge
+                    and (p.anon_vma is None or v.anon_vma is None or p.anon_vma == v.anon_vma)
                     and (p.file is None or p.pgoff + (p.end - p.start) == v.pgoff)):
                 p.end = v.end
                 p.flags |= v.flags & VM_SOFTDIRTY
+                p.anon_vma = p.anon_vma or v.anon_vma
             else:
                 out.append(v)
         self.vmas = out
@@ -376,6 +382,15 @@ class MM:
         return bool(vma.flags & VM_WRITE) and not vma.shared and not vma.hugetlb  # hugetlb: never
 
     # -- page allocation -----------------------------------------------------------
+    def anon_vma_prepare(self, vma) -> None:
+        """Give a private VMA its anon_vma (first anon folio, or mfill/MOVE, which prepare it up front)."""
+        if vma.anon_vma is None and not vma.shared:
+            vma.anon_vma = next(self._anon_vmas)
+
+    def alloc_anon(self, vma, size: int, data: bytearray | None = None) -> Folio:
+        self.anon_vma_prepare(vma)
+        return self.alloc_folio(size, True, data)
+
     def alloc_folio(self, size: int, anon: bool, data: bytearray | None = None) -> Folio:
         pfn, self._next_pfn = self._next_pfn, self._next_pfn + size // PAGE_SIZE
         return Folio(pfn, size, anon, data)
@@ -470,7 +485,7 @@ class MM:
         if not vmf.write:
             pte = Pte(self.zero_page, special=True, young=True, uffd_wp=uffd_wp)
         else:
-            pte = Pte(self.alloc_folio(PAGE_SIZE, anon=True), write=True, young=True)
+            pte = Pte(self.alloc_anon(vma, PAGE_SIZE), write=True, young=True)
             self.pte_mkdirty(pte)
             if uffd_wp:
                 pte.uffd_wp, pte.write = True, False   # pte_mkuffd_wp() write-protects
@@ -522,7 +537,7 @@ class MM:
             return ret
         uffd_wp = vmf.orig_pte_uffd_wp
         if vmf.write and not vma.shared:          # do_cow_fault()
-            pte = Pte(self.alloc_folio(PAGE_SIZE, anon=True, data=folio.copy_data()), write=True, young=True)
+            pte = Pte(self.alloc_anon(vma, PAGE_SIZE, folio.copy_data()), write=True, young=True)
             self.pte_mkdirty(pte)
         elif vmf.write:                           # do_shared_fault()
             pte = Pte(folio, write=True, young=True)
@@ -547,7 +562,10 @@ class MM:
                 return VM_FAULT_SIGBUS
             if userfaultfd_missing(vma):
                 return self.handle_userfault(vmf, VM_UFFD_MISSING)
-            folio = self.alloc_folio(vma.page_size, anon=not vma.shared)
+            if vma.shared:
+                folio = self.alloc_folio(vma.page_size, anon=False)
+            else:
+                folio = self.alloc_anon(vma, vma.page_size)
             if vma.shared:
                 vma.file.pages[idx] = folio
         uffd_wp = vmf.orig_pte_uffd_wp
@@ -555,7 +573,7 @@ class MM:
         # does the CoW at once (hugetlb_wp), unless the PTE carries uffd-wp: "never CoW a uffd-wp page"
         cow = vmf.write and not vma.shared and not uffd_wp
         if cow and not folio.anon:
-            folio = self.alloc_folio(vma.page_size, anon=True, data=folio.copy_data())
+            folio = self.alloc_anon(vma, vma.page_size, folio.copy_data())
         pte = Pte(folio, write=bool(vma.flags & VM_WRITE and (vma.shared or cow)), young=True)
         if pte.write:
             self.pte_mkdirty(pte)
@@ -583,7 +601,7 @@ class MM:
             return VM_FAULT_OK
         # wp_page_copy(): zero page or a page-cache page in a private mapping
         data = None if pte.special else page.copy_data()
-        new = Pte(self.alloc_folio(vma.page_size, anon=True, data=data), write=True, young=True)
+        new = Pte(self.alloc_anon(vma, vma.page_size, data), write=True, young=True)
         self.pte_mkdirty(new)
         self.set_pte(vmf.address, new)
         self.tlb.flush_range([vmf.address])          # ptep_clear_flush()
@@ -617,6 +635,8 @@ class MM:
     def mfill_atomic(self, ctx, kind: str, dst_start: int, src_start: int, length: int, wp: bool,
                      hints: int = 0) -> int:
         vma = self.find_vma(dst_start)
+        if vma is not None:
+            self.anon_vma_prepare(vma)         # uffd_lock_vma(): "we know we're going to need anon_vma"
         if vma is None or dst_start + length > vma.end or vma.ctx is None:
             return -E.ENOENT
         if ctx.mmap_changing:
@@ -851,6 +871,8 @@ class MM:
         if ctx.mmap_changing:
             return -E.EAGAIN
         dst_vma = self.find_vma(dst_start)
+        if dst_vma is not None:
+            self.anon_vma_prepare(dst_vma)     # find_vma_and_prepare_anon()
         src_vma = self.find_vma(src_start)
         if dst_vma is None or src_vma is None:
             return -E.ENOENT
