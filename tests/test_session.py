@@ -12,8 +12,8 @@ import tempfile
 import time
 
 import psutil
-import pytest
 
+from conftest import require_kernel
 from test_cli_support import BIN, Cli, cli, need_kernel, session  # noqa: F401  (fixtures)
 from uffdctl.session import protocol
 
@@ -153,12 +153,11 @@ def test_protocol_errors_are_answered_and_change_nothing(session):
     assert c.j("regions") == before
 
 
-@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv not installed")
 def test_another_uid_is_refused(tmp_path):
     """Two layers: the 0700 directory stops another uid at connect(); with the directory and the
     socket opened up (test-only), the server's SO_PEERCRED check refuses it."""
-    if os.getuid() != 0:
-        pytest.skip("needs root to switch uid with setpriv")
+    if shutil.which("setpriv") is None or os.getuid() != 0:
+        require_kernel("needs root and setpriv to switch to another uid")
     need_kernel()
     base = tempfile.mkdtemp(prefix="uffdctl-uid-")       # under /tmp: reachable by another uid once opened
     c = Cli(os.path.join(base, "rt"), tmp_path)
@@ -182,7 +181,7 @@ def _other_uid_probe(c):
     py = next((x for x in ("/usr/bin/python3", "/usr/local/bin/python3", shutil.which("python3"))
                if x and subprocess.run(setpriv + [x, "-c", "pass"], capture_output=True).returncode == 0), None)
     if py is None:
-        pytest.skip("no python3 interpreter that uid 65534 may execute")
+        require_kernel("no python3 interpreter that uid 65534 may execute")
     run = setpriv + [py, "-c", probe, sock]
     # 1. the directory alone
     p = subprocess.run(run, capture_output=True, text=True, timeout=30, cwd="/")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import enum
+import errno
 import os
 from dataclasses import asdict, dataclass
 
@@ -347,6 +348,30 @@ class Backend(abc.ABC):
     def describe(self) -> dict:
         """{"backend", "release", "profile", "soft_dirty", ...}."""
 
+    # -- region bookkeeping, shared by the backends (they keep ``_regions`` and ``_names``) ----------
+    def _region_name(self, name: str | None) -> str:
+        """The given name (which must be free), or the first free r<N>."""
+        if name is None:
+            return next(n for n in map("r{}".format, self._names) if n not in self._regions)
+        if name in self._regions:
+            raise ValueError(f"region {name!r} exists")
+        return name
+
+    @staticmethod
+    def _check_len(len: int, page: int, addr: int | None) -> None:
+        if len <= 0 or len % page:
+            from .errors import uffd_error
+            raise uffd_error(errno.EINVAL, "mmap", addr, len, message=f"length must be a positive multiple of {page}")
+
+    def _alias_name(self, region: Region, name: str | None) -> str:
+        if region.fd is None:
+            raise ValueError(f"region {region.name} is anonymous: no file to alias")
+        return self._region_name(name or f"{region.name}-alias")
+
+    def _add_region(self, r: Region) -> Region:
+        self._regions[r.name] = r
+        return r
+
     # -- mappings ---------------------------------------------------------------
     @abc.abstractmethod
     def mmap(self, len: int, memtype: MemType | str = MemType.ANON, name: str | None = None,
@@ -458,4 +483,4 @@ def env_backend_default() -> str:
     return os.environ.get("UFFDCTL_BACKEND", "auto")
 
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("abc", "enum", "os")]
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("abc", "enum", "errno", "os")]

@@ -327,18 +327,9 @@ class KernelBackend(Backend):
                 "features": self._features}
 
     # -- mappings -----------------------------------------------------------------
-    def _name(self, name):
-        if name is None:
-            name = f"r{next(self._names)}"
-            while name in self._regions:
-                name = f"r{next(self._names)}"
-        return name
-
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
         memtype = MemType(memtype)
-        name = self._name(name)
-        if name in self._regions:
-            raise ValueError(f"region {name!r} exists")
+        name = self._region_name(name)
         page = uapi.PAGE_SIZE
         fd = None
         flags = uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE
@@ -350,8 +341,7 @@ class KernelBackend(Backend):
             if total == 0:
                 raise Unsupported("HugePages_Total=0: no huge pages reserved",
                                   "reserve some with: sysctl vm.nr_hugepages=N")
-        if len <= 0 or len % page:
-            raise uffd_error(E.EINVAL, "mmap", addr, len, message=f"length must be a positive multiple of {page}")
+        self._check_len(len, page, addr)
         if memtype is MemType.ANON:
             flags |= uapi.MAP_ANONYMOUS
         else:
@@ -368,20 +358,14 @@ class KernelBackend(Backend):
         if memtype is MemType.ANON:
             # page-granular behaviour, as the selftests ask for: no THP under our feet
             self._lib.uffdctl_madvise(a, len, uapi.MADV_NOHUGEPAGE)
-        r = Region(name, a, len, memtype, page, fd, prot)
-        self._regions[name] = r
-        return r
+        return self._add_region(Region(name, a, len, memtype, page, fd, prot))
 
     def alias(self, region, name=None):
-        if region.fd is None:
-            raise ValueError(f"region {region.name} is anonymous: no file to alias")
-        name = self._name(name or f"{region.name}-alias")
+        name = self._alias_name(region, name)
         a = self._lib.uffdctl_mmap(0, region.len, uapi.PROT_READ | uapi.PROT_WRITE, uapi.MAP_SHARED, region.fd, 0)
         if a < 0:
             raise uffd_error(-a, "mmap", None, region.len)
-        r = Region(name, a, region.len, region.memtype, region.page_size, None)
-        self._regions[name] = r
-        return r
+        return self._add_region(Region(name, a, region.len, region.memtype, region.page_size, None))
 
     def munmap(self, addr, len):
         r = self._lib.uffdctl_munmap(addr, len)

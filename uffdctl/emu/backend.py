@@ -323,18 +323,11 @@ class EmuBackend(Backend):
             self._pumping = False
 
     # -- mappings -------------------------------------------------------------------------
-    def _name(self, name):
-        """The given name, or the first free r<N>."""
-        return name if name is not None else next(n for n in map("r{}".format, self._names) if n not in self._regions)
-
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
         memtype = MemType(memtype)
-        name = self._name(name)
-        if name in self._regions:
-            raise ValueError(f"region {name!r} exists")
+        name = self._region_name(name)
         page = M.HPAGE_SIZE if memtype.hugetlb else uapi.PAGE_SIZE
-        if len <= 0 or len % page:
-            raise uffd_error(E.EINVAL, "mmap", addr, len, message=f"length must be a positive multiple of {page}")
+        self._check_len(len, page, addr)
         f = None
         fd = None
         if memtype.file_backed:
@@ -343,19 +336,13 @@ class EmuBackend(Backend):
         v = self.mm.mmap(len, memtype, prot, addr, f)
         if isinstance(v, int):
             raise uffd_error(-v, "mmap", addr, len)
-        r = Region(name, v.start, len, memtype, page, fd, prot)
-        self._regions[name] = r
-        return r
+        return self._add_region(Region(name, v.start, len, memtype, page, fd, prot))
 
     def alias(self, region, name=None):
-        if region.fd is None:
-            raise ValueError(f"region {region.name} is anonymous: no file to alias")
-        name = self._name(name or f"{region.name}-alias")
+        name = self._alias_name(region, name)
         v = self.mm.mmap(region.len, region.memtype, uapi.PROT_READ | uapi.PROT_WRITE, None,
                          self._files[region.fd], shared=True)
-        r = Region(name, v.start, region.len, region.memtype, region.page_size, None)
-        self._regions[name] = r
-        return r
+        return self._add_region(Region(name, v.start, region.len, region.memtype, region.page_size, None))
 
     def _event(self, feature, msg_kw, vmas) -> None:
         for ctx in {id(v.ctx): v.ctx for v in vmas if v.ctx is not None}.values():
