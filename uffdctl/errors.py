@@ -147,3 +147,16 @@ class BackendUnavailable(Unsupported):
 
 class FeatureMissing(Unsupported):
     """A UFFD_FEATURE_* bit the operation needs is not offered by UFFDIO_API."""
+
+
+class NotModelled(Unsupported):
+    """The emulator does not model this operation yet (exit code 4): ``not modelled: fork (emulator)``.
+
+    Raised by a backend for an operation it cannot perform faithfully, so a script or test reports
+    UNSUPPORTED with the reason instead of passing on a guess.
+    """
+
+    def __init__(self, what: str, backend: str = "emulator"):
+        Unsupported.__init__(self, f"not modelled: {what} ({backend})")
+        self.what = what
+        self.backend = backend
