@@ -20,7 +20,7 @@ ffibuilder = FFI()
 ffibuilder.cdef(_read("uffd_cdef.h"))
 ffibuilder.set_source(
     "uffdctl._uffd",
-    "#ifndef _GNU_SOURCE\n#define _GNU_SOURCE\n#endif\n" '#include "uffd_uapi.h"\n' + _read("uffdctl_helpers.c"),
+    "#ifndef _GNU_SOURCE\n#define _GNU_SOURCE\n#endif\n" '#include "uffd_uapi.h"\n' + _read("uffdctl_helpers.c") + _read("uffdctl_proc.c"),
     include_dirs=[HERE],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
     libraries=["pthread"],

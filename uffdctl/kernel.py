@@ -422,6 +422,23 @@ class KernelBackend(Backend):
         os.waitpid(pid, 0)
         return pid
 
+    def fork(self, name, regions, thread=None) -> Access:
+        """fork(2) in C from a long-lived session thread (the child's PR_SET_PDEATHSIG follows that thread):
+        the child runs the native command loop of cdefs/uffdctl_proc.c (uffdctl.process)."""
+        from .process import KernelProcess
+        t = self.thread(thread or "__fork")
+        acc = _KernelAccess()
+
+        def job():
+            sock = self._ffi.new("int *")
+            pid = self._lib.uffdctl_proc_fork(sock)
+            if pid < 0:
+                raise uffd_error(-pid, "fork")
+            return KernelProcess(self, name, pid, sock[0], None, regions)
+
+        t._q.put((job, acc))
+        return acc
+
     def adopt_uffd(self, fd: int) -> KernelUffd:
         import fcntl
         u = KernelUffd(self, fd, "fork", fcntl.fcntl(fd, fcntl.F_GETFL))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from .. import uapi
 from ..backend import Access, Backend, HandlerPolicy, Region, open_backend
 from ..errors import BackendUnavailable, UffdctlError, Unsupported
+from .multi import MultiState
 
 # Features asked for when the uffd is opened implicitly: THREAD_ID, so every
 # fault message names the thread that is blocked (``events`` shows it).
@@ -38,9 +39,10 @@ class Touch:
     write: bool
     access: Access
     started_ns: int = field(default_factory=time.monotonic_ns)
+    proc: str = "self"          # the process the touch runs in (uffdctl.session.multi)
 
     def to_dict(self) -> dict:
-        d = {"touch": self.id, "thread": self.thread, "start": self.start, "len": self.len,
+        d = {"touch": self.id, "proc": self.proc, "thread": self.thread, "start": self.start, "len": self.len,
              "write": int(self.write), "finished": int(self.access.done), "blocked": int(not self.access.done)}
         if self.access.done:
             try:
@@ -50,6 +52,8 @@ class Touch:
             else:
                 d.update(minflt=r.minflt, majflt=r.majflt, sigbus=int(r.sigbus), si_code=r.si_code,
                          fault_addr=r.fault_addr, ns=r.ns)
+                if hasattr(r, "sigsegv"):
+                    d["sigsegv"] = int(r.sigsegv)
         return d
 
 
@@ -75,7 +79,7 @@ def open_session_backend(name: str, profile: str | None = None) -> Backend:
                           "the emulator has not landed in this build; use --backend kernel") from None
 
 
-class SessionState:
+class SessionState(MultiState):
     """Everything one session owns.  ``lock`` serialises commands (touch waits outside it)."""
 
     def __init__(self, backend: "str | Backend" = "auto", profile: str | None = None, name: str = "run"):
@@ -109,7 +113,7 @@ class SessionState:
     def backend(self) -> Backend:
         if self._backend is None:
             self._backend = open_session_backend(self.backend_name, self.profile)
-        return self._backend
+        return self.proc_view(self._backend) or self._backend   # a child's mm while addressing one
 
     def open(self) -> "SessionState":
         """Open the backend now (a daemon fails fast, before it says it is ready)."""
@@ -133,8 +137,8 @@ class SessionState:
     def start_handler(self, policy: HandlerPolicy | None = None) -> None:
         if policy is not None:
             self.policy = policy
-        if self.uffd is None:
-            return  # starts with the uffd
+        if self.uffd is None or self.slot.unread:
+            return  # starts with the uffd (or when the handler reads again: handler --read)
         if self.handler is not None:
             self.collect_events()
             self.handler.stop()   # queued faults are woken: they fault again into the new handler
@@ -144,17 +148,7 @@ class SessionState:
 
     def collect_events(self) -> list[dict]:
         """Move what the handler logged into the session's event log (with seq)."""
-        if self.handler is None:
-            return []
-        new = []
-        for ev in self.handler.events():
-            d = {"seq": next(self._seq)}
-            d.update(ev.to_dict())
-            reg = self.region_at(d.get("address", 0)) if "address" in d else None
-            if reg is not None:
-                d["region"] = reg.name
-                d["page"] = (d["address"] - reg.addr) // reg.page_size
-            new.append(d)
+        new = self.collect_all_events(self._seq)   # every uffd's handler, with uffd/proc (multi.py)
         self.events.extend(new)
         return new
 
@@ -169,9 +163,9 @@ class SessionState:
         """An unregistered anon buffer (COPY's src, probes): never one of the user's regions."""
         if self._scratch is None or self._scratch.len < len:
             if self._scratch is not None:
-                self.backend.munmap(self._scratch.addr, self._scratch.len)
+                self.self_backend.munmap(self._scratch.addr, self._scratch.len)
             size = max(len, 16 * uapi.PAGE_SIZE)
-            self._scratch = self.backend.mmap(size, "anon", name=f"__scratch{os.getpid()}_{size}")
+            self._scratch = self.self_backend.mmap(size, "anon", name=f"__scratch{os.getpid()}_{size}")
         return self._scratch
 
     def learn_zero_pfn(self) -> int:
@@ -189,14 +183,14 @@ class SessionState:
     # -- threads --------------------------------------------------------------------
     def busy_touch(self, thread: str) -> Touch | None:
         for t in self.touches.values():
-            if t.thread == thread and not t.access.done:
+            if t.thread == thread and t.proc == self.cur_proc_name and not t.access.done:
                 return t
         return None
 
     def new_touch(self, thread: str, start: int, len: int, write: bool, fill: int) -> Touch:
         th = self.thread(thread)
         acc = th.access(start, len, write, fill=fill, stride=uapi.PAGE_SIZE)
-        t = Touch(next(self._touch_ids), thread, start, len, write, acc)
+        t = Touch(next(self._touch_ids), thread, start, len, write, acc, proc=self.cur_proc_name)
         self.touches[t.id] = t
         return t
 
@@ -212,7 +206,7 @@ class SessionState:
         access (getrusage RUSAGE_THREAD), free of the thread's own bookkeeping faults."""
         mn = mj = 0
         for t in self.touches.values():
-            if t.thread == thread and t.access.done:
+            if t.thread == thread and t.proc == self.cur_proc_name and t.access.done:
                 try:
                     r = t.access.result()
                 except Exception:
@@ -232,4 +226,5 @@ class SessionState:
                     self.collect_events()
                 except Exception:
                     pass
+                self.close_procs()
                 self._backend.close()
