@@ -92,7 +92,8 @@ int uffdctl_gettid(void);
 struct uffdctl_handler_cfg {
 	int uffd; int missing_policy; int wp_policy; int minor_policy;
 	uint64_t base; uint64_t src; uint64_t page_size; uint64_t copy_mode;
-	int fill; int batch; int log_cap;
+	int fill; int batch; int log_cap; uint64_t src_len;
+	uint32_t delay_us;
 };
 struct uffdctl_event {
 	uint64_t ts_ns; struct uffd_msg msg; int32_t action; int32_t err; int64_t result;
@@ -103,6 +104,7 @@ int uffdctl_handler_stop(struct uffdctl_handler *, int);
 int uffdctl_handler_drain(struct uffdctl_handler *, struct uffdctl_event *, int);
 void uffdctl_handler_stats(struct uffdctl_handler *, uint64_t *);
 void uffdctl_handler_free(struct uffdctl_handler *);
+int uffdctl_handler_sync(struct uffdctl_handler *, int);
 
 int64_t uffdctl_loop_copy(int, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_loop_zeropage(int, uint64_t, uint64_t, uint64_t);

@@ -82,6 +82,8 @@ struct uffdctl_handler_cfg {
 	int fill;
 	int batch;		/* messages per read() */
 	int log_cap;		/* ring capacity, entries */
+	uint64_t src_len;	/* COPY_SRC: bytes of source from src (0: unchecked); faults beyond are queued */
+	uint32_t delay_us;	/* tests: sleep between read() and handling, widening the race the barrier closes */
 };
 
 struct uffdctl_event {
@@ -98,6 +100,7 @@ int uffdctl_handler_stop(struct uffdctl_handler *h, int release);
 int uffdctl_handler_drain(struct uffdctl_handler *h, struct uffdctl_event *out, int max);
 void uffdctl_handler_stats(struct uffdctl_handler *h, uint64_t *out);
 void uffdctl_handler_free(struct uffdctl_handler *h);
+int uffdctl_handler_sync(struct uffdctl_handler *h, int timeout_ms);
 
 /* ---- uffdctl_bench.c: pages done or -errno -------------------------------- */
 int64_t uffdctl_loop_copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t page, uint64_t mode);

@@ -122,6 +122,23 @@ class _Future(Access):
         return out
 
 
+class _CallAccess(Access):
+    def __init__(self, fut: _Future):
+        self._f = fut
+
+    def wait(self, timeout=None) -> bool:
+        return self._f.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._f.done
+
+    def result(self):
+        if self._f.exc:
+            raise self._f.exc
+        return 0
+
+
 class _ForkAccess(Access):
     def __init__(self, parent: "KernelProcess", name: str, fut: _Future):
         self._p, self._name, self._fut, self._child = parent, name, fut, None
@@ -266,6 +283,20 @@ class KernelProcess(Process):
                 os.close(fut.fd)
             raise uffd_error(-fut.rep["ret"], what, start, len, message=f"in process {self.name}")
         return fut
+
+    def submit_call(self, what: str, fn) -> Access:
+        """Run ``fn`` (which makes one synchronous request to this process) without waiting for it."""
+        acc = _Future()
+
+        def run():
+            try:
+                fn()
+                acc.rep = {"ret": 0}
+            except BaseException as e:
+                acc.exc = e
+            acc._ev.set()
+        threading.Thread(target=run, name=f"uffdctl-{self.name}-{what}", daemon=True).start()
+        return _CallAccess(acc)
 
     # -- the Backend-like surface the session commands use ---------------------------
     def thread(self, name: str = "main") -> Thread:

@@ -717,6 +717,16 @@ def cmd_pagemap(st, a):
             "entries": pagemap_entries(st, span)}
 
 
+# --thread on a system call that may block until its event is read (handler --unread): proc_commands
+THREAD_OPT = Param("--thread", "issue the system call from this session thread and return after 0.2 s like touch "
+                   "(blocked=1 while it waits, e.g. for its REMOVE message to be read); wait waits for it")
+
+
+def maybe_async(st, a, what, span, call):
+    from .proc_commands import maybe_async as impl
+    return impl(st, a, what, span, call)
+
+
 MADVICE = {"dontneed": uapi.MADV_DONTNEED, "free": uapi.MADV_FREE, "remove": uapi.MADV_REMOVE,
            "guard-install": uapi.MADV_GUARD_INSTALL, "guard-remove": uapi.MADV_GUARD_REMOVE}
 # fork behaviour (proc): the child lacks a DONTFORK VMA; a WIPEONFORK one is empty in the child
@@ -725,10 +735,14 @@ MADVICE.update({"dontfork": 10, "dofork": 11, "wipeonfork": 18, "keeponfork": 19
 
 @command("madvise", "madvise(2) a range: dontneed (REMOVE event), free (clean but writable), remove, "
          "guard-install / guard-remove (guard markers).", "uffdctl madvise buf:0 --advice free",
-         RANGE, Param("--advice", "the advice", kind="choice", choices=tuple(MADVICE), required=True))
+         RANGE, Param("--advice", "the advice", kind="choice", choices=tuple(MADVICE), required=True),
+         THREAD_OPT)
 def cmd_madvise(st, a):
     span = parse_range(st, a["range"])
-    st.backend.madvise(span.start, span.len, MADVICE[a["advice"]])
+    advice = MADVICE[a["advice"]]
+    pending = maybe_async(st, a, "madvise", span, lambda b: b.madvise(span.start, span.len, advice))
+    if pending is not None:   # --thread: it may stay blocked until its event is read
+        return dict(pending, advice=a["advice"])
     return _span_dict(span, advice=a["advice"])
 
 

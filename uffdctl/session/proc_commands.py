@@ -177,6 +177,42 @@ def cmd_procs(st, a):
     return {"procs": out}
 
 
+# -- system calls issued from a session thread (--thread) -------------------------------------
+def maybe_async(st, a, what, span, call):
+    """Without --thread: call(backend) now, returns None.  With --thread T: issue it from session thread T
+    (a child: from its only thread, without waiting), wait 0.2 s like touch, and return the touch-like record
+    (``touch`` number for wait, ``blocked``, ``op``)."""
+    thread = a.get("thread")
+    if thread is None:
+        call(st.backend)
+        return None
+    if not _NAME_OK.match(thread):
+        raise UsageError(f"bad thread name {thread!r}")
+    b = st.backend
+    proc = st.cur_proc
+    busy = st.busy_touch(thread if proc is None else "main")
+    if busy is not None:
+        raise UsageError(f"thread {thread} is still blocked in touch #{busy.id}: use another --thread")
+    if proc is not None:
+        if thread != "main":
+            raise UsageError(f"process {proc.name} has one thread, main")
+        acc = proc.submit_call(what, lambda: call(b))
+    else:
+        t = st.thread(thread)
+        q = getattr(t, "_q", None)
+        if q is None:   # the emulator: an mm operation there never waits for its event to be read
+            raise NotModelled(f"{what} --thread (a system call blocked until its event is read)")
+        else:
+            from ..kernel import _KernelAccess
+            acc = _KernelAccess()
+            q.put((lambda: call(b), acc))
+    from .state import Touch
+    tch = Touch(next(st._touch_ids), thread, span.start, span.len, False, acc, proc=st.cur_proc_name, kind=what)
+    st.touches[tch.id] = tch
+    acc.wait(TOUCH_DECIDE_S)
+    return tch.to_dict()
+
+
 # -- several uffds ----------------------------------------------------------------------------
 @command("uffd", "Open, close or list the session's uffds. open: userfaultfd(2) (or --dev: /dev/userfaultfd), "
          "no UFFDIO_API yet (give api --uffd NAME); with --proc P the uffd is opened in P, for P's mm.",

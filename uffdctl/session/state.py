@@ -40,16 +40,22 @@ class Touch:
     access: Access
     started_ns: int = field(default_factory=time.monotonic_ns)
     proc: str = "self"          # the process the touch runs in (uffdctl.session.multi)
+    kind: str = "touch"         # or the system call issued with --thread (madvise, fork): see proc_commands
 
     def to_dict(self) -> dict:
         d = {"touch": self.id, "proc": self.proc, "thread": self.thread, "start": self.start, "len": self.len,
              "write": int(self.write), "finished": int(self.access.done), "blocked": int(not self.access.done)}
+        if self.kind != "touch":
+            d["op"] = self.kind
         if self.access.done:
             try:
                 r = self.access.result()
             except Exception as e:  # handed back from the thread
                 d.update(error=str(e))
             else:
+                if self.kind != "touch":
+                    d["ret"] = r if isinstance(r, int) else 0
+                    return d
                 d.update(minflt=r.minflt, majflt=r.majflt, sigbus=int(r.sigbus), si_code=r.si_code,
                          fault_addr=r.fault_addr, ns=r.ns)
                 if hasattr(r, "sigsegv"):
