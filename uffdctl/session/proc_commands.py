@@ -399,7 +399,11 @@ def set_unread(st, unread: bool) -> None:
     if unread:
         if s.handler is not None:
             st.collect_events()
-            s.handler.stop(release=False)   # what it queued stays queued; what it did not read stays unread
+            try:
+                s.handler.stop(release=False)   # what it queued stays queued; what it did not read stays unread
+            except TypeError:   # the emulator's handler wakes what it queued when it stops
+                s.unread = False
+                raise NotModelled("handler --unread (messages left unread in the uffd)") from None
             st.collect_events()
             s.handler = None
     elif s.uffd is not None and s.api_result is not None:
