@@ -1,5 +1,7 @@
-/* cffi cdef: what Python sees of uffdctl._uffd.  Layouts come from the
- * compiler ("...;"), so tests/test_bindings.py checks them against the spec. */
+/* cffi cdef: what Python sees of uffdctl._uffd.  The uffdio_* and pm_scan structs are declared field by
+ * field as the uapi header has them; only struct uffd_msg (packed) ends in "...;", so that the compiler
+ * supplies its layout.  Request codes are "...": the compiler's values.  tests/test_bindings.py checks
+ * every size and offset against the compiled module and the spec. */
 typedef unsigned char __u8;
 typedef unsigned short __u16;
 typedef unsigned int __u32;

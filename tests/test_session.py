@@ -225,8 +225,10 @@ def test_emulator_session(cli):
 
 
 def test_kernel_profile_is_rejected(cli):
+    """An emulator option with the kernel backend is a usage error (exit 2), and no session starts."""
     p = cli("session", "start", "--name", "x", "--backend", "kernel", "--profile", "6.1")
-    assert p.returncode == 4 and "emulator" in p.stderr and "Traceback" not in p.stderr
+    assert p.returncode == 2 and "emulator" in p.stderr and "Traceback" not in p.stderr
+    assert cli.j("session", "list") == {"sessions": []}
 
 
 def test_json_keys_of_session_commands(cli):

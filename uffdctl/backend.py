@@ -14,141 +14,14 @@ and wake-on-EEXIST policy live in :mod:`uffdctl.ops`.
 from __future__ import annotations
 
 import abc
-import enum
 import errno
-import os
-from dataclasses import asdict, dataclass
 
 from . import uapi
-from .errors import BackendUnavailable
-
-
-class MemType(str, enum.Enum):
-    """Memory types, named as the kernel selftests name them (uffd-unit-tests.c)."""
-
-    ANON = "anon"                        # mmap(MAP_PRIVATE|MAP_ANONYMOUS)
-    SHMEM = "shmem"                      # memfd_create + MAP_SHARED
-    SHMEM_PRIVATE = "shmem-private"      # memfd_create + MAP_PRIVATE
-    HUGETLB = "hugetlb"                  # memfd_create(MFD_HUGETLB) + MAP_SHARED
-    HUGETLB_PRIVATE = "hugetlb-private"  # memfd_create(MFD_HUGETLB) + MAP_PRIVATE
-
-    @property
-    def shared(self) -> bool:
-        return self in (MemType.SHMEM, MemType.HUGETLB)
-
-    @property
-    def hugetlb(self) -> bool:
-        return self in (MemType.HUGETLB, MemType.HUGETLB_PRIVATE)
-
-    @property
-    def file_backed(self) -> bool:
-        return self is not MemType.ANON
-
-    def __str__(self) -> str:
-        return self.value
-
-
-HPAGE_SIZE = 2 << 20
-
-
-@dataclass
-class Region:
-    """One mapping made by :meth:`Backend.mmap`.
-
-    For shmem/hugetlb types ``fd`` is the memfd (the page cache behind it);
-    ``alias`` may hold a second mapping of the same file (for CONTINUE tests
-    the page cache is populated through it).
-    """
-
-    name: str
-    addr: int
-    len: int
-    memtype: MemType
-    page_size: int = uapi.PAGE_SIZE
-    fd: int | None = None
-    prot: int = uapi.PROT_READ | uapi.PROT_WRITE
-
-    @property
-    def end(self) -> int:
-        return self.addr + self.len
-
-    @property
-    def pages(self) -> int:
-        return self.len // self.page_size
-
-    def page(self, i: int) -> int:
-        """Address of page ``i`` (in units of this region's page size)."""
-        if not 0 <= i < self.pages:
-            raise IndexError(f"page {i} outside region {self.name} ({self.pages} pages)")
-        return self.addr + i * self.page_size
-
-    def to_dict(self) -> dict:
-        return {"name": self.name, "start": self.addr, "len": self.len, "type": self.memtype.value,
-                "page_size": self.page_size}
-
-
-@dataclass
-class UffdioApi:
-    api: int
-    features: int
-    ioctls: int
-
-    def to_dict(self) -> dict:
-        return {"api": self.api, "features": self.features, "ioctls": self.ioctls,
-                "features_decoded": uapi.Feature.decode(self.features),
-                "ioctls_decoded": uapi.Ioctl.decode(self.ioctls)}
-
-
-@dataclass
-class UffdMsg:
-    """A decoded ``struct uffd_msg``; field names are the kernel's (``arg.pagefault.flags`` -> ``flags``)."""
-
-    event: int
-    flags: int = 0       # pagefault
-    address: int = 0     # pagefault
-    ptid: int = 0        # pagefault (UFFD_FEATURE_THREAD_ID)
-    ufd: int = 0         # fork
-    from_: int = 0       # remap (``from`` in C)
-    to: int = 0          # remap
-    len: int = 0         # remap
-    start: int = 0       # remove / unmap
-    end: int = 0         # remove / unmap
-    ts_ns: int = 0       # CLOCK_MONOTONIC when read (not part of uffd_msg)
-
-    @property
-    def event_name(self) -> str:
-        return uapi.EVENT_NAMES.get(self.event, hex(self.event))
-
-    def to_dict(self) -> dict:
-        d: dict = {"event": self.event_name, "ts_ns": self.ts_ns}
-        if self.event == uapi.Event.PAGEFAULT:
-            d.update(flags=self.flags, flags_decoded=uapi.PagefaultFlag.decode(self.flags),
-                     address=self.address, ptid=self.ptid)
-        elif self.event == uapi.Event.FORK:
-            d.update(ufd=self.ufd)
-        elif self.event == uapi.Event.REMAP:
-            d.update({"from": self.from_, "to": self.to, "len": self.len})
-        else:
-            d.update(start=self.start, end=self.end)
-        return d
-
-
-@dataclass
-class AccessResult:
-    """What one memory access from a thread saw."""
-
-    minflt: int = 0          # minor faults of the thread during the access (getrusage RUSAGE_THREAD)
-    majflt: int = 0
-    sigbus: bool = False
-    si_code: int = 0
-    fault_addr: int = 0
-    data: bytes | None = None  # bytes read, for reads that asked for them
-    ns: int = 0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("data")
-        return d
+from .errors import NotModelled, Unsupported, uffd_error
+# The shared types live in the leaf module uffdctl.types; they are re-exported here, where they were first
+# defined, so that ``from uffdctl.backend import MemType, Region, HandlerPolicy`` keeps working.
+from .types import (HPAGE_SIZE, PAGE_SIZE, AccessResult, BackendSelection, HandledEvent, HandlerPolicy, MemType,
+                    Region, ScanResult, SoftDirtyProbe, UffdioApi, UffdMsg, decode_msg, page_size_of)
 
 
 class Access(abc.ABC):
@@ -181,62 +54,6 @@ class Thread(abc.ABC):
     @abc.abstractmethod
     def faults(self) -> tuple[int, int]:
         """Cumulative (minflt, majflt) of this thread."""
-
-
-@dataclass
-class ScanResult:
-    """PAGEMAP_SCAN output: ``regions`` of (start, end, categories) and ``walk_end``."""
-
-    regions: list[tuple[int, int, int]]
-    walk_end: int
-
-    def to_dict(self) -> dict:
-        return {"walk_end": self.walk_end,
-                "regions": [{"start": s, "end": e, "categories": c,
-                             "categories_decoded": uapi.PageCategory.decode(c)} for s, e, c in self.regions]}
-
-
-@dataclass
-class HandlerPolicy:
-    """How a fault handler resolves each kind of fault.
-
-    missing: ``zeropage`` | ``copy`` (from ``src`` + offset into ``base``) | ``fill`` (a page of ``fill``) | ``queue``
-    wp:      ``unprotect`` | ``wake`` | ``queue``
-    minor:   ``continue`` | ``queue``
-    """
-
-    missing: str = "zeropage"
-    wp: str = "unprotect"
-    minor: str = "continue"
-    base: int = 0
-    src: int = 0
-    fill: int = 0
-    page_size: int = uapi.PAGE_SIZE
-    copy_mode: int = 0
-
-    MISSING = ("zeropage", "copy", "fill", "queue")
-    WP = ("unprotect", "wake", "queue")
-    MINOR = ("continue", "queue")
-
-    def __post_init__(self):
-        for kind, allowed in (("missing", self.MISSING), ("wp", self.WP), ("minor", self.MINOR)):
-            if getattr(self, kind) not in allowed:
-                raise ValueError(f"unknown {kind} policy {getattr(self, kind)!r} (valid: {', '.join(allowed)})")
-
-
-@dataclass
-class HandledEvent:
-    """One message the handler read, with what it did about it."""
-
-    msg: UffdMsg
-    action: str          # policy applied ("zeropage", ..., "queue"), or "event" for non-fault messages
-    err: int = 0         # 0 or -errno of the resolving ioctl
-    result: int = 0      # result field of the resolving ioctl
-
-    def to_dict(self) -> dict:
-        d = self.msg.to_dict()
-        d.update(action=self.action, err=self.err, result=self.result)
-        return d
 
 
 class Handler(abc.ABC):
@@ -325,23 +142,11 @@ class Uffd(abc.ABC):
         self.close()
 
 
-@dataclass
-class SoftDirtyProbe:
-    """Result of the soft-dirty round trip (clear_refs 4, write a page, read PM_SOFT_DIRTY)."""
-
-    available: bool
-    reason: str
-    raw_before: int = 0
-    raw_after: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class Backend(abc.ABC):
     """One address space, real or emulated."""
 
     name: str  # "kernel" or "emu"
+    selection: BackendSelection | None = None   # set by uffdctl.registry.open_backend: what was asked, and why
 
     # -- identity ---------------------------------------------------------------
     @abc.abstractmethod
@@ -360,7 +165,6 @@ class Backend(abc.ABC):
     @staticmethod
     def _check_len(len: int, page: int, addr: int | None) -> None:
         if len <= 0 or len % page:
-            from .errors import uffd_error
             raise uffd_error(errno.EINVAL, "mmap", addr, len, message=f"length must be a positive multiple of {page}")
 
     def _alias_name(self, region: Region, name: str | None) -> str:
@@ -404,13 +208,11 @@ class Backend(abc.ABC):
     def fork_child(self) -> int:
         """fork() a child of this mm that exits at once (the parent waits for it); returns its pid.
         With UFFD_FEATURE_EVENT_FORK the fork blocks until the FORK event is read (run a handler)."""
-        from .errors import Unsupported
         raise Unsupported(f"backend {self.name!r} cannot fork")
 
     def adopt_uffd(self, fd: int) -> Uffd:
         """Wrap a uffd fd this backend did not open itself: the ``ufd`` of a FORK event (the child's uffd,
         already past UFFDIO_API).  The returned Uffd owns the fd."""
-        from .errors import Unsupported
         raise Unsupported(f"backend {self.name!r} cannot adopt a uffd fd")
 
     # -- memory access ----------------------------------------------------------
@@ -458,29 +260,4 @@ class Backend(abc.ABC):
         self.close()
 
 
-BACKENDS = ("kernel", "emu")
-
-
-def open_backend(name: str = "auto", **kw) -> Backend:
-    """Pick a backend: "kernel", "emu", or "auto" (kernel if it can serve, else emu).
-
-    Keyword arguments go to the emulator (``profile=``, ``soft_dirty=``).
-    """
-    if name not in ("auto",) + BACKENDS:
-        raise ValueError(f"unknown backend {name!r} (valid: auto, {', '.join(BACKENDS)})")
-    if name in ("kernel", "auto"):
-        try:
-            from .kernel import KernelBackend
-            return KernelBackend()
-        except BackendUnavailable:
-            if name == "kernel":
-                raise
-    from .emu import EmuBackend
-    return EmuBackend(**kw)
-
-
-def env_backend_default() -> str:
-    return os.environ.get("UFFDCTL_BACKEND", "auto")
-
-
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("abc", "enum", "errno", "os")]
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("abc", "errno", "annotations")]

@@ -21,32 +21,18 @@ import time
 
 from . import uapi
 from ._native import load
-from .backend import (Access, AccessResult, Backend, Handler, HandlerPolicy, MemType, Region,
-                      ScanResult, SoftDirtyProbe, Thread, Uffd, UffdioApi, UffdMsg)
+from .backend import Access, Backend, Handler, Thread, Uffd
 from .errors import BackendUnavailable, Unsupported, uffd_error
+from .handler import NativeHandler
+from .types import (AccessResult, HandlerPolicy, MemType, Region, ScanResult, SoftDirtyProbe, UffdioApi, UffdMsg,
+                    decode_msg)
 
 # A value the kernel never writes into a result field: seeing it afterwards means
 # "not written" (argument validation failed before the copy-out).
 _UNWRITTEN = -(1 << 63)
 
-_MSG = struct.Struct("<BBHI24s")
 _T: dict = {}  # cached cffi pointer types of the uffdio_* structs
 _tls = threading.local()  # per-thread result cell of the range ioctls
-
-
-def decode_msg(raw: bytes, ts_ns: int = 0) -> UffdMsg:
-    """Decode one packed 32-byte ``struct uffd_msg``."""
-    event, _r1, _r2, _r3, arg = _MSG.unpack(raw)
-    m = UffdMsg(event=event, ts_ns=ts_ns)
-    if event == uapi.Event.PAGEFAULT:
-        m.flags, m.address, m.ptid = struct.unpack_from("<QQI", arg)
-    elif event == uapi.Event.FORK:
-        (m.ufd,) = struct.unpack_from("<I", arg)
-    elif event == uapi.Event.REMAP:
-        m.from_, m.to, m.len = struct.unpack_from("<QQQ", arg)
-    else:
-        m.start, m.end = struct.unpack_from("<QQ", arg)
-    return m
 
 
 def open_error_hint(err: int, via: str) -> str:
@@ -430,7 +416,6 @@ class KernelBackend(Backend):
         return u
 
     def fault_handler(self, uffd, policy: HandlerPolicy) -> Handler:
-        from .handler import NativeHandler
         return NativeHandler(uffd, policy)
 
     # -- memory access ------------------------------------------------------------

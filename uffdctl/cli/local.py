@@ -69,7 +69,9 @@ def run(file, backend, profile, quiet):
     from ..script import ScriptError, run_file
     g = _g()
     try:
-        res = run_file(file, backend=backend, profile=profile, echo=None if (g.out.json or quiet) else click.echo)
+        from .output import render
+        res = run_file(file, backend=backend, profile=profile, echo=None if (g.out.json or quiet) else click.echo,
+                       render=render)
     except ScriptError as e:
         g.out.error(e.to_dict(), "uffdctl run")
         raise click.exceptions.Exit(e.exit_code) from None

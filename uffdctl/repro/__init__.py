@@ -56,10 +56,11 @@ class Report:
 
 def kernel_facts() -> dict:
     """describe() of the kernel backend (release, soft-dirty round trip), or why it is unavailable."""
+    from ..errors import BackendUnavailable
+    from ..registry import open_backend
     try:
-        from ..kernel import KernelBackend
-        b = KernelBackend()
-    except Exception as e:
+        b = open_backend("kernel")
+    except BackendUnavailable as e:
         return {"available": False, "reason": str(e), "release": platform.release()}
     try:
         d = b.describe()

@@ -1,7 +1,7 @@
 """Run a scenario case on one target (the kernel, or one emulator profile) and decide its verdict.
 
-The steps are parsed by the ``uffdctl run`` language's click definitions and run in one in-process
-session (:func:`uffdctl.session.commands.execute`).
+The steps are parsed as ``uffdctl run`` parses its lines (uffdctl.session.argv, from the command table)
+and run in one in-process session (:func:`uffdctl.session.commands.execute`).
 After every step the runner records the state of the watched page:
 
 ======================  ===========================================================================
@@ -34,7 +34,12 @@ import time
 from dataclasses import dataclass, field
 
 from .. import uapi
-from ..errors import BackendUnavailable, UffdctlError
+from ..errors import BackendUnavailable, UffdctlError, UsageError
+from ..errors import to_wire as error_dict
+from ..registry import open_backend
+from ..session.argv import parse_argv
+from ..session.commands import execute, pagemap_entries, parse_range
+from ..session.state import SessionState
 from . import scenario as S
 
 COMPARED = ("present", "uffd_wp", "exclusive", "soft_dirty", "private_dirty", "written", "fault", "flushes")
@@ -99,11 +104,10 @@ class CaseRun:
 
 
 def open_target(t: Target, switches: dict | None = None):
+    """The target's backend, from the one opener (uffdctl.registry)."""
     if t.backend == "kernel":
-        from ..kernel import KernelBackend
-        return KernelBackend()
-    from ..emu import EmuBackend
-    return EmuBackend(t.profile, soft_dirty=t.soft_dirty, **(switches or {}))
+        return open_backend("kernel")
+    return open_backend("emu", profile=t.profile, soft_dirty=t.soft_dirty, switches=switches)
 
 
 def _unmet(need: str, b, desc: dict) -> str | None:
@@ -149,7 +153,6 @@ class _Observer:
         return self.trace.take() if self.trace else None
 
     def page(self) -> dict:
-        from ..session.commands import UsageError, pagemap_entries, parse_range
         try:
             span = parse_range(self.st, self.sc.watch)
         except UsageError:
@@ -215,19 +218,13 @@ def _vma_bounds(b, addr: int) -> tuple[int, int] | None:
 
 
 def _prepare(st, toks: list[str]):
-    """Parse one step as ``uffdctl run`` does (the same click definitions); returns the call that runs it,
+    """Parse one step as ``uffdctl run`` does (the command table's parser); returns the call that runs it,
     so that TLB flushes are counted around the command alone."""
-    import click
-
-    from ..cli.build import parse_line
-    from ..session.commands import COMMANDS, UsageError, execute
     name = toks[0]
-    if name not in COMMANDS:
-        raise UsageError(f"unknown command {name!r}")
     try:
-        _, args, _ = parse_line(name, toks[1:])
-    except (click.UsageError, click.exceptions.Exit) as e:
-        raise UsageError(f"{name}: {getattr(e, 'format_message', lambda: 'bad usage')()}") from None
+        _, args, _ = parse_argv(name, toks[1:])
+    except UsageError as e:
+        raise UsageError(f"{name}: {e}") from None
     if name == "touch":
         st.thread(args.get("thread") or "main")
     return lambda: execute(st, name, args)
@@ -235,8 +232,6 @@ def _prepare(st, toks: list[str]):
 
 def run_case(sc: S.Scenario, case: S.Case, target: Target, echo=None) -> CaseRun:
     """Run one case on one target; never raises for what the kernel does (that is the verdict)."""
-    from ..session.commands import error_dict
-    from ..session.state import SessionState
     t0 = time.monotonic()
     run = CaseRun(sc.name, case.id, target)
     switches = case.switches.get(target.profile) if target.backend == "emu" else None

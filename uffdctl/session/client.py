@@ -15,15 +15,10 @@ import subprocess
 import sys
 import time
 
+from ..errors import RemoteErrorLike, SessionGone, UsageError, from_wire
 from . import paths, protocol
-from .commands import RemoteErrorLike, UsageError
 
 START_TIMEOUT_S = 30.0
-
-
-class SessionGone(RemoteErrorLike):
-    def __init__(self, message: str):
-        super().__init__({"type": "SessionGone", "errno": None, "ioctl": None, "message": message}, 1)
 
 
 def _read_pid(name: str) -> int | None:
@@ -135,7 +130,7 @@ class Client:
             raise SessionGone(f"session {self.name!r} closed the connection during {op} (did it die?)")
         resp = json.loads(line)
         if not resp.get("ok"):
-            raise RemoteErrorLike(resp.get("error") or {}, resp.get("exit", 1))
+            raise from_wire(resp.get("error") or {}, resp.get("exit", 1))   # the server's own class
         return resp["result"]
 
     def close(self):
@@ -202,7 +197,7 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
     if not msg.get("ok"):
         proc.wait(5)
         _forget(name)
-        raise RemoteErrorLike(msg.get("error") or {}, msg.get("exit", 1))
+        raise from_wire(msg.get("error") or {}, msg.get("exit", 1))
     return {"name": name, "pid": msg["pid"], "socket": msg["socket"], "backend": msg["backend"],
             "log": paths.log_path(name)}
 

@@ -20,35 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import uapi
-from ..backend import HandlerPolicy, MemType, Region
-from ..errors import Unsupported, UffdctlError
-from .state import SessionState, UsageError
+from ..errors import RemoteErrorLike, Unsupported, UsageError, exit_code_of
+from ..errors import to_wire as error_dict   # the wire/JSON form of any error (the name this module used)
+from ..types import HPAGE_SIZE, HandlerPolicy, MemType, Region
+from .state import SessionState
 
 PAGE = uapi.PAGE_SIZE
 TOUCH_DECIDE_S = 0.2     # touch without --wait: how long to wait before saying "blocked"
 MAX_PAGEMAP_PAGES = 1 << 16
-
-
-def error_dict(e: BaseException) -> dict:
-    """The wire/JSON form of any error: ``{"type", "errno", "ioctl", "message", ...}``."""
-    if hasattr(e, "to_dict") and hasattr(e, "ioctl"):
-        return e.to_dict()
-    if isinstance(e, RemoteErrorLike):
-        return dict(e.payload)
-    return {"type": type(e).__name__, "errno": getattr(e, "errno", None), "ioctl": None, "message": str(e)}
-
-
-class RemoteErrorLike(UffdctlError):
-    """An error that came back over the socket (or was re-raised from its dict)."""
-
-    def __init__(self, payload: dict, exit_code: int = 1):
-        super().__init__(payload.get("message") or payload.get("type", "error"))
-        self.payload = payload
-        self.exit_code = exit_code
-
-
-def exit_code_of(e: BaseException) -> int:
-    return getattr(e, "exit_code", 1) if isinstance(e, UffdctlError) else 1
 
 
 # -- parsing ---------------------------------------------------------------------------
@@ -303,7 +282,6 @@ def cmd_mmap(st, a):
     memtype = MemType(a["type"])
     page = uapi.PAGE_SIZE
     if memtype.hugetlb:
-        from ..backend import HPAGE_SIZE
         page = HPAGE_SIZE
     if size % page:
         raise UsageError(f"size {a['size']!r} is not a multiple of the {memtype.value} page size ({page})")
@@ -737,5 +715,5 @@ def cmd_status(st, a):
                                                  "minor": st.policy.minor}}
 
 
-__all__ = ["COMMANDS", "Command", "Param", "SessionState", "Span", "UsageError", "error_dict", "execute",
-           "exit_code_of", "parse_range", "parse_size"]
+__all__ = ["COMMANDS", "Command", "Param", "RemoteErrorLike", "SessionState", "Span", "UsageError", "error_dict",
+           "execute", "exit_code_of", "parse_range", "parse_size"]
