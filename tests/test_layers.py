@@ -195,6 +195,39 @@ def test_siblings_do_not_import_each_other():
     assert not allowed((5, "a"), (5, "b")) and not allowed((4, ""), (5, "a"))
 
 
+# -- the backend interface's promise: callers cannot tell which backend they have -------------------
+OPENER = "uffdctl.registry"
+EMULATOR_ATTRS = {"mm", "ptes", "pgtables", "vmas", "tlb", "_runq", "_pump", "_wake"}
+
+
+def reaches_into_a_backend(root: str = ROOT) -> list[str]:
+    """Outside uffdctl/emu/ and the opener: a test of a backend's name against "emu"/"kernel", an import of
+    the emulator, or a read of one of its attributes (``b.mm``, ``b.mm.ptes``, ...)."""
+    out = []
+    for mod, path in sorted(modules(root).items()):
+        if mod == OPENER or mod == "uffdctl.emu" or mod.startswith("uffdctl.emu."):
+            continue
+        tree = ast.parse(open(path, encoding="utf-8").read(), path)
+        for node in ast.walk(tree):
+            where = f"{mod}:{getattr(node, 'lineno', 0)}"
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                named = any(isinstance(x, ast.Attribute) and x.attr == "name" for x in sides)
+                if named and any(isinstance(x, ast.Constant) and x.value in ("emu", "kernel") for x in sides):
+                    out.append(f"{where}: compares a backend's name")
+            elif isinstance(node, ast.Attribute) and node.attr in EMULATOR_ATTRS:
+                out.append(f"{where}: reads .{node.attr}")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "emu" and node.level:
+                out.append(f"{where}: imports the emulator")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("uffdctl.emu"):
+                out.append(f"{where}: imports the emulator")
+    return out
+
+
+def test_no_caller_tells_the_backends_apart():
+    assert reaches_into_a_backend() == []
+
+
 def main() -> int:
     g, rows = graph(), readme_layers()
     by_layer: dict = {}

@@ -21,7 +21,7 @@ from .errors import NotModelled, Unsupported, uffd_error
 # The shared types live in the leaf module uffdctl.types; they are re-exported here, where they were first
 # defined, so that ``from uffdctl.backend import MemType, Region, HandlerPolicy`` keeps working.
 from .types import (HPAGE_SIZE, PAGE_SIZE, AccessResult, BackendSelection, HandledEvent, HandlerPolicy, MemType,
-                    Region, ScanResult, SoftDirtyProbe, UffdioApi, UffdMsg, decode_msg, page_size_of)
+                    PteBits, Region, ScanResult, SoftDirtyProbe, UffdioApi, UffdMsg, decode_msg, page_size_of)
 
 
 class Access(abc.ABC):
@@ -249,6 +249,28 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def smaps_private_dirty(self, addr: int) -> int:
         """Private_Dirty (bytes) of the mapping containing ``addr``."""
+
+    # -- queries: what callers ask instead of reaching into one implementation ------------------
+    # Each answers None (or empty) where the backend cannot see the thing; a caller never tests which
+    # backend it has to decide what it may read.
+    def pte_bits(self, addr: int) -> PteBits | None:
+        """RW and D of the PTE mapping ``addr`` (both 0 when none is present), or None where they cannot be
+        seen: the kernel does not export them to user space (a write's fault count shows write-ability)."""
+        return None
+
+    def vma_bounds(self, addr: int) -> tuple[int, int] | None:
+        """[start, end) of the VMA containing ``addr`` (None: no VMA there, or not known)."""
+        return None
+
+    def tlb_flush_count(self) -> int | None:
+        """TLB flushes the backend itself counted so far, or None where it does not count them (the kernel's
+        are seen through tracefs ``tlb:tlb_flush``: uffdctl.repro.tlbtrace)."""
+        return None
+
+    def hint_modes(self, ioctl: str) -> dict[str, int]:
+        """The never-merged 2022 RFC access/write hint mode bits UFFDIO_<ioctl> accepts here, by name
+        (``access_likely``, ``write_likely``); empty where there are none (every real kernel)."""
+        return {}
 
     def close(self) -> None:
         """Release everything (uffds, handlers, threads, mappings)."""

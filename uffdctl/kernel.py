@@ -418,6 +418,15 @@ class KernelBackend(Backend):
     def fault_handler(self, uffd, policy: HandlerPolicy) -> Handler:
         return NativeHandler(uffd, policy)
 
+    def vma_bounds(self, addr: int) -> tuple[int, int] | None:
+        """From /proc/self/maps."""
+        with open("/proc/self/maps") as f:
+            for line in f:
+                lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+                if lo <= addr < hi:
+                    return lo, hi
+        return None
+
     # -- memory access ------------------------------------------------------------
     def thread(self, name="main") -> KernelThread:
         t = self._threads.get(name)

@@ -103,9 +103,21 @@ def open_backend(name: str = "auto", *, profile: str | None = None, soft_dirty: 
     return b
 
 
+def emulator_profiles() -> tuple[str, ...]:
+    """The kernel versions the emulator models (profile names), oldest first as the emulator lists them."""
+    from .emu import PROFILES
+    return tuple(PROFILES)
+
+
+def default_profile() -> str:
+    """The profile the emulator models when none is asked for."""
+    from .emu import DEFAULT_PROFILE
+    return DEFAULT_PROFILE
+
+
 def env_backend_default() -> str:
     """The default backend name: ``$UFFDCTL_BACKEND``, else ``auto``."""
     return os.environ.get("UFFDCTL_BACKEND", "auto")
 
 
-__all__ = ["BACKENDS", "CHOICES", "open_backend", "env_backend_default"]
+__all__ = ["BACKENDS", "CHOICES", "open_backend", "env_backend_default", "emulator_profiles", "default_profile"]

@@ -243,6 +243,17 @@ class SoftDirtyProbe:
 
 
 @dataclass(frozen=True)
+class PteBits:
+    """The hardware bits of one PTE that pagemap does not show: RW (``write``) and D (``dirty``)."""
+
+    write: int
+    dirty: int
+
+    def to_dict(self) -> dict:
+        return {"write": self.write, "dirty": self.dirty}
+
+
+@dataclass(frozen=True)
 class BackendSelection:
     """Which backend the opener (uffdctl.registry.open_backend) opened for a request, and why.
 
@@ -268,5 +279,5 @@ class BackendSelection:
                 "fallback": int(self.fallback)}
 
 
-__all__ = ["BackendSelection", "PAGE_SIZE", "HPAGE_SIZE", "UFFD_MSG_SIZE", "MemType", "Region", "UffdioApi", "UffdMsg", "decode_msg",
+__all__ = ["BackendSelection", "PteBits", "PAGE_SIZE", "HPAGE_SIZE", "UFFD_MSG_SIZE", "MemType", "Region", "UffdioApi", "UffdMsg", "decode_msg",
            "AccessResult", "ScanResult", "HandlerPolicy", "HandledEvent", "SoftDirtyProbe", "page_size_of"]

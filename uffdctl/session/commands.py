@@ -220,16 +220,15 @@ def _hint_bits(st: SessionState, args: dict, ioctl: str) -> int:
     wanted = [h for h in ("access_likely", "write_likely") if args.get(h)]
     if not wanted:
         return 0
-    if st.backend.name != "emu" or not getattr(getattr(st.backend, "profile", None), "hints", None):
+    modes = st.backend.hint_modes(ioctl)          # the backend says which it accepts (none on a real kernel)
+    if not modes and not st.backend.hint_modes("COPY"):
         raise Unsupported(f"--{wanted[0].replace('_', '-')} is an emulator-only RFC hint (never merged)",
                           "start the session with --backend emu --profile rfc-hints")
-    from ..emu import profiles  # the emulator owns the (uffdctl-private) values
     bits = 0
     for h in wanted:
-        val = getattr(profiles, f"UFFDIO_{ioctl}_MODE_{h.upper()}", None)
-        if val is None:
+        if h not in modes:
             raise Unsupported(f"the emulator has no {h.upper()} mode for UFFDIO_{ioctl}")
-        bits |= int(val)
+        bits |= modes[h]
     return bits
 
 
