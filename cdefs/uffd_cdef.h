@@ -104,6 +104,12 @@ int uffdctl_handler_drain(struct uffdctl_handler *, struct uffdctl_event *, int)
 void uffdctl_handler_stats(struct uffdctl_handler *, uint64_t *);
 void uffdctl_handler_free(struct uffdctl_handler *);
 
+#define UFFDCTL_PM_NFLAGS ...
+int64_t uffdctl_pagemap_read(int, uint64_t, uint64_t, uint64_t *);
+void uffdctl_pagemap_counts(const uint64_t *, uint64_t, uint64_t *);
+int64_t uffdctl_pagemap_runs(const uint64_t *, uint64_t, uint64_t, uint64_t *, uint64_t);
+void uffdctl_pagemap_symbols(const uint64_t *, uint64_t, uint64_t, char *);
+
 int64_t uffdctl_loop_copy(int, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_loop_zeropage(int, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_loop_writeprotect(int, uint64_t, uint64_t, uint64_t, uint64_t);

@@ -9,6 +9,8 @@
  *   uffdctl_handler.c  the native fault-handling thread (pthread): polls the uffd and a stop
  *                      eventfd, reads messages in batches, resolves them by policy and logs every
  *                      message with a timestamp; it never needs the GIL;
+ *   uffdctl_pagemap.c  /proc/PID/pagemap in bulk: a range read into an array of raw entries,
+ *                      flag counts, runs and the --map grid decoded over the whole array;
  *   uffdctl_bench.c    per-page ioctl loops used by the benchmarks.
  *
  * This header is what they share and what the cffi preamble sees; cdefs/uffd_cdef.h is what
@@ -98,6 +100,13 @@ int uffdctl_handler_stop(struct uffdctl_handler *h, int release);
 int uffdctl_handler_drain(struct uffdctl_handler *h, struct uffdctl_event *out, int max);
 void uffdctl_handler_stats(struct uffdctl_handler *h, uint64_t *out);
 void uffdctl_handler_free(struct uffdctl_handler *h);
+
+/* ---- uffdctl_pagemap.c ---------------------------------------------------- */
+#define UFFDCTL_PM_NFLAGS 7	/* present swap file guard uffd_wp exclusive soft_dirty */
+int64_t uffdctl_pagemap_read(int fd, uint64_t addr, uint64_t npages, uint64_t *raw);
+void uffdctl_pagemap_counts(const uint64_t *raw, uint64_t n, uint64_t *counts);
+int64_t uffdctl_pagemap_runs(const uint64_t *raw, uint64_t n, uint64_t mask, uint64_t *starts, uint64_t max);
+void uffdctl_pagemap_symbols(const uint64_t *raw, uint64_t n, uint64_t zero_pfn, char *out);
 
 /* ---- uffdctl_bench.c: pages done or -errno -------------------------------- */
 int64_t uffdctl_loop_copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t page, uint64_t mode);
