@@ -93,10 +93,7 @@ class Server:
         with conn:
             _pid, uid, _gid = peer_uid(conn)
             if uid != os.getuid():
-                err = PermissionDenied(errno.EPERM, "SO_PEERCRED",
-                                       message=f"uid {uid} may not use session {self.name} (owner uid {os.getuid()})")
-                print(f"refused a client with uid {uid} (pid {_pid})", flush=True)
-                self._send(conn, protocol.error_response(None, err))
+                self.refuse(conn, _pid, uid)
                 return
             f = conn.makefile("rb")
             while True:
@@ -115,6 +112,24 @@ class Server:
                 if resp.get("ok") and resp.get("result", {}).get("stopping"):
                     self.stopping.set()
                     return
+
+    REFUSE_READ_S = 5.0
+
+    def refuse(self, conn: socket.socket, pid: int, uid: int) -> None:
+        """Answer a client of another uid with PermissionDenied.  Its first request is read before the
+        answer (for at most REFUSE_READ_S): closing on a client still sending would fail its write with
+        EPIPE instead of giving it the reason."""
+        rid = None
+        try:
+            conn.settimeout(self.REFUSE_READ_S)
+            line = conn.makefile("rb").readline(protocol.MAX_LINE + 1)
+            rid = protocol.decode_request(line).get("id")
+        except (OSError, ProtocolError):
+            pass
+        err = PermissionDenied(errno.EPERM, "SO_PEERCRED",
+                               message=f"uid {uid} may not use session {self.name} (owner uid {os.getuid()})")
+        print(f"refused a client with uid {uid} (pid {pid})", flush=True)
+        self._send(conn, protocol.error_response(rid, err))
 
     @staticmethod
     def _send(conn, obj) -> bool:
