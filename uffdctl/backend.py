@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import errno
+import time
 
 from . import uapi
 from .errors import NotModelled, Unsupported, uffd_error
@@ -33,11 +34,13 @@ class Access(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def done(self) -> bool: ...
+    def done(self) -> bool:
+        """Has the access finished (every page touched, or a SIGBUS ended it)?"""
 
     @abc.abstractmethod
     def result(self) -> AccessResult:
-        """The result; raises RuntimeError if not done."""
+        """The result (faults taken, SIGBUS, data read); raises RuntimeError naming why while not done
+        (blocked in a userfault that nothing resolves: resolve it, or run a fault_handler)."""
 
 
 class Thread(abc.ABC):
@@ -62,7 +65,8 @@ class Handler(abc.ABC):
     policy: HandlerPolicy
 
     @abc.abstractmethod
-    def start(self) -> None: ...
+    def start(self) -> None:
+        """Start the thread; returns once it polls the uffd (idempotent)."""
 
     @abc.abstractmethod
     def stop(self) -> None:
@@ -73,7 +77,8 @@ class Handler(abc.ABC):
         """Drain the log (each message once)."""
 
     @abc.abstractmethod
-    def stats(self) -> dict: ...
+    def stats(self) -> dict:
+        """Counters: msgs read, resolved, errors, dropped (log entries lost to the bounded log), reads."""
 
     def __enter__(self):
         self.start()
@@ -90,49 +95,82 @@ class Uffd(abc.ABC):
     features: int = 0   # as negotiated by api(); 0 before
 
     @abc.abstractmethod
-    def api(self, features: int = 0, api: int = uapi.UFFD_API) -> UffdioApi: ...
+    def api(self, features: int = 0, api: int = uapi.UFFD_API) -> UffdioApi:
+        """UFFDIO_API: ask for ``features`` (UFFD_FEATURE_* bits); returns what the kernel offers (``features``)
+        and the ioctls of the fd.  Works once per fd: a second call fails with EINVAL."""
 
     @abc.abstractmethod
     def register(self, start: int, len: int, mode: int) -> int:
-        """UFFDIO_REGISTER; returns uffdio_register.ioctls."""
+        """UFFDIO_REGISTER [start, start+len) in ``mode`` (RegisterMode MISSING|WP|MINOR); returns
+        uffdio_register.ioctls, the range ioctls allowed on it."""
 
     @abc.abstractmethod
-    def unregister(self, start: int, len: int) -> None: ...
+    def unregister(self, start: int, len: int) -> None:
+        """UFFDIO_UNREGISTER the range (threads blocked on it are woken)."""
 
     @abc.abstractmethod
-    def wake(self, start: int, len: int) -> None: ...
+    def wake(self, start: int, len: int) -> None:
+        """UFFDIO_WAKE: wake threads blocked on faults in the range (after a *_MODE_DONTWAKE resolution)."""
 
     @abc.abstractmethod
     def copy(self, dst: int, src: int, len: int, mode: int = 0) -> int:
-        """UFFDIO_COPY; returns uffdio_copy.copy (bytes) or raises with .done set."""
+        """UFFDIO_COPY ``len`` bytes from ``src`` into the missing pages at ``dst`` (CopyMode DONTWAKE|WP);
+        returns uffdio_copy.copy (bytes copied) or raises UffdError with ``.done`` set (partial progress)."""
 
     @abc.abstractmethod
-    def zeropage(self, start: int, len: int, mode: int = 0) -> int: ...
+    def zeropage(self, start: int, len: int, mode: int = 0) -> int:
+        """UFFDIO_ZEROPAGE: map the zero page (anon) into the missing range; returns bytes done."""
 
     @abc.abstractmethod
-    def continue_(self, start: int, len: int, mode: int = 0) -> int: ...
+    def continue_(self, start: int, len: int, mode: int = 0) -> int:
+        """UFFDIO_CONTINUE: map the page cache pages of a MINOR-registered range; returns bytes mapped."""
 
     @abc.abstractmethod
-    def writeprotect(self, start: int, len: int, mode: int = 0) -> None: ...
+    def writeprotect(self, start: int, len: int, mode: int = 0) -> None:
+        """UFFDIO_WRITEPROTECT: WriteprotectMode.WP protects, 0 un-protects (and wakes unless DONTWAKE)."""
 
     @abc.abstractmethod
-    def poison(self, start: int, len: int, mode: int = 0) -> int: ...
+    def poison(self, start: int, len: int, mode: int = 0) -> int:
+        """UFFDIO_POISON: install poison markers (an access gets SIGBUS); returns bytes updated."""
 
     @abc.abstractmethod
-    def move(self, dst: int, src: int, len: int, mode: int = 0) -> int: ...
+    def move(self, dst: int, src: int, len: int, mode: int = 0) -> int:
+        """UFFDIO_MOVE pages from ``src`` to ``dst`` (anon; MoveMode ALLOW_SRC_HOLES|DONTWAKE); returns bytes
+        moved."""
 
     @abc.abstractmethod
     def read_msgs(self, max: int = 64) -> list[UffdMsg]:
-        """Non-blocking read(); [] when nothing is pending."""
+        """read() up to ``max`` messages without waiting (the fd is O_NONBLOCK): [] when nothing is pending.
+        To wait for a fault another thread is about to take, use :meth:`wait_msgs`."""
+
+    def wait_msgs(self, timeout: float, max: int = 64) -> list[UffdMsg]:
+        """Messages, waiting up to ``timeout`` seconds for the first one (poll(2) POLLIN); [] if none came.
+
+        A real fault arrives asynchronously: ``thread.access()`` returns at once and the kernel queues the
+        PAGEFAULT message when the thread reaches the page, so read_msgs() right after may see nothing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msgs = self.read_msgs(max)
+            left = deadline - time.monotonic()
+            if msgs or left <= 0 or not self._wait_readable(left):
+                return msgs
+
+    def _wait_readable(self, timeout: float) -> bool:
+        """Block until a message may be read (True) or ``timeout`` passes (False).  A backend whose messages
+        are all queued by the time the call that caused them returns (the emulator) has nothing to wait for."""
+        return False
 
     @abc.abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """close(2) the fd: faults still blocked on it are released (they retry and are handled normally)."""
 
     @property
     @abc.abstractmethod
-    def closed(self) -> bool: ...
+    def closed(self) -> bool:
+        """Has close() been called?"""
 
     def fileno(self) -> int:
+        """The fd (for poll/select)."""
         return self.fd
 
     def __enter__(self):
@@ -179,23 +217,29 @@ class Backend(abc.ABC):
     # -- mappings ---------------------------------------------------------------
     @abc.abstractmethod
     def mmap(self, len: int, memtype: MemType | str = MemType.ANON, name: str | None = None,
-             prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None) -> Region: ...
+             prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None) -> Region:
+        """mmap(2) ``len`` bytes of ``memtype`` (a memfd behind shmem/hugetlb), named ``name`` (default r<N>);
+        ``addr``: MAP_FIXED_NOREPLACE there."""
 
     @abc.abstractmethod
     def alias(self, region: Region, name: str | None = None) -> Region:
         """A second MAP_SHARED mapping of a shmem/hugetlb region's file (not registered)."""
 
     @abc.abstractmethod
-    def munmap(self, addr: int, len: int) -> None: ...
+    def munmap(self, addr: int, len: int) -> None:
+        """munmap(2) (UNMAP events are read before it returns when a handler runs)."""
 
     @abc.abstractmethod
-    def madvise(self, addr: int, len: int, advice: int) -> None: ...
+    def madvise(self, addr: int, len: int, advice: int) -> None:
+        """madvise(2) with a uapi.MADV_* advice."""
 
     @abc.abstractmethod
-    def mprotect(self, addr: int, len: int, prot: int) -> None: ...
+    def mprotect(self, addr: int, len: int, prot: int) -> None:
+        """mprotect(2) with uapi.PROT_* bits."""
 
     @abc.abstractmethod
-    def mremap(self, old: int, old_len: int, new_len: int, flags: int = 0, new_addr: int = 0) -> int: ...
+    def mremap(self, old: int, old_len: int, new_len: int, flags: int = 0, new_addr: int = 0) -> int:
+        """mremap(2); returns the new address."""
 
     # -- userfaultfd ------------------------------------------------------------
     @abc.abstractmethod
@@ -203,7 +247,9 @@ class Backend(abc.ABC):
         """Open a uffd: via "syscall", "dev" (/dev/userfaultfd) or "auto"."""
 
     @abc.abstractmethod
-    def fault_handler(self, uffd: Uffd, policy: HandlerPolicy) -> Handler: ...
+    def fault_handler(self, uffd: Uffd, policy: HandlerPolicy, start: bool = True) -> Handler:
+        """A fault-handling thread for ``uffd`` resolving by ``policy``, running when this returns (``start``
+        False: call start() yourself).  stop() (or leaving a ``with`` block) never strands a thread."""
 
     def fork_child(self) -> int:
         """fork() a child of this mm that exits at once (the parent waits for it); returns its pid.
@@ -225,7 +271,8 @@ class Backend(abc.ABC):
         """Read memory without holding the GIL in the fault (may block in a userfault)."""
 
     @abc.abstractmethod
-    def write(self, addr: int, data: bytes) -> None: ...
+    def write(self, addr: int, data: bytes) -> None:
+        """Write memory without holding the GIL in the fault (may block in a userfault)."""
 
     # -- /proc ------------------------------------------------------------------
     @abc.abstractmethod
@@ -239,7 +286,8 @@ class Backend(abc.ABC):
         return array("Q", self.pagemap(addr, npages))
 
     @abc.abstractmethod
-    def clear_refs(self, value: int) -> None: ...
+    def clear_refs(self, value: int) -> None:
+        """Write ``value`` (1-5; 4 clears soft-dirty) to /proc/self/clear_refs."""
 
     @abc.abstractmethod
     def pagemap_scan(self, start: int, end: int, *, flags: int = 0, category_inverted: int = 0,

@@ -15,6 +15,7 @@ import itertools
 import os
 import platform
 import queue
+import select
 import struct
 import threading
 import time
@@ -182,6 +183,11 @@ class KernelUffd(Uffd):
         raw = bytes(self._ffi.buffer(buf, r))
         return [decode_msg(raw[i:i + 32], ts) for i in range(0, r, 32)]
 
+    def _wait_readable(self, timeout: float) -> bool:
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        return bool(p.poll(max(0, int(timeout * 1000))))
+
     def read_raw(self, size: int) -> int:
         """read() with an arbitrary buffer size: bytes read or -errno (for the size<32 test)."""
         buf = self._ffi.new("char[]", max(size, 1))
@@ -218,7 +224,8 @@ class _KernelAccess(Access):
 
     def result(self) -> AccessResult:
         if not self._ev.is_set():
-            raise RuntimeError("access still in progress (blocked in a fault?)")
+            raise RuntimeError("access still in progress: blocked in a userfault that nothing has resolved yet "
+                               "(resolve it with copy/zeropage/continue/wake/writeprotect, or run a fault_handler)")
         if self._exc:
             raise self._exc
         return self._res
@@ -416,8 +423,11 @@ class KernelBackend(Backend):
         self._uffds.append(u)
         return u
 
-    def fault_handler(self, uffd, policy: HandlerPolicy) -> Handler:
-        return NativeHandler(uffd, policy)
+    def fault_handler(self, uffd, policy: HandlerPolicy, start: bool = True) -> Handler:
+        h = NativeHandler(uffd, policy)
+        if start:
+            h.start()
+        return h
 
     def vma_bounds(self, addr: int) -> tuple[int, int] | None:
         """From /proc/self/maps."""

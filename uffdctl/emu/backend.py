@@ -108,7 +108,8 @@ class EmuAccess(Access):
 
     def result(self) -> AccessResult:
         if not self._done:
-            raise RuntimeError("access still in progress (blocked in a fault?)")
+            raise RuntimeError("access still in progress: blocked in a userfault that nothing has resolved yet "
+                               "(resolve it with copy/zeropage/continue/wake/writeprotect, or run a fault_handler)")
         if self._segv:
             raise uffd_error(E.EFAULT, "access", message="SIGSEGV: no mapping or no permission")
         return self._res
@@ -455,8 +456,11 @@ class EmuBackend(Backend):
         self._uffds.append(u)
         return u
 
-    def fault_handler(self, uffd, policy: HandlerPolicy) -> Handler:
-        return EmuHandler(self, uffd, policy)
+    def fault_handler(self, uffd, policy: HandlerPolicy, start: bool = True) -> Handler:
+        h = EmuHandler(self, uffd, policy)
+        if start:
+            h.start()
+        return h
 
     def fork_child(self) -> int:
         """dup_userfaultfd(): every ctx with UFFD_FEATURE_EVENT_FORK that has a VMA of this mm gets a FORK
