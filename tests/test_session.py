@@ -237,7 +237,8 @@ def test_kernel_profile_is_rejected(cli):
 def test_json_keys_of_session_commands(cli):
     need_kernel()
     r = cli.j("session", "start", "--name", "k", "--backend", "kernel")
-    assert set(r) == {"name", "pid", "socket", "backend", "log"} and r["backend"] == "kernel"
+    assert set(r) == {"name", "pid", "socket", "backend", "selection", "log"} and r["backend"] == "kernel"
+    assert r["selection"]["backend"] == "kernel" and r["selection"]["requested"] == "kernel"
     assert set(cli.j("session", "status")) >= {"name", "backend", "pid", "rss", "socket", "uffd", "regions"}
     r = cli.j("session", "stop", "k")
     assert set(r) == {"name", "pid", "stopped"} and r["stopped"] == 1

@@ -85,7 +85,7 @@ def open_backend(name: str = "auto", *, profile: str | None = None, soft_dirty: 
                          f"(use --backend emu, or auto)")
     reason, fallback = "requested", False
     if name == "auto" and emu_asked:
-        name, reason = "emu", f"{emu_asked} asks for the emulator"
+        name, reason = "emu", f"{emu_asked} {'ask' if ' and ' in emu_asked else 'asks'} for the emulator"
     elif name in ("kernel", "auto"):
         try:
             b = _OPENERS["kernel"](kernel_opts)

@@ -24,7 +24,7 @@ import json
 import shlex
 import sys
 
-from .errors import ScriptError, UsageError, exit_code_of
+from .errors import ScriptError, UffdctlError, UsageError, exit_code_of
 from .errors import to_wire as error_dict
 from .session.argv import HelpRequested, parse_argv
 from .session.commands import COMMANDS, execute
@@ -230,10 +230,13 @@ def _indent(text: str) -> str:
 
 
 def run_file(path: str, backend: str = "auto", profile: str | None = None, echo=None, render=None,
-             soft_dirty: bool | None = None) -> dict:
-    """Run a script file; returns ``{"ok", "file", "lines", ["error", "exit"]}``.
+             soft_dirty: bool | None = None, notice=None) -> dict:
+    """Run a script file; returns ``{"ok", "file", "backend", "lines", ["error", "exit"]}``.
 
-    Malformed input that prevents the run from starting (unreadable file) raises ScriptError.
+    ``backend``/``profile``/``soft_dirty`` go to the one opener (uffdctl.registry); the result's ``backend``
+    says which backend ran and why, and ``notice(line)`` receives the one line to print on stderr when
+    ``auto`` did not give the kernel.  Malformed input that prevents the run from starting (unreadable
+    file) raises ScriptError.
     """
     try:
         text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
@@ -242,13 +245,20 @@ def run_file(path: str, backend: str = "auto", profile: str | None = None, echo=
             from None
     st = SessionState(backend, profile, name="run", soft_dirty=soft_dirty)
     it = Interpreter(st, echo, render)
+    info = None
     try:
+        st.open()
+        info = st.backend_info()
+        if notice is not None and st.notice():
+            notice(st.notice())
         res = it.run(text)
-        res.update(file=path, exit=0)
+        res.update(file=path, backend=info, exit=0)
         return res
     except ScriptError as e:
-        return {"ok": False, "file": path, "lines": it.log, "error": e.to_dict(), "exit": e.exit_code}
-    except Exception as e:  # backend unavailable, ...
-        return {"ok": False, "file": path, "lines": it.log, "error": error_dict(e), "exit": exit_code_of(e)}
+        return {"ok": False, "file": path, "backend": info, "lines": it.log, "error": e.to_dict(),
+                "exit": e.exit_code}
+    except UffdctlError as e:  # the backend cannot open here (BackendUnavailable, UsageError), ...
+        return {"ok": False, "file": path, "backend": info, "lines": it.log, "error": error_dict(e),
+                "exit": exit_code_of(e)}
     finally:
         st.close()

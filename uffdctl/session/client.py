@@ -157,8 +157,11 @@ def _free_name() -> str:
     return f"s{i}"
 
 
-def start(name: str | None = None, backend: str = "auto", profile: str | None = None) -> dict:
-    """Spawn a daemon; return once its socket listens (or raise its one-line error)."""
+def start(name: str | None = None, backend: str = "auto", profile: str | None = None,
+          soft_dirty: bool | None = None) -> dict:
+    """Spawn a daemon; return once its socket listens (or raise its one-line error).  The result's
+    ``selection`` says which backend the daemon opened and why (``notice``: the line to show after a
+    fallback)."""
     paths.ensure_dir()
     name = _checked(_free_name() if name is None else name)
     if state_of(name) != "gone":
@@ -168,6 +171,8 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
            "--ready-fd", str(w)]
     if profile:
         cmd += ["--profile", profile]
+    if soft_dirty is not None:
+        cmd += ["--soft-dirty", "on" if soft_dirty else "off"]
     with open(paths.log_path(name), "ab") as log:
         os.chmod(paths.log_path(name), 0o600)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,), cwd="/",
@@ -199,7 +204,7 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
         _forget(name)
         raise from_wire(msg.get("error") or {}, msg.get("exit", 1))
     return {"name": name, "pid": msg["pid"], "socket": msg["socket"], "backend": msg["backend"],
-            "log": paths.log_path(name)}
+            "selection": msg.get("selection") or {}, "log": paths.log_path(name)}
 
 
 def stop(name: str | None) -> dict:

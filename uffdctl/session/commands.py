@@ -722,7 +722,9 @@ def cmd_scan(st, a):
 @command("status", "What the session owns: backend, uffd, regions, handler, threads, events.", "uffdctl status")
 def cmd_status(st, a):
     b = st.backend
-    return {"name": st.name, "backend": b.name, "profile": st.profile, "uptime_s": round(time.time() - st.started, 3),
+    info = st.backend_info()
+    return {"name": st.name, "backend": b.name, "profile": info["profile"], "selection": info,
+            "uptime_s": round(time.time() - st.started, 3),
             "uffd": None if st.uffd is None else {
                 "fd": st.uffd.fileno(), "features": st.requested_features,
                 "features_decoded": uapi.Feature.decode(st.requested_features or 0)},

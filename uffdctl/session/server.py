@@ -173,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", required=True)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--profile", default=None)
+    ap.add_argument("--soft-dirty", choices=("on", "off"), default=None)
     ap.add_argument("--ready-fd", type=int, default=-1)
     ns = ap.parse_args(argv)
 
@@ -182,7 +183,8 @@ def main(argv=None) -> int:
             os.close(ns.ready_fd)
             ns.ready_fd = -1
 
-    state = SessionState(ns.backend, ns.profile, ns.name)
+    state = SessionState(ns.backend, ns.profile, ns.name,
+                         soft_dirty=None if ns.soft_dirty is None else ns.soft_dirty == "on")
     server = Server(ns.name, state)
     try:
         paths.ensure_dir()
@@ -196,7 +198,11 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     print(f"session {ns.name}: pid {os.getpid()}, backend {state.backend.name}, socket {server.sock_path}",
           flush=True)
-    ready({"ok": True, "pid": os.getpid(), "socket": server.sock_path, "backend": state.backend.name})
+    selection = dict(state.backend_info(), notice=state.notice())
+    if selection["notice"]:
+        print(selection["notice"], flush=True)
+    ready({"ok": True, "pid": os.getpid(), "socket": server.sock_path, "backend": state.backend.name,
+           "selection": selection})
     try:
         server.serve_forever()
     finally:

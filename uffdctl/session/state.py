@@ -99,6 +99,22 @@ class SessionState:
         _ = self.backend
         return self
 
+    def backend_info(self) -> dict:
+        """Which backend runs this session and why: the opener's selection (requested, reason, fallback) and
+        what the backend says it is (release, profile, soft_dirty).  Shown by run -j, session start, status."""
+        b = self.backend
+        d = b.describe()
+        sel = b.selection.to_dict() if b.selection is not None else \
+            {"requested": b.name, "backend": b.name, "reason": "given", "fallback": 0}
+        sel.update(release=d.get("release"), profile=d.get("profile"), soft_dirty=int(bool(d.get("soft_dirty"))),
+                   soft_dirty_reason=d.get("soft_dirty_reason"))
+        return sel
+
+    def notice(self) -> str | None:
+        """The one stderr line to print when ``auto`` did not give the kernel (None otherwise)."""
+        b = self.backend
+        return b.selection.notice() if b.selection is not None else None
+
     def get_uffd(self, features: int | None = None):
         """The session's uffd, opened and UFFDIO_API'd (with ``features``) on first need."""
         if self.uffd is None:
