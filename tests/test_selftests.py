@@ -316,7 +316,7 @@ DRIVER = textwrap.dedent("""\
         from uffdctl.kernel import KernelBackend
         b = KernelBackend()
     else:
-        from uffdctl.backend import open_backend
+        from uffdctl import open_backend
         b = open_backend("emu", profile="6.18", soft_dirty=(backend == "emu-sd"))
     kw = {}
     if env and "variables" in inspect.signature(run_file).parameters:
