@@ -34,11 +34,13 @@ EXAMPLES = [
     E.FeatureMissing("UFFD_FEATURE_MOVE is not offered"),
     E.NotModelled("fork"),
     E.UsageError("bad size '12Q'"),
+    E.HelpRequested("--help is not a script command"),
     E.ProtocolError("message is not JSON"),
     E.SessionGone("session 'x' is not running"),
     E.RuntimeDirError("runtime directory /run/uffdctl: EACCES (set UFFDCTL_RUNTIME_DIR)"),
     E.ScriptError(3, "copy buf:0", "UFFDIO_COPY: EEXIST", 1, "PageExists",
                   E.to_wire(E.uffd_error(errno.EEXIST, "UFFDIO_COPY", 0x1000, 0x1000, -17))),
+    E.StressFailed("stress: page 7 lost an update"),
     E.RemoteError({"type": "KeyError", "errno": None, "ioctl": None, "message": "'x'"}, 1),
 ]
 
@@ -52,7 +54,14 @@ def _same(a: BaseException, b: BaseException) -> None:
 
 
 def test_every_class_is_under_one_base_with_an_exit_code():
+    import uffdctl.cli  # noqa: F401  (import everything that could define an error class)
+    import uffdctl.repro  # noqa: F401
+    import uffdctl.script  # noqa: F401
+    import uffdctl.stress  # noqa: F401
     classes = E._classes()
+    strays = sorted(f"{c.__module__}.{c.__name__}" for c in classes.values()
+                    if c.__module__ not in ("uffdctl", "uffdctl.errors"))
+    assert strays == [], "error classes outside uffdctl/errors.py"
     for name in ("UsageError", "RemoteErrorLike", "RemoteError", "SessionGone", "ProtocolError",
                  "RuntimeDirError", "ScriptError", "UffdError", "Unsupported", "NotModelled"):
         cls = getattr(E, name)

@@ -219,6 +219,10 @@ class UsageError(UffdctlError, ValueError):
     exit_code = 2
 
 
+class HelpRequested(UsageError):
+    """``--help`` on a line of a script or a reproduction step: there is no help to print there (exit 2)."""
+
+
 class ProtocolError(UffdctlError):
     """A session message that is not JSON, not an object, of another version or too large (exit 2)."""
 
@@ -259,6 +263,10 @@ class ScriptError(UffdctlError):
         cause = {k: v for k, v in d.items() if k not in ("type", "line", "text", "message", "exit", "script_error")}
         return cls(d.get("line") or 0, d.get("text") or "", msg[len(prefix):] if msg.startswith(prefix) else msg,
                    d.get("exit", 1), d.get("type") or "ExpectationFailed", cause)
+
+
+class StressFailed(UffdctlError):
+    """A ``uffdctl stress`` bounce found a lost update or an ioctl failed (exit code 1)."""
 
 
 class RemoteError(UffdctlError):

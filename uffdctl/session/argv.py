@@ -10,12 +10,8 @@ as the CLI does; tests/test_script.py holds the two to the same answers.
 """
 from __future__ import annotations
 
-from ..errors import UsageError
+from ..errors import HelpRequested, UsageError
 from .commands import COMMANDS, Command, Param
-
-
-class HelpRequested(UsageError):
-    """``--help`` on a line of a script: there is no help to print there."""
 
 
 def _convert(p: Param, value: str):
