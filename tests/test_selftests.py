@@ -99,6 +99,9 @@ def thp_sizes() -> list[str]:
             continue          # thp_supported_orders(): the anon orders (8kB has only shmem_enabled)
         kb = int(d.name[10:-2])
         out.append(f"{kb // 1024}M" if kb >= 1024 else f"{kb}K")
+    if not out and (THP_SYSFS / "hpage_pmd_size").exists():
+        # a kernel without mTHP (before 6.8): the PMD size only, behind the top-level knobs
+        out.append(f"{int((THP_SYSFS / 'hpage_pmd_size').read_text()) >> 20}M")
     return out
 
 
@@ -114,7 +117,7 @@ def _params():
     params, ids = [], []
     for path in SCRIPTS:
         h = header(path)
-        sizes = {"thp": thp_sizes, "hugetlb": hugetlb_sizes}.get(h.get("sizes"), lambda: [None])()
+        sizes = {"thp": thp_sizes, "hugetlb": hugetlb_sizes}.get(h.get("sizes"), lambda: [None])() or [None]
         backends = ["kernel", "emu"] + (["emu-sd"] if "softdirty" in h.get("needs", []) else [])
         for size in sizes:
             for be in backends:
@@ -360,6 +363,8 @@ def thp_pushed(h: dict, size: str | None, backend_name: str):
         return
     kb = int(size[:-1]) * (1024 if size.endswith("M") else 1)
     path = THP_SYSFS / f"hugepages-{kb}kB" / knob
+    if not (THP_SYSFS / f"hugepages-{kb}kB").exists():
+        path = THP_SYSFS / knob          # no per-size knobs: the PMD size behind the top-level one
     if not path.exists():
         pytest.skip(f"no {path} (this kernel has no {knob} knob for {size})")
     old = re.search(r"\[(\w[\w-]*)\]", path.read_text()).group(1)
