@@ -390,18 +390,28 @@ def test_selftest(script, size, backend_name, tmp_path):
         pytest.skip(f"waiting on: {', '.join(missing)} (issue 10, planned syntax not in this checkout)")
     with thp_pushed(h, size, backend_name):
         res = run_script(script, backend_name, env)
-    if res["ok"]:
-        return
+    kind, msg = verdict(h, backend_name, res)
+    if kind == "skip":
+        pytest.skip(msg)
+    if kind == "fail":
+        pytest.fail(msg, pytrace=False)
+
+
+def verdict(h: dict, backend_name: str, res: dict) -> tuple[str, str]:
+    """("pass" | "skip" | "fail", why) for one run's result document."""
+    if res.get("ok"):
+        return "pass", ""
     err = res.get("error") or {}
     msg = err.get("message", "")
-    if res.get("exit") == 4 and backend_name != "kernel" and NOT_MODELLED.search(msg):
-        pytest.skip(f"UNSUPPORTED: {NOT_MODELLED.search(msg).group(0)}")
+    m = NOT_MODELLED.search(msg)
+    if res.get("exit") == 4 and backend_name != "kernel" and m:
+        return "skip", f"UNSUPPORTED: {m.group(0)}"
     for rule in h.get("skip_on", []):
         if err.get("text", "").split("#")[0].strip() == rule["line"]:
-            pytest.skip(f"{rule['reason']}: {msg}")
+            return "skip", f"{rule['reason']}: {msg}"
     where = f"line {err.get('line')}: {err.get('text', '')}" if err.get("line") else ""
-    pytest.fail(f"{h['selftest']} {h['function']} ({h['case']} on {h['memtype']}) on {backend_name}: "
-                f"exit {res.get('exit')}: {msg}\n  {where}", pytrace=False)
+    return "fail", (f"{h['selftest']} {h['function']} ({h['case']} on {h['memtype']}) on {backend_name}: "
+                    f"exit {res.get('exit')}: {msg}\n  {where}")
 
 
 # -- the inventory itself ----------------------------------------------------------------------------------
@@ -421,3 +431,22 @@ def test_unknown_syntax_is_a_failure_not_a_wait():
         waiting_on("mmap --size 4K --name buf\nfrobnicate buf\n", {})
     with pytest.raises(AssertionError, match="neither in this checkout nor planned"):
         waiting_on("mmap --size 4K --name buf\nexpect nonsense x=1\n", {})
+
+
+def test_verdicts():
+    h = {"selftest": "uffd-unit-tests.c", "function": "f", "case": "c", "memtype": "anon",
+         "skip_on": [{"line": "madvise x --advice collapse", "reason": "MADV_COLLAPSE failed"}]}
+    nm = {"ok": False, "exit": 4, "error": {"message": "not modelled: fork (emulator)", "line": 3, "text": "fork"}}
+    assert verdict(h, "emu", nm) == ("skip", "UNSUPPORTED: not modelled: fork (emulator)")
+    assert verdict(h, "emu-sd", nm)[0] == "skip"
+    assert verdict(h, "kernel", nm)[0] == "fail"               # never UNSUPPORTED on the kernel column
+    other4 = {"ok": False, "exit": 4, "error": {"message": "needs --backend emu --profile rfc-hints"}}
+    assert verdict(h, "emu", other4)[0] == "fail"              # exit 4 without "not modelled" is not a skip
+    exp = {"ok": False, "exit": 1, "error": {"message": "line 5: page 0 uffd_wp: expected 1, actual 0",
+                                               "line": 5, "text": "expect pagemap dst:0 uffd_wp=1"}}
+    kind, why = verdict(h, "emu", exp)
+    assert kind == "fail" and "line 5" in why and "expect pagemap dst:0 uffd_wp=1" in why
+    coll = {"ok": False, "exit": 1, "error": {"message": "madvise: EINVAL", "line": 9,
+                                                "text": "madvise x --advice collapse   # may fail"}}
+    assert verdict(h, "kernel", coll) == ("skip", "MADV_COLLAPSE failed: madvise: EINVAL")
+    assert verdict(h, "kernel", {"ok": True}) == ("pass", "")
