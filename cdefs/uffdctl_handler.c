@@ -278,6 +278,21 @@ static void uffdctl_release_pending(struct uffdctl_handler *h)
 	h->npending = 0;
 }
 
+static void uffdctl_handle_batch(struct uffdctl_handler *h, const struct uffd_msg *msgs, ssize_t nmsgs)
+{
+	uint64_t ts;
+
+	h->nreads++;
+	if (h->cfg.delay_us) {
+		struct timespec d = { h->cfg.delay_us / 1000000, (long)(h->cfg.delay_us % 1000000) * 1000 };
+		nanosleep(&d, NULL);
+	}
+	ts = uffdctl_now_ns();
+	for (ssize_t i = 0; i < nmsgs; i++)
+		uffdctl_handle(h, &msgs[i], ts);
+	uffdctl_retry(h);
+}
+
 static void *uffdctl_handler_main(void *arg)
 {
 	struct uffdctl_handler *h = arg;
@@ -286,10 +301,27 @@ static void *uffdctl_handler_main(void *arg)
 	sigset_t all;
 
 	/* Signals belong to Python's main thread, not to this one. */
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);	/* read mode enables it around read(2) only */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	sem_post(&h->ready);
 	for (;;) {
+		if (h->cfg.read_mode) {
+			/* the selftests' read mode: block in read(2); stop() cancels the thread there.
+			 * No barrier here (reads_begun stays): a read blocked while idle would hold it. */
+			int old;
+			pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, &old);
+			ssize_t got = read(h->cfg.uffd, msgs, n * sizeof(*msgs));
+			pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+			if (got < 0) {
+				if (errno == EAGAIN || errno == EINTR)
+					continue;
+				h->exit_err = -errno;
+				break;
+			}
+			uffdctl_handle_batch(h, msgs, got / (ssize_t)sizeof(*msgs));
+			continue;
+		}
 		struct pollfd p[2] = {
 			{ .fd = h->cfg.uffd, .events = POLLIN },
 			{ .fd = h->stopfd, .events = POLLIN },
@@ -321,15 +353,7 @@ static void *uffdctl_handler_main(void *arg)
 			h->exit_err = -errno;
 			break;
 		}
-		h->nreads++;
-		if (h->cfg.delay_us) {
-			struct timespec d = { h->cfg.delay_us / 1000000, (long)(h->cfg.delay_us % 1000000) * 1000 };
-			nanosleep(&d, NULL);
-		}
-		uint64_t ts = uffdctl_now_ns();
-		for (ssize_t i = 0; i < got / (ssize_t)sizeof(*msgs); i++)
-			uffdctl_handle(h, &msgs[i], ts);
-		uffdctl_retry(h);
+		uffdctl_handle_batch(h, msgs, got / (ssize_t)sizeof(*msgs));
 		uffdctl_reads_done(h, begun);
 	}
 	/* deferred faults are the user's now (stop without release leaves them blocked, and visible) */
@@ -477,8 +501,13 @@ int uffdctl_handler_stop(struct uffdctl_handler *h, int release)
 	int r;
 	if (!h->running)
 		return h->stuck ? -ETIMEDOUT : h->exit_err;
-	if (write(h->stopfd, &one, sizeof(one)) < 0)
+	if (h->cfg.read_mode) {
+		/* blocked in read(2), or about to be: read is a cancellation point, and the thread
+		 * the only place the thread accepts cancellation (it holds no lock there) */
+		pthread_cancel(h->thread);
+	} else if (write(h->stopfd, &one, sizeof(one)) < 0) {
 		return -errno;
+	}
 	r = uffdctl_join_for(h, 1000);
 	for (int i = 0; r == ETIMEDOUT && i < 10; i++) {
 		uffdctl_unstick(h);

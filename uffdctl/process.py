@@ -31,13 +31,9 @@ import struct
 import threading
 
 from . import uapi
-from .backend import Access, Region, Thread
+from .backend import Access, Thread
 from .errors import UffdctlError, uffd_error
-
-try:
-    from .types import AccessResult
-except ImportError:  # before the leaf types module
-    from .backend import AccessResult
+from .types import AccessResult, MemType, Region
 
 _REQ = struct.Struct("<II6Q")          # struct uffdctl_proc_req
 _REP = struct.Struct("<qqqiiQQQii")    # struct uffdctl_proc_rep
@@ -329,7 +325,6 @@ class KernelProcess(Process):
                          start=old, len=old_len).rep["ret"]
 
     def mmap(self, len, memtype="anon", name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, **kw):
-        from .backend import MemType
         memtype = MemType(memtype)
         if memtype is not MemType.ANON:
             raise uffd_error(E.EOPNOTSUPP, "mmap", addr, len,

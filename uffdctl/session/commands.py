@@ -20,35 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import uapi
-from ..backend import HandlerPolicy, MemType, Region
-from ..errors import Unsupported, UffdctlError
-from .state import SessionState, UsageError
+from ..errors import RemoteErrorLike, Unsupported, UsageError, exit_code_of
+from ..errors import to_wire as error_dict   # the wire/JSON form of any error (the name this module used)
+from ..types import HPAGE_SIZE, HandlerPolicy, MemType, Region
+from .state import SessionState
 
 PAGE = uapi.PAGE_SIZE
 TOUCH_DECIDE_S = 0.2     # touch without --wait: how long to wait before saying "blocked"
-MAX_PAGEMAP_PAGES = 1 << 16
-
-
-def error_dict(e: BaseException) -> dict:
-    """The wire/JSON form of any error: ``{"type", "errno", "ioctl", "message", ...}``."""
-    if hasattr(e, "to_dict") and hasattr(e, "ioctl"):
-        return e.to_dict()
-    if isinstance(e, RemoteErrorLike):
-        return dict(e.payload)
-    return {"type": type(e).__name__, "errno": getattr(e, "errno", None), "ioctl": None, "message": str(e)}
-
-
-class RemoteErrorLike(UffdctlError):
-    """An error that came back over the socket (or was re-raised from its dict)."""
-
-    def __init__(self, payload: dict, exit_code: int = 1):
-        super().__init__(payload.get("message") or payload.get("type", "error"))
-        self.payload = payload
-        self.exit_code = exit_code
-
-
-def exit_code_of(e: BaseException) -> int:
-    return getattr(e, "exit_code", 1) if isinstance(e, UffdctlError) else 1
+MAX_PAGEMAP_ENTRIES = 1 << 16  # per-page entries up to this; above it runs, counts and symbols only
 
 
 # -- parsing ---------------------------------------------------------------------------
@@ -270,16 +249,15 @@ def _hint_bits(st: SessionState, args: dict, ioctl: str) -> int:
     wanted = [h for h in ("access_likely", "write_likely") if args.get(h)]
     if not wanted:
         return 0
-    if st.backend.name != "emu" or not getattr(getattr(st.backend, "profile", None), "hints", None):
+    modes = st.backend.hint_modes(ioctl)          # the backend says which it accepts (none on a real kernel)
+    if not modes and not st.backend.hint_modes("COPY"):
         raise Unsupported(f"--{wanted[0].replace('_', '-')} is an emulator-only RFC hint (never merged)",
                           "start the session with --backend emu --profile rfc-hints")
-    from ..emu import profiles  # the emulator owns the (uffdctl-private) values
     bits = 0
     for h in wanted:
-        val = getattr(profiles, f"UFFDIO_{ioctl}_MODE_{h.upper()}", None)
-        if val is None:
+        if h not in modes:
             raise Unsupported(f"the emulator has no {h.upper()} mode for UFFDIO_{ioctl}")
-        bits |= int(val)
+        bits |= modes[h]
     return bits
 
 
@@ -332,7 +310,6 @@ def cmd_mmap(st, a):
     memtype = MemType(a["type"])
     page = uapi.PAGE_SIZE
     if memtype.hugetlb:
-        from ..backend import HPAGE_SIZE
         page = HPAGE_SIZE
     if size % page:
         raise UsageError(f"size {a['size']!r} is not a multiple of the {memtype.value} page size ({page})")
@@ -397,13 +374,14 @@ def cmd_regions(st, a):
     for r in st.regions.values():
         d = r.to_dict()
         mode = _registered_mode(st, r)
-        raws = st.backend.pagemap(r.addr, r.len // PAGE)
+        from ..pagemap import read as pm_read
+        present = pm_read(st.backend, r.addr, r.len // PAGE).counts()["present"]
         try:
             pd = st.backend.smaps_private_dirty(r.addr)
         except Exception:
             pd = None
         d.update(mode=mode, mode_decoded=uapi.RegisterMode.decode(mode),
-                 present=sum(1 for x in raws if x & uapi.PM_PRESENT), private_dirty=pd)
+                 present=present, private_dirty=pd)
         out.append(d)
     return {"regions": out}
 
@@ -691,13 +669,14 @@ def cmd_events(st, a):
 
 
 # -- /proc -----------------------------------------------------------------------------
-def pagemap_entries(st: SessionState, span: Span) -> list[dict]:
+def pagemap_entries(st: SessionState, span: Span, view=None) -> list[dict]:
     from ..pagemap import read as pm_read
     zero = st.learn_zero_pfn()
     out = []
-    for i, e in enumerate(pm_read(st.backend, span.start, span.len // PAGE)):
+    base = span.region.addr
+    for e in (view if view is not None else pm_read(st.backend, span.start, span.len // PAGE)):
         d = e.to_dict()
-        d["index"] = (e.addr - span.region.addr) // PAGE
+        d["index"] = (e.addr - base) // PAGE
         d["zero"] = int(bool(e.present and zero and e.pfn == zero))
         d["marker"] = int(e.marker)
         d["symbol"] = e.symbol(zero)
@@ -705,16 +684,32 @@ def pagemap_entries(st: SessionState, span: Span) -> list[dict]:
     return out
 
 
-@command("pagemap", "Decode /proc/self/pagemap of the session for a range (--map: one cell per page).",
+def pagemap_runs(span: Span, view) -> list[dict]:
+    """Run-length summary: consecutive pages with the same pagemap flags, one dict per run."""
+    from ..pagemap import flag_names
+    base = span.region.addr
+    return [{"index": (view.addr - base) // PAGE + i, "addr": view.addr + i * PAGE, "pages": n,
+             "flags": flag_names(bits)} for i, n, bits in view.runs()]
+
+
+@command("pagemap", "Decode /proc/self/pagemap of the session for a range (--map: one cell per page). Gives a "
+         f"run-length summary of the flags (runs) and counts; per-page entries up to {MAX_PAGEMAP_ENTRIES} pages.",
          "uffdctl pagemap buf --map",
          RANGE, Param("--map", "a grid picture, one character per page", kind="flag", local=True))
 def cmd_pagemap(st, a):
+    from ..pagemap import read as pm_read
     span = parse_range(st, a["range"])
-    if span.len // PAGE > MAX_PAGEMAP_PAGES:
-        raise UsageError(f"pagemap {a['range']}: {span.len // PAGE} pages, at most {MAX_PAGEMAP_PAGES} per command "
-                         f"(give a sub-range, or use scan)")
-    return {"start": span.start, "len": span.len, "region": span.region.name, "zero_pfn": st.learn_zero_pfn(),
-            "entries": pagemap_entries(st, span)}
+    npages = span.len // PAGE
+    view = pm_read(st.backend, span.start, npages)  # one read into an array, whatever the size
+    zero = st.learn_zero_pfn()
+    out = {"start": span.start, "len": span.len, "region": span.region.name, "zero_pfn": zero,
+           "index": (span.start - span.region.addr) // PAGE, "pages": npages, "counts": view.counts(),
+           "runs": pagemap_runs(span, view)}
+    if npages <= MAX_PAGEMAP_ENTRIES:
+        out["entries"] = pagemap_entries(st, span, view)
+    else:
+        out["symbols"] = view.symbols(zero)
+    return out
 
 
 # --thread on a system call that may block until its event is read (handler --unread): proc_commands
@@ -788,7 +783,9 @@ def cmd_scan(st, a):
 @command("status", "What the session owns: backend, uffd, regions, handler, threads, events.", "uffdctl status")
 def cmd_status(st, a):
     b = st.backend
-    return {"name": st.name, "backend": b.name, "profile": st.profile, "uptime_s": round(time.time() - st.started, 3),
+    info = st.backend_info()
+    return {"name": st.name, "backend": b.name, "profile": info["profile"], "selection": info,
+            "uptime_s": round(time.time() - st.started, 3),
             "uffd": None if st.uffd is None else {
                 "fd": st.uffd.fileno(), "features": st.requested_features,
                 "features_decoded": uapi.Feature.decode(st.requested_features or 0)},
@@ -798,8 +795,8 @@ def cmd_status(st, a):
                                                  "minor": st.policy.minor}}
 
 
-__all__ = ["COMMANDS", "Command", "Param", "SessionState", "Span", "UsageError", "error_dict", "execute",
-           "exit_code_of", "parse_range", "parse_size"]
+__all__ = ["COMMANDS", "Command", "Param", "RemoteErrorLike", "SessionState", "Span", "UsageError", "error_dict",
+           "execute", "exit_code_of", "parse_range", "parse_size"]
 
 
 from . import proc_commands  # noqa: E402,F401  (fork, kill, waitpid, procs, uffd, read: registers them)

@@ -23,14 +23,13 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import UffdctlError
+from ..errors import UffdctlError, UsageError
 
 SELF = "self"
 DEFAULT_UFFD = "u0"
 
 
 def _usage(msg: str) -> Exception:
-    from .state import UsageError
     return UsageError(msg)
 
 

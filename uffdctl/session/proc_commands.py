@@ -12,8 +12,9 @@ import struct
 import time
 
 from .. import uapi
-from ..errors import NotModelled, UffdctlError, uffd_error
-from .commands import TOUCH_DECIDE_S, _NAME_OK, Param, UsageError, command, parse_flags, parse_int, parse_range
+from ..errors import NotModelled, UffdctlError, UsageError, uffd_error
+from ..types import HandledEvent, UffdioApi
+from .commands import TOUCH_DECIDE_S, _NAME_OK, Param, command, parse_flags, parse_int, parse_range, parse_size
 from .multi import DEFAULT_UFFD, SELF, UffdSlot
 
 FORK_WAIT_S = 10.0      # fork without --thread: how long it may stay blocked (its FORK message unread)
@@ -322,7 +323,6 @@ def api_command(st, a):
 def _raw_api(u, api: int, features: int):
     """UFFDIO_API as given; on the kernel through the raw ioctl, so the struct as the kernel left it (zeroed on
     failure) is reported."""
-    from ..backend import UffdioApi
     raw = getattr(u, "ioctl_raw", None)
     if raw is None:
         return u.api(features, api)
@@ -432,7 +432,6 @@ def cmd_read(st, a):
     msgs = u.read_msgs(size // 32)
     if not msgs:
         raise uffd_error(E.EAGAIN, "read", message=f"no message pending on {s.name}")
-    from ..backend import HandledEvent
     evs = st.log_messages(s, [HandledEvent(m, "read") for m in msgs])
     if any(m.event == uapi.Event.FORK for m in msgs):
         finish_forks(st, READ_FORK_WAIT_S)
@@ -442,7 +441,6 @@ def cmd_read(st, a):
 def parse_size_arg(v) -> int:
     if v is None:
         return 512
-    from .commands import parse_size
     n = parse_size(v, "--size")
     if n < 0:
         raise UsageError(f"bad --size {v!r}")
