@@ -387,7 +387,7 @@ def test_uffd_bad_input(tmp_path):
     for text, msg in (("uffd close nosuch", "unknown uffd"), ("uffd open --name u0", "exists"),
                       ("uffd open --name a/b", "bad uffd name"), ("register buf --uffd nosuch --mode missing",
                                                                    "unknown uffd"),
-                      ("api --api 0x1ffffffffffffffff", "64-bit"), ("uffd frob", "say open, close or list")):
+                      ("api --api 0x1ffffffffffffffff", "64-bit"), ("uffd frob", "frob")):
         r = run(tmp_path, "mmap --size 16K --name buf\napi\n" + text + "\n")
         assert r["exit"] == 2 and msg in r["error"]["message"], (text, r)
 

@@ -356,6 +356,23 @@ class KernelProcess(Process):
         raw = os.pread(self._pagemap_fd, 8 * npages, (addr // uapi.PAGE_SIZE) * 8)
         return list(struct.unpack(f"<{len(raw) // 8}Q", raw))
 
+    def pagemap_array(self, addr, npages):
+        from .kernel import KernelBackend
+        if self._pagemap_fd < 0:
+            raise ProcessError(f"cannot read /proc/{self.pid}/pagemap")
+        return KernelBackend.pagemap_array(self, addr, npages)   # the same read on /proc/PID/pagemap
+
+    def vma_bounds(self, addr):
+        with open(f"/proc/{self.pid}/maps") as f:
+            for line in f:
+                lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+                if lo <= addr < hi:
+                    return lo, hi
+        return None
+
+    def pte_bits(self, addr):
+        return None     # the kernel shows no PTE bits beyond pagemap
+
     def pagemap_scan(self, start, end, **kw):
         from .kernel import KernelBackend
         return KernelBackend.pagemap_scan(self, start, end, **kw)   # the same ioctl on /proc/PID/pagemap

@@ -59,10 +59,14 @@ class UffdSlot:
 
 class MmView:
     """``st.backend`` while a command addresses a child: the child's mm operations and /proc views, the
-    backend's everything else (its name, handlers, adoption of FORK uffds)."""
+    backend's own identity and daemon-side machinery (handlers, adoption of FORK uffds).  Anything else is
+    refused (Unsupported) rather than silently answered from the session's own mm."""
 
     _CHILD = frozenset(("mmap", "munmap", "madvise", "mprotect", "mremap", "thread", "read", "write", "pagemap",
-                        "pagemap_scan", "clear_refs", "smaps_private_dirty", "userfaultfd", "alias", "fork"))
+                        "pagemap_array", "pagemap_scan", "clear_refs", "smaps_private_dirty", "vma_bounds",
+                        "pte_bits", "userfaultfd", "alias", "fork"))
+    _BACKEND = frozenset(("name", "describe", "fault_handler", "adopt_uffd", "hint_modes", "soft_dirty", "profile",
+                          "tlb_flush_count", "selection"))
 
     def __init__(self, proc, backend):
         self._proc, self._backend = proc, backend
@@ -72,9 +76,11 @@ class MmView:
             try:
                 return getattr(self._proc, k)
             except AttributeError:
-                from ..errors import Unsupported
-                raise Unsupported(f"{k} in a child process is not implemented") from None
-        return getattr(self._backend, k)
+                pass
+        elif k in self._BACKEND or k.startswith("_"):
+            return getattr(self._backend, k)
+        from ..errors import Unsupported
+        raise Unsupported(f"{k} in a child process is not implemented (process {self._proc.name})")
 
 
 class _Ctx(threading.local):
