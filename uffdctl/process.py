@@ -357,10 +357,9 @@ class KernelProcess(Process):
         return list(struct.unpack(f"<{len(raw) // 8}Q", raw))
 
     def pagemap_array(self, addr, npages):
-        from .kernel import KernelBackend
         if self._pagemap_fd < 0:
             raise ProcessError(f"cannot read /proc/{self.pid}/pagemap")
-        return KernelBackend.pagemap_array(self, addr, npages)   # the same read on /proc/PID/pagemap
+        return type(self._b).pagemap_array(self, addr, npages)   # the kernel's read, on /proc/PID/pagemap
 
     def vma_bounds(self, addr):
         with open(f"/proc/{self.pid}/maps") as f:
@@ -374,8 +373,7 @@ class KernelProcess(Process):
         return None     # the kernel shows no PTE bits beyond pagemap
 
     def pagemap_scan(self, start, end, **kw):
-        from .kernel import KernelBackend
-        return KernelBackend.pagemap_scan(self, start, end, **kw)   # the same ioctl on /proc/PID/pagemap
+        return type(self._b).pagemap_scan(self, start, end, **kw)   # the kernel's ioctl, on /proc/PID/pagemap
 
     def clear_refs(self, value) -> None:
         try:
@@ -404,9 +402,8 @@ class KernelProcess(Process):
         """A uffd opened by the child in its own mm (fd passed back in SCM_RIGHTS): the parent drives it."""
         fut = self.call(self._lib.UFFDCTL_PROC_USERFAULTFD, flags, 1 if via == "dev" else 0,
                         what="userfaultfd" if via != "dev" else "USERFAULTFD_IOC_NEW")
-        from .kernel import KernelUffd
-        u = KernelUffd(self._b, fut.fd, via, flags)
-        self._b._uffds.append(u)
+        u = self._b.adopt_uffd(fut.fd)     # the daemon owns it, as every uffd of the session
+        u.via, u.flags, u.features = f"{via} (in {self.name})", flags, 0
         return u
 
     # -- exit ---------------------------------------------------------------------------

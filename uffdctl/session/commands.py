@@ -23,6 +23,7 @@ from .. import uapi
 from ..errors import RemoteErrorLike, Unsupported, UsageError, exit_code_of
 from ..errors import to_wire as error_dict   # the wire/JSON form of any error (the name this module used)
 from ..types import HPAGE_SIZE, HandlerPolicy, MemType, Region
+from . import uffds
 from .state import SessionState
 
 PAGE = uapi.PAGE_SIZE
@@ -395,8 +396,9 @@ def cmd_regions(st, a):
          Param("--api", "raw uffdio_api.api (default UFFD_API, 0xaa)"),
          kernel_name="UFFDIO_API")
 def cmd_api(st, a):
-    from .proc_commands import api_command
-    return api_command(st, a)
+    features = parse_flags(uapi.Feature, a.get("features"), "--features")
+    api = parse_int(a["api"], "--api") if a.get("api") is not None else uapi.UFFD_API
+    return uffds.api_command(st, features, api, a.get("features") is not None)
 
 
 @command("register", "UFFDIO_REGISTER a range with modes missing, wp, minor.",
@@ -541,7 +543,6 @@ _POLICY_HELP = ("missing-fault policy: queue (wait for the user), zeropage, copy
          Param("--read/--unread", "--unread: leave messages unread in the uffd (faults and events stay pending, "
                "the mm operation that raised an event stays blocked); --read resumes", kind="switch"))
 def cmd_handler(st, a):
-    from .proc_commands import handler_copy_source, set_unread
     p = st.policy
     warning = None
     if any(a.get(k) is not None for k in ("policy", "wp", "minor", "src", "fill", "dst")):
@@ -550,7 +551,9 @@ def cmd_handler(st, a):
         if a.get("src") or a.get("dst"):
             if not a.get("src"):
                 raise UsageError("--dst goes with --src")
-            base, src, n, warning = handler_copy_source(st, a["src"], a.get("dst"))
+            src_span = parse_range(st, a["src"], proc="self")   # the handler's ioctl reads the session's memory
+            dst_span = parse_range(st, a["dst"]) if a.get("dst") else None
+            base, src, n, warning = uffds.handler_copy_source(st, src_span, dst_span, a["src"])
             kw.update(src=src, base=base)
             kw["src_len"] = n
         if a.get("fill") is not None:
@@ -566,7 +569,7 @@ def cmd_handler(st, a):
             pol.src_len = src_len   # read by the native handler (bounds of the copy source)
         st.start_handler(pol)
     if a.get("read") is not None:
-        set_unread(st, not a["read"])
+        uffds.set_unread(st, not a["read"])
     p = st.policy
     out = {"uffd": st.slot.name, "missing": p.missing, "wp": p.wp, "minor": p.minor, "src": p.src,
            "base": p.base, "fill": p.fill, "running": int(st.handler is not None), "unread": int(st.slot.unread),
@@ -718,8 +721,7 @@ THREAD_OPT = Param("--thread", "issue the system call from this session thread a
 
 
 def maybe_async(st, a, what, span, call):
-    from .proc_commands import maybe_async as impl
-    return impl(st, a, what, span, call)
+    return uffds.maybe_async(st, a, what, span, call, TOUCH_DECIDE_S)
 
 
 MADVICE = {"dontneed": uapi.MADV_DONTNEED, "free": uapi.MADV_FREE, "remove": uapi.MADV_REMOVE,
@@ -798,5 +800,3 @@ def cmd_status(st, a):
 __all__ = ["COMMANDS", "Command", "Param", "RemoteErrorLike", "SessionState", "Span", "UsageError", "error_dict",
            "execute", "exit_code_of", "parse_range", "parse_size"]
 
-
-from . import proc_commands  # noqa: E402,F401  (fork, kill, waitpid, procs, uffd, read: registers them)

@@ -199,6 +199,12 @@ class SessionState(MultiState):
         self.touches[t.id] = t
         return t
 
+    def new_op(self, thread: str, start: int, len: int, access, kind: str) -> Touch:
+        """A system call issued from a session thread (``--thread``), waited for like a touch."""
+        t = Touch(next(self._touch_ids), thread, start, len, False, access, proc=self.cur_proc_name, kind=kind)
+        self.touches[t.id] = t
+        return t
+
     def thread(self, name: str):
         """The named thread (created on first use; ``main`` is the default toucher)."""
         t = self.backend.thread(name)
