@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import errno as E
 import signal as _signal
-import struct
 import time
 
 from .. import uapi
 from ..errors import NotModelled, UffdctlError, UsageError, uffd_error
-from ..types import HandledEvent, UffdioApi
-from .commands import TOUCH_DECIDE_S, _NAME_OK, Param, command, parse_flags, parse_int, parse_range, parse_size
+from ..types import HandledEvent
+from .commands import TOUCH_DECIDE_S, _NAME_OK, Param, command, parse_size
 from .multi import DEFAULT_UFFD, SELF, UffdSlot
-from .uffds import maybe_async, set_unread  # noqa: F401  (re-exported)
 
 FORK_WAIT_S = 10.0      # fork without --thread: how long it may stay blocked (its FORK message unread)
 READ_FORK_WAIT_S = 5.0  # after read() hands over a FORK message, the fork returns: wait that long for it
