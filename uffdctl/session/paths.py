@@ -1,13 +1,20 @@
 """Where sessions live: ``$UFFDCTL_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/uffdctl``, else ``/run/uffdctl``.
 
 The directory is 0700 (created so, and refused if another uid owns it or others
-can enter it); each session has ``NAME.sock`` (0600), ``NAME.pid`` and ``NAME.log``.
+can enter it); each session has ``NAME.sock`` (0600), ``NAME.pid``, ``NAME.log``
+and ``NAME.lock``.  A name belongs to whoever holds ``flock(NAME.lock)``: the
+daemon takes it before it touches any of the name's files and holds it for its
+whole life (the kernel drops it when the process dies, however it dies), and
+stale files are removed only by someone holding it.  So two ``session start
+--name X`` at once give one daemon, and the loser removes nothing of the winner's.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import stat
+import time
 
 from ..errors import RuntimeDirError
 
@@ -49,6 +56,43 @@ def pid_path(name: str) -> str:
 
 def log_path(name: str) -> str:
     return os.path.join(runtime_dir(), f"{name}.log")
+
+
+def lock_path(name: str) -> str:
+    return os.path.join(runtime_dir(), f"{name}.lock")
+
+
+def claim(name: str, wait: float = 0.0) -> int | None:
+    """Take the name's lock: an fd holding ``flock(LOCK_EX)`` on ``NAME.lock``, or None if another process
+    holds it (after retrying for ``wait`` seconds: a client checking for stale files holds it for a moment)."""
+    path = lock_path(name)
+    deadline = time.monotonic() + wait
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.01)
+            continue
+        try:     # its previous holder may have unlinked the file between our open and our lock
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            return fd
+        os.close(fd)
+
+
+def release(name: str, fd: int) -> None:
+    """Give the name back (the lock file goes too: whoever opened it meanwhile retries on a fresh one)."""
+    try:
+        os.unlink(lock_path(name))
+    except OSError:
+        pass
+    os.close(fd)
 
 
 def names() -> list[str]:
