@@ -429,6 +429,25 @@ class KernelBackend(Backend):
             h.start()
         return h
 
+    _VMFLAG_MODE = {"um": uapi.RegisterMode.MISSING, "uw": uapi.RegisterMode.WP, "ui": uapi.RegisterMode.MINOR}
+
+    def uffd_vmas(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """From the VmFlags of /proc/self/smaps (um, uw, ui)."""
+        out, cur = [], None
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(None, 1)[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    cur = (lo, hi) if lo < end and start < hi else None
+                elif cur is not None and head == "VmFlags:":
+                    mode = 0
+                    for flag in line.split()[1:]:
+                        mode |= int(self._VMFLAG_MODE.get(flag, 0))
+                    out.append((max(cur[0], start), min(cur[1], end), mode))
+                    cur = None
+        return out
+
     def vma_bounds(self, addr: int) -> tuple[int, int] | None:
         """From /proc/self/maps."""
         with open("/proc/self/maps") as f:
