@@ -104,6 +104,8 @@ def describe_backend(sel: dict | None) -> str:
     else:
         s = f"emulator, profile {sel.get('profile')} (models {sel.get('release')})"
     s += f", soft-dirty {'on' if sel.get('soft_dirty') else 'off'}"
+    if sel.get("user_mode_only"):
+        s += ", UFFD_USER_MODE_ONLY uffds"
     if sel.get("requested") == "auto":
         s += f"; auto: {'fallback: ' if sel.get('fallback') else ''}{sel.get('reason')}"
     return s

@@ -161,7 +161,7 @@ def _free_name() -> str:
 
 
 def start(name: str | None = None, backend: str = "auto", profile: str | None = None,
-          soft_dirty: bool | None = None) -> dict:
+          soft_dirty: bool | None = None, user_mode_only: bool = False) -> dict:
     """Spawn a daemon; return once its socket listens (or raise its one-line error).  The result's
     ``selection`` says which backend the daemon opened and why (``notice``: the line to show after a
     fallback)."""
@@ -176,6 +176,8 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
         cmd += ["--profile", profile]
     if soft_dirty is not None:
         cmd += ["--soft-dirty", "on" if soft_dirty else "off"]
+    if user_mode_only:
+        cmd += ["--user-mode-only"]
     with open(paths.log_path(name), "ab") as log:
         os.chmod(paths.log_path(name), 0o600)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,), cwd="/",

@@ -1,4 +1,5 @@
-"""Where sessions live: ``$UFFDCTL_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/uffdctl``, else ``/run/uffdctl``.
+"""Where sessions live: ``$UFFDCTL_RUNTIME_DIR``, else ``$XDG_RUNTIME_DIR/uffdctl``, else ``/run/uffdctl``
+for root and ``/tmp/uffdctl-UID`` for any other user (who cannot create /run/uffdctl).
 
 The directory is 0700 (created so, and refused if another uid owns it or others
 can enter it); each session has ``NAME.sock`` (0600), ``NAME.pid``, ``NAME.log``
@@ -26,15 +27,28 @@ def runtime_dir() -> str:
     if d:
         return d
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    return os.path.join(xdg, "uffdctl") if xdg else "/run/uffdctl"
+    if xdg:
+        return os.path.join(xdg, "uffdctl")
+    return "/run/uffdctl" if os.getuid() == 0 else f"/tmp/uffdctl-{os.getuid()}"
+
+
+_CURE = "cure: set UFFDCTL_RUNTIME_DIR to a directory of your own; it is created 0700"
 
 
 def ensure_dir() -> str:
+    """The runtime directory, created 0700 if missing; RuntimeDirError (naming the cure) if it cannot be made
+    or is not ours."""
     d = runtime_dir()
-    os.makedirs(d, mode=0o700, exist_ok=True)
-    st = os.stat(d)
+    try:
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        st = os.stat(d)
+    except OSError as e:
+        raise RuntimeDirError(f"cannot create the session runtime directory {d}: {e.strerror} ({_CURE})") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise RuntimeDirError(f"session runtime directory {d} is not a directory ({_CURE})")
     if st.st_uid != os.getuid():
-        raise RuntimeDirError(f"runtime directory {d} belongs to uid {st.st_uid}, not {os.getuid()}")
+        raise RuntimeDirError(f"session runtime directory {d} belongs to uid {st.st_uid}, not {os.getuid()} "
+                              f"({_CURE})")
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(d, 0o700)
     return d

@@ -186,6 +186,7 @@ def main(argv=None) -> int:
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--profile", default=None)
     ap.add_argument("--soft-dirty", choices=("on", "off"), default=None)
+    ap.add_argument("--user-mode-only", action="store_true")
     ap.add_argument("--ready-fd", type=int, default=-1)
     ns = ap.parse_args(argv)
 
@@ -196,7 +197,8 @@ def main(argv=None) -> int:
             ns.ready_fd = -1
 
     state = SessionState(ns.backend, ns.profile, ns.name,
-                         soft_dirty=None if ns.soft_dirty is None else ns.soft_dirty == "on")
+                         soft_dirty=None if ns.soft_dirty is None else ns.soft_dirty == "on",
+                         user_mode_only=ns.user_mode_only)
     server = Server(ns.name, state)
     try:
         paths.ensure_dir()
