@@ -16,7 +16,8 @@ import os
 import time
 
 from ... import uapi
-from ...backend import Uffd, UffdioApi, UffdMsg
+from ...backend import Uffd
+from ...types import UffdioApi, UffdMsg
 from ...errors import uffd_error
 from .. import mm as M
 from ..profiles import HINT_MODES

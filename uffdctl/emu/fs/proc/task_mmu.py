@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno as E
 
 from .... import uapi
-from ....backend import ScanResult
+from ....types import ScanResult
 from ....errors import uffd_error
 from ...mm import (PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_UFFD_WP, VM_SOFTDIRTY, Pte, make_pte_marker,
                    userfaultfd_wp)
