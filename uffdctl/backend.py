@@ -173,6 +173,14 @@ class Uffd(abc.ABC):
         """The fd (for poll/select)."""
         return self.fd
 
+    # the fault handlers serving this uffd: close() stops them first (implementations keep ``_handlers``)
+    def attach_handler(self, handler) -> None:
+        self._handlers.append(handler)
+
+    def detach_handler(self, handler) -> None:
+        if handler in self._handlers:
+            self._handlers.remove(handler)
+
     def __enter__(self):
         return self
 
