@@ -32,17 +32,13 @@ import threading
 
 from . import uapi
 from .backend import Access, Thread
-from .errors import UffdctlError, uffd_error
+from .errors import ProcessError, UffdctlError, uffd_error
 from .types import AccessResult, MemType, Region
 
 _REQ = struct.Struct("<II6Q")          # struct uffdctl_proc_req
 _REP = struct.Struct("<qqqiiQQQii")    # struct uffdctl_proc_rep
 ANSWER_TIMEOUT_S = 10.0                # a synchronous request the child does not answer by then is "blocked"
 MAX_READ = 64 << 20
-
-
-class ProcessError(UffdctlError):
-    """A process of the session cannot do what was asked (gone, busy, blocked)."""
 
 
 class Process(abc.ABC):
