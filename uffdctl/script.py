@@ -236,7 +236,8 @@ def _indent(text: str) -> str:
     return "\n".join("      " + ln for ln in text.splitlines())
 
 
-def run_file(path: str, backend: str = "auto", profile: str | None = None, echo=None) -> dict:
+def run_file(path: str, backend: str = "auto", profile: str | None = None, echo=None,
+             soft_dirty: bool | None = None) -> dict:
     """Run a script file; returns ``{"ok", "file", "lines", ["error", "exit"]}``.
 
     Malformed input that prevents the run from starting (unreadable file) raises ScriptError.
@@ -246,7 +247,7 @@ def run_file(path: str, backend: str = "auto", profile: str | None = None, echo=
     except (OSError, UnicodeDecodeError) as e:
         raise ScriptError(0, "", f"cannot read {path}: {getattr(e, 'strerror', None) or e}", 2, "UsageError") \
             from None
-    st = SessionState(backend, profile, name="run")
+    st = SessionState(backend, profile, name="run", soft_dirty=soft_dirty)
     it = Interpreter(st, echo)
     try:
         res = it.run(text)

@@ -162,7 +162,8 @@ def _free_name() -> str:
     return f"s{i}"
 
 
-def start(name: str | None = None, backend: str = "auto", profile: str | None = None) -> dict:
+def start(name: str | None = None, backend: str = "auto", profile: str | None = None,
+          soft_dirty: bool | None = None) -> dict:
     """Spawn a daemon; return once its socket listens (or raise its one-line error)."""
     paths.ensure_dir()
     name = _checked(_free_name() if name is None else name)
@@ -173,6 +174,8 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
            "--ready-fd", str(w)]
     if profile:
         cmd += ["--profile", profile]
+    if soft_dirty is not None:
+        cmd += ["--soft-dirty", "on" if soft_dirty else "off"]
     with open(paths.log_path(name), "ab") as log:
         os.chmod(paths.log_path(name), 0o600)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,), cwd="/",

@@ -727,7 +727,10 @@ def cmd_scan(st, a):
 @command("status", "What the session owns: backend, uffd, regions, handler, threads, events.", "uffdctl status")
 def cmd_status(st, a):
     b = st.backend
-    return {"name": st.name, "backend": b.name, "profile": st.profile, "uptime_s": round(time.time() - st.started, 3),
+    # the model's own settings, so a session never passes for the kernel: profile and emulated soft-dirty
+    emu = {k: v for k, v in b.describe().items() if k in ("profile", "release", "soft_dirty")} if b.name == "emu" else {}
+    return {"name": st.name, "backend": b.name, "profile": st.profile, **emu,
+            "uptime_s": round(time.time() - st.started, 3),
             "uffd": None if st.uffd is None else {
                 "fd": st.uffd.fileno(), "features": st.requested_features,
                 "features_decoded": uapi.Feature.decode(st.requested_features or 0)},

@@ -158,6 +158,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", required=True)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--profile", default=None)
+    ap.add_argument("--soft-dirty", choices=("on", "off"), default=None)
     ap.add_argument("--ready-fd", type=int, default=-1)
     ns = ap.parse_args(argv)
 
@@ -167,7 +168,8 @@ def main(argv=None) -> int:
             os.close(ns.ready_fd)
             ns.ready_fd = -1
 
-    state = SessionState(ns.backend, ns.profile, ns.name)
+    state = SessionState(ns.backend, ns.profile, ns.name,
+                         soft_dirty=None if ns.soft_dirty is None else ns.soft_dirty == "on")
     server = Server(ns.name, state)
     try:
         paths.ensure_dir()

@@ -59,11 +59,17 @@ class UsageError(UffdctlError):
     exit_code = 2
 
 
-def open_session_backend(name: str, profile: str | None = None) -> Backend:
-    """open_backend with "emulator not here" turned into Unsupported (exit 4)."""
+def open_session_backend(name: str, profile: str | None = None, soft_dirty: bool | None = None) -> Backend:
+    """open_backend with "emulator not here" turned into Unsupported (exit 4).  ``soft_dirty``: the emulated
+    CONFIG_MEM_SOFT_DIRTY (None: the emulator's default, on)."""
     kw = {"profile": profile} if profile else {}
+    if soft_dirty is not None:
+        kw["soft_dirty"] = soft_dirty
     if name == "kernel" and profile:
         raise Unsupported(f"--profile {profile} is for the emulator backend", "use --backend emu")
+    if name == "kernel" and soft_dirty is not None:
+        raise Unsupported("--soft-dirty is for the emulator backend (the kernel's CONFIG_MEM_SOFT_DIRTY is what "
+                          "it is)", "use --backend emu")
     try:
         return open_backend(name, **kw)
     except BackendUnavailable:
@@ -78,12 +84,15 @@ def open_session_backend(name: str, profile: str | None = None) -> Backend:
 class SessionState:
     """Everything one session owns.  ``lock`` serialises commands (touch waits outside it)."""
 
-    def __init__(self, backend: "str | Backend" = "auto", profile: str | None = None, name: str = "run"):
-        """``backend``: a name (opened on first need) or a ready Backend (e.g. an emulator with switches)."""
+    def __init__(self, backend: "str | Backend" = "auto", profile: str | None = None, name: str = "run",
+                 soft_dirty: bool | None = None):
+        """``backend``: a name (opened on first need) or a ready Backend (e.g. an emulator with switches);
+        ``soft_dirty``: the emulator's CONFIG_MEM_SOFT_DIRTY (None: its default)."""
         self.name = name
         ready = backend if isinstance(backend, Backend) else None
         self.backend_name = ready.name if ready else backend
         self.profile = profile
+        self.soft_dirty = soft_dirty
         self.lock = threading.RLock()
         self.started = time.time()
         self._backend: Backend | None = ready
@@ -108,7 +117,7 @@ class SessionState:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = open_session_backend(self.backend_name, self.profile)
+            self._backend = open_session_backend(self.backend_name, self.profile, self.soft_dirty)
         return self._backend
 
     def open(self) -> "SessionState":
