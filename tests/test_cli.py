@@ -128,7 +128,7 @@ def test_json_keys_of_every_command(session):
     assert keys(c.j("handler", "--policy", "zeropage")) == {"missing", "wp", "minor", "src", "fill", "running",
                                                             "stats"}
     r = c.j("regions")
-    assert keys(r["regions"][0]) == REGION_KEYS | {"mode", "mode_decoded", "present", "private_dirty"}
+    assert keys(r["regions"][0]) == REGION_KEYS | {"mode", "mode_decoded", "vmas", "present", "private_dirty"}
     c.j("mmap", "--size", "16K", "--type", "shmem", "--name", "sh")
     r = c.j("alias", "sh", "--name", "cache")
     assert keys(r) == REGION_KEYS | {"alias_of"}
@@ -136,8 +136,8 @@ def test_json_keys_of_every_command(session):
     c.j("touch", "cache:0", "--write", "--wait")
     assert keys(c.j("continue", "sh:0")) == {"start", "len", "mode", "mapped"}
     r = c.j("status")
-    assert keys(r) == {"name", "backend", "profile", "uptime_s", "uffd", "regions", "threads", "blocked", "events",
-                       "policy", "pid", "rss", "socket"}
+    assert keys(r) == {"name", "backend", "profile", "selection", "uptime_s", "uffd", "regions", "threads",
+                       "blocked", "events", "policy", "pid", "rss", "socket"}
     assert keys(c.j("munmap", "stage")) == {"start", "len", "name"}
     r = c.j("session", "list")
     assert keys(r["sessions"][0]) == {"name", "state", "pid", "uptime_s", "rss", "backend", "regions", "blocked"}

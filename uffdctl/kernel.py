@@ -15,6 +15,7 @@ import itertools
 import os
 import platform
 import queue
+import select
 import struct
 import threading
 import time
@@ -22,32 +23,18 @@ from array import array
 
 from . import uapi
 from ._native import load
-from .backend import (Access, AccessResult, Backend, Handler, HandlerPolicy, MemType, Region,
-                      ScanResult, SoftDirtyProbe, Thread, Uffd, UffdioApi, UffdMsg)
+from .backend import Access, Backend, Handler, Thread, Uffd
 from .errors import BackendUnavailable, Unsupported, uffd_error
+from .handler import NativeHandler
+from .types import (AccessResult, HandlerPolicy, MemType, Region, ScanResult, SoftDirtyProbe, UffdioApi, UffdMsg,
+                    decode_msg)
 
 # A value the kernel never writes into a result field: seeing it afterwards means
 # "not written" (argument validation failed before the copy-out).
 _UNWRITTEN = -(1 << 63)
 
-_MSG = struct.Struct("<BBHI24s")
 _T: dict = {}  # cached cffi pointer types of the uffdio_* structs
 _tls = threading.local()  # per-thread result cell of the range ioctls
-
-
-def decode_msg(raw: bytes, ts_ns: int = 0) -> UffdMsg:
-    """Decode one packed 32-byte ``struct uffd_msg``."""
-    event, _r1, _r2, _r3, arg = _MSG.unpack(raw)
-    m = UffdMsg(event=event, ts_ns=ts_ns)
-    if event == uapi.Event.PAGEFAULT:
-        m.flags, m.address, m.ptid = struct.unpack_from("<QQI", arg)
-    elif event == uapi.Event.FORK:
-        (m.ufd,) = struct.unpack_from("<I", arg)
-    elif event == uapi.Event.REMAP:
-        m.from_, m.to, m.len = struct.unpack_from("<QQQ", arg)
-    else:
-        m.start, m.end = struct.unpack_from("<QQ", arg)
-    return m
 
 
 def open_error_hint(err: int, via: str) -> str:
@@ -196,6 +183,11 @@ class KernelUffd(Uffd):
         raw = bytes(self._ffi.buffer(buf, r))
         return [decode_msg(raw[i:i + 32], ts) for i in range(0, r, 32)]
 
+    def _wait_readable(self, timeout: float) -> bool:
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        return bool(p.poll(max(0, int(timeout * 1000))))
+
     def read_raw(self, size: int) -> int:
         """read() with an arbitrary buffer size: bytes read or -errno (for the size<32 test)."""
         buf = self._ffi.new("char[]", max(size, 1))
@@ -232,7 +224,8 @@ class _KernelAccess(Access):
 
     def result(self) -> AccessResult:
         if not self._ev.is_set():
-            raise RuntimeError("access still in progress (blocked in a fault?)")
+            raise RuntimeError("access still in progress: blocked in a userfault that nothing has resolved yet "
+                               "(resolve it with copy/zeropage/continue/wake/writeprotect, or run a fault_handler)")
         if self._exc:
             raise self._exc
         return self._res
@@ -297,8 +290,13 @@ class KernelBackend(Backend):
 
     name = "kernel"
 
-    def __init__(self, probe: bool = True):
+    def __init__(self, probe: bool = True, user_mode_only: bool | None = None):
+        """``user_mode_only``: True opens every uffd with UFFD_USER_MODE_ONLY; None (default) does so only when
+        the plain open is refused with EPERM (an unprivileged user under vm.unprivileged_userfaultfd=0, the
+        kernel's userfaultfd_syscall_allowed()), and says so in describe(); False never."""
         self._ffi, self._lib = load()
+        self.user_mode_only = user_mode_only
+        self.user_mode_only_reason: str | None = "asked for" if user_mode_only else None
         self._regions: dict[str, Region] = {}
         self._uffds: list[KernelUffd] = []
         self._threads: dict[str, KernelThread] = {}
@@ -325,7 +323,8 @@ class KernelBackend(Backend):
         sd = self.soft_dirty()
         return {"backend": self.name, "release": platform.release(), "machine": platform.machine(),
                 "profile": None, "soft_dirty": sd.available, "soft_dirty_reason": sd.reason,
-                "features": self._features}
+                "features": self._features, "user_mode_only": int(bool(self.user_mode_only)),
+                "user_mode_only_reason": self.user_mode_only_reason}
 
     # -- mappings -----------------------------------------------------------------
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
@@ -403,6 +402,8 @@ class KernelBackend(Backend):
         order = {"auto": ("syscall", "dev"), "syscall": ("syscall",), "dev": ("dev",)}.get(via)
         if order is None:
             raise ValueError(f"unknown open method {via!r} (valid: auto, syscall, dev)")
+        if self.user_mode_only:
+            flags |= uapi.UFFD_USER_MODE_ONLY
         errs = []
         for how in order:
             fn = self._lib.uffdctl_userfaultfd if how == "syscall" else self._lib.uffdctl_dev_userfaultfd
@@ -412,6 +413,17 @@ class KernelBackend(Backend):
                 self._uffds.append(u)
                 return u
             errs.append((how, -fd))
+        if self.user_mode_only is None and "syscall" in order and dict(errs).get("syscall") == E.EPERM \
+                and not flags & uapi.UFFD_USER_MODE_ONLY:
+            fd = self._lib.uffdctl_userfaultfd(flags | uapi.UFFD_USER_MODE_ONLY)
+            if fd >= 0:      # from now on every uffd of this backend is user-mode-only, and describe() says so
+                self.user_mode_only = True
+                self.user_mode_only_reason = ("userfaultfd(2) refused a full uffd (EPERM: vm.unprivileged_"
+                                              "userfaultfd=0 and no CAP_SYS_PTRACE); faults the kernel takes "
+                                              "on this range itself (e.g. in a read(2) into it) are not handled")
+                u = KernelUffd(self, fd, "syscall", flags | uapi.UFFD_USER_MODE_ONLY)
+                self._uffds.append(u)
+                return u
         how, err = errs[0]  # the first method's errno; the message gives every method's, with its cure
         hints = "; ".join(f"{h}: {os.strerror(e)} - {open_error_hint(e, h)}" for h, e in errs)
         raise uffd_error(err, "userfaultfd" if how == "syscall" else "USERFAULTFD_IOC_NEW", message=hints)
@@ -430,9 +442,39 @@ class KernelBackend(Backend):
         self._uffds.append(u)
         return u
 
-    def fault_handler(self, uffd, policy: HandlerPolicy) -> Handler:
-        from .handler import NativeHandler
-        return NativeHandler(uffd, policy)
+    def fault_handler(self, uffd, policy: HandlerPolicy, start: bool = True) -> Handler:
+        h = NativeHandler(uffd, policy)
+        if start:
+            h.start()
+        return h
+
+    _VMFLAG_MODE = {"um": uapi.RegisterMode.MISSING, "uw": uapi.RegisterMode.WP, "ui": uapi.RegisterMode.MINOR}
+
+    def uffd_vmas(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """From the VmFlags of /proc/self/smaps (um, uw, ui)."""
+        out, cur = [], None
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(None, 1)[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    cur = (lo, hi) if lo < end and start < hi else None
+                elif cur is not None and head == "VmFlags:":
+                    mode = 0
+                    for flag in line.split()[1:]:
+                        mode |= int(self._VMFLAG_MODE.get(flag, 0))
+                    out.append((max(cur[0], start), min(cur[1], end), mode))
+                    cur = None
+        return out
+
+    def vma_bounds(self, addr: int) -> tuple[int, int] | None:
+        """From /proc/self/maps."""
+        with open("/proc/self/maps") as f:
+            for line in f:
+                lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+                if lo <= addr < hi:
+                    return lo, hi
+        return None
 
     # -- memory access ------------------------------------------------------------
     def thread(self, name="main") -> KernelThread:

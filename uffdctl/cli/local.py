@@ -12,14 +12,24 @@ def _g() -> Globals:
 
 BACKEND = click.option("--backend", type=click.Choice(["auto", "kernel", "emu"]), default="auto",
                        envvar="UFFDCTL_BACKEND", show_default=True, help="kernel, emulator, or kernel if it can serve")
-PROFILE = click.option("--profile", default=None, help="emulator profile (6.18, 6.12, 6.1, 5.19, rfc-hints, ...)")
-SOFT_DIRTY = click.option("--soft-dirty", "soft_dirty", type=click.Choice(["on", "off"]), default=None,
-                          help="the emulator's CONFIG_MEM_SOFT_DIRTY (default on; off models a host like this "
-                               "one, where pagemap bit 55 reads 0)")
+PROFILE = click.option("--profile", default=None,
+                       help="emulator profile (6.18, 5.19, rfc-hints, ...); with --backend auto: the emulator")
+SOFT_DIRTY = click.option("--soft-dirty", type=click.Choice(["on", "off"]), default=None,
+                          help="emulator: model CONFIG_MEM_SOFT_DIRTY on or off (default on); with --backend "
+                               "auto: the emulator")
 
 
-def _soft_dirty(value: str | None) -> bool | None:
+USER_MODE_ONLY = click.option("--user-mode-only", is_flag=True,
+                              help="kernel: open the uffd with UFFD_USER_MODE_ONLY (what an unprivileged user "
+                                   "gets under vm.unprivileged_userfaultfd=0; used then without asking)")
+
+
+def _sd(value: str | None) -> bool | None:
     return None if value is None else value == "on"
+
+
+def _notice(line: str) -> None:
+    click.echo(line, err=True)
 
 
 @click.command()
@@ -56,8 +66,9 @@ def check(verbose):
 @BACKEND
 @PROFILE
 @SOFT_DIRTY
+@USER_MODE_ONLY
 @click.option("-q", "--quiet", is_flag=True, help="print only failures")
-def run(file, backend, profile, soft_dirty, quiet):
+def run(file, backend, profile, soft_dirty, user_mode_only, quiet):
     """Run a script of session commands, one per line, in this process (no daemon).
 
     `#` starts a comment.  `expect` lines assert state and print an expected/actual
@@ -73,13 +84,13 @@ def run(file, backend, profile, soft_dirty, quiet):
     \b
     Example:
       uffdctl run scenarios/missing-copy.uffd
-      uffdctl run --backend emu --profile 6.12 --soft-dirty off scenarios/missing-copy.uffd
     """
     from ..script import ScriptError, run_file
     g = _g()
     try:
+        from .output import render
         res = run_file(file, backend=backend, profile=profile, echo=None if (g.out.json or quiet) else click.echo,
-                       soft_dirty=_soft_dirty(soft_dirty))
+                       render=render, soft_dirty=_sd(soft_dirty), notice=_notice, user_mode_only=user_mode_only)
     except ScriptError as e:
         g.out.error(e.to_dict(), "uffdctl run")
         raise click.exceptions.Exit(e.exit_code) from None
@@ -107,7 +118,8 @@ def session():
 @BACKEND
 @PROFILE
 @SOFT_DIRTY
-def session_start(name, backend, profile, soft_dirty):
+@USER_MODE_ONLY
+def session_start(name, backend, profile, soft_dirty, user_mode_only):
     """Start a detached process that owns a uffd, regions and a fault handler, serving a Unix socket.
 
     \b
@@ -115,7 +127,10 @@ def session_start(name, backend, profile, soft_dirty):
       uffdctl session start --name demo
     """
     from ..session import client
-    r = client.start(name, backend, profile, _soft_dirty(soft_dirty))
+    r = client.start(name, backend, profile, _sd(soft_dirty), user_mode_only)
+    notice = r.get("selection", {}).get("notice")
+    if notice:
+        _notice(notice)
     _g().out.result("session-start", r)
 
 

@@ -15,15 +15,10 @@ import subprocess
 import sys
 import time
 
+from ..errors import RemoteErrorLike, SessionGone, UsageError, from_wire
 from . import paths, protocol
-from .commands import RemoteErrorLike, UsageError
 
 START_TIMEOUT_S = 30.0
-
-
-class SessionGone(RemoteErrorLike):
-    def __init__(self, message: str):
-        super().__init__({"type": "SessionGone", "errno": None, "ioctl": None, "message": message}, 1)
 
 
 def _read_pid(name: str) -> int | None:
@@ -49,31 +44,34 @@ def _pid_is_server(pid: int | None, name: str | None = None) -> bool:
         return False
 
 
-def clean(name: str) -> None:
-    for p in (paths.sock_path(name), paths.pid_path(name)):
-        try:
-            os.unlink(p)
-        except OSError:
-            pass
+def clean(name: str, log: bool = False) -> bool:
+    """Remove the name's files if no daemon holds the name (True), else leave them (False)."""
+    fd = paths.claim(name)
+    if fd is None:
+        return False
+    try:
+        for p in (paths.sock_path(name), paths.pid_path(name)) + ((paths.log_path(name),) if log else ()):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+    finally:
+        paths.release(name, fd)
+    return True
 
 
 def state_of(name: str) -> str:
-    """"live", or "gone" (and the stale files are removed)."""
+    """"live", "starting" (a daemon holds the name, not serving yet), or "gone" (stale files removed)."""
     pid = _read_pid(name)
     if _pid_is_server(pid, name) and os.path.exists(paths.sock_path(name)):
         return "live"
-    if _pid_is_server(pid, name):
+    if not clean(name):
         return "starting"
-    clean(name)
     return "gone"
 
 
 def _forget(name: str) -> None:
-    clean(name)
-    try:
-        os.unlink(paths.log_path(name))
-    except OSError:
-        pass
+    clean(name, log=True)
 
 
 def live_names() -> list[str]:
@@ -135,7 +133,7 @@ class Client:
             raise SessionGone(f"session {self.name!r} closed the connection during {op} (did it die?)")
         resp = json.loads(line)
         if not resp.get("ok"):
-            raise RemoteErrorLike(resp.get("error") or {}, resp.get("exit", 1))
+            raise from_wire(resp.get("error") or {}, resp.get("exit", 1))   # the server's own class
         return resp["result"]
 
     def close(self):
@@ -163,8 +161,10 @@ def _free_name() -> str:
 
 
 def start(name: str | None = None, backend: str = "auto", profile: str | None = None,
-          soft_dirty: bool | None = None) -> dict:
-    """Spawn a daemon; return once its socket listens (or raise its one-line error)."""
+          soft_dirty: bool | None = None, user_mode_only: bool = False) -> dict:
+    """Spawn a daemon; return once its socket listens (or raise its one-line error).  The result's
+    ``selection`` says which backend the daemon opened and why (``notice``: the line to show after a
+    fallback)."""
     paths.ensure_dir()
     name = _checked(_free_name() if name is None else name)
     if state_of(name) != "gone":
@@ -176,6 +176,8 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
         cmd += ["--profile", profile]
     if soft_dirty is not None:
         cmd += ["--soft-dirty", "on" if soft_dirty else "off"]
+    if user_mode_only:
+        cmd += ["--user-mode-only"]
     with open(paths.log_path(name), "ab") as log:
         os.chmod(paths.log_path(name), 0o600)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,), cwd="/",
@@ -188,6 +190,7 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([r], [], [], left)[0]:
                 proc.kill()
+                proc.wait(5)
                 raise SessionGone(f"session {name!r} did not become ready in {START_TIMEOUT_S:.0f} s "
                                   f"(log: {paths.log_path(name)})")
             chunk = os.read(r, 65536)
@@ -198,16 +201,16 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
         os.close(r)
     if not buf.strip():
         proc.wait(5)
-        _forget(name)
+        clean(name)              # its stale files, if it left any (and no other daemon holds the name)
         raise SessionGone(f"session {name!r} exited during start-up (status {proc.returncode}; "
                           f"log: {paths.log_path(name)})")
     msg = json.loads(buf.split(b"\n", 1)[0])
     if not msg.get("ok"):
         proc.wait(5)
         _forget(name)
-        raise RemoteErrorLike(msg.get("error") or {}, msg.get("exit", 1))
+        raise from_wire(msg.get("error") or {}, msg.get("exit", 1))
     return {"name": name, "pid": msg["pid"], "socket": msg["socket"], "backend": msg["backend"],
-            "log": paths.log_path(name)}
+            "selection": msg.get("selection") or {}, "log": paths.log_path(name)}
 
 
 def stop(name: str | None) -> dict:

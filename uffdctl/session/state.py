@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass, field
 
 from .. import uapi
-from ..backend import Access, Backend, HandlerPolicy, Region, open_backend
-from ..errors import BackendUnavailable, UffdctlError, Unsupported
+from ..backend import Access, Backend
+from ..errors import UsageError
+from ..registry import open_backend
+from ..types import HandlerPolicy, Region
 
 # Features asked for when the uffd is opened implicitly: THREAD_ID, so every
 # fault message names the thread that is blocked (``events`` shows it).
@@ -53,46 +55,19 @@ class Touch:
         return d
 
 
-class UsageError(UffdctlError):
-    """Bad input (exit code 2): nothing was changed."""
-
-    exit_code = 2
-
-
-def open_session_backend(name: str, profile: str | None = None, soft_dirty: bool | None = None) -> Backend:
-    """open_backend with "emulator not here" turned into Unsupported (exit 4).  ``soft_dirty``: the emulated
-    CONFIG_MEM_SOFT_DIRTY (None: the emulator's default, on)."""
-    kw = {"profile": profile} if profile else {}
-    if soft_dirty is not None:
-        kw["soft_dirty"] = soft_dirty
-    if name == "kernel" and profile:
-        raise Unsupported(f"--profile {profile} is for the emulator backend", "use --backend emu")
-    if name == "kernel" and soft_dirty is not None:
-        raise Unsupported("--soft-dirty is for the emulator backend (the kernel's CONFIG_MEM_SOFT_DIRTY is what "
-                          "it is)", "use --backend emu")
-    try:
-        return open_backend(name, **kw)
-    except BackendUnavailable:
-        raise
-    except ValueError as e:  # unknown backend or profile
-        raise UsageError(str(e)) from None
-    except (ImportError, AttributeError, TypeError) as e:
-        raise Unsupported(f"backend {name!r} is not available here ({e.__class__.__name__}: {e})",
-                          "the emulator has not landed in this build; use --backend kernel") from None
-
-
 class SessionState:
     """Everything one session owns.  ``lock`` serialises commands (touch waits outside it)."""
 
     def __init__(self, backend: "str | Backend" = "auto", profile: str | None = None, name: str = "run",
-                 soft_dirty: bool | None = None):
-        """``backend``: a name (opened on first need) or a ready Backend (e.g. an emulator with switches);
-        ``soft_dirty``: the emulator's CONFIG_MEM_SOFT_DIRTY (None: its default)."""
+                 soft_dirty: bool | None = None, user_mode_only: bool = False):
+        """``backend``: a name (opened by uffdctl.registry.open_backend on first need, with ``profile`` and
+        ``soft_dirty`` for the emulator) or a ready Backend (e.g. an emulator with switches)."""
         self.name = name
         ready = backend if isinstance(backend, Backend) else None
         self.backend_name = ready.name if ready else backend
         self.profile = profile
         self.soft_dirty = soft_dirty
+        self.kernel_opts = {"user_mode_only": True} if user_mode_only else {}
         self.lock = threading.RLock()
         self.started = time.time()
         self._backend: Backend | None = ready
@@ -117,13 +92,37 @@ class SessionState:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = open_session_backend(self.backend_name, self.profile, self.soft_dirty)
+            self._backend = open_backend(self.backend_name, profile=self.profile, soft_dirty=self.soft_dirty,
+                                         **self.kernel_opts)
         return self._backend
 
     def open(self) -> "SessionState":
         """Open the backend now (a daemon fails fast, before it says it is ready)."""
         _ = self.backend
         return self
+
+    def backend_info(self) -> dict:
+        """Which backend runs this session and why: the opener's selection (requested, reason, fallback) and
+        what the backend says it is (release, profile, soft_dirty).  Shown by run -j, session start, status."""
+        b = self.backend
+        d = b.describe()
+        sel = b.selection.to_dict() if b.selection is not None else \
+            {"requested": b.name, "backend": b.name, "reason": "given", "fallback": 0}
+        sel.update(release=d.get("release"), profile=d.get("profile"), soft_dirty=int(bool(d.get("soft_dirty"))),
+                   soft_dirty_reason=d.get("soft_dirty_reason"))
+        if "user_mode_only" in d:
+            sel.update(user_mode_only=d["user_mode_only"], user_mode_only_reason=d.get("user_mode_only_reason"))
+        return sel
+
+    def notice(self) -> str | None:
+        """The one stderr line to print when ``auto`` did not give the kernel, or when the kernel backend
+        fell back to UFFD_USER_MODE_ONLY uffds by itself (None otherwise)."""
+        b = self.backend
+        line = b.selection.notice() if b.selection is not None else None
+        d = b.describe()
+        if line is None and d.get("user_mode_only") and d.get("user_mode_only_reason") not in (None, "asked for"):
+            line = f"uffdctl: the kernel backend opens uffds with UFFD_USER_MODE_ONLY: {d['user_mode_only_reason']}"
+        return line
 
     def get_uffd(self, features: int | None = None):
         """The session's uffd, opened and UFFDIO_API'd (with ``features``) on first need."""
