@@ -19,7 +19,8 @@ import os
 import sys
 
 from uffdctl import uapi
-from uffdctl.backend import MemType, open_backend
+from uffdctl.backend import MemType
+from uffdctl.registry import open_backend
 from uffdctl.errors import UffdError
 
 R = uapi.RegisterMode
