@@ -74,6 +74,13 @@ class Kernel:
     image: str              # file name in dir: vmlinux (PVH entry) or vmlinuz
     modules: list[str] = field(default_factory=list)   # file names in dir/modules, load order
     config: dict[str, str] = field(default_factory=dict)  # the options vmtest looks at
+    # Kernels that are not Debian packages (localkernel.py): the column title, and for `vmtest build`
+    # results the patches, the emulator twin (profile + switches) and the verdicts the patches flip.
+    title: str = ""
+    patches: list[str] = field(default_factory=list)
+    emu_profile: str = ""
+    emu_switches: dict[str, str] = field(default_factory=dict)
+    flips: dict[str, str] = field(default_factory=dict)
 
     @property
     def pvh(self) -> bool:
@@ -89,7 +96,10 @@ class Kernel:
 
     @property
     def label(self) -> str:
-        """Short column title: the upstream version from the package version (6.1.192)."""
+        """Short column title: the upstream version from the package version (6.1.192), or the title of a
+        kernel that is not a package (``built:6.1+backport-931298e103c2``)."""
+        if self.title:
+            return self.title
         return self.version.split("-")[0].split(":")[-1]
 
     def save(self) -> None:
