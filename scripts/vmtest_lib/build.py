@@ -15,6 +15,8 @@ changed patch or fragment builds anew and an unchanged one is taken from the cac
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -56,7 +58,7 @@ def fragment_text(path: str = FRAGMENT) -> str:
 def parse_fragment(text: str) -> list[Option]:
     """The options of a Kconfig fragment, with their section: ``# -- need`` (doctor reports them),
     ``# -- prefer`` / ``# -- saves`` (applied by ``vmtest build``, not required of other kernels)."""
-    out, need, why = [], True, []
+    out, need, why, after_option = [], True, [], False
     for line in text.splitlines():
         s = line.strip()
         if s.startswith("# --"):
@@ -64,14 +66,16 @@ def parse_fragment(text: str) -> list[Option]:
             why = []
             continue
         m = re.fullmatch(r"(CONFIG_\w+)=(.*)", s) or re.fullmatch(r"# (CONFIG_\w+) is not set", s)
-        if m:
+        if m:   # the comment block above a run of options explains each of them
             val = m.group(2) if m.lastindex == 2 else "n"
             out.append(Option(m.group(1), val.strip('"'), need, " ".join(why)))
-            why = []
+            after_option = True
         elif s.startswith("#"):
+            if after_option:
+                why, after_option = [], False
             why.append(s.lstrip("# "))
         elif not s:
-            why = []
+            why, after_option = [], False
     return out
 
 
@@ -90,7 +94,7 @@ def check_config(config: dict[str, str], options: list[Option] | None = None,
         if have == o.value or (o.value == "y" and have == "m" and modules_ok):
             continue
         state = "missing" if o.name not in config else f"={have}"
-        problems.append(f"{o.name}: {state}, want ={o.value}" + (f" ({o.why})" if o.why else ""))
+        problems.append(f"{o.name}: {state}, want ={o.value}" + (f" -- {o.why}" if o.why else ""))
     return problems
 
 
@@ -199,9 +203,9 @@ def fragment_digest(fragment: str) -> str:
     return hashlib.sha256(json.dumps(opts).encode()).hexdigest()
 
 
-def build_key(pkg: str, version: str, fragment: str, patches: list[Patch]) -> str:
+def build_key(pkg: str, version: str, fragment: str, patches: list[Patch], base: str = "tiny") -> str:
     h = hashlib.sha256(json.dumps({"source": pkg, "version": version, "fragment": fragment_digest(fragment),
-                                   "patches": [(p.name, p.sha256) for p in patches]}).encode())
+                                   "patches": [(p.name, p.sha256) for p in patches], "base": base}).encode())
     return h.hexdigest()[:16]
 
 
@@ -224,6 +228,7 @@ class Build:
     seconds: float = 0.0
     jobs: int = 0
     profile: str = ""
+    base: str = "defconfig"
     switches: dict = field(default_factory=dict)
     flips: dict = field(default_factory=dict)
     ccache: str = ""
@@ -272,6 +277,20 @@ def _tail(path: str, n: int = 25) -> str:
         return ""
 
 
+def patched_files(patch: Patch) -> list[str]:
+    """The paths a unified diff writes (``+++ b/PATH``), relative to the tree."""
+    with open(patch.path, errors="replace") as f:
+        return [m.group(1) for m in re.finditer(r"^\+\+\+ b/(\S+)", f.read(), re.M)]
+
+
+def apply_patches(tree: str, patches: list[Patch], log_f) -> None:
+    for p in patches:
+        r = subprocess.run(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-d", tree, "-i",
+                            p.path], stdout=log_f, stderr=subprocess.STDOUT)
+        if r.returncode != 0:
+            raise ValueError(f"--patch {p.path} does not apply to {os.path.basename(tree)} (see {log_f.name})")
+
+
 def prepare_tree(pristine: str, dest: str, patches: list[Patch], log_f) -> None:
     """``dest`` = a hard-linked copy of the pristine tree with ``patches`` applied in order.
 
@@ -279,25 +298,44 @@ def prepare_tree(pristine: str, dest: str, patches: list[Patch], log_f) -> None:
     tmp = dest + ".new"
     shutil.rmtree(tmp, ignore_errors=True)
     _run(["cp", "-al", pristine, tmp], log_f)
-    for p in patches:
-        r = subprocess.run(["patch", "-p1", "--forward", "--batch", "--no-backup-if-mismatch", "-d", tmp, "-i",
-                            p.path], stdout=log_f, stderr=subprocess.STDOUT)
-        if r.returncode != 0:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise ValueError(f"--patch {p.path} does not apply to {os.path.basename(pristine)} "
-                             f"(see {log_f.name})")
+    try:
+        apply_patches(tmp, patches, log_f)
+    except ValueError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     os.rename(tmp, dest)
 
 
-def configure(src: str, obj: str, fragment: str, log_f) -> list[str]:
-    """defconfig + the fragment + olddefconfig in ``obj``; returns the fragment's options the result lacks."""
+def reset_tree(pristine: str, tree: str, files: list[str]) -> None:
+    """Undo earlier patches in a work tree: each file they wrote becomes a fresh *copy* of the pristine one
+    (a new mtime, so make rebuilds what the patch had changed; a hard link would carry the old mtime and
+    make would keep the patched objects), or is removed when the patch had created it."""
+    for rel in files:
+        dst, orig = os.path.join(tree, rel), os.path.join(pristine, rel)
+        if os.path.lexists(dst):
+            os.unlink(dst)
+        if os.path.exists(orig):
+            shutil.copyfile(orig, dst)
+            shutil.copymode(orig, dst)
+
+
+# Where the configuration starts.  "tiny": the kernel's own minimal QEMU guest (make tinyconfig +
+# kernel/configs/kvm_guest.config), then the fragment: about a third of defconfig's objects.
+# "defconfig": x86_64_defconfig, as virtme-ng does; on this 2-core host shared by the team its cold
+# build did not finish in the time a session has (8-17 objects a minute at nice 19).
+BASES = ("tiny", "defconfig")
+
+
+def configure(src: str, obj: str, fragment: str, log_f, base: str = "tiny") -> list[str]:
+    """BASE + the fragment + olddefconfig in ``obj``; returns the fragment's "need" options the result lacks."""
     os.makedirs(obj, exist_ok=True)
-    _run(["make", "-s", "-C", src, f"O={obj}", "defconfig"], log_f)
     frag = os.path.join(obj, "uffdctl.config")
     with open(frag, "w") as f:
         f.write(fragment)
+    _run(["make", "-s", "-C", src, f"O={obj}", "tinyconfig" if base == "tiny" else "defconfig"], log_f)
+    extra = [os.path.join(src, "kernel/configs/kvm_guest.config")] if base == "tiny" else []
     _run([os.path.join(src, "scripts/kconfig/merge_config.sh"), "-m", "-O", obj,
-          os.path.join(obj, ".config"), frag], log_f, cwd=src)
+          os.path.join(obj, ".config"), *extra, frag], log_f, cwd=src)
     _run(["make", "-s", "-C", src, f"O={obj}", "olddefconfig"], log_f)
     config = read_config(os.path.join(obj, ".config"))
     lost = []
@@ -307,7 +345,7 @@ def configure(src: str, obj: str, fragment: str, log_f) -> list[str]:
             if o.need:
                 lost.append(f"{o.name}={have} (fragment: {o.value})")
             else:
-                log(f"note: {o.name}={have} after olddefconfig (the fragment switches it off only to save time)")
+                log(f"note: {o.name}={have} after olddefconfig (the fragment has it only as a preference)")
     return lost
 
 
@@ -327,16 +365,31 @@ def ccache_stats(env: dict) -> dict[str, int]:
     return out
 
 
+def _json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def build(series: str, patch_paths: list[str], cache: str, install: bool = True, jobs: int | None = None,
-          fragment_path: str = FRAGMENT, force: bool = False) -> Build:
-    """Build (or take from the cache) ``vmlinux`` of ``linux-source-SERIES`` + fragment + patches."""
+          fragment_path: str = FRAGMENT, force: bool = False, base: str = "tiny") -> Build:
+    """Build (or take from the cache) ``vmlinux`` of ``linux-source-SERIES`` + BASE + fragment + patches.
+
+    Every build of one source and base shares one work tree (``build/work_SOURCE_VERSION_BASE/``): the
+    previous build's patches are undone, this one's applied, and make rebuilds only what they touch (a
+    patched variant takes minutes).  The result -- vmlinux, .config, kernel.release, build.json -- is kept
+    per key in ``build/KEY/obj``, a tree ``--kernel-dir`` boots."""
     if series not in SOURCES:
         raise ValueError(f"--source {series!r}: expected one of {', '.join(SOURCES)}")
+    if base not in BASES:
+        raise ValueError(f"--base {base!r}: expected one of {', '.join(BASES)}")
     patches = [Patch.read(p) for p in patch_paths]
     fragment = fragment_text(fragment_path)
     ensure_build_tools(install)
     pkg, version, pristine = ensure_source(series, cache, install)
-    key = build_key(pkg, version, fragment, patches)
+    key = build_key(pkg, version, fragment, patches, base)
     name = build_name(series, patches)
     d = os.path.join(cache, "build", key)
     if not force:
@@ -346,33 +399,54 @@ def build(series: str, patch_paths: list[str], cache: str, install: bool = True,
             return done
     # The emulator twin: the last patch that names a profile (a fix on top of a series names the fixed one).
     profiles = [p.profile for p in patches if p.profile]
-    os.makedirs(d, exist_ok=True)
+    os.makedirs(os.path.join(d, "obj", "include", "config"), exist_ok=True)
     b = Build(name, key, pkg, version, [{"name": p.name, "file": os.path.relpath(p.path, REPO)
                                          if p.path.startswith(REPO + os.sep) else p.path, "sha256": p.sha256}
                                         for p in patches],
               fragment_digest(fragment), profile=profiles[-1] if profiles else "",
               switches={k: v for p in patches for k, v in p.switches},
-              flips={k: v for p in patches for k, v in p.flips}, dir=d)
+              flips={k: v for p in patches for k, v in p.flips}, base=base, dir=d)
     jobs = jobs or os.cpu_count() or 1
+    work = os.path.join(cache, "build", f"work_{pkg}_{version}_{base}")
+    src, obj = os.path.join(work, "src"), os.path.join(work, "obj")
     env = ccache_env(cache, os.path.join(cache, "build"))
     log_path = os.path.join(d, "build.log")
     t0 = time.monotonic()
-    with open(log_path, "wb") as log_f:
+    with open(log_path, "wb") as log_f, locked_build(cache):
         try:
-            src = os.path.join(d, "src")
             if not os.path.isdir(src):
-                log(f"built:{name}: source tree {src} ({len(patches)} patch(es))")
-                prepare_tree(pristine, src, patches, log_f)
-            lost = configure(src, b.obj, fragment, log_f)
-            if lost:
-                raise Unavailable(f"{pkg} {version}: the fragment's options did not survive olddefconfig: "
-                                  f"{'; '.join(lost)}")
-            log(f"built:{name}: make -j{jobs} vmlinux (nice 19, ccache {env['CCACHE_DIR']}); log {log_path}")
+                log(f"built:{name}: work tree {work} (hard links to {pristine})")
+                os.makedirs(work, exist_ok=True)
+                prepare_tree(pristine, src, [], log_f)
+            state = _json(os.path.join(work, "state.json"))
+            reset_tree(pristine, src, state.get("files", []))
+            with open(os.path.join(work, "state.json"), "w") as f:
+                json.dump({"files": [], "config": state.get("config")}, f)
+            apply_patches(src, patches, log_f)
+            with open(os.path.join(work, "state.json"), "w") as f:
+                json.dump({"files": sorted({x for p in patches for x in patched_files(p)}),
+                           "config": state.get("config")}, f)
+            want = fragment_digest(fragment)
+            if state.get("config") != want or not os.path.exists(os.path.join(obj, ".config")):
+                lost = configure(src, obj, fragment, log_f, base)
+                if lost:
+                    raise Unavailable(f"{pkg} {version}: the fragment's options did not survive olddefconfig: "
+                                      f"{'; '.join(lost)}")
+                st = _json(os.path.join(work, "state.json"))
+                st["config"] = want
+                with open(os.path.join(work, "state.json"), "w") as f:
+                    json.dump(st, f)
+            log(f"built:{name}: make -j{jobs} vmlinux in {obj} (nice 19, ccache {env['CCACHE_DIR']}); "
+                f"log {log_path}")
             before = ccache_stats(env)
-            # LOCALVERSION on the command line, not CONFIG_LOCALVERSION: autoconf.h (included by every file)
-            # stays identical between variants, so ccache serves every object a patch does not touch.
-            _run(["nice", "-n", "19", "make", "-C", src, f"O={b.obj}", f"-j{jobs}", "CC=ccache gcc", "HOSTCC=ccache gcc",
-                  f"LOCALVERSION=-vmtest-{key[:8]}", "vmlinux"], log_f, env=env)
+            # LOCALVERSION on the command line, not CONFIG_LOCALVERSION: autoconf.h stays identical between
+            # variants, so only the patched files and what includes utsrelease.h are rebuilt.
+            _run(["nice", "-n", "19", "make", "-C", src, f"O={obj}", f"-j{jobs}", "CC=ccache gcc",
+                  "HOSTCC=ccache gcc", f"LOCALVERSION=-vmtest-{key[:8]}", "vmlinux"], log_f, env=env)
+            for rel in ("vmlinux", ".config", "include/config/kernel.release"):
+                tmp = os.path.join(b.obj, rel + ".tmp")
+                shutil.copyfile(os.path.join(obj, rel), tmp)
+                os.replace(tmp, os.path.join(b.obj, rel))
         except BuildFailed as e:
             raise Unavailable(f"built:{name}: {e}; last lines of {e.log_path}:\n{_tail(e.log_path)}") from None
     after = ccache_stats(env)
@@ -386,6 +460,18 @@ def build(series: str, patch_paths: list[str], cache: str, install: bool = True,
     b.save()
     log(f"built:{name}: {b.release} in {b.seconds:.0f} s (-j{jobs}, ccache {b.ccache})")
     return b
+
+
+@contextlib.contextmanager
+def locked_build(cache: str):
+    """One build at a time per cache (they share work trees); not the fetch lock, so fetching is not held up."""
+    os.makedirs(os.path.join(cache, "build"), exist_ok=True)
+    with open(os.path.join(cache, "build", ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def all_builds(cache: str) -> list[Build]:

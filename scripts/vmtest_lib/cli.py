@@ -243,8 +243,13 @@ def cmd_matrix(args) -> int:
     targets: list[qemu.VM | None] = ([] if args.no_host else [None]) + vms
     for vm in targets:
         col = matrix.Column("host" if vm is None else vm.kernel.label, "host" if vm is None else "vm")
+        k = vm.kernel if vm else None
+        if k is not None and k.title:
+            col.fixed_label = True
+            col.flips, col.twin = dict(k.flips), k.emu_profile
         with Job(vm, timeout=args.timeout, keep=args.keep) as job:
-            body, env = plan.script(job.share, soft_dirty=vm.kernel.soft_dirty if vm else False, guest=vm is not None)
+            body, env = plan.script(job.share, soft_dirty=k.soft_dirty if k else False, guest=vm is not None,
+                                    profile=k.emu_profile if k else "", switches=k.emu_switches if k else None)
             log(f"column {col.label}: {'booting ' + vm.kernel.package if vm else 'running on the host'}")
             with open(os.path.join(job.run_dir, "column.log"), "wb") as tee:
                 stream = Prefixed(sys.stdout.buffer, f"[{col.label}] ", tee) if not args.quiet else tee

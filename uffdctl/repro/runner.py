@@ -115,7 +115,8 @@ def _unmet(need: str, b, desc: dict) -> str | None:
         bit = uapi.Feature.WP_ASYNC if need == "wp_async" else uapi.Feature.MOVE
         return None if feats & bit else f"feature missing: UFFD_FEATURE_{bit.name}"
     if need == "hints":
-        if b.name == "emu" and getattr(b.profile, "hints", None):
+        from ..session.commands import kernel_rfc_hints
+        if b.name == "emu" and getattr(b.profile, "hints", None) or kernel_rfc_hints(b):
             return None
         return "the 2022 access/write hints were never merged: emulator rfc-hints profiles only"
     if need == "tlb":

@@ -14,6 +14,8 @@ anything is changed.
 """
 from __future__ import annotations
 
+import os
+
 import re
 import time
 from dataclasses import dataclass, field
@@ -236,12 +238,21 @@ def execute(st: SessionState, name: str, args: dict | None) -> dict:
     return out
 
 
+def kernel_rfc_hints(backend) -> bool:
+    """A real kernel built with uffdctl's reconstruction of the RFC (patches/6.1/rfc-hints*.patch, uffdctl's
+    mode values): the kernel cannot be asked, so scripts/vmtest says so with UFFDCTL_KERNEL_HINTS=rfc in
+    that kernel's guest.  On any other kernel the bits are EINVAL."""
+    return backend.name == "kernel" and os.environ.get("UFFDCTL_KERNEL_HINTS") == "rfc"
+
+
 def _hint_bits(st: SessionState, args: dict, ioctl: str) -> int:
-    """The never-merged RFC hint mode bits: only the emulator's ``rfc-hints`` profile has them."""
+    """The never-merged RFC hint mode bits: the emulator's ``rfc-hints`` profiles, or a kernel carrying
+    uffdctl's reconstruction of the RFC (:func:`kernel_rfc_hints`)."""
     wanted = [h for h in ("access_likely", "write_likely") if args.get(h)]
     if not wanted:
         return 0
-    if st.backend.name != "emu" or not getattr(getattr(st.backend, "profile", None), "hints", None):
+    if not kernel_rfc_hints(st.backend) and (
+            st.backend.name != "emu" or not getattr(getattr(st.backend, "profile", None), "hints", None)):
         raise Unsupported(f"--{wanted[0].replace('_', '-')} is an emulator-only RFC hint (never merged)",
                           "start the session with --backend emu --profile rfc-hints")
     from ..emu import profiles  # the emulator owns the (uffdctl-private) values
