@@ -137,6 +137,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--patch", action="append", default=[], metavar="FILE", help="apply FILE (repeat; in order)")
     b.add_argument("--jobs", "-j", type=int, default=None, help="make -j (default: every core)")
     b.add_argument("--force", action="store_true", help="rebuild even when the cache has this build")
+    b.add_argument("--base", choices=build.BASES, default="tiny",
+                   help="tiny: tinyconfig + kvm_guest.config (default); defconfig: x86_64_defconfig "
+                        "(about three times the objects)")
     for sp in (m, r, f, d, b):
         add_common(sp, sub=True)
     return p
@@ -348,7 +351,7 @@ def cmd_config(args) -> int:
 
 def cmd_build(args) -> int:
     b = build.build(args.source, args.patch, args.cache, install=not args.no_install, jobs=args.jobs,
-                    force=args.force)
+                    force=args.force, base=args.base)
     k = localkernel.from_build(b, args.cache)
     patches = ", ".join(p["name"] for p in b.patches) or "no patches"
     print(f"built:{b.name} {b.release} ({b.source} {b.version}; {patches}) in {b.seconds:.0f} s "
