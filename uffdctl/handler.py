@@ -13,7 +13,8 @@ releases the GIL while it waits); faults still queued are woken.
 from __future__ import annotations
 
 from ._native import load
-from .backend import HandledEvent, Handler, HandlerPolicy, UffdMsg
+from .backend import Handler
+from .types import HandledEvent, HandlerPolicy, UffdMsg, decode_msg
 
 _MISSING = {"queue": "UFFDCTL_POL_QUEUE", "zeropage": "UFFDCTL_POL_ZEROPAGE",
             "copy": "UFFDCTL_POL_COPY_SRC", "fill": "UFFDCTL_POL_COPY_FILL"}
@@ -53,7 +54,7 @@ class NativeHandler(Handler):
             raise OSError(-err[0], "cannot start the fault handler thread")
         self._h = h
         self._pending: list[HandledEvent] = []
-        self.uffd._handlers.append(self)
+        self.uffd.attach_handler(self)
 
     def stop(self, release: bool = True) -> None:
         """Stop the thread; with ``release`` (default) resolve every fault it queued, and any message
@@ -66,8 +67,7 @@ class NativeHandler(Handler):
         self._final_stats = self._stats()
         self._lib.uffdctl_handler_free(self._h)
         self._h = None
-        if self in self.uffd._handlers:
-            self.uffd._handlers.remove(self)
+        self.uffd.detach_handler(self)
 
     @property
     def running(self) -> bool:
@@ -82,7 +82,6 @@ class NativeHandler(Handler):
                 e = buf[i]
                 m = e.msg
                 raw = bytes(self._ffi.buffer(self._ffi.addressof(m), 32))
-                from .kernel import decode_msg
                 msg: UffdMsg = decode_msg(raw, e.ts_ns)
                 action = self._actions.get(e.action, "event") if e.action >= 0 else "event"
                 out.append(HandledEvent(msg, action, e.err, e.result))
