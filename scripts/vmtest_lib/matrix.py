@@ -112,7 +112,7 @@ class Plan:
         lines.append('step check sh -c \'uffdctl -j check > "$VMTEST_OUT/check.json"\'')
         lines.append("SERIES=$(uname -r | sed -E 's/^([0-9]+\\.[0-9]+).*/\\1/')")
         profiles = " ".join(self.profiles)
-        want = q(profile) if profile else "$SERIES"
+        want = q(profile) if profile else '"$SERIES"'
         lines.append(f'PROFILE=""; for p in {profiles}; do [ "$p" = {want} ] && PROFILE=$p; done'
                      if profiles else 'PROFILE=""')
         tests = " ".join(q(t) for t in self.tests)
