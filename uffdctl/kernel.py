@@ -385,6 +385,7 @@ class KernelBackend(Backend):
         r = self._lib.uffdctl_mremap(old, old_len, new_len, flags, new_addr)
         if r < 0:
             raise uffd_error(-r, "mremap", old, old_len)
+        self._remap_regions(old, old_len, r, new_len, flags)
         return r
 
     @property
