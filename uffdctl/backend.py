@@ -343,6 +343,11 @@ class Backend(abc.ABC):
         """[start, end) of the VMA containing ``addr`` (None: no VMA there, or not known)."""
         return None
 
+    def uffd_vmas(self, start: int, end: int) -> list[tuple[int, int, int]] | None:
+        """The VMAs overlapping [start, end), clipped to it, each with the userfaultfd registration the kernel
+        keeps on it (RegisterMode bits: VM_UFFD_MISSING/WP/MINOR, smaps ``um``/``uw``/``ui``), or None."""
+        return None
+
     def tlb_flush_count(self) -> int | None:
         """TLB flushes the backend itself counted so far, or None where it does not count them (the kernel's
         are seen through tracefs ``tlb:tlb_flush``: uffdctl.repro.tlbtrace)."""

@@ -321,6 +321,12 @@ class EmuBackend(Backend):
     def tlb_flush_count(self) -> int:
         return self.mm.tlb.flushes
 
+    def uffd_vmas(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        bits = ((M.VM_UFFD_MISSING, uapi.RegisterMode.MISSING), (M.VM_UFFD_WP, uapi.RegisterMode.WP),
+                (M.VM_UFFD_MINOR, uapi.RegisterMode.MINOR))
+        return [(max(v.start, start), min(v.end, end), sum(int(m) for f, m in bits if v.flags & f))
+                for v in self.mm.vmas if v.start < end and start < v.end]
+
     def hint_modes(self, ioctl: str) -> dict[str, int]:
         if not self.profile.hints:
             return {}
