@@ -321,6 +321,12 @@ class EmuBackend(Backend):
     def tlb_flush_count(self) -> int:
         return self.mm.tlb.flushes
 
+    def uffd_vmas(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        bits = ((M.VM_UFFD_MISSING, uapi.RegisterMode.MISSING), (M.VM_UFFD_WP, uapi.RegisterMode.WP),
+                (M.VM_UFFD_MINOR, uapi.RegisterMode.MINOR))
+        return [(max(v.start, start), min(v.end, end), sum(int(m) for f, m in bits if v.flags & f))
+                for v in self.mm.vmas if v.start < end and start < v.end]
+
     def hint_modes(self, ioctl: str) -> dict[str, int]:
         if not self.profile.hints:
             return {}
@@ -356,8 +362,6 @@ class EmuBackend(Backend):
                 ctx.queue_event(UffdMsg(**msg_kw))
 
     def munmap(self, addr, len):
-        self._event(uapi.Feature.EVENT_UNMAP, {"event": uapi.Event.UNMAP, "start": addr, "end": addr + len},
-                    self.mm.vmas_in(addr, addr + len))
         self._syscall("munmap", addr, len, self.mm.munmap(addr, len))
         for name, reg in list(self._regions.items()):
             if addr <= reg.addr and reg.end <= addr + len:
@@ -382,6 +386,7 @@ class EmuBackend(Backend):
         """mremap(): grow/shrink in place when free, else move (MREMAP_MAYMOVE / FIXED / DONTUNMAP)."""
         ret = self.mm.mremap(old, old_len, new_len, flags, new_addr)
         self._syscall("mremap", old, old_len, ret)
+        self._remap_regions(old, old_len, ret, new_len, flags)
         return ret
 
     @property
