@@ -290,8 +290,13 @@ class KernelBackend(Backend):
 
     name = "kernel"
 
-    def __init__(self, probe: bool = True):
+    def __init__(self, probe: bool = True, user_mode_only: bool | None = None):
+        """``user_mode_only``: True opens every uffd with UFFD_USER_MODE_ONLY; None (default) does so only when
+        the plain open is refused with EPERM (an unprivileged user under vm.unprivileged_userfaultfd=0, the
+        kernel's userfaultfd_syscall_allowed()), and says so in describe(); False never."""
         self._ffi, self._lib = load()
+        self.user_mode_only = user_mode_only
+        self.user_mode_only_reason: str | None = "asked for" if user_mode_only else None
         self._regions: dict[str, Region] = {}
         self._uffds: list[KernelUffd] = []
         self._threads: dict[str, KernelThread] = {}
@@ -312,13 +317,24 @@ class KernelBackend(Backend):
         with u:
             return u.api(0).features
 
+    def hint_modes(self, ioctl: str) -> dict[str, int]:
+        """None on a real kernel, except one built with uffdctl's reconstruction of the 2022 hint RFC
+        (patches/6.1/rfc-hints*.patch, which uses the emulator's uffdctl-private mode values): the kernel
+        cannot be asked, so scripts/vmtest says so with UFFDCTL_KERNEL_HINTS=rfc in that kernel's guest.
+        Anywhere else the bits would be EINVAL."""
+        if os.environ.get("UFFDCTL_KERNEL_HINTS") != "rfc" or ioctl not in ("COPY", "ZEROPAGE", "WRITEPROTECT"):
+            return {}
+        from .emu import profiles
+        return {h: int(getattr(profiles, f"UFFDIO_{ioctl}_MODE_{h.upper()}")) for h in ("access_likely", "write_likely")}
+
     def describe(self) -> dict:
         if self._features is None:
             self._features = self.probe_features()
         sd = self.soft_dirty()
         return {"backend": self.name, "release": platform.release(), "machine": platform.machine(),
                 "profile": None, "soft_dirty": sd.available, "soft_dirty_reason": sd.reason,
-                "features": self._features}
+                "features": self._features, "user_mode_only": int(bool(self.user_mode_only)),
+                "user_mode_only_reason": self.user_mode_only_reason}
 
     # -- mappings -----------------------------------------------------------------
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
@@ -385,6 +401,7 @@ class KernelBackend(Backend):
         r = self._lib.uffdctl_mremap(old, old_len, new_len, flags, new_addr)
         if r < 0:
             raise uffd_error(-r, "mremap", old, old_len)
+        self._remap_regions(old, old_len, r, new_len, flags)
         return r
 
     @property
@@ -396,6 +413,8 @@ class KernelBackend(Backend):
         order = {"auto": ("syscall", "dev"), "syscall": ("syscall",), "dev": ("dev",)}.get(via)
         if order is None:
             raise ValueError(f"unknown open method {via!r} (valid: auto, syscall, dev)")
+        if self.user_mode_only:
+            flags |= uapi.UFFD_USER_MODE_ONLY
         errs = []
         for how in order:
             fn = self._lib.uffdctl_userfaultfd if how == "syscall" else self._lib.uffdctl_dev_userfaultfd
@@ -405,6 +424,17 @@ class KernelBackend(Backend):
                 self._uffds.append(u)
                 return u
             errs.append((how, -fd))
+        if self.user_mode_only is None and "syscall" in order and dict(errs).get("syscall") == E.EPERM \
+                and not flags & uapi.UFFD_USER_MODE_ONLY:
+            fd = self._lib.uffdctl_userfaultfd(flags | uapi.UFFD_USER_MODE_ONLY)
+            if fd >= 0:      # from now on every uffd of this backend is user-mode-only, and describe() says so
+                self.user_mode_only = True
+                self.user_mode_only_reason = ("userfaultfd(2) refused a full uffd (EPERM: vm.unprivileged_"
+                                              "userfaultfd=0 and no CAP_SYS_PTRACE); faults the kernel takes "
+                                              "on this range itself (e.g. in a read(2) into it) are not handled")
+                u = KernelUffd(self, fd, "syscall", flags | uapi.UFFD_USER_MODE_ONLY)
+                self._uffds.append(u)
+                return u
         how, err = errs[0]  # the first method's errno; the message gives every method's, with its cure
         hints = "; ".join(f"{h}: {os.strerror(e)} - {open_error_hint(e, h)}" for h, e in errs)
         raise uffd_error(err, "userfaultfd" if how == "syscall" else "USERFAULTFD_IOC_NEW", message=hints)
@@ -428,6 +458,25 @@ class KernelBackend(Backend):
         if start:
             h.start()
         return h
+
+    _VMFLAG_MODE = {"um": uapi.RegisterMode.MISSING, "uw": uapi.RegisterMode.WP, "ui": uapi.RegisterMode.MINOR}
+
+    def uffd_vmas(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """From the VmFlags of /proc/self/smaps (um, uw, ui)."""
+        out, cur = [], None
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(None, 1)[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    cur = (lo, hi) if lo < end and start < hi else None
+                elif cur is not None and head == "VmFlags:":
+                    mode = 0
+                    for flag in line.split()[1:]:
+                        mode |= int(self._VMFLAG_MODE.get(flag, 0))
+                    out.append((max(cur[0], start), min(cur[1], end), mode))
+                    cur = None
+        return out
 
     def vma_bounds(self, addr: int) -> tuple[int, int] | None:
         """From /proc/self/maps."""
