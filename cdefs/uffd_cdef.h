@@ -72,6 +72,7 @@ int64_t uffdctl_mremap(uint64_t, uint64_t, uint64_t, int, uint64_t);
 int uffdctl_memfd_create(const char *, unsigned int);
 int64_t uffdctl_pread(int, void *, uint64_t, int64_t);
 int64_t uffdctl_read(int, void *, uint64_t);
+int64_t uffdctl_poll_read(int, void *, uint64_t, int, int);
 
 struct uffdctl_access_result {
 	int64_t minflt; int64_t majflt; int32_t sigbus; int32_t si_code;

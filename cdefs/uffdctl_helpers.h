@@ -41,6 +41,7 @@ int64_t uffdctl_mremap(uint64_t old, uint64_t old_len, uint64_t new_len, int fla
 int uffdctl_memfd_create(const char *name, unsigned int flags);
 int64_t uffdctl_pread(int fd, void *buf, uint64_t count, int64_t off);
 int64_t uffdctl_read(int fd, void *buf, uint64_t count);
+int64_t uffdctl_poll_read(int fd, void *buf, uint64_t count, int timeout_ms, int poll_first);
 
 static inline uint64_t uffdctl_now_ns(void)
 {

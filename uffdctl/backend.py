@@ -308,6 +308,11 @@ class Uffd(abc.ABC):
     def read_msgs(self, max: int = 64) -> list[UffdMsg]:
         """Non-blocking read(); [] when nothing is pending."""
 
+    def wait_msgs(self, timeout: float | None = None, max: int = 64) -> list[UffdMsg]:
+        """Wait up to ``timeout`` seconds for messages and read them (poll + read in one call); [] on timeout."""
+        from .errors import NotModelled
+        raise NotModelled("wait_msgs (a blocking wait for messages)")
+
     @abc.abstractmethod
     def close(self) -> None: ...
 

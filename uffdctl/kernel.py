@@ -50,6 +50,30 @@ def decode_msg(raw: bytes, ts_ns: int = 0) -> UffdMsg:
     return m
 
 
+_MSG_ONE = struct.Struct("<B7xQQQ")  # event, then struct uffd_msg's 24-byte arg as three u64
+_M32 = 0xFFFFFFFF
+_PF, _FORK, _REMAP = int(uapi.Event.PAGEFAULT), int(uapi.Event.FORK), int(uapi.Event.REMAP)
+max_ = max
+
+
+def _decode_batch(buf, nbytes: int, ts_ns: int) -> list[UffdMsg]:
+    """Decode ``nbytes // 32`` packed ``struct uffd_msg`` from a buffer: one unpack_from per message."""
+    out = []
+    unpack = _MSG_ONE.unpack_from
+    PF, FORK, REMAP = _PF, _FORK, _REMAP
+    for off in range(0, nbytes - nbytes % 32, 32):
+        ev, a0, a1, a2 = unpack(buf, off)
+        if ev == PF:  # flags, address, feat.ptid
+            out.append(UffdMsg(ev, a0, a1, a2 & _M32, 0, 0, 0, 0, 0, 0, ts_ns))
+        elif ev == FORK:
+            out.append(UffdMsg(ev, 0, 0, 0, a0 & _M32, 0, 0, 0, 0, 0, ts_ns))
+        elif ev == REMAP:
+            out.append(UffdMsg(ev, 0, 0, 0, 0, a0, a1, a2, 0, 0, ts_ns))
+        else:  # REMOVE, UNMAP: start, end
+            out.append(UffdMsg(ev, 0, 0, 0, 0, 0, 0, 0, a0, a1, ts_ns))
+    return out
+
+
 def open_error_hint(err: int, via: str) -> str:
     """Why a uffd could not be opened, and what cures it."""
     if via == "dev":
@@ -184,17 +208,37 @@ class KernelUffd(Uffd):
         return r, bytes(self._ffi.buffer(b))
 
     # -- messages -----------------------------------------------------------------
+    # The Python fault path: one per-thread message buffer reused by every read (no allocation per
+    # call), and one precompiled Struct.unpack_from per message (see _decode_batch).
+    def _msgbuf(self, n: int):
+        try:
+            buf, view = _tls.msgbuf
+        except AttributeError:
+            buf = view = None
+        if buf is None or len(view) < n * 32:
+            buf = self._ffi.new("char[]", max_(n, 64) * 32)
+            view = self._ffi.buffer(buf)
+            _tls.msgbuf = (buf, view)
+        return buf, view
+
     def read_msgs(self, max: int = 64) -> list[UffdMsg]:
-        size = max * 32
-        buf = self._ffi.new("char[]", size)
-        r = self._lib.uffdctl_read(self.fd, buf, size)
+        buf, view = self._msgbuf(max)
+        r = self._lib.uffdctl_read(self.fd, buf, max * 32)
         if r == -E.EAGAIN:
             return []
         if r < 0:
             raise uffd_error(-r, "read")
-        ts = time.monotonic_ns()
-        raw = bytes(self._ffi.buffer(buf, r))
-        return [decode_msg(raw[i:i + 32], ts) for i in range(0, r, 32)]
+        return _decode_batch(view, r, time.monotonic_ns())
+
+    def wait_msgs(self, timeout: float | None = None, max: int = 64) -> list[UffdMsg]:
+        """Wait up to ``timeout`` seconds (None: forever) for messages and read them: poll(2) and read(2)
+        in one C call with the GIL released (other Python threads run meanwhile).  [] on timeout."""
+        buf, view = self._msgbuf(max)
+        ms = -1 if timeout is None else max_(0, int(timeout * 1000))
+        r = self._lib.uffdctl_poll_read(self.fd, buf, max * 32, ms, 0 if self.flags & uapi.O_NONBLOCK else 1)
+        if r < 0:
+            raise uffd_error(-r, "read", message="uffd is closed" if self._closed else None)
+        return _decode_batch(view, r, time.monotonic_ns()) if r else []
 
     def read_raw(self, size: int) -> int:
         """read() with an arbitrary buffer size: bytes read or -errno (for the size<32 test)."""
