@@ -64,6 +64,26 @@ int uffdctl_access(uint64_t addr, uint64_t len, int write, const void *wbuf,
 		   void *rbuf, int fill, uint64_t stride,
 		   struct uffdctl_access_result *res);
 int uffdctl_thread_faults(int64_t *minflt, int64_t *majflt);
+
+/* a native access thread (uffdctl_access.c): jobs run in order, waited for with the GIL released */
+struct uffdctl_access_job {
+	uint64_t addr, len;
+	int write, fill;
+	const void *wbuf;
+	void *rbuf;
+	uint64_t stride;
+	struct uffdctl_access_result res;
+	int ret;
+	int done;			/* set by the worker */
+	struct uffdctl_access_job *next;	/* the worker's queue */
+};
+struct uffdctl_worker;
+struct uffdctl_worker *uffdctl_worker_start(int *err);
+int uffdctl_worker_tid(struct uffdctl_worker *w);
+int uffdctl_worker_submit(struct uffdctl_worker *w, struct uffdctl_access_job *jobs, int n);
+int uffdctl_worker_wait(struct uffdctl_worker *w, struct uffdctl_access_job *j, int timeout_ms);
+int uffdctl_worker_busy(struct uffdctl_worker *w);
+int uffdctl_worker_stop(struct uffdctl_worker *w, int timeout_ms);
 int uffdctl_gettid(void);
 
 /* ---- uffdctl_handler.c ---------------------------------------------------- */
