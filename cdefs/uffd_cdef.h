@@ -142,3 +142,6 @@ int uffdctl_stress_verify(struct uffdctl_stress *);
 int64_t uffdctl_loop_copy(int, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_loop_zeropage(int, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_loop_writeprotect(int, uint64_t, uint64_t, uint64_t, uint64_t);
+struct uffdctl_faulter;
+struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t, uint64_t, uint64_t, int, uint64_t *);
+void uffdctl_bench_faulter_join(struct uffdctl_faulter *);

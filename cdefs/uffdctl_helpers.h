@@ -168,4 +168,9 @@ int64_t uffdctl_loop_copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint
 int64_t uffdctl_loop_zeropage(int fd, uint64_t dst, uint64_t len, uint64_t page);
 int64_t uffdctl_loop_writeprotect(int fd, uint64_t dst, uint64_t len, uint64_t page, uint64_t mode);
 
+struct uffdctl_faulter;
+struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t addr, uint64_t npages, uint64_t page, int cpu,
+						    uint64_t *lat_ns);
+void uffdctl_bench_faulter_join(struct uffdctl_faulter *f);
+
 #endif
