@@ -112,14 +112,14 @@ def run_uffd_stress(exe: str, memtype: str, mib: int, bounces: int) -> float:
 class Bench:
     def __init__(self):
         from uffdctl import uapi
-        from uffdctl.kernel import KernelBackend
+        from uffdctl import open_backend
         self.uapi = uapi
-        self.b = KernelBackend()
+        self.b = open_backend("kernel")
         self.ffi, self.lib = self.b._ffi, self.b._lib
 
     def fault_native(self, n: int, hcpu: int, fcpu: int) -> float:
         """p50 ns of a MISSING round trip served by uffdctl's native handler (copy policy)."""
-        from uffdctl.backend import HandlerPolicy
+        from uffdctl.types import HandlerPolicy
         b, uapi = self.b, self.uapi
         r = b.mmap(n * P, "anon")
         src = b.mmap(P, "anon")

@@ -1,7 +1,7 @@
 """The ``uffdctl run`` language: session commands one per line, plus ``expect``.
 
-Each line is parsed by the same click definition as the CLI subcommand and run
-in-process against one :class:`~uffdctl.session.state.SessionState` (no daemon).
+Each line is parsed from the command table (uffdctl.session.argv: the same
+parameters the CLI subcommand declares) and run in-process against one :class:`~uffdctl.session.state.SessionState` (no daemon).
 ``#`` starts a comment.  The script stops at the first failure, naming the line.
 
 ``expect`` forms::
@@ -20,27 +20,15 @@ A failing command is allowed only when the next line is ``expect errno``.
 from __future__ import annotations
 
 import errno as _errno
+import json
 import shlex
 import sys
 
-from .session.commands import COMMANDS, UsageError, error_dict, execute, exit_code_of
+from .errors import ScriptError, UffdctlError, UsageError, exit_code_of
+from .errors import to_wire as error_dict
+from .session.argv import HelpRequested, parse_argv
+from .session.commands import COMMANDS, execute
 from .session.state import SessionState
-
-
-class ScriptError(Exception):
-    """A line that cannot run (malformed, or an expectation that failed)."""
-
-    def __init__(self, lineno: int, line: str, message: str, exit_code: int = 1, kind: str = "ExpectationFailed",
-                 cause: dict | None = None):
-        super().__init__(f"line {lineno}: {message}")
-        self.lineno, self.line, self.message, self.exit_code, self.kind = lineno, line, message, exit_code, kind
-        self.cause = cause or {}
-
-    def to_dict(self) -> dict:
-        d = {"type": self.kind, "errno": None, "ioctl": None}
-        d.update(self.cause)
-        d.update(line=self.lineno, text=self.line, message=str(self))
-        return d
 
 
 def _value(text: str):
@@ -64,10 +52,18 @@ def _pairs(lineno, line, toks) -> list[tuple[str, str]]:
     return out
 
 
+def _plain(name: str, result: dict, local: dict) -> str:
+    return json.dumps(result, default=str)
+
+
 class Interpreter:
-    def __init__(self, state: SessionState, echo=None):
+    """Runs a script's lines against one state.  ``echo(text)``, when given, receives each line as it runs with
+    its result drawn by ``render(name, result, local)`` (the CLI passes its table renderer)."""
+
+    def __init__(self, state: SessionState, echo=None, render=None):
         self.st = state
         self.echo = echo
+        self.render = render or _plain
         self.last_error: BaseException | None = None
         self.last_result: dict | None = None
         self.baseline: dict[str, tuple[int, int]] = {}
@@ -75,17 +71,15 @@ class Interpreter:
 
     # -- one line -----------------------------------------------------------------------------
     def command(self, lineno: int, line: str, toks: list[str]) -> None:
-        import click
-        from .cli.build import parse_line
         name = toks[0]
         if name not in COMMANDS:
             raise ScriptError(lineno, line, f"unknown command {name!r}", 2, "UsageError")
         try:
-            cmd, args, local = parse_line(name, toks[1:])
-        except click.exceptions.Exit:
-            raise ScriptError(lineno, line, "--help is not a script command", 2, "UsageError") from None
-        except click.UsageError as e:
-            raise ScriptError(lineno, line, f"{name}: {e.format_message()}", 2, "UsageError") from None
+            cmd, args, local = parse_argv(name, toks[1:])
+        except HelpRequested as e:
+            raise ScriptError(lineno, line, str(e), 2, "UsageError") from None
+        except UsageError as e:
+            raise ScriptError(lineno, line, f"{name}: {e}", 2, "UsageError") from None
         if name == "touch":
             self.st.thread(args.get("thread") or "main")
         if "main" not in self.st.thread_names:
@@ -98,9 +92,8 @@ class Interpreter:
         except Exception as e:
             self.last_error = e
         if self.echo:
-            from .cli.output import render
             if self.last_error is None:
-                text = render(name, self.last_result, local)
+                text = self.render(name, self.last_result, local)
             else:
                 text = f"error: {error_dict(self.last_error)['message']}"
             self.echo(f"{lineno:>4}: {line}" + ("\n" + _indent(text) if text else ""))
@@ -236,25 +229,36 @@ def _indent(text: str) -> str:
     return "\n".join("      " + ln for ln in text.splitlines())
 
 
-def run_file(path: str, backend: str = "auto", profile: str | None = None, echo=None) -> dict:
-    """Run a script file; returns ``{"ok", "file", "lines", ["error", "exit"]}``.
+def run_file(path: str, backend: str = "auto", profile: str | None = None, echo=None, render=None,
+             soft_dirty: bool | None = None, notice=None) -> dict:
+    """Run a script file; returns ``{"ok", "file", "backend", "lines", ["error", "exit"]}``.
 
-    Malformed input that prevents the run from starting (unreadable file) raises ScriptError.
+    ``backend``/``profile``/``soft_dirty`` go to the one opener (uffdctl.registry); the result's ``backend``
+    says which backend ran and why, and ``notice(line)`` receives the one line to print on stderr when
+    ``auto`` did not give the kernel.  Malformed input that prevents the run from starting (unreadable
+    file) raises ScriptError.
     """
     try:
         text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
     except (OSError, UnicodeDecodeError) as e:
         raise ScriptError(0, "", f"cannot read {path}: {getattr(e, 'strerror', None) or e}", 2, "UsageError") \
             from None
-    st = SessionState(backend, profile, name="run")
-    it = Interpreter(st, echo)
+    st = SessionState(backend, profile, name="run", soft_dirty=soft_dirty)
+    it = Interpreter(st, echo, render)
+    info = None
     try:
+        st.open()
+        info = st.backend_info()
+        if notice is not None and st.notice():
+            notice(st.notice())
         res = it.run(text)
-        res.update(file=path, exit=0)
+        res.update(file=path, backend=info, exit=0)
         return res
     except ScriptError as e:
-        return {"ok": False, "file": path, "lines": it.log, "error": e.to_dict(), "exit": e.exit_code}
-    except Exception as e:  # backend unavailable, ...
-        return {"ok": False, "file": path, "lines": it.log, "error": error_dict(e), "exit": exit_code_of(e)}
+        return {"ok": False, "file": path, "backend": info, "lines": it.log, "error": e.to_dict(),
+                "exit": e.exit_code}
+    except UffdctlError as e:  # the backend cannot open here (BackendUnavailable, UsageError), ...
+        return {"ok": False, "file": path, "backend": info, "lines": it.log, "error": error_dict(e),
+                "exit": exit_code_of(e)}
     finally:
         st.close()
