@@ -476,3 +476,46 @@ def test_verdicts():
     assert verdict(h, "kernel", mr)[0] == "fail"              # known on one column only
     assert verdict(h, "emu", exp)[0] == "fail"                # another line failing is still a failure
     assert verdict(h, "emu", {"ok": True})[0] == "fail"       # a fixed bug must drop its marker
+
+
+# -- tests/selftests/README.md: the inventory, generated from the headers ----------------------------------
+INVENTORY = HERE / "README.md"
+
+
+def inventory_markdown() -> str:
+    rows = []
+    for path in SCRIPTS:
+        h = header(path)
+        sizes = {"thp": "x each THP size", "hugetlb": "x each hugetlb size"}.get(h.get("sizes"), "")
+        notes = []
+        if h.get("needs"):
+            notes.append("needs " + ", ".join(h["needs"]))
+        if h.get("waiting"):
+            notes.append("waits on " + "; ".join(h["waiting"]))
+        if h.get("known"):
+            notes.append("known bug on " + ", ".join(k["backend"] for k in h["known"]))
+        rows.append(f"| {h['selftest']} | `{h['function']}` | {h['case']} | {h['memtype']} {sizes} | "
+                    f"[{path.name}]({path.name}) | {h['asserts']} | {'; '.join(notes)} |")
+    head = textwrap.dedent("""\
+        # The kernel's mm selftests, ported as `uffdctl run` scripts
+
+        Generated from the scripts' `#:` headers by `python tests/test_selftests.py > tests/selftests/README.md`
+        (tests/test_selftests.py checks it is current).  Each script mirrors one case (test x memory type) of
+        tools/testing/selftests/mm/ in Linux 6.18; `make test` runs it on the host kernel and on the emulator
+        (profile 6.18, soft-dirty off; soft-dirty scripts also with soft-dirty on), `pytest tests/test_selftests.py
+        -rs` says why any case skips (a feature the kernel lacks, no huge pages, no gup_test, `UNSUPPORTED: not
+        modelled: X (emulator)`, or `waiting on:` a command of the planned syntax).
+
+        | selftest | function | case | memory | script | asserts | notes |
+        | --- | --- | --- | --- | --- | --- | --- |
+        """)
+    return head + "\n".join(rows) + "\n"
+
+
+def test_inventory_is_current():
+    assert INVENTORY.exists() and INVENTORY.read_text() == inventory_markdown(), \
+        "tests/selftests/README.md is stale: python tests/test_selftests.py > tests/selftests/README.md"
+
+
+if __name__ == "__main__":
+    print(inventory_markdown(), end="")

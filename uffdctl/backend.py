@@ -173,6 +173,14 @@ class Uffd(abc.ABC):
         """The fd (for poll/select)."""
         return self.fd
 
+    # the fault handlers serving this uffd: close() stops them first (implementations keep ``_handlers``)
+    def attach_handler(self, handler) -> None:
+        self._handlers.append(handler)
+
+    def detach_handler(self, handler) -> None:
+        if handler in self._handlers:
+            self._handlers.remove(handler)
+
     def __enter__(self):
         return self
 
@@ -314,6 +322,11 @@ class Backend(abc.ABC):
 
     def vma_bounds(self, addr: int) -> tuple[int, int] | None:
         """[start, end) of the VMA containing ``addr`` (None: no VMA there, or not known)."""
+        return None
+
+    def uffd_vmas(self, start: int, end: int) -> list[tuple[int, int, int]] | None:
+        """The VMAs overlapping [start, end), clipped to it, each with the userfaultfd registration the kernel
+        keeps on it (RegisterMode bits: VM_UFFD_MISSING/WP/MINOR, smaps ``um``/``uw``/``ui``), or None."""
         return None
 
     def tlb_flush_count(self) -> int | None:

@@ -387,8 +387,13 @@ class KernelBackend(Backend):
 
     name = "kernel"
 
-    def __init__(self, probe: bool = True):
+    def __init__(self, probe: bool = True, user_mode_only: bool | None = None):
+        """``user_mode_only``: True opens every uffd with UFFD_USER_MODE_ONLY; None (default) does so only when
+        the plain open is refused with EPERM (an unprivileged user under vm.unprivileged_userfaultfd=0, the
+        kernel's userfaultfd_syscall_allowed()), and says so in describe(); False never."""
         self._ffi, self._lib = load()
+        self.user_mode_only = user_mode_only
+        self.user_mode_only_reason: str | None = "asked for" if user_mode_only else None
         self._regions: dict[str, Region] = {}
         self._uffds: list[KernelUffd] = []
         self._threads: dict[str, KernelThread] = {}
@@ -415,7 +420,8 @@ class KernelBackend(Backend):
         sd = self.soft_dirty()
         return {"backend": self.name, "release": platform.release(), "machine": platform.machine(),
                 "profile": None, "soft_dirty": sd.available, "soft_dirty_reason": sd.reason,
-                "features": self._features}
+                "features": self._features, "user_mode_only": int(bool(self.user_mode_only)),
+                "user_mode_only_reason": self.user_mode_only_reason}
 
     # -- mappings -----------------------------------------------------------------
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
@@ -493,6 +499,8 @@ class KernelBackend(Backend):
         order = {"auto": ("syscall", "dev"), "syscall": ("syscall",), "dev": ("dev",)}.get(via)
         if order is None:
             raise ValueError(f"unknown open method {via!r} (valid: auto, syscall, dev)")
+        if self.user_mode_only:
+            flags |= uapi.UFFD_USER_MODE_ONLY
         errs = []
         for how in order:
             fn = self._lib.uffdctl_userfaultfd if how == "syscall" else self._lib.uffdctl_dev_userfaultfd
@@ -502,6 +510,17 @@ class KernelBackend(Backend):
                 self._uffds.append(u)
                 return u
             errs.append((how, -fd))
+        if self.user_mode_only is None and "syscall" in order and dict(errs).get("syscall") == E.EPERM \
+                and not flags & uapi.UFFD_USER_MODE_ONLY:
+            fd = self._lib.uffdctl_userfaultfd(flags | uapi.UFFD_USER_MODE_ONLY)
+            if fd >= 0:      # from now on every uffd of this backend is user-mode-only, and describe() says so
+                self.user_mode_only = True
+                self.user_mode_only_reason = ("userfaultfd(2) refused a full uffd (EPERM: vm.unprivileged_"
+                                              "userfaultfd=0 and no CAP_SYS_PTRACE); faults the kernel takes "
+                                              "on this range itself (e.g. in a read(2) into it) are not handled")
+                u = KernelUffd(self, fd, "syscall", flags | uapi.UFFD_USER_MODE_ONLY)
+                self._uffds.append(u)
+                return u
         how, err = errs[0]  # the first method's errno; the message gives every method's, with its cure
         hints = "; ".join(f"{h}: {os.strerror(e)} - {open_error_hint(e, h)}" for h, e in errs)
         raise uffd_error(err, "userfaultfd" if how == "syscall" else "USERFAULTFD_IOC_NEW", message=hints)
@@ -525,6 +544,25 @@ class KernelBackend(Backend):
         if start:
             h.start()
         return h
+
+    _VMFLAG_MODE = {"um": uapi.RegisterMode.MISSING, "uw": uapi.RegisterMode.WP, "ui": uapi.RegisterMode.MINOR}
+
+    def uffd_vmas(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """From the VmFlags of /proc/self/smaps (um, uw, ui)."""
+        out, cur = [], None
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(None, 1)[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    cur = (lo, hi) if lo < end and start < hi else None
+                elif cur is not None and head == "VmFlags:":
+                    mode = 0
+                    for flag in line.split()[1:]:
+                        mode |= int(self._VMFLAG_MODE.get(flag, 0))
+                    out.append((max(cur[0], start), min(cur[1], end), mode))
+                    cur = None
+        return out
 
     def vma_bounds(self, addr: int) -> tuple[int, int] | None:
         """From /proc/self/maps."""

@@ -230,7 +230,7 @@ def _indent(text: str) -> str:
 
 
 def run_file(path: str, backend: str = "auto", profile: str | None = None, echo=None, render=None,
-             soft_dirty: bool | None = None, notice=None) -> dict:
+             soft_dirty: bool | None = None, notice=None, user_mode_only: bool = False) -> dict:
     """Run a script file; returns ``{"ok", "file", "backend", "lines", ["error", "exit"]}``.
 
     ``backend``/``profile``/``soft_dirty`` go to the one opener (uffdctl.registry); the result's ``backend``
@@ -243,7 +243,7 @@ def run_file(path: str, backend: str = "auto", profile: str | None = None, echo=
     except (OSError, UnicodeDecodeError) as e:
         raise ScriptError(0, "", f"cannot read {path}: {getattr(e, 'strerror', None) or e}", 2, "UsageError") \
             from None
-    st = SessionState(backend, profile, name="run", soft_dirty=soft_dirty)
+    st = SessionState(backend, profile, name="run", soft_dirty=soft_dirty, user_mode_only=user_mode_only)
     it = Interpreter(st, echo, render)
     info = None
     try:

@@ -19,6 +19,11 @@ SOFT_DIRTY = click.option("--soft-dirty", type=click.Choice(["on", "off"]), defa
                                "auto: the emulator")
 
 
+USER_MODE_ONLY = click.option("--user-mode-only", is_flag=True,
+                              help="kernel: open the uffd with UFFD_USER_MODE_ONLY (what an unprivileged user "
+                                   "gets under vm.unprivileged_userfaultfd=0; used then without asking)")
+
+
 def _sd(value: str | None) -> bool | None:
     return None if value is None else value == "on"
 
@@ -61,8 +66,9 @@ def check(verbose):
 @BACKEND
 @PROFILE
 @SOFT_DIRTY
+@USER_MODE_ONLY
 @click.option("-q", "--quiet", is_flag=True, help="print only failures")
-def run(file, backend, profile, soft_dirty, quiet):
+def run(file, backend, profile, soft_dirty, user_mode_only, quiet):
     """Run a script of session commands, one per line, in this process (no daemon).
 
     `#` starts a comment.  `expect` lines assert state and print an expected/actual
@@ -84,7 +90,7 @@ def run(file, backend, profile, soft_dirty, quiet):
     try:
         from .output import render
         res = run_file(file, backend=backend, profile=profile, echo=None if (g.out.json or quiet) else click.echo,
-                       render=render, soft_dirty=_sd(soft_dirty), notice=_notice)
+                       render=render, soft_dirty=_sd(soft_dirty), notice=_notice, user_mode_only=user_mode_only)
     except ScriptError as e:
         g.out.error(e.to_dict(), "uffdctl run")
         raise click.exceptions.Exit(e.exit_code) from None
@@ -112,7 +118,8 @@ def session():
 @BACKEND
 @PROFILE
 @SOFT_DIRTY
-def session_start(name, backend, profile, soft_dirty):
+@USER_MODE_ONLY
+def session_start(name, backend, profile, soft_dirty, user_mode_only):
     """Start a detached process that owns a uffd, regions and a fault handler, serving a Unix socket.
 
     \b
@@ -120,7 +127,7 @@ def session_start(name, backend, profile, soft_dirty):
       uffdctl session start --name demo
     """
     from ..session import client
-    r = client.start(name, backend, profile, _sd(soft_dirty))
+    r = client.start(name, backend, profile, _sd(soft_dirty), user_mode_only)
     notice = r.get("selection", {}).get("notice")
     if notice:
         _notice(notice)

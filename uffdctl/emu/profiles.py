@@ -1,8 +1,8 @@
 """Kernel-version profiles: small named tables of switches (spec §1.4).
 
 Each profile is a :class:`Profile` — a handful of booleans naming the kernel
-change that flips them — never a copy of code.  The model (``mm.py``,
-``userfaultfd.py``) asks ``profile.<switch>`` at the one place the kernel's
+change that flips them — never a copy of code.  The model (``mm/``,
+``fs/userfaultfd.py``) asks ``profile.<switch>`` at the one place the kernel's
 behaviour forks.  ``CONFIG_MEM_SOFT_DIRTY`` is not part of a profile: it is its
 own switch (``EmuBackend(soft_dirty=...)``).
 
