@@ -414,6 +414,16 @@ class KernelBackend(Backend):
         with u:
             return u.api(0).features
 
+    def hint_modes(self, ioctl: str) -> dict[str, int]:
+        """None on a real kernel, except one built with uffdctl's reconstruction of the 2022 hint RFC
+        (patches/6.1/rfc-hints*.patch, which uses the emulator's uffdctl-private mode values): the kernel
+        cannot be asked, so scripts/vmtest says so with UFFDCTL_KERNEL_HINTS=rfc in that kernel's guest.
+        Anywhere else the bits would be EINVAL."""
+        if os.environ.get("UFFDCTL_KERNEL_HINTS") != "rfc" or ioctl not in ("COPY", "ZEROPAGE", "WRITEPROTECT"):
+            return {}
+        from .emu import profiles
+        return {h: int(getattr(profiles, f"UFFDIO_{ioctl}_MODE_{h.upper()}")) for h in ("access_likely", "write_likely")}
+
     def describe(self) -> dict:
         if self._features is None:
             self._features = self.probe_features()
@@ -488,6 +498,7 @@ class KernelBackend(Backend):
         r = self._lib.uffdctl_mremap(old, old_len, new_len, flags, new_addr)
         if r < 0:
             raise uffd_error(-r, "mremap", old, old_len)
+        self._remap_regions(old, old_len, r, new_len, flags)
         return r
 
     @property
