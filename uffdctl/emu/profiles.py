@@ -73,9 +73,9 @@ class Profile:
     # dst VM_COPY_ON_FORK flags incl. VM_MAYBE_GUARD, or src->anon_vma).  Either way a shared VMA without
     # EVENT_FORK gives the child no PTEs unless it ever had a guard region.
     vma_needs_copy: str = "copy_on_fork"
-    # mremap without EVENT_REMAP: move_ptes()/move_huge_pmd() clear uffd-wp bits and drop uffd-wp markers
-    # (0cef0bb836e3; 6.13, backported to 6.12.11 and 6.1.191).  Before: stale bits in the unregistered VMA.
-    mremap_clears_uffd_wp: bool = True
+    # 0cef0bb836e3 "mm: clear uffd-wp PTE/PMD state on mremap()" (6.13; 6.12.11, 6.1.191): PTEs moved out of
+    # a VMA whose ctx lacks EVENT_REMAP lose their uffd-wp bits and markers; before, they kept them.
+    mremap_clear_uffd_wp: bool = True
     # bf14d4a05387 "mm: propagate VM_SOFTDIRTY on merge" (6.19; 6.18.37): a merged VMA is VM_SOFTDIRTY if
     # either input was (soft-dirty selftest test_merge); before, the neighbour's flag wins.
     vm_softdirty_sticky_merge: bool = True
@@ -117,14 +117,14 @@ class Profile:
 # What 5.19 lacks of the later mm-surface changes (fork markers and the vma_needs_copy() era, mremap's
 # uffd-wp clearing, MADV_COLLAPSE, mTHP, read swap-in writable, release() resetting uffd-wp).
 _MM_5_19 = dict(fork_wp_marker_without_event=True, fork_poison_marker_without_event=True,
-                vma_needs_copy="uffd_wp|anon_vma", mremap_clears_uffd_wp=False, vm_softdirty_sticky_merge=False,
+                vma_needs_copy="uffd_wp|anon_vma", mremap_clear_uffd_wp=False, vm_softdirty_sticky_merge=False,
                 swapin_read_writable=False, madv_collapse=False, khugepaged_uffd_wp_recheck=False,
                 huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False,
                 release_resets_wp=False)
 # Debian's 6.1.192 carries the stable backports named in the fields' comments (6.1.11, 6.1.21, 6.1.26,
 # 6.1.191); what it does not have: poison markers copied without EVENT_FORK, read swap-in writable, mTHP.
 _MM_6_1 = dict(_MM_5_19, fork_wp_marker_without_event=False, fork_poison_marker_without_event=False,
-               mremap_clears_uffd_wp=True, madv_collapse=True, khugepaged_uffd_wp_recheck=True,
+               mremap_clear_uffd_wp=True, madv_collapse=True, khugepaged_uffd_wp_recheck=True,
                huge_zeropage_split_keeps_uffd_wp=True, release_resets_wp=True)
 # 6.2 (end of life before the 2025 mremap fix): the fork-marker fix and copy_pte_marker() are in; the
 # 6.1.21/6.1.26 backports went to 6.1.y and 6.3, not 6.2.y [source history, not measured].
