@@ -246,16 +246,12 @@ def test_built_column_keeps_its_label(tmp_path):
 
 # -- end to end: a stock vmlinux as --kernel-image and as a --kernel-dir tree ----------------------------
 
+from test_vmtest import vm_kernel  # noqa: E402,F401  (the fixture: QEMU and a cached kernel, or skip/fail)
+
+
 @pytest.fixture
-def stock_kernel():
-    from test_vmtest import vm_ready
-    reason = vm_ready()
-    if reason:
-        if os.environ.get("UFFDCTL_REQUIRE_VM") == "1":
-            pytest.fail(f"UFFDCTL_REQUIRE_VM=1 but: {reason}", pytrace=False)
-        pytest.skip(reason)
-    k = [k for k in kernelpkg.cached_kernels(kernelpkg.default_cache()) if k.pvh][0]
-    return k
+def stock_kernel(vm_kernel):  # noqa: F811
+    return next(k for k in kernelpkg.cached_kernels(kernelpkg.default_cache()) if k.pvh)
 
 
 def test_kernel_image_boots_a_stock_vmlinux(stock_kernel, tmp_path):
