@@ -544,11 +544,9 @@ class KernelBackend(Backend):
         return pid
 
     def fork(self, name, regions, thread=None) -> Access:
-        """fork(2) in C from a long-lived session thread (the child's PR_SET_PDEATHSIG follows that thread):
-        the child runs the native command loop of cdefs/uffdctl_proc.c (uffdctl.process)."""
-        from .process import KernelProcess
-        t = self.thread(thread or "__fork")
-        acc = _KernelAccess()
+        """fork(2) in C from a long-lived job thread of the session (the child's PR_SET_PDEATHSIG follows that
+        thread): the child runs the native command loop of cdefs/uffdctl_proc.c (uffdctl.process)."""
+        from .process import KernelProcess, job_thread
 
         def job():
             sock = self._ffi.new("int *")
@@ -557,8 +555,7 @@ class KernelBackend(Backend):
                 raise uffd_error(-pid, "fork")
             return KernelProcess(self, name, pid, sock[0], None, regions)
 
-        t._q.put((job, acc))
-        return acc
+        return job_thread(self, thread or "__fork").submit(job)
 
     def adopt_uffd(self, fd: int) -> KernelUffd:
         import fcntl
@@ -685,6 +682,8 @@ class KernelBackend(Backend):
     def close(self) -> None:
         for u in list(self._uffds):
             u.close()  # releases any fault still blocked (memory then reads as zeros)
+        from .process import stop_job_threads
+        stop_job_threads(self)
         for t in self._threads.values():
             t.stop()
         self._threads.clear()

@@ -69,6 +69,76 @@ class Process(abc.ABC):
         """Kill and reap (bounded); never hangs."""
 
 
+class _Job(Access):
+    def __init__(self):
+        self._ev = threading.Event()
+        self._value = None
+        self._exc: BaseException | None = None
+
+    def wait(self, timeout=None) -> bool:
+        return self._ev.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._ev.is_set()
+
+    def result(self):
+        if not self._ev.is_set():
+            raise RuntimeError("still blocked in the kernel")
+        if self._exc:
+            raise self._exc
+        return self._value
+
+
+class JobThread:
+    """A long-lived thread of the session that runs calls in order, each a C call that releases the GIL: the
+    way to issue a system call that may block until its event is read (fork with EVENT_FORK, madvise with
+    EVENT_REMOVE) without blocking the caller, and the thread a child's PR_SET_PDEATHSIG follows."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self._q: queue.Queue = queue.Queue()
+        self._busy: _Job | None = None
+        self._t = threading.Thread(target=self._run, name=f"uffdctl-job-{name}", daemon=True)
+        self._t.start()
+
+    def _run(self):
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            fn, job = item
+            try:
+                job._value = fn()
+            except BaseException as e:   # handed to the waiter
+                job._exc = e
+            job._ev.set()
+
+    def submit(self, fn) -> Access:
+        job = _Job()
+        self._q.put((fn, job))
+        return job
+
+    def stop(self, timeout: float = 2.0) -> bool:
+        self._q.put(None)
+        self._t.join(timeout)   # one blocked in the kernel is a daemon thread: process exit ends it
+        return not self._t.is_alive()
+
+
+def job_thread(backend, name: str) -> JobThread:
+    """The backend's job thread ``name`` (created on first use, stopped by :func:`stop_job_threads`)."""
+    table = backend.__dict__.setdefault("_job_threads", {})
+    t = table.get(name)
+    if t is None:
+        t = table[name] = JobThread(name)
+    return t
+
+
+def stop_job_threads(backend) -> None:
+    for t in backend.__dict__.pop("_job_threads", {}).values():
+        t.stop()
+
+
 def decode_status(pid: int, status: int) -> dict:
     d = {"pid": pid, "status": status, "exited": int(os.WIFEXITED(status)),
          "signaled": int(os.WIFSIGNALED(status)), "code": None, "signal": None, "signal_name": None,

@@ -166,14 +166,10 @@ def maybe_async(st, a, what, span, call, decide_s: float):
             raise UsageError(f"process {proc.name} has one thread, main")
         acc = proc.submit_call(what, lambda: call(b))
     else:
-        t = st.thread(thread)
-        q = getattr(t, "_q", None)
-        if q is None:   # the emulator: an mm operation there never waits for its event to be read
+        if b.name != "kernel":   # the emulator: an mm operation there never waits for its event to be read
             raise NotModelled(f"{what} --thread (a system call blocked until its event is read)")
-        else:
-            from ..kernel import _KernelAccess
-            acc = _KernelAccess()
-            q.put((lambda: call(b), acc))
+        from ..process import job_thread
+        acc = job_thread(b, thread).submit(lambda: call(b))
     tch = st.new_op(thread, span.start, span.len, acc, what)
     acc.wait(decide_s)
     return tch.to_dict()
