@@ -290,6 +290,12 @@ class Backend(abc.ABC):
         from .errors import NotModelled
         raise NotModelled("fork")
 
+    def job_thread(self, name: str):
+        """A long-lived thread of this backend's process that runs calls in order (``submit(fn) -> Access``):
+        how a system call that blocks until its event is read is issued without blocking the caller."""
+        from .errors import NotModelled
+        raise NotModelled("a system call blocked until its event is read")
+
     def adopt_uffd(self, fd: int) -> Uffd:
         """Wrap a uffd fd this backend did not open itself: the ``ufd`` of a FORK event (the child's uffd,
         already past UFFDIO_API).  The returned Uffd owns the fd."""

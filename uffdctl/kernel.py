@@ -557,6 +557,10 @@ class KernelBackend(Backend):
 
         return job_thread(self, thread or "__fork").submit(job)
 
+    def job_thread(self, name: str):
+        from .process import job_thread
+        return job_thread(self, name)
+
     def adopt_uffd(self, fd: int) -> KernelUffd:
         import fcntl
         u = KernelUffd(self, fd, "fork", fcntl.fcntl(fd, fcntl.F_GETFL))

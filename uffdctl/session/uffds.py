@@ -166,10 +166,11 @@ def maybe_async(st, a, what, span, call, decide_s: float):
             raise UsageError(f"process {proc.name} has one thread, main")
         acc = proc.submit_call(what, lambda: call(b))
     else:
-        if b.name != "kernel":   # the emulator: an mm operation there never waits for its event to be read
-            raise NotModelled(f"{what} --thread (a system call blocked until its event is read)")
-        from ..process import job_thread
-        acc = job_thread(b, thread).submit(lambda: call(b))
+        try:
+            jt = b.job_thread(thread)
+        except NotModelled:   # the emulator: an mm operation there never waits for its event to be read
+            raise NotModelled(f"{what} --thread (a system call blocked until its event is read)") from None
+        acc = jt.submit(lambda: call(b))
     tch = st.new_op(thread, span.start, span.len, acc, what)
     acc.wait(decide_s)
     return tch.to_dict()
