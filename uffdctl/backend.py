@@ -63,6 +63,7 @@ class Handler(abc.ABC):
     """A fault-handling thread: polls the uffd, resolves by policy, logs every message."""
 
     policy: HandlerPolicy
+    log_cap: int | None = None   # entries the log keeps before the oldest are overwritten (None: unbounded)
 
     @abc.abstractmethod
     def start(self) -> None:

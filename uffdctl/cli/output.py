@@ -58,9 +58,11 @@ def render_pagemap(r: dict, opts: dict) -> str:
 
 
 def _event_line(e: dict) -> str:
+    if e["event"] == "dropped":
+        return f"#{e['first_seq']}-#{e['last_seq']} dropped: {e['count']} messages not in the log: {e['reason']}"
     where = f" {e['region']}:{e['page']}" if "region" in e else ""
     if e["event"] == "pagefault":
-        flags = "|".join(f.replace("UFFD_PAGEFAULT_FLAG_", "") for f in e.get("flags_decoded", [])) or "MISSING"
+        flags = "|".join(f.replace("UFFD_PAGEFAULT_FLAG_", "") for f in e.get("flags_decoded", [])) or "flags=0"
         return (f"#{e['seq']} pagefault {flags} address=0x{e['address']:x}{where} ptid={e.get('ptid', 0)} "
                 f"action={e.get('action')}" + (f" err={e['err']}" if e.get("err") else ""))
     rest = " ".join(f"{k}={_hex(v)}" for k, v in e.items() if k not in ("seq", "event", "ts_ns", "action",

@@ -625,18 +625,31 @@ def cmd_touches(st, a):
     return {"touches": [t.to_dict() for t in st.touches.values()]}
 
 
-@command("events", "The message log: faults and events the handler read, with seq numbers.",
+@command("events", "The message log: faults and events the handler read, with seq numbers (the message's "
+         "place in the stream: never renumbered). The handler's log keeps the newest 65536 messages and the "
+         "session's too; messages overwritten before they were read show as one 'dropped' entry with the count "
+         "and why (their faults were still resolved by the policy).",
          "uffdctl events --since 3",
          Param("--since", "only events with seq > N", kind="int", default=0),
+         Param("--last", "only the newest N events", kind="int"),
          Param("--follow", "keep printing new events (Ctrl-C stops)", kind="flag", local=True),
          Param("--count", "with --follow: stop after N events", kind="int", local=True))
 def cmd_events(st, a):
     since = a.get("since") or 0
     if not isinstance(since, int) or since < 0:
         raise UsageError(f"bad --since {since!r}")
+    last = a.get("last")
+    if last is not None and (not isinstance(last, int) or last <= 0):
+        raise UsageError(f"bad --last {last!r}: a positive number of events")
     st.collect_events()
     evs = [e for e in st.events if e["seq"] > since]
-    return {"events": evs, "next": st.events[-1]["seq"] if st.events else 0}
+    if last is not None:
+        evs = evs[-last:]
+    d = {"events": evs, "next": st.events[-1]["seq"] if st.events else 0}
+    if st.events_dropped:
+        d["dropped"] = {"count": st.events_dropped, "reason": "older than the newest 65536 entries the session "
+                                                              "keeps"}
+    return d
 
 
 # -- /proc -----------------------------------------------------------------------------
