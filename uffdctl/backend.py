@@ -226,9 +226,11 @@ class Backend(abc.ABC):
     # -- mappings ---------------------------------------------------------------
     @abc.abstractmethod
     def mmap(self, len: int, memtype: MemType | str = MemType.ANON, name: str | None = None,
-             prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None) -> Region:
+             prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None,
+             noreserve: bool = False) -> Region:
         """mmap(2) ``len`` bytes of ``memtype`` (a memfd behind shmem/hugetlb), named ``name`` (default r<N>);
-        ``addr``: MAP_FIXED_NOREPLACE there."""
+        ``addr``: MAP_FIXED_NOREPLACE there; ``noreserve``: MAP_NORESERVE (no commit charge; the emulator,
+        sparse, charges nothing either way)."""
 
     @abc.abstractmethod
     def alias(self, region: Region, name: str | None = None) -> Region:

@@ -335,7 +335,8 @@ class EmuBackend(Backend):
         return {h: int(getattr(profiles, c)) for h, c in consts.items() if hasattr(profiles, c)}
 
     # -- mappings -------------------------------------------------------------------------
-    def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
+    def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
+             noreserve=False):   # sparse: no commit accounting to skip
         memtype = MemType(memtype)
         name = self._region_name(name)
         page = M.HPAGE_SIZE if memtype.hugetlb else uapi.PAGE_SIZE

@@ -31,17 +31,18 @@ MAX_PAGEMAP_ENTRIES = 1 << 16  # per-page entries up to this; above it runs, cou
 
 
 # -- parsing ---------------------------------------------------------------------------
-_SIZE = re.compile(r"^\s*(0x[0-9a-fA-F]+|\d+)\s*([KMGTkmgt]?)(i?[Bb])?\s*$")
-_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"^\s*(0x[0-9a-fA-F]+|\d+)\s*([KMGTPEkmgtpe]?)(i?[Bb])?\s*$")
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
 
 
 def parse_size(text: Any, what: str = "size") -> int:
-    """``64K``, ``2M``, ``1G``, ``4096``, ``0x1000`` -> bytes (binary units)."""
+    """``64K``, ``2M``, ``1G``, ``1T``, ``2P``, ``1E``, ``4096``, ``0x1000`` -> bytes (binary units)."""
     if isinstance(text, int) and not isinstance(text, bool):
         return text
     m = _SIZE.match(str(text))
     if not m:
-        raise UsageError(f"bad {what} {text!r}: expected a number with an optional K/M/G suffix (64K, 2M, 0x1000)")
+        raise UsageError(f"bad {what} {text!r}: expected a number with an optional K/M/G/T/P/E suffix "
+                         f"(64K, 2M, 0x1000)")
     return int(m.group(1), 0) * _SUFFIX[m.group(2).upper()]
 
 
@@ -253,17 +254,6 @@ def _span_dict(span: Span, **kw) -> dict:
 
 
 # -- mappings --------------------------------------------------------------------------
-def _mem_total() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
-
-
 _NAME_OK = re.compile(r"^[A-Za-z_][\w.-]*$")
 
 
@@ -271,13 +261,15 @@ _NAME_OK = re.compile(r"^[A-Za-z_][\w.-]*$")
          "uffdctl mmap --size 64K --type anon --name buf",
          Param("--size", "length, with K/M/G suffix", required=True),
          Param("--type", "memory type", kind="choice", choices=tuple(m.value for m in MemType), default="anon"),
+         Param("--noreserve", "kernel: MAP_NORESERVE (no commit charge: a mapping larger than RAM + swap; "
+                              "touching more than the machine holds then ends in SIGBUS/OOM)", kind="flag"),
          Param("--name", "region name (default r0, r1, ...)"))
 def cmd_mmap(st, a):
     size = parse_size(a["size"])
     if size <= 0:
         raise UsageError(f"size {a['size']!r} must be > 0")
-    if size > _mem_total():
-        raise UsageError(f"size {a['size']!r} is beyond this machine's memory ({_mem_total() >> 20} MiB)")
+    if size >= 1 << 47:
+        raise UsageError(f"size {a['size']!r} does not fit the x86-64 user address space (128 TiB)")
     memtype = MemType(a["type"])
     page = uapi.PAGE_SIZE
     if memtype.hugetlb:
@@ -290,7 +282,7 @@ def cmd_mmap(st, a):
             raise UsageError(f"bad region name {name!r}: letters, digits, _ . - (not starting with a digit or __)")
         if name in st.regions:
             raise UsageError(f"region {name!r} exists")
-    r = st.backend.mmap(size, memtype, name=name)
+    r = st.backend.mmap(size, memtype, name=name, **({"noreserve": True} if a.get("noreserve") else {}))
     st.regions[r.name] = r
     return r.to_dict()
 
