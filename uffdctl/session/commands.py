@@ -14,13 +14,15 @@ anything is changed.
 """
 from __future__ import annotations
 
+import errno
+import math
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import uapi
-from ..errors import RemoteErrorLike, Unsupported, UsageError, exit_code_of
+from ..errors import RemoteErrorLike, UffdError, Unsupported, UsageError, exit_code_of, uffd_error
 from ..errors import to_wire as error_dict   # the wire/JSON form of any error (the name this module used)
 from ..types import HPAGE_SIZE, HandlerPolicy, MemType, Region
 from .state import SessionState
@@ -254,7 +256,7 @@ def _span_dict(span: Span, **kw) -> dict:
 
 
 # -- mappings --------------------------------------------------------------------------
-_NAME_OK = re.compile(r"^[A-Za-z_][\w.-]*$")
+_NAME_OK = re.compile(r"^[A-Za-z_][\w.-]{0,63}$")   # at most 64 characters
 
 
 @command("mmap", "Map a new region (anon, shmem, shmem-private, hugetlb, hugetlb-private).",
@@ -279,7 +281,8 @@ def cmd_mmap(st, a):
     name = a.get("name")
     if name is not None:
         if not _NAME_OK.match(name) or name.startswith("__"):
-            raise UsageError(f"bad region name {name!r}: letters, digits, _ . - (not starting with a digit or __)")
+            raise UsageError(f"bad region name {name[:80]!r}{'...' if len(name) > 80 else ''}: letters, digits, "
+                             f"_ . - (not starting with a digit or __), at most 64 characters")
         if name in st.regions:
             raise UsageError(f"region {name!r} exists")
     r = st.backend.mmap(size, memtype, name=name, **({"noreserve": True} if a.get("noreserve") else {}))
@@ -375,8 +378,16 @@ def cmd_api(st, a):
     if st.uffd is None:
         st.get_uffd(features if a.get("features") is not None else None)
         return st.api_result.to_dict()
-    # a second UFFDIO_API on the same fd: issue it, the kernel answers (EINVAL since 5.x)
-    return st.uffd.api(features).to_dict()
+    # a second UFFDIO_API on the same fd: issue it, the kernel answers (EINVAL: the ctx is initialised once,
+    # userfaultfd_api() checks UFFD_FEATURE_INITIALIZED) and say so, keeping the errno
+    try:
+        return st.uffd.api(features).to_dict()
+    except UffdError as e:
+        if e.errno == errno.EINVAL:
+            raise uffd_error(e.errno, e.ioctl, e.start, e.len, e.done,
+                             message="this uffd is already initialised: UFFDIO_API works once per fd "
+                                     "(userfaultfd_api() refuses a second one)") from None
+        raise
 
 
 @command("register", "UFFDIO_REGISTER a range with modes missing, wp, minor.",
@@ -555,8 +566,8 @@ def cmd_touch(st, a):
     if not _NAME_OK.match(thread):
         raise UsageError(f"bad thread name {thread!r}")
     timeout = a.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-        raise UsageError(f"bad --timeout {timeout!r}")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0):
+        raise UsageError(f"bad --timeout {timeout!r}: a finite number of seconds >= 0")
     fill = parse_int(a["fill"], "--fill") if a.get("fill") is not None else 1
     if not 0 <= fill <= 255:
         raise UsageError(f"--fill {fill} is not a byte (0-255)")
@@ -585,11 +596,22 @@ def cmd_wait(st, a):
         if t is None:
             raise UsageError(f"no touch #{tid}" if tid else "no touch yet")
     timeout = a.get("timeout")
-    if not isinstance(timeout, (int, float)) or timeout < 0:
-        raise UsageError(f"bad --timeout {timeout!r}")
+    if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0:
+        raise UsageError(f"bad --timeout {timeout!r}: a finite number of seconds >= 0")
     t.access.wait(timeout)
     with st.lock:
         return dict(t.to_dict(), tid=st.backend.thread(t.thread).tid)
+
+
+def _blocked_at(st: SessionState, t, tid: int) -> int:
+    """Where a blocked touch waits: the address of the newest fault message of its thread inside the touch
+    (its ptid, UFFD_FEATURE_THREAD_ID), else the touch's start (no message names it yet)."""
+    st.collect_events()
+    for e in reversed(st.events):
+        if e.get("event") == "pagefault" and e.get("ptid") == tid and t.start <= e["address"] < t.start + t.len \
+                and e.get("seq", 0) >= t.first_seq:
+            return e["address"] & ~(t.page_size - 1)
+    return t.start
 
 
 @command("faults", "Per-thread fault counters and what each thread is blocked on. minflt/majflt: the thread's "
@@ -607,7 +629,7 @@ def cmd_faults(st, a):
         out.append({"thread": name, "tid": th.tid, "minflt": minflt, "majflt": majflt,
                     "access_minflt": amin, "access_majflt": amaj,
                     "blocked": int(busy is not None), "touch": busy.id if busy else None,
-                    "address": busy.start if busy else None})
+                    "address": _blocked_at(st, busy, th.tid) if busy else None})
     return {"threads": out}
 
 

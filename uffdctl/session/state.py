@@ -42,10 +42,13 @@ class Touch:
     len: int
     write: bool
     access: Access
+    tid: int = 0
+    first_seq: int = 0       # the first event seq that can belong to this touch
+    page_size: int = uapi.PAGE_SIZE
     started_ns: int = field(default_factory=time.monotonic_ns)
 
     def to_dict(self) -> dict:
-        d = {"touch": self.id, "thread": self.thread, "start": self.start, "len": self.len,
+        d = {"touch": self.id, "thread": self.thread, "tid": self.tid, "start": self.start, "len": self.len,
              "write": int(self.write), "finished": int(self.access.done), "blocked": int(not self.access.done)}
         if self.access.done:
             try:
@@ -232,8 +235,12 @@ class SessionState:
 
     def new_touch(self, thread: str, start: int, len: int, write: bool, fill: int) -> Touch:
         th = self.thread(thread)
+        self.collect_events()       # what is logged so far belongs to earlier accesses
+        first = (self.events[-1]["seq"] + 1) if self.events else 1
+        reg = self.region_at(start)
         acc = th.access(start, len, write, fill=fill, stride=uapi.PAGE_SIZE)
-        t = Touch(next(self._touch_ids), thread, start, len, write, acc)
+        t = Touch(next(self._touch_ids), thread, start, len, write, acc, th.tid, first,
+                  reg.page_size if reg else uapi.PAGE_SIZE)
         self.touches[t.id] = t
         return t
 
