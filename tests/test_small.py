@@ -115,6 +115,6 @@ def test_tables_follow_columns(cli):
             assert max(map(len, out)) <= width, (width, out)
             assert out[1].strip().startswith("0") and "16" in out[1]            # the ruler
             out = cli("pagemap", "buf:0-1", check=0, env=env).stdout.splitlines()
-            assert max(map(len, out)) <= max(width, 52), (width, out)          # 52: the narrowest table
+            assert max(map(len, out)) <= max(width, 53), (width, out)          # 53: the narrowest table
     finally:
         cli("session", "stop", "c", check=0)
