@@ -14,6 +14,7 @@ and wake-on-EEXIST policy live in :mod:`uffdctl.ops`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import errno
 import time
 
@@ -222,6 +223,24 @@ class Backend(abc.ABC):
     def _add_region(self, r: Region) -> Region:
         self._regions[r.name] = r
         return r
+
+    def _remap_regions(self, old: int, old_len: int, new: int, new_len: int, flags: int) -> None:
+        """Bookkeeping after a successful mremap(): a region that was exactly [old, old+old_len) is now
+        [new, new+new_len); one that was partly inside keeps its head before ``old`` and forgets the rest,
+        so that close() never unmaps an address the region no longer owns.  DONTUNMAP leaves the old range
+        mapped (and the new mapping is no region)."""
+        if flags & uapi.MREMAP_DONTUNMAP:
+            return
+        end = old + old_len
+        for name, reg in list(self._regions.items()):
+            if reg.end <= old or reg.addr >= end:
+                continue
+            if reg.addr == old and reg.len == old_len:
+                self._regions[name] = dataclasses.replace(reg, addr=new, len=new_len)
+            elif reg.addr < old:
+                self._regions[name] = dataclasses.replace(reg, len=old - reg.addr)
+            else:
+                del self._regions[name]
 
     # -- mappings ---------------------------------------------------------------
     @abc.abstractmethod

@@ -363,8 +363,6 @@ class EmuBackend(Backend):
                 ctx.queue_event(UffdMsg(**msg_kw))
 
     def munmap(self, addr, len):
-        self._event(uapi.Feature.EVENT_UNMAP, {"event": uapi.Event.UNMAP, "start": addr, "end": addr + len},
-                    self.mm.vmas_in(addr, addr + len))
         self._syscall("munmap", addr, len, self.mm.munmap(addr, len))
         for name, reg in list(self._regions.items()):
             if addr <= reg.addr and reg.end <= addr + len:
@@ -389,6 +387,7 @@ class EmuBackend(Backend):
         """mremap(): grow/shrink in place when free, else move (MREMAP_MAYMOVE / FIXED / DONTUNMAP)."""
         ret = self.mm.mremap(old, old_len, new_len, flags, new_addr)
         self._syscall("mremap", old, old_len, ret)
+        self._remap_regions(old, old_len, ret, new_len, flags)
         return ret
 
     @property

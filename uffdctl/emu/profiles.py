@@ -60,6 +60,9 @@ class Profile:
     wp_multi_vma: bool = True
     # swap type pagemap shows for PTE markers (bits 0-4): 0x1f on 6.18, 0x1e on 6.1 [measured in guests].
     pte_marker_swp_type: int = 0x1F
+    # 0cef0bb836e3 "mm: clear uffd-wp PTE/PMD state on mremap()" (6.13; 6.12.11, 6.1.191): PTEs moved out of
+    # a VMA whose ctx lacks EVENT_REMAP lose their uffd-wp bits and markers; before, they kept them.
+    mremap_clear_uffd_wp: bool = True
     hints: str | None = None            # None | "rfc" | "rfc-fixed": the 2022 access/write hints
     clean_wp_noflush: bool = False      # RFC 12/14: RW->RO of a clean PTE needs no TLB flush
 
@@ -77,7 +80,7 @@ class Profile:
 
 _5_19 = Profile("5.19", "5.19.0", FEATURES_5_19, uffd_wp_range_vm_page_prot=False,
                 writenotify_uffd_wp=False, can_change_writable_needs_dirty=True, mprotect_try_change_writable=False,
-                per_vma_lock=False, wp_multi_vma=False, pte_marker_swp_type=0x1E)
+                per_vma_lock=False, wp_multi_vma=False, pte_marker_swp_type=0x1E, mremap_clear_uffd_wp=False)
 _6_18 = Profile("6.18", "6.18.44", uapi.FEATURES_6_18, uffd_wp_range_vm_page_prot=True,
                 writenotify_uffd_wp=True, can_change_writable_needs_dirty=False, continue_mode_wp=True,
                 move_dirty_from_src=True, early_eagain_result=True, guard_markers=True, pagemap_guard_bit=True,
@@ -85,7 +88,8 @@ _6_18 = Profile("6.18", "6.18.44", uapi.FEATURES_6_18, uffd_wp_range_vm_page_pro
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     _5_19,
-    replace(_5_19, name="6.1", release="6.1.0", mprotect_try_change_writable=True),
+    replace(_5_19, name="6.1", release="6.1.0", mprotect_try_change_writable=True,
+            mremap_clear_uffd_wp=True),    # held to Debian's 6.1.192, which has the 6.1.191 backport
     replace(_5_19, name="6.2", release="6.2.0", writenotify_uffd_wp=True, can_change_writable_needs_dirty=False,
             mprotect_try_change_writable=True),
     _6_18,

@@ -11,6 +11,7 @@ queue (``..sched``), which retries the access (userfaultfd_must_wait()).
 """
 from __future__ import annotations
 
+import dataclasses
 import errno as E
 import os
 import time
@@ -126,8 +127,13 @@ class EmuUffd(Uffd):
         return child
 
     def mremap_userfaultfd_complete(self, old: int, new: int, length: int) -> None:
-        """The REMAP event of a moved VMA whose ctx kept it (EVENT_REMAP)."""
+        """The REMAP event of a moved VMA whose ctx kept it (EVENT_REMAP): ``len`` is the old length."""
         self.queue_event(UffdMsg(uapi.Event.REMAP, from_=old, to=new, len=length))
+
+    def userfaultfd_unmap_prep(self, start: int, end: int) -> None:
+        """munmap() (also of mremap's vacated source and MREMAP_FIXED destination): UNMAP with EVENT_UNMAP."""
+        if self.features & uapi.Feature.EVENT_UNMAP:
+            self.queue_event(UffdMsg(uapi.Event.UNMAP, start=start, end=end))
 
     def queue_event(self, msg: UffdMsg) -> None:
         """A non-cooperative event: mmap_changing until read (the mm operation does not block here)."""
@@ -346,7 +352,7 @@ class EmuUffd(Uffd):
                 msg = w.msg
             else:
                 msg = self.event_q.pop(0)
-            out.append(UffdMsg(**{**msg.__dict__, "ts_ns": ts}))
+            out.append(dataclasses.replace(msg, ts_ns=ts))  # a copy stamped with the read time
         self._update_readable()
         return out
 

@@ -37,6 +37,10 @@ class Mmap:
         """vma_expand() upwards: the caller checked that [vma.end, end) is free."""
         vma.end = end
 
+    def vma_ctxs(self, start: int, end: int) -> list:
+        """The distinct userfaultfd contexts of the VMAs intersecting [start, end), in address order."""
+        return list({id(v.ctx): v.ctx for v in self.vmas_in(start, end) if v.ctx is not None}.values())
+
     def find_vma(self, addr: int) -> Vma | None:
         """The VMA containing ``addr`` (vma_lookup)."""
         i = bisect.bisect_right(self._starts, addr) - 1
@@ -132,6 +136,8 @@ class Mmap:
         if start % PAGE_SIZE or length <= 0:
             return -E.EINVAL
         end = start + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+        for ctx in self.vma_ctxs(start, end):       # userfaultfd_unmap_prep(): UNMAP with EVENT_UNMAP
+            ctx.userfaultfd_unmap_prep(start, end)
         for vma in self.split(start, end):
             self.zap_pte_range(vma, vma.start, vma.end, final=True)
             self.vmas.remove(vma)

@@ -139,6 +139,10 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
     def emit(a, n, cat) -> int:
         """Record n pages at a; returns how many fit (0: stop here)."""
         nonlocal budget
+        if not vec_len:
+            # no output vector: pagemap_scan_output() returns before counting (max_pages is not applied),
+            # the walk covers the whole range and WP_MATCHING still protects [measured on 6.18]
+            return n
         n = min(n, budget)
         if n <= 0:
             return 0
@@ -188,7 +192,7 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             npages = vma.page_size // uapi.PAGE_SIZE
             if match(cat):
                 if vma.hugetlb and flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN \
-                        and budget < npages:
+                        and vec_len and budget < npages:
                     # "Partial HugeTLB page WP isn't possible": backed out, walk_end = its start, and the
                     # walk goes on (returns 0): walk_end ends at the last such page [measured on 6.18]
                     partial_at = k
