@@ -419,10 +419,9 @@ class KernelBackend(Backend):
         (patches/6.1/rfc-hints*.patch, which uses the emulator's uffdctl-private mode values): the kernel
         cannot be asked, so scripts/vmtest says so with UFFDCTL_KERNEL_HINTS=rfc in that kernel's guest.
         Anywhere else the bits would be EINVAL."""
-        if os.environ.get("UFFDCTL_KERNEL_HINTS") != "rfc" or ioctl not in ("COPY", "ZEROPAGE", "WRITEPROTECT"):
+        if os.environ.get("UFFDCTL_KERNEL_HINTS") != "rfc":
             return {}
-        from .emu import profiles
-        return {h: int(getattr(profiles, f"UFFDIO_{ioctl}_MODE_{h.upper()}")) for h in ("access_likely", "write_likely")}
+        return uapi.rfc_hint_modes(ioctl)
 
     def describe(self) -> dict:
         if self._features is None:

@@ -8,6 +8,7 @@ CLI and ``uffdctl run``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 
@@ -15,9 +16,14 @@ LEGEND = (". none  P present  D present+soft-dirty  W present+uffd-wp  Z zero pa
           "M uffd-wp marker  X other marker (poison)  G guard  S swap  s soft-dirty (not present)")
 
 
-def columns() -> int:
-    """The terminal's width: $COLUMNS when set (as the shell and shutil read it), else the tty's, else 80."""
-    return shutil.get_terminal_size((80, 24)).columns
+def columns() -> int | None:
+    """The width to fit: $COLUMNS when set, else the terminal's when stdout is one; None (no limit) when the
+    output goes to a pipe or file, so that scripts parsing it get the same layout whatever the caller's tty."""
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size((80, 24)).columns
+    return None
 
 
 def ruler(n: int) -> str:
@@ -71,11 +77,13 @@ def render_pagemap(r: dict, opts: dict) -> str:
     if opts.get("map"):
         syms = "".join(e["symbol"] for e in ents) if ents is not None else r["symbols"]
         width = columns()
-        per = max(16, min(64, (width - 8) // 16 * 16))      # whole groups of 16 that fit $COLUMNS
-        lines = [f"{r['region']} 0x{r['start']:x}: {len(syms)} pages, {per}/row", "        " + ruler(per)]
+        per = 64 if width is None else max(16, min(64, (width - 8) // 16 * 16))   # groups of 16 that fit
+        lines = [f"{r['region']} 0x{r['start']:x}: {len(syms)} pages, {per}/row"]
+        if width is not None:          # a person is reading: a column ruler over the grid
+            lines.append("        " + ruler(per))
         for i in range(0, len(syms), per):
             lines.append(f"{r['index'] + i:6d}  {syms[i:i + per]}")
-        lines += wrap_items("legend: ", LEGEND.split("  "), width)
+        lines += wrap_items("legend: ", LEGEND.split("  "), width or 1 << 30)
         return "\n".join(lines)
     if ents is None:  # a large range: the run-length summary
         head = (f"{r['region']} 0x{r['start']:x} {r['pages']} pages in {len(r['runs'])} runs; "
@@ -89,12 +97,12 @@ def render_pagemap(r: dict, opts: dict) -> str:
              "pfn": _hex(e["pfn"]) if e["pfn"] else "-"} for e in ents]
     keys = ("addr", "index", "present", "swap", "file", "uffd_wp", "soft_dirty", "exclusive", "guard", "zero", "pfn")
     text = table(rows, [(k, k) for k in keys])
-    if max(map(len, text.splitlines())) > columns():   # the kernel's short names (fs/proc/task_mmu.c PM_*)
+    if columns() is not None and max(map(len, text.splitlines())) > columns():   # the kernel's short names (fs/proc/task_mmu.c PM_*)
         short = {"present": "P", "swap": "S", "file": "F", "uffd_wp": "WP", "soft_dirty": "SD", "exclusive": "EX",
                  "guard": "G", "zero": "Z"}
         text = "\n".join([table(rows, [(k, short.get(k, k)) for k in keys])] + wrap_items(
             "", "P present  S swap  F file/shared-anon  WP uffd-wp  SD soft-dirty  EX exclusive  G guard  "
-                "Z zero page".split("  "), columns()))
+                "Z zero page".split("  "), columns() or 1 << 30))
     return text
 
 
