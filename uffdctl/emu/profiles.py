@@ -63,6 +63,9 @@ class Profile:
     # 0cef0bb836e3 "mm: clear uffd-wp PTE/PMD state on mremap()" (6.13; 6.12.11, 6.1.191): PTEs moved out of
     # a VMA whose ctx lacks EVENT_REMAP lose their uffd-wp bits and markers; before, they kept them.
     mremap_clear_uffd_wp: bool = True
+    # 6.17 "mm/mremap: permit mremap() move of multiple VMAs": MREMAP_FIXED without resizing may span VMAs
+    # and holes (uffd-registered ones excepted: EFAULT there); before, EFAULT for any range past one VMA.
+    mremap_multi_vma: bool = True
     hints: str | None = None            # None | "rfc" | "rfc-fixed": the 2022 access/write hints
     clean_wp_noflush: bool = False      # RFC 12/14: RW->RO of a clean PTE needs no TLB flush
 
@@ -80,7 +83,8 @@ class Profile:
 
 _5_19 = Profile("5.19", "5.19.0", FEATURES_5_19, uffd_wp_range_vm_page_prot=False,
                 writenotify_uffd_wp=False, can_change_writable_needs_dirty=True, mprotect_try_change_writable=False,
-                per_vma_lock=False, wp_multi_vma=False, pte_marker_swp_type=0x1E, mremap_clear_uffd_wp=False)
+                per_vma_lock=False, wp_multi_vma=False, pte_marker_swp_type=0x1E, mremap_clear_uffd_wp=False,
+                mremap_multi_vma=False)
 _6_18 = Profile("6.18", "6.18.44", uapi.FEATURES_6_18, uffd_wp_range_vm_page_prot=True,
                 writenotify_uffd_wp=True, can_change_writable_needs_dirty=False, continue_mode_wp=True,
                 move_dirty_from_src=True, early_eagain_result=True, guard_markers=True, pagemap_guard_bit=True,
