@@ -11,6 +11,7 @@ queue (``..sched``), which retries the access (userfaultfd_must_wait()).
 """
 from __future__ import annotations
 
+import dataclasses
 import errno as E
 import os
 import time
@@ -351,7 +352,7 @@ class EmuUffd(Uffd):
                 msg = w.msg
             else:
                 msg = self.event_q.pop(0)
-            out.append(UffdMsg(**{**msg.__dict__, "ts_ns": ts}))
+            out.append(dataclasses.replace(msg, ts_ns=ts))  # a copy stamped with the read time
         self._update_readable()
         return out
 
