@@ -25,8 +25,8 @@ from ._native import load
 from .backend import Access, Backend, Handler, Thread, Uffd
 from .errors import BackendUnavailable, Unsupported, uffd_error
 from .handler import NativeHandler
-from .types import (AccessResult, HandlerPolicy, MemType, Region, ScanResult, SoftDirtyProbe, UffdioApi, UffdMsg,
-                    decode_msg)
+from .types import (AccessResult, HandlerPolicy, MemType, Region, RegionArray, ScanResult, SoftDirtyProbe,
+                    UffdioApi, UffdMsg, decode_msg)
 
 # A value the kernel never writes into a result field: seeing it afterwards means
 # "not written" (argument validation failed before the copy-out).
@@ -669,7 +669,6 @@ class KernelBackend(Backend):
                 flat.frombytes(ffi.buffer(out[0], n * 24))
         finally:
             lib.uffdctl_free(out[0])
-        from .pagemap import RegionArray
         return ScanResult(RegionArray(flat), arg.walk_end)
 
     def soft_dirty(self) -> SoftDirtyProbe:
