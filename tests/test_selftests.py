@@ -337,8 +337,12 @@ def _huge_pages():
     want = 32          # as .ci/run: the largest script maps 10; other tests may hold some at the same time
     old = None
     try:
-        cur = int(hp.read_text())
-        if os.geteuid() == 0 and cur < want and any("hugetlb" in header(p).get("needs", []) for p in SCRIPTS):
+        from uffdctl.kernel import meminfo
+        cur, mi = int(hp.read_text()), meminfo()
+        idle = mi.get("HugePages_Free", 0) == mi.get("HugePages_Total", 0) and not mi.get("HugePages_Rsvd", 0)
+        # only a pool nobody uses is resized (the machine is shared: never pull pages from under another run)
+        if os.geteuid() == 0 and cur < want and idle and \
+                any("hugetlb" in header(p).get("needs", []) for p in SCRIPTS):
             old = cur
             hp.write_text(str(want))
     except OSError:
@@ -348,7 +352,8 @@ def _huge_pages():
     finally:
         if old is not None:
             try:
-                hp.write_text(str(old))
+                if int(hp.read_text()) == want:      # nobody else changed it meanwhile
+                    hp.write_text(str(old))
             except OSError:
                 pass
 
