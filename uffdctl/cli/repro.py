@@ -15,12 +15,15 @@ def _split(values) -> tuple:
                    "runs the same steps; differing steps are marked)")
 @click.option("--profile", "profiles", multiple=True, metavar="P",
               help="emulator profile(s), repeatable or comma separated "
-                   "(default: 5.19,6.1,6.18,rfc-hints,rfc-hints-fixed; soft-dirty on)")
+                   "(default: 5.19,6.1,6.12,6.18,rfc-hints,rfc-hints-fixed; soft-dirty on)")
+@click.option("--soft-dirty", "soft_dirty", type=click.Choice(["on", "off"]), default=None,
+              help="the CONFIG_MEM_SOFT_DIRTY of the --profile runs (default on; the kernel's twin always "
+                   "has the kernel's)")
 @click.option("--case", "cases", multiple=True, metavar="ID", help="only these cases of the scenario(s)")
 @click.option("-v", "--verbose", is_flag=True, help="print the step trace of every profile, not only the kernel's")
 @click.option("--scenario-dir", metavar="DIR", type=click.Path(file_okay=False, exists=True),
               help="run the *.uffd scenarios of DIR instead of the packaged ones (e.g. an edited copy)")
-def repro(name, backend, profiles, cases, verbose, scenario_dir):
+def repro(name, backend, profiles, soft_dirty, cases, verbose, scenario_dir):
     """Reproduce the 2022 linux-mm thread's bugs: per-page traces and verdicts.
 
     Each scenario's steps (uffdctl/repro/scenarios/NAME.uffd, the `uffdctl run`
@@ -40,6 +43,7 @@ def repro(name, backend, profiles, cases, verbose, scenario_dir):
       uffdctl repro list
       uffdctl repro unprotect-extra-fault --backend both
       uffdctl repro all --backend emu --profile 5.19,6.18
+      uffdctl repro all --backend emu --profile 6.12 --soft-dirty off
       uffdctl repro all -j            # the whole trace, stamped with release and soft-dirty
     """
     from .. import repro as R
@@ -76,7 +80,9 @@ def repro(name, backend, profiles, cases, verbose, scenario_dir):
         raise click.UsageError(f"unknown profile(s) {', '.join(badp)} (valid: {', '.join(PROFILES)})")
     if backend == "kernel" and profiles:
         raise click.UsageError("--profile is for the emulator: use --backend emu or both")
-    rep = R.run(chosen, backend, profs, _split(cases))
+    if backend == "kernel" and soft_dirty:
+        raise click.UsageError("--soft-dirty is for the emulator: use --backend emu or both")
+    rep = R.run(chosen, backend, profs, _split(cases), soft_dirty=soft_dirty != "off")
     if out is not None and out.json:
         out.result("repro", rep.to_dict())
     else:
