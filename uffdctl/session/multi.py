@@ -47,6 +47,7 @@ class UffdSlot:
     registrations: dict = field(default_factory=dict)
     origin: str = "implicit"       # implicit | open | fork | child-open
     unread: bool = False           # handler --unread: messages stay in the uffd
+    seen: int = 0                  # the handler's last stream position collected (its ring may overwrite)
 
     def to_dict(self) -> dict:
         u = self.uffd
@@ -228,22 +229,41 @@ class MultiState:
         return self._m()["regions"][SELF] if proc == SELF else self.procs[proc].regions
 
     # -- events of every uffd ---------------------------------------------------------------------
-    def collect_all_events(self, seq) -> list[dict]:
+    def collect_all_events(self) -> list[dict]:
         """Drain every handler (each drain is a barrier: see handler.py) into dicts with ``uffd``/``proc``."""
         new = []
         for s in list(self.uffds.values()):
             if s.handler is not None:
-                new += self.log_messages(s, s.handler.events(), seq, append=False)
+                new += self.log_messages(s, s.handler.events(), append=False)
         return new
 
-    def log_messages(self, s: UffdSlot, handled, seq=None, append: bool = True) -> list[dict]:
-        """Event dicts for messages read from slot ``s`` (region-relative, FORK uffds adopted)."""
+    def _next_seq(self, n: int = 1) -> int:
+        m = self._m()
+        m["seq"] = m.get("seq", 0) + n
+        return m["seq"]
+
+    def log_messages(self, s: UffdSlot, handled, append: bool = True) -> list[dict]:
+        """Event dicts for messages read from slot ``s`` (region-relative, FORK uffds adopted).  A gap in the
+        handler's stream positions (its bounded ring overwrote entries before they were collected) becomes
+        one ``dropped`` entry saying how many and why."""
         from .. import uapi
-        seq = seq if seq is not None else self._seq
         regions = self.regions_of(s.proc) if (s.proc == SELF or s.proc in self.procs) else {}
         out = []
         for ev in handled:
-            d = {"seq": next(seq)}
+            pos = getattr(ev, "seq", 0) or 0
+            if pos:
+                if pos > s.seen + 1:
+                    count = pos - s.seen - 1
+                    last = self._next_seq(count)
+                    cap = getattr(s.handler, "log_cap", None)
+                    p = s.policy
+                    out.append({"seq": last, "event": "dropped", "first_seq": last - count + 1, "last_seq": last,
+                                "count": count, "uffd": s.name, "proc": s.proc,
+                                "reason": f"the fault handler's log keeps the newest {cap} messages: these were "
+                                          f"overwritten before they were collected (the policy "
+                                          f"{p.missing}/{p.wp}/{p.minor} resolved their faults all the same)"})
+                s.seen = pos
+            d = {"seq": self._next_seq()}
             d.update(ev.to_dict())
             d["uffd"], d["proc"] = s.name, s.proc
             if "address" in d:

@@ -26,6 +26,9 @@ from .multi import MultiState
 # fault message names the thread that is blocked (``events`` shows it).
 DEFAULT_FEATURES = int(uapi.Feature.THREAD_ID)
 
+# The session's message log keeps the newest EVENTS_KEPT entries (the handler's own ring is bounded too).
+EVENTS_KEPT = 65536
+
 # Faults wait for the user by default (copy/zeropage/continue/wake/writeprotect --off).
 DEFAULT_POLICY = dict(missing="queue", wp="queue", minor="queue")
 
@@ -40,12 +43,16 @@ class Touch:
     len: int
     write: bool
     access: Access
+    tid: int = 0
+    first_seq: int = 0       # the first event seq that can belong to this touch
+    page_size: int = uapi.PAGE_SIZE
     started_ns: int = field(default_factory=time.monotonic_ns)
     proc: str = "self"          # the process the touch runs in (uffdctl.session.multi)
     kind: str = "touch"         # or the system call issued with --thread (madvise, fork): see proc_commands
 
     def to_dict(self) -> dict:
-        d = {"touch": self.id, "proc": self.proc, "thread": self.thread, "start": self.start, "len": self.len,
+        d = {"touch": self.id, "proc": self.proc, "thread": self.thread, "tid": self.tid, "start": self.start,
+             "len": self.len,
              "write": int(self.write), "finished": int(self.access.done), "blocked": int(not self.access.done)}
         if self.kind != "touch":
             d["op"] = self.kind
@@ -91,7 +98,7 @@ class SessionState(MultiState):
         self.touches: dict[int, Touch] = {}
         self._touch_ids = itertools.count(1)
         self.events: list[dict] = []
-        self._seq = itertools.count(1)
+        self.events_dropped = 0        # entries no longer in the log (see collect_events)
         self.zero_pfn: int | None = None
         self.thread_names: list[str] = []
         self._scratch: Region | None = None
@@ -157,13 +164,27 @@ class SessionState(MultiState):
             self.collect_events()
             self.handler.stop()   # queued faults are woken: they fault again into the new handler
             self.collect_events()
+            self.slot.seen = 0     # the new handler's stream starts afresh
         self.handler = self.backend.fault_handler(self.uffd, self.policy)
         self.handler.start()
 
     def collect_events(self) -> list[dict]:
-        """Move what the handler logged into the session's event log (with seq)."""
-        new = self.collect_all_events(self._seq)   # every uffd's handler, with uffd/proc (multi.py)
+        """Move what the handler logged into the session's event log.
+
+        ``seq`` is the message's position in the stream the session's handlers read (1-based), so it never
+        changes.  When the handler's bounded log overwrote entries before they were collected (a fault
+        storm under a resolving policy), their seq numbers are skipped and one ``dropped`` entry says how
+        many and why; the faults themselves were resolved by the policy all the same.  The session keeps the
+        newest EVENTS_KEPT entries.
+        With several uffds (uffdctl.session.multi) every handler's stream is followed on its own, and seq
+        numbers the messages of all of them in the order they were collected."""
+        new = self.collect_all_events()   # every uffd's handler, with uffd/proc; each drain a barrier
         self.events.extend(new)
+        if len(self.events) > EVENTS_KEPT:
+            cut = len(self.events) - EVENTS_KEPT
+            self.events_dropped += sum(e.get("count", 1) if e["event"] == "dropped" else 1
+                                       for e in self.events[:cut])
+            del self.events[:cut]
         return new
 
     # -- regions --------------------------------------------------------------------
@@ -203,14 +224,20 @@ class SessionState(MultiState):
 
     def new_touch(self, thread: str, start: int, len: int, write: bool, fill: int) -> Touch:
         th = self.thread(thread)
+        self.collect_events()       # what is logged so far belongs to earlier accesses
+        first = (self.events[-1]["seq"] + 1) if self.events else 1
+        reg = self.region_at(start)
         acc = th.access(start, len, write, fill=fill, stride=uapi.PAGE_SIZE)
-        t = Touch(next(self._touch_ids), thread, start, len, write, acc, proc=self.cur_proc_name)
+        t = Touch(next(self._touch_ids), thread, start, len, write, acc, th.tid, first,
+                  reg.page_size if reg else uapi.PAGE_SIZE, proc=self.cur_proc_name)
         self.touches[t.id] = t
         return t
 
     def new_op(self, thread: str, start: int, len: int, access, kind: str) -> Touch:
         """A system call issued from a session thread (``--thread``), waited for like a touch."""
-        t = Touch(next(self._touch_ids), thread, start, len, False, access, proc=self.cur_proc_name, kind=kind)
+        first = (self.events[-1]["seq"] + 1) if self.events else 1
+        t = Touch(next(self._touch_ids), thread, start, len, False, access, 0, first, proc=self.cur_proc_name,
+                  kind=kind)
         self.touches[t.id] = t
         return t
 
