@@ -471,12 +471,12 @@ def verdict(h: dict, backend_name: str, res: dict) -> tuple[str, str]:
     err = res.get("error") or {}
     msg = err.get("message", "")
     text = err.get("text", "").split("#")[0].strip()
-    for k in known:
-        if text.startswith(k["line"]):
-            return "xfail", f"known bug ({k['bug']}): {msg}"
     m = NOT_MODELLED.search(msg)
     if res.get("exit") == 4 and backend_name != "kernel" and m:
         return "skip", f"UNSUPPORTED: {m.group(0)}"
+    for k in known:
+        if text.startswith(k["line"]):
+            return "xfail", f"known bug ({k['bug']}): {msg}"
     for rule in h.get("skip_on", []):
         if err.get("text", "").split("#")[0].strip() == rule["line"]:
             return "skip", f"{rule['reason']}: {msg}"
