@@ -477,3 +477,21 @@ def test_session_fork_and_stop_kills_the_child(session):
 def test_help_has_an_example(cli, cmd):
     out = cli(cmd, "--help", check=0).stdout
     assert "Example" in out and f"uffdctl {cmd}" in out
+
+
+def test_events_of_one_process_or_uffd(tmp_path):
+    r = ok(run(tmp_path, """
+    api --features event_fork,thread_id
+    mmap --size 16K --name buf
+    register buf --mode missing
+    handler --policy zeropage
+    touch buf:0 --read --wait
+    fork --name child
+    touch child/buf:1 --read --wait
+    events --proc child
+    events --uffd u0
+    """))
+    child = r["lines"][-2]["result"]["events"]
+    assert [(e["event"], e["page"], e["uffd"]) for e in child] == [("pagefault", 1, "child/u0")]
+    assert {e["uffd"] for e in r["lines"][-1]["result"]["events"]} == {"u0"}
+    assert [e["event"] for e in r["lines"][-1]["result"]["events"]] == ["pagefault", "fork"]

@@ -198,7 +198,7 @@ COMMANDS: dict[str, Command] = {}
 # command that uses a uffd names it (--uffd); see uffdctl.session.multi.
 PROC = Param("--proc", "the process to act in (default: the session itself, 'self'; see fork)")
 UFFD = Param("--uffd", "the uffd to use (default u0 of the process; see uffd open)")
-_UFFD_COMMANDS = {"handler", "events", "read", "status"}
+_UFFD_COMMANDS = {"handler", "events", "read"}
 
 
 def command(name: str, help: str, example: str, *params: Param, locked: bool = True, kernel_name: str = ""):
@@ -697,6 +697,11 @@ def cmd_events(st, a):
         raise UsageError(f"bad --last {last!r}: a positive number of events")
     st.collect_events()
     evs = [e for e in st.events if e["seq"] > since]
+    ctx = st.addressing_ctx()
+    if ctx.uffd is not None:       # --uffd U: that uffd's messages only
+        evs = [e for e in evs if e.get("uffd") == st.slot_name()]
+    elif ctx.proc is not None:     # --proc P: the messages of P's uffds
+        evs = [e for e in evs if e.get("proc") == ctx.proc]
     if last is not None:
         evs = evs[-last:]
     d = {"events": evs, "next": st.events[-1]["seq"] if st.events else 0}

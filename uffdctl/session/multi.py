@@ -123,6 +123,10 @@ class MultiState:
         finally:
             ctx.active, ctx.proc, ctx.uffd = saved
 
+    def addressing_ctx(self):
+        """The current context: ``.proc`` (None: the session itself) and ``.uffd`` (None: the default)."""
+        return self._m()["ctx"]
+
     def _check_proc(self, name: str):
         if name != SELF and name not in self.procs:
             raise _usage(f"unknown process {name!r} (processes: {', '.join([SELF] + list(self.procs))})")
@@ -294,7 +298,7 @@ class MultiState:
         s = self.uffds[name] = UffdSlot(name, child, uffd=u, policy=parent.policy,
                                         requested_features=parent.requested_features,
                                         api_result=parent.api_result, origin="fork",
-                                        registrations=dict(parent.registrations))
+                                        registrations=dict(parent.registrations), unread=parent.unread)
         if not parent.unread:
             s.handler = self._backend.fault_handler(u, s.policy)
             s.handler.start()
