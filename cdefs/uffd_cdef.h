@@ -110,7 +110,7 @@ struct uffdctl_handler_cfg {
 	int fill; int batch; int log_cap; int read_mode;
 };
 struct uffdctl_event {
-	uint64_t ts_ns; struct uffd_msg msg; int32_t action; int32_t err; int64_t result;
+	uint64_t ts_ns; struct uffd_msg msg; int32_t action; int32_t err; int64_t result; uint64_t seq;
 };
 struct uffdctl_handler;
 struct uffdctl_handler *uffdctl_handler_start(const struct uffdctl_handler_cfg *, int *);

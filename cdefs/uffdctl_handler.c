@@ -55,6 +55,7 @@ static void uffdctl_log(struct uffdctl_handler *h, const struct uffd_msg *m,
 	e->action = action;
 	e->err = err;
 	e->result = result;
+	e->seq = h->head + 1;
 	h->head++;
 	h->nmsgs++;
 	if (err)

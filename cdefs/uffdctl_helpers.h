@@ -119,6 +119,7 @@ struct uffdctl_event {
 	int32_t action;		/* policy applied, UFFDCTL_POL_* */
 	int32_t err;		/* 0 or -errno of the resolving ioctl */
 	int64_t result;		/* result field of the resolving ioctl */
+	uint64_t seq;		/* 1-based position in the handler's message stream: stable when old entries drop */
 };
 
 struct uffdctl_handler;		/* private to uffdctl_handler.c */

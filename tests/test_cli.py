@@ -217,7 +217,7 @@ def _malformed(addr):
         (2, ["copy", f"{addr:#x}+0"]),
         (2, ["copy", "buf:0", "--fill", "300"]), (2, ["copy", "buf:0", "--fill", "zz"]),
         (2, ["copy", "buf:0", "--src", "nope"]), (2, ["copy", "buf:0-1", "--src", "buf:2"]),
-        (2, ["mmap", "--size", "0"]), (2, ["mmap", "--size", "1T"]), (2, ["mmap", "--size", "abc"]),
+        (2, ["mmap", "--size", "0"]), (1, ["mmap", "--size", "1T"]), (2, ["mmap", "--size", "abc"]),
         (2, ["mmap", "--size", "64K", "--type", "bogus"]), (2, ["mmap", "--size", "64K", "--name", "buf"]),
         (2, ["mmap", "--size", "64K", "--name", "9bad"]), (2, ["mmap", "--size", "1000"]), (2, ["mmap"]),
         (2, ["register", "buf", "--mode", "foo"]), (2, ["register", "buf"]), (2, ["writeprotect", "buf"]),

@@ -64,6 +64,7 @@ class Handler(abc.ABC):
     """A fault-handling thread: polls the uffd, resolves by policy, logs every message."""
 
     policy: HandlerPolicy
+    log_cap: int | None = None   # entries the log keeps before the oldest are overwritten (None: unbounded)
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -244,9 +245,11 @@ class Backend(abc.ABC):
     # -- mappings ---------------------------------------------------------------
     @abc.abstractmethod
     def mmap(self, len: int, memtype: MemType | str = MemType.ANON, name: str | None = None,
-             prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None) -> Region:
+             prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None,
+             noreserve: bool = False) -> Region:
         """mmap(2) ``len`` bytes of ``memtype`` (a memfd behind shmem/hugetlb), named ``name`` (default r<N>);
-        ``addr``: MAP_FIXED_NOREPLACE there."""
+        ``addr``: MAP_FIXED_NOREPLACE there; ``noreserve``: MAP_NORESERVE (no commit charge; the emulator,
+        sparse, charges nothing either way)."""
 
     @abc.abstractmethod
     def alias(self, region: Region, name: str | None = None) -> Region:

@@ -33,6 +33,7 @@ class NativeHandler(Handler):
         self.policy = policy
         self._batch = batch
         self._log_cap = log_cap
+        self.log_cap = log_cap
         self._h = None
         self._actions = {getattr(self._lib, k): v for k, v in _ACTION_NAMES.items()}
         self._final_stats: dict | None = None
@@ -84,7 +85,7 @@ class NativeHandler(Handler):
                 raw = bytes(self._ffi.buffer(self._ffi.addressof(m), 32))
                 msg: UffdMsg = decode_msg(raw, e.ts_ns)
                 action = self._actions.get(e.action, "event") if e.action >= 0 else "event"
-                out.append(HandledEvent(msg, action, e.err, e.result))
+                out.append(HandledEvent(msg, action, e.err, e.result, e.seq))
             if n < 256:
                 return out
 

@@ -416,10 +416,9 @@ class KernelBackend(Backend):
         (patches/6.1/rfc-hints*.patch, which uses the emulator's uffdctl-private mode values): the kernel
         cannot be asked, so scripts/vmtest says so with UFFDCTL_KERNEL_HINTS=rfc in that kernel's guest.
         Anywhere else the bits would be EINVAL."""
-        if os.environ.get("UFFDCTL_KERNEL_HINTS") != "rfc" or ioctl not in ("COPY", "ZEROPAGE", "WRITEPROTECT"):
+        if os.environ.get("UFFDCTL_KERNEL_HINTS") != "rfc":
             return {}
-        from .emu import profiles
-        return {h: int(getattr(profiles, f"UFFDIO_{ioctl}_MODE_{h.upper()}")) for h in ("access_likely", "write_likely")}
+        return uapi.rfc_hint_modes(ioctl)
 
     def describe(self) -> dict:
         if self._features is None:
@@ -431,7 +430,8 @@ class KernelBackend(Backend):
                 "user_mode_only_reason": self.user_mode_only_reason}
 
     # -- mappings -----------------------------------------------------------------
-    def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
+    def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
+             noreserve=False):
         memtype = MemType(memtype)
         name = self._region_name(name)
         page = uapi.PAGE_SIZE
@@ -439,6 +439,8 @@ class KernelBackend(Backend):
         flags = uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE
         if addr:
             flags |= uapi.MAP_FIXED_NOREPLACE
+        if noreserve:
+            flags |= uapi.MAP_NORESERVE
         if memtype.hugetlb:
             page = _hpage_size()
             total = hugepages_total()
@@ -458,7 +460,11 @@ class KernelBackend(Backend):
         if a < 0:
             if fd is not None:
                 os.close(fd)
-            raise uffd_error(-a, "mmap", addr, len)
+            hint = None
+            if -a == E.ENOMEM and not noreserve:
+                hint = ("the kernel's overcommit accounting refused it (a private mapping larger than what "
+                        "RAM + swap can commit); mmap --noreserve maps it with MAP_NORESERVE")
+            raise uffd_error(-a, "mmap", addr, len, message=hint)
         if memtype is MemType.ANON:
             # page-granular behaviour, as the selftests ask for: no THP under our feet
             self._lib.uffdctl_madvise(a, len, uapi.MADV_NOHUGEPAGE)

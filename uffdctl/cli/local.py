@@ -83,7 +83,8 @@ def run(file, backend, profile, soft_dirty, user_mode_only, quiet):
 
     \b
     Example:
-      uffdctl run scenarios/missing-copy.uffd
+      printf 'mmap --size 16K --name buf\\nexpect result len=16384\\n' | uffdctl run -
+      uffdctl run my.uffd          (docs/cli.md has a full example script)
     """
     from ..script import ScriptError, run_file
     g = _g()

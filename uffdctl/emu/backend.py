@@ -328,14 +328,11 @@ class EmuBackend(Backend):
                 for v in self.mm.vmas if v.start < end and start < v.end]
 
     def hint_modes(self, ioctl: str) -> dict[str, int]:
-        if not self.profile.hints:
-            return {}
-        from . import profiles
-        consts = {h: f"UFFDIO_{ioctl}_MODE_{h.upper()}" for h in ("access_likely", "write_likely")}
-        return {h: int(getattr(profiles, c)) for h, c in consts.items() if hasattr(profiles, c)}
+        return uapi.rfc_hint_modes(ioctl) if self.profile.hints else {}
 
     # -- mappings -------------------------------------------------------------------------
-    def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
+    def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
+             noreserve=False):   # sparse: no commit accounting to skip
         memtype = MemType(memtype)
         name = self._region_name(name)
         page = M.HPAGE_SIZE if memtype.hugetlb else uapi.PAGE_SIZE

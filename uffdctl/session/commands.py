@@ -14,13 +14,15 @@ anything is changed.
 """
 from __future__ import annotations
 
+import errno
+import math
 import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import uapi
-from ..errors import RemoteErrorLike, Unsupported, UsageError, exit_code_of
+from ..errors import RemoteErrorLike, UffdError, Unsupported, UsageError, exit_code_of, uffd_error
 from ..errors import to_wire as error_dict   # the wire/JSON form of any error (the name this module used)
 from ..types import HPAGE_SIZE, HandlerPolicy, MemType, Region
 from .state import SessionState
@@ -31,17 +33,18 @@ MAX_PAGEMAP_ENTRIES = 1 << 16  # per-page entries up to this; above it runs, cou
 
 
 # -- parsing ---------------------------------------------------------------------------
-_SIZE = re.compile(r"^\s*(0x[0-9a-fA-F]+|\d+)\s*([KMGTkmgt]?)(i?[Bb])?\s*$")
-_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"^\s*(0x[0-9a-fA-F]+|\d+)\s*([KMGTPEkmgtpe]?)(i?[Bb])?\s*$")
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
 
 
 def parse_size(text: Any, what: str = "size") -> int:
-    """``64K``, ``2M``, ``1G``, ``4096``, ``0x1000`` -> bytes (binary units)."""
+    """``64K``, ``2M``, ``1G``, ``1T``, ``2P``, ``1E``, ``4096``, ``0x1000`` -> bytes (binary units)."""
     if isinstance(text, int) and not isinstance(text, bool):
         return text
     m = _SIZE.match(str(text))
     if not m:
-        raise UsageError(f"bad {what} {text!r}: expected a number with an optional K/M/G suffix (64K, 2M, 0x1000)")
+        raise UsageError(f"bad {what} {text!r}: expected a number with an optional K/M/G/T/P/E suffix "
+                         f"(64K, 2M, 0x1000)")
     return int(m.group(1), 0) * _SUFFIX[m.group(2).upper()]
 
 
@@ -253,31 +256,22 @@ def _span_dict(span: Span, **kw) -> dict:
 
 
 # -- mappings --------------------------------------------------------------------------
-def _mem_total() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
-
-
-_NAME_OK = re.compile(r"^[A-Za-z_][\w.-]*$")
+_NAME_OK = re.compile(r"^[A-Za-z_][\w.-]{0,63}$")   # at most 64 characters
 
 
 @command("mmap", "Map a new region (anon, shmem, shmem-private, hugetlb, hugetlb-private).",
          "uffdctl mmap --size 64K --type anon --name buf",
          Param("--size", "length, with K/M/G suffix", required=True),
          Param("--type", "memory type", kind="choice", choices=tuple(m.value for m in MemType), default="anon"),
+         Param("--noreserve", "kernel: MAP_NORESERVE (no commit charge: a mapping larger than RAM + swap; "
+                              "touching more than the machine holds then ends in SIGBUS/OOM)", kind="flag"),
          Param("--name", "region name (default r0, r1, ...)"))
 def cmd_mmap(st, a):
     size = parse_size(a["size"])
     if size <= 0:
         raise UsageError(f"size {a['size']!r} must be > 0")
-    if size > _mem_total():
-        raise UsageError(f"size {a['size']!r} is beyond this machine's memory ({_mem_total() >> 20} MiB)")
+    if size >= 1 << 47:
+        raise UsageError(f"size {a['size']!r} does not fit the x86-64 user address space (128 TiB)")
     memtype = MemType(a["type"])
     page = uapi.PAGE_SIZE
     if memtype.hugetlb:
@@ -287,10 +281,11 @@ def cmd_mmap(st, a):
     name = a.get("name")
     if name is not None:
         if not _NAME_OK.match(name) or name.startswith("__"):
-            raise UsageError(f"bad region name {name!r}: letters, digits, _ . - (not starting with a digit or __)")
+            raise UsageError(f"bad region name {name[:80]!r}{'...' if len(name) > 80 else ''}: letters, digits, "
+                             f"_ . - (not starting with a digit or __), at most 64 characters")
         if name in st.regions:
             raise UsageError(f"region {name!r} exists")
-    r = st.backend.mmap(size, memtype, name=name)
+    r = st.backend.mmap(size, memtype, name=name, **({"noreserve": True} if a.get("noreserve") else {}))
     st.regions[r.name] = r
     return r.to_dict()
 
@@ -383,8 +378,16 @@ def cmd_api(st, a):
     if st.uffd is None:
         st.get_uffd(features if a.get("features") is not None else None)
         return st.api_result.to_dict()
-    # a second UFFDIO_API on the same fd: issue it, the kernel answers (EINVAL since 5.x)
-    return st.uffd.api(features).to_dict()
+    # a second UFFDIO_API on the same fd: issue it, the kernel answers (EINVAL: the ctx is initialised once,
+    # userfaultfd_api() checks UFFD_FEATURE_INITIALIZED) and say so, keeping the errno
+    try:
+        return st.uffd.api(features).to_dict()
+    except UffdError as e:
+        if e.errno == errno.EINVAL:
+            raise uffd_error(e.errno, e.ioctl, e.start, e.len, e.done,
+                             message="this uffd is already initialised: UFFDIO_API works once per fd "
+                                     "(userfaultfd_api() refuses a second one)") from None
+        raise
 
 
 @command("register", "UFFDIO_REGISTER a range with modes missing, wp, minor.",
@@ -563,8 +566,8 @@ def cmd_touch(st, a):
     if not _NAME_OK.match(thread):
         raise UsageError(f"bad thread name {thread!r}")
     timeout = a.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-        raise UsageError(f"bad --timeout {timeout!r}")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0):
+        raise UsageError(f"bad --timeout {timeout!r}: a finite number of seconds >= 0")
     fill = parse_int(a["fill"], "--fill") if a.get("fill") is not None else 1
     if not 0 <= fill <= 255:
         raise UsageError(f"--fill {fill} is not a byte (0-255)")
@@ -593,11 +596,22 @@ def cmd_wait(st, a):
         if t is None:
             raise UsageError(f"no touch #{tid}" if tid else "no touch yet")
     timeout = a.get("timeout")
-    if not isinstance(timeout, (int, float)) or timeout < 0:
-        raise UsageError(f"bad --timeout {timeout!r}")
+    if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0:
+        raise UsageError(f"bad --timeout {timeout!r}: a finite number of seconds >= 0")
     t.access.wait(timeout)
     with st.lock:
         return dict(t.to_dict(), tid=st.backend.thread(t.thread).tid)
+
+
+def _blocked_at(st: SessionState, t, tid: int) -> int:
+    """Where a blocked touch waits: the address of the newest fault message of its thread inside the touch
+    (its ptid, UFFD_FEATURE_THREAD_ID), else the touch's start (no message names it yet)."""
+    st.collect_events()
+    for e in reversed(st.events):
+        if e.get("event") == "pagefault" and e.get("ptid") == tid and t.start <= e["address"] < t.start + t.len \
+                and e.get("seq", 0) >= t.first_seq:
+            return e["address"] & ~(t.page_size - 1)
+    return t.start
 
 
 @command("faults", "Per-thread fault counters and what each thread is blocked on. minflt/majflt: the thread's "
@@ -615,7 +629,7 @@ def cmd_faults(st, a):
         out.append({"thread": name, "tid": th.tid, "minflt": minflt, "majflt": majflt,
                     "access_minflt": amin, "access_majflt": amaj,
                     "blocked": int(busy is not None), "touch": busy.id if busy else None,
-                    "address": busy.start if busy else None})
+                    "address": _blocked_at(st, busy, th.tid) if busy else None})
     return {"threads": out}
 
 
@@ -625,18 +639,31 @@ def cmd_touches(st, a):
     return {"touches": [t.to_dict() for t in st.touches.values()]}
 
 
-@command("events", "The message log: faults and events the handler read, with seq numbers.",
+@command("events", "The message log: faults and events the handler read, with seq numbers (the message's "
+         "place in the stream: never renumbered). The handler's log keeps the newest 65536 messages and the "
+         "session's too; messages overwritten before they were read show as one 'dropped' entry with the count "
+         "and why (their faults were still resolved by the policy).",
          "uffdctl events --since 3",
          Param("--since", "only events with seq > N", kind="int", default=0),
+         Param("--last", "only the newest N events", kind="int"),
          Param("--follow", "keep printing new events (Ctrl-C stops)", kind="flag", local=True),
          Param("--count", "with --follow: stop after N events", kind="int", local=True))
 def cmd_events(st, a):
     since = a.get("since") or 0
     if not isinstance(since, int) or since < 0:
         raise UsageError(f"bad --since {since!r}")
+    last = a.get("last")
+    if last is not None and (not isinstance(last, int) or last <= 0):
+        raise UsageError(f"bad --last {last!r}: a positive number of events")
     st.collect_events()
     evs = [e for e in st.events if e["seq"] > since]
-    return {"events": evs, "next": st.events[-1]["seq"] if st.events else 0}
+    if last is not None:
+        evs = evs[-last:]
+    d = {"events": evs, "next": st.events[-1]["seq"] if st.events else 0}
+    if st.events_dropped:
+        d["dropped"] = {"count": st.events_dropped, "reason": "older than the newest 65536 entries the session "
+                                                              "keeps"}
+    return d
 
 
 # -- /proc -----------------------------------------------------------------------------

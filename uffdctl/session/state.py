@@ -25,6 +25,9 @@ from ..types import HandlerPolicy, Region
 # fault message names the thread that is blocked (``events`` shows it).
 DEFAULT_FEATURES = int(uapi.Feature.THREAD_ID)
 
+# The session's message log keeps the newest EVENTS_KEPT entries (the handler's own ring is bounded too).
+EVENTS_KEPT = 65536
+
 # Faults wait for the user by default (copy/zeropage/continue/wake/writeprotect --off).
 DEFAULT_POLICY = dict(missing="queue", wp="queue", minor="queue")
 
@@ -39,10 +42,13 @@ class Touch:
     len: int
     write: bool
     access: Access
+    tid: int = 0
+    first_seq: int = 0       # the first event seq that can belong to this touch
+    page_size: int = uapi.PAGE_SIZE
     started_ns: int = field(default_factory=time.monotonic_ns)
 
     def to_dict(self) -> dict:
-        d = {"touch": self.id, "thread": self.thread, "start": self.start, "len": self.len,
+        d = {"touch": self.id, "thread": self.thread, "tid": self.tid, "start": self.start, "len": self.len,
              "write": int(self.write), "finished": int(self.access.done), "blocked": int(not self.access.done)}
         if self.access.done:
             try:
@@ -81,7 +87,9 @@ class SessionState:
         self.touches: dict[int, Touch] = {}
         self._touch_ids = itertools.count(1)
         self.events: list[dict] = []
-        self._seq = itertools.count(1)
+        self.events_dropped = 0        # entries no longer in the log (see collect_events)
+        self._seq_base = 0             # messages read by the handlers before the current one
+        self._handler_seen = 0         # the current handler's last stream position collected
         self.zero_pfn: int | None = None
         self.thread_names: list[str] = []
         self._scratch: Region | None = None
@@ -147,16 +155,35 @@ class SessionState:
             self.collect_events()
             self.handler.stop()   # queued faults are woken: they fault again into the new handler
             self.collect_events()
+            self._seq_base += self._handler_seen
+            self._handler_seen = 0
         self.handler = self.backend.fault_handler(self.uffd, self.policy)
         self.handler.start()
 
     def collect_events(self) -> list[dict]:
-        """Move what the handler logged into the session's event log (with seq)."""
+        """Move what the handler logged into the session's event log.
+
+        ``seq`` is the message's position in the stream the session's handlers read (1-based), so it never
+        changes.  When the handler's bounded log overwrote entries before they were collected (a fault
+        storm under a resolving policy), their seq numbers are skipped and one ``dropped`` entry says how
+        many and why; the faults themselves were resolved by the policy all the same.  The session keeps the
+        newest EVENTS_KEPT entries."""
         if self.handler is None:
             return []
         new = []
         for ev in self.handler.events():
-            d = {"seq": next(self._seq)}
+            pos = ev.seq or (self._handler_seen + 1)
+            if pos > self._handler_seen + 1:
+                first, last = self._seq_base + self._handler_seen + 1, self._seq_base + pos - 1
+                cap = self.handler.log_cap
+                new.append({"seq": last, "event": "dropped", "first_seq": first, "last_seq": last,
+                            "count": last - first + 1,
+                            "reason": f"the fault handler's log keeps the newest {cap} messages: these were "
+                                      f"overwritten before they were collected (the policy "
+                                      f"{self.policy.missing}/{self.policy.wp}/{self.policy.minor} resolved "
+                                      f"their faults all the same)"})
+            self._handler_seen = pos
+            d = {"seq": self._seq_base + pos}
             d.update(ev.to_dict())
             reg = self.region_at(d.get("address", 0)) if "address" in d else None
             if reg is not None:
@@ -164,6 +191,11 @@ class SessionState:
                 d["page"] = (d["address"] - reg.addr) // reg.page_size
             new.append(d)
         self.events.extend(new)
+        if len(self.events) > EVENTS_KEPT:
+            cut = len(self.events) - EVENTS_KEPT
+            self.events_dropped += sum(e.get("count", 1) if e["event"] == "dropped" else 1
+                                       for e in self.events[:cut])
+            del self.events[:cut]
         return new
 
     # -- regions --------------------------------------------------------------------
@@ -203,8 +235,12 @@ class SessionState:
 
     def new_touch(self, thread: str, start: int, len: int, write: bool, fill: int) -> Touch:
         th = self.thread(thread)
+        self.collect_events()       # what is logged so far belongs to earlier accesses
+        first = (self.events[-1]["seq"] + 1) if self.events else 1
+        reg = self.region_at(start)
         acc = th.access(start, len, write, fill=fill, stride=uapi.PAGE_SIZE)
-        t = Touch(next(self._touch_ids), thread, start, len, write, acc)
+        t = Touch(next(self._touch_ids), thread, start, len, write, acc, th.tid, first,
+                  reg.page_size if reg else uapi.PAGE_SIZE)
         self.touches[t.id] = t
         return t
 
