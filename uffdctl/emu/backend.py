@@ -226,7 +226,7 @@ class EmuHandler(Handler):
                 self._stats["errors"] += 1
             elif action != "queue":
                 self._stats["resolved"] += 1
-            else:
+            if action == "queue":
                 self._queued.append(m)
             self._log.append(HandledEvent(m, action, err, result))
         return True
@@ -242,6 +242,9 @@ class EmuHandler(Handler):
             action = p.missing
         if action == "queue":
             return action, 0, 0
+        if action == "copy" and getattr(p, "src_len", 0) and \
+                not (p.base <= page and page - p.base + p.page_size <= p.src_len):
+            return "queue", -E.EFAULT, 0       # outside the copy source: left to the user, as the native handler
         calls = {
             "zeropage": lambda: u.zeropage(page, p.page_size),
             "copy": lambda: u.copy(page, p.src + (page - p.base), p.page_size, p.copy_mode),
