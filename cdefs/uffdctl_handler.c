@@ -71,9 +71,15 @@ static int uffdctl_wake(int fd, uint64_t start, uint64_t len)
 	return uffdctl_ioctl(fd, UFFDIO_WAKE, &r);
 }
 
-/* Resolve one page fault; returns action, sets err and result. */
+/*
+ * Resolve one page fault; returns action, sets err and result.  With dontwake the
+ * resolving ioctl leaves the faulting thread asleep (*_MODE_DONTWAKE; UFFDIO_WAKE is
+ * not issued) and *woken says whether the caller must wake it: the batch loop logs
+ * the message first, so a thread that goes on after its fault always finds the
+ * fault in the log (a reader racing the handler thread saw it missing under load).
+ */
 static int uffdctl_resolve(struct uffdctl_handler *h, const struct uffd_msg *m,
-			   int *err, int64_t *result)
+			   int *err, int64_t *result, int dontwake, int *need_wake)
 {
 	const struct uffdctl_handler_cfg *c = &h->cfg;
 	uint64_t flags = m->arg.pagefault.flags;
@@ -82,6 +88,7 @@ static int uffdctl_resolve(struct uffdctl_handler *h, const struct uffd_msg *m,
 
 	*err = 0;
 	*result = 0;
+	*need_wake = 0;
 	if (flags & UFFD_PAGEFAULT_FLAG_WP)
 		action = c->wp_policy;
 	else if (flags & UFFD_PAGEFAULT_FLAG_MINOR)
@@ -94,7 +101,8 @@ static int uffdctl_resolve(struct uffdctl_handler *h, const struct uffd_msg *m,
 		case UFFDCTL_POL_QUEUE:
 			return action;
 		case UFFDCTL_POL_ZEROPAGE: {
-			struct uffdio_zeropage z = { .range = { page, c->page_size } };
+			struct uffdio_zeropage z = { .range = { page, c->page_size },
+						     .mode = dontwake ? UFFDIO_ZEROPAGE_MODE_DONTWAKE : 0 };
 			r = uffdctl_ioctl(c->uffd, UFFDIO_ZEROPAGE, &z);
 			*result = z.zeropage;
 			break;
@@ -107,25 +115,27 @@ static int uffdctl_resolve(struct uffdctl_handler *h, const struct uffd_msg *m,
 					c->src + (page - c->base) :
 					(uint64_t)(uintptr_t)h->fill_page,
 				.len = c->page_size,
-				.mode = c->copy_mode,
+				.mode = c->copy_mode | (dontwake ? UFFDIO_COPY_MODE_DONTWAKE : 0),
 			};
 			r = uffdctl_ioctl(c->uffd, UFFDIO_COPY, &cp);
 			*result = cp.copy;
 			break;
 		}
 		case UFFDCTL_POL_CONTINUE: {
-			struct uffdio_continue co = { .range = { page, c->page_size } };
+			struct uffdio_continue co = { .range = { page, c->page_size },
+						      .mode = dontwake ? UFFDIO_CONTINUE_MODE_DONTWAKE : 0 };
 			r = uffdctl_ioctl(c->uffd, UFFDIO_CONTINUE, &co);
 			*result = co.mapped;
 			break;
 		}
 		case UFFDCTL_POL_UNPROTECT: {
-			struct uffdio_writeprotect wp = { .range = { page, c->page_size }, .mode = 0 };
+			struct uffdio_writeprotect wp = { .range = { page, c->page_size },
+							  .mode = dontwake ? UFFDIO_WRITEPROTECT_MODE_DONTWAKE : 0 };
 			r = uffdctl_ioctl(c->uffd, UFFDIO_WRITEPROTECT, &wp);
 			break;
 		}
 		case UFFDCTL_POL_WAKE:
-			r = uffdctl_wake(c->uffd, page, c->page_size);
+			r = dontwake ? 0 : uffdctl_wake(c->uffd, page, c->page_size);
 			break;
 		default:
 			r = -EINVAL;
@@ -136,9 +146,10 @@ static int uffdctl_resolve(struct uffdctl_handler *h, const struct uffd_msg *m,
 	}
 	if (r == -EEXIST) {
 		/* benign race: somebody resolved it already; wake as the selftests do */
-		r = uffdctl_wake(c->uffd, page, c->page_size);
+		r = dontwake ? 0 : uffdctl_wake(c->uffd, page, c->page_size);
 	}
 	*err = r < 0 ? r : 0;
+	*need_wake = dontwake && r >= 0;
 	return action;
 }
 
@@ -190,9 +201,9 @@ static void uffdctl_release_pending(struct uffdctl_handler *h)
 	}
 	h->cfg = safe;
 	for (int i = 0; i < h->npending; i++) {
-		int err;
+		int err, need_wake;
 		int64_t result;
-		uffdctl_resolve(h, &h->pending[i], &err, &result);
+		uffdctl_resolve(h, &h->pending[i], &err, &result, 0, &need_wake);
 	}
 	h->npending = 0;
 }
@@ -203,13 +214,16 @@ static void uffdctl_handle_batch(struct uffdctl_handler *h, const struct uffd_ms
 
 	h->nreads++;
 	for (ssize_t i = 0; i < nmsgs; i++) {
-		int err = 0, action = -1;
+		int err = 0, action = -1, need_wake = 0;
 		int64_t result = 0;
 		if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-			action = uffdctl_resolve(h, &msgs[i], &err, &result);
+			action = uffdctl_resolve(h, &msgs[i], &err, &result, 1, &need_wake);
 		if (action == UFFDCTL_POL_QUEUE)
 			uffdctl_add_pending(h, &msgs[i]);
 		uffdctl_log(h, &msgs[i], action, err, result, ts);
+		if (need_wake)	/* logged first: see uffdctl_resolve */
+			uffdctl_wake(h->cfg.uffd, msgs[i].arg.pagefault.address & ~(h->cfg.page_size - 1),
+				     h->cfg.page_size);
 	}
 }
 

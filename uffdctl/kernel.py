@@ -461,7 +461,12 @@ class KernelBackend(Backend):
             if fd is not None:
                 os.close(fd)
             hint = None
-            if -a == E.ENOMEM and not noreserve:
+            if -a == E.ENOMEM and memtype.hugetlb:
+                mi = meminfo()
+                hint = (f"no free huge page to reserve: HugePages_Free={mi.get('HugePages_Free', 0)}, "
+                        f"HugePages_Rsvd={mi.get('HugePages_Rsvd', 0)} (other mappings hold the rest; "
+                        f"sysctl vm.nr_hugepages=N reserves more)")
+            elif -a == E.ENOMEM and not noreserve:
                 hint = ("the kernel's overcommit accounting refused it (a private mapping larger than what "
                         "RAM + swap can commit); mmap --noreserve maps it with MAP_NORESERVE")
             raise uffd_error(-a, "mmap", addr, len, message=hint)
