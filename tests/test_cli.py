@@ -70,10 +70,10 @@ def test_completion_script_is_generated(tmp_path):
 
 ENTRY_KEYS = {"addr", "raw", "pfn", "present", "swap", "file", "guard", "uffd_wp", "exclusive", "soft_dirty",
               "index", "zero", "marker", "symbol"}
-TOUCH_KEYS = {"touch", "thread", "tid", "start", "len", "write", "finished", "blocked"}
+TOUCH_KEYS = {"touch", "proc", "thread", "tid", "start", "len", "write", "finished", "blocked"}
 FINISHED_KEYS = TOUCH_KEYS | {"minflt", "majflt", "sigbus", "si_code", "fault_addr", "ns"}
 EVENT_KEYS = {"seq", "event", "ts_ns", "flags", "flags_decoded", "address", "ptid", "action", "err", "result",
-              "region", "page"}
+              "region", "page", "uffd", "proc"}
 REGION_KEYS = {"name", "start", "len", "type", "page_size"}
 
 
@@ -84,7 +84,7 @@ def keys(d):
 def test_json_keys_of_every_command(session):
     c = session
     r = c.j("api", "--features", "thread_id")
-    assert keys(r) == {"api", "features", "ioctls", "features_decoded", "ioctls_decoded"}
+    assert keys(r) == {"api", "features", "ioctls", "features_decoded", "ioctls_decoded", "uffd"}
     assert r["api"] == 0xAA
     assert keys(c.j("mmap", "--size", "16K", "--name", "stage")) == REGION_KEYS
     r = c.j("register", "buf", "--mode", "missing,wp")
@@ -126,7 +126,7 @@ def test_json_keys_of_every_command(session):
     assert keys(c.j("madvise", "buf:4", "--advice", "dontneed")) == {"start", "len", "advice"}
     assert c.j("pagemap", "buf:4")["entries"][0]["present"] == 0
     assert keys(c.j("handler", "--policy", "zeropage")) == {"missing", "wp", "minor", "src", "fill", "running",
-                                                            "stats"}
+                                                            "stats", "uffd", "base", "unread"}
     r = c.j("regions")
     assert keys(r["regions"][0]) == REGION_KEYS | {"mode", "mode_decoded", "vmas", "present", "private_dirty"}
     c.j("mmap", "--size", "16K", "--type", "shmem", "--name", "sh")

@@ -195,7 +195,9 @@ class Side:
             self.regions.append(r)
             if r.fd is not None:
                 self.aliases[i] = b.alias(r, name=f"r{i}alias")
-        self.all_regions = list(self.regions)   # also after munmap, to name addresses
+        # (region index, mapping) also after munmap or mremap, to name addresses: every place a region has been
+        # is named after the region, so an address the kernel reuses for a region's later move reads the same
+        self.all_regions = list(enumerate(self.regions))
         src = self.regions[0]
         for p in range(SRC_PAGES):
             b.write(src.addr + p * PS, bytes([0x10 + p]) * 8)
@@ -211,7 +213,7 @@ class Side:
         return reg.addr + p * reg.page_size
 
     def where(self, addr):
-        for i, reg in enumerate(self.all_regions):
+        for i, reg in reversed(self.all_regions):     # the newest mapping of an address first
             if reg.addr <= addr < reg.end:
                 return f"r{i}+{addr - reg.addr:#x}"
         return hex(addr)
@@ -363,13 +365,13 @@ def apply(side: Side, op) -> tuple:
             res = _call(lambda: b.mremap(r.addr, r.len, max(ps, r.len // ps // 2 * ps), 0))
         else:
             new_len = r.len + (ps if op[2] == "grow" else 0)
-            target = _free_aligned(b, new_len)
+            target = _free_aligned(b, new_len, [(x.addr, x.end) for _, x in side.all_regions])
             res = _call(lambda: b.mremap(r.addr, r.len, new_len,
                                          uapi.MREMAP_MAYMOVE | uapi.MREMAP_FIXED, target))
         if res[0] == "ok":
             new = b.regions[r.name]        # the backend's bookkeeping followed the mapping
             side.regions[op[1]] = new
-            side.all_regions.append(new)
+            side.all_regions.append((op[1], new))
             res = ("ok", "moved" if new.addr != r.addr else "in place", new.len // ps)
         return res
     if k == "munmap":
@@ -709,11 +711,21 @@ MREMAP_FEATURES = {"none": 0, "remap": int(F.EVENT_REMAP), "unmap": int(F.EVENT_
                    "remap+unmap": int(F.EVENT_REMAP | F.EVENT_UNMAP)}
 
 
-def _free_aligned(b, length):
-    probe = b.mmap(length + 2 * HP, MemType.ANON, name="mremap-probe")
-    addr = (probe.addr + HP - 1) & ~(HP - 1)
-    b.munmap(probe.addr, probe.len)
-    return addr
+def _free_aligned(b, length, avoid=()):
+    """A free 2 MiB-aligned range of ``length`` that overlaps none of ``avoid`` (ranges once used: the kernel
+    would hand a region's old place to the next mapping, the emulator never does)."""
+    probes = []
+    try:
+        for i in range(16):
+            probe = b.mmap(length + 2 * HP, MemType.ANON, name=f"mremap-probe{i}")
+            probes.append(probe)
+            addr = (probe.addr + HP - 1) & ~(HP - 1)
+            if not any(a < addr + length and addr < e for a, e in avoid):
+                return addr
+        raise AssertionError("no free range away from the regions' old places")
+    finally:
+        for probe in probes:
+            b.munmap(probe.addr, probe.len)
 
 
 def mremap_scenario(b, memtype: str, feats: int, op: str, expect=(0, 0)) -> list:

@@ -286,6 +286,19 @@ class Backend(abc.ABC):
         With UFFD_FEATURE_EVENT_FORK the fork blocks until the FORK event is read (run a handler)."""
         raise Unsupported(f"backend {self.name!r} cannot fork")
 
+    def fork(self, name: str, regions: dict, thread: str | None = None) -> Access:
+        """fork(2) this mm: a child process that runs no Python (uffdctl.process).  Returns at once: the
+        Access finishes when fork() returns (with EVENT_FORK: once the FORK message is read); its result()
+        is the :class:`uffdctl.process.Process`.  ``thread``: the session thread that issues it."""
+        from .errors import NotModelled
+        raise NotModelled("fork")
+
+    def job_thread(self, name: str):
+        """A long-lived thread of this backend's process that runs calls in order (``submit(fn) -> Access``):
+        how a system call that blocks until its event is read is issued without blocking the caller."""
+        from .errors import NotModelled
+        raise NotModelled("a system call blocked until its event is read")
+
     def adopt_uffd(self, fd: int) -> Uffd:
         """Wrap a uffd fd this backend did not open itself: the ``ufd`` of a FORK event (the child's uffd,
         already past UFFDIO_API).  The returned Uffd owns the fd."""

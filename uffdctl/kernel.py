@@ -551,6 +551,24 @@ class KernelBackend(Backend):
         os.waitpid(pid, 0)
         return pid
 
+    def fork(self, name, regions, thread=None) -> Access:
+        """fork(2) in C from a long-lived job thread of the session (the child's PR_SET_PDEATHSIG follows that
+        thread): the child runs the native command loop of cdefs/uffdctl_proc.c (uffdctl.process)."""
+        from .process import KernelProcess, job_thread
+
+        def job():
+            sock = self._ffi.new("int *")
+            pid = self._lib.uffdctl_proc_fork(sock)
+            if pid < 0:
+                raise uffd_error(-pid, "fork")
+            return KernelProcess(self, name, pid, sock[0], None, regions)
+
+        return job_thread(self, thread or "__fork").submit(job)
+
+    def job_thread(self, name: str):
+        from .process import job_thread
+        return job_thread(self, name)
+
     def adopt_uffd(self, fd: int) -> KernelUffd:
         import fcntl
         u = KernelUffd(self, fd, "fork", fcntl.fcntl(fd, fcntl.F_GETFL))
@@ -698,6 +716,8 @@ class KernelBackend(Backend):
     def close(self) -> None:
         for u in list(self._uffds):
             u.close()  # releases any fault still blocked (memory then reads as zeros)
+        from .process import stop_job_threads
+        stop_job_threads(self)
         for t in self._threads.values():
             t.stop()
         self._threads.clear()

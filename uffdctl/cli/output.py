@@ -121,7 +121,15 @@ def _event_line(e: dict) -> str:
 
 def render_touch(r: dict) -> str:
     kind = "write" if r["write"] else "read"
-    head = f"touch #{r['touch']} {kind} 0x{r['start']:x}+{r['len']:#x} by thread {r['thread']}"
+    where = f" of process {r['proc']}" if r.get("proc", "self") != "self" else ""
+    if r.get("op"):   # a system call issued with --thread (proc_commands.maybe_async)
+        head = f"#{r['touch']} {r['op']} 0x{r['start']:x}+{r['len']:#x} by thread {r['thread']}{where}"
+        if r.get("blocked"):
+            return head + ": BLOCKED in the kernel (its event not read yet? see read, handler --read); wait waits"
+        if "error" in r:
+            return head + f": failed: {r['error']}"
+        return head + f": returned {r.get('ret', 0)}"
+    head = f"touch #{r['touch']} {kind} 0x{r['start']:x}+{r['len']:#x} by thread {r['thread']}{where}"
     if r.get("blocked"):
         return head + " (tid %s): BLOCKED in a fault; resolve it (copy/zeropage/continue/wake/writeprotect --off)" \
             % r.get("tid")
@@ -129,6 +137,7 @@ def render_touch(r: dict) -> str:
         return head + f": failed: {r['error']}"
     return head + f": finished, minflt={r['minflt']} majflt={r['majflt']}" + \
         (f" SIGBUS si_code={r['si_code']} addr=0x{r['fault_addr']:x}" if r.get("sigbus") else "") + \
+        (f" SIGSEGV si_code={r['si_code']} addr=0x{r['fault_addr']:x}" if r.get("sigsegv") else "") + \
         f" ({r['ns'] / 1000:.0f} us)"
 
 

@@ -25,6 +25,7 @@ from .. import uapi
 from ..errors import RemoteErrorLike, UffdError, Unsupported, UsageError, exit_code_of, uffd_error
 from ..errors import to_wire as error_dict   # the wire/JSON form of any error (the name this module used)
 from ..types import HPAGE_SIZE, HandlerPolicy, MemType, Region
+from . import uffds
 from .state import SessionState
 
 PAGE = uapi.PAGE_SIZE
@@ -64,6 +65,7 @@ class Span:
     start: int
     len: int
     region: Region
+    proc: str = "self"     # the process whose mm the range is in (uffdctl.session.multi)
 
     @property
     def end(self) -> int:
@@ -81,8 +83,10 @@ _RAW = re.compile(r"^(0x[0-9a-fA-F]+|\d+)\+(.+)$")
 _NAMED = re.compile(r"^([A-Za-z_][\w.-]*)(?::(\d+)(?:-(\d+))?)?$")
 
 
-def parse_range(st: SessionState, text: Any) -> Span:
-    """``REGION``, ``REGION:3``, ``REGION:0-15`` (pages, inclusive) or raw ``0xADDR+LEN``.
+def parse_range(st: SessionState, text: Any, proc: str | None = None) -> Span:
+    """``REGION``, ``REGION:3``, ``REGION:0-15`` (pages, inclusive) or raw ``0xADDR+LEN``, optionally
+    prefixed by a process, ``child/buf:3`` (which the command then addresses).  ``proc``: resolve in that
+    process whatever the command addresses (COPY's source is always in the session's own mm).
 
     Every range must lie inside one of the session's regions and be aligned to its
     page size: a range outside them could hit the daemon's own memory.
@@ -90,6 +94,19 @@ def parse_range(st: SessionState, text: Any) -> Span:
     if text is None or str(text).strip() == "":
         raise UsageError("missing range: expected REGION[:PAGES] or 0xADDR+LEN")
     text = str(text).strip()
+    if "/" in text:
+        pname, text = text.split("/", 1)
+        if proc is not None and pname != proc:
+            raise UsageError(f"range {pname}/{text}: must be in process {proc}")
+        st.address_proc(pname)
+        proc = pname
+    if proc is not None:
+        with st.addressing(proc):
+            return _parse_range(st, text, proc)
+    return _parse_range(st, text, st.cur_proc_name)
+
+
+def _parse_range(st: SessionState, text: str, proc: str) -> Span:
     m = _RAW.match(text)
     if m:
         start = int(m.group(1), 0)
@@ -106,7 +123,7 @@ def parse_range(st: SessionState, text: Any) -> Span:
         if start + length > reg.end:
             raise UsageError(f"range {text}: ends 0x{start + length:x}, past the end of region {reg.name} "
                              f"(0x{reg.end:x})")
-        return Span(start, length, reg)
+        return Span(start, length, reg, proc)
     m = _NAMED.match(text)
     if not m:
         raise UsageError(f"bad range {text!r}: expected REGION, REGION:N, REGION:A-B or 0xADDR+LEN")
@@ -115,14 +132,14 @@ def parse_range(st: SessionState, text: Any) -> Span:
     if reg is None:
         raise UsageError(f"unknown region {name!r} (regions: {', '.join(st.regions) or 'none; use mmap'})")
     if a is None:
-        return Span(reg.addr, reg.len, reg)
+        return Span(reg.addr, reg.len, reg, proc)
     first = int(a)
     last = int(b) if b is not None else first
     if last < first:
         raise UsageError(f"range {text}: pages {first}-{last} are reversed")
     if last >= reg.pages:
         raise UsageError(f"range {text}: page {last} is outside region {name} (pages 0-{reg.pages - 1})")
-    return Span(reg.page(first), (last - first + 1) * reg.page_size, reg)
+    return Span(reg.page(first), (last - first + 1) * reg.page_size, reg, proc)
 
 
 def parse_flags(cls, text: Any, what: str) -> int:
@@ -177,9 +194,21 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 
+# Every command can address another process of the session (--proc, or a range child/buf:3) and every
+# command that uses a uffd names it (--uffd); see uffdctl.session.multi.
+PROC = Param("--proc", "the process to act in (default: the session itself, 'self'; see fork)")
+UFFD = Param("--uffd", "the uffd to use (default u0 of the process; see uffd open)")
+_UFFD_COMMANDS = {"handler", "events", "read", "status"}
+
+
 def command(name: str, help: str, example: str, *params: Param, locked: bool = True, kernel_name: str = ""):
     def deco(fn):
-        COMMANDS[name] = Command(name, fn, help, example, list(params), locked, kernel_name)
+        ps = list(params)
+        if not any(p.dest == "proc" for p in ps):
+            ps.append(PROC)
+        if (kernel_name.startswith("UFFDIO") or name in _UFFD_COMMANDS) and not any(p.dest == "uffd" for p in ps):
+            ps.append(UFFD)
+        COMMANDS[name] = Command(name, fn, help, example, ps, locked, kernel_name)
         return fn
     return deco
 
@@ -207,13 +236,14 @@ def execute(st: SessionState, name: str, args: dict | None) -> dict:
         args.setdefault(p.dest, p.default)
         if p.required and args[p.dest] in (None, ""):
             raise UsageError(f"{name}: missing {p.decl}")
-    if not cmd.locked:
-        out = cmd.fn(st, args)
-    else:
-        with st.lock:
+    with st.addressing(args.pop("proc", None), args.pop("uffd", None)):
+        if not cmd.locked:
             out = cmd.fn(st, args)
+        else:
+            with st.lock:
+                out = cmd.fn(st, args)
     with st.lock:
-        st.collect_events()
+        st.collect_events()   # a barrier: blocking events (REMOVE, UNMAP, REMAP, FORK) are in the log now
         st.last_result = out
     return out
 
@@ -369,25 +399,17 @@ def cmd_regions(st, a):
 
 
 # -- userfaultfd -----------------------------------------------------------------------
-@command("api", "UFFDIO_API: open the session's uffd with these features (once per uffd).",
-         "uffdctl api --features thread_id,wp_unpopulated",
-         Param("--features", "UFFD_FEATURE_* names, comma separated (thread_id,wp_async,...) or a number"),
+@command("api", "UFFDIO_API on a uffd (the session's, opened on first need, or --uffd NAME): negotiate the "
+         "features. Works once per uffd: a second call is issued and answered 'already initialised' (EINVAL).",
+         "uffdctl api --features thread_id,wp_unpopulated    (negative test: uffdctl api --uffd u2 --api 0xab)",
+         Param("--features", "UFFD_FEATURE_* names, comma separated (thread_id,wp_async,...) or a raw number "
+               "(unknown bits are passed through)"),
+         Param("--api", "raw uffdio_api.api (default UFFD_API, 0xaa)"),
          kernel_name="UFFDIO_API")
 def cmd_api(st, a):
     features = parse_flags(uapi.Feature, a.get("features"), "--features")
-    if st.uffd is None:
-        st.get_uffd(features if a.get("features") is not None else None)
-        return st.api_result.to_dict()
-    # a second UFFDIO_API on the same fd: issue it, the kernel answers (EINVAL: the ctx is initialised once,
-    # userfaultfd_api() checks UFFD_FEATURE_INITIALIZED) and say so, keeping the errno
-    try:
-        return st.uffd.api(features).to_dict()
-    except UffdError as e:
-        if e.errno == errno.EINVAL:
-            raise uffd_error(e.errno, e.ioctl, e.start, e.len, e.done,
-                             message="this uffd is already initialised: UFFDIO_API works once per fd "
-                                     "(userfaultfd_api() refuses a second one)") from None
-        raise
+    api = parse_int(a["api"], "--api") if a.get("api") is not None else uapi.UFFD_API
+    return uffds.api_command(st, features, api, a.get("features") is not None)
 
 
 @command("register", "UFFDIO_REGISTER a range with modes missing, wp, minor.",
@@ -416,7 +438,7 @@ def cmd_unregister(st, a):
 def _src_span(st: SessionState, a: dict, length: int) -> tuple[int, str]:
     """COPY's source: a range of the session, or the scratch buffer filled with --fill."""
     if a.get("src"):
-        src = parse_range(st, a["src"])
+        src = parse_range(st, a["src"], proc="self")   # the ioctl reads it from the session's own mm
         if src.len < length:
             raise UsageError(f"--src {a['src']} has {src.len} bytes, the destination needs {length}")
         return src.start, src.region.name
@@ -424,7 +446,7 @@ def _src_span(st: SessionState, a: dict, length: int) -> tuple[int, str]:
     if not 0 <= fill <= 255:
         raise UsageError(f"--fill {fill} is not a byte (0-255)")
     buf = st.scratch(length)
-    st.backend.write(buf.addr, bytes([fill]) * length)
+    st.self_backend.write(buf.addr, bytes([fill]) * length)
     return buf.addr, f"fill 0x{fill:02x}"
 
 
@@ -526,16 +548,25 @@ _POLICY_HELP = ("missing-fault policy: queue (wait for the user), zeropage, copy
          Param("--policy", _POLICY_HELP, kind="choice", choices=HandlerPolicy.MISSING),
          Param("--wp", "wp-fault policy", kind="choice", choices=HandlerPolicy.WP),
          Param("--minor", "minor-fault policy", kind="choice", choices=HandlerPolicy.MINOR),
-         Param("--src", "source range for --policy copy"),
-         Param("--fill", "byte for --policy fill"))
+         Param("--src", "source range for --policy copy (in the session's own memory)"),
+         Param("--dst", "with --src: the region the source lines up with (default: the one registered region)"),
+         Param("--fill", "byte for --policy fill"),
+         Param("--read/--unread", "--unread: leave messages unread in the uffd (faults and events stay pending, "
+               "the mm operation that raised an event stays blocked); --read resumes", kind="switch"))
 def cmd_handler(st, a):
     p = st.policy
-    if any(a.get(k) is not None for k in ("policy", "wp", "minor", "src", "fill")):
+    warning = None
+    if any(a.get(k) is not None for k in ("policy", "wp", "minor", "src", "fill", "dst")):
         kw = dict(missing=a.get("policy") or p.missing, wp=a.get("wp") or p.wp, minor=a.get("minor") or p.minor,
                   base=p.base, src=p.src, fill=p.fill, page_size=p.page_size, copy_mode=p.copy_mode)
-        if a.get("src"):
-            src = parse_range(st, a["src"])
-            kw.update(src=src.start, base=src.region.addr)
+        if a.get("src") or a.get("dst"):
+            if not a.get("src"):
+                raise UsageError("--dst goes with --src")
+            src_span = parse_range(st, a["src"], proc="self")   # the handler's ioctl reads the session's memory
+            dst_span = parse_range(st, a["dst"]) if a.get("dst") else None
+            base, src, n, warning = uffds.handler_copy_source(st, src_span, dst_span, a["src"])
+            kw.update(src=src, base=base)
+            kw["src_len"] = n
         if a.get("fill") is not None:
             fill = parse_int(a["fill"], "--fill")
             if not 0 <= fill <= 255:
@@ -543,11 +574,20 @@ def cmd_handler(st, a):
             kw["fill"] = fill
         if kw["missing"] == "copy" and not kw["src"]:
             raise UsageError("--policy copy needs --src RANGE")
-        st.start_handler(HandlerPolicy(**kw))
+        src_len = kw.pop("src_len", None)
+        pol = HandlerPolicy(**kw)
+        if src_len is not None:
+            pol.src_len = src_len   # read by the native handler (bounds of the copy source)
+        st.start_handler(pol)
+    if a.get("read") is not None:
+        uffds.set_unread(st, not a["read"])
     p = st.policy
-    return {"missing": p.missing, "wp": p.wp, "minor": p.minor, "src": p.src, "fill": p.fill,
-            "running": int(st.handler is not None),
-            "stats": st.handler.stats() if st.handler is not None else None}
+    out = {"uffd": st.slot.name, "missing": p.missing, "wp": p.wp, "minor": p.minor, "src": p.src,
+           "base": p.base, "fill": p.fill, "running": int(st.handler is not None), "unread": int(st.slot.unread),
+           "stats": st.handler.stats() if st.handler is not None else None}
+    if warning:
+        out["warning"] = warning
+    return out
 
 
 # -- threads and accesses --------------------------------------------------------------
@@ -710,16 +750,31 @@ def cmd_pagemap(st, a):
     return out
 
 
+# --thread on a system call that may block until its event is read (handler --unread): proc_commands
+THREAD_OPT = Param("--thread", "issue the system call from this session thread and return after 0.2 s like touch "
+                   "(blocked=1 while it waits, e.g. for its REMOVE message to be read); wait waits for it")
+
+
+def maybe_async(st, a, what, span, call):
+    return uffds.maybe_async(st, a, what, span, call, TOUCH_DECIDE_S)
+
+
 MADVICE = {"dontneed": uapi.MADV_DONTNEED, "free": uapi.MADV_FREE, "remove": uapi.MADV_REMOVE,
            "guard-install": uapi.MADV_GUARD_INSTALL, "guard-remove": uapi.MADV_GUARD_REMOVE}
+# fork behaviour (proc): the child lacks a DONTFORK VMA; a WIPEONFORK one is empty in the child
+MADVICE.update({"dontfork": 10, "dofork": 11, "wipeonfork": 18, "keeponfork": 19})
 
 
 @command("madvise", "madvise(2) a range: dontneed (REMOVE event), free (clean but writable), remove, "
          "guard-install / guard-remove (guard markers).", "uffdctl madvise buf:0 --advice free",
-         RANGE, Param("--advice", "the advice", kind="choice", choices=tuple(MADVICE), required=True))
+         RANGE, Param("--advice", "the advice", kind="choice", choices=tuple(MADVICE), required=True),
+         THREAD_OPT)
 def cmd_madvise(st, a):
     span = parse_range(st, a["range"])
-    st.backend.madvise(span.start, span.len, MADVICE[a["advice"]])
+    advice = MADVICE[a["advice"]]
+    pending = maybe_async(st, a, "madvise", span, lambda b: b.madvise(span.start, span.len, advice))
+    if pending is not None:   # --thread: it may stay blocked until its event is read
+        return dict(pending, advice=a["advice"])
     return _span_dict(span, advice=a["advice"])
 
 
@@ -779,3 +834,4 @@ def cmd_status(st, a):
 
 __all__ = ["COMMANDS", "Command", "Param", "RemoteErrorLike", "SessionState", "Span", "UsageError", "error_dict",
            "execute", "exit_code_of", "parse_range", "parse_size"]
+

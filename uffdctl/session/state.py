@@ -20,6 +20,7 @@ from ..backend import Access, Backend
 from ..errors import UsageError
 from ..registry import open_backend
 from ..types import HandlerPolicy, Region
+from .multi import MultiState
 
 # Features asked for when the uffd is opened implicitly: THREAD_ID, so every
 # fault message names the thread that is blocked (``events`` shows it).
@@ -46,22 +47,32 @@ class Touch:
     first_seq: int = 0       # the first event seq that can belong to this touch
     page_size: int = uapi.PAGE_SIZE
     started_ns: int = field(default_factory=time.monotonic_ns)
+    proc: str = "self"          # the process the touch runs in (uffdctl.session.multi)
+    kind: str = "touch"         # or the system call issued with --thread (madvise, fork): see proc_commands
 
     def to_dict(self) -> dict:
-        d = {"touch": self.id, "thread": self.thread, "tid": self.tid, "start": self.start, "len": self.len,
+        d = {"touch": self.id, "proc": self.proc, "thread": self.thread, "tid": self.tid, "start": self.start,
+             "len": self.len,
              "write": int(self.write), "finished": int(self.access.done), "blocked": int(not self.access.done)}
+        if self.kind != "touch":
+            d["op"] = self.kind
         if self.access.done:
             try:
                 r = self.access.result()
             except Exception as e:  # handed back from the thread
                 d.update(error=str(e))
             else:
+                if self.kind != "touch":
+                    d["ret"] = r if isinstance(r, int) else 0
+                    return d
                 d.update(minflt=r.minflt, majflt=r.majflt, sigbus=int(r.sigbus), si_code=r.si_code,
                          fault_addr=r.fault_addr, ns=r.ns)
+                if hasattr(r, "sigsegv"):
+                    d["sigsegv"] = int(r.sigsegv)
         return d
 
 
-class SessionState:
+class SessionState(MultiState):
     """Everything one session owns.  ``lock`` serialises commands (touch waits outside it)."""
 
     def __init__(self, backend: "str | Backend" = "auto", profile: str | None = None, name: str = "run",
@@ -88,8 +99,6 @@ class SessionState:
         self._touch_ids = itertools.count(1)
         self.events: list[dict] = []
         self.events_dropped = 0        # entries no longer in the log (see collect_events)
-        self._seq_base = 0             # messages read by the handlers before the current one
-        self._handler_seen = 0         # the current handler's last stream position collected
         self.zero_pfn: int | None = None
         self.thread_names: list[str] = []
         self._scratch: Region | None = None
@@ -102,7 +111,7 @@ class SessionState:
         if self._backend is None:
             self._backend = open_backend(self.backend_name, profile=self.profile, soft_dirty=self.soft_dirty,
                                          **self.kernel_opts)
-        return self._backend
+        return self.proc_view(self._backend) or self._backend   # a child's mm while addressing one
 
     def open(self) -> "SessionState":
         """Open the backend now (a daemon fails fast, before it says it is ready)."""
@@ -149,14 +158,13 @@ class SessionState:
     def start_handler(self, policy: HandlerPolicy | None = None) -> None:
         if policy is not None:
             self.policy = policy
-        if self.uffd is None:
-            return  # starts with the uffd
+        if self.uffd is None or self.slot.unread:
+            return  # starts with the uffd (or when the handler reads again: handler --read)
         if self.handler is not None:
             self.collect_events()
             self.handler.stop()   # queued faults are woken: they fault again into the new handler
             self.collect_events()
-            self._seq_base += self._handler_seen
-            self._handler_seen = 0
+            self.slot.seen = 0     # the new handler's stream starts afresh
         self.handler = self.backend.fault_handler(self.uffd, self.policy)
         self.handler.start()
 
@@ -167,29 +175,10 @@ class SessionState:
         changes.  When the handler's bounded log overwrote entries before they were collected (a fault
         storm under a resolving policy), their seq numbers are skipped and one ``dropped`` entry says how
         many and why; the faults themselves were resolved by the policy all the same.  The session keeps the
-        newest EVENTS_KEPT entries."""
-        if self.handler is None:
-            return []
-        new = []
-        for ev in self.handler.events():
-            pos = ev.seq or (self._handler_seen + 1)
-            if pos > self._handler_seen + 1:
-                first, last = self._seq_base + self._handler_seen + 1, self._seq_base + pos - 1
-                cap = self.handler.log_cap
-                new.append({"seq": last, "event": "dropped", "first_seq": first, "last_seq": last,
-                            "count": last - first + 1,
-                            "reason": f"the fault handler's log keeps the newest {cap} messages: these were "
-                                      f"overwritten before they were collected (the policy "
-                                      f"{self.policy.missing}/{self.policy.wp}/{self.policy.minor} resolved "
-                                      f"their faults all the same)"})
-            self._handler_seen = pos
-            d = {"seq": self._seq_base + pos}
-            d.update(ev.to_dict())
-            reg = self.region_at(d.get("address", 0)) if "address" in d else None
-            if reg is not None:
-                d["region"] = reg.name
-                d["page"] = (d["address"] - reg.addr) // reg.page_size
-            new.append(d)
+        newest EVENTS_KEPT entries.
+        With several uffds (uffdctl.session.multi) every handler's stream is followed on its own, and seq
+        numbers the messages of all of them in the order they were collected."""
+        new = self.collect_all_events()   # every uffd's handler, with uffd/proc; each drain a barrier
         self.events.extend(new)
         if len(self.events) > EVENTS_KEPT:
             cut = len(self.events) - EVENTS_KEPT
@@ -209,9 +198,9 @@ class SessionState:
         """An unregistered anon buffer (COPY's src, probes): never one of the user's regions."""
         if self._scratch is None or self._scratch.len < len:
             if self._scratch is not None:
-                self.backend.munmap(self._scratch.addr, self._scratch.len)
+                self.self_backend.munmap(self._scratch.addr, self._scratch.len)
             size = max(len, 16 * uapi.PAGE_SIZE)
-            self._scratch = self.backend.mmap(size, "anon", name=f"__scratch{os.getpid()}_{size}")
+            self._scratch = self.self_backend.mmap(size, "anon", name=f"__scratch{os.getpid()}_{size}")
         return self._scratch
 
     def learn_zero_pfn(self) -> int:
@@ -229,7 +218,7 @@ class SessionState:
     # -- threads --------------------------------------------------------------------
     def busy_touch(self, thread: str) -> Touch | None:
         for t in self.touches.values():
-            if t.thread == thread and not t.access.done:
+            if t.thread == thread and t.proc == self.cur_proc_name and not t.access.done:
                 return t
         return None
 
@@ -240,7 +229,15 @@ class SessionState:
         reg = self.region_at(start)
         acc = th.access(start, len, write, fill=fill, stride=uapi.PAGE_SIZE)
         t = Touch(next(self._touch_ids), thread, start, len, write, acc, th.tid, first,
-                  reg.page_size if reg else uapi.PAGE_SIZE)
+                  reg.page_size if reg else uapi.PAGE_SIZE, proc=self.cur_proc_name)
+        self.touches[t.id] = t
+        return t
+
+    def new_op(self, thread: str, start: int, len: int, access, kind: str) -> Touch:
+        """A system call issued from a session thread (``--thread``), waited for like a touch."""
+        first = (self.events[-1]["seq"] + 1) if self.events else 1
+        t = Touch(next(self._touch_ids), thread, start, len, False, access, 0, first, proc=self.cur_proc_name,
+                  kind=kind)
         self.touches[t.id] = t
         return t
 
@@ -256,7 +253,7 @@ class SessionState:
         access (getrusage RUSAGE_THREAD), free of the thread's own bookkeeping faults."""
         mn = mj = 0
         for t in self.touches.values():
-            if t.thread == thread and t.access.done:
+            if t.thread == thread and t.proc == self.cur_proc_name and t.access.done:
                 try:
                     r = t.access.result()
                 except Exception:
@@ -276,4 +273,5 @@ class SessionState:
                     self.collect_events()
                 except Exception:
                     pass
+                self.close_procs()
                 self._backend.close()

@@ -131,6 +131,10 @@ class Mremap:
         soft-dirty (move_soft_dirty_pte()); with ``clear_uffd_wp`` the uffd-wp bits are cleared and
         uffd-wp markers dropped."""
         moved = []
+        for a, b, table in self.table_runs(old, old + old_len):   # pte_alloc() at dst for each old PTE table
+            if table:
+                for pmd in range((dst + a - old) >> 21, ((dst + b - old - 1) >> 21) + 1):
+                    self.pte_alloc(pmd << 21)
         for a in self.pte_keys(old, old + old_len, src.page_size):
             pte = self.ptes.pop(a)
             if clear_uffd_wp:
