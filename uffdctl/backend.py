@@ -67,6 +67,8 @@ class Region:
     page_size: int = uapi.PAGE_SIZE
     fd: int | None = None
     prot: int = uapi.PROT_READ | uapi.PROT_WRITE
+    kind: str | None = None     # a finer type than memtype: "file", "file-private", "sysv", "sysv-hugetlb", "thp"
+    path: str | None = None     # the file behind a "file" region
 
     @property
     def end(self) -> int:
@@ -83,8 +85,11 @@ class Region:
         return self.addr + i * self.page_size
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "start": self.addr, "len": self.len, "type": self.memtype.value,
-                "page_size": self.page_size}
+        d = {"name": self.name, "start": self.addr, "len": self.len, "type": self.kind or self.memtype.value,
+             "page_size": self.page_size}
+        if self.path is not None:
+            d["path"] = self.path
+        return d
 
 
 @dataclass
@@ -392,6 +397,68 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def mremap(self, old: int, old_len: int, new_len: int, flags: int = 0, new_addr: int = 0) -> int: ...
+
+    # -- more of the mm surface (mmops): defaults say "not modelled"; the kernel backend overrides ----------
+    # The advices the emulator models; anything else is NotModelled there (never a guessed EINVAL).
+    MODELLED_ADVICE: frozenset | None = frozenset({uapi.MADV_DONTNEED, uapi.MADV_FREE, uapi.MADV_REMOVE,
+                                                   uapi.MADV_GUARD_INSTALL, uapi.MADV_GUARD_REMOVE,
+                                                   uapi.MADV_NOHUGEPAGE})
+
+    def check_advice(self, advice: int, name: str) -> None:
+        """Raise NotModelled unless this backend models ``advice`` (None: every advice, the kernel)."""
+        if self.MODELLED_ADVICE is not None and advice not in self.MODELLED_ADVICE:
+            from .errors import NotModelled
+            raise NotModelled(f"madvise {name}")
+
+    def mmap_fixed(self, len: int, memtype: MemType | str, name: str | None, prot: int, addr: int) -> Region:
+        """mmap with MAP_FIXED at ``addr`` (replacing what is there: UNMAP events for registered VMAs)."""
+        from .errors import NotModelled
+        raise NotModelled("mmap MAP_FIXED")
+
+    def mmap_file(self, len: int, path: str, shared: bool, name: str | None = None,
+                  prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None,
+                  fixed: bool = False) -> Region:
+        """Map a regular file (``path``: a directory gets a fresh temp file, removed with the region)."""
+        from .errors import NotModelled
+        raise NotModelled("regular file mappings")
+
+    def mmap_sysv(self, len: int, hugetlb: bool, name: str | None = None,
+                  prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None) -> Region:
+        """SysV shared memory: shmget(IPC_PRIVATE) + shmat, IPC_RMID at once (gone when detached)."""
+        from .errors import NotModelled
+        raise NotModelled("SysV shm")
+
+    def msync(self, addr: int, len: int, flags: int) -> None:
+        from .errors import NotModelled
+        raise NotModelled("msync")
+
+    def mlock(self, addr: int, len: int, flags: int = 0) -> None:
+        """mlock2(2); flags: MLOCK_ONFAULT."""
+        from .errors import NotModelled
+        raise NotModelled("mlock")
+
+    def munlock(self, addr: int, len: int) -> None:
+        from .errors import NotModelled
+        raise NotModelled("munlock")
+
+    def vmas(self, start: int, end: int) -> list[dict]:
+        """The VMAs overlapping [start, end) as /proc/self/smaps shows them: ``start end flags`` (VmFlags
+        two-letter codes) and the numeric fields in bytes (``Rss``, ``AnonHugePages``, ``Swap``, ...)."""
+        from .errors import NotModelled
+        raise NotModelled("smaps VMAs")
+
+    def swap_on(self, size: int, directory: str | None = None) -> dict:
+        """A swapfile of ``size`` bytes made, mkswap'd and swapon'd; removed by swap_off/close."""
+        from .errors import NotModelled
+        raise NotModelled("swap")
+
+    def swap_off(self) -> dict:
+        from .errors import NotModelled
+        raise NotModelled("swap")
+
+    def swap_status(self) -> dict:
+        from .errors import NotModelled
+        raise NotModelled("swap")
 
     # -- userfaultfd ------------------------------------------------------------
     @abc.abstractmethod

@@ -24,6 +24,7 @@ from ._native import load
 from .backend import (Access, AccessResult, Backend, Handler, HandlerPolicy, MemType, Region,
                       ScanResult, SoftDirtyProbe, Thread, Uffd, UffdioApi, UffdMsg)
 from .errors import BackendUnavailable, Unsupported, uffd_error
+from .kernel_mm import KernelMm
 
 # A value the kernel never writes into a result field: seeing it afterwards means
 # "not written" (argument validation failed before the copy-out).
@@ -291,7 +292,7 @@ class KernelThread(Thread):
         return not self._q.empty()
 
 
-class KernelBackend(Backend):
+class KernelBackend(KernelMm, Backend):
     """The running kernel, this process's own mm."""
 
     name = "kernel"
@@ -305,6 +306,8 @@ class KernelBackend(Backend):
         self._pagemap_fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
         self._sd: SoftDirtyProbe | None = None
         self._features: int | None = None
+        self._swapfiles: list[str] = []          # kernel_mm: swapfiles this backend turned on
+        self._created_files: dict[str, str] = {}  # kernel_mm: region name -> file it created
         if probe:
             self._features = self.probe_features()
 
@@ -327,14 +330,17 @@ class KernelBackend(Backend):
                 "features": self._features}
 
     # -- mappings -----------------------------------------------------------------
-    def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
+    def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
+             fixed=False, thp=False):
+        """``fixed``: MAP_FIXED at ``addr`` (else MAP_FIXED_NOREPLACE); ``thp``: MADV_HUGEPAGE instead of the
+        default MADV_NOHUGEPAGE of anon regions."""
         memtype = MemType(memtype)
         name = self._region_name(name)
         page = uapi.PAGE_SIZE
         fd = None
         flags = uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE
         if addr:
-            flags |= uapi.MAP_FIXED_NOREPLACE
+            flags |= uapi.MAP_FIXED if fixed else uapi.MAP_FIXED_NOREPLACE
         if memtype.hugetlb:
             page = _hpage_size()
             total = hugepages_total()
@@ -355,10 +361,17 @@ class KernelBackend(Backend):
             if fd is not None:
                 os.close(fd)
             raise uffd_error(-a, "mmap", addr, len)
-        if memtype is MemType.ANON:
+        if thp:
+            r = self._lib.uffdctl_madvise(a, len, uapi.MADV_HUGEPAGE)
+            if r < 0:
+                self._lib.uffdctl_munmap(a, len)
+                if fd is not None:
+                    os.close(fd)
+                raise uffd_error(-r, "madvise", a, len, message="MADV_HUGEPAGE")
+        elif memtype is MemType.ANON:
             # page-granular behaviour, as the selftests ask for: no THP under our feet
             self._lib.uffdctl_madvise(a, len, uapi.MADV_NOHUGEPAGE)
-        return self._add_region(Region(name, a, len, memtype, page, fd, prot))
+        return self._add_region(Region(name, a, len, memtype, page, fd, prot, kind="thp" if thp else None))
 
     def alias(self, region, name=None):
         name = self._alias_name(region, name)
@@ -376,6 +389,7 @@ class KernelBackend(Backend):
                 if reg.fd is not None:
                     os.close(reg.fd)
                 del self._regions[name]
+                self._forget_region(name)
 
     def madvise(self, addr, len, advice):
         r = self._lib.uffdctl_madvise(addr, len, advice)
@@ -513,6 +527,7 @@ class KernelBackend(Backend):
             if r.fd is not None:
                 os.close(r.fd)
         self._regions.clear()
+        self._close_mm()
         if self._pagemap_fd >= 0:
             os.close(self._pagemap_fd)
             self._pagemap_fd = -1

@@ -289,12 +289,29 @@ def _mem_total() -> int:
 _NAME_OK = re.compile(r"^[A-Za-z_][\w.-]*$")
 
 
-@command("mmap", "Map a new region (anon, shmem, shmem-private, hugetlb, hugetlb-private).",
-         "uffdctl mmap --size 64K --type anon --name buf",
+EXTRA_TYPES = ("file", "file-private", "sysv", "sysv-hugetlb")   # mmops: mapped by their own Backend methods
+
+
+@command("mmap", "Map a new region (anon, shmem, shmem-private, hugetlb, hugetlb-private, file, file-private, "
+         "sysv, sysv-hugetlb).",
+         "uffdctl mmap --size 4M --align 2M --thp --name huge",
          Param("--size", "length, with K/M/G suffix", required=True),
-         Param("--type", "memory type", kind="choice", choices=tuple(m.value for m in MemType), default="anon"),
-         Param("--name", "region name (default r0, r1, ...)"))
+         Param("--type", "memory type", kind="choice", choices=tuple(m.value for m in MemType) + EXTRA_TYPES,
+               default="anon"),
+         Param("--name", "region name (default r0, r1, ...)"),
+         Param("--path", "--type file/file-private: a file (created if missing, removed at the end if created) or "
+                         "a directory (a fresh unlinked file on that filesystem)"),
+         Param("--align", "start address aligned to this (e.g. 2M)"),
+         Param("--addr", "map at this address (ADDR or REGION:PAGE): MAP_FIXED_NOREPLACE, or MAP_FIXED with --fixed"),
+         Param("--fixed", "with --addr: MAP_FIXED (replaces the session's regions there: UNMAP events)", kind="flag"),
+         Param("--thp", "MADV_HUGEPAGE (anon: default --align 2M) instead of the default MADV_NOHUGEPAGE",
+               kind="flag"),
+         Param("--prot", "none | read,write,exec (default read,write)"))
 def cmd_mmap(st, a):
+    from . import mmcommands as mm
+    if a.get("type") in EXTRA_TYPES or a.get("align") or a.get("addr") or a.get("fixed") or a.get("thp") \
+            or a.get("path") or a.get("prot") is not None:
+        return mm.mmap_ext(st, a)
     size = parse_size(a["size"])
     if size <= 0:
         raise UsageError(f"size {a['size']!r} must be > 0")
@@ -336,9 +353,13 @@ def cmd_alias(st, a):
     return dict(r.to_dict(), alias_of=reg.name)
 
 
-@command("munmap", "Unmap a whole region.", "uffdctl munmap buf",
-         Param("region", "region name", required=True, metavar="REGION"))
+@command("munmap", "Unmap a region, or any range of one (the regions are carved to match).", "uffdctl munmap buf:2-3",
+         Param("region", "REGION, or a range REGION:A-B / 0xADDR+LEN", required=True, metavar="RANGE"))
 def cmd_munmap(st, a):
+    if a["region"] not in st.regions and a["region"] is not None and (":" in str(a["region"]) or
+                                                                       "+" in str(a["region"])):
+        from . import mmcommands as mm
+        return mm.munmap_range(st, a["region"])
     reg = st.regions.get(a["region"])
     if reg is None:
         raise UsageError(f"unknown region {a['region']!r} (munmap takes a region name; regions: "
@@ -418,6 +439,9 @@ def cmd_unregister(st, a):
 
 def _src_span(st: SessionState, a: dict, length: int) -> tuple[int, str]:
     """COPY's source: a range of the session, or the scratch buffer filled with --fill."""
+    if a.get("from_file"):
+        from . import mmcommands as mm
+        return mm.src_from_file(st, a, length)
     if a.get("src"):
         src = parse_range(st, a["src"])
         if src.len < length:
@@ -434,7 +458,9 @@ def _src_span(st: SessionState, a: dict, length: int) -> tuple[int, str]:
 @command("copy", "UFFDIO_COPY: install pages copied from --src (a range) or a buffer of --fill bytes.",
          "uffdctl copy buf:3 --fill 0x41",
          RANGE, Param("--src", "source range (REGION[:PAGES] or 0xADDR+LEN)"),
-         Param("--fill", "source byte when no --src (default 0xaa)"), DONTWAKE,
+         Param("--fill", "source byte when no --src (default 0xaa)"),
+         Param("--from-file", "source bytes from this file (from --offset; the range's length)"),
+         Param("--offset", "with --from-file: byte offset into the file (default 0)"), DONTWAKE,
          Param("--wp", "UFFDIO_COPY_MODE_WP: install write-protected", kind="flag"), *HINTS, *RESUME,
          kernel_name="UFFDIO_COPY")
 def cmd_copy(st, a):
@@ -576,6 +602,8 @@ def cmd_touch(st, a):
         raise UsageError(f"--fill {fill} is not a byte (0-255)")
     with st.lock:
         span = parse_range(st, a["range"])
+        from .mmcommands import check_access
+        check_access(st, span, bool(a.get("write")), "touch")
         busy = st.busy_touch(thread)
         if busy is not None:
             raise UsageError(f"thread {thread} is still blocked in touch #{busy.id} at 0x{busy.start:x}: "
@@ -673,14 +701,24 @@ def cmd_pagemap(st, a):
 
 
 MADVICE = {"dontneed": uapi.MADV_DONTNEED, "free": uapi.MADV_FREE, "remove": uapi.MADV_REMOVE,
-           "guard-install": uapi.MADV_GUARD_INSTALL, "guard-remove": uapi.MADV_GUARD_REMOVE}
+           "guard-install": uapi.MADV_GUARD_INSTALL, "guard-remove": uapi.MADV_GUARD_REMOVE,
+           # mmops: THP, reclaim and populate
+           "hugepage": uapi.MADV_HUGEPAGE, "nohugepage": uapi.MADV_NOHUGEPAGE, "collapse": uapi.MADV_COLLAPSE,
+           "pageout": uapi.MADV_PAGEOUT, "cold": uapi.MADV_COLD, "willneed": uapi.MADV_WILLNEED,
+           "populate_read": uapi.MADV_POPULATE_READ, "populate_write": uapi.MADV_POPULATE_WRITE}
 
 
 @command("madvise", "madvise(2) a range: dontneed (REMOVE event), free (clean but writable), remove, "
-         "guard-install / guard-remove (guard markers).", "uffdctl madvise buf:0 --advice free",
+         "guard-install / guard-remove (guard markers), hugepage / nohugepage / collapse (THP), pageout / cold "
+         "(reclaim; pageout of anon needs swap: swap on), willneed, populate_read / populate_write.",
+         "uffdctl madvise buf --advice pageout",
          RANGE, Param("--advice", "the advice", kind="choice", choices=tuple(MADVICE), required=True))
 def cmd_madvise(st, a):
     span = parse_range(st, a["range"])
+    st.backend.check_advice(MADVICE[a["advice"]], a["advice"])
+    if a["advice"] in ("populate_read", "populate_write"):
+        from . import mmcommands as mm
+        mm.refuse_blocking(st, span, a["advice"] == "populate_write", f"madvise {a['advice']}")
     st.backend.madvise(span.start, span.len, MADVICE[a["advice"]])
     return _span_dict(span, advice=a["advice"])
 
@@ -705,7 +743,10 @@ def cmd_clear_refs(st, a):
          Param("--return-mask", "categories to return (default all)"),
          Param("--max-pages", "stop after N pages", kind="int", default=0),
          Param("--wp-matching", "PM_SCAN_WP_MATCHING: write-protect the matching pages", kind="flag"),
-         Param("--check-wpasync", "PM_SCAN_CHECK_WPASYNC", kind="flag"), kernel_name="PAGEMAP_SCAN")
+         Param("--check-wpasync", "PM_SCAN_CHECK_WPASYNC", kind="flag"),
+         Param("--vec-len", "vec_len: regions per ioctl (default 512)", kind="int"),
+         Param("--once", "one ioctl, no continuation from walk_end (its return value is in n)", kind="flag"),
+         kernel_name="PAGEMAP_SCAN")
 def cmd_scan(st, a):
     from ..pagemap import scan_all
     span = parse_range(st, a["range"])
@@ -718,8 +759,17 @@ def cmd_scan(st, a):
     max_pages = a.get("max_pages") or 0
     if not isinstance(max_pages, int) or max_pages < 0:
         raise UsageError(f"bad --max-pages {max_pages!r}")
-    res = scan_all(st.backend, span.start, span.end, flags=flags, return_mask=ret, max_pages=max_pages, **cat)
+    vec_len = a.get("vec_len")
+    if vec_len is not None and (not isinstance(vec_len, int) or vec_len < 0):
+        raise UsageError(f"bad --vec-len {vec_len!r}")
+    if a.get("once"):
+        res = st.backend.pagemap_scan(span.start, span.end, flags=flags, return_mask=ret, max_pages=max_pages,
+                                      vec_len=512 if vec_len is None else vec_len, **cat)
+    else:
+        res = scan_all(st.backend, span.start, span.end, flags=flags, return_mask=ret, max_pages=max_pages,
+                       **({"vec_len": vec_len} if vec_len else {}), **cat)
     d = res.to_dict()
+    d["n"] = len(res.regions)
     d.update(start=span.start, len=span.len, flags=flags, return_mask=ret, **cat)
     return d
 
@@ -737,5 +787,13 @@ def cmd_status(st, a):
                                                  "minor": st.policy.minor}}
 
 
+def parse_addr(st: SessionState, text: Any) -> int:
+    """An address: REGION:PAGE (``buf:4`` = the end of a 4-page region), REGION, 0xADDR, +/- offsets."""
+    from .mmcommands import parse_addr as _p
+    return _p(st, text)
+
+
+from . import mmcommands  # noqa: E402,F401  (registers mremap, mprotect, msync, mlock, munlock, swap)
+
 __all__ = ["COMMANDS", "Command", "Param", "SessionState", "Span", "UsageError", "error_dict", "execute",
-           "exit_code_of", "parse_range", "parse_size"]
+           "exit_code_of", "parse_addr", "parse_range", "parse_size"]

@@ -50,6 +50,11 @@ class Touch:
             else:
                 d.update(minflt=r.minflt, majflt=r.majflt, sigbus=int(r.sigbus), si_code=r.si_code,
                          fault_addr=r.fault_addr, ns=r.ns)
+                if not self.write and r.data is not None:   # mmops: what the read saw, one byte per page
+                    import zlib
+                    from .mmcommands import per_page
+                    data = per_page(r.data, self.len)
+                    d.update(data=data.hex(), crc32=zlib.crc32(data))
         return d
 
 
@@ -154,11 +159,23 @@ class SessionState:
             if reg is not None:
                 d["region"] = reg.name
                 d["page"] = (d["address"] - reg.addr) // reg.page_size
+            at = self.locate_event(d)
+            if at:
+                d["at"] = at   # region:page of each address field, as the regions were when it was logged
             new.append(d)
         self.events.extend(new)
         return new
 
     # -- regions --------------------------------------------------------------------
+    def locate(self, addr: int, end: bool = False) -> str | None:
+        """``buf:3`` for an address inside a region (``end``: an exclusive end, ``buf:N`` at its end)."""
+        from .mmcommands import locate
+        return locate(self, addr, end)
+
+    def locate_event(self, d: dict) -> dict:
+        from .mmcommands import locate_event
+        return locate_event(self, d)
+
     def region_at(self, addr: int) -> Region | None:
         for r in self.regions.values():
             if r.addr <= addr < r.end:
@@ -195,7 +212,7 @@ class SessionState:
 
     def new_touch(self, thread: str, start: int, len: int, write: bool, fill: int) -> Touch:
         th = self.thread(thread)
-        acc = th.access(start, len, write, fill=fill, stride=uapi.PAGE_SIZE)
+        acc = th.access(start, len, write, fill=fill, stride=uapi.PAGE_SIZE, want_data=not write)
         t = Touch(next(self._touch_ids), thread, start, len, write, acc)
         self.touches[t.id] = t
         return t
