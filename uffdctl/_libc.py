@@ -18,6 +18,7 @@ void *shmat(int shmid, const void *shmaddr, int shmflg);
 int shmctl(int shmid, int cmd, void *buf);
 int swapon(const char *path, int swapflags);
 int swapoff(const char *path);
+long syscall(long number, ...);
 """)
 _lib = None
 
@@ -60,6 +61,27 @@ def shmat(shmid: int, addr: int, readonly: bool) -> int:
 
 def shm_rmid(shmid: int) -> int:
     return _ret(lib().shmctl(shmid, IPC_RMID, _ffi.NULL))
+
+
+SYS_move_pages = 279  # x86-64
+
+
+def move_pages_here(addr: int) -> int:
+    """move_pages(2) of one page of ours to the node it is on: nothing moves, but the kernel drains every
+    CPU's LRU folio batches first (do_pages_move() -> lru_cache_disable()).  Returns 0 or -errno."""
+    f = _ffi
+    pages = f.new("void *[1]", [f.cast("void *", addr)])
+    status = f.new("int[1]", [-1])
+    r = lib().syscall(SYS_move_pages, f.cast("int", 0), f.cast("unsigned long", 1), pages, f.NULL, status,
+                      f.cast("int", 0))
+    if r < 0:
+        return -f.errno
+    if status[0] < 0:
+        return status[0]
+    nodes = f.new("int[1]", [status[0]])
+    r = lib().syscall(SYS_move_pages, f.cast("int", 0), f.cast("unsigned long", 1), pages, nodes, status,
+                      f.cast("int", 0))
+    return -f.errno if r < 0 else 0
 
 
 def swapon(path: str, flags: int = 0) -> int:

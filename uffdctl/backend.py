@@ -410,6 +410,9 @@ class Backend(abc.ABC):
             from .errors import NotModelled
             raise NotModelled(f"madvise {name}")
 
+    def lru_drain(self) -> None:
+        """Drain the per-CPU LRU batches before reclaim advice (pageout, cold); a model has none."""
+
     def mmap_fixed(self, len: int, memtype: MemType | str, name: str | None, prot: int, addr: int) -> Region:
         """mmap with MAP_FIXED at ``addr`` (replacing what is there: UNMAP events for registered VMAs)."""
         from .errors import NotModelled

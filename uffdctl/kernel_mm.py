@@ -121,6 +121,19 @@ class KernelMm:
         if r < 0:
             raise uffd_error(-r, "munlock", addr, len)
 
+    def lru_drain(self) -> None:
+        """Drain every CPU's LRU folio batches (a folio still in another CPU's batch is not on the LRU,
+        and MADV_PAGEOUT / MADV_COLD skip it: mm/madvise.c, folio_isolate_lru()).  The session's toucher
+        threads run on any CPU, so reclaim advice drains first."""
+        if getattr(self, "_drain_page", None) is None:
+            r = self.mmap(uapi.PAGE_SIZE, MemType.ANON, name=f"__lru_drain{os.getpid()}")
+            self.write(r.addr, b"\1")
+            self._drain_page = r
+        err = _libc.move_pages_here(self._drain_page.addr)
+        if err < 0:
+            raise uffd_error(-err, "move_pages", self._drain_page.addr, uapi.PAGE_SIZE,
+                             message="draining the LRU batches before reclaim advice")
+
     def vmas(self, start, end):
         with open("/proc/self/smaps") as f:
             return parse_smaps(f.read(), start, end)

@@ -712,13 +712,17 @@ MADVICE = {"dontneed": uapi.MADV_DONTNEED, "free": uapi.MADV_FREE, "remove": uap
          "guard-install / guard-remove (guard markers), hugepage / nohugepage / collapse (THP), pageout / cold "
          "(reclaim; pageout of anon needs swap: swap on), willneed, populate_read / populate_write.",
          "uffdctl madvise buf --advice pageout",
-         RANGE, Param("--advice", "the advice", kind="choice", choices=tuple(MADVICE), required=True))
+         RANGE, Param("--advice", "the advice", kind="choice", choices=tuple(MADVICE), required=True),
+         Param("--no-drain", "pageout/cold: do not drain the per-CPU LRU batches first (folios still in another "
+                             "CPU's batch are skipped by the kernel)", kind="flag"))
 def cmd_madvise(st, a):
     span = parse_range(st, a["range"])
     st.backend.check_advice(MADVICE[a["advice"]], a["advice"])
     if a["advice"] in ("populate_read", "populate_write"):
         from . import mmcommands as mm
         mm.refuse_blocking(st, span, a["advice"] == "populate_write", f"madvise {a['advice']}")
+    if a["advice"] in ("pageout", "cold") and not a.get("no_drain"):
+        st.backend.lru_drain()
     st.backend.madvise(span.start, span.len, MADVICE[a["advice"]])
     return _span_dict(span, advice=a["advice"])
 
