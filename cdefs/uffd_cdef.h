@@ -1,5 +1,7 @@
-/* cffi cdef: what Python sees of uffdctl._uffd.  Layouts come from the
- * compiler ("...;"), so tests/test_bindings.py checks them against the spec. */
+/* cffi cdef: what Python sees of uffdctl._uffd.  Structs declared in full are checked
+ * against the compiler's layout when the module is built (cffi API mode); uffd_msg is
+ * packed and ends in "...;", so cffi takes its size from the compiler.
+ * tests/test_bindings.py checks sizes and offsets against the kernel's. */
 typedef unsigned char __u8;
 typedef unsigned short __u16;
 typedef unsigned int __u32;
@@ -55,7 +57,7 @@ struct pm_scan_arg {
 void *memset(void *, int, size_t);
 void *memcpy(void *, const void *, size_t);
 
-/* helpers (cdefs/uffdctl_helpers.c): 0 / value or -errno */
+/* helpers (cdefs/uffdctl_*.c, declared in cdefs/uffdctl_helpers.h): 0 / value or -errno */
 int uffdctl_ioctl(int, unsigned long, void *);
 int uffdctl_ioctl_range(int, unsigned long, uint64_t, uint64_t);
 int uffdctl_ioctl_range_mode(int, unsigned long, uint64_t, uint64_t, uint64_t, int64_t *);
@@ -101,6 +103,12 @@ int uffdctl_handler_stop(struct uffdctl_handler *, int);
 int uffdctl_handler_drain(struct uffdctl_handler *, struct uffdctl_event *, int);
 void uffdctl_handler_stats(struct uffdctl_handler *, uint64_t *);
 void uffdctl_handler_free(struct uffdctl_handler *);
+
+#define UFFDCTL_PM_NFLAGS ...
+int64_t uffdctl_pagemap_read(int, uint64_t, uint64_t, uint64_t *);
+void uffdctl_pagemap_counts(const uint64_t *, uint64_t, uint64_t *);
+int64_t uffdctl_pagemap_runs(const uint64_t *, uint64_t, uint64_t, uint64_t *, uint64_t);
+void uffdctl_pagemap_symbols(const uint64_t *, uint64_t, uint64_t, char *);
 
 int64_t uffdctl_loop_copy(int, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_loop_zeropage(int, uint64_t, uint64_t, uint64_t);

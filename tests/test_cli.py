@@ -108,7 +108,7 @@ def test_json_keys_of_every_command(session):
     assert keys(r) == FINISHED_KEYS and r["finished"] == 1 and r["sigbus"] == 0
     assert keys(c.j("touches")) == {"touches"}
     r = c.j("pagemap", "buf:3")
-    assert keys(r) == {"start", "len", "region", "zero_pfn", "entries"}
+    assert keys(r) == {"start", "len", "region", "zero_pfn", "entries", "index", "pages", "counts", "runs"}
     assert keys(r["entries"][0]) == ENTRY_KEYS and r["entries"][0]["present"] == 1
     assert keys(c.j("zeropage", "buf:4")) == {"start", "len", "mode", "zeropage"}
     assert c.j("pagemap", "buf:4")["entries"][0]["zero"] == 1
@@ -186,6 +186,26 @@ def test_pagemap_map_grid(session):
     assert grid == "P.Z............." and "legend" in out
 
 
+def test_pagemap_large_range_is_a_run_length_summary(session):
+    """1 GiB (262,144 pages) in one command: counts and runs that cover the range exactly, symbols for --map,
+    no per-page entries; the runs agree with the per-page entries of a sub-range."""
+    c = session
+    c.j("mmap", "--size", "1G", "--name", "big")
+    for page in (0, 1, 2, 100, 262143):
+        c.j("touch", f"big:{page}", "--write")
+    r = c.j("pagemap", "big")
+    assert r["pages"] == 262144 and "entries" not in r
+    assert r["counts"]["present"] == 5
+    assert sum(u["pages"] for u in r["runs"]) == 262144
+    assert [(u["index"], u["pages"], "present" in u["flags"]) for u in r["runs"]] == [
+        (0, 3, True), (3, 97, False), (100, 1, True), (101, 262042, False), (262143, 1, True)]
+    assert len(r["symbols"]) == 262144 and r["symbols"].count("P") == 5
+    small = c.j("pagemap", "big:0-127")["entries"]
+    assert [e["index"] for e in small if e["present"]] == [0, 1, 2, 100]
+    out = c("pagemap", "big", check=0).stdout
+    assert "262144 pages in 5 runs" in out and "present=5" in out
+
+
 # -- malformed invocations -------------------------------------------------------------------------
 
 
@@ -214,7 +234,7 @@ def _malformed(addr):
         (1, ["move", "buf:0", "--src", "buf:1"]), (1, ["writeprotect", "buf:0", "--on"]),
         (1, ["api"]), (4, ["copy", "buf:0", "--access-likely"]), (4, ["zeropage", "buf:0", "--write-likely"]),
         (2, ["munmap", "buf"]),                      # a touch is blocked in it (see below)
-        (2, ["pagemap", "big"]),                     # 1 GiB: more pages than one pagemap command gives
+        (2, ["pagemap", "big:262144"]),              # one page past the end of a 1 GiB region
     ]
 
 

@@ -500,6 +500,12 @@ class Backend(abc.ABC):
     def pagemap(self, addr: int, npages: int) -> list[int]:
         """Raw /proc/self/pagemap entries for ``npages`` 4 KiB pages from ``addr``."""
 
+    def pagemap_array(self, addr: int, npages: int) -> "array":
+        """The same entries in one ``array('Q')`` (uffdctl.pagemap.PagemapView holds it; the kernel
+        backend reads straight into it)."""
+        from array import array
+        return array("Q", self.pagemap(addr, npages))
+
     @abc.abstractmethod
     def clear_refs(self, value: int) -> None: ...
 

@@ -18,6 +18,7 @@ import queue
 import struct
 import threading
 import time
+from array import array
 
 from . import uapi
 from ._native import load
@@ -478,8 +479,17 @@ class KernelBackend(KernelMm, Backend):
 
     # -- /proc --------------------------------------------------------------------
     def pagemap(self, addr, npages) -> list[int]:
-        raw = os.pread(self._pagemap_fd, 8 * npages, (addr // uapi.PAGE_SIZE) * 8)
-        return list(struct.unpack(f"<{len(raw) // 8}Q", raw))
+        return self.pagemap_array(addr, npages).tolist()
+
+    def pagemap_array(self, addr, npages) -> array:
+        out = array("Q", bytes(8 * npages))
+        n = self._lib.uffdctl_pagemap_read(self._pagemap_fd, addr, npages,
+                                           self._ffi.from_buffer("uint64_t[]", out)) if npages else 0
+        if n < 0:
+            raise uffd_error(-n, "pread", addr, npages * uapi.PAGE_SIZE, message="/proc/self/pagemap")
+        if n < npages:
+            del out[n:]
+        return out
 
     def clear_refs(self, value) -> None:
         try:
@@ -501,7 +511,10 @@ class KernelBackend(KernelMm, Backend):
         n = lib.uffdctl_ioctl(self._pagemap_fd, lib.PAGEMAP_SCAN, arg)
         if n < 0:
             raise uffd_error(-n, "PAGEMAP_SCAN", start, end - start)
-        return ScanResult([(vec[i].start, vec[i].end, vec[i].categories) for i in range(n)], arg.walk_end)
+        # The regions in bulk: one view of the vector as u64 (three per page_region), not three
+        # cdata field reads per region.
+        q = memoryview(ffi.buffer(vec, n * 24)).cast("Q")
+        return ScanResult(list(zip(q[0::3], q[1::3], q[2::3])), arg.walk_end)
 
     def soft_dirty(self) -> SoftDirtyProbe:
         if self._sd is None:

@@ -35,14 +35,20 @@ def _flag(v) -> str:
 
 
 def render_pagemap(r: dict, opts: dict) -> str:
-    ents = r["entries"]
+    ents = r.get("entries")
     if opts.get("map"):
-        lines = [f"{r['region']} 0x{r['start']:x} ({len(ents)} pages, 64 per row)"]
-        for i in range(0, len(ents), 64):
-            row = "".join(e["symbol"] for e in ents[i:i + 64])
-            lines.append(f"{ents[i]['index']:6d}  {row}")
+        syms = "".join(e["symbol"] for e in ents) if ents is not None else r["symbols"]
+        lines = [f"{r['region']} 0x{r['start']:x} ({len(syms)} pages, 64 per row)"]
+        for i in range(0, len(syms), 64):
+            lines.append(f"{r['index'] + i:6d}  {syms[i:i + 64]}")
         lines.append("legend: " + LEGEND)
         return "\n".join(lines)
+    if ents is None:  # a large range: the run-length summary
+        head = (f"{r['region']} 0x{r['start']:x} {r['pages']} pages in {len(r['runs'])} runs; "
+                + " ".join(f"{k}={v}" for k, v in r["counts"].items() if v))
+        rows = [{"addr": _hex(u["addr"]), "index": u["index"], "pages": u["pages"],
+                 "flags": ",".join(u["flags"]) or "-"} for u in r["runs"]]
+        return head + "\n" + table(rows, [(k, k) for k in ("addr", "index", "pages", "flags")])
     rows = [{"addr": _hex(e["addr"]), "index": e["index"], "present": _flag(e["present"]), "swap": _flag(e["swap"]),
              "file": _flag(e["file"]), "uffd_wp": _flag(e["uffd_wp"]), "soft_dirty": _flag(e["soft_dirty"]),
              "exclusive": _flag(e["exclusive"]), "guard": _flag(e["guard"]), "zero": _flag(e["zero"]),

@@ -26,7 +26,7 @@ from .state import SessionState, UsageError
 
 PAGE = uapi.PAGE_SIZE
 TOUCH_DECIDE_S = 0.2     # touch without --wait: how long to wait before saying "blocked"
-MAX_PAGEMAP_PAGES = 1 << 16
+MAX_PAGEMAP_ENTRIES = 1 << 16  # per-page entries up to this; above it runs, counts and symbols only
 
 
 def error_dict(e: BaseException) -> dict:
@@ -389,13 +389,14 @@ def cmd_regions(st, a):
     for r in st.regions.values():
         d = r.to_dict()
         mode = _registered_mode(st, r)
-        raws = st.backend.pagemap(r.addr, r.len // PAGE)
+        from ..pagemap import read as pm_read
+        present = pm_read(st.backend, r.addr, r.len // PAGE).counts()["present"]
         try:
             pd = st.backend.smaps_private_dirty(r.addr)
         except Exception:
             pd = None
         d.update(mode=mode, mode_decoded=uapi.RegisterMode.decode(mode),
-                 present=sum(1 for x in raws if x & uapi.PM_PRESENT), private_dirty=pd)
+                 present=present, private_dirty=pd)
         out.append(d)
     return {"regions": out}
 
@@ -674,13 +675,14 @@ def cmd_events(st, a):
 
 
 # -- /proc -----------------------------------------------------------------------------
-def pagemap_entries(st: SessionState, span: Span) -> list[dict]:
+def pagemap_entries(st: SessionState, span: Span, view=None) -> list[dict]:
     from ..pagemap import read as pm_read
     zero = st.learn_zero_pfn()
     out = []
-    for i, e in enumerate(pm_read(st.backend, span.start, span.len // PAGE)):
+    base = span.region.addr
+    for e in (view if view is not None else pm_read(st.backend, span.start, span.len // PAGE)):
         d = e.to_dict()
-        d["index"] = (e.addr - span.region.addr) // PAGE
+        d["index"] = (e.addr - base) // PAGE
         d["zero"] = int(bool(e.present and zero and e.pfn == zero))
         d["marker"] = int(e.marker)
         d["symbol"] = e.symbol(zero)
@@ -688,16 +690,32 @@ def pagemap_entries(st: SessionState, span: Span) -> list[dict]:
     return out
 
 
-@command("pagemap", "Decode /proc/self/pagemap of the session for a range (--map: one cell per page).",
+def pagemap_runs(span: Span, view) -> list[dict]:
+    """Run-length summary: consecutive pages with the same pagemap flags, one dict per run."""
+    from ..pagemap import flag_names
+    base = span.region.addr
+    return [{"index": (view.addr - base) // PAGE + i, "addr": view.addr + i * PAGE, "pages": n,
+             "flags": flag_names(bits)} for i, n, bits in view.runs()]
+
+
+@command("pagemap", "Decode /proc/self/pagemap of the session for a range (--map: one cell per page). Gives a "
+         f"run-length summary of the flags (runs) and counts; per-page entries up to {MAX_PAGEMAP_ENTRIES} pages.",
          "uffdctl pagemap buf --map",
          RANGE, Param("--map", "a grid picture, one character per page", kind="flag", local=True))
 def cmd_pagemap(st, a):
+    from ..pagemap import read as pm_read
     span = parse_range(st, a["range"])
-    if span.len // PAGE > MAX_PAGEMAP_PAGES:
-        raise UsageError(f"pagemap {a['range']}: {span.len // PAGE} pages, at most {MAX_PAGEMAP_PAGES} per command "
-                         f"(give a sub-range, or use scan)")
-    return {"start": span.start, "len": span.len, "region": span.region.name, "zero_pfn": st.learn_zero_pfn(),
-            "entries": pagemap_entries(st, span)}
+    npages = span.len // PAGE
+    view = pm_read(st.backend, span.start, npages)  # one read into an array, whatever the size
+    zero = st.learn_zero_pfn()
+    out = {"start": span.start, "len": span.len, "region": span.region.name, "zero_pfn": zero,
+           "index": (span.start - span.region.addr) // PAGE, "pages": npages, "counts": view.counts(),
+           "runs": pagemap_runs(span, view)}
+    if npages <= MAX_PAGEMAP_ENTRIES:
+        out["entries"] = pagemap_entries(st, span, view)
+    else:
+        out["symbols"] = view.symbols(zero)
+    return out
 
 
 MADVICE = {"dontneed": uapi.MADV_DONTNEED, "free": uapi.MADV_FREE, "remove": uapi.MADV_REMOVE,

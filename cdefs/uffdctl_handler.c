@@ -1,0 +1,355 @@
+/*
+ * The native fault-handling thread: polls the uffd and a stop eventfd, reads messages in
+ * batches, resolves them by policy and logs every message with a timestamp; it never needs
+ * the GIL and never mallocs.
+ * (see uffdctl_helpers.h for the map of the helpers)
+ */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "uffd_uapi.h"
+#include "uffdctl_helpers.h"
+
+struct uffdctl_handler {
+	struct uffdctl_handler_cfg cfg;
+	pthread_t thread;
+	int stopfd;
+	int running;
+	void *fill_page;
+	pthread_mutex_t lock;
+	struct uffdctl_event *log;
+	uint64_t head, tail;	/* ring: [tail, head) */
+	uint64_t dropped, nmsgs, nresolved, nerrors, nreads;
+	int exit_err;
+	struct uffd_msg *pending;	/* faults queued for a manual resolution */
+	int npending, pending_cap;
+	struct uffd_msg *msgs;		/* read buffer, allocated by start(): the thread never mallocs */
+	sem_t ready;			/* posted once the thread is about to poll */
+};
+
+static void uffdctl_log(struct uffdctl_handler *h, const struct uffd_msg *m,
+			int action, int err, int64_t result, uint64_t ts)
+{
+	struct uffdctl_event *e;
+
+	pthread_mutex_lock(&h->lock);
+	if (h->head - h->tail >= (uint64_t)h->cfg.log_cap) {
+		h->tail++;
+		h->dropped++;
+	}
+	e = &h->log[h->head % h->cfg.log_cap];
+	e->ts_ns = ts;
+	e->msg = *m;
+	e->action = action;
+	e->err = err;
+	e->result = result;
+	h->head++;
+	h->nmsgs++;
+	if (err)
+		h->nerrors++;
+	else if (action > UFFDCTL_POL_QUEUE)	/* a fault resolved (events have action -1) */
+		h->nresolved++;
+	pthread_mutex_unlock(&h->lock);
+}
+
+static int uffdctl_wake(int fd, uint64_t start, uint64_t len)
+{
+	struct uffdio_range r = { .start = start, .len = len };
+	return uffdctl_ioctl(fd, UFFDIO_WAKE, &r);
+}
+
+/* Resolve one page fault; returns action, sets err and result. */
+static int uffdctl_resolve(struct uffdctl_handler *h, const struct uffd_msg *m,
+			   int *err, int64_t *result)
+{
+	const struct uffdctl_handler_cfg *c = &h->cfg;
+	uint64_t flags = m->arg.pagefault.flags;
+	uint64_t page = m->arg.pagefault.address & ~(c->page_size - 1);
+	int action, r = 0;
+
+	*err = 0;
+	*result = 0;
+	if (flags & UFFD_PAGEFAULT_FLAG_WP)
+		action = c->wp_policy;
+	else if (flags & UFFD_PAGEFAULT_FLAG_MINOR)
+		action = c->minor_policy;
+	else
+		action = c->missing_policy;
+
+	for (int tries = 0; tries < 1000; tries++) {
+		switch (action) {
+		case UFFDCTL_POL_QUEUE:
+			return action;
+		case UFFDCTL_POL_ZEROPAGE: {
+			struct uffdio_zeropage z = { .range = { page, c->page_size } };
+			r = uffdctl_ioctl(c->uffd, UFFDIO_ZEROPAGE, &z);
+			*result = z.zeropage;
+			break;
+		}
+		case UFFDCTL_POL_COPY_SRC:
+		case UFFDCTL_POL_COPY_FILL: {
+			struct uffdio_copy cp = {
+				.dst = page,
+				.src = action == UFFDCTL_POL_COPY_SRC ?
+					c->src + (page - c->base) :
+					(uint64_t)(uintptr_t)h->fill_page,
+				.len = c->page_size,
+				.mode = c->copy_mode,
+			};
+			r = uffdctl_ioctl(c->uffd, UFFDIO_COPY, &cp);
+			*result = cp.copy;
+			break;
+		}
+		case UFFDCTL_POL_CONTINUE: {
+			struct uffdio_continue co = { .range = { page, c->page_size } };
+			r = uffdctl_ioctl(c->uffd, UFFDIO_CONTINUE, &co);
+			*result = co.mapped;
+			break;
+		}
+		case UFFDCTL_POL_UNPROTECT: {
+			struct uffdio_writeprotect wp = { .range = { page, c->page_size }, .mode = 0 };
+			r = uffdctl_ioctl(c->uffd, UFFDIO_WRITEPROTECT, &wp);
+			break;
+		}
+		case UFFDCTL_POL_WAKE:
+			r = uffdctl_wake(c->uffd, page, c->page_size);
+			break;
+		default:
+			r = -EINVAL;
+		}
+		if (r == -EAGAIN)	/* mmap changing: an event is pending, read it first */
+			continue;
+		break;
+	}
+	if (r == -EEXIST) {
+		/* benign race: somebody resolved it already; wake as the selftests do */
+		r = uffdctl_wake(c->uffd, page, c->page_size);
+	}
+	*err = r < 0 ? r : 0;
+	return action;
+}
+
+/*
+ * No malloc on the handler thread: a thread that forks holds glibc's allocator
+ * locks until fork() returns, and with UFFD_FEATURE_EVENT_FORK fork() returns only
+ * once this thread has read the FORK event.  The pending list grows with mremap.
+ */
+static void uffdctl_add_pending(struct uffdctl_handler *h, const struct uffd_msg *m)
+{
+	if (h->npending == h->pending_cap) {
+		size_t old = h->pending_cap * sizeof(*m), new = 2 * old;
+		void *p = mremap(h->pending, old, new, MREMAP_MAYMOVE);
+		if (p == MAP_FAILED)
+			return;
+		h->pending = p;
+		h->pending_cap *= 2;
+	}
+	h->pending[h->npending++] = *m;
+}
+
+/*
+ * Release: resolve every fault the handler queued (and any message still
+ * unread) the way that lets the faulting thread go on: MISSING -> zero-filled
+ * page, WP -> un-protect, MINOR -> CONTINUE.  A fault the user already resolved
+ * answers EEXIST (or is a no-op) and is merely woken.  So stopping a handler
+ * never leaves a thread blocked in a fault it took.
+ */
+static void uffdctl_release_pending(struct uffdctl_handler *h)
+{
+	struct uffdctl_handler_cfg safe = h->cfg;
+	struct uffd_msg m;
+	uint64_t ts = uffdctl_now_ns();
+
+	safe.missing_policy = UFFDCTL_POL_COPY_FILL;	/* zero-filled: works on hugetlb too */
+	safe.wp_policy = UFFDCTL_POL_UNPROTECT;
+	safe.minor_policy = UFFDCTL_POL_CONTINUE;
+	memset(h->fill_page, 0, h->cfg.page_size);
+	/* messages that arrived but were never read */
+	for (;;) {
+		struct pollfd p = { .fd = h->cfg.uffd, .events = POLLIN };
+		if (poll(&p, 1, 0) <= 0 || !(p.revents & POLLIN))
+			break;
+		if (read(h->cfg.uffd, &m, sizeof(m)) != sizeof(m))
+			break;
+		uffdctl_log(h, &m, m.event == UFFD_EVENT_PAGEFAULT ? UFFDCTL_POL_QUEUE : -1, 0, 0, ts);
+		if (m.event == UFFD_EVENT_PAGEFAULT)
+			uffdctl_add_pending(h, &m);
+	}
+	h->cfg = safe;
+	for (int i = 0; i < h->npending; i++) {
+		int err;
+		int64_t result;
+		uffdctl_resolve(h, &h->pending[i], &err, &result);
+	}
+	h->npending = 0;
+}
+
+static void *uffdctl_handler_main(void *arg)
+{
+	struct uffdctl_handler *h = arg;
+	int n = h->cfg.batch;
+	struct uffd_msg *msgs = h->msgs;
+	sigset_t all;
+
+	/* Signals belong to Python's main thread, not to this one. */
+	sigfillset(&all);
+	pthread_sigmask(SIG_BLOCK, &all, NULL);
+	sem_post(&h->ready);
+	for (;;) {
+		struct pollfd p[2] = {
+			{ .fd = h->cfg.uffd, .events = POLLIN },
+			{ .fd = h->stopfd, .events = POLLIN },
+		};
+		int r = poll(p, 2, -1);
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			h->exit_err = -errno;
+			break;
+		}
+		if (p[1].revents)
+			break;
+		if (p[0].revents & (POLLERR | POLLHUP | POLLNVAL)) {
+			h->exit_err = -EPIPE;
+			break;
+		}
+		ssize_t got = read(h->cfg.uffd, msgs, n * sizeof(*msgs));
+		if (got < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				continue;
+			h->exit_err = -errno;
+			break;
+		}
+		h->nreads++;
+		uint64_t ts = uffdctl_now_ns();
+		for (ssize_t i = 0; i < got / (ssize_t)sizeof(*msgs); i++) {
+			int err = 0, action = -1;
+			int64_t result = 0;
+			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+				action = uffdctl_resolve(h, &msgs[i], &err, &result);
+			if (action == UFFDCTL_POL_QUEUE)
+				uffdctl_add_pending(h, &msgs[i]);
+			uffdctl_log(h, &msgs[i], action, err, result, ts);
+		}
+	}
+	return NULL;
+}
+
+struct uffdctl_handler *uffdctl_handler_start(const struct uffdctl_handler_cfg *cfg, int *err)
+{
+	struct uffdctl_handler *h = calloc(1, sizeof(*h));
+	int r;
+
+	*err = 0;
+	if (!h) {
+		*err = -ENOMEM;
+		return NULL;
+	}
+	h->cfg = *cfg;
+	if (h->cfg.log_cap <= 0)
+		h->cfg.log_cap = 4096;
+	if (h->cfg.page_size == 0)
+		h->cfg.page_size = 4096;
+	if (h->cfg.batch <= 0)
+		h->cfg.batch = 16;
+	h->log = calloc(h->cfg.log_cap, sizeof(*h->log));
+	h->msgs = calloc(h->cfg.batch, sizeof(*h->msgs));
+	h->pending_cap = 256;
+	h->pending = mmap(NULL, h->pending_cap * sizeof(*h->pending), PROT_READ | PROT_WRITE,
+			  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	h->fill_page = mmap(NULL, h->cfg.page_size, PROT_READ | PROT_WRITE,
+			    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	h->stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (!h->log || !h->msgs || h->pending == MAP_FAILED || h->fill_page == MAP_FAILED || h->stopfd < 0) {
+		*err = -ENOMEM;
+		goto fail;
+	}
+	memset(h->fill_page, h->cfg.fill, h->cfg.page_size);
+	pthread_mutex_init(&h->lock, NULL);
+	sem_init(&h->ready, 0, 0);
+	r = pthread_create(&h->thread, NULL, uffdctl_handler_main, h);
+	if (r) {
+		*err = -r;
+		goto fail;
+	}
+	while (sem_wait(&h->ready) < 0 && errno == EINTR)
+		;	/* started means polling: a fork right after start() cannot deadlock */
+	h->running = 1;
+	return h;
+fail:
+	if (h->stopfd >= 0)
+		close(h->stopfd);
+	if (h->fill_page && h->fill_page != MAP_FAILED)
+		munmap(h->fill_page, h->cfg.page_size);
+	if (h->pending && h->pending != MAP_FAILED)
+		munmap(h->pending, h->pending_cap * sizeof(*h->pending));
+	free(h->msgs);
+	free(h->log);
+	free(h);
+	return NULL;
+}
+
+/* Stop and join the thread (the GIL is released by cffi while we wait). */
+int uffdctl_handler_stop(struct uffdctl_handler *h, int release)
+{
+	uint64_t one = 1;
+	if (!h->running)
+		return h->exit_err;
+	if (write(h->stopfd, &one, sizeof(one)) < 0)
+		return -errno;
+	pthread_join(h->thread, NULL);
+	h->running = 0;
+	if (release)
+		uffdctl_release_pending(h);
+	return h->exit_err;
+}
+
+/* Copy up to max logged events out; returns how many. */
+int uffdctl_handler_drain(struct uffdctl_handler *h, struct uffdctl_event *out, int max)
+{
+	int n = 0;
+	pthread_mutex_lock(&h->lock);
+	while (n < max && h->tail < h->head) {
+		out[n++] = h->log[h->tail % h->cfg.log_cap];
+		h->tail++;
+	}
+	pthread_mutex_unlock(&h->lock);
+	return n;
+}
+
+void uffdctl_handler_stats(struct uffdctl_handler *h, uint64_t *out)
+{
+	pthread_mutex_lock(&h->lock);
+	out[0] = h->nmsgs;
+	out[1] = h->nresolved;
+	out[2] = h->nerrors;
+	out[3] = h->dropped;
+	out[4] = h->nreads;
+	pthread_mutex_unlock(&h->lock);
+}
+
+void uffdctl_handler_free(struct uffdctl_handler *h)
+{
+	if (h->running)
+		uffdctl_handler_stop(h, 1);
+	close(h->stopfd);
+	munmap(h->pending, h->pending_cap * sizeof(*h->pending));
+	free(h->msgs);
+	sem_destroy(&h->ready);
+	munmap(h->fill_page, h->cfg.page_size);
+	pthread_mutex_destroy(&h->lock);
+	free(h->log);
+	free(h);
+}

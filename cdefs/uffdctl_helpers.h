@@ -1,0 +1,116 @@
+/*
+ * The C helpers compiled into uffdctl._uffd (cffi API mode), one file per concern:
+ *
+ *   uffdctl_sys.c      non-variadic wrappers for ioctl(2)/syscall(2)/mmap(2) that return
+ *                      -errno instead of -1 + errno (one call from Python, no errno round trip);
+ *   uffdctl_access.c   touching memory with the GIL released (cffi releases it around every
+ *                      call), counting the calling thread's minor/major faults with
+ *                      getrusage(RUSAGE_THREAD) and turning SIGBUS into a result, not a crash;
+ *   uffdctl_handler.c  the native fault-handling thread (pthread): polls the uffd and a stop
+ *                      eventfd, reads messages in batches, resolves them by policy and logs every
+ *                      message with a timestamp; it never needs the GIL;
+ *   uffdctl_pagemap.c  /proc/PID/pagemap in bulk: a range read into an array of raw entries,
+ *                      flag counts, runs and the --map grid decoded over the whole array;
+ *   uffdctl_bench.c    per-page ioctl loops used by the benchmarks.
+ *
+ * This header is what they share and what the cffi preamble sees; cdefs/uffd_cdef.h is what
+ * Python sees of it.  Include "uffd_uapi.h" first.
+ */
+#ifndef UFFDCTL_HELPERS_H
+#define UFFDCTL_HELPERS_H
+
+#include <stdint.h>
+#include <time.h>
+
+/* ---- uffdctl_sys.c: 0 / value or -errno --------------------------------- */
+int uffdctl_ioctl(int fd, unsigned long req, void *arg);
+int uffdctl_ioctl_range(int fd, unsigned long req, uint64_t start, uint64_t len);
+int uffdctl_ioctl_range_mode(int fd, unsigned long req, uint64_t start, uint64_t len, uint64_t mode,
+			     int64_t *res);
+int uffdctl_ioctl_dst_src(int fd, unsigned long req, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode,
+			  int64_t *res);
+int uffdctl_userfaultfd(int flags);
+int uffdctl_dev_userfaultfd(int flags);
+int64_t uffdctl_mmap(uint64_t addr, uint64_t len, int prot, int flags, int fd, int64_t off);
+int uffdctl_munmap(uint64_t addr, uint64_t len);
+int uffdctl_madvise(uint64_t addr, uint64_t len, int advice);
+int uffdctl_mprotect(uint64_t addr, uint64_t len, int prot);
+int64_t uffdctl_mremap(uint64_t old, uint64_t old_len, uint64_t new_len, int flags, uint64_t new_addr);
+int uffdctl_memfd_create(const char *name, unsigned int flags);
+int64_t uffdctl_pread(int fd, void *buf, uint64_t count, int64_t off);
+int64_t uffdctl_read(int fd, void *buf, uint64_t count);
+
+static inline uint64_t uffdctl_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + ts.tv_nsec;
+}
+
+/* ---- uffdctl_access.c ----------------------------------------------------- */
+struct uffdctl_access_result {
+	int64_t minflt;		/* minor faults of the calling thread during the access */
+	int64_t majflt;
+	int32_t sigbus;		/* 1 if the access ended in SIGBUS */
+	int32_t si_code;
+	uint64_t fault_addr;
+	uint64_t ns;		/* wall time of the access */
+};
+
+int uffdctl_access(uint64_t addr, uint64_t len, int write, const void *wbuf,
+		   void *rbuf, int fill, uint64_t stride,
+		   struct uffdctl_access_result *res);
+int uffdctl_thread_faults(int64_t *minflt, int64_t *majflt);
+int uffdctl_gettid(void);
+
+/* ---- uffdctl_handler.c ---------------------------------------------------- */
+#define UFFDCTL_POL_QUEUE     0	/* log only: resolve by hand */
+#define UFFDCTL_POL_ZEROPAGE  1
+#define UFFDCTL_POL_COPY_SRC  2	/* copy from src + (addr - base) */
+#define UFFDCTL_POL_COPY_FILL 3	/* copy from a page filled with a byte */
+#define UFFDCTL_POL_CONTINUE  4
+#define UFFDCTL_POL_UNPROTECT 5
+#define UFFDCTL_POL_WAKE      6
+
+struct uffdctl_handler_cfg {
+	int uffd;
+	int missing_policy;	/* QUEUE, ZEROPAGE, COPY_SRC, COPY_FILL */
+	int wp_policy;		/* QUEUE, UNPROTECT, WAKE */
+	int minor_policy;	/* QUEUE, CONTINUE */
+	uint64_t base;		/* region the src offset is computed from */
+	uint64_t src;
+	uint64_t page_size;	/* 4096, or the huge page size for hugetlb */
+	uint64_t copy_mode;	/* UFFDIO_COPY_MODE_WP to resolve write-protected */
+	int fill;
+	int batch;		/* messages per read() */
+	int log_cap;		/* ring capacity, entries */
+};
+
+struct uffdctl_event {
+	uint64_t ts_ns;		/* CLOCK_MONOTONIC when read */
+	struct uffd_msg msg;
+	int32_t action;		/* policy applied, UFFDCTL_POL_* */
+	int32_t err;		/* 0 or -errno of the resolving ioctl */
+	int64_t result;		/* result field of the resolving ioctl */
+};
+
+struct uffdctl_handler;		/* private to uffdctl_handler.c */
+struct uffdctl_handler *uffdctl_handler_start(const struct uffdctl_handler_cfg *cfg, int *err);
+int uffdctl_handler_stop(struct uffdctl_handler *h, int release);
+int uffdctl_handler_drain(struct uffdctl_handler *h, struct uffdctl_event *out, int max);
+void uffdctl_handler_stats(struct uffdctl_handler *h, uint64_t *out);
+void uffdctl_handler_free(struct uffdctl_handler *h);
+
+/* ---- uffdctl_pagemap.c ---------------------------------------------------- */
+#define UFFDCTL_PM_NFLAGS 7	/* present swap file guard uffd_wp exclusive soft_dirty */
+int64_t uffdctl_pagemap_read(int fd, uint64_t addr, uint64_t npages, uint64_t *raw);
+void uffdctl_pagemap_counts(const uint64_t *raw, uint64_t n, uint64_t *counts);
+int64_t uffdctl_pagemap_runs(const uint64_t *raw, uint64_t n, uint64_t mask, uint64_t *starts, uint64_t max);
+void uffdctl_pagemap_symbols(const uint64_t *raw, uint64_t n, uint64_t zero_pfn, char *out);
+
+/* ---- uffdctl_bench.c: pages done or -errno -------------------------------- */
+int64_t uffdctl_loop_copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t page, uint64_t mode);
+int64_t uffdctl_loop_zeropage(int fd, uint64_t dst, uint64_t len, uint64_t page);
+int64_t uffdctl_loop_writeprotect(int fd, uint64_t dst, uint64_t len, uint64_t page, uint64_t mode);
+
+#endif
