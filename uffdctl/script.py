@@ -515,7 +515,7 @@ class Interpreter:
                                                 f"(regions: {_fmt_regions(self.st, res['regions'])})")
         self._match(lineno, line, "scan", view, pairs,
                     extra=lambda: f" (regions: {_fmt_regions(self.st, res['regions'])}, "
-                                  f"walk_end {self._where(res['walk_end'])})")
+                                  f"walk_end {self._where(res['walk_end'], True)})")
 
     def _expect_vma(self, lineno, line, rest):
         if len(rest) < 2:
@@ -529,10 +529,11 @@ class Interpreter:
             if k == "count":
                 if len(vmas) != _value(v):
                     diffs.append(f"count: expected {v}, actual {len(vmas)} ("
-                                 + ", ".join(f"{self._where(m['start'])}-{self._where(m['end'])}" for m in vmas) + ")")
+                                 + ", ".join(f"{self._where(m['start'])}-{self._where(m['end'], True)}"
+                                             for m in vmas) + ")")
                 continue
             for m in vmas:
-                where = f"vma {self._where(m['start'])}-{self._where(m['end'])}"
+                where = f"vma {self._where(m['start'])}-{self._where(m['end'], True)}"
                 if k == "flags":
                     have = set(m["flags"])
                     for f in v.split(","):
@@ -578,10 +579,10 @@ class Interpreter:
                                             f"(difference {a - b:+#x})")
 
     # -- matching ---------------------------------------------------------------------------------
-    def _where(self, addr) -> str:
+    def _where(self, addr, end: bool = False) -> str:
         if not isinstance(addr, int):
             return str(addr)
-        loc = self.st.locate(addr) if hasattr(self.st, "locate") else None
+        loc = self.st.locate(addr, end) if hasattr(self.st, "locate") else None
         return f"0x{addr:x}" + (f" ({loc})" if loc else "")
 
     def _field_ok(self, lineno, line, obj, k, v, strict=True):
