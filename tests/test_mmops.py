@@ -618,3 +618,23 @@ def test_bad_input_is_one_line_exit_2(session):
         assert needle in p.stderr and len(p.stderr.strip().splitlines()) == 1, (args, p.stderr)
         r = session.j("regions")
         assert [x["name"] for x in r["regions"]] == ["buf"], args     # nothing changed
+
+
+def test_soft_dirty_c_test_simple_10000_iterations(tmp_path):
+    """soft-dirty.c's test_simple as written in the language, on the emulator (soft-dirty on); the
+    kernel here has CONFIG_MEM_SOFT_DIRTY off (tests/test_softdirty.py covers the kernel in the VM)."""
+    f = tmp_path / "sd.uffd"
+    f.write_text(textwrap.dedent("""
+        mmap --size 4K --name map
+        clear-refs 4
+        repeat ${N}
+          expect pagemap map:0 soft_dirty=0
+          clear-refs 4
+          touch map:0 --write --wait
+          expect pagemap map:0 soft_dirty=1
+          clear-refs 4
+        end
+    """))
+    res = ok(run_file(str(f), backend="emu", variables={"N": "10000"}))
+    assert any(e.get("iterations") == 10000 for e in res["lines"])
+    assert len(res["lines"]) < 20      # the loop is logged once, not 50,000 times

@@ -189,6 +189,8 @@ class Interpreter:
         self.log: list[dict] = []
         self.vars: dict[str, str] = dict(variables or {})
         self._quiet = 0          # > 0 inside repeat iterations after the first: no log, no echo
+        self._parsed: dict = {}  # tokens -> parse_line() result
+        self._split: dict = {}   # expanded text -> tokens
         self._iter: list[int] = []
 
     # -- variables ----------------------------------------------------------------------------
@@ -245,8 +247,15 @@ class Interpreter:
         name = toks[0]
         if name not in COMMANDS:
             raise _usage(lineno, line, f"unknown command {name!r}")
+        key = tuple(toks)
         try:
-            cmd, args, local = parse_line(name, toks[1:])
+            cached = self._parsed.get(key)
+            if cached is None:    # a repeat loop parses each distinct line once
+                if len(self._parsed) > 4096:
+                    self._parsed.clear()
+                cached = self._parsed[key] = parse_line(name, toks[1:])
+            cmd, args, local = cached
+            args, local = dict(args), dict(local)
         except click.exceptions.Exit:
             raise _usage(lineno, line, "--help is not a script command") from None
         except click.UsageError as e:
@@ -671,9 +680,15 @@ class Interpreter:
         return root
 
     def _tokens(self, lineno, line) -> list[str]:
-        text = self.expand(lineno, line, line)
+        text = self.expand(lineno, line, line) if "$" in line else line
+        toks = self._split.get(text)
+        if toks is not None:
+            return list(toks)
+        if len(self._split) > 4096:
+            self._split.clear()
         try:
-            return shlex.split(text)
+            toks = self._split[text] = shlex.split(text)
+            return list(toks)
         except ValueError as e:
             raise _usage(lineno, line, f"cannot parse line: {e}") from None
 

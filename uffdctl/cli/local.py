@@ -49,7 +49,9 @@ def check(verbose):
 @BACKEND
 @PROFILE
 @click.option("-q", "--quiet", is_flag=True, help="print only failures")
-def run(file, backend, profile, quiet):
+@click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
+              help="set a script variable (${NAME}); repeatable")
+def run(file, backend, profile, quiet, variables):
     """Run a script of session commands, one per line, in this process (no daemon).
 
     `#` starts a comment.  `expect` lines assert state and print an expected/actual
@@ -66,10 +68,16 @@ def run(file, backend, profile, quiet):
     Example:
       uffdctl run scenarios/missing-copy.uffd
     """
-    from ..script import ScriptError, run_file
+    from ..script import ScriptError, parse_vars, run_file
+    from ..session.state import UsageError
     g = _g()
     try:
-        res = run_file(file, backend=backend, profile=profile, echo=None if (g.out.json or quiet) else click.echo)
+        variables = parse_vars(variables)
+    except UsageError as e:
+        raise click.UsageError(str(e)) from None
+    try:
+        res = run_file(file, backend=backend, profile=profile, echo=None if (g.out.json or quiet) else click.echo,
+                       variables=variables)
     except ScriptError as e:
         g.out.error(e.to_dict(), "uffdctl run")
         raise click.exceptions.Exit(e.exit_code) from None
