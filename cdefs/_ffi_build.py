@@ -14,7 +14,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # One file per concern; uffdctl_helpers.h is what they share and what Python's cdef mirrors.
 HELPERS = ("uffdctl_sys.c", "uffdctl_access.c", "uffdctl_handler.c", "uffdctl_pagemap.c",
-           "uffdctl_bench.c")
+           "uffdctl_stress.c", "uffdctl_bench.c")
 
 
 def _read(name):

@@ -92,7 +92,7 @@ int uffdctl_gettid(void);
 struct uffdctl_handler_cfg {
 	int uffd; int missing_policy; int wp_policy; int minor_policy;
 	uint64_t base; uint64_t src; uint64_t page_size; uint64_t copy_mode;
-	int fill; int batch; int log_cap;
+	int fill; int batch; int log_cap; int read_mode;
 };
 struct uffdctl_event {
 	uint64_t ts_ns; struct uffd_msg msg; int32_t action; int32_t err; int64_t result;
@@ -109,6 +109,23 @@ int64_t uffdctl_pagemap_read(int, uint64_t, uint64_t, uint64_t *);
 void uffdctl_pagemap_counts(const uint64_t *, uint64_t, uint64_t *);
 int64_t uffdctl_pagemap_runs(const uint64_t *, uint64_t, uint64_t, uint64_t *, uint64_t);
 void uffdctl_pagemap_symbols(const uint64_t *, uint64_t, uint64_t, char *);
+
+#define UFFDCTL_BOUNCE_RANDOM ...
+#define UFFDCTL_BOUNCE_RACINGFAULTS ...
+#define UFFDCTL_BOUNCE_VERIFY ...
+#define UFFDCTL_BOUNCE_POLL ...
+#define UFFDCTL_STRESS_CORRUPT ...
+struct uffdctl_stress {
+	int uffd; int nr_cpus; int bounces; int wp; int release_advice;
+	uint64_t src; uint64_t dst; uint64_t dst_alias; uint64_t nr_pages; uint64_t page_size;
+	uint64_t *count_verify; uint64_t *missing_faults; uint64_t *wp_faults;
+	int64_t lose_update_at; int lose_armed; int64_t lost_page;
+	int finished; int failed; int test_copy_eexist;
+	int err; const char *where; uint64_t bad_page; uint64_t bad_count; uint64_t bad_expect;
+};
+int uffdctl_stress_init(struct uffdctl_stress *);
+int uffdctl_stress_bounce(struct uffdctl_stress *);
+int uffdctl_stress_verify(struct uffdctl_stress *);
 
 int64_t uffdctl_loop_copy(int, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_loop_zeropage(int, uint64_t, uint64_t, uint64_t);

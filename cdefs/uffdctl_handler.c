@@ -196,6 +196,22 @@ static void uffdctl_release_pending(struct uffdctl_handler *h)
 	h->npending = 0;
 }
 
+static void uffdctl_handle_batch(struct uffdctl_handler *h, const struct uffd_msg *msgs, ssize_t nmsgs)
+{
+	uint64_t ts = uffdctl_now_ns();
+
+	h->nreads++;
+	for (ssize_t i = 0; i < nmsgs; i++) {
+		int err = 0, action = -1;
+		int64_t result = 0;
+		if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
+			action = uffdctl_resolve(h, &msgs[i], &err, &result);
+		if (action == UFFDCTL_POL_QUEUE)
+			uffdctl_add_pending(h, &msgs[i]);
+		uffdctl_log(h, &msgs[i], action, err, result, ts);
+	}
+}
+
 static void *uffdctl_handler_main(void *arg)
 {
 	struct uffdctl_handler *h = arg;
@@ -204,10 +220,26 @@ static void *uffdctl_handler_main(void *arg)
 	sigset_t all;
 
 	/* Signals belong to Python's main thread, not to this one. */
+	pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, NULL);	/* read mode enables it around read(2) only */
 	sigfillset(&all);
 	pthread_sigmask(SIG_BLOCK, &all, NULL);
 	sem_post(&h->ready);
 	for (;;) {
+		if (h->cfg.read_mode) {
+			/* the selftests' read mode: block in read(2); stop() cancels the thread there */
+			int old;
+			pthread_setcancelstate(PTHREAD_CANCEL_ENABLE, &old);
+			ssize_t got = read(h->cfg.uffd, msgs, n * sizeof(*msgs));
+			pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &old);
+			if (got < 0) {
+				if (errno == EAGAIN || errno == EINTR)
+					continue;
+				h->exit_err = -errno;
+				break;
+			}
+			uffdctl_handle_batch(h, msgs, got / (ssize_t)sizeof(*msgs));
+			continue;
+		}
 		struct pollfd p[2] = {
 			{ .fd = h->cfg.uffd, .events = POLLIN },
 			{ .fd = h->stopfd, .events = POLLIN },
@@ -232,17 +264,7 @@ static void *uffdctl_handler_main(void *arg)
 			h->exit_err = -errno;
 			break;
 		}
-		h->nreads++;
-		uint64_t ts = uffdctl_now_ns();
-		for (ssize_t i = 0; i < got / (ssize_t)sizeof(*msgs); i++) {
-			int err = 0, action = -1;
-			int64_t result = 0;
-			if (msgs[i].event == UFFD_EVENT_PAGEFAULT)
-				action = uffdctl_resolve(h, &msgs[i], &err, &result);
-			if (action == UFFDCTL_POL_QUEUE)
-				uffdctl_add_pending(h, &msgs[i]);
-			uffdctl_log(h, &msgs[i], action, err, result, ts);
-		}
+		uffdctl_handle_batch(h, msgs, got / (ssize_t)sizeof(*msgs));
 	}
 	return NULL;
 }
@@ -307,8 +329,13 @@ int uffdctl_handler_stop(struct uffdctl_handler *h, int release)
 	uint64_t one = 1;
 	if (!h->running)
 		return h->exit_err;
-	if (write(h->stopfd, &one, sizeof(one)) < 0)
+	if (h->cfg.read_mode) {
+		/* blocked in read(2), or about to be: read is a cancellation point, and the thread
+		 * the only place the thread accepts cancellation (it holds no lock there) */
+		pthread_cancel(h->thread);
+	} else if (write(h->stopfd, &one, sizeof(one)) < 0) {
 		return -errno;
+	}
 	pthread_join(h->thread, NULL);
 	h->running = 0;
 	if (release)

@@ -11,6 +11,8 @@
  *                      message with a timestamp; it never needs the GIL;
  *   uffdctl_pagemap.c  /proc/PID/pagemap in bulk: a range read into an array of raw entries,
  *                      flag counts, runs and the --map grid decoded over the whole array;
+ *   uffdctl_stress.c   `uffdctl stress`: the kernel's uffd-stress bounce (locking threads,
+ *                      background copy threads, uffdctl's handler threads, verification);
  *   uffdctl_bench.c    per-page ioctl loops used by the benchmarks.
  *
  * This header is what they share and what the cffi preamble sees; cdefs/uffd_cdef.h is what
@@ -84,6 +86,7 @@ struct uffdctl_handler_cfg {
 	int fill;
 	int batch;		/* messages per read() */
 	int log_cap;		/* ring capacity, entries */
+	int read_mode;		/* 1: blocking read(2) without poll (the fd must be blocking; stop cancels) */
 };
 
 struct uffdctl_event {
@@ -107,6 +110,37 @@ int64_t uffdctl_pagemap_read(int fd, uint64_t addr, uint64_t npages, uint64_t *r
 void uffdctl_pagemap_counts(const uint64_t *raw, uint64_t n, uint64_t *counts);
 int64_t uffdctl_pagemap_runs(const uint64_t *raw, uint64_t n, uint64_t mask, uint64_t *starts, uint64_t max);
 void uffdctl_pagemap_symbols(const uint64_t *raw, uint64_t n, uint64_t zero_pfn, char *out);
+
+/* ---- uffdctl_stress.c ----------------------------------------------------- */
+#define UFFDCTL_BOUNCE_RANDOM		(1 << 0)	/* the selftests' mode bits of a bounce */
+#define UFFDCTL_BOUNCE_RACINGFAULTS	(1 << 1)
+#define UFFDCTL_BOUNCE_VERIFY		(1 << 2)
+#define UFFDCTL_BOUNCE_POLL		(1 << 3)
+#define UFFDCTL_STRESS_CORRUPT		1		/* a counter lost an update */
+
+struct uffdctl_stress {
+	int uffd;
+	int nr_cpus;			/* locking, background and handler threads: one of each per CPU */
+	int bounces;			/* bounces left: its low bits are this bounce's mode */
+	int wp;				/* UFFDIO_COPY_MODE_WP, and write-protect half way */
+	int release_advice;		/* MADV_DONTNEED (private) or MADV_REMOVE (shared) */
+	uint64_t src, dst, dst_alias;	/* dst_alias: 0, or a second mapping of dst (shared memory) */
+	uint64_t nr_pages, page_size;
+	uint64_t *count_verify;		/* nr_pages */
+	uint64_t *missing_faults;	/* nr_cpus: MISSING faults whose UFFDIO_COPY copied the page */
+	uint64_t *wp_faults;		/* nr_cpus */
+	int64_t lose_update_at;		/* test hook: the page whose next update is not stored, -2 any
+					 * page (the first update of the bounce), -1 none */
+	int lose_armed;
+	int64_t lost_page;		/* the page the hook dropped an update of, or -1 */
+	int finished, failed, test_copy_eexist;
+	int err;			/* 0, UFFDCTL_STRESS_CORRUPT or -errno */
+	const char *where;
+	uint64_t bad_page, bad_count, bad_expect;
+};
+int uffdctl_stress_init(struct uffdctl_stress *s);
+int uffdctl_stress_bounce(struct uffdctl_stress *s);
+int uffdctl_stress_verify(struct uffdctl_stress *s);
 
 /* ---- uffdctl_bench.c: pages done or -errno -------------------------------- */
 int64_t uffdctl_loop_copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t page, uint64_t mode);

@@ -37,6 +37,7 @@ LOCAL = {
     "run": ("uffdctl.cli.local", "run"),
     "session": ("uffdctl.cli.local", "session"),
     "repro": ("uffdctl.cli.repro", "repro"),
+    "stress": ("uffdctl.cli.stress", "stress"),
 }
 
 

@@ -1,0 +1,418 @@
+"""The kernel's own mm selftests, ported case by case as ``uffdctl run`` scripts.
+
+Every ``tests/selftests/*.uffd`` mirrors one case (test x memory type) of
+``uffd-unit-tests.c``, ``uffd-wp-mremap.c``, ``pagemap_ioctl.c`` or ``soft-dirty.c``
+(tools/testing/selftests/mm/).  Its ``#:`` header (TOML) names the selftest file and
+function, the memory type, the UFFD features the selftest requires and what the run
+needs of the machine::
+
+    #: selftest = "uffd-unit-tests.c"
+    #: function = "uffd_zeropage_test"
+    #: case = "zeropage"
+    #: memtype = "anon"
+    #: features = ["MISSING_SHMEM"]            # uffd_feature_required: skip "feature missing: ..."
+    #: needs = ["hugetlb"]                     # hugetlb softdirty gup_test thp swap root
+    #: sizes = "thp"                           # run once per THP size found in sysfs (${SIZE})
+    #: asserts = "what the selftest checks"
+
+Each script runs in its own process (``uffdctl.script.run_file``; a hang is a failure
+after ``TIMEOUT_S``), on the host kernel and on the emulator as this host is (profile
+6.18, CONFIG_MEM_SOFT_DIRTY off); scripts that need soft-dirty also on the emulator
+with soft-dirty on (``emu-sd``), since the host kernel cannot show it.
+
+Outcomes:
+
+* pass -- every expectation of the script held;
+* skip with a run-time reason -- the kernel lacks a feature, no huge pages are reserved
+  (under ``UFFDCTL_REQUIRE_KERNEL=1`` a failure), no soft-dirty (under
+  ``UFFDCTL_REQUIRE_SOFTDIRTY=1`` a failure), no ``gup_test``, THP off;
+* ``UNSUPPORTED: not modelled: X (emulator)`` -- the emulator column only, when a command
+  exits 4 saying so; on the kernel column an exit 4 is a failure;
+* ``waiting on: CMD`` -- the script uses a command, option or expectation of issue 10's
+  planned syntax that this checkout does not have yet.  Only planned names count
+  (``PLANNED``); anything else unknown is a failure (a typo never becomes a skip).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from conftest import _kernel_reason, require_kernel, require_softdirty
+
+HERE = Path(__file__).parent / "selftests"
+SCRIPTS = sorted(HERE.glob("*.uffd"))
+TIMEOUT_S = 180
+THP_SYSFS = Path("/sys/kernel/mm/transparent_hugepage")
+GUP_TEST = Path("/sys/kernel/debug/gup_test")
+SELFTEST_FILES = {"uffd-unit-tests.c", "uffd-wp-mremap.c", "pagemap_ioctl.c", "soft-dirty.c"}
+NEEDS = {"hugetlb", "softdirty", "gup_test", "thp", "swap", "root", "sysv"}
+
+# Issue 10's planned syntax (docs/cli.md / SYNTAX.md as it lands).  A script line whose command, option or
+# expectation is not in this checkout yet is "waiting on" it only if it is named here.
+PLANNED_COMMANDS = {"fork", "kill", "waitpid", "uffd", "mremap", "mprotect", "msync", "mlock", "munlock", "swap",
+                    "set", "repeat", "end", "thp", "read", "proc", "procs",
+                    "pin", "unpin"}   # pin/unpin: gup_test's PIN_LONGTERM_TEST_START/STOP -- planned by nobody yet
+PLANNED_EXPECT = {"data", "error", "events", "scan", "vma", "proc", "addr"}
+PLANNED_OPTIONS = {
+    # proc (SYNTAX.md): processes, several uffds, raw api, the unread handler mode
+    "--proc", "--uffd", "--dev", "--user-mode-only", "--blocking", "--no-cloexec", "--api", "--unread", "--read",
+    "--signal", "--timeout", "--thread", "--dst", "--size",
+    # mmops (SYNTAX.md): mm operations, memory kinds, data, scan/expect options, variables
+    "--maymove", "--fixed", "--dontunmap", "--to", "--name", "--prot", "--async", "--invalidate", "--onfault",
+    "--align", "--addr", "--thp", "--path", "--from-file", "--offset", "--vec-len", "--once", "--var",
+    # asked for by selftests (NEWS-from-selftests.md): raw PAGEMAP_SCAN flags, alias alignment
+    "--flags",
+}
+PLANNED_CHOICES = {"--type": {"file", "file-private", "sysv", "sysv-hugetlb"},
+                   "--advice": {"hugepage", "nohugepage", "collapse", "pageout", "cold", "populate_read",
+                                "populate_write", "dontfork", "dofork", "wipeonfork", "remove", "dontneed",
+                                "willneed", "keeponfork"}}
+
+
+# -- the script headers -----------------------------------------------------------------------------
+def header(path: Path) -> dict:
+    lines = [ln[2:].strip() for ln in path.read_text().splitlines() if ln.startswith("#:")]
+    h = tomllib.loads("\n".join(lines))
+    for key in ("selftest", "function", "case", "memtype", "asserts"):  # noqa: B007
+        assert key in h, f"{path.name}: header lacks {key!r}"
+    assert h["selftest"] in SELFTEST_FILES, f"{path.name}: unknown selftest {h['selftest']!r}"
+    unknown = set(h.get("needs", [])) - NEEDS
+    assert not unknown, f"{path.name}: unknown needs {sorted(unknown)}"
+    return h
+
+
+def thp_sizes() -> list[str]:
+    """The THP sizes the kernel offers (uffd-wp-mremap.c's detect_thp_sizes(): every hugepages-*kB dir)."""
+    out = []
+    for d in sorted(THP_SYSFS.glob("hugepages-*kB"), key=lambda p: int(p.name[10:-2])):
+        if not (d / "enabled").exists():
+            continue          # thp_supported_orders(): the anon orders (8kB has only shmem_enabled)
+        kb = int(d.name[10:-2])
+        out.append(f"{kb // 1024}M" if kb >= 1024 else f"{kb}K")
+    return out
+
+
+def hugetlb_sizes() -> list[str]:
+    out = []
+    for d in sorted(Path("/sys/kernel/mm/hugepages").glob("hugepages-*kB"), key=lambda p: int(p.name[10:-2])):
+        kb = int(d.name[10:-2])
+        out.append(f"{kb // (1024 * 1024)}G" if kb >= 1 << 20 else f"{kb // 1024}M")
+    return out or ["2M"]
+
+
+def _params():
+    params, ids = [], []
+    for path in SCRIPTS:
+        h = header(path)
+        sizes = {"thp": thp_sizes, "hugetlb": hugetlb_sizes}.get(h.get("sizes"), lambda: [None])()
+        backends = ["kernel", "emu"] + (["emu-sd"] if "softdirty" in h.get("needs", []) else [])
+        for size in sizes:
+            for be in backends:
+                params.append((path, size, be))
+                ids.append(f"{path.stem}{'-' + size if size else ''}-{be}")
+    return params, ids
+
+
+def pytest_generate_tests(metafunc):
+    if "script" in metafunc.fixturenames:
+        params, ids = _params()
+        metafunc.parametrize("script,size,backend_name", params, ids=ids)
+
+
+# -- waiting on planned syntax ----------------------------------------------------------------------
+def _subst(text: str, env: dict) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: str(env.get(m.group(1), m.group(0))), text)
+
+
+def waiting_on(text: str, env: dict) -> list[str]:
+    """The planned commands/options/expectations the script uses that this checkout lacks (in order, once)."""
+    import click
+
+    from uffdctl import script as script_mod
+    from uffdctl.cli.build import parse_line
+    from uffdctl.session.commands import COMMANDS
+    keywords = set(getattr(script_mod, "KEYWORDS", ())) | {"expect"}
+    out: list[str] = []
+
+    def want(what, lineno, line, planned):
+        if not planned:
+            raise AssertionError(f"line {lineno}: {what!r} is neither in this checkout nor planned "
+                                 f"(a typo?): {line}")
+        if what not in out:
+            out.append(what)
+
+    for lineno, raw in enumerate(text.splitlines(), 1):
+        try:
+            toks = shlex.split(_subst(raw, env), comments=True)
+        except ValueError as e:
+            raise AssertionError(f"line {lineno}: cannot parse: {e}") from None
+        if toks and re.fullmatch(r"\[[\w,-]+\]", toks[0]):
+            toks = toks[1:]
+        if not toks:
+            continue
+        name = toks[0]
+        if name == "expect":
+            kind = toks[1] if len(toks) > 1 else ""
+            if not hasattr(script_mod.Interpreter, f"_expect_{kind}"):
+                want(f"expect {kind}", lineno, raw, kind in PLANNED_EXPECT)
+            continue
+        if name in keywords:
+            continue
+        if name not in COMMANDS:
+            want(name, lineno, raw, name in PLANNED_COMMANDS)
+            continue
+        try:
+            parse_line(name, toks[1:])
+        except click.exceptions.NoSuchOption as e:
+            want(f"{name} {e.option_name}", lineno, raw, e.option_name in PLANNED_OPTIONS)
+        except click.exceptions.BadParameter as e:
+            opt = e.param.opts[0] if e.param is not None and e.param.opts else "?"
+            val = next((toks[i + 1] for i, t in enumerate(toks[:-1]) if t == opt), "?")
+            want(f"{name} {opt} {val}", lineno, raw, val in PLANNED_CHOICES.get(opt, ()) or opt == "?")
+        except click.UsageError as e:
+            # an extra positional (e.g. `swap on`, `uffd open`) or a missing one
+            msg = e.format_message()
+            if "unexpected extra argument" in msg.lower() and name in PLANNED_COMMANDS | {"api", "madvise"}:
+                want(f"{name} {toks[1] if len(toks) > 1 else ''}".strip(), lineno, raw, True)
+            else:
+                raise AssertionError(f"line {lineno}: {name}: {msg}: {raw}") from None
+        except click.exceptions.Exit:
+            raise AssertionError(f"line {lineno}: --help in a script: {raw}") from None
+    return out
+
+
+# -- what the machine offers --------------------------------------------------------------------------
+def _softdirty_reason(backend_name: str) -> str | None:
+    if backend_name == "emu-sd":
+        return None
+    if backend_name == "emu":
+        return "CONFIG_MEM_SOFT_DIRTY off in the host model (emulator profile 6.18, soft-dirty off)"
+    from uffdctl.kernel import KernelBackend
+    b = KernelBackend()
+    try:
+        probe = b.soft_dirty()
+        return None if probe.available else probe.reason
+    finally:
+        b.close()
+
+
+def _features_reason(required: list[str]) -> str | None:
+    from uffdctl import uapi
+    from uffdctl.kernel import KernelBackend
+    want = 0
+    for n in required:
+        want |= uapi.Feature.parse(n)
+    if not want:
+        return None
+    b = KernelBackend()
+    try:
+        with b.userfaultfd() as u:
+            have = u.api(0).features
+    finally:
+        b.close()
+    missing = want & ~have
+    return ("feature missing: " + "|".join(uapi.Feature.decode(missing))) if missing else None
+
+
+def _thp_reason(size: str | None) -> str | None:
+    top = THP_SYSFS / "enabled"
+    if not top.exists():
+        return "no /sys/kernel/mm/transparent_hugepage (CONFIG_TRANSPARENT_HUGEPAGE=n)"
+    if "[never]" in top.read_text():
+        return "THP is disabled: transparent_hugepage/enabled is [never]"
+    return None
+
+
+def check_needs(h: dict, backend_name: str, size: str | None) -> None:
+    needs = set(h.get("needs", []))
+    kernel = backend_name == "kernel"
+    if kernel:
+        reason = _kernel_reason()
+        if reason:
+            require_kernel(reason)
+        reason = _features_reason(h.get("features", []))
+        if reason:
+            pytest.skip(reason)          # a property of this kernel (e.g. 6.1 in the VM column), not a failure
+    if "softdirty" in needs:
+        reason = _softdirty_reason(backend_name)
+        if reason:
+            require_softdirty(reason)
+    if not kernel and "gup_test" not in needs:
+        return
+    if ("root" in needs or "swap" in needs) and os.geteuid() != 0:
+        require_kernel("needs root (swapfile, sysfs or sysctl knobs)")
+    if "hugetlb" in needs:
+        reason = _hugetlb_reason(size)
+        if reason:
+            require_kernel(reason)
+    if "thp" in needs:
+        reason = _thp_reason(size)
+        if reason:
+            pytest.skip(reason)
+    if "gup_test" in needs and not kernel:
+        pytest.skip("UNSUPPORTED: gup_test pins (PIN_LONGTERM_TEST_START) exist only as a kernel module; "
+                    "uffdctl has no pin command")
+    if "gup_test" in needs and not GUP_TEST.exists():
+        pytest.skip(f"no {GUP_TEST} (CONFIG_GUP_TEST off): the selftest skips "
+                    "'Possibly CONFIG_GUP_TEST missing or unprivileged'")
+
+
+def _hugetlb_reason(size: str | None) -> str | None:
+    from uffdctl.kernel import meminfo
+    if size in (None, "2M"):
+        mi = meminfo()
+        if mi.get("HugePages_Total", 0) == 0:
+            return "HugePages_Total=0 (no huge pages reserved; sysctl vm.nr_hugepages=N)"
+        if mi.get("HugePages_Free", 0) < 4:
+            return f"HugePages_Free={mi.get('HugePages_Free', 0)} (need 4)"
+        return None
+    kb = int(size[:-1]) * (1 << 20 if size.endswith("G") else 1 << 10)
+    nr = Path(f"/sys/kernel/mm/hugepages/hugepages-{kb}kB/free_hugepages")
+    free = int(nr.read_text()) if nr.exists() else 0
+    return None if free >= 1 else f"no free {size} huge page (hugepages-{kb}kB/free_hugepages={free})"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _huge_pages():
+    """Reserve a few 2 MiB huge pages for the hugetlb scripts when none are (as root), give them back after.
+
+    CI reserves 32 itself (.ci/run); this makes a plain `make test` as root run the hugetlb cases too."""
+    hp = Path("/proc/sys/vm/nr_hugepages")
+    want = 16
+    old = None
+    try:
+        cur = int(hp.read_text())
+        if os.geteuid() == 0 and cur < want and any("hugetlb" in header(p).get("needs", []) for p in SCRIPTS):
+            old = cur
+            hp.write_text(str(want))
+    except OSError:
+        old = None
+    try:
+        yield
+    finally:
+        if old is not None:
+            try:
+                hp.write_text(str(old))
+            except OSError:
+                pass
+
+
+# -- running one script --------------------------------------------------------------------------------
+DRIVER = textwrap.dedent("""\
+    import inspect, json, sys
+    from uffdctl.script import run_file
+    path, backend, env = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    if backend == "kernel":
+        from uffdctl.kernel import KernelBackend
+        b = KernelBackend()
+    else:
+        from uffdctl.backend import open_backend
+        b = open_backend("emu", profile="6.18", soft_dirty=(backend == "emu-sd"))
+    kw = {}
+    if env and "variables" in inspect.signature(run_file).parameters:
+        kw["variables"] = env
+    elif env:
+        import re, tempfile
+        text = open(path).read()
+        text = re.sub(r"\\$\\{(\\w+)\\}", lambda m: str(env.get(m.group(1), m.group(0))), text)
+        f = tempfile.NamedTemporaryFile("w", suffix=".uffd", delete=False)
+        f.write(text); f.close()
+        path = f.name
+    res = run_file(path, backend=b, **kw)
+    res.pop("lines", None)
+    print(json.dumps(res, default=str))
+""")
+
+
+def run_script(path: Path, backend_name: str, env: dict) -> dict:
+    try:
+        p = subprocess.run([sys.executable, "-c", DRIVER, str(path), backend_name, json.dumps(env)],
+                           capture_output=True, text=True, timeout=TIMEOUT_S, cwd=str(HERE))
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{path.name} on {backend_name}: no result within {TIMEOUT_S} s (a hang)", pytrace=False)
+    out = p.stdout.strip().splitlines()
+    if p.returncode != 0 or not out:
+        pytest.fail(f"{path.name} on {backend_name}: the driver died (rc {p.returncode}):\n{p.stderr[-3000:]}",
+                    pytrace=False)
+    return json.loads(out[-1])
+
+
+NOT_MODELLED = re.compile(r"not modelled: .*\(emulator\)")
+
+
+@contextlib.contextmanager
+def thp_pushed(h: dict, size: str | None, backend_name: str):
+    """uffd-wp-mremap.c's thp_push_settings(): this THP size 'always' (anon: enabled, shmem: shmem_enabled) for the
+    run, the previous setting restored after it.  Only for the kernel column (the emulator has no sysfs)."""
+    knob = h.get("thp_knob")
+    if not knob or backend_name != "kernel" or size is None:
+        yield
+        return
+    kb = int(size[:-1]) * (1024 if size.endswith("M") else 1)
+    path = THP_SYSFS / f"hugepages-{kb}kB" / knob
+    if not path.exists():
+        pytest.skip(f"no {path} (this kernel has no {knob} knob for {size})")
+    old = re.search(r"\[(\w[\w-]*)\]", path.read_text()).group(1)
+    try:
+        path.write_text("always")
+    except OSError as e:
+        require_kernel(f"cannot write {path}: {e.strerror}")
+    try:
+        yield
+    finally:
+        path.write_text(old)
+
+
+def test_selftest(script, size, backend_name, tmp_path):
+    h = header(script)
+    env = dict(h.get("vars", {}), TMPDIR=str(tmp_path))
+    if size:
+        env["SIZE"] = size
+    text = script.read_text()
+    check_needs(h, backend_name, size)
+    missing = list(h.get("waiting", [])) + waiting_on(text, env)
+    if missing:
+        pytest.skip(f"waiting on: {', '.join(missing)} (issue 10, planned syntax not in this checkout)")
+    with thp_pushed(h, size, backend_name):
+        res = run_script(script, backend_name, env)
+    if res["ok"]:
+        return
+    err = res.get("error") or {}
+    msg = err.get("message", "")
+    if res.get("exit") == 4 and backend_name != "kernel" and NOT_MODELLED.search(msg):
+        pytest.skip(f"UNSUPPORTED: {NOT_MODELLED.search(msg).group(0)}")
+    for rule in h.get("skip_on", []):
+        if err.get("text", "").split("#")[0].strip() == rule["line"]:
+            pytest.skip(f"{rule['reason']}: {msg}")
+    where = f"line {err.get('line')}: {err.get('text', '')}" if err.get("line") else ""
+    pytest.fail(f"{h['selftest']} {h['function']} ({h['case']} on {h['memtype']}) on {backend_name}: "
+                f"exit {res.get('exit')}: {msg}\n  {where}", pytrace=False)
+
+
+# -- the inventory itself ----------------------------------------------------------------------------------
+def test_every_script_has_a_valid_header():
+    assert SCRIPTS, f"no scripts in {HERE}"
+    seen = set()
+    for path in SCRIPTS:
+        h = header(path)
+        key = (h["selftest"], h["case"], h["memtype"])
+        assert key not in seen, f"{path.name}: {key} ported twice"
+        seen.add(key)
+        assert path.stem.startswith(Path(h["selftest"]).stem), f"{path.name}: name it after {h['selftest']}"
+
+
+def test_unknown_syntax_is_a_failure_not_a_wait():
+    with pytest.raises(AssertionError, match="neither in this checkout nor planned"):
+        waiting_on("mmap --size 4K --name buf\nfrobnicate buf\n", {})
+    with pytest.raises(AssertionError, match="neither in this checkout nor planned"):
+        waiting_on("mmap --size 4K --name buf\nexpect nonsense x=1\n", {})
