@@ -263,10 +263,46 @@ def test_mmap_addr_noreplace_and_fixed(run):
         expect addr over:0 == buf:2
         expect vma over flags=!um
         expect vma buf:0-1 flags=um
-        expect vma buf.4 flags=um count=1
+        expect vma buf:4-7 flags=um count=1
+        expect vma buf count=3
+        touch buf:2-3 --write --wait
+        expect pagemap over present=1
+        expect scan buf:1+12K --category-mask present regions=1 r0.start=over:0 r0.end=over:2
+        mmap --size 32K --addr buf:0 --fixed --name all
+        regions
+        expect result regions.0.name=all
     """))
     daemon = int(open("/proc/self/maps").readline().split("-")[0], 16)   # run is in-process: our own memory
     failed(run(f"mmap --size 8K --addr {daemon:#x} --fixed --name x\n"), 2, "not one of the session's regions")
+
+
+def test_scan_raw_ranges_flags_and_masks(run_any):
+    """pagemap_ioctl.c's sanity checks: raw flags, max_pages=-1, a zero-length walk, a walk of unmapped
+    memory; and mask matches (every bit of the mask set)."""
+    ok(run_any("""
+        mmap --size 16K --name buf
+        register buf --mode missing,wp
+        expect result ioctls&=0x1c ioctls&=_UFFDIO_COPY|_UFFDIO_ZEROPAGE
+        scan buf --flags 0xff
+        expect error errno=EINVAL ioctl=PAGEMAP_SCAN
+        scan buf --max-pages -1
+        expect result walk_end=buf:4
+        scan buf:1+0
+        expect result walk_end=buf:1 n=0
+        scan 0x10000000+0x40000
+        expect result n=0
+    """))
+    failed(run_any("mmap --size 16K --name buf\nregister buf --mode missing\nexpect result ioctls&=0x2\n"), 1,
+           "ioctls&: expected 0x2")
+
+
+def test_alias_align(run):
+    ok(run("""
+        mmap --size 2M --type shmem --name sh
+        alias sh --align 2M --name al
+        expect addr al:0 aligned=2M
+        expect result alias_of=sh
+    """))
 
 
 def test_mmap_align(run_any):

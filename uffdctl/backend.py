@@ -410,8 +410,20 @@ class Backend(abc.ABC):
             from .errors import NotModelled
             raise NotModelled(f"madvise {name}")
 
+    def dup_fd(self, fd: int | None) -> int | None:
+        """A second handle on a region's file for a region piece (a model's fds are its own: the same)."""
+        return fd
+
+    def close_fd(self, fd: int | None) -> None:
+        """Release a handle dup_fd() gave (nothing to do for a model)."""
+
     def lru_drain(self) -> None:
         """Drain the per-CPU LRU batches before reclaim advice (pageout, cold); a model has none."""
+
+    def alias_at(self, region: Region, name: str | None, addr: int) -> Region:
+        """alias(), at ``addr`` (MAP_FIXED_NOREPLACE): e.g. a PMD-aligned alias."""
+        from .errors import NotModelled
+        raise NotModelled("alias at an address")
 
     def mmap_fixed(self, len: int, memtype: MemType | str, name: str | None, prot: int, addr: int) -> Region:
         """mmap with MAP_FIXED at ``addr`` (replacing what is there: UNMAP events for registered VMAs)."""

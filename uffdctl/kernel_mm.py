@@ -45,6 +45,21 @@ class KernelMm:
 
     MODELLED_ADVICE = None  # the kernel: every advice is the kernel's to judge
 
+    def dup_fd(self, fd):
+        return None if fd is None else os.dup(fd)
+
+    def close_fd(self, fd):
+        if fd is not None:
+            os.close(fd)
+
+    def alias_at(self, region, name, addr):
+        name = self._alias_name(region, name)
+        a = self._lib.uffdctl_mmap(addr, region.len, uapi.PROT_READ | uapi.PROT_WRITE,
+                                   uapi.MAP_SHARED | uapi.MAP_FIXED_NOREPLACE, region.fd, 0)
+        if a < 0:
+            raise uffd_error(-a, "mmap", addr, region.len)
+        return self._add_region(Region(name, a, region.len, region.memtype, region.page_size, None))
+
     def mmap_fixed(self, len, memtype, name, prot, addr):
         return self.mmap(len, memtype, name=name, prot=prot, addr=addr, fixed=True)
 

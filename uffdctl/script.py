@@ -596,15 +596,33 @@ class Interpreter:
 
     def _field_ok(self, lineno, line, obj, k, v, strict=True):
         """Does obj's field k match the expected text v?  strict: an absent field is an error."""
-        cur = _dotted(obj, k)
+        cur = _dotted(obj, k.rstrip("&"))
         if cur is KeyError:
             if strict:
                 raise ScriptError(lineno, line, f"no field {k!r} (fields: {', '.join(map(str, obj))})")
             return False
         return self._equal(lineno, line, obj, k, cur, v)
 
+    def _mask(self, lineno, line, k, v) -> int:
+        """The bits of ``k&=v``: a number, or names of the field's flags."""
+        from . import uapi
+        last = k.split(".")[-1]
+        try:
+            return int(v, 0)
+        except ValueError:
+            pass
+        if last in _FIELD_FLAGS:
+            try:
+                return getattr(uapi, _FIELD_FLAGS[last]).parse(v)
+            except ValueError as e:
+                raise _usage(lineno, line, f"{k}: {e}") from None
+        raise _usage(lineno, line, f"{k}&={v}: a mask is a number or flag names")
+
     def _equal(self, lineno, line, obj, k, actual, v) -> bool:
         actual = int(actual) if isinstance(actual, bool) else actual
+        if k.endswith("&"):       # key&=MASK: every bit of MASK is set
+            mask = self._mask(lineno, line, k[:-1], v)
+            return isinstance(actual, int) and actual & mask == mask
         last = k.split(".")[-1]
         if actual == _value(v) or str(actual) == v:
             return True
@@ -635,13 +653,14 @@ class Interpreter:
     def _match(self, lineno, line, what, obj, pairs, extra=None):
         diffs = []
         for k, v in pairs:
-            cur = _dotted(obj, k)
+            cur = _dotted(obj, k.rstrip("&"))
             if cur is KeyError:
-                raise ScriptError(lineno, line, f"{what} has no field {k!r} (fields: {', '.join(map(str, obj))})")
+                raise ScriptError(lineno, line, f"{what} has no field {k.rstrip('&')!r} "
+                                                f"(fields: {', '.join(map(str, obj))})")
             if not self._equal(lineno, line, obj, k, cur, v):
                 shown = self._where(cur) if isinstance(cur, int) and (_looks_like_addr(v) or cur > 0xffff) else cur
-                if k.split(".")[-1] in _FIELD_FLAGS and isinstance(cur, int):
-                    dec = obj.get(k + "_decoded") if isinstance(obj, dict) else None
+                if k.rstrip("&").split(".")[-1] in _FIELD_FLAGS and isinstance(cur, int):
+                    dec = obj.get(k.rstrip("&") + "_decoded") if isinstance(obj, dict) else None
                     shown = f"{cur:#x}" + (f" ({'|'.join(dec) or '0'})" if dec is not None else "")
                 diffs.append(f"{k}: expected {v}, actual {shown}")
         if diffs:

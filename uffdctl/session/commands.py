@@ -331,6 +331,8 @@ def cmd_mmap(st, a):
         if name in st.regions:
             raise UsageError(f"region {name!r} exists")
     r = st.backend.mmap(size, memtype, name=name)
+    from .mmcommands import forget_range
+    forget_range(st, r.addr, r.end)     # nothing of an earlier mapping at these addresses applies
     st.regions[r.name] = r
     return r.to_dict()
 
@@ -338,7 +340,8 @@ def cmd_mmap(st, a):
 @command("alias", "Map a region's file a second time (shmem/hugetlb): populate the page cache for continue.",
          "uffdctl alias buf --name cache",
          Param("region", "a shmem or hugetlb region", required=True, metavar="REGION"),
-         Param("--name", "name of the alias"))
+         Param("--name", "name of the alias"),
+         Param("--align", "start address aligned to this (e.g. 2M: a PMD-mappable alias)"))
 def cmd_alias(st, a):
     reg = st.regions.get(a["region"])
     if reg is None:
@@ -348,7 +351,11 @@ def cmd_alias(st, a):
     name = a.get("name") or f"{reg.name}-alias"
     if not _NAME_OK.match(name) or name in st.regions:
         raise UsageError(f"bad or existing region name {name!r}")
-    r = st.backend.alias(reg, name=name)
+    if a.get("align"):
+        from .mmcommands import alias_aligned
+        r = alias_aligned(st, reg, name, a["align"])
+    else:
+        r = st.backend.alias(reg, name=name)
     st.regions[r.name] = r
     return dict(r.to_dict(), alias_of=reg.name)
 
@@ -372,6 +379,8 @@ def cmd_munmap(st, a):
     del st.regions[reg.name]
     for key in [k for k in st.registrations if reg.addr <= k[0] < reg.end]:
         del st.registrations[key]
+    from .mmcommands import forget_range
+    forget_range(st, reg.addr, reg.end)
     return {"start": reg.addr, "len": reg.len, "name": reg.name}
 
 
@@ -763,7 +772,8 @@ def cmd_clear_refs(st, a):
          Param("--category-anyof-mask", "any of these"),
          Param("--category-inverted", "invert these categories"),
          Param("--return-mask", "categories to return (default all)"),
-         Param("--max-pages", "stop after N pages", kind="int", default=0),
+         Param("--max-pages", "stop after N pages (up to 2^64-1; -1 is 2^64-1)", kind="int", default=0),
+         Param("--flags", "raw pm_scan_arg.flags bits OR'd in (negative tests: unknown bits -> EINVAL)"),
          Param("--wp-matching", "PM_SCAN_WP_MATCHING: write-protect the matching pages", kind="flag"),
          Param("--check-wpasync", "PM_SCAN_CHECK_WPASYNC", kind="flag"),
          Param("--vec-len", "vec_len: regions per ioctl (default 512)", kind="int"),
@@ -771,16 +781,24 @@ def cmd_clear_refs(st, a):
          kernel_name="PAGEMAP_SCAN")
 def cmd_scan(st, a):
     from ..pagemap import scan_all
-    span = parse_range(st, a["range"])
+    from .mmcommands import scan_span
+    span = scan_span(st, a["range"])
     cat = {k: parse_flags(uapi.PageCategory, a.get(k), "--" + k.replace("_", "-"))
            for k in ("category_mask", "category_anyof_mask", "category_inverted")}
     ret = parse_flags(uapi.PageCategory, a.get("return_mask"), "--return-mask") if a.get("return_mask") \
         else uapi.PM_SCAN_CATEGORIES_6_18
     flags = (uapi.PM_SCAN_WP_MATCHING if a.get("wp_matching") else 0) | \
             (uapi.PM_SCAN_CHECK_WPASYNC if a.get("check_wpasync") else 0)
+    U64 = (1 << 64) - 1
+    if a.get("flags") is not None:      # raw pm_scan_arg.flags, OR'd in (unknown bits: the kernel's EINVAL)
+        raw = parse_int(a["flags"], "--flags")
+        if not -(1 << 63) <= raw <= U64:
+            raise UsageError(f"--flags {a['flags']!r} does not fit in 64 bits")
+        flags |= raw & U64
     max_pages = a.get("max_pages") or 0
-    if not isinstance(max_pages, int) or max_pages < 0:
+    if not isinstance(max_pages, int) or not -(1 << 63) <= max_pages <= U64:
         raise UsageError(f"bad --max-pages {max_pages!r}")
+    max_pages &= U64                    # -1: ULLONG_MAX, as the selftests pass it
     vec_len = a.get("vec_len")
     if vec_len is not None and (not isinstance(vec_len, int) or vec_len < 0):
         raise UsageError(f"bad --vec-len {vec_len!r}")
@@ -794,6 +812,11 @@ def cmd_scan(st, a):
     d["n"] = len(res.regions)
     d.update(start=span.start, len=span.len, flags=flags, return_mask=ret, **cat)
     return d
+
+
+# Range forms scan accepts beyond parse_range (read-only, so safe outside the regions): START+LEN with
+# START an address (0x7f.., REGION:PAGE) and LEN possibly 0, with no alignment or region check
+# (the kernel's own EINVALs are the point).
 
 
 @command("status", "What the session owns: backend, uffd, regions, handler, threads, events.", "uffdctl status")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 
 from .. import uapi
 from ..backend import Region
@@ -62,7 +63,7 @@ def parse_addr(st: SessionState, text) -> int:
 def locate(st: SessionState, addr: int, end: bool = False) -> str | None:
     """``buf:3`` (or ``buf:3+0x10``) for an address inside a region; ``end``: an exclusive end, so the
     end of a region is ``buf:N`` rather than page 0 of the region after it."""
-    regs = list(st.regions.values())
+    regs = sorted(st.regions.values(), key=lambda r: r.len)    # the innermost (an overlay) first
     if end:
         for r in regs:
             if r.addr < addr <= r.end:
@@ -123,25 +124,41 @@ def carve(st: SessionState, start: int, end: int) -> list[str]:
         if end < r.end:
             first = (end - r.addr) // r.page_size
             tail = Region(piece_name(st, r.name, first), end, r.end - end, r.memtype, r.page_size,
-                          os.dup(r.fd) if r.fd is not None else None, r.prot, r.kind, r.path)
+                          st.backend.dup_fd(r.fd), r.prot, r.kind, r.path)
         if r.addr < start:
             r.len = start - r.addr          # the head keeps the name
         else:
             del st.regions[r.name]
             if breg.get(r.name) is r:
                 del breg[r.name]
-                if r.fd is not None:
-                    os.close(r.fd)
+                st.backend.close_fd(r.fd)
         if tail is not None:
             add_region(st, tail)
-    for key in [k for k in st.registrations if k[0] < end and start < k[0] + k[1]]:
-        s, n = key
-        mode = st.registrations.pop(key)
-        if s < start:
-            st.registrations[(s, start - s)] = mode
-        if end < s + n:
-            st.registrations[(end, s + n - end)] = mode
+    forget_range(st, start, end)
     return changed
+
+
+def _cut(items, start, end):
+    """Interval records (s, e, value) with [start, end) taken out."""
+    out = []
+    for s, e, v in items:
+        if e <= start or end <= s:
+            out.append((s, e, v))
+            continue
+        if s < start:
+            out.append((s, start, v))
+        if end < e:
+            out.append((end, e, v))
+    return out
+
+
+def forget_range(st: SessionState, start: int, end: int) -> None:
+    """What the session remembers of [start, end) — registrations, mprotects — is gone with the mapping."""
+    regs = _cut([(s, s + n, m) for (s, n), m in st.registrations.items()], start, end)
+    st.registrations.clear()
+    st.registrations.update({(s, e - s): m for s, e, m in regs})
+    if getattr(st, "mprotects", None):
+        st.mprotects = _cut(st.mprotects, start, end)
 
 
 def _blocked_in(st: SessionState, start: int, end: int, what: str) -> None:
@@ -174,12 +191,11 @@ def _check_replace(st: SessionState, start: int, end: int, what: str) -> None:
 
 # -- access checks: what would SIGSEGV the daemon, what would block forever ------------------------
 def prot_at(st: SessionState, addr: int) -> int:
-    reg = st.region_at(addr)
-    prot = reg.prot if reg is not None else 0
     for s, e, p in getattr(st, "mprotects", ()):
         if s <= addr < e:
-            prot = p
-    return prot
+            return p
+    reg = st.region_at(addr)
+    return reg.prot if reg is not None else 0
 
 
 def check_access(st: SessionState, span: Span, write: bool, what: str) -> None:
@@ -287,9 +303,7 @@ def cmd_mprotect(st, a):
     span = parse_range(st, a["range"])
     prot = parse_prot(a["prot"])
     st.backend.mprotect(span.start, span.len, prot)
-    if not hasattr(st, "mprotects"):
-        st.mprotects = []
-    st.mprotects.append((span.start, span.end, prot))
+    st.mprotects = _cut(getattr(st, "mprotects", []), span.start, span.end) + [(span.start, span.end, prot)]
     return _span_dict(span, prot=prot, prot_decoded=_prot_str(prot))
 
 
@@ -339,13 +353,17 @@ def cmd_mremap(st, a):
             if st.uffd is not None else False
         moved_regs = [(k, m) for k, m in st.registrations.items()
                       if span.start <= k[0] and k[0] + k[1] <= span.end]
-        keep_fd = os.dup(src.fd) if src.fd is not None else None
+        moved_prot = [(max(s, span.start) - span.start + new, min(e, span.end) - span.start + new, p)
+                      for s, e, p in getattr(st, "mprotects", ()) if s < span.end and span.start < e]
+        keep_fd = st.backend.dup_fd(src.fd)
         if not flags & uapi.MREMAP_DONTUNMAP:
             carve(st, span.start, span.end)
         carve(st, new, new + new_len)
         result_name = name or src.name
         add_region(st, Region(result_name, new, new_len, src.memtype, src.page_size, keep_fd, src.prot, src.kind,
                               src.path))
+        if moved_prot:     # the protection moves with the VMA
+            st.mprotects = getattr(st, "mprotects", []) + moved_prot
         if remap_feature:  # mremap_userfaultfd_prep(): the ctx moves with the VMA only with EVENT_REMAP
             for (s, n), m in moved_regs:
                 st.registrations[(s - span.start + new, n)] = m
@@ -480,10 +498,17 @@ def mmap_ext(st: SessionState, a: dict) -> dict:
                 continue
             raise
     if a.get("fixed"):
-        st.collect_events()     # UNMAP messages, located against the regions being replaced
-        b_regions = _backend_regions(st)
-        carve(st, r.addr, r.end)
-        b_regions[r.name] = r
+        # UNMAP messages, located against the regions being replaced.  A region the new mapping covers
+        # entirely is gone; one it covers in part keeps its name over the whole range (still all mapped,
+        # as the selftests' 2-page calls across the pieces expect); the new region is the innermost name.
+        st.collect_events()
+        breg = _backend_regions(st)
+        for old in [x for x in st.regions.values() if r.addr <= x.addr and x.end <= r.end]:
+            del st.regions[old.name]
+            if breg.get(old.name) is old:
+                del breg[old.name]
+                st.backend.close_fd(old.fd)
+    forget_range(st, r.addr, r.end)
     st.regions[r.name] = r
     d = r.to_dict()
     if a.get("thp"):
@@ -531,11 +556,28 @@ def _shmem_thp_allowed() -> None:
             text = f.read()
     except OSError:
         raise Unsupported("no THP here: /sys/kernel/mm/transparent_hugepage/shmem_enabled is missing") from None
-    cur = re.search(r"\[(\w[\w-]*)\]", text)
-    cur = cur.group(1) if cur else text.strip()
-    if cur in ("never", "deny"):
-        raise Unsupported(f"shmem THP is off here: {THP_SYSFS}/shmem_enabled is [{cur}] (MADV_HUGEPAGE needs "
-                          f"advise, within_size or always; uffdctl never writes sysfs)")
+    cur = _knob(text)
+    if cur == "deny":
+        raise Unsupported(f"shmem THP is off here: {THP_SYSFS}/shmem_enabled is [deny]")
+    if cur != "never":
+        return
+    sizes = []
+    for d in sorted(os.listdir(THP_SYSFS)) if os.path.isdir(THP_SYSFS) else ():
+        try:
+            with open(f"{THP_SYSFS}/{d}/shmem_enabled") as f:
+                if _knob(f.read()) in ("always", "within_size", "advise"):
+                    sizes.append(d)
+        except OSError:
+            continue
+    if not sizes:
+        raise Unsupported(f"shmem THP is off here: {THP_SYSFS}/shmem_enabled is [never] and no "
+                          f"hugepages-*kB/shmem_enabled allows it (MADV_HUGEPAGE needs advise, within_size or "
+                          f"always; uffdctl never writes sysfs)")
+
+
+def _knob(text: str) -> str:
+    m = re.search(r"\[(\w[\w-]*)\]", text)
+    return m.group(1) if m else text.strip()
 
 
 def munmap_range(st: SessionState, text: str) -> dict:
@@ -563,6 +605,53 @@ def src_from_file(st: SessionState, a: dict, length: int) -> tuple[int, str]:
     buf = st.scratch(length)
     st.backend.write(buf.addr, data)
     return buf.addr, f"file {path}+{off:#x}"
+
+
+_SCAN_RAW = re.compile(r"^([A-Za-z_][\w.-]*:\d+|0x[0-9a-fA-F]+|\d+)\+(0x[0-9a-fA-F]+|\d+[KMGkmg]?)$")
+
+
+@dataclass
+class RawSpan:
+    """A scan range that need not lie in a region (PAGEMAP_SCAN only reads, unless WP_MATCHING, which touches
+    only uffd-wp-async registered VMAs)."""
+    start: int
+    len: int
+    region: Region | None = None
+
+    @property
+    def end(self) -> int:
+        return self.start + self.len
+
+
+def scan_span(st: SessionState, text):
+    """parse_range, or START+LEN (START 0xADDR or REGION:PAGE; LEN may be 0), anywhere, unaligned."""
+    m = _SCAN_RAW.match(str(text).strip()) if text is not None else None
+    if m is None:
+        return parse_range(st, text)
+    try:
+        return parse_range(st, text)
+    except UsageError:
+        pass
+    start, length = parse_addr(st, m.group(1)), parse_size(m.group(2), "length")
+    if start < 0 or start + length > (1 << 64):
+        raise UsageError(f"range {text}: outside the 64-bit address space")
+    return RawSpan(start, length, st.region_at(start))
+
+
+def alias_aligned(st: SessionState, reg: Region, name: str, align_text) -> Region:
+    align = parse_size(align_text, "--align")
+    if align < PAGE or align & (align - 1):
+        raise UsageError(f"--align {align_text!r} must be a power of two >= 4K")
+    for attempt in range(8):
+        at = aligned_addr(st, reg.len, align)
+        try:
+            return st.backend.alias_at(reg, name, at)
+        except OSError as e:
+            import errno
+            if e.errno == errno.EEXIST and attempt < 7:
+                continue
+            raise
+    raise AssertionError("unreachable")
 
 
 __all__ = ["parse_addr", "locate", "locate_event", "carve", "add_region", "read_span", "vmas_of", "check_access",

@@ -177,10 +177,12 @@ class SessionState:
         return locate_event(self, d)
 
     def region_at(self, addr: int) -> Region | None:
+        """The region containing addr; the innermost one where a MAP_FIXED mapping overlays a region."""
+        best = None
         for r in self.regions.values():
-            if r.addr <= addr < r.end:
-                return r
-        return None
+            if r.addr <= addr < r.end and (best is None or r.len < best.len):
+                best = r
+        return best
 
     def scratch(self, len: int) -> Region:
         """An unregistered anon buffer (COPY's src, probes): never one of the user's regions."""
