@@ -14,7 +14,9 @@ import os
 import pytest
 
 from uffdctl import uapi
-from uffdctl.backend import MemType
+from uffdctl.errors import BackendUnavailable
+from uffdctl.registry import open_backend
+from uffdctl.types import MemType
 
 # Backends the shared case table (tests/cases.py) runs on: the real kernel; the emulator as this host is
 # (profile 6.18, CONFIG_MEM_SOFT_DIRTY off); the emulator with soft-dirty on (its default).
@@ -44,23 +46,20 @@ def _kernel_reason() -> str | None:
     global _kernel_unavailable
     if _kernel_unavailable is None:
         try:
-            from uffdctl.kernel import KernelBackend
-            KernelBackend().close()
+            open_backend("kernel").close()
             _kernel_unavailable = ""
-        except Exception as e:  # BackendUnavailable, or anything the probe said
+        except BackendUnavailable as e:   # what "cannot serve here" means; anything else is a bug and fails
             _kernel_unavailable = f"kernel backend unavailable: {e}"
     return _kernel_unavailable or None
 
 
 def make_backend(name: str, **kw):
-    """A fresh backend; kernel unavailability skips (or fails under REQUIRE_KERNEL)."""
+    """A fresh backend from the one opener (uffdctl.registry); kernel unavailability skips (or fails under
+    REQUIRE_KERNEL).  ``emu``: the emulator as this host is (6.18, soft-dirty off); ``emu-sd``: soft-dirty on."""
     if name == "kernel":
         reason = _kernel_reason()
         if reason:
             require_kernel(reason)
-        from uffdctl.kernel import KernelBackend
-        return KernelBackend()
-    from uffdctl.backend import open_backend
     if name in ("emu", "emu-sd"):
         kw.setdefault("profile", "6.18")
         kw.setdefault("soft_dirty", name == "emu-sd")

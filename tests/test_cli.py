@@ -136,8 +136,8 @@ def test_json_keys_of_every_command(session):
     c.j("touch", "cache:0", "--write", "--wait")
     assert keys(c.j("continue", "sh:0")) == {"start", "len", "mode", "mapped"}
     r = c.j("status")
-    assert keys(r) == {"name", "backend", "profile", "uptime_s", "uffd", "regions", "threads", "blocked", "events",
-                       "policy", "pid", "rss", "socket"}
+    assert keys(r) == {"name", "backend", "profile", "selection", "uptime_s", "uffd", "regions", "threads",
+                       "blocked", "events", "policy", "pid", "rss", "socket"}
     assert keys(c.j("munmap", "stage")) == {"start", "len", "name"}
     r = c.j("session", "list")
     assert keys(r["sessions"][0]) == {"name", "state", "pid", "uptime_s", "rss", "backend", "regions", "blocked"}

@@ -17,7 +17,8 @@ import pytest
 
 from uffdctl import backend as B
 from uffdctl import pagemap, uapi
-from uffdctl.backend import HandlerPolicy, MemType, open_backend
+from uffdctl import open_backend
+from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.emu import PROFILES, EmuBackend
 from uffdctl.emu import profiles as P
 from uffdctl.emu import tlb

@@ -42,7 +42,7 @@ def test_wheel_without_compiler_is_emulator_only(tmp_path):
     whl = _wheel(tmp_path, {"CC": "/bin/false"})
     assert not [n for n in zipfile.ZipFile(whl).namelist() if "_uffd" in n]
     out = _run_installed(tmp_path, whl, (
-        "import uffdctl._native as n; from uffdctl.backend import open_backend\n"
+        "import uffdctl._native as n; from uffdctl import open_backend\n"
         "ok, why = n.available(); print(ok); print(why); print(open_backend('auto').name)"))
     ok, why, name = out.splitlines()
     assert ok == "False" and "only the emulation backend is available" in why

@@ -14,146 +14,15 @@ and wake-on-EEXIST policy live in :mod:`uffdctl.ops`.
 from __future__ import annotations
 
 import abc
-import enum
 import errno
-import os
-from dataclasses import asdict, dataclass
+import time
 
 from . import uapi
-from .errors import BackendUnavailable
-
-
-class MemType(str, enum.Enum):
-    """Memory types, named as the kernel selftests name them (uffd-unit-tests.c)."""
-
-    ANON = "anon"                        # mmap(MAP_PRIVATE|MAP_ANONYMOUS)
-    SHMEM = "shmem"                      # memfd_create + MAP_SHARED
-    SHMEM_PRIVATE = "shmem-private"      # memfd_create + MAP_PRIVATE
-    HUGETLB = "hugetlb"                  # memfd_create(MFD_HUGETLB) + MAP_SHARED
-    HUGETLB_PRIVATE = "hugetlb-private"  # memfd_create(MFD_HUGETLB) + MAP_PRIVATE
-
-    @property
-    def shared(self) -> bool:
-        return self in (MemType.SHMEM, MemType.HUGETLB)
-
-    @property
-    def hugetlb(self) -> bool:
-        return self in (MemType.HUGETLB, MemType.HUGETLB_PRIVATE)
-
-    @property
-    def file_backed(self) -> bool:
-        return self is not MemType.ANON
-
-    def __str__(self) -> str:
-        return self.value
-
-
-HPAGE_SIZE = 2 << 20
-
-
-@dataclass
-class Region:
-    """One mapping made by :meth:`Backend.mmap`.
-
-    For shmem/hugetlb types ``fd`` is the memfd (the page cache behind it);
-    ``alias`` may hold a second mapping of the same file (for CONTINUE tests
-    the page cache is populated through it).
-    """
-
-    name: str
-    addr: int
-    len: int
-    memtype: MemType
-    page_size: int = uapi.PAGE_SIZE
-    fd: int | None = None
-    prot: int = uapi.PROT_READ | uapi.PROT_WRITE
-    kind: str | None = None     # a finer type than memtype: "file", "file-private", "sysv", "sysv-hugetlb", "thp"
-    path: str | None = None     # the file behind a "file" region
-
-    @property
-    def end(self) -> int:
-        return self.addr + self.len
-
-    @property
-    def pages(self) -> int:
-        return self.len // self.page_size
-
-    def page(self, i: int) -> int:
-        """Address of page ``i`` (in units of this region's page size)."""
-        if not 0 <= i < self.pages:
-            raise IndexError(f"page {i} outside region {self.name} ({self.pages} pages)")
-        return self.addr + i * self.page_size
-
-    def to_dict(self) -> dict:
-        d = {"name": self.name, "start": self.addr, "len": self.len, "type": self.kind or self.memtype.value,
-             "page_size": self.page_size}
-        if self.path is not None:
-            d["path"] = self.path
-        return d
-
-
-@dataclass
-class UffdioApi:
-    api: int
-    features: int
-    ioctls: int
-
-    def to_dict(self) -> dict:
-        return {"api": self.api, "features": self.features, "ioctls": self.ioctls,
-                "features_decoded": uapi.Feature.decode(self.features),
-                "ioctls_decoded": uapi.Ioctl.decode(self.ioctls)}
-
-
-@dataclass
-class UffdMsg:
-    """A decoded ``struct uffd_msg``; field names are the kernel's (``arg.pagefault.flags`` -> ``flags``)."""
-
-    event: int
-    flags: int = 0       # pagefault
-    address: int = 0     # pagefault
-    ptid: int = 0        # pagefault (UFFD_FEATURE_THREAD_ID)
-    ufd: int = 0         # fork
-    from_: int = 0       # remap (``from`` in C)
-    to: int = 0          # remap
-    len: int = 0         # remap
-    start: int = 0       # remove / unmap
-    end: int = 0         # remove / unmap
-    ts_ns: int = 0       # CLOCK_MONOTONIC when read (not part of uffd_msg)
-
-    @property
-    def event_name(self) -> str:
-        return uapi.EVENT_NAMES.get(self.event, hex(self.event))
-
-    def to_dict(self) -> dict:
-        d: dict = {"event": self.event_name, "ts_ns": self.ts_ns}
-        if self.event == uapi.Event.PAGEFAULT:
-            d.update(flags=self.flags, flags_decoded=uapi.PagefaultFlag.decode(self.flags),
-                     address=self.address, ptid=self.ptid)
-        elif self.event == uapi.Event.FORK:
-            d.update(ufd=self.ufd)
-        elif self.event == uapi.Event.REMAP:
-            d.update({"from": self.from_, "to": self.to, "len": self.len})
-        else:
-            d.update(start=self.start, end=self.end)
-        return d
-
-
-@dataclass
-class AccessResult:
-    """What one memory access from a thread saw."""
-
-    minflt: int = 0          # minor faults of the thread during the access (getrusage RUSAGE_THREAD)
-    majflt: int = 0
-    sigbus: bool = False
-    si_code: int = 0
-    fault_addr: int = 0
-    data: bytes | None = None  # bytes read, for reads that asked for them
-    ns: int = 0
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d.pop("data")
-        return d
+from .errors import NotModelled, Unsupported, uffd_error
+# The shared types live in the leaf module uffdctl.types; they are re-exported here, where they were first
+# defined, so that ``from uffdctl.backend import MemType, Region, HandlerPolicy`` keeps working.
+from .types import (HPAGE_SIZE, PAGE_SIZE, AccessResult, BackendSelection, HandledEvent, HandlerPolicy, MemType,
+                    PteBits, Region, ScanResult, SoftDirtyProbe, UffdioApi, UffdMsg, decode_msg, page_size_of)
 
 
 class Access(abc.ABC):
@@ -165,11 +34,13 @@ class Access(abc.ABC):
 
     @property
     @abc.abstractmethod
-    def done(self) -> bool: ...
+    def done(self) -> bool:
+        """Has the access finished (every page touched, or a SIGBUS ended it)?"""
 
     @abc.abstractmethod
     def result(self) -> AccessResult:
-        """The result; raises RuntimeError if not done."""
+        """The result (faults taken, SIGBUS, data read); raises RuntimeError naming why while not done
+        (blocked in a userfault that nothing resolves: resolve it, or run a fault_handler)."""
 
 
 class Thread(abc.ABC):
@@ -188,69 +59,14 @@ class Thread(abc.ABC):
         """Cumulative (minflt, majflt) of this thread."""
 
 
-@dataclass
-class ScanResult:
-    """PAGEMAP_SCAN output: ``regions`` of (start, end, categories) and ``walk_end``."""
-
-    regions: list[tuple[int, int, int]]
-    walk_end: int
-
-    def to_dict(self) -> dict:
-        return {"walk_end": self.walk_end,
-                "regions": [{"start": s, "end": e, "categories": c,
-                             "categories_decoded": uapi.PageCategory.decode(c)} for s, e, c in self.regions]}
-
-
-@dataclass
-class HandlerPolicy:
-    """How a fault handler resolves each kind of fault.
-
-    missing: ``zeropage`` | ``copy`` (from ``src`` + offset into ``base``) | ``fill`` (a page of ``fill``) | ``queue``
-    wp:      ``unprotect`` | ``wake`` | ``queue``
-    minor:   ``continue`` | ``queue``
-    """
-
-    missing: str = "zeropage"
-    wp: str = "unprotect"
-    minor: str = "continue"
-    base: int = 0
-    src: int = 0
-    fill: int = 0
-    page_size: int = uapi.PAGE_SIZE
-    copy_mode: int = 0
-
-    MISSING = ("zeropage", "copy", "fill", "queue")
-    WP = ("unprotect", "wake", "queue")
-    MINOR = ("continue", "queue")
-
-    def __post_init__(self):
-        for kind, allowed in (("missing", self.MISSING), ("wp", self.WP), ("minor", self.MINOR)):
-            if getattr(self, kind) not in allowed:
-                raise ValueError(f"unknown {kind} policy {getattr(self, kind)!r} (valid: {', '.join(allowed)})")
-
-
-@dataclass
-class HandledEvent:
-    """One message the handler read, with what it did about it."""
-
-    msg: UffdMsg
-    action: str          # policy applied ("zeropage", ..., "queue"), or "event" for non-fault messages
-    err: int = 0         # 0 or -errno of the resolving ioctl
-    result: int = 0      # result field of the resolving ioctl
-
-    def to_dict(self) -> dict:
-        d = self.msg.to_dict()
-        d.update(action=self.action, err=self.err, result=self.result)
-        return d
-
-
 class Handler(abc.ABC):
     """A fault-handling thread: polls the uffd, resolves by policy, logs every message."""
 
     policy: HandlerPolicy
 
     @abc.abstractmethod
-    def start(self) -> None: ...
+    def start(self) -> None:
+        """Start the thread; returns once it polls the uffd (idempotent)."""
 
     @abc.abstractmethod
     def stop(self) -> None:
@@ -261,7 +77,8 @@ class Handler(abc.ABC):
         """Drain the log (each message once)."""
 
     @abc.abstractmethod
-    def stats(self) -> dict: ...
+    def stats(self) -> dict:
+        """Counters: msgs read, resolved, errors, dropped (log entries lost to the bounded log), reads."""
 
     def __enter__(self):
         self.start()
@@ -278,49 +95,82 @@ class Uffd(abc.ABC):
     features: int = 0   # as negotiated by api(); 0 before
 
     @abc.abstractmethod
-    def api(self, features: int = 0, api: int = uapi.UFFD_API) -> UffdioApi: ...
+    def api(self, features: int = 0, api: int = uapi.UFFD_API) -> UffdioApi:
+        """UFFDIO_API: ask for ``features`` (UFFD_FEATURE_* bits); returns what the kernel offers (``features``)
+        and the ioctls of the fd.  Works once per fd: a second call fails with EINVAL."""
 
     @abc.abstractmethod
     def register(self, start: int, len: int, mode: int) -> int:
-        """UFFDIO_REGISTER; returns uffdio_register.ioctls."""
+        """UFFDIO_REGISTER [start, start+len) in ``mode`` (RegisterMode MISSING|WP|MINOR); returns
+        uffdio_register.ioctls, the range ioctls allowed on it."""
 
     @abc.abstractmethod
-    def unregister(self, start: int, len: int) -> None: ...
+    def unregister(self, start: int, len: int) -> None:
+        """UFFDIO_UNREGISTER the range (threads blocked on it are woken)."""
 
     @abc.abstractmethod
-    def wake(self, start: int, len: int) -> None: ...
+    def wake(self, start: int, len: int) -> None:
+        """UFFDIO_WAKE: wake threads blocked on faults in the range (after a *_MODE_DONTWAKE resolution)."""
 
     @abc.abstractmethod
     def copy(self, dst: int, src: int, len: int, mode: int = 0) -> int:
-        """UFFDIO_COPY; returns uffdio_copy.copy (bytes) or raises with .done set."""
+        """UFFDIO_COPY ``len`` bytes from ``src`` into the missing pages at ``dst`` (CopyMode DONTWAKE|WP);
+        returns uffdio_copy.copy (bytes copied) or raises UffdError with ``.done`` set (partial progress)."""
 
     @abc.abstractmethod
-    def zeropage(self, start: int, len: int, mode: int = 0) -> int: ...
+    def zeropage(self, start: int, len: int, mode: int = 0) -> int:
+        """UFFDIO_ZEROPAGE: map the zero page (anon) into the missing range; returns bytes done."""
 
     @abc.abstractmethod
-    def continue_(self, start: int, len: int, mode: int = 0) -> int: ...
+    def continue_(self, start: int, len: int, mode: int = 0) -> int:
+        """UFFDIO_CONTINUE: map the page cache pages of a MINOR-registered range; returns bytes mapped."""
 
     @abc.abstractmethod
-    def writeprotect(self, start: int, len: int, mode: int = 0) -> None: ...
+    def writeprotect(self, start: int, len: int, mode: int = 0) -> None:
+        """UFFDIO_WRITEPROTECT: WriteprotectMode.WP protects, 0 un-protects (and wakes unless DONTWAKE)."""
 
     @abc.abstractmethod
-    def poison(self, start: int, len: int, mode: int = 0) -> int: ...
+    def poison(self, start: int, len: int, mode: int = 0) -> int:
+        """UFFDIO_POISON: install poison markers (an access gets SIGBUS); returns bytes updated."""
 
     @abc.abstractmethod
-    def move(self, dst: int, src: int, len: int, mode: int = 0) -> int: ...
+    def move(self, dst: int, src: int, len: int, mode: int = 0) -> int:
+        """UFFDIO_MOVE pages from ``src`` to ``dst`` (anon; MoveMode ALLOW_SRC_HOLES|DONTWAKE); returns bytes
+        moved."""
 
     @abc.abstractmethod
     def read_msgs(self, max: int = 64) -> list[UffdMsg]:
-        """Non-blocking read(); [] when nothing is pending."""
+        """read() up to ``max`` messages without waiting (the fd is O_NONBLOCK): [] when nothing is pending.
+        To wait for a fault another thread is about to take, use :meth:`wait_msgs`."""
+
+    def wait_msgs(self, timeout: float, max: int = 64) -> list[UffdMsg]:
+        """Messages, waiting up to ``timeout`` seconds for the first one (poll(2) POLLIN); [] if none came.
+
+        A real fault arrives asynchronously: ``thread.access()`` returns at once and the kernel queues the
+        PAGEFAULT message when the thread reaches the page, so read_msgs() right after may see nothing."""
+        deadline = time.monotonic() + timeout
+        while True:
+            msgs = self.read_msgs(max)
+            left = deadline - time.monotonic()
+            if msgs or left <= 0 or not self._wait_readable(left):
+                return msgs
+
+    def _wait_readable(self, timeout: float) -> bool:
+        """Block until a message may be read (True) or ``timeout`` passes (False).  A backend whose messages
+        are all queued by the time the call that caused them returns (the emulator) has nothing to wait for."""
+        return False
 
     @abc.abstractmethod
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """close(2) the fd: faults still blocked on it are released (they retry and are handled normally)."""
 
     @property
     @abc.abstractmethod
-    def closed(self) -> bool: ...
+    def closed(self) -> bool:
+        """Has close() been called?"""
 
     def fileno(self) -> int:
+        """The fd (for poll/select)."""
         return self.fd
 
     def __enter__(self):
@@ -330,23 +180,11 @@ class Uffd(abc.ABC):
         self.close()
 
 
-@dataclass
-class SoftDirtyProbe:
-    """Result of the soft-dirty round trip (clear_refs 4, write a page, read PM_SOFT_DIRTY)."""
-
-    available: bool
-    reason: str
-    raw_before: int = 0
-    raw_after: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 class Backend(abc.ABC):
     """One address space, real or emulated."""
 
     name: str  # "kernel" or "emu"
+    selection: BackendSelection | None = None   # set by uffdctl.registry.open_backend: what was asked, and why
 
     # -- identity ---------------------------------------------------------------
     @abc.abstractmethod
@@ -365,7 +203,6 @@ class Backend(abc.ABC):
     @staticmethod
     def _check_len(len: int, page: int, addr: int | None) -> None:
         if len <= 0 or len % page:
-            from .errors import uffd_error
             raise uffd_error(errno.EINVAL, "mmap", addr, len, message=f"length must be a positive multiple of {page}")
 
     def _alias_name(self, region: Region, name: str | None) -> str:
@@ -380,23 +217,29 @@ class Backend(abc.ABC):
     # -- mappings ---------------------------------------------------------------
     @abc.abstractmethod
     def mmap(self, len: int, memtype: MemType | str = MemType.ANON, name: str | None = None,
-             prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None) -> Region: ...
+             prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None) -> Region:
+        """mmap(2) ``len`` bytes of ``memtype`` (a memfd behind shmem/hugetlb), named ``name`` (default r<N>);
+        ``addr``: MAP_FIXED_NOREPLACE there."""
 
     @abc.abstractmethod
     def alias(self, region: Region, name: str | None = None) -> Region:
         """A second MAP_SHARED mapping of a shmem/hugetlb region's file (not registered)."""
 
     @abc.abstractmethod
-    def munmap(self, addr: int, len: int) -> None: ...
+    def munmap(self, addr: int, len: int) -> None:
+        """munmap(2) (UNMAP events are read before it returns when a handler runs)."""
 
     @abc.abstractmethod
-    def madvise(self, addr: int, len: int, advice: int) -> None: ...
+    def madvise(self, addr: int, len: int, advice: int) -> None:
+        """madvise(2) with a uapi.MADV_* advice."""
 
     @abc.abstractmethod
-    def mprotect(self, addr: int, len: int, prot: int) -> None: ...
+    def mprotect(self, addr: int, len: int, prot: int) -> None:
+        """mprotect(2) with uapi.PROT_* bits."""
 
     @abc.abstractmethod
-    def mremap(self, old: int, old_len: int, new_len: int, flags: int = 0, new_addr: int = 0) -> int: ...
+    def mremap(self, old: int, old_len: int, new_len: int, flags: int = 0, new_addr: int = 0) -> int:
+        """mremap(2); returns the new address."""
 
     # -- more of the mm surface (mmops): defaults say "not modelled"; the kernel backend overrides ----------
     # The advices the emulator models; anything else is NotModelled there (never a guessed EINVAL).
@@ -407,7 +250,6 @@ class Backend(abc.ABC):
     def check_advice(self, advice: int, name: str) -> None:
         """Raise NotModelled unless this backend models ``advice`` (None: every advice, the kernel)."""
         if self.MODELLED_ADVICE is not None and advice not in self.MODELLED_ADVICE:
-            from .errors import NotModelled
             raise NotModelled(f"madvise {name}")
 
     def dup_fd(self, fd: int | None) -> int | None:
@@ -422,57 +264,46 @@ class Backend(abc.ABC):
 
     def alias_at(self, region: Region, name: str | None, addr: int) -> Region:
         """alias(), at ``addr`` (MAP_FIXED_NOREPLACE): e.g. a PMD-aligned alias."""
-        from .errors import NotModelled
         raise NotModelled("alias at an address")
 
     def mmap_fixed(self, len: int, memtype: MemType | str, name: str | None, prot: int, addr: int) -> Region:
         """mmap with MAP_FIXED at ``addr`` (replacing what is there: UNMAP events for registered VMAs)."""
-        from .errors import NotModelled
         raise NotModelled("mmap MAP_FIXED")
 
     def mmap_file(self, len: int, path: str, shared: bool, name: str | None = None,
                   prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None,
                   fixed: bool = False) -> Region:
         """Map a regular file (``path``: a directory gets a fresh temp file, removed with the region)."""
-        from .errors import NotModelled
         raise NotModelled("regular file mappings")
 
     def mmap_sysv(self, len: int, hugetlb: bool, name: str | None = None,
                   prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None) -> Region:
         """SysV shared memory: shmget(IPC_PRIVATE) + shmat, IPC_RMID at once (gone when detached)."""
-        from .errors import NotModelled
         raise NotModelled("SysV shm")
 
     def msync(self, addr: int, len: int, flags: int) -> None:
-        from .errors import NotModelled
         raise NotModelled("msync")
 
     def mlock(self, addr: int, len: int, flags: int = 0) -> None:
         """mlock2(2); flags: MLOCK_ONFAULT."""
-        from .errors import NotModelled
         raise NotModelled("mlock")
 
     def munlock(self, addr: int, len: int) -> None:
-        from .errors import NotModelled
         raise NotModelled("munlock")
 
     def vmas(self, start: int, end: int) -> list[dict]:
         """The VMAs overlapping [start, end) as /proc/self/smaps shows them: ``start end flags`` (VmFlags
         two-letter codes) and the numeric fields in bytes (``Rss``, ``AnonHugePages``, ``Swap``, ...)."""
-        from .errors import NotModelled
         raise NotModelled("smaps VMAs")
 
     def swap_on(self, size: int, directory: str | None = None) -> dict:
         """A swapfile of ``size`` bytes made, mkswap'd and swapon'd; removed by swap_off/close."""
-        from .errors import NotModelled
         raise NotModelled("swap")
 
     def swap_off(self) -> dict:
-        from .errors import NotModelled
         raise NotModelled("swap")
 
     def swap_status(self) -> dict:
-        from .errors import NotModelled
         raise NotModelled("swap")
 
     # -- userfaultfd ------------------------------------------------------------
@@ -481,18 +312,18 @@ class Backend(abc.ABC):
         """Open a uffd: via "syscall", "dev" (/dev/userfaultfd) or "auto"."""
 
     @abc.abstractmethod
-    def fault_handler(self, uffd: Uffd, policy: HandlerPolicy) -> Handler: ...
+    def fault_handler(self, uffd: Uffd, policy: HandlerPolicy, start: bool = True) -> Handler:
+        """A fault-handling thread for ``uffd`` resolving by ``policy``, running when this returns (``start``
+        False: call start() yourself).  stop() (or leaving a ``with`` block) never strands a thread."""
 
     def fork_child(self) -> int:
         """fork() a child of this mm that exits at once (the parent waits for it); returns its pid.
         With UFFD_FEATURE_EVENT_FORK the fork blocks until the FORK event is read (run a handler)."""
-        from .errors import Unsupported
         raise Unsupported(f"backend {self.name!r} cannot fork")
 
     def adopt_uffd(self, fd: int) -> Uffd:
         """Wrap a uffd fd this backend did not open itself: the ``ufd`` of a FORK event (the child's uffd,
         already past UFFDIO_API).  The returned Uffd owns the fd."""
-        from .errors import Unsupported
         raise Unsupported(f"backend {self.name!r} cannot adopt a uffd fd")
 
     # -- memory access ----------------------------------------------------------
@@ -505,7 +336,8 @@ class Backend(abc.ABC):
         """Read memory without holding the GIL in the fault (may block in a userfault)."""
 
     @abc.abstractmethod
-    def write(self, addr: int, data: bytes) -> None: ...
+    def write(self, addr: int, data: bytes) -> None:
+        """Write memory without holding the GIL in the fault (may block in a userfault)."""
 
     # -- /proc ------------------------------------------------------------------
     @abc.abstractmethod
@@ -519,7 +351,8 @@ class Backend(abc.ABC):
         return array("Q", self.pagemap(addr, npages))
 
     @abc.abstractmethod
-    def clear_refs(self, value: int) -> None: ...
+    def clear_refs(self, value: int) -> None:
+        """Write ``value`` (1-5; 4 clears soft-dirty) to /proc/self/clear_refs."""
 
     @abc.abstractmethod
     def pagemap_scan(self, start: int, end: int, *, flags: int = 0, category_inverted: int = 0,
@@ -536,6 +369,28 @@ class Backend(abc.ABC):
     def smaps_private_dirty(self, addr: int) -> int:
         """Private_Dirty (bytes) of the mapping containing ``addr``."""
 
+    # -- queries: what callers ask instead of reaching into one implementation ------------------
+    # Each answers None (or empty) where the backend cannot see the thing; a caller never tests which
+    # backend it has to decide what it may read.
+    def pte_bits(self, addr: int) -> PteBits | None:
+        """RW and D of the PTE mapping ``addr`` (both 0 when none is present), or None where they cannot be
+        seen: the kernel does not export them to user space (a write's fault count shows write-ability)."""
+        return None
+
+    def vma_bounds(self, addr: int) -> tuple[int, int] | None:
+        """[start, end) of the VMA containing ``addr`` (None: no VMA there, or not known)."""
+        return None
+
+    def tlb_flush_count(self) -> int | None:
+        """TLB flushes the backend itself counted so far, or None where it does not count them (the kernel's
+        are seen through tracefs ``tlb:tlb_flush``: uffdctl.repro.tlbtrace)."""
+        return None
+
+    def hint_modes(self, ioctl: str) -> dict[str, int]:
+        """The never-merged 2022 RFC access/write hint mode bits UFFDIO_<ioctl> accepts here, by name
+        (``access_likely``, ``write_likely``); empty where there are none (every real kernel)."""
+        return {}
+
     def close(self) -> None:
         """Release everything (uffds, handlers, threads, mappings)."""
 
@@ -546,29 +401,4 @@ class Backend(abc.ABC):
         self.close()
 
 
-BACKENDS = ("kernel", "emu")
-
-
-def open_backend(name: str = "auto", **kw) -> Backend:
-    """Pick a backend: "kernel", "emu", or "auto" (kernel if it can serve, else emu).
-
-    Keyword arguments go to the emulator (``profile=``, ``soft_dirty=``).
-    """
-    if name not in ("auto",) + BACKENDS:
-        raise ValueError(f"unknown backend {name!r} (valid: auto, {', '.join(BACKENDS)})")
-    if name in ("kernel", "auto"):
-        try:
-            from .kernel import KernelBackend
-            return KernelBackend()
-        except BackendUnavailable:
-            if name == "kernel":
-                raise
-    from .emu import EmuBackend
-    return EmuBackend(**kw)
-
-
-def env_backend_default() -> str:
-    return os.environ.get("UFFDCTL_BACKEND", "auto")
-
-
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("abc", "enum", "errno", "os")]
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("abc", "errno", "annotations")]

@@ -177,9 +177,10 @@ def run_checks() -> dict:
     if not ok:
         v.append(_verdict("native", UNSUPPORTED, why))
         return _finish(res)
-    from .kernel import KernelBackend, meminfo
+    from .kernel import meminfo
     from .pagemap import probe_scan_categories
-    b = KernelBackend(probe=False)
+    from .registry import open_backend
+    b = open_backend("kernel", probe=False)
     try:
         # how a uffd can be opened, and why not
         res["open"] = probe_open()

@@ -13,7 +13,8 @@ releases the GIL while it waits); faults still queued are woken.
 from __future__ import annotations
 
 from ._native import load
-from .backend import HandledEvent, Handler, HandlerPolicy, UffdMsg
+from .backend import Handler
+from .types import HandledEvent, HandlerPolicy, UffdMsg, decode_msg
 
 _MISSING = {"queue": "UFFDCTL_POL_QUEUE", "zeropage": "UFFDCTL_POL_ZEROPAGE",
             "copy": "UFFDCTL_POL_COPY_SRC", "fill": "UFFDCTL_POL_COPY_FILL"}
@@ -82,7 +83,6 @@ class NativeHandler(Handler):
                 e = buf[i]
                 m = e.msg
                 raw = bytes(self._ffi.buffer(self._ffi.addressof(m), 32))
-                from .kernel import decode_msg
                 msg: UffdMsg = decode_msg(raw, e.ts_ns)
                 action = self._actions.get(e.action, "event") if e.action >= 0 else "event"
                 out.append(HandledEvent(msg, action, e.err, e.result))

@@ -15,6 +15,7 @@ import itertools
 import os
 import platform
 import queue
+import select
 import struct
 import threading
 import time
@@ -22,33 +23,19 @@ from array import array
 
 from . import uapi
 from ._native import load
-from .backend import (Access, AccessResult, Backend, Handler, HandlerPolicy, MemType, Region,
-                      ScanResult, SoftDirtyProbe, Thread, Uffd, UffdioApi, UffdMsg)
+from .backend import Access, Backend, Handler, Thread, Uffd
 from .errors import BackendUnavailable, Unsupported, uffd_error
+from .handler import NativeHandler
 from .kernel_mm import KernelMm
+from .types import (AccessResult, HandlerPolicy, MemType, Region, ScanResult, SoftDirtyProbe, UffdioApi, UffdMsg,
+                    decode_msg)
 
 # A value the kernel never writes into a result field: seeing it afterwards means
 # "not written" (argument validation failed before the copy-out).
 _UNWRITTEN = -(1 << 63)
 
-_MSG = struct.Struct("<BBHI24s")
 _T: dict = {}  # cached cffi pointer types of the uffdio_* structs
 _tls = threading.local()  # per-thread result cell of the range ioctls
-
-
-def decode_msg(raw: bytes, ts_ns: int = 0) -> UffdMsg:
-    """Decode one packed 32-byte ``struct uffd_msg``."""
-    event, _r1, _r2, _r3, arg = _MSG.unpack(raw)
-    m = UffdMsg(event=event, ts_ns=ts_ns)
-    if event == uapi.Event.PAGEFAULT:
-        m.flags, m.address, m.ptid = struct.unpack_from("<QQI", arg)
-    elif event == uapi.Event.FORK:
-        (m.ufd,) = struct.unpack_from("<I", arg)
-    elif event == uapi.Event.REMAP:
-        m.from_, m.to, m.len = struct.unpack_from("<QQQ", arg)
-    else:
-        m.start, m.end = struct.unpack_from("<QQ", arg)
-    return m
 
 
 def open_error_hint(err: int, via: str) -> str:
@@ -197,6 +184,11 @@ class KernelUffd(Uffd):
         raw = bytes(self._ffi.buffer(buf, r))
         return [decode_msg(raw[i:i + 32], ts) for i in range(0, r, 32)]
 
+    def _wait_readable(self, timeout: float) -> bool:
+        p = select.poll()
+        p.register(self.fd, select.POLLIN)
+        return bool(p.poll(max(0, int(timeout * 1000))))
+
     def read_raw(self, size: int) -> int:
         """read() with an arbitrary buffer size: bytes read or -errno (for the size<32 test)."""
         buf = self._ffi.new("char[]", max(size, 1))
@@ -233,7 +225,8 @@ class _KernelAccess(Access):
 
     def result(self) -> AccessResult:
         if not self._ev.is_set():
-            raise RuntimeError("access still in progress (blocked in a fault?)")
+            raise RuntimeError("access still in progress: blocked in a userfault that nothing has resolved yet "
+                               "(resolve it with copy/zeropage/continue/wake/writeprotect, or run a fault_handler)")
         if self._exc:
             raise self._exc
         return self._res
@@ -444,9 +437,20 @@ class KernelBackend(KernelMm, Backend):
         self._uffds.append(u)
         return u
 
-    def fault_handler(self, uffd, policy: HandlerPolicy) -> Handler:
-        from .handler import NativeHandler
-        return NativeHandler(uffd, policy)
+    def fault_handler(self, uffd, policy: HandlerPolicy, start: bool = True) -> Handler:
+        h = NativeHandler(uffd, policy)
+        if start:
+            h.start()
+        return h
+
+    def vma_bounds(self, addr: int) -> tuple[int, int] | None:
+        """From /proc/self/maps."""
+        with open("/proc/self/maps") as f:
+            for line in f:
+                lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+                if lo <= addr < hi:
+                    return lo, hi
+        return None
 
     # -- memory access ------------------------------------------------------------
     def thread(self, name="main") -> KernelThread:

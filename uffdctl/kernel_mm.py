@@ -8,7 +8,7 @@ import errno as E
 import os
 
 from . import _libc, swap, uapi
-from .backend import MemType, Region
+from .types import MemType, Region
 from .errors import Unsupported, uffd_error
 
 

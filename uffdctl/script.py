@@ -1,7 +1,8 @@
 """The ``uffdctl run`` language: session commands one per line, plus ``expect``.
 
-Each line is parsed by the same click definition as the CLI subcommand and run
-in-process against one :class:`~uffdctl.session.state.SessionState` (no daemon).
+Each line is parsed from the command table (uffdctl.session.argv: the same
+parameters the CLI subcommand declares) and run in-process against one
+:class:`~uffdctl.session.state.SessionState` (no daemon).
 ``#`` starts a comment (``#N`` right after ``expect event`` is a message number).
 The script stops at the first failure, naming the line.
 
@@ -36,39 +37,20 @@ from __future__ import annotations
 
 import ast
 import errno as _errno
+import json
 import operator
 import re
 import shlex
 import sys
 
-from .session.commands import COMMANDS, UsageError, error_dict, execute, exit_code_of
+from .errors import ScriptError, UffdctlError, UsageError, exit_code_of
+from .errors import to_wire as error_dict
+from .session.argv import HelpRequested, parse_argv
+from .session.commands import COMMANDS, execute
 from .session.state import SessionState
 
 MAX_REPEAT = 1_000_000
 DATA_READ_TIMEOUT_S = 60.0   # a bound for ``expect data`` reads, never reached by a read that can finish
-
-
-class ScriptError(Exception):
-    """A line that cannot run (malformed, or an expectation that failed)."""
-
-    def __init__(self, lineno: int, line: str, message: str, exit_code: int = 1, kind: str = "ExpectationFailed",
-                 cause: dict | None = None):
-        super().__init__(f"line {lineno}: {message}")
-        self.lineno, self.line, self.message, self.exit_code, self.kind = lineno, line, message, exit_code, kind
-        self.cause = cause or {}
-        self.iteration: list[int] | None = None
-
-    def to_dict(self) -> dict:
-        d = {"type": self.kind, "errno": None, "ioctl": None}
-        d.update(self.cause)
-        d.update(line=self.lineno, text=self.line, message=str(self))
-        if self.iteration:
-            d["iteration"] = self.iteration
-        return d
-
-    def __str__(self) -> str:
-        it = f" (repeat iteration {'/'.join(map(str, self.iteration))})" if self.iteration else ""
-        return f"line {self.lineno}{it}: {self.message}"
 
 
 def _usage(lineno, line, msg) -> ScriptError:
@@ -179,10 +161,18 @@ _FIELD_FLAGS = {"flags": "PagefaultFlag", "categories": "PageCategory", "mode": 
                 "ioctls": "Ioctl", "features": "Feature"}
 
 
+def _plain(name: str, result: dict, local: dict) -> str:
+    return json.dumps(result, default=str)
+
+
 class Interpreter:
-    def __init__(self, state: SessionState, echo=None, variables: dict | None = None):
+    """Runs a script's lines against one state.  ``echo(text)``, when given, receives each line as it runs with
+    its result drawn by ``render(name, result, local)`` (the CLI passes its table renderer)."""
+
+    def __init__(self, state: SessionState, echo=None, variables: dict | None = None, render=None):
         self.st = state
         self.echo = echo
+        self.render = render or _plain
         self.last_error: BaseException | None = None
         self.last_result: dict | None = None
         self.baseline: dict[str, tuple[int, int]] = {}
@@ -242,8 +232,6 @@ class Interpreter:
             self.echo(echo)
 
     def command(self, lineno: int, line: str, toks: list[str]) -> None:
-        import click
-        from .cli.build import parse_line
         name = toks[0]
         if name not in COMMANDS:
             raise _usage(lineno, line, f"unknown command {name!r}")
@@ -253,13 +241,13 @@ class Interpreter:
             if cached is None:    # a repeat loop parses each distinct line once
                 if len(self._parsed) > 4096:
                     self._parsed.clear()
-                cached = self._parsed[key] = parse_line(name, toks[1:])
+                cached = self._parsed[key] = parse_argv(name, toks[1:])
             cmd, args, local = cached
             args, local = dict(args), dict(local)
-        except click.exceptions.Exit:
-            raise _usage(lineno, line, "--help is not a script command") from None
-        except click.UsageError as e:
-            raise _usage(lineno, line, f"{name}: {e.format_message()}") from None
+        except HelpRequested as e:
+            raise _usage(lineno, line, str(e)) from None
+        except UsageError as e:
+            raise _usage(lineno, line, f"{name}: {e}") from None
         if name == "touch":
             self.st.thread(args.get("thread") or "main")
         if "main" not in self.st.thread_names:
@@ -273,9 +261,8 @@ class Interpreter:
             self.last_error = e
         text = None
         if self.echo and not self._quiet:
-            from .cli.output import render
             if self.last_error is None:
-                text = render(name, self.last_result, local)
+                text = self.render(name, self.last_result, local)
             else:
                 text = f"error: {error_dict(self.last_error)['message']}"
             text = f"{lineno:>4}: {line}" + ("\n" + _indent(text) if text else "")
@@ -502,12 +489,10 @@ class Interpreter:
             raise _usage(lineno, line, "expect scan RANGE [scan options] regions=N walk_end=ADDR r0.categories=...")
         opts = [t for t in rest if "=" not in t or t.startswith("--")]
         pairs = _pairs(lineno, line, [t for t in rest if "=" in t and not t.startswith("--")])
-        import click
-        from .cli.build import parse_line
         try:
-            _, args, _ = parse_line("scan", opts)
-        except (click.UsageError, click.exceptions.Exit) as e:
-            raise _usage(lineno, line, f"scan: {getattr(e, 'format_message', lambda: str(e))()}") from None
+            _, args, _ = parse_argv("scan", opts)
+        except (UsageError, HelpRequested) as e:
+            raise _usage(lineno, line, f"scan: {e}") from None
         try:
             res = execute(self.st, "scan", args)
         except UsageError as e:
@@ -824,27 +809,37 @@ def read_script(path: str) -> str:
             from None
 
 
-def run_text(text: str, path: str, backend="auto", profile: str | None = None, echo=None,
-             variables: dict | None = None) -> dict:
-    """Run a script's text on one backend (a name or a ready Backend); returns the run document."""
-    st = SessionState(backend, profile, name="run")
-    it = Interpreter(st, echo, variables)
+def run_text(text: str, path: str, backend="auto", profile: str | None = None, echo=None, render=None,
+             soft_dirty: bool | None = None, notice=None, variables: dict | None = None) -> dict:
+    """Run a script's text on one backend; returns ``{"ok", "file", "backend", "lines", ["error", "exit"]}``.
+
+    ``backend``/``profile``/``soft_dirty`` go to the one opener (uffdctl.registry); the result's ``backend``
+    says which backend ran and why, and ``notice(line)`` receives the one line to print on stderr when
+    ``auto`` did not give the kernel.
+    """
+    st = SessionState(backend, profile, name="run", soft_dirty=soft_dirty)
+    it = Interpreter(st, echo, variables, render)
+    info = None
     try:
+        st.open()
+        info = st.backend_info()
+        if notice is not None and st.notice():
+            notice(st.notice())
         res = it.run(text)
-        res.update(file=path, exit=0)
+        res.update(file=path, backend=info, exit=0)
         return res
     except ScriptError as e:
-        return {"ok": False, "file": path, "lines": it.log, "error": e.to_dict(), "exit": e.exit_code}
-    except Exception as e:  # backend unavailable, ...
-        return {"ok": False, "file": path, "lines": it.log, "error": error_dict(e), "exit": exit_code_of(e)}
+        return {"ok": False, "file": path, "backend": info, "lines": it.log, "error": e.to_dict(),
+                "exit": e.exit_code}
+    except UffdctlError as e:  # the backend cannot open here (BackendUnavailable, UsageError), ...
+        return {"ok": False, "file": path, "backend": info, "lines": it.log, "error": error_dict(e),
+                "exit": exit_code_of(e)}
     finally:
         st.close()
 
 
-def run_file(path: str, backend: str = "auto", profile: str | None = None, echo=None,
-             variables: dict | None = None) -> dict:
-    """Run a script file; returns ``{"ok", "file", "lines", ["error", "exit"]}``.
-
-    Malformed input that prevents the run from starting (unreadable file) raises ScriptError.
-    """
-    return run_text(read_script(path), path, backend, profile, echo, variables)
+def run_file(path: str, backend: str = "auto", profile: str | None = None, echo=None, render=None,
+             soft_dirty: bool | None = None, notice=None, variables: dict | None = None) -> dict:
+    """Run a script file (see run_text).  Malformed input that prevents the run from starting (unreadable
+    file) raises ScriptError."""
+    return run_text(read_script(path), path, backend, profile, echo, render, soft_dirty, notice, variables)

@@ -22,14 +22,12 @@ import time
 from dataclasses import dataclass, field
 
 from . import uapi
-from .errors import Unsupported, UffdctlError, uffd_error
+from .errors import StressFailed, Unsupported, UffdctlError, uffd_error  # noqa: F401 (StressFailed lives in errors.py)
 from .backend import MemType
 
 MEMTYPES = ("anon", "shmem", "shmem-private", "hugetlb", "hugetlb-private")
 
 
-class StressFailed(UffdctlError):
-    """A stress bounce found a lost update or an ioctl failed (exit code 1)."""
 
 
 @dataclass

@@ -160,10 +160,10 @@ def main(argv=None) -> int:
     except BrokenPipeError:
         return 1
     except Exception as e:
-        from ..session.commands import error_dict, exit_code_of
+        from ..errors import exit_code_of, to_wire
         if os.environ.get("UFFDCTL_DEBUG") == "1":
             raise
-        out.error(error_dict(e))
+        out.error(to_wire(e))
         return exit_code_of(e)
 
 

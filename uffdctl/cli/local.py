@@ -12,7 +12,19 @@ def _g() -> Globals:
 
 BACKEND = click.option("--backend", type=click.Choice(["auto", "kernel", "emu"]), default="auto",
                        envvar="UFFDCTL_BACKEND", show_default=True, help="kernel, emulator, or kernel if it can serve")
-PROFILE = click.option("--profile", default=None, help="emulator profile (6.18, 5.19, rfc-hints, ...)")
+PROFILE = click.option("--profile", default=None,
+                       help="emulator profile (6.18, 5.19, rfc-hints, ...); with --backend auto: the emulator")
+SOFT_DIRTY = click.option("--soft-dirty", type=click.Choice(["on", "off"]), default=None,
+                          help="emulator: model CONFIG_MEM_SOFT_DIRTY on or off (default on); with --backend "
+                               "auto: the emulator")
+
+
+def _sd(value: str | None) -> bool | None:
+    return None if value is None else value == "on"
+
+
+def _notice(line: str) -> None:
+    click.echo(line, err=True)
 
 
 @click.command()
@@ -48,10 +60,11 @@ def check(verbose):
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @BACKEND
 @PROFILE
+@SOFT_DIRTY
 @click.option("-q", "--quiet", is_flag=True, help="print only failures")
 @click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
               help="set a script variable (${NAME}); repeatable")
-def run(file, backend, profile, quiet, variables):
+def run(file, backend, profile, soft_dirty, quiet, variables):
     """Run a script of session commands, one per line, in this process (no daemon).
 
     `#` starts a comment.  `expect` lines assert state and print an expected/actual
@@ -76,8 +89,9 @@ def run(file, backend, profile, quiet, variables):
     except UsageError as e:
         raise click.UsageError(str(e)) from None
     try:
+        from .output import render
         res = run_file(file, backend=backend, profile=profile, echo=None if (g.out.json or quiet) else click.echo,
-                       variables=variables)
+                       render=render, soft_dirty=_sd(soft_dirty), notice=_notice, variables=variables)
     except ScriptError as e:
         g.out.error(e.to_dict(), "uffdctl run")
         raise click.exceptions.Exit(e.exit_code) from None
@@ -104,7 +118,8 @@ def session():
 @click.option("--name", default=None, help="session name (default s0, s1, ...)")
 @BACKEND
 @PROFILE
-def session_start(name, backend, profile):
+@SOFT_DIRTY
+def session_start(name, backend, profile, soft_dirty):
     """Start a detached process that owns a uffd, regions and a fault handler, serving a Unix socket.
 
     \b
@@ -112,7 +127,10 @@ def session_start(name, backend, profile):
       uffdctl session start --name demo
     """
     from ..session import client
-    r = client.start(name, backend, profile)
+    r = client.start(name, backend, profile, _sd(soft_dirty))
+    notice = r.get("selection", {}).get("notice")
+    if notice:
+        _notice(notice)
     _g().out.result("session-start", r)
 
 

@@ -96,6 +96,38 @@ def render_kv(r: dict) -> str:
     return "\n".join(out)
 
 
+def describe_backend(sel: dict | None) -> str:
+    """``kernel 6.18.44 (soft-dirty off)`` / ``emulator, profile 5.19 (soft-dirty on), auto: fallback: why``."""
+    if not sel:
+        return "-"
+    if sel.get("backend") == "kernel":
+        s = f"kernel {sel.get('release')}"
+    else:
+        s = f"emulator, profile {sel.get('profile')} (models {sel.get('release')})"
+    s += f", soft-dirty {'on' if sel.get('soft_dirty') else 'off'}"
+    if sel.get("requested") == "auto":
+        s += f"; auto: {'fallback: ' if sel.get('fallback') else ''}{sel.get('reason')}"
+    return s
+
+
+def render_status(r: dict) -> str:
+    u = r.get("uffd")
+    lines = [f"session {r['name']}: {describe_backend(r.get('selection'))}",
+             f"uptime: {r['uptime_s']:.1f} s" + (f", pid {r['pid']}" if "pid" in r else "") +
+             (f", rss {r['rss'] >> 10} KiB" if "rss" in r else ""),
+             "uffd: " + ("not opened yet (the first command that needs one opens it)" if u is None else
+                         f"fd {u['fd']}, features " + ("|".join(f.replace("UFFD_FEATURE_", "")
+                                                                for f in u["features_decoded"]) or "none")),
+             "regions: " + (", ".join(r["regions"]) or "none"),
+             "threads: " + (", ".join(r["threads"]) or "none"),
+             "blocked touches: " + (", ".join(f"#{t}" for t in r["blocked"]) or "none"),
+             f"events: {r['events']}",
+             "policy: " + " ".join(f"{k}={v}" for k, v in r["policy"].items())]
+    if "socket" in r:
+        lines.append(f"socket: {r['socket']}")
+    return "\n".join(lines)
+
+
 def render(name: str, r: dict, opts: dict | None = None) -> str:
     """Human rendering of one command's result."""
     opts = opts or {}
@@ -126,6 +158,11 @@ def render(name: str, r: dict, opts: dict | None = None) -> str:
             cats = "|".join(c.replace("PAGE_IS_", "") for c in x["categories_decoded"]) or "-"
             lines.append(f"0x{x['start']:x}-0x{x['end']:x}  {(x['end'] - x['start']) // 4096:6d} pages  {cats}")
         return "\n".join(lines)
+    if name == "status":
+        return render_status(r)
+    if name == "session-start":
+        return (f"session {r['name']} started: pid {r['pid']}, {describe_backend(r.get('selection'))}\n"
+                f"socket: {r['socket']}\nlog: {r['log']}")
     if name == "session-list":
         rows = [dict(x, uptime=f"{x['uptime_s']:.0f}s" if "uptime_s" in x else "-",
                      rss=f"{x['rss'] >> 10}K" if "rss" in x else "-") for x in r["sessions"]]

@@ -68,7 +68,8 @@ def repro(name, backend, profiles, cases, verbose, scenario_dir):
     bad = [c for c in _split(cases) if c not in known_cases]
     if bad:
         raise click.UsageError(f"unknown case(s) {', '.join(bad)} (valid: {', '.join(sorted(known_cases))})")
-    from ..emu.profiles import PROFILES
+    from ..registry import emulator_profiles
+    PROFILES = emulator_profiles()
     profs = _split(profiles) or R.DEFAULT_PROFILES
     badp = [p for p in profs if p not in PROFILES]
     if badp:

@@ -21,6 +21,7 @@ from .. import uapi
 from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, HandlerPolicy, MemType, Region,
                        ScanResult, SoftDirtyProbe, Thread, UffdMsg)
 from ..errors import UffdError, uffd_error
+from ..types import PteBits
 from . import mm as M
 from .profiles import DEFAULT_PROFILE, get_profile
 from .userfaultfd import EmuUffd
@@ -107,7 +108,8 @@ class EmuAccess(Access):
 
     def result(self) -> AccessResult:
         if not self._done:
-            raise RuntimeError("access still in progress (blocked in a fault?)")
+            raise RuntimeError("access still in progress: blocked in a userfault that nothing has resolved yet "
+                               "(resolve it with copy/zeropage/continue/wake/writeprotect, or run a fault_handler)")
         if self._segv:
             raise uffd_error(E.EFAULT, "access", message="SIGSEGV: no mapping or no permission")
         return self._res
@@ -298,6 +300,27 @@ class EmuBackend(Backend):
     def tlb_flushes(self) -> int:
         return self.mm.tlb.flushes
 
+    # -- queries of uffdctl.backend.Backend (what callers ask instead of reading the model) ---------------
+    def pte_bits(self, addr: int) -> PteBits:
+        pte = self.mm.ptes.get(addr)
+        if pte is None or not pte.present:
+            return PteBits(0, 0)
+        return PteBits(int(pte.write), int(pte.dirty))
+
+    def vma_bounds(self, addr: int) -> tuple[int, int] | None:
+        v = self.mm.find_vma(addr)
+        return (v.start, v.end) if v is not None else None
+
+    def tlb_flush_count(self) -> int:
+        return self.mm.tlb.flushes
+
+    def hint_modes(self, ioctl: str) -> dict[str, int]:
+        if not self.profile.hints:
+            return {}
+        from . import profiles
+        consts = {h: f"UFFDIO_{ioctl}_MODE_{h.upper()}" for h in ("access_likely", "write_likely")}
+        return {h: int(getattr(profiles, c)) for h, c in consts.items() if hasattr(profiles, c)}
+
     # -- the run loop ---------------------------------------------------------------------
     def _wake(self, waiter) -> None:
         acc = waiter.access
@@ -433,8 +456,11 @@ class EmuBackend(Backend):
         self._uffds.append(u)
         return u
 
-    def fault_handler(self, uffd, policy: HandlerPolicy) -> Handler:
-        return EmuHandler(self, uffd, policy)
+    def fault_handler(self, uffd, policy: HandlerPolicy, start: bool = True) -> Handler:
+        h = EmuHandler(self, uffd, policy)
+        if start:
+            h.start()
+        return h
 
     def fork_child(self) -> int:
         """dup_userfaultfd(): every ctx with UFFD_FEATURE_EVENT_FORK that has a VMA of this mm gets a FORK

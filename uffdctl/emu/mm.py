@@ -21,7 +21,7 @@ import errno as E
 import itertools
 
 from .. import uapi
-from ..backend import MemType
+from ..types import MemType
 from . import tlb as _tlb
 from .profiles import (UFFDIO_COPY_MODE_ACCESS_LIKELY, UFFDIO_COPY_MODE_WRITE_LIKELY, Profile)
 

@@ -56,10 +56,11 @@ class Report:
 
 def kernel_facts() -> dict:
     """describe() of the kernel backend (release, soft-dirty round trip), or why it is unavailable."""
+    from ..errors import BackendUnavailable
+    from ..registry import open_backend
     try:
-        from ..kernel import KernelBackend
-        b = KernelBackend()
-    except Exception as e:
+        b = open_backend("kernel")
+    except BackendUnavailable as e:
         return {"available": False, "reason": str(e), "release": platform.release()}
     try:
         d = b.describe()
@@ -72,9 +73,9 @@ def kernel_facts() -> dict:
 
 def mirror_profile(release: str) -> str:
     """The emulator profile of the kernel's series (6.1, 6.18, ...), else the default (6.18)."""
-    from ..emu.profiles import DEFAULT_PROFILE, PROFILES
+    from ..registry import default_profile, emulator_profiles
     series = ".".join(release.split("-")[0].split(".")[:2])
-    return series if series in PROFILES else DEFAULT_PROFILE
+    return series if series in emulator_profiles() else default_profile()
 
 
 def targets_for(backend: str, profiles: tuple, kernel: dict | None) -> list[Target]:
@@ -98,7 +99,8 @@ def applies(case, t: Target) -> bool:
 
 def run(scenarios: list[Scenario], backend: str = "both", profiles: tuple = DEFAULT_PROFILES,
         cases: tuple = (), on_run=None) -> Report:
-    from ..emu.profiles import PROFILES
+    from ..registry import emulator_profiles
+    PROFILES = emulator_profiles()
     bad = [p for p in profiles if p not in PROFILES]
     if bad:
         raise ValueError(f"unknown emulator profile(s) {', '.join(bad)} (valid: {', '.join(PROFILES)})")

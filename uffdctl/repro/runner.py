@@ -1,7 +1,7 @@
 """Run a scenario case on one target (the kernel, or one emulator profile) and decide its verdict.
 
-The steps are parsed by the ``uffdctl run`` language's click definitions and run in one in-process
-session (:func:`uffdctl.session.commands.execute`).
+The steps are parsed as ``uffdctl run`` parses its lines (uffdctl.session.argv, from the command table)
+and run in one in-process session (:func:`uffdctl.session.commands.execute`).
 After every step the runner records the state of the watched page:
 
 ======================  ===========================================================================
@@ -34,7 +34,12 @@ import time
 from dataclasses import dataclass, field
 
 from .. import uapi
-from ..errors import BackendUnavailable, UffdctlError
+from ..errors import BackendUnavailable, UffdctlError, UsageError
+from ..errors import to_wire as error_dict
+from ..registry import open_backend
+from ..session.argv import parse_argv
+from ..session.commands import execute, pagemap_entries, parse_range
+from ..session.state import SessionState
 from . import scenario as S
 
 COMPARED = ("present", "uffd_wp", "exclusive", "soft_dirty", "private_dirty", "written", "fault", "flushes")
@@ -99,11 +104,10 @@ class CaseRun:
 
 
 def open_target(t: Target, switches: dict | None = None):
+    """The target's backend, from the one opener (uffdctl.registry)."""
     if t.backend == "kernel":
-        from ..kernel import KernelBackend
-        return KernelBackend()
-    from ..emu import EmuBackend
-    return EmuBackend(t.profile, soft_dirty=t.soft_dirty, **(switches or {}))
+        return open_backend("kernel")
+    return open_backend("emu", profile=t.profile, soft_dirty=t.soft_dirty, switches=switches)
 
 
 def _unmet(need: str, b, desc: dict) -> str | None:
@@ -115,11 +119,11 @@ def _unmet(need: str, b, desc: dict) -> str | None:
         bit = uapi.Feature.WP_ASYNC if need == "wp_async" else uapi.Feature.MOVE
         return None if feats & bit else f"feature missing: UFFD_FEATURE_{bit.name}"
     if need == "hints":
-        if b.name == "emu" and getattr(b.profile, "hints", None):
+        if b.hint_modes("COPY"):
             return None
         return "the 2022 access/write hints were never merged: emulator rfc-hints profiles only"
     if need == "tlb":
-        if b.name == "emu":
+        if b.tlb_flush_count() is not None:      # the backend counts them itself (the emulator's TLB model)
             return None
         from .tlbtrace import TlbTrace, TlbTraceUnavailable
         try:
@@ -134,22 +138,20 @@ class _Observer:
     def __init__(self, st, sc: S.Scenario, sd_ok: bool, count_tlb: bool):
         self.st, self.sc, self.sd_ok = st, sc, sd_ok
         b = st.backend
-        self.emu = b.name == "emu"
+        self._flushes = b.tlb_flush_count()       # None: the backend does not count; tracefs may
         self.trace = None
-        if count_tlb and not self.emu:
+        if count_tlb and self._flushes is None:
             from .tlbtrace import TlbTrace
             self.trace = TlbTrace()
-        self._flushes = b.tlb_flushes if self.emu else 0
 
     def flushes(self) -> int | None:
-        if self.emu:
-            now = self.st.backend.tlb_flushes
+        now = self.st.backend.tlb_flush_count()
+        if now is not None:
             d, self._flushes = now - self._flushes, now
             return d
         return self.trace.take() if self.trace else None
 
     def page(self) -> dict:
-        from ..session.commands import UsageError, pagemap_entries, parse_range
         try:
             span = parse_range(self.st, self.sc.watch)
         except UsageError:
@@ -159,12 +161,9 @@ class _Observer:
         e = pagemap_entries(self.st, span)[0]
         o = {"present": e["present"], "uffd_wp": e["uffd_wp"], "exclusive": e["exclusive"],
              "soft_dirty": e["soft_dirty"] if self.sd_ok else None, "write": None, "dirty": None}
-        if self.emu:
-            pte = b.mm.ptes.get(span.start)
-            if pte is not None and pte.present:
-                o.update(write=int(pte.write), dirty=int(pte.dirty))
-            else:
-                o.update(write=0, dirty=0)
+        bits = b.pte_bits(span.start)             # None where the backend cannot see the PTE's RW/D bits
+        if bits is not None:
+            o.update(write=bits.write, dirty=bits.dirty)
         o["private_dirty"] = self.private_dirty(span)
         o["written"] = self.written(span) if self.wp_registered(span.start) else None
         return o
@@ -173,7 +172,7 @@ class _Observer:
         """smaps Private_Dirty of the page's VMA, only while that VMA is exactly the region: before
         registration a neighbouring anon mapping may have merged into it (the kernel and the emulator
         place mappings differently), and its pages would be counted too."""
-        if _vma_bounds(self.st.backend, span.start) != (span.region.addr, span.region.end):
+        if self.st.backend.vma_bounds(span.start) != (span.region.addr, span.region.end):
             return None
         try:
             return self.st.backend.smaps_private_dirty(span.start)
@@ -201,33 +200,14 @@ class _Observer:
             self.trace.close()
 
 
-def _vma_bounds(b, addr: int) -> tuple[int, int] | None:
-    """[start, end) of the VMA containing addr: the emulator's VMA list, or /proc/self/maps."""
-    if b.name == "emu":
-        v = b.mm.find_vma(addr)
-        return (v.start, v.end) if v is not None else None
-    with open("/proc/self/maps") as f:
-        for line in f:
-            lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
-            if lo <= addr < hi:
-                return lo, hi
-    return None
-
-
 def _prepare(st, toks: list[str]):
-    """Parse one step as ``uffdctl run`` does (the same click definitions); returns the call that runs it,
+    """Parse one step as ``uffdctl run`` does (the command table's parser); returns the call that runs it,
     so that TLB flushes are counted around the command alone."""
-    import click
-
-    from ..cli.build import parse_line
-    from ..session.commands import COMMANDS, UsageError, execute
     name = toks[0]
-    if name not in COMMANDS:
-        raise UsageError(f"unknown command {name!r}")
     try:
-        _, args, _ = parse_line(name, toks[1:])
-    except (click.UsageError, click.exceptions.Exit) as e:
-        raise UsageError(f"{name}: {getattr(e, 'format_message', lambda: 'bad usage')()}") from None
+        _, args, _ = parse_argv(name, toks[1:])
+    except UsageError as e:
+        raise UsageError(f"{name}: {e}") from None
     if name == "touch":
         st.thread(args.get("thread") or "main")
     return lambda: execute(st, name, args)
@@ -235,8 +215,6 @@ def _prepare(st, toks: list[str]):
 
 def run_case(sc: S.Scenario, case: S.Case, target: Target, echo=None) -> CaseRun:
     """Run one case on one target; never raises for what the kernel does (that is the verdict)."""
-    from ..session.commands import error_dict
-    from ..session.state import SessionState
     t0 = time.monotonic()
     run = CaseRun(sc.name, case.id, target)
     switches = case.switches.get(target.profile) if target.backend == "emu" else None

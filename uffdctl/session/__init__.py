@@ -1,1 +1,9 @@
-"""placeholder package; filled by its issue."""
+"""Sessions: the command table and the processes that serve it.
+
+- ``commands``  the one command table (``COMMANDS``: name -> function, parameters, help); no click, no cffi
+- ``argv``      one line of the table's language parsed from its parameters (``uffdctl run``, reproductions)
+- ``state``     what a session owns (backend, uffd, regions, handler, threads, touches, event log)
+- ``server``    the daemon (``python -m uffdctl.session.server``) serving the table on a Unix socket
+- ``client``    start, find, call and stop daemons
+- ``protocol``  the versioned JSON-lines wire format;  ``paths``  the runtime directory
+"""

@@ -15,15 +15,10 @@ import subprocess
 import sys
 import time
 
+from ..errors import RemoteErrorLike, SessionGone, UsageError, from_wire
 from . import paths, protocol
-from .commands import RemoteErrorLike, UsageError
 
 START_TIMEOUT_S = 30.0
-
-
-class SessionGone(RemoteErrorLike):
-    def __init__(self, message: str):
-        super().__init__({"type": "SessionGone", "errno": None, "ioctl": None, "message": message}, 1)
 
 
 def _read_pid(name: str) -> int | None:
@@ -135,7 +130,7 @@ class Client:
             raise SessionGone(f"session {self.name!r} closed the connection during {op} (did it die?)")
         resp = json.loads(line)
         if not resp.get("ok"):
-            raise RemoteErrorLike(resp.get("error") or {}, resp.get("exit", 1))
+            raise from_wire(resp.get("error") or {}, resp.get("exit", 1))   # the server's own class
         return resp["result"]
 
     def close(self):
@@ -162,8 +157,11 @@ def _free_name() -> str:
     return f"s{i}"
 
 
-def start(name: str | None = None, backend: str = "auto", profile: str | None = None) -> dict:
-    """Spawn a daemon; return once its socket listens (or raise its one-line error)."""
+def start(name: str | None = None, backend: str = "auto", profile: str | None = None,
+          soft_dirty: bool | None = None) -> dict:
+    """Spawn a daemon; return once its socket listens (or raise its one-line error).  The result's
+    ``selection`` says which backend the daemon opened and why (``notice``: the line to show after a
+    fallback)."""
     paths.ensure_dir()
     name = _checked(_free_name() if name is None else name)
     if state_of(name) != "gone":
@@ -173,6 +171,8 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
            "--ready-fd", str(w)]
     if profile:
         cmd += ["--profile", profile]
+    if soft_dirty is not None:
+        cmd += ["--soft-dirty", "on" if soft_dirty else "off"]
     with open(paths.log_path(name), "ab") as log:
         os.chmod(paths.log_path(name), 0o600)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,), cwd="/",
@@ -202,9 +202,9 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
     if not msg.get("ok"):
         proc.wait(5)
         _forget(name)
-        raise RemoteErrorLike(msg.get("error") or {}, msg.get("exit", 1))
+        raise from_wire(msg.get("error") or {}, msg.get("exit", 1))
     return {"name": name, "pid": msg["pid"], "socket": msg["socket"], "backend": msg["backend"],
-            "log": paths.log_path(name)}
+            "selection": msg.get("selection") or {}, "log": paths.log_path(name)}
 
 
 def stop(name: str | None) -> dict:

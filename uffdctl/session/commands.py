@@ -20,35 +20,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import uapi
-from ..backend import HandlerPolicy, MemType, Region
-from ..errors import Unsupported, UffdctlError
-from .state import SessionState, UsageError
+from ..errors import RemoteErrorLike, Unsupported, UsageError, exit_code_of
+from ..errors import to_wire as error_dict   # the wire/JSON form of any error (the name this module used)
+from ..types import HPAGE_SIZE, HandlerPolicy, MemType, Region
+from .state import SessionState
 
 PAGE = uapi.PAGE_SIZE
 TOUCH_DECIDE_S = 0.2     # touch without --wait: how long to wait before saying "blocked"
 MAX_PAGEMAP_ENTRIES = 1 << 16  # per-page entries up to this; above it runs, counts and symbols only
-
-
-def error_dict(e: BaseException) -> dict:
-    """The wire/JSON form of any error: ``{"type", "errno", "ioctl", "message", ...}``."""
-    if hasattr(e, "to_dict") and hasattr(e, "ioctl"):
-        return e.to_dict()
-    if isinstance(e, RemoteErrorLike):
-        return dict(e.payload)
-    return {"type": type(e).__name__, "errno": getattr(e, "errno", None), "ioctl": None, "message": str(e)}
-
-
-class RemoteErrorLike(UffdctlError):
-    """An error that came back over the socket (or was re-raised from its dict)."""
-
-    def __init__(self, payload: dict, exit_code: int = 1):
-        super().__init__(payload.get("message") or payload.get("type", "error"))
-        self.payload = payload
-        self.exit_code = exit_code
-
-
-def exit_code_of(e: BaseException) -> int:
-    return getattr(e, "exit_code", 1) if isinstance(e, UffdctlError) else 1
 
 
 # -- parsing ---------------------------------------------------------------------------
@@ -241,16 +220,15 @@ def _hint_bits(st: SessionState, args: dict, ioctl: str) -> int:
     wanted = [h for h in ("access_likely", "write_likely") if args.get(h)]
     if not wanted:
         return 0
-    if st.backend.name != "emu" or not getattr(getattr(st.backend, "profile", None), "hints", None):
+    modes = st.backend.hint_modes(ioctl)          # the backend says which it accepts (none on a real kernel)
+    if not modes and not st.backend.hint_modes("COPY"):
         raise Unsupported(f"--{wanted[0].replace('_', '-')} is an emulator-only RFC hint (never merged)",
                           "start the session with --backend emu --profile rfc-hints")
-    from ..emu import profiles  # the emulator owns the (uffdctl-private) values
     bits = 0
     for h in wanted:
-        val = getattr(profiles, f"UFFDIO_{ioctl}_MODE_{h.upper()}", None)
-        if val is None:
+        if h not in modes:
             raise Unsupported(f"the emulator has no {h.upper()} mode for UFFDIO_{ioctl}")
-        bits |= int(val)
+        bits |= modes[h]
     return bits
 
 
@@ -320,7 +298,6 @@ def cmd_mmap(st, a):
     memtype = MemType(a["type"])
     page = uapi.PAGE_SIZE
     if memtype.hugetlb:
-        from ..backend import HPAGE_SIZE
         page = HPAGE_SIZE
     if size % page:
         raise UsageError(f"size {a['size']!r} is not a multiple of the {memtype.value} page size ({page})")
@@ -822,7 +799,9 @@ def cmd_scan(st, a):
 @command("status", "What the session owns: backend, uffd, regions, handler, threads, events.", "uffdctl status")
 def cmd_status(st, a):
     b = st.backend
-    return {"name": st.name, "backend": b.name, "profile": st.profile, "uptime_s": round(time.time() - st.started, 3),
+    info = st.backend_info()
+    return {"name": st.name, "backend": b.name, "profile": info["profile"], "selection": info,
+            "uptime_s": round(time.time() - st.started, 3),
             "uffd": None if st.uffd is None else {
                 "fd": st.uffd.fileno(), "features": st.requested_features,
                 "features_decoded": uapi.Feature.decode(st.requested_features or 0)},
@@ -840,5 +819,5 @@ def parse_addr(st: SessionState, text: Any) -> int:
 
 from . import mmcommands  # noqa: E402,F401  (registers mremap, mprotect, msync, mlock, munlock, swap)
 
-__all__ = ["COMMANDS", "Command", "Param", "SessionState", "Span", "UsageError", "error_dict", "execute",
-           "exit_code_of", "parse_addr", "parse_range", "parse_size"]
+__all__ = ["COMMANDS", "Command", "Param", "RemoteErrorLike", "SessionState", "Span", "UsageError", "error_dict",
+           "execute", "exit_code_of", "parse_addr", "parse_range", "parse_size"]

@@ -9,11 +9,9 @@ import os
 import re
 import stat
 
+from ..errors import RuntimeDirError
+
 NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
-
-
-class RuntimeDirError(Exception):
-    exit_code = 1
 
 
 def runtime_dir() -> str:

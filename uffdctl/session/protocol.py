@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import json
 
+from ..errors import ProtocolError, to_wire
+
 VERSION = 1
 MAX_LINE = 1 << 20
-
-
-class ProtocolError(Exception):
-    exit_code = 2
 
 
 def encode(obj: dict) -> bytes:
@@ -43,5 +41,10 @@ def decode_request(line: bytes) -> dict:
     return req
 
 
-def error_response(rid, err: dict, exit_code: int) -> dict:
-    return {"v": VERSION, "id": rid, "ok": False, "exit": exit_code, "error": err}
+def error_response(rid, e: BaseException) -> dict:
+    """The response carrying an error: its wire form (uffdctl.errors.to_wire) and exit status."""
+    err = to_wire(e)
+    return {"v": VERSION, "id": rid, "ok": False, "exit": err["exit"], "error": err}
+
+
+__all__ = ["VERSION", "MAX_LINE", "ProtocolError", "encode", "decode_request", "error_response"]

@@ -14,6 +14,7 @@ stop the threads, remove the socket and pid file.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import signal
@@ -23,8 +24,9 @@ import sys
 import threading
 import traceback
 
+from ..errors import PermissionDenied, ProtocolError, UffdctlError, exit_code_of, to_wire
 from . import paths, protocol
-from .commands import error_dict, execute, exit_code_of
+from .commands import execute
 from .state import SessionState
 
 
@@ -91,10 +93,7 @@ class Server:
         with conn:
             _pid, uid, _gid = peer_uid(conn)
             if uid != os.getuid():
-                err = {"type": "PermissionDenied", "errno": 1, "ioctl": None,
-                       "message": f"uid {uid} may not use session {self.name} (owner uid {os.getuid()})"}
-                print(f"refused a client with uid {uid} (pid {_pid})", flush=True)
-                self._send(conn, protocol.error_response(None, err, 1))
+                self.refuse(conn, _pid, uid)
                 return
             f = conn.makefile("rb")
             while True:
@@ -102,9 +101,8 @@ class Server:
                 if not line:
                     return
                 if len(line) > protocol.MAX_LINE and not line.endswith(b"\n"):
-                    err = {"type": "ProtocolError", "errno": None, "ioctl": None,
-                           "message": f"message exceeds the limit of {protocol.MAX_LINE} bytes"}
-                    self._send(conn, protocol.error_response(None, err, 2))
+                    err = ProtocolError(f"message exceeds the limit of {protocol.MAX_LINE} bytes")
+                    self._send(conn, protocol.error_response(None, err))
                     return
                 if not line.strip():
                     continue
@@ -114,6 +112,24 @@ class Server:
                 if resp.get("ok") and resp.get("result", {}).get("stopping"):
                     self.stopping.set()
                     return
+
+    REFUSE_READ_S = 5.0
+
+    def refuse(self, conn: socket.socket, pid: int, uid: int) -> None:
+        """Answer a client of another uid with PermissionDenied.  Its first request is read before the
+        answer (for at most REFUSE_READ_S): closing on a client still sending would fail its write with
+        EPIPE instead of giving it the reason."""
+        rid = None
+        try:
+            conn.settimeout(self.REFUSE_READ_S)
+            line = conn.makefile("rb").readline(protocol.MAX_LINE + 1)
+            rid = protocol.decode_request(line).get("id")
+        except (OSError, ProtocolError):
+            pass
+        err = PermissionDenied(errno.EPERM, "SO_PEERCRED",
+                               message=f"uid {uid} may not use session {self.name} (owner uid {os.getuid()})")
+        print(f"refused a client with uid {uid} (pid {pid})", flush=True)
+        self._send(conn, protocol.error_response(rid, err))
 
     @staticmethod
     def _send(conn, obj) -> bool:
@@ -126,9 +142,8 @@ class Server:
     def respond(self, line: bytes) -> dict:
         try:
             req = protocol.decode_request(line)
-        except protocol.ProtocolError as e:
-            return protocol.error_response(None, {"type": "ProtocolError", "errno": None, "ioctl": None,
-                                                  "message": str(e)}, 2)
+        except ProtocolError as e:
+            return protocol.error_response(None, e)
         rid, op, args = req.get("id"), req["op"], req.get("args") or {}
         try:
             if op == "hello":
@@ -143,9 +158,9 @@ class Server:
                 result = execute(self.state, op, args)
             return {"v": protocol.VERSION, "id": rid, "ok": True, "result": result}
         except Exception as e:  # every error goes back to the client as data
-            if not hasattr(e, "exit_code"):
-                traceback.print_exc()
-            return protocol.error_response(rid, error_dict(e), exit_code_of(e))
+            if not isinstance(e, UffdctlError):
+                traceback.print_exc()       # a bug: the traceback goes to the session's log
+            return protocol.error_response(rid, e)
 
     def process_info(self) -> dict:
         import psutil
@@ -158,6 +173,7 @@ def main(argv=None) -> int:
     ap.add_argument("--name", required=True)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--profile", default=None)
+    ap.add_argument("--soft-dirty", choices=("on", "off"), default=None)
     ap.add_argument("--ready-fd", type=int, default=-1)
     ns = ap.parse_args(argv)
 
@@ -167,21 +183,26 @@ def main(argv=None) -> int:
             os.close(ns.ready_fd)
             ns.ready_fd = -1
 
-    state = SessionState(ns.backend, ns.profile, ns.name)
+    state = SessionState(ns.backend, ns.profile, ns.name,
+                         soft_dirty=None if ns.soft_dirty is None else ns.soft_dirty == "on")
     server = Server(ns.name, state)
     try:
         paths.ensure_dir()
         state.open()
         server.bind()
     except Exception as e:
-        ready({"ok": False, "exit": exit_code_of(e), "error": error_dict(e)})
+        ready({"ok": False, "exit": exit_code_of(e), "error": to_wire(e)})
         server.cleanup() if server.sock is not None else state.close()
         return exit_code_of(e)
     signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     print(f"session {ns.name}: pid {os.getpid()}, backend {state.backend.name}, socket {server.sock_path}",
           flush=True)
-    ready({"ok": True, "pid": os.getpid(), "socket": server.sock_path, "backend": state.backend.name})
+    selection = dict(state.backend_info(), notice=state.notice())
+    if selection["notice"]:
+        print(selection["notice"], flush=True)
+    ready({"ok": True, "pid": os.getpid(), "socket": server.sock_path, "backend": state.backend.name,
+           "selection": selection})
     try:
         server.serve_forever()
     finally:

@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass, field
 
 from .. import uapi
-from ..backend import Access, Backend, HandlerPolicy, Region, open_backend
-from ..errors import BackendUnavailable, UffdctlError, Unsupported
+from ..backend import Access, Backend
+from ..errors import UsageError
+from ..registry import open_backend
+from ..types import HandlerPolicy, Region
 
 # Features asked for when the uffd is opened implicitly: THREAD_ID, so every
 # fault message names the thread that is blocked (``events`` shows it).
@@ -58,37 +60,18 @@ class Touch:
         return d
 
 
-class UsageError(UffdctlError):
-    """Bad input (exit code 2): nothing was changed."""
-
-    exit_code = 2
-
-
-def open_session_backend(name: str, profile: str | None = None) -> Backend:
-    """open_backend with "emulator not here" turned into Unsupported (exit 4)."""
-    kw = {"profile": profile} if profile else {}
-    if name == "kernel" and profile:
-        raise Unsupported(f"--profile {profile} is for the emulator backend", "use --backend emu")
-    try:
-        return open_backend(name, **kw)
-    except BackendUnavailable:
-        raise
-    except ValueError as e:  # unknown backend or profile
-        raise UsageError(str(e)) from None
-    except (ImportError, AttributeError, TypeError) as e:
-        raise Unsupported(f"backend {name!r} is not available here ({e.__class__.__name__}: {e})",
-                          "the emulator has not landed in this build; use --backend kernel") from None
-
-
 class SessionState:
     """Everything one session owns.  ``lock`` serialises commands (touch waits outside it)."""
 
-    def __init__(self, backend: "str | Backend" = "auto", profile: str | None = None, name: str = "run"):
-        """``backend``: a name (opened on first need) or a ready Backend (e.g. an emulator with switches)."""
+    def __init__(self, backend: "str | Backend" = "auto", profile: str | None = None, name: str = "run",
+                 soft_dirty: bool | None = None):
+        """``backend``: a name (opened by uffdctl.registry.open_backend on first need, with ``profile`` and
+        ``soft_dirty`` for the emulator) or a ready Backend (e.g. an emulator with switches)."""
         self.name = name
         ready = backend if isinstance(backend, Backend) else None
         self.backend_name = ready.name if ready else backend
         self.profile = profile
+        self.soft_dirty = soft_dirty
         self.lock = threading.RLock()
         self.started = time.time()
         self._backend: Backend | None = ready
@@ -113,13 +96,29 @@ class SessionState:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = open_session_backend(self.backend_name, self.profile)
+            self._backend = open_backend(self.backend_name, profile=self.profile, soft_dirty=self.soft_dirty)
         return self._backend
 
     def open(self) -> "SessionState":
         """Open the backend now (a daemon fails fast, before it says it is ready)."""
         _ = self.backend
         return self
+
+    def backend_info(self) -> dict:
+        """Which backend runs this session and why: the opener's selection (requested, reason, fallback) and
+        what the backend says it is (release, profile, soft_dirty).  Shown by run -j, session start, status."""
+        b = self.backend
+        d = b.describe()
+        sel = b.selection.to_dict() if b.selection is not None else \
+            {"requested": b.name, "backend": b.name, "reason": "given", "fallback": 0}
+        sel.update(release=d.get("release"), profile=d.get("profile"), soft_dirty=int(bool(d.get("soft_dirty"))),
+                   soft_dirty_reason=d.get("soft_dirty_reason"))
+        return sel
+
+    def notice(self) -> str | None:
+        """The one stderr line to print when ``auto`` did not give the kernel (None otherwise)."""
+        b = self.backend
+        return b.selection.notice() if b.selection is not None else None
 
     def get_uffd(self, features: int | None = None):
         """The session's uffd, opened and UFFDIO_API'd (with ``features``) on first need."""

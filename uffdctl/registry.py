@@ -1,0 +1,123 @@
+"""The one opener of backends: which backends exist, which one serves a request, and why.
+
+Everything that needs an address space (sessions, ``uffdctl run``, the
+reproductions, ``check``, the tests) calls :func:`open_backend`; nothing else
+imports an implementation to build one, and nothing else asks which
+implementation it got by name.
+
+The rules, the same for every command:
+
+- ``kernel`` is the running kernel: emulator options (``profile``,
+  ``soft_dirty``, ``switches``) are a usage error with it.
+- ``emu`` is the emulator; its options choose the modelled kernel.
+- ``auto`` is the kernel when it can serve, else the emulator; emulator options
+  given with ``auto`` mean the emulator.  Either way the choice is never silent:
+  the backend's :attr:`~uffdctl.backend.Backend.selection` says what was asked,
+  what opened and why (``notice()`` is the one stderr line a command prints).
+"""
+from __future__ import annotations
+
+import os
+
+from .backend import Backend
+from .errors import BackendUnavailable, UsageError
+from .types import BackendSelection
+
+BACKENDS = ("kernel", "emu")
+CHOICES = ("auto",) + BACKENDS
+
+
+def _open_kernel(opts: dict) -> Backend:
+    from .kernel import KernelBackend
+    return KernelBackend(**opts)
+
+
+def _open_emu(opts: dict) -> Backend:
+    from .emu import DEFAULT_PROFILE, EmuBackend, get_profile
+    switches = {k: v for k, v in opts.items() if k not in ("profile", "soft_dirty")}
+    if "profile" in opts or switches:
+        try:    # only the profile lookup: an error inside the emulator is a bug and stays one
+            get_profile(opts.get("profile") or DEFAULT_PROFILE, **switches)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+    return EmuBackend(**opts)
+
+
+_OPENERS = {"kernel": _open_kernel, "emu": _open_emu}
+
+
+def _emu_options(profile, soft_dirty, switches) -> dict:
+    opts: dict = {}
+    if profile is not None:
+        opts["profile"] = profile
+    if soft_dirty is not None:
+        opts["soft_dirty"] = bool(soft_dirty)
+    opts.update(switches or {})
+    return opts
+
+
+def _describe_emu_options(profile, soft_dirty, switches) -> str:
+    parts = []
+    if profile is not None:
+        parts.append(f"--profile {profile}")
+    if soft_dirty is not None:
+        parts.append(f"--soft-dirty {'on' if soft_dirty else 'off'}")
+    if switches:
+        parts.append("emulator switches " + ",".join(sorted(switches)))
+    return " and ".join(parts)
+
+
+def open_backend(name: str = "auto", *, profile: str | None = None, soft_dirty: bool | None = None,
+                 switches: dict | None = None, **kernel_opts) -> Backend:
+    """Open a backend: ``"kernel"``, ``"emu"`` or ``"auto"`` (see the module's rules).
+
+    ``profile`` / ``soft_dirty`` / ``switches`` choose the emulated kernel (emulator only);
+    ``kernel_opts`` go to the kernel backend (``user_mode_only=``).  Raises
+    :class:`~uffdctl.errors.UsageError` for a bad name, an unknown profile or emulator options with
+    ``kernel``, and :class:`~uffdctl.errors.BackendUnavailable` when ``kernel`` cannot serve here.
+    The returned backend's ``selection`` records the choice.
+    """
+    if name not in CHOICES:
+        raise UsageError(f"unknown backend {name!r} (valid: {', '.join(CHOICES)})")
+    emu_asked = _describe_emu_options(profile, soft_dirty, switches)
+    if name == "kernel" and emu_asked:
+        raise UsageError(f"{emu_asked} is for the emulator: the kernel backend is the running kernel "
+                         f"(use --backend emu, or auto)")
+    reason, fallback = "requested", False
+    if name == "auto" and emu_asked:
+        name, reason = "emu", f"{emu_asked} {'ask' if ' and ' in emu_asked else 'asks'} for the emulator"
+    elif name in ("kernel", "auto"):
+        try:
+            b = _OPENERS["kernel"](kernel_opts)
+        except BackendUnavailable as e:
+            if name == "kernel":
+                raise
+            name, reason, fallback = "emu", f"kernel backend unavailable: {e}", True
+        else:
+            b.selection = BackendSelection(requested="kernel" if name == "kernel" else "auto", backend="kernel",
+                                           reason="requested" if name == "kernel" else "the kernel can serve")
+            return b
+    b = _OPENERS["emu"](_emu_options(profile, soft_dirty, switches))
+    b.selection = BackendSelection(requested="emu" if reason == "requested" else "auto", backend="emu",
+                                   reason=reason, fallback=fallback)
+    return b
+
+
+def emulator_profiles() -> tuple[str, ...]:
+    """The kernel versions the emulator models (profile names), oldest first as the emulator lists them."""
+    from .emu import PROFILES
+    return tuple(PROFILES)
+
+
+def default_profile() -> str:
+    """The profile the emulator models when none is asked for."""
+    from .emu import DEFAULT_PROFILE
+    return DEFAULT_PROFILE
+
+
+def env_backend_default() -> str:
+    """The default backend name: ``$UFFDCTL_BACKEND``, else ``auto``."""
+    return os.environ.get("UFFDCTL_BACKEND", "auto")
+
+
+__all__ = ["BACKENDS", "CHOICES", "open_backend", "env_backend_default", "emulator_profiles", "default_profile"]
