@@ -674,3 +674,42 @@ def test_soft_dirty_c_test_simple_10000_iterations(tmp_path):
     res = ok(run_file(str(f), backend="emu", variables={"N": "10000"}))
     assert any(e.get("iterations") == 10000 for e in res["lines"])
     assert len(res["lines"]) < 20      # the loop is logged once, not 50,000 times
+
+
+# -- your own file, side by side -------------------------------------------------------------------
+SIDE = """\
+api --features thread_id
+mmap --size 16K --name buf
+register buf --mode missing
+touch buf:1 --write
+expect event #1 address=buf:1 flags=WRITE
+copy buf:1 --fill 0x41
+wait
+zeropage buf:1
+expect error errno=EEXIST done=-17
+expect pagemap buf:1 present=1
+"""
+
+
+def test_repro_file_side_by_side(cli, tmp_path):
+    need_kernel()
+    f = tmp_path / "mine.uffd"
+    f.write_text(SIDE + "mprotect buf:0 --prot none\nexpect vma buf:0 flags=!rd\n")
+    p = cli("repro", str(f), "--watch", "buf:1", check=0)
+    assert "kernel" in p.stdout and "(twin)" in p.stdout            # the backend of every column is named
+    assert "EEXIST [P]" in p.stdout
+    assert "PASS" in p.stdout and "UNSUPPORTED: line 12: not modelled: smaps VMAs (emulator)" in p.stdout
+    r = cli.j("repro", str(f), "--profile", "6.1")
+    assert [x["target"]["label"] for x in r["runs"]][0] == "kernel" and len(r["runs"]) == 3
+    assert r["runs"][0]["verdict"] == "PASS" and r["differing"] == [12]
+    steps = {s["line"]: s for s in r["runs"][0]["steps"]}
+    assert steps[4]["cell"] == "blocked" and steps[8]["cell"] == "EEXIST"
+    # a failing expectation: FAIL, exit 1, the line named
+    f.write_text(SIDE + "expect pagemap buf:2 present=1\n")
+    p = cli("repro", str(f), check=1)
+    assert "FAIL: line 11: page 2" in p.stdout
+    p = cli("run", str(f), "--backend", "both", check=1)
+    assert "FAIL: line 11" in p.stdout
+    f.write_text("repeat 2\nmmap --size 4K\n")
+    p = cli("repro", str(f), check=2)
+    assert "repeat without end" in p.stderr

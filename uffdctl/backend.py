@@ -252,6 +252,11 @@ class Backend(abc.ABC):
         if self.MODELLED_ADVICE is not None and advice not in self.MODELLED_ADVICE:
             raise NotModelled(f"madvise {name}")
 
+    def mappings(self, start: int, end: int) -> list[tuple[int, int, str]]:
+        """Every mapping of this address space overlapping [start, end): (start, end, what) — for the caller
+        to see whether a MAP_FIXED target holds memory it does not own.  A model holds only the caller's."""
+        return []
+
     def dup_fd(self, fd: int | None) -> int | None:
         """A second handle on a region's file for a region piece (a model's fds are its own: the same)."""
         return fd
@@ -291,7 +296,7 @@ class Backend(abc.ABC):
     def munlock(self, addr: int, len: int) -> None:
         raise NotModelled("munlock")
 
-    def vmas(self, start: int, end: int) -> list[dict]:
+    def smaps_vmas(self, start: int, end: int) -> list[dict]:
         """The VMAs overlapping [start, end) as /proc/self/smaps shows them: ``start end flags`` (VmFlags
         two-letter codes) and the numeric fields in bytes (``Rss``, ``AnonHugePages``, ``Swap``, ...)."""
         raise NotModelled("smaps VMAs")

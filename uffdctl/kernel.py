@@ -26,7 +26,7 @@ from ._native import load
 from .backend import Access, Backend, Handler, Thread, Uffd
 from .errors import BackendUnavailable, Unsupported, uffd_error
 from .handler import NativeHandler
-from .kernel_mm import KernelMm
+from .kernel_mm import KernelMm, _hpage_size, hugepages_total, meminfo  # noqa: F401  (their old home)
 from .types import (AccessResult, HandlerPolicy, MemType, Region, ScanResult, SoftDirtyProbe, UffdioApi, UffdMsg,
                     decode_msg)
 
@@ -325,9 +325,8 @@ class KernelBackend(KernelMm, Backend):
 
     # -- mappings -----------------------------------------------------------------
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
-             fixed=False, thp=False):
-        """``fixed``: MAP_FIXED at ``addr`` (else MAP_FIXED_NOREPLACE); ``thp``: MADV_HUGEPAGE instead of the
-        default MADV_NOHUGEPAGE of anon regions."""
+             fixed=False):
+        """``fixed``: MAP_FIXED at ``addr`` (else MAP_FIXED_NOREPLACE)."""
         memtype = MemType(memtype)
         name = self._region_name(name)
         page = uapi.PAGE_SIZE
@@ -355,17 +354,10 @@ class KernelBackend(KernelMm, Backend):
             if fd is not None:
                 os.close(fd)
             raise uffd_error(-a, "mmap", addr, len)
-        if thp:
-            r = self._lib.uffdctl_madvise(a, len, uapi.MADV_HUGEPAGE)
-            if r < 0:
-                self._lib.uffdctl_munmap(a, len)
-                if fd is not None:
-                    os.close(fd)
-                raise uffd_error(-r, "madvise", a, len, message="MADV_HUGEPAGE")
-        elif memtype is MemType.ANON:
+        if memtype is MemType.ANON:
             # page-granular behaviour, as the selftests ask for: no THP under our feet
             self._lib.uffdctl_madvise(a, len, uapi.MADV_NOHUGEPAGE)
-        return self._add_region(Region(name, a, len, memtype, page, fd, prot, kind="thp" if thp else None))
+        return self._add_region(Region(name, a, len, memtype, page, fd, prot))
 
     def alias(self, region, name=None):
         name = self._alias_name(region, name)
@@ -570,23 +562,3 @@ def soft_dirty_roundtrip(b: Backend) -> SoftDirtyProbe:
     if before & uapi.PM_SOFT_DIRTY:
         return SoftDirtyProbe(False, "clear_refs 4 did not clear bit 55", before, after)
     return SoftDirtyProbe(False, "CONFIG_MEM_SOFT_DIRTY off: round trip read 0", before, after)
-
-
-def meminfo() -> dict[str, int]:
-    out = {}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                k, v = line.split(":", 1)
-                out[k] = int(v.split()[0])
-    except OSError:
-        pass
-    return out
-
-
-def hugepages_total() -> int:
-    return meminfo().get("HugePages_Total", 0)
-
-
-def _hpage_size() -> int:
-    return meminfo().get("Hugepagesize", 2048) * 1024

@@ -40,10 +40,40 @@ def parse_smaps(text: str, start: int, end: int) -> list[dict]:
     return out
 
 
+def meminfo() -> dict[str, int]:
+    out = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def hugepages_total() -> int:
+    return meminfo().get("HugePages_Total", 0)
+
+
+def _hpage_size() -> int:
+    return meminfo().get("Hugepagesize", 2048) * 1024
+
+
 class KernelMm:
     """Mixin for KernelBackend (uses its ``_lib``, ``_regions`` and the Backend bookkeeping helpers)."""
 
     MODELLED_ADVICE = None  # the kernel: every advice is the kernel's to judge
+
+    def mappings(self, start, end):
+        out = []
+        with open("/proc/self/maps") as f:
+            for line in f:
+                lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+                if lo < end and start < hi:
+                    parts = line.split(None, 5)
+                    out.append((lo, hi, parts[5].strip() if len(parts) > 5 else ""))
+        return out
 
     def dup_fd(self, fd):
         return None if fd is None else os.dup(fd)
@@ -100,7 +130,6 @@ class KernelMm:
         return self._add_region(r)
 
     def mmap_sysv(self, len, hugetlb, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
-        from .kernel import _hpage_size, hugepages_total
         name = self._region_name(name)
         page = uapi.PAGE_SIZE
         if hugetlb:
@@ -149,7 +178,7 @@ class KernelMm:
             raise uffd_error(-err, "move_pages", self._drain_page.addr, uapi.PAGE_SIZE,
                              message="draining the LRU batches before reclaim advice")
 
-    def vmas(self, start, end):
+    def smaps_vmas(self, start, end):
         with open("/proc/self/smaps") as f:
             return parse_smaps(f.read(), start, end)
 

@@ -179,7 +179,8 @@ class Interpreter:
         self.log: list[dict] = []
         self.vars: dict[str, str] = dict(variables or {})
         self._quiet = 0          # > 0 inside repeat iterations after the first: no log, no echo
-        self._parsed: dict = {}  # tokens -> parse_line() result
+        self._parsed: dict = {}  # tokens -> parse_argv() result
+        self.on_record = None    # called with every log entry (uffdctl.repro.sidebyside)
         self._split: dict = {}   # expanded text -> tokens
         self._iter: list[int] = []
 
@@ -228,6 +229,8 @@ class Interpreter:
         if self._quiet:
             return
         self.log.append(entry)
+        if self.on_record is not None:
+            self.on_record(entry)
         if self.echo and echo is not None:
             self.echo(echo)
 
@@ -445,7 +448,7 @@ class Interpreter:
                 checks.append((k, v))
             else:
                 raise _usage(lineno, line, f"expected byte=B, zero, crc32=X or hex=H, got {t!r}")
-        from .session.mmcommands import read_span
+        from .session.commands import read_span
         try:
             data = read_span(self.st, span, DATA_READ_TIMEOUT_S)
         except UsageError as e:
@@ -516,7 +519,7 @@ class Interpreter:
             raise _usage(lineno, line, "expect vma RANGE flags=um,uw [count=N] [Smaps_Field=VALUE]")
         span = self._range(lineno, line, rest[0])
         pairs = _pairs(lineno, line, rest[1:])
-        from .session.mmcommands import vmas_of
+        from .session.commands import vmas_of
         vmas = vmas_of(self.st, span)
         diffs = []
         for k, v in pairs:
@@ -653,35 +656,7 @@ class Interpreter:
 
     # -- a whole script -------------------------------------------------------------------------
     def parse(self, text: str) -> list:
-        """Lines into a tree: ``(lineno, line, toks)`` or ``("repeat", lineno, line, toks, body)``.
-        Malformed structure (an unmatched repeat/end) raises before anything runs."""
-        root: list = []
-        stack: list[tuple[list, int, str]] = []
-        cur = root
-        for i, raw in enumerate(text.splitlines(), 1):
-            body = strip_comment(raw).strip()
-            if not body:
-                continue
-            head = body.split(None, 1)[0]
-            if head == "repeat":
-                node = ["repeat", i, body, []]
-                cur.append(node)
-                stack.append((cur, i, body))
-                cur = node[3]
-            elif head == "end" and body == "end":
-                if not stack:
-                    raise _usage(i, body, "end without repeat")
-                cur = stack.pop()[0]
-            else:
-                try:
-                    shlex.split(body)
-                except ValueError as e:
-                    raise _usage(i, body, f"cannot parse line: {e}") from None
-                cur.append((i, body))
-        if stack:
-            _, i, body = stack[-1]
-            raise _usage(i, body, "repeat without end")
-        return root
+        return parse_script(text)
 
     def _tokens(self, lineno, line) -> list[str]:
         text = self.expand(lineno, line, line) if "$" in line else line
@@ -760,6 +735,38 @@ class Interpreter:
         tree = self.parse(text)
         self.run_block(tree)
         return {"ok": True, "lines": self.log}
+
+
+def parse_script(text: str) -> list:
+    """Lines into a tree: ``(lineno, line)`` or ``["repeat", lineno, line, body]``.  Malformed structure
+    (an unmatched repeat/end, an unparsable line) raises ScriptError before anything runs."""
+    root: list = []
+    stack: list[tuple[list, int, str]] = []
+    cur = root
+    for i, raw in enumerate(text.splitlines(), 1):
+        body = strip_comment(raw).strip()
+        if not body:
+            continue
+        head = body.split(None, 1)[0]
+        if head == "repeat":
+            node = ["repeat", i, body, []]
+            cur.append(node)
+            stack.append((cur, i, body))
+            cur = node[3]
+        elif head == "end" and body == "end":
+            if not stack:
+                raise _usage(i, body, "end without repeat")
+            cur = stack.pop()[0]
+        else:
+            try:
+                shlex.split(body)
+            except ValueError as e:
+                raise _usage(i, body, f"cannot parse line: {e}") from None
+            cur.append((i, body))
+    if stack:
+        _, i, body = stack[-1]
+        raise _usage(i, body, "repeat without end")
+    return root
 
 
 def _size_or_value(text: str):

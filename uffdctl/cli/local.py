@@ -58,7 +58,9 @@ def check(verbose):
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-@BACKEND
+@click.option("--backend", type=click.Choice(["auto", "kernel", "emu", "both"]), default="auto",
+              envvar="UFFDCTL_BACKEND", show_default=True,
+              help="kernel, emulator, kernel if it can serve, or both side by side (as uffdctl repro FILE)")
 @PROFILE
 @SOFT_DIRTY
 @click.option("-q", "--quiet", is_flag=True, help="print only failures")
@@ -84,6 +86,9 @@ def run(file, backend, profile, soft_dirty, quiet, variables):
     from ..script import ScriptError, parse_vars, run_file
     from ..session.state import UsageError
     g = _g()
+    if backend == "both":
+        from .repro import side_by_side
+        return side_by_side(g.out, file, "both", tuple(p for p in (profile or "").split(",") if p), variables, None)
     try:
         variables = parse_vars(variables)
     except UsageError as e:

@@ -54,10 +54,54 @@ class Touch:
                          fault_addr=r.fault_addr, ns=r.ns)
                 if not self.write and r.data is not None:   # mmops: what the read saw, one byte per page
                     import zlib
-                    from .mmcommands import per_page
                     data = per_page(r.data, self.len)
                     d.update(data=data.hex(), crc32=zlib.crc32(data))
         return d
+
+
+
+# -- addresses as REGION:PAGE (mmops) ---------------------------------------------------------------
+def locate(st: "SessionState", addr: int, end: bool = False) -> str | None:
+    """``buf:3`` (or ``buf:3+0x10``) for an address inside a region; ``end``: an exclusive end, so the
+    end of a region is ``buf:N`` rather than page 0 of the region after it."""
+    regs = sorted(st.regions.values(), key=lambda r: r.len)    # the innermost (an overlay) first
+    if end:
+        for r in regs:
+            if r.addr < addr <= r.end:
+                off = addr - r.addr
+                return f"{r.name}:{off // r.page_size}" + (f"+{off % r.page_size:#x}" if off % r.page_size else "")
+    for r in regs:
+        if r.addr <= addr < r.end:
+            off = addr - r.addr
+            return f"{r.name}:{off // r.page_size}" + (f"+{off % r.page_size:#x}" if off % r.page_size else "")
+    return None
+
+
+EVENT_ADDR_FIELDS = ("address", "start", "end", "from", "to")
+
+
+
+def locate_event(st: "SessionState", d: dict) -> dict:
+    """``{"start": "buf:1", "end": "buf:4", ...}`` for a logged message, against the regions as they are
+    now (called when the message enters the log)."""
+    out = {}
+    for k in EVENT_ADDR_FIELDS:
+        v = d.get(k)
+        if isinstance(v, int) and v:
+            loc = locate(st, v, end=(k == "end"))
+            if loc:
+                out[k] = loc
+    return out
+
+
+def per_page(data: bytes | None, length: int) -> bytes | None:
+    """The byte a strided touch read from each page (the kernel hands back the whole buffer, the
+    emulator the bytes it read)."""
+    if data is None:
+        return None
+    if len(data) == length:
+        return bytes(data[::uapi.PAGE_SIZE])
+    return bytes(data)
 
 
 class SessionState:
@@ -168,11 +212,9 @@ class SessionState:
     # -- regions --------------------------------------------------------------------
     def locate(self, addr: int, end: bool = False) -> str | None:
         """``buf:3`` for an address inside a region (``end``: an exclusive end, ``buf:N`` at its end)."""
-        from .mmcommands import locate
         return locate(self, addr, end)
 
     def locate_event(self, d: dict) -> dict:
-        from .mmcommands import locate_event
         return locate_event(self, d)
 
     def region_at(self, addr: int) -> Region | None:
