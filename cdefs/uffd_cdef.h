@@ -72,6 +72,7 @@ int64_t uffdctl_mremap(uint64_t, uint64_t, uint64_t, int, uint64_t);
 int uffdctl_memfd_create(const char *, unsigned int);
 int64_t uffdctl_pread(int, void *, uint64_t, int64_t);
 int64_t uffdctl_read(int, void *, uint64_t);
+int64_t uffdctl_poll_read(int, void *, uint64_t, int, int);
 
 struct uffdctl_access_result {
 	int64_t minflt; int64_t majflt; int32_t sigbus; int32_t si_code;
@@ -80,6 +81,17 @@ struct uffdctl_access_result {
 int uffdctl_access(uint64_t, uint64_t, int, const void *, void *, int, uint64_t,
 		   struct uffdctl_access_result *);
 int uffdctl_thread_faults(int64_t *, int64_t *);
+struct uffdctl_access_job {
+	uint64_t addr; uint64_t len; int write; int fill; const void *wbuf; void *rbuf; uint64_t stride;
+	struct uffdctl_access_result res; int ret; int done; struct uffdctl_access_job *next;
+};
+struct uffdctl_worker;
+struct uffdctl_worker *uffdctl_worker_start(int *);
+int uffdctl_worker_tid(struct uffdctl_worker *);
+int uffdctl_worker_submit(struct uffdctl_worker *, struct uffdctl_access_job *, int);
+int uffdctl_worker_wait(struct uffdctl_worker *, struct uffdctl_access_job *, int);
+int uffdctl_worker_busy(struct uffdctl_worker *);
+int uffdctl_worker_stop(struct uffdctl_worker *, int);
 int uffdctl_gettid(void);
 
 #define UFFDCTL_POL_QUEUE ...
@@ -130,3 +142,6 @@ int uffdctl_stress_verify(struct uffdctl_stress *);
 int64_t uffdctl_loop_copy(int, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_loop_zeropage(int, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_loop_writeprotect(int, uint64_t, uint64_t, uint64_t, uint64_t);
+struct uffdctl_faulter;
+struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t, uint64_t, uint64_t, int, uint64_t *);
+void uffdctl_bench_faulter_join(struct uffdctl_faulter *);

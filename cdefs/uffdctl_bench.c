@@ -48,3 +48,60 @@ int64_t uffdctl_loop_writeprotect(int fd, uint64_t dst, uint64_t len,
 	}
 	return n;
 }
+
+/* ---- a faulting thread for the round-trip benchmarks --------------------------------------
+ * Touches (reads) one byte of each page in turn on its own pthread, pinned to `cpu` (< 0: not
+ * pinned), and records the wall time of each touch: with the pages registered MISSING, that is
+ * the userfault round trip through whichever handler serves them.
+ */
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <time.h>
+
+struct uffdctl_faulter {
+	uint64_t addr, npages, page;
+	int cpu;
+	uint64_t *lat_ns;	/* npages */
+	pthread_t thread;
+};
+
+static void *faulter_main(void *arg)
+{
+	struct uffdctl_faulter *f = arg;
+	volatile uint64_t sink = 0;
+
+	if (f->cpu >= 0) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(f->cpu, &set);
+		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	}
+	for (uint64_t i = 0; i < f->npages; i++) {
+		uint64_t t0 = uffdctl_now_ns();
+		sink += *(volatile uint8_t *)(uintptr_t)(f->addr + i * f->page);
+		f->lat_ns[i] = uffdctl_now_ns() - t0;
+	}
+	(void)sink;
+	return NULL;
+}
+
+struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t addr, uint64_t npages, uint64_t page, int cpu,
+						    uint64_t *lat_ns)
+{
+	struct uffdctl_faulter *f = calloc(1, sizeof(*f));
+	if (!f)
+		return NULL;
+	*f = (struct uffdctl_faulter){ addr, npages, page, cpu, lat_ns, 0 };
+	if (pthread_create(&f->thread, NULL, faulter_main, f)) {
+		free(f);
+		return NULL;
+	}
+	return f;
+}
+
+void uffdctl_bench_faulter_join(struct uffdctl_faulter *f)
+{
+	pthread_join(f->thread, NULL);
+	free(f);
+}

@@ -41,6 +41,7 @@ int64_t uffdctl_mremap(uint64_t old, uint64_t old_len, uint64_t new_len, int fla
 int uffdctl_memfd_create(const char *name, unsigned int flags);
 int64_t uffdctl_pread(int fd, void *buf, uint64_t count, int64_t off);
 int64_t uffdctl_read(int fd, void *buf, uint64_t count);
+int64_t uffdctl_poll_read(int fd, void *buf, uint64_t count, int timeout_ms, int poll_first);
 
 static inline uint64_t uffdctl_now_ns(void)
 {
@@ -63,6 +64,26 @@ int uffdctl_access(uint64_t addr, uint64_t len, int write, const void *wbuf,
 		   void *rbuf, int fill, uint64_t stride,
 		   struct uffdctl_access_result *res);
 int uffdctl_thread_faults(int64_t *minflt, int64_t *majflt);
+
+/* a native access thread (uffdctl_access.c): jobs run in order, waited for with the GIL released */
+struct uffdctl_access_job {
+	uint64_t addr, len;
+	int write, fill;
+	const void *wbuf;
+	void *rbuf;
+	uint64_t stride;
+	struct uffdctl_access_result res;
+	int ret;
+	int done;			/* set by the worker */
+	struct uffdctl_access_job *next;	/* the worker's queue */
+};
+struct uffdctl_worker;
+struct uffdctl_worker *uffdctl_worker_start(int *err);
+int uffdctl_worker_tid(struct uffdctl_worker *w);
+int uffdctl_worker_submit(struct uffdctl_worker *w, struct uffdctl_access_job *jobs, int n);
+int uffdctl_worker_wait(struct uffdctl_worker *w, struct uffdctl_access_job *j, int timeout_ms);
+int uffdctl_worker_busy(struct uffdctl_worker *w);
+int uffdctl_worker_stop(struct uffdctl_worker *w, int timeout_ms);
 int uffdctl_gettid(void);
 
 /* ---- uffdctl_handler.c ---------------------------------------------------- */
@@ -146,5 +167,10 @@ int uffdctl_stress_verify(struct uffdctl_stress *s);
 int64_t uffdctl_loop_copy(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t page, uint64_t mode);
 int64_t uffdctl_loop_zeropage(int fd, uint64_t dst, uint64_t len, uint64_t page);
 int64_t uffdctl_loop_writeprotect(int fd, uint64_t dst, uint64_t len, uint64_t page, uint64_t mode);
+
+struct uffdctl_faulter;
+struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t addr, uint64_t npages, uint64_t page, int cpu,
+						    uint64_t *lat_ns);
+void uffdctl_bench_faulter_join(struct uffdctl_faulter *f);
 
 #endif

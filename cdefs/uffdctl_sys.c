@@ -7,6 +7,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
@@ -133,4 +134,45 @@ int64_t uffdctl_read(int fd, void *buf, uint64_t count)
 {
 	ssize_t r = read(fd, buf, count);
 	return r < 0 ? -errno : r;
+}
+
+/*
+ * poll(2) + read(2) in one call, so a Python fault policy waits with the GIL released and pays
+ * one crossing per batch: bytes read, 0 on timeout (timeout_ms < 0: wait forever), or -errno.
+ * poll_first: poll before the first read (a blocking fd, whose read would ignore the timeout);
+ * otherwise read first and poll only on EAGAIN (one syscall when a message is already queued).
+ */
+int64_t uffdctl_poll_read(int fd, void *buf, uint64_t count, int timeout_ms, int poll_first)
+{
+	for (;;) {
+		ssize_t r = poll_first ? (errno = EAGAIN, -1) : read(fd, buf, count);
+		poll_first = 0;
+		if (r >= 0)
+			return r;
+		if (errno == EINTR)
+			continue;
+		if (errno != EAGAIN)
+			return -errno;
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		int n = poll(&p, 1, timeout_ms);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return 0;
+		if (p.revents & POLLIN) {
+			r = read(fd, buf, count);
+			if (r >= 0)
+				return r;
+			if (errno != EAGAIN && errno != EINTR)
+				return -errno;
+			continue;	/* another reader took it */
+		}
+		if (p.revents & (POLLERR | POLLNVAL))
+			return -EBADF;
+		if (p.revents & POLLHUP && !(p.revents & POLLIN))
+			return -EPIPE;
+	}
 }

@@ -1,157 +1,384 @@
 #!/usr/bin/env python3
-"""uffdctl's ioctl paths against a C reference, run side by side (make bench).
+"""uffdctl against a C reference, side by side (make bench; --json for numbers to compare over time).
 
-For each workload the C reference (scripts/bench_ref.c, compiled here against the
-project's own uapi header) and uffdctl's paths run interleaved, best of REPEAT, and
-the table prints ns per ioctl (per page for batched COPY) and the ratio to C:
+Every row runs its C reference (scripts/bench_ref.c, built here against the project's own uapi
+header, or the kernel's own uffd-stress built from Debian's linux-source-6.12) and uffdctl's path
+in the same round, ROUNDS rounds interleaved, and prints the medians and the ratio uffdctl / C (for
+rates, C / uffdctl: above 1.00x uffdctl is slower either way).  Placements are pinned and printed:
+thread placement decides a userfault round trip for C as much as for uffdctl (one vCPU ~9 us, two
+~50 us here).  The load average is printed before and after: on a machine shared with other jobs the
+numbers are noisy, the ratios less so.
 
-  wake      UFFDIO_WAKE on a registered page: pure per-call cost (the ioctl does nothing)
-              uffdctl Uffd.wake()          the public Python path (struct fill, call, checks)
-              API-mode wrapper             lib.uffdctl_ioctl(fd, req, struct) reused, from Python
-              ABI-mode variadic ioctl      ffi.dlopen(libc).ioctl, the path the project does not use
-  copy      one UFFDIO_COPY per page (4096 pages)    Uffd.copy() per page | C loop in uffdctl._uffd
-  copy1     one batched UFFDIO_COPY of 4096 pages    Uffd.copy()
-  wp        UFFDIO_WRITEPROTECT on+off per page      Uffd.writeprotect() | C loop in uffdctl._uffd
+  python scripts/bench.py [--rounds N] [--json] [--only SUBSTRING] [--quick]
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-REPEAT = int(os.environ.get("BENCH_REPEAT", "5"))
-N_WAKE = 200_000
-PAGES = 4096
-ROUNDS = 5
+CACHE = os.path.join(ROOT, "build", "bench")
+P = 4096
 
 
+# -- the C references -------------------------------------------------------------------------
 def build_ref(tmp: str) -> str:
     cc = shutil.which("cc") or shutil.which("gcc")
     if not cc:
         sys.exit("bench: no C compiler for the reference")
     exe = os.path.join(tmp, "bench_ref")
-    subprocess.run([cc, "-O2", "-I", os.path.join(ROOT, "cdefs"), "-o", exe, os.path.join(HERE, "bench_ref.c")],
-                   check=True)
+    subprocess.run([cc, "-O2", "-I", os.path.join(ROOT, "cdefs"), "-o", exe, os.path.join(HERE, "bench_ref.c"),
+                    "-lpthread"], check=True)
     return exe
 
 
-def c_ref(exe: str, *args) -> float:
-    return float(subprocess.run([exe, *map(str, args)], check=True, capture_output=True, text=True).stdout)
+def c_ref(exe: str, *args, cpus: str | None = None) -> float:
+    cmd = [exe, *map(str, args)]
+    if cpus is not None:
+        cmd = ["taskset", "-c", cpus] + cmd
+    return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
+SELFTEST_FILES = ("tools/testing/selftests/mm/", "tools/testing/selftests/kselftest", "include/uapi/linux/userfaultfd.h",
+                  "include/uapi/linux/fs.h")
+
+
+def build_uffd_stress() -> str | None:
+    """The kernel's own stress program, from Debian's linux-source-6.12 (apt-installed when missing, as root)."""
+    exe = os.path.join(CACHE, "uffd-stress")
+    if os.path.exists(exe):
+        return exe
+    tarball = "/usr/src/linux-source-6.12.tar.xz"
+    if not os.path.exists(tarball) and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("bench: apt-get install linux-source-6.12 (the kernel's uffd-stress source)", file=sys.stderr)
+        subprocess.run(["apt-get", "install", "-y", "-q", "linux-source-6.12"], capture_output=True)
+    if not os.path.exists(tarball):
+        print("bench: no /usr/src/linux-source-6.12.tar.xz: the stress rows are skipped", file=sys.stderr)
+        return None
+    src = os.path.join(CACHE, "src")
+    os.makedirs(src, exist_ok=True)
+    with tarfile.open(tarball) as t:
+        members = [m for m in t.getmembers() if any(f in m.name for f in SELFTEST_FILES)]
+        t.extractall(src, members=members, filter="data") if sys.version_info >= (3, 12) else \
+            t.extractall(src, members=members)
+    top = os.path.join(src, "linux-source-6.12")
+    inc = os.path.join(CACHE, "include", "linux")
+    os.makedirs(inc, exist_ok=True)
+    for h in ("userfaultfd.h", "fs.h"):  # the build host's headers are 6.1: the 6.12 uapi, as headers_install would
+        shutil.copy(os.path.join(top, "include/uapi/linux", h), inc)
+    mm = os.path.join(top, "tools/testing/selftests/mm")
+    subprocess.run(["cc", "-O2", "-I", os.path.dirname(inc), "-D__packed=__attribute__((packed))", "-o", exe,
+                    "uffd-stress.c", "uffd-common.c", "vm_util.c", "thp_settings.c", "-lpthread", "-lm"],
+                   cwd=mm, check=True, capture_output=True)
+    return exe
+
+
+def run_uffd_stress(exe: str, memtype: str, mib: int, bounces: int) -> float:
+    """userfaults/s of the kernel's uffd-stress: the faults it prints over the time from its first
+    bounce line (flushed as the first bounce starts) to its exit."""
+    p = subprocess.Popen([exe, memtype, str(mib), str(bounces)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    buf, t_first = b"", None
+    fd = p.stdout.fileno()
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        if t_first is None and b"bounces:" in buf + chunk:
+            t_first = time.monotonic_ns()
+        buf += chunk
+    p.wait()
+    t_end = time.monotonic_ns()
+    if p.returncode != 0:
+        raise RuntimeError(f"uffd-stress {memtype} {mib} {bounces}: exit {p.returncode}: {p.stderr.read()[-300:]}")
+    faults = 0
+    for line in buf.decode().splitlines():
+        words = line.split()
+        for i, w in enumerate(words):
+            if w in ("missing", "wp", "minor") and i and words[i - 1].isdigit():
+                faults += int(words[i - 1])
+    return faults / ((t_end - t_first) / 1e9)
+
+
+# -- uffdctl's paths ----------------------------------------------------------------------------
+class Bench:
+    def __init__(self):
+        from uffdctl import uapi
+        from uffdctl import open_backend
+        self.uapi = uapi
+        self.b = open_backend("kernel")
+        self.ffi, self.lib = self.b._ffi, self.b._lib
+
+    def fault_native(self, n: int, hcpu: int, fcpu: int) -> float:
+        """p50 ns of a MISSING round trip served by uffdctl's native handler (copy policy)."""
+        from uffdctl.types import HandlerPolicy
+        b, uapi = self.b, self.uapi
+        r = b.mmap(n * P, "anon")
+        src = b.mmap(P, "anon")
+        b.write(src.addr, b"\7" * P)
+        u = b.userfaultfd()
+        u.api(0)
+        u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
+        os.sched_setaffinity(0, {hcpu})  # the handler thread inherits the caller's mask
+        # the copy policy copies from src + (addr - base): a source as large as the region
+        srcn = b.mmap(n * P, "anon")
+        b.write(srcn.addr, b"\7" * srcn.len)
+        h = b.fault_handler(u, HandlerPolicy(missing="copy", base=r.addr, src=srcn.addr, page_size=P))
+        h.start()
+        lat = self.ffi.new("uint64_t[]", n)
+        f = self.lib.uffdctl_bench_faulter_start(r.addr, n, P, fcpu, lat)
+        self.lib.uffdctl_bench_faulter_join(f)
+        h.stop()
+        self._free(u, r, src, srcn)
+        return statistics.median(lat)
+
+    def fault_python(self, n: int, hcpu: int, fcpu: int, via: str) -> float:
+        """p50 ns of a MISSING round trip served by a policy written in Python with the public API:
+        via "wait": Uffd.wait_msgs() + Uffd.copy(); via "poll": select.poll + read_msgs() + copy()."""
+        import select
+        b, uapi = self.b, self.uapi
+        r = b.mmap(n * P, "anon")
+        src = b.mmap(P, "anon")
+        b.write(src.addr, b"\7" * P)
+        u = b.userfaultfd()
+        u.api(0)
+        u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
+        os.sched_setaffinity(0, {hcpu})
+        lat = self.ffi.new("uint64_t[]", n)
+        f = self.lib.uffdctl_bench_faulter_start(r.addr, n, P, fcpu, lat)
+        served, copy, s, mask = 0, u.copy, src.addr, ~(P - 1)
+        if via == "wait":
+            wait = u.wait_msgs
+            while served < n:
+                for m in wait(5.0):
+                    copy(m.address & mask, s, P)
+                    served += 1
+        else:
+            poll, read = select.poll(), u.read_msgs
+            poll.register(u.fd, select.POLLIN)
+            while served < n:
+                poll.poll(5000)
+                for m in read():
+                    copy(m.address & mask, s, P)
+                    served += 1
+        self.lib.uffdctl_bench_faulter_join(f)
+        self._free(u, r, src)
+        return statistics.median(lat)
+
+    def _free(self, u, *regions):
+        u.close()
+        for r in regions:
+            self.b.munmap(r.addr, r.len)
+
+    def pagemap_area(self, mib: int):
+        r = self.b.mmap(mib << 20, "anon")
+        self.b.thread("bench").access(r.addr, r.len, True, fill=1, stride=2 * P).wait()
+        return r
+
+    def scan_area(self, mib: int):
+        uapi = self.uapi
+        r = self.b.mmap(mib << 20, "anon")
+        u = self.b.userfaultfd()
+        u.api(uapi.Feature.WP_ASYNC | uapi.Feature.WP_UNPOPULATED)
+        u.register(r.addr, r.len, uapi.RegisterMode.WP)
+        u.writeprotect(r.addr, r.len, uapi.WriteprotectMode.WP)
+        self.b.thread("bench").access(r.addr, r.len, True, fill=1, stride=2 * P).wait()
+        return r, u
+
+
+def timed(fn) -> float:
+    t0 = time.perf_counter_ns()
+    fn()
+    return time.perf_counter_ns() - t0
+
+
+def help_ns(cmd: list[str]) -> float:
+    t0 = time.perf_counter_ns()
+    subprocess.run(cmd, check=True, capture_output=True)
+    return time.perf_counter_ns() - t0
+
+
+# -- the table --------------------------------------------------------------------------------
 def main() -> int:
-    from uffdctl import uapi
-    from uffdctl.kernel import KernelBackend
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", "7")))
+    ap.add_argument("--json", action="store_true", help="one JSON document (rows, placements, load)")
+    ap.add_argument("--only", default=None, help="rows whose name contains this")
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run, not for the record)")
+    a = ap.parse_args()
 
-    b = KernelBackend()
-    ffi, lib = b._ffi, b._lib
-    P = uapi.PAGE_SIZE
-    dst = b.mmap(PAGES * P, "anon")
-    src = b.mmap(PAGES * P, "anon")
+    from uffdctl import pagemap, uapi
+    bench = Bench()
+    b, ffi, lib = bench.b, bench.ffi, bench.lib
+    ncpu = os.cpu_count() or 1
+    split = (0, 1) if ncpu > 1 else (0, 0)
+    mib = 64 if a.quick else 1024
+    nfault = 500 if a.quick else 2000
+    smib, sbounces = (16, 8) if a.quick else (64, 16)
+    py = sys.executable
+    uffdctl_bin = os.path.join(os.path.dirname(py), "uffdctl")
+    load0 = os.getloadavg()
+
+    # fixtures made once (outside the timed parts)
+    pm = bench.pagemap_area(mib)
+    sc, scu = bench.scan_area(mib)
+    npages = pm.len // P
+    dst = b.mmap(4096 * P, "anon")
+    src = b.mmap(4096 * P, "anon")
     b.write(src.addr, b"\1" * src.len)
     u = b.userfaultfd()
     u.api(0)
     u.register(dst.addr, dst.len, uapi.RegisterMode.MISSING)
-    wpr = b.mmap(PAGES * P, "anon")  # WP-only: its pages are written by plain stores before each round
+    wpr = b.mmap(4096 * P, "anon")
     u.register(wpr.addr, wpr.len, uapi.RegisterMode.WP)
+    one = b.mmap(P, "anon")
+    th = b.thread("bench-access")
+    zero = 0
 
-    def per_call(fn, n):
-        t0 = time.perf_counter_ns()
-        fn(n)
-        return (time.perf_counter_ns() - t0) / n
-
-    def py_wake(n):
-        a, w = dst.addr, u.wake
-        for _ in range(n):
-            w(a, P)
-
-    rng = ffi.new("struct uffdio_range *", {"start": dst.addr, "len": P})
-    req = lib.UFFDIO_WAKE
-
-    def api_wake(n):
-        f, fd = lib.uffdctl_ioctl, u.fd
-        for _ in range(n):
-            f(fd, req, rng)
-
-    from cffi import FFI
-    abi = FFI()
-    abi.cdef("int ioctl(int, unsigned long, ...);")
-    libc = abi.dlopen(None)
-    abi_arg = abi.cast("void *", int(ffi.cast("uintptr_t", rng)))
-    abi_fd, abi_req = abi.cast("int", u.fd), abi.cast("unsigned long", req)
-
-    def abi_wake(n):
-        f = libc.ioctl
-        for _ in range(n):
-            f(abi_fd, abi_req, abi_arg)
-
-    def rounds(body, region=dst):
-        best = []
-        for _ in range(ROUNDS):
-            if region is wpr:
-                b.write(wpr.addr, b"\2" * wpr.len)
-            t0 = time.perf_counter_ns()
-            nops = body()
-            best.append((time.perf_counter_ns() - t0) / nops)
-            b.madvise(region.addr, region.len, uapi.MADV_DONTNEED)
-        return min(best)
+    def per_page(body, region, pages):
+        if region is wpr:
+            b.write(wpr.addr, b"\2" * wpr.len)
+        t = timed(body)
+        b.madvise(region.addr, region.len, uapi.MADV_DONTNEED)
+        return t / pages
 
     def py_copy():
         c, d, s = u.copy, dst.addr, src.addr
-        for i in range(PAGES):
+        for i in range(4096):
             c(d + i * P, s + i * P, P)
-        return PAGES
-
-    def loop_copy():
-        assert lib.uffdctl_loop_copy(u.fd, dst.addr, src.addr, dst.len, P, 0) == PAGES
-        return PAGES
-
-    def py_copy1():
-        u.copy(dst.addr, src.addr, dst.len)
-        return PAGES
 
     def py_wp():
         w, d = u.writeprotect, wpr.addr
         for mode in (1, 0):
-            for i in range(PAGES):
+            for i in range(4096):
                 w(d + i * P, P, mode)
-        return 2 * PAGES
 
-    def loop_wp():
-        for mode in (1, 0):
-            assert lib.uffdctl_loop_writeprotect(u.fd, wpr.addr, wpr.len, P, mode) == PAGES
-        return 2 * PAGES
+    def access_one(n=2000):
+        t0 = time.perf_counter_ns()
+        for _ in range(n):
+            acc = th.access(one.addr, 1, True, fill=1)
+            acc.wait()
+            acc.result()
+        return (time.perf_counter_ns() - t0) / n
 
-    rows: dict[str, list[float]] = {}
+    def access_batch(n=2000):
+        specs = [{"addr": one.addr, "len": 1, "write": True, "fill": 1}] * n
+        t0 = time.perf_counter_ns()
+        accs = th.access_many(specs)
+        accs[-1].wait()
+        return (time.perf_counter_ns() - t0) / n
+
+    def cli_pagemap():
+        v = pagemap.read(b, pm.addr, npages)
+        v.counts()
+        v.runs()
+        v.symbols(zero)
+
+    def per_entry():
+        for e in pagemap.read(b, pm.addr, npages):
+            e.flags()
+            e.pfn
+
+    def bulk_decode():
+        pagemap.read(b, pm.addr, npages).counts()
+
+    C = uapi.PageCategory
+    one_cpu, two_cpu = f"{split[0]}", f"{split[0]},{split[1]}"
+    # name, unit, placement, kind ("time": lower is better; "rate": higher), reference, uffdctl
+    rows = [
+        ("native fault handler (copy policy), MISSING round trip p50", "ns", f"vCPU {split[0]} (both threads)",
+         "time", lambda exe: c_ref(exe, "fault", nfault, split[0], split[0]),
+         lambda: bench.fault_native(nfault, split[0], split[0])),
+        ("native fault handler, round trip p50, handler and faulter on two vCPUs", "ns",
+         f"handler vCPU {split[0]}, faulter vCPU {split[1]}", "time",
+         lambda exe: c_ref(exe, "fault", nfault, split[0], split[1]),
+         lambda: bench.fault_native(nfault, split[0], split[1])),
+        ("Python policy (Uffd.wait_msgs + copy), round trip p50", "ns", f"vCPU {split[0]} (both threads)", "time",
+         lambda exe: c_ref(exe, "fault", nfault, split[0], split[0]),
+         lambda: bench.fault_python(nfault, split[0], split[0], "wait")),
+        ("Python policy (select.poll + read_msgs + copy), round trip p50", "ns", f"vCPU {split[0]} (both threads)",
+         "time", lambda exe: c_ref(exe, "fault", nfault, split[0], split[0]),
+         lambda: bench.fault_python(nfault, split[0], split[0], "poll")),
+        (f"pagemap.read() of {mib} MiB ({npages} entries) -> PagemapView", "ns", "unpinned", "time",
+         lambda exe: c_ref(exe, "pagemap", mib), lambda: timed(lambda: pagemap.read(b, pm.addr, npages))),
+        (f"pagemap.read() + counts() of {mib} MiB (flags decoded in bulk)", "ns", "unpinned", "time",
+         lambda exe: c_ref(exe, "pagemap", mib), lambda: timed(bulk_decode)),
+        (f"pagemap.read() + per entry flags() + pfn, {mib} MiB", "ns", "unpinned", "time",
+         lambda exe: c_ref(exe, "pagemap", mib), lambda: timed(per_entry)),
+        (f"what `uffdctl pagemap` does for {mib} MiB (counts, runs, --map symbols; every other page: 1 run a page)", "ns", "unpinned", "time",
+         lambda exe: c_ref(exe, "pagemap", mib), lambda: timed(cli_pagemap)),
+        (f"pagemap.scan_all (PAGEMAP_SCAN, {mib} MiB, WRITTEN every other page)", "ns", "unpinned", "time",
+         lambda exe: c_ref(exe, "scan", mib, 512),
+         lambda: timed(lambda: pagemap.scan_all(b, sc.addr, sc.end, category_mask=C.WRITTEN,
+                                                return_mask=C.WRITTEN))),
+        ("per-page Uffd.copy() (4096 pages)", "ns/page", "unpinned", "time",
+         lambda exe: c_ref(exe, "copy", 4096, 1), lambda: per_page(py_copy, dst, 4096)),
+        ("per-page Uffd.writeprotect() on+off (4096 pages)", "ns/op", "unpinned", "time",
+         lambda exe: c_ref(exe, "wp", 4096, 1), lambda: per_page(py_wp, wpr, 8192)),
+        ("thread(...).access() of one page, handed over and waited for", "ns", "unpinned", "time",
+         lambda exe: c_ref(exe, "handoff", 2000), access_one),
+        ("thread(...).access_many() of 2000 one-page accesses, per access", "ns", "unpinned", "time",
+         lambda exe: c_ref(exe, "handoff", 2000), access_batch),
+        ("`uffdctl --help` vs `python -c 'import click'`", "ns", "unpinned", "time",
+         lambda exe: help_ns([py, "-c", "import click"]), lambda: help_ns([uffdctl_bin, "--help"])),
+    ]
+    stress_exe = build_uffd_stress()
+    if stress_exe:
+        from uffdctl import stress as ustress
+        for mt in ("anon", "shmem"):
+            rows.append((f"stress {mt} {smib} MiB {sbounces} bounces (vs the kernel's uffd-stress)", "userfaults/s",
+                         f"unpinned, {ncpu} threads of each kind", "rate",
+                         lambda exe, mt=mt: run_uffd_stress(stress_exe, mt, smib, sbounces),
+                         lambda mt=mt: (lambda r: r.userfaults / (r.ns / 1e9))(ustress.run(mt, smib, sbounces))))
+    if a.only:
+        rows = [r for r in rows if a.only in r[0]]
+
+    vals: dict[str, tuple[list[float], list[float]]] = {r[0]: ([], []) for r in rows}
     with tempfile.TemporaryDirectory() as tmp:
         exe = build_ref(tmp)
-        for _ in range(REPEAT):  # interleaved: C and Python see the same machine state
-            rows.setdefault("wake: C reference", []).append(c_ref(exe, "wake", N_WAKE))
-            rows.setdefault("wake: uffdctl Uffd.wake()", []).append(per_call(py_wake, N_WAKE // 4))
-            rows.setdefault("wake: API-mode wrapper (uffdctl_ioctl)", []).append(per_call(api_wake, N_WAKE))
-            rows.setdefault("wake: ABI-mode variadic ioctl", []).append(per_call(abi_wake, N_WAKE))
-            rows.setdefault("copy/page: C reference", []).append(c_ref(exe, "copy", PAGES, ROUNDS))
-            rows.setdefault("copy/page: uffdctl Uffd.copy()", []).append(rounds(py_copy))
-            rows.setdefault("copy/page: C loop in uffdctl._uffd", []).append(rounds(loop_copy))
-            rows.setdefault("copy batched, per page: C reference", []).append(c_ref(exe, "copy1", PAGES, ROUNDS))
-            rows.setdefault("copy batched, per page: uffdctl Uffd.copy()", []).append(rounds(py_copy1))
-            rows.setdefault("wp/page: C reference", []).append(c_ref(exe, "wp", PAGES, ROUNDS))
-            rows.setdefault("wp/page: uffdctl Uffd.writeprotect()", []).append(rounds(py_wp, wpr))
-            rows.setdefault("wp/page: C loop in uffdctl._uffd", []).append(rounds(loop_wp, wpr))
-    b.close()
+        for _ in range(a.rounds):  # interleaved: C and uffdctl see the same machine state, row by row
+            for name, _unit, _pl, _kind, ref, ours in rows:
+                try:
+                    vals[name][0].append(ref(exe))
+                    vals[name][1].append(ours())
+                finally:
+                    os.sched_setaffinity(0, set(range(ncpu)))
+    load1 = os.getloadavg()
 
-    print(f"{'workload':48} {'ns/op':>9} {'vs C':>7} {'over C (ns)':>12}")
-    ref = None
-    for name, vals in rows.items():
-        v = min(vals)
-        if name.endswith("C reference"):
-            ref = v
-        print(f"{name:48} {v:9.1f} {v / ref:6.2f}x {v - ref:12.1f}")
+    out = []
+    for name, unit, placement, kind, _r, _o in rows:
+        c, us = statistics.median(vals[name][0]), statistics.median(vals[name][1])
+        ratio = (us / c) if kind == "time" else (c / us)
+        out.append({"row": name, "unit": unit, "placement": placement, "c": round(c, 1), "uffdctl": round(us, 1),
+                    "ratio": round(ratio, 3), "kind": kind, "rounds": a.rounds,
+                    "c_all": [round(v, 1) for v in vals[name][0]], "uffdctl_all": [round(v, 1) for v in vals[name][1]]})
+    doc = {"kernel": os.uname().release, "cpus": ncpu, "rounds": a.rounds, "loadavg_before": load0,
+           "loadavg_after": load1, "rows": out,
+           "note": "medians of interleaved rounds; ratio = uffdctl/C for times, C/uffdctl for rates (>1: uffdctl slower)"}
+    if a.json:
+        print(json.dumps(doc, indent=1))
+    else:
+        print(f"kernel {doc['kernel']}, {ncpu} vCPUs, {a.rounds} rounds interleaved, medians; "
+              f"load average {load0[0]:.1f} before, {load1[0]:.1f} after")
+        print(f"{'row':78} {'C':>12} {'uffdctl':>12} {'ratio':>7}  unit; placement")
+        for r in out:
+            print(f"{r['row'][:78]:78} {r['c']:12.1f} {r['uffdctl']:12.1f} {r['ratio']:6.2f}x  {r['unit']}; "
+                  f"{r['placement']}")
+        print("ratio: uffdctl/C for times, C/uffdctl for rates (1.00x = as fast as C; above: slower)")
+        emu = os.path.join(HERE, "bench_emu.py")
+        if os.path.exists(emu) and not a.only:
+            print("\nemulator (scripts/bench_emu.py; no C reference: the kernel is the reference):", flush=True)
+            subprocess.run([py, emu])
+    th.stop()
+    b.close()
     return 0
 
 

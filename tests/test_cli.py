@@ -128,7 +128,7 @@ def test_json_keys_of_every_command(session):
     assert keys(c.j("handler", "--policy", "zeropage")) == {"missing", "wp", "minor", "src", "fill", "running",
                                                             "stats"}
     r = c.j("regions")
-    assert keys(r["regions"][0]) == REGION_KEYS | {"mode", "mode_decoded", "present", "private_dirty"}
+    assert keys(r["regions"][0]) == REGION_KEYS | {"mode", "mode_decoded", "vmas", "present", "private_dirty"}
     c.j("mmap", "--size", "16K", "--type", "shmem", "--name", "sh")
     r = c.j("alias", "sh", "--name", "cache")
     assert keys(r) == REGION_KEYS | {"alias_of"}

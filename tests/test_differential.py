@@ -32,7 +32,7 @@ import pytest
 
 from conftest import hugetlb_reason, make_backend
 from uffdctl import uapi
-from uffdctl.backend import MemType
+from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.errors import UffdError
 from uffdctl.kernel import meminfo
 
@@ -663,3 +663,163 @@ def test_hugetlb_stale_uffd_wp_livelock(backend_name):
         u.close()
     finally:
         b.close()
+
+
+# -- mremap side by side (mm/mremap.c): events, registration and uffd-wp of moved PTEs ----------------------
+
+F = uapi.Feature
+MREMAP_OPS = ("move", "part", "grow", "dontunmap", "shrink")
+MREMAP_FEATURES = {"none": 0, "remap": int(F.EVENT_REMAP), "unmap": int(F.EVENT_UNMAP),
+                   "remap+unmap": int(F.EVENT_REMAP | F.EVENT_UNMAP)}
+
+
+def _free_aligned(b, length):
+    probe = b.mmap(length + 2 * HP, MemType.ANON, name="mremap-probe")
+    addr = (probe.addr + HP - 1) & ~(HP - 1)
+    b.munmap(probe.addr, probe.len)
+    return addr
+
+
+def mremap_scenario(b, memtype: str, feats: int, op: str, expect=(0, 0)) -> list:
+    """Register MISSING|WP, populate (p0 COPY+WP, p1 COPY, p2 a uffd-wp marker where the kernel makes one),
+    mremap under a running fault handler, then write the moved p0 and read the old p0: what each backend shows."""
+    mt = MemType(memtype)
+    ps = HP if mt.hugetlb else PS
+    n = 4
+    r = aligned_mmap(b, n * ps, memtype, "r")
+    s = b.mmap(ps, MemType.ANON, name="s")
+    b.write(s.addr, b"s" * 8)
+    t_addr = _free_aligned(b, (n + 2) * ps)
+    u = b.userfaultfd()
+    u.api(feats | int(F.WP_UNPOPULATED))
+    u.register(r.addr, r.len, int(R.MISSING | R.WP))
+    u.copy(r.addr, s.addr, ps, int(uapi.CopyMode.WP))
+    u.copy(r.addr + ps, s.addr, ps)
+    u.writeprotect(r.addr + 2 * ps, ps, int(uapi.WriteprotectMode.WP))
+    h = b.fault_handler(u, HandlerPolicy(missing="zeropage", wp="unprotect", page_size=ps))
+    out = []
+
+    def rel(a):
+        for name, base, ln in (("r", r.addr, n * ps), ("t", t_addr, (n + 2) * ps)):
+            if base <= a <= base + ln:
+                return f"{name}+{(a - base) // ps}"
+        return "elsewhere"
+
+    def drain(expect_at_least):
+        got, deadline = [], time.monotonic() + SETTLE
+        while True:
+            got += h.events()
+            if len(got) >= expect_at_least or time.monotonic() > deadline:
+                return got
+            time.sleep(0.002)
+
+    def view(evs):
+        res = []
+        for e in evs:
+            m = e.msg
+            if e.action == "event":
+                res.append((m.event_name, rel(m.start), rel(m.end), rel(m.from_), rel(m.to), m.len // ps))
+            else:
+                res.append((e.action, m.flags, rel(m.address), e.err))
+        return sorted(res)
+
+    def pm(addr, pages):
+        keep = uapi.PM_PRESENT | uapi.PM_SWAP | uapi.PM_FILE | uapi.PM_UFFD_WP | uapi.PM_MMAP_EXCLUSIVE
+        return [hex(e & keep) for e in b.pagemap(addr, pages * ps // PS)[::ps // PS]]
+
+    M_ = uapi
+    try:
+        if op == "move":
+            ret = b.mremap(r.addr, n * ps, n * ps, M_.MREMAP_MAYMOVE | M_.MREMAP_FIXED, t_addr)
+        elif op == "part":
+            ret = b.mremap(r.addr + ps, 2 * ps, 2 * ps, M_.MREMAP_MAYMOVE | M_.MREMAP_FIXED, t_addr)
+        elif op == "grow":
+            ret = b.mremap(r.addr, n * ps, (n + 2) * ps, M_.MREMAP_MAYMOVE | M_.MREMAP_FIXED, t_addr)
+        elif op == "dontunmap":
+            ret = b.mremap(r.addr, n * ps, n * ps, M_.MREMAP_MAYMOVE | M_.MREMAP_FIXED | M_.MREMAP_DONTUNMAP,
+                           t_addr)
+        else:
+            ret = b.mremap(r.addr, n * ps, 2 * ps, 0)
+        out.append(("mremap", rel(ret)))
+    except UffdError as e:
+        out.append(("mremap", errno.errorcode.get(e.errno, e.errno)))
+        ret = None
+    out.append(("events", view(drain(expect[0]))))
+    out.append(("old", pm(r.addr, n)))
+    if ret is not None and ret != r.addr:
+        out.append(("new", pm(ret, n)))
+        acc = b.thread("w").access(ret, 1, True, fill=0x77, stride=PS)
+        out.append(("write new p0", acc.wait(SETTLE), _acc_short(acc)))
+        out.append(("new after", pm(ret, 1)))
+    if op == "dontunmap":
+        acc = b.thread("rd").access(r.addr, 8, False, want_data=True)
+        out.append(("read old p0", acc.wait(SETTLE), _acc_short(acc)))
+    out.append(("events after", view(drain(expect[1]))))
+    h.stop()
+    u.close()
+    # what is still ours and no longer a region (the backend forgets what a move took from a region)
+    if ret == t_addr:
+        b.munmap(t_addr, {"part": 2, "grow": n + 2}.get(op, n) * ps)
+    if ret == t_addr and op == "part":
+        b.munmap(r.addr + 3 * ps, ps)
+    return out
+
+
+def _acc_short(acc):
+    if not acc.done:
+        return "blocked"
+    r = acc.result()
+    return ("sigbus",) if r.sigbus else ("done", r.data)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("op", MREMAP_OPS)
+@pytest.mark.parametrize("feats", list(MREMAP_FEATURES))
+@pytest.mark.parametrize("memtype", ["anon", "shmem", "shmem-private", "hugetlb", "hugetlb-private"])
+def test_mremap_side_by_side(memtype, feats, op):
+    """mremap of a registered, partly uffd-wp range under a fault handler: the result, the UNMAP/REMAP events,
+    pagemap of the old and the new range, what a write to the moved page and a read of a DONTUNMAP source do
+    -- the emulator (6.18) shows what the kernel shows."""
+    kb = make_backend("kernel")
+    try:
+        if MemType(memtype).hugetlb:
+            reason = hugetlb_reason(kb)
+            mi = meminfo()
+            if reason or mi.get("HugePages_Free", 0) - mi.get("HugePages_Rsvd", 0) < 8:
+                from conftest import require_kernel
+                require_kernel(reason or "fewer than 8 free unreserved huge pages")
+        eb = emu_6_18()
+        try:
+            e = mremap_scenario(eb, memtype, MREMAP_FEATURES[feats], op)
+        finally:
+            eb.close()
+        counts = [len(x[1]) for x in e if x[0] in ("events", "events after")]
+        k = mremap_scenario(kb, memtype, MREMAP_FEATURES[feats], op, counts)
+    finally:
+        kb.close()
+    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+
+
+@pytest.mark.kernel
+def test_mremap_catches_a_broken_rule():
+    """The side-by-side mremap check can fail: the pre-0cef0bb836e3 rule (uffd-wp bits and markers carried into
+    the unregistered moved VMA) is caught on anon, and the 6.18 rule agrees."""
+    from uffdctl.emu import EmuBackend
+    kb = make_backend("kernel")
+    try:
+        runs = {}
+        for name, make in (("right", emu_6_18),
+                           ("broken", lambda: EmuBackend(profile="6.18", soft_dirty=False,
+                                                         mremap_clear_uffd_wp=False))):
+            eb = make()
+            try:
+                runs[name] = mremap_scenario(eb, "anon", 0, "move")
+            finally:
+                eb.close()
+        k = mremap_scenario(kb, "anon", 0, "move")
+    finally:
+        kb.close()
+    assert k == runs["right"]
+    assert k != runs["broken"]
+    new = dict((x[0], x[1:]) for x in runs["broken"])["new"][0]
+    assert new[0] == hex(uapi.PM_PRESENT | uapi.PM_UFFD_WP | uapi.PM_MMAP_EXCLUSIVE), new   # the stale bit

@@ -299,7 +299,8 @@ def test_cli_bad_scenario_dir(cli, tmp_path):
 @pytest.mark.parametrize("release,sd,profiles,want", [
     ("6.18.44-fc", False, ("5.19", "6.18"), ["kernel", "emu 6.18 sd=off", "emu 5.19", "emu 6.18"]),
     ("6.1.0-56-amd64", True, ("6.1",), ["kernel", "emu 6.1"]),          # the twin is the 6.1 profile already
-    ("6.12.117", True, ("6.1",), ["kernel", "emu 6.18", "emu 6.1"]),     # no 6.12 profile: the default twin
+    ("6.12.117", True, ("6.1",), ["kernel", "emu 6.12", "emu 6.1"]),     # the 6.12 profile is its twin
+    ("6.13.2", True, ("6.1",), ["kernel", "emu 6.18", "emu 6.1"]),       # no 6.13 profile: the default twin
 ])
 def test_targets_of_both(release, sd, profiles, want):
     ts = R.targets_for("both", profiles, {"available": True, "release": release, "soft_dirty": sd})

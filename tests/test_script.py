@@ -6,6 +6,7 @@ import textwrap
 
 import pytest
 
+from conftest import _kernel_reason, require_kernel
 from test_cli_support import cli, need_kernel  # noqa: F401  (fixtures)
 from uffdctl.script import run_file
 
@@ -247,3 +248,33 @@ def test_resume_through_existing_pages(run_any):
         expect errno EEXIST
     """)
     assert res["ok"], res.get("error")
+
+
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_regions_show_registration_per_vma(backend):
+    """`regions` shows what the kernel keeps per VMA (smaps VmFlags um/uw/ui), not one mode per region: after
+    register missing,wp and unregister of page 3, pages 0-2 and 4-15 are still registered (issue 11.4)."""
+    from uffdctl.session.commands import execute
+    from uffdctl.session.state import SessionState
+    if backend == "kernel" and _kernel_reason():
+        require_kernel(_kernel_reason())
+    st = SessionState(backend, name="vmas")
+    try:
+        execute(st, "mmap", {"size": "64K", "name": "buf"})
+        execute(st, "register", {"range": "buf", "mode": "missing,wp"})
+        execute(st, "unregister", {"range": "buf:3"})
+        (r,) = execute(st, "regions", {})["regions"]
+        assert r["mode"] is None
+        assert [(v["first_page"], v["last_page"], v["mode"]) for v in r["vmas"]] == [(0, 2, 3), (3, 3, 0), (4, 15, 3)]
+        execute(st, "unregister", {"range": "buf"})
+        execute(st, "register", {"range": "buf:0-7", "mode": "missing"})
+        execute(st, "register", {"range": "buf:8-15", "mode": "wp"})
+        (r,) = execute(st, "regions", {})["regions"]
+        assert [(v["first_page"], v["last_page"], v["mode"]) for v in r["vmas"]] == [(0, 7, 1), (8, 15, 2)]
+        from uffdctl.cli.output import render
+        assert "0-7:missing 8-15:wp" in render("regions", execute(st, "regions", {}))
+        execute(st, "unregister", {"range": "buf"})
+        (r,) = execute(st, "regions", {})["regions"]
+        assert r["mode"] == 0 and len(r["vmas"]) == 1
+    finally:
+        st.close()

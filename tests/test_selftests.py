@@ -51,7 +51,7 @@ from conftest import _kernel_reason, require_kernel, require_softdirty
 
 HERE = Path(__file__).parent / "selftests"
 SCRIPTS = sorted(HERE.glob("*.uffd"))
-TIMEOUT_S = 180
+TIMEOUT_S = 180          # per script (header `timeout` for long ones); a run that exceeds it is a hang
 THP_SYSFS = Path("/sys/kernel/mm/transparent_hugepage")
 GUP_TEST = Path("/sys/kernel/debug/gup_test")
 SELFTEST_FILES = {"uffd-unit-tests.c", "uffd-wp-mremap.c", "pagemap_ioctl.c", "soft-dirty.c"}
@@ -143,6 +143,26 @@ def _subst(text: str, env: dict) -> str:
     return re.sub(r"\$\{(\w+)\}", lambda m: str(env.get(m.group(1), m.group(0))), text)
 
 
+_KEYWORDS: set | None = None
+
+
+def _script_keywords() -> set:
+    """set / repeat / end: language keywords, not session commands -- does this checkout's `run` know them?"""
+    global _KEYWORDS
+    if _KEYWORDS is None:
+        import tempfile
+
+        from uffdctl.script import run_file
+        _KEYWORDS = set()
+        for kw, text in (("set", "set X=1\n"), ("repeat", "repeat 1\nend\n")):
+            with tempfile.NamedTemporaryFile("w", suffix=".uffd") as f:
+                f.write(text)
+                f.flush()
+                if run_file(f.name, backend="emu").get("ok"):
+                    _KEYWORDS |= {kw} | ({"end"} if kw == "repeat" else set())
+    return _KEYWORDS
+
+
 def waiting_on(text: str, env: dict) -> list[str]:
     """The planned commands/options/expectations the script uses that this checkout lacks (in order, once)."""
     import click
@@ -150,7 +170,7 @@ def waiting_on(text: str, env: dict) -> list[str]:
     from uffdctl import script as script_mod
     from uffdctl.cli.build import parse_line
     from uffdctl.session.commands import COMMANDS
-    keywords = set(getattr(script_mod, "KEYWORDS", ())) | {"expect"}
+    keywords = set(getattr(script_mod, "KEYWORDS", ())) | {"expect"} | _script_keywords()
     out: list[str] = []
 
     def want(what, lineno, line, planned):
@@ -261,7 +281,7 @@ def check_needs(h: dict, backend_name: str, size: str | None) -> None:
     if ("root" in needs or "swap" in needs) and os.geteuid() != 0:
         require_kernel("needs root (swapfile, sysfs or sysctl knobs)")
     if "hugetlb" in needs:
-        reason = _hugetlb_reason(size)
+        reason = _hugetlb_reason(size, h.get("_huge_pages", 4))
         if reason:
             require_kernel(reason)
     if "thp" in needs:
@@ -276,14 +296,26 @@ def check_needs(h: dict, backend_name: str, size: str | None) -> None:
                     "'Possibly CONFIG_GUP_TEST missing or unprivileged'")
 
 
-def _hugetlb_reason(size: str | None) -> str | None:
+def huge_pages_needed(text: str, env: dict) -> int:
+    """2 MiB pages the script's hugetlb mmaps take (they are never freed before the end: an upper bound)."""
+    from uffdctl.session.commands import parse_size
+    total = 0
+    for raw in _subst(text, env).splitlines():
+        toks = shlex.split(raw, comments=True)
+        if toks[:1] == ["mmap"] and any("hugetlb" in t for t in toks) and "--size" in toks:
+            total += parse_size(toks[toks.index("--size") + 1]) // (2 << 20)
+    return total
+
+
+def _hugetlb_reason(size: str | None, need: int = 4) -> str | None:
     from uffdctl.kernel import meminfo
     if size in (None, "2M"):
         mi = meminfo()
         if mi.get("HugePages_Total", 0) == 0:
             return "HugePages_Total=0 (no huge pages reserved; sysctl vm.nr_hugepages=N)"
-        if mi.get("HugePages_Free", 0) < 4:
-            return f"HugePages_Free={mi.get('HugePages_Free', 0)} (need 4)"
+        free = mi.get("HugePages_Free", 0) - mi.get("HugePages_Rsvd", 0)
+        if free < need:
+            return f"HugePages_Free-Rsvd={free}, the script maps {need} huge pages"
         return None
     kb = int(size[:-1]) * (1 << 20 if size.endswith("G") else 1 << 10)
     nr = Path(f"/sys/kernel/mm/hugepages/hugepages-{kb}kB/free_hugepages")
@@ -297,7 +329,7 @@ def _huge_pages():
 
     CI reserves 32 itself (.ci/run); this makes a plain `make test` as root run the hugetlb cases too."""
     hp = Path("/proc/sys/vm/nr_hugepages")
-    want = 16
+    want = 32          # as .ci/run: the largest script maps 10; other tests may hold some at the same time
     old = None
     try:
         cur = int(hp.read_text())
@@ -343,12 +375,12 @@ DRIVER = textwrap.dedent("""\
 """)
 
 
-def run_script(path: Path, backend_name: str, env: dict) -> dict:
+def run_script(path: Path, backend_name: str, env: dict, timeout: int = TIMEOUT_S) -> dict:
     try:
         p = subprocess.run([sys.executable, "-c", DRIVER, str(path), backend_name, json.dumps(env)],
-                           capture_output=True, text=True, timeout=TIMEOUT_S, cwd=str(HERE))
+                           capture_output=True, text=True, timeout=timeout, cwd=str(HERE))
     except subprocess.TimeoutExpired:
-        pytest.fail(f"{path.name} on {backend_name}: no result within {TIMEOUT_S} s (a hang)", pytrace=False)
+        pytest.fail(f"{path.name} on {backend_name}: no result within {timeout} s (a hang)", pytrace=False)
     out = p.stdout.strip().splitlines()
     if p.returncode != 0 or not out:
         pytest.fail(f"{path.name} on {backend_name}: the driver died (rc {p.returncode}):\n{p.stderr[-3000:]}",
@@ -386,10 +418,14 @@ def thp_pushed(h: dict, size: str | None, backend_name: str):
 
 def test_selftest(script, size, backend_name, tmp_path):
     h = header(script)
-    env = dict(h.get("vars", {}), TMPDIR=str(tmp_path))
+    env = {k: str(v) for k, v in dict(h.get("vars", {}), TMPDIR=str(tmp_path)).items()}
+    if "N" in env and os.environ.get("UFFDCTL_SELFTEST_ITERATIONS"):
+        # soft-dirty.c's TEST_ITERATIONS (10000): a guest under TCG may need fewer to stay in its time budget
+        env["N"] = os.environ["UFFDCTL_SELFTEST_ITERATIONS"]
     if size:
         env["SIZE"] = size
     text = script.read_text()
+    h["_huge_pages"] = huge_pages_needed(text, env)
     check_needs(h, backend_name, size)
     if h.get("sizes") == "hugetlb" and size != default_hugetlb_size():
         pytest.skip(f"waiting on: a hugetlb page size other than the default {default_hugetlb_size()} "
@@ -399,7 +435,7 @@ def test_selftest(script, size, backend_name, tmp_path):
     if missing:
         pytest.skip(f"waiting on: {', '.join(missing)} (issue 10, planned syntax not in this checkout)")
     with thp_pushed(h, size, backend_name):
-        res = run_script(script, backend_name, env)
+        res = run_script(script, backend_name, env, int(h.get("timeout", TIMEOUT_S)))
     kind, msg = verdict(h, backend_name, res)
     if kind == "xfail":
         pytest.xfail(msg)

@@ -243,3 +243,45 @@ def test_json_keys_of_session_commands(cli):
     r = cli.j("session", "stop", "k")
     assert set(r) == {"name", "pid", "stopped"} and r["stopped"] == 1
     assert cli.j("session", "list") == {"sessions": []}
+
+
+def _servers_of(rtdir: str) -> list:
+    """Session daemons serving ``rtdir`` (other runtime directories, e.g. other test runs, are not ours)."""
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if "uffdctl.session.server" in (p.info["cmdline"] or []) and \
+                    p.environ().get("UFFDCTL_RUNTIME_DIR") == rtdir:
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def test_concurrent_starts_make_exactly_one_daemon(cli):
+    """20 ``session start --name X`` at once: one daemon, the other 19 fail cleanly (one line, exit 2,
+    nothing of the winner's removed), and after ``session stop`` no process is left (issue 11.3)."""
+    n = 20
+    procs = [subprocess.Popen([BIN, "session", "start", "--name", "x", "--backend", "emu"], env=cli.env,
+                              cwd=cli.cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    outs = [(p.wait(120), *p.communicate()) for p in procs]
+    try:
+        won = [o for o in outs if o[0] == 0]
+        lost = [o for o in outs if o[0] != 0]
+        assert len(won) == 1, outs
+        for rc, out, err in lost:
+            assert rc == 2 and "already running" in err and len(err.strip().splitlines()) == 1, (rc, out, err)
+            assert "Traceback" not in err
+        servers = _servers_of(cli.rtdir)
+        assert len(servers) == 1, servers
+        sessions = cli.j("session", "list")["sessions"]
+        assert [(s["name"], s["state"]) for s in sessions] == [("x", "live")]
+        assert cli.j("regions") == {"regions": []}            # the winner serves
+    finally:
+        cli("session", "stop", "x", check=0)
+    deadline = time.time() + 10
+    while time.time() < deadline and any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in servers):
+        time.sleep(0.05)
+    assert not [p for p in servers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert sorted(os.listdir(cli.rtdir)) == []

@@ -383,7 +383,10 @@ def test_differential_this_kernel():
     import test_differential as td
     from uffdctl.emu import PROFILES, EmuBackend
 
-    series = "%d.%d" % running_version()[:2]
+    # A kernel scripts/vmtest built with patches names its twin: a profile, and switches the patches turn.
+    series = os.environ.get("UFFDCTL_EMU_PROFILE") or "%d.%d" % running_version()[:2]
+    switches = {k: bool(int(v)) for k, v in (kv.split("=", 1) for kv in
+                                              os.environ.get("UFFDCTL_EMU_SWITCHES", "").split(",") if kv)}
     if series not in PROFILES:
         pytest.skip(f"no emulator profile for kernel {series} (profiles: {', '.join(PROFILES)})")
     probe = make_backend("kernel")   # closed before the sequences run: they alone own the process
@@ -393,14 +396,14 @@ def test_differential_this_kernel():
             offered = u.api(0).features
     finally:
         probe.close()
-    runner = td.Runner(make_emu=lambda: EmuBackend(profile=series, soft_dirty=have_sd))
+    runner = td.Runner(make_emu=lambda: EmuBackend(profile=series, soft_dirty=have_sd, **switches))
     seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
     for i in range(DIFF_EXAMPLES):
         seq = td.gen_sequence(random.Random(seed + i), runner.memtypes)
         seq["features"] &= offered
         d = runner.diverges(seq)
         if d is not None:
-            pytest.fail(f"profile {series} (soft-dirty {int(have_sd)}), seed {seed + i}: " + runner.report(seq, d),
+            pytest.fail(f"profile {series}{switches or ''} (soft-dirty {int(have_sd)}), seed {seed + i}: " + runner.report(seq, d),
                         pytrace=False)
 
 

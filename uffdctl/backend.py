@@ -14,6 +14,7 @@ and wake-on-EEXIST policy live in :mod:`uffdctl.ops`.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import errno
 import time
 
@@ -173,6 +174,14 @@ class Uffd(abc.ABC):
         """The fd (for poll/select)."""
         return self.fd
 
+    # the fault handlers serving this uffd: close() stops them first (implementations keep ``_handlers``)
+    def attach_handler(self, handler) -> None:
+        self._handlers.append(handler)
+
+    def detach_handler(self, handler) -> None:
+        if handler in self._handlers:
+            self._handlers.remove(handler)
+
     def __enter__(self):
         return self
 
@@ -213,6 +222,24 @@ class Backend(abc.ABC):
     def _add_region(self, r: Region) -> Region:
         self._regions[r.name] = r
         return r
+
+    def _remap_regions(self, old: int, old_len: int, new: int, new_len: int, flags: int) -> None:
+        """Bookkeeping after a successful mremap(): a region that was exactly [old, old+old_len) is now
+        [new, new+new_len); one that was partly inside keeps its head before ``old`` and forgets the rest,
+        so that close() never unmaps an address the region no longer owns.  DONTUNMAP leaves the old range
+        mapped (and the new mapping is no region)."""
+        if flags & uapi.MREMAP_DONTUNMAP:
+            return
+        end = old + old_len
+        for name, reg in list(self._regions.items()):
+            if reg.end <= old or reg.addr >= end:
+                continue
+            if reg.addr == old and reg.len == old_len:
+                self._regions[name] = dataclasses.replace(reg, addr=new, len=new_len)
+            elif reg.addr < old:
+                self._regions[name] = dataclasses.replace(reg, len=old - reg.addr)
+            else:
+                del self._regions[name]
 
     # -- mappings ---------------------------------------------------------------
     @abc.abstractmethod
@@ -384,6 +411,11 @@ class Backend(abc.ABC):
 
     def vma_bounds(self, addr: int) -> tuple[int, int] | None:
         """[start, end) of the VMA containing ``addr`` (None: no VMA there, or not known)."""
+        return None
+
+    def uffd_vmas(self, start: int, end: int) -> list[tuple[int, int, int]] | None:
+        """The VMAs overlapping [start, end), clipped to it, each with the userfaultfd registration the kernel
+        keeps on it (RegisterMode bits: VM_UFFD_MISSING/WP/MINOR, smaps ``um``/``uw``/``ui``), or None."""
         return None
 
     def tlb_flush_count(self) -> int | None:

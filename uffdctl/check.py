@@ -188,6 +188,12 @@ def run_checks() -> dict:
         if opened:
             v.append(_verdict("open", OK, "userfaultfd opens via " + ", ".join(opened) +
                               "".join(f"; {o['via']}: {o['errno']} ({o['hint']})" for o in res["open"] if not o["ok"])))
+            if opened == ["user-mode-only"]:
+                v.append(_verdict("kernel-mode faults", UNSUPPORTED,
+                                  "only UFFD_USER_MODE_ONLY uffds open for this user (uffdctl uses them): faults "
+                                  "the kernel takes itself (a syscall writing the range) are not handled; cure: "
+                                  "sysctl vm.unprivileged_userfaultfd=1, CAP_SYS_PTRACE, or access to "
+                                  "/dev/userfaultfd"))
             res["open_unprivileged"] = probe_open_unprivileged()
             if res["open_unprivileged"] is not None:
                 ok_u = [o["via"] for o in res["open_unprivileged"] if o["ok"]]

@@ -54,7 +54,7 @@ class NativeHandler(Handler):
             raise OSError(-err[0], "cannot start the fault handler thread")
         self._h = h
         self._pending: list[HandledEvent] = []
-        self.uffd._handlers.append(self)
+        self.uffd.attach_handler(self)
 
     def stop(self, release: bool = True) -> None:
         """Stop the thread; with ``release`` (default) resolve every fault it queued, and any message
@@ -67,8 +67,7 @@ class NativeHandler(Handler):
         self._final_stats = self._stats()
         self._lib.uffdctl_handler_free(self._h)
         self._h = None
-        if self in self.uffd._handlers:
-            self.uffd._handlers.remove(self)
+        self.uffd.detach_handler(self)
 
     @property
     def running(self) -> bool:

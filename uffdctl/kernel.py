@@ -14,7 +14,6 @@ import errno as E
 import itertools
 import os
 import platform
-import queue
 import select
 import struct
 import threading
@@ -36,6 +35,31 @@ _UNWRITTEN = -(1 << 63)
 
 _T: dict = {}  # cached cffi pointer types of the uffdio_* structs
 _tls = threading.local()  # per-thread result cell of the range ioctls
+_ORPHANS: list = []  # jobs of a thread stopped while blocked in a fault: kept, the worker may still write them
+
+
+_MSG_ONE = struct.Struct("<B7xQQQ")  # event, then struct uffd_msg's 24-byte arg as three u64
+_M32 = 0xFFFFFFFF
+_PF, _FORK, _REMAP = int(uapi.Event.PAGEFAULT), int(uapi.Event.FORK), int(uapi.Event.REMAP)
+max_ = max
+
+
+def _decode_batch(buf, nbytes: int, ts_ns: int) -> list[UffdMsg]:
+    """Decode ``nbytes // 32`` packed ``struct uffd_msg`` from a buffer: one unpack_from per message."""
+    out = []
+    unpack = _MSG_ONE.unpack_from
+    PF, FORK, REMAP = _PF, _FORK, _REMAP
+    for off in range(0, nbytes - nbytes % 32, 32):
+        ev, a0, a1, a2 = unpack(buf, off)
+        if ev == PF:  # flags, address, feat.ptid
+            out.append(UffdMsg(ev, a0, a1, a2 & _M32, 0, 0, 0, 0, 0, 0, ts_ns))
+        elif ev == FORK:
+            out.append(UffdMsg(ev, 0, 0, 0, a0 & _M32, 0, 0, 0, 0, 0, ts_ns))
+        elif ev == REMAP:
+            out.append(UffdMsg(ev, 0, 0, 0, 0, a0, a1, a2, 0, 0, ts_ns))
+        else:  # REMOVE, UNMAP: start, end
+            out.append(UffdMsg(ev, 0, 0, 0, 0, 0, 0, 0, a0, a1, ts_ns))
+    return out
 
 
 def open_error_hint(err: int, via: str) -> str:
@@ -172,17 +196,37 @@ class KernelUffd(Uffd):
         return r, bytes(self._ffi.buffer(b))
 
     # -- messages -----------------------------------------------------------------
+    # The Python fault path: one per-thread message buffer reused by every read (no allocation per
+    # call), and one precompiled Struct.unpack_from per message (see _decode_batch).
+    def _msgbuf(self, n: int):
+        try:
+            buf, view = _tls.msgbuf
+        except AttributeError:
+            buf = view = None
+        if buf is None or len(view) < n * 32:
+            buf = self._ffi.new("char[]", max_(n, 64) * 32)
+            view = self._ffi.buffer(buf)
+            _tls.msgbuf = (buf, view)
+        return buf, view
+
     def read_msgs(self, max: int = 64) -> list[UffdMsg]:
-        size = max * 32
-        buf = self._ffi.new("char[]", size)
-        r = self._lib.uffdctl_read(self.fd, buf, size)
+        buf, view = self._msgbuf(max)
+        r = self._lib.uffdctl_read(self.fd, buf, max * 32)
         if r == -E.EAGAIN:
             return []
         if r < 0:
             raise uffd_error(-r, "read")
-        ts = time.monotonic_ns()
-        raw = bytes(self._ffi.buffer(buf, r))
-        return [decode_msg(raw[i:i + 32], ts) for i in range(0, r, 32)]
+        return _decode_batch(view, r, time.monotonic_ns())
+
+    def wait_msgs(self, timeout: float | None = None, max: int = 64) -> list[UffdMsg]:
+        """Wait up to ``timeout`` seconds (None: forever) for messages and read them: poll(2) and read(2)
+        in one C call with the GIL released (other Python threads run meanwhile).  [] on timeout."""
+        buf, view = self._msgbuf(max)
+        ms = -1 if timeout is None else max_(0, int(timeout * 1000))
+        r = self._lib.uffdctl_poll_read(self.fd, buf, max * 32, ms, 0 if self.flags & uapi.O_NONBLOCK else 1)
+        if r < 0:
+            raise uffd_error(-r, "read", message="uffd is closed" if self._closed else None)
+        return _decode_batch(view, r, time.monotonic_ns()) if r else []
 
     def _wait_readable(self, timeout: float) -> bool:
         p = select.poll()
@@ -211,64 +255,112 @@ class KernelUffd(Uffd):
 
 
 class _KernelAccess(Access):
-    def __init__(self):
-        self._ev = threading.Event()
+    """One job of a native access thread (cdefs/uffdctl_access.c); waiting releases the GIL."""
+
+    __slots__ = ("_t", "_job", "_keep", "_len", "_want", "_res")
+
+    def __init__(self, t: "KernelThread", job, keep, len: int, want_data: bool):
+        self._t, self._job, self._keep, self._len, self._want = t, job, keep, len, want_data
         self._res: AccessResult | None = None
-        self._exc: BaseException | None = None
 
     def wait(self, timeout=None) -> bool:
-        return self._ev.wait(timeout)
+        if self._res is not None:
+            return True
+        w = self._t._w
+        if w is None:  # the thread was stopped: it ran its queue first, or was left blocked in a fault
+            end = None if timeout is None else time.monotonic() + timeout
+            while not self._job.done and (end is None or time.monotonic() < end):
+                time.sleep(0.001)
+            return bool(self._job.done)
+        ms = -1 if timeout is None else max_(0, int(timeout * 1000))
+        return bool(self._t._lib.uffdctl_worker_wait(w, self._job, ms))
 
     @property
     def done(self) -> bool:
-        return self._ev.is_set()
+        return self._res is not None or bool(self._job.done)
 
     def result(self) -> AccessResult:
-        if not self._ev.is_set():
-            raise RuntimeError("access still in progress: blocked in a userfault that nothing has resolved yet "
-                               "(resolve it with copy/zeropage/continue/wake/writeprotect, or run a fault_handler)")
-        if self._exc:
-            raise self._exc
+        if self._res is None:
+            if not self._job.done:
+                raise RuntimeError("access still in progress: blocked in a userfault that nothing has resolved yet "
+                                   "(resolve it with copy/zeropage/continue/wake/writeprotect, or run a fault_handler)")
+            r = self._job.res
+            out = AccessResult(r.minflt, r.majflt, bool(r.sigbus), r.si_code, r.fault_addr, None, r.ns)
+            if self._want and not out.sigbus:
+                out.data = bytes(self._t._ffi.buffer(self._keep[1], self._len))
+            self._res = out
         return self._res
 
 
 class KernelThread(Thread):
-    """A real thread (daemon) that performs accesses in C with the GIL released."""
+    """A native thread (pthread, cdefs/uffdctl_access.c) that performs accesses with uffdctl_access().
+
+    ``access()`` queues a job and returns at once; the thread runs jobs in order.  There is no Python
+    thread behind it, so handing an access over costs a mutex and a condition signal, not a GIL
+    switch; ``access_many()`` queues several in one call.
+    """
 
     def __init__(self, backend: "KernelBackend", name: str):
         self._b = backend
+        self._ffi, self._lib = backend._ffi, backend._lib
         self.name = name
-        self._q: queue.Queue = queue.Queue()
-        self._ready = threading.Event()
-        self.tid = 0
-        self._t = threading.Thread(target=self._run, name=f"uffdctl-{name}", daemon=True)
-        self._t.start()
-        self._ready.wait()
+        err = self._ffi.new("int *")
+        self._w = self._lib.uffdctl_worker_start(err)
+        if self._w == self._ffi.NULL:
+            raise uffd_error(-err[0], "pthread_create", message=f"cannot start thread {name}")
+        self.tid = self._lib.uffdctl_worker_tid(self._w)
+        self._jobs: list[_KernelAccess] = []
 
-    def _run(self):
-        lib, ffi = self._b._lib, self._b._ffi
-        self.tid = lib.uffdctl_gettid()
-        # Warm up: the first access of a thread faults in its C stack pages and installs the SIGBUS
-        # handler; do that here so the fault counts of real accesses are the access's own.
-        scratch = ffi.new("char[]", 64)
-        lib.uffdctl_access(int(ffi.cast("uintptr_t", scratch)), 64, 1, ffi.NULL, ffi.NULL, 0, 0,
-                           ffi.new("struct uffdctl_access_result *"))
-        self._ready.set()
-        while True:
-            job = self._q.get()
-            if job is None:
-                return
-            fn, acc = job
-            try:
-                acc._res = fn()
-            except BaseException as e:  # handed to the waiter
-                acc._exc = e
-            acc._ev.set()
+    def _fill(self, j, addr, len, write, data, fill, stride, want_data):
+        ffi = self._ffi
+        keep = [None, None]
+        j.addr, j.len, j.write, j.fill, j.stride = addr, len, 1 if write else 0, fill, stride
+        if write and data is not None:
+            keep[0] = ffi.from_buffer(data)
+            j.wbuf = keep[0]
+        if want_data and not write:
+            keep[1] = ffi.new("char[]", len)
+            j.rbuf = keep[1]
+        return keep
 
     def access(self, addr, len, write, data=None, fill=0, stride=0, want_data=False) -> Access:
-        acc = _KernelAccess()
-        self._q.put((lambda: self._b._access(addr, len, write, data, fill, stride, want_data), acc))
+        if self._w is None:
+            raise RuntimeError(f"thread {self.name} is stopped")
+        j = self._ffi.new("struct uffdctl_access_job *")
+        keep = self._fill(j, addr, len, write, data, fill, stride, want_data)
+        keep.append(j)
+        acc = _KernelAccess(self, j, keep, len, want_data)
+        self._outstanding((acc,))
+        r = self._lib.uffdctl_worker_submit(self._w, j, 1)
+        if r < 0:
+            raise uffd_error(-r, "access", addr, len, message=f"thread {self.name}")
         return acc
+
+    def access_many(self, specs) -> list[Access]:
+        """Queue several accesses in one hand-off: ``specs`` are dicts of access()'s arguments
+        (addr, len, write, data, fill, stride, want_data); they run in order."""
+        specs = [dict(sp) for sp in specs]
+        if self._w is None:
+            raise RuntimeError(f"thread {self.name} is stopped")
+        if not specs:
+            return []
+        jobs = self._ffi.new("struct uffdctl_access_job[]", len(specs))
+        out = []
+        for i, sp in enumerate(specs):
+            want = sp.get("want_data", False)
+            keep = self._fill(jobs[i], sp["addr"], sp["len"], sp["write"], sp.get("data"), sp.get("fill", 0),
+                              sp.get("stride", 0), want)
+            keep.append(jobs)  # the array owns every job's memory
+            out.append(_KernelAccess(self, jobs + i, keep, sp["len"], want))
+        self._outstanding(out)
+        r = self._lib.uffdctl_worker_submit(self._w, jobs, len(specs))
+        if r < 0:
+            raise uffd_error(-r, "access", message=f"thread {self.name}")
+        return out
+
+    def _outstanding(self, accs) -> None:
+        """Remember queued jobs until they are done: their memory must outlive the worker's use of it."""
+        self._jobs = [a for a in self._jobs if not a._job.done] + list(accs)
 
     def faults(self) -> tuple[int, int]:
         # Read from outside: works while the thread is blocked in a fault.
@@ -277,13 +369,18 @@ class KernelThread(Thread):
         return int(fields[7]), int(fields[9])  # minflt, majflt (stat fields 10, 12)
 
     def stop(self, timeout: float = 5.0) -> bool:
-        self._q.put(None)
-        self._t.join(timeout)
-        return not self._t.is_alive()
+        if self._w is None:
+            return True
+        r = self._lib.uffdctl_worker_stop(self._w, int(timeout * 1000))
+        self._w = None  # stopped, or left to end on its own (blocked in a fault nobody resolves)
+        if r != 0:
+            _ORPHANS.extend(a._keep for a in self._jobs if not a._job.done)  # it may still write them
+        self._jobs = []
+        return r == 0
 
     @property
     def busy(self) -> bool:
-        return not self._q.empty()
+        return self._w is not None and bool(self._lib.uffdctl_worker_busy(self._w))
 
 
 class KernelBackend(KernelMm, Backend):
@@ -291,8 +388,13 @@ class KernelBackend(KernelMm, Backend):
 
     name = "kernel"
 
-    def __init__(self, probe: bool = True):
+    def __init__(self, probe: bool = True, user_mode_only: bool | None = None):
+        """``user_mode_only``: True opens every uffd with UFFD_USER_MODE_ONLY; None (default) does so only when
+        the plain open is refused with EPERM (an unprivileged user under vm.unprivileged_userfaultfd=0, the
+        kernel's userfaultfd_syscall_allowed()), and says so in describe(); False never."""
         self._ffi, self._lib = load()
+        self.user_mode_only = user_mode_only
+        self.user_mode_only_reason: str | None = "asked for" if user_mode_only else None
         self._regions: dict[str, Region] = {}
         self._uffds: list[KernelUffd] = []
         self._threads: dict[str, KernelThread] = {}
@@ -315,13 +417,24 @@ class KernelBackend(KernelMm, Backend):
         with u:
             return u.api(0).features
 
+    def hint_modes(self, ioctl: str) -> dict[str, int]:
+        """None on a real kernel, except one built with uffdctl's reconstruction of the 2022 hint RFC
+        (patches/6.1/rfc-hints*.patch, which uses the emulator's uffdctl-private mode values): the kernel
+        cannot be asked, so scripts/vmtest says so with UFFDCTL_KERNEL_HINTS=rfc in that kernel's guest.
+        Anywhere else the bits would be EINVAL."""
+        if os.environ.get("UFFDCTL_KERNEL_HINTS") != "rfc" or ioctl not in ("COPY", "ZEROPAGE", "WRITEPROTECT"):
+            return {}
+        from .emu import profiles
+        return {h: int(getattr(profiles, f"UFFDIO_{ioctl}_MODE_{h.upper()}")) for h in ("access_likely", "write_likely")}
+
     def describe(self) -> dict:
         if self._features is None:
             self._features = self.probe_features()
         sd = self.soft_dirty()
         return {"backend": self.name, "release": platform.release(), "machine": platform.machine(),
                 "profile": None, "soft_dirty": sd.available, "soft_dirty_reason": sd.reason,
-                "features": self._features}
+                "features": self._features, "user_mode_only": int(bool(self.user_mode_only)),
+                "user_mode_only_reason": self.user_mode_only_reason}
 
     # -- mappings -----------------------------------------------------------------
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
@@ -391,6 +504,7 @@ class KernelBackend(KernelMm, Backend):
         r = self._lib.uffdctl_mremap(old, old_len, new_len, flags, new_addr)
         if r < 0:
             raise uffd_error(-r, "mremap", old, old_len)
+        self._remap_regions(old, old_len, r, new_len, flags)
         return r
 
     @property
@@ -402,6 +516,8 @@ class KernelBackend(KernelMm, Backend):
         order = {"auto": ("syscall", "dev"), "syscall": ("syscall",), "dev": ("dev",)}.get(via)
         if order is None:
             raise ValueError(f"unknown open method {via!r} (valid: auto, syscall, dev)")
+        if self.user_mode_only:
+            flags |= uapi.UFFD_USER_MODE_ONLY
         errs = []
         for how in order:
             fn = self._lib.uffdctl_userfaultfd if how == "syscall" else self._lib.uffdctl_dev_userfaultfd
@@ -411,6 +527,17 @@ class KernelBackend(KernelMm, Backend):
                 self._uffds.append(u)
                 return u
             errs.append((how, -fd))
+        if self.user_mode_only is None and "syscall" in order and dict(errs).get("syscall") == E.EPERM \
+                and not flags & uapi.UFFD_USER_MODE_ONLY:
+            fd = self._lib.uffdctl_userfaultfd(flags | uapi.UFFD_USER_MODE_ONLY)
+            if fd >= 0:      # from now on every uffd of this backend is user-mode-only, and describe() says so
+                self.user_mode_only = True
+                self.user_mode_only_reason = ("userfaultfd(2) refused a full uffd (EPERM: vm.unprivileged_"
+                                              "userfaultfd=0 and no CAP_SYS_PTRACE); faults the kernel takes "
+                                              "on this range itself (e.g. in a read(2) into it) are not handled")
+                u = KernelUffd(self, fd, "syscall", flags | uapi.UFFD_USER_MODE_ONLY)
+                self._uffds.append(u)
+                return u
         how, err = errs[0]  # the first method's errno; the message gives every method's, with its cure
         hints = "; ".join(f"{h}: {os.strerror(e)} - {open_error_hint(e, h)}" for h, e in errs)
         raise uffd_error(err, "userfaultfd" if how == "syscall" else "USERFAULTFD_IOC_NEW", message=hints)
@@ -434,6 +561,25 @@ class KernelBackend(KernelMm, Backend):
         if start:
             h.start()
         return h
+
+    _VMFLAG_MODE = {"um": uapi.RegisterMode.MISSING, "uw": uapi.RegisterMode.WP, "ui": uapi.RegisterMode.MINOR}
+
+    def uffd_vmas(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """From the VmFlags of /proc/self/smaps (um, uw, ui)."""
+        out, cur = [], None
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split(None, 1)[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    cur = (lo, hi) if lo < end and start < hi else None
+                elif cur is not None and head == "VmFlags:":
+                    mode = 0
+                    for flag in line.split()[1:]:
+                        mode |= int(self._VMFLAG_MODE.get(flag, 0))
+                    out.append((max(cur[0], start), min(cur[1], end), mode))
+                    cur = None
+        return out
 
     def vma_bounds(self, addr: int) -> tuple[int, int] | None:
         """From /proc/self/maps."""

@@ -83,6 +83,9 @@ def open_backend(name: str = "auto", *, profile: str | None = None, soft_dirty: 
     if name == "kernel" and emu_asked:
         raise UsageError(f"{emu_asked} is for the emulator: the kernel backend is the running kernel "
                          f"(use --backend emu, or auto)")
+    if kernel_opts and (name == "emu" or emu_asked):
+        raise UsageError(f"{', '.join('--' + k.replace('_', '-') for k in sorted(kernel_opts))} is for the kernel "
+                         f"backend: the emulator does not model it")
     reason, fallback = "requested", False
     if name == "auto" and emu_asked:
         name, reason = "emu", f"{emu_asked} {'ask' if ' and ' in emu_asked else 'asks'} for the emulator"

@@ -817,14 +817,15 @@ def read_script(path: str) -> str:
 
 
 def run_text(text: str, path: str, backend="auto", profile: str | None = None, echo=None, render=None,
-             soft_dirty: bool | None = None, notice=None, variables: dict | None = None) -> dict:
+             soft_dirty: bool | None = None, notice=None, variables: dict | None = None,
+             user_mode_only: bool = False) -> dict:
     """Run a script's text on one backend; returns ``{"ok", "file", "backend", "lines", ["error", "exit"]}``.
 
     ``backend``/``profile``/``soft_dirty`` go to the one opener (uffdctl.registry); the result's ``backend``
     says which backend ran and why, and ``notice(line)`` receives the one line to print on stderr when
     ``auto`` did not give the kernel.
     """
-    st = SessionState(backend, profile, name="run", soft_dirty=soft_dirty)
+    st = SessionState(backend, profile, name="run", soft_dirty=soft_dirty, user_mode_only=user_mode_only)
     it = Interpreter(st, echo, variables, render)
     info = None
     try:
@@ -846,7 +847,9 @@ def run_text(text: str, path: str, backend="auto", profile: str | None = None, e
 
 
 def run_file(path: str, backend: str = "auto", profile: str | None = None, echo=None, render=None,
-             soft_dirty: bool | None = None, notice=None, variables: dict | None = None) -> dict:
+             soft_dirty: bool | None = None, notice=None, variables: dict | None = None,
+             user_mode_only: bool = False) -> dict:
     """Run a script file (see run_text).  Malformed input that prevents the run from starting (unreadable
     file) raises ScriptError."""
-    return run_text(read_script(path), path, backend, profile, echo, render, soft_dirty, notice, variables)
+    return run_text(read_script(path), path, backend, profile, echo, render, soft_dirty, notice, variables,
+                    user_mode_only)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from . import uapi
 from .errors import StressFailed, Unsupported, UffdctlError, uffd_error  # noqa: F401 (StressFailed lives in errors.py)
-from .backend import MemType
+from .types import MemType
 
 MEMTYPES = ("anon", "shmem", "shmem-private", "hugetlb", "hugetlb-private")
 
@@ -92,14 +92,14 @@ def run(memtype: str, mib: int, bounces: int, *, nr_cpus: int | None = None, los
     of the first page updated) in that bounce (0 = the first), which the verification must catch.
     ``StressResult.lost_page`` says which page it dropped (None if it never fired).
     """
-    from .kernel import KernelBackend
+    from .registry import open_backend
 
     if memtype not in MEMTYPES:
         raise Unsupported(f"stress: unknown memory type {memtype!r} (valid: {', '.join(MEMTYPES)})")
     if not isinstance(mib, int) or mib <= 0 or not isinstance(bounces, int) or bounces <= 0:
         raise ValueError("stress: MiB and BOUNCES must be positive integers")
     mt = MemType(memtype)
-    b = KernelBackend()
+    b = open_backend("kernel")  # the emulator runs no threads: BackendUnavailable where the kernel cannot serve
     ffi, lib = b._ffi, b._lib
     try:
         page = uapi.PAGE_SIZE

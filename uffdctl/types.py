@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import enum
 import struct
+import sys
 from dataclasses import asdict, dataclass
 
 from . import uapi
@@ -106,7 +107,8 @@ class UffdioApi:
                 "ioctls_decoded": uapi.Ioctl.decode(self.ioctls)}
 
 
-@dataclass
+# slots: a message is made per fault on the Python fault path (dataclass(slots=) needs 3.10)
+@dataclass(**({"slots": True} if sys.version_info >= (3, 10) else {}))
 class UffdMsg:
     """A decoded ``struct uffd_msg``; field names are the kernel's (``arg.pagefault.flags`` -> ``flags``)."""
 

@@ -3,7 +3,9 @@
     scripts/vmtest [OPTIONS] [matrix]           the kernel matrix (default): host + each kernel, one table
     scripts/vmtest [OPTIONS] run [-e K=V] -- CMD  run CMD in the guest (in the checkout); its exit status
     scripts/vmtest [OPTIONS] fetch              download/unpack the kernel(s), build the initramfs
-    scripts/vmtest [OPTIONS] doctor             can it run here? why not?
+    scripts/vmtest [OPTIONS] doctor             can it run here? why not? which config options are wrong?
+    scripts/vmtest config                       print uffdctl's kernel config fragment
+    scripts/vmtest build --source 6.1|6.12 [--patch FILE ...]   build Debian's linux-source-X (cached)
 
 Exit status: the command's (run), 0/1 (matrix: all verdicts good or not), 4 when vmtest cannot run here
 (with the reason), 124 on timeout, 130 on Ctrl-C.
@@ -21,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from . import Unavailable, host, initramfs, kernelpkg, matrix, qemu
+from . import Unavailable, build, host, initramfs, kernelpkg, localkernel, matrix, qemu
 from .guest import Job
 from .host import log
 
@@ -77,7 +79,14 @@ def add_common(p: argparse.ArgumentParser, sub: bool = False) -> None:
     k = p.add_argument_group("kernel (repeat to build a matrix; default: $%s, else the newest "
                              "linux-image-*-amd64 of the apt sources)" % KERNEL_ENV)
     k.add_argument("--kernel", action="append", default=d([]), metavar="SERIES",
-                   help="newest generic image of a series: 6.1, 6.12, or 'newest' (comma lists allowed)")
+                   help="newest generic image of a series: 6.1, 6.12, or 'newest'; built:NAME for a kernel "
+                        "`vmtest build` made (comma lists allowed)")
+    k.add_argument("--kernel-image", action="append", default=d([]), metavar="PATH",
+                   help="a kernel you built: vmlinux (with CONFIG_PVH) or bzImage")
+    k.add_argument("--modules", default=d(None), metavar="DIR",
+                   help="with --kernel-image: its modules (lib/modules/RELEASE, or a modules_install root)")
+    k.add_argument("--kernel-dir", action="append", default=d([]), metavar="BUILD",
+                   help="a kernel build tree (make O=BUILD): vmlinux or bzImage, .config, kernel.release, modules")
     k.add_argument("--kernel-pkg", action="append", default=d([]), metavar="NAME",
                    help="an exact package, e.g. linux-image-6.1.0-56-amd64")
     k.add_argument("--kernel-deb", action="append", default=d([]), metavar="FILE", help="a downloaded .deb")
@@ -106,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="See docs/vmtest.md.")
     add_common(p)
-    sub = p.add_subparsers(dest="cmd", metavar="{matrix,run,fetch,doctor}")
+    sub = p.add_subparsers(dest="cmd", metavar="{matrix,run,fetch,doctor,config,build}")
     m = sub.add_parser("matrix", help="the kernel matrix (default)")
     m.add_argument("--tests", nargs="+", metavar="PATH",
                    help="pytest selection (default: %s)" % " ".join(matrix.DEFAULT_TESTS))
@@ -122,15 +131,33 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     f = sub.add_parser("fetch", help="download and unpack the kernel(s), build the initramfs")
     d = sub.add_parser("doctor", help="say whether vmtest can run here, and why not")
-    for sp in (m, r, f, d):
+    sub.add_parser("config", help="print uffdctl's kernel config fragment (patches/uffdctl.config)")
+    b = sub.add_parser("build", help="build Debian's linux-source-X with the fragment and patches (cached)")
+    b.add_argument("--source", required=True, metavar="SERIES", help="6.1 or 6.12 (Debian's linux-source-X)")
+    b.add_argument("--patch", action="append", default=[], metavar="FILE", help="apply FILE (repeat; in order)")
+    b.add_argument("--jobs", "-j", type=int, default=None, help="make -j (default: every core)")
+    b.add_argument("--force", action="store_true", help="rebuild even when the cache has this build")
+    b.add_argument("--base", choices=build.BASES, default="tiny",
+                   help="tiny: tinyconfig + kvm_guest.config (default); defconfig: x86_64_defconfig "
+                        "(about three times the objects)")
+    for sp in (m, r, f, d, b):
         add_common(sp, sub=True)
     return p
 
 
 def kernel_specs(args) -> list[tuple[str, str]]:
     specs = [("deb", d) for d in args.kernel_deb] + [("pkg", n) for n in args.kernel_pkg]
+    specs += [("image", p) for p in args.kernel_image] + [("dir", p) for p in args.kernel_dir]
     for s in args.kernel:
-        specs += [("series", x.strip()) for x in s.split(",") if x.strip()]
+        for x in (x.strip() for x in s.split(",")):
+            if x.startswith("built:"):
+                if not x[6:]:
+                    raise ValueError("--kernel built:NAME: no NAME (scripts/vmtest doctor lists the built kernels)")
+                specs.append(("built", x[6:]))
+            elif x:
+                specs.append(("series", x))
+    if args.modules and not args.kernel_image:
+        raise ValueError("--modules goes with --kernel-image (a --kernel-dir's modules come from its modules.order)")
     if not specs:
         specs = [("series", x.strip()) for x in os.environ.get(KERNEL_ENV, "newest").split(",") if x.strip()]
     return specs
@@ -139,6 +166,15 @@ def kernel_specs(args) -> list[tuple[str, str]]:
 def get_kernels(args) -> list[kernelpkg.Kernel]:
     out = []
     for kind, val in kernel_specs(args):
+        if kind == "image":
+            out.append(localkernel.from_image(val, args.cache, args.modules))
+            continue
+        if kind == "dir":
+            out.append(localkernel.from_build_dir(val, args.cache))
+            continue
+        if kind == "built":
+            out.append(localkernel.from_build(build.find_build(args.cache, val), args.cache))
+            continue
         what = {"deb": {"deb": val}, "pkg": {"pkg": val}, "series": {"series": val}}[kind]
         out.append(kernelpkg.get_kernel(args.cache, refresh=not args.no_install, **what))
     return out
@@ -210,8 +246,13 @@ def cmd_matrix(args) -> int:
     targets: list[qemu.VM | None] = ([] if args.no_host else [None]) + vms
     for vm in targets:
         col = matrix.Column("host" if vm is None else vm.kernel.label, "host" if vm is None else "vm")
+        k = vm.kernel if vm else None
+        if k is not None and k.title:
+            col.fixed_label = True
+            col.flips, col.twin = dict(k.flips), k.emu_profile
         with Job(vm, timeout=args.timeout, keep=args.keep) as job:
-            body, env = plan.script(job.share, soft_dirty=vm.kernel.soft_dirty if vm else False, guest=vm is not None)
+            body, env = plan.script(job.share, soft_dirty=k.soft_dirty if k else False, guest=vm is not None,
+                                    profile=k.emu_profile if k else "", switches=k.emu_switches if k else None)
             log(f"column {col.label}: {'booting ' + vm.kernel.package if vm else 'running on the host'}")
             with open(os.path.join(job.run_dir, "column.log"), "wb") as tee:
                 stream = Prefixed(sys.stdout.buffer, f"[{col.label}] ", tee) if not args.quiet else tee
@@ -259,17 +300,64 @@ def cmd_doctor(args) -> int:
             if kind == "series":
                 pkg, ver = kernelpkg.resolve_package(val, refresh=False)
                 print(f"kernel {val}: {pkg} {ver}")
+                cached = kernelpkg.cached_kernels(args.cache, pkg=pkg)
+                config = read_full_config(cached[-1]) if cached else None
+                ok = doctor_config(f"{pkg} {ver}", config, modules_ok=True) and ok
+            elif kind in ("image", "dir", "built"):
+                k = get_kernels(argparse.Namespace(**{**vars(args), "kernel": [f"built:{val}"] if kind == "built"
+                                                      else [], "kernel_image": [val] if kind == "image" else [],
+                                                      "kernel_dir": [val] if kind == "dir" else [],
+                                                      "kernel_deb": [], "kernel_pkg": []}))[0]
+                print(f"kernel {kind} {val}: {k.release} ({'vmlinux/PVH' if k.pvh else 'bzImage'}; "
+                      f"{len(k.modules)} module(s) for the initramfs)")
+                ok = doctor_config(k.label, read_full_config(k), modules_ok=bool(k.modules)) and ok
             else:
                 print(f"kernel {kind} {val}")
         except Unavailable as e:
-            cached = kernelpkg.cached_kernels(args.cache, val if kind == "series" else None)
+            cached = kernelpkg.cached_kernels(args.cache, val) if kind == "series" else []
             print(f"kernel {val}: {e}" + (f" (cached: {cached[-1].package})" if cached else ""))
             ok = ok and bool(cached)
     for k in kernelpkg.cached_kernels(args.cache):
         print(f"cached: {k.package} {k.version} in {k.dir}")
+    for b in build.all_builds(args.cache):
+        print(f"built: built:{b.name} {b.release} ({b.seconds:.0f} s to build) in {b.dir}")
     if missing and (args.no_install or os.geteuid() != 0):
         ok = False
     return 0 if ok else Unavailable.exit_code
+
+
+def read_full_config(k: kernelpkg.Kernel) -> dict[str, str] | None:
+    path = os.path.join(k.dir, "config")
+    return kernelpkg.read_config(path) if os.path.exists(path) else None
+
+
+def doctor_config(label: str, config: dict[str, str] | None, modules_ok: bool) -> bool:
+    """Print every option of uffdctl's fragment that ``config`` lacks or sets wrong; True when none."""
+    if config is None:
+        print(f"  config of {label}: unknown (no .config/IKCONFIG; scripts/vmtest fetch caches a package's)")
+        return True
+    problems = build.check_config(config, modules_ok=modules_ok)
+    for p in problems:
+        print(f"  config {label}: {p}")
+    if not problems:
+        print(f"  config of {label}: every option uffdctl's tests need is set (scripts/vmtest config)")
+    return not problems
+
+
+def cmd_config(args) -> int:
+    sys.stdout.write(build.fragment_text())
+    return 0
+
+
+def cmd_build(args) -> int:
+    b = build.build(args.source, args.patch, args.cache, install=not args.no_install, jobs=args.jobs,
+                    force=args.force, base=args.base)
+    k = localkernel.from_build(b, args.cache)
+    patches = ", ".join(p["name"] for p in b.patches) or "no patches"
+    print(f"built:{b.name} {b.release} ({b.source} {b.version}; {patches}) in {b.seconds:.0f} s "
+          f"(-j{b.jobs}, ccache {b.ccache or '?'}); boot it with --kernel built:{b.name}; tree {b.obj}; "
+          f"image {k.image_path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,7 +368,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGINT ignored (Python then leaves it ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     atexit.register(qemu.kill_all)
-    cmd = {"run": cmd_run, "fetch": cmd_fetch, "doctor": cmd_doctor}.get(args.cmd, cmd_matrix)
+    cmd = {"run": cmd_run, "fetch": cmd_fetch, "doctor": cmd_doctor, "config": cmd_config,
+           "build": cmd_build}.get(args.cmd, cmd_matrix)
     if args.cmd is None:
         args = parser().parse_args((argv if argv is not None else sys.argv[1:]) + ["matrix"])
     try:

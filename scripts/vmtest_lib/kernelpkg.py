@@ -33,6 +33,12 @@ from .host import log
 
 # What the initramfs needs to reach the host's / and talk to the host.
 ROOT_MODULES = ("virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay")
+# Loaded too when the package has them: CRIU 3.17 refuses to start without nf_tables (kerndat checks
+# nftables set concatenation), and scripts/vmtest_lib/criu_demo.py runs CRIU in the 6.1 guest.
+# libcrc32c (nf_tables' dependency) asks the crypto API for "crc32c" at load: a softdep, not in depends=.
+OPTIONAL_MODULES = ("crc32c_generic", "nf_tables")
+# Bumped when the set of unpacked modules changes: older cache entries are unpacked again.
+LAYOUT = 2
 # Config options without which the guest cannot work (y or m).
 REQUIRED_CONFIG = ("CONFIG_NET_9P", "CONFIG_NET_9P_VIRTIO", "CONFIG_9P_FS", "CONFIG_OVERLAY_FS",
                    "CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_CONSOLE", "CONFIG_DEVTMPFS", "CONFIG_USERFAULTFD")
@@ -74,6 +80,14 @@ class Kernel:
     image: str              # file name in dir: vmlinux (PVH entry) or vmlinuz
     modules: list[str] = field(default_factory=list)   # file names in dir/modules, load order
     config: dict[str, str] = field(default_factory=dict)  # the options vmtest looks at
+    # Kernels that are not Debian packages (localkernel.py): the column title, and for `vmtest build`
+    # results the patches, the emulator twin (profile + switches) and the verdicts the patches flip.
+    title: str = ""
+    patches: list[str] = field(default_factory=list)
+    emu_profile: str = ""
+    emu_switches: dict[str, str] = field(default_factory=dict)
+    flips: dict[str, str] = field(default_factory=dict)
+    layout: int = 1           # LAYOUT of the unpacking that made this entry (packages only)
 
     @property
     def pvh(self) -> bool:
@@ -89,12 +103,23 @@ class Kernel:
 
     @property
     def label(self) -> str:
-        """Short column title: the upstream version from the package version (6.1.192)."""
+        """Short column title: the upstream version from the package version (6.1.192), or the title of a
+        kernel that is not a package (``built:6.1+backport-931298e103c2``)."""
+        if self.title:
+            return self.title
         return self.version.split("-")[0].split(":")[-1]
 
     def save(self) -> None:
+        # Fields added since the first layout are written only when set, and the layout goes to its own
+        # file, so a vmtest of an older checkout sharing the cache still reads a package's kernel.json.
+        d = asdict(self)
+        for k in ("title", "patches", "emu_profile", "emu_switches", "flips", "layout"):
+            if not d.get(k) or k == "layout":
+                d.pop(k, None)
         with open(os.path.join(self.dir, "kernel.json"), "w") as f:
-            json.dump(asdict(self), f, indent=1)
+            json.dump(d, f, indent=1)
+        with open(os.path.join(self.dir, "layout"), "w") as f:
+            f.write(f"{self.layout}\n")
 
     @classmethod
     def load(cls, d: str) -> "Kernel | None":
@@ -104,6 +129,11 @@ class Kernel:
         except (OSError, ValueError, TypeError):
             return None
         k.dir = d
+        try:
+            with open(os.path.join(d, "layout")) as f:
+                k.layout = int(f.read().strip() or 1)
+        except (OSError, ValueError):
+            k.layout = 1
         ok = os.path.exists(k.image_path) and all(os.path.exists(os.path.join(d, "modules", m)) for m in k.modules)
         return k if ok else None
 
@@ -297,6 +327,8 @@ def unpack(deb: str, dest: str, package: str, version: str) -> Kernel:
         except OSError:
             pass
         order = module_closure(index, builtin)
+        extra = [m for m in OPTIONAL_MODULES if m in index]
+        order += [m for m in module_closure(index, builtin | set(order), roots=extra) if m not in order]
 
         staging = dest + ".new"
         shutil.rmtree(staging, ignore_errors=True)
@@ -321,7 +353,7 @@ def unpack(deb: str, dest: str, package: str, version: str) -> Kernel:
             files.append(fn)
         keep = {k: v for k, v in config.items() if k in REQUIRED_CONFIG or k in (
             "CONFIG_MEM_SOFT_DIRTY", "CONFIG_PVH", "CONFIG_PTE_MARKER_UFFD_WP", "CONFIG_HAVE_ARCH_USERFAULTFD_WP")}
-        k = Kernel(package, version, release, staging, image, files, keep)
+        k = Kernel(package, version, release, staging, image, files, keep, layout=LAYOUT)
         k.save()
         shutil.rmtree(dest, ignore_errors=True)
         os.rename(staging, dest)
@@ -376,8 +408,10 @@ def get_kernel(cache: str, series: str = "6.1", pkg: str | None = None, deb: str
             return cached[-1]
     dest = os.path.join(kdir, _safe(f"{pkg}_{version}"))
     k = Kernel.load(dest)
-    if k:
+    if k and k.layout >= LAYOUT:
         return k
+    if k:
+        log(f"{pkg}: cached with an older module set (layout {k.layout} < {LAYOUT}): unpacking again")
     if deb:
         return unpack(deb, dest, pkg, version)
     path = download(pkg, version, os.path.join(cache, "debs"))

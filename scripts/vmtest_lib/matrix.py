@@ -53,6 +53,12 @@ class Column:
     problem: str = ""                # why the column has no (complete) results
     verdicts: dict[str, Verdict] = field(default_factory=dict)
     rcs: dict[str, int] = field(default_factory=dict)
+    # A kernel built with patches (vmtest build): the reproductions its patches declare flipped
+    # (``SCENARIO/CASE`` -> verdict) and whether it has an emulator twin of its own (a patch's
+    # Emulator-Profile) whose verdicts stand in for the release's expectations.
+    flips: dict[str, str] = field(default_factory=dict)
+    twin: str = ""
+    fixed_label: bool = False        # keep the label (a built kernel's): do not relabel from uname -r
 
     @property
     def ok(self) -> bool:
@@ -60,7 +66,7 @@ class Column:
 
     def to_dict(self) -> dict:
         return {"label": self.label, "where": self.where, "release": self.release, "seconds": round(self.seconds, 1),
-                "problem": self.problem, "rcs": self.rcs,
+                "problem": self.problem, "rcs": self.rcs, "flips": self.flips, "twin": self.twin,
                 "verdicts": {k: {"verdict": v.verdict, "reason": v.reason, "bad": v.bad}
                              for k, v in self.verdicts.items()}}
 
@@ -75,18 +81,26 @@ class Plan:
     profiles: tuple[str, ...] = ()   # emulator profiles the venv knows
     diff_examples: int = 300         # random sequences of the differential test per column
 
-    def script(self, share: str, soft_dirty: bool, guest: bool = False) -> tuple[str, dict[str, str]]:
+    def script(self, share: str, soft_dirty: bool, guest: bool = False, profile: str = "",
+               switches: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
         """(shell body, environment) for one column.  ``soft_dirty``: the kernel has CONFIG_MEM_SOFT_DIRTY,
         so a soft-dirty skip is a failure there.  ``guest``: the column is a VM of its own, so it reserves
         huge pages (as .ci/run does on the host) and hugetlb is tested there too.  The emulator profile
         for the reproductions is the running kernel's series (``uname -r``: 6.1.0-56-amd64 -> 6.1) when
-        the emulator has one of that name."""
+        the emulator has one of that name, or ``profile`` (a built kernel's patches name their twin:
+        ``rfc-hints``, or ``6.1`` with ``switches``), passed on as UFFDCTL_EMU_PROFILE/UFFDCTL_EMU_SWITCHES."""
         bin_ = os.path.join(self.venv, "bin")
         env = {"UFFDCTL_REQUIRE_KERNEL": "1", "VMTEST_OUT": share,
                "UFFDCTL_DIFF_KERNEL_EXAMPLES": str(self.diff_examples),
                "UFFDCTL_DIFF_DIR": os.path.join(share, "diff")}  # shrunk reproducers outlive the guest
         if soft_dirty:
             env["UFFDCTL_REQUIRE_SOFTDIRTY"] = "1"
+        if profile:
+            env["UFFDCTL_EMU_PROFILE"] = profile
+            if switches:
+                env["UFFDCTL_EMU_SWITCHES"] = ",".join(f"{k}={v}" for k, v in sorted(switches.items()))
+            if profile.startswith("rfc-hints"):
+                env["UFFDCTL_KERNEL_HINTS"] = "rfc"   # the kernel carries patches/6.1/rfc-hints*.patch
         q = shlex.quote
         lines = [
             f'export PATH={q(bin_)}:"$PATH"',
@@ -98,7 +112,8 @@ class Plan:
         lines.append('step check sh -c \'uffdctl -j check > "$VMTEST_OUT/check.json"\'')
         lines.append("SERIES=$(uname -r | sed -E 's/^([0-9]+\\.[0-9]+).*/\\1/')")
         profiles = " ".join(self.profiles)
-        lines.append(f'PROFILE=""; for p in {profiles}; do [ "$p" = "$SERIES" ] && PROFILE=$p; done'
+        want = q(profile) if profile else '"$SERIES"'
+        lines.append(f'PROFILE=""; for p in {profiles}; do [ "$p" = {want} ] && PROFILE=$p; done'
                      if profiles else 'PROFILE=""')
         tests = " ".join(q(t) for t in self.tests)
         lines.append(f'step pytest pytest {" ".join(PYTEST_OPTS)} --junitxml="$VMTEST_OUT/junit.xml" {tests}')
@@ -138,7 +153,7 @@ def junit_verdicts(path: str) -> dict[str, Verdict]:
     return out
 
 
-def repro_verdicts(doc) -> dict[str, Verdict]:
+def repro_verdicts(doc, flips: dict[str, str] | None = None, twin: bool = False) -> dict[str, Verdict]:
     """``repro: SCENARIO/CASE [kernel|emu]`` -> verdict, from ``uffdctl -j repro all --backend both``.
 
     Only the kernel and its emulator twin (``target.mirror``: the profile named after this kernel, with
@@ -146,11 +161,21 @@ def repro_verdicts(doc) -> dict[str, Verdict]:
     ``match`` is false (the observation contradicts the expectation for this release) fails the column,
     shown as ``VERDICT (expected X)``.  A twin whose steps differ from the kernel's (``divergences``) says
     so: ``VERDICT, N steps differ``.
+
+    On a kernel built with patches, ``flips`` (``SCENARIO/CASE`` -> verdict, from the patches) replace the
+    release's expectation for those rows: a flipped row is right when it shows the declared verdict
+    (``VERDICT (patched)``), wrong otherwise.  With ``twin`` (the patches name an emulator profile), a
+    row the release's expectation contradicts is still right when the kernel agrees with its twin.
     """
     items = doc.get("results", []) if isinstance(doc, dict) else doc
     differ = {}
     for d in doc.get("divergences", []) if isinstance(doc, dict) else []:
         differ[d.get("scenario")] = len(d.get("steps") or [])
+    flips = flips or {}
+    twins = {}
+    for it in items if isinstance(items, list) else []:
+        if isinstance(it, dict) and (it.get("target") or {}).get("mirror") and it.get("verdict"):
+            twins[it.get("scenario", "") + (f"/{it['case']}" if it.get("case") else "")] = str(it["verdict"]).upper()
     out = {}
     for it in items if isinstance(items, list) else []:
         if not isinstance(it, dict) or not it.get("scenario") or not it.get("verdict"):
@@ -166,7 +191,13 @@ def repro_verdicts(doc) -> dict[str, Verdict]:
             n = differ[name]
             verdict += f", {n} step{' differs' if n == 1 else 's differ'}"
         exp = it.get("expected") if isinstance(it.get("expected"), dict) else {}
-        if it.get("match") is False:
+        if who == "kernel" and name in flips:
+            want = flips[name].upper()
+            ok = verdict == want
+            out[f"repro: {name} [{who}]"] = Verdict(f"{verdict} (patched)" if ok else
+                                                    f"{verdict} (patched: expected {want})",
+                                                    "" if ok else f"the patches declare {name}={want}", not ok)
+        elif it.get("match") is False and not (who == "kernel" and twin and twins.get(name) == verdict):
             out[f"repro: {name} [{who}]"] = Verdict(f"{verdict} (expected {exp.get('verdict', '?')})",
                                                     f"expected {exp.get('verdict', '?')}: {exp.get('source', '')}"
                                                     [:200], True)
@@ -206,7 +237,7 @@ def _read(path: str) -> str:
 def collect(col: Column) -> Column:
     s = col.share
     col.release = _read(os.path.join(s, "release"))
-    if col.release:
+    if col.release and not col.fixed_label:
         label = kernel_label(col.release, _read(os.path.join(s, "proc_version")))
         col.label = f"host {label}" if col.where == "host" else label
     for fn in sorted(os.listdir(s)) if os.path.isdir(s) else []:
@@ -236,7 +267,7 @@ def collect(col: Column) -> Column:
     if os.path.exists(repro):
         try:
             with open(repro) as f:
-                col.verdicts.update(repro_verdicts(json.load(f)))
+                col.verdicts.update(repro_verdicts(json.load(f), col.flips, bool(col.twin)))
         except ValueError as e:
             col.problem = col.problem or f"repro.json unreadable: {e}"
     if col.rcs.get("repro", 0) not in (0, 1) and not col.problem:  # 1: a contradicted expectation (in the rows)

@@ -19,6 +19,11 @@ SOFT_DIRTY = click.option("--soft-dirty", type=click.Choice(["on", "off"]), defa
                                "auto: the emulator")
 
 
+USER_MODE_ONLY = click.option("--user-mode-only", is_flag=True,
+                              help="kernel: open the uffd with UFFD_USER_MODE_ONLY (what an unprivileged user "
+                                   "gets under vm.unprivileged_userfaultfd=0; used then without asking)")
+
+
 def _sd(value: str | None) -> bool | None:
     return None if value is None else value == "on"
 
@@ -63,10 +68,11 @@ def check(verbose):
               help="kernel, emulator, kernel if it can serve, or both side by side (as uffdctl repro FILE)")
 @PROFILE
 @SOFT_DIRTY
+@USER_MODE_ONLY
 @click.option("-q", "--quiet", is_flag=True, help="print only failures")
 @click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
               help="set a script variable (${NAME}); repeatable")
-def run(file, backend, profile, soft_dirty, quiet, variables):
+def run(file, backend, profile, soft_dirty, user_mode_only, quiet, variables):
     """Run a script of session commands, one per line, in this process (no daemon).
 
     `#` starts a comment.  `expect` lines assert state and print an expected/actual
@@ -96,7 +102,8 @@ def run(file, backend, profile, soft_dirty, quiet, variables):
     try:
         from .output import render
         res = run_file(file, backend=backend, profile=profile, echo=None if (g.out.json or quiet) else click.echo,
-                       render=render, soft_dirty=_sd(soft_dirty), notice=_notice, variables=variables)
+                       render=render, soft_dirty=_sd(soft_dirty), notice=_notice, variables=variables,
+                       user_mode_only=user_mode_only)
     except ScriptError as e:
         g.out.error(e.to_dict(), "uffdctl run")
         raise click.exceptions.Exit(e.exit_code) from None
@@ -124,7 +131,8 @@ def session():
 @BACKEND
 @PROFILE
 @SOFT_DIRTY
-def session_start(name, backend, profile, soft_dirty):
+@USER_MODE_ONLY
+def session_start(name, backend, profile, soft_dirty, user_mode_only):
     """Start a detached process that owns a uffd, regions and a fault handler, serving a Unix socket.
 
     \b
@@ -132,7 +140,7 @@ def session_start(name, backend, profile, soft_dirty):
       uffdctl session start --name demo
     """
     from ..session import client
-    r = client.start(name, backend, profile, _sd(soft_dirty))
+    r = client.start(name, backend, profile, _sd(soft_dirty), user_mode_only)
     notice = r.get("selection", {}).get("notice")
     if notice:
         _notice(notice)

@@ -105,9 +105,23 @@ def describe_backend(sel: dict | None) -> str:
     else:
         s = f"emulator, profile {sel.get('profile')} (models {sel.get('release')})"
     s += f", soft-dirty {'on' if sel.get('soft_dirty') else 'off'}"
+    if sel.get("user_mode_only"):
+        s += ", UFFD_USER_MODE_ONLY uffds"
     if sel.get("requested") == "auto":
         s += f"; auto: {'fallback: ' if sel.get('fallback') else ''}{sel.get('reason')}"
     return s
+
+
+def _modes(decoded) -> str:
+    return "|".join(m.replace("UFFDIO_REGISTER_MODE_", "").lower() for m in decoded or ()) or "-"
+
+
+def _region_modes(x: dict) -> str:
+    """One mode when the whole region has it; else per VMA, by pages: ``0-2:missing|wp 3:- 4-15:missing|wp``."""
+    if x.get("mode") is not None or not x.get("vmas"):
+        return _modes(x.get("mode_decoded"))
+    return " ".join((f"{v['first_page']}" if v["first_page"] == v["last_page"] else
+                     f"{v['first_page']}-{v['last_page']}") + ":" + _modes(v["mode_decoded"]) for v in x["vmas"])
 
 
 def render_status(r: dict) -> str:
@@ -140,9 +154,7 @@ def render(name: str, r: dict, opts: dict | None = None) -> str:
     if name == "touches":
         return "\n".join(render_touch(t) for t in r["touches"]) or "(no touches)"
     if name == "regions":
-        rows = [dict(x, start=_hex(x["start"]), len=_hex(x["len"]),
-                     mode="|".join(m.replace("UFFDIO_REGISTER_MODE_", "").lower() for m in x["mode_decoded"]) or "-")
-                for x in r["regions"]]
+        rows = [dict(x, start=_hex(x["start"]), len=_hex(x["len"]), mode=_region_modes(x)) for x in r["regions"]]
         return table(rows, [("name", "NAME"), ("start", "START"), ("len", "LEN"), ("type", "TYPE"),
                             ("mode", "REGISTERED"), ("present", "PRESENT"), ("private_dirty", "PRIVATE_DIRTY")]) \
             if rows else "(no regions)"

@@ -17,14 +17,17 @@ def _split(values) -> tuple:
                    "runs the same steps; differing steps are marked)")
 @click.option("--profile", "profiles", multiple=True, metavar="P",
               help="emulator profile(s), repeatable or comma separated "
-                   "(default: 5.19,6.1,6.18,rfc-hints,rfc-hints-fixed; soft-dirty on)")
+                   "(default: 5.19,6.1,6.12,6.18,rfc-hints,rfc-hints-fixed; soft-dirty on)")
+@click.option("--soft-dirty", "soft_dirty", type=click.Choice(["on", "off"]), default=None,
+              help="the CONFIG_MEM_SOFT_DIRTY of the --profile runs (default on; the kernel's twin always "
+                   "has the kernel's)")
 @click.option("--case", "cases", multiple=True, metavar="ID", help="only these cases of the scenario(s)")
 @click.option("-v", "--verbose", is_flag=True, help="print the step trace of every profile, not only the kernel's")
 @click.option("--scenario-dir", metavar="DIR", type=click.Path(file_okay=False, exists=True),
               help="run the *.uffd scenarios of DIR instead of the packaged ones (e.g. an edited copy)")
 @click.option("--var", "variables", multiple=True, metavar="NAME=VALUE", help="FILE: set a script variable")
 @click.option("--watch", metavar="RANGE", help="FILE: show this page's pagemap symbol after every line")
-def repro(name, backend, profiles, cases, verbose, scenario_dir, variables, watch):
+def repro(name, backend, profiles, soft_dirty, cases, verbose, scenario_dir, variables, watch):
     """Reproduce the 2022 linux-mm thread's bugs: per-page traces and verdicts.
     Or run your own script (FILE, the `uffdctl run` language) side by side.
 
@@ -53,6 +56,7 @@ def repro(name, backend, profiles, cases, verbose, scenario_dir, variables, watc
       uffdctl repro list
       uffdctl repro unprotect-extra-fault --backend both
       uffdctl repro all --backend emu --profile 5.19,6.18
+      uffdctl repro all --backend emu --profile 6.12 --soft-dirty off
       uffdctl repro all -j            # the whole trace, stamped with release and soft-dirty
       uffdctl repro my-bug.uffd --watch buf:3 --profile 6.1
     """
@@ -62,7 +66,7 @@ def repro(name, backend, profiles, cases, verbose, scenario_dir, variables, watc
     g = click.get_current_context().find_object(Globals)
     out = g.out if g is not None else None
     if os.path.isfile(name) or name.endswith(".uffd") or name == "-":
-        return side_by_side(out, name, backend, _split(profiles), variables, watch)
+        return side_by_side(out, name, backend, _split(profiles), variables, watch, soft_dirty != "off")
     if variables or watch:
         raise click.UsageError("--var and --watch are for a script FILE")
     try:
@@ -94,7 +98,9 @@ def repro(name, backend, profiles, cases, verbose, scenario_dir, variables, watc
         raise click.UsageError(f"unknown profile(s) {', '.join(badp)} (valid: {', '.join(PROFILES)})")
     if backend == "kernel" and profiles:
         raise click.UsageError("--profile is for the emulator: use --backend emu or both")
-    rep = R.run(chosen, backend, profs, _split(cases))
+    if backend == "kernel" and soft_dirty:
+        raise click.UsageError("--soft-dirty is for the emulator: use --backend emu or both")
+    rep = R.run(chosen, backend, profs, _split(cases), soft_dirty=soft_dirty != "off")
     if out is not None and out.json:
         out.result("repro", rep.to_dict())
     else:
@@ -103,7 +109,7 @@ def repro(name, backend, profiles, cases, verbose, scenario_dir, variables, watc
         raise click.exceptions.Exit(rep.exit)
 
 
-def side_by_side(out, path, backend, profiles, variables, watch):
+def side_by_side(out, path, backend, profiles, variables, watch, soft_dirty=True):
     """``uffdctl repro FILE`` / ``uffdctl run FILE --backend both``."""
     from ..errors import ScriptError, UsageError
     from ..registry import emulator_profiles
@@ -117,7 +123,7 @@ def side_by_side(out, path, backend, profiles, variables, watch):
     try:
         variables = parse_vars(variables)
         text = read_script(path)
-        rep = sidebyside.run(path, text, backend, profiles, variables, watch)
+        rep = sidebyside.run(path, text, backend, profiles, variables, watch, soft_dirty)
     except (UsageError, ScriptError) as e:
         raise click.UsageError(str(e)) from None
     if out is not None and out.json:

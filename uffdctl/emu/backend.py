@@ -1,10 +1,12 @@
-"""EmuBackend: the backend interface over the model (``mm.MM`` + ``userfaultfd.EmuUffd``).
+"""EmuBackend: the backend interface over the model (``mm.MM``, ``fs.userfaultfd.EmuUffd``,
+``fs.proc.task_mmu``), run by the run queue (``sched.RunQueue``).
 
 Simulated threads run synchronously: an access walks its pages through the
-fault rules; a userfault queues a message and leaves the access pending until
-a wake hands it back (``_wake``), after which it is retried by ``_pump`` —
-the same loop the faulting thread runs in the kernel.  Fault handlers
-(``fault_handler``) are served from ``_pump`` as soon as messages are queued.
+fault rules; a userfault queues a message and leaves the access blocked on the
+ctx's wait-queue entry until a wake hands it back to the run queue, which
+retries it — the same loop the faulting thread runs in the kernel.  Fault
+handlers (``fault_handler``) are the run queue's services: they run as soon as
+messages are queued.
 
 ``backend.read``/``backend.write`` are accesses by the caller itself: when one
 blocks in a userfault that no running handler resolves, the emulator cannot
@@ -23,8 +25,10 @@ from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, Han
 from ..errors import UffdError, uffd_error
 from ..types import PteBits
 from . import mm as M
+from .fs.proc import task_mmu
+from .fs.userfaultfd import EmuUffd
 from .profiles import DEFAULT_PROFILE, get_profile
-from .userfaultfd import EmuUffd
+from .sched import RunQueue
 
 BUS_ADRERR = 2
 _TIDS = itertools.count(4_000_001)
@@ -52,7 +56,12 @@ class EmuAccess(Access):
         self._done = False
         self._segv = False
 
-    def _run(self) -> None:
+    def woken(self) -> None:
+        """Handed back by a wake: with per-VMA locks the first retry is an mmap_lock retry; without, it
+        is FAULT_FLAG_TRIED."""
+        self.attempt += 1 if self._b.mm.profile.per_vma_lock else 2
+
+    def run(self) -> None:
         mm = self._b.mm
         res = self._res
         while self._i < len(self._segs):
@@ -74,10 +83,10 @@ class EmuAccess(Access):
             r = mm.handle_mm_fault(vma, a, self.write, self)
             if r == M.VM_FAULT_RETRY:
                 self.blocks += 1
-                return                                  # blocked: waits for _wake()
+                return                                  # blocked on self.waiter until woken
             if r == M.VM_FAULT_LIVELOCK:
                 self.spinning = True                    # retried after the next ioctl, never counted
-                self._b._spinning.append(self)
+                self._b._rq.spin(self)
                 return
             if r & M.VM_FAULT_SIGSEGV:
                 self._segv = True
@@ -99,7 +108,7 @@ class EmuAccess(Access):
 
     def wait(self, timeout=None) -> bool:
         if not self._done:
-            self._b._pump()
+            self._b._rq.run()
         return self._done
 
     @property
@@ -144,13 +153,13 @@ class EmuThread(Thread):
                         stride, want_data)
         self._queue.append(acc)
         self._start_next()
-        self._b._pump()
+        self._b._rq.run()
         return acc
 
     def _start_next(self):
         if self._current is None and self._queue:
             self._current = self._queue.popleft()
-            self._b._runq.append(self._current)
+            self._b._rq.enqueue(self._current)
 
     def _finished(self, acc):
         if self._current is acc:
@@ -182,23 +191,24 @@ class EmuHandler(Handler):
         if self.running:
             return
         self.running = True
-        self._b._handlers.append(self)
-        self.uffd._handlers.append(self)
-        self._b._pump()
+        self._b._rq.add_service(self)
+        self.uffd.attach_handler(self)
+        self._b._rq.run()
 
     def stop(self) -> None:
         if not self.running:
             return
         self.running = False
-        self._b._handlers.remove(self)
-        self.uffd._handlers.remove(self)
+        self._b._rq.remove_service(self)
+        self.uffd.detach_handler(self)
         if not self.uffd.closed:                 # release faults left queued by hand
             for m in self._queued:
                 self.uffd.wake_userfault(m.address & ~(self.policy.page_size - 1), self.policy.page_size)
-            self._b._pump()
+            self._b._rq.run()
         self._queued = []
 
-    def _service(self) -> bool:
+    def service(self) -> bool:
+        """Read and resolve one batch of messages (the run queue calls it); False: nothing to read."""
         if self.uffd.closed:
             return False
         msgs = self.uffd.read_msgs(self._batch)
@@ -280,11 +290,8 @@ class EmuBackend(Backend):
         self._uffds: list[EmuUffd] = []
         self._threads: dict[str, EmuThread] = {}
         self._caller = EmuThread(self, "caller")
-        self._handlers: list[EmuHandler] = []
         self._pids = itertools.count(1000)  # pids of emulated fork children
-        self._runq: collections.deque = collections.deque()
-        self._spinning: list = []
-        self._pumping = False
+        self._rq = RunQueue()
         self._names = itertools.count()
         self._fds = itertools.count(1000)
 
@@ -314,36 +321,18 @@ class EmuBackend(Backend):
     def tlb_flush_count(self) -> int:
         return self.mm.tlb.flushes
 
+    def uffd_vmas(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        bits = ((M.VM_UFFD_MISSING, uapi.RegisterMode.MISSING), (M.VM_UFFD_WP, uapi.RegisterMode.WP),
+                (M.VM_UFFD_MINOR, uapi.RegisterMode.MINOR))
+        return [(max(v.start, start), min(v.end, end), sum(int(m) for f, m in bits if v.flags & f))
+                for v in self.mm.vmas if v.start < end and start < v.end]
+
     def hint_modes(self, ioctl: str) -> dict[str, int]:
         if not self.profile.hints:
             return {}
         from . import profiles
         consts = {h: f"UFFDIO_{ioctl}_MODE_{h.upper()}" for h in ("access_likely", "write_likely")}
         return {h: int(getattr(profiles, c)) for h, c in consts.items() if hasattr(profiles, c)}
-
-    # -- the run loop ---------------------------------------------------------------------
-    def _wake(self, waiter) -> None:
-        acc = waiter.access
-        if acc.waiter is waiter:
-            acc.waiter = None
-            # with per-VMA locks the first retry is an mmap_lock retry; without, it is FAULT_FLAG_TRIED
-            acc.attempt += 1 if self.mm.profile.per_vma_lock else 2
-            self._runq.append(acc)
-
-    def _pump(self) -> None:
-        if self._pumping:
-            return
-        self._pumping = True
-        spinning, self._spinning = self._spinning, []
-        self._runq.extend(spinning)                    # state may have changed: let them fault again
-        try:
-            while True:
-                while self._runq:
-                    self._runq.popleft()._run()
-                if not any([h._service() for h in list(self._handlers)]):
-                    break
-        finally:
-            self._pumping = False
 
     # -- mappings -------------------------------------------------------------------------
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
@@ -373,8 +362,6 @@ class EmuBackend(Backend):
                 ctx.queue_event(UffdMsg(**msg_kw))
 
     def munmap(self, addr, len):
-        self._event(uapi.Feature.EVENT_UNMAP, {"event": uapi.Event.UNMAP, "start": addr, "end": addr + len},
-                    self.mm.vmas_in(addr, addr + len))
         self._syscall("munmap", addr, len, self.mm.munmap(addr, len))
         for name, reg in list(self._regions.items()):
             if addr <= reg.addr and reg.end <= addr + len:
@@ -391,56 +378,16 @@ class EmuBackend(Backend):
 
     def _syscall(self, name, addr, length, ret):
         """Let woken or queued work run, then turn a -errno from the model into the exception."""
-        self._pump()
+        self._rq.run()
         if ret < 0:
             raise uffd_error(-ret, name, addr, length)
 
     def mremap(self, old, old_len, new_len, flags=0, new_addr=0):
         """mremap(): grow/shrink in place when free, else move (MREMAP_MAYMOVE / FIXED / DONTUNMAP)."""
-        mm = self.mm
-        vma = mm.find_vma(old)
-        if vma is None or old % uapi.PAGE_SIZE or old + old_len > vma.end:
-            raise uffd_error(E.EFAULT if vma is None else E.EINVAL, "mremap", old, old_len)
-        if new_len < old_len and not flags & uapi.MREMAP_FIXED:
-            mm.munmap(old + new_len, old_len - new_len)
-            return old
-        if not flags & uapi.MREMAP_FIXED and not mm.vmas_in(old + old_len, old + new_len):
-            vma.end = max(vma.end, old + new_len) if vma.end == old + old_len else vma.end
-            if vma.end >= old + new_len:
-                return old
-        if not flags & uapi.MREMAP_MAYMOVE:
-            raise uffd_error(E.ENOMEM, "mremap", old, old_len)
-        dst = new_addr if flags & uapi.MREMAP_FIXED else mm.get_unmapped_area(new_len, vma.page_size)
-        if flags & uapi.MREMAP_FIXED:
-            mm.munmap(dst, new_len)
-        (src,) = mm.split(old, old + old_len)
-        ctx = src.ctx
-        moved = M.Vma(dst, dst + new_len, src.flags | (M.VM_SOFTDIRTY if mm.soft_dirty_config else 0),
-                      src.memtype, src.file, src.pgoff, src.page_size, next(mm._origins))
-        if ctx is not None and ctx.features & uapi.Feature.EVENT_REMAP:
-            moved.ctx = ctx
-            ctx.queue_event(UffdMsg(uapi.Event.REMAP, from_=old, to=dst, len=old_len))
-        else:
-            moved.flags &= ~M.VM_UFFD_FLAGS
-        for a in mm.pte_keys(old, old + old_len, src.page_size):
-            pte = mm.ptes.pop(a)
-            if pte.present and pte.uffd_wp and moved.ctx is None:
-                pte.uffd_wp = False
-            if not pte.present and pte.marker == M.PTE_MARKER_UFFD_WP and moved.ctx is None:
-                continue
-            pte.soft_dirty = True                      # move_soft_dirty_pte()
-            mm.ptes[dst + a - old] = pte
-            mm.pgtables.add((dst + a - old) >> 21)
-            mm.tlb.entries.pop(a, None)
-        mm.tlb.flushes += 1
-        mm.vmas.append(moved)
-        if flags & uapi.MREMAP_DONTUNMAP:
-            pass                                       # the old VMA stays, now empty
-        else:
-            mm.vmas.remove(src)
-        mm._reindex()
-        self._pump()
-        return dst
+        ret = self.mm.mremap(old, old_len, new_len, flags, new_addr)
+        self._syscall("mremap", old, old_len, ret)
+        self._remap_regions(old, old_len, ret, new_len, flags)
+        return ret
 
     @property
     def regions(self) -> dict[str, Region]:
@@ -452,7 +399,8 @@ class EmuBackend(Backend):
             raise ValueError(f"unknown open method {via!r} (valid: auto, syscall, dev)")
         if flags & ~int(uapi.O_CLOEXEC | uapi.O_NONBLOCK | uapi.UFFD_USER_MODE_ONLY):
             raise uffd_error(E.EINVAL, "userfaultfd", message="flags not accepted")
-        u = EmuUffd(self, flags)
+        u = EmuUffd(self.mm, self._rq, flags)
+        self._uffds = [x for x in self._uffds if not x.closed]
         self._uffds.append(u)
         return u
 
@@ -475,12 +423,10 @@ class EmuBackend(Backend):
                 continue
             if not any(v.ctx is u for v in self.mm.vmas):
                 continue
-            child = EmuUffd(self, u.flags)
-            child.mm = child_mm
-            child.features, child._initialized = u.features, True
+            child = u.dup(child_mm)
             self._uffds.append(child)
             u.queue_event(UffdMsg(uapi.Event.FORK, ufd=child.fd))
-        self._pump()
+        self._rq.run()
         return next(self._pids)
 
     def adopt_uffd(self, fd: int) -> EmuUffd:
@@ -521,21 +467,20 @@ class EmuBackend(Backend):
 
     # -- /proc ----------------------------------------------------------------------------
     def pagemap(self, addr, npages) -> list[int]:
-        base = addr & ~(uapi.PAGE_SIZE - 1)
-        return [self.mm.pagemap_pte(base + i * uapi.PAGE_SIZE) for i in range(npages)]
+        return task_mmu.pagemap_read(self.mm, addr, npages)
 
     def clear_refs(self, value) -> None:
         try:
             v = int(str(value).strip())
         except ValueError:
             v = -1
-        r = self.mm.clear_refs(v)
+        r = task_mmu.clear_refs_write(self.mm, v)
         if r < 0:
             raise uffd_error(-r, "clear_refs", message=f"value {value!r}")
 
     def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0, category_anyof_mask=0,
                      return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512) -> ScanResult:
-        return do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask,
+        return task_mmu.do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask,
                                category_anyof_mask, return_mask, max_pages, vec_len)
 
     def soft_dirty(self) -> SoftDirtyProbe:
@@ -547,12 +492,7 @@ class EmuBackend(Backend):
         vma = self.mm.find_vma(addr)
         if vma is None:
             raise uffd_error(E.ENOENT, "smaps", addr, message="no mapping contains this address")
-        total = 0
-        for a in self.mm.pte_keys(vma.start, vma.end, vma.page_size):
-            pte = self.mm.ptes[a]
-            if pte.present and not pte.special and pte.dirty and pte.page.mapcount == 1:
-                total += vma.page_size
-        return total
+        return task_mmu.smaps_private_dirty(self.mm, vma)
 
     def close(self) -> None:
         for u in list(self._uffds):
@@ -563,94 +503,4 @@ class EmuBackend(Backend):
         self._regions.clear()
 
 
-def do_pagemap_scan(mm: M.MM, start, end, flags, inverted, mask, anyof, return_mask, max_pages, vec_len):
-    """PAGEMAP_SCAN (fs/proc/task_mmu.c do_pagemap_scan), extent-wise over holes."""
-    p = mm.profile
-    if not p.pagemap_scan:
-        raise uffd_error(E.ENOTTY, "PAGEMAP_SCAN", start, end - start, message="no PAGEMAP_SCAN before 6.7")
-    allcat = uapi.PM_SCAN_CATEGORIES_6_18 if p.pagemap_guard_bit else uapi.PM_SCAN_CATEGORIES_6_18 & ~(1 << 8)
-    if flags & ~int(uapi.PM_SCAN_WP_MATCHING | uapi.PM_SCAN_CHECK_WPASYNC) \
-            or (inverted | mask | anyof | return_mask) & ~int(allcat) or start % uapi.PAGE_SIZE or end < start:
-        raise uffd_error(E.EINVAL, "PAGEMAP_SCAN", start, end - start)
-    end = (end + uapi.PAGE_SIZE - 1) & ~(uapi.PAGE_SIZE - 1)
-    budget = max_pages or (1 << 64)
-    regions: list[list[int]] = []
-    wp_flush = []
-
-    def emit(a, n, cat) -> int:
-        """Record n pages at a; returns how many fit (0: stop here)."""
-        nonlocal budget
-        n = min(n, budget)
-        if n <= 0:
-            return 0
-        out = cat & return_mask
-        if regions and regions[-1][1] == a and regions[-1][2] == out:
-            regions[-1][1] += n * uapi.PAGE_SIZE
-        else:
-            if len(regions) >= vec_len:
-                return 0
-            regions.append([a, a + n * uapi.PAGE_SIZE, out])
-        budget -= n
-        return n
-
-    def match(cat) -> bool:
-        c = cat ^ inverted
-        return (c & mask) == mask and (not anyof or c & anyof)
-
-    partial_at = None
-    for vma in mm.vmas_in(start, end):
-        s, e = max(start, vma.start), min(end, vma.end)
-        wp_allowed = bool(vma.ctx and vma.ctx.wp_async and mm.userfaultfd_wp_use_markers(vma))
-        if not wp_allowed:
-            if flags & uapi.PM_SCAN_CHECK_WPASYNC:
-                raise uffd_error(E.EPERM, "PAGEMAP_SCAN", start, end - start)
-            if flags & uapi.PM_SCAN_WP_MATCHING:
-                continue
-        vcat = uapi.PageCategory.WPALLOWED if wp_allowed else 0
-        pos = s
-        keys = mm.pte_keys(s, e, vma.page_size) + [e]
-        for k in keys:
-            for pos, hend, table in (mm.table_runs(pos, k) if k > pos else ()):   # hole runs [pos, k)
-                cat = mm.pagemap_scan_category(vma, None, table and not vma.hugetlb) | vcat
-                if match(cat):
-                    n = (hend - pos) // uapi.PAGE_SIZE
-                    got = emit(pos, n, cat)
-                    if flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN:
-                        for a in range(pos, pos + got * uapi.PAGE_SIZE, vma.page_size):
-                            mm.set_pte(a, M.make_pte_marker(M.PTE_MARKER_UFFD_WP))
-                    if got < n:
-                        mm.tlb.flush_range(wp_flush)
-                        return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
-            pos = max(pos, k)
-            if k >= e:
-                break
-            pte = mm.ptes[k]
-            cat = mm.pagemap_scan_category(vma, pte) | vcat
-            npages = vma.page_size // uapi.PAGE_SIZE
-            if match(cat):
-                if vma.hugetlb and flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN \
-                        and budget < npages:
-                    # "Partial HugeTLB page WP isn't possible": backed out, walk_end = its start, and the
-                    # walk goes on (returns 0): walk_end ends at the last such page [measured on 6.18]
-                    partial_at = k
-                    pos = k + vma.page_size
-                    continue
-                got = emit(k, npages, cat)
-                if got < npages:
-                    mm.tlb.flush_range(wp_flush)
-                    return ScanResult([tuple(r) for r in regions], k + got * uapi.PAGE_SIZE)
-                if flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN:
-                    if pte.present:
-                        new = pte.copy()
-                        new.uffd_wp, new.write = True, False
-                        if mm.needs_flush(pte, new):
-                            wp_flush.append(k)
-                        mm.ptes[k] = new
-                    else:                                 # make_uffd_wp_pte(): pte_swp_mkuffd_wp()
-                        pte.uffd_wp = True
-            pos = k + vma.page_size
-    mm.tlb.flush_range(wp_flush)
-    return ScanResult([tuple(r) for r in regions], end if partial_at is None else partial_at)
-
-
-__all__ = ["EmuBackend", "EmuUffd", "EmuThread", "EmuAccess", "EmuHandler", "do_pagemap_scan"]
+__all__ = ["EmuBackend", "EmuUffd", "EmuThread", "EmuAccess", "EmuHandler"]

@@ -1,8 +1,8 @@
 """Kernel-version profiles: small named tables of switches (spec §1.4).
 
 Each profile is a :class:`Profile` — a handful of booleans naming the kernel
-change that flips them — never a copy of code.  The model (``mm.py``,
-``userfaultfd.py``) asks ``profile.<switch>`` at the one place the kernel's
+change that flips them — never a copy of code.  The model (``mm/``,
+``fs/userfaultfd.py``) asks ``profile.<switch>`` at the one place the kernel's
 behaviour forks.  ``CONFIG_MEM_SOFT_DIRTY`` is not part of a profile: it is its
 own switch (``EmuBackend(soft_dirty=...)``).
 
@@ -60,6 +60,45 @@ class Profile:
     wp_multi_vma: bool = True
     # swap type pagemap shows for PTE markers (bits 0-4): 0x1f on 6.18, 0x1e on 6.1 [measured in guests].
     pte_marker_swp_type: int = 0x1F
+    # -- the rest of the mm surface (fork, mremap, mprotect, THP, swap, files), per version.  Data for the
+    # model; where the fact is not measured on a real kernel of that series the comment says so.
+    # fork, copy_nonpresent_pte(): a uffd-wp marker reaches a child whose VMA is not uffd-wp (no EVENT_FORK)
+    # only before "mm/uffd: fix pte marker when fork() without fork event" (6.2; 6.1.11) [5.19: source history].
+    fork_wp_marker_without_event: bool = False
+    # fork: a poison / swapin-error marker reaches a child without EVENT_FORK.  6.2+ copy_pte_marker() always
+    # copies it (host 6.18 measured); 6.1.192 copies only when the child VMA is uffd-wp; 5.19 [source history].
+    fork_poison_marker_without_event: bool = True
+    # vma_needs_copy(): "uffd_wp|anon_vma" (5.19-6.18.36: userfaultfd_wp(dst) or PFNMAP/MIXEDMAP or
+    # src->anon_vma) or "copy_on_fork" (6.18.37+, 35e247032606 / "make VM_MAYBE_GUARD copy-on-fork":
+    # dst VM_COPY_ON_FORK flags incl. VM_MAYBE_GUARD, or src->anon_vma).  Either way a shared VMA without
+    # EVENT_FORK gives the child no PTEs unless it ever had a guard region.
+    vma_needs_copy: str = "copy_on_fork"
+    # 0cef0bb836e3 "mm: clear uffd-wp PTE/PMD state on mremap()" (6.13; 6.12.11, 6.1.191): PTEs moved out of
+    # a VMA whose ctx lacks EVENT_REMAP lose their uffd-wp bits and markers; before, they kept them.
+    mremap_clear_uffd_wp: bool = True
+    # bf14d4a05387 "mm: propagate VM_SOFTDIRTY on merge" (6.19; 6.18.37): a merged VMA is VM_SOFTDIRTY if
+    # either input was (soft-dirty selftest test_merge); before, the neighbour's flag wins.
+    vm_softdirty_sticky_merge: bool = True
+    # do_swap_page() maps an exclusive anon page writable on a *read* swap-in (VM_WRITE, not uffd-wp, no
+    # soft-dirty wp): 6.12 and later (host 6.18 measured: 0 faults on the next write); 6.1.192: write only.
+    swapin_read_writable: bool = True
+    # MADV_COLLAPSE (6.1; khugepaged's uffd rules: a none PTE in an armed VMA -> EBUSY, a uffd-wp PTE -> EINVAL).
+    madv_collapse: bool = True
+    # "mm/khugepaged: check again on anon uffd-wp during isolation" (6.3; 6.1.26).
+    khugepaged_uffd_wp_recheck: bool = True
+    # "mm/userfaultfd: propagate uffd-wp bit when PTE-mapping the huge zeropage" (6.3; 6.1.21).
+    huge_zeropage_split_keeps_uffd_wp: bool = True
+    # f1eb1bacfba9 (6.3): pte/pmd_mkuffd_wp() also write-protect; before, installers wrprotect explicitly
+    # (same resulting PTE).
+    mkuffd_wp_wrprotects: bool = True
+    # anon mTHP (6.8): large anon folios, order 0 whenever userfaultfd_armed(vma) (alloc_anon_folio()).
+    mthp: bool = True
+    # userfaultfd_release() resets uffd-wp PTEs and markers of the closed ctx ("mm/userfaultfd: reset ptes
+    # when close() for wr-protected ones", 6.2; 6.1.191).  5.19: they stay.
+    release_resets_wp: bool = True
+    # Register modes by backing (vma_can_userfault()): anon, shmem (memfd, tmpfs, MAP_SHARED|MAP_ANONYMOUS,
+    # /dev/zero) and hugetlb take every mode; other files and SysV shm (shm_vm_ops is not shmem) only WP with
+    # UFFD_FEATURE_WP_ASYNC, so it follows ``features`` (6.7+); MINOR only on shmem/hugetlb.
     hints: str | None = None            # None | "rfc" | "rfc-fixed": the 2022 access/write hints
     clean_wp_noflush: bool = False      # RFC 12/14: RW->RO of a clean PTE needs no TLB flush
 
@@ -75,9 +114,25 @@ class Profile:
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("name", "release")}
 
 
+# What 5.19 lacks of the later mm-surface changes (fork markers and the vma_needs_copy() era, mremap's
+# uffd-wp clearing, MADV_COLLAPSE, mTHP, read swap-in writable, release() resetting uffd-wp).
+_MM_5_19 = dict(fork_wp_marker_without_event=True, fork_poison_marker_without_event=True,
+                vma_needs_copy="uffd_wp|anon_vma", mremap_clear_uffd_wp=False, vm_softdirty_sticky_merge=False,
+                swapin_read_writable=False, madv_collapse=False, khugepaged_uffd_wp_recheck=False,
+                huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False,
+                release_resets_wp=False)
+# Debian's 6.1.192 carries the stable backports named in the fields' comments (6.1.11, 6.1.21, 6.1.26,
+# 6.1.191); what it does not have: poison markers copied without EVENT_FORK, read swap-in writable, mTHP.
+_MM_6_1 = dict(_MM_5_19, fork_wp_marker_without_event=False, fork_poison_marker_without_event=False,
+               mremap_clear_uffd_wp=True, madv_collapse=True, khugepaged_uffd_wp_recheck=True,
+               huge_zeropage_split_keeps_uffd_wp=True, release_resets_wp=True)
+# 6.2 (end of life before the 2025 mremap fix): the fork-marker fix and copy_pte_marker() are in; the
+# 6.1.21/6.1.26 backports went to 6.1.y and 6.3, not 6.2.y [source history, not measured].
+_MM_6_2 = dict(_MM_5_19, fork_wp_marker_without_event=False, madv_collapse=True, release_resets_wp=True)
+
 _5_19 = Profile("5.19", "5.19.0", FEATURES_5_19, uffd_wp_range_vm_page_prot=False,
                 writenotify_uffd_wp=False, can_change_writable_needs_dirty=True, mprotect_try_change_writable=False,
-                per_vma_lock=False, wp_multi_vma=False, pte_marker_swp_type=0x1E)
+                per_vma_lock=False, wp_multi_vma=False, pte_marker_swp_type=0x1E, **_MM_5_19)
 _6_18 = Profile("6.18", "6.18.44", uapi.FEATURES_6_18, uffd_wp_range_vm_page_prot=True,
                 writenotify_uffd_wp=True, can_change_writable_needs_dirty=False, continue_mode_wp=True,
                 move_dirty_from_src=True, early_eagain_result=True, guard_markers=True, pagemap_guard_bit=True,
@@ -85,9 +140,17 @@ _6_18 = Profile("6.18", "6.18.44", uapi.FEATURES_6_18, uffd_wp_range_vm_page_pro
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     _5_19,
-    replace(_5_19, name="6.1", release="6.1.0", mprotect_try_change_writable=True),
+    replace(_5_19, name="6.1", release="6.1.192", mprotect_try_change_writable=True, **_MM_6_1),
     replace(_5_19, name="6.2", release="6.2.0", writenotify_uffd_wp=True, can_change_writable_needs_dirty=False,
-            mprotect_try_change_writable=True),
+            mprotect_try_change_writable=True, **_MM_6_2),
+    # Debian 13 / RHEL 10: held to Debian's 6.12.117 in the vmtest guest (tests/data/kernels/6.12.117.json).
+    # Before 6.18: no guard regions (6.13), neither the 6.18.37 sticky VM_SOFTDIRTY nor the copy-on-fork
+    # VMA flags.  Two 6.15 fixes *are* in 6.12.117 (stable backports, measured in the guest): MOVE's dst is
+    # dirty only if the src was (75cb1cca2c88: a MOVE of a clean MADV_FREE page left Private_Dirty 0), and
+    # an early EAGAIN writes -EAGAIN into the result field (95567729173e: COPY with a REMOVE event unread).
+    replace(_6_18, name="6.12", release="6.12.117",
+            guard_markers=False, pagemap_guard_bit=False, install_over_guard=False,
+            vma_needs_copy="uffd_wp|anon_vma", vm_softdirty_sticky_merge=False),
     _6_18,
     replace(_6_18, name="7.3", release="7.3.4", install_over_guard=False, scan_written_any_vma=False),
     replace(_5_19, name="rfc-hints", release="5.19.0-rfc-hints", hints="rfc", mprotect_try_change_writable=True,

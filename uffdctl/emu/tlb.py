@@ -111,6 +111,12 @@ class Tlb:
             self.flushes += 1
             self.flushed_pages += n
 
+    def flush_tlb_range(self, addrs) -> None:
+        """flush_tlb_range() after move_page_tables(): one flush, counted even when no page was cached."""
+        for a in addrs:
+            self.entries.pop(a, None)
+        self.flushes += 1
+
     def flush_mm(self) -> None:
         self.entries.clear()
         self.flushes += 1

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from .runner import CaseRun, Target, diff_steps, run_case
 from .scenario import Scenario, ScenarioError, load, load_all
 
-DEFAULT_PROFILES = ("5.19", "6.1", "6.18", "rfc-hints", "rfc-hints-fixed")
+DEFAULT_PROFILES = ("5.19", "6.1", "6.12", "6.18", "rfc-hints", "rfc-hints-fixed")
 BACKENDS = ("kernel", "emu", "both")
 
 
@@ -78,7 +78,7 @@ def mirror_profile(release: str) -> str:
     return series if series in emulator_profiles() else default_profile()
 
 
-def targets_for(backend: str, profiles: tuple, kernel: dict | None) -> list[Target]:
+def targets_for(backend: str, profiles: tuple, kernel: dict | None, soft_dirty: bool = True) -> list[Target]:
     out = []
     if backend in ("kernel", "both"):
         out.append(Target("kernel"))
@@ -87,8 +87,9 @@ def targets_for(backend: str, profiles: tuple, kernel: dict | None) -> list[Targ
         twin = Target("emu", mirror_profile(kernel["release"]), bool(kernel.get("soft_dirty")), mirror=True)
         out.append(twin)
     if backend in ("emu", "both"):
-        # a profile the twin already is (same series, soft-dirty on) is not run twice
-        out += [Target("emu", p) for p in profiles if not (twin and twin.soft_dirty and twin.profile == p)]
+        # a profile the twin already is (same series and soft-dirty setting) is not run twice
+        out += [Target("emu", p, soft_dirty) for p in profiles
+                if not (twin and twin.soft_dirty == soft_dirty and twin.profile == p)]
     return out
 
 
@@ -98,14 +99,14 @@ def applies(case, t: Target) -> bool:
 
 
 def run(scenarios: list[Scenario], backend: str = "both", profiles: tuple = DEFAULT_PROFILES,
-        cases: tuple = (), on_run=None) -> Report:
+        cases: tuple = (), on_run=None, soft_dirty: bool = True) -> Report:
     from ..registry import emulator_profiles
     PROFILES = emulator_profiles()
     bad = [p for p in profiles if p not in PROFILES]
     if bad:
         raise ValueError(f"unknown emulator profile(s) {', '.join(bad)} (valid: {', '.join(PROFILES)})")
     kernel = kernel_facts() if backend in ("kernel", "both") else None
-    rep = Report(backend, kernel, targets_for(backend, profiles, kernel))
+    rep = Report(backend, kernel, targets_for(backend, profiles, kernel, soft_dirty))
     for sc in scenarios:
         for case in sc.cases:
             if cases and case.id not in cases:

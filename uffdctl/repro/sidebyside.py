@@ -150,7 +150,7 @@ def run_target(text: str, path: str, target, variables: dict | None, watch: str 
 
 
 def run(path: str, text: str, backend: str = "both", profiles: tuple = (), variables: dict | None = None,
-        watch: str | None = None) -> SideReport:
+        watch: str | None = None, soft_dirty: bool = True) -> SideReport:
     from ..script import parse_script
     from . import kernel_facts, targets_for
     # the script's structure is checked once, before any backend runs (exit 2, nothing done)
@@ -167,7 +167,7 @@ def run(path: str, text: str, backend: str = "both", profiles: tuple = (), varia
     walk(parse_script(text))
     kernel = kernel_facts() if backend in ("kernel", "both") else None
     rep = SideReport(path, kernel, lines=lines)
-    for t in targets_for(backend, profiles, kernel):
+    for t in targets_for(backend, profiles, kernel, soft_dirty):
         rep.runs.append(run_target(text, path, t, variables, watch))
     for ln, _ in lines:
         if ln is None:

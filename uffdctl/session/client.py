@@ -44,31 +44,34 @@ def _pid_is_server(pid: int | None, name: str | None = None) -> bool:
         return False
 
 
-def clean(name: str) -> None:
-    for p in (paths.sock_path(name), paths.pid_path(name)):
-        try:
-            os.unlink(p)
-        except OSError:
-            pass
+def clean(name: str, log: bool = False) -> bool:
+    """Remove the name's files if no daemon holds the name (True), else leave them (False)."""
+    fd = paths.claim(name)
+    if fd is None:
+        return False
+    try:
+        for p in (paths.sock_path(name), paths.pid_path(name)) + ((paths.log_path(name),) if log else ()):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+    finally:
+        paths.release(name, fd)
+    return True
 
 
 def state_of(name: str) -> str:
-    """"live", or "gone" (and the stale files are removed)."""
+    """"live", "starting" (a daemon holds the name, not serving yet), or "gone" (stale files removed)."""
     pid = _read_pid(name)
     if _pid_is_server(pid, name) and os.path.exists(paths.sock_path(name)):
         return "live"
-    if _pid_is_server(pid, name):
+    if not clean(name):
         return "starting"
-    clean(name)
     return "gone"
 
 
 def _forget(name: str) -> None:
-    clean(name)
-    try:
-        os.unlink(paths.log_path(name))
-    except OSError:
-        pass
+    clean(name, log=True)
 
 
 def live_names() -> list[str]:
@@ -158,7 +161,7 @@ def _free_name() -> str:
 
 
 def start(name: str | None = None, backend: str = "auto", profile: str | None = None,
-          soft_dirty: bool | None = None) -> dict:
+          soft_dirty: bool | None = None, user_mode_only: bool = False) -> dict:
     """Spawn a daemon; return once its socket listens (or raise its one-line error).  The result's
     ``selection`` says which backend the daemon opened and why (``notice``: the line to show after a
     fallback)."""
@@ -173,6 +176,8 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
         cmd += ["--profile", profile]
     if soft_dirty is not None:
         cmd += ["--soft-dirty", "on" if soft_dirty else "off"]
+    if user_mode_only:
+        cmd += ["--user-mode-only"]
     with open(paths.log_path(name), "ab") as log:
         os.chmod(paths.log_path(name), 0o600)
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(w,), cwd="/",
@@ -185,6 +190,7 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([r], [], [], left)[0]:
                 proc.kill()
+                proc.wait(5)
                 raise SessionGone(f"session {name!r} did not become ready in {START_TIMEOUT_S:.0f} s "
                                   f"(log: {paths.log_path(name)})")
             chunk = os.read(r, 65536)
@@ -195,7 +201,7 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
         os.close(r)
     if not buf.strip():
         proc.wait(5)
-        _forget(name)
+        clean(name)              # its stale files, if it left any (and no other daemon holds the name)
         raise SessionGone(f"session {name!r} exited during start-up (status {proc.returncode}; "
                           f"log: {paths.log_path(name)})")
     msg = json.loads(buf.split(b"\n", 1)[0])

@@ -358,6 +358,8 @@ def cmd_munmap(st, a):
 
 
 def _registered_mode(st: SessionState, reg: Region) -> int:
+    """What this session registered over the region (its own bookkeeping: used only where the backend
+    cannot say what the kernel keeps per VMA)."""
     mode = 0
     for (s, n), m in st.registrations.items():
         if s < reg.end and reg.addr < s + n:
@@ -365,19 +367,33 @@ def _registered_mode(st: SessionState, reg: Region) -> int:
     return mode
 
 
+def region_vmas(st: SessionState, reg: Region) -> list[dict]:
+    """The region's VMAs with the registration the kernel keeps on each (as smaps VmFlags um/uw/ui show it):
+    registering or unregistering part of a region splits its VMA, and each part has its own mode."""
+    vmas = st.backend.uffd_vmas(reg.addr, reg.end)
+    if vmas is None:
+        m = _registered_mode(st, reg)
+        vmas = [(reg.addr, reg.end, m)]
+    return [{"start": s, "end": e, "first_page": (s - reg.addr) // reg.page_size,
+             "last_page": (e - reg.addr) // reg.page_size - 1, "mode": m,
+             "mode_decoded": uapi.RegisterMode.decode(m)} for s, e, m in vmas]
+
+
 @command("regions", "List the session's regions (with Private_Dirty from the memory maps).", "uffdctl regions")
 def cmd_regions(st, a):
     out = []
     for r in st.regions.values():
         d = r.to_dict()
-        mode = _registered_mode(st, r)
+        vmas = region_vmas(st, r)
+        modes = {v["mode"] for v in vmas}
+        mode = modes.pop() if len(modes) == 1 else None     # None: the parts differ (see vmas)
         from ..pagemap import read as pm_read
         present = pm_read(st.backend, r.addr, r.len // PAGE).counts()["present"]
         try:
             pd = st.backend.smaps_private_dirty(r.addr)
         except Exception:
             pd = None
-        d.update(mode=mode, mode_decoded=uapi.RegisterMode.decode(mode),
+        d.update(mode=mode, mode_decoded=uapi.RegisterMode.decode(mode) if mode is not None else None, vmas=vmas,
                  present=present, private_dirty=pd)
         out.append(d)
     return {"regions": out}

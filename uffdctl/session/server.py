@@ -24,7 +24,7 @@ import sys
 import threading
 import traceback
 
-from ..errors import PermissionDenied, ProtocolError, UffdctlError, exit_code_of, to_wire
+from ..errors import PermissionDenied, ProtocolError, UffdctlError, UsageError, exit_code_of, to_wire
 from . import paths, protocol
 from .commands import execute
 from .state import SessionState
@@ -46,8 +46,9 @@ class Server:
 
     # -- lifecycle ------------------------------------------------------------------------
     def bind(self) -> None:
+        """Called holding the name's lock: a socket already there is a dead daemon's."""
         if os.path.exists(self.sock_path):
-            os.unlink(self.sock_path)  # the client checked it is stale
+            os.unlink(self.sock_path)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
@@ -168,12 +169,24 @@ class Server:
         return {"pid": p.pid, "rss": p.memory_info().rss, "socket": self.sock_path}
 
 
+CLAIM_WAIT_S = 1.0   # a client checking for stale files holds the name's lock for a moment
+
+
+def _holder(name: str) -> int | None:
+    try:
+        with open(paths.pid_path(name)) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m uffdctl.session.server")
     ap.add_argument("--name", required=True)
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--profile", default=None)
     ap.add_argument("--soft-dirty", choices=("on", "off"), default=None)
+    ap.add_argument("--user-mode-only", action="store_true")
     ap.add_argument("--ready-fd", type=int, default=-1)
     ns = ap.parse_args(argv)
 
@@ -184,15 +197,26 @@ def main(argv=None) -> int:
             ns.ready_fd = -1
 
     state = SessionState(ns.backend, ns.profile, ns.name,
-                         soft_dirty=None if ns.soft_dirty is None else ns.soft_dirty == "on")
+                         soft_dirty=None if ns.soft_dirty is None else ns.soft_dirty == "on",
+                         user_mode_only=ns.user_mode_only)
     server = Server(ns.name, state)
     try:
         paths.ensure_dir()
+        lock = paths.claim(ns.name, wait=CLAIM_WAIT_S)    # before any of the name's files is touched
+        if lock is None:
+            holder = _holder(ns.name)
+            raise UsageError(f"session {ns.name!r} is already running" + (f" (pid {holder})" if holder else ""))
+    except Exception as e:
+        print(f"session {ns.name}: not started: {e}", flush=True)
+        ready({"ok": False, "exit": exit_code_of(e), "error": to_wire(e)})
+        return exit_code_of(e)
+    try:
         state.open()
         server.bind()
     except Exception as e:
         ready({"ok": False, "exit": exit_code_of(e), "error": to_wire(e)})
         server.cleanup() if server.sock is not None else state.close()
+        paths.release(ns.name, lock)
         return exit_code_of(e)
     signal.signal(signal.SIGTERM, lambda *_: server.stopping.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -207,6 +231,7 @@ def main(argv=None) -> int:
         server.serve_forever()
     finally:
         server.cleanup()
+        paths.release(ns.name, lock)
         print(f"session {ns.name}: stopped", flush=True)
     return 0
 

@@ -108,7 +108,7 @@ class SessionState:
     """Everything one session owns.  ``lock`` serialises commands (touch waits outside it)."""
 
     def __init__(self, backend: "str | Backend" = "auto", profile: str | None = None, name: str = "run",
-                 soft_dirty: bool | None = None):
+                 soft_dirty: bool | None = None, user_mode_only: bool = False):
         """``backend``: a name (opened by uffdctl.registry.open_backend on first need, with ``profile`` and
         ``soft_dirty`` for the emulator) or a ready Backend (e.g. an emulator with switches)."""
         self.name = name
@@ -116,6 +116,7 @@ class SessionState:
         self.backend_name = ready.name if ready else backend
         self.profile = profile
         self.soft_dirty = soft_dirty
+        self.kernel_opts = {"user_mode_only": True} if user_mode_only else {}
         self.lock = threading.RLock()
         self.started = time.time()
         self._backend: Backend | None = ready
@@ -140,7 +141,8 @@ class SessionState:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
-            self._backend = open_backend(self.backend_name, profile=self.profile, soft_dirty=self.soft_dirty)
+            self._backend = open_backend(self.backend_name, profile=self.profile, soft_dirty=self.soft_dirty,
+                                         **self.kernel_opts)
         return self._backend
 
     def open(self) -> "SessionState":
@@ -157,12 +159,19 @@ class SessionState:
             {"requested": b.name, "backend": b.name, "reason": "given", "fallback": 0}
         sel.update(release=d.get("release"), profile=d.get("profile"), soft_dirty=int(bool(d.get("soft_dirty"))),
                    soft_dirty_reason=d.get("soft_dirty_reason"))
+        if "user_mode_only" in d:
+            sel.update(user_mode_only=d["user_mode_only"], user_mode_only_reason=d.get("user_mode_only_reason"))
         return sel
 
     def notice(self) -> str | None:
-        """The one stderr line to print when ``auto`` did not give the kernel (None otherwise)."""
+        """The one stderr line to print when ``auto`` did not give the kernel, or when the kernel backend
+        fell back to UFFD_USER_MODE_ONLY uffds by itself (None otherwise)."""
         b = self.backend
-        return b.selection.notice() if b.selection is not None else None
+        line = b.selection.notice() if b.selection is not None else None
+        d = b.describe()
+        if line is None and d.get("user_mode_only") and d.get("user_mode_only_reason") not in (None, "asked for"):
+            line = f"uffdctl: the kernel backend opens uffds with UFFD_USER_MODE_ONLY: {d['user_mode_only_reason']}"
+        return line
 
     def get_uffd(self, features: int | None = None):
         """The session's uffd, opened and UFFDIO_API'd (with ``features``) on first need."""

@@ -1,25 +1,27 @@
-"""The userfaultfd context and its ioctls, as fs/userfaultfd.c does them (spec §3).
+"""The userfaultfd context and its ioctls, as fs/userfaultfd.c does them.
 
 :class:`EmuUffd` is the ``struct userfaultfd_ctx``: negotiated features, the
 fault queues (``fault_pending_wqh``: messages not yet read; ``fault_wqh``: read,
 still waiting), the event queue with ``mmap_changing``, and the ioctls in the
-kernel's check order.  Page-table work is delegated to ``mm.MM``.
+kernel's check order.  Page-table work is delegated to the model (``..mm``: mm/userfaultfd.c).
 
 Each waiter is one faulting access; a wake (resolving ioctl without DONTWAKE,
-UFFDIO_WAKE, close, UNREGISTER of a MISSING VMA) hands it back to the backend,
-which retries the access (userfaultfd_must_wait()).
+UFFDIO_WAKE, close, UNREGISTER of a MISSING VMA) hands it back to the run
+queue (``..sched``), which retries the access (userfaultfd_must_wait()).
 """
 from __future__ import annotations
 
+import dataclasses
 import errno as E
 import os
 import time
 
-from .. import uapi
-from ..backend import Uffd, UffdioApi, UffdMsg
-from ..errors import uffd_error
-from . import mm as M
-from .profiles import HINT_MODES
+from ... import uapi
+from ...backend import Uffd
+from ...types import UffdioApi, UffdMsg
+from ...errors import uffd_error
+from .. import mm as M
+from ..profiles import HINT_MODES
 
 class Waiter:
     """A faulting access queued on the ctx (struct userfaultfd_wait_queue)."""
@@ -31,9 +33,9 @@ class Waiter:
 
 
 class EmuUffd(Uffd):
-    def __init__(self, backend, flags: int):
-        self._b = backend
-        self.mm: M.MM = backend.mm
+    def __init__(self, mm, rq, flags: int):
+        self.mm: M.MM = mm
+        self.rq = rq                        # the run queue its waiters are woken onto
         self.flags = flags
         self.features = 0
         self._initialized = False
@@ -118,6 +120,21 @@ class EmuUffd(Uffd):
         self._update_readable()
         return M.VM_FAULT_RETRY
 
+    def dup(self, mm) -> "EmuUffd":
+        """dup_userfaultfd(): a ctx for the child's mm with this one's flags and negotiated features."""
+        child = EmuUffd(mm, self.rq, self.flags)
+        child.features, child._initialized = self.features, True
+        return child
+
+    def mremap_userfaultfd_complete(self, old: int, new: int, length: int) -> None:
+        """The REMAP event of a moved VMA whose ctx kept it (EVENT_REMAP): ``len`` is the old length."""
+        self.queue_event(UffdMsg(uapi.Event.REMAP, from_=old, to=new, len=length))
+
+    def userfaultfd_unmap_prep(self, start: int, end: int) -> None:
+        """munmap() (also of mremap's vacated source and MREMAP_FIXED destination): UNMAP with EVENT_UNMAP."""
+        if self.features & uapi.Feature.EVENT_UNMAP:
+            self.queue_event(UffdMsg(uapi.Event.UNMAP, start=start, end=end))
+
     def queue_event(self, msg: UffdMsg) -> None:
         """A non-cooperative event: mmap_changing until read (the mm operation does not block here)."""
         self.event_q.append(msg)
@@ -136,7 +153,7 @@ class EmuUffd(Uffd):
             q[:] = keep
         self._update_readable()
         for w in woken:
-            self._b._wake(w)
+            self.rq.wake_up(w)
 
     def cancel(self, w: Waiter) -> None:
         for q in (self.pending, self.waiting):
@@ -222,13 +239,13 @@ class EmuUffd(Uffd):
                 self.wake_userfault(v.start, v.end - v.start)
             self._clear_vma(v)
         self.mm.merge()
-        self._b._pump()
+        self.rq.run()
 
     def wake(self, start: int, len: int) -> None:
         self._check("UFFDIO_WAKE", start, len)
         self._validate_range("UFFDIO_WAKE", start, len)
         self.wake_userfault(start, len)
-        self._b._pump()
+        self.rq.run()
 
     def _mfill(self, name: str, kind: str, dst: int, src: int, length: int, mode: int, modes: int,
                dontwake: int, wp_bit: int = 0) -> int:
@@ -251,11 +268,11 @@ class EmuUffd(Uffd):
 
     def _finish(self, name, dst, length, ret, dontwake) -> int:
         if ret < 0:
-            self._b._pump()
+            self.rq.run()
             raise uffd_error(-ret, name, dst, length, ret)
         if not dontwake:
             self.wake_userfault(dst, ret)
-        self._b._pump()
+        self.rq.run()
         if ret != length:
             raise uffd_error(E.EAGAIN, name, dst, length, ret)
         return ret
@@ -296,11 +313,11 @@ class EmuUffd(Uffd):
             raise uffd_error(E.ESRCH, name, start, len)
         ret = self.mm.mwriteprotect_range(self, start, len, bool(mode & W.WP), mode & HINT_MODES)
         if ret:
-            self._b._pump()
+            self.rq.run()
             raise uffd_error(-ret, name, start, len)
         if not mode & (W.WP | W.DONTWAKE):
             self.wake_userfault(start, len)
-        self._b._pump()
+        self.rq.run()
 
     def move(self, dst: int, src: int, len: int, mode: int = 0) -> int:
         name = "UFFDIO_MOVE"
@@ -335,7 +352,7 @@ class EmuUffd(Uffd):
                 msg = w.msg
             else:
                 msg = self.event_q.pop(0)
-            out.append(UffdMsg(**{**msg.__dict__, "ts_ns": ts}))
+            out.append(dataclasses.replace(msg, ts_ns=ts))  # a copy stamped with the read time
         self._update_readable()
         return out
 
@@ -353,9 +370,7 @@ class EmuUffd(Uffd):
         self.wake_userfault(0, None)
         os.close(self._r)
         os.close(self._w)
-        if self in self._b._uffds:
-            self._b._uffds.remove(self)
-        self._b._pump()
+        self.rq.run()
 
     @property
     def closed(self) -> bool:

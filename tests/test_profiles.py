@@ -1,0 +1,179 @@
+"""The emulator's kernel-version profiles held to what real kernels did.
+
+tests/data/kernels/RELEASE.json holds what one real kernel showed, recorded with this tool:
+``probes`` (tests/profile_probe.py: one probe per profile switch) and ``repro`` (the verdict of every
+case of ``uffdctl repro all --backend kernel``).  Each file says which kernel and how it was recorded.
+The profile named after the kernel's series, with the kernel's soft-dirty configuration, must give the
+same observations and the same verdicts.  On a kernel of its own (the host, or a vmtest guest) the live
+kernel is compared with its twin the same way.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+import profile_probe
+from conftest import make_backend
+from uffdctl.emu import PROFILES, EmuBackend
+
+DATA = pathlib.Path(__file__).parent / "data" / "kernels"
+RECORDED = sorted(DATA.glob("*.json"))
+
+
+def _load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def _series(release: str) -> str:
+    return ".".join(release.split("-")[0].split("+")[0].split(".")[:2])
+
+
+def test_recorded_kernels_cover_the_guest_kernels():
+    """A recording for each kernel the vmtest matrix boots (6.1, 6.12) and for the host's series."""
+    series = {_series(_load(p)["release"]) for p in RECORDED}
+    assert {"6.1", "6.12", "6.18"} <= series, series
+
+
+@pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
+def test_profile_probes_match_the_recorded_kernel(path):
+    """Every probe of the profile's twin gives what the real kernel gave."""
+    rec = _load(path)
+    profile = _series(rec["release"])
+    assert profile in PROFILES, f"no emulator profile for {rec['release']} ({rec['kernel']})"
+    b = EmuBackend(profile=profile, soft_dirty=rec["soft_dirty"])
+    try:
+        got = profile_probe.run(b)
+    finally:
+        b.close()
+    want = rec["probes"]
+    differ = {k: (want.get(k), got.get(k)) for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)}
+    assert not differ, (f"profile {profile} (soft-dirty {rec['soft_dirty']}) vs {rec['kernel']} "
+                        f"[{rec['recorded_with']}]: (kernel, emu) " + json.dumps(differ))
+
+
+@pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
+def test_repro_verdicts_match_the_recorded_kernel(path):
+    """``uffdctl repro all --backend emu --profile SERIES`` gives the verdicts the real kernel gave, case for
+    case (soft-dirty as that kernel had it)."""
+    rec = _load(path)
+    profile = _series(rec["release"])
+    sd = "on" if rec["soft_dirty"] else "off"
+    r = subprocess.run([sys.executable, "-m", "uffdctl", "-j", "repro", "all", "--backend", "emu",
+                        "--profile", profile, "--soft-dirty", sd],
+                       capture_output=True, text=True, timeout=600, cwd="/")
+    assert r.returncode in (0, 1), r.stderr[-2000:]
+    doc = json.loads(r.stdout)
+    got = {f"{x['scenario']}/{x['case']}": x["verdict"] for x in doc["results"]
+           if x["target"]["backend"] == "emu" and x["target"]["profile"] == profile}
+    want = rec["repro"]
+    # a case whose scenario names the profiles it applies to (the RFC hints: rfc-hints* only) is not run
+    from uffdctl.repro import applies, load_all
+    from uffdctl.repro.runner import Target
+    t = Target("emu", profile, rec["soft_dirty"])
+    applicable = {f"{sc.name}/{c.id}" for sc in load_all() for c in sc.cases if applies(c, t)}
+    assert applicable <= set(got), f"cases that apply to {profile} and did not run: {sorted(applicable - set(got))}"
+    missing = sorted((set(want) & applicable) - set(got))
+    assert not missing, f"cases the kernel ran and the emulator did not: {missing}"
+    differ = {k: (want[k], got[k]) for k in sorted(set(want) & set(got)) if want[k] != got[k]}
+    assert not differ, f"profile {profile} vs {rec['kernel']} [{rec['recorded_with']}]: (kernel, emu) {differ}"
+    assert doc["exit"] == 0, doc["failures"]
+
+
+@pytest.mark.kernel
+def test_profile_probes_match_this_kernel():
+    """Live: the running kernel and the profile of its series (in a vmtest guest: 6.1, 6.12) agree on
+    every probe."""
+    from conftest import require_kernel  # noqa: F401  (kernel-marked: skips with its reason without one)
+    kb = make_backend("kernel")
+    try:
+        d = kb.describe()
+        profile = _series(d["release"])
+        if profile not in PROFILES:
+            pytest.skip(f"no emulator profile for kernel {d['release']} (profiles: {', '.join(PROFILES)})")
+        want = profile_probe.run(kb)
+        sd = bool(d.get("soft_dirty"))
+    finally:
+        kb.close()
+    eb = EmuBackend(profile=profile, soft_dirty=sd)
+    try:
+        got = profile_probe.run(eb)
+    finally:
+        eb.close()
+    differ = {k: (want.get(k), got.get(k)) for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)}
+    assert not differ, f"profile {profile} vs the running {d['release']}: (kernel, emu) " + json.dumps(differ)
+
+
+def test_probe_script_runs_standalone():
+    """tests/profile_probe.py is how a recording is made: it runs on its own and prints the JSON."""
+    r = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "profile_probe.py"),
+                        "--profile", "6.12", "--soft-dirty", "on"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["backend"] == "emu" and doc["release"] == PROFILES["6.12"].release and doc["soft_dirty"] is True
+    assert doc["probes"]["features"] == hex(PROFILES["6.12"].features)
+
+
+# -- choosing the profile and the emulated CONFIG_MEM_SOFT_DIRTY from the shell ------------------------
+
+SOFT_DIRTY_SCRIPT = """\
+mmap --size 8K --type anon --name buf
+touch buf:0 --write --wait
+expect pagemap buf:0 present=1 soft_dirty=1
+"""
+
+
+def _uffdctl(*args, cwd="/"):
+    return subprocess.run([sys.executable, "-m", "uffdctl", *args], capture_output=True, text=True, timeout=120,
+                          cwd=cwd)
+
+
+@pytest.mark.parametrize("profile", ["6.12", "6.1", "6.18"])
+def test_run_soft_dirty_switch(tmp_path, profile):
+    """``uffdctl run --backend emu --profile P --soft-dirty on|off``: a written page reads soft-dirty only with
+    the emulated CONFIG_MEM_SOFT_DIRTY on; off models a host like this one."""
+    f = tmp_path / "sd.uffd"
+    f.write_text(SOFT_DIRTY_SCRIPT)
+    on = _uffdctl("run", "--backend", "emu", "--profile", profile, "--soft-dirty", "on", str(f))
+    assert on.returncode == 0, on.stdout + on.stderr
+    off = _uffdctl("-j", "run", "--backend", "emu", "--profile", profile, "--soft-dirty", "off", str(f))
+    assert off.returncode == 1, off.stdout + off.stderr
+    err = json.loads(off.stdout)["error"]
+    assert err["line"] == 3 and "soft_dirty: expected 1, actual 0" in err["message"], err
+
+
+def test_soft_dirty_switch_bad_input(tmp_path):
+    """--soft-dirty on the kernel backend, or a value other than on/off: one line, non-zero, nothing run."""
+    f = tmp_path / "sd.uffd"
+    f.write_text(SOFT_DIRTY_SCRIPT)
+    k = _uffdctl("run", "--backend", "kernel", "--soft-dirty", "on", str(f))
+    assert k.returncode == 2 and k.stdout == "" and len(k.stderr.strip().splitlines()) == 1, k
+    assert "--soft-dirty on is for the emulator" in k.stderr
+    bad = _uffdctl("run", "--backend", "emu", "--soft-dirty", "maybe", str(f))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad
+    r = _uffdctl("repro", "all", "--backend", "kernel", "--soft-dirty", "off")
+    assert r.returncode == 2 and "--soft-dirty is for the emulator" in r.stderr, r
+    p = _uffdctl("run", "--backend", "emu", "--profile", "6.13", str(f))
+    assert p.returncode == 2 and "6.12" in p.stderr and "Traceback" not in p.stderr, p
+
+
+def test_session_soft_dirty_switch(tmp_path):
+    """``uffdctl session start --backend emu --profile 6.12 --soft-dirty off``: the daemon's backend says so."""
+    env = dict(os.environ, UFFDCTL_RUNTIME_DIR=str(tmp_path))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "uffdctl", *a], capture_output=True, text=True,  # noqa: E731
+                                    timeout=60, cwd="/", env=env)
+    r = run("-j", "session", "start", "--name", "sd", "--backend", "emu", "--profile", "6.12", "--soft-dirty", "off")
+    assert r.returncode == 0, r.stderr
+    try:
+        d = run("-j", "session", "status", "sd")
+        assert d.returncode == 0, d.stderr
+        sel = json.loads(d.stdout)["selection"]
+        assert sel["backend"] == "emu" and sel["profile"] == "6.12" and sel["release"] == "6.12.117", sel
+        assert sel["soft_dirty"] == 0 and "CONFIG_MEM_SOFT_DIRTY=n" in sel["soft_dirty_reason"], sel
+    finally:
+        run("session", "stop", "sd")

@@ -1,0 +1,216 @@
+"""/proc/PID/pagemap, clear_refs, smaps and PAGEMAP_SCAN (fs/proc/task_mmu.c): walks over an
+:class:`~uffdctl.emu.mm.MM`, costing the VMAs and PTEs that exist, never the size of the range.
+
+pagemap_pte() is pte_to_pagemap_entry() (with the hugetlb and marker cases of pagemap_hugetlb_range()),
+clear_refs_write() the clear_refs file, pagemap_scan_category() pagemap_page_category() with the
+6.18 rules, do_pagemap_scan() the ioctl with its WP_MATCHING write-protection.
+"""
+from __future__ import annotations
+
+import errno as E
+
+from .... import uapi
+from ....types import ScanResult
+from ....errors import uffd_error
+from ...mm import (PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_UFFD_WP, VM_SOFTDIRTY, Pte, make_pte_marker,
+                   userfaultfd_wp)
+
+
+def pagemap_read(mm, addr: int, npages: int) -> list[int]:
+    """read() of /proc/PID/pagemap: one 64-bit entry per 4 KiB page from ``addr``."""
+    base = addr & ~(uapi.PAGE_SIZE - 1)
+    return [pagemap_pte(mm, base + i * uapi.PAGE_SIZE) for i in range(npages)]
+
+
+def pagemap_pte(mm, addr: int) -> int:
+    vma = mm.find_vma(addr)
+    if vma is None:
+        return 0
+    flags = 0
+    if mm.soft_dirty_config and vma.flags & VM_SOFTDIRTY:
+        flags |= uapi.PM_SOFT_DIRTY
+    base = mm.page_base(vma, addr)
+    pte = mm.ptes.get(base)
+    if pte is None:
+        return flags
+    if not pte.present and vma.hugetlb:       # pagemap_hugetlb_range(): no PM_SWAP for markers
+        return flags | (uapi.PM_UFFD_WP if pte.marker & PTE_MARKER_UFFD_WP else 0)
+    if not pte.present:
+        flags |= uapi.PM_SWAP | mm.profile.pte_marker_swp_type | (pte.marker << 5)
+        if pte.marker & PTE_MARKER_UFFD_WP or pte.uffd_wp:
+            flags |= uapi.PM_UFFD_WP
+        if pte.marker & PTE_MARKER_GUARD and mm.profile.pagemap_guard_bit:
+            flags |= uapi.PM_GUARD_REGION
+        return flags
+    page = pte.page
+    flags |= uapi.PM_PRESENT | (page.pfn + (addr - base) // PAGE_SIZE)
+    if mm.soft_dirty_config and pte.soft_dirty:
+        flags |= uapi.PM_SOFT_DIRTY
+    if pte.uffd_wp:
+        flags |= uapi.PM_UFFD_WP
+    if not pte.special:
+        if not page.anon:
+            flags |= uapi.PM_FILE
+        if page.mapcount == 1:
+            flags |= uapi.PM_MMAP_EXCLUSIVE
+    return flags
+
+def clear_refs_write(mm, value: int) -> int:
+    if value not in (1, 2, 3, 4, 5):
+        return -E.EINVAL
+    if value == uapi.CLEAR_REFS_MM_HIWATER_RSS:
+        return 0
+    if value == uapi.CLEAR_REFS_SOFT_DIRTY:
+        if mm.soft_dirty_config:
+            for vma in mm.vmas:
+                vma.flags &= ~VM_SOFTDIRTY
+                for a in mm.pte_keys(vma.start, vma.end, vma.page_size):
+                    pte = mm.ptes[a]
+                    if pte.present:
+                        pte.write = False          # pte_wrprotect() + pte_clear_soft_dirty()
+                        pte.soft_dirty = False
+        mm.tlb.flush_mm()
+        return 0
+    for vma in mm.vmas:
+        if value == uapi.CLEAR_REFS_ANON and not vma.anon or value == uapi.CLEAR_REFS_MAPPED and vma.anon:
+            continue
+        for a in mm.pte_keys(vma.start, vma.end, vma.page_size):
+            if mm.ptes[a].present:
+                mm.ptes[a].young = False         # no flush: the TLB may keep A
+    return 0
+
+def pagemap_scan_category(mm, vma, pte: Pte | None, has_table: bool = True) -> int:
+    """Categories of one page (6.18 rules, spec §4.1).  A none PTE under an existing page table reads
+    WRITTEN on any VMA [measured]; a hole without a page table only in a uffd-wp VMA."""
+    C = uapi.PageCategory
+    cat = 0
+    if mm.soft_dirty_config and vma.flags & VM_SOFTDIRTY:
+        cat |= C.SOFT_DIRTY
+    written_ok = mm.profile.scan_written_any_vma or userfaultfd_wp(vma)
+    if pte is None:
+        if vma.hugetlb:       # the hugetlb walker: a none huge PTE is only HUGE
+            return cat | C.HUGE
+        return cat | (C.WRITTEN if userfaultfd_wp(vma) or has_table and written_ok else 0)
+    if pte.present:
+        cat |= C.PRESENT
+        if written_ok and not pte.uffd_wp:
+            cat |= C.WRITTEN
+        if not pte.special and not pte.page.anon:
+            cat |= C.FILE
+        if pte.special:
+            cat |= C.PFNZERO
+        if mm.soft_dirty_config and pte.soft_dirty:
+            cat |= C.SOFT_DIRTY
+        if vma.hugetlb:
+            cat |= C.HUGE
+        return int(cat)
+    cat |= C.SWAPPED | (C.HUGE if vma.hugetlb else 0)
+    if written_ok and not pte.marker & PTE_MARKER_UFFD_WP and not pte.uffd_wp:
+        cat |= C.WRITTEN
+    if pte.marker & PTE_MARKER_GUARD and mm.profile.pagemap_guard_bit:
+        cat |= C.GUARD
+    return int(cat)
+
+
+def smaps_private_dirty(mm, vma) -> int:
+    """smaps ``Private_Dirty`` of one VMA (smaps_pte_entry(): dirty pages mapped once)."""
+    total = 0
+    for a in mm.pte_keys(vma.start, vma.end, vma.page_size):
+        pte = mm.ptes[a]
+        if pte.present and not pte.special and pte.dirty and pte.page.mapcount == 1:
+            total += vma.page_size
+    return total
+
+
+def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, max_pages, vec_len):
+    """PAGEMAP_SCAN (fs/proc/task_mmu.c do_pagemap_scan), extent-wise over holes."""
+    p = mm.profile
+    if not p.pagemap_scan:
+        raise uffd_error(E.ENOTTY, "PAGEMAP_SCAN", start, end - start, message="no PAGEMAP_SCAN before 6.7")
+    allcat = uapi.PM_SCAN_CATEGORIES_6_18 if p.pagemap_guard_bit else uapi.PM_SCAN_CATEGORIES_6_18 & ~(1 << 8)
+    if flags & ~int(uapi.PM_SCAN_WP_MATCHING | uapi.PM_SCAN_CHECK_WPASYNC) \
+            or (inverted | mask | anyof | return_mask) & ~int(allcat) or start % uapi.PAGE_SIZE or end < start:
+        raise uffd_error(E.EINVAL, "PAGEMAP_SCAN", start, end - start)
+    end = (end + uapi.PAGE_SIZE - 1) & ~(uapi.PAGE_SIZE - 1)
+    budget = max_pages or (1 << 64)
+    regions: list[list[int]] = []
+    wp_flush = []
+
+    def emit(a, n, cat) -> int:
+        """Record n pages at a; returns how many fit (0: stop here)."""
+        nonlocal budget
+        if not vec_len:
+            # no output vector: pagemap_scan_output() returns before counting (max_pages is not applied),
+            # the walk covers the whole range and WP_MATCHING still protects [measured on 6.18]
+            return n
+        n = min(n, budget)
+        if n <= 0:
+            return 0
+        out = cat & return_mask
+        if regions and regions[-1][1] == a and regions[-1][2] == out:
+            regions[-1][1] += n * uapi.PAGE_SIZE
+        else:
+            if len(regions) >= vec_len:
+                return 0
+            regions.append([a, a + n * uapi.PAGE_SIZE, out])
+        budget -= n
+        return n
+
+    def match(cat) -> bool:
+        c = cat ^ inverted
+        return (c & mask) == mask and (not anyof or c & anyof)
+
+    partial_at = None
+    for vma in mm.vmas_in(start, end):
+        s, e = max(start, vma.start), min(end, vma.end)
+        wp_allowed = bool(vma.ctx and vma.ctx.wp_async and mm.userfaultfd_wp_use_markers(vma))
+        if not wp_allowed:
+            if flags & uapi.PM_SCAN_CHECK_WPASYNC:
+                raise uffd_error(E.EPERM, "PAGEMAP_SCAN", start, end - start)
+            if flags & uapi.PM_SCAN_WP_MATCHING:
+                continue
+        vcat = uapi.PageCategory.WPALLOWED if wp_allowed else 0
+        pos = s
+        keys = mm.pte_keys(s, e, vma.page_size) + [e]
+        for k in keys:
+            for pos, hend, table in (mm.table_runs(pos, k) if k > pos else ()):   # hole runs [pos, k)
+                cat = pagemap_scan_category(mm, vma, None, table and not vma.hugetlb) | vcat
+                if match(cat):
+                    n = (hend - pos) // uapi.PAGE_SIZE
+                    got = emit(pos, n, cat)
+                    if flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN:
+                        for a in range(pos, pos + got * uapi.PAGE_SIZE, vma.page_size):
+                            mm.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
+                    if got < n:
+                        mm.tlb.flush_range(wp_flush)
+                        return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
+            pos = max(pos, k)
+            if k >= e:
+                break
+            pte = mm.ptes[k]
+            cat = pagemap_scan_category(mm, vma, pte) | vcat
+            npages = vma.page_size // uapi.PAGE_SIZE
+            if match(cat):
+                if vma.hugetlb and flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN \
+                        and vec_len and budget < npages:
+                    # "Partial HugeTLB page WP isn't possible": backed out, walk_end = its start, and the
+                    # walk goes on (returns 0): walk_end ends at the last such page [measured on 6.18]
+                    partial_at = k
+                    pos = k + vma.page_size
+                    continue
+                got = emit(k, npages, cat)
+                if got < npages:
+                    mm.tlb.flush_range(wp_flush)
+                    return ScanResult([tuple(r) for r in regions], k + got * uapi.PAGE_SIZE)
+                if flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN:
+                    if pte.present:
+                        new = pte.copy()
+                        new.uffd_wp, new.write = True, False
+                        if mm.needs_flush(pte, new):
+                            wp_flush.append(k)
+                        mm.ptes[k] = new
+                    else:                                 # make_uffd_wp_pte(): pte_swp_mkuffd_wp()
+                        pte.uffd_wp = True
+            pos = k + vma.page_size
+    mm.tlb.flush_range(wp_flush)
+    return ScanResult([tuple(r) for r in regions], end if partial_at is None else partial_at)

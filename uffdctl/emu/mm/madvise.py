@@ -1,0 +1,59 @@
+"""madvise() (mm/madvise.c): DONTNEED, REMOVE, FREE, guard regions.
+"""
+from __future__ import annotations
+
+import errno as E
+
+from ... import uapi
+from .mm_types import (PAGE_SIZE, PTE_MARKER_GUARD, make_pte_marker)
+
+
+class Madvise:
+    """mm/madvise.c."""
+
+    def madvise(self, start: int, length: int, advice: int) -> int:
+        if start % PAGE_SIZE:
+            return -E.EINVAL
+        end = start + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+        vmas = self.vmas_in(start, end)
+        covered = sum(min(end, v.end) - max(start, v.start) for v in vmas)
+        for vma in vmas:
+            s, e = max(start, vma.start), min(end, vma.end)
+            if advice == uapi.MADV_DONTNEED:
+                self.zap_pte_range(vma, s, e)
+            elif advice == uapi.MADV_REMOVE:
+                if not vma.shared or vma.anon:
+                    return -E.EINVAL
+                for idx in range(vma.linear_page_index(s), vma.linear_page_index(e - 1) + 1):
+                    vma.file.pages.pop(idx, None)
+                self.zap_pte_range(vma, s, e)
+            elif advice == uapi.MADV_FREE:
+                if not vma.anon:
+                    return -E.EINVAL
+                flush = []
+                for a in self.pte_keys(s, e, PAGE_SIZE):
+                    pte = self.ptes[a]
+                    if pte.present and not pte.special:
+                        new = pte.copy()
+                        new.dirty = new.young = False
+                        if self.needs_flush(pte, new):
+                            flush.append(a)
+                        self.ptes[a] = new
+                self.tlb.flush_range(flush)
+            elif advice == uapi.MADV_GUARD_INSTALL:
+                if not self.profile.guard_markers or vma.shared or vma.hugetlb:
+                    return -E.EINVAL
+                self.zap_pte_range(vma, s, e, final=True)
+                for a in range(s, e, PAGE_SIZE):
+                    self.set_pte(a, make_pte_marker(PTE_MARKER_GUARD))
+            elif advice == uapi.MADV_GUARD_REMOVE:
+                if not self.profile.guard_markers:
+                    return -E.EINVAL
+                for a in self.pte_keys(s, e, PAGE_SIZE):
+                    if not self.ptes[a].present and self.ptes[a].marker & PTE_MARKER_GUARD:
+                        del self.ptes[a]
+            elif advice == uapi.MADV_NOHUGEPAGE:
+                pass
+            else:
+                return -E.EINVAL
+        return 0 if covered == end - start else -E.ENOMEM

@@ -1,0 +1,216 @@
+"""The fault path (mm/memory.c): handle_mm_fault() and its branches (do_anonymous_page, do_fault
+with fault-around, do_wp_page, the PTE-marker handler), zap_pte_range(), the kernel's own
+copy_from_user() of UFFDIO_COPY's source, and page allocation (anon_vma_prepare() of mm/rmap.c).
+"""
+from __future__ import annotations
+
+import errno as E
+
+from .mm_types import (Folio, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
+                       PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_OK,
+                       VM_FAULT_SIGSEGV, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE,
+                       VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
+
+
+class Memory:
+    """mm/memory.c: faults and zaps."""
+
+    def access_ok(self, vma, addr: int, write: bool) -> bool:
+        """The CPU's view: TLB hit, or a page walk that finds a PTE allowing the access (sets A, D)."""
+        base = self.page_base(vma, addr)
+        if self.tlb.hit(base, write):
+            return True
+        pte = self.ptes.get(base)
+        if pte is None or not pte.present or (write and not pte.write):
+            return False
+        pte.young = True
+        if write:
+            pte.dirty = True           # hardware D; soft-dirty is only set by pte_mkdirty() in software
+        self.tlb.fill(base, self.pte_val(pte))
+        return True
+
+    def handle_mm_fault(self, vma, real_address: int, write: bool, task) -> int:
+        if write and not vma.flags & VM_WRITE or not vma.flags & (VM_READ | VM_WRITE):
+            return VM_FAULT_SIGSEGV     # access_error()
+        addr = self.page_base(vma, real_address)
+        pte = self.ptes.get(addr)
+        vmf = VmFault(vma, real_address, addr, write, pte, task)
+        if pte is None:
+            return self.do_pte_missing(vmf)
+        if not pte.present:
+            return self.handle_pte_marker(vmf)
+        if write and not pte.write:
+            return self.do_wp_page(vmf)
+        pte.young = True               # spurious fault: the TLB was stale
+        if write:
+            self.pte_mkdirty(pte)
+        return VM_FAULT_OK
+
+    def handle_pte_marker(self, vmf) -> int:
+        m = vmf.orig_pte.marker
+        if m & PTE_MARKER_POISONED:
+            return VM_FAULT_HWPOISON
+        if m & PTE_MARKER_GUARD:
+            return VM_FAULT_SIGSEGV
+        if vmf.vma.hugetlb:          # hugetlb_fault(): the marker's uffd-wp carries over, VMA flags or not
+            return self.hugetlb_fault(vmf)
+        # pte_marker_handle_uffd_wp(): a stale marker on a VMA no longer uffd-wp is cleared (pte_marker_clear),
+        # the fault returns and the CPU faults again
+        if not userfaultfd_wp(vmf.vma):
+            self.set_pte(vmf.address, None)
+            return VM_FAULT_OK
+        return self.do_pte_missing(vmf)
+
+    def do_pte_missing(self, vmf) -> int:
+        return self.do_anonymous_page(vmf) if vmf.vma.anon else self.do_fault(vmf)
+
+    def pte_mkdirty(self, pte: Pte) -> None:
+        pte.dirty = True
+        pte.soft_dirty = True          # x86: pte_mkdirty() sets _PAGE_SOFT_DIRTY too
+
+    def handle_userfault(self, vmf, reason: int) -> int:
+        ctx = vmf.vma.ctx
+        return ctx.handle_userfault(vmf, reason)
+
+    def do_anonymous_page(self, vmf) -> int:
+        vma = vmf.vma
+        if vma.hugetlb:
+            return self.hugetlb_fault(vmf)
+        uffd_wp = vmf.orig_pte_uffd_wp
+        self.pte_alloc(vmf.address)           # pte_alloc() precedes the userfault check
+        if userfaultfd_missing(vma):
+            return self.handle_userfault(vmf, VM_UFFD_MISSING)
+        if not vmf.write:
+            pte = Pte(self.zero_page, special=True, young=True, uffd_wp=uffd_wp)
+        else:
+            pte = Pte(self.alloc_anon(vma, PAGE_SIZE), write=True, young=True)
+            self.pte_mkdirty(pte)
+            if uffd_wp:
+                pte.uffd_wp, pte.write = True, False   # pte_mkuffd_wp() write-protects
+        self.set_pte(vmf.address, pte)
+        return VM_FAULT_OK
+
+    def do_fault_around(self, vmf) -> None:
+        """filemap_map_pages() over the 16-page window around a read fault (not for uffd-wp/minor VMAs)."""
+        vma = vmf.vma
+        if vma.flags & (VM_UFFD_WP | VM_UFFD_MINOR) or vma.hugetlb:
+            return
+        nr = 16 * PAGE_SIZE
+        lo = max(vmf.address & ~(nr - 1), vma.start, vmf.address & ~(HPAGE_SIZE - 1))
+        hi = min(lo + nr, vma.end, (vmf.address & ~(HPAGE_SIZE - 1)) + HPAGE_SIZE)
+        prot_w = self.vm_page_prot_writable(vma)
+        for a in range(lo, hi, PAGE_SIZE):
+            if a in self.ptes:
+                continue
+            folio = vma.file.pages.get(vma.linear_page_index(a))
+            if folio is not None:
+                self.set_pte(a, Pte(folio, write=prot_w, young=True))
+
+    def do_fault(self, vmf) -> int:
+        vma = vmf.vma
+        if vma.hugetlb:
+            return self.hugetlb_fault(vmf)
+        if not vmf.write:
+            self.do_fault_around(vmf)
+            if vmf.address in self.ptes and self.ptes[vmf.address].present:
+                return VM_FAULT_OK   # mapped by fault-around (VM_FAULT_NOPAGE)
+        ret, folio = self.shmem_get_folio(vmf)
+        if ret:
+            return ret
+        uffd_wp = vmf.orig_pte_uffd_wp
+        if vmf.write and not vma.shared:          # do_cow_fault()
+            pte = Pte(self.alloc_anon(vma, PAGE_SIZE, folio.copy_data()), write=True, young=True)
+            self.pte_mkdirty(pte)
+        elif vmf.write:                           # do_shared_fault()
+            pte = Pte(folio, write=True, young=True)
+            self.pte_mkdirty(pte)
+        else:                                     # do_read_fault()
+            pte = Pte(folio, write=self.vm_page_prot_writable(vma), young=True)
+        if uffd_wp:
+            pte.uffd_wp, pte.write = True, False
+        self.set_pte(vmf.address, pte)
+        return VM_FAULT_OK
+
+    def do_wp_page(self, vmf) -> int:
+        vma, pte = vmf.vma, vmf.orig_pte
+        if pte.uffd_wp and userfaultfd_wp(vma):     # userfaultfd_pte_wp()
+            if not vma.ctx.wp_async:
+                return self.handle_userfault(vmf, VM_UFFD_WP)
+            pte.uffd_wp = False                      # async: resolved in the kernel, no message
+        elif pte.uffd_wp and vma.hugetlb:
+            # hugetlb_wp(): "Never handle CoW for uffd-wp protected pages" returns 0 even when the VMA lost
+            # VM_UFFD_WP (re-registered without WP): the write faults again forever [measured on 6.18]
+            return VM_FAULT_LIVELOCK
+        page = pte.page
+        if vma.shared or (page.anon and page.exclusive and not pte.special):
+            new = pte.copy()                         # wp_page_reuse() / wp_page_shared()
+            new.young, new.write = True, True
+            self.pte_mkdirty(new)
+            self.ptes[vmf.address] = new
+            return VM_FAULT_OK
+        # wp_page_copy(): zero page or a page-cache page in a private mapping
+        data = None if pte.special else page.copy_data()
+        new = Pte(self.alloc_anon(vma, vma.page_size, data), write=True, young=True)
+        self.pte_mkdirty(new)
+        self.set_pte(vmf.address, new)
+        self.tlb.flush_range([vmf.address])          # ptep_clear_flush()
+        return VM_FAULT_OK
+
+    def copy_from_user(self, addr: int, length: int) -> bytes | int:
+        """Read ``length`` bytes the way the kernel's copy_from_user does: faulting pages in
+        from the ioctl caller's context.  A fault that would wait in a userfault cannot block
+        the emulator's caller: it fails with -EFAULT (documented)."""
+        out = bytearray()
+        pos, end = addr, addr + length
+        while pos < end:
+            vma = self.find_vma(pos)
+            if vma is None:
+                return -E.EFAULT
+            base = self.page_base(vma, pos)
+            n = min(end, base + vma.page_size) - pos
+            for _ in range(4):
+                if self.access_ok(vma, pos, False):
+                    break
+                if self.handle_mm_fault(vma, pos, False, None) != VM_FAULT_OK:
+                    return -E.EFAULT
+            else:
+                return -E.EFAULT
+            out += self.ptes[base].page.read(pos - base, n)
+            pos += n
+        return bytes(out)
+
+    def zap_pte_range(self, vma, start: int, end: int, final: bool = False) -> None:
+        """zap_pte_range(): drop PTEs; file VMAs keep uffd-wp (as markers) unless unmapping;
+        guard markers survive everything but unmap."""
+        # pte_install_uffd_wp_if_needed(): shmem only in a uffd-wp VMA; __unmap_hugepage_range(): always
+        arm_wp = not final and (vma.hugetlb or not vma.anon and userfaultfd_wp(vma))
+        keep_markers = not vma.anon and not final      # only an unmap drops a file VMA's uffd-wp markers
+        flush = []
+        for a in self.pte_keys(start, end, vma.page_size):
+            pte = self.ptes[a]
+            if pte.present:
+                flush.append(a)
+                self.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP) if arm_wp and pte.uffd_wp else None)
+            elif pte.marker & PTE_MARKER_GUARD:
+                if final:
+                    del self.ptes[a]
+            elif pte.marker & PTE_MARKER_UFFD_WP and keep_markers:
+                continue
+            elif pte.uffd_wp and arm_wp:                    # a zapped swap entry keeps its uffd-wp
+                self.ptes[a] = make_pte_marker(PTE_MARKER_UFFD_WP)
+            else:
+                del self.ptes[a]
+        self.tlb.flush_range(flush)
+
+    def anon_vma_prepare(self, vma) -> None:
+        """Give a private VMA its anon_vma (first anon folio, or mfill/MOVE, which prepare it up front)."""
+        if vma.anon_vma is None and not vma.shared:
+            vma.anon_vma = next(self._anon_vmas)
+
+    def alloc_anon(self, vma, size: int, data: bytearray | None = None) -> Folio:
+        self.anon_vma_prepare(vma)
+        return self.alloc_folio(size, True, data)
+
+    def alloc_folio(self, size: int, anon: bool, data: bytearray | None = None) -> Folio:
+        pfn, self._next_pfn = self._next_pfn, self._next_pfn + size // PAGE_SIZE
+        return Folio(pfn, size, anon, data)

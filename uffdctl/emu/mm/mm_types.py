@@ -1,0 +1,201 @@
+"""The model's data structures and constants, as include/linux/mm_types.h, mm.h, swapops.h and
+userfaultfd_k.h name them: :class:`Folio` (a page or huge page), :class:`Pte` (present, or a marker /
+swap entry), :class:`Vma` (vm_area_struct), :class:`VmFault` (struct vm_fault), the VM_* flags,
+PTE markers, vm_fault_t codes, MFILL_ATOMIC_* kinds and change_protection() cp_flags.
+
+A leaf of the model: it imports nothing of the emulator but the uffd uapi constants.
+"""
+from __future__ import annotations
+
+from ... import uapi
+
+PAGE_SIZE = uapi.PAGE_SIZE
+HPAGE_SIZE = 2 << 20
+TASK_SIZE = (1 << 47) - PAGE_SIZE
+MMAP_BASE = 0x7F0000000000
+
+# include/linux/mm.h
+VM_READ = 0x1
+VM_WRITE = 0x2
+VM_EXEC = 0x4
+VM_SHARED = 0x8
+VM_MAYREAD = 0x10
+VM_MAYWRITE = 0x20
+VM_MAYEXEC = 0x40
+VM_MAYSHARE = 0x80
+VM_UFFD_MISSING = 0x200
+VM_UFFD_WP = 0x1000
+VM_HUGETLB = 0x400000
+VM_SOFTDIRTY = 0x8000000
+VM_UFFD_MINOR = 1 << 38
+VM_UFFD_FLAGS = VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR
+
+# include/linux/swapops.h
+PTE_MARKER_UFFD_WP = 1 << 0
+PTE_MARKER_POISONED = 1 << 1
+PTE_MARKER_GUARD = 1 << 2
+
+# vm_fault_t
+VM_FAULT_OK = 0
+VM_FAULT_SIGBUS = 0x2
+VM_FAULT_HWPOISON = 0x10
+VM_FAULT_SIGSEGV = 0x40
+VM_FAULT_RETRY = 0x400
+VM_FAULT_LIVELOCK = 1 << 20   # not a kernel code: the fault returns 0 without changing anything, forever
+VM_FAULT_ERROR = VM_FAULT_SIGBUS | VM_FAULT_HWPOISON | VM_FAULT_SIGSEGV
+
+# MFILL_ATOMIC_* (include/linux/userfaultfd_k.h, 6.4+)
+MFILL_ATOMIC_COPY = "copy"
+MFILL_ATOMIC_ZEROPAGE = "zeropage"
+MFILL_ATOMIC_CONTINUE = "continue"
+MFILL_ATOMIC_POISON = "poison"
+
+# change_protection() cp_flags (mm/mprotect.c)
+MM_CP_TRY_CHANGE_WRITABLE = 1 << 0
+MM_CP_UFFD_WP = 1 << 2
+MM_CP_UFFD_WP_RESOLVE = 1 << 3
+
+ZERO_PFN = 0x1000         # the shared zero page's (fake) PFN
+FIRST_PFN = 0x100000
+
+
+class Folio:
+    """A page (or a huge page): identity (PFN), contents, mapcount."""
+
+    __slots__ = ("pfn", "size", "data", "anon", "exclusive", "mapcount", "zero")
+
+    def __init__(self, pfn: int, size: int, anon: bool, data: bytearray | None = None, zero: bool = False):
+        self.pfn = pfn
+        self.size = size
+        self.data = data          # None: all zeros (allocated on first write)
+        self.anon = anon
+        self.exclusive = anon     # PageAnonExclusive
+        self.mapcount = 0
+        self.zero = zero
+
+    def read(self, off: int, n: int) -> bytes:
+        if self.data is None:
+            return bytes(n)
+        return bytes(self.data[off:off + n])
+
+    def write(self, off: int, buf: bytes) -> None:
+        if self.data is None:
+            self.data = bytearray(self.size)
+        self.data[off:off + len(buf)] = buf
+
+    def copy_data(self) -> bytearray | None:
+        return None if self.data is None else bytearray(self.data)
+
+
+class Pte:
+    """A PTE: present (``page``) with its bits, or a marker (``marker`` bits), never both."""
+
+    __slots__ = ("page", "write", "dirty", "young", "soft_dirty", "uffd_wp", "special", "marker")
+
+    def __init__(self, page: Folio | None = None, *, write=False, dirty=False, young=True, soft_dirty=False,
+                 uffd_wp=False, special=False, marker=0):
+        self.page = page
+        self.write = write
+        self.dirty = dirty          # pte_dirty(): D or SavedDirty
+        self.young = young
+        self.soft_dirty = soft_dirty
+        self.uffd_wp = uffd_wp      # present: _PAGE_UFFD_WP; marker: the swap entry's uffd-wp bit
+        self.special = special
+        self.marker = marker
+
+    @property
+    def present(self) -> bool:
+        return self.page is not None
+
+    def copy(self) -> "Pte":
+        return Pte(self.page, write=self.write, dirty=self.dirty, young=self.young, soft_dirty=self.soft_dirty,
+                   uffd_wp=self.uffd_wp, special=self.special, marker=self.marker)
+
+    def __repr__(self):
+        if not self.present:
+            return f"Pte(marker={self.marker:#x})"
+        bits = "".join(c for c, on in (("W", self.write), ("D", self.dirty), ("A", self.young),
+                                         ("S", self.soft_dirty), ("U", self.uffd_wp), ("Z", self.special)) if on)
+        return f"Pte(pfn={self.page.pfn:#x} {bits})"
+
+
+def make_pte_marker(bits: int) -> Pte:
+    return Pte(None, young=False, marker=bits)
+
+
+class Vma:
+    __slots__ = ("start", "end", "flags", "memtype", "file", "pgoff", "ctx", "page_size", "origin", "anon_vma")
+
+    def __init__(self, start, end, flags, memtype, file, pgoff, page_size, origin):
+        self.start, self.end, self.flags = start, end, flags
+        self.memtype = memtype
+        self.file = file            # ShmemFile or None (anon)
+        self.pgoff = pgoff          # byte offset into the file of vm_start
+        self.ctx = None             # vm_userfaultfd_ctx.ctx
+        self.page_size = page_size
+        self.origin = origin        # which mmap() made it: only pieces of one mapping merge
+        self.anon_vma = None        # identity of vma->anon_vma (anon_vma_prepare); None until needed
+
+    def __repr__(self):
+        return f"Vma({self.start:#x}-{self.end:#x} {self.memtype} flags={self.flags:#x})"
+
+    @property
+    def anon(self) -> bool:
+        return self.file is None
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.flags & VM_SHARED)
+
+    @property
+    def hugetlb(self) -> bool:
+        return bool(self.flags & VM_HUGETLB)
+
+    def linear_page_index(self, addr: int) -> int:
+        return (self.pgoff + addr - self.start) // self.page_size
+
+    def split_copy(self, start: int, end: int) -> "Vma":
+        v = Vma(start, end, self.flags, self.memtype, self.file, self.pgoff + (start - self.start),
+                self.page_size, self.origin)
+        v.ctx = self.ctx
+        v.anon_vma = self.anon_vma   # both halves of a split share the anon_vma
+        return v
+
+
+def userfaultfd_missing(vma) -> bool:
+    return bool(vma.flags & VM_UFFD_MISSING)
+
+
+def userfaultfd_wp(vma) -> bool:
+    return bool(vma.flags & VM_UFFD_WP)
+
+
+def userfaultfd_minor(vma) -> bool:
+    return bool(vma.flags & VM_UFFD_MINOR)
+
+
+class VmFault:
+    """struct vm_fault: the faulting VMA, address (real and page-aligned), write flag, orig_pte, task."""
+
+    __slots__ = ("vma", "real_address", "address", "write", "orig_pte", "task")
+
+    def __init__(self, vma, real_address, address, write, orig_pte, task):
+        self.vma, self.real_address, self.address = vma, real_address, address
+        self.write, self.orig_pte, self.task = write, orig_pte, task
+
+    @property
+    def orig_pte_uffd_wp(self) -> bool:
+        """vmf_orig_pte_uffd_wp(): the PTE we faulted on was a uffd-wp marker."""
+        p = self.orig_pte
+        return p is not None and not p.present and bool(p.marker & PTE_MARKER_UFFD_WP)
+
+
+__all__ = ["PAGE_SIZE", "HPAGE_SIZE", "TASK_SIZE", "MMAP_BASE", "VM_READ", "VM_WRITE", "VM_EXEC", "VM_SHARED",
+           "VM_MAYREAD", "VM_MAYWRITE", "VM_MAYEXEC", "VM_MAYSHARE", "VM_UFFD_MISSING", "VM_UFFD_WP",
+           "VM_HUGETLB", "VM_SOFTDIRTY", "VM_UFFD_MINOR", "VM_UFFD_FLAGS", "PTE_MARKER_UFFD_WP",
+           "PTE_MARKER_POISONED", "PTE_MARKER_GUARD", "VM_FAULT_OK", "VM_FAULT_SIGBUS", "VM_FAULT_HWPOISON",
+           "VM_FAULT_SIGSEGV", "VM_FAULT_RETRY", "VM_FAULT_LIVELOCK", "VM_FAULT_ERROR", "MFILL_ATOMIC_COPY",
+           "MFILL_ATOMIC_ZEROPAGE", "MFILL_ATOMIC_CONTINUE", "MFILL_ATOMIC_POISON",
+           "MM_CP_TRY_CHANGE_WRITABLE", "MM_CP_UFFD_WP", "MM_CP_UFFD_WP_RESOLVE", "ZERO_PFN", "FIRST_PFN",
+           "Folio", "Pte", "make_pte_marker", "Vma", "userfaultfd_missing", "userfaultfd_wp",
+           "userfaultfd_minor", "VmFault"]

@@ -1,0 +1,93 @@
+"""change_protection() (mm/mprotect.c): change_pte_range(), can_change_pte_writable() as it changed
+across versions, and mprotect() itself.
+"""
+from __future__ import annotations
+
+import errno as E
+
+from ... import uapi
+from ..profiles import UFFDIO_COPY_MODE_WRITE_LIKELY
+from .mm_types import (MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, PAGE_SIZE,
+                       PTE_MARKER_UFFD_WP, Pte, VM_MAYWRITE, VM_READ, VM_WRITE, make_pte_marker)
+
+
+class Mprotect:
+    """mm/mprotect.c."""
+
+    def vma_wants_manual_pte_write_upgrade(self, vma) -> bool:
+        """Private: VM_WRITE.  Shared: vma_wants_writenotify(vma, vm_page_prot), which is false
+        whenever vm_page_prot was write-protected for write-notify (the §2.3.6 quirk) and
+        false anyway for shmem otherwise: so never for shmem."""
+        return bool(vma.flags & VM_WRITE) and not vma.shared and not vma.hugetlb  # hugetlb: never
+
+    def can_change_pte_writable(self, vma, pte: Pte, write_likely: bool = False) -> bool:
+        if not vma.flags & VM_WRITE:
+            return False
+        if self.vma_soft_dirty_enabled(vma) and not pte.soft_dirty:   # pte_needs_soft_dirty_wp()
+            if not (self.profile.hints == "rfc" or self.profile.hints == "rfc-fixed" and write_likely):
+                return False
+        if pte.uffd_wp:
+            return False
+        if not vma.shared:
+            page = pte.page
+            if pte.special or not page.anon or not page.exclusive:
+                return False
+            return pte.dirty if self.profile.can_change_writable_needs_dirty else True
+        return pte.dirty
+
+    def change_pte_range(self, vma, start: int, end: int, newprot_writable: bool, cp_flags: int,
+                         hints: int = 0) -> int:
+        uffd_wp = cp_flags & MM_CP_UFFD_WP
+        uffd_wp_resolve = cp_flags & MM_CP_UFFD_WP_RESOLVE
+        write_likely = bool(hints & UFFDIO_COPY_MODE_WRITE_LIKELY)
+        flush, pages = [], 0
+        step = vma.page_size
+        if uffd_wp and self.userfaultfd_wp_use_markers(vma):
+            for a in range(start, end, step):
+                if a not in self.ptes:
+                    self.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
+                    pages += 1
+        for a in self.pte_keys(start, end, step):
+            pte = self.ptes[a]
+            if not pte.present:
+                if uffd_wp_resolve and pte.marker & PTE_MARKER_UFFD_WP and not pte.marker & ~PTE_MARKER_UFFD_WP:
+                    del self.ptes[a]
+                    pages += 1
+                continue
+            new = pte.copy()
+            new.write = newprot_writable and not pte.special     # pte_modify(oldpte, newprot)
+            if uffd_wp:
+                new.uffd_wp, new.write = True, False
+            elif uffd_wp_resolve:
+                new.uffd_wp = False
+            if hints and self.profile.hints:
+                new.young = True
+            if cp_flags & MM_CP_TRY_CHANGE_WRITABLE and not new.write and \
+                    self.can_change_pte_writable(vma, new, write_likely):
+                new.write = True
+                if write_likely and self.profile.hints:
+                    self.pte_mkdirty(new)
+            if self.needs_flush(pte, new):
+                flush.append(a)
+            self.ptes[a] = new
+            pages += 1
+        self.tlb.flush_range(flush)
+        return pages
+
+    def mprotect(self, start: int, length: int, prot: int) -> int:
+        if start % PAGE_SIZE:
+            return -E.EINVAL
+        end = start + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+        vmas = self.vmas_in(start, end)
+        if sum(min(end, v.end) - max(start, v.start) for v in vmas) != end - start:
+            return -E.ENOMEM
+        if prot & uapi.PROT_WRITE and any(not v.flags & VM_MAYWRITE for v in vmas):
+            return -E.EACCES
+        for vma in self.split(start, end):
+            vma.flags = (vma.flags & ~(VM_READ | VM_WRITE)) | (VM_READ if prot & uapi.PROT_READ else 0) \
+                | (VM_WRITE if prot & uapi.PROT_WRITE else 0)
+            try_change = self.profile.mprotect_try_change_writable and self.vma_wants_manual_pte_write_upgrade(vma)
+            self.change_pte_range(vma, vma.start, vma.end, self.vm_page_prot_writable(vma),
+                                  MM_CP_TRY_CHANGE_WRITABLE if try_change else 0)
+        self.merge()
+        return 0

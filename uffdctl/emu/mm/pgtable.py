@@ -1,0 +1,70 @@
+"""The page tables (include/linux/pgtable.h, mm/pgtable-generic.c, mm/pagewalk.c): the sparse PTE
+map ``mm.ptes`` (page address -> :class:`~.mm_types.Pte`; absent = pte_none) and the set of PMDs that
+have a PTE table (``mm.pgtables``: pte_alloc() adds one, free_pgtables() drops it).  Walks cost what
+exists, never the size of a range.
+"""
+from __future__ import annotations
+
+from .. import tlb as _tlb
+from .mm_types import PAGE_SIZE, Pte
+
+
+class PageTables:
+    """The page-table half of the mm: PTE install with mapcounts, table allocation, sparse walks."""
+
+    def pte_alloc(self, addr: int) -> None:
+        """pte_alloc(): the PMD over ``addr`` gets a PTE table (kept until munmap frees it)."""
+        self.pgtables.add(addr >> 21)
+
+    def pmd_none(self, addr: int) -> bool:
+        return addr >> 21 not in self.pgtables
+
+    def table_runs(self, start: int, end: int):
+        """Split [start, end) into (start, end, has_page_table) runs; O(page tables), not O(range)."""
+        lo, hi = start >> 21, (end - 1) >> 21
+        if hi - lo + 1 <= len(self.pgtables):
+            tables = [p for p in range(lo, hi + 1) if p in self.pgtables]
+        else:
+            tables = sorted(p for p in self.pgtables if lo <= p <= hi)
+        pos = start
+        for p in tables:
+            a, b = max(start, p << 21), min(end, (p + 1) << 21)
+            if a > pos:
+                yield pos, a, False
+            yield a, b, True
+            pos = b
+        if pos < end:
+            yield pos, end, False
+
+    def free_pgtables(self, start: int, end: int) -> None:
+        for pmd in range(start >> 21, ((end - 1) >> 21) + 1):
+            if pmd in self.pgtables and not self.vmas_in(pmd << 21, (pmd + 1) << 21):
+                self.pgtables.discard(pmd)
+
+    def page_base(self, vma, addr: int) -> int:
+        return addr - (addr - vma.start) % vma.page_size if vma.hugetlb else addr & ~(PAGE_SIZE - 1)
+
+    def set_pte(self, addr: int, pte: Pte | None) -> None:
+        old = self.ptes.get(addr)
+        if old is not None and old.present and (pte is None or pte.page is not old.page):
+            old.page.mapcount -= 1
+        if pte is None:
+            self.ptes.pop(addr, None)
+            return
+        if pte.present and (old is None or not old.present or old.page is not pte.page):
+            pte.page.mapcount += 1
+        self.ptes[addr] = pte
+        self.pgtables.add(addr >> 21)
+
+    def pte_val(self, pte) -> int:
+        return _tlb.pte_val(pte, self.soft_dirty_config)
+
+    def needs_flush(self, old: Pte | None, new: Pte | None) -> bool:
+        return _tlb.pte_needs_flush(self.pte_val(old), self.pte_val(new), self.profile.clean_wp_noflush)
+
+    def pte_keys(self, start: int, end: int, step: int):
+        """Addresses of existing PTEs in [start, end), ascending: O(range) or O(ptes), whichever is less."""
+        n = (end - start) // step
+        if n <= len(self.ptes):
+            return [a for a in range(start, end, step) if a in self.ptes]
+        return sorted(a for a in self.ptes if start <= a < end)

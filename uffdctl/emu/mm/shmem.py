@@ -1,0 +1,37 @@
+"""shmem / memfd (mm/shmem.c): the file with its page cache, and shmem_get_folio_gfp() with its
+MINOR and MISSING userfaults.
+"""
+from __future__ import annotations
+
+from .mm_types import (Folio, VM_FAULT_OK, VM_FAULT_SIGBUS, VM_UFFD_MINOR, VM_UFFD_MISSING, userfaultfd_minor,
+                       userfaultfd_missing)
+
+
+class ShmemFile:
+    """A memfd: size and page cache (index -> Folio)."""
+
+    def __init__(self, name: str, size: int, page_size: int):
+        self.name = name
+        self.size = size
+        self.page_size = page_size
+        self.pages: dict[int, Folio] = {}
+
+
+class Shmem:
+    """mm/shmem.c: the page-cache lookup of a shmem fault."""
+
+    def shmem_get_folio(self, vmf) -> tuple[int, Folio | None]:
+        """shmem_get_folio_gfp() with a vmf: MINOR / MISSING userfaults, else the (new) cache page."""
+        vma = vmf.vma
+        idx = vma.linear_page_index(vmf.address)
+        folio = vma.file.pages.get(idx)
+        if folio is not None:
+            if userfaultfd_minor(vma):
+                return self.handle_userfault(vmf, VM_UFFD_MINOR), None
+            return VM_FAULT_OK, folio
+        if idx * vma.page_size >= vma.file.size:
+            return VM_FAULT_SIGBUS, None
+        if userfaultfd_missing(vma):
+            return self.handle_userfault(vmf, VM_UFFD_MISSING), None
+        folio = vma.file.pages[idx] = self.alloc_folio(vma.page_size, anon=False)
+        return VM_FAULT_OK, folio

@@ -1,0 +1,214 @@
+"""The page-table side of userfaultfd (mm/userfaultfd.c): mfill_atomic() and its per-page
+installers (COPY, ZEROPAGE, CONTINUE, POISON), uffd_wp_range() / mwriteprotect_range(), and
+UFFDIO_MOVE's move_pages().  The ctx and the ioctls' argument checks are fs/userfaultfd.c
+(``uffdctl.emu.fs.userfaultfd``).
+"""
+from __future__ import annotations
+
+import errno as E
+
+from ... import uapi
+from ..profiles import (UFFDIO_COPY_MODE_ACCESS_LIKELY, UFFDIO_COPY_MODE_WRITE_LIKELY)
+from .mm_types import (MFILL_ATOMIC_CONTINUE, MFILL_ATOMIC_COPY, MFILL_ATOMIC_POISON, MFILL_ATOMIC_ZEROPAGE,
+                       MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, PAGE_SIZE,
+                       PTE_MARKER_GUARD, PTE_MARKER_POISONED, Pte, VM_EXEC, VM_READ, VM_WRITE,
+                       make_pte_marker, userfaultfd_wp)
+
+
+class Userfaultfd:
+    """mm/userfaultfd.c: mfill, write-protect and move."""
+
+    def mfill_atomic(self, ctx, kind: str, dst_start: int, src_start: int, length: int, wp: bool,
+                     hints: int = 0) -> int:
+        vma = self.find_vma(dst_start)
+        if vma is not None:
+            self.anon_vma_prepare(vma)         # uffd_lock_vma(): "we know we're going to need anon_vma"
+        if vma is None or dst_start + length > vma.end or vma.ctx is None:
+            return -E.ENOENT
+        if ctx.mmap_changing:
+            return -E.EAGAIN
+        if wp and not userfaultfd_wp(vma):
+            return -E.EINVAL
+        if vma.hugetlb:
+            if dst_start % vma.page_size or length % vma.page_size or kind == MFILL_ATOMIC_ZEROPAGE:
+                return -E.EINVAL
+        elif kind == MFILL_ATOMIC_CONTINUE and vma.anon:
+            return -E.EINVAL
+        copied, err = 0, 0
+        step = vma.page_size
+        while copied < length:
+            if not vma.hugetlb:
+                self.pte_alloc(dst_start + copied)    # the dst PTE table is allocated first
+            err = self.mfill_atomic_pte(vma, kind, dst_start + copied, src_start + copied, wp, hints)
+            if err:
+                break
+            copied += step
+        return copied if copied else err
+
+    def mfill_atomic_pte(self, vma, kind, dst, src, wp, hints) -> int:
+        if vma.hugetlb:
+            return self.hugetlb_mfill_atomic_pte(vma, kind, dst, src, wp)
+        if kind == MFILL_ATOMIC_POISON:
+            pte = self.ptes.get(dst)
+            if pte is not None:
+                return -E.EEXIST
+            self.set_pte(dst, make_pte_marker(PTE_MARKER_POISONED))
+            return 0
+        if kind == MFILL_ATOMIC_CONTINUE:
+            folio = vma.file.pages.get(vma.linear_page_index(dst))
+            if folio is None:
+                return -E.EFAULT
+            return self.mfill_atomic_install_pte(vma, dst, folio, True, wp, hints)
+        shared_file = vma.shared and not vma.anon
+        if kind == MFILL_ATOMIC_ZEROPAGE and not shared_file and not (
+                vma.hugetlb or self.profile.hints and hints & UFFDIO_COPY_MODE_WRITE_LIKELY):
+            return self.mfill_atomic_pte_zeropage(vma, dst)
+        if kind == MFILL_ATOMIC_COPY:
+            data = self.copy_from_user(src, vma.page_size)
+            if isinstance(data, int):
+                return data
+            folio = self.alloc_folio(vma.page_size, anon=not shared_file, data=bytearray(data))
+        else:
+            folio = self.alloc_folio(vma.page_size, anon=not shared_file)
+        if shared_file:                               # shmem_mfill_atomic_pte()
+            idx = vma.linear_page_index(dst)
+            if idx * vma.page_size >= vma.file.size:
+                return -E.EFAULT
+            if idx in vma.file.pages:
+                return -E.EEXIST
+            err = self.mfill_atomic_install_pte(vma, dst, folio, False, wp, hints, check_only=True)
+            if err:
+                return err
+            vma.file.pages[idx] = folio
+            return self.mfill_atomic_install_pte(vma, dst, folio, False, wp, hints, in_cache=True)
+        return self.mfill_atomic_install_pte(vma, dst, folio, False, wp, hints)
+
+    def mfill_atomic_pte_zeropage(self, vma, dst) -> int:
+        if dst in self.ptes:            # !pte_none(): any marker too
+            return -E.EEXIST
+        self.set_pte(dst, Pte(self.zero_page, special=True, young=True))
+        return 0
+
+    def pte_none_mostly(self, pte: Pte | None) -> bool:
+        """6.18: none or any marker may be overwritten; 7.3: none, uffd-wp or poison marker."""
+        if pte is None:
+            return True
+        if pte.present:
+            return False
+        return self.profile.install_over_guard or not pte.marker & PTE_MARKER_GUARD
+
+    def mfill_atomic_install_pte(self, vma, dst, folio, page_in_cache, wp, hints=0, *, in_cache=None,
+                                 check_only=False) -> int:
+        in_cache = page_in_cache if in_cache is None else in_cache
+        if in_cache and vma.linear_page_index(dst) * vma.page_size >= vma.file.size:
+            return -E.EFAULT
+        if not self.pte_none_mostly(self.ptes.get(dst)):
+            return -E.EEXIST
+        if check_only:
+            return 0
+        writable = bool(vma.flags & VM_WRITE)
+        if page_in_cache and not vma.shared:
+            writable = False
+        pte = Pte(folio, write=writable, young=True)
+        if self.profile.hints:                     # RFC: dirty only with WRITE_LIKELY, young with a hint
+            if hints & UFFDIO_COPY_MODE_WRITE_LIKELY:
+                self.pte_mkdirty(pte)
+            pte.young = bool(hints & (UFFDIO_COPY_MODE_ACCESS_LIKELY | UFFDIO_COPY_MODE_WRITE_LIKELY))
+        else:
+            self.pte_mkdirty(pte)
+        if wp:
+            pte.uffd_wp, pte.write = True, False
+        self.set_pte(dst, pte)
+        return 0
+
+    def userfaultfd_wp_use_markers(self, vma) -> bool:
+        if not userfaultfd_wp(vma):
+            return False
+        return not vma.anon or bool(vma.ctx and vma.ctx.wp_unpopulated)
+
+    def uffd_wp_range(self, vma, start: int, end: int, enable_wp: bool, hints: int = 0) -> int:
+        p = self.profile
+        if p.uffd_wp_range_vm_page_prot:           # 931298e103c2 (6.3+)
+            newprot_w = self.vm_page_prot_writable(vma)
+            try_change = not enable_wp and self.vma_wants_manual_pte_write_upgrade(vma)
+        else:                                      # vm_get_page_prot(vm_flags [& ~VM_WRITE])
+            newprot_w = bool(vma.shared and vma.flags & VM_WRITE and not enable_wp)
+            try_change = bool(not enable_wp and p.hints and vma.flags & VM_WRITE and not vma.shared)
+        flags = (MM_CP_UFFD_WP if enable_wp else MM_CP_UFFD_WP_RESOLVE)
+        if try_change:
+            flags |= MM_CP_TRY_CHANGE_WRITABLE
+        return self.change_pte_range(vma, start, end, newprot_w, flags, hints)
+
+    def mwriteprotect_range(self, ctx, start: int, length: int, enable_wp: bool, hints: int = 0) -> int:
+        if ctx.mmap_changing:
+            return -E.EAGAIN
+        end = start + length
+        vmas = self.vmas_in(start, end)
+        if not vmas:
+            return -E.ENOENT
+        if not self.profile.wp_multi_vma and (len(vmas) > 1 or vmas[0].start > start or vmas[0].end < end):
+            return -E.ENOENT                 # find_dst_vma(): the whole range in one VMA (before 6.5)
+        for vma in vmas:
+            if not userfaultfd_wp(vma):
+                return -E.ENOENT
+            if vma.hugetlb and (start % vma.page_size or length % vma.page_size):
+                return -E.EINVAL
+            self.uffd_wp_range(vma, max(start, vma.start), min(end, vma.end), enable_wp, hints)
+        return 0
+
+    def move_pages(self, ctx, dst_start: int, src_start: int, length: int, mode: int) -> int:
+        if ctx.mmap_changing:
+            return -E.EAGAIN
+        dst_vma = self.find_vma(dst_start)
+        if dst_vma is not None:
+            self.anon_vma_prepare(dst_vma)     # find_vma_and_prepare_anon()
+        src_vma = self.find_vma(src_start)
+        if dst_vma is None or src_vma is None:
+            return -E.ENOENT
+        if src_vma.shared or dst_vma.shared:
+            return -E.EINVAL
+        if src_start + length > src_vma.end or dst_start + length > dst_vma.end:
+            return -E.EINVAL
+        # validate_move_areas()
+        if (src_vma.flags ^ dst_vma.flags) & (VM_READ | VM_WRITE | VM_EXEC) or not src_vma.flags & VM_WRITE:
+            return -E.EINVAL
+        if src_vma.hugetlb or dst_vma.hugetlb or not src_vma.anon or not dst_vma.anon:
+            return -E.EINVAL
+        if dst_vma.ctx is not ctx:
+            return -E.EINVAL
+        moved, err = 0, 0
+        flush = []
+        while moved < length:
+            if self.pmd_none(src_start + moved):          # no page table under src at all
+                if not mode & uapi.MoveMode.ALLOW_SRC_HOLES:
+                    err = -E.ENOENT
+                    break
+                self.pte_alloc(src_start + moved)
+            self.pte_alloc(dst_start + moved)
+            err = self.move_pages_pte(dst_vma, src_vma, dst_start + moved, src_start + moved, mode, flush)
+            if err:
+                break
+            moved += PAGE_SIZE
+        self.tlb.flush_range(flush)
+        return moved if moved else err
+
+    def move_pages_pte(self, dst_vma, src_vma, dst, src, mode, flush) -> int:
+        if dst in self.ptes:
+            return -E.EEXIST
+        spte = self.ptes.get(src)
+        if spte is None:
+            return 0 if mode & uapi.MoveMode.ALLOW_SRC_HOLES else -E.ENOENT
+        if not spte.present:
+            return -E.EFAULT
+        if spte.special:                                  # move_zeropage_pte()
+            new = Pte(self.zero_page, special=True, young=True)
+        else:
+            page = spte.page
+            if not page.anon or not page.exclusive or page.mapcount != 1:
+                return -E.EBUSY
+            new = Pte(page, write=True, young=True, soft_dirty=True,
+                      dirty=spte.dirty if self.profile.move_dirty_from_src else True)
+        self.set_pte(src, None)
+        flush.append(src)
+        self.set_pte(dst, new)
+        return 0
