@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 ARGS   ?=
 SOURCES := pyproject.toml setup.py MANIFEST.in $(wildcard cdefs/*) $(shell find uffdctl -name '*.py' -o -name '*.uffd' 2>/dev/null)
 
-.PHONY: help demo test install check bench soak test-vm clean
+.PHONY: help demo test install check bench soak test-vm test-kernels clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s '	'
@@ -36,6 +36,9 @@ soak: install ## long differential run of the emulator against the kernel
 
 test-vm: install ## run the soft-dirty tests and reproductions in a stock kernel under QEMU
 	@UFFDCTL_VMTEST_KERNEL=$${UFFDCTL_VMTEST_KERNEL:-6.1} scripts/vmtest --venv $(VENV) $(ARGS)
+
+test-kernels: install ## build Debian 6.1 + uffdctl's backport of 931298e103c2 + the RFC reconstruction, boot them, assert the flips
+	@scripts/vmtest --venv $(VENV) kernels $(ARGS)
 
 clean: ## remove the venv and build products
 	rm -rf $(VENV) build *.egg-info uffdctl/_uffd*.so uffdctl/_uffd.c

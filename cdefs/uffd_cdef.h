@@ -62,6 +62,9 @@ int uffdctl_ioctl(int, unsigned long, void *);
 int uffdctl_ioctl_range(int, unsigned long, uint64_t, uint64_t);
 int uffdctl_ioctl_range_mode(int, unsigned long, uint64_t, uint64_t, uint64_t, int64_t *);
 int uffdctl_ioctl_dst_src(int, unsigned long, uint64_t, uint64_t, uint64_t, uint64_t, int64_t *);
+int64_t uffdctl_dst_src1(int, unsigned long, uint64_t, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_range_mode1(int, unsigned long, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_last_result(void);
 int uffdctl_userfaultfd(int);
 int uffdctl_dev_userfaultfd(int);
 int64_t uffdctl_mmap(uint64_t, uint64_t, int, int, int, int64_t);
@@ -121,6 +124,8 @@ int64_t uffdctl_pagemap_read(int, uint64_t, uint64_t, uint64_t *);
 void uffdctl_pagemap_counts(const uint64_t *, uint64_t, uint64_t *);
 int64_t uffdctl_pagemap_runs(const uint64_t *, uint64_t, uint64_t, uint64_t *, uint64_t);
 void uffdctl_pagemap_symbols(const uint64_t *, uint64_t, uint64_t, char *);
+int64_t uffdctl_scan_all(int, struct pm_scan_arg *, uint64_t, struct page_region **);
+void uffdctl_free(void *);
 
 #define UFFDCTL_BOUNCE_RANDOM ...
 #define UFFDCTL_BOUNCE_RACINGFAULTS ...

@@ -31,6 +31,9 @@ int uffdctl_ioctl_range_mode(int fd, unsigned long req, uint64_t start, uint64_t
 			     int64_t *res);
 int uffdctl_ioctl_dst_src(int fd, unsigned long req, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode,
 			  int64_t *res);
+int64_t uffdctl_dst_src1(int fd, unsigned long req, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode);
+int64_t uffdctl_range_mode1(int fd, unsigned long req, uint64_t start, uint64_t len, uint64_t mode);
+int64_t uffdctl_last_result(void);
 int uffdctl_userfaultfd(int flags);
 int uffdctl_dev_userfaultfd(int flags);
 int64_t uffdctl_mmap(uint64_t addr, uint64_t len, int prot, int flags, int fd, int64_t off);
@@ -131,6 +134,8 @@ int64_t uffdctl_pagemap_read(int fd, uint64_t addr, uint64_t npages, uint64_t *r
 void uffdctl_pagemap_counts(const uint64_t *raw, uint64_t n, uint64_t *counts);
 int64_t uffdctl_pagemap_runs(const uint64_t *raw, uint64_t n, uint64_t mask, uint64_t *starts, uint64_t max);
 void uffdctl_pagemap_symbols(const uint64_t *raw, uint64_t n, uint64_t zero_pfn, char *out);
+int64_t uffdctl_scan_all(int fd, struct pm_scan_arg *arg, uint64_t max_pages, struct page_region **out);
+void uffdctl_free(void *p);
 
 /* ---- uffdctl_stress.c ----------------------------------------------------- */
 #define UFFDCTL_BOUNCE_RANDOM		(1 << 0)	/* the selftests' mode bits of a bounce */

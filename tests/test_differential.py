@@ -228,12 +228,12 @@ class Side:
                     | uapi.PM_MMAP_EXCLUSIVE)
         for name, reg in mappings:
             prev = None
-            for i, raw in enumerate(self.b.pagemap(reg.addr, reg.len // PS)):
+            entries = self.b.pagemap(reg.addr, reg.len // PS)
+            # entries without a kept bit only end a run (prev[0] == i - 1 below fails across them)
+            for i in [i for i, raw in enumerate(entries) if raw & keepmask]:
+                raw = entries[i]
                 keep = raw & keepmask
                 pfn = raw & uapi.PM_PFRAME_MASK
-                if not keep:
-                    prev = None
-                    continue
                 sub = reg.page_size // PS    # the 4 KiB entries of one huge page form one run
                 if prev is not None and sub > 1 and i % sub and prev[0] == i - 1 and prev[1] == keep and (
                         not raw & uapi.PM_PRESENT or pfn == prev[2] + 1):

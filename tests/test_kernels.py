@@ -246,16 +246,12 @@ def test_built_column_keeps_its_label(tmp_path):
 
 # -- end to end: a stock vmlinux as --kernel-image and as a --kernel-dir tree ----------------------------
 
+from test_vmtest import vm_kernel  # noqa: E402,F401  (the fixture: QEMU and a cached kernel, or skip/fail)
+
+
 @pytest.fixture
-def stock_kernel():
-    from test_vmtest import vm_ready
-    reason = vm_ready()
-    if reason:
-        if os.environ.get("UFFDCTL_REQUIRE_VM") == "1":
-            pytest.fail(f"UFFDCTL_REQUIRE_VM=1 but: {reason}", pytrace=False)
-        pytest.skip(reason)
-    k = [k for k in kernelpkg.cached_kernels(kernelpkg.default_cache()) if k.pvh][0]
-    return k
+def stock_kernel(vm_kernel):  # noqa: F811
+    return next(k for k in kernelpkg.cached_kernels(kernelpkg.default_cache()) if k.pvh)
 
 
 def test_kernel_image_boots_a_stock_vmlinux(stock_kernel, tmp_path):
@@ -307,3 +303,56 @@ def test_built_kernels_recorded():
             d = json.load(f)
         assert d["seconds"] > 0 and d["release"].startswith(d["version"].split("-")[0])
         assert build.check_config(kernelpkg.read_config(os.path.join(b.obj, ".config"))) == []
+
+
+# -- make test-kernels: the recorded run and the table in docs/vmtest.md ----------------------------------
+
+def recorded():
+    from vmtest_lib import kernels
+    if not os.path.exists(kernels.RECORD):
+        pytest.skip(f"{os.path.relpath(kernels.RECORD, REPO)} not recorded yet (make test-kernels ARGS=--record)")
+    with open(kernels.RECORD) as f:
+        return kernels, json.load(f)
+
+
+def test_recorded_assertions_hold():
+    """The issue's assertions, recomputed from the recorded columns (not copied from the record)."""
+    kernels, rec = recorded()
+    cols = {c["role"]: c for c in rec["columns"]}
+    bp = build.Patch.read(os.path.join(PATCHES, "931298e103c2-backport.patch"))
+    again = kernels.assertions(cols, dict(bp.flips))
+    assert again == rec["assertions"]
+    assert [a["name"] for a in again if not a["ok"]] == []
+    assert {c["role"] for c in rec["columns"]} == {"debian", "built", "backport", "rfc", "rfc-fixed"}
+    assert all(b["seconds"] > 0 for b in rec["builds"])
+
+
+def test_docs_table_is_the_record():
+    kernels, rec = recorded()
+    with open(kernels.DOC) as f:
+        text = f.read()
+    block = text[text.index(kernels.BEGIN) + len(kernels.BEGIN):text.index(kernels.END)]
+    assert block.strip("\n") == kernels.render(rec)
+
+
+def test_a_built_backport_still_flips(tmp_path):
+    """Where `make test-kernels` left its kernels, boot the backport and the unpatched build again and run the
+    two reproductions the backport flips: the verdicts must be the recorded ones."""
+    kernels, rec = recorded()
+    from test_vmtest import vm_ready
+    names = {b["role"]: b["name"] for b in rec["builds"]}
+    have = {b.name for b in build.all_builds(kernelpkg.default_cache())}
+    if vm_ready() or not {names["built"], names["backport"]} <= have:
+        pytest.skip("the built kernels of make test-kernels are not in the cache here (or no QEMU)")
+    cols = {c["role"]: c for c in rec["columns"]}
+    venv_bin = os.path.dirname(sys.executable)
+    for role in ("built", "backport"):
+        r = run_vmtest("--kernel", f"built:{names[role]}", "run", "--", os.path.join(venv_bin, "uffdctl"), "-j",
+                       "repro", "all", "--backend", "kernel", timeout=600)
+        assert r.returncode in (0, 1), r.stderr
+        got = {f"repro: {x['scenario']}/{x['case']} [kernel]": x["verdict"].upper()
+               for x in json.loads(r.stdout)["results"]
+               if x["scenario"] in ("softdirty-lost-wp-shmem", "unprotect-extra-fault")}
+        assert got
+        for row, verdict in got.items():
+            assert kernels.base(cols[role]["verdicts"][row]["verdict"]) == verdict, (role, row)

@@ -26,8 +26,8 @@ from .backend import Access, Backend, Handler, Thread, Uffd
 from .errors import BackendUnavailable, Unsupported, uffd_error
 from .handler import NativeHandler
 from .kernel_mm import KernelMm, _hpage_size, hugepages_total, meminfo  # noqa: F401  (their old home)
-from .types import (AccessResult, HandlerPolicy, MemType, Region, ScanResult, SoftDirtyProbe, UffdioApi, UffdMsg,
-                    decode_msg)
+from .types import (AccessResult, HandlerPolicy, MemType, Region, RegionArray, ScanResult, SoftDirtyProbe,
+                    UffdioApi, UffdMsg, decode_msg)
 
 # A value the kernel never writes into a result field: seeing it afterwards means
 # "not written" (argument validation failed before the copy-out).
@@ -42,6 +42,8 @@ _MSG_ONE = struct.Struct("<B7xQQQ")  # event, then struct uffd_msg's 24-byte arg
 _M32 = 0xFFFFFFFF
 _PF, _FORK, _REMAP = int(uapi.Event.PAGEFAULT), int(uapi.Event.FORK), int(uapi.Event.REMAP)
 max_ = max
+_COPY, _WRITEPROTECT = uapi.UFFDIO_COPY, uapi.UFFDIO_WRITEPROTECT
+_ZERO8 = bytes(8)
 
 
 def _decode_batch(buf, nbytes: int, ts_ns: int) -> list[UffdMsg]:
@@ -96,6 +98,8 @@ class KernelUffd(Uffd):
         self._io_range = self._lib.uffdctl_ioctl_range
         self._io_range_mode = self._lib.uffdctl_ioctl_range_mode
         self._io_dst_src = self._lib.uffdctl_ioctl_dst_src
+        self._ds1, self._rm1 = self._lib.uffdctl_dst_src1, self._lib.uffdctl_range_mode1
+        self._last = self._lib.uffdctl_last_result
         if not _T:
             _T.update((k, self._ffi.typeof(f"struct uffdio_{k} *")) for k in ("api", "register"))
 
@@ -145,28 +149,25 @@ class KernelUffd(Uffd):
     def wake(self, start: int, len: int) -> None:
         self._range("UFFDIO_WAKE", uapi.UFFDIO_WAKE, start, len)
 
+    # The per-page fast path: one C call that returns the result field (or -errno; the partial
+    # progress of a failure is fetched only then, from a thread-local kept by C).
     def _range_mode(self, name: str, req: int, start: int, len: int, mode: int) -> int:
-        try:
-            res = _tls.res
-        except AttributeError:
-            res = _tls.res = self._new("int64_t *")
-        r = self._io_range_mode(self.fd, req, start, len, mode, res)
+        r = self._rm1(self.fd, req, start, len, mode)
         if r < 0:
-            raise self._fail(name, r, start, len, res[0])
-        return res[0]
+            raise self._fail(name, r, start, len, self._last())
+        return r
 
     def _dst_src(self, name: str, req: int, dst: int, src: int, len: int, mode: int) -> int:
-        try:
-            res = _tls.res
-        except AttributeError:
-            res = _tls.res = self._new("int64_t *")
-        r = self._io_dst_src(self.fd, req, dst, src, len, mode, res)
+        r = self._ds1(self.fd, req, dst, src, len, mode)
         if r < 0:
-            raise self._fail(name, r, dst, len, res[0])
-        return res[0]
+            raise self._fail(name, r, dst, len, self._last())
+        return r
 
     def copy(self, dst: int, src: int, len: int, mode: int = 0) -> int:
-        return self._dst_src("UFFDIO_COPY", uapi.UFFDIO_COPY, dst, src, len, mode)
+        r = self._ds1(self.fd, _COPY, dst, src, len, mode)
+        if r < 0:
+            raise self._fail("UFFDIO_COPY", r, dst, len, self._last())
+        return r
 
     def move(self, dst: int, src: int, len: int, mode: int = 0) -> int:
         return self._dst_src("UFFDIO_MOVE", uapi.UFFDIO_MOVE, dst, src, len, mode)
@@ -181,11 +182,7 @@ class KernelUffd(Uffd):
         return self._range_mode("UFFDIO_POISON", uapi.UFFDIO_POISON, start, len, mode)
 
     def writeprotect(self, start: int, len: int, mode: int = 0) -> None:
-        try:
-            res = _tls.res
-        except AttributeError:
-            res = _tls.res = self._new("int64_t *")
-        r = self._io_range_mode(self.fd, uapi.UFFDIO_WRITEPROTECT, start, len, mode, res)
+        r = self._rm1(self.fd, _WRITEPROTECT, start, len, mode)
         if r < 0:
             raise self._fail("UFFDIO_WRITEPROTECT", r, start, len)
 
@@ -624,7 +621,7 @@ class KernelBackend(KernelMm, Backend):
         return self.pagemap_array(addr, npages).tolist()
 
     def pagemap_array(self, addr, npages) -> array:
-        out = array("Q", bytes(8 * npages))
+        out = array("Q", _ZERO8) * npages
         n = self._lib.uffdctl_pagemap_read(self._pagemap_fd, addr, npages,
                                            self._ffi.from_buffer("uint64_t[]", out)) if npages else 0
         if n < 0:
@@ -657,6 +654,28 @@ class KernelBackend(KernelMm, Backend):
         # cdata field reads per region.
         q = memoryview(ffi.buffer(vec, n * 24)).cast("Q")
         return ScanResult(list(zip(q[0::3], q[1::3], q[2::3])), arg.walk_end)
+
+    def pagemap_scan_all(self, start, end, *, flags=0, category_inverted=0, category_mask=0,
+                         category_anyof_mask=0, return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0,
+                         vec_len=512) -> ScanResult:
+        """uffdctl.pagemap.scan_all() in one C call (uffdctl_scan_all): the continuation, the merge and
+        the duplicate filter run in C; the regions come back as one array, read as tuples on demand."""
+        ffi, lib = self._ffi, self._lib
+        arg = ffi.new("struct pm_scan_arg *", {
+            "size": ffi.sizeof("struct pm_scan_arg"), "flags": flags, "start": start, "end": end,
+            "vec_len": vec_len, "category_inverted": category_inverted, "category_mask": category_mask,
+            "category_anyof_mask": category_anyof_mask, "return_mask": return_mask})
+        out = ffi.new("struct page_region **")
+        n = lib.uffdctl_scan_all(self._pagemap_fd, arg, max_pages, out)
+        try:
+            if n < 0:
+                raise uffd_error(-n, "PAGEMAP_SCAN", start, end - start)
+            flat = array("Q")
+            if n:
+                flat.frombytes(ffi.buffer(out[0], n * 24))
+        finally:
+            lib.uffdctl_free(out[0])
+        return ScanResult(RegionArray(flat), arg.walk_end)
 
     def soft_dirty(self) -> SoftDirtyProbe:
         if self._sd is None:

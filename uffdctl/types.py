@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 import struct
 import sys
+from array import array
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from . import uapi
@@ -179,6 +181,45 @@ class AccessResult:
         return d
 
 
+class RegionArray(Sequence):
+    """PAGEMAP_SCAN regions held as one ``array('Q')`` (start, end, categories per region): a
+    ``(start, end, categories)`` tuple is made only when one is asked for.  Compares equal to any
+    sequence of the same tuples."""
+
+    __slots__ = ("flat",)
+
+    def __init__(self, flat: array):
+        self.flat = flat
+
+    def __len__(self) -> int:
+        return len(self.flat) // 3
+
+    def __getitem__(self, i):
+        f = self.flat
+        if isinstance(i, slice):
+            return [(f[3 * j], f[3 * j + 1], f[3 * j + 2]) for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("region index out of range")
+        return (f[3 * i], f[3 * i + 1], f[3 * i + 2])
+
+    def __iter__(self):
+        f = self.flat
+        return zip(f[0::3], f[1::3], f[2::3])
+
+    def __eq__(self, other):
+        if isinstance(other, RegionArray):
+            return self.flat == other.flat
+        try:
+            return len(other) == len(self) and all(a == tuple(b) for a, b in zip(self, other))
+        except TypeError:
+            return NotImplemented
+
+    def __repr__(self):
+        return f"RegionArray({list(self)!r})" if len(self) <= 8 else f"<RegionArray {len(self)} regions>"
+
+
 @dataclass
 class ScanResult:
     """PAGEMAP_SCAN output: ``regions`` of (start, end, categories) and ``walk_end``."""
@@ -286,5 +327,5 @@ class BackendSelection:
                 "fallback": int(self.fallback)}
 
 
-__all__ = ["BackendSelection", "PteBits", "PAGE_SIZE", "HPAGE_SIZE", "UFFD_MSG_SIZE", "MemType", "Region", "UffdioApi", "UffdMsg", "decode_msg",
+__all__ = ["BackendSelection", "RegionArray", "PteBits", "PAGE_SIZE", "HPAGE_SIZE", "UFFD_MSG_SIZE", "MemType", "Region", "UffdioApi", "UffdMsg", "decode_msg",
            "AccessResult", "ScanResult", "HandlerPolicy", "HandledEvent", "SoftDirtyProbe", "page_size_of"]

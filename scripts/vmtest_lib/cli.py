@@ -6,6 +6,7 @@
     scripts/vmtest [OPTIONS] doctor             can it run here? why not? which config options are wrong?
     scripts/vmtest config                       print uffdctl's kernel config fragment
     scripts/vmtest build --source 6.1|6.12 [--patch FILE ...]   build Debian's linux-source-X (cached)
+    scripts/vmtest kernels [--record]           make test-kernels: the 6.1 builds, the flips, CRIU, one table
 
 Exit status: the command's (run), 0/1 (matrix: all verdicts good or not), 4 when vmtest cannot run here
 (with the reason), 124 on timeout, 130 on Ctrl-C.
@@ -115,7 +116,7 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="See docs/vmtest.md.")
     add_common(p)
-    sub = p.add_subparsers(dest="cmd", metavar="{matrix,run,fetch,doctor,config,build}")
+    sub = p.add_subparsers(dest="cmd", metavar="{matrix,run,fetch,doctor,config,build,kernels}")
     m = sub.add_parser("matrix", help="the kernel matrix (default)")
     m.add_argument("--tests", nargs="+", metavar="PATH",
                    help="pytest selection (default: %s)" % " ".join(matrix.DEFAULT_TESTS))
@@ -140,7 +141,14 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--base", choices=build.BASES, default="tiny",
                    help="tiny: tinyconfig + kvm_guest.config (default); defconfig: x86_64_defconfig "
                         "(about three times the objects)")
-    for sp in (m, r, f, d, b):
+    kk = sub.add_parser("kernels", help="make test-kernels: build the 6.1 variants, boot them, assert the flips")
+    kk.add_argument("--out", default=os.path.join(REPO, "build", "vmtest", "kernels"))
+    kk.add_argument("--tests", nargs="+", metavar="PATH", help="pytest selection (default tests/test_softdirty.py)")
+    kk.add_argument("--record", action="store_true",
+                    help="write docs/vmtest-kernels.json and the table in docs/vmtest.md")
+    kk.add_argument("-q", "--quiet", action="store_true")
+    kk.add_argument("--diff-examples", type=int, default=300, metavar="N")
+    for sp in (m, r, f, d, b, kk):
         add_common(sp, sub=True)
     return p
 
@@ -237,13 +245,12 @@ def make_plan(args) -> matrix.Plan:
     return matrix.Plan(venv, tests, repro=repro, profiles=profiles, diff_examples=args.diff_examples)
 
 
-def cmd_matrix(args) -> int:
-    plan = make_plan(args)
-    vms = prepare(args)
+def run_columns(args, plan: matrix.Plan, vms: list[qemu.VM], host: bool, criu=lambda k: "") -> tuple[list, float]:
+    """Each column in turn (the host first): its artifacts under args.out, its verdicts collected."""
     os.makedirs(args.out, exist_ok=True)
     t_all = time.monotonic()
     columns: list[matrix.Column] = []
-    targets: list[qemu.VM | None] = ([] if args.no_host else [None]) + vms
+    targets: list[qemu.VM | None] = ([None] if host else []) + vms
     for vm in targets:
         col = matrix.Column("host" if vm is None else vm.kernel.label, "host" if vm is None else "vm")
         k = vm.kernel if vm else None
@@ -252,7 +259,8 @@ def cmd_matrix(args) -> int:
             col.flips, col.twin = dict(k.flips), k.emu_profile
         with Job(vm, timeout=args.timeout, keep=args.keep) as job:
             body, env = plan.script(job.share, soft_dirty=k.soft_dirty if k else False, guest=vm is not None,
-                                    profile=k.emu_profile if k else "", switches=k.emu_switches if k else None)
+                                    profile=k.emu_profile if k else "", switches=k.emu_switches if k else None,
+                                    criu=criu(k) if k else "")
             log(f"column {col.label}: {'booting ' + vm.kernel.package if vm else 'running on the host'}")
             with open(os.path.join(job.run_dir, "column.log"), "wb") as tee:
                 stream = Prefixed(sys.stdout.buffer, f"[{col.label}] ", tee) if not args.quiet else tee
@@ -264,12 +272,18 @@ def cmd_matrix(args) -> int:
             elif not res.reported:
                 col.problem = "the guest reported no exit status (see console.log)"
             matrix.collect(col)
-            dest = os.path.join(args.out, col.label.replace(" ", "-"))
+            dest = os.path.join(args.out, col.label.replace(" ", "-").replace(":", "_"))
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(job.run_dir, dest, ignore=shutil.ignore_patterns("guest.sh"))
         columns.append(col)
+    return columns, time.monotonic() - t_all
+
+
+def cmd_matrix(args) -> int:
+    plan = make_plan(args)
+    vms = prepare(args)
+    columns, total = run_columns(args, plan, vms, host=not args.no_host)
     table = matrix.render(columns)
-    total = time.monotonic() - t_all
     with open(os.path.join(args.out, "matrix.txt"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(args.out, "matrix.json"), "w") as f:
@@ -278,6 +292,11 @@ def cmd_matrix(args) -> int:
     ok = all(c.ok for c in columns)
     print(f"\nvmtest: {'OK' if ok else 'FAILED'} in {total:.1f} s; artifacts in {args.out}")
     return 0 if ok else 1
+
+
+def cmd_kernels(args) -> int:
+    from . import kernels
+    return kernels.run(args, run_columns, make_plan)
 
 
 def cmd_fetch(args) -> int:
@@ -369,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     atexit.register(qemu.kill_all)
     cmd = {"run": cmd_run, "fetch": cmd_fetch, "doctor": cmd_doctor, "config": cmd_config,
-           "build": cmd_build}.get(args.cmd, cmd_matrix)
+           "build": cmd_build, "kernels": cmd_kernels}.get(args.cmd, cmd_matrix)
     if args.cmd is None:
         args = parser().parse_args((argv if argv is not None else sys.argv[1:]) + ["matrix"])
     try:

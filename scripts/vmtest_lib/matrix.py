@@ -26,7 +26,7 @@ BAD = {FAIL, ERROR, "BROKEN"}
 
 # Tests that need a real soft-dirty kernel or a specific kernel (including the differential test with the
 # emulator profile of the running kernel): they run in every column.
-DEFAULT_TESTS = ("tests/test_softdirty.py",)
+DEFAULT_TESTS = ("tests/test_softdirty.py", "tests/test_selftests.py")
 
 PYTEST_OPTS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-q", "-rs")
 GUEST_HUGEPAGES = 32   # 64 MiB of the guest's 2 GiB
@@ -82,7 +82,7 @@ class Plan:
     diff_examples: int = 300         # random sequences of the differential test per column
 
     def script(self, share: str, soft_dirty: bool, guest: bool = False, profile: str = "",
-               switches: dict[str, str] | None = None) -> tuple[str, dict[str, str]]:
+               switches: dict[str, str] | None = None, criu: str = "") -> tuple[str, dict[str, str]]:
         """(shell body, environment) for one column.  ``soft_dirty``: the kernel has CONFIG_MEM_SOFT_DIRTY,
         so a soft-dirty skip is a failure there.  ``guest``: the column is a VM of its own, so it reserves
         huge pages (as .ci/run does on the host) and hugetlb is tested there too.  The emulator profile
@@ -121,6 +121,10 @@ class Plan:
             lines.append('if [ -n "$PROFILE" ]; then RB="--backend both --profile $PROFILE"; '
                          'else RB="--backend kernel"; fi')
             lines.append('step repro sh -c "uffdctl -j repro all $RB > \\"$VMTEST_OUT/repro.json\\""')
+        if criu:   # "full": CRIU and uffdctl's consumer (criu_demo.py); "consumer": the consumer alone
+            demo = q(os.path.join(os.path.dirname(os.path.abspath(__file__)), "criu_demo.py"))
+            opt = "" if criu == "full" else " --no-criu"
+            lines.append(f'step criu sh -c "python3 {demo} --json{opt} > \\"$VMTEST_OUT/criu.json\\""')
         lines.append('exit "$(cat "$VMTEST_OUT/pytest.rc")"')
         return "\n".join(lines), env
 
@@ -206,6 +210,19 @@ def repro_verdicts(doc, flips: dict[str, str] | None = None, twin: bool = False)
     return out
 
 
+def criu_verdicts(doc) -> dict[str, Verdict]:
+    """``criu-demo: consumer/MODE`` (LOST / NOT LOST: what the kernel did, not a failure) and
+    ``criu-demo: criu/MODE`` (RESTORED 'B' is right; anything else, or an ERROR, fails the column)."""
+    out = {}
+    for half in ("consumer", "criu"):
+        for mode, res in (doc.get(half) or {}).items() if isinstance(doc, dict) else []:
+            v = str(res.get("verdict", "?"))
+            reason = str(res.get("error") or res.get("reason") or "")[:200]
+            bad = v == ERROR or (half == "criu" and v != "RESTORED 'B'")
+            out[f"criu-demo: {half}/{mode}"] = Verdict(v, reason, bad)
+    return out
+
+
 def check_verdicts(doc) -> dict[str, Verdict]:
     """``check: NAME`` -> OK / UNSUPPORTED / BROKEN from ``uffdctl -j check``."""
     out = {}
@@ -270,6 +287,13 @@ def collect(col: Column) -> Column:
                 col.verdicts.update(repro_verdicts(json.load(f), col.flips, bool(col.twin)))
         except ValueError as e:
             col.problem = col.problem or f"repro.json unreadable: {e}"
+    cj = os.path.join(s, "criu.json")
+    if os.path.exists(cj):
+        try:
+            with open(cj) as f:
+                col.verdicts.update(criu_verdicts(json.load(f)))
+        except ValueError as e:
+            col.problem = col.problem or f"criu.json unreadable: {e}"
     if col.rcs.get("repro", 0) not in (0, 1) and not col.problem:  # 1: a contradicted expectation (in the rows)
         col.problem = f"uffdctl repro exited {col.rcs['repro']}"
     return col

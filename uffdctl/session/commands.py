@@ -1115,18 +1115,32 @@ def cmd_mremap(st, a):
                       if span.start <= k[0] and k[0] + k[1] <= span.end]
         moved_prot = [(max(s, span.start) - span.start + new, min(e, span.end) - span.start + new, p)
                       for s, e, p in getattr(st, "mprotects", ()) if s < span.end and span.start < e]
-        keep_fd = st.backend.dup_fd(src.fd)
+        breg = _backend_regions(st)
         if not flags & uapi.MREMAP_DONTUNMAP:
             carve(st, span.start, span.end)
         carve(st, new, new + new_len)
         result_name = name or src.name
-        add_region(st, Region(result_name, new, new_len, src.memtype, src.page_size, keep_fd, src.prot, src.kind,
-                              src.path))
+        moved = breg.get(src.name)
+        if whole and not flags & uapi.MREMAP_DONTUNMAP and moved is not None and moved is not src \
+                and (moved.addr, moved.len) == (new, new_len):
+            # the backend's own bookkeeping already moved the region (Backend._remap_regions): share it
+            if result_name != src.name:
+                del breg[src.name]
+                moved.name = result_name
+            add_region(st, moved)
+        else:
+            add_region(st, Region(result_name, new, new_len, src.memtype, src.page_size, st.backend.dup_fd(src.fd),
+                                  src.prot, src.kind, src.path))
         if moved_prot:     # the protection moves with the VMA
             st.mprotects = getattr(st, "mprotects", []) + moved_prot
         if remap_feature:  # mremap_userfaultfd_prep(): the ctx moves with the VMA only with EVENT_REMAP
             for (s, n), m in moved_regs:
                 st.registrations[(s - span.start + new, n)] = m
+    breg = _backend_regions(st)
+    for n, r in list(st.regions.items()):     # one Region object per name for the session and the backend
+        other = breg.get(n)
+        if other is not None and other is not r and (other.addr, other.len) == (r.addr, r.len):
+            st.regions[n] = other
     return {"old_address": span.start, "old_size": span.len, "new_size": new_len, "flags": flags,
             "new_address": new, "region": result_name, "moved": int(new != span.start)}
 

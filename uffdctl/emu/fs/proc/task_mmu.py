@@ -17,9 +17,26 @@ from ...mm import (PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_UFFD_WP, VM_SOFTDIRTY
 
 
 def pagemap_read(mm, addr: int, npages: int) -> list[int]:
-    """read() of /proc/PID/pagemap: one 64-bit entry per 4 KiB page from ``addr``."""
+    """read() of /proc/PID/pagemap: one 64-bit entry per 4 KiB page from ``addr``.
+
+    Walked per VMA: a page without a PTE reads 0 or, in a VM_SOFTDIRTY VMA, PM_SOFT_DIRTY; only the PTEs
+    that exist (pte_keys: the range or the PTEs, whichever is fewer) are decoded one by one."""
     base = addr & ~(uapi.PAGE_SIZE - 1)
-    return [pagemap_pte(mm, base + i * uapi.PAGE_SIZE) for i in range(npages)]
+    end = base + npages * PAGE_SIZE
+    out = [0] * npages
+    for vma in mm.vmas_in(base, end):
+        lo, hi = max(vma.start, base), min(vma.end, end)
+        i0, i1 = (lo - base) // PAGE_SIZE, (hi - base) // PAGE_SIZE
+        if mm.soft_dirty_config and vma.flags & VM_SOFTDIRTY:
+            out[i0:i1] = [uapi.PM_SOFT_DIRTY] * (i1 - i0)
+        for a in mm.pte_keys(mm.page_base(vma, lo), hi, vma.page_size):
+            first = max(a, lo)
+            v = pagemap_pte(mm, first)
+            step = 1 if v & uapi.PM_PRESENT else 0    # the 4 KiB entries of a huge page: PFN + index
+            j0 = (first - base) // PAGE_SIZE
+            for k in range((min(a + vma.page_size, hi) - first) // PAGE_SIZE):
+                out[j0 + k] = v + k * step
+    return out
 
 
 def pagemap_pte(mm, addr: int) -> int:
