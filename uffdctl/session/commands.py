@@ -1269,16 +1269,9 @@ def mmap_ext(st: SessionState, a: dict) -> dict:
                 continue
             raise
     if a.get("fixed"):
-        # UNMAP messages, located against the regions being replaced.  A region the new mapping covers
-        # entirely is gone; one it covers in part keeps its name over the whole range (still all mapped,
-        # as the selftests' 2-page calls across the pieces expect); the new region is the innermost name.
-        st.collect_events()
-        breg = _backend_regions(st)
-        for old in [x for x in st.regions.values() if r.addr <= x.addr and x.end <= r.end]:
-            del st.regions[old.name]
-            if breg.get(old.name) is old:
-                del breg[old.name]
-                st.backend.close_fd(old.fd)
+        st.collect_events()     # UNMAP messages, located against the regions being replaced
+        carve(st, r.addr, r.end)
+        _backend_regions(st)[r.name] = r
     forget_range(st, r.addr, r.end)
     st.regions[r.name] = r
     d = r.to_dict()
