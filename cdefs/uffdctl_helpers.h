@@ -111,6 +111,8 @@ struct uffdctl_handler_cfg {
 	int batch;		/* messages per read() */
 	int log_cap;		/* ring capacity, entries */
 	int read_mode;		/* 1: blocking read(2) without poll (the fd must be blocking; stop cancels) */
+	uint64_t src_len;	/* COPY_SRC: bytes of source from src (0: unchecked); faults beyond are queued */
+	uint32_t delay_us;	/* tests: sleep between read() and handling, widening the race the barrier closes */
 };
 
 struct uffdctl_event {
@@ -119,6 +121,7 @@ struct uffdctl_event {
 	int32_t action;		/* policy applied, UFFDCTL_POL_* */
 	int32_t err;		/* 0 or -errno of the resolving ioctl */
 	int64_t result;		/* result field of the resolving ioctl */
+	uint64_t seq;		/* 1-based position in the handler's message stream: stable when old entries drop */
 };
 
 struct uffdctl_handler;		/* private to uffdctl_handler.c */
@@ -127,6 +130,7 @@ int uffdctl_handler_stop(struct uffdctl_handler *h, int release);
 int uffdctl_handler_drain(struct uffdctl_handler *h, struct uffdctl_event *out, int max);
 void uffdctl_handler_stats(struct uffdctl_handler *h, uint64_t *out);
 void uffdctl_handler_free(struct uffdctl_handler *h);
+int uffdctl_handler_sync(struct uffdctl_handler *h, int timeout_ms);
 
 /* ---- uffdctl_pagemap.c ---------------------------------------------------- */
 #define UFFDCTL_PM_NFLAGS 7	/* present swap file guard uffd_wp exclusive soft_dirty */

@@ -64,6 +64,7 @@ class Handler(abc.ABC):
     """A fault-handling thread: polls the uffd, resolves by policy, logs every message."""
 
     policy: HandlerPolicy
+    log_cap: int | None = None   # entries the log keeps before the oldest are overwritten (None: unbounded)
 
     @abc.abstractmethod
     def start(self) -> None:
@@ -244,9 +245,11 @@ class Backend(abc.ABC):
     # -- mappings ---------------------------------------------------------------
     @abc.abstractmethod
     def mmap(self, len: int, memtype: MemType | str = MemType.ANON, name: str | None = None,
-             prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None) -> Region:
+             prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None,
+             noreserve: bool = False) -> Region:
         """mmap(2) ``len`` bytes of ``memtype`` (a memfd behind shmem/hugetlb), named ``name`` (default r<N>);
-        ``addr``: MAP_FIXED_NOREPLACE there."""
+        ``addr``: MAP_FIXED_NOREPLACE there; ``noreserve``: MAP_NORESERVE (no commit charge; the emulator,
+        sparse, charges nothing either way)."""
 
     @abc.abstractmethod
     def alias(self, region: Region, name: str | None = None) -> Region:
@@ -352,6 +355,19 @@ class Backend(abc.ABC):
         """fork() a child of this mm that exits at once (the parent waits for it); returns its pid.
         With UFFD_FEATURE_EVENT_FORK the fork blocks until the FORK event is read (run a handler)."""
         raise Unsupported(f"backend {self.name!r} cannot fork")
+
+    def fork(self, name: str, regions: dict, thread: str | None = None) -> Access:
+        """fork(2) this mm: a child process that runs no Python (uffdctl.process).  Returns at once: the
+        Access finishes when fork() returns (with EVENT_FORK: once the FORK message is read); its result()
+        is the :class:`uffdctl.process.Process`.  ``thread``: the session thread that issues it."""
+        from .errors import NotModelled
+        raise NotModelled("fork")
+
+    def job_thread(self, name: str):
+        """A long-lived thread of this backend's process that runs calls in order (``submit(fn) -> Access``):
+        how a system call that blocks until its event is read is issued without blocking the caller."""
+        from .errors import NotModelled
+        raise NotModelled("a system call blocked until its event is read")
 
     def adopt_uffd(self, fd: int) -> Uffd:
         """Wrap a uffd fd this backend did not open itself: the ``ufd`` of a FORK event (the child's uffd,

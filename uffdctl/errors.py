@@ -219,6 +219,10 @@ class UsageError(UffdctlError, ValueError):
     exit_code = 2
 
 
+class ProcessError(UffdctlError):
+    """A process of the session (a forked child) cannot do what was asked: gone, busy, or blocked (exit 1)."""
+
+
 class HelpRequested(UsageError):
     """``--help`` on a line of a script or a reproduction step: there is no help to print there (exit 2)."""
 

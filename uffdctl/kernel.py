@@ -419,10 +419,9 @@ class KernelBackend(KernelMm, Backend):
         (patches/6.1/rfc-hints*.patch, which uses the emulator's uffdctl-private mode values): the kernel
         cannot be asked, so scripts/vmtest says so with UFFDCTL_KERNEL_HINTS=rfc in that kernel's guest.
         Anywhere else the bits would be EINVAL."""
-        if os.environ.get("UFFDCTL_KERNEL_HINTS") != "rfc" or ioctl not in ("COPY", "ZEROPAGE", "WRITEPROTECT"):
+        if os.environ.get("UFFDCTL_KERNEL_HINTS") != "rfc":
             return {}
-        from .emu import profiles
-        return {h: int(getattr(profiles, f"UFFDIO_{ioctl}_MODE_{h.upper()}")) for h in ("access_likely", "write_likely")}
+        return uapi.rfc_hint_modes(ioctl)
 
     def describe(self) -> dict:
         if self._features is None:
@@ -435,8 +434,8 @@ class KernelBackend(KernelMm, Backend):
 
     # -- mappings -----------------------------------------------------------------
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
-             fixed=False):
-        """``fixed``: MAP_FIXED at ``addr`` (else MAP_FIXED_NOREPLACE)."""
+             fixed=False, noreserve=False):
+        """``fixed``: MAP_FIXED at ``addr`` (else MAP_FIXED_NOREPLACE); ``noreserve``: MAP_NORESERVE."""
         memtype = MemType(memtype)
         name = self._region_name(name)
         page = uapi.PAGE_SIZE
@@ -444,6 +443,8 @@ class KernelBackend(KernelMm, Backend):
         flags = uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE
         if addr:
             flags |= uapi.MAP_FIXED if fixed else uapi.MAP_FIXED_NOREPLACE
+        if noreserve:
+            flags |= uapi.MAP_NORESERVE
         if memtype.hugetlb:
             page = _hpage_size()
             total = hugepages_total()
@@ -463,7 +464,11 @@ class KernelBackend(KernelMm, Backend):
         if a < 0:
             if fd is not None:
                 os.close(fd)
-            raise uffd_error(-a, "mmap", addr, len)
+            hint = None
+            if -a == E.ENOMEM and not noreserve:
+                hint = ("the kernel's overcommit accounting refused it (a private mapping larger than what "
+                        "RAM + swap can commit); mmap --noreserve maps it with MAP_NORESERVE")
+            raise uffd_error(-a, "mmap", addr, len, message=hint)
         if memtype is MemType.ANON:
             # page-granular behaviour, as the selftests ask for: no THP under our feet
             self._lib.uffdctl_madvise(a, len, uapi.MADV_NOHUGEPAGE)
@@ -545,6 +550,24 @@ class KernelBackend(KernelMm, Backend):
             os._exit(0)
         os.waitpid(pid, 0)
         return pid
+
+    def fork(self, name, regions, thread=None) -> Access:
+        """fork(2) in C from a long-lived job thread of the session (the child's PR_SET_PDEATHSIG follows that
+        thread): the child runs the native command loop of cdefs/uffdctl_proc.c (uffdctl.process)."""
+        from .process import KernelProcess, job_thread
+
+        def job():
+            sock = self._ffi.new("int *")
+            pid = self._lib.uffdctl_proc_fork(sock)
+            if pid < 0:
+                raise uffd_error(-pid, "fork")
+            return KernelProcess(self, name, pid, sock[0], None, regions)
+
+        return job_thread(self, thread or "__fork").submit(job)
+
+    def job_thread(self, name: str):
+        from .process import job_thread
+        return job_thread(self, name)
 
     def adopt_uffd(self, fd: int) -> KernelUffd:
         import fcntl
@@ -693,6 +716,8 @@ class KernelBackend(KernelMm, Backend):
     def close(self) -> None:
         for u in list(self._uffds):
             u.close()  # releases any fault still blocked (memory then reads as zeros)
+        from .process import stop_job_threads
+        stop_job_threads(self)
         for t in self._threads.values():
             t.stop()
         self._threads.clear()

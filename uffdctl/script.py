@@ -23,6 +23,8 @@ The script stops at the first failure, naming the line.
     expect scan RANGE [scan options] regions=N walk_end=buf:4 r0.categories=written,present
     expect vma RANGE flags=um,uw,!mr count=1 KEY=VALUE   each VMA overlapping RANGE (/proc/self/smaps)
     expect addr A OP B | expect addr A aligned=2M   relations between addresses
+    expect proc NAME key=value ...       a process of the session (alive exited signaled code signal
+                                         signal_name pid; see fork, waitpid)
 
 Values that name an address (``buf:3``, ``buf:3+0x10``, ``buf:4`` for the end of a 4-page region)
 are resolved against the session's regions; event fields also match the region:page they named
@@ -283,7 +285,8 @@ class Interpreter:
         if kind not in ("errno", "error") and self.last_error is not None:
             raise ScriptError(lineno, line, f"the previous command failed: {error_dict(self.last_error)['message']}")
         try:
-            fn(lineno, line, rest)
+            with self.st.addressing():   # a range may name its process: expect pagemap child/buf:0 ...
+                fn(lineno, line, rest)
         except ScriptError:
             raise
         except UsageError as e:
@@ -345,12 +348,36 @@ class Interpreter:
 
     def _expect_faults(self, lineno, line, rest):
         if not rest:
-            raise _usage(lineno, line, "expect faults THREAD minor=+N major=N")
+            raise ScriptError(lineno, line, "expect faults THREAD minor=+N major=N", 2, "UsageError")
+        if "/" in rest[0]:   # PROC/THREAD: a thread of another process of the session
+            proc, thread = rest[0].split("/", 1)
+            try:
+                with self.st.addressing(proc):
+                    return self._expect_faults_of(lineno, line, thread, rest[0], rest[1:])
+            except UsageError as e:
+                raise ScriptError(lineno, line, str(e), 2, "UsageError") from None
+        return self._expect_faults_of(lineno, line, rest[0], rest[0], rest[1:])
+
+    def _expect_proc(self, lineno, line, rest):
+        if not rest:
+            raise ScriptError(lineno, line, "expect proc NAME key=value ...", 2, "UsageError")
         name, pairs = rest[0], _pairs(lineno, line, rest[1:])
+        p = self.st.procs.get(name)
+        if p is None:
+            raise ScriptError(lineno, line, f"unknown process {name!r} (processes: {', '.join(self.st.procs) or 'none'})",
+                              2, "UsageError")
+        d = {"pid": p.pid, "alive": int(p.alive)}
+        d.update({"exited": 0, "signaled": 0, "code": None, "signal": None, "signal_name": None})
+        if p.exit:
+            d.update(p.exit)
+        self._match(lineno, line, f"process {name}", d, pairs)
+
+    def _expect_faults_of(self, lineno, line, name, label, rest):
+        pairs = _pairs(lineno, line, rest)
         if name not in self.st.thread_names:
             raise _usage(lineno, line, f"unknown thread {name!r} (threads: {', '.join(self.st.thread_names)})")
         now = self.st.access_faults(name)
-        base = self.baseline.get(name, (0, 0))
+        base = self.baseline.get(label, (0, 0))
         for k, v in pairs:
             idx = {"minor": 0, "minflt": 0, "major": 1, "majflt": 1}.get(k)
             if idx is None:
@@ -363,9 +390,9 @@ class Interpreter:
             got = now[idx] - base[idx] if rel else now[idx]
             if got != want:
                 what = "change" if rel else "value"
-                raise ScriptError(lineno, line, f"thread {name} {k}: expected {what} {v}, actual "
+                raise ScriptError(lineno, line, f"thread {label} {k}: expected {what} {v}, actual "
                                                 f"{'%+d' % got if rel else got}")
-        self.baseline[name] = now
+        self.baseline[label] = now
 
     def _expect_result(self, lineno, line, rest):
         pairs = _pairs(lineno, line, rest)

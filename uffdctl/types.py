@@ -269,6 +269,7 @@ class HandledEvent:
     action: str          # policy applied ("zeropage", ..., "queue"), or "event" for non-fault messages
     err: int = 0         # 0 or -errno of the resolving ioctl
     result: int = 0      # result field of the resolving ioctl
+    seq: int = 0         # position in the handler's message stream (1-based; 0: the handler does not number)
 
     def to_dict(self) -> dict:
         d = self.msg.to_dict()

@@ -308,3 +308,22 @@ MFD_CLOEXEC, MFD_HUGETLB = 0x1, 0x4
 
 # where a fault message's event name comes from
 EVENT_NAMES = {e.value: e.name.lower() for e in Event}
+
+
+# -- the 2022 access/write hint RFC (Nadav Amit; never merged) ----------------------------------------------
+# uffdctl-private values: the emulator's rfc-hints profiles accept them, and so does a kernel built with
+# patches/6.1/rfc-hints*.patch (scripts/vmtest); every released kernel answers EINVAL.
+UFFDIO_COPY_MODE_ACCESS_LIKELY = 1 << 2
+UFFDIO_COPY_MODE_WRITE_LIKELY = 1 << 3
+UFFDIO_ZEROPAGE_MODE_ACCESS_LIKELY = 1 << 2
+UFFDIO_ZEROPAGE_MODE_WRITE_LIKELY = 1 << 3
+UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY = 1 << 2
+UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY = 1 << 3
+RFC_HINT_IOCTLS = ("COPY", "ZEROPAGE", "WRITEPROTECT")
+
+
+def rfc_hint_modes(ioctl: str) -> dict[str, int]:
+    """The RFC hint bits of UFFDIO_<ioctl> by name (access_likely, write_likely); {} for other ioctls."""
+    if ioctl not in RFC_HINT_IOCTLS:
+        return {}
+    return {h: globals()[f"UFFDIO_{ioctl}_MODE_{h.upper()}"] for h in ("access_likely", "write_likely")}

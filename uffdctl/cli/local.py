@@ -87,7 +87,8 @@ def run(file, backend, profile, soft_dirty, user_mode_only, quiet, variables):
 
     \b
     Example:
-      uffdctl run scenarios/missing-copy.uffd
+      printf 'mmap --size 16K --name buf\\nexpect result len=16384\\n' | uffdctl run -
+      uffdctl run my.uffd          (docs/cli.md has a full example script)
     """
     from ..script import ScriptError, parse_vars, run_file
     from ..session.state import UsageError

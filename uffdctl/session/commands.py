@@ -14,6 +14,8 @@ anything is changed.
 """
 from __future__ import annotations
 
+import errno
+import math
 import os
 import re
 import time
@@ -21,9 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import uapi
-from ..errors import RemoteErrorLike, Unsupported, UsageError, exit_code_of
+from ..errors import RemoteErrorLike, UffdError, Unsupported, UsageError, exit_code_of, uffd_error
 from ..errors import to_wire as error_dict   # the wire/JSON form of any error (the name this module used)
 from ..types import HPAGE_SIZE, HandlerPolicy, MemType, Region
+from . import uffds
 from .state import SessionState, locate, locate_event
 
 PAGE = uapi.PAGE_SIZE
@@ -32,17 +35,18 @@ MAX_PAGEMAP_ENTRIES = 1 << 16  # per-page entries up to this; above it runs, cou
 
 
 # -- parsing ---------------------------------------------------------------------------
-_SIZE = re.compile(r"^\s*(0x[0-9a-fA-F]+|\d+)\s*([KMGTkmgt]?)(i?[Bb])?\s*$")
-_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_SIZE = re.compile(r"^\s*(0x[0-9a-fA-F]+|\d+)\s*([KMGTPEkmgtpe]?)(i?[Bb])?\s*$")
+_SUFFIX = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50, "E": 1 << 60}
 
 
 def parse_size(text: Any, what: str = "size") -> int:
-    """``64K``, ``2M``, ``1G``, ``4096``, ``0x1000`` -> bytes (binary units)."""
+    """``64K``, ``2M``, ``1G``, ``1T``, ``2P``, ``1E``, ``4096``, ``0x1000`` -> bytes (binary units)."""
     if isinstance(text, int) and not isinstance(text, bool):
         return text
     m = _SIZE.match(str(text))
     if not m:
-        raise UsageError(f"bad {what} {text!r}: expected a number with an optional K/M/G suffix (64K, 2M, 0x1000)")
+        raise UsageError(f"bad {what} {text!r}: expected a number with an optional K/M/G/T/P/E suffix "
+                         f"(64K, 2M, 0x1000)")
     return int(m.group(1), 0) * _SUFFIX[m.group(2).upper()]
 
 
@@ -62,6 +66,7 @@ class Span:
     start: int
     len: int
     region: Region
+    proc: str = "self"     # the process whose mm the range is in (uffdctl.session.multi)
 
     @property
     def end(self) -> int:
@@ -79,8 +84,10 @@ _RAW = re.compile(r"^(0x[0-9a-fA-F]+|\d+)\+(.+)$")
 _NAMED = re.compile(r"^([A-Za-z_][\w.-]*)(?::(\d+)(?:-(\d+))?)?$")
 
 
-def parse_range(st: SessionState, text: Any) -> Span:
-    """``REGION``, ``REGION:3``, ``REGION:0-15`` (pages, inclusive) or raw ``0xADDR+LEN``.
+def parse_range(st: SessionState, text: Any, proc: str | None = None) -> Span:
+    """``REGION``, ``REGION:3``, ``REGION:0-15`` (pages, inclusive) or raw ``0xADDR+LEN``, optionally
+    prefixed by a process, ``child/buf:3`` (which the command then addresses).  ``proc``: resolve in that
+    process whatever the command addresses (COPY's source is always in the session's own mm).
 
     Every range must lie inside one of the session's regions and be aligned to its
     page size: a range outside them could hit the daemon's own memory.
@@ -88,6 +95,19 @@ def parse_range(st: SessionState, text: Any) -> Span:
     if text is None or str(text).strip() == "":
         raise UsageError("missing range: expected REGION[:PAGES] or 0xADDR+LEN")
     text = str(text).strip()
+    if "/" in text:
+        pname, text = text.split("/", 1)
+        if proc is not None and pname != proc:
+            raise UsageError(f"range {pname}/{text}: must be in process {proc}")
+        st.address_proc(pname)
+        proc = pname
+    if proc is not None:
+        with st.addressing(proc):
+            return _parse_range(st, text, proc)
+    return _parse_range(st, text, st.cur_proc_name)
+
+
+def _parse_range(st: SessionState, text: str, proc: str) -> Span:
     m = _RAW.match(text)
     if m:
         start = int(m.group(1), 0)
@@ -104,7 +124,7 @@ def parse_range(st: SessionState, text: Any) -> Span:
         if start + length > reg.end:
             raise UsageError(f"range {text}: ends 0x{start + length:x}, past the end of region {reg.name} "
                              f"(0x{reg.end:x})")
-        return Span(start, length, reg)
+        return Span(start, length, reg, proc)
     m = _NAMED.match(text)
     if not m:
         raise UsageError(f"bad range {text!r}: expected REGION, REGION:N, REGION:A-B or 0xADDR+LEN")
@@ -113,14 +133,14 @@ def parse_range(st: SessionState, text: Any) -> Span:
     if reg is None:
         raise UsageError(f"unknown region {name!r} (regions: {', '.join(st.regions) or 'none; use mmap'})")
     if a is None:
-        return Span(reg.addr, reg.len, reg)
+        return Span(reg.addr, reg.len, reg, proc)
     first = int(a)
     last = int(b) if b is not None else first
     if last < first:
         raise UsageError(f"range {text}: pages {first}-{last} are reversed")
     if last >= reg.pages:
         raise UsageError(f"range {text}: page {last} is outside region {name} (pages 0-{reg.pages - 1})")
-    return Span(reg.page(first), (last - first + 1) * reg.page_size, reg)
+    return Span(reg.page(first), (last - first + 1) * reg.page_size, reg, proc)
 
 
 def parse_flags(cls, text: Any, what: str) -> int:
@@ -175,9 +195,21 @@ class Command:
 COMMANDS: dict[str, Command] = {}
 
 
+# Every command can address another process of the session (--proc, or a range child/buf:3) and every
+# command that uses a uffd names it (--uffd); see uffdctl.session.multi.
+PROC = Param("--proc", "the process to act in (default: the session itself, 'self'; see fork)")
+UFFD = Param("--uffd", "the uffd to use (default u0 of the process; see uffd open)")
+_UFFD_COMMANDS = {"handler", "events", "read", "status"}
+
+
 def command(name: str, help: str, example: str, *params: Param, locked: bool = True, kernel_name: str = ""):
     def deco(fn):
-        COMMANDS[name] = Command(name, fn, help, example, list(params), locked, kernel_name)
+        ps = list(params)
+        if not any(p.dest == "proc" for p in ps):
+            ps.append(PROC)
+        if (kernel_name.startswith("UFFDIO") or name in _UFFD_COMMANDS) and not any(p.dest == "uffd" for p in ps):
+            ps.append(UFFD)
+        COMMANDS[name] = Command(name, fn, help, example, ps, locked, kernel_name)
         return fn
     return deco
 
@@ -205,13 +237,14 @@ def execute(st: SessionState, name: str, args: dict | None) -> dict:
         args.setdefault(p.dest, p.default)
         if p.required and args[p.dest] in (None, ""):
             raise UsageError(f"{name}: missing {p.decl}")
-    if not cmd.locked:
-        out = cmd.fn(st, args)
-    else:
-        with st.lock:
+    with st.addressing(args.pop("proc", None), args.pop("uffd", None)):
+        if not cmd.locked:
             out = cmd.fn(st, args)
+        else:
+            with st.lock:
+                out = cmd.fn(st, args)
     with st.lock:
-        st.collect_events()
+        st.collect_events()   # a barrier: blocking events (REMOVE, UNMAP, REMAP, FORK) are in the log now
         st.last_result = out
     return out
 
@@ -254,18 +287,7 @@ def _span_dict(span: Span, **kw) -> dict:
 
 
 # -- mappings --------------------------------------------------------------------------
-def _mem_total() -> int:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 1 << 62
-
-
-_NAME_OK = re.compile(r"^[A-Za-z_][\w.-]*$")
+_NAME_OK = re.compile(r"^[A-Za-z_][\w.-]{0,63}$")   # at most 64 characters
 
 
 EXTRA_TYPES = ("file", "file-private", "sysv", "sysv-hugetlb")   # mmops: mapped by their own Backend methods
@@ -277,6 +299,8 @@ EXTRA_TYPES = ("file", "file-private", "sysv", "sysv-hugetlb")   # mmops: mapped
          Param("--size", "length, with K/M/G suffix", required=True),
          Param("--type", "memory type", kind="choice", choices=tuple(m.value for m in MemType) + EXTRA_TYPES,
                default="anon"),
+         Param("--noreserve", "kernel: MAP_NORESERVE (no commit charge: a mapping larger than RAM + swap; "
+                              "touching more than the machine holds then ends in SIGBUS/OOM)", kind="flag"),
          Param("--name", "region name (default r0, r1, ...)"),
          Param("--path", "--type file/file-private: a file (created if missing, removed at the end if created) or "
                          "a directory (a fresh unlinked file on that filesystem)"),
@@ -293,8 +317,8 @@ def cmd_mmap(st, a):
     size = parse_size(a["size"])
     if size <= 0:
         raise UsageError(f"size {a['size']!r} must be > 0")
-    if size > _mem_total():
-        raise UsageError(f"size {a['size']!r} is beyond this machine's memory ({_mem_total() >> 20} MiB)")
+    if size >= 1 << 47:
+        raise UsageError(f"size {a['size']!r} does not fit the x86-64 user address space (128 TiB)")
     memtype = MemType(a["type"])
     page = uapi.PAGE_SIZE
     if memtype.hugetlb:
@@ -304,10 +328,11 @@ def cmd_mmap(st, a):
     name = a.get("name")
     if name is not None:
         if not _NAME_OK.match(name) or name.startswith("__"):
-            raise UsageError(f"bad region name {name!r}: letters, digits, _ . - (not starting with a digit or __)")
+            raise UsageError(f"bad region name {name[:80]!r}{'...' if len(name) > 80 else ''}: letters, digits, "
+                             f"_ . - (not starting with a digit or __), at most 64 characters")
         if name in st.regions:
             raise UsageError(f"region {name!r} exists")
-    r = st.backend.mmap(size, memtype, name=name)
+    r = st.backend.mmap(size, memtype, name=name, **({"noreserve": True} if a.get("noreserve") else {}))
     forget_range(st, r.addr, r.end)     # nothing of an earlier mapping at these addresses applies
     st.regions[r.name] = r
     return r.to_dict()
@@ -400,17 +425,17 @@ def cmd_regions(st, a):
 
 
 # -- userfaultfd -----------------------------------------------------------------------
-@command("api", "UFFDIO_API: open the session's uffd with these features (once per uffd).",
-         "uffdctl api --features thread_id,wp_unpopulated",
-         Param("--features", "UFFD_FEATURE_* names, comma separated (thread_id,wp_async,...) or a number"),
+@command("api", "UFFDIO_API on a uffd (the session's, opened on first need, or --uffd NAME): negotiate the "
+         "features. Works once per uffd: a second call is issued and answered 'already initialised' (EINVAL).",
+         "uffdctl api --features thread_id,wp_unpopulated    (negative test: uffdctl api --uffd u2 --api 0xab)",
+         Param("--features", "UFFD_FEATURE_* names, comma separated (thread_id,wp_async,...) or a raw number "
+               "(unknown bits are passed through)"),
+         Param("--api", "raw uffdio_api.api (default UFFD_API, 0xaa)"),
          kernel_name="UFFDIO_API")
 def cmd_api(st, a):
     features = parse_flags(uapi.Feature, a.get("features"), "--features")
-    if st.uffd is None:
-        st.get_uffd(features if a.get("features") is not None else None)
-        return st.api_result.to_dict()
-    # a second UFFDIO_API on the same fd: issue it, the kernel answers (EINVAL since 5.x)
-    return st.uffd.api(features).to_dict()
+    api = parse_int(a["api"], "--api") if a.get("api") is not None else uapi.UFFD_API
+    return uffds.api_command(st, features, api, a.get("features") is not None)
 
 
 @command("register", "UFFDIO_REGISTER a range with modes missing, wp, minor.",
@@ -441,7 +466,7 @@ def _src_span(st: SessionState, a: dict, length: int) -> tuple[int, str]:
     if a.get("from_file"):
         return src_from_file(st, a, length)
     if a.get("src"):
-        src = parse_range(st, a["src"])
+        src = parse_range(st, a["src"], proc="self")   # the ioctl reads it from the session's own mm
         if src.len < length:
             raise UsageError(f"--src {a['src']} has {src.len} bytes, the destination needs {length}")
         return src.start, src.region.name
@@ -449,7 +474,7 @@ def _src_span(st: SessionState, a: dict, length: int) -> tuple[int, str]:
     if not 0 <= fill <= 255:
         raise UsageError(f"--fill {fill} is not a byte (0-255)")
     buf = st.scratch(length)
-    st.backend.write(buf.addr, bytes([fill]) * length)
+    st.self_backend.write(buf.addr, bytes([fill]) * length)
     return buf.addr, f"fill 0x{fill:02x}"
 
 
@@ -553,16 +578,25 @@ _POLICY_HELP = ("missing-fault policy: queue (wait for the user), zeropage, copy
          Param("--policy", _POLICY_HELP, kind="choice", choices=HandlerPolicy.MISSING),
          Param("--wp", "wp-fault policy", kind="choice", choices=HandlerPolicy.WP),
          Param("--minor", "minor-fault policy", kind="choice", choices=HandlerPolicy.MINOR),
-         Param("--src", "source range for --policy copy"),
-         Param("--fill", "byte for --policy fill"))
+         Param("--src", "source range for --policy copy (in the session's own memory)"),
+         Param("--dst", "with --src: the region the source lines up with (default: the one registered region)"),
+         Param("--fill", "byte for --policy fill"),
+         Param("--read/--unread", "--unread: leave messages unread in the uffd (faults and events stay pending, "
+               "the mm operation that raised an event stays blocked); --read resumes", kind="switch"))
 def cmd_handler(st, a):
     p = st.policy
-    if any(a.get(k) is not None for k in ("policy", "wp", "minor", "src", "fill")):
+    warning = None
+    if any(a.get(k) is not None for k in ("policy", "wp", "minor", "src", "fill", "dst")):
         kw = dict(missing=a.get("policy") or p.missing, wp=a.get("wp") or p.wp, minor=a.get("minor") or p.minor,
                   base=p.base, src=p.src, fill=p.fill, page_size=p.page_size, copy_mode=p.copy_mode)
-        if a.get("src"):
-            src = parse_range(st, a["src"])
-            kw.update(src=src.start, base=src.region.addr)
+        if a.get("src") or a.get("dst"):
+            if not a.get("src"):
+                raise UsageError("--dst goes with --src")
+            src_span = parse_range(st, a["src"], proc="self")   # the handler's ioctl reads the session's memory
+            dst_span = parse_range(st, a["dst"]) if a.get("dst") else None
+            base, src, n, warning = uffds.handler_copy_source(st, src_span, dst_span, a["src"])
+            kw.update(src=src, base=base)
+            kw["src_len"] = n
         if a.get("fill") is not None:
             fill = parse_int(a["fill"], "--fill")
             if not 0 <= fill <= 255:
@@ -570,11 +604,20 @@ def cmd_handler(st, a):
             kw["fill"] = fill
         if kw["missing"] == "copy" and not kw["src"]:
             raise UsageError("--policy copy needs --src RANGE")
-        st.start_handler(HandlerPolicy(**kw))
+        src_len = kw.pop("src_len", None)
+        pol = HandlerPolicy(**kw)
+        if src_len is not None:
+            pol.src_len = src_len   # read by the native handler (bounds of the copy source)
+        st.start_handler(pol)
+    if a.get("read") is not None:
+        uffds.set_unread(st, not a["read"])
     p = st.policy
-    return {"missing": p.missing, "wp": p.wp, "minor": p.minor, "src": p.src, "fill": p.fill,
-            "running": int(st.handler is not None),
-            "stats": st.handler.stats() if st.handler is not None else None}
+    out = {"uffd": st.slot.name, "missing": p.missing, "wp": p.wp, "minor": p.minor, "src": p.src,
+           "base": p.base, "fill": p.fill, "running": int(st.handler is not None), "unread": int(st.slot.unread),
+           "stats": st.handler.stats() if st.handler is not None else None}
+    if warning:
+        out["warning"] = warning
+    return out
 
 
 # -- threads and accesses --------------------------------------------------------------
@@ -593,8 +636,8 @@ def cmd_touch(st, a):
     if not _NAME_OK.match(thread):
         raise UsageError(f"bad thread name {thread!r}")
     timeout = a.get("timeout")
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-        raise UsageError(f"bad --timeout {timeout!r}")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0):
+        raise UsageError(f"bad --timeout {timeout!r}: a finite number of seconds >= 0")
     fill = parse_int(a["fill"], "--fill") if a.get("fill") is not None else 1
     if not 0 <= fill <= 255:
         raise UsageError(f"--fill {fill} is not a byte (0-255)")
@@ -624,11 +667,22 @@ def cmd_wait(st, a):
         if t is None:
             raise UsageError(f"no touch #{tid}" if tid else "no touch yet")
     timeout = a.get("timeout")
-    if not isinstance(timeout, (int, float)) or timeout < 0:
-        raise UsageError(f"bad --timeout {timeout!r}")
+    if not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout < 0:
+        raise UsageError(f"bad --timeout {timeout!r}: a finite number of seconds >= 0")
     t.access.wait(timeout)
     with st.lock:
         return dict(t.to_dict(), tid=st.backend.thread(t.thread).tid)
+
+
+def _blocked_at(st: SessionState, t, tid: int) -> int:
+    """Where a blocked touch waits: the address of the newest fault message of its thread inside the touch
+    (its ptid, UFFD_FEATURE_THREAD_ID), else the touch's start (no message names it yet)."""
+    st.collect_events()
+    for e in reversed(st.events):
+        if e.get("event") == "pagefault" and e.get("ptid") == tid and t.start <= e["address"] < t.start + t.len \
+                and e.get("seq", 0) >= t.first_seq:
+            return e["address"] & ~(t.page_size - 1)
+    return t.start
 
 
 @command("faults", "Per-thread fault counters and what each thread is blocked on. minflt/majflt: the thread's "
@@ -646,7 +700,7 @@ def cmd_faults(st, a):
         out.append({"thread": name, "tid": th.tid, "minflt": minflt, "majflt": majflt,
                     "access_minflt": amin, "access_majflt": amaj,
                     "blocked": int(busy is not None), "touch": busy.id if busy else None,
-                    "address": busy.start if busy else None})
+                    "address": _blocked_at(st, busy, th.tid) if busy else None})
     return {"threads": out}
 
 
@@ -656,18 +710,31 @@ def cmd_touches(st, a):
     return {"touches": [t.to_dict() for t in st.touches.values()]}
 
 
-@command("events", "The message log: faults and events the handler read, with seq numbers.",
+@command("events", "The message log: faults and events the handler read, with seq numbers (the message's "
+         "place in the stream: never renumbered). The handler's log keeps the newest 65536 messages and the "
+         "session's too; messages overwritten before they were read show as one 'dropped' entry with the count "
+         "and why (their faults were still resolved by the policy).",
          "uffdctl events --since 3",
          Param("--since", "only events with seq > N", kind="int", default=0),
+         Param("--last", "only the newest N events", kind="int"),
          Param("--follow", "keep printing new events (Ctrl-C stops)", kind="flag", local=True),
          Param("--count", "with --follow: stop after N events", kind="int", local=True))
 def cmd_events(st, a):
     since = a.get("since") or 0
     if not isinstance(since, int) or since < 0:
         raise UsageError(f"bad --since {since!r}")
+    last = a.get("last")
+    if last is not None and (not isinstance(last, int) or last <= 0):
+        raise UsageError(f"bad --last {last!r}: a positive number of events")
     st.collect_events()
     evs = [e for e in st.events if e["seq"] > since]
-    return {"events": evs, "next": st.events[-1]["seq"] if st.events else 0}
+    if last is not None:
+        evs = evs[-last:]
+    d = {"events": evs, "next": st.events[-1]["seq"] if st.events else 0}
+    if st.events_dropped:
+        d["dropped"] = {"count": st.events_dropped, "reason": "older than the newest 65536 entries the session "
+                                                              "keeps"}
+    return d
 
 
 # -- /proc -----------------------------------------------------------------------------
@@ -714,29 +781,45 @@ def cmd_pagemap(st, a):
     return out
 
 
+# --thread on a system call that may block until its event is read (handler --unread): proc_commands
+THREAD_OPT = Param("--thread", "issue the system call from this session thread and return after 0.2 s like touch "
+                   "(blocked=1 while it waits, e.g. for its REMOVE message to be read); wait waits for it")
+
+
+def maybe_async(st, a, what, span, call):
+    return uffds.maybe_async(st, a, what, span, call, TOUCH_DECIDE_S)
+
+
 MADVICE = {"dontneed": uapi.MADV_DONTNEED, "free": uapi.MADV_FREE, "remove": uapi.MADV_REMOVE,
            "guard-install": uapi.MADV_GUARD_INSTALL, "guard-remove": uapi.MADV_GUARD_REMOVE,
            # mmops: THP, reclaim and populate
            "hugepage": uapi.MADV_HUGEPAGE, "nohugepage": uapi.MADV_NOHUGEPAGE, "collapse": uapi.MADV_COLLAPSE,
            "pageout": uapi.MADV_PAGEOUT, "cold": uapi.MADV_COLD, "willneed": uapi.MADV_WILLNEED,
            "populate_read": uapi.MADV_POPULATE_READ, "populate_write": uapi.MADV_POPULATE_WRITE}
+# fork behaviour (proc): the child lacks a DONTFORK VMA; a WIPEONFORK one is empty in the child
+MADVICE.update({"dontfork": 10, "dofork": 11, "wipeonfork": 18, "keeponfork": 19})
 
 
 @command("madvise", "madvise(2) a range: dontneed (REMOVE event), free (clean but writable), remove, "
          "guard-install / guard-remove (guard markers), hugepage / nohugepage / collapse (THP), pageout / cold "
-         "(reclaim; pageout of anon needs swap: swap on), willneed, populate_read / populate_write.",
+         "(reclaim; pageout of anon needs swap: swap on), willneed, populate_read / populate_write, "
+         "dontfork / dofork / wipeonfork / keeponfork.",
          "uffdctl madvise buf --advice pageout",
          RANGE, Param("--advice", "the advice", kind="choice", choices=tuple(MADVICE), required=True),
          Param("--no-drain", "pageout/cold: do not drain the per-CPU LRU batches first (folios still in another "
-                             "CPU's batch are skipped by the kernel)", kind="flag"))
+                             "CPU's batch are skipped by the kernel)", kind="flag"),
+         THREAD_OPT)
 def cmd_madvise(st, a):
     span = parse_range(st, a["range"])
-    st.backend.check_advice(MADVICE[a["advice"]], a["advice"])
-    if a["advice"] in ("populate_read", "populate_write"):
+    advice = MADVICE[a["advice"]]
+    st.backend.check_advice(advice, a["advice"])
+    if a["advice"] in ("populate_read", "populate_write") and not a.get("thread"):
         refuse_blocking(st, span, a["advice"] == "populate_write", f"madvise {a['advice']}")
     if a["advice"] in ("pageout", "cold") and not a.get("no_drain"):
         st.backend.lru_drain()
-    st.backend.madvise(span.start, span.len, MADVICE[a["advice"]])
+    pending = maybe_async(st, a, "madvise", span, lambda b: b.madvise(span.start, span.len, advice))
+    if pending is not None:   # --thread: it may stay blocked until its event is read
+        return dict(pending, advice=a["advice"])
     return _span_dict(span, advice=a["advice"])
 
 
@@ -1218,8 +1301,10 @@ def mmap_ext(st: SessionState, a: dict) -> dict:
     size = parse_size(a["size"])
     if size <= 0:
         raise UsageError(f"size {a['size']!r} must be > 0")
-    if size > _mem_total():
-        raise UsageError(f"size {a['size']!r} is beyond this machine's memory ({_mem_total() >> 20} MiB)")
+    if size >= 1 << 47:
+        raise UsageError(f"size {a['size']!r} does not fit the x86-64 user address space (128 TiB)")
+    if a.get("noreserve"):
+        raise UsageError("--noreserve goes with a plain mmap (not with --align/--addr/--thp/--prot/file/sysv)")
     kind = a.get("type") or "anon"
     hugetlb = kind in ("hugetlb", "hugetlb-private", "sysv-hugetlb")
     page = HPAGE_SIZE if hugetlb else PAGE
@@ -1426,3 +1511,4 @@ def alias_aligned(st: SessionState, reg: Region, name: str, align_text) -> Regio
 
 __all__ = ["COMMANDS", "Command", "Param", "RemoteErrorLike", "SessionState", "Span", "UsageError", "error_dict",
            "execute", "exit_code_of", "parse_addr", "parse_range", "parse_size"]
+
