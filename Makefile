@@ -28,8 +28,8 @@ test: install ## run the test suite (ARGS= passes options to pytest)
 check: install ## uffdctl check on this machine
 	@$(VENV)/bin/uffdctl check
 
-bench: install ## benchmarks: uffdctl's ioctl paths against a C reference, side by side
-	@$(PY) scripts/bench.py
+bench: install ## benchmarks: every fast path against its C reference, side by side (BENCH_ARGS=--json)
+	@$(PY) scripts/bench.py $(BENCH_ARGS)
 
 soak: install ## long differential run of the emulator against the kernel
 	@UFFDCTL_DIFF_EXAMPLES=$${UFFDCTL_DIFF_EXAMPLES:-20000} $(VENV)/bin/pytest -q tests/test_differential.py $(ARGS)

@@ -14,7 +14,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # One file per concern; uffdctl_helpers.h is what they share and what Python's cdef mirrors.
 HELPERS = ("uffdctl_sys.c", "uffdctl_access.c", "uffdctl_handler.c", "uffdctl_pagemap.c",
-           "uffdctl_stress.c", "uffdctl_bench.c")
+           "uffdctl_stress.c", "uffdctl_bench.c",
+           "uffdctl_proc.c")  # processes of a session (proc)
 
 
 def _read(name):
@@ -34,9 +35,9 @@ ffibuilder = FFI()
 ffibuilder.cdef(_read("uffd_cdef.h"))
 ffibuilder.set_source(
     "uffdctl._uffd",
-    "#ifndef _GNU_SOURCE\n#define _GNU_SOURCE\n#endif\n" '#include "uffd_uapi.h"\n#include "uffdctl_helpers.h"\n',
+    "#ifndef _GNU_SOURCE\n#define _GNU_SOURCE\n#endif\n" '#include "uffd_uapi.h"\n#include "uffdctl_helpers.h"\n#include "uffdctl_proc.h"\n',
     sources=[_source(n) for n in HELPERS],
-    depends=[_source(n) for n in ("uffd_uapi.h", "uffdctl_helpers.h")],
+    depends=[_source(n) for n in ("uffd_uapi.h", "uffdctl_helpers.h", "uffdctl_proc.h")],
     include_dirs=[HERE],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
     libraries=["pthread"],

@@ -62,6 +62,9 @@ int uffdctl_ioctl(int, unsigned long, void *);
 int uffdctl_ioctl_range(int, unsigned long, uint64_t, uint64_t);
 int uffdctl_ioctl_range_mode(int, unsigned long, uint64_t, uint64_t, uint64_t, int64_t *);
 int uffdctl_ioctl_dst_src(int, unsigned long, uint64_t, uint64_t, uint64_t, uint64_t, int64_t *);
+int64_t uffdctl_dst_src1(int, unsigned long, uint64_t, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_range_mode1(int, unsigned long, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_last_result(void);
 int uffdctl_userfaultfd(int);
 int uffdctl_dev_userfaultfd(int);
 int64_t uffdctl_mmap(uint64_t, uint64_t, int, int, int, int64_t);
@@ -104,10 +107,11 @@ int uffdctl_gettid(void);
 struct uffdctl_handler_cfg {
 	int uffd; int missing_policy; int wp_policy; int minor_policy;
 	uint64_t base; uint64_t src; uint64_t page_size; uint64_t copy_mode;
-	int fill; int batch; int log_cap; int read_mode;
+	int fill; int batch; int log_cap; int read_mode; uint64_t src_len;
+	uint32_t delay_us;
 };
 struct uffdctl_event {
-	uint64_t ts_ns; struct uffd_msg msg; int32_t action; int32_t err; int64_t result;
+	uint64_t ts_ns; struct uffd_msg msg; int32_t action; int32_t err; int64_t result; uint64_t seq;
 };
 struct uffdctl_handler;
 struct uffdctl_handler *uffdctl_handler_start(const struct uffdctl_handler_cfg *, int *);
@@ -115,12 +119,15 @@ int uffdctl_handler_stop(struct uffdctl_handler *, int);
 int uffdctl_handler_drain(struct uffdctl_handler *, struct uffdctl_event *, int);
 void uffdctl_handler_stats(struct uffdctl_handler *, uint64_t *);
 void uffdctl_handler_free(struct uffdctl_handler *);
+int uffdctl_handler_sync(struct uffdctl_handler *, int);
 
 #define UFFDCTL_PM_NFLAGS ...
 int64_t uffdctl_pagemap_read(int, uint64_t, uint64_t, uint64_t *);
 void uffdctl_pagemap_counts(const uint64_t *, uint64_t, uint64_t *);
 int64_t uffdctl_pagemap_runs(const uint64_t *, uint64_t, uint64_t, uint64_t *, uint64_t);
 void uffdctl_pagemap_symbols(const uint64_t *, uint64_t, uint64_t, char *);
+int64_t uffdctl_scan_all(int, struct pm_scan_arg *, uint64_t, struct page_region **);
+void uffdctl_free(void *);
 
 #define UFFDCTL_BOUNCE_RANDOM ...
 #define UFFDCTL_BOUNCE_RACINGFAULTS ...
@@ -145,3 +152,24 @@ int64_t uffdctl_loop_writeprotect(int, uint64_t, uint64_t, uint64_t, uint64_t);
 struct uffdctl_faulter;
 struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t, uint64_t, uint64_t, int, uint64_t *);
 void uffdctl_bench_faulter_join(struct uffdctl_faulter *);
+
+/* processes of a session (cdefs/uffdctl_proc.c): a child runs a native command loop */
+#define UFFDCTL_PROC_PING ...
+#define UFFDCTL_PROC_ACCESS ...
+#define UFFDCTL_PROC_MADVISE ...
+#define UFFDCTL_PROC_MUNMAP ...
+#define UFFDCTL_PROC_MPROTECT ...
+#define UFFDCTL_PROC_MREMAP ...
+#define UFFDCTL_PROC_MMAP ...
+#define UFFDCTL_PROC_EXIT ...
+#define UFFDCTL_PROC_FORK ...
+#define UFFDCTL_PROC_USERFAULTFD ...
+#define UFFDCTL_PROC_WRITE ...
+#define UFFDCTL_PROC_WAITPID ...
+#define UFFDCTL_PROC_KILL ...
+struct uffdctl_proc_req { uint32_t op; uint32_t data_len; uint64_t a[6]; };
+struct uffdctl_proc_rep {
+	int64_t ret; int64_t minflt; int64_t majflt; int32_t sig; int32_t si_code;
+	uint64_t fault_addr; uint64_t ns; uint64_t data_len; int32_t fd; int32_t pad;
+};
+int64_t uffdctl_proc_fork(int *);

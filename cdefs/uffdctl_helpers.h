@@ -31,6 +31,9 @@ int uffdctl_ioctl_range_mode(int fd, unsigned long req, uint64_t start, uint64_t
 			     int64_t *res);
 int uffdctl_ioctl_dst_src(int fd, unsigned long req, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode,
 			  int64_t *res);
+int64_t uffdctl_dst_src1(int fd, unsigned long req, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode);
+int64_t uffdctl_range_mode1(int fd, unsigned long req, uint64_t start, uint64_t len, uint64_t mode);
+int64_t uffdctl_last_result(void);
 int uffdctl_userfaultfd(int flags);
 int uffdctl_dev_userfaultfd(int flags);
 int64_t uffdctl_mmap(uint64_t addr, uint64_t len, int prot, int flags, int fd, int64_t off);
@@ -108,6 +111,8 @@ struct uffdctl_handler_cfg {
 	int batch;		/* messages per read() */
 	int log_cap;		/* ring capacity, entries */
 	int read_mode;		/* 1: blocking read(2) without poll (the fd must be blocking; stop cancels) */
+	uint64_t src_len;	/* COPY_SRC: bytes of source from src (0: unchecked); faults beyond are queued */
+	uint32_t delay_us;	/* tests: sleep between read() and handling, widening the race the barrier closes */
 };
 
 struct uffdctl_event {
@@ -116,6 +121,7 @@ struct uffdctl_event {
 	int32_t action;		/* policy applied, UFFDCTL_POL_* */
 	int32_t err;		/* 0 or -errno of the resolving ioctl */
 	int64_t result;		/* result field of the resolving ioctl */
+	uint64_t seq;		/* 1-based position in the handler's message stream: stable when old entries drop */
 };
 
 struct uffdctl_handler;		/* private to uffdctl_handler.c */
@@ -124,6 +130,7 @@ int uffdctl_handler_stop(struct uffdctl_handler *h, int release);
 int uffdctl_handler_drain(struct uffdctl_handler *h, struct uffdctl_event *out, int max);
 void uffdctl_handler_stats(struct uffdctl_handler *h, uint64_t *out);
 void uffdctl_handler_free(struct uffdctl_handler *h);
+int uffdctl_handler_sync(struct uffdctl_handler *h, int timeout_ms);
 
 /* ---- uffdctl_pagemap.c ---------------------------------------------------- */
 #define UFFDCTL_PM_NFLAGS 7	/* present swap file guard uffd_wp exclusive soft_dirty */
@@ -131,6 +138,8 @@ int64_t uffdctl_pagemap_read(int fd, uint64_t addr, uint64_t npages, uint64_t *r
 void uffdctl_pagemap_counts(const uint64_t *raw, uint64_t n, uint64_t *counts);
 int64_t uffdctl_pagemap_runs(const uint64_t *raw, uint64_t n, uint64_t mask, uint64_t *starts, uint64_t max);
 void uffdctl_pagemap_symbols(const uint64_t *raw, uint64_t n, uint64_t zero_pfn, char *out);
+int64_t uffdctl_scan_all(int fd, struct pm_scan_arg *arg, uint64_t max_pages, struct page_region **out);
+void uffdctl_free(void *p);
 
 /* ---- uffdctl_stress.c ----------------------------------------------------- */
 #define UFFDCTL_BOUNCE_RANDOM		(1 << 0)	/* the selftests' mode bits of a bounce */

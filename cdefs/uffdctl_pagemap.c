@@ -9,6 +9,8 @@
 #endif
 #include <errno.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include "uffd_uapi.h"
@@ -93,4 +95,90 @@ void uffdctl_pagemap_symbols(const uint64_t *raw, uint64_t n, uint64_t zero_pfn,
 			s = (v & PM_SOFT_DIRTY) ? 's' : '.';
 		out[i] = s;
 	}
+}
+
+/*
+ * PAGEMAP_SCAN over [arg->start, arg->end) to the end, continuing from walk_end, as
+ * uffdctl.pagemap.scan_all() does in Python: regions split at a call boundary are merged back,
+ * and what a later call returns below the end of what is already held is dropped (the kernel's
+ * walk_end can lag behind the regions it returned: docs/pagemap-scan-walk-end.md), so no page is
+ * reported twice and only new pages count against max_pages.  The merged regions go to a buffer
+ * this function grows with realloc(); *out (free it with uffdctl_free) and the count are returned,
+ * or -errno (the regions found so far stay in *out).  arg->walk_end gets where the walk ended.
+ */
+int64_t uffdctl_scan_all(int fd, struct pm_scan_arg *arg, uint64_t max_pages, struct page_region **out)
+{
+	uint64_t end = arg->end, pos = arg->start, covered = arg->start, budget = max_pages;
+	uint64_t vec_len = arg->vec_len, n = 0, cap = 0;
+	struct page_region *vec = NULL, *res = NULL;
+	int64_t err = 0;
+
+	*out = NULL;
+	if (vec_len) {
+		vec = malloc(vec_len * sizeof(*vec));
+		if (!vec)
+			return -ENOMEM;
+	}
+	while (pos < end) {
+		struct pm_scan_arg a = *arg;
+		a.start = pos;
+		a.end = end;
+		a.vec = (uintptr_t)vec;
+		a.max_pages = budget;
+		a.walk_end = 0;
+		long got = ioctl(fd, PAGEMAP_SCAN, &a);
+		if (got < 0) {
+			err = -errno;
+			break;
+		}
+		uint64_t new_pages = 0;
+		for (long i = 0; i < got; i++) {
+			uint64_t s = vec[i].start, e = vec[i].end, c = vec[i].categories;
+			if (e <= covered)
+				continue;
+			if (s < covered)
+				s = covered;
+			new_pages += (e - s) / 4096;
+			if (n && res[n - 1].end == s && res[n - 1].categories == c) {
+				res[n - 1].end = e;
+			} else {
+				if (n == cap) {
+					uint64_t ncap = cap ? 2 * cap : 1024;
+					struct page_region *p = realloc(res, ncap * sizeof(*res));
+					if (!p) {
+						err = -ENOMEM;
+						goto done;
+					}
+					res = p;
+					cap = ncap;
+				}
+				res[n].start = s;
+				res[n].end = e;
+				res[n].categories = c;
+				n++;
+			}
+			covered = e;
+		}
+		if (a.walk_end <= pos) {	/* no progress: never loop forever */
+			break;
+		}
+		pos = a.walk_end;
+		if (covered < pos)
+			covered = pos;
+		if (max_pages) {
+			if (new_pages >= budget)
+				break;
+			budget -= new_pages;
+		}
+	}
+done:
+	free(vec);
+	*out = res;
+	arg->walk_end = pos < end ? pos : end;
+	return err ? err : (int64_t)n;
+}
+
+void uffdctl_free(void *p)
+{
+	free(p);
 }

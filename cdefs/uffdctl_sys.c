@@ -176,3 +176,38 @@ int64_t uffdctl_poll_read(int fd, void *buf, uint64_t count, int timeout_ms, int
 			return -EPIPE;
 	}
 }
+
+/*
+ * The per-page fast path: one call, the result field as the return value.  On success: the
+ * result field (bytes copied/zeroed/mapped...; 0 where the ioctl has none), never negative.  On
+ * failure: -errno, and the result field (partial progress, or INT64_MIN if the kernel did not
+ * write it) kept for uffdctl_last_result() on the same thread: Python reads it only then.
+ */
+static __thread int64_t uffdctl_last_res;
+
+int64_t uffdctl_last_result(void)
+{
+	return uffdctl_last_res;
+}
+
+int64_t uffdctl_dst_src1(int fd, unsigned long req, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode)
+{
+	struct uffdctl_dst_src a = { dst, src, len, mode, INT64_MIN };
+	if (ioctl(fd, req, &a) < 0) {
+		int64_t e = -errno;
+		uffdctl_last_res = a.res;
+		return e;
+	}
+	return a.res == INT64_MIN ? 0 : a.res;
+}
+
+int64_t uffdctl_range_mode1(int fd, unsigned long req, uint64_t start, uint64_t len, uint64_t mode)
+{
+	struct uffdctl_range_mode a = { { start, len }, mode, INT64_MIN };
+	if (ioctl(fd, req, &a) < 0) {
+		int64_t e = -errno;
+		uffdctl_last_res = a.res;
+		return e;
+	}
+	return a.res == INT64_MIN ? 0 : a.res;
+}

@@ -276,11 +276,17 @@ def main() -> int:
         accs[-1].wait()
         return (time.perf_counter_ns() - t0) / n
 
-    def cli_pagemap():
-        v = pagemap.read(b, pm.addr, npages)
+    def cli_pagemap(area=None):
+        v = pagemap.read(b, (area or pm).addr, npages)
         v.counts()
         v.runs()
         v.symbols(zero)
+
+    # the same size in 512 runs (every other 2 MiB written): what a run-length summary is for
+    chunky = b.mmap(mib << 20, "anon")
+    th_setup = b.thread("bench-setup")
+    th_setup.access_many([{"addr": chunky.addr + off, "len": 2 << 20, "write": True, "fill": 1}
+                          for off in range(0, chunky.len, 4 << 20)])[-1].wait()
 
     def per_entry():
         for e in pagemap.read(b, pm.addr, npages):
@@ -315,6 +321,9 @@ def main() -> int:
          lambda exe: c_ref(exe, "pagemap", mib), lambda: timed(per_entry)),
         (f"what `uffdctl pagemap` does for {mib} MiB (counts, runs, --map symbols; every other page: 1 run a page)", "ns", "unpinned", "time",
          lambda exe: c_ref(exe, "pagemap", mib), lambda: timed(cli_pagemap)),
+        (f"what `uffdctl pagemap` does for {mib} MiB written in 2 MiB chunks ({mib // 2} runs)", "ns", "unpinned",
+         "time",
+         lambda exe: c_ref(exe, "pagemap", mib), lambda: timed(lambda: cli_pagemap(chunky))),
         (f"pagemap.scan_all (PAGEMAP_SCAN, {mib} MiB, WRITTEN every other page)", "ns", "unpinned", "time",
          lambda exe: c_ref(exe, "scan", mib, 512),
          lambda: timed(lambda: pagemap.scan_all(b, sc.addr, sc.end, category_mask=C.WRITTEN,
@@ -378,6 +387,7 @@ def main() -> int:
             print("\nemulator (scripts/bench_emu.py; no C reference: the kernel is the reference):", flush=True)
             subprocess.run([py, emu])
     th.stop()
+    th_setup.stop()
     b.close()
     return 0
 

@@ -64,6 +64,8 @@ def session(cli):
     """A live kernel-backed session named t, with a 16-page anon region ``buf``."""
     need_kernel()
     cli("session", "start", "--name", "t", "--backend", "kernel", check=0)
-    cli("mmap", "--size", "64K", "--name", "buf", check=0)
-    yield cli
-    cli("session", "stop", "t")
+    try:
+        cli("mmap", "--size", "64K", "--name", "buf", check=0)
+        yield cli
+    finally:                      # a failed setup must not leak the daemon
+        cli("session", "stop", "t")

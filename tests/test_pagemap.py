@@ -286,6 +286,12 @@ def test_scan_all_live_no_duplicates(kernel_backend, vec_len):
     u.register(r.addr, r.len, uapi.RegisterMode.WP)
     u.writeprotect(r.addr, r.len, uapi.WriteprotectMode.WP)
     b.thread("w").access(r.addr, r.len, True, fill=1, stride=2 * P).wait(30)
+    want = [(r.addr + i * P, r.addr + (i + 1) * P, C.WRITTEN) for i in range(0, n, 2)]
     res = pagemap.scan_all(b, r.addr, r.end, category_mask=C.WRITTEN, return_mask=C.WRITTEN, vec_len=vec_len)
-    assert res.regions == [(r.addr + i * P, r.addr + (i + 1) * P, C.WRITTEN) for i in range(0, n, 2)]
-    assert res.walk_end == r.end
+    assert res.regions == want and list(res.regions) == want and res.walk_end == r.end  # the C loop
+    loop = pagemap.scan_all_loop(b, r.addr, r.end, category_mask=C.WRITTEN, return_mask=C.WRITTEN, vec_len=vec_len)
+    assert loop.regions == want and loop.walk_end == r.end  # the Python loop over single calls
+    for budget in (1, 600, 1000):
+        got = pagemap.scan_all(b, r.addr, r.end, category_mask=C.WRITTEN, return_mask=C.WRITTEN, vec_len=vec_len,
+                               max_pages=budget)
+        assert got.regions == want[:budget] and got.regions[-1] == want[budget - 1]

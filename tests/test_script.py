@@ -278,3 +278,29 @@ def test_regions_show_registration_per_vma(backend):
         assert r["mode"] == 0 and len(r["vmas"]) == 1
     finally:
         st.close()
+
+
+def test_sizes_beyond_ram(tmp_path):
+    """P/E suffixes parse; the emulator maps what its sparse model holds (64G, 1T); the kernel refuses a 64G
+    private mapping with the reason and the cure, and maps it with --noreserve (issue 11.7)."""
+    from uffdctl.session.commands import parse_size
+    assert parse_size("2P") == 2 << 50 and parse_size("1E") == 1 << 60 and parse_size("1TiB") == 1 << 40
+    emu = _runner(tmp_path, "emu")
+    res = emu("mmap --size 64G --name big\nregister big --mode missing\nzeropage big:16777215\n"
+              "expect pagemap big:16777215 present=1\nmmap --size 1T --name huge\n")
+    assert res["ok"], res.get("error")
+    res = emu("mmap --size 2P --name x\n")
+    assert res["exit"] == 2 and "128 TiB" in res["error"]["message"]
+    if _kernel_reason():
+        require_kernel(_kernel_reason())
+    if open("/proc/sys/vm/overcommit_memory").read().strip() != "0":
+        pytest.skip("vm.overcommit_memory is not 0: the heuristic this refusal comes from is off")
+    kern = _runner(tmp_path, "kernel")
+    res = kern("mmap --size 64E --name x\n")
+    assert res["exit"] == 2
+    big = 4 << 40    # beyond RAM + swap of any machine this runs on: the heuristic refuses it
+    res = kern(f"mmap --size {big} --name big\n")
+    assert res["exit"] == 1 and res["error"]["errno_name"] == "ENOMEM" and "--noreserve" in res["error"]["message"]
+    res = kern(f"mmap --size {big} --name big --noreserve\nregister big --mode missing\n"
+               f"zeropage big:{big // 4096 - 1}\nexpect pagemap big:{big // 4096 - 1} present=1\n")
+    assert res["ok"], res.get("error")

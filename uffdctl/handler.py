@@ -8,9 +8,24 @@ Python thread that faults *while holding the GIL* (ffi.buffer, mmap slices)
 is served — a Python handler could not do that (tests/test_handler.py).
 
 Shutdown never hangs: stop() signals the eventfd and joins the thread (cffi
-releases the GIL while it waits); faults still queued are woken.
+releases the GIL while it waits) for at most ~3 s; a thread that does not stop
+is blocked in a fault (its own: ``--policy copy --src`` inside registered memory
+faults on that page, and only this thread would read the message), so stop()
+resolves whatever is unread on the uffd from the caller's thread and joins
+again; one still stuck after that is left behind (closing the uffd, or process
+exit, ends it) and reported.  Faults still queued are woken.
+
+The log is a barrier (:meth:`NativeHandler.events`): events that block the mm
+operation that raised them (REMOVE, UNMAP, REMAP, FORK) are read before the
+operation returns, but logged by the handler thread a moment later; events()
+first waits until every read() begun so far is logged, so such an event is in
+the log when the command that caused it returns.  A fault answered EAGAIN
+(an event pending: mmap changing) is retried after the next read, not dropped.
 """
 from __future__ import annotations
+
+import errno as _E
+import os
 
 from ._native import load
 from .backend import Handler
@@ -26,6 +41,10 @@ _ACTION_NAMES = {"UFFDCTL_POL_QUEUE": "queue", "UFFDCTL_POL_ZEROPAGE": "zeropage
                  "UFFDCTL_POL_WAKE": "wake"}
 
 
+SYNC_TIMEOUT_MS = 2000        # the barrier's bound; a handler blocked that long is stuck (see stop)
+SYNC_STUCK_MS = 20            # ... and once found stuck, each later barrier waits only this long
+
+
 class NativeHandler(Handler):
     def __init__(self, uffd, policy: HandlerPolicy, batch: int = 16, log_cap: int = 65536):
         self._ffi, self._lib = load()
@@ -33,9 +52,12 @@ class NativeHandler(Handler):
         self.policy = policy
         self._batch = batch
         self._log_cap = log_cap
+        self.log_cap = log_cap
         self._h = None
         self._actions = {getattr(self._lib, k): v for k, v in _ACTION_NAMES.items()}
         self._final_stats: dict | None = None
+        self.stuck = False            # the barrier timed out: the thread is blocked (in a fault of its own?)
+        self.stop_result = 0          # 0, or -ETIMEDOUT if stop() had to leave the thread behind
 
     def start(self) -> None:
         if self._h is not None:
@@ -47,7 +69,9 @@ class NativeHandler(Handler):
             "wp_policy": getattr(lib, _WP[p.wp]),
             "minor_policy": getattr(lib, _MINOR[p.minor]),
             "base": p.base, "src": p.src, "page_size": p.page_size, "copy_mode": p.copy_mode,
-            "fill": p.fill, "batch": self._batch, "log_cap": self._log_cap})
+            "fill": p.fill, "batch": self._batch, "log_cap": self._log_cap,
+            "src_len": getattr(p, "src_len", 0) or 0,
+            "delay_us": int(os.environ.get("UFFDCTL_TEST_HANDLER_DELAY_US", "0") or 0)})
         err = self._ffi.new("int *")
         h = lib.uffdctl_handler_start(cfg, err)
         if h == self._ffi.NULL:
@@ -62,7 +86,9 @@ class NativeHandler(Handler):
         MINOR -> CONTINUE; already-resolved ones are just woken)."""
         if self._h is None:
             return
-        self._lib.uffdctl_handler_stop(self._h, 1 if release else 0)
+        self.stop_result = self._lib.uffdctl_handler_stop(self._h, 1 if release else 0)
+        if self.stop_result == -_E.ETIMEDOUT:
+            self.stuck = True
         self._pending = self._drain()
         self._final_stats = self._stats()
         self._lib.uffdctl_handler_free(self._h)
@@ -84,21 +110,32 @@ class NativeHandler(Handler):
                 raw = bytes(self._ffi.buffer(self._ffi.addressof(m), 32))
                 msg: UffdMsg = decode_msg(raw, e.ts_ns)
                 action = self._actions.get(e.action, "event") if e.action >= 0 else "event"
-                out.append(HandledEvent(msg, action, e.err, e.result))
+                out.append(HandledEvent(msg, action, e.err, e.result, e.seq))
             if n < 256:
                 return out
 
+    def sync(self) -> bool:
+        """The barrier: wait until every read() begun so far has its messages logged (bounded)."""
+        if self._h is None:
+            return True
+        r = self._lib.uffdctl_handler_sync(self._h, SYNC_STUCK_MS if self.stuck else SYNC_TIMEOUT_MS)
+        self.stuck = r == -_E.ETIMEDOUT
+        return not self.stuck
+
     def events(self) -> list[HandledEvent]:
+        """Drain the log, after the barrier (see the module doc)."""
         out = getattr(self, "_pending", [])
         self._pending = []
         if self._h is not None:
+            self.sync()
             out = out + self._drain()
         return out
 
     def _stats(self) -> dict:
         s = self._ffi.new("uint64_t[5]")
         self._lib.uffdctl_handler_stats(self._h, s)
-        return {"msgs": s[0], "resolved": s[1], "errors": s[2], "dropped": s[3], "reads": s[4]}
+        return {"msgs": s[0], "resolved": s[1], "errors": s[2], "dropped": s[3], "reads": s[4],
+                "stuck": int(self.stuck)}
 
     def stats(self) -> dict:
         if self._h is None:

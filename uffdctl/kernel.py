@@ -25,8 +25,9 @@ from ._native import load
 from .backend import Access, Backend, Handler, Thread, Uffd
 from .errors import BackendUnavailable, Unsupported, uffd_error
 from .handler import NativeHandler
-from .types import (AccessResult, HandlerPolicy, MemType, Region, ScanResult, SoftDirtyProbe, UffdioApi, UffdMsg,
-                    decode_msg)
+from .kernel_mm import KernelMm, _hpage_size, hugepages_total, meminfo  # noqa: F401  (their old home)
+from .types import (AccessResult, HandlerPolicy, MemType, Region, RegionArray, ScanResult, SoftDirtyProbe,
+                    UffdioApi, UffdMsg, decode_msg)
 
 # A value the kernel never writes into a result field: seeing it afterwards means
 # "not written" (argument validation failed before the copy-out).
@@ -41,6 +42,8 @@ _MSG_ONE = struct.Struct("<B7xQQQ")  # event, then struct uffd_msg's 24-byte arg
 _M32 = 0xFFFFFFFF
 _PF, _FORK, _REMAP = int(uapi.Event.PAGEFAULT), int(uapi.Event.FORK), int(uapi.Event.REMAP)
 max_ = max
+_COPY, _WRITEPROTECT = uapi.UFFDIO_COPY, uapi.UFFDIO_WRITEPROTECT
+_ZERO8 = bytes(8)
 
 
 def _decode_batch(buf, nbytes: int, ts_ns: int) -> list[UffdMsg]:
@@ -95,6 +98,8 @@ class KernelUffd(Uffd):
         self._io_range = self._lib.uffdctl_ioctl_range
         self._io_range_mode = self._lib.uffdctl_ioctl_range_mode
         self._io_dst_src = self._lib.uffdctl_ioctl_dst_src
+        self._ds1, self._rm1 = self._lib.uffdctl_dst_src1, self._lib.uffdctl_range_mode1
+        self._last = self._lib.uffdctl_last_result
         if not _T:
             _T.update((k, self._ffi.typeof(f"struct uffdio_{k} *")) for k in ("api", "register"))
 
@@ -144,28 +149,25 @@ class KernelUffd(Uffd):
     def wake(self, start: int, len: int) -> None:
         self._range("UFFDIO_WAKE", uapi.UFFDIO_WAKE, start, len)
 
+    # The per-page fast path: one C call that returns the result field (or -errno; the partial
+    # progress of a failure is fetched only then, from a thread-local kept by C).
     def _range_mode(self, name: str, req: int, start: int, len: int, mode: int) -> int:
-        try:
-            res = _tls.res
-        except AttributeError:
-            res = _tls.res = self._new("int64_t *")
-        r = self._io_range_mode(self.fd, req, start, len, mode, res)
+        r = self._rm1(self.fd, req, start, len, mode)
         if r < 0:
-            raise self._fail(name, r, start, len, res[0])
-        return res[0]
+            raise self._fail(name, r, start, len, self._last())
+        return r
 
     def _dst_src(self, name: str, req: int, dst: int, src: int, len: int, mode: int) -> int:
-        try:
-            res = _tls.res
-        except AttributeError:
-            res = _tls.res = self._new("int64_t *")
-        r = self._io_dst_src(self.fd, req, dst, src, len, mode, res)
+        r = self._ds1(self.fd, req, dst, src, len, mode)
         if r < 0:
-            raise self._fail(name, r, dst, len, res[0])
-        return res[0]
+            raise self._fail(name, r, dst, len, self._last())
+        return r
 
     def copy(self, dst: int, src: int, len: int, mode: int = 0) -> int:
-        return self._dst_src("UFFDIO_COPY", uapi.UFFDIO_COPY, dst, src, len, mode)
+        r = self._ds1(self.fd, _COPY, dst, src, len, mode)
+        if r < 0:
+            raise self._fail("UFFDIO_COPY", r, dst, len, self._last())
+        return r
 
     def move(self, dst: int, src: int, len: int, mode: int = 0) -> int:
         return self._dst_src("UFFDIO_MOVE", uapi.UFFDIO_MOVE, dst, src, len, mode)
@@ -180,11 +182,7 @@ class KernelUffd(Uffd):
         return self._range_mode("UFFDIO_POISON", uapi.UFFDIO_POISON, start, len, mode)
 
     def writeprotect(self, start: int, len: int, mode: int = 0) -> None:
-        try:
-            res = _tls.res
-        except AttributeError:
-            res = _tls.res = self._new("int64_t *")
-        r = self._io_range_mode(self.fd, uapi.UFFDIO_WRITEPROTECT, start, len, mode, res)
+        r = self._rm1(self.fd, _WRITEPROTECT, start, len, mode)
         if r < 0:
             raise self._fail("UFFDIO_WRITEPROTECT", r, start, len)
 
@@ -382,7 +380,7 @@ class KernelThread(Thread):
         return self._w is not None and bool(self._lib.uffdctl_worker_busy(self._w))
 
 
-class KernelBackend(Backend):
+class KernelBackend(KernelMm, Backend):
     """The running kernel, this process's own mm."""
 
     name = "kernel"
@@ -401,6 +399,8 @@ class KernelBackend(Backend):
         self._pagemap_fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
         self._sd: SoftDirtyProbe | None = None
         self._features: int | None = None
+        self._swapfiles: list[str] = []          # kernel_mm: swapfiles this backend turned on
+        self._created_files: dict[str, str] = {}  # kernel_mm: region name -> file it created
         if probe:
             self._features = self.probe_features()
 
@@ -419,10 +419,9 @@ class KernelBackend(Backend):
         (patches/6.1/rfc-hints*.patch, which uses the emulator's uffdctl-private mode values): the kernel
         cannot be asked, so scripts/vmtest says so with UFFDCTL_KERNEL_HINTS=rfc in that kernel's guest.
         Anywhere else the bits would be EINVAL."""
-        if os.environ.get("UFFDCTL_KERNEL_HINTS") != "rfc" or ioctl not in ("COPY", "ZEROPAGE", "WRITEPROTECT"):
+        if os.environ.get("UFFDCTL_KERNEL_HINTS") != "rfc":
             return {}
-        from .emu import profiles
-        return {h: int(getattr(profiles, f"UFFDIO_{ioctl}_MODE_{h.upper()}")) for h in ("access_likely", "write_likely")}
+        return uapi.rfc_hint_modes(ioctl)
 
     def describe(self) -> dict:
         if self._features is None:
@@ -434,14 +433,18 @@ class KernelBackend(Backend):
                 "user_mode_only_reason": self.user_mode_only_reason}
 
     # -- mappings -----------------------------------------------------------------
-    def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
+    def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
+             fixed=False, noreserve=False):
+        """``fixed``: MAP_FIXED at ``addr`` (else MAP_FIXED_NOREPLACE); ``noreserve``: MAP_NORESERVE."""
         memtype = MemType(memtype)
         name = self._region_name(name)
         page = uapi.PAGE_SIZE
         fd = None
         flags = uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE
         if addr:
-            flags |= uapi.MAP_FIXED_NOREPLACE
+            flags |= uapi.MAP_FIXED if fixed else uapi.MAP_FIXED_NOREPLACE
+        if noreserve:
+            flags |= uapi.MAP_NORESERVE
         if memtype.hugetlb:
             page = _hpage_size()
             total = hugepages_total()
@@ -461,7 +464,11 @@ class KernelBackend(Backend):
         if a < 0:
             if fd is not None:
                 os.close(fd)
-            raise uffd_error(-a, "mmap", addr, len)
+            hint = None
+            if -a == E.ENOMEM and not noreserve:
+                hint = ("the kernel's overcommit accounting refused it (a private mapping larger than what "
+                        "RAM + swap can commit); mmap --noreserve maps it with MAP_NORESERVE")
+            raise uffd_error(-a, "mmap", addr, len, message=hint)
         if memtype is MemType.ANON:
             # page-granular behaviour, as the selftests ask for: no THP under our feet
             self._lib.uffdctl_madvise(a, len, uapi.MADV_NOHUGEPAGE)
@@ -483,6 +490,7 @@ class KernelBackend(Backend):
                 if reg.fd is not None:
                     os.close(reg.fd)
                 del self._regions[name]
+                self._forget_region(name)
 
     def madvise(self, addr, len, advice):
         r = self._lib.uffdctl_madvise(addr, len, advice)
@@ -542,6 +550,24 @@ class KernelBackend(Backend):
             os._exit(0)
         os.waitpid(pid, 0)
         return pid
+
+    def fork(self, name, regions, thread=None) -> Access:
+        """fork(2) in C from a long-lived job thread of the session (the child's PR_SET_PDEATHSIG follows that
+        thread): the child runs the native command loop of cdefs/uffdctl_proc.c (uffdctl.process)."""
+        from .process import KernelProcess, job_thread
+
+        def job():
+            sock = self._ffi.new("int *")
+            pid = self._lib.uffdctl_proc_fork(sock)
+            if pid < 0:
+                raise uffd_error(-pid, "fork")
+            return KernelProcess(self, name, pid, sock[0], None, regions)
+
+        return job_thread(self, thread or "__fork").submit(job)
+
+    def job_thread(self, name: str):
+        from .process import job_thread
+        return job_thread(self, name)
 
     def adopt_uffd(self, fd: int) -> KernelUffd:
         import fcntl
@@ -618,7 +644,7 @@ class KernelBackend(Backend):
         return self.pagemap_array(addr, npages).tolist()
 
     def pagemap_array(self, addr, npages) -> array:
-        out = array("Q", bytes(8 * npages))
+        out = array("Q", _ZERO8) * npages
         n = self._lib.uffdctl_pagemap_read(self._pagemap_fd, addr, npages,
                                            self._ffi.from_buffer("uint64_t[]", out)) if npages else 0
         if n < 0:
@@ -652,6 +678,28 @@ class KernelBackend(Backend):
         q = memoryview(ffi.buffer(vec, n * 24)).cast("Q")
         return ScanResult(list(zip(q[0::3], q[1::3], q[2::3])), arg.walk_end)
 
+    def pagemap_scan_all(self, start, end, *, flags=0, category_inverted=0, category_mask=0,
+                         category_anyof_mask=0, return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0,
+                         vec_len=512) -> ScanResult:
+        """uffdctl.pagemap.scan_all() in one C call (uffdctl_scan_all): the continuation, the merge and
+        the duplicate filter run in C; the regions come back as one array, read as tuples on demand."""
+        ffi, lib = self._ffi, self._lib
+        arg = ffi.new("struct pm_scan_arg *", {
+            "size": ffi.sizeof("struct pm_scan_arg"), "flags": flags, "start": start, "end": end,
+            "vec_len": vec_len, "category_inverted": category_inverted, "category_mask": category_mask,
+            "category_anyof_mask": category_anyof_mask, "return_mask": return_mask})
+        out = ffi.new("struct page_region **")
+        n = lib.uffdctl_scan_all(self._pagemap_fd, arg, max_pages, out)
+        try:
+            if n < 0:
+                raise uffd_error(-n, "PAGEMAP_SCAN", start, end - start)
+            flat = array("Q")
+            if n:
+                flat.frombytes(ffi.buffer(out[0], n * 24))
+        finally:
+            lib.uffdctl_free(out[0])
+        return ScanResult(RegionArray(flat), arg.walk_end)
+
     def soft_dirty(self) -> SoftDirtyProbe:
         if self._sd is None:
             self._sd = soft_dirty_roundtrip(self)
@@ -668,6 +716,8 @@ class KernelBackend(Backend):
     def close(self) -> None:
         for u in list(self._uffds):
             u.close()  # releases any fault still blocked (memory then reads as zeros)
+        from .process import stop_job_threads
+        stop_job_threads(self)
         for t in self._threads.values():
             t.stop()
         self._threads.clear()
@@ -676,6 +726,7 @@ class KernelBackend(Backend):
             if r.fd is not None:
                 os.close(r.fd)
         self._regions.clear()
+        self._close_mm()
         if self._pagemap_fd >= 0:
             os.close(self._pagemap_fd)
             self._pagemap_fd = -1
@@ -701,23 +752,3 @@ def soft_dirty_roundtrip(b: Backend) -> SoftDirtyProbe:
     if before & uapi.PM_SOFT_DIRTY:
         return SoftDirtyProbe(False, "clear_refs 4 did not clear bit 55", before, after)
     return SoftDirtyProbe(False, "CONFIG_MEM_SOFT_DIRTY off: round trip read 0", before, after)
-
-
-def meminfo() -> dict[str, int]:
-    out = {}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                k, v = line.split(":", 1)
-                out[k] = int(v.split()[0])
-    except OSError:
-        pass
-    return out
-
-
-def hugepages_total() -> int:
-    return meminfo().get("HugePages_Total", 0)
-
-
-def _hpage_size() -> int:
-    return meminfo().get("Hugepagesize", 2048) * 1024

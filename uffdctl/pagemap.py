@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from . import uapi
 from .backend import Backend, ScanResult
+from .types import RegionArray  # noqa: F401 (re-exported: PAGEMAP_SCAN regions in one array)
 
 FLAG_BITS = (
     ("present", uapi.PM_PRESENT),
@@ -238,6 +239,14 @@ def scan_all(backend: Backend, start: int, end: int, *, vec_len: int = 512, **kw
     docs/pagemap-scan-walk-end.md), so what a later call returns below the end of
     what is already held is dropped, and only new pages count against ``max_pages``.
     """
+    native = getattr(backend, "pagemap_scan_all", None)
+    if native is not None:  # the same loop in C (kernel backend)
+        return native(start, end, vec_len=vec_len, **kw)
+    return scan_all_loop(backend, start, end, vec_len=vec_len, **kw)
+
+
+def scan_all_loop(backend: Backend, start: int, end: int, *, vec_len: int = 512, **kw) -> ScanResult:
+    """scan_all() written over single ``pagemap_scan`` calls (any backend; the kernel's does it in C)."""
     regions: list[tuple[int, int, int]] = []
     pos = start
     covered = start  # every page below this has been reported (or was not matching)

@@ -106,7 +106,8 @@ def run(memtype: str, mib: int, bounces: int, *, nr_cpus: int | None = None, los
         if mt.hugetlb:
             from .kernel import _hpage_size, meminfo
             page = _hpage_size()
-            free = meminfo().get("HugePages_Free", 0)
+            m = meminfo()
+            free = m.get("HugePages_Free", 0) - m.get("HugePages_Rsvd", 0)
             if free * page < 2 * mib << 20:
                 raise Unsupported(f"stress {memtype}: {free} free huge pages, {2 * mib << 20 >> 21} needed "
                                   "(source and destination)", "reserve some with: sysctl vm.nr_hugepages=N")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import enum
 import struct
 import sys
+from array import array
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from . import uapi
@@ -70,6 +72,8 @@ class Region:
     page_size: int = uapi.PAGE_SIZE
     fd: int | None = None
     prot: int = uapi.PROT_READ | uapi.PROT_WRITE
+    kind: str | None = None     # a finer type than memtype: "file", "file-private", "sysv", "sysv-hugetlb", "thp"
+    path: str | None = None     # the file behind a "file" region
 
     @property
     def end(self) -> int:
@@ -86,8 +90,11 @@ class Region:
         return self.addr + i * self.page_size
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "start": self.addr, "len": self.len, "type": self.memtype.value,
-                "page_size": self.page_size}
+        d = {"name": self.name, "start": self.addr, "len": self.len, "type": self.kind or self.memtype.value,
+             "page_size": self.page_size}
+        if self.path is not None:
+            d["path"] = self.path
+        return d
 
 
 @dataclass
@@ -174,6 +181,45 @@ class AccessResult:
         return d
 
 
+class RegionArray(Sequence):
+    """PAGEMAP_SCAN regions held as one ``array('Q')`` (start, end, categories per region): a
+    ``(start, end, categories)`` tuple is made only when one is asked for.  Compares equal to any
+    sequence of the same tuples."""
+
+    __slots__ = ("flat",)
+
+    def __init__(self, flat: array):
+        self.flat = flat
+
+    def __len__(self) -> int:
+        return len(self.flat) // 3
+
+    def __getitem__(self, i):
+        f = self.flat
+        if isinstance(i, slice):
+            return [(f[3 * j], f[3 * j + 1], f[3 * j + 2]) for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError("region index out of range")
+        return (f[3 * i], f[3 * i + 1], f[3 * i + 2])
+
+    def __iter__(self):
+        f = self.flat
+        return zip(f[0::3], f[1::3], f[2::3])
+
+    def __eq__(self, other):
+        if isinstance(other, RegionArray):
+            return self.flat == other.flat
+        try:
+            return len(other) == len(self) and all(a == tuple(b) for a, b in zip(self, other))
+        except TypeError:
+            return NotImplemented
+
+    def __repr__(self):
+        return f"RegionArray({list(self)!r})" if len(self) <= 8 else f"<RegionArray {len(self)} regions>"
+
+
 @dataclass
 class ScanResult:
     """PAGEMAP_SCAN output: ``regions`` of (start, end, categories) and ``walk_end``."""
@@ -223,6 +269,7 @@ class HandledEvent:
     action: str          # policy applied ("zeropage", ..., "queue"), or "event" for non-fault messages
     err: int = 0         # 0 or -errno of the resolving ioctl
     result: int = 0      # result field of the resolving ioctl
+    seq: int = 0         # position in the handler's message stream (1-based; 0: the handler does not number)
 
     def to_dict(self) -> dict:
         d = self.msg.to_dict()
@@ -281,5 +328,5 @@ class BackendSelection:
                 "fallback": int(self.fallback)}
 
 
-__all__ = ["BackendSelection", "PteBits", "PAGE_SIZE", "HPAGE_SIZE", "UFFD_MSG_SIZE", "MemType", "Region", "UffdioApi", "UffdMsg", "decode_msg",
+__all__ = ["BackendSelection", "RegionArray", "PteBits", "PAGE_SIZE", "HPAGE_SIZE", "UFFD_MSG_SIZE", "MemType", "Region", "UffdioApi", "UffdMsg", "decode_msg",
            "AccessResult", "ScanResult", "HandlerPolicy", "HandledEvent", "SoftDirtyProbe", "page_size_of"]

@@ -298,7 +298,32 @@ MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP = 1, 2, 4
 MADV_DONTNEED, MADV_FREE, MADV_REMOVE = 4, 8, 9
 MADV_NOHUGEPAGE = 15
 MADV_GUARD_INSTALL, MADV_GUARD_REMOVE = 102, 103
+# mmops: the rest of the mm surface (asm-generic/mman-common.h)
+PROT_EXEC = 4
+MADV_WILLNEED, MADV_HUGEPAGE, MADV_COLD, MADV_PAGEOUT = 3, 14, 20, 21
+MADV_POPULATE_READ, MADV_POPULATE_WRITE, MADV_COLLAPSE = 22, 23, 25
+MS_ASYNC, MS_INVALIDATE, MS_SYNC = 1, 2, 4
+MLOCK_ONFAULT = 1
 MFD_CLOEXEC, MFD_HUGETLB = 0x1, 0x4
 
 # where a fault message's event name comes from
 EVENT_NAMES = {e.value: e.name.lower() for e in Event}
+
+
+# -- the 2022 access/write hint RFC (Nadav Amit; never merged) ----------------------------------------------
+# uffdctl-private values: the emulator's rfc-hints profiles accept them, and so does a kernel built with
+# patches/6.1/rfc-hints*.patch (scripts/vmtest); every released kernel answers EINVAL.
+UFFDIO_COPY_MODE_ACCESS_LIKELY = 1 << 2
+UFFDIO_COPY_MODE_WRITE_LIKELY = 1 << 3
+UFFDIO_ZEROPAGE_MODE_ACCESS_LIKELY = 1 << 2
+UFFDIO_ZEROPAGE_MODE_WRITE_LIKELY = 1 << 3
+UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY = 1 << 2
+UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY = 1 << 3
+RFC_HINT_IOCTLS = ("COPY", "ZEROPAGE", "WRITEPROTECT")
+
+
+def rfc_hint_modes(ioctl: str) -> dict[str, int]:
+    """The RFC hint bits of UFFDIO_<ioctl> by name (access_likely, write_likely); {} for other ioctls."""
+    if ioctl not in RFC_HINT_IOCTLS:
+        return {}
+    return {h: globals()[f"UFFDIO_{ioctl}_MODE_{h.upper()}"] for h in ("access_likely", "write_likely")}

@@ -158,6 +158,11 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
+        # the reader went away (``uffdctl run FILE | head``): stop quietly, as cat does; point stdout at
+        # /dev/null so the interpreter's final flush does not print a second error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
         return 1
     except Exception as e:
         from ..errors import exit_code_of, to_wire

@@ -8,10 +8,48 @@ CLI and ``uffdctl run``.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 
 LEGEND = (". none  P present  D present+soft-dirty  W present+uffd-wp  Z zero page  "
           "M uffd-wp marker  X other marker (poison)  G guard  S swap  s soft-dirty (not present)")
+
+
+def columns() -> int | None:
+    """The width to fit: $COLUMNS when set, else the terminal's when stdout is one; None (no limit) when the
+    output goes to a pipe or file, so that scripts parsing it get the same layout whatever the caller's tty."""
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    if sys.stdout.isatty():
+        return shutil.get_terminal_size((80, 24)).columns
+    return None
+
+
+def ruler(n: int) -> str:
+    """A column ruler for a grid of n cells: the cell number every 16, a ``+`` every 8 in between."""
+    out = [" "] * n
+    for i in range(0, n, 8):
+        mark = str(i) if i % 16 == 0 else "+"
+        if i + len(mark) <= n:
+            out[i:i + len(mark)] = mark
+    return "".join(out).rstrip()
+
+
+def wrap_items(head: str, items: list[str], width: int) -> list[str]:
+    """Items joined by two spaces, wrapped at ``width`` (never inside an item), continuation lines indented."""
+    lines, cur = [], head
+    for it in items:
+        it = it.strip()
+        if not it:
+            continue
+        sep = "" if cur == head else "  "
+        if len(cur) + len(sep) + len(it) > width and cur != head:
+            lines.append(cur)
+            cur, sep = " " * len(head), ""
+        cur += sep + it
+    lines.append(cur)
+    return lines
 
 
 def dumps(obj, pretty: bool = False) -> str:
@@ -38,10 +76,14 @@ def render_pagemap(r: dict, opts: dict) -> str:
     ents = r.get("entries")
     if opts.get("map"):
         syms = "".join(e["symbol"] for e in ents) if ents is not None else r["symbols"]
-        lines = [f"{r['region']} 0x{r['start']:x} ({len(syms)} pages, 64 per row)"]
-        for i in range(0, len(syms), 64):
-            lines.append(f"{r['index'] + i:6d}  {syms[i:i + 64]}")
-        lines.append("legend: " + LEGEND)
+        width = columns()
+        per = 64 if width is None else max(16, min(64, (width - 8) // 16 * 16))   # groups of 16 that fit
+        lines = [f"{r['region']} 0x{r['start']:x}: {len(syms)} pages, {per}/row"]
+        if width is not None:          # a person is reading: a column ruler over the grid
+            lines.append("        " + ruler(per))
+        for i in range(0, len(syms), per):
+            lines.append(f"{r['index'] + i:6d}  {syms[i:i + per]}")
+        lines += wrap_items("legend: ", LEGEND.split("  "), width or 1 << 30)
         return "\n".join(lines)
     if ents is None:  # a large range: the run-length summary
         head = (f"{r['region']} 0x{r['start']:x} {r['pages']} pages in {len(r['runs'])} runs; "
@@ -53,24 +95,42 @@ def render_pagemap(r: dict, opts: dict) -> str:
              "file": _flag(e["file"]), "uffd_wp": _flag(e["uffd_wp"]), "soft_dirty": _flag(e["soft_dirty"]),
              "exclusive": _flag(e["exclusive"]), "guard": _flag(e["guard"]), "zero": _flag(e["zero"]),
              "pfn": _hex(e["pfn"]) if e["pfn"] else "-"} for e in ents]
-    return table(rows, [(k, k) for k in ("addr", "index", "present", "swap", "file", "uffd_wp", "soft_dirty",
-                                         "exclusive", "guard", "zero", "pfn")])
+    keys = ("addr", "index", "present", "swap", "file", "uffd_wp", "soft_dirty", "exclusive", "guard", "zero", "pfn")
+    text = table(rows, [(k, k) for k in keys])
+    if columns() is not None and max(map(len, text.splitlines())) > columns():   # the kernel's short names (fs/proc/task_mmu.c PM_*)
+        short = {"present": "P", "swap": "S", "file": "F", "uffd_wp": "WP", "soft_dirty": "SD", "exclusive": "EX",
+                 "guard": "G", "zero": "Z"}
+        text = "\n".join([table(rows, [(k, short.get(k, k)) for k in keys])] + wrap_items(
+            "", "P present  S swap  F file/shared-anon  WP uffd-wp  SD soft-dirty  EX exclusive  G guard  "
+                "Z zero page".split("  "), columns() or 1 << 30))
+    return text
 
 
 def _event_line(e: dict) -> str:
+    if e["event"] == "dropped":
+        return f"#{e['first_seq']}-#{e['last_seq']} dropped: {e['count']} messages not in the log: {e['reason']}"
     where = f" {e['region']}:{e['page']}" if "region" in e else ""
     if e["event"] == "pagefault":
-        flags = "|".join(f.replace("UFFD_PAGEFAULT_FLAG_", "") for f in e.get("flags_decoded", [])) or "MISSING"
+        flags = "|".join(f.replace("UFFD_PAGEFAULT_FLAG_", "") for f in e.get("flags_decoded", [])) or "flags=0"
         return (f"#{e['seq']} pagefault {flags} address=0x{e['address']:x}{where} ptid={e.get('ptid', 0)} "
                 f"action={e.get('action')}" + (f" err={e['err']}" if e.get("err") else ""))
-    rest = " ".join(f"{k}={_hex(v)}" for k, v in e.items() if k not in ("seq", "event", "ts_ns", "action",
-                                                                         "err", "result"))
+    at = e.get("at", {})
+    rest = " ".join(f"{k}={_hex(v)}" + (f"({at[k]})" if k in at else "")
+                    for k, v in e.items() if k not in ("seq", "event", "ts_ns", "action", "err", "result", "at"))
     return f"#{e['seq']} {e['event']} {rest}"
 
 
 def render_touch(r: dict) -> str:
     kind = "write" if r["write"] else "read"
-    head = f"touch #{r['touch']} {kind} 0x{r['start']:x}+{r['len']:#x} by thread {r['thread']}"
+    where = f" of process {r['proc']}" if r.get("proc", "self") != "self" else ""
+    if r.get("op"):   # a system call issued with --thread (proc_commands.maybe_async)
+        head = f"#{r['touch']} {r['op']} 0x{r['start']:x}+{r['len']:#x} by thread {r['thread']}{where}"
+        if r.get("blocked"):
+            return head + ": BLOCKED in the kernel (its event not read yet? see read, handler --read); wait waits"
+        if "error" in r:
+            return head + f": failed: {r['error']}"
+        return head + f": returned {r.get('ret', 0)}"
+    head = f"touch #{r['touch']} {kind} 0x{r['start']:x}+{r['len']:#x} by thread {r['thread']}{where}"
     if r.get("blocked"):
         return head + " (tid %s): BLOCKED in a fault; resolve it (copy/zeropage/continue/wake/writeprotect --off)" \
             % r.get("tid")
@@ -78,6 +138,7 @@ def render_touch(r: dict) -> str:
         return head + f": failed: {r['error']}"
     return head + f": finished, minflt={r['minflt']} majflt={r['majflt']}" + \
         (f" SIGBUS si_code={r['si_code']} addr=0x{r['fault_addr']:x}" if r.get("sigbus") else "") + \
+        (f" SIGSEGV si_code={r['si_code']} addr=0x{r['fault_addr']:x}" if r.get("sigsegv") else "") + \
         f" ({r['ns'] / 1000:.0f} us)"
 
 

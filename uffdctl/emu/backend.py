@@ -22,10 +22,11 @@ import itertools
 from .. import uapi
 from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, HandlerPolicy, MemType, Region,
                        ScanResult, SoftDirtyProbe, Thread, UffdMsg)
-from ..errors import UffdError, uffd_error
+from ..errors import NotModelled, UffdError, uffd_error
 from ..types import PteBits
 from . import mm as M
 from .fs.proc import task_mmu
+from .mm.madvise import MADV_NOT_MODELLED
 from .fs.userfaultfd import EmuUffd
 from .profiles import DEFAULT_PROFILE, get_profile
 from .sched import RunQueue
@@ -225,7 +226,7 @@ class EmuHandler(Handler):
                 self._stats["errors"] += 1
             elif action != "queue":
                 self._stats["resolved"] += 1
-            else:
+            if action == "queue":
                 self._queued.append(m)
             self._log.append(HandledEvent(m, action, err, result))
         return True
@@ -241,6 +242,9 @@ class EmuHandler(Handler):
             action = p.missing
         if action == "queue":
             return action, 0, 0
+        if action == "copy" and getattr(p, "src_len", 0) and \
+                not (p.base <= page and page - p.base + p.page_size <= p.src_len):
+            return "queue", -E.EFAULT, 0       # outside the copy source: left to the user, as the native handler
         calls = {
             "zeropage": lambda: u.zeropage(page, p.page_size),
             "copy": lambda: u.copy(page, p.src + (page - p.base), p.page_size, p.copy_mode),
@@ -328,14 +332,11 @@ class EmuBackend(Backend):
                 for v in self.mm.vmas if v.start < end and start < v.end]
 
     def hint_modes(self, ioctl: str) -> dict[str, int]:
-        if not self.profile.hints:
-            return {}
-        from . import profiles
-        consts = {h: f"UFFDIO_{ioctl}_MODE_{h.upper()}" for h in ("access_likely", "write_likely")}
-        return {h: int(getattr(profiles, c)) for h, c in consts.items() if hasattr(profiles, c)}
+        return uapi.rfc_hint_modes(ioctl) if self.profile.hints else {}
 
     # -- mappings -------------------------------------------------------------------------
-    def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
+    def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
+             noreserve=False):   # sparse: no commit accounting to skip
         memtype = MemType(memtype)
         name = self._region_name(name)
         page = M.HPAGE_SIZE if memtype.hugetlb else uapi.PAGE_SIZE
@@ -368,6 +369,8 @@ class EmuBackend(Backend):
                 del self._regions[name]
 
     def madvise(self, addr, len, advice):
+        if advice in MADV_NOT_MODELLED:
+            raise NotModelled(f"madvise {MADV_NOT_MODELLED[advice]}")
         if advice in (uapi.MADV_DONTNEED, uapi.MADV_REMOVE):
             self._event(uapi.Feature.EVENT_REMOVE, {"event": uapi.Event.REMOVE, "start": addr, "end": addr + len},
                         self.mm.vmas_in(addr, addr + len))

@@ -17,12 +17,9 @@ from dataclasses import dataclass, fields, replace
 from .. import uapi
 
 # Never-merged RFC hint modes (uffdctl-private values; documented in docs/emulator.md).
-UFFDIO_COPY_MODE_ACCESS_LIKELY = 1 << 2
-UFFDIO_COPY_MODE_WRITE_LIKELY = 1 << 3
-UFFDIO_ZEROPAGE_MODE_ACCESS_LIKELY = 1 << 2
-UFFDIO_ZEROPAGE_MODE_WRITE_LIKELY = 1 << 3
-UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY = 1 << 2
-UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY = 1 << 3
+from ..uapi import (UFFDIO_COPY_MODE_ACCESS_LIKELY, UFFDIO_COPY_MODE_WRITE_LIKELY,  # noqa: F401 (re-exported)
+                    UFFDIO_WRITEPROTECT_MODE_ACCESS_LIKELY, UFFDIO_WRITEPROTECT_MODE_WRITE_LIKELY,
+                    UFFDIO_ZEROPAGE_MODE_ACCESS_LIKELY, UFFDIO_ZEROPAGE_MODE_WRITE_LIKELY)
 HINT_MODES = UFFDIO_COPY_MODE_ACCESS_LIKELY | UFFDIO_COPY_MODE_WRITE_LIKELY
 
 _F = uapi.Feature
@@ -76,6 +73,9 @@ class Profile:
     # 0cef0bb836e3 "mm: clear uffd-wp PTE/PMD state on mremap()" (6.13; 6.12.11, 6.1.191): PTEs moved out of
     # a VMA whose ctx lacks EVENT_REMAP lose their uffd-wp bits and markers; before, they kept them.
     mremap_clear_uffd_wp: bool = True
+    # 6.17 "mm/mremap: permit mremap() move of multiple VMAs": MREMAP_FIXED without resizing may span VMAs
+    # and holes (uffd-registered ones excepted: EFAULT there); before, EFAULT for any range past one VMA.
+    mremap_multi_vma: bool = True
     # bf14d4a05387 "mm: propagate VM_SOFTDIRTY on merge" (6.19; 6.18.37): a merged VMA is VM_SOFTDIRTY if
     # either input was (soft-dirty selftest test_merge); before, the neighbour's flag wins.
     vm_softdirty_sticky_merge: bool = True
@@ -117,7 +117,8 @@ class Profile:
 # What 5.19 lacks of the later mm-surface changes (fork markers and the vma_needs_copy() era, mremap's
 # uffd-wp clearing, MADV_COLLAPSE, mTHP, read swap-in writable, release() resetting uffd-wp).
 _MM_5_19 = dict(fork_wp_marker_without_event=True, fork_poison_marker_without_event=True,
-                vma_needs_copy="uffd_wp|anon_vma", mremap_clear_uffd_wp=False, vm_softdirty_sticky_merge=False,
+                vma_needs_copy="uffd_wp|anon_vma", mremap_clear_uffd_wp=False, mremap_multi_vma=False,
+                vm_softdirty_sticky_merge=False,
                 swapin_read_writable=False, madv_collapse=False, khugepaged_uffd_wp_recheck=False,
                 huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False,
                 release_resets_wp=False)
@@ -150,7 +151,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     # an early EAGAIN writes -EAGAIN into the result field (95567729173e: COPY with a REMOVE event unread).
     replace(_6_18, name="6.12", release="6.12.117",
             guard_markers=False, pagemap_guard_bit=False, install_over_guard=False,
-            vma_needs_copy="uffd_wp|anon_vma", vm_softdirty_sticky_merge=False),
+            vma_needs_copy="uffd_wp|anon_vma", vm_softdirty_sticky_merge=False,
+            mremap_multi_vma=False),     # 6.17 [source history, not measured in the 6.12 guest]
     _6_18,
     replace(_6_18, name="7.3", release="7.3.4", install_over_guard=False, scan_written_any_vma=False),
     replace(_5_19, name="rfc-hints", release="5.19.0-rfc-hints", hints="rfc", mprotect_try_change_writable=True,

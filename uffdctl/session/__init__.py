@@ -7,3 +7,7 @@
 - ``client``    start, find, call and stop daemons
 - ``protocol``  the versioned JSON-lines wire format;  ``paths``  the runtime directory
 """
+
+# The commands of processes and several uffds register themselves into the table (commands.py does not
+# import them: it is what they build on).
+from . import proc_commands  # noqa: E402,F401

@@ -20,10 +20,14 @@ from ..backend import Access, Backend
 from ..errors import UsageError
 from ..registry import open_backend
 from ..types import HandlerPolicy, Region
+from .multi import MultiState
 
 # Features asked for when the uffd is opened implicitly: THREAD_ID, so every
 # fault message names the thread that is blocked (``events`` shows it).
 DEFAULT_FEATURES = int(uapi.Feature.THREAD_ID)
+
+# The session's message log keeps the newest EVENTS_KEPT entries (the handler's own ring is bounded too).
+EVENTS_KEPT = 65536
 
 # Faults wait for the user by default (copy/zeropage/continue/wake/writeprotect --off).
 DEFAULT_POLICY = dict(missing="queue", wp="queue", minor="queue")
@@ -39,23 +43,83 @@ class Touch:
     len: int
     write: bool
     access: Access
+    tid: int = 0
+    first_seq: int = 0       # the first event seq that can belong to this touch
+    page_size: int = uapi.PAGE_SIZE
     started_ns: int = field(default_factory=time.monotonic_ns)
+    proc: str = "self"          # the process the touch runs in (uffdctl.session.multi)
+    kind: str = "touch"         # or the system call issued with --thread (madvise, fork): see proc_commands
 
     def to_dict(self) -> dict:
-        d = {"touch": self.id, "thread": self.thread, "start": self.start, "len": self.len,
+        d = {"touch": self.id, "proc": self.proc, "thread": self.thread, "tid": self.tid, "start": self.start,
+             "len": self.len,
              "write": int(self.write), "finished": int(self.access.done), "blocked": int(not self.access.done)}
+        if self.kind != "touch":
+            d["op"] = self.kind
         if self.access.done:
             try:
                 r = self.access.result()
             except Exception as e:  # handed back from the thread
                 d.update(error=str(e))
             else:
+                if self.kind != "touch":
+                    d["ret"] = r if isinstance(r, int) else 0
+                    return d
                 d.update(minflt=r.minflt, majflt=r.majflt, sigbus=int(r.sigbus), si_code=r.si_code,
                          fault_addr=r.fault_addr, ns=r.ns)
+                if not self.write and r.data is not None:   # mmops: what the read saw, one byte per page
+                    import zlib
+                    data = per_page(r.data, self.len)
+                    d.update(data=data.hex(), crc32=zlib.crc32(data))
+                if hasattr(r, "sigsegv"):
+                    d["sigsegv"] = int(r.sigsegv)
         return d
 
 
-class SessionState:
+# -- addresses as REGION:PAGE (mmops) ---------------------------------------------------------------
+def locate(st: "SessionState", addr: int, end: bool = False) -> str | None:
+    """``buf:3`` (or ``buf:3+0x10``) for an address inside a region; ``end``: an exclusive end, so the
+    end of a region is ``buf:N`` rather than page 0 of the region after it."""
+    regs = sorted(st.regions.values(), key=lambda r: r.len)    # the innermost (an overlay) first
+    if end:
+        for r in regs:
+            if r.addr < addr <= r.end:
+                off = addr - r.addr
+                return f"{r.name}:{off // r.page_size}" + (f"+{off % r.page_size:#x}" if off % r.page_size else "")
+    for r in regs:
+        if r.addr <= addr < r.end:
+            off = addr - r.addr
+            return f"{r.name}:{off // r.page_size}" + (f"+{off % r.page_size:#x}" if off % r.page_size else "")
+    return None
+
+
+EVENT_ADDR_FIELDS = ("address", "start", "end", "from", "to")
+
+
+def locate_event(st: "SessionState", d: dict) -> dict:
+    """``{"start": "buf:1", "end": "buf:4", ...}`` for a logged message, against the regions as they are
+    now (called when the message enters the log)."""
+    out = {}
+    for k in EVENT_ADDR_FIELDS:
+        v = d.get(k)
+        if isinstance(v, int) and v:
+            loc = locate(st, v, end=(k == "end"))
+            if loc:
+                out[k] = loc
+    return out
+
+
+def per_page(data: bytes | None, length: int) -> bytes | None:
+    """The byte a strided touch read from each page (the kernel hands back the whole buffer, the
+    emulator the bytes it read)."""
+    if data is None:
+        return None
+    if len(data) == length:
+        return bytes(data[::uapi.PAGE_SIZE])
+    return bytes(data)
+
+
+class SessionState(MultiState):
     """Everything one session owns.  ``lock`` serialises commands (touch waits outside it)."""
 
     def __init__(self, backend: "str | Backend" = "auto", profile: str | None = None, name: str = "run",
@@ -81,7 +145,7 @@ class SessionState:
         self.touches: dict[int, Touch] = {}
         self._touch_ids = itertools.count(1)
         self.events: list[dict] = []
-        self._seq = itertools.count(1)
+        self.events_dropped = 0        # entries no longer in the log (see collect_events)
         self.zero_pfn: int | None = None
         self.thread_names: list[str] = []
         self._scratch: Region | None = None
@@ -94,7 +158,7 @@ class SessionState:
         if self._backend is None:
             self._backend = open_backend(self.backend_name, profile=self.profile, soft_dirty=self.soft_dirty,
                                          **self.kernel_opts)
-        return self._backend
+        return self.proc_view(self._backend) or self._backend   # a child's mm while addressing one
 
     def open(self) -> "SessionState":
         """Open the backend now (a daemon fails fast, before it says it is ready)."""
@@ -141,45 +205,62 @@ class SessionState:
     def start_handler(self, policy: HandlerPolicy | None = None) -> None:
         if policy is not None:
             self.policy = policy
-        if self.uffd is None:
-            return  # starts with the uffd
+        if self.uffd is None or self.slot.unread:
+            return  # starts with the uffd (or when the handler reads again: handler --read)
         if self.handler is not None:
             self.collect_events()
             self.handler.stop()   # queued faults are woken: they fault again into the new handler
             self.collect_events()
+            self.slot.seen = 0     # the new handler's stream starts afresh
         self.handler = self.backend.fault_handler(self.uffd, self.policy)
         self.handler.start()
 
     def collect_events(self) -> list[dict]:
-        """Move what the handler logged into the session's event log (with seq)."""
-        if self.handler is None:
-            return []
-        new = []
-        for ev in self.handler.events():
-            d = {"seq": next(self._seq)}
-            d.update(ev.to_dict())
-            reg = self.region_at(d.get("address", 0)) if "address" in d else None
-            if reg is not None:
-                d["region"] = reg.name
-                d["page"] = (d["address"] - reg.addr) // reg.page_size
-            new.append(d)
+        """Move what the handler logged into the session's event log.
+
+        ``seq`` is the message's position in the stream the session's handlers read (1-based), so it never
+        changes.  When the handler's bounded log overwrote entries before they were collected (a fault
+        storm under a resolving policy), their seq numbers are skipped and one ``dropped`` entry says how
+        many and why; the faults themselves were resolved by the policy all the same.  The session keeps the
+        newest EVENTS_KEPT entries.
+        With several uffds (uffdctl.session.multi) every handler's stream is followed on its own, and seq
+        numbers the messages of all of them in the order they were collected."""
+        new = self.collect_all_events()   # every uffd's handler, with uffd/proc; each drain a barrier
+        for d in new:
+            at = self.locate_event(d)
+            if at:
+                d["at"] = at   # region:page of each address field, as the regions were when it was logged
         self.events.extend(new)
+        if len(self.events) > EVENTS_KEPT:
+            cut = len(self.events) - EVENTS_KEPT
+            self.events_dropped += sum(e.get("count", 1) if e["event"] == "dropped" else 1
+                                       for e in self.events[:cut])
+            del self.events[:cut]
         return new
 
     # -- regions --------------------------------------------------------------------
+    def locate(self, addr: int, end: bool = False) -> str | None:
+        """``buf:3`` for an address inside a region (``end``: an exclusive end, ``buf:N`` at its end)."""
+        return locate(self, addr, end)
+
+    def locate_event(self, d: dict) -> dict:
+        return locate_event(self, d)
+
     def region_at(self, addr: int) -> Region | None:
+        """The region containing addr; the innermost one where a MAP_FIXED mapping overlays a region."""
+        best = None
         for r in self.regions.values():
-            if r.addr <= addr < r.end:
-                return r
-        return None
+            if r.addr <= addr < r.end and (best is None or r.len < best.len):
+                best = r
+        return best
 
     def scratch(self, len: int) -> Region:
         """An unregistered anon buffer (COPY's src, probes): never one of the user's regions."""
         if self._scratch is None or self._scratch.len < len:
             if self._scratch is not None:
-                self.backend.munmap(self._scratch.addr, self._scratch.len)
+                self.self_backend.munmap(self._scratch.addr, self._scratch.len)
             size = max(len, 16 * uapi.PAGE_SIZE)
-            self._scratch = self.backend.mmap(size, "anon", name=f"__scratch{os.getpid()}_{size}")
+            self._scratch = self.self_backend.mmap(size, "anon", name=f"__scratch{os.getpid()}_{size}")
         return self._scratch
 
     def learn_zero_pfn(self) -> int:
@@ -197,14 +278,26 @@ class SessionState:
     # -- threads --------------------------------------------------------------------
     def busy_touch(self, thread: str) -> Touch | None:
         for t in self.touches.values():
-            if t.thread == thread and not t.access.done:
+            if t.thread == thread and t.proc == self.cur_proc_name and not t.access.done:
                 return t
         return None
 
     def new_touch(self, thread: str, start: int, len: int, write: bool, fill: int) -> Touch:
         th = self.thread(thread)
-        acc = th.access(start, len, write, fill=fill, stride=uapi.PAGE_SIZE)
-        t = Touch(next(self._touch_ids), thread, start, len, write, acc)
+        self.collect_events()       # what is logged so far belongs to earlier accesses
+        first = (self.events[-1]["seq"] + 1) if self.events else 1
+        reg = self.region_at(start)
+        acc = th.access(start, len, write, fill=fill, stride=uapi.PAGE_SIZE, want_data=not write)
+        t = Touch(next(self._touch_ids), thread, start, len, write, acc, th.tid, first,
+                  reg.page_size if reg else uapi.PAGE_SIZE, proc=self.cur_proc_name)
+        self.touches[t.id] = t
+        return t
+
+    def new_op(self, thread: str, start: int, len: int, access, kind: str) -> Touch:
+        """A system call issued from a session thread (``--thread``), waited for like a touch."""
+        first = (self.events[-1]["seq"] + 1) if self.events else 1
+        t = Touch(next(self._touch_ids), thread, start, len, False, access, 0, first, proc=self.cur_proc_name,
+                  kind=kind)
         self.touches[t.id] = t
         return t
 
@@ -220,7 +313,7 @@ class SessionState:
         access (getrusage RUSAGE_THREAD), free of the thread's own bookkeeping faults."""
         mn = mj = 0
         for t in self.touches.values():
-            if t.thread == thread and t.access.done:
+            if t.thread == thread and t.proc == self.cur_proc_name and t.access.done:
                 try:
                     r = t.access.result()
                 except Exception:
@@ -240,4 +333,5 @@ class SessionState:
                     self.collect_events()
                 except Exception:
                     pass
+                self.close_procs()
                 self._backend.close()

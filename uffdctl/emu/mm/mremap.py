@@ -45,16 +45,15 @@ class Mremap:
             old_len, new_len = _page_align(old_len, vma.page_size), _page_align(new_len, vma.page_size)
             if new_len > old_len:       # "Don't allow remap expansion" (hugetlb reservations)
                 return -E.EINVAL
-        if old + old_len > vma.end:     # vma_to_resize(): the old range must lie in one VMA
-            return -E.EFAULT
-        if flags & M.MREMAP_DONTUNMAP and vma.flags & VM_DONTEXPAND:
-            return -E.EINVAL
-        if flags & M.MREMAP_FIXED:
-            return self.mremap_to(vma, old, old_len, new_len, flags, new_addr)
-        if old_len >= new_len:          # shrink in place: the tail is unmapped (UNMAP event), no REMAP
+        if flags & (M.MREMAP_FIXED | M.MREMAP_DONTUNMAP):
+            return self.mremap_to(old, old_len, new_len, flags, new_addr)
+        if old_len >= new_len:          # "Always allow a shrinking remap": the tail is unmapped (UNMAP), no REMAP
             if old_len > new_len:
                 self.munmap(old + new_len, old_len - new_len)
             return old
+        err = self.vma_to_resize(vma, old, old_len, flags)
+        if err:
+            return err
         if old + old_len == vma.end and not self.vmas_in(vma.end, old + new_len) and \
                 old + new_len <= TASK_SIZE:
             self.vma_expand(vma, old + new_len)   # grow in place: no event, same (registered) VMA
@@ -64,14 +63,47 @@ class Mremap:
         dst = self.get_unmapped_area(new_len, vma.page_size)
         return self.move_vma(vma, old, old_len, new_len, dst, flags)
 
-    def mremap_to(self, vma, old, old_len, new_len, flags, new_addr) -> int:
-        """MREMAP_FIXED: whatever is mapped at the destination goes first (its UNMAP events first)."""
-        self.munmap(new_addr, new_len)
+    def vma_to_resize(self, vma, old: int, old_len: int, flags: int) -> int:
+        if vma is None or old + old_len > vma.end:     # the old range must lie in one VMA
+            return -E.EFAULT
+        if flags & uapi.MREMAP_DONTUNMAP and vma.flags & VM_DONTEXPAND:
+            return -E.EINVAL
+        return 0
+
+    def mremap_to(self, old, old_len, new_len, flags, new_addr) -> int:
+        """MREMAP_FIXED (whatever is mapped at the destination goes first: its UNMAP events first) and
+        DONTUNMAP: always a move."""
+        move_only = flags & uapi.MREMAP_FIXED and old_len == new_len
+        if flags & uapi.MREMAP_FIXED:
+            if new_len > TASK_SIZE or new_addr > TASK_SIZE - new_len:
+                return -E.EINVAL
+            self.munmap(new_addr, new_len)
         if old_len > new_len:
             self.munmap(old + new_len, old_len - new_len)
             old_len = new_len
         vma = self.find_vma(old)
-        return self.move_vma(vma, old, old_len, new_len, new_addr, flags)
+        if move_only and vma is not None and old + old_len > vma.end:
+            return self.remap_move(old, old_len, new_addr, flags)
+        err = self.vma_to_resize(vma, old, old_len, flags)
+        if err:
+            return err
+        dst = new_addr if flags & uapi.MREMAP_FIXED else self.get_unmapped_area(new_len, vma.page_size)
+        return self.move_vma(vma, old, old_len, new_len, dst, flags)
+
+    def remap_move(self, old: int, length: int, new_addr: int, flags: int) -> int:
+        """A move-only mremap (MREMAP_FIXED, same length) over several VMAs and the holes between them
+        (6.17+, "mm/mremap: permit mremap() move of multiple VMAs"): each VMA goes to the same offset from
+        ``new_addr``, holes stay holes; a uffd-registered VMA stops the walk with EFAULT, the VMAs before
+        it staying moved [measured on 6.18: anon, shmem; registered first, middle, last]."""
+        if not self.profile.mremap_multi_vma:
+            return -E.EFAULT
+        end = old + length
+        for vma in self.vmas_in(old, end):
+            if vma.ctx is not None:
+                return -E.EFAULT
+            s, e = max(old, vma.start), min(end, vma.end)
+            self.move_vma(vma, s, e - s, e - s, new_addr + (s - old), flags)
+        return new_addr
 
     def move_vma(self, vma, old: int, old_len: int, new_len: int, dst: int, flags: int) -> int:
         (src,) = self.split(old, old + old_len)
@@ -99,6 +131,10 @@ class Mremap:
         soft-dirty (move_soft_dirty_pte()); with ``clear_uffd_wp`` the uffd-wp bits are cleared and
         uffd-wp markers dropped."""
         moved = []
+        for a, b, table in self.table_runs(old, old + old_len):   # pte_alloc() at dst for each old PTE table
+            if table:
+                for pmd in range((dst + a - old) >> 21, ((dst + b - old - 1) >> 21) + 1):
+                    self.pte_alloc(pmd << 21)
         for a in self.pte_keys(old, old + old_len, src.page_size):
             pte = self.ptes.pop(a)
             if clear_uffd_wp:
