@@ -25,6 +25,7 @@ from ._native import load
 from .backend import Access, Backend, Handler, Thread, Uffd
 from .errors import BackendUnavailable, Unsupported, uffd_error
 from .handler import NativeHandler
+from .kernel_mm import KernelMm, _hpage_size, hugepages_total, meminfo  # noqa: F401  (their old home)
 from .types import (AccessResult, HandlerPolicy, MemType, Region, RegionArray, ScanResult, SoftDirtyProbe,
                     UffdioApi, UffdMsg, decode_msg)
 
@@ -379,7 +380,7 @@ class KernelThread(Thread):
         return self._w is not None and bool(self._lib.uffdctl_worker_busy(self._w))
 
 
-class KernelBackend(Backend):
+class KernelBackend(KernelMm, Backend):
     """The running kernel, this process's own mm."""
 
     name = "kernel"
@@ -398,6 +399,8 @@ class KernelBackend(Backend):
         self._pagemap_fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
         self._sd: SoftDirtyProbe | None = None
         self._features: int | None = None
+        self._swapfiles: list[str] = []          # kernel_mm: swapfiles this backend turned on
+        self._created_files: dict[str, str] = {}  # kernel_mm: region name -> file it created
         if probe:
             self._features = self.probe_features()
 
@@ -431,14 +434,15 @@ class KernelBackend(Backend):
 
     # -- mappings -----------------------------------------------------------------
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
-             noreserve=False):
+             fixed=False, noreserve=False):
+        """``fixed``: MAP_FIXED at ``addr`` (else MAP_FIXED_NOREPLACE); ``noreserve``: MAP_NORESERVE."""
         memtype = MemType(memtype)
         name = self._region_name(name)
         page = uapi.PAGE_SIZE
         fd = None
         flags = uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE
         if addr:
-            flags |= uapi.MAP_FIXED_NOREPLACE
+            flags |= uapi.MAP_FIXED if fixed else uapi.MAP_FIXED_NOREPLACE
         if noreserve:
             flags |= uapi.MAP_NORESERVE
         if memtype.hugetlb:
@@ -491,6 +495,7 @@ class KernelBackend(Backend):
                 if reg.fd is not None:
                     os.close(reg.fd)
                 del self._regions[name]
+                self._forget_region(name)
 
     def madvise(self, addr, len, advice):
         r = self._lib.uffdctl_madvise(addr, len, advice)
@@ -727,6 +732,7 @@ class KernelBackend(Backend):
             if r.fd is not None:
                 os.close(r.fd)
         self._regions.clear()
+        self._close_mm()
         if self._pagemap_fd >= 0:
             os.close(self._pagemap_fd)
             self._pagemap_fd = -1
@@ -752,23 +758,3 @@ def soft_dirty_roundtrip(b: Backend) -> SoftDirtyProbe:
     if before & uapi.PM_SOFT_DIRTY:
         return SoftDirtyProbe(False, "clear_refs 4 did not clear bit 55", before, after)
     return SoftDirtyProbe(False, "CONFIG_MEM_SOFT_DIRTY off: round trip read 0", before, after)
-
-
-def meminfo() -> dict[str, int]:
-    out = {}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                k, v = line.split(":", 1)
-                out[k] = int(v.split()[0])
-    except OSError:
-        pass
-    return out
-
-
-def hugepages_total() -> int:
-    return meminfo().get("HugePages_Total", 0)
-
-
-def _hpage_size() -> int:
-    return meminfo().get("Hugepagesize", 2048) * 1024
