@@ -402,3 +402,19 @@ def test_one_tib_region_costs_what_is_touched():
     assert time.monotonic() - t0 < 2.0
     assert [(s - r.addr, e - s) for s, e, c in res.regions if c] == [(0, PS), (TiB // 2, PS), (TiB - PS, PS)]
     assert len(b.mm.ptes) <= 1
+
+
+@pytest.mark.parametrize("advice", [21, 20, 14, 25, 10, 18])   # PAGEOUT COLD HUGEPAGE COLLAPSE DONTFORK WIPEONFORK
+def test_madvise_not_modelled_is_said(advice):
+    """Advice the kernel takes but the model does not carry out is refused as not modelled (exit 4), never
+    answered with a guess (EINVAL, or silently nothing)."""
+    from uffdctl.errors import NotModelled
+    b = EmuBackend(profile="6.18", soft_dirty=False)
+    r = b.mmap(2 * PS, MemType.ANON)
+    b.write(r.addr, b"x")
+    before = b.pagemap(r.addr, 2)
+    with pytest.raises(NotModelled) as ei:
+        b.madvise(r.addr, r.len, advice)
+    assert ei.value.exit_code == 4 and "not modelled: madvise MADV_" in str(ei.value)
+    assert b.pagemap(r.addr, 2) == before          # and nothing changed
+    b.close()

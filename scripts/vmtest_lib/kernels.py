@@ -141,6 +141,7 @@ def run(args, run_columns, make_plan) -> int:
     role_of = {id(k): r for r, k in kernels}
     columns, col_seconds = run_columns(args, plan, vms, host=False,
                                        criu=lambda k: "full" if role_of.get(id(k)) == "debian" else "consumer")
+    builds = [(r, build.Build.load(b.dir) or b) for r, b in builds]   # as recorded on disk (the build's own time)
     cols = {}
     for (role, _k), c in zip(kernels, columns):
         cols[role] = {**c.to_dict(), "role": role}

@@ -22,10 +22,11 @@ import itertools
 from .. import uapi
 from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, HandlerPolicy, MemType, Region,
                        ScanResult, SoftDirtyProbe, Thread, UffdMsg)
-from ..errors import UffdError, uffd_error
+from ..errors import NotModelled, UffdError, uffd_error
 from ..types import PteBits
 from . import mm as M
 from .fs.proc import task_mmu
+from .mm.madvise import MADV_NOT_MODELLED
 from .fs.userfaultfd import EmuUffd
 from .profiles import DEFAULT_PROFILE, get_profile
 from .sched import RunQueue
@@ -368,6 +369,8 @@ class EmuBackend(Backend):
                 del self._regions[name]
 
     def madvise(self, addr, len, advice):
+        if advice in MADV_NOT_MODELLED:
+            raise NotModelled(f"madvise {MADV_NOT_MODELLED[advice]}")
         if advice in (uapi.MADV_DONTNEED, uapi.MADV_REMOVE):
             self._event(uapi.Feature.EVENT_REMOVE, {"event": uapi.Event.REMOVE, "start": addr, "end": addr + len},
                         self.mm.vmas_in(addr, addr + len))

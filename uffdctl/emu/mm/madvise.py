@@ -8,6 +8,16 @@ from ... import uapi
 from .mm_types import (PAGE_SIZE, PTE_MARKER_GUARD, make_pte_marker)
 
 
+# include/uapi/asm-generic/mman-common.h: advice the kernel takes that this model does not carry out.  The
+# adapter raises NotModelled for them instead of the model answering EINVAL (which the kernel never would).
+MADV_NOT_MODELLED = {0: "MADV_NORMAL", 1: "MADV_RANDOM", 2: "MADV_SEQUENTIAL", 3: "MADV_WILLNEED",
+                     10: "MADV_DONTFORK", 11: "MADV_DOFORK", 12: "MADV_MERGEABLE", 13: "MADV_UNMERGEABLE",
+                     14: "MADV_HUGEPAGE", 16: "MADV_DONTDUMP", 17: "MADV_DODUMP", 18: "MADV_WIPEONFORK",
+                     19: "MADV_KEEPONFORK", 20: "MADV_COLD", 21: "MADV_PAGEOUT", 22: "MADV_POPULATE_READ",
+                     23: "MADV_POPULATE_WRITE", 24: "MADV_DONTNEED_LOCKED", 25: "MADV_COLLAPSE",
+                     100: "MADV_HWPOISON", 101: "MADV_SOFT_OFFLINE"}
+
+
 class Madvise:
     """mm/madvise.c."""
 
