@@ -387,7 +387,7 @@ class KernelBackend(KernelMm, Backend):
 
     def __init__(self, probe: bool = True, user_mode_only: bool | None = None):
         """``user_mode_only``: True opens every uffd with UFFD_USER_MODE_ONLY; None (default) does so only when
-        the plain open is refused with EPERM (an unprivileged user under vm.unprivileged_userfaultfd=0, the
+        the default open (``userfaultfd()``, via "auto") is refused with EPERM (an unprivileged user under vm.unprivileged_userfaultfd=0, the
         kernel's userfaultfd_syscall_allowed()), and says so in describe(); False never."""
         self._ffi, self._lib = load()
         self.user_mode_only = user_mode_only
@@ -465,7 +465,12 @@ class KernelBackend(KernelMm, Backend):
             if fd is not None:
                 os.close(fd)
             hint = None
-            if -a == E.ENOMEM and not noreserve:
+            if -a == E.ENOMEM and memtype.hugetlb:
+                mi = meminfo()
+                hint = (f"no free huge page to reserve: HugePages_Free={mi.get('HugePages_Free', 0)}, "
+                        f"HugePages_Rsvd={mi.get('HugePages_Rsvd', 0)} (other mappings hold the rest; "
+                        f"sysctl vm.nr_hugepages=N reserves more)")
+            elif -a == E.ENOMEM and not noreserve:
                 hint = ("the kernel's overcommit accounting refused it (a private mapping larger than what "
                         "RAM + swap can commit); mmap --noreserve maps it with MAP_NORESERVE")
             raise uffd_error(-a, "mmap", addr, len, message=hint)
@@ -529,7 +534,8 @@ class KernelBackend(KernelMm, Backend):
                 self._uffds.append(u)
                 return u
             errs.append((how, -fd))
-        if self.user_mode_only is None and "syscall" in order and dict(errs).get("syscall") == E.EPERM \
+        # the fallback is for the default open (via "auto"); asking for one method gets exactly that one
+        if self.user_mode_only is None and via == "auto" and dict(errs).get("syscall") == E.EPERM \
                 and not flags & uapi.UFFD_USER_MODE_ONLY:
             fd = self._lib.uffdctl_userfaultfd(flags | uapi.UFFD_USER_MODE_ONLY)
             if fd >= 0:      # from now on every uffd of this backend is user-mode-only, and describe() says so
