@@ -103,7 +103,10 @@ def render(record: dict) -> str:
         lines.append(f"| built:{bd['name']} ({bd['release']}) | {', '.join(bd['patches']) or 'none'} | "
                      f"{bd['seconds']:.0f} s ({bd['ccache']}) |")
     lines += ["", f"`make test-kernels` wall time: {record['seconds']:.0f} s "
-              f"(builds {record['build_seconds']:.0f} s, columns {record['columns_seconds']:.0f} s)", ""]
+              f"(builds {record['build_seconds']:.0f} s, columns {record['columns_seconds']:.0f} s)"]
+    if record.get("note"):
+        lines.append(f"({record['note']})")
+    lines.append("")
     lines += [f"- {'OK' if a['ok'] else 'FAILED'}: {a['name']} ({a['detail']})" for a in record["assertions"]]
     return "\n".join(lines)
 
