@@ -215,7 +215,7 @@ int uffdctl_stress_bounce(struct uffdctl_stress *s)
 	struct uffdctl_handler_cfg hc = {
 		.uffd = s->uffd, .missing_policy = UFFDCTL_POL_COPY_SRC, .wp_policy = UFFDCTL_POL_UNPROTECT,
 		.minor_policy = UFFDCTL_POL_QUEUE, .base = s->dst, .src = s->src, .page_size = s->page_size,
-		.copy_mode = s->wp ? UFFDIO_COPY_MODE_WP : 0, .batch = 1,
+		.copy_mode = s->wp ? UFFDIO_COPY_MODE_WP : 0, .batch = 16,
 		/* every fault of a bounce fits: each page faults MISSING at most once and WP at most once */
 		.log_cap = (int)(2 * s->nr_pages + 64),
 		.read_mode = !(s->bounces & UFFDCTL_BOUNCE_POLL),

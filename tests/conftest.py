@@ -97,8 +97,11 @@ def hugetlb_reason(backend) -> str | None:
     from uffdctl.kernel import hugepages_total, meminfo
     if hugepages_total() == 0:
         return "HugePages_Total=0 (no huge pages reserved; sysctl vm.nr_hugepages=N)"
-    if meminfo().get("HugePages_Free", 0) < 4:
-        return f"HugePages_Free={meminfo().get('HugePages_Free', 0)} (need 4)"
+    mi = meminfo()
+    avail = mi.get("HugePages_Free", 0) - mi.get("HugePages_Rsvd", 0)   # reserved ones belong to other mappings
+    if avail < 4:
+        return (f"HugePages_Free={mi.get('HugePages_Free', 0)} HugePages_Rsvd={mi.get('HugePages_Rsvd', 0)}: "
+                f"{avail} free and unreserved (need 4; another process holds the rest)")
     return None
 
 

@@ -73,7 +73,7 @@ ENTRY_KEYS = {"addr", "raw", "pfn", "present", "swap", "file", "guard", "uffd_wp
 TOUCH_KEYS = {"touch", "proc", "thread", "tid", "start", "len", "write", "finished", "blocked"}
 FINISHED_KEYS = TOUCH_KEYS | {"minflt", "majflt", "sigbus", "si_code", "fault_addr", "ns"}
 EVENT_KEYS = {"seq", "event", "ts_ns", "flags", "flags_decoded", "address", "ptid", "action", "err", "result",
-              "region", "page", "uffd", "proc"}
+              "region", "page", "uffd", "proc", "at"}
 REGION_KEYS = {"name", "start", "len", "type", "page_size"}
 
 
@@ -120,7 +120,7 @@ def test_json_keys_of_every_command(session):
     assert keys(c.j("unregister", "buf")) == {"start", "len"}
     r = c.j("scan", "buf")
     assert keys(r) == {"walk_end", "regions", "start", "len", "flags", "return_mask", "category_mask",
-                       "category_anyof_mask", "category_inverted"}
+                       "category_anyof_mask", "category_inverted", "n"}
     assert keys(r["regions"][0]) == {"start", "end", "categories", "categories_decoded"}
     assert keys(c.j("clear-refs", "1")) == {"value"}
     assert keys(c.j("madvise", "buf:4", "--advice", "dontneed")) == {"start", "len", "advice"}

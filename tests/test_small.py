@@ -118,3 +118,37 @@ def test_tables_follow_columns(cli):
             assert max(map(len, out)) <= max(width, 53), (width, out)          # 53: the narrowest table
     finally:
         cli("session", "stop", "c", check=0)
+
+
+def test_long_touch_shows_progress_on_a_terminal_only(cli, tmp_path):
+    """touch --wait on a terminal prints progress on stderr while it runs (issue 11.6); -j and pipes get none.
+    (The kernel: an emulated access that blocks does not take wall-clock time.)"""
+    import pty
+    if _kernel_reason():
+        require_kernel(_kernel_reason())
+    cli("session", "start", "--name", "p", "--backend", "kernel", check=0)
+    try:
+        cli("mmap", "--size", "16K", "--name", "buf", check=0)
+        cli("register", "buf", "--mode", "missing", check=0)
+        master, slave = pty.openpty()
+        env = dict(cli.env, UFFDCTL_PROGRESS_S="0.2")
+        p = subprocess.run([BIN, "touch", "buf:0", "--write", "--wait", "--timeout", "2"], stdout=subprocess.PIPE,
+                           stderr=slave, env=env, cwd=cli.cwd, timeout=60, text=True)
+        os.close(slave)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            err += chunk
+        os.close(master)
+        assert p.returncode == 0 and "BLOCKED" in p.stdout
+        assert b"touch: " in err and b"blocked in a fault at 0x" in err, err
+        p = cli("-j", "touch", "buf:1", "--write", "--wait", "--timeout", "1", "--thread", "t2", check=0,
+                env={"UFFDCTL_PROGRESS_S": "0.2"})
+        assert p.stderr == ""
+    finally:
+        cli("session", "stop", "p", check=0)

@@ -271,6 +271,76 @@ class Backend(abc.ABC):
     def mremap(self, old: int, old_len: int, new_len: int, flags: int = 0, new_addr: int = 0) -> int:
         """mremap(2); returns the new address."""
 
+    # -- more of the mm surface (mmops): defaults say "not modelled"; the kernel backend overrides ----------
+    # The advices the emulator models; anything else is NotModelled there (never a guessed EINVAL).
+    MODELLED_ADVICE: frozenset | None = frozenset({uapi.MADV_DONTNEED, uapi.MADV_FREE, uapi.MADV_REMOVE,
+                                                   uapi.MADV_GUARD_INSTALL, uapi.MADV_GUARD_REMOVE,
+                                                   uapi.MADV_NOHUGEPAGE})
+
+    def check_advice(self, advice: int, name: str) -> None:
+        """Raise NotModelled unless this backend models ``advice`` (None: every advice, the kernel)."""
+        if self.MODELLED_ADVICE is not None and advice not in self.MODELLED_ADVICE:
+            raise NotModelled(f"madvise {name}")
+
+    def mappings(self, start: int, end: int) -> list[tuple[int, int, str]]:
+        """Every mapping of this address space overlapping [start, end): (start, end, what) — for the caller
+        to see whether a MAP_FIXED target holds memory it does not own.  A model holds only the caller's."""
+        return []
+
+    def dup_fd(self, fd: int | None) -> int | None:
+        """A second handle on a region's file for a region piece (a model's fds are its own: the same)."""
+        return fd
+
+    def close_fd(self, fd: int | None) -> None:
+        """Release a handle dup_fd() gave (nothing to do for a model)."""
+
+    def lru_drain(self) -> None:
+        """Drain the per-CPU LRU batches before reclaim advice (pageout, cold); a model has none."""
+
+    def alias_at(self, region: Region, name: str | None, addr: int) -> Region:
+        """alias(), at ``addr`` (MAP_FIXED_NOREPLACE): e.g. a PMD-aligned alias."""
+        raise NotModelled("alias at an address")
+
+    def mmap_fixed(self, len: int, memtype: MemType | str, name: str | None, prot: int, addr: int) -> Region:
+        """mmap with MAP_FIXED at ``addr`` (replacing what is there: UNMAP events for registered VMAs)."""
+        raise NotModelled("mmap MAP_FIXED")
+
+    def mmap_file(self, len: int, path: str, shared: bool, name: str | None = None,
+                  prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None,
+                  fixed: bool = False) -> Region:
+        """Map a regular file (``path``: a directory gets a fresh temp file, removed with the region)."""
+        raise NotModelled("regular file mappings")
+
+    def mmap_sysv(self, len: int, hugetlb: bool, name: str | None = None,
+                  prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None) -> Region:
+        """SysV shared memory: shmget(IPC_PRIVATE) + shmat, IPC_RMID at once (gone when detached)."""
+        raise NotModelled("SysV shm")
+
+    def msync(self, addr: int, len: int, flags: int) -> None:
+        raise NotModelled("msync")
+
+    def mlock(self, addr: int, len: int, flags: int = 0) -> None:
+        """mlock2(2); flags: MLOCK_ONFAULT."""
+        raise NotModelled("mlock")
+
+    def munlock(self, addr: int, len: int) -> None:
+        raise NotModelled("munlock")
+
+    def smaps_vmas(self, start: int, end: int) -> list[dict]:
+        """The VMAs overlapping [start, end) as /proc/self/smaps shows them: ``start end flags`` (VmFlags
+        two-letter codes) and the numeric fields in bytes (``Rss``, ``AnonHugePages``, ``Swap``, ...)."""
+        raise NotModelled("smaps VMAs")
+
+    def swap_on(self, size: int, directory: str | None = None) -> dict:
+        """A swapfile of ``size`` bytes made, mkswap'd and swapon'd; removed by swap_off/close."""
+        raise NotModelled("swap")
+
+    def swap_off(self) -> dict:
+        raise NotModelled("swap")
+
+    def swap_status(self) -> dict:
+        raise NotModelled("swap")
+
     # -- userfaultfd ------------------------------------------------------------
     @abc.abstractmethod
     def userfaultfd(self, flags: int = uapi.O_CLOEXEC | uapi.O_NONBLOCK, via: str = "auto") -> Uffd:

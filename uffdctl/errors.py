@@ -253,11 +253,18 @@ class ScriptError(UffdctlError):
         super().__init__(f"line {lineno}: {message}")
         self.lineno, self.line, self.message, self.exit_code, self.kind = lineno, line, message, exit_code, kind
         self.cause = cause or {}
+        self.iteration: list[int] | None = None   # the repeat iteration(s) the line failed in, outermost first
+
+    def __str__(self) -> str:
+        it = f" (repeat iteration {'/'.join(map(str, self.iteration))})" if self.iteration else ""
+        return f"line {self.lineno}{it}: {self.message}"
 
     def to_dict(self) -> dict:
         d = {"type": self.kind, "errno": None, "ioctl": None}
         d.update(self.cause)
         d.update(line=self.lineno, text=self.line, message=str(self), exit=self.exit_code, script_error=1)
+        if self.iteration:
+            d["iteration"] = self.iteration
         return d
 
     @classmethod

@@ -25,6 +25,7 @@ from ._native import load
 from .backend import Access, Backend, Handler, Thread, Uffd
 from .errors import BackendUnavailable, Unsupported, uffd_error
 from .handler import NativeHandler
+from .kernel_mm import KernelMm, _hpage_size, hugepages_total, meminfo  # noqa: F401  (their old home)
 from .types import (AccessResult, HandlerPolicy, MemType, Region, RegionArray, ScanResult, SoftDirtyProbe,
                     UffdioApi, UffdMsg, decode_msg)
 
@@ -379,14 +380,14 @@ class KernelThread(Thread):
         return self._w is not None and bool(self._lib.uffdctl_worker_busy(self._w))
 
 
-class KernelBackend(Backend):
+class KernelBackend(KernelMm, Backend):
     """The running kernel, this process's own mm."""
 
     name = "kernel"
 
     def __init__(self, probe: bool = True, user_mode_only: bool | None = None):
         """``user_mode_only``: True opens every uffd with UFFD_USER_MODE_ONLY; None (default) does so only when
-        the plain open is refused with EPERM (an unprivileged user under vm.unprivileged_userfaultfd=0, the
+        the default open (``userfaultfd()``, via "auto") is refused with EPERM (an unprivileged user under vm.unprivileged_userfaultfd=0, the
         kernel's userfaultfd_syscall_allowed()), and says so in describe(); False never."""
         self._ffi, self._lib = load()
         self.user_mode_only = user_mode_only
@@ -398,6 +399,8 @@ class KernelBackend(Backend):
         self._pagemap_fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
         self._sd: SoftDirtyProbe | None = None
         self._features: int | None = None
+        self._swapfiles: list[str] = []          # kernel_mm: swapfiles this backend turned on
+        self._created_files: dict[str, str] = {}  # kernel_mm: region name -> file it created
         if probe:
             self._features = self.probe_features()
 
@@ -431,14 +434,15 @@ class KernelBackend(Backend):
 
     # -- mappings -----------------------------------------------------------------
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
-             noreserve=False):
+             fixed=False, noreserve=False):
+        """``fixed``: MAP_FIXED at ``addr`` (else MAP_FIXED_NOREPLACE); ``noreserve``: MAP_NORESERVE."""
         memtype = MemType(memtype)
         name = self._region_name(name)
         page = uapi.PAGE_SIZE
         fd = None
         flags = uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE
         if addr:
-            flags |= uapi.MAP_FIXED_NOREPLACE
+            flags |= uapi.MAP_FIXED if fixed else uapi.MAP_FIXED_NOREPLACE
         if noreserve:
             flags |= uapi.MAP_NORESERVE
         if memtype.hugetlb:
@@ -461,7 +465,12 @@ class KernelBackend(Backend):
             if fd is not None:
                 os.close(fd)
             hint = None
-            if -a == E.ENOMEM and not noreserve:
+            if -a == E.ENOMEM and memtype.hugetlb:
+                mi = meminfo()
+                hint = (f"no free huge page to reserve: HugePages_Free={mi.get('HugePages_Free', 0)}, "
+                        f"HugePages_Rsvd={mi.get('HugePages_Rsvd', 0)} (other mappings hold the rest; "
+                        f"sysctl vm.nr_hugepages=N reserves more)")
+            elif -a == E.ENOMEM and not noreserve:
                 hint = ("the kernel's overcommit accounting refused it (a private mapping larger than what "
                         "RAM + swap can commit); mmap --noreserve maps it with MAP_NORESERVE")
             raise uffd_error(-a, "mmap", addr, len, message=hint)
@@ -486,6 +495,7 @@ class KernelBackend(Backend):
                 if reg.fd is not None:
                     os.close(reg.fd)
                 del self._regions[name]
+                self._forget_region(name)
 
     def madvise(self, addr, len, advice):
         r = self._lib.uffdctl_madvise(addr, len, advice)
@@ -524,7 +534,8 @@ class KernelBackend(Backend):
                 self._uffds.append(u)
                 return u
             errs.append((how, -fd))
-        if self.user_mode_only is None and "syscall" in order and dict(errs).get("syscall") == E.EPERM \
+        # the fallback is for the default open (via "auto"); asking for one method gets exactly that one
+        if self.user_mode_only is None and via == "auto" and dict(errs).get("syscall") == E.EPERM \
                 and not flags & uapi.UFFD_USER_MODE_ONLY:
             fd = self._lib.uffdctl_userfaultfd(flags | uapi.UFFD_USER_MODE_ONLY)
             if fd >= 0:      # from now on every uffd of this backend is user-mode-only, and describe() says so
@@ -721,6 +732,7 @@ class KernelBackend(Backend):
             if r.fd is not None:
                 os.close(r.fd)
         self._regions.clear()
+        self._close_mm()
         if self._pagemap_fd >= 0:
             os.close(self._pagemap_fd)
             self._pagemap_fd = -1
@@ -746,23 +758,3 @@ def soft_dirty_roundtrip(b: Backend) -> SoftDirtyProbe:
     if before & uapi.PM_SOFT_DIRTY:
         return SoftDirtyProbe(False, "clear_refs 4 did not clear bit 55", before, after)
     return SoftDirtyProbe(False, "CONFIG_MEM_SOFT_DIRTY off: round trip read 0", before, after)
-
-
-def meminfo() -> dict[str, int]:
-    out = {}
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                k, v = line.split(":", 1)
-                out[k] = int(v.split()[0])
-    except OSError:
-        pass
-    return out
-
-
-def hugepages_total() -> int:
-    return meminfo().get("HugePages_Total", 0)
-
-
-def _hpage_size() -> int:
-    return meminfo().get("Hugepagesize", 2048) * 1024

@@ -72,6 +72,8 @@ class Region:
     page_size: int = uapi.PAGE_SIZE
     fd: int | None = None
     prot: int = uapi.PROT_READ | uapi.PROT_WRITE
+    kind: str | None = None     # a finer type than memtype: "file", "file-private", "sysv", "sysv-hugetlb", "thp"
+    path: str | None = None     # the file behind a "file" region
 
     @property
     def end(self) -> int:
@@ -88,8 +90,11 @@ class Region:
         return self.addr + i * self.page_size
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "start": self.addr, "len": self.len, "type": self.memtype.value,
-                "page_size": self.page_size}
+        d = {"name": self.name, "start": self.addr, "len": self.len, "type": self.kind or self.memtype.value,
+             "page_size": self.page_size}
+        if self.path is not None:
+            d["path"] = self.path
+        return d
 
 
 @dataclass

@@ -411,8 +411,19 @@ def build(series: str, patch_paths: list[str], cache: str, install: bool = True,
     src, obj = os.path.join(work, "src"), os.path.join(work, "obj")
     env = ccache_env(cache, os.path.join(cache, "build"))
     log_path = os.path.join(d, "build.log")
+    with locked_build(cache):
+        done = None if force else Build.load(d)      # built by another vmtest while this one waited
+        if done is not None:
+            log(f"built:{name}: cached ({done.release}, built in {done.seconds:.0f} s) in {d}")
+            return done
+        return _build_locked(b, patches, fragment, pristine, src, obj, work, jobs, env, log_path, base, pkg,
+                             version, name, key)
+
+
+def _build_locked(b, patches, fragment, pristine, src, obj, work, jobs, env, log_path, base, pkg, version, name,
+                  key) -> Build:
     t0 = time.monotonic()
-    with open(log_path, "wb") as log_f, locked_build(cache):
+    with open(log_path, "wb") as log_f:
         try:
             if not os.path.isdir(src):
                 log(f"built:{name}: work tree {work} (hard links to {pristine})")

@@ -103,7 +103,10 @@ def render(record: dict) -> str:
         lines.append(f"| built:{bd['name']} ({bd['release']}) | {', '.join(bd['patches']) or 'none'} | "
                      f"{bd['seconds']:.0f} s ({bd['ccache']}) |")
     lines += ["", f"`make test-kernels` wall time: {record['seconds']:.0f} s "
-              f"(builds {record['build_seconds']:.0f} s, columns {record['columns_seconds']:.0f} s)", ""]
+              f"(builds {record['build_seconds']:.0f} s, columns {record['columns_seconds']:.0f} s)"]
+    if record.get("note"):
+        lines.append(f"({record['note']})")
+    lines.append("")
     lines += [f"- {'OK' if a['ok'] else 'FAILED'}: {a['name']} ({a['detail']})" for a in record["assertions"]]
     return "\n".join(lines)
 
@@ -141,6 +144,7 @@ def run(args, run_columns, make_plan) -> int:
     role_of = {id(k): r for r, k in kernels}
     columns, col_seconds = run_columns(args, plan, vms, host=False,
                                        criu=lambda k: "full" if role_of.get(id(k)) == "debian" else "consumer")
+    builds = [(r, build.Build.load(b.dir) or b) for r, b in builds]   # as recorded on disk (the build's own time)
     cols = {}
     for (role, _k), c in zip(kernels, columns):
         cols[role] = {**c.to_dict(), "role": role}

@@ -72,8 +72,53 @@ def _send(cmd, args, local):
     g = click.get_current_context().find_object(Globals)
     if cmd.name == "events" and local.get("follow"):
         return _follow(g, args, local)
-    r = client.call(g.session, cmd.name, args)
+    if cmd.name in ("touch", "wait") and (args.get("wait") or cmd.name == "wait") and not g.out.json \
+            and sys.stderr.isatty():
+        r = _with_progress(g, cmd.name, args)
+    else:
+        r = client.call(g.session, cmd.name, args)
     g.out.result(cmd.name, r, local)
+
+
+def _with_progress(g, name, args):
+    """A long touch --wait / wait on a terminal: every UFFDCTL_PROGRESS_S seconds (default 1) one stderr line
+    with the time so far and the toucher's fault count and state (the session answers `faults` while the
+    access runs); the line is cleared when it ends.  Never in -j, never into a pipe."""
+    import threading
+    import time
+    from ..session import client
+    every = float(os.environ.get("UFFDCTL_PROGRESS_S", "1"))
+    done, box = threading.Event(), {}
+
+    def call():
+        try:
+            box["r"] = client.call(g.session, name, args)
+        except BaseException as e:      # handed to the main thread
+            box["e"] = e
+        finally:
+            done.set()
+    threading.Thread(target=call, daemon=True).start()
+    t0, shown = time.monotonic(), False
+    while not done.wait(every):
+        try:
+            rows = client.call(g.session, "faults", timeout=max(every, 1))["threads"]
+        except Exception:       # the session is busy or went away: the main call reports that
+            continue
+        th = next((x for x in rows if x["thread"] == (args.get("thread") or "main")), None) or \
+            next((x for x in rows if x["blocked"]), None)
+        if th is None:
+            continue
+        state = f"blocked in a fault at 0x{th['address']:x}" if th["blocked"] and th.get("address") else "running"
+        sys.stderr.write(f"\r\x1b[K{name}: {time.monotonic() - t0:.0f} s, thread {th['thread']}: "
+                         f"{th['minflt']} minor faults, {state}")
+        sys.stderr.flush()
+        shown = True
+    if shown:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+    if "e" in box:
+        raise box["e"]
+    return box["r"]
 
 
 def _follow(g, args, local):

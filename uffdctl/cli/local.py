@@ -63,12 +63,16 @@ def check(verbose):
 
 @click.command()
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
-@BACKEND
+@click.option("--backend", type=click.Choice(["auto", "kernel", "emu", "both"]), default="auto",
+              envvar="UFFDCTL_BACKEND", show_default=True,
+              help="kernel, emulator, kernel if it can serve, or both side by side (as uffdctl repro FILE)")
 @PROFILE
 @SOFT_DIRTY
 @USER_MODE_ONLY
 @click.option("-q", "--quiet", is_flag=True, help="print only failures")
-def run(file, backend, profile, soft_dirty, user_mode_only, quiet):
+@click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
+              help="set a script variable (${NAME}); repeatable")
+def run(file, backend, profile, soft_dirty, user_mode_only, quiet, variables):
     """Run a script of session commands, one per line, in this process (no daemon).
 
     `#` starts a comment.  `expect` lines assert state and print an expected/actual
@@ -86,12 +90,21 @@ def run(file, backend, profile, soft_dirty, user_mode_only, quiet):
       printf 'mmap --size 16K --name buf\\nexpect result len=16384\\n' | uffdctl run -
       uffdctl run my.uffd          (docs/cli.md has a full example script)
     """
-    from ..script import ScriptError, run_file
+    from ..script import ScriptError, parse_vars, run_file
+    from ..session.state import UsageError
     g = _g()
+    if backend == "both":
+        from .repro import side_by_side
+        return side_by_side(g.out, file, "both", tuple(p for p in (profile or "").split(",") if p), variables, None)
+    try:
+        variables = parse_vars(variables)
+    except UsageError as e:
+        raise click.UsageError(str(e)) from None
     try:
         from .output import render
         res = run_file(file, backend=backend, profile=profile, echo=None if (g.out.json or quiet) else click.echo,
-                       render=render, soft_dirty=_sd(soft_dirty), notice=_notice, user_mode_only=user_mode_only)
+                       render=render, soft_dirty=_sd(soft_dirty), notice=_notice, variables=variables,
+                       user_mode_only=user_mode_only)
     except ScriptError as e:
         g.out.error(e.to_dict(), "uffdctl run")
         raise click.exceptions.Exit(e.exit_code) from None

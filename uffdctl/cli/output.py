@@ -114,8 +114,9 @@ def _event_line(e: dict) -> str:
         flags = "|".join(f.replace("UFFD_PAGEFAULT_FLAG_", "") for f in e.get("flags_decoded", [])) or "flags=0"
         return (f"#{e['seq']} pagefault {flags} address=0x{e['address']:x}{where} ptid={e.get('ptid', 0)} "
                 f"action={e.get('action')}" + (f" err={e['err']}" if e.get("err") else ""))
-    rest = " ".join(f"{k}={_hex(v)}" for k, v in e.items() if k not in ("seq", "event", "ts_ns", "action",
-                                                                         "err", "result"))
+    at = e.get("at", {})
+    rest = " ".join(f"{k}={_hex(v)}" + (f"({at[k]})" if k in at else "")
+                    for k, v in e.items() if k not in ("seq", "event", "ts_ns", "action", "err", "result", "at"))
     return f"#{e['seq']} {e['event']} {rest}"
 
 

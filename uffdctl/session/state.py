@@ -67,9 +67,56 @@ class Touch:
                     return d
                 d.update(minflt=r.minflt, majflt=r.majflt, sigbus=int(r.sigbus), si_code=r.si_code,
                          fault_addr=r.fault_addr, ns=r.ns)
+                if not self.write and r.data is not None:   # mmops: what the read saw, one byte per page
+                    import zlib
+                    data = per_page(r.data, self.len)
+                    d.update(data=data.hex(), crc32=zlib.crc32(data))
                 if hasattr(r, "sigsegv"):
                     d["sigsegv"] = int(r.sigsegv)
         return d
+
+
+# -- addresses as REGION:PAGE (mmops) ---------------------------------------------------------------
+def locate(st: "SessionState", addr: int, end: bool = False) -> str | None:
+    """``buf:3`` (or ``buf:3+0x10``) for an address inside a region; ``end``: an exclusive end, so the
+    end of a region is ``buf:N`` rather than page 0 of the region after it."""
+    regs = sorted(st.regions.values(), key=lambda r: r.len)    # the innermost (an overlay) first
+    if end:
+        for r in regs:
+            if r.addr < addr <= r.end:
+                off = addr - r.addr
+                return f"{r.name}:{off // r.page_size}" + (f"+{off % r.page_size:#x}" if off % r.page_size else "")
+    for r in regs:
+        if r.addr <= addr < r.end:
+            off = addr - r.addr
+            return f"{r.name}:{off // r.page_size}" + (f"+{off % r.page_size:#x}" if off % r.page_size else "")
+    return None
+
+
+EVENT_ADDR_FIELDS = ("address", "start", "end", "from", "to")
+
+
+def locate_event(st: "SessionState", d: dict) -> dict:
+    """``{"start": "buf:1", "end": "buf:4", ...}`` for a logged message, against the regions as they are
+    now (called when the message enters the log)."""
+    out = {}
+    for k in EVENT_ADDR_FIELDS:
+        v = d.get(k)
+        if isinstance(v, int) and v:
+            loc = locate(st, v, end=(k == "end"))
+            if loc:
+                out[k] = loc
+    return out
+
+
+def per_page(data: bytes | None, length: int) -> bytes | None:
+    """The byte a strided touch read from each page (the kernel hands back the whole buffer, the
+    emulator the bytes it read)."""
+    if data is None:
+        return None
+    if len(data) == length:
+        return bytes(data[::uapi.PAGE_SIZE])
+    return bytes(data)
 
 
 class SessionState(MultiState):
@@ -179,6 +226,10 @@ class SessionState(MultiState):
         With several uffds (uffdctl.session.multi) every handler's stream is followed on its own, and seq
         numbers the messages of all of them in the order they were collected."""
         new = self.collect_all_events()   # every uffd's handler, with uffd/proc; each drain a barrier
+        for d in new:
+            at = self.locate_event(d)
+            if at:
+                d["at"] = at   # region:page of each address field, as the regions were when it was logged
         self.events.extend(new)
         if len(self.events) > EVENTS_KEPT:
             cut = len(self.events) - EVENTS_KEPT
@@ -188,11 +239,20 @@ class SessionState(MultiState):
         return new
 
     # -- regions --------------------------------------------------------------------
+    def locate(self, addr: int, end: bool = False) -> str | None:
+        """``buf:3`` for an address inside a region (``end``: an exclusive end, ``buf:N`` at its end)."""
+        return locate(self, addr, end)
+
+    def locate_event(self, d: dict) -> dict:
+        return locate_event(self, d)
+
     def region_at(self, addr: int) -> Region | None:
+        """The region containing addr; the innermost one where a MAP_FIXED mapping overlays a region."""
+        best = None
         for r in self.regions.values():
-            if r.addr <= addr < r.end:
-                return r
-        return None
+            if r.addr <= addr < r.end and (best is None or r.len < best.len):
+                best = r
+        return best
 
     def scratch(self, len: int) -> Region:
         """An unregistered anon buffer (COPY's src, probes): never one of the user's regions."""
@@ -227,7 +287,7 @@ class SessionState(MultiState):
         self.collect_events()       # what is logged so far belongs to earlier accesses
         first = (self.events[-1]["seq"] + 1) if self.events else 1
         reg = self.region_at(start)
-        acc = th.access(start, len, write, fill=fill, stride=uapi.PAGE_SIZE)
+        acc = th.access(start, len, write, fill=fill, stride=uapi.PAGE_SIZE, want_data=not write)
         t = Touch(next(self._touch_ids), thread, start, len, write, acc, th.tid, first,
                   reg.page_size if reg else uapi.PAGE_SIZE, proc=self.cur_proc_name)
         self.touches[t.id] = t

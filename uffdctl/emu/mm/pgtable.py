@@ -5,6 +5,8 @@ exists, never the size of a range.
 """
 from __future__ import annotations
 
+import bisect
+
 from .. import tlb as _tlb
 from .mm_types import PAGE_SIZE, Pte
 
@@ -14,7 +16,18 @@ class PageTables:
 
     def pte_alloc(self, addr: int) -> None:
         """pte_alloc(): the PMD over ``addr`` gets a PTE table (kept until munmap frees it)."""
-        self.pgtables.add(addr >> 21)
+        p = addr >> 21
+        if p not in self.pgtables:
+            self.pgtables.add(p)
+            self._pgt_sorted = None
+
+    def _tables_in(self, lo: int, hi: int) -> list[int]:
+        """PMD indices in [lo, hi] that have a table, ascending: bisect over a sorted copy kept until the
+        set changes (O(log T + found), never O(hi - lo))."""
+        srt = self._pgt_sorted
+        if srt is None:
+            srt = self._pgt_sorted = sorted(self.pgtables)
+        return srt[bisect.bisect_left(srt, lo):bisect.bisect_right(srt, hi)]
 
     def pmd_none(self, addr: int) -> bool:
         return addr >> 21 not in self.pgtables
@@ -22,10 +35,10 @@ class PageTables:
     def table_runs(self, start: int, end: int):
         """Split [start, end) into (start, end, has_page_table) runs; O(page tables), not O(range)."""
         lo, hi = start >> 21, (end - 1) >> 21
-        if hi - lo + 1 <= len(self.pgtables):
+        if hi - lo < 8:
             tables = [p for p in range(lo, hi + 1) if p in self.pgtables]
         else:
-            tables = sorted(p for p in self.pgtables if lo <= p <= hi)
+            tables = self._tables_in(lo, hi)
         pos = start
         for p in tables:
             a, b = max(start, p << 21), min(end, (p + 1) << 21)
@@ -37,9 +50,10 @@ class PageTables:
             yield pos, end, False
 
     def free_pgtables(self, start: int, end: int) -> None:
-        for pmd in range(start >> 21, ((end - 1) >> 21) + 1):
-            if pmd in self.pgtables and not self.vmas_in(pmd << 21, (pmd + 1) << 21):
+        for pmd in self._tables_in(start >> 21, (end - 1) >> 21):
+            if not self.vmas_in(pmd << 21, (pmd + 1) << 21):
                 self.pgtables.discard(pmd)
+                self._pgt_sorted = None
 
     def page_base(self, vma, addr: int) -> int:
         return addr - (addr - vma.start) % vma.page_size if vma.hugetlb else addr & ~(PAGE_SIZE - 1)
@@ -54,7 +68,7 @@ class PageTables:
         if pte.present and (old is None or not old.present or old.page is not pte.page):
             pte.page.mapcount += 1
         self.ptes[addr] = pte
-        self.pgtables.add(addr >> 21)
+        self.pte_alloc(addr)
 
     def pte_val(self, pte) -> int:
         return _tlb.pte_val(pte, self.soft_dirty_config)

@@ -8,12 +8,18 @@ clear_refs_write() the clear_refs file, pagemap_scan_category() pagemap_page_cat
 from __future__ import annotations
 
 import errno as E
+from types import SimpleNamespace
 
 from .... import uapi
 from ....types import ScanResult
 from ....errors import uffd_error
 from ...mm import (PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_UFFD_WP, VM_SOFTDIRTY, Pte, make_pte_marker,
                    userfaultfd_wp)
+
+
+# PAGE_IS_* and the scan flags as plain ints: IntFlag arithmetic was most of a scan's time
+_C = SimpleNamespace(**{c.name: int(c) for c in uapi.PageCategory})
+_WP_MATCHING, _CHECK_WPASYNC = int(uapi.PM_SCAN_WP_MATCHING), int(uapi.PM_SCAN_CHECK_WPASYNC)
 
 
 def pagemap_read(mm, addr: int, npages: int) -> list[int]:
@@ -99,7 +105,7 @@ def clear_refs_write(mm, value: int) -> int:
 def pagemap_scan_category(mm, vma, pte: Pte | None, has_table: bool = True) -> int:
     """Categories of one page (6.18 rules, spec §4.1).  A none PTE under an existing page table reads
     WRITTEN on any VMA [measured]; a hole without a page table only in a uffd-wp VMA."""
-    C = uapi.PageCategory
+    C = _C
     cat = 0
     if mm.soft_dirty_config and vma.flags & VM_SOFTDIRTY:
         cat |= C.SOFT_DIRTY
@@ -147,7 +153,7 @@ def _exclusive_wp(mm, vma, s, e, vcat, match, flush) -> None:
     for a, b, table in mm.table_runs(s, e):
         if not table:
             cat = pagemap_scan_category(mm, vma, None, False) | vcat
-            if match(cat) and cat & uapi.PageCategory.WRITTEN:
+            if match(cat) and cat & _C.WRITTEN:
                 for x in range(a, b, PAGE_SIZE):
                     mm.set_pte(x, make_pte_marker(PTE_MARKER_UFFD_WP))
             continue
@@ -176,6 +182,7 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             or (inverted | mask | anyof | return_mask) & ~int(allcat) or start % uapi.PAGE_SIZE or end < start:
         raise uffd_error(E.EINVAL, "PAGEMAP_SCAN", start, end - start)
     end = (end + uapi.PAGE_SIZE - 1) & ~(uapi.PAGE_SIZE - 1)
+    flags, inverted, mask, anyof, return_mask = int(flags), int(inverted), int(mask), int(anyof), int(return_mask)
     budget = max_pages or (1 << 64)
     regions: list[list[int]] = []
     wp_flush = []
@@ -209,12 +216,12 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
         s, e = max(start, vma.start), min(end, vma.end)
         wp_allowed = bool(vma.ctx and vma.ctx.wp_async and mm.userfaultfd_wp_use_markers(vma))
         if not wp_allowed:
-            if flags & uapi.PM_SCAN_CHECK_WPASYNC:
+            if flags & _CHECK_WPASYNC:
                 raise uffd_error(E.EPERM, "PAGEMAP_SCAN", start, end - start)
-            if flags & uapi.PM_SCAN_WP_MATCHING:
+            if flags & _WP_MATCHING:
                 continue
-        vcat = uapi.PageCategory.WPALLOWED if wp_allowed else 0
-        if flags & uapi.PM_SCAN_WP_MATCHING and not vec_len and not vma.hugetlb:
+        vcat = _C.WPALLOWED if wp_allowed else 0
+        if flags & _WP_MATCHING and not vec_len and not vma.hugetlb:
             _exclusive_wp(mm, vma, s, e, vcat, match, wp_flush)
             continue
         pos = s
@@ -225,7 +232,7 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                 if match(cat):
                     n = (hend - pos) // uapi.PAGE_SIZE
                     got = emit(pos, n, cat)
-                    if flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN:
+                    if flags & _WP_MATCHING and cat & _C.WRITTEN:
                         for a in range(pos, pos + got * uapi.PAGE_SIZE, vma.page_size):
                             mm.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
                     if got < n:
@@ -238,7 +245,7 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             cat = pagemap_scan_category(mm, vma, pte) | vcat
             npages = vma.page_size // uapi.PAGE_SIZE
             if match(cat):
-                if vma.hugetlb and flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN \
+                if vma.hugetlb and flags & _WP_MATCHING and cat & _C.WRITTEN \
                         and vec_len and budget < npages:
                     # "Partial HugeTLB page WP isn't possible": backed out, walk_end = its start, and the
                     # walk goes on (returns 0): walk_end ends at the last such page [measured on 6.18]
@@ -249,7 +256,7 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                 if got < npages:
                     mm.tlb.flush_range(wp_flush)
                     return ScanResult([tuple(r) for r in regions], k + got * uapi.PAGE_SIZE)
-                if flags & uapi.PM_SCAN_WP_MATCHING and cat & uapi.PageCategory.WRITTEN:
+                if flags & _WP_MATCHING and cat & _C.WRITTEN:
                     if pte.present:
                         new = pte.copy()
                         new.uffd_wp, new.write = True, False

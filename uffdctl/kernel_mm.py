@@ -1,0 +1,226 @@
+"""The real kernel's side of the wider mm surface: MAP_FIXED, regular files, SysV shm, msync, mlock,
+smaps VMAs and swap.  Mixed into :class:`uffdctl.kernel.KernelBackend`; each method overrides a
+``NotModelled`` default of :class:`uffdctl.backend.Backend`.  Thin: one syscall, its errno.
+"""
+from __future__ import annotations
+
+import errno as E
+import os
+
+from . import _libc, swap, uapi
+from .types import MemType, Region
+from .errors import Unsupported, uffd_error
+
+
+def parse_smaps(text: str, start: int, end: int) -> list[dict]:
+    """The /proc/PID/smaps entries overlapping [start, end): start, end, perms, path, flags and every
+    ``Key: N kB`` field in bytes (``Rss``, ``AnonHugePages``, ``Swap``, ``Locked``, ...)."""
+    out, cur = [], None
+    for line in text.splitlines():
+        head = line.split(None, 1)[0] if line.strip() else ""
+        if "-" in head and head.replace("-", "").isalnum() and not head.endswith(":"):
+            lo, hi = (int(x, 16) for x in head.split("-"))
+            parts = line.split(None, 5)
+            cur = {"start": lo, "end": hi, "perms": parts[1], "path": parts[5] if len(parts) > 5 else "",
+                   "flags": []}
+            if lo < end and start < hi:
+                out.append(cur)
+            continue
+        if cur is None or ":" not in line:
+            continue
+        k, v = line.split(":", 1)
+        if k == "VmFlags":
+            cur["flags"] = v.split()
+        else:
+            p = v.split()
+            if p and p[0].isdigit():
+                cur[k] = int(p[0]) * (1024 if len(p) > 1 and p[1] == "kB" else 1)
+            elif k == "THPeligible" and p:
+                cur[k] = int(p[0])
+    return out
+
+
+def meminfo() -> dict[str, int]:
+    out = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                k, v = line.split(":", 1)
+                out[k] = int(v.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def hugepages_total() -> int:
+    return meminfo().get("HugePages_Total", 0)
+
+
+def _hpage_size() -> int:
+    return meminfo().get("Hugepagesize", 2048) * 1024
+
+
+class KernelMm:
+    """Mixin for KernelBackend (uses its ``_lib``, ``_regions`` and the Backend bookkeeping helpers)."""
+
+    MODELLED_ADVICE = None  # the kernel: every advice is the kernel's to judge
+
+    def mappings(self, start, end):
+        out = []
+        with open("/proc/self/maps") as f:
+            for line in f:
+                lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+                if lo < end and start < hi:
+                    parts = line.split(None, 5)
+                    out.append((lo, hi, parts[5].strip() if len(parts) > 5 else ""))
+        return out
+
+    def dup_fd(self, fd):
+        return None if fd is None else os.dup(fd)
+
+    def close_fd(self, fd):
+        if fd is not None:
+            os.close(fd)
+
+    def alias_at(self, region, name, addr):
+        name = self._alias_name(region, name)
+        a = self._lib.uffdctl_mmap(addr, region.len, uapi.PROT_READ | uapi.PROT_WRITE,
+                                   uapi.MAP_SHARED | uapi.MAP_FIXED_NOREPLACE, region.fd, 0)
+        if a < 0:
+            raise uffd_error(-a, "mmap", addr, region.len)
+        return self._add_region(Region(name, a, region.len, region.memtype, region.page_size, None))
+
+    def mmap_fixed(self, len, memtype, name, prot, addr):
+        return self.mmap(len, memtype, name=name, prot=prot, addr=addr, fixed=True)
+
+    def mmap_file(self, len, path, shared, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
+                  fixed=False):
+        import tempfile
+        name = self._region_name(name)
+        self._check_len(len, uapi.PAGE_SIZE, addr)
+        created = None
+        if os.path.isdir(path):
+            # a fresh file on that filesystem, unlinked at once: nothing is left behind, even on SIGKILL
+            fd, tmp = tempfile.mkstemp(prefix=f"uffdctl-{name}-", dir=path)
+            os.unlink(tmp)
+            os.ftruncate(fd, len)
+            shown = f"{tmp} (deleted)"
+        else:
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                created = path
+                os.ftruncate(fd, len)
+            except FileExistsError:
+                fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+            except OSError as e:
+                raise uffd_error(e.errno, "open", None, len, message=path) from None
+            shown = path
+        flags = (uapi.MAP_SHARED if shared else uapi.MAP_PRIVATE) | \
+            (uapi.MAP_FIXED if fixed else (uapi.MAP_FIXED_NOREPLACE if addr else 0))
+        a = self._lib.uffdctl_mmap(addr or 0, len, prot, flags, fd, 0)
+        if a < 0:
+            os.close(fd)
+            if created:
+                os.unlink(created)
+            raise uffd_error(-a, "mmap", addr, len, message=shown)
+        r = Region(name, a, len, MemType.SHMEM if shared else MemType.SHMEM_PRIVATE, uapi.PAGE_SIZE, fd, prot,
+                   kind="file" if shared else "file-private", path=shown)
+        if created:
+            self._created_files[name] = created
+        return self._add_region(r)
+
+    def mmap_sysv(self, len, hugetlb, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
+        name = self._region_name(name)
+        page = uapi.PAGE_SIZE
+        if hugetlb:
+            page = _hpage_size()
+            if hugepages_total() == 0:
+                raise Unsupported("HugePages_Total=0: no huge pages reserved",
+                                  "reserve some with: sysctl vm.nr_hugepages=N")
+        self._check_len(len, page, addr)
+        shmid = _libc.shmget(len, hugetlb)
+        if shmid < 0:
+            raise uffd_error(-shmid, "shmget", None, len)
+        try:
+            a = _libc.shmat(shmid, addr or 0, not prot & uapi.PROT_WRITE)
+        finally:
+            _libc.shm_rmid(shmid)   # the segment goes when the last attach does
+        if a < 0:
+            raise uffd_error(-a, "shmat", addr, len)
+        return self._add_region(Region(name, a, len, MemType.HUGETLB if hugetlb else MemType.SHMEM, page, None,
+                                       prot, kind="sysv-hugetlb" if hugetlb else "sysv"))
+
+    def msync(self, addr, len, flags):
+        r = _libc.msync(addr, len, flags)
+        if r < 0:
+            raise uffd_error(-r, "msync", addr, len)
+
+    def mlock(self, addr, len, flags=0):
+        r = _libc.mlock2(addr, len, flags)
+        if r < 0:
+            raise uffd_error(-r, "mlock2", addr, len)
+
+    def munlock(self, addr, len):
+        r = _libc.munlock(addr, len)
+        if r < 0:
+            raise uffd_error(-r, "munlock", addr, len)
+
+    def lru_drain(self) -> None:
+        """Drain every CPU's LRU folio batches (a folio still in another CPU's batch is not on the LRU,
+        and MADV_PAGEOUT / MADV_COLD skip it: mm/madvise.c, folio_isolate_lru()).  The session's toucher
+        threads run on any CPU, so reclaim advice drains first."""
+        if getattr(self, "_drain_page", None) is None:
+            r = self.mmap(uapi.PAGE_SIZE, MemType.ANON, name=f"__lru_drain{os.getpid()}")
+            self.write(r.addr, b"\1")
+            self._drain_page = r
+        err = _libc.move_pages_here(self._drain_page.addr)
+        if err < 0:
+            raise uffd_error(-err, "move_pages", self._drain_page.addr, uapi.PAGE_SIZE,
+                             message="draining the LRU batches before reclaim advice")
+
+    def smaps_vmas(self, start, end):
+        with open("/proc/self/smaps") as f:
+            return parse_smaps(f.read(), start, end)
+
+    # -- swap -------------------------------------------------------------------------------
+    def swap_on(self, size, directory=None):
+        d = swap.on(size, directory)
+        self._swapfiles.append(d["filename"])
+        return d
+
+    def swap_off(self):
+        if not self._swapfiles:
+            raise uffd_error(E.ENOENT, "swapoff", message="no swapfile of this session is on")
+        out = []
+        while self._swapfiles:
+            out.append(swap.off(self._swapfiles[-1]))
+            self._swapfiles.pop()
+        return {"removed": out}
+
+    def swap_status(self):
+        mine = set(self._swapfiles)
+        return {"swaps": [dict(s, mine=int(s["filename"] in mine)) for s in swap.active()],
+                "mine": list(self._swapfiles)}
+
+    def _close_mm(self) -> None:
+        """At backend close: every swapfile off and removed, every file we created removed."""
+        for path in list(self._swapfiles):
+            try:
+                swap.off(path)
+            except Exception:
+                pass
+        self._swapfiles.clear()
+        for path in self._created_files.values():
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        self._created_files.clear()
+
+    def _forget_region(self, name: str) -> None:
+        path = self._created_files.pop(name, None)
+        if path:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
