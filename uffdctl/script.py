@@ -150,13 +150,14 @@ def _dotted(obj, key: str):
 
 # -- addresses ------------------------------------------------------------------------------
 def resolve_addr(st: SessionState, text: str) -> int:
-    """``buf:3``, ``buf:3+0x10``, ``0x7f...``, ``buf:4`` (the end of a 4-page region); raises UsageError."""
+    """``buf:3``, ``buf:3+0x10``, ``0x7f...``, ``buf:4`` (the end of a 4-page region), ``child/buf:3`` (a region
+    of another process of the session); raises UsageError."""
     from .session.commands import parse_addr
     return parse_addr(st, text)
 
 
 def _looks_like_addr(text: str) -> bool:
-    return bool(re.match(r"^[A-Za-z_][\w.-]*:\d+([+-](0x[0-9a-fA-F]+|\d+)[KMG]?)*$", text))
+    return bool(re.match(r"^([A-Za-z_][\w.-]*/)?[A-Za-z_][\w.-]*:\d+([+-](0x[0-9a-fA-F]+|\d+)[KMG]?)*$", text))
 
 
 _FIELD_FLAGS = {"flags": "PagefaultFlag", "categories": "PageCategory", "mode": "RegisterMode",

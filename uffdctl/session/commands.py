@@ -918,6 +918,10 @@ def parse_addr(st: SessionState, text) -> int:
     s = str(text).strip()
     if not s:
         raise UsageError("missing address")
+    m = re.match(r"^([A-Za-z_][\w.-]*)/(.+)$", s)
+    if m and hasattr(st, "addressing"):       # child/buf:3: a region of another process of the session
+        with st.addressing(m.group(1)):
+            return parse_addr(st, m.group(2))
     pos, total, first = 0, 0, True
     while pos < len(s):
         m = _TERM.match(s, pos)
@@ -952,6 +956,25 @@ def _backend_regions(st: SessionState) -> dict:
     return getattr(st.backend, "_regions", {})
 
 
+def _dup_fd(st: SessionState, fd):
+    """A second handle on a region piece's file (the backend's; a child process keeps the one it has)."""
+    if fd is None:
+        return None
+    try:
+        return st.backend.dup_fd(fd)
+    except Unsupported:
+        return fd
+
+
+def _close_fd(st: SessionState, fd) -> None:
+    if fd is None:
+        return
+    try:
+        st.backend.close_fd(fd)
+    except Unsupported:
+        pass
+
+
 def add_region(st: SessionState, r: Region) -> Region:
     st.regions[r.name] = r
     _backend_regions(st)[r.name] = r
@@ -979,14 +1002,14 @@ def carve(st: SessionState, start: int, end: int) -> list[str]:
         if end < r.end:
             first = (end - r.addr) // r.page_size
             tail = Region(piece_name(st, r.name, first), end, r.end - end, r.memtype, r.page_size,
-                          st.backend.dup_fd(r.fd), r.prot, r.kind, r.path)
+                          _dup_fd(st, r.fd), r.prot, r.kind, r.path)
         if r.addr < start:
             r.len = start - r.addr          # the head keeps the name
         else:
             del st.regions[r.name]
             if breg.get(r.name) is r:
                 del breg[r.name]
-                st.backend.close_fd(r.fd)
+                _close_fd(st, r.fd)
         if tail is not None:
             add_region(st, tail)
     forget_range(st, start, end)
@@ -1212,7 +1235,7 @@ def cmd_mremap(st, a):
                 moved.name = result_name
             add_region(st, moved)
         else:
-            add_region(st, Region(result_name, new, new_len, src.memtype, src.page_size, st.backend.dup_fd(src.fd),
+            add_region(st, Region(result_name, new, new_len, src.memtype, src.page_size, _dup_fd(st, src.fd),
                                   src.prot, src.kind, src.path))
         if moved_prot:     # the protection moves with the VMA
             st.mprotects = getattr(st, "mprotects", []) + moved_prot

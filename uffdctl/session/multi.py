@@ -67,7 +67,11 @@ class MmView:
                         "pagemap_array", "pagemap_scan", "clear_refs", "smaps_private_dirty", "vma_bounds",
                         "pte_bits", "userfaultfd", "alias", "fork"))
     _BACKEND = frozenset(("name", "describe", "fault_handler", "adopt_uffd", "hint_modes", "soft_dirty", "profile",
-                          "tlb_flush_count", "selection"))
+                          "tlb_flush_count", "selection",
+                          # mmops: daemon-side (the advices the backend models; the per-CPU LRU batches,
+                          # which are the machine's).  A child's region fds are not the daemon's: dup_fd and
+                          # close_fd are refused, and the bookkeeping keeps the fd it has
+                          "check_advice", "MODELLED_ADVICE", "lru_drain"))
 
     def __init__(self, proc, backend):
         self._proc, self._backend = proc, backend
