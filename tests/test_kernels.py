@@ -246,12 +246,12 @@ def test_built_column_keeps_its_label(tmp_path):
 
 # -- end to end: a stock vmlinux as --kernel-image and as a --kernel-dir tree ----------------------------
 
-from test_vmtest import vm_kernel  # noqa: E402,F401  (the fixture: QEMU and a cached kernel, or skip/fail)
+from test_vmtest import stock_kernels, vm_kernel  # noqa: E402,F401  (the fixture: QEMU and a cached kernel)
 
 
 @pytest.fixture
 def stock_kernel(vm_kernel):  # noqa: F811
-    return next(k for k in kernelpkg.cached_kernels(kernelpkg.default_cache()) if k.pvh)
+    return next(k for k in stock_kernels() if k.pvh)
 
 
 def test_kernel_image_boots_a_stock_vmlinux(stock_kernel, tmp_path):
