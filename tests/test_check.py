@@ -124,8 +124,11 @@ def test_no_huge_pages_reserved_is_unsupported_here(monkeypatch):
     need_kernel()
     import uffdctl.kernel as k
     from uffdctl.check import render, run_checks
-    real = k.meminfo
-    monkeypatch.setattr(k, "meminfo", lambda: dict(real(), HugePages_Total=0, HugePages_Free=0))
+    import uffdctl.kernel_mm as km
+    real = km.meminfo
+    fake = lambda: dict(real(), HugePages_Total=0, HugePages_Free=0)  # noqa: E731
+    monkeypatch.setattr(k, "meminfo", fake)
+    monkeypatch.setattr(km, "meminfo", fake)      # hugepages_total() lives in kernel_mm and reads it there
     r = run_checks()
     hp = _verdict(r, "hugetlb")
     assert hp["status"] == "unsupported" and hp["message"].startswith("0 pages reserved")
