@@ -17,19 +17,7 @@ from conftest import require_kernel
 from uffdctl.script import run_file
 
 
-def _runner(tmp_path, backend):
-    def _run(text, **kw):
-        f = tmp_path / "s.uffd"
-        f.write_text(textwrap.dedent(text))
-        return run_file(str(f), backend=backend, **kw)
-    _run.backend = backend
-    return _run
-
-
-@pytest.fixture
-def run(tmp_path):
-    need_kernel()
-    return _runner(tmp_path, "kernel")
+from test_script import _runner, run  # noqa: E402,F401  (one script runner and its kernel fixture)
 
 
 @pytest.fixture
