@@ -124,7 +124,8 @@ def test_barrier_holds_with_a_slow_handler_and_fails_without_it(tmp_path, monkey
     assert r["exit"] == 1 and "event" in r["error"]["message"], r
 
 
-def test_fork_event_in_log_when_fork_returns(tmp_path):
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_fork_event_in_log_when_fork_returns(tmp_path, backend):
     ok(run(tmp_path, """
     api --features event_fork,thread_id
     mmap --size 16K --name buf
@@ -133,7 +134,7 @@ def test_fork_event_in_log_when_fork_returns(tmp_path):
     expect event event=fork child=child ufd_name=child/u0 uffd=u0 proc=self
     kill child
     waitpid child
-    """, env={"UFFDCTL_TEST_HANDLER_DELAY_US": "50000"}))
+    """, backend, env={"UFFDCTL_TEST_HANDLER_DELAY_US": "50000"}))
 
 
 # -- fix (2): the copy source, and a handler stuck in its own fault --------------------------------
@@ -258,16 +259,13 @@ expect proc child alive=0 signaled=1 signal_name=SIGTERM
 """
 
 
-def test_fork_with_event_fork(tmp_path):
-    ok(run(tmp_path, FORK))
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_fork_with_event_fork(tmp_path, backend):
+    ok(run(tmp_path, FORK, backend))
 
 
-def test_fork_is_not_modelled_on_the_emulator(tmp_path):
-    r = run(tmp_path, "api --features event_fork,thread_id\nmmap --size 16K --name buf\nfork --name child\n", "emu")
-    assert r["exit"] == 4 and r["error"]["message"].endswith("not modelled: fork (emulator)"), r
-
-
-def test_fork_without_event_fork_unregisters_the_child(tmp_path):
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_fork_without_event_fork_unregisters_the_child(tmp_path, backend):
     r = ok(run(tmp_path, """
     mmap --size 16K --name buf
     register buf --mode missing
@@ -280,14 +278,15 @@ def test_fork_without_event_fork_unregisters_the_child(tmp_path):
     touch child/buf:1 --write --fill 7 --wait
     expect faults child/main minor=+2
     uffd list
-    """))
+    """, backend))
     procs = next(x["result"] for x in r["lines"] if x["text"] == "procs")["procs"]
     assert [p["name"] for p in procs] == ["self", "child"] and procs[1]["uffds"] == []
     uffds = next(x["result"] for x in r["lines"] if x["text"] == "uffd list")["uffds"]
     assert [u["name"] for u in uffds] == ["u0"]
 
 
-def test_grandchild_and_exit(tmp_path):
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_grandchild_and_exit(tmp_path, backend):
     ok(run(tmp_path, """
     api --features event_fork,thread_id
     mmap --size 16K --name buf
@@ -301,10 +300,11 @@ def test_grandchild_and_exit(tmp_path):
     kill gc
     waitpid gc
     expect proc gc signaled=1 signal_name=SIGKILL
-    """))
+    """, backend))
 
 
-def test_child_uffd_opened_in_the_child(tmp_path):
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_child_uffd_opened_in_the_child(tmp_path, backend):
     """Without EVENT_FORK the child gets no uffd; one opened by the child (uffd open --proc) serves its mm."""
     ok(run(tmp_path, """
     mmap --size 16K --name buf
@@ -319,17 +319,17 @@ def test_child_uffd_opened_in_the_child(tmp_path):
     wait
     expect pagemap child/buf:0 present=1
     expect pagemap buf:0 present=0
-    """))
+    """, backend))
 
 
-def test_process_bad_input(tmp_path):
-    need_kernel()
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_process_bad_input(tmp_path, backend):
     for text, msg in (("fork --name 9x", "bad process name"), ("fork --name self", "bad process name"),
                       ("kill nosuch", "unknown process"), ("waitpid", "which process"),
                       ("touch nosuch/buf:0 --read", "unknown process"),
                       ("pagemap buf --proc nosuch", "unknown process"),
                       ("kill self", "session itself")):
-        r = run(tmp_path, "mmap --size 16K --name buf\n" + text + "\n")
+        r = run(tmp_path, "mmap --size 16K --name buf\n" + text + "\n", backend)
         assert r["exit"] == 2 and msg in r["error"]["message"], (text, r)
 
 
@@ -479,7 +479,8 @@ def test_help_has_an_example(cli, cmd):
     assert "Example" in out and f"uffdctl {cmd}" in out
 
 
-def test_events_of_one_process_or_uffd(tmp_path):
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_events_of_one_process_or_uffd(tmp_path, backend):
     r = ok(run(tmp_path, """
     api --features event_fork,thread_id
     mmap --size 16K --name buf
@@ -490,7 +491,7 @@ def test_events_of_one_process_or_uffd(tmp_path):
     touch child/buf:1 --read --wait
     events --proc child
     events --uffd u0
-    """))
+    """, backend))
     child = r["lines"][-2]["result"]["events"]
     assert [(e["event"], e["page"], e["uffd"]) for e in child] == [("pagefault", 1, "child/u0")]
     assert {e["uffd"] for e in r["lines"][-1]["result"]["events"]} == {"u0"}

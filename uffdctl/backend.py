@@ -16,6 +16,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import errno
+import os
+import signal as _signal
 import time
 
 from . import uapi
@@ -454,4 +456,45 @@ class Backend(abc.ABC):
         self.close()
 
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("abc", "errno", "annotations")]
+# -- processes (uffdctl.process: the kernel's children; uffdctl.emu.process: the emulator's) ---------------
+class Process(abc.ABC):
+    """A process of the session other than the session itself: its own mm, one thread (``main``),
+    its own regions (the parent's at fork time, minus MADV_DONTFORK ones)."""
+
+    name: str
+    pid: int
+    parent: "Process | None"          # None: the session itself
+    regions: dict[str, Region]
+
+    @abc.abstractmethod
+    def thread(self, name: str = "main") -> "Thread": ...
+
+    @abc.abstractmethod
+    def kill(self, sig: int = _signal.SIGKILL) -> None: ...
+
+    @abc.abstractmethod
+    def wait(self, timeout: float) -> dict | None:
+        """Reap the process; its exit as a dict, or None if it is still running after ``timeout``."""
+
+    @property
+    @abc.abstractmethod
+    def alive(self) -> bool: ...
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Kill and reap (bounded); never hangs."""
+
+
+def decode_status(pid: int, status: int) -> dict:
+    d = {"pid": pid, "status": status, "exited": int(os.WIFEXITED(status)),
+         "signaled": int(os.WIFSIGNALED(status)), "code": None, "signal": None, "signal_name": None,
+         "core": int(os.WCOREDUMP(status)) if os.WIFSIGNALED(status) else 0}
+    if os.WIFEXITED(status):
+        d["code"] = os.WEXITSTATUS(status)
+    if os.WIFSIGNALED(status):
+        d["signal"] = os.WTERMSIG(status)
+        d["signal_name"] = _signal.Signals(d["signal"]).name if d["signal"] in _signal.valid_signals() else None
+    return d
+
+
+__all__ = [n for n in dir() if not n.startswith("_") and n not in ("abc", "errno", "os", "annotations")]

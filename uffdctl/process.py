@@ -20,7 +20,6 @@ child: never an fd inherited across the fork, which would read the parent).
 """
 from __future__ import annotations
 
-import abc
 import errno as E
 import os
 import queue
@@ -31,7 +30,7 @@ import struct
 import threading
 
 from . import uapi
-from .backend import Access, Thread
+from .backend import Access, Process, Thread, decode_status   # noqa: F401  (Process, decode_status: re-exported)
 from .errors import ProcessError, UffdctlError, uffd_error
 from .types import AccessResult, MemType, Region
 
@@ -39,34 +38,6 @@ _REQ = struct.Struct("<II6Q")          # struct uffdctl_proc_req
 _REP = struct.Struct("<qqqiiQQQii")    # struct uffdctl_proc_rep
 ANSWER_TIMEOUT_S = 10.0                # a synchronous request the child does not answer by then is "blocked"
 MAX_READ = 64 << 20
-
-
-class Process(abc.ABC):
-    """A process of the session other than the session itself: its own mm, one thread (``main``),
-    its own regions (the parent's at fork time, minus MADV_DONTFORK ones)."""
-
-    name: str
-    pid: int
-    parent: "Process | None"          # None: the session itself
-    regions: dict[str, Region]
-
-    @abc.abstractmethod
-    def thread(self, name: str = "main") -> Thread: ...
-
-    @abc.abstractmethod
-    def kill(self, sig: int = _signal.SIGKILL) -> None: ...
-
-    @abc.abstractmethod
-    def wait(self, timeout: float) -> dict | None:
-        """Reap the process; its exit as a dict, or None if it is still running after ``timeout``."""
-
-    @property
-    @abc.abstractmethod
-    def alive(self) -> bool: ...
-
-    @abc.abstractmethod
-    def close(self) -> None:
-        """Kill and reap (bounded); never hangs."""
 
 
 class _Job(Access):
@@ -137,18 +108,6 @@ def job_thread(backend, name: str) -> JobThread:
 def stop_job_threads(backend) -> None:
     for t in backend.__dict__.pop("_job_threads", {}).values():
         t.stop()
-
-
-def decode_status(pid: int, status: int) -> dict:
-    d = {"pid": pid, "status": status, "exited": int(os.WIFEXITED(status)),
-         "signaled": int(os.WIFSIGNALED(status)), "code": None, "signal": None, "signal_name": None,
-         "core": int(os.WCOREDUMP(status)) if os.WIFSIGNALED(status) else 0}
-    if os.WIFEXITED(status):
-        d["code"] = os.WEXITSTATUS(status)
-    if os.WIFSIGNALED(status):
-        d["signal"] = os.WTERMSIG(status)
-        d["signal_name"] = _signal.Signals(d["signal"]).name if d["signal"] in _signal.valid_signals() else None
-    return d
 
 
 class _Future(Access):

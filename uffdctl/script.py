@@ -45,7 +45,7 @@ import re
 import shlex
 import sys
 
-from .errors import ScriptError, UffdctlError, UsageError, exit_code_of
+from .errors import NotModelled, ScriptError, UffdctlError, UsageError, exit_code_of
 from .errors import to_wire as error_dict
 from .session.argv import HelpRequested, parse_argv
 from .session.commands import COMMANDS, execute
@@ -285,6 +285,9 @@ class Interpreter:
             raise _usage(lineno, line, f"unknown expectation {kind!r} ({kinds})")
         if kind not in ("errno", "error") and self.last_error is not None:
             raise ScriptError(lineno, line, f"the previous command failed: {error_dict(self.last_error)['message']}")
+        if isinstance(self.last_error, NotModelled):   # no errno to expect: what the emulator cannot say
+            e = self.last_error
+            raise ScriptError(lineno, line, error_dict(e)["message"], exit_code_of(e), type(e).__name__, error_dict(e))
         try:
             with self.st.addressing():   # a range may name its process: expect pagemap child/buf:0 ...
                 fn(lineno, line, rest)

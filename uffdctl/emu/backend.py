@@ -28,6 +28,8 @@ from . import mm as M
 from .fs.proc import task_mmu
 from .mm.madvise import MADV_NOT_MODELLED
 from .fs.userfaultfd import EmuUffd
+from .kernel.fork import dup_mmap
+from .process import EmuProcess, _ForkAccess
 from .profiles import DEFAULT_PROFILE, get_profile
 from .sched import RunQueue
 
@@ -39,6 +41,7 @@ class EmuAccess(Access):
     def __init__(self, backend, thread, addr, length, write, data, fill, stride, want_data):
         self._b = backend
         self.thread = thread
+        self.mm = thread.mm
         self.write = write
         self._data = data
         self._fill = fill
@@ -55,21 +58,21 @@ class EmuAccess(Access):
         self.spinning = False    # faulting forever without a userfault (see mm.VM_FAULT_LIVELOCK)
         self._res = AccessResult()
         self._done = False
-        self._segv = False
+        self._segv = None        # the address of a SIGSEGV
 
     def woken(self) -> None:
         """Handed back by a wake: with per-VMA locks the first retry is an mmap_lock retry; without, it
         is FAULT_FLAG_TRIED."""
-        self.attempt += 1 if self._b.mm.profile.per_vma_lock else 2
+        self.attempt += 1 if self.mm.profile.per_vma_lock else 2
 
     def run(self) -> None:
-        mm = self._b.mm
+        mm = self.mm
         res = self._res
         while self._i < len(self._segs):
             a, off, n = self._segs[self._i]
             vma = mm.find_vma(a)
             if vma is None:
-                self._segv = True
+                self._segv = a
                 break
             if not self.attempt and mm.access_ok(vma, a, self.write):
                 page = mm.ptes[mm.page_base(vma, a)].page
@@ -90,7 +93,7 @@ class EmuAccess(Access):
                 self._b._rq.spin(self)
                 return
             if r & M.VM_FAULT_SIGSEGV:
-                self._segv = True
+                self._segv = a
                 break
             if r & M.VM_FAULT_ERROR:
                 res.sigbus, res.si_code, res.fault_addr = True, BUS_ADRERR, a
@@ -120,7 +123,7 @@ class EmuAccess(Access):
         if not self._done:
             raise RuntimeError("access still in progress: blocked in a userfault that nothing has resolved yet "
                                "(resolve it with copy/zeropage/continue/wake/writeprotect, or run a fault_handler)")
-        if self._segv:
+        if self._segv is not None:
             raise uffd_error(E.EFAULT, "access", message="SIGSEGV: no mapping or no permission")
         return self._res
 
@@ -140,8 +143,9 @@ def _segments(addr, length, stride):
 
 
 class EmuThread(Thread):
-    def __init__(self, backend, name):
+    def __init__(self, backend, name, mm=None):
         self._b = backend
+        self.mm = backend.mm if mm is None else mm     # a thread of the emulator's process, or of a child
         self.name = name
         self.tid = next(_TIDS)
         self.minflt = 0
@@ -285,6 +289,7 @@ class EmuBackend(Backend):
     """The emulator: ``EmuBackend(profile="6.18", soft_dirty=True, **switch_overrides)``."""
 
     name = "emu"
+    MODELLED_ADVICE = Backend.MODELLED_ADVICE | {10, 11, 18, 19}   # + MADV_DONTFORK/DOFORK/WIPEONFORK/KEEPONFORK
 
     def __init__(self, profile: str = DEFAULT_PROFILE, soft_dirty: bool = True, **switches):
         self.profile = get_profile(profile, **switches)
@@ -295,6 +300,7 @@ class EmuBackend(Backend):
         self._threads: dict[str, EmuThread] = {}
         self._caller = EmuThread(self, "caller")
         self._pids = itertools.count(1000)  # pids of emulated fork children
+        self._procs: list[EmuProcess] = []
         self._rq = RunQueue()
         self._names = itertools.count()
         self._fds = itertools.count(1000)
@@ -362,22 +368,26 @@ class EmuBackend(Backend):
             if ctx.features & feature:
                 ctx.queue_event(UffdMsg(**msg_kw))
 
-    def munmap(self, addr, len):
-        self._syscall("munmap", addr, len, self.mm.munmap(addr, len))
+    def munmap(self, addr, len, mm=None):
+        self._syscall("munmap", addr, len, (self.mm if mm is None else mm).munmap(addr, len))
+        if mm is not None:
+            return                      # a child keeps its own regions (uffdctl.emu.process)
         for name, reg in list(self._regions.items()):
             if addr <= reg.addr and reg.end <= addr + len:
                 del self._regions[name]
 
-    def madvise(self, addr, len, advice):
+    def madvise(self, addr, len, advice, mm=None):
+        """``mm``: of a child (uffdctl.emu.process), else the emulator's own process."""
+        mm = self.mm if mm is None else mm
         if advice in MADV_NOT_MODELLED:
             raise NotModelled(f"madvise {MADV_NOT_MODELLED[advice]}")
         if advice in (uapi.MADV_DONTNEED, uapi.MADV_REMOVE):
             self._event(uapi.Feature.EVENT_REMOVE, {"event": uapi.Event.REMOVE, "start": addr, "end": addr + len},
-                        self.mm.vmas_in(addr, addr + len))
-        self._syscall("madvise", addr, len, self.mm.madvise(addr, len, advice))
+                        mm.vmas_in(addr, addr + len))
+        self._syscall("madvise", addr, len, mm.madvise(addr, len, advice))
 
-    def mprotect(self, addr, len, prot):
-        self._syscall("mprotect", addr, len, self.mm.mprotect(addr, len, prot))
+    def mprotect(self, addr, len, prot, mm=None):
+        self._syscall("mprotect", addr, len, (self.mm if mm is None else mm).mprotect(addr, len, prot))
 
     def _syscall(self, name, addr, length, ret):
         """Let woken or queued work run, then turn a -errno from the model into the exception."""
@@ -385,11 +395,12 @@ class EmuBackend(Backend):
         if ret < 0:
             raise uffd_error(-ret, name, addr, length)
 
-    def mremap(self, old, old_len, new_len, flags=0, new_addr=0):
+    def mremap(self, old, old_len, new_len, flags=0, new_addr=0, mm=None):
         """mremap(): grow/shrink in place when free, else move (MREMAP_MAYMOVE / FIXED / DONTUNMAP)."""
-        ret = self.mm.mremap(old, old_len, new_len, flags, new_addr)
+        ret = (self.mm if mm is None else mm).mremap(old, old_len, new_len, flags, new_addr)
         self._syscall("mremap", old, old_len, ret)
-        self._remap_regions(old, old_len, ret, new_len, flags)
+        if mm is None:
+            self._remap_regions(old, old_len, ret, new_len, flags)
         return ret
 
     @property
@@ -397,12 +408,12 @@ class EmuBackend(Backend):
         return dict(self._regions)
 
     # -- userfaultfd ----------------------------------------------------------------------
-    def userfaultfd(self, flags=uapi.O_CLOEXEC | uapi.O_NONBLOCK, via="auto") -> EmuUffd:
+    def userfaultfd(self, flags=uapi.O_CLOEXEC | uapi.O_NONBLOCK, via="auto", mm=None) -> EmuUffd:
         if via not in ("auto", "syscall", "dev"):
             raise ValueError(f"unknown open method {via!r} (valid: auto, syscall, dev)")
         if flags & ~int(uapi.O_CLOEXEC | uapi.O_NONBLOCK | uapi.UFFD_USER_MODE_ONLY):
             raise uffd_error(E.EINVAL, "userfaultfd", message="flags not accepted")
-        u = EmuUffd(self.mm, self._rq, flags)
+        u = EmuUffd(self.mm if mm is None else mm, self._rq, flags)
         self._uffds = [x for x in self._uffds if not x.closed]
         self._uffds.append(u)
         return u
@@ -413,24 +424,70 @@ class EmuBackend(Backend):
             h.start()
         return h
 
-    def fork_child(self) -> int:
-        """dup_userfaultfd(): every ctx with UFFD_FEATURE_EVENT_FORK that has a VMA of this mm gets a FORK
-        event carrying a new uffd for the child (a ctx on the child's mm); without the feature the child's
-        VMAs are simply unregistered.  The child exits at once, so its ctx is left with an exited mm
-        (range ioctls -> ESRCH, REGISTER/UNREGISTER -> ENOMEM).  The parent's fork would block until the
-        event is read; here it returns and the event is pending (mmap_changing) until then."""
-        child_mm = M.MM(self.mm.profile, self.mm.soft_dirty_config)
-        child_mm.exited = True
-        for u in self._uffds:
-            if u.closed or not u.features & uapi.Feature.EVENT_FORK:
-                continue
-            if not any(v.ctx is u for v in self.mm.vmas):
-                continue
-            child = u.dup(child_mm)
-            self._uffds.append(child)
-            u.queue_event(UffdMsg(uapi.Event.FORK, ufd=child.fd))
+    def fork(self, name: str, regions: dict, thread: str | None = None) -> Access:
+        """fork(2) of the emulator's process (kernel/fork.py): the child (an EmuProcess, uffdctl.emu.process)
+        once every FORK message has been read.  ``thread``: no job thread is needed here (nothing blocks)."""
+        return self._fork(self.mm, name, regions, None)
+
+    def _fork(self, oldmm, name: str, regions: dict, parent) -> Access:
+        """dup_mmap() of ``oldmm`` into a new process, then dup_userfaultfd_complete(): one FORK message per
+        parent ctx with EVENT_FORK, queued one after the other (each is read before the next is sent, and the
+        parent ctx is mmap_changing from dup_userfaultfd() until its message is read); fork() returns after
+        the last.  A parent ctx closed before its message is read drops it and releases the child ctx
+        (userfaultfd_release_new(): the child's VMAs on it are unregistered)."""
+        mm, fcs = dup_mmap(oldmm)
+        child = EmuProcess(self, name, next(self._pids), mm, parent, regions, EmuThread(self, "main", mm))
+        acc = _ForkAccess(self, child)
+        for octx, nctx in fcs:
+            octx.changing += 1
+            self._uffds.append(nctx)
+        todo = list(fcs)
+
+        def dup_fctx(released=None, octx=None, nctx=None):
+            if octx is not None:
+                octx.changing -= 1
+                if released:
+                    nctx.userfaultfd_release_new()
+            if todo:
+                o, n = todo.pop(0)
+                o.queue_event(UffdMsg(uapi.Event.FORK, ufd=n.fd),
+                              on_read=lambda rel, o=o, n=n: dup_fctx(rel, o, n))
+                return
+            acc.finish()
+            self._procs.append(child)
+            if parent is not None:
+                parent.children.append(child)
+
+        dup_fctx()
         self._rq.run()
-        return next(self._pids)
+        return acc
+
+    def fork_child(self) -> int:
+        """fork() a child that exits at once (with EVENT_FORK: once fork() has returned, i.e. the FORK
+        messages were read); returns its pid.  Its uffds are left on an exited mm (range ioctls ->
+        ESRCH, REGISTER/UNREGISTER -> ENOMEM)."""
+        acc = self._fork(self.mm, f"__fork{next(self._names)}", {}, None)
+        finish = acc.finish
+
+        def exit_at_once():
+            finish()
+            acc.result().die(0)
+            acc.result().close()
+        if acc.done:
+            exit_at_once()
+        else:
+            acc.finish = exit_at_once
+        return acc.result_pid
+
+    def _cancel_thread(self, thread) -> None:
+        """The thread exits: its blocked access (if any) leaves the wait queues, queued ones are dropped."""
+        cur = thread._current
+        if cur is not None and cur.waiter is not None:
+            for u in self._uffds:
+                u.cancel(cur.waiter)
+            cur.waiter = None
+        thread._current = None
+        thread._queue.clear()
 
     def adopt_uffd(self, fd: int) -> EmuUffd:
         for u in self._uffds:
@@ -498,6 +555,8 @@ class EmuBackend(Backend):
         return task_mmu.smaps_private_dirty(self.mm, vma)
 
     def close(self) -> None:
+        for p in reversed(self._procs):
+            p.close()
         for u in list(self._uffds):
             u.close()
         self._threads.clear()

@@ -43,6 +43,8 @@ class EmuUffd(Uffd):
         self.pending: list[Waiter] = []     # fault_pending_wqh
         self.waiting: list[Waiter] = []     # fault_wqh
         self.event_q: list[UffdMsg] = []
+        self.event_done: dict[int, object] = {}   # id(msg) -> called once it is read or dropped (fork waits)
+        self.changing = 0                   # mmap_changing raised by a fork whose FORK message is not read yet
         self._handlers: list = []
         self._r, self._w = os.pipe()        # readable while a message is pending: pollable like the real fd
         os.set_blocking(self._r, False)
@@ -52,7 +54,7 @@ class EmuUffd(Uffd):
     # -- plumbing ----------------------------------------------------------------------
     @property
     def mmap_changing(self) -> bool:
-        return bool(self.event_q)
+        return bool(self.event_q) or self.changing > 0
 
     @property
     def wp_async(self) -> bool:
@@ -126,6 +128,19 @@ class EmuUffd(Uffd):
         child.features, child._initialized = self.features, True
         return child
 
+    def userfaultfd_release_new(self) -> None:
+        """A child ctx whose FORK message was dropped (its parent ctx closed first): the child's VMAs still
+        pointing at it are unregistered (userfaultfd_reset_ctx(); PTE bits stay) and it is released."""
+        for v in self.mm.vmas:
+            if v.ctx is self:
+                v.ctx = None
+                v.flags &= ~M.VM_UFFD_FLAGS
+        self.mm.merge()
+        if not self._closed:
+            self._closed = True
+            os.close(self._r)
+            os.close(self._w)
+
     def mremap_userfaultfd_complete(self, old: int, new: int, length: int) -> None:
         """The REMAP event of a moved VMA whose ctx kept it (EVENT_REMAP): ``len`` is the old length."""
         self.queue_event(UffdMsg(uapi.Event.REMAP, from_=old, to=new, len=length))
@@ -135,9 +150,13 @@ class EmuUffd(Uffd):
         if self.features & uapi.Feature.EVENT_UNMAP:
             self.queue_event(UffdMsg(uapi.Event.UNMAP, start=start, end=end))
 
-    def queue_event(self, msg: UffdMsg) -> None:
-        """A non-cooperative event: mmap_changing until read (the mm operation does not block here)."""
+    def queue_event(self, msg: UffdMsg, on_read=None) -> None:
+        """A non-cooperative event: mmap_changing until read (the mm operation does not block here).
+        ``on_read(released)``: called once the message has been read (False) or dropped by close (True) --
+        userfaultfd_event_wait_completion(), which fork() waits in."""
         self.event_q.append(msg)
+        if on_read is not None:
+            self.event_done[id(msg)] = on_read
         self._update_readable()
 
     def wake_userfault(self, start: int, length: int | None) -> None:
@@ -343,6 +362,7 @@ class EmuUffd(Uffd):
         if not self._initialized:
             raise uffd_error(E.EINVAL, "read")
         out = []
+        completed = []
         ts = time.monotonic_ns()
         while len(out) < max and (self.pending or self.event_q):
             if self.pending:                # userfaultfd_ctx_read(): page faults first, then events
@@ -352,8 +372,13 @@ class EmuUffd(Uffd):
                 msg = w.msg
             else:
                 msg = self.event_q.pop(0)
+                done = self.event_done.pop(id(msg), None) if self.event_done else None
+                if done is not None:
+                    completed.append(done)
             out.append(dataclasses.replace(msg, ts_ns=ts))  # a copy stamped with the read time
         self._update_readable()
+        for done in completed:              # the waiting mm operation (fork) goes on
+            done(False)
         return out
 
     def close(self) -> None:
@@ -365,8 +390,11 @@ class EmuUffd(Uffd):
             if v.ctx is self:
                 self._clear_vma(v)
         self.mm.merge()
+        dropped = [self.event_done.pop(id(m)) for m in self.event_q if id(m) in self.event_done]
         self.event_q.clear()
         self._closed = True
+        for done in dropped:                # the released ctx drops its events: the waiters go on
+            done(True)
         self.wake_userfault(0, None)
         os.close(self._r)
         os.close(self._w)

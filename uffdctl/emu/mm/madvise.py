@@ -5,21 +5,38 @@ from __future__ import annotations
 import errno as E
 
 from ... import uapi
-from .mm_types import (PAGE_SIZE, PTE_MARKER_GUARD, make_pte_marker)
+from .mm_types import (PAGE_SIZE, PTE_MARKER_GUARD, VM_DONTCOPY, VM_WIPEONFORK, make_pte_marker)
 
 
 # include/uapi/asm-generic/mman-common.h: advice the kernel takes that this model does not carry out.  The
 # adapter raises NotModelled for them instead of the model answering EINVAL (which the kernel never would).
 MADV_NOT_MODELLED = {0: "MADV_NORMAL", 1: "MADV_RANDOM", 2: "MADV_SEQUENTIAL", 3: "MADV_WILLNEED",
-                     10: "MADV_DONTFORK", 11: "MADV_DOFORK", 12: "MADV_MERGEABLE", 13: "MADV_UNMERGEABLE",
-                     14: "MADV_HUGEPAGE", 16: "MADV_DONTDUMP", 17: "MADV_DODUMP", 18: "MADV_WIPEONFORK",
-                     19: "MADV_KEEPONFORK", 20: "MADV_COLD", 21: "MADV_PAGEOUT", 22: "MADV_POPULATE_READ",
+                     12: "MADV_MERGEABLE", 13: "MADV_UNMERGEABLE", 14: "MADV_HUGEPAGE", 16: "MADV_DONTDUMP",
+                     17: "MADV_DODUMP", 20: "MADV_COLD", 21: "MADV_PAGEOUT", 22: "MADV_POPULATE_READ",
                      23: "MADV_POPULATE_WRITE", 24: "MADV_DONTNEED_LOCKED", 25: "MADV_COLLAPSE",
                      100: "MADV_HWPOISON", 101: "MADV_SOFT_OFFLINE"}
 
 
+MADV_DONTFORK, MADV_DOFORK, MADV_WIPEONFORK, MADV_KEEPONFORK = 10, 11, 18, 19
+# madvise_vma_behavior(): the fork advices set or clear one VMA flag (splitting the VMA)
+_FORK_ADVICE = {MADV_DONTFORK: (VM_DONTCOPY, True), MADV_DOFORK: (VM_DONTCOPY, False),
+                MADV_WIPEONFORK: (VM_WIPEONFORK, True), MADV_KEEPONFORK: (VM_WIPEONFORK, False)}
+
+
 class Madvise:
     """mm/madvise.c."""
+
+    def madvise_fork_flags(self, start: int, end: int, advice: int) -> int:
+        """MADV_DONTFORK / DOFORK (VM_DONTCOPY) and MADV_WIPEONFORK / KEEPONFORK (VM_WIPEONFORK; only on
+        private anonymous memory: a file or shared VMA is EINVAL)."""
+        flag, on = _FORK_ADVICE[advice]
+        vma = self.find_vma(start)
+        if advice == MADV_WIPEONFORK and (not vma.anon or vma.shared):
+            return -E.EINVAL
+        for v in self.split(start, end):
+            v.flags = v.flags | flag if on else v.flags & ~flag
+        self.merge()
+        return 0
 
     def madvise(self, start: int, length: int, advice: int) -> int:
         if start % PAGE_SIZE:
@@ -53,6 +70,7 @@ class Madvise:
             elif advice == uapi.MADV_GUARD_INSTALL:
                 if not self.profile.guard_markers or vma.shared or vma.hugetlb:
                     return -E.EINVAL
+                self.anon_vma_prepare(vma)      # so that vma_needs_copy() copies the guard markers on fork
                 self.zap_pte_range(vma, s, e, final=True)
                 for a in range(s, e, PAGE_SIZE):
                     self.set_pte(a, make_pte_marker(PTE_MARKER_GUARD))
@@ -64,6 +82,10 @@ class Madvise:
                         del self.ptes[a]
             elif advice == uapi.MADV_NOHUGEPAGE:
                 pass
+            elif advice in _FORK_ADVICE:
+                err = self.madvise_fork_flags(s, e, advice)
+                if err:
+                    return err
             else:
                 return -E.EINVAL
         return 0 if covered == end - start else -E.ENOMEM

@@ -142,6 +142,8 @@ class Memory:
             # VM_UFFD_WP (re-registered without WP): the write faults again forever [measured on 6.18]
             return VM_FAULT_LIVELOCK
         page = pte.page
+        if not vma.shared and page.anon and not page.exclusive and not pte.special and page.mapcount == 1:
+            page.exclusive = True                    # wp_can_reuse_anon_folio(): the other mapper is gone
         if vma.shared or (page.anon and page.exclusive and not pte.special):
             new = pte.copy()                         # wp_page_reuse() / wp_page_shared()
             new.young, new.write = True, True

@@ -1,0 +1,338 @@
+"""Emulated processes: a child forked from the emulator's process (or from another child), with its own mm
+(``kernel.fork.dup_mmap``), its only thread, its regions, and the exit and reaping rules of the kernel
+backend's children (:class:`uffdctl.process.KernelProcess`), which it mirrors call for call: the same
+methods, results and errors, so a script says the same thing on both backends.
+
+What the children of the kernel backend do that this one says instead:
+
+* the only thread is busy while an access (or a fork waiting for its FORK message to be read) is blocked:
+  any other request is refused with the same ProcessError;
+* ``kill``: a signal whose default action terminates (SIGKILL, SIGTERM, ...) ends the process at once
+  (exit_mmap(): its mappings go, so pages the parent still maps are exclusive to it again), and waitpid
+  reaps it; SIGCHLD / SIGURG / SIGWINCH / SIGCONT are ignored; stop signals, and SIGBUS / SIGSEGV sent to a
+  process blocked in an access (its handler would end the access), are not modelled;
+* ``waitpid`` never sleeps: the emulated world changes only through calls, so a live process is still
+  running after any timeout.
+"""
+from __future__ import annotations
+
+import dataclasses
+import errno as E
+import os
+import resource
+import signal as _signal
+
+from .. import uapi
+from ..backend import Access, Process, Thread, decode_status
+from ..errors import NotModelled, ProcessError, UffdError, uffd_error
+from ..types import AccessResult, MemType, PteBits, Region
+from .fs.proc import task_mmu
+from .kernel.fork import exit_mmap
+from .mm.mm_types import VM_READ, VM_WRITE
+
+_IGNORED = {_signal.SIGCHLD, _signal.SIGURG, _signal.SIGWINCH, _signal.SIGCONT}
+_STOP = {_signal.SIGSTOP, _signal.SIGTSTP, _signal.SIGTTIN, _signal.SIGTTOU}
+_CORE = {_signal.SIGQUIT, _signal.SIGILL, _signal.SIGTRAP, _signal.SIGABRT, _signal.SIGBUS, _signal.SIGFPE,
+         _signal.SIGSEGV, _signal.SIGXCPU, _signal.SIGXFSZ, _signal.SIGSYS}
+MAX_READ = 64 << 20
+SEGV_MAPERR, SEGV_ACCERR = 1, 2
+
+
+class _ProcThread(Thread):
+    """The only thread of an emulated child (an emulator thread on the child's mm, tid = pid)."""
+
+    def __init__(self, proc: "EmuProcess", thread):
+        self._p, self._t = proc, thread
+        self.name = "main"
+        self.tid = thread.tid = proc.pid
+
+    def access(self, addr, len, write, data=None, fill=0, stride=0, want_data=False) -> Access:
+        if data is not None and not write:
+            raise ValueError("data is for writes")
+        if want_data and len > MAX_READ:
+            raise ValueError(f"read of {len} bytes: at most {MAX_READ} from a child")
+        self._p._ready("touch")
+        return _ChildAccess(self._t.access(addr, len, write, data=data, fill=fill, stride=stride,
+                                           want_data=want_data))
+
+    def faults(self) -> tuple[int, int]:
+        return self._t.faults()
+
+    @property
+    def busy(self) -> bool:
+        return self._t.busy
+
+
+class _ChildAccess(Access):
+    """An access by a child: a SIGSEGV is its result (the child's command loop catches it), as on the kernel."""
+
+    def __init__(self, acc):
+        self._a = acc
+
+    def wait(self, timeout=None) -> bool:
+        return self._a.wait(timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._a.done
+
+    @property
+    def waiter(self):
+        return self._a.waiter
+
+    def result(self) -> AccessResult:
+        a = self._a
+        if a.done and a._segv is not None:
+            vma = a.mm.find_vma(a._segv)
+            denied = vma is not None and (a.write and not vma.flags & VM_WRITE or not vma.flags & (VM_READ | VM_WRITE))
+            r = dataclasses.replace(a._res, si_code=SEGV_ACCERR if denied else SEGV_MAPERR, fault_addr=a._segv)
+            r.sigsegv = True
+            return r
+        r = a.result()
+        r.sigsegv = False
+        return r
+
+
+class _ForkAccess(Access):
+    """fork(2) in progress: done once every FORK message it raised has been read (or dropped)."""
+
+    def __init__(self, backend, child: "EmuProcess"):
+        self._b, self._child, self._done = backend, child, False
+
+    def finish(self) -> None:
+        self._done = True
+
+    @property
+    def result_pid(self) -> int:
+        return self._child.pid
+
+    def wait(self, timeout=None) -> bool:
+        if not self._done:
+            self._b._rq.run()
+        return self._done     # nothing else can read the message meanwhile: never worth sleeping for
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def result(self) -> "EmuProcess":
+        if not self._done:
+            raise RuntimeError("fork still blocked: its FORK message has not been read")
+        return self._child
+
+
+class EmuProcess(Process):
+    """A child of the emulated process: its own mm, one thread (``main``), the parent's regions at fork
+    time (a MADV_DONTFORK one is there by name and faults SIGSEGV, as on the kernel)."""
+
+    def __init__(self, backend, name: str, pid: int, mm, parent: "EmuProcess | None", regions: dict, thread):
+        self._b = backend
+        self.name, self.pid, self.mm, self.parent = name, pid, mm, parent
+        self.regions: dict[str, Region] = dict(regions)
+        self.children: list[EmuProcess] = []
+        self._thread = _ProcThread(self, thread)
+        self._status: int | None = None      # the wait status once it has died
+        self._exit: dict | None = None        # once reaped
+        self._closed = False
+        self._forking: _ForkAccess | None = None
+
+    # -- the only thread ----------------------------------------------------------------
+    def _ready(self, what: str) -> None:
+        if self._closed:
+            raise ProcessError(f"process {self.name} is closed")
+        if self._status is not None:
+            raise ProcessError(f"process {self.name} (pid {self.pid}) is gone")
+        busy = self.busy_what
+        if busy:
+            raise ProcessError(f"process {self.name} (pid {self.pid}) is still busy with {busy}: its only thread "
+                               f"is blocked (resolve the fault, read the event, or kill it)")
+
+    @property
+    def busy_what(self) -> str | None:
+        if self._forking is not None and not self._forking.done:
+            return "fork"
+        return "touch" if self._thread.busy else None
+
+    def _call(self, what: str, fn, start=None, length=None):
+        self._ready(what)
+        try:
+            return fn()
+        except UffdError as e:
+            raise uffd_error(e.errno, what, start, length, message=f"in process {self.name}") from None
+
+    def thread(self, name: str = "main") -> Thread:
+        if name != "main":
+            raise ProcessError(f"process {self.name} has one thread, main (not {name!r})")
+        return self._thread
+
+    def faults(self) -> tuple[int, int]:
+        if self._exit is not None:        # a zombie's /proc/PID/stat still counts; a reaped one is gone
+            raise ProcessError(f"process {self.name} (pid {self.pid}) is gone")
+        return self._thread.faults()
+
+    # -- system calls in the child --------------------------------------------------------
+    def madvise(self, addr, len, advice):
+        self._call("madvise", lambda: self._b.madvise(addr, len, advice, mm=self.mm), addr, len)
+
+    def munmap(self, addr, len):
+        self._call("munmap", lambda: self._b.munmap(addr, len, mm=self.mm), addr, len)
+        for name, reg in list(self.regions.items()):
+            if addr <= reg.addr and reg.end <= addr + len:
+                del self.regions[name]
+
+    def mprotect(self, addr, len, prot):
+        self._call("mprotect", lambda: self._b.mprotect(addr, len, prot, mm=self.mm), addr, len)
+
+    def mremap(self, old, old_len, new_len, flags=0, new_addr=0):
+        return self._call("mremap", lambda: self._b.mremap(old, old_len, new_len, flags, new_addr, mm=self.mm),
+                          old, old_len)
+
+    def mmap(self, len, memtype="anon", name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, **kw):
+        memtype = MemType(memtype)
+        if memtype is not MemType.ANON:
+            raise uffd_error(E.EOPNOTSUPP, "mmap", addr, len,
+                             message=f"a child process maps anon memory only (not {memtype.value})")
+        if name is None:
+            name = next(f"r{i}" for i in range(1 << 20) if f"r{i}" not in self.regions)
+        v = self._call("mmap", lambda: self.mm.mmap(len, memtype, prot, addr), addr, len)
+        if isinstance(v, int):
+            raise uffd_error(-v, "mmap", addr, len, message=f"in process {self.name}")
+        r = Region(name, v.start, len, memtype, uapi.PAGE_SIZE, None, prot)
+        self.regions[name] = r
+        return r
+
+    def read(self, addr, len) -> bytes:
+        acc = self._thread.access(addr, len, False, want_data=True)
+        if not acc.wait(0):
+            raise ProcessError(f"read in process {self.name} blocked (in a fault?)")
+        res = acc.result()
+        if res.sigbus:
+            raise uffd_error(E.EFAULT, "read", addr, len, message=f"signal in process {self.name}")
+        return res.data
+
+    def write(self, addr, data) -> None:
+        acc = self._thread.access(addr, len(data), True, data=bytes(data))
+        if not acc.wait(0):
+            raise ProcessError(f"write in process {self.name} (pid {self.pid}) has not returned: blocked in the "
+                               f"kernel (an event waiting to be read? see events, read)")
+        if acc.result().sigbus:
+            raise uffd_error(E.EFAULT, "write", addr, len(data), message=f"in process {self.name}")
+
+    # -- /proc/PID views --------------------------------------------------------------------
+    def pagemap(self, addr, npages) -> list[int]:
+        if self.mm.exited:
+            return []                     # pagemap_read() of a task without an mm reads nothing
+        return task_mmu.pagemap_read(self.mm, addr, npages)
+
+    def pagemap_array(self, addr, npages):
+        from array import array
+        return array("Q", self.pagemap(addr, npages))
+
+    def vma_bounds(self, addr):
+        v = self.mm.find_vma(addr)
+        return (v.start, v.end) if v is not None else None
+
+    def pte_bits(self, addr):
+        pte = self.mm.ptes.get(addr)
+        if pte is None or not pte.present:
+            return PteBits(0, 0)
+        return PteBits(int(pte.write), int(pte.dirty))
+
+    def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0, category_anyof_mask=0,
+                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512):
+        return task_mmu.do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask,
+                                        category_anyof_mask, return_mask, max_pages, vec_len)
+
+    def clear_refs(self, value) -> None:
+        try:
+            v = int(str(value).strip())
+        except ValueError:
+            v = -1
+        r = task_mmu.clear_refs_write(self.mm, v)
+        if r < 0:
+            raise uffd_error(-r, "clear_refs", message=f"process {self.name}: value {value!r}")
+
+    def smaps_private_dirty(self, addr) -> int:
+        vma = self.mm.find_vma(addr)
+        if vma is None:
+            raise uffd_error(E.ENOENT, "smaps", addr,
+                             message=f"no mapping of process {self.name} contains this address")
+        return task_mmu.smaps_private_dirty(self.mm, vma)
+
+    def soft_dirty(self):
+        return self._b.soft_dirty()
+
+    # -- processes and uffds of the child -------------------------------------------------------
+    def fork_access(self, name: str) -> Access:
+        """The child forks (a grandchild): an Access whose result() is the new EmuProcess."""
+        self._ready("fork")
+        self._forking = self._b._fork(self.mm, name, dict(self.regions), self)
+        return self._forking
+
+    def userfaultfd(self, flags=uapi.O_CLOEXEC | uapi.O_NONBLOCK, via="syscall"):
+        """A uffd opened by the child in its own mm; the session drives it."""
+        self._ready("userfaultfd" if via != "dev" else "USERFAULTFD_IOC_NEW")
+        u = self._b.userfaultfd(flags, via=via, mm=self.mm)
+        u.via = f"{via} (in {self.name})"
+        return u
+
+    # -- exit ------------------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        return self._exit is None and not self._closed
+
+    @property
+    def exit(self) -> dict | None:
+        return self._exit
+
+    def kill(self, sig: int = _signal.SIGKILL) -> None:
+        if self._exit is not None:
+            raise ProcessError(f"process {self.name} (pid {self.pid}) has been reaped already")
+        if self._status is not None or sig in _IGNORED:
+            return                         # a zombie, or the default action is to ignore it
+        if sig in _STOP:
+            raise NotModelled(f"kill --signal {_signal.Signals(sig).name} (a stopped process)")
+        if sig in (_signal.SIGBUS, _signal.SIGSEGV) and self._thread.busy:
+            raise NotModelled(f"kill --signal {_signal.Signals(sig).name} during a blocked access")
+        core = sig in _CORE and resource.getrlimit(resource.RLIMIT_CORE)[0] != 0
+        self.die(sig | (0x80 if core else 0))
+
+    def die(self, status: int) -> None:
+        """do_exit(): the blocked access (if any) goes with the task, then exit_mmap()."""
+        self._b._cancel_thread(self._thread._t)
+        exit_mmap(self.mm)
+        self._status = status
+        self._b._rq.run()
+
+    def wait(self, timeout: float) -> dict | None:
+        if self._exit is not None:
+            return self._exit
+        if self.parent is not None and self.parent._status is not None:
+            raise ProcessError(f"process {self.parent.name} (pid {self.parent.pid}) is gone")
+        if self._status is None:
+            return None
+        self._exit = decode_status(self.pid, self._status)
+        return self._exit
+
+    def close(self) -> None:
+        """Kill (SIGKILL) and reap; children first.  Never blocks."""
+        if self._closed:
+            return
+        for c in list(self.children):
+            c.close()
+        if self._status is None:
+            self.die(_signal.SIGKILL)
+        if self._exit is None:
+            self._exit = decode_status(self.pid, self._status)
+        self._closed = True
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "pid": self.pid, "ppid": self.parent.pid if self.parent else os.getpid(),
+             "parent": self.parent.name if self.parent else "self", "alive": int(self.alive),
+             "busy": self.busy_what if self._status is None else None, "regions": sorted(self.regions)}
+        if self._exit is not None:
+            d.update(exit=self._exit)
+        return d
+
+
+__all__ = ["EmuProcess"]
