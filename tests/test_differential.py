@@ -39,6 +39,7 @@ from uffdctl.kernel import meminfo
 R = uapi.RegisterMode
 PS = uapi.PAGE_SIZE
 THREADS = ("t0", "t1", "t2")
+CHILD = "c"                    # the only thread of the forked child (kernel/fork.c; uffdctl.process)
 SRC_PAGES = 8
 SETTLE = 5.0
 HP = 2 << 20
@@ -64,7 +65,7 @@ def gen_sequence(rng: random.Random, memtypes, max_ops: int = 14) -> dict:
         regions.append({"type": mt, "pages": rng.randint(2, 3 if MemType(mt).hugetlb else 6)})
     feats = 0
     for f, p in ((uapi.Feature.WP_UNPOPULATED, 0.3), (uapi.Feature.EXACT_ADDRESS, 0.2), (uapi.Feature.WP_ASYNC, 0.1),
-                 (uapi.Feature.THREAD_ID, 0.3), (uapi.Feature.SIGBUS, 0.08)):
+                 (uapi.Feature.THREAD_ID, 0.3), (uapi.Feature.SIGBUS, 0.08), (uapi.Feature.EVENT_FORK, 0.35)):
         if rng.random() < p:
             feats |= int(f)
     ops = []
@@ -74,6 +75,14 @@ def gen_sequence(rng: random.Random, memtypes, max_ops: int = 14) -> dict:
         ops.append(["register", r, 0, regions[r]["pages"], rng.choice([1, 2, 3, 3, 4, 5, 7])])
     for _ in range(rng.randint(3, max_ops)):
         ops.append(gen_op(rng, regions))
+    if rng.random() < 0.3:     # a fork early on, its FORK message read, then a few ops in the child
+        at = rng.randint(0, len(ops) // 2)
+        burst = [["fork"], ["read_msgs"]]
+        for _ in range(rng.randint(2, 6)):
+            r = rng.randint(1, len(regions) - 1)
+            p0 = rng.randrange(regions[r]["pages"])
+            burst.append(gen_child_op(rng, r, p0, rng.randint(1, regions[r]["pages"] - p0)))
+        ops[at:at] = burst
     return {"regions": regions, "features": feats, "ops": ops}
 
 
@@ -87,8 +96,16 @@ def gen_op(rng: random.Random, regions) -> list:
     kind = rng.choices(
         ["touch", "copy", "zeropage", "continue", "writeprotect", "wake", "poison", "move", "register",
          "unregister", "read_msgs", "clear_refs", "dontneed", "cache_write", "munmap", "scan", "mprotect",
-         "mremap"],
-        [22, 8, 5, 4, 9, 3, 2, 3, 4, 2, 8, 2, 3, 3, 1, 4, 3, 3])[0]
+         "mremap", "fork", "child", "kill", "madvise_fork"],
+        [22, 8, 5, 4, 9, 3, 2, 3, 4, 2, 8, 2, 3, 3, 1, 4, 3, 3, 3, 10, 1, 2])[0]
+    if kind == "fork":         # fork(2): one child per sequence (ops "child" act in it, "kill" ends it)
+        return ["fork"]
+    if kind == "kill":
+        return ["kill"]
+    if kind == "madvise_fork":
+        return ["madvise_fork", r, rng.choice(["dontfork", "wipeonfork", "wipeonfork", "dofork", "keeponfork"])]
+    if kind == "child":
+        return gen_child_op(rng, r, p0, n)
     if kind == "touch":
         return ["touch", rng.choice(THREADS), r, p0, rng.random() < 0.5, rng.randrange(1, 256)]
     if kind == "copy":
@@ -133,14 +150,51 @@ def gen_op(rng: random.Random, regions) -> list:
     return ["munmap", r]
 
 
+def gen_child_op(rng: random.Random, r: int, p0: int, n: int) -> list:
+    """An op in the forked child: a touch by its thread, an ioctl on its uffd (the FORK message's), a read of
+    its messages, a madvise."""
+    inner = rng.choices(["touch", "copy", "zeropage", "writeprotect", "read_msgs", "dontneed"], [10, 3, 2, 3, 4, 1])[0]
+    if inner == "touch":
+        return ["child", ["touch", CHILD, r, p0, rng.random() < 0.6, rng.randrange(1, 256)]]
+    if inner == "copy":
+        return ["child", ["copy", r, p0, n, rng.randrange(SRC_PAGES - n + 1) if n <= SRC_PAGES else 0,
+                          rng.choice([0, 0, 1])]]
+    if inner == "zeropage":
+        return ["child", ["zeropage", r, p0, n, 0]]
+    if inner == "writeprotect":
+        return ["child", ["writeprotect", r, p0, n, rng.choice([1, 0, 0])]]
+    if inner == "dontneed":
+        return ["child", ["dontneed", r, p0, n]]
+    return ["child", ["read_msgs"]]
+
+
 # -- rendering --------------------------------------------------------------------------------
+
+_FORK_ADVICE = {"dontfork": 10, "dofork": 11, "wipeonfork": 18, "keeponfork": 19}
+
 
 def render(seq: dict) -> str:
     lines = ["# regions: " + ", ".join(f"r{i}={g['type']}x{g['pages']}" + (" (src pool)" if i == 0 else "")
                                       for i, g in enumerate(seq["regions"])),
              f"uffd.api(features={'|'.join(uapi.Feature.decode(seq['features'])) or 0})"]
     for op in seq["ops"]:
+        prefix = ""
+        if op[0] == "child":
+            prefix, op = "child: ", op[1]
         k = op[0]
+        if k == "fork":
+            lines.append("fork()   # the child: ops marked 'child:' (its thread c, its uffd from the FORK message)")
+            continue
+        if k == "kill":
+            lines.append("kill(child, SIGKILL); waitpid(child)")
+            continue
+        if k == "madvise_fork":
+            lines.append(f"madvise(r{op[1]}, MADV_{op[2].upper()})")
+            continue
+        if prefix:
+            one = render({"regions": seq["regions"], "features": 0, "ops": [op]}).splitlines()[-1]
+            lines.append(prefix + one.strip().split(None, 1)[1])
+            continue
         if k == "touch":
             lines.append(f"{op[1]}.{'write' if op[4] else 'read'}(r{op[2]}[{op[3]}]" +
                          (f", fill={op[5]:#x})" if op[4] else ")"))
@@ -207,6 +261,19 @@ class Side:
         self.acc = {}            # thread -> (access, start vcsw)
         self.labels = {}
         self.nextlabel = 0
+        # fork: the fork(2) in progress, the child (a Process), its uffd (the FORK message's ufd, adopted), the
+        # regions and aliases it inherited (the parent's later munmap/mremap are not the child's)
+        self.fork_acc = self.child = self.cu = self.child_ufd = None
+        # threads whose access was blocked across the fork: once resumed they COW-fault their own stack, which
+        # the kernel counts (uffdctl_access.c pre-touches it only before an access starts): no fault counts
+        self.nocount: set = set()
+        self.child_dead = False
+        self.cregions, self.caliases = [], {}
+
+    def task_path(self, name) -> str:
+        if name == CHILD:
+            return f"/proc/{self.child.pid}"
+        return f"/proc/self/task/{self.threads[name].tid}"
 
     def addr(self, r, p):
         reg = self.regions[r]
@@ -219,10 +286,9 @@ class Side:
         return hex(addr)
 
     def vcsw(self, name):
-        t = self.threads[name]
         if self.b.name != "kernel":
             return 0
-        with open(f"/proc/self/task/{t.tid}/status") as f:
+        with open(f"{self.task_path(name)}/status") as f:
             for line in f:
                 if line.startswith("voluntary_ctxt_switches"):
                     return int(line.split()[1])
@@ -232,13 +298,16 @@ class Side:
         """Pagemap of every mapping as runs: (mapping, first page, pages, kept bits, identity)."""
         out = []
         live = set()
-        mappings = [(f"r{i}", r) for i, r in enumerate(self.regions) if r is not None]
-        mappings += [(f"r{i}alias", a) for i, a in sorted(self.aliases.items()) if a is not None]
+        mappings = [(f"r{i}", r, self.b) for i, r in enumerate(self.regions) if r is not None]
+        mappings += [(f"r{i}alias", a, self.b) for i, a in sorted(self.aliases.items()) if a is not None]
+        if self.child is not None and not self.child_dead:     # the child's pagemap, its pages named alike
+            mappings += [(f"child:r{i}", r, self.child) for i, r in enumerate(self.cregions) if r is not None]
+            mappings += [(f"child:r{i}alias", a, self.child) for i, a in sorted(self.caliases.items())]
         keepmask = (uapi.PM_PRESENT | uapi.PM_SWAP | uapi.PM_FILE | uapi.PM_GUARD_REGION | uapi.PM_UFFD_WP
                     | uapi.PM_MMAP_EXCLUSIVE)
-        for name, reg in mappings:
+        for name, reg, mm in mappings:
             prev = None
-            entries = self.b.pagemap(reg.addr, reg.len // PS)
+            entries = mm.pagemap(reg.addr, reg.len // PS)
             # entries without a kept bit only end a run (prev[0] == i - 1 below fails across them)
             for i in [i for i, raw in enumerate(entries) if raw & keepmask]:
                 raw = entries[i]
@@ -295,12 +364,65 @@ def kernel_zero_pfn(kb) -> int:
 
 # -- the lock-step run --------------------------------------------------------------------------
 
+class ChildView:
+    """What apply() needs of a side, for an op in the child: its mm calls, its uffd, its regions; the threads
+    and accesses are the side's (the child's thread is ``c``)."""
+
+    def __init__(self, side: Side):
+        self.side, self.b, self.u = side, side.child, side.cu
+        self.regions, self.aliases = side.cregions, side.caliases
+        self.threads, self.acc, self.nocount = side.threads, side.acc, side.nocount
+
+    def addr(self, r, p):
+        reg = self.regions[r]
+        return reg.addr + p * reg.page_size
+
+    def vcsw(self, name):
+        return self.side.vcsw(name)
+
+
+def apply_fork(side: Side, op) -> tuple:
+    b, k = side.b, op[0]
+    if k == "fork":
+        side.nocount |= {tn for tn, (acc, _) in side.acc.items() if not acc.done}
+        side.cregions, side.caliases = list(side.regions), dict(side.aliases)
+        side.fork_acc = b.fork("child", dict(b.regions))
+        return ("started",)
+    if k == "kill":
+        side.child.kill(9)
+        r = side.child.wait(SETTLE)
+        side.child_dead = True
+        side.acc.pop(CHILD, None)
+        return ("killed", r and r["signal_name"])
+    if k == "madvise_fork":
+        reg = side.regions[op[1]]
+        return _call(lambda: b.madvise(reg.addr, reg.len, _FORK_ADVICE[op[2]]))
+    return apply(ChildView(side), op[1])
+
+
+def adopt_fork(side: Side, msgs) -> None:
+    """The FORK message's ufd is the child's uffd (installed in our fd table by read())."""
+    for m in msgs:
+        if m.event == uapi.Event.FORK:
+            side.child_ufd = m.ufd
+
+
+def register_child(side: Side) -> None:
+    side.child = side.fork_acc.result()
+    side.threads[CHILD] = side.child.thread("main")
+    if side.child_ufd is not None:
+        side.cu = side.b.adopt_uffd(side.child_ufd)
+
+
 def apply(side: Side, op) -> tuple:
+    if op[0] in ("fork", "kill", "madvise_fork", "child"):
+        return apply_fork(side, op)
     b, u, k = side.b, side.u, op[0]
     A = side.addr
     if k == "touch":
         _, tn, r, p, write, fill = op
         t = side.threads[tn]
+        side.nocount.discard(tn)
         base = side.vcsw(tn)
         if write:
             acc = t.access(A(r, p), 1, True, fill=fill, stride=PS)
@@ -385,9 +507,43 @@ def apply(side: Side, op) -> tuple:
     raise ValueError(f"unknown op {k!r}")
 
 
+def applicable_fork(emu: Side, op) -> bool:
+    k = op[0]
+    if k == "fork":
+        return emu.fork_acc is None
+    if k == "madvise_fork":
+        return emu.regions[op[1]] is not None
+    live = emu.child is not None and not emu.child_dead
+    if k == "kill":
+        return live
+    if not live:
+        return False
+    inner = op[1]
+    if inner[0] in ("copy", "zeropage", "writeprotect", "read_msgs") and emu.cu is None:
+        return False
+    view = ChildView(emu)
+    if inner[0] == "read_msgs":
+        return True
+    r = inner[2] if inner[0] == "touch" else inner[1]
+    if view.regions[r] is None:
+        return False
+    if inner[0] == "touch":
+        if CHILD in emu.acc and not emu.acc[CHILD][0].done or inner[3] >= view.regions[r].pages:
+            return False
+        a = view.addr(r, inner[3])
+        ps = view.regions[r].page_size
+        return not any(not acc.done and acc.waiter is not None and acc.waiter.msg.address // ps == a // ps
+                       for acc, _ in emu.acc.values())
+    if inner[0] == "dontneed" and CHILD in emu.acc and not emu.acc[CHILD][0].done:
+        return False               # the child's only thread is blocked in a fault: it makes no system call
+    return inner[2] + inner[3] <= view.regions[r].pages
+
+
 def applicable(emu: Side, op) -> bool:
     """Decided on the emulator's state, applied to both."""
     k = op[0]
+    if k in ("fork", "kill", "madvise_fork", "child"):
+        return applicable_fork(emu, op)
     regs = [] if k in ("read_msgs", "clear_refs") else [op[2]] if k == "touch" else [op[1]]
     if k == "move":
         regs.append(op[3])
@@ -426,9 +582,9 @@ def applicable(emu: Side, op) -> bool:
     return True
 
 
-def _wchan(tid) -> str:
+def _wchan(path) -> str:
     try:
-        with open(f"/proc/self/task/{tid}/wchan") as f:
+        with open(f"{path}/wchan") as f:
             return f.read()
     except OSError:
         return ""
@@ -444,13 +600,15 @@ def settle(ks: Side, es: Side, step: int):
         else:
             deadline = time.monotonic() + SETTLE
             while time.monotonic() < deadline and not kacc.done:
-                if _wchan(ks.threads[tn].tid) == "handle_userfault" and ks.vcsw(tn) - base >= eacc.blocks:
+                if _wchan(ks.task_path(tn)) == "handle_userfault" and ks.vcsw(tn) - base >= eacc.blocks:
                     break
                 time.sleep(0.0005)
             if kacc.done:
                 raise Divergence(step, f"{tn} access finished", True, False)
         kres = _acc_view(ks, kacc)
         eres = _acc_view(es, eacc)
+        if tn in es.nocount and kres[0] == eres[0] == "done":
+            kres, eres = ("done", kres[3]), ("done", eres[3])
         if kres != eres:
             raise Divergence(step, f"{tn} access result", kres, eres)
 
@@ -459,9 +617,34 @@ def _acc_view(side, acc):
     if not acc.done:
         return ("blocked",)
     r = acc.result()
+    if getattr(r, "sigsegv", False):          # the child's command loop reports it (a MADV_DONTFORK region)
+        return ("sigsegv", side.where(r.fault_addr))
     if r.sigbus:
         return ("sigbus", side.where(r.fault_addr))
     return ("done", r.minflt, r.majflt, r.data)
+
+
+def settle_fork(ks: Side, es: Side, step: int) -> None:
+    """fork() returns once its FORK messages are read: when the emulator's has, the kernel's must (then both
+    children are registered, their uffds adopted); while the emulator's has not, neither may the kernel's."""
+    if es.fork_acc is None or es.child is not None:
+        return
+    if not es.fork_acc.done and not ks.fork_acc.done:
+        # the kernel's fork(2) runs on a job thread: wait until it sleeps for its FORK message to be read
+        from uffdctl.process import job_thread
+        tid = job_thread(ks.b, "__fork")._t.native_id
+        deadline = time.monotonic() + SETTLE
+        while _wchan(f"/proc/self/task/{tid}") != "userfaultfd_event_wait_completion" and not ks.fork_acc.done:
+            if time.monotonic() > deadline:
+                raise Divergence(step, "fork blocked until its FORK message is read", "not blocked", "blocked")
+            time.sleep(0.0005)
+    if es.fork_acc.done:
+        if not ks.fork_acc.wait(SETTLE):
+            raise Divergence(step, "fork returned", False, True)
+        register_child(ks)
+        register_child(es)
+    elif ks.fork_acc.done:
+        raise Divergence(step, "fork returned", True, False)
 
 
 def _msgs_view(side, msgs):
@@ -482,13 +665,18 @@ def run(seq: dict, kb, eb, zero_pfn: int) -> int:
             er = apply(es, op)
             kr = apply(ks, op)
             settle(ks, es, step)
-            if op[0] == "read_msgs":
+            inner = op[1] if op[0] == "child" else op
+            if inner[0] == "read_msgs":
+                ku = ks.cu if op[0] == "child" else ks.u
                 kmsgs = kr[1]
                 deadline = time.monotonic() + SETTLE
                 while len(kmsgs) < len(er[1]) and time.monotonic() < deadline:
                     time.sleep(0.001)
-                    kmsgs += ks.u.read_msgs()
+                    kmsgs += ku.read_msgs()
+                adopt_fork(ks, kmsgs)
+                adopt_fork(es, er[1])
                 kr, er = _msgs_view(ks, kmsgs), _msgs_view(es, er[1])
+            settle_fork(ks, es, step)
             if kr != er:
                 raise Divergence(step, f"{op[0]} result", kr, er)
             ksnap, esnap = ks.snapshot(), es.snapshot()
@@ -497,10 +685,25 @@ def run(seq: dict, kb, eb, zero_pfn: int) -> int:
                 ed = [x for x in esnap if x not in ksnap]
                 raise Divergence(step, "pagemap", kd[:8], ed[:8])
     finally:
-        ks.u.close()
-        es.u.close()
+        for side in (ks, es):
+            # a FORK message still unread must be read first: until fork() returns, the child's copy of our fd
+            # table keeps the uffd open, so close() would release nothing (and leave every fault blocked)
+            deadline = time.monotonic() + SETTLE
+            while side.fork_acc is not None and not side.fork_acc.done and time.monotonic() < deadline:
+                adopt_fork(side, side.u.read_msgs())
+                side.fork_acc.wait(0.001)
+            side.u.close()
+            if side.cu is not None:
+                side.cu.close()
+            elif side.child_ufd is not None and side.b.name == "kernel":
+                os.close(side.child_ufd)
+            if side.fork_acc is not None and side.fork_acc.wait(SETTLE):
+                try:
+                    side.fork_acc.result().close()     # kill and reap the child
+                except Exception:                      # the fork itself failed: nothing to reap
+                    pass
         # close() released every fault: the kernel's accesses must finish before the regions go away
-        stuck = [tn for tn, (kacc, _) in ks.acc.items() if not kacc.wait(10)]
+        stuck = [tn for tn, (kacc, _) in ks.acc.items() if tn != CHILD and not kacc.wait(10)]
         if stuck:
             kb.stuck = True
             raise Divergence(-1, f"kernel access of {stuck} still running 10 s after the uffd was closed",
@@ -898,3 +1101,60 @@ def test_differential_catches_a_broken_mremap_rule(switch):
             assert Runner().diverges(small) is None, render(small)   # the 6.18 rules agree with the kernel
             return
     pytest.fail(f"3000 random sequences did not catch the broken {switch} rule")
+
+
+# -- fork (kernel/fork.c dup_mmap, mm/memory.c copy_page_range): the child's pagemap, its uffd, COW ------------------
+
+FORK_COW = {"regions": [{"type": "anon", "pages": SRC_PAGES}, {"type": "anon", "pages": 2}], "features": 0,
+            "ops": [["touch", "t0", 1, 0, True, 1], ["fork"], ["touch", "t0", 1, 0, True, 2],
+                    ["child", ["touch", CHILD, 1, 0, False, 0]]]}
+
+
+@pytest.mark.kernel
+def test_differential_catches_a_broken_fork_rule(monkeypatch):
+    """The differential's fork op can fail: with copy_present_pte() no longer write-protecting a COW mapping's
+    PTEs (parent and child share a writable anon page), the parent's write after fork takes no fault and the
+    child reads the parent's data -- caught on a hand-written sequence, and by the random generator, whose
+    shrunk reproducer has a fork in it; the real rule agrees with the kernel on both."""
+    runner = Runner()
+    assert runner.diverges(FORK_COW) is None
+    from uffdctl.emu.kernel import fork
+    monkeypatch.setattr(fork, "is_cow_mapping", lambda flags: False)
+    d = runner.diverges(FORK_COW)
+    assert d is not None, "the broken COW rule went unnoticed"
+    rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
+    for i in range(3000):
+        seq = gen_sequence(random.Random(rng_seed + i), [MemType.ANON.value, MemType.SHMEM_PRIVATE.value])
+        if not any(op[0] == "fork" for op in seq["ops"]):
+            continue
+        d = runner.diverges(seq)
+        if d is not None:
+            small = runner.minimal(seq)
+            assert any(op[0] == "fork" for op in small["ops"]), render(small)
+            monkeypatch.undo()
+            assert runner.diverges(small) is None, render(small)
+            return
+    pytest.fail("3000 random sequences did not catch the broken COW rule")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("switch,value", [("fork_wp_marker_without_event", True),
+                                          ("fork_poison_marker_without_event", False)])
+def test_differential_catches_an_old_fork_marker_rule(switch, value):
+    """The version rules of copy_pte_marker() are observable: 6.18 with 5.19's rule (a uffd-wp marker reaches a
+    child without EVENT_FORK) or 6.1.192's (a poison marker only into a uffd-wp child VMA) diverges from this
+    kernel on some random sequence, whose reproducer forks."""
+    from uffdctl.emu import EmuBackend
+    runner = Runner(lambda: EmuBackend(profile="6.18", soft_dirty=False, **{switch: value}))
+    rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
+    for i in range(4000):
+        seq = gen_sequence(random.Random(rng_seed + i), [MemType.ANON.value, MemType.SHMEM.value])
+        if not any(op[0] == "fork" for op in seq["ops"]):
+            continue
+        d = runner.diverges(seq)
+        if d is not None:
+            small = runner.minimal(seq)
+            assert any(op[0] == "fork" for op in small["ops"]), render(small)
+            assert Runner().diverges(small) is None, render(small)
+            return
+    pytest.fail(f"4000 random sequences did not catch {switch}={value}")

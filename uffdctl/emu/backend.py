@@ -195,6 +195,8 @@ class EmuHandler(Handler):
     def start(self) -> None:
         if self.running:
             return
+        if self.policy.missing == "fill":
+            self._fill_page()       # now: from a service (inside the run queue) the caller's write cannot run
         self.running = True
         self._b._rq.add_service(self)
         self.uffd.attach_handler(self)
@@ -438,6 +440,11 @@ class EmuBackend(Backend):
         mm, fcs = dup_mmap(oldmm)
         child = EmuProcess(self, name, next(self._pids), mm, parent, regions, EmuThread(self, "main", mm))
         acc = _ForkAccess(self, child)
+        # copy_files(): the child's fd table holds every uffd of ours until it runs (its command loop closes
+        # them), i.e. until fork() returns; a child process's own fd table has none (it passes them on)
+        inherited = [u for u in self._uffds if not u.closed] if parent is None else []
+        for u in inherited:
+            u.file_refs += 1
         for octx, nctx in fcs:
             octx.changing += 1
             self._uffds.append(nctx)
@@ -457,6 +464,8 @@ class EmuBackend(Backend):
             self._procs.append(child)
             if parent is not None:
                 parent.children.append(child)
+            for u in inherited:
+                u.drop_file_ref()
 
         dup_fctx()
         self._rq.run()

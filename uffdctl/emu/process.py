@@ -80,12 +80,17 @@ class _ChildAccess(Access):
     def waiter(self):
         return self._a.waiter
 
+    @property
+    def blocks(self) -> int:
+        return self._a.blocks
+
     def result(self) -> AccessResult:
         a = self._a
         if a.done and a._segv is not None:
             vma = a.mm.find_vma(a._segv)
             denied = vma is not None and (a.write and not vma.flags & VM_WRITE or not vma.flags & (VM_READ | VM_WRITE))
-            r = dataclasses.replace(a._res, si_code=SEGV_ACCERR if denied else SEGV_MAPERR, fault_addr=a._segv)
+            r = dataclasses.replace(a._res, si_code=SEGV_ACCERR if denied else SEGV_MAPERR, fault_addr=a._segv,
+                                    data=None)
             r.sigsegv = True
             return r
         r = a.result()

@@ -45,6 +45,7 @@ class EmuUffd(Uffd):
         self.event_q: list[UffdMsg] = []
         self.event_done: dict[int, object] = {}   # id(msg) -> called once it is read or dropped (fork waits)
         self.changing = 0                   # mmap_changing raised by a fork whose FORK message is not read yet
+        self.file_refs = 1                  # fd-table references to the file: ours, and a pending fork's child
         self._handlers: list = []
         self._r, self._w = os.pipe()        # readable while a message is pending: pollable like the real fd
         os.set_blocking(self._r, False)
@@ -137,9 +138,8 @@ class EmuUffd(Uffd):
                 v.flags &= ~M.VM_UFFD_FLAGS
         self.mm.merge()
         if not self._closed:
-            self._closed = True
-            os.close(self._r)
-            os.close(self._w)
+            self._close_fd()
+            self.file_refs = 0
 
     def mremap_userfaultfd_complete(self, old: int, new: int, length: int) -> None:
         """The REMAP event of a moved VMA whose ctx kept it (EVENT_REMAP): ``len`` is the old length."""
@@ -382,22 +382,37 @@ class EmuUffd(Uffd):
         return out
 
     def close(self) -> None:
+        """close() of this fd.  The ctx is released (userfaultfd_release()) when its file's last reference
+        goes: a fork still waiting for its FORK message holds one more (the child's copy of the fd table,
+        closed by the child only once fork() has returned), and until then every fault stays blocked."""
         if self._closed:
             return
         for h in list(self._handlers):
             h.stop()
-        for v in list(self.mm.vmas):           # userfaultfd_release()
+        self._close_fd()
+        self.drop_file_ref()
+
+    def _close_fd(self) -> None:
+        self._closed = True
+        self._update_readable()             # drained
+        os.close(self._r)
+        os.close(self._w)
+
+    def drop_file_ref(self) -> None:
+        self.file_refs -= 1
+        if self.file_refs == 0:
+            self.userfaultfd_release()
+
+    def userfaultfd_release(self) -> None:
+        for v in list(self.mm.vmas):
             if v.ctx is self:
                 self._clear_vma(v)
         self.mm.merge()
         dropped = [self.event_done.pop(id(m)) for m in self.event_q if id(m) in self.event_done]
         self.event_q.clear()
-        self._closed = True
         for done in dropped:                # the released ctx drops its events: the waiters go on
             done(True)
         self.wake_userfault(0, None)
-        os.close(self._r)
-        os.close(self._w)
         self.rq.run()
 
     @property
