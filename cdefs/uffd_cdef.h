@@ -152,6 +152,9 @@ int64_t uffdctl_loop_writeprotect(int, uint64_t, uint64_t, uint64_t, uint64_t);
 struct uffdctl_faulter;
 struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t, uint64_t, uint64_t, int, uint64_t *);
 void uffdctl_bench_faulter_join(struct uffdctl_faulter *);
+struct uffdctl_refhandler;
+struct uffdctl_refhandler *uffdctl_bench_refhandler_start(int, uint64_t, uint64_t, uint64_t, int);
+int uffdctl_bench_refhandler_join(struct uffdctl_refhandler *);
 
 /* processes of a session (cdefs/uffdctl_proc.c): a child runs a native command loop */
 #define UFFDCTL_PROC_PING ...
