@@ -426,6 +426,10 @@ struct uffdctl_handler *uffdctl_handler_start(const struct uffdctl_handler_cfg *
 	{
 		int fl = fcntl(h->cfg.uffd, F_GETFL);
 		h->nonblock = fl >= 0 && (fl & O_NONBLOCK);
+		/* poll(2) on a blocking uffd says EPOLLERR (userfaultfd_poll(): "poll() never guarantees
+		 * that read won't block"): such a uffd is served in read mode, or not at all */
+		if (fl >= 0 && !h->nonblock)
+			h->cfg.read_mode = 1;
 	}
 	pthread_mutex_init(&h->lock, NULL);
 	{
