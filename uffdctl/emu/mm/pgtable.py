@@ -2,6 +2,11 @@
 map ``mm.ptes`` (page address -> :class:`~.mm_types.Pte`; absent = pte_none) and the set of PMDs that
 have a PTE table (``mm.pgtables``: pte_alloc() adds one, free_pgtables() drops it).  Walks cost what
 exists, never the size of a range.
+
+A PTE value is one of: present (``pte.page``), a PTE marker (``pte.marker``: uffd-wp, poison, guard) or a
+swap entry (``pte.swp``, :func:`~.mm_types.swp_entry`, the swp uffd-wp / soft-dirty bits in ``uffd_wp`` /
+``soft_dirty``; the slot and the swap cache are ``swapfile``'s).  Only set_pte() keeps mapcounts, and only
+for present PTEs.
 """
 from __future__ import annotations
 
