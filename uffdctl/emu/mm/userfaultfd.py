@@ -65,7 +65,6 @@ class Userfaultfd:
         else:
             dirty = young = True
         write = bool(vma.flags & VM_WRITE) and not wp
-        over_guard = p.install_over_guard
         copy = kind == MFILL_ATOMIC_COPY
         zero_page = self.zero_page
         end = dst_start + length
@@ -98,8 +97,8 @@ class Userfaultfd:
             pfn = self._next_pfn                      # alloc_folio()
             self._next_pfn = pfn + 1
             old = ptes.get(dst)
-            if old is not None and (old.page is not None or not over_guard and old.marker & PTE_MARKER_GUARD):
-                err = -E.EEXIST                       # not pte_none_mostly()
+            if old is not None and not self.pte_none_mostly(old):
+                err = -E.EEXIST
                 break
             folio = Folio(pfn, PAGE_SIZE, True, data)
             folio.mapcount = 1
