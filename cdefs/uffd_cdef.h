@@ -95,6 +95,7 @@ int uffdctl_worker_submit(struct uffdctl_worker *, struct uffdctl_access_job *, 
 int uffdctl_worker_wait(struct uffdctl_worker *, struct uffdctl_access_job *, int);
 int uffdctl_worker_busy(struct uffdctl_worker *);
 int uffdctl_worker_stop(struct uffdctl_worker *, int);
+int uffdctl_worker_stack(struct uffdctl_worker *, uint64_t *);
 int uffdctl_gettid(void);
 
 #define UFFDCTL_POL_QUEUE ...
@@ -120,6 +121,7 @@ int uffdctl_handler_drain(struct uffdctl_handler *, struct uffdctl_event *, int)
 void uffdctl_handler_stats(struct uffdctl_handler *, uint64_t *);
 void uffdctl_handler_free(struct uffdctl_handler *);
 int uffdctl_handler_sync(struct uffdctl_handler *, int);
+int uffdctl_handler_stack(struct uffdctl_handler *, uint64_t *);
 
 #define UFFDCTL_PM_NFLAGS ...
 int64_t uffdctl_pagemap_read(int, uint64_t, uint64_t, uint64_t *);
@@ -152,6 +154,9 @@ int64_t uffdctl_loop_writeprotect(int, uint64_t, uint64_t, uint64_t, uint64_t);
 struct uffdctl_faulter;
 struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t, uint64_t, uint64_t, int, uint64_t *);
 void uffdctl_bench_faulter_join(struct uffdctl_faulter *);
+struct uffdctl_refhandler;
+struct uffdctl_refhandler *uffdctl_bench_refhandler_start(int, uint64_t, uint64_t, uint64_t, int);
+int uffdctl_bench_refhandler_join(struct uffdctl_refhandler *);
 
 /* processes of a session (cdefs/uffdctl_proc.c): a child runs a native command loop */
 #define UFFDCTL_PROC_PING ...
