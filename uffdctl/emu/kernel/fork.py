@@ -38,7 +38,8 @@ def mm_alloc_child(oldmm: MM) -> MM:
     allocators (PFNs, anon_vma and mapping identities are unique machine-wide, not per mm)."""
     mm = MM(oldmm.profile, oldmm.soft_dirty_config)
     mm.alloc_folio = oldmm.alloc_folio          # one page allocator for the machine
-    mm.copy_from_user = oldmm.copy_from_user    # current->mm: the monitor's (see the module docstring)
+    # current->mm: the monitor's (see the module docstring); every reader of a UFFDIO_COPY source is bound here
+    mm.copy_from_user, mm.copy_page_from_user = oldmm.copy_from_user, oldmm.copy_page_from_user
     mm._origins, mm._anon_vmas = oldmm._origins, oldmm._anon_vmas
     mm.zero_page = oldmm.zero_page
     mm.next_addr, mm.low_addr = oldmm.next_addr, oldmm.low_addr
