@@ -330,3 +330,47 @@ def test_fork_hugetlb_and_wipeonfork_with_event_on_the_emulator_follow_the_spec(
         b.madvise(b.mmap(PS, MemType.SHMEM).addr, PS, 18)        # WIPEONFORK on a file VMA
     assert ei.value.errno == errno.EINVAL
     b.close()
+
+
+FORK_ADVICE = """
+mmap --size 16K --name a
+mmap --size 16K --type shmem --name s
+touch a --write --fill 1 --wait
+madvise a:0 --advice dontfork
+madvise a:0 --advice dofork
+madvise a:1 --advice wipeonfork
+madvise a:1 --advice keeponfork
+madvise a:2 --advice wipeonfork
+madvise a:3 --advice dontfork
+madvise s --advice wipeonfork
+expect errno EINVAL
+fork --name c
+touch c/a:0 --read --wait
+expect result data=01
+touch c/a:1 --read --wait
+expect result data=01
+touch c/a:2 --read --wait
+expect result data=00 minflt=1
+expect pagemap c/a:2 present=1 zero=1
+touch c/a:3 --read --wait
+expect result sigsegv=1
+expect pagemap a:2 present=1 exclusive=1
+expect pagemap a:0 present=1 exclusive=0
+kill c
+waitpid c
+expect pagemap a:0 present=1 exclusive=1
+"""
+
+
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_fork_advice_side_by_side(tmp_path, backend):
+    """MADV_DONTFORK / DOFORK / WIPEONFORK / KEEPONFORK (madvise_vma_behavior(): VM_DONTCOPY, VM_WIPEONFORK;
+    WIPEONFORK on a file or shared VMA is EINVAL): the same script passes on both backends."""
+    import textwrap
+    from uffdctl.script import run_file
+    if backend == "kernel":
+        make_backend("kernel").close()
+    p = tmp_path / "advice.uffd"
+    p.write_text(textwrap.dedent(FORK_ADVICE))
+    r = run_file(str(p), backend)
+    assert r["exit"] == 0, r.get("error")

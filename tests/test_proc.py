@@ -426,7 +426,8 @@ def test_unread_event_makes_range_ioctls_eagain(tmp_path):
     ok(run(tmp_path, UNREAD))
 
 
-def test_unread_fork_blocks_until_read(tmp_path):
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_unread_fork_blocks_until_read(tmp_path, backend):
     ok(run(tmp_path, """
     api --features event_fork,thread_id
     mmap --size 16K --name buf
@@ -440,12 +441,13 @@ def test_unread_fork_blocks_until_read(tmp_path):
     expect event event=fork child=child ufd_name=child/u0
     expect proc child alive=1
     zeropage buf:0
-    """))
+    """, backend))
 
 
-def test_unread_on_the_emulator_says_not_modelled(tmp_path):
+def test_unread_madvise_on_the_emulator_says_not_modelled(tmp_path):
+    """handler --unread works on the emulator; a madvise that would wait for its REMOVE message does not."""
     r = run(tmp_path, UNREAD, "emu")
-    assert r["exit"] == 4 and "not modelled: handler --unread" in r["error"]["message"], r
+    assert r["exit"] == 4 and "not modelled: madvise --thread" in r["error"]["message"], r
 
 
 def test_read_refused_while_the_handler_reads(tmp_path):

@@ -205,13 +205,14 @@ class EmuHandler(Handler):
         self.uffd.attach_handler(self)
         self._b._rq.run()
 
-    def stop(self) -> None:
+    def stop(self, release: bool = True) -> None:
+        """``release`` False (handler --unread): what it queued stays queued, what it did not read unread."""
         if not self.running:
             return
         self.running = False
         self._b._rq.remove_service(self)
         self.uffd.detach_handler(self)
-        if not self.uffd.closed:                 # release faults left queued by hand
+        if release and not self.uffd.closed:     # release faults left queued by hand
             for m in self._queued:
                 self.uffd.wake_userfault(m.address & ~(self.policy.page_size - 1), self.policy.page_size)
             self._b._rq.run()

@@ -287,6 +287,8 @@ class SessionState(MultiState):
                 live.append(t)
                 continue
             del self._pending[tid]
+            if t.kind != "touch":       # a system call issued with --thread (madvise, fork): no fault counts
+                continue
             try:
                 r = t.access.result()
             except Exception:

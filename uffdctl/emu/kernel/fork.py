@@ -16,15 +16,18 @@ The rules that changed across versions are profile switches (``fork_wp_marker_wi
 ``fork_poison_marker_without_event``, ``vma_needs_copy``).  GUP pins are not modelled, so the early-COW path
 of copy_present_page() (a maybe-pinned anon page) is never taken: the wp-fork-pin selftests need gup_test.
 
-A child mm shares its family's PFN allocator, anon_vma and mapping identities and zero page, and reads a
+A child mm allocates PFNs from a range of its own, shares its family's anon_vma and mapping identities and
+zero page, and reads a
 UFFDIO_COPY source from the monitor's mm (copy_from_user() reads ``current->mm``: the session's, whatever
 mm the ctx is on).
 """
 from __future__ import annotations
 
+import itertools
+
 from ...uapi import Feature
 from ..mm import MM
-from ..mm.mm_types import (PTE_MARKER_GUARD, PTE_MARKER_POISONED, PTE_MARKER_UFFD_WP, VM_DONTCOPY,
+from ..mm.mm_types import (FIRST_PFN, PTE_MARKER_GUARD, PTE_MARKER_POISONED, PTE_MARKER_UFFD_WP, VM_DONTCOPY,
                            VM_MAYWRITE, VM_SHARED, VM_UFFD_FLAGS, VM_WIPEONFORK, Vma, make_pte_marker,
                            userfaultfd_wp)
 
@@ -37,7 +40,10 @@ def mm_alloc_child(oldmm: MM) -> MM:
     """The child's mm_struct: empty, the parent's profile and CONFIG_MEM_SOFT_DIRTY, and the family's
     allocators (PFNs, anon_vma and mapping identities are unique machine-wide, not per mm)."""
     mm = MM(oldmm.profile, oldmm.soft_dirty_config)
-    mm.alloc_folio = oldmm.alloc_folio          # one page allocator for the machine
+    # PFNs are machine-wide: each mm of the family allocates from its own 2^40-page range
+    ids = oldmm.__dict__.setdefault("_mm_ids", itertools.count(1))
+    mm._mm_ids = ids
+    mm._next_pfn = FIRST_PFN + (next(ids) << 40)
     # current->mm: the monitor's (see the module docstring); every reader of a UFFDIO_COPY source is bound here
     mm.copy_from_user, mm.copy_page_from_user = oldmm.copy_from_user, oldmm.copy_page_from_user
     mm._origins, mm._anon_vmas = oldmm._origins, oldmm._anon_vmas
