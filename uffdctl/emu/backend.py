@@ -22,7 +22,7 @@ import itertools
 from .. import uapi
 from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, HandlerPolicy, MemType, Region,
                        ScanResult, SoftDirtyProbe, Thread, UffdMsg)
-from ..errors import NotModelled, UffdError, uffd_error
+from ..errors import NotModelled, ProcessError, UffdError, uffd_error
 from ..types import PteBits
 from . import mm as M
 from .fs.proc import task_mmu
@@ -463,14 +463,17 @@ class EmuBackend(Backend):
             octx.changing += 1
             self._uffds.append(nctx)
         todo = list(fcs)
+        current = []                # the (parent ctx, child ctx) whose FORK message waits to be read
 
         def dup_fctx(released=None, octx=None, nctx=None):
             if octx is not None:
+                current.clear()
                 octx.changing -= 1
                 if released:
                     nctx.userfaultfd_release_new()
             if todo:
                 o, n = todo.pop(0)
+                current.append((o, n))
                 o.queue_event(UffdMsg(uapi.Event.FORK, ufd=n.fd),
                               on_read=lambda rel, o=o, n=n: dup_fctx(rel, o, n))
                 return
@@ -481,6 +484,20 @@ class EmuBackend(Backend):
             for u in inherited:
                 u.drop_file_ref()
 
+        def fatal_signal():
+            """The forking task got a fatal signal (a child process killed in its fork): the FORK message not
+            read yet is dropped, the child ctxs are released, and copy_process() fails: no child at all."""
+            for o, n in current:
+                o.drop_event(lambda m, n=n: m.event == uapi.Event.FORK and m.ufd == n.fd)
+            for o, n in current + todo:
+                o.changing -= 1
+                n.userfaultfd_release_new()
+            current.clear()
+            todo.clear()
+            mm.exited = True
+            acc.fail(ProcessError(f"process {parent.name} (pid {parent.pid}) is gone"))
+
+        acc.fatal_signal = fatal_signal
         dup_fctx()
         self._rq.run()
         return acc

@@ -103,9 +103,14 @@ class _ForkAccess(Access):
 
     def __init__(self, backend, child: "EmuProcess"):
         self._b, self._child, self._done = backend, child, False
+        self._exc: BaseException | None = None
+        self.fatal_signal = None          # set by the backend: the forking task dies before fork() returns
 
     def finish(self) -> None:
         self._done = True
+
+    def fail(self, exc: BaseException) -> None:
+        self._exc, self._done = exc, True
 
     @property
     def result_pid(self) -> int:
@@ -123,6 +128,8 @@ class _ForkAccess(Access):
     def result(self) -> "EmuProcess":
         if not self._done:
             raise RuntimeError("fork still blocked: its FORK message has not been read")
+        if self._exc is not None:
+            raise self._exc
         return self._child
 
 
@@ -303,7 +310,10 @@ class EmuProcess(Process):
         self.die(sig | (0x80 if core else 0))
 
     def die(self, status: int) -> None:
-        """do_exit(): the blocked access (if any) goes with the task, then exit_mmap()."""
+        """do_exit(): the blocked access (if any) goes with the task -- and a fork it is blocked in, which
+        then creates no child -- then exit_mmap()."""
+        if self._forking is not None and not self._forking.done:
+            self._forking.fatal_signal()
         self._b._cancel_thread(self._thread._t)
         exit_mmap(self.mm)
         self._status = status

@@ -178,6 +178,13 @@ class EmuUffd(Uffd):
             self.event_done[id(msg)] = on_read
         self._update_readable()
 
+    def drop_event(self, which) -> None:
+        """An event whose waiter died before it was read is taken back (it will never be read)."""
+        for m in [m for m in self.event_q if which(m)]:
+            self.event_q.remove(m)
+            self.event_done.pop(id(m), None)
+        self._update_readable()
+
     def wake_userfault(self, start: int, length: int | None) -> None:
         """Wake waiters whose message address lies in [start, start+len); len None: all."""
         if not self.pending and not self.waiting:
