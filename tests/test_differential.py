@@ -27,6 +27,7 @@ import json
 import os
 import random
 import time
+from pathlib import Path
 
 import pytest
 
@@ -780,11 +781,32 @@ def emu_6_18():
     return EmuBackend(profile="6.18", soft_dirty=False)
 
 
+THP_SYSFS = Path("/sys/kernel/mm/transparent_hugepage")
+
+
+def thp_knobs() -> dict:
+    """The host's THP settings (enabled / shmem_enabled, top level and per size), as sysfs shows them."""
+    out = {}
+    for f in sorted(THP_SYSFS.glob("**/*enabled")):
+        try:
+            out[str(f.relative_to(THP_SYSFS))] = f.read_text().strip()
+        except OSError:
+            pass
+    return out
+
+
+def wait_for_thp_knobs(want: dict, bound: float = 60.0) -> None:
+    deadline = time.monotonic() + bound
+    while thp_knobs() != want and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
 class Runner:
     """Fresh backends per sequence; the kernel's zero-page PFN probed once."""
 
     def __init__(self, make_emu=emu_6_18):
         self.make_emu = make_emu
+        self.thp = thp_knobs()     # the host's THP settings the model is held to (THP only where madvised)
         kb = make_backend("kernel")
         try:
             self.zero_pfn = kernel_zero_pfn(kb)
@@ -811,11 +833,23 @@ class Runner:
             CLOCK.lap("emu")
 
     def diverges(self, seq) -> Divergence | None:
-        try:
-            self.run(seq)
-        except Divergence as d:
-            return d
-        return None
+        """The sequence's first divergence, or None.  A divergence seen while the host's THP knobs were not
+        as when this runner started (another checkout's test_selftests pushes shmem/anon mTHP sizes to
+        'always' for a few seconds: the kernel then maps large folios where the model, held to THP off, maps
+        pages) is not believed: the run is repeated once the knobs are back, up to three times."""
+        last = None
+        for _ in range(3):
+            before = thp_knobs()
+            try:
+                self.run(seq)
+            except Divergence as d:
+                if before == thp_knobs() == self.thp:
+                    return d
+                last = d
+                wait_for_thp_knobs(self.thp)
+                continue
+            return None
+        return last
 
     def minimal(self, seq) -> dict:
         return shrink(seq, lambda s: self.diverges(s) is not None)
