@@ -28,6 +28,7 @@ class Shmem:
         if folio is not None:
             if userfaultfd_minor(vma):
                 return self.handle_userfault(vmf, VM_UFFD_MINOR), None
+            self.shmem_swapin_folio(folio)
             return VM_FAULT_OK, folio
         if idx * vma.page_size >= vma.file.size:
             return VM_FAULT_SIGBUS, None
@@ -35,3 +36,11 @@ class Shmem:
             return self.handle_userfault(vmf, VM_UFFD_MISSING), None
         folio = vma.file.pages[idx] = self.alloc_folio(vma.page_size, anon=False)
         return VM_FAULT_OK, folio
+
+    def shmem_swapin_folio(self, folio) -> None:
+        """A page-cache entry that is in swap: the folio (still in the swap cache) goes back into the page cache
+        and its slot is freed; it stays dirty."""
+        if folio.swap is not None:
+            entry = folio.swap
+            self.swap.delete_from_swap_cache(folio)
+            self.swap.swap_free(entry)
