@@ -30,7 +30,7 @@ import time
 
 import pytest
 
-from conftest import hugetlb_reason, make_backend
+from conftest import SWAP_SIZE, active_swaps, hugetlb_reason, make_backend
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.errors import UffdError
@@ -87,8 +87,8 @@ def gen_op(rng: random.Random, regions) -> list:
     kind = rng.choices(
         ["touch", "copy", "zeropage", "continue", "writeprotect", "wake", "poison", "move", "register",
          "unregister", "read_msgs", "clear_refs", "dontneed", "cache_write", "munmap", "scan", "mprotect",
-         "mremap"],
-        [22, 8, 5, 4, 9, 3, 2, 3, 4, 2, 8, 2, 3, 3, 1, 4, 3, 3])[0]
+         "mremap", "pageout", "free"],
+        [22, 8, 5, 4, 9, 3, 2, 3, 4, 2, 8, 2, 3, 3, 1, 4, 3, 3, 4, 1])[0]
     if kind == "touch":
         return ["touch", rng.choice(THREADS), r, p0, rng.random() < 0.5, rng.randrange(1, 256)]
     if kind == "copy":
@@ -117,8 +117,8 @@ def gen_op(rng: random.Random, regions) -> list:
         return ["read_msgs"]
     if kind == "clear_refs":
         return ["clear_refs", rng.choice([1, 2, 3, 4, 5, 6])]
-    if kind == "dontneed":
-        return ["dontneed", r, p0, n]
+    if kind in ("dontneed", "pageout", "free"):
+        return [kind, r, p0, n]
     if kind == "cache_write":
         return ["cache_write", r, p0, rng.randrange(1, 256)]
     if kind == "mprotect":
@@ -152,8 +152,8 @@ def render(seq: dict) -> str:
         elif k == "register":
             lines.append(f"uffd.register(r{op[1]}[{op[2]}:{op[2] + op[3]}], mode="
                          f"{'|'.join(m.name for m in R if op[4] & m)})")
-        elif k in ("unregister", "wake", "dontneed"):
-            name = "madvise(MADV_DONTNEED," if k == "dontneed" else f"uffd.{k}("
+        elif k in ("unregister", "wake", "dontneed", "pageout", "free"):
+            name = f"madvise(MADV_{k.upper()}," if k in ("dontneed", "pageout", "free") else f"uffd.{k}("
             lines.append(f"{name} r{op[1]}[{op[2]}:{op[2] + op[3]}])")
         elif k in ("zeropage", "continue", "writeprotect", "poison"):
             lines.append(f"uffd.{k}(r{op[1]}[{op[2]}:{op[2] + op[3]}], mode={op[4]})")
@@ -260,8 +260,15 @@ class Side:
                             self.labels[pfn] = f"p{self.nextlabel}"
                             self.nextlabel += 1
                         ident = self.labels[pfn]
-                else:
+                elif pfn & 0x1F >= 27:          # a PTE marker (swap type 31 on 6.18, 30 on 6.1): its value
                     ident = f"swp{pfn:#x}"
+                else:                           # a swap entry: named by relation (slots are the allocator's)
+                    key = ("s", pfn)
+                    live.add(key)
+                    if key not in self.labels:
+                        self.labels[key] = f"s{self.nextlabel}"
+                        self.nextlabel += 1
+                    ident = self.labels[key]
                 out.append([name, i, 1, hex(keep), ident])
                 prev = (i, keep, pfn)
         self.labels = {k: v for k, v in self.labels.items() if k in live}
@@ -334,9 +341,11 @@ def apply(side: Side, op) -> tuple:
         return ("msgs", msgs)
     if k == "clear_refs":
         return _call(lambda: b.clear_refs(op[1]))
-    if k == "dontneed":
-        return _call(lambda: b.madvise(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size,
-                                       uapi.MADV_DONTNEED))
+    if k in ("dontneed", "pageout", "free"):
+        advice = {"dontneed": uapi.MADV_DONTNEED, "pageout": uapi.MADV_PAGEOUT, "free": uapi.MADV_FREE}[k]
+        if k == "pageout":
+            b.lru_drain()            # a folio still in another CPU's LRU batch is skipped by MADV_PAGEOUT
+        return _call(lambda: b.madvise(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size, advice))
     if k == "cache_write":
         a = side.aliases[op[1]]
         return _call(lambda: b.write(a.addr + op[2] * a.page_size, bytes([op[3]])))
@@ -395,7 +404,7 @@ def applicable(emu: Side, op) -> bool:
         return False
     # a region shrunk by mremap: ranges past its end would reach addresses that are no longer the test's
     if k in ("copy", "zeropage", "continue", "writeprotect", "wake", "poison", "register", "unregister", "dontneed",
-             "mprotect", "scan") and op[2] + op[3] > emu.regions[op[1]].pages:
+             "mprotect", "scan", "pageout", "free") and op[2] + op[3] > emu.regions[op[1]].pages:
         return False
     if k == "touch" and op[3] >= emu.regions[op[2]].pages:
         return False
@@ -566,6 +575,8 @@ class Runner:
 
     def run(self, seq) -> int:
         kb, eb = make_backend("kernel"), self.make_emu()
+        if active_swaps():                        # the emulated machine mirrors the host: a swap device or none
+            eb.swap_on(SWAP_SIZE)
         try:
             return run(seq, kb, eb, self.zero_pfn)
         finally:
@@ -593,8 +604,9 @@ class Runner:
 
 
 @pytest.mark.kernel
-def test_differential():
-    """EXAMPLES random sequences, kernel vs emulator, zero divergences."""
+def test_differential(host_swap_module):
+    """EXAMPLES random sequences, kernel vs emulator, zero divergences; with a swap device on both (MADV_PAGEOUT
+    makes swap entries)."""
     seed = int(os.environ.get("UFFDCTL_DIFF_SEED", str(random.randrange(1 << 30))))
     runner = Runner()
     print(f"differential: seed {seed}, {EXAMPLES} sequences, memory types {runner.memtypes}", flush=True)
@@ -898,3 +910,58 @@ def test_differential_catches_a_broken_mremap_rule(switch):
             assert Runner().diverges(small) is None, render(small)   # the 6.18 rules agree with the kernel
             return
     pytest.fail(f"3000 random sequences did not catch the broken {switch} rule")
+
+
+# -- swap and mprotect rules: each area's broken rule is caught ---------------------------------------------------
+
+def _drop_swp_uffd_wp(self, vma, addr, flush):
+    """A deliberately wrong try_to_unmap_one(): the swap entry loses the PTE's uffd-wp bit."""
+    pte = self.ptes[addr]
+    was = pte.uffd_wp
+    pte.uffd_wp = False
+    try:
+        return _real_shrink(self, vma, addr, flush)
+    finally:
+        if pte.present:
+            pte.uffd_wp = was
+
+
+def _real_shrink(self, vma, addr, flush):
+    from uffdctl.emu.mm.vmscan import Vmscan
+    return Vmscan.shrink_folio(self, vma, addr, flush)
+
+
+BROKEN_RULES = {
+    # do_swap_page(): a read swap-in maps an exclusive page writable on 6.12+ (6.1's rule: only on a write)
+    "swapin_read_writable": ({"swapin_read_writable": False}, None, "pageout"),
+    # try_to_unmap_one(): pte_swp_mkuffd_wp() carries uffd-wp into the swap entry
+    "swp_uffd_wp": ({}, _drop_swp_uffd_wp, "pageout"),
+    # mprotect(): MM_CP_TRY_CHANGE_WRITABLE upgrades exclusive anon PTEs (64fe24a3e05e, 6.0)
+    "mprotect_try_change_writable": ({"mprotect_try_change_writable": False}, None, "mprotect"),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("rule", list(BROKEN_RULES))
+def test_differential_catches_a_broken_swap_or_mprotect_rule(host_swap_module, rule, monkeypatch):
+    """The generator's pageout and mprotect ops can fail: with one rule of the model broken (a 6.1 rule in the 6.18
+    profile, or the swap entry losing its uffd-wp bit), some random sequence diverges from this kernel; its shrunk
+    reproducer has the op in it, and the unbroken model agrees with the kernel on it."""
+    from uffdctl.emu import EmuBackend, mm
+    switches, patch, op = BROKEN_RULES[rule]
+    runner = Runner(lambda: EmuBackend(profile="6.18", soft_dirty=False, **switches))
+    rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
+    if patch is not None:
+        monkeypatch.setattr(mm.MM, "shrink_folio", patch)
+    for i in range(4000):
+        seq = gen_sequence(random.Random(rng_seed + i), [MemType.ANON.value, MemType.SHMEM_PRIVATE.value])
+        if not any(o[0] == op for o in seq["ops"]):
+            continue
+        d = runner.diverges(seq)
+        if d is not None:
+            small = runner.minimal(seq)
+            assert any(o[0] == op for o in small["ops"]), render(small)
+            monkeypatch.undo()
+            assert Runner().diverges(small) is None, render(small)   # the real rules agree with the kernel
+            return
+    pytest.fail(f"4000 random sequences did not catch the broken {rule} rule")

@@ -8,40 +8,18 @@ Pages are named by relation (the first PFN seen is p0, the first swap slot s0, .
 """
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 
-from conftest import make_backend, require_kernel
-from uffdctl import swap, uapi
+from conftest import SWAP_SIZE, active_swaps as other_swaps, make_backend, require_kernel
+from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 
 PS = uapi.PAGE_SIZE
 R, F = uapi.RegisterMode, uapi.Feature
 P, S, FILE, U, X = uapi.PM_PRESENT, uapi.PM_SWAP, uapi.PM_FILE, uapi.PM_UFFD_WP, uapi.PM_MMAP_EXCLUSIVE
 MARKER = 0x420000000000003F           # a uffd-wp PTE marker as pagemap shows it on 6.18
-SWAP_SIZE = 64 << 20
-PRIORITY = 20000 + os.getpid() % 10000   # above any device another process made: our pages stay on ours
-
-
-def other_swaps() -> list[str]:
-    try:
-        return [ln.split()[0] for ln in open("/proc/swaps").read().splitlines()[1:]]
-    except OSError:
-        return []
-
-
-@pytest.fixture
-def host_swap():
-    """A swapfile on the host for the kernel column, swapped off and removed whatever happens."""
-    if os.geteuid() != 0:
-        require_kernel("a swapfile needs root (swapon: CAP_SYS_ADMIN)")
-    d = swap.on(SWAP_SIZE, priority=PRIORITY)
-    try:
-        yield d
-    finally:
-        swap.off(d["filename"])
 
 
 def backend(name: str, with_swap: bool):
