@@ -95,6 +95,7 @@ int uffdctl_worker_submit(struct uffdctl_worker *, struct uffdctl_access_job *, 
 int uffdctl_worker_wait(struct uffdctl_worker *, struct uffdctl_access_job *, int);
 int uffdctl_worker_busy(struct uffdctl_worker *);
 int uffdctl_worker_stop(struct uffdctl_worker *, int);
+int uffdctl_worker_stack(struct uffdctl_worker *, uint64_t *);
 int uffdctl_gettid(void);
 
 #define UFFDCTL_POL_QUEUE ...
@@ -120,6 +121,7 @@ int uffdctl_handler_drain(struct uffdctl_handler *, struct uffdctl_event *, int)
 void uffdctl_handler_stats(struct uffdctl_handler *, uint64_t *);
 void uffdctl_handler_free(struct uffdctl_handler *);
 int uffdctl_handler_sync(struct uffdctl_handler *, int);
+int uffdctl_handler_stack(struct uffdctl_handler *, uint64_t *);
 
 #define UFFDCTL_PM_NFLAGS ...
 int64_t uffdctl_pagemap_read(int, uint64_t, uint64_t, uint64_t *);

@@ -555,6 +555,14 @@ int uffdctl_handler_sync(struct uffdctl_handler *h, int timeout_ms)
 	return h->reads_done >= target ? 0 : -ETIMEDOUT;
 }
 
+/* The handler thread's stack (uffdctl_pthread_stack); -ESRCH once the thread is gone. */
+int uffdctl_handler_stack(struct uffdctl_handler *h, uint64_t *out)
+{
+	if (!h->running)
+		return -ESRCH;
+	return uffdctl_pthread_stack(h->thread, out);
+}
+
 /* Copy up to max logged events out; returns how many. */
 int uffdctl_handler_drain(struct uffdctl_handler *h, struct uffdctl_event *out, int max)
 {

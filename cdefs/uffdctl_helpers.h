@@ -21,6 +21,7 @@
 #ifndef UFFDCTL_HELPERS_H
 #define UFFDCTL_HELPERS_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -87,6 +88,9 @@ int uffdctl_worker_submit(struct uffdctl_worker *w, struct uffdctl_access_job *j
 int uffdctl_worker_wait(struct uffdctl_worker *w, struct uffdctl_access_job *j, int timeout_ms);
 int uffdctl_worker_busy(struct uffdctl_worker *w);
 int uffdctl_worker_stop(struct uffdctl_worker *w, int timeout_ms);
+/* [lo, hi) of a thread's stack, guard page included: a MAP_FIXED / MREMAP_FIXED target must not take it */
+int uffdctl_pthread_stack(pthread_t t, uint64_t *out);
+int uffdctl_worker_stack(struct uffdctl_worker *w, uint64_t *out);
 int uffdctl_gettid(void);
 
 /* ---- uffdctl_handler.c ---------------------------------------------------- */
@@ -131,6 +135,7 @@ int uffdctl_handler_drain(struct uffdctl_handler *h, struct uffdctl_event *out, 
 void uffdctl_handler_stats(struct uffdctl_handler *h, uint64_t *out);
 void uffdctl_handler_free(struct uffdctl_handler *h);
 int uffdctl_handler_sync(struct uffdctl_handler *h, int timeout_ms);
+int uffdctl_handler_stack(struct uffdctl_handler *h, uint64_t *out);
 
 /* ---- uffdctl_pagemap.c ---------------------------------------------------- */
 #define UFFDCTL_PM_NFLAGS 7	/* present swap file guard uffd_wp exclusive soft_dirty */

@@ -749,7 +749,14 @@ def mremap_scenario(b, memtype: str, feats: int, op: str, expect=(0, 0)) -> list
     r = aligned_mmap(b, n * ps, memtype, "r")
     s = b.mmap(ps, MemType.ANON, name="s")
     b.write(s.addr, b"s" * 8)
+    # (hugetlb-private "part" leaks hugetlb reservations on 6.18: the kernel's mremap of part of a private
+    # hugetlb mapping, copy_vma_and_data() -> clear_vma_resv_huge_pages(); scripts/kernel-repro/
+    # hugetlb-mremap-resv-leak.c shows it without uffd.  Each run leaves 1 HugePages_Rsvd no process owns.)
+    # the target is held by a PROT_NONE placeholder until MREMAP_FIXED replaces it (as the selftests reserve
+    # theirs): a hole free when we looked is where the handler's thread stack (or a malloc arena) goes next,
+    # and MREMAP_FIXED over that stack was the SIGSEGV in handler stop (test_fixed_target_never_takes_...)
     t_addr = _free_aligned(b, (n + 2) * ps)
+    b.mmap((n + 2) * ps, MemType.ANON, name="t", prot=uapi.PROT_NONE, addr=t_addr)
     u = b.userfaultfd()
     u.api(feats | int(F.WP_UNPOPULATED))
     u.register(r.addr, r.len, int(R.MISSING | R.WP))
@@ -817,9 +824,9 @@ def mremap_scenario(b, memtype: str, feats: int, op: str, expect=(0, 0)) -> list
     out.append(("events after", view(drain(expect[1]))))
     h.stop()
     u.close()
-    # what is still ours and no longer a region (the backend forgets what a move took from a region)
-    if ret == t_addr:
-        b.munmap(t_addr, {"part": 2, "grow": n + 2}.get(op, n) * ps)
+    # what is still ours and no longer a region (the backend forgets what a move took from a region), and
+    # what is left of the placeholder
+    b.munmap(t_addr, (n + 2) * ps)
     if ret == t_addr and op == "part":
         b.munmap(r.addr + 3 * ps, ps)
     return out
@@ -840,11 +847,6 @@ def test_mremap_side_by_side(memtype, feats, op):
     """mremap of a registered, partly uffd-wp range under a fault handler: the result, the UNMAP/REMAP events,
     pagemap of the old and the new range, what a write to the moved page and a read of a DONTUNMAP source do
     -- the emulator (6.18) shows what the kernel shows."""
-    if MemType(memtype).hugetlb:
-        # Known open bug, found at the end of the session (see the closing note): on the 6.18 host, with huge
-        # pages free, this scenario crashes the test process (SIGSEGV in uffdctl_handler_stop after the hugetlb
-        # mremap); with the pool short it is ENOMEM.  It must not take the whole suite down with it.
-        pytest.skip("hugetlb mremap side by side: SIGSEGV in handler stop on the kernel (open bug, not run)")
     kb = make_backend("kernel")
     try:
         if MemType(memtype).hugetlb:

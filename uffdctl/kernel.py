@@ -23,7 +23,7 @@ from array import array
 from . import uapi
 from ._native import load
 from .backend import Access, Backend, Handler, Thread, Uffd
-from .errors import BackendUnavailable, Unsupported, uffd_error
+from .errors import BackendUnavailable, Unsupported, UsageError, uffd_error
 from .handler import NativeHandler
 from .kernel_mm import KernelMm, _hpage_size, hugepages_total, meminfo  # noqa: F401  (their old home)
 from .types import (AccessResult, HandlerPolicy, MemType, Region, RegionArray, ScanResult, SoftDirtyProbe,
@@ -379,6 +379,13 @@ class KernelThread(Thread):
     def busy(self) -> bool:
         return self._w is not None and bool(self._lib.uffdctl_worker_busy(self._w))
 
+    def stack(self) -> tuple[int, int] | None:
+        """[lo, hi) of the thread's stack (guard page included), None once stopped."""
+        if self._w is None:
+            return None
+        out = self._ffi.new("uint64_t[2]")
+        return (out[0], out[1]) if self._lib.uffdctl_worker_stack(self._w, out) == 0 else None
+
 
 class KernelBackend(KernelMm, Backend):
     """The running kernel, this process's own mm."""
@@ -443,6 +450,8 @@ class KernelBackend(KernelMm, Backend):
         flags = uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE
         if addr:
             flags |= uapi.MAP_FIXED if fixed else uapi.MAP_FIXED_NOREPLACE
+            if fixed:
+                self._check_fixed_target("mmap MAP_FIXED", addr, addr + len)
         if noreserve:
             flags |= uapi.MAP_NORESERVE
         if memtype.hugetlb:
@@ -507,7 +516,34 @@ class KernelBackend(KernelMm, Backend):
         if r < 0:
             raise uffd_error(-r, "mprotect", addr, len)
 
+    def own_stacks(self) -> list[tuple[int, int, str]]:
+        """The stacks of this backend's native threads (fault handlers, access threads): mappings the
+        caller never made, placed wherever mmap found room -- often the hole the caller just freed."""
+        out = []
+        for u in self._uffds:
+            for h in u._handlers:
+                st = h.stack() if hasattr(h, "stack") else None
+                if st:
+                    out.append((*st, "[stack of uffdctl's fault-handler thread]"))
+        for name, t in self._threads.items():
+            st = t.stack()
+            if st:
+                out.append((*st, f"[stack of uffdctl's access thread {name}]"))
+        return out
+
+    def _check_fixed_target(self, what, start, end):
+        """MAP_FIXED / MREMAP_FIXED replace what is at the target: never one of our own threads' stacks
+        (the thread would return into the new mapping: SIGSEGV, or a fault on a registered range nobody
+        serves)."""
+        for lo, hi, desc in self.own_stacks():
+            if lo < end and start < hi:
+                raise UsageError(f"{what}: 0x{start:x}-0x{end:x} would replace {desc} at 0x{lo:x}-0x{hi:x}; "
+                                 "reserve the target with a mapping of your own first (e.g. mmap PROT_NONE, "
+                                 "as the selftests do) instead of a hole that was free when you looked")
+
     def mremap(self, old, old_len, new_len, flags=0, new_addr=0):
+        if flags & uapi.MREMAP_FIXED:
+            self._check_fixed_target("mremap MREMAP_FIXED", new_addr, new_addr + new_len)
         r = self._lib.uffdctl_mremap(old, old_len, new_len, flags, new_addr)
         if r < 0:
             raise uffd_error(-r, "mremap", old, old_len)
