@@ -95,7 +95,7 @@ class EmuAccess(Access):
             if r & M.VM_FAULT_ERROR:
                 res.sigbus, res.si_code, res.fault_addr = True, BUS_ADRERR, a
                 break
-            if self.attempt >= 2:                       # mm_account_fault(): TRIED counts as major
+            if self.attempt >= 2 or r & M.VM_FAULT_MAJOR:   # mm_account_fault(): TRIED or a read counts major
                 res.majflt += 1
                 self.thread.majflt += 1
             else:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import errno as E
 
 from ... import uapi
-from .mm_types import (PAGE_SIZE, PTE_MARKER_GUARD, VM_HUGETLB, VM_LOCKED, is_swap_entry, make_pte_marker)
+from .mm_types import (PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED, VM_HUGETLB, VM_LOCKED, is_swap_entry,
+                       make_pte_marker)
 
 
 # include/uapi/asm-generic/mman-common.h: advice the kernel takes that this model does not carry out.  The
@@ -46,6 +47,8 @@ class Madvise:
                     if is_swap_entry(pte):                 # madvise_free_pte_range(): the swap copy is dropped
                         self.swap.free_swap_and_cache(pte.swp)
                         del self.ptes[a]
+                    elif not pte.present and pte.marker & PTE_MARKER_POISONED:
+                        del self.ptes[a]                   # is_poisoned_swp_entry(): cleared too [differential]
                     elif pte.present and not pte.special:
                         folio = pte.page
                         if folio.swap is not None or folio.dirty:

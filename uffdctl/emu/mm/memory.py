@@ -7,7 +7,7 @@ from __future__ import annotations
 import errno as E
 
 from .mm_types import (Folio, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
-                       PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_OK,
+                       PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_MAJOR, VM_FAULT_OK,
                        VM_FAULT_SIGSEGV, VM_LOCKED, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP,
                        VM_WRITE, VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
 
@@ -72,6 +72,7 @@ class Memory:
         vma, orig = vmf.vma, vmf.orig_pte
         sw = self.swap
         folio = sw.swap_cache_get_folio(orig.swp)
+        major = VM_FAULT_MAJOR if sw.swap_read_folio(orig.swp) else 0
         write = vmf.write
         sw.swap_free(orig.swp)
         # should_try_to_free_swap(): VM_LOCKED, or a write fault by the folio's only user
@@ -97,8 +98,9 @@ class Memory:
         self.set_pte(vmf.address, pte)
         if write:
             vmf.orig_pte = pte
-            return self.do_wp_page(vmf)
-        return VM_FAULT_OK
+            r = self.do_wp_page(vmf)
+            return r if r & ~VM_FAULT_MAJOR else r | major     # a RETRY (userfault) is never accounted
+        return major
 
     def do_pte_missing(self, vmf) -> int:
         return self.do_anonymous_page(vmf) if vmf.vma.anon else self.do_fault(vmf)
@@ -154,6 +156,7 @@ class Memory:
             if vmf.address in self.ptes and self.ptes[vmf.address].present:
                 return VM_FAULT_OK   # mapped by fault-around (VM_FAULT_NOPAGE)
         ret, folio = self.shmem_get_folio(vmf)
+        major, ret = ret & VM_FAULT_MAJOR, ret & ~VM_FAULT_MAJOR
         if ret:
             return ret
         uffd_wp = vmf.orig_pte_uffd_wp
@@ -168,7 +171,7 @@ class Memory:
         if uffd_wp:
             pte.uffd_wp, pte.write = True, False
         self.set_pte(vmf.address, pte)
-        return VM_FAULT_OK
+        return major
 
     def do_wp_page(self, vmf) -> int:
         vma, pte = vmf.vma, vmf.orig_pte

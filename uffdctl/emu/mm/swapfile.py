@@ -49,6 +49,9 @@ class SwapSystem:
     def __init__(self):
         self.devices: list[SwapInfo | None] = []
         self.cache: dict[int, object] = {}      # swap entry -> Folio (add_to_swap_cache)
+        # entries whose folio was freed at swap-out (zero-filled: the zeromap); the cache then holds the page
+        # the next swap-in reads (a new one: a major fault)
+        self.zeromap: set[int] = set()
         self.mms: list = []                     # the address spaces try_to_unuse() walks
 
     def swapon(self, size: int, name: str) -> SwapInfo | int:
@@ -100,10 +103,28 @@ class SwapSystem:
     def swap_cache_get_folio(self, entry: int):
         return self.cache.get(entry)
 
+    def swap_writepage(self, folio, alloc_folio) -> None:
+        """swap_writepage() of a zero-filled folio (6.12+): only the zeromap bit is set, no writeback, so reclaim
+        frees the folio; the swap cache is left holding the page a later swap-in reads, ``alloc_folio()``."""
+        entry = folio.swap
+        fresh = alloc_folio()
+        folio.swap = None
+        fresh.swap = entry
+        self.cache[entry] = fresh
+        self.zeromap.add(entry)
+
+    def swap_read_folio(self, entry: int) -> bool:
+        """True when the swap-in had to read (a major fault): the entry's folio had been freed."""
+        if entry in self.zeromap:
+            self.zeromap.discard(entry)
+            return True
+        return False
+
     def delete_from_swap_cache(self, folio) -> None:
         """The folio leaves the swap cache; its slot is freed when no entry holds it any more."""
         entry, folio.swap = folio.swap, None
         self.cache.pop(entry, None)
+        self.zeromap.discard(entry)
         self._maybe_free(entry)
 
     def _maybe_free(self, entry: int) -> None:

@@ -199,6 +199,14 @@ class Userfaultfd:
         spte = self.ptes.get(src)
         if spte is None:
             return 0 if mode & uapi.MoveMode.ALLOW_SRC_HOLES else -E.ENOENT
+        if spte.swp is not None:                          # move_swap_pte(): the entry itself moves
+            if not spte.exclusive:
+                return -E.EBUSY
+            new = spte.copy()
+            new.soft_dirty = True                         # pte_swp_mksoft_dirty()
+            self.set_pte(src, None)
+            self.set_pte(dst, new)
+            return 0
         if not spte.present:
             return -E.EFAULT
         if spte.special:                                  # move_zeropage_pte()

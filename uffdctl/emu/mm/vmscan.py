@@ -49,6 +49,7 @@ class Vmscan:
                                    exclusive=folio.exclusive)
             sw.swap_duplicate(folio.swap)
             self.set_pte(addr, new)
+            self.swap_out(folio)
             return
         # a file folio: unmapped; pte_install_uffd_wp_if_needed() for a uffd-wp file VMA
         armed = userfaultfd_wp(vma) and pte.uffd_wp
@@ -65,3 +66,12 @@ class Vmscan:
         folio.dirty = True
         if getattr(vma.file, "shmem", True) and folio.swap is None and sw.folio_alloc_swap(folio) is not None:
             sw.swap_duplicate(folio.swap)            # shmem_writeout(): the page-cache entry holds the slot
+            entry = folio.swap
+            self.swap_out(folio)
+            cache[idx] = sw.swap_cache_get_folio(entry)
+
+    def swap_out(self, folio) -> None:
+        """pageout() -> swap_writepage(): written (async: the folio stays in the swap cache), or on 6.12+ a
+        zero-filled one only marked in the zeromap and freed."""
+        if self.profile.swap_zeromap and folio.mapcount == 0 and (folio.data is None or not any(folio.data)):
+            self.swap.swap_writepage(folio, lambda: self.alloc_folio(folio.size, folio.anon))
