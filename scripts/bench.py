@@ -294,7 +294,7 @@ def main() -> int:
     split = (0, 1) if ncpu > 1 else (0, 0)
     mib = 64 if a.quick else 1024
     nfault, fblocks = (1000, 4) if a.quick else (4000, 8)
-    smib, sbounces = (16, 8) if a.quick else (32, 16)
+    smib, sbounces = (16, 8) if a.quick else (16, 16)
     stress_rounds = min(a.rounds, 3)   # ~10 s a run: the stress rows take the first 3 rounds only
     py = sys.executable
     uffdctl_bin = os.path.join(os.path.dirname(py), "uffdctl")
@@ -396,7 +396,7 @@ def main() -> int:
         ("native fault handler vs a C loop that also reads before it polls, round trip p50", "ns",
          f"{one_vcpu}; {inproc}", "time", faults("native", h, h, nfault // 2, "c-read-first")),
         ("native fault handler, round trip p50, on two vCPUs", "ns", f"{two_vcpu}; {inproc}", "time",
-         faults("native", h, f, nfault // 2)),
+         faults("native", h, f, nfault // 4)),
         (f"pagemap.read() of {mib} MiB ({npages} entries) -> PagemapView", "ns", "unpinned", "time",
          sub(pagemap_ref, lambda: timed(lambda: pagemap.read(b, pm.addr, npages)))),
         (f"pagemap.read() + counts() of {mib} MiB (flags decoded in bulk)", "ns", "unpinned", "time",
