@@ -64,6 +64,9 @@ int uffdctl_ioctl_range_mode(int, unsigned long, uint64_t, uint64_t, uint64_t, i
 int uffdctl_ioctl_dst_src(int, unsigned long, uint64_t, uint64_t, uint64_t, uint64_t, int64_t *);
 int64_t uffdctl_dst_src1(int, unsigned long, uint64_t, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_range_mode1(int, unsigned long, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_copy1(int, uint64_t, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_zeropage1(int, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_writeprotect1(int, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_last_result(void);
 int uffdctl_userfaultfd(int);
 int uffdctl_dev_userfaultfd(int);

@@ -34,6 +34,9 @@ int uffdctl_ioctl_dst_src(int fd, unsigned long req, uint64_t dst, uint64_t src,
 			  int64_t *res);
 int64_t uffdctl_dst_src1(int fd, unsigned long req, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode);
 int64_t uffdctl_range_mode1(int fd, unsigned long req, uint64_t start, uint64_t len, uint64_t mode);
+int64_t uffdctl_copy1(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode);
+int64_t uffdctl_zeropage1(int fd, uint64_t start, uint64_t len, uint64_t mode);
+int64_t uffdctl_writeprotect1(int fd, uint64_t start, uint64_t len, uint64_t mode);
 int64_t uffdctl_last_result(void);
 int uffdctl_userfaultfd(int flags);
 int uffdctl_dev_userfaultfd(int flags);

@@ -40,7 +40,6 @@ _MSG_ONE = struct.Struct("<B7xQQQ")  # event, then struct uffd_msg's 24-byte arg
 _M32 = 0xFFFFFFFF
 _PF, _FORK, _REMAP = int(uapi.Event.PAGEFAULT), int(uapi.Event.FORK), int(uapi.Event.REMAP)
 max_ = max
-_COPY, _WRITEPROTECT, _ZEROPAGE = uapi.UFFDIO_COPY, uapi.UFFDIO_WRITEPROTECT, uapi.UFFDIO_ZEROPAGE
 _ZERO8 = bytes(8)
 _mono = time.monotonic_ns
 _unpack_msg = _MSG_ONE.unpack_from
@@ -106,6 +105,8 @@ class KernelUffd(Uffd):
         self._io_range_mode = self._lib.uffdctl_ioctl_range_mode
         self._io_dst_src = self._lib.uffdctl_ioctl_dst_src
         self._ds1, self._rm1 = self._lib.uffdctl_dst_src1, self._lib.uffdctl_range_mode1
+        self._copy1, self._zp1, self._wp1 = (self._lib.uffdctl_copy1, self._lib.uffdctl_zeropage1,
+                                             self._lib.uffdctl_writeprotect1)
         self._last = self._lib.uffdctl_last_result
         self._read, self._poll_read = self._lib.uffdctl_read, self._lib.uffdctl_poll_read
         self._poll_first = 0 if flags & uapi.O_NONBLOCK else 1  # a blocking read would ignore the timeout
@@ -174,7 +175,7 @@ class KernelUffd(Uffd):
         return r
 
     def copy(self, dst: int, src: int, len: int, mode: int = 0) -> int:
-        r = self._ds1(self.fd, _COPY, dst, src, len, mode)
+        r = self._copy1(self.fd, dst, src, len, mode)
         if r < 0:
             raise self._fail("UFFDIO_COPY", r, dst, len, self._last())
         return r
@@ -183,7 +184,7 @@ class KernelUffd(Uffd):
         return self._dst_src("UFFDIO_MOVE", uapi.UFFDIO_MOVE, dst, src, len, mode)
 
     def zeropage(self, start: int, len: int, mode: int = 0) -> int:
-        r = self._rm1(self.fd, _ZEROPAGE, start, len, mode)
+        r = self._zp1(self.fd, start, len, mode)
         if r < 0:
             raise self._fail("UFFDIO_ZEROPAGE", r, start, len, self._last())
         return r
@@ -195,7 +196,7 @@ class KernelUffd(Uffd):
         return self._range_mode("UFFDIO_POISON", uapi.UFFDIO_POISON, start, len, mode)
 
     def writeprotect(self, start: int, len: int, mode: int = 0) -> None:
-        r = self._rm1(self.fd, _WRITEPROTECT, start, len, mode)
+        r = self._wp1(self.fd, start, len, mode)
         if r < 0:
             raise self._fail("UFFDIO_WRITEPROTECT", r, start, len)
 
