@@ -39,7 +39,7 @@ def is_cow_mapping(flags: int) -> bool:
 def mm_alloc_child(oldmm: MM) -> MM:
     """The child's mm_struct: empty, the parent's profile and CONFIG_MEM_SOFT_DIRTY, and the family's
     allocators (PFNs, anon_vma and mapping identities are unique machine-wide, not per mm)."""
-    mm = MM(oldmm.profile, oldmm.soft_dirty_config)
+    mm = MM(oldmm.profile, oldmm.soft_dirty_config, swap=oldmm.swap)   # the machine's swap devices
     # PFNs are machine-wide: each mm of the family allocates from its own 2^40-page range
     ids = oldmm.__dict__.setdefault("_mm_ids", itertools.count(1))
     mm._mm_ids = ids
@@ -117,13 +117,18 @@ def copy_present_pte(dst_mm, dst_vma, src_vma, addr: int, pte) -> None:
 
 
 def copy_nonpresent_pte(dst_mm, dst_vma, addr: int, pte) -> None:
-    """copy_nonpresent_pte(): a PTE marker goes through copy_pte_marker(); a swap entry is duplicated, its
-    uffd-wp bit cleared unless the child VMA is uffd-wp (pte_swp_clear_uffd_wp())."""
+    """copy_nonpresent_pte(): a PTE marker goes through copy_pte_marker(); a swap entry is duplicated
+    (swap_duplicate(): one more holder of the slot) and marked shared on both sides (the parent's entry loses
+    pte_swp_exclusive()), its uffd-wp bit cleared in the child unless the child VMA is uffd-wp
+    (pte_swp_clear_uffd_wp()); its soft-dirty bit is copied."""
     if pte.marker:
         m = copy_pte_marker(dst_mm.profile, pte.marker, dst_vma)
         if m:
             dst_mm.set_pte(addr, make_pte_marker(m))
         return
+    if pte.swp is not None:
+        dst_mm.swap.swap_duplicate(pte.swp)
+        pte.exclusive = False
     new = pte.copy()
     if not userfaultfd_wp(dst_vma):
         new.uffd_wp = False
@@ -201,6 +206,8 @@ def exit_mmap(mm: MM) -> None:
     mm.pgtables.clear()
     mm._pgt_sorted = None
     mm.exited = True
+    if mm in mm.swap.mms:
+        mm.swap.mms.remove(mm)          # swapoff's try_to_unuse() walks live mms only
 
 
 __all__ = ["dup_mmap", "exit_mmap", "dup_userfaultfd", "copy_page_range", "copy_pte_marker", "vma_needs_copy",
