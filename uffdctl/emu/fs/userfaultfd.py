@@ -214,7 +214,7 @@ class EmuUffd(Uffd):
         for v in vmas:
             if v.hugetlb and (start % v.page_size or end % v.page_size):
                 raise uffd_error(E.EINVAL, name, start, len)
-            if mode & R.MINOR and v.anon:               # vma_can_userfault()
+            if not M.vma_can_userfault(v, vm_flags, self.wp_async):
                 raise uffd_error(E.EINVAL, name, start, len)
             if not v.flags & M.VM_MAYWRITE:
                 raise uffd_error(E.EPERM, name, start, len)
