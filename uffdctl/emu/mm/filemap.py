@@ -46,6 +46,7 @@ class Filemap:
             return VM_FAULT_SIGBUS, None
         folio = f.pages.get(idx)
         if folio is not None:
+            folio.reclaim = False                 # do_async_mmap_readahead(): folio_test_clear_readahead()
             return VM_FAULT_OK, folio
         # do_sync_mmap_readahead(): read-around, ra->start = pgoff - ra_pages / 2, clamped to the file
         npages = (f.size + PAGE_SIZE - 1) // PAGE_SIZE
@@ -89,7 +90,7 @@ class Filemap:
             folio = f.pages[idx]
             if self.folio_dirty(f, idx, folio):
                 f.disk[idx] = folio.read(0, PAGE_SIZE)
-                folio.dirty = False
+                folio.dirty = folio.reclaim = False  # folio_end_writeback() clears PG_reclaim
                 self.folio_mkclean(f, idx, folio, flush)
         self.tlb.flush_range(flush)
 

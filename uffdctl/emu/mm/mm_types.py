@@ -64,7 +64,7 @@ FIRST_PFN = 0x100000
 class Folio:
     """A page (or a huge page): identity (PFN), contents, mapcount."""
 
-    __slots__ = ("pfn", "size", "data", "anon", "exclusive", "mapcount", "zero", "swap", "dirty", "lazyfree")
+    __slots__ = ("pfn", "size", "data", "anon", "exclusive", "mapcount", "zero", "swap", "dirty", "lazyfree", "reclaim")
 
     def __init__(self, pfn: int, size: int, anon: bool, data: bytearray | None = None, zero: bool = False):
         self.pfn = pfn
@@ -77,6 +77,7 @@ class Folio:
         self.swap = None          # folio->swap: its swap entry while in the swap cache (folio_test_swapcache)
         self.dirty = False        # folio_test_dirty(): a dirty PTE was unmapped from it (file folios: not written back)
         self.lazyfree = False     # MADV_FREE'd anon folio (!folio_test_swapbacked): reclaim may discard it
+        self.reclaim = False      # PG_reclaim (= PG_readahead): a dirty file folio reclaim left for writeback
 
     def read(self, off: int, n: int) -> bytes:
         if self.data is None:
