@@ -80,24 +80,26 @@ class EmuAccess(Access):
     def run(self) -> None:
         mm = self._b.mm
         res = self._res
-        while self._i < len(self._segs):
-            a, off, n = self._segs[self._i]
+        segs, write = self._segs, self.write
+        nsegs = len(segs)
+        while self._i < nsegs:
+            a, off, n = segs[self._i]
             vma = mm.find_vma(a)
             if vma is None:
                 self._segv = True
                 break
-            if not self.attempt and mm.access_ok(vma, a, self.write):
+            if not self.attempt and mm.access_ok(vma, a, write):
                 base = mm.page_base(vma, a)
                 page = mm.ptes[base].page
                 poff = a - base
-                if self.write:
-                    buf = self._data[off:off + n] if self._data is not None else bytes([self._fill & 0xFF]) * n
+                if write:
+                    buf = self._data[off:off + n] if self._data is not None else bytes((self._fill & 0xFF,)) * n
                     page.write(poff, buf)
                 elif self._want:
                     self._buf += page.read(poff, n)
                 self._i += 1
                 continue
-            r = mm.handle_mm_fault(vma, a, self.write, self)
+            r = mm.handle_mm_fault(vma, a, write, self)
             if r == M.VM_FAULT_RETRY:
                 self.blocks += 1
                 return                                  # blocked on self.waiter until woken
