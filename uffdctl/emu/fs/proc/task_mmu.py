@@ -186,7 +186,7 @@ def _exclusive_wp(mm, vma, s, e, vcat, match, flush) -> None:
                 pte.uffd_wp = True
 
 
-def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, max_pages, vec_len):
+def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, max_pages, vec_len, null_vec=False):
     """PAGEMAP_SCAN (fs/proc/task_mmu.c do_pagemap_scan), extent-wise over holes."""
     p = mm.profile
     if not p.pagemap_scan:
@@ -194,6 +194,8 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
     allcat = uapi.PM_SCAN_CATEGORIES_6_18 if p.pagemap_guard_bit else uapi.PM_SCAN_CATEGORIES_6_18 & ~(1 << 8)
     if flags & ~int(uapi.PM_SCAN_WP_MATCHING | uapi.PM_SCAN_CHECK_WPASYNC) \
             or (inverted | mask | anyof | return_mask) & ~int(allcat) or start % uapi.PAGE_SIZE or end < start:
+        raise uffd_error(E.EINVAL, "PAGEMAP_SCAN", start, end - start)
+    if null_vec and vec_len:     # pagemap_scan_get_args(): "if (!arg->vec && arg->vec_len) return -EINVAL"
         raise uffd_error(E.EINVAL, "PAGEMAP_SCAN", start, end - start)
     end = (end + uapi.PAGE_SIZE - 1) & ~(uapi.PAGE_SIZE - 1)
     flags, inverted, mask, anyof, return_mask = int(flags), int(inverted), int(mask), int(anyof), int(return_mask)
@@ -239,7 +241,9 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             _exclusive_wp(mm, vma, s, e, vcat, match, wp_flush)
             continue
         pos = s
-        keys = mm.pte_keys(s, e, vma.page_size) + [e]
+        # a hugetlb range may start or end inside a huge page: pagemap_scan_hugetlb_entry() gets the huge PTE
+        # with start/end clipped to the range (walk_hugetlb_range()), and reports just that part of it
+        keys = mm.pte_keys(s - s % vma.page_size, e, vma.page_size) + [e]
         for k in keys:
             for pos, hend, table in (mm.table_runs(pos, k) if k > pos else ()):   # hole runs [pos, k)
                 cat = pagemap_scan_category(mm, vma, None, table and not vma.hugetlb) | vcat
@@ -257,19 +261,20 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                 break
             pte = mm.ptes[k]
             cat = pagemap_scan_category(mm, vma, pte) | vcat
-            npages = vma.page_size // uapi.PAGE_SIZE
+            cs, ce = max(k, s), min(k + vma.page_size, e)     # the part of the (huge) page in the range
+            npages = (ce - cs) // uapi.PAGE_SIZE
             if match(cat):
                 if vma.hugetlb and flags & _WP_MATCHING and cat & _C.WRITTEN \
-                        and vec_len and budget < npages:
+                        and vec_len and (budget < npages or ce - cs < vma.page_size):
                     # "Partial HugeTLB page WP isn't possible": backed out, walk_end = its start, and the
                     # walk goes on (returns 0): walk_end ends at the last such page [measured on 6.18]
-                    partial_at = k
+                    partial_at = cs
                     pos = k + vma.page_size
                     continue
-                got = emit(k, npages, cat)
+                got = emit(cs, npages, cat)
                 if got < npages:
                     mm.tlb.flush_range(wp_flush)
-                    return ScanResult([tuple(r) for r in regions], k + got * uapi.PAGE_SIZE)
+                    return ScanResult([tuple(r) for r in regions], cs + got * uapi.PAGE_SIZE)
                 if flags & _WP_MATCHING and cat & _C.WRITTEN:
                     if pte.present:
                         new = pte.copy()
