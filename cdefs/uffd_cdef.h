@@ -64,6 +64,9 @@ int uffdctl_ioctl_range_mode(int, unsigned long, uint64_t, uint64_t, uint64_t, i
 int uffdctl_ioctl_dst_src(int, unsigned long, uint64_t, uint64_t, uint64_t, uint64_t, int64_t *);
 int64_t uffdctl_dst_src1(int, unsigned long, uint64_t, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_range_mode1(int, unsigned long, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_copy1(int, uint64_t, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_zeropage1(int, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_writeprotect1(int, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_last_result(void);
 int uffdctl_userfaultfd(int);
 int uffdctl_dev_userfaultfd(int);
@@ -154,6 +157,9 @@ int64_t uffdctl_loop_writeprotect(int, uint64_t, uint64_t, uint64_t, uint64_t);
 struct uffdctl_faulter;
 struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t, uint64_t, uint64_t, int, uint64_t *);
 void uffdctl_bench_faulter_join(struct uffdctl_faulter *);
+struct uffdctl_refhandler;
+struct uffdctl_refhandler *uffdctl_bench_refhandler_start(int, uint64_t, uint64_t, uint64_t, int, int);
+int uffdctl_bench_refhandler_join(struct uffdctl_refhandler *);
 
 /* processes of a session (cdefs/uffdctl_proc.c): a child runs a native command loop */
 #define UFFDCTL_PROC_PING ...

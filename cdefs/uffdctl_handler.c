@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -50,7 +51,12 @@ struct uffdctl_handler {
 	struct uffd_msg *retry;		/* faults answered EAGAIN (mmap changing): retried after the next read */
 	int nretry, retry_cap;
 	int stuck;			/* stop() timed out: the thread is blocked (in a fault of its own?) */
+	int nonblock;			/* the uffd is O_NONBLOCK: read first, poll only when nothing is queued */
+	int stop_req;			/* set by stop() before it signals stopfd (seen without a poll) */
+	int skip_reads;			/* rounds left that poll before reading (a read first came back empty) */
 };
+
+#define READ_FIRST_SKIP 8
 
 static void uffdctl_log(struct uffdctl_handler *h, const struct uffd_msg *m,
 			int action, int err, int64_t result, uint64_t ts)
@@ -323,6 +329,28 @@ static void *uffdctl_handler_main(void *arg)
 			uffdctl_handle_batch(h, msgs, got / (ssize_t)sizeof(*msgs));
 			continue;
 		}
+		if (__atomic_load_n(&h->stop_req, __ATOMIC_ACQUIRE))
+			break;
+		/*
+		 * A message already queued (on one vCPU the faulter runs between our UFFDIO_COPY and
+		 * our next poll, and faults again) is read at once: one read(2) per fault instead of
+		 * poll(2) + read(2).  Only on a non-blocking uffd (a blocking read would not see stop),
+		 * and not while faults wait for a retry (the poll below times them).  Counted by the
+		 * barrier like any read.  Where nothing is queued yet (the faulter on another vCPU, or
+		 * not preempting us) a read first is a wasted system call: after one comes back empty
+		 * the next READ_FIRST_SKIP rounds poll first, then reading first is tried again.
+		 */
+		if (h->nonblock && !h->nretry && !(h->skip_reads && h->skip_reads--)) {
+			uint64_t begun = __atomic_add_fetch(&h->reads_begun, 1, __ATOMIC_SEQ_CST);
+			ssize_t got = read(h->cfg.uffd, msgs, n * sizeof(*msgs));
+			if (got > 0) {
+				uffdctl_handle_batch(h, msgs, got / (ssize_t)sizeof(*msgs));
+				uffdctl_reads_done(h, begun);
+				continue;
+			}
+			uffdctl_reads_done(h, begun);	/* EAGAIN, or an error the poll below reports */
+			h->skip_reads = READ_FIRST_SKIP;
+		}
 		struct pollfd p[2] = {
 			{ .fd = h->cfg.uffd, .events = POLLIN },
 			{ .fd = h->stopfd, .events = POLLIN },
@@ -401,6 +429,14 @@ struct uffdctl_handler *uffdctl_handler_start(const struct uffdctl_handler_cfg *
 		goto fail;
 	}
 	memset(h->fill_page, h->cfg.fill, h->cfg.page_size);
+	{
+		int fl = fcntl(h->cfg.uffd, F_GETFL);
+		h->nonblock = fl >= 0 && (fl & O_NONBLOCK);
+		/* poll(2) on a blocking uffd says EPOLLERR (userfaultfd_poll(): "poll() never guarantees
+		 * that read won't block"): such a uffd is served in read mode, or not at all */
+		if (fl >= 0 && !h->nonblock)
+			h->cfg.read_mode = 1;
+	}
 	pthread_mutex_init(&h->lock, NULL);
 	{
 		pthread_condattr_t ca;
@@ -506,8 +542,10 @@ int uffdctl_handler_stop(struct uffdctl_handler *h, int release)
 		/* blocked in read(2), or about to be: read is a cancellation point, and the thread
 		 * the only place the thread accepts cancellation (it holds no lock there) */
 		pthread_cancel(h->thread);
-	} else if (write(h->stopfd, &one, sizeof(one)) < 0) {
-		return -errno;
+	} else {
+		__atomic_store_n(&h->stop_req, 1, __ATOMIC_RELEASE);	/* a thread busy reading sees this */
+		if (write(h->stopfd, &one, sizeof(one)) < 0)		/* one asleep in poll(2), this */
+			return -errno;
 	}
 	r = uffdctl_join_for(h, 1000);
 	for (int i = 0; r == ETIMEDOUT && i < 10; i++) {

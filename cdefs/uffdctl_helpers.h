@@ -34,6 +34,9 @@ int uffdctl_ioctl_dst_src(int fd, unsigned long req, uint64_t dst, uint64_t src,
 			  int64_t *res);
 int64_t uffdctl_dst_src1(int fd, unsigned long req, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode);
 int64_t uffdctl_range_mode1(int fd, unsigned long req, uint64_t start, uint64_t len, uint64_t mode);
+int64_t uffdctl_copy1(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode);
+int64_t uffdctl_zeropage1(int fd, uint64_t start, uint64_t len, uint64_t mode);
+int64_t uffdctl_writeprotect1(int fd, uint64_t start, uint64_t len, uint64_t mode);
 int64_t uffdctl_last_result(void);
 int uffdctl_userfaultfd(int flags);
 int uffdctl_dev_userfaultfd(int flags);
@@ -186,5 +189,9 @@ struct uffdctl_faulter;
 struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t addr, uint64_t npages, uint64_t page, int cpu,
 						    uint64_t *lat_ns);
 void uffdctl_bench_faulter_join(struct uffdctl_faulter *f);
+struct uffdctl_refhandler;
+struct uffdctl_refhandler *uffdctl_bench_refhandler_start(int fd, uint64_t src, uint64_t page, uint64_t n, int cpu,
+							  int read_first);
+int uffdctl_bench_refhandler_join(struct uffdctl_refhandler *h);
 
 #endif

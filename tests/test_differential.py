@@ -470,9 +470,30 @@ def _msgs_view(side, msgs):
     return sorted((m.event_name, m.flags, side.where(m.address), tids.get(m.ptid, m.ptid)) for m in msgs)
 
 
-def run(seq: dict, kb, eb, zero_pfn: int) -> int:
+class Clock:
+    """Seconds spent on each side of the lock-step run (``emu``: the emulator's ops, snapshots and setup;
+    ``kernel``: the same on the kernel plus waiting for its threads to settle)."""
+
+    def __init__(self):
+        self.emu = self.kernel = 0.0
+        self._t = time.perf_counter()
+
+    def lap(self, side: str) -> None:
+        now = time.perf_counter()
+        setattr(self, side, getattr(self, side) + now - self._t)
+        self._t = now
+
+
+CLOCK = Clock()
+
+
+def run(seq: dict, kb, eb, zero_pfn: int, clock: Clock = CLOCK) -> int:
     """Run ``seq`` on both backends; raise Divergence on the first difference; returns ops applied."""
-    ks, es = Side(kb, seq, zero_pfn), Side(eb, seq, eb.mm.zero_page.pfn)
+    clock.lap("kernel")
+    ks = Side(kb, seq, zero_pfn)
+    clock.lap("kernel")
+    es = Side(eb, seq, eb.mm.zero_page.pfn)
+    clock.lap("emu")
     applied = 0
     try:
         for step, op in enumerate(seq["ops"], 1):   # numbered as render() numbers them
@@ -480,6 +501,7 @@ def run(seq: dict, kb, eb, zero_pfn: int) -> int:
                 continue
             applied += 1
             er = apply(es, op)
+            clock.lap("emu")
             kr = apply(ks, op)
             settle(ks, es, step)
             if op[0] == "read_msgs":
@@ -491,16 +513,22 @@ def run(seq: dict, kb, eb, zero_pfn: int) -> int:
                 kr, er = _msgs_view(ks, kmsgs), _msgs_view(es, er[1])
             if kr != er:
                 raise Divergence(step, f"{op[0]} result", kr, er)
-            ksnap, esnap = ks.snapshot(), es.snapshot()
+            ksnap = ks.snapshot()
+            clock.lap("kernel")
+            esnap = es.snapshot()
+            clock.lap("emu")
             if ksnap != esnap:
                 kd = [x for x in ksnap if x not in esnap]
                 ed = [x for x in esnap if x not in ksnap]
                 raise Divergence(step, "pagemap", kd[:8], ed[:8])
     finally:
-        ks.u.close()
+        clock.lap("kernel")
         es.u.close()
+        clock.lap("emu")
+        ks.u.close()
         # close() released every fault: the kernel's accesses must finish before the regions go away
         stuck = [tn for tn, (kacc, _) in ks.acc.items() if not kacc.wait(10)]
+        clock.lap("kernel")
         if stuck:
             kb.stuck = True
             raise Divergence(-1, f"kernel access of {stuck} still running 10 s after the uffd was closed",
@@ -565,13 +593,19 @@ class Runner:
             kb.close()
 
     def run(self, seq) -> int:
-        kb, eb = make_backend("kernel"), self.make_emu()
+        CLOCK.lap("kernel")
+        kb = make_backend("kernel")
+        CLOCK.lap("kernel")
+        eb = self.make_emu()
+        CLOCK.lap("emu")
         try:
             return run(seq, kb, eb, self.zero_pfn)
         finally:
             if not getattr(kb, "stuck", False):   # never unmap under a thread still touching the memory
                 kb.close()
+            CLOCK.lap("kernel")
             eb.close()
+            CLOCK.lap("emu")
 
     def diverges(self, seq) -> Divergence | None:
         try:
@@ -601,6 +635,8 @@ def test_differential():
     deadline = time.monotonic() + SECONDS
     done = ops = 0
     unconfirmed = []
+    CLOCK.__init__()
+    t0 = time.perf_counter()
     for i in range(EXAMPLES):
         if time.monotonic() > deadline:
             break
@@ -615,8 +651,12 @@ def test_differential():
                             + runner.report(seq, d), pytrace=False)
         done += 1
         ops += len(seq["ops"])
+    wall = time.perf_counter() - t0
     print(f"differential: {done} sequences ({ops} ops), seed {seed}, zero divergences; "
           f"{len(unconfirmed)} that did not repeat on two reruns: {unconfirmed}")
+    print(f"differential: {done / wall * 60:.0f} sequences/min; per sequence {wall / max(done, 1) * 1e3:.1f} ms: "
+          f"emulator {CLOCK.emu / max(done, 1) * 1e3:.1f} ms, kernel {CLOCK.kernel / max(done, 1) * 1e3:.1f} ms "
+          "(the kernel's includes waiting for its threads to settle)")
     assert len(unconfirmed) <= max(1, done // 500), f"too many non-repeating divergences: {unconfirmed}"
     assert done >= EXAMPLES, (f"only {done} of {EXAMPLES} sequences ran within {SECONDS:.0f} s "
                               "(raise UFFDCTL_DIFF_SECONDS or lower UFFDCTL_DIFF_EXAMPLES)")

@@ -16,6 +16,7 @@ import pytest
 from conftest import make_backend, registered
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy
+from uffdctl.handler import NativeHandler
 
 pytestmark = pytest.mark.kernel
 P = uapi.PAGE_SIZE
@@ -194,6 +195,147 @@ def test_handlers_threads_gone_after_close():
     assert acc.wait(5)
     assert not h.running
     assert not [t for t in threading.enumerate() if t.name.startswith("uffdctl-")]
+
+
+# -- the fast paths of the Python fault path and the native handler's read-first loop -------------
+def _raw_msg(event: int, arg: bytes) -> bytes:
+    import struct
+    return struct.pack("<BBHI", event, 0, 0, 0) + arg.ljust(24, b"\0")
+
+
+def _raw_msgs():
+    import struct
+    E = uapi.Event
+    return [
+        _raw_msg(E.PAGEFAULT, struct.pack("<QQI", uapi.PagefaultFlag.WRITE, 0x7F0000001234, 4242)),
+        _raw_msg(E.PAGEFAULT, struct.pack("<QQI", uapi.PagefaultFlag.WP | uapi.PagefaultFlag.WRITE, 0x1000, 7)),
+        _raw_msg(E.FORK, struct.pack("<I", 17)),
+        _raw_msg(E.REMAP, struct.pack("<QQQ", 0x10000, 0x20000, 0x3000)),
+        _raw_msg(E.REMOVE, struct.pack("<QQ", 0x40000, 0x42000)),
+        _raw_msg(E.UNMAP, struct.pack("<QQ", 0x50000, 0x51000)),
+    ]
+
+
+def _pipe_uffd(b):
+    """A KernelUffd over a pipe: its reads see exactly the bytes written into the pipe."""
+    from uffdctl.kernel import KernelUffd
+    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    return KernelUffd(b, rfd, "pipe", os.O_NONBLOCK), wfd
+
+
+def _same(got, raws):
+    from uffdctl.types import decode_msg
+    want = [decode_msg(raw) for raw in raws]
+    for g, w in zip(got, want):
+        w.ts_ns = g.ts_ns   # the read time is not part of the message
+    return got == want and all(g.ts_ns > 0 for g in got)
+
+
+def test_msg_fast_paths_decode_like_decode_msg(kernel_backend):
+    """wait_msgs (one message: decoded inline; several: the batch decoder) and read_msgs give, for every
+    event kind, exactly what the slow path decode_msg() makes of the same 32 bytes."""
+    raws = _raw_msgs()
+    pu, wfd = _pipe_uffd(kernel_backend)
+    try:
+        for raw in raws:                           # one at a time: the inline case
+            os.write(wfd, raw)
+            assert _same(pu.wait_msgs(1.0), [raw]), raw.hex()
+        os.write(wfd, b"".join(raws))              # all at once: the batch decoder
+        assert _same(pu.wait_msgs(1.0), raws)
+        os.write(wfd, b"".join(raws))
+        assert _same(pu.read_msgs(max=2) + pu.read_msgs(max=100), raws)   # a smaller and a larger buffer
+        assert pu.read_msgs() == [] and pu.wait_msgs(0) == []
+    finally:
+        os.close(wfd)
+        pu.close()
+
+
+def test_msg_buffers_are_not_shared_between_threads(kernel_backend):
+    """Concurrent readers of one uffd each decode their own read: every message comes out exactly once."""
+    import struct
+    pu, wfd = _pipe_uffd(kernel_backend)
+    os.set_blocking(wfd, True)   # the feeder waits for the readers (writes of 3200 bytes stay atomic)
+    n = 3000
+    raws = [_raw_msg(uapi.Event.PAGEFAULT, struct.pack("<QQI", 0, (i + 1) * P, i)) for i in range(n)]
+    seen: list[list[int]] = [[] for _ in range(4)]
+
+    def reader(k):
+        idle = 0
+        while idle < 50:
+            ms = pu.read_msgs(max=1 + k)
+            idle = 0 if ms else idle + 1
+            seen[k].extend(m.address for m in ms)
+            if not ms:
+                time.sleep(0.001)
+
+    try:
+        ts = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+        for t in ts:
+            t.start()
+        for i in range(0, n, 100):                 # fed while the readers run
+            os.write(wfd, b"".join(raws[i:i + 100]))
+        for t in ts:
+            t.join(30)
+        assert not any(t.is_alive() for t in ts)
+        got = sorted(a for s in seen for a in s)
+        assert got == [(i + 1) * P for i in range(n)]
+    finally:
+        os.close(wfd)
+        pu.close()
+
+
+def test_native_handler_on_a_blocking_uffd(kernel_backend):
+    """A uffd without O_NONBLOCK: poll(2) on it says EPOLLERR (userfaultfd_poll()), so the handler serves it
+    in read mode (blocking read(2), cancelled by stop) rather than exiting at its first poll."""
+    b = kernel_backend
+    r = b.mmap(32 * P, "anon")
+    u = b.userfaultfd(flags=uapi.O_CLOEXEC)
+    u.api(0)
+    u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
+    h = b.fault_handler(u, HandlerPolicy(missing="fill", fill=5))
+    acc = b.thread("t").access(r.addr, r.len, False, stride=P)
+    assert acc.wait(10)
+    h.stop()
+    assert h.stop_result == 0 and not h.stuck
+    assert h.stats()["resolved"] == 32 and b.read(r.addr + 31 * P, 1) == b"\x05"
+
+
+def test_native_handler_stops_while_messages_keep_coming(kernel_backend, monkeypatch):
+    """The read-first loop checks for stop before every read.  A feeder keeps a pipe full of PAGEFAULT
+    messages (the handler, slowed to 200 us a read, never finds it empty, so it never polls); stop() still
+    ends the thread: a handler that saw stop only in poll(2) would have to be unstuck (or left behind)."""
+    import struct
+    monkeypatch.setenv("UFFDCTL_TEST_HANDLER_DELAY_US", "200")
+    pu, wfd = _pipe_uffd(kernel_backend)
+    os.set_blocking(wfd, True)
+    chunk = b"".join(_raw_msg(uapi.Event.PAGEFAULT, struct.pack("<QQI", 0, (i + 1) * P, 1)) for i in range(128))
+    fed = [0]
+
+    def feeder():
+        try:
+            while True:
+                os.write(wfd, chunk)
+                fed[0] += 128
+        except OSError:       # EPIPE: the read end is closed (below)
+            pass
+
+    h = NativeHandler(pu, HandlerPolicy(missing="queue"))
+    t = threading.Thread(target=feeder, daemon=True)
+    t.start()
+    h.start()
+    deadline = time.monotonic() + 10
+    while h.stats()["msgs"] < 500 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert h.stats()["msgs"] >= 500
+    h.stop(release=False)
+    assert h.stop_result == 0 and not h.stuck, "stop() had to give up on a handler busy reading"
+    # the policy only queues: a resolved message means stop() had to unstick the thread (it reads what is
+    # unread from the caller's thread until the handler finds the pipe empty and polls)
+    assert h.stats()["resolved"] == 0, "the handler did not see stop while reading"
+    pu.close()
+    t.join(10)
+    os.close(wfd)
+    assert not t.is_alive() and h.stats()["msgs"] < fed[0]
 
 
 FIXED_OVER_STACK = """
