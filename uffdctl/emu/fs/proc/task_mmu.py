@@ -111,6 +111,8 @@ def clear_refs_write(mm, value: int) -> int:
                     if pte.present:
                         pte.write = False          # pte_wrprotect() + pte_clear_soft_dirty()
                         pte.soft_dirty = False
+                    elif pte.swp is not None:
+                        pte.soft_dirty = False     # pte_swp_clear_soft_dirty()
         mm.tlb.flush_mm()
         return 0
     for vma in mm.vmas:
