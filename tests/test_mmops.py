@@ -357,13 +357,11 @@ def test_mlock_msync(run):
 
 
 def test_mm_ops_not_modelled_on_emulator(run_emu):
-    for line, what in (("mlock buf", "mlock"), ("munlock buf", "munlock"), ("msync buf", "msync"),
+    for line, what in (("mlock buf", "mlock"), ("munlock buf", "munlock"),
                        ("madvise buf --advice populate_write", "madvise populate_write"),
                        ("madvise buf --advice hugepage", "madvise hugepage"),
                        ("mmap --size 4M --thp --name t", "madvise hugepage"),
-                       ("mmap --size 16K --addr buf:0 --fixed --name f", "mmap MAP_FIXED"),
-                       ("mmap --size 16K --type sysv", "SysV shm"),
-                       ("mmap --size 16K --type file --path /tmp", "regular file mappings")):
+                       ("mmap --size 16K --addr buf:0 --fixed --name f", "mmap MAP_FIXED")):
         not_modelled(run_emu(f"mmap --size 16K --name buf\n{line}\n"), what)
     not_modelled(run_emu("mmap --size 16K --name buf\nexpect vma buf count=1\n"), "smaps VMAs")
 

@@ -32,6 +32,19 @@ from .profiles import DEFAULT_PROFILE, get_profile
 from .sched import RunQueue
 
 BUS_ADRERR = 2
+_TMPFS_MAGIC, _RAMFS_MAGIC = 0x01021994, 0x858458F6
+
+
+def _is_tmpfs(directory: str) -> bool:
+    """statfs(2) f_type of ``directory`` on this machine: tmpfs or ramfs (shmem's vm_ops)."""
+    import ctypes
+    import ctypes.util
+
+    class _Statfs(ctypes.Structure):
+        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    buf = _Statfs()
+    return libc.statfs(directory.encode(), ctypes.byref(buf)) == 0 and buf.f_type in (_TMPFS_MAGIC, _RAMFS_MAGIC)
 _TIDS = itertools.count(4_000_001)
 _EV_PAGEFAULT = int(uapi.Event.PAGEFAULT)
 _PF_WP, _PF_MINOR = int(uapi.PagefaultFlag.WP), int(uapi.PagefaultFlag.MINOR)
@@ -314,6 +327,7 @@ class EmuBackend(Backend):
         self._names = itertools.count()
         self._fds = itertools.count(1000)
         self._swapdevs: list = []        # the model's swap devices (swap on), newest last
+        self._paths: dict = {}           # path -> the model's file at it (two mappings share its page cache)
 
     # -- identity -------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -411,6 +425,58 @@ class EmuBackend(Backend):
 
     def mprotect(self, addr, len, prot):
         self._syscall("mprotect", addr, len, self.mm.mprotect(addr, len, prot))
+
+    # -- regular files and SysV shm (emu/mm/filemap.py, shmem) ------------------------------------------------
+    def mmap_file(self, len, path, shared, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
+                  fixed=False):
+        """A regular file of ``len`` bytes at ``path`` (a directory: a fresh file there).  The filesystem is the
+        one the path has on this machine: tmpfs gives shmem's semantics, anything else a disk file's
+        (emu/mm/filemap.py).  The model's file starts empty (a host file's contents are not read)."""
+        import os
+        if fixed:
+            raise NotModelled("mmap MAP_FIXED")
+        name = self._region_name(name)
+        self._check_len(len, uapi.PAGE_SIZE, addr)
+        if not os.path.isdir(path) and os.path.exists(path) and os.path.getsize(path):
+            raise NotModelled("the contents of an existing host file")
+        d = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(d):
+            raise uffd_error(E.ENOENT, "open", None, len, message=path)
+        key = None if os.path.isdir(path) else os.path.abspath(path)
+        f = self._paths.get(key) if key else None
+        if f is None:
+            fname = f"{path} (emulated)" if key else f"{path}/uffdctl-{name} (emulated)"
+            f = M.ShmemFile(fname, len, uapi.PAGE_SIZE) if _is_tmpfs(d) else M.RegularFile(fname, len)
+            if key:
+                self._paths[key] = f
+        f.size = max(f.size, len)
+        fd = next(self._fds)
+        self._files[fd] = f
+        v = self.mm.mmap(len, MemType.SHMEM if shared else MemType.SHMEM_PRIVATE, prot, addr, f, shared=shared)
+        if isinstance(v, int):
+            raise uffd_error(-v, "mmap", addr, len, message=path)
+        return self._add_region(Region(name, v.start, len, MemType.SHMEM if shared else MemType.SHMEM_PRIVATE,
+                                       uapi.PAGE_SIZE, fd, prot, kind="file" if shared else "file-private",
+                                       path=f.name))
+
+    def mmap_sysv(self, len, hugetlb, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
+        """shmget(IPC_PRIVATE) + shmat, IPC_RMID at once: a shmem (or hugetlb) segment whose VMA is not
+        vma_is_shmem() (shm_vm_ops); SHM_RDONLY without PROT_WRITE (no VM_MAYWRITE)."""
+        name = self._region_name(name)
+        page = M.HPAGE_SIZE if hugetlb else uapi.PAGE_SIZE
+        self._check_len(len, page, addr)
+        mt = MemType.HUGETLB if hugetlb else MemType.SHMEM
+        f = M.ShmemFile(f"SYSV-{name}", len, page, sysv=True)
+        v = self.mm.mmap(len, mt, prot, addr, f, shared=True)
+        if isinstance(v, int):
+            raise uffd_error(-v, "shmat", addr, len)
+        if not prot & uapi.PROT_WRITE:
+            v.flags &= ~M.VM_MAYWRITE
+        return self._add_region(Region(name, v.start, len, mt, page, None, prot,
+                                       kind="sysv-hugetlb" if hugetlb else "sysv"))
+
+    def msync(self, addr, len, flags):
+        self._syscall("msync", addr, len, self.mm.msync(addr, len, flags))
 
     # -- the model's own swap devices (emu/mm/swapfile.py): never the host's -------------------------------
     def swap_on(self, size, directory=None):
