@@ -300,7 +300,7 @@ def main() -> int:
     split = (0, 1) if ncpu > 1 else (0, 0)
     mib = 64 if a.quick else 1024
     nfault, fblocks = (1000, 4) if a.quick else (4000, 8)
-    smib, sbounces = (16, 8) if a.quick else (16, 16)
+    smib, sbounces = (16, 8) if a.quick else (32, 16)
     stress_rounds = min(a.rounds, 3)   # ~10 s a run: the stress rows take the first 3 rounds only
     py = sys.executable
     uffdctl_bin = os.path.join(os.path.dirname(py), "uffdctl")
