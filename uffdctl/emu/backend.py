@@ -22,7 +22,7 @@ import itertools
 from .. import uapi
 from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, HandlerPolicy, MemType, Region,
                        ScanResult, SoftDirtyProbe, Thread, UffdMsg)
-from ..errors import NotModelled, UffdError, uffd_error
+from ..errors import NotModelled, UffdError, UsageError, uffd_error
 from ..types import PteBits
 from . import mm as M
 from .fs.proc import task_mmu
@@ -32,6 +32,19 @@ from .profiles import DEFAULT_PROFILE, get_profile
 from .sched import RunQueue
 
 BUS_ADRERR = 2
+_TMPFS_MAGIC, _RAMFS_MAGIC = 0x01021994, 0x858458F6
+
+
+def _is_tmpfs(directory: str) -> bool:
+    """statfs(2) f_type of ``directory`` on this machine: tmpfs or ramfs (shmem's vm_ops)."""
+    import ctypes
+    import ctypes.util
+
+    class _Statfs(ctypes.Structure):
+        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    buf = _Statfs()
+    return libc.statfs(directory.encode(), ctypes.byref(buf)) == 0 and buf.f_type in (_TMPFS_MAGIC, _RAMFS_MAGIC)
 _TIDS = itertools.count(4_000_001)
 _EV_PAGEFAULT = int(uapi.Event.PAGEFAULT)
 _PF_WP, _PF_MINOR = int(uapi.PagefaultFlag.WP), int(uapi.PagefaultFlag.MINOR)
@@ -314,6 +327,7 @@ class EmuBackend(Backend):
         self._names = itertools.count()
         self._fds = itertools.count(1000)
         self._swapdevs: list = []        # the model's swap devices (swap on), newest last
+        self._paths: dict = {}           # path -> the model's file at it (two mappings share its page cache)
 
     # -- identity -------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -352,8 +366,13 @@ class EmuBackend(Backend):
 
     # -- mappings -------------------------------------------------------------------------
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
-             noreserve=False):   # sparse: no commit accounting to skip
+             noreserve=False, page_size=None):   # sparse: no commit accounting to skip
         memtype = MemType(memtype)
+        if page_size is not None and not memtype.hugetlb:
+            raise UsageError(f"a page size is for hugetlb mappings, not {memtype.value}")
+        if page_size not in (None, M.HPAGE_SIZE):
+            size = f"{page_size >> 30}G" if page_size >= 1 << 30 else f"{page_size >> 10}K"
+            raise NotModelled(f"hugetlb {size} pages (the model has the 2M hstate only)")
         name = self._region_name(name)
         page = M.HPAGE_SIZE if memtype.hugetlb else uapi.PAGE_SIZE
         self._check_len(len, page, addr)
@@ -366,6 +385,18 @@ class EmuBackend(Backend):
         if isinstance(v, int):
             raise uffd_error(-v, "mmap", addr, len)
         return self._add_region(Region(name, v.start, len, memtype, page, fd, prot))
+
+    def mmap_shared_anon(self, len, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, fixed=False):
+        """MAP_SHARED|MAP_ANONYMOUS is shmem in mm/mmap.c (shmem_zero_setup()): a shmem file no fd reaches."""
+        if fixed:
+            raise NotModelled("mmap MAP_FIXED")
+        name = self._region_name(name)
+        self._check_len(len, uapi.PAGE_SIZE, addr)
+        v = self.mm.mmap(len, MemType.SHMEM, prot, addr, M.ShmemFile("dev/zero", len, uapi.PAGE_SIZE))
+        if isinstance(v, int):
+            raise uffd_error(-v, "mmap", addr, len)
+        return self._add_region(Region(name, v.start, len, MemType.SHMEM, uapi.PAGE_SIZE, None, prot,
+                                       kind="shared-anon"))
 
     def alias(self, region, name=None):
         name = self._alias_name(region, name)
@@ -394,6 +425,58 @@ class EmuBackend(Backend):
 
     def mprotect(self, addr, len, prot):
         self._syscall("mprotect", addr, len, self.mm.mprotect(addr, len, prot))
+
+    # -- regular files and SysV shm (emu/mm/filemap.py, shmem) ------------------------------------------------
+    def mmap_file(self, len, path, shared, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
+                  fixed=False):
+        """A regular file of ``len`` bytes at ``path`` (a directory: a fresh file there).  The filesystem is the
+        one the path has on this machine: tmpfs gives shmem's semantics, anything else a disk file's
+        (emu/mm/filemap.py).  The model's file starts empty (a host file's contents are not read)."""
+        import os
+        if fixed:
+            raise NotModelled("mmap MAP_FIXED")
+        name = self._region_name(name)
+        self._check_len(len, uapi.PAGE_SIZE, addr)
+        if not os.path.isdir(path) and os.path.exists(path) and os.path.getsize(path):
+            raise NotModelled("the contents of an existing host file")
+        d = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(d):
+            raise uffd_error(E.ENOENT, "open", None, len, message=path)
+        key = None if os.path.isdir(path) else os.path.abspath(path)
+        f = self._paths.get(key) if key else None
+        if f is None:
+            fname = f"{path} (emulated)" if key else f"{path}/uffdctl-{name} (emulated)"
+            f = M.ShmemFile(fname, len, uapi.PAGE_SIZE) if _is_tmpfs(d) else M.RegularFile(fname, len)
+            if key:
+                self._paths[key] = f
+        f.size = max(f.size, len)
+        fd = next(self._fds)
+        self._files[fd] = f
+        v = self.mm.mmap(len, MemType.SHMEM if shared else MemType.SHMEM_PRIVATE, prot, addr, f, shared=shared)
+        if isinstance(v, int):
+            raise uffd_error(-v, "mmap", addr, len, message=path)
+        return self._add_region(Region(name, v.start, len, MemType.SHMEM if shared else MemType.SHMEM_PRIVATE,
+                                       uapi.PAGE_SIZE, fd, prot, kind="file" if shared else "file-private",
+                                       path=f.name))
+
+    def mmap_sysv(self, len, hugetlb, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
+        """shmget(IPC_PRIVATE) + shmat, IPC_RMID at once: a shmem (or hugetlb) segment whose VMA is not
+        vma_is_shmem() (shm_vm_ops); SHM_RDONLY without PROT_WRITE (no VM_MAYWRITE)."""
+        name = self._region_name(name)
+        page = M.HPAGE_SIZE if hugetlb else uapi.PAGE_SIZE
+        self._check_len(len, page, addr)
+        mt = MemType.HUGETLB if hugetlb else MemType.SHMEM
+        f = M.ShmemFile(f"SYSV-{name}", len, page, sysv=True)
+        v = self.mm.mmap(len, mt, prot, addr, f, shared=True)
+        if isinstance(v, int):
+            raise uffd_error(-v, "shmat", addr, len)
+        if not prot & uapi.PROT_WRITE:
+            v.flags &= ~M.VM_MAYWRITE
+        return self._add_region(Region(name, v.start, len, mt, page, None, prot,
+                                       kind="sysv-hugetlb" if hugetlb else "sysv"))
+
+    def msync(self, addr, len, flags):
+        self._syscall("msync", addr, len, self.mm.msync(addr, len, flags))
 
     # -- the model's own swap devices (emu/mm/swapfile.py): never the host's -------------------------------
     def swap_on(self, size, directory=None):
@@ -529,9 +612,10 @@ class EmuBackend(Backend):
             raise uffd_error(-r, "clear_refs", message=f"value {value!r}")
 
     def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0, category_anyof_mask=0,
-                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512) -> ScanResult:
+                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512,
+                     null_vec=False) -> ScanResult:
         return task_mmu.do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask,
-                               category_anyof_mask, return_mask, max_pages, vec_len)
+                               category_anyof_mask, return_mask, max_pages, vec_len, null_vec)
 
     def soft_dirty(self) -> SoftDirtyProbe:
         if self.mm.soft_dirty_config:

@@ -150,7 +150,8 @@ class Memory:
             if a in self.ptes:
                 continue
             folio = vma.file.pages.get(vma.linear_page_index(a))
-            if folio is not None and folio.swap is None:    # a swap entry in the cache is not mapped
+            # next_uptodate_folio(): not a swap entry in the cache, not PG_readahead (= PG_reclaim)
+            if folio is not None and folio.swap is None and not folio.reclaim:
                 self.set_pte(a, Pte(folio, write=prot_w, young=True))
 
     def do_fault(self, vmf) -> int:
@@ -165,6 +166,13 @@ class Memory:
         major, ret = ret & VM_FAULT_MAJOR, ret & ~VM_FAULT_MAJOR
         if ret:
             return ret
+        if major and not vmf.write:
+            # filemap_fault() dropped the lock to read (VM_FAULT_RETRY): the retried read fault maps the
+            # read-around by fault-around first [measured on 6.18: a read miss maps its neighbours]
+            self.do_fault_around(vmf)
+            p = self.ptes.get(vmf.address)
+            if p is not None and p.page is not None:
+                return major
         uffd_wp = vmf.orig_pte_uffd_wp
         if vmf.write and not vma.shared:          # do_cow_fault()
             pte = Pte(self.alloc_anon(vma, PAGE_SIZE, folio.copy_data()), write=True, young=True)

@@ -13,7 +13,7 @@ from .memory import _SLOW
 from .mm_types import (Folio, MFILL_ATOMIC_CONTINUE, MFILL_ATOMIC_COPY, MFILL_ATOMIC_POISON, MFILL_ATOMIC_ZEROPAGE,
                        MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, PAGE_SIZE,
                        PTE_MARKER_GUARD, PTE_MARKER_POISONED, Pte, VM_EXEC, VM_READ, VM_WRITE,
-                       make_pte_marker, userfaultfd_wp)
+                       make_pte_marker, userfaultfd_wp, vma_is_shmem)
 
 
 class Userfaultfd:
@@ -33,6 +33,8 @@ class Userfaultfd:
         if vma.hugetlb:
             if dst_start % vma.page_size or length % vma.page_size or kind == MFILL_ATOMIC_ZEROPAGE:
                 return -E.EINVAL
+        elif not vma.anon and not vma_is_shmem(vma):     # a regular file, SysV shm
+            return -E.EINVAL
         elif kind == MFILL_ATOMIC_CONTINUE and vma.anon:
             return -E.EINVAL
         if not vma.hugetlb and (kind == MFILL_ATOMIC_COPY or kind == MFILL_ATOMIC_ZEROPAGE) \
