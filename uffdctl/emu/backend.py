@@ -22,7 +22,7 @@ import itertools
 from .. import uapi
 from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, HandlerPolicy, MemType, Region,
                        ScanResult, SoftDirtyProbe, Thread, UffdMsg)
-from ..errors import NotModelled, UffdError, uffd_error
+from ..errors import NotModelled, UffdError, UsageError, uffd_error
 from ..types import PteBits
 from . import mm as M
 from .fs.proc import task_mmu
@@ -368,8 +368,13 @@ class EmuBackend(Backend):
 
     # -- mappings -------------------------------------------------------------------------
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
-             noreserve=False):   # sparse: no commit accounting to skip
+             noreserve=False, page_size=None):   # sparse: no commit accounting to skip
         memtype = MemType(memtype)
+        if page_size is not None and not memtype.hugetlb:
+            raise UsageError(f"a page size is for hugetlb mappings, not {memtype.value}")
+        if page_size not in (None, M.HPAGE_SIZE):
+            size = f"{page_size >> 30}G" if page_size >= 1 << 30 else f"{page_size >> 10}K"
+            raise NotModelled(f"hugetlb {size} pages (the model has the 2M hstate only)")
         name = self._region_name(name)
         page = M.HPAGE_SIZE if memtype.hugetlb else uapi.PAGE_SIZE
         self._check_len(len, page, addr)
@@ -382,6 +387,18 @@ class EmuBackend(Backend):
         if isinstance(v, int):
             raise uffd_error(-v, "mmap", addr, len)
         return self._add_region(Region(name, v.start, len, memtype, page, fd, prot))
+
+    def mmap_shared_anon(self, len, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, fixed=False):
+        """MAP_SHARED|MAP_ANONYMOUS is shmem in mm/mmap.c (shmem_zero_setup()): a shmem file no fd reaches."""
+        if fixed:
+            raise NotModelled("mmap MAP_FIXED")
+        name = self._region_name(name)
+        self._check_len(len, uapi.PAGE_SIZE, addr)
+        v = self.mm.mmap(len, MemType.SHMEM, prot, addr, M.ShmemFile("dev/zero", len, uapi.PAGE_SIZE))
+        if isinstance(v, int):
+            raise uffd_error(-v, "mmap", addr, len)
+        return self._add_region(Region(name, v.start, len, MemType.SHMEM, uapi.PAGE_SIZE, None, prot,
+                                       kind="shared-anon"))
 
     def alias(self, region, name=None):
         name = self._alias_name(region, name)
@@ -626,9 +643,10 @@ class EmuBackend(Backend):
             raise uffd_error(-r, "clear_refs", message=f"value {value!r}")
 
     def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0, category_anyof_mask=0,
-                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512) -> ScanResult:
+                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512,
+                     null_vec=False) -> ScanResult:
         return task_mmu.do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask,
-                               category_anyof_mask, return_mask, max_pages, vec_len)
+                               category_anyof_mask, return_mask, max_pages, vec_len, null_vec)
 
     def soft_dirty(self) -> SoftDirtyProbe:
         if self.mm.soft_dirty_config:
