@@ -63,14 +63,20 @@ def test_a_changed_source_makes_the_index_stale(tmp_path):
     assert helpindex.load(str(tmp_path / "missing")) is None
 
 
-def test_help_does_not_load_the_command_table(tmp_path):
+def _loaded_by_help(tmp_path, wanted: str) -> str:
+    """Run main(['--help']) in a fresh interpreter (no $COLUMNS, the index on); stderr names the modules of
+    ``wanted`` (a Python expression over m, a module name) that ended up loaded, and main's exit code."""
     code = ("import sys\nfrom uffdctl.cli import main\nrc = main(['--help'])\n"
-            "bad = sorted(m for m in sys.modules if m.startswith('uffdctl.') and m not in "
-            "('uffdctl.cli', 'uffdctl.cli.helpindex'))\n"
-            "print('LOADED', bad, rc, file=sys.stderr)\n")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
-    assert "LOADED [] 0" in p.stderr, p.stderr
+            f"print('LOADED', sorted(m for m in list(sys.modules) if {wanted}), rc, file=sys.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "UFFDCTL_NO_HELP_INDEX")}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert "Commands:" in p.stdout
+    return p.stderr
+
+
+def test_help_does_not_load_the_command_table(tmp_path):
+    err = _loaded_by_help(tmp_path, "m.startswith('uffdctl.') and m not in ('uffdctl.cli', 'uffdctl.cli.helpindex')")
+    assert "LOADED [] 0" in err, err
 
 
 def test_a_command_still_loads_what_it_runs(tmp_path):
@@ -98,9 +104,5 @@ def test_the_rendered_root_page_is_what_click_renders(tmp_path, columns):
 
 def test_help_from_the_rendered_page_imports_no_formatting(tmp_path):
     """The rendered page needs neither the command table nor click's text wrapping (textwrap, shutil)."""
-    code = ("import sys\nfrom uffdctl.cli import main\nrc = main(['--help'])\n"
-            "print('LOADED', sorted(m for m in ('textwrap', 'shutil', 'uffdctl.session.commands') if m in "
-            "sys.modules), rc, file=sys.stderr)\n")
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "UFFDCTL_NO_HELP_INDEX")}
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
-    assert "LOADED [] 0" in p.stderr, p.stderr
+    err = _loaded_by_help(tmp_path, "m in ('textwrap', 'shutil', 'uffdctl.session.commands')")
+    assert "LOADED [] 0" in err, err
