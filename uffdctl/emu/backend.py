@@ -71,6 +71,7 @@ class EmuAccess(Access):
         self._res = AccessResult()
         self._done = False
         self._segv = False
+        self.populate = False    # GUP (mlock's populate): fault the pages in, read or write no data
 
     def woken(self) -> None:
         """Handed back by a wake: with per-VMA locks the first retry is an mmap_lock retry; without, it
@@ -92,7 +93,7 @@ class EmuAccess(Access):
                 base = mm.page_base(vma, a)
                 page = mm.ptes[base].page
                 poff = a - base
-                if write:
+                if write and not self.populate:
                     buf = self._data[off:off + n] if self._data is not None else bytes((self._fill & 0xFF,)) * n
                     page.write(poff, buf)
                 elif self._want:
@@ -167,9 +168,10 @@ class EmuThread(Thread):
         self._queue: collections.deque = collections.deque()
         self._current: EmuAccess | None = None
 
-    def access(self, addr, len, write, data=None, fill=0, stride=0, want_data=False) -> Access:
+    def access(self, addr, len, write, data=None, fill=0, stride=0, want_data=False, populate=False) -> Access:
         acc = EmuAccess(self._b, self, addr, len, write, bytes(data) if data is not None else None, fill,
                         stride, want_data)
+        acc.populate = populate      # GUP: fault the pages in, touch no data
         self._queue.append(acc)
         self._start_next()
         self._b._rq.run()
@@ -478,6 +480,31 @@ class EmuBackend(Backend):
     def msync(self, addr, len, flags):
         self._syscall("msync", addr, len, self.mm.msync(addr, len, flags))
 
+    def mlock(self, addr, len, flags=0):
+        """mlock2(): VM_LOCKED on the range, then (without MLOCK_ONFAULT) every page faulted in by the caller --
+        a write fault on private writable VMAs, as GUP's FOLL_WRITE; a userfault no handler resolves is EDEADLK
+        here (the kernel's mlock would block)."""
+        from .mm.mlock import MLOCK_ONFAULT, VM_LOCKONFAULT
+        if flags & ~MLOCK_ONFAULT:
+            raise uffd_error(E.EINVAL, "mlock2", addr, len)
+        start = addr & ~(uapi.PAGE_SIZE - 1)
+        len += addr - start
+        self._syscall("mlock2", start, len, self.mm.apply_vma_lock_flags(
+            start, len, M.VM_LOCKED | (VM_LOCKONFAULT if flags & MLOCK_ONFAULT else 0)))
+        if flags & MLOCK_ONFAULT:
+            return
+        for s, e, write in self.mm.populate_ranges(start, len):
+            acc = self._caller.access(s, e - s, write, stride=uapi.PAGE_SIZE, populate=True)
+            if not acc.done:
+                self._withdraw(acc)
+                raise uffd_error(E.EDEADLK, "mlock2", s, e - s,
+                                 message="emulator: populating the locked range blocked in a userfault that no "
+                                         "handler resolves (the kernel's mlock would block): run a fault_handler")
+
+    def munlock(self, addr, len):
+        start = addr & ~(uapi.PAGE_SIZE - 1)
+        self._syscall("munlock", start, len + addr - start, self.mm.apply_vma_lock_flags(start, len + addr - start, 0))
+
     # -- the model's own swap devices (emu/mm/swapfile.py): never the host's -------------------------------
     def swap_on(self, size, directory=None):
         """swapon of an emulated device of ``size`` bytes (``directory`` names nothing on the host)."""
@@ -578,12 +605,7 @@ class EmuBackend(Backend):
     def _caller_access(self, op, addr, length, write, data=None) -> AccessResult:
         acc = self._caller.access(addr, length, write, data=data, want_data=not write)
         if not acc.done:
-            w = acc.waiter
-            if w is not None:
-                for u in self._uffds:
-                    u.cancel(w)
-            self._caller._current = None
-            self._caller._queue.clear()
+            self._withdraw(acc)
             raise uffd_error(E.EDEADLK, op, addr, length,
                              message="emulator: the caller's own access blocked in a userfault that no handler "
                                      "resolves (the kernel would block): use a thread or a fault_handler")
@@ -591,6 +613,15 @@ class EmuBackend(Backend):
         if r.sigbus:
             raise uffd_error(E.EFAULT, op, addr, length, message=f"SIGBUS (si_code {r.si_code})")
         return r
+
+    def _withdraw(self, acc) -> None:
+        """Take back a caller's access left blocked in a userfault (the emulator cannot block its caller)."""
+        w = acc.waiter
+        if w is not None:
+            for u in self._uffds:
+                u.cancel(w)
+        self._caller._current = None
+        self._caller._queue.clear()
 
     def read(self, addr, len) -> bytes:
         return self._caller_access("read", addr, len, False).data

@@ -19,6 +19,7 @@ room               kernel                                       owns
 ``swapfile``       mm/swapfile.c, mm/swap_state.c               SwapSystem (devices, swap map, swap cache)
 ``vmscan``         mm/vmscan.c, mm/rmap.c                       reclaim_pages(), try_to_unmap_one()
 ``filemap``        mm/filemap.c, mm/msync.c                     RegularFile (disk page cache), msync()
+``mlock``          mm/mlock.c                                   apply_vma_lock_flags(), what populate faults
 =================  ===========================================  ==========================================
 
 The state: ``vmas`` (sorted; the mmap room's), ``ptes`` (the page table: page address -> Pte, absent =
@@ -42,6 +43,7 @@ from .memory import Memory
 from . import mm_types
 from .mm_types import *  # noqa: F403  (the model's names, as M.VM_WRITE etc.)
 from .mm_types import FIRST_PFN, HPAGE_SIZE, MMAP_BASE, PAGE_SIZE, ZERO_PFN, Folio, Pte, Vma
+from .mlock import Mlock
 from .mmap import Mmap
 from .mprotect import Mprotect
 from .mremap import Mremap
@@ -53,7 +55,7 @@ from .userfaultfd import Userfaultfd
 
 
 class MM(Mmap, PageTables, Memory, Shmem, Hugetlb, Userfaultfd, Mprotect, Madvise, Mremap, Swapfile, Vmscan,
-         Filemap):
+         Filemap, Mlock):
     """One emulated address space (struct mm_struct); ``swap``: the machine's swap devices (a fork child
     passes its parent's)."""
 
