@@ -124,7 +124,7 @@ def clear_refs_write(mm, value: int) -> int:
     return 0
 
 def pagemap_scan_category(mm, vma, pte: Pte | None, has_table: bool = True) -> int:
-    """Categories of one page (6.18 rules, spec §4.1).  A none PTE under an existing page table reads
+    """Categories of one page (6.18 rules: pagemap_page_category()).  A none PTE under an existing page table reads
     WRITTEN on any VMA [measured]; a hole without a page table only in a uffd-wp VMA."""
     C = _C
     cat = 0
