@@ -72,8 +72,7 @@ class EmuAccess(Access):
                 self._segv = True
                 break
             if not self.attempt and mm.access_ok(vma, a, self.write):
-                page = mm.ptes[mm.page_base(vma, a)].page
-                poff = a - mm.page_base(vma, a)
+                _, page, poff = mm.page_at(vma, a)
                 if self.write:
                     buf = self._data[off:off + n] if self._data is not None else bytes([self._fill & 0xFF]) * n
                     page.write(poff, buf)

@@ -64,6 +64,7 @@ class MM(Mmap, PageTables, Memory, Shmem, Hugetlb, Userfaultfd, Mprotect, Madvis
         self.next_addr = MMAP_BASE
         self.low_addr = MMAP_BASE - HPAGE_SIZE
         self.pgtables: set[int] = set()   # PMD indices (addr >> 21) that have a PTE table
+        self.pmds: dict[int, Pte] = {}    # PMD leaves: 2 MiB-aligned address -> Pte of a THP (huge_memory)
         self._pgt_sorted: list[int] | None = None   # pgtable.py's sorted view of it (None: rebuild)
         self.exited = False
 

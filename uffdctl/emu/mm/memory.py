@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno as E
 
-from .mm_types import (Folio, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
+from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
                        PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_OK,
                        VM_FAULT_SIGSEGV, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE,
                        VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
@@ -18,9 +18,15 @@ class Memory:
     def access_ok(self, vma, addr: int, write: bool) -> bool:
         """The CPU's view: TLB hit, or a page walk that finds a PTE allowing the access (sets A, D)."""
         base = self.page_base(vma, addr)
-        if self.tlb.hit(base, write):
+        if self.pmds and addr & HPAGE_PMD_MASK in self.pmds and not vma.hugetlb:
+            base = addr & HPAGE_PMD_MASK         # a PMD leaf: one TLB entry for its 2 MiB
+            if self.tlb.hit(base, write):
+                return True
+            pte = self.pmds[base]
+        elif self.tlb.hit(base, write):
             return True
-        pte = self.ptes.get(base)
+        else:
+            pte = self.ptes.get(base)
         if pte is None or not pte.present or (write and not pte.write):
             return False
         pte.young = True
@@ -175,7 +181,9 @@ class Memory:
                     return -E.EFAULT
             else:
                 return -E.EFAULT
-            out += self.ptes[base].page.read(pos - base, n)
+            _, page, off = self.page_at(vma, pos)
+            n = min(n, page.size - off)
+            out += page.read(off, n)
             pos += n
         return bytes(out)
 
