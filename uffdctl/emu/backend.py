@@ -26,6 +26,7 @@ from ..errors import NotModelled, UffdError, uffd_error
 from ..types import PteBits
 from . import mm as M
 from .fs.proc import task_mmu
+from .mm.khugepaged import NotModelledCollapse
 from .mm.madvise import MADV_NOT_MODELLED
 from .fs.userfaultfd import EmuUffd
 from .profiles import DEFAULT_PROFILE, get_profile
@@ -285,9 +286,10 @@ class EmuBackend(Backend):
 
     name = "emu"
 
-    def __init__(self, profile: str = DEFAULT_PROFILE, soft_dirty: bool = True, **switches):
+    def __init__(self, profile: str = DEFAULT_PROFILE, soft_dirty: bool = True, thp: dict | None = None,
+                 **switches):
         self.profile = get_profile(profile, **switches)
-        self.mm = M.MM(self.profile, soft_dirty)
+        self.mm = M.MM(self.profile, soft_dirty, thp)
         self._regions: dict[str, Region] = {}
         self._files: dict[int, M.ShmemFile] = {}
         self._uffds: list[EmuUffd] = []
@@ -348,6 +350,8 @@ class EmuBackend(Backend):
         v = self.mm.mmap(len, memtype, prot, addr, f)
         if isinstance(v, int):
             raise uffd_error(-v, "mmap", addr, len)
+        if memtype is MemType.ANON:      # as the kernel backend: MADV_NOHUGEPAGE unless asked (mmap --thp)
+            v.flags |= M.VM_NOHUGEPAGE
         return self._add_region(Region(name, v.start, len, memtype, page, fd, prot))
 
     def alias(self, region, name=None):
@@ -373,7 +377,11 @@ class EmuBackend(Backend):
         if advice in (uapi.MADV_DONTNEED, uapi.MADV_REMOVE):
             self._event(uapi.Feature.EVENT_REMOVE, {"event": uapi.Event.REMOVE, "start": addr, "end": addr + len},
                         self.mm.vmas_in(addr, addr + len))
-        self._syscall("madvise", addr, len, self.mm.madvise(addr, len, advice))
+        try:
+            ret = self.mm.madvise(addr, len, advice)
+        except NotModelledCollapse as e:
+            raise NotModelled(str(e)) from None
+        self._syscall("madvise", addr, len, ret)
 
     def mprotect(self, addr, len, prot):
         self._syscall("mprotect", addr, len, self.mm.mprotect(addr, len, prot))

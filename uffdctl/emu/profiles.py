@@ -93,6 +93,11 @@ class Profile:
     mkuffd_wp_wrprotects: bool = True
     # anon mTHP (6.8): large anon folios, order 0 whenever userfaultfd_armed(vma) (alloc_anon_folio()).
     mthp: bool = True
+    # per-size shmem THP knobs, hugepages-*kB/shmem_enabled (6.11) [source history].
+    shmem_mthp: bool = True
+    # "mm: allocate THP on hugezeropage wp-fault" (6.13): a write to the huge zero PMD maps a THP (measured on
+    # 6.18); before, the PMD is split and the write gets a 4 KiB page [source history, not measured].
+    huge_zero_wp_thp: bool = True
     # userfaultfd_release() resets uffd-wp PTEs and markers of the closed ctx ("mm/userfaultfd: reset ptes
     # when close() for wr-protected ones", 6.2; 6.1.191).  5.19: they stay.
     release_resets_wp: bool = True
@@ -120,7 +125,8 @@ _MM_5_19 = dict(fork_wp_marker_without_event=True, fork_poison_marker_without_ev
                 vma_needs_copy="uffd_wp|anon_vma", mremap_clear_uffd_wp=False, mremap_multi_vma=False,
                 vm_softdirty_sticky_merge=False,
                 swapin_read_writable=False, madv_collapse=False, khugepaged_uffd_wp_recheck=False,
-                huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False,
+                huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False, shmem_mthp=False,
+                huge_zero_wp_thp=False,
                 release_resets_wp=False)
 # Debian's 6.1.192 carries the stable backports named in the fields' comments (6.1.11, 6.1.21, 6.1.26,
 # 6.1.191); what it does not have: poison markers copied without EVENT_FORK, read swap-in writable, mTHP.
@@ -151,7 +157,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     # an early EAGAIN writes -EAGAIN into the result field (95567729173e: COPY with a REMOVE event unread).
     replace(_6_18, name="6.12", release="6.12.117",
             guard_markers=False, pagemap_guard_bit=False, install_over_guard=False,
-            vma_needs_copy="uffd_wp|anon_vma", vm_softdirty_sticky_merge=False,
+            vma_needs_copy="uffd_wp|anon_vma", vm_softdirty_sticky_merge=False, huge_zero_wp_thp=False,
             mremap_multi_vma=False),     # 6.17 [source history, not measured in the 6.12 guest]
     _6_18,
     replace(_6_18, name="7.3", release="7.3.4", install_over_guard=False, scan_written_any_vma=False),

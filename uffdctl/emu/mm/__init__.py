@@ -11,6 +11,8 @@ room               kernel                                       owns
 ``pgtable``        include/linux/pgtable.h, mm/pagewalk.c       ``pgtables``, set_pte(), sparse walks
 ``memory``         mm/memory.c (+ anon_vma_prepare, rmap.c)     the fault path, zap_pte_range()
 ``shmem``          mm/shmem.c                                   ShmemFile (page cache), shmem_get_folio()
+``huge_memory``    mm/huge_memory.c                             THP knobs, PMD faults, split, zap, move
+``khugepaged``     mm/khugepaged.c                              MADV_COLLAPSE
 ``hugetlb``        mm/hugetlb.c                                 hugetlb faults and mfill
 ``userfaultfd``    mm/userfaultfd.c                             mfill_atomic*, uffd_wp_range, move_pages
 ``mprotect``       mm/mprotect.c                                change_pte_range, can_change_pte_writable
@@ -32,7 +34,9 @@ import itertools
 
 from .. import tlb as _tlb
 from ..profiles import Profile
+from .huge_memory import HugeMemory, ThpSettings
 from .hugetlb import Hugetlb
+from .khugepaged import Khugepaged
 from .madvise import Madvise
 from .memory import Memory
 from . import mm_types
@@ -46,11 +50,12 @@ from .shmem import Shmem, ShmemFile
 from .userfaultfd import Userfaultfd
 
 
-class MM(Mmap, PageTables, Memory, Shmem, Hugetlb, Userfaultfd, Mprotect, Madvise, Mremap):
+class MM(Mmap, PageTables, Memory, HugeMemory, Khugepaged, Shmem, Hugetlb, Userfaultfd, Mprotect, Madvise, Mremap):
     """One emulated address space (struct mm_struct)."""
 
-    def __init__(self, profile: Profile, soft_dirty: bool = True):
+    def __init__(self, profile: Profile, soft_dirty: bool = True, thp: dict | None = None):
         self.profile = profile
+        self.thp = ThpSettings(profile, thp)              # /sys/kernel/mm/transparent_hugepage, emulated
         self.soft_dirty_config = soft_dirty          # CONFIG_MEM_SOFT_DIRTY
         self.vmas: list[Vma] = []
         self._starts: list[int] = []

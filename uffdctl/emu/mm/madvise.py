@@ -1,20 +1,21 @@
-"""madvise() (mm/madvise.c): DONTNEED, REMOVE, FREE, guard regions.
+"""madvise() (mm/madvise.c): DONTNEED, REMOVE, FREE, guard regions, HUGEPAGE / NOHUGEPAGE (hugepage_madvise())
+and COLLAPSE (khugepaged.py).
 """
 from __future__ import annotations
 
 import errno as E
 
 from ... import uapi
-from .mm_types import (PAGE_SIZE, PTE_MARKER_GUARD, make_pte_marker)
+from .mm_types import (HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, VM_HUGEPAGE, VM_NOHUGEPAGE, make_pte_marker)
 
 
 # include/uapi/asm-generic/mman-common.h: advice the kernel takes that this model does not carry out.  The
 # adapter raises NotModelled for them instead of the model answering EINVAL (which the kernel never would).
 MADV_NOT_MODELLED = {0: "MADV_NORMAL", 1: "MADV_RANDOM", 2: "MADV_SEQUENTIAL", 3: "MADV_WILLNEED",
                      10: "MADV_DONTFORK", 11: "MADV_DOFORK", 12: "MADV_MERGEABLE", 13: "MADV_UNMERGEABLE",
-                     14: "MADV_HUGEPAGE", 16: "MADV_DONTDUMP", 17: "MADV_DODUMP", 18: "MADV_WIPEONFORK",
+                     16: "MADV_DONTDUMP", 17: "MADV_DODUMP", 18: "MADV_WIPEONFORK",
                      19: "MADV_KEEPONFORK", 20: "MADV_COLD", 21: "MADV_PAGEOUT", 22: "MADV_POPULATE_READ",
-                     23: "MADV_POPULATE_WRITE", 24: "MADV_DONTNEED_LOCKED", 25: "MADV_COLLAPSE",
+                     23: "MADV_POPULATE_WRITE", 24: "MADV_DONTNEED_LOCKED",
                      100: "MADV_HWPOISON", 101: "MADV_SOFT_OFFLINE"}
 
 
@@ -27,6 +28,8 @@ class Madvise:
         end = start + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
         vmas = self.vmas_in(start, end)
         covered = sum(min(end, v.end) - max(start, v.start) for v in vmas)
+        if advice in (uapi.MADV_HUGEPAGE, uapi.MADV_NOHUGEPAGE):
+            return self.hugepage_madvise(start, end, advice, covered)
         for vma in vmas:
             s, e = max(start, vma.start), min(end, vma.end)
             if advice == uapi.MADV_DONTNEED:
@@ -40,7 +43,7 @@ class Madvise:
             elif advice == uapi.MADV_FREE:
                 if not vma.anon:
                     return -E.EINVAL
-                flush = []
+                flush = self.madvise_free_huge_pmds(vma, s, e)
                 for a in self.pte_keys(s, e, PAGE_SIZE):
                     pte = self.ptes[a]
                     if pte.present and not pte.special:
@@ -62,8 +65,32 @@ class Madvise:
                 for a in self.pte_keys(s, e, PAGE_SIZE):
                     if not self.ptes[a].present and self.ptes[a].marker & PTE_MARKER_GUARD:
                         del self.ptes[a]
-            elif advice == uapi.MADV_NOHUGEPAGE:
-                pass
+            elif advice == uapi.MADV_COLLAPSE:
+                err = self.madvise_collapse(vma, s, e)   # khugepaged.py
+                if err:
+                    return err
             else:
                 return -E.EINVAL
         return 0 if covered == end - start else -E.ENOMEM
+
+    def hugepage_madvise(self, start: int, end: int, advice: int, covered: int) -> int:
+        """MADV_HUGEPAGE sets VM_HUGEPAGE and clears VM_NOHUGEPAGE, MADV_NOHUGEPAGE the reverse; only the
+        VMAs whose flags change are split (madvise_update_vma())."""
+        on, off = (VM_HUGEPAGE, VM_NOHUGEPAGE) if advice == uapi.MADV_HUGEPAGE else (VM_NOHUGEPAGE, VM_HUGEPAGE)
+        for vma in self.split(start, end, only=lambda v: (v.flags & ~off) | on != v.flags):
+            vma.flags = (vma.flags & ~off) | on
+        self.merge()
+        return 0 if covered == end - start else -E.ENOMEM
+
+    def madvise_free_huge_pmds(self, vma, s: int, e: int) -> list:
+        """madvise_free_huge_pmd(): a whole leaf is made old and clean in place; a leaf covered in part is split
+        (the PTE loop then does its part).  Returns the addresses to flush."""
+        flush = []
+        for haddr in self.split_huge_pmds(vma, s, e, keep_whole=True):
+            pmd = self.pmds[haddr]
+            if pmd.special or not pmd.page.exclusive:
+                continue
+            if pmd.young or pmd.dirty:
+                pmd.young = pmd.dirty = False
+                flush.append(haddr)
+        return flush

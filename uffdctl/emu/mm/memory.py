@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import errno as E
 
+from .huge_memory import VM_FAULT_FALLBACK
 from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
                        PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_OK,
-                       VM_FAULT_SIGSEGV, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE,
+                       VM_FAULT_SIGSEGV, VM_HUGEPAGE, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE,
                        VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
 
 
@@ -41,6 +42,12 @@ class Memory:
         addr = self.page_base(vma, real_address)
         pte = self.ptes.get(addr)
         vmf = VmFault(vma, real_address, addr, write, pte, task)
+        if pte is None and not vma.hugetlb and (self.pmds or vma.flags & VM_HUGEPAGE or
+                                                 self.thp.any_always):
+            r = self.huge_pmd_fault(vmf)                 # huge_memory.py: the PMD level
+            if r != VM_FAULT_FALLBACK:
+                return r
+            vmf.orig_pte = pte = self.ptes.get(addr)     # split: the PTE level sees the new PTE
         if pte is None:
             return self.do_pte_missing(vmf)
         if not pte.present:
@@ -193,6 +200,8 @@ class Memory:
         # pte_install_uffd_wp_if_needed(): shmem only in a uffd-wp VMA; __unmap_hugepage_range(): always
         arm_wp = not final and (vma.hugetlb or not vma.anon and userfaultfd_wp(vma))
         keep_markers = not vma.anon and not final      # only an unmap drops a file VMA's uffd-wp markers
+        if self.pmds:
+            self.zap_huge_pmds(vma, start, end)
         flush = []
         for a in self.pte_keys(start, end, vma.page_size):
             pte = self.ptes[a]

@@ -10,7 +10,7 @@ import errno as E
 from ... import uapi
 from ..profiles import (UFFDIO_COPY_MODE_ACCESS_LIKELY, UFFDIO_COPY_MODE_WRITE_LIKELY)
 from .mm_types import (MFILL_ATOMIC_CONTINUE, MFILL_ATOMIC_COPY, MFILL_ATOMIC_POISON, MFILL_ATOMIC_ZEROPAGE,
-                       MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, PAGE_SIZE,
+                       HPAGE_SIZE, MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, PAGE_SIZE,
                        PTE_MARKER_GUARD, PTE_MARKER_POISONED, Pte, VM_EXEC, VM_READ, VM_WRITE,
                        make_pte_marker, userfaultfd_wp)
 
@@ -38,6 +38,9 @@ class Userfaultfd:
         step = vma.page_size
         while copied < length:
             if not vma.hugetlb:
+                if self.pmd_leaf(dst_start + copied):
+                    err = -E.EEXIST                   # "If the dst_pmd is THP don't override it"
+                    break
                 self.pte_alloc(dst_start + copied)    # the dst PTE table is allocated first
             err = self.mfill_atomic_pte(vma, kind, dst_start + copied, src_start + copied, wp, hints)
             if err:
@@ -179,6 +182,23 @@ class Userfaultfd:
         moved, err = 0, 0
         flush = []
         while moved < length:
+            s, d = src_start + moved, dst_start + moved
+            if self.pmd_leaf(s):                          # huge_memory.py: a PMD leaf under src
+                if s % HPAGE_SIZE or d % HPAGE_SIZE or length - moved < HPAGE_SIZE or not self.pmd_none(d):
+                    if not self.pmds[s & ~(HPAGE_SIZE - 1)].special and \
+                            not self.pmds[s & ~(HPAGE_SIZE - 1)].page.exclusive:
+                        err = -E.EBUSY
+                        break
+                    self.split_huge_pmd(src_vma, s & ~(HPAGE_SIZE - 1))   # the pages move one by one
+                else:
+                    err = self.move_pages_huge_pmd(dst_vma, src_vma, d, s, flush)
+                    if err:
+                        break
+                    moved += HPAGE_SIZE
+                    continue
+            if self.pmd_leaf(d):
+                err = -E.EEXIST
+                break
             if self.pmd_none(src_start + moved):          # no page table under src at all
                 if not mode & uapi.MoveMode.ALLOW_SRC_HOLES:
                     err = -E.ENOENT

@@ -1,0 +1,316 @@
+"""Transparent huge pages (mm/huge_memory.c, with the THP branches of mm/memory.c): the THP sysfs knobs as
+the model's own (:class:`ThpSettings`: never the host's), thp_vma_allowable_order(), the PMD-level fault
+(create_huge_pmd -> do_huge_pmd_anonymous_page, wp_huge_pmd -> do_huge_pmd_wp_page / do_huge_zero_wp_pmd,
+huge_pmd_set_accessed), __split_huge_pmd(), zap_huge_pmd(), change_huge_pmd(), move_huge_pmd() and
+move_pages_huge_pmd() (UFFDIO_MOVE of a whole PMD).
+
+A PMD leaf is ``mm.pmds[haddr]``: a Pte over a large folio (``Folio.pages``) or the huge zero folio
+(special).  What the rest of the model does not do at PMD level it does after split_huge_pmds(), as the
+kernel's walkers split a PMD a range covers only in part.
+
+Measured on the 6.18 host (tests/test_thp.py holds the model to each): a read fault in a THP-able VMA maps
+the huge zero PMD, a write fault a THP (PM_MMAP_EXCLUSIVE on each 4 KiB entry); a write to the huge zero
+PMD allocates a THP (do_huge_zero_wp_pmd, 6.13); a MISSING-registered VMA gets its userfault from the PMD
+path with no PTE table allocated, and UFFDIO_COPY / ZEROPAGE then install 4 KiB PTEs; a WP-registered VMA
+still gets THPs; UFFDIO_WRITEPROTECT of a whole anon PMD keeps it huge (pmd_mkuffd_wp), of part of one
+splits it.
+"""
+from __future__ import annotations
+
+import errno as E
+
+from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_PMD_NR, HPAGE_SIZE, PAGE_SIZE, Pte, VM_FAULT_OK,
+                       VM_HUGEPAGE, VM_NOHUGEPAGE, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE, userfaultfd_missing,
+                       userfaultfd_wp)
+
+VM_FAULT_FALLBACK = 0x800
+HUGE_ZERO_PFN = 0x200000          # the huge zero folio's (fake) PFN, 2 MiB-aligned as the kernel's
+
+# /sys/kernel/mm/transparent_hugepage/<knob>: the choices each takes (the one in [] is the value)
+_TOP = {"enabled": ("always", "madvise", "never"),
+        "defrag": ("always", "defer", "defer+madvise", "madvise", "never"),
+        "shmem_enabled": ("always", "within_size", "advise", "never", "deny", "force"),
+        "use_zero_page": None, "khugepaged/max_ptes_none": None, "khugepaged/max_ptes_swap": None,
+        "khugepaged/max_ptes_shared": None, "khugepaged/defrag": None}
+_NUMERIC = {"use_zero_page": (0, 1), "khugepaged/max_ptes_none": (0, HPAGE_PMD_NR - 1),
+            "khugepaged/max_ptes_swap": (0, HPAGE_PMD_NR - 1), "khugepaged/max_ptes_shared": (0, HPAGE_PMD_NR - 1),
+            "khugepaged/defrag": (0, 1)}
+_SIZE_ANON = ("always", "inherit", "madvise", "never")
+_SIZE_SHMEM = ("always", "inherit", "within_size", "advise", "never")
+
+
+class ThpSettings:
+    """The emulated kernel's transparent_hugepage sysfs directory (Debian's defaults: CONFIG_TRANSPARENT_HUGEPAGE_
+    MADVISE; the per-size directories of mTHP, 6.8 anon / 6.11 shmem, where the profile has them)."""
+
+    def __init__(self, profile, values: dict | None = None):
+        self.values: dict[str, str] = {"enabled": "madvise", "defrag": "madvise", "shmem_enabled": "never",
+                                       "use_zero_page": "1", "khugepaged/max_ptes_none": "511",
+                                       "khugepaged/max_ptes_swap": "64", "khugepaged/max_ptes_shared": "256",
+                                       "khugepaged/defrag": "1"}
+        self.choices: dict[str, tuple | None] = dict(_TOP)
+        if profile.mthp:              # anon orders 2..9 (16K..2M) on x86-64
+            for kb in (16 << i for i in range(8)):
+                self.values[f"hugepages-{kb}kB/enabled"] = "inherit" if kb == 2048 else "never"
+                self.choices[f"hugepages-{kb}kB/enabled"] = _SIZE_ANON
+        if profile.shmem_mthp:        # shmem orders 1..9 (8K..2M)
+            for kb in (8 << i for i in range(9)):
+                self.values[f"hugepages-{kb}kB/shmem_enabled"] = "inherit" if kb == 2048 else "never"
+                self.choices[f"hugepages-{kb}kB/shmem_enabled"] = _SIZE_SHMEM
+        self.any_always = False       # some anon knob says always: every anon VMA may take a PMD fault
+        for k, v in (values or {}).items():
+            err = self.set(k, v)
+            if err:
+                raise ValueError(err)
+
+    def set(self, knob: str, value) -> str | None:
+        """Write ``value`` to ``knob`` as the sysfs store would; an error text (the kernel's EINVAL) or None."""
+        knob = knob.removeprefix("/sys/kernel/mm/transparent_hugepage/")
+        value = str(value).strip()
+        if knob not in self.choices:
+            return f"no THP knob {knob!r} in this kernel (known: {', '.join(sorted(self.choices))})"
+        ch = self.choices[knob]
+        if ch is None:
+            lo, hi = _NUMERIC[knob]
+            if not value.isdigit() or not lo <= int(value) <= hi:
+                return f"{knob}: {value!r} is not a number in [{lo}, {hi}] (EINVAL)"
+        elif value not in ch:
+            return f"{knob}: {value!r} is not one of {', '.join(ch)} (EINVAL)"
+        self.values[knob] = value
+        self.any_always = self.anon_pmd_allowed(0)
+        return None
+
+    def show(self, knob: str) -> str:
+        """The sysfs text: ``always [madvise] never`` (or the number)."""
+        ch, v = self.choices[knob], self.values[knob]
+        return v if ch is None else " ".join(f"[{c}]" if c == v else c for c in ch)
+
+    def number(self, knob: str) -> int:
+        return int(self.values[knob])
+
+    def anon_pmd_allowed(self, vm_flags: int) -> bool:
+        """hugepage_vma_check() for anon PMD order: hugepages-2048kB/enabled (inherit: the top level)."""
+        v = self.values.get("hugepages-2048kB/enabled", "inherit")
+        if v == "inherit":
+            v = self.values["enabled"]
+        return v == "always" or v == "madvise" and bool(vm_flags & VM_HUGEPAGE)
+
+    def collapse_allowed(self, vm_flags: int) -> bool:
+        """khugepaged (not MADV_COLLAPSE) obeys the sysfs setting as a fault does."""
+        return self.anon_pmd_allowed(vm_flags)
+
+
+class HugeMemory:
+    """mm/huge_memory.c: the PMD-level fault, split, zap, protect and move."""
+
+    # -- the knobs and the eligibility rules -----------------------------------------------------------------
+    def vma_thp_disabled(self, vma) -> bool:
+        return bool(vma.flags & VM_NOHUGEPAGE) or vma.hugetlb
+
+    def thp_vma_suitable(self, vma, haddr: int) -> bool:
+        """thp_vma_suitable_order(PMD_ORDER): the aligned 2 MiB lies in the VMA (file: at a PMD-aligned
+        offset too)."""
+        if not vma.anon and (vma.start - vma.pgoff) % HPAGE_SIZE:
+            return False
+        return vma.start <= haddr and haddr + HPAGE_SIZE <= vma.end
+
+    def thp_fault_possible(self, vma) -> bool:
+        """Cheap gate of the fault path: could this VMA take a PMD fault at all?"""
+        return vma.anon and not self.vma_thp_disabled(vma) and self.thp.anon_pmd_allowed(vma.flags)
+
+    # -- the fault ---------------------------------------------------------------------------------------
+    def huge_pmd_fault(self, vmf) -> int:
+        """__handle_mm_fault()'s PMD level: create_huge_pmd() on a none PMD, wp_huge_pmd() /
+        huge_pmd_set_accessed() on a leaf; VM_FAULT_FALLBACK goes on to the PTE level."""
+        haddr = vmf.address & HPAGE_PMD_MASK
+        pmd = self.pmds.get(haddr) if self.pmds else None
+        if pmd is None:
+            if haddr >> 21 in self.pgtables or not self.thp_fault_possible(vmf.vma):
+                return VM_FAULT_FALLBACK
+            return self.do_huge_pmd_anonymous_page(vmf, haddr)
+        if vmf.write and not pmd.write:
+            return self.wp_huge_pmd(vmf, haddr, pmd)
+        pmd.young = True                                    # huge_pmd_set_accessed()
+        if vmf.write:
+            self.pte_mkdirty(pmd)
+        return VM_FAULT_OK
+
+    def huge_zero_folio(self) -> Folio:
+        z = getattr(self, "_huge_zero", None)
+        if z is None:
+            z = self._huge_zero = Folio(HUGE_ZERO_PFN, HPAGE_SIZE, anon=False, zero=True)
+            z.exclusive = False
+        return z
+
+    def alloc_thp(self, vma, data: bytes | None = None) -> Folio:
+        """vma_alloc_anon_folio_pmd(): a 2 MiB anon folio and its 512 pages (contiguous PFNs)."""
+        folio = self.alloc_anon(vma, HPAGE_SIZE)
+        folio.pages = []
+        for i in range(HPAGE_PMD_NR):
+            p = Folio(folio.pfn + i, PAGE_SIZE, True,
+                      None if data is None else bytearray(data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]))
+            p.head = folio
+            folio.pages.append(p)
+        return folio
+
+    def do_huge_pmd_anonymous_page(self, vmf, haddr: int) -> int:
+        vma = vmf.vma
+        if not self.thp_vma_suitable(vma, haddr):
+            return VM_FAULT_FALLBACK
+        self.anon_vma_prepare(vma)                          # vmf_anon_prepare()
+        if not vmf.write and self.thp.number("use_zero_page"):
+            if userfaultfd_missing(vma):                    # no PTE table is left behind
+                return self.handle_userfault(vmf, VM_UFFD_MISSING)
+            self.set_pmd(haddr, Pte(self.huge_zero_folio(), special=True, young=True))
+            return VM_FAULT_OK
+        if userfaultfd_missing(vma):                        # __do_huge_pmd_anonymous_page(): folio dropped
+            return self.handle_userfault(vmf, VM_UFFD_MISSING)
+        pmd = Pte(self.alloc_thp(vma), write=bool(vma.flags & VM_WRITE), young=True)
+        self.pte_mkdirty(pmd)
+        self.set_pmd(haddr, pmd)
+        return VM_FAULT_OK
+
+    def wp_huge_pmd(self, vmf, haddr: int, pmd: Pte) -> int:
+        vma = vmf.vma
+        if vma.anon:
+            if pmd.uffd_wp and userfaultfd_wp(vma):         # userfaultfd_huge_pmd_wp()
+                if not vma.ctx.wp_async:
+                    return self.handle_userfault(vmf, VM_UFFD_WP)
+            else:
+                return self.do_huge_pmd_wp_page(vmf, haddr, pmd)
+        self.split_huge_pmd(vma, haddr)                     # COW / write-notify / async WP at PTE level
+        return VM_FAULT_FALLBACK
+
+    def do_huge_pmd_wp_page(self, vmf, haddr: int, pmd: Pte) -> int:
+        vma = vmf.vma
+        if pmd.special:
+            if not self.profile.huge_zero_wp_thp:
+                self.split_huge_pmd(vma, haddr)
+                return VM_FAULT_FALLBACK
+            new = Pte(self.alloc_thp(vma), write=bool(vma.flags & VM_WRITE), young=True)   # do_huge_zero_wp_pmd()
+            self.pte_mkdirty(new)
+            self.set_pmd(haddr, new)
+            self.tlb.flush_range([haddr])
+            return VM_FAULT_OK
+        folio = pmd.page
+        if folio.exclusive or folio.mapcount == 1 and all(p.mapcount == 0 for p in folio.pages):
+            folio.exclusive = True                          # reuse
+            pmd.young, pmd.write = True, bool(vma.flags & VM_WRITE)
+            self.pte_mkdirty(pmd)
+            return VM_FAULT_OK
+        self.split_huge_pmd(vma, haddr)
+        return VM_FAULT_FALLBACK
+
+    # -- split --------------------------------------------------------------------------------------
+    def split_huge_pmd(self, vma, haddr: int) -> None:
+        """__split_huge_pmd_locked(): the leaf becomes a PTE table of 512 PTEs with its bits (zero PMD:
+        512 zero-page PTEs keeping uffd-wp); the folio stays (its pages keep PageAnonExclusive)."""
+        pmd = self.pmds.get(haddr)
+        if pmd is None:
+            return
+        self.set_pmd(haddr, None)
+        self.tlb.flush_range([haddr])
+        self.pte_alloc(haddr)
+        if pmd.special:
+            for i in range(HPAGE_PMD_NR):
+                self.set_pte(haddr + i * PAGE_SIZE, Pte(self.zero_page, special=True, young=True,
+                                                        uffd_wp=pmd.uffd_wp))
+            return
+        folio = pmd.page
+        for i, p in enumerate(folio.pages):
+            p.exclusive = folio.exclusive and folio.anon
+            self.set_pte(haddr + i * PAGE_SIZE, Pte(p, write=pmd.write, dirty=pmd.dirty, young=pmd.young,
+                                                    soft_dirty=pmd.soft_dirty or pmd.dirty, uffd_wp=pmd.uffd_wp))
+
+    def split_huge_pmds(self, vma, start: int, end: int, keep_whole: bool = False) -> list[int]:
+        """Split the leaves [start, end) covers in part (``keep_whole``) or at all; the leaves kept whole."""
+        if not self.pmds:
+            return []
+        whole = []
+        for haddr in sorted(h for h in self.pmds if h < end and start < h + HPAGE_SIZE):
+            if keep_whole and start <= haddr and haddr + HPAGE_SIZE <= end:
+                whole.append(haddr)
+            else:
+                self.split_huge_pmd(vma, haddr)
+        return whole
+
+    # -- zap, protect ---------------------------------------------------------------------------------
+    def zap_huge_pmds(self, vma, start: int, end: int) -> None:
+        """zap_pmd_range(): a leaf [start, end) covers whole goes (zap_huge_pmd(): the PMD is none after, no
+        PTE table), one covered in part is split first."""
+        for haddr in self.split_huge_pmds(vma, start, end, keep_whole=True):
+            self.set_pmd(haddr, None)
+            self.tlb.flush_range([haddr])
+
+    def change_huge_pmds(self, vma, start: int, end: int, newprot_writable: bool, cp_flags: int) -> int:
+        """change_pmd_range(): change_huge_pmd() on whole anon leaves; split where the range covers part of
+        one, and for uffd-wp on file VMAs (pgtable_split_needed()).  Returns the pages changed."""
+        from .mm_types import MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE
+        keep = vma.anon or not cp_flags & MM_CP_UFFD_WP
+        pages, flush = 0, []
+        for haddr in self.split_huge_pmds(vma, start, end, keep_whole=keep):
+            pmd = self.pmds[haddr]
+            new = pmd.copy()
+            new.write = newprot_writable and not pmd.special
+            if cp_flags & MM_CP_UFFD_WP:
+                new.uffd_wp, new.write = True, False
+            elif cp_flags & MM_CP_UFFD_WP_RESOLVE:
+                new.uffd_wp = False
+            if cp_flags & MM_CP_TRY_CHANGE_WRITABLE and not new.write and not pmd.special and \
+                    self.can_change_pmd_writable(vma, new):
+                new.write = True
+            if self.needs_flush(pmd, new):
+                flush.append(haddr)
+            self.pmds[haddr] = new
+            pages += HPAGE_PMD_NR
+        self.tlb.flush_range(flush)
+        return pages
+
+    def can_change_pmd_writable(self, vma, pmd: Pte) -> bool:
+        if not vma.flags & VM_WRITE or pmd.uffd_wp:
+            return False
+        if self.vma_soft_dirty_enabled(vma) and not pmd.soft_dirty:
+            return False
+        if not vma.shared:
+            return pmd.page.anon and pmd.page.exclusive
+        return pmd.dirty
+
+    # -- mremap, UFFDIO_MOVE ----------------------------------------------------------------------------
+    def move_huge_pmds(self, vma, old: int, length: int, dst: int, clear_uffd_wp: bool) -> list[int]:
+        """move_page_tables()' PMD step: a whole leaf moving to a 2 MiB-aligned destination moves as a leaf
+        (move_huge_pmd(), soft-dirty set, uffd-wp cleared by clear_uffd_wp_pmd() where asked); any other
+        leaf in the range is split first.  Returns the old addresses moved."""
+        if not self.pmds:
+            return []
+        aligned = (dst - old) % HPAGE_SIZE == 0
+        moved = []
+        for haddr in self.split_huge_pmds(vma, old, old + length, keep_whole=aligned):
+            pmd = self.pmds.pop(haddr)
+            if clear_uffd_wp:
+                pmd.uffd_wp = False
+            pmd.soft_dirty = True
+            self.pmds[dst + haddr - old] = pmd
+            moved.append(haddr)
+        return moved
+
+    def move_pages_huge_pmd(self, dst_vma, src_vma, dst: int, src: int, flush: list) -> int:
+        """move_pages_huge_pmd(): the source leaf moves whole to a none destination PMD; the huge zero PMD
+        moves as such; a folio mapped elsewhere too is -EBUSY (the caller then splits)."""
+        pmd = self.pmds[src]
+        if not self.pmd_none(dst):
+            return -E.EEXIST
+        if not pmd.special:
+            folio = pmd.page
+            if not folio.anon or not folio.exclusive or folio.mapcount != 1 or any(p.mapcount for p in folio.pages):
+                return -E.EBUSY
+        self.set_pmd(src, None)
+        flush.append(src)
+        new = Pte(pmd.page, special=pmd.special, young=True)
+        if not pmd.special:
+            new.write, new.soft_dirty = True, True
+            new.dirty = pmd.dirty if self.profile.move_dirty_from_src else True
+        self.set_pmd(dst, new)
+        return 0
+
+
+__all__ = ["ThpSettings", "HugeMemory", "VM_FAULT_FALLBACK", "HUGE_ZERO_PFN"]
