@@ -331,6 +331,15 @@ class Backend(abc.ABC):
         two-letter codes) and the numeric fields in bytes (``Rss``, ``AnonHugePages``, ``Swap``, ...)."""
         raise NotModelled("smaps VMAs")
 
+    def thp_knob(self, knob: str) -> str | None:
+        """The text of transparent_hugepage/<knob> (``enabled``, ``hugepages-16kB/shmem_enabled`` ...) of the
+        kernel this backend is (a model: its own knobs, never the host's); None: no such knob."""
+        raise NotModelled("THP sysfs knobs")
+
+    def set_thp_knob(self, knob: str, value: str) -> None:
+        """Write a THP knob (a model's own; uffdctl never writes the host's sysfs)."""
+        raise Unsupported(f"uffdctl never writes the host's /sys/kernel/mm/transparent_hugepage/{knob}")
+
     def swap_on(self, size: int, directory: str | None = None) -> dict:
         """A swapfile of ``size`` bytes made, mkswap'd and swapon'd; removed by swap_off/close."""
         raise NotModelled("swap")

@@ -403,6 +403,15 @@ class EmuBackend(Backend):
     def regions(self) -> dict[str, Region]:
         return dict(self._regions)
 
+    def thp_knob(self, knob):
+        return self.mm.thp.show(knob) if knob in self.mm.thp.choices else None
+
+    def set_thp_knob(self, knob, value):
+        """The emulated kernel's sysfs store: a bad value is EINVAL, as the kernel's."""
+        err = self.mm.thp.set(knob, value)
+        if err:
+            raise uffd_error(E.EINVAL, "thp", message=err)
+
     # -- userfaultfd ----------------------------------------------------------------------
     def userfaultfd(self, flags=uapi.O_CLOEXEC | uapi.O_NONBLOCK, via="auto") -> EmuUffd:
         if via not in ("auto", "syscall", "dev"):

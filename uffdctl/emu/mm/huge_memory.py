@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno as E
 
 from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_PMD_NR, HPAGE_SIZE, PAGE_SIZE, Pte, VM_FAULT_OK,
-                       VM_HUGEPAGE, VM_NOHUGEPAGE, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE, userfaultfd_missing,
+                       VM_HUGEPAGE, VM_NOHUGEPAGE, VM_UFFD_FLAGS, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE, userfaultfd_missing,
                        userfaultfd_wp)
 
 VM_FAULT_FALLBACK = 0x800
@@ -77,7 +77,7 @@ class ThpSettings:
         elif value not in ch:
             return f"{knob}: {value!r} is not one of {', '.join(ch)} (EINVAL)"
         self.values[knob] = value
-        self.any_always = self.anon_pmd_allowed(0)
+        self.any_always = any(self.anon_size_allowed(16 << i, 0) for i in range(8)) or self.anon_pmd_allowed(0)
         return None
 
     def show(self, knob: str) -> str:
@@ -94,6 +94,23 @@ class ThpSettings:
         if v == "inherit":
             v = self.values["enabled"]
         return v == "always" or v == "madvise" and bool(vm_flags & VM_HUGEPAGE)
+
+    def anon_size_allowed(self, kb: int, vm_flags: int) -> bool:
+        """hugepages-<kb>kB/enabled: always, madvise (VM_HUGEPAGE), inherit (the top-level knob), never."""
+        v = self.values.get(f"hugepages-{kb}kB/enabled", "never")
+        if v == "inherit":
+            v = self.values["enabled"]
+        return v == "always" or v == "madvise" and bool(vm_flags & VM_HUGEPAGE)
+
+    def shmem_size_allowed(self, kb: int, vm_flags: int, fits: bool) -> bool:
+        """hugepages-<kb>kB/shmem_enabled (inherit: the top-level shmem_enabled) for a memfd fault
+        [measured on 6.18: a memfd with hugepages-16kB/shmem_enabled=always gets 16K folios]."""
+        v = self.values.get(f"hugepages-{kb}kB/shmem_enabled", "never" if kb != 2048 else "inherit")
+        if v == "inherit":
+            v = self.values["shmem_enabled"]
+            if v == "force":
+                return True
+        return v == "always" or v == "within_size" and fits or v == "advise" and bool(vm_flags & VM_HUGEPAGE)
 
     def collapse_allowed(self, vm_flags: int) -> bool:
         """khugepaged (not MADV_COLLAPSE) obeys the sysfs setting as a fault does."""
@@ -135,6 +152,33 @@ class HugeMemory:
             self.pte_mkdirty(pmd)
         return VM_FAULT_OK
 
+    def alloc_anon_folio(self, vmf) -> tuple[int, int] | None:
+        """alloc_anon_folio()'s order choice for a write fault (mTHP, 6.8): the largest enabled size below PMD
+        whose aligned range lies in the VMA with every PTE none; order 0 (None) in a registered VMA
+        (userfaultfd_armed()) or when no size is enabled.  Returns (address, size)."""
+        vma = vmf.vma
+        if not self.profile.mthp or vma.flags & VM_UFFD_FLAGS or self.vma_thp_disabled(vma):
+            return None
+        for kb in (1024 >> i for i in range(7)):
+            if not self.thp.anon_size_allowed(kb, vma.flags):
+                continue
+            size = kb << 10
+            a = vmf.address & ~(size - 1)
+            if vma.start <= a and a + size <= vma.end and not self.pte_keys(a, a + size, PAGE_SIZE):
+                return a, size
+        return None
+
+    def alloc_large_folio(self, vma, size: int, anon: bool = True, data: bytes | None = None) -> Folio:
+        """A large folio of ``size`` bytes and its 4 KiB pages (contiguous PFNs)."""
+        folio = self.alloc_anon(vma, size) if anon else self.alloc_folio(size, False)
+        folio.pages = []
+        for i in range(size // PAGE_SIZE):
+            p = Folio(folio.pfn + i, PAGE_SIZE, anon,
+                      None if data is None else bytearray(data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]))
+            p.head = folio
+            folio.pages.append(p)
+        return folio
+
     def huge_zero_folio(self) -> Folio:
         z = getattr(self, "_huge_zero", None)
         if z is None:
@@ -144,14 +188,7 @@ class HugeMemory:
 
     def alloc_thp(self, vma, data: bytes | None = None) -> Folio:
         """vma_alloc_anon_folio_pmd(): a 2 MiB anon folio and its 512 pages (contiguous PFNs)."""
-        folio = self.alloc_anon(vma, HPAGE_SIZE)
-        folio.pages = []
-        for i in range(HPAGE_PMD_NR):
-            p = Folio(folio.pfn + i, PAGE_SIZE, True,
-                      None if data is None else bytearray(data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE]))
-            p.head = folio
-            folio.pages.append(p)
-        return folio
+        return self.alloc_large_folio(vma, HPAGE_SIZE, True, data)
 
     def do_huge_pmd_anonymous_page(self, vmf, haddr: int) -> int:
         vma = vmf.vma

@@ -95,6 +95,13 @@ class Memory:
             return self.handle_userfault(vmf, VM_UFFD_MISSING)
         if not vmf.write:
             pte = Pte(self.zero_page, special=True, young=True, uffd_wp=uffd_wp)
+        elif self.profile.mthp and (m := self.alloc_anon_folio(vmf)) is not None:   # huge_memory.py: mTHP
+            a, size = m
+            for i, p in enumerate(self.alloc_large_folio(vma, size).pages):
+                new = Pte(p, write=True, young=True)
+                self.pte_mkdirty(new)
+                self.set_pte(a + i * PAGE_SIZE, new)
+            return VM_FAULT_OK
         else:
             pte = Pte(self.alloc_anon(vma, PAGE_SIZE), write=True, young=True)
             self.pte_mkdirty(pte)
