@@ -4,6 +4,11 @@ have a PTE table (``mm.pgtables``: pte_alloc() adds one, free_pgtables() drops i
 (``mm.pmds``: 2 MiB-aligned address -> a Pte whose page is a THP or the huge zero folio: pmd_trans_huge;
 huge_memory.py makes and splits them).  A PMD is none, a leaf or a table, never two of them.  Walks
 cost what exists, never the size of a range.
+
+A PTE value is one of: present (``pte.page``), a PTE marker (``pte.marker``: uffd-wp, poison, guard) or a
+swap entry (``pte.swp``, :func:`~.mm_types.swp_entry`, the swp uffd-wp / soft-dirty bits in ``uffd_wp`` /
+``soft_dirty``; the slot and the swap cache are ``swapfile``'s).  Only set_pte() keeps mapcounts, and only
+for present PTEs.
 """
 from __future__ import annotations
 

@@ -64,6 +64,13 @@ def pagemap_pte(mm, addr: int) -> int:
         return flags
     if not pte.present and vma.hugetlb:       # pagemap_hugetlb_range(): no PM_SWAP for markers
         return flags | (uapi.PM_UFFD_WP if pte.marker & PTE_MARKER_UFFD_WP else 0)
+    if pte.swp is not None:                   # a swap entry: type | offset << 5, swp uffd-wp / soft-dirty, no X
+        flags |= uapi.PM_SWAP | pte.swp
+        if pte.uffd_wp:
+            flags |= uapi.PM_UFFD_WP
+        if mm.soft_dirty_config and pte.soft_dirty:
+            flags |= uapi.PM_SOFT_DIRTY
+        return flags
     if not pte.present:
         flags |= uapi.PM_SWAP | mm.profile.pte_marker_swp_type | (pte.marker << 5)
         if pte.marker & PTE_MARKER_UFFD_WP or pte.uffd_wp:
@@ -171,6 +178,8 @@ def pagemap_scan_category(mm, vma, pte: Pte | None, has_table: bool = True) -> i
         cat |= C.WRITTEN
     if pte.marker & PTE_MARKER_GUARD and mm.profile.pagemap_guard_bit:
         cat |= C.GUARD
+    if pte.swp is not None and mm.soft_dirty_config and pte.soft_dirty:   # pte_swp_soft_dirty()
+        cat |= C.SOFT_DIRTY
     return int(cat)
 
 

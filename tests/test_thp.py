@@ -1,0 +1,287 @@
+"""THP (emu/mm/huge_memory.py, khugepaged.py) held to the host kernel, side by side: each case runs on the
+kernel and on the emulator (profile 6.18, soft-dirty off) and the observations must be equal, and each
+case also states on the emulator what it shows (so a model that does nothing fails too).
+
+Observations are region-relative: PAGEMAP_SCAN runs (first page, end page, PRESENT|HUGE|PFNZERO|WRITTEN),
+pagemap PFN offsets and the exclusive / uffd-wp bits, errnos, fault message offsets.  The kernel's THP
+allocation can fail (fragmentation): a case whose kernel side got no PMD where the model has one is skipped
+with the kernel's own thp_fault_fallback / thp_collapse_alloc_failed counts, never silently.
+"""
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from conftest import require_kernel
+from uffdctl import uapi
+from uffdctl.errors import UffdError
+from uffdctl.registry import open_backend
+
+M2 = 2 << 20
+C = uapi.PageCategory
+RET = int(C.HUGE | C.PRESENT | C.PFNZERO | C.WRITTEN)
+
+
+def vmstat() -> dict:
+    with open("/proc/vmstat") as f:
+        return {k: int(v) for k, v in (ln.split() for ln in f)}
+
+
+class Probe:
+    def __init__(self, b):
+        self.b = b
+
+    def region(self, size=2 * M2, hp=True, memtype="anon"):
+        b = self.b
+        tmp = b.mmap(size + M2, memtype)
+        a = (tmp.addr + M2 - 1) & ~(M2 - 1)
+        b.munmap(tmp.addr, tmp.len)
+        r = b.mmap(size, memtype, addr=a)
+        if hp:
+            b.madvise(r.addr, r.len, uapi.MADV_HUGEPAGE)
+        return r
+
+    def scan(self, r):
+        s = self.b.pagemap_scan(r.addr, r.addr + r.len, category_anyof_mask=int(C.PRESENT | C.SWAPPED),
+                                return_mask=RET)
+        return [((x - r.addr) >> 12, (y - r.addr) >> 12, int(c)) for x, y, c in s.regions]
+
+    def pm(self, r, i, n=1):
+        v = self.b.pagemap(r.addr + i * 4096, n)
+        pfn0 = v[0] & ((1 << 55) - 1)
+        return [(e >> 63 & 1, e >> 61 & 1, e >> 57 & 1, e >> 56 & 1, (e & ((1 << 55) - 1)) - pfn0) for e in v]
+
+    def madvise(self, r, advice, n=M2):
+        try:
+            self.b.madvise(r.addr, n, advice)
+            return "ok"
+        except UffdError as e:
+            return errno.errorcode.get(e.errno)
+
+
+# -- the cases: (probe) -> observation ------------------------------------------------------------------------
+def read_fault(p):
+    r = p.region(); p.b.read(r.addr, 1)
+    return p.scan(r), p.pm(r, 0, 2)
+
+
+def write_fault(p):
+    r = p.region(); p.b.write(r.addr + 4096, b"x")
+    return p.scan(r), p.pm(r, 0, 3)
+
+
+def read_then_write(p):          # do_huge_zero_wp_pmd() (6.13): the huge zero PMD becomes a THP
+    r = p.region(); p.b.read(r.addr, 1); p.b.write(r.addr + 8192, b"x")
+    return p.scan(r), p.pm(r, 0, 2)
+
+
+def nohugepage(p):
+    r = p.region(hp=False); p.b.write(r.addr, b"x")
+    return p.scan(r)
+
+
+def missing_write(p):            # the PMD path's userfault: no PTE table; COPY then maps 4 KiB
+    b = p.b
+    r = p.region(); u = b.userfaultfd(); u.api(0); u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
+    acc = b.thread("t").access(r.addr + 4096 * 3, 1, True)
+    m = u.wait_msgs(5); src = b.mmap(4096, "anon"); b.write(src.addr, b"y")
+    u.copy(m[0].address & ~4095, src.addr, 4096); acc.wait(5)
+    out = [(x.address - r.addr, x.flags) for x in m], p.scan(r)
+    u.close()
+    return out
+
+
+def missing_read_zeropage(p):
+    b = p.b
+    r = p.region(); u = b.userfaultfd(); u.api(0); u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
+    acc = b.thread("t").access(r.addr + 4096 * 3, 1, False)
+    m = u.wait_msgs(5); u.zeropage(r.addr, M2); acc.wait(5)
+    out = [(x.address - r.addr, x.flags) for x in m], p.scan(r)
+    u.close()
+    return out
+
+
+def wp_registered_fault(p):      # a WP registration does not stop THPs
+    r = p.region(); u = p.b.userfaultfd(); u.api(0); u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    p.b.write(r.addr, b"x"); out = p.scan(r); u.close()
+    return out
+
+
+def wp_whole_pmd(p):             # pmd_mkuffd_wp(): stays huge; the WP fault, unprotect, still huge
+    b = p.b
+    r = p.region(); b.write(r.addr, b"x"); u = b.userfaultfd(); u.api(0)
+    u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    u.writeprotect(r.addr, M2, uapi.WriteprotectMode.WP); s1 = p.scan(r); wp = p.pm(r, 0, 2)
+    acc = b.thread("t").access(r.addr + 4096 * 5, 1, True); m = u.wait_msgs(5)
+    u.writeprotect(r.addr, M2, 0); acc.wait(5); s2 = p.scan(r)
+    u.close()
+    return s1, wp, [(x.address - r.addr, x.flags) for x in m], s2
+
+
+def wp_part_of_pmd(p):           # split_huge_pmd()
+    r = p.region(); p.b.write(r.addr, b"x"); u = p.b.userfaultfd(); u.api(0)
+    u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    u.writeprotect(r.addr, 4096 * 4, uapi.WriteprotectMode.WP); out = p.scan(r), p.pm(r, 3, 2); u.close()
+    return out
+
+
+def wp_huge_zero(p):
+    r = p.region(); p.b.read(r.addr, 1); u = p.b.userfaultfd(); u.api(0)
+    u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    u.writeprotect(r.addr, M2, uapi.WriteprotectMode.WP); s1 = p.scan(r); wp = p.pm(r, 0, 2)
+    u.writeprotect(r.addr, M2, 0); s2 = p.scan(r); u.close()
+    return s1, wp, s2
+
+
+def collapse_cases(p):
+    b, out = p.b, {}
+    r = p.region(); out["empty"] = p.madvise(r, uapi.MADV_COLLAPSE), p.scan(r)
+    r = p.region(hp=False); b.write(r.addr, b"x"); b.madvise(r.addr, r.len, uapi.MADV_HUGEPAGE)
+    out["one"] = p.madvise(r, uapi.MADV_COLLAPSE), p.scan(r), p.pm(r, 0, 2)
+    r = p.region(hp=False); b.write(r.addr, b"x"); out["nohugepage"] = p.madvise(r, uapi.MADV_COLLAPSE)
+    for mode in (uapi.RegisterMode.MISSING, uapi.RegisterMode.WP):
+        r = p.region(hp=False); b.write(r.addr, b"x"); b.madvise(r.addr, r.len, uapi.MADV_HUGEPAGE)
+        u = b.userfaultfd(); u.api(0); u.register(r.addr, r.len, mode)
+        out[f"armed-{mode}"] = p.madvise(r, uapi.MADV_COLLAPSE), p.scan(r); u.close()
+    r = p.region(hp=False); b.write(r.addr, b"x" * M2); b.madvise(r.addr, r.len, uapi.MADV_HUGEPAGE)
+    u = b.userfaultfd(); u.api(0); u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
+    out["full-missing"] = p.madvise(r, uapi.MADV_COLLAPSE), p.scan(r); u.close()
+    r = p.region(hp=False); b.write(r.addr, b"x" * M2); b.madvise(r.addr, r.len, uapi.MADV_HUGEPAGE)
+    u = b.userfaultfd(); u.api(0); u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    u.writeprotect(r.addr + 4096, 4096, uapi.WriteprotectMode.WP)
+    out["uffd-wp-pte"] = p.madvise(r, uapi.MADV_COLLAPSE), p.scan(r); u.close()
+    r = p.region(hp=False); b.read(r.addr, 4096 * 3); b.madvise(r.addr, r.len, uapi.MADV_HUGEPAGE)
+    out["zero-ptes"] = p.madvise(r, uapi.MADV_COLLAPSE), p.scan(r)
+    r = p.region(); b.read(r.addr, 1); out["huge-zero"] = p.madvise(r, uapi.MADV_COLLAPSE), p.scan(r)
+    r = p.region(hp=False); b.write(r.addr, b"x"); b.madvise(r.addr, r.len, uapi.MADV_HUGEPAGE)
+    out["short"] = p.madvise(r, uapi.MADV_COLLAPSE, 4096), p.scan(r)
+    return out
+
+
+def zap_protect_cases(p):
+    b, out = p.b, {}
+    r = p.region(); b.write(r.addr, b"x"); b.madvise(r.addr, 4096 * 8, uapi.MADV_DONTNEED)
+    out["dontneed-part"] = p.scan(r), [x[:4] for x in p.pm(r, 7, 3)]
+    r = p.region(); b.write(r.addr, b"x"); b.madvise(r.addr, M2, uapi.MADV_DONTNEED)
+    out["dontneed-all"] = p.scan(r), b.pagemap_scan(r.addr, r.addr + M2, category_mask=int(C.WRITTEN),
+                                                    return_mask=int(C.WRITTEN)).regions
+    r = p.region(); b.write(r.addr, b"x"); b.mprotect(r.addr, 4096, uapi.PROT_READ); out["mprotect-part"] = p.scan(r)
+    r = p.region(); b.write(r.addr, b"x"); b.mprotect(r.addr, M2, uapi.PROT_READ); s = p.scan(r)
+    b.mprotect(r.addr, M2, uapi.PROT_READ | uapi.PROT_WRITE); b.write(r.addr, b"y"); out["mprotect-all"] = s, p.scan(r)
+    r = p.region(); b.write(r.addr, b"x"); b.madvise(r.addr, M2, uapi.MADV_FREE); out["free-all"] = p.scan(r)
+    r = p.region(); b.read(r.addr, 1); b.madvise(r.addr, 4096, uapi.MADV_DONTNEED); out["zero-part"] = p.scan(r)
+    return out
+
+
+CASES = [read_fault, write_fault, read_then_write, nohugepage, missing_write, missing_read_zeropage,
+         wp_registered_fault, wp_whole_pmd, wp_part_of_pmd, wp_huge_zero, collapse_cases, zap_protect_cases]
+
+# What the emulator must show by itself (so that agreeing on "nothing happened" cannot pass).
+H, Z, P, W = int(C.HUGE), int(C.PFNZERO), int(C.PRESENT), int(C.WRITTEN)
+EMU_EXPECT = {
+    "read_fault": lambda o: o[0] == [(0, 512, H | Z | P | W)],
+    "write_fault": lambda o: o[0] == [(0, 512, H | P | W)] and o[1][2][3] == 1,
+    "read_then_write": lambda o: o[0] == [(0, 512, H | P | W)],
+    "nohugepage": lambda o: o == [(0, 1, P | W)],
+    "missing_write": lambda o: o == ([(0x3000, 1)], [(3, 4, P | W)]),
+    "wp_whole_pmd": lambda o: o[0] == [(0, 512, H | P)] and o[1][0][2] == 1 and o[2] == [(0x5000, 3)],
+    "wp_part_of_pmd": lambda o: o[0] == [(0, 4, P), (4, 512, P | W)],
+    "collapse_cases": lambda o: (o["empty"][0], o["one"][0], o["armed-1"][0], o["armed-2"][0],
+                                 o["uffd-wp-pte"][0], o["zero-ptes"][0]) == ("EINVAL", "ok", "EBUSY", "EBUSY",
+                                                                            "EINVAL", "EINVAL"),
+}
+
+
+def _huge_pages(obs) -> int:
+    """Pages the observation's scan runs show HUGE."""
+    if isinstance(obs, dict):
+        return sum(_huge_pages(v) for v in obs.values())
+    if isinstance(obs, (list, tuple)):
+        if len(obs) == 3 and all(isinstance(x, int) for x in obs):
+            return obs[1] - obs[0] if obs[2] & H else 0
+        return sum(_huge_pages(v) for v in obs)
+    return 0
+
+
+def _open_kernel():
+    try:
+        return open_backend("kernel")
+    except Exception as e:                      # BackendUnavailable and friends: a property of this host
+        from uffdctl.errors import UffdctlError
+        if isinstance(e, UffdctlError):
+            return e
+        raise
+
+
+def _thp_reason():
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            if "[never]" in f.read():
+                return "THP is disabled on this host: transparent_hugepage/enabled is [never]"
+    except OSError:
+        return "no /sys/kernel/mm/transparent_hugepage (CONFIG_TRANSPARENT_HUGEPAGE=n)"
+    return None
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
+def test_thp_side_by_side(case):
+    e = open_backend("emu", profile="6.18", soft_dirty=False)
+    try:
+        emu = case(Probe(e))
+    finally:
+        e.close()
+    check = EMU_EXPECT.get(case.__name__)
+    assert check is None or check(emu), f"{case.__name__} on the emulator: {emu!r}"
+    reason = _thp_reason()
+    k = _open_kernel()
+    if reason or not hasattr(k, "mmap"):
+        require_kernel(reason or f"no kernel backend: {k}")
+    before = vmstat()
+    try:
+        kern = case(Probe(k))
+    finally:
+        k.close()
+    after = vmstat()
+    if kern != emu and _huge_pages(kern) < _huge_pages(emu):
+        fails = {c: after.get(c, 0) - before.get(c, 0) for c in ("thp_fault_fallback", "thp_collapse_alloc_failed")}
+        if any(fails.values()):
+            pytest.skip(f"the kernel got no PMD where the model has one: THP allocation failed here ({fails})")
+    assert kern == emu, f"{case.__name__}: kernel {kern!r}\n  emulator {emu!r}"
+
+
+def test_broken_rule_is_caught():
+    """A model without do_huge_zero_wp_pmd() (the 6.12 rule, switched on in a 6.18 model) splits the huge zero
+    PMD on a write: the side-by-side sees 4 KiB pages where the 6.18 kernel has a THP."""
+    good = open_backend("emu", profile="6.18", soft_dirty=False)
+    bad = open_backend("emu", profile="6.18", soft_dirty=False, switches={"huge_zero_wp_thp": False})
+    try:
+        g, w = read_then_write(Probe(good)), read_then_write(Probe(bad))
+    finally:
+        good.close(), bad.close()
+    assert g[0] == [(0, 512, H | P | W)] and w[0] == [(0, 2, Z | P | W), (2, 3, P | W), (3, 512, Z | P | W)]
+
+
+def test_knobs_are_the_models_own():
+    b = open_backend("emu", profile="6.18")
+    try:
+        assert b.thp_knob("enabled") == "always [madvise] never"
+        assert b.thp_knob("hugepages-2048kB/enabled") == "always [inherit] madvise never"
+        b.set_thp_knob("enabled", "never")
+        p = Probe(b)
+        assert write_fault(p)[0] == [(1, 2, P | W)]                                 # no THP with [never]
+        b.set_thp_knob("hugepages-16kB/enabled", "always")
+        r = p.region(hp=False)
+        b.madvise(r.addr, r.len, uapi.MADV_HUGEPAGE)
+        b.write(r.addr + 4096, b"x")                                                # a 16K mTHP
+        assert p.scan(r) == [(0, 4, P | W)]
+        with pytest.raises(UffdError, match="EINVAL|not one of"):
+            b.set_thp_knob("enabled", "sometimes")
+        assert b.thp_knob("no_such_knob") is None
+    finally:
+        b.close()
+    old = open_backend("emu", profile="6.1")
+    try:
+        assert old.thp_knob("hugepages-16kB/enabled") is None    # no mTHP before 6.8
+    finally:
+        old.close()
