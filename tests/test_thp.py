@@ -285,3 +285,45 @@ def test_knobs_are_the_models_own():
         assert old.thp_knob("hugepages-16kB/enabled") is None    # no mTHP before 6.8
     finally:
         old.close()
+
+
+THP_SCRIPT = """\
+mmap --size 4M --thp --name huge
+expect addr huge:0 aligned=2M
+expect vma huge flags=hg,!nh
+touch huge:0 --write --wait
+expect vma huge AnonHugePages=2M
+expect scan huge --category-mask huge --return-mask huge regions=1 r0.start=huge:0 r0.end=huge:512
+expect scan huge --category-mask present,huge regions=1 r0.categories=present|huge|written
+mmap --size 2M --align 2M --name small
+touch small:0 --write --wait
+expect vma small flags=nh AnonHugePages=0
+madvise small --advice hugepage
+expect vma small flags=hg,!nh
+madvise small --advice collapse
+expect vma small AnonHugePages=2M
+expect pagemap small:0-511 present=1
+"""
+
+
+@pytest.mark.parametrize("backend_name", ["kernel", "emu"])
+def test_thp_script_on_both(backend_name, tmp_path):
+    """The mmops THP script (smaps VmFlags hg/nh, AnonHugePages, PAGE_IS_HUGE, MADV_COLLAPSE) passes on the
+    kernel and on the host model (profile 6.18, soft-dirty off)."""
+    from uffdctl.script import run_file
+    if backend_name == "kernel":
+        reason = _thp_reason()
+        k = _open_kernel()
+        if reason or not hasattr(k, "mmap"):
+            require_kernel(reason or f"no kernel backend: {k}")
+        b = k
+    else:
+        b = open_backend("emu", profile="6.18", soft_dirty=False)
+    f = tmp_path / "thp.uffd"
+    f.write_text(THP_SCRIPT)
+    res = run_file(str(f), backend=b)
+    if not res["ok"] and backend_name == "kernel" and "AnonHugePages" in str(res.get("error")):
+        st = vmstat()
+        pytest.skip(f"the kernel got no THP here (thp_fault_fallback={st.get('thp_fault_fallback')}, "
+                    f"thp_collapse_alloc_failed={st.get('thp_collapse_alloc_failed')}): {res['error']}")
+    assert res["ok"], res.get("error")

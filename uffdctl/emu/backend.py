@@ -403,6 +403,9 @@ class EmuBackend(Backend):
     def regions(self) -> dict[str, Region]:
         return dict(self._regions)
 
+    def smaps_vmas(self, start, end):
+        return task_mmu.smaps_vmas(self.mm, start, end)
+
     def thp_knob(self, knob):
         return self.mm.thp.show(knob) if knob in self.mm.thp.choices else None
 

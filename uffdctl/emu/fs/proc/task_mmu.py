@@ -183,6 +183,48 @@ def pagemap_scan_category(mm, vma, pte: Pte | None, has_table: bool = True) -> i
     return int(cat)
 
 
+# show_smap_vma_flags(): the two-letter codes of the VM_* flags the model carries, in the kernel's order
+_VMFLAG_CODES = (("rd", 0x1), ("wr", 0x2), ("ex", 0x4), ("sh", 0x8), ("mr", 0x10), ("mw", 0x20), ("me", 0x40),
+                 ("ms", 0x80), ("ht", 0x400000), ("sd", VM_SOFTDIRTY), ("hg", 0x20000000), ("nh", 0x40000000),
+                 ("um", 0x200), ("uw", 0x1000), ("ui", 1 << 38))
+
+
+def smaps_vmas(mm, start: int, end: int) -> list[dict]:
+    """/proc/PID/smaps entries of the VMAs overlapping [start, end), in uffdctl.kernel_mm.parse_smaps()'s shape:
+    start, end, perms, path, flags (VmFlags codes) and the fields the model knows, in bytes: Size, Rss,
+    Anonymous, AnonHugePages, ShmemPmdMapped, Private_Dirty, Swap, Locked (smaps_pte_entry() /
+    smaps_pmd_entry(): the zero pages are not counted)."""
+    out = []
+    for vma in mm.vmas_in(start, end):
+        f = vma.flags
+        rss = anon = swap = 0
+        for a in mm.pte_keys(vma.start, vma.end, vma.page_size):
+            pte = mm.ptes[a]
+            if pte.present and not pte.special:
+                rss += vma.page_size
+                anon += vma.page_size if pte.page.anon else 0
+            elif not pte.present and getattr(pte, "swp", None) is not None:
+                swap += vma.page_size
+        thp = shmem_pmd = 0
+        for pmd in _leaves(mm, vma):
+            if not pmd.special:
+                rss += HPAGE_SIZE
+                if pmd.page.anon:
+                    anon += HPAGE_SIZE
+                    thp += HPAGE_SIZE
+                else:
+                    shmem_pmd += HPAGE_SIZE
+        perms = "".join(c if f & b else "-" for c, b in (("r", 0x1), ("w", 0x2), ("x", 0x4))) + \
+            ("s" if f & 0x80 else "p")
+        flags = [c for c, b in _VMFLAG_CODES if f & b and (c != "sd" or mm.soft_dirty_config)]
+        out.append({"start": vma.start, "end": vma.end, "perms": perms,
+                    "path": "" if vma.anon else f"/memfd:{vma.file.name} (deleted)", "flags": flags,
+                    "Size": vma.end - vma.start, "Rss": rss, "Anonymous": anon, "AnonHugePages": thp,
+                    "ShmemPmdMapped": shmem_pmd, "Private_Dirty": smaps_private_dirty(mm, vma), "Swap": swap,
+                    "Locked": 0})
+    return out
+
+
 def _leaf_starts(mm, vma, s: int, e: int) -> dict:
     """{first address in [s, e): its PMD leaf's address} for the leaves [s, e) reaches."""
     if not mm.pmds or vma.hugetlb:
