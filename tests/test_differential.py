@@ -19,6 +19,13 @@ many sequences; ``UFFDCTL_DIFF_SECONDS`` bounds the time; ``UFFDCTL_DIFF_SEED``
 fixes the seed.  Accesses that end in SIGBUS are compared without their fault
 count (the first signal delivered to a thread faults in its signal frame).
 hugetlb is included only when huge pages are reserved.
+
+THP: a ``thp`` region is anon, 2 MiB-aligned, one or two PMDs, MADV_HUGEPAGE (as this host, THP in madvise
+mode); ``madvise`` ops give it hugepage / nohugepage / collapse, and its snapshot adds the PMD level: the
+PAGE_IS_HUGE runs of PAGEMAP_SCAN (AnonHugePages of smaps before 6.7).  The kernel's THP allocation can fail
+under fragmentation: a sequence whose only difference is fewer huge pages on the kernel while
+/proc/vmstat counts a THP fallback (or a MADV_COLLAPSE the kernel refused with ENOMEM / EAGAIN, which it
+documents as transient) is not compared, and the test prints it with that reason.
 """
 from __future__ import annotations
 
@@ -44,6 +51,26 @@ SETTLE = 5.0
 HP = 2 << 20
 
 
+class ThpShortfall(Exception):
+    """The kernel did not get a THP the model has (allocation failure): the sequence is not compared."""
+
+
+THP_FAIL_COUNTERS = ("thp_fault_fallback", "thp_collapse_alloc_failed", "thp_fault_fallback_charge")
+
+
+def thp_fail_counts() -> dict:
+    try:
+        with open("/proc/vmstat") as f:
+            st = dict(ln.split() for ln in f)
+    except OSError:
+        return {}
+    return {k: int(st.get(k, 0)) for k in THP_FAIL_COUNTERS}
+
+
+def _huge_pages(snap) -> int:
+    return sum(sum(e - s for s, e in x[2]) if isinstance(x[2], tuple) else x[2] for x in snap)
+
+
 class Divergence(AssertionError):
     def __init__(self, step: int, what: str, kernel, emu):
         self.step, self.what, self.kernel, self.emu = step, what, kernel, emu
@@ -56,6 +83,9 @@ def gen_sequence(rng: random.Random, memtypes, max_ops: int = 14) -> dict:
     regions = [{"type": "anon", "pages": SRC_PAGES}]
     for _ in range(rng.randint(1, 2)):
         mt = rng.choice(memtypes)
+        if mt == "thp":                 # anon, MADV_HUGEPAGE, one or two PMDs
+            regions.append({"type": MemType.ANON.value, "pages": rng.choice([512, 1024]), "thp": 1})
+            continue
         if MemType(mt).hugetlb:
             if any(MemType(g["type"]).hugetlb for g in regions):
                 mt = MemType.ANON.value
@@ -84,6 +114,12 @@ def gen_op(rng: random.Random, regions) -> list:
     n = rng.randint(1, npg - p0)
     if rng.random() < 0.15:
         n = 1
+    if regions[r].get("thp"):
+        if rng.random() < 0.5:          # whole PMDs (no split), or part of one (split_huge_pmd())
+            p0 = rng.choice(range(0, npg, 512))
+            n = rng.choice([512, npg - p0])
+        if rng.random() < 0.2:
+            return ["madvise", r, p0, n, rng.choice(["hugepage", "nohugepage", "collapse", "collapse"])]
     kind = rng.choices(
         ["touch", "copy", "zeropage", "continue", "writeprotect", "wake", "poison", "move", "register",
          "unregister", "read_msgs", "clear_refs", "dontneed", "cache_write", "munmap", "scan", "mprotect",
@@ -136,7 +172,8 @@ def gen_op(rng: random.Random, regions) -> list:
 # -- rendering --------------------------------------------------------------------------------
 
 def render(seq: dict) -> str:
-    lines = ["# regions: " + ", ".join(f"r{i}={g['type']}x{g['pages']}" + (" (src pool)" if i == 0 else "")
+    lines = ["# regions: " + ", ".join(f"r{i}={'thp' if g.get('thp') else g['type']}x{g['pages']}"
+                                      + (" (src pool)" if i == 0 else "")
                                       for i, g in enumerate(seq["regions"])),
              f"uffd.api(features={'|'.join(uapi.Feature.decode(seq['features'])) or 0})"]
     for op in seq["ops"]:
@@ -172,6 +209,8 @@ def render(seq: dict) -> str:
             what = {"move": "same length", "grow": "one page longer", "shrink": "half the pages, in place"}[op[2]]
             lines.append(f"mremap(r{op[1]}, {what}" + (", MREMAP_MAYMOVE|MREMAP_FIXED to a fresh address)"
                                                       if op[2] != "shrink" else ")"))
+        elif k == "madvise":
+            lines.append(f"madvise(r{op[1]}[{op[2]}:{op[2] + op[3]}], MADV_{op[4].upper()})")
         elif k == "scan":
             lines.append(f"pagemap_scan(r{op[1]}[{op[2]}:{op[2] + op[3]}], flags={op[4]}, category_mask={op[5]:#x}, "
                          f"return_mask={op[6]:#x}, max_pages={op[7]}, vec_len={op[8]})")
@@ -192,12 +231,15 @@ class Side:
         self.aliases = {}
         for i, g in enumerate(seq["regions"]):
             r = aligned_mmap(b, g["pages"] * (HP if MemType(g["type"]).hugetlb else PS), g["type"], f"r{i}")
+            if g.get("thp"):
+                b.madvise(r.addr, r.len, uapi.MADV_HUGEPAGE)
             self.regions.append(r)
             if r.fd is not None:
                 self.aliases[i] = b.alias(r, name=f"r{i}alias")
         # (region index, mapping) also after munmap or mremap, to name addresses: every place a region has been
         # is named after the region, so an address the kernel reuses for a region's later move reads the same
         self.all_regions = list(enumerate(self.regions))
+        self.thp = {i for i, g in enumerate(seq["regions"]) if g.get("thp")}
         src = self.regions[0]
         for p in range(SRC_PAGES):
             b.write(src.addr + p * PS, bytes([0x10 + p]) * 8)
@@ -265,7 +307,25 @@ class Side:
                 out.append([name, i, 1, hex(keep), ident])
                 prev = (i, keep, pfn)
         self.labels = {k: v for k, v in self.labels.items() if k in live}
-        return [tuple(x) for x in out]
+        return [tuple(x) for x in out] + self.huge_snapshot()
+
+    def huge_snapshot(self) -> list:
+        """The PMD level of the THP regions: PAGE_IS_HUGE runs (region-relative pages), or before PAGEMAP_SCAN
+        (6.7) smaps' AnonHugePages of the region's VMAs."""
+        out = []
+        for i, reg in enumerate(self.regions):
+            if reg is None or i not in self.thp:
+                continue
+            try:
+                res = self.b.pagemap_scan(reg.addr, reg.end, category_mask=int(uapi.PageCategory.HUGE),
+                                          return_mask=int(uapi.PageCategory.HUGE))
+                runs = tuple(((s - reg.addr) // PS, (e - reg.addr) // PS) for s, e, _ in res.regions)
+            except UffdError as e:
+                if e.errno != errno.ENOTTY:
+                    raise
+                runs = sum(v.get("AnonHugePages", 0) for v in self.b.smaps_vmas(reg.addr, reg.end)) // PS
+            out.append((f"r{i}", "huge", runs))
+        return out
 
 
 def aligned_mmap(b, length, memtype, name):
@@ -334,6 +394,10 @@ def apply(side: Side, op) -> tuple:
         return ("msgs", msgs)
     if k == "clear_refs":
         return _call(lambda: b.clear_refs(op[1]))
+    if k == "madvise":
+        advice = {"hugepage": uapi.MADV_HUGEPAGE, "nohugepage": uapi.MADV_NOHUGEPAGE,
+                  "collapse": uapi.MADV_COLLAPSE}[op[4]]
+        return _call(lambda: b.madvise(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size, advice))
     if k == "dontneed":
         return _call(lambda: b.madvise(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size,
                                        uapi.MADV_DONTNEED))
@@ -395,7 +459,7 @@ def applicable(emu: Side, op) -> bool:
         return False
     # a region shrunk by mremap: ranges past its end would reach addresses that are no longer the test's
     if k in ("copy", "zeropage", "continue", "writeprotect", "wake", "poison", "register", "unregister", "dontneed",
-             "mprotect", "scan") and op[2] + op[3] > emu.regions[op[1]].pages:
+             "mprotect", "scan", "madvise") and op[2] + op[3] > emu.regions[op[1]].pages:
         return False
     if k == "touch" and op[3] >= emu.regions[op[2]].pages:
         return False
@@ -474,28 +538,15 @@ def run(seq: dict, kb, eb, zero_pfn: int) -> int:
     """Run ``seq`` on both backends; raise Divergence on the first difference; returns ops applied."""
     ks, es = Side(kb, seq, zero_pfn), Side(eb, seq, eb.mm.zero_page.pfn)
     applied = 0
+    fails0 = thp_fail_counts() if ks.thp else {}
     try:
         for step, op in enumerate(seq["ops"], 1):   # numbered as render() numbers them
-            if not applicable(es, op):
-                continue
-            applied += 1
-            er = apply(es, op)
-            kr = apply(ks, op)
-            settle(ks, es, step)
-            if op[0] == "read_msgs":
-                kmsgs = kr[1]
-                deadline = time.monotonic() + SETTLE
-                while len(kmsgs) < len(er[1]) and time.monotonic() < deadline:
-                    time.sleep(0.001)
-                    kmsgs += ks.u.read_msgs()
-                kr, er = _msgs_view(ks, kmsgs), _msgs_view(es, er[1])
-            if kr != er:
-                raise Divergence(step, f"{op[0]} result", kr, er)
-            ksnap, esnap = ks.snapshot(), es.snapshot()
-            if ksnap != esnap:
-                kd = [x for x in ksnap if x not in esnap]
-                ed = [x for x in esnap if x not in ksnap]
-                raise Divergence(step, "pagemap", kd[:8], ed[:8])
+            try:
+                applied += _step(ks, es, step, op)
+            except Divergence as d:
+                if ks.thp:
+                    _thp_excuse(ks, es, op, d, fails0)
+                raise
     finally:
         ks.u.close()
         es.u.close()
@@ -506,6 +557,43 @@ def run(seq: dict, kb, eb, zero_pfn: int) -> int:
             raise Divergence(-1, f"kernel access of {stuck} still running 10 s after the uffd was closed",
                              "running", "released")
     return applied
+
+
+def _step(ks: Side, es: Side, step: int, op) -> int:
+    """One op on both sides and the comparison after it; 0 if it does not apply."""
+    if not applicable(es, op):
+        return 0
+    er = apply(es, op)
+    kr = apply(ks, op)
+    settle(ks, es, step)
+    if op[0] == "read_msgs":
+        kmsgs = kr[1]
+        deadline = time.monotonic() + SETTLE
+        while len(kmsgs) < len(er[1]) and time.monotonic() < deadline:
+            time.sleep(0.001)
+            kmsgs += ks.u.read_msgs()
+        kr, er = _msgs_view(ks, kmsgs), _msgs_view(es, er[1])
+    if kr != er:
+        raise Divergence(step, f"{op[0]} result", kr, er)
+    ksnap, esnap = ks.snapshot(), es.snapshot()
+    if ksnap != esnap:
+        kd = [x for x in ksnap if x not in esnap]
+        ed = [x for x in esnap if x not in ksnap]
+        raise Divergence(step, "pagemap", kd[:8], ed[:8])
+    return 1
+
+
+def _thp_excuse(ks: Side, es: Side, op, d: Divergence, fails0: dict) -> None:
+    """Raise ThpShortfall when ``d`` is the kernel's THP allocation failing, with the run-time evidence."""
+    if op[0] == "madvise" and op[4] == "collapse" and d.what == "madvise result" and d.emu == ("ok", None) \
+            and d.kernel[:2] in (("err", "ENOMEM"), ("err", "EAGAIN")):
+        raise ThpShortfall(f"step {d.step}: the kernel's MADV_COLLAPSE gave {d.kernel[1]} (no huge page / a "
+                           f"page busy: transient) where the model collapsed") from None
+    fails = {k: v - fails0.get(k, 0) for k, v in thp_fail_counts().items() if v != fails0.get(k, 0)}
+    kh, eh = _huge_pages(ks.huge_snapshot()), _huge_pages(es.huge_snapshot())
+    if fails and kh < eh:
+        raise ThpShortfall(f"step {d.step}: the kernel has {kh} huge pages where the model has {eh}, and "
+                           f"/proc/vmstat counted {fails} during the sequence (THP allocation failed)") from None
 
 
 def shrink(seq: dict, check) -> dict:
@@ -544,6 +632,17 @@ SECONDS = float(os.environ.get("UFFDCTL_DIFF_SECONDS", str(max(240, EXAMPLES * 0
 REPRO_DIR = os.environ.get("UFFDCTL_DIFF_DIR", os.path.join(os.environ.get("TMPDIR", "/tmp"), "uffdctl-diff"))
 
 
+def thp_reason(kb) -> str | None:
+    """Why THP regions are left out: the kernel's own knobs (anon PMD THP with MADV_HUGEPAGE)."""
+    text = kb.thp_knob("enabled")
+    if text is None:
+        return "no /sys/kernel/mm/transparent_hugepage (CONFIG_TRANSPARENT_HUGEPAGE=n)"
+    per = kb.thp_knob("hugepages-2048kB/enabled") or "[inherit]"
+    if "[never]" in per or "[inherit]" in per and "[never]" in text:
+        return f"anon PMD THP is off here: enabled is {text!r}, hugepages-2048kB/enabled {per!r}"
+    return None
+
+
 def emu_6_18():
     from uffdctl.emu import EmuBackend
     return EmuBackend(profile="6.18", soft_dirty=False)
@@ -554,6 +653,7 @@ class Runner:
 
     def __init__(self, make_emu=emu_6_18):
         self.make_emu = make_emu
+        self.not_compared: list[str] = []      # ThpShortfall reasons
         kb = make_backend("kernel")
         try:
             self.zero_pfn = kernel_zero_pfn(kb)
@@ -561,6 +661,8 @@ class Runner:
             mi = meminfo()    # free and not reserved by another process's mapping
             if hugetlb_reason(kb) is None and mi.get("HugePages_Free", 0) - mi.get("HugePages_Rsvd", 0) >= 16:
                 self.memtypes += [MemType.HUGETLB.value, MemType.HUGETLB_PRIVATE.value]
+            if thp_reason(kb) is None:
+                self.memtypes.append("thp")
         finally:
             kb.close()
 
@@ -578,6 +680,8 @@ class Runner:
             self.run(seq)
         except Divergence as d:
             return d
+        except ThpShortfall as e:
+            self.not_compared.append(str(e))
         return None
 
     def minimal(self, seq) -> dict:
@@ -617,6 +721,12 @@ def test_differential():
         ops += len(seq["ops"])
     print(f"differential: {done} sequences ({ops} ops), seed {seed}, zero divergences; "
           f"{len(unconfirmed)} that did not repeat on two reruns: {unconfirmed}")
+    if runner.not_compared:
+        print(f"differential: {len(runner.not_compared)} runs not compared (the kernel's THP allocation failed):")
+        for why in runner.not_compared:
+            print(f"  {why}")
+    assert len(runner.not_compared) <= max(3, done // 20), \
+        f"too many runs the kernel could not give a THP: {runner.not_compared}"
     assert len(unconfirmed) <= max(1, done // 500), f"too many non-repeating divergences: {unconfirmed}"
     assert done >= EXAMPLES, (f"only {done} of {EXAMPLES} sequences ran within {SECONDS:.0f} s "
                               "(raise UFFDCTL_DIFF_SECONDS or lower UFFDCTL_DIFF_EXAMPLES)")

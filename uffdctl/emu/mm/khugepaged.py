@@ -6,8 +6,9 @@ on a timer: the model never runs it (a test cannot wait for it on the kernel eit
 Measured on the 6.18 host (tests/test_thp.py): an aligned 2 MiB with one written page collapses into a
 THP; none PTEs in any registered VMA (MISSING or WP) give EBUSY; a uffd-wp PTE gives EINVAL; a PMD with
 no PTE table, or only zero-page PTEs (no writable PTE: SCAN_PAGE_RO), gives EINVAL; an already
-PMD-mapped range (THP or the huge zero PMD) succeeds; VM_NOHUGEPAGE gives EINVAL; a range shorter than
-an aligned PMD does nothing and succeeds.
+PMD-mapped range (THP or the huge zero PMD) succeeds; VM_NOHUGEPAGE gives EINVAL, and so does a VMA
+without an anon_vma (never written, whatever the range); a range holding no aligned PMD does nothing and
+succeeds.
 """
 from __future__ import annotations
 
@@ -40,6 +41,10 @@ class Khugepaged:
             return -E.EINVAL                          # thp_vma_allowable_order(TVA_FORCED_COLLAPSE)
         if not vma.anon:
             raise NotModelledCollapse("MADV_COLLAPSE of shmem")
+        if vma.anon_vma is None:
+            # __thp_vma_allowable_orders(): "if (!vma->anon_vma) return (smaps || in_pf) ? orders : 0" [measured
+            # on 6.18: a never-faulted THP region gives EINVAL even for a range with no whole PMD in it]
+            return -E.EINVAL
         hstart, hend = (start + HPAGE_SIZE - 1) & HPAGE_PMD_MASK, end & HPAGE_PMD_MASK
         thps, last_fail = 0, SCAN_FAIL
         for haddr in range(hstart, hend, HPAGE_SIZE):
