@@ -643,6 +643,21 @@ def thp_reason(kb) -> str | None:
     return None
 
 
+def mirror_thp_knobs(kb, eb) -> dict:
+    """Set the emulator's own THP knobs to the host kernel's current values (read from the kernel backend, never
+    by the emulator); returns the kernel's texts, to see whether they changed during a run."""
+    import re
+    knobs = {}
+    for k in sorted(eb.mm.thp.choices):
+        text = kb.thp_knob(k)
+        if text is None:
+            continue
+        knobs[k] = text
+        m = re.search(r"\[([\w+-]+)\]", text)
+        eb.set_thp_knob(k, m.group(1) if m else text)
+    return knobs
+
+
 def emu_6_18():
     from uffdctl.emu import EmuBackend
     return EmuBackend(profile="6.18", soft_dirty=False)
@@ -669,7 +684,14 @@ class Runner:
     def run(self, seq) -> int:
         kb, eb = make_backend("kernel"), self.make_emu()
         try:
-            return run(seq, kb, eb, self.zero_pfn)
+            knobs = mirror_thp_knobs(kb, eb)
+            try:
+                return run(seq, kb, eb, self.zero_pfn)
+            finally:
+                now = {k: kb.thp_knob(k) for k in knobs}
+                if now != knobs:     # a concurrent test pushed a THP size: this run compared two kernels
+                    changed = {k: (knobs[k], now[k]) for k in knobs if now[k] != knobs[k]}
+                    raise ThpShortfall(f"the host's THP knobs changed during the sequence: {changed}")
         finally:
             if not getattr(kb, "stuck", False):   # never unmap under a thread still touching the memory
                 kb.close()

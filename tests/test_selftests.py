@@ -423,8 +423,7 @@ def thp_pushed(h: dict, size: str | None, backend_name: str):
         return
     if backend_name != "kernel":
         kb = int(size[:-1]) * (1024 if size.endswith("M") else 1)
-        # memfd shmem THP is not modelled yet (huge_memory.py): its scripts keep their known-bug marker
-        yield {f"hugepages-{kb}kB/{knob}": "always"} if knob == "enabled" else {}
+        yield {f"hugepages-{kb}kB/{knob}": "always"}
         return
     kb = int(size[:-1]) * (1024 if size.endswith("M") else 1)
     path = THP_SYSFS / f"hugepages-{kb}kB" / knob

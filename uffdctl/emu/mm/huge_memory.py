@@ -58,6 +58,7 @@ class ThpSettings:
                 self.values[f"hugepages-{kb}kB/shmem_enabled"] = "inherit" if kb == 2048 else "never"
                 self.choices[f"hugepages-{kb}kB/shmem_enabled"] = _SIZE_SHMEM
         self.any_always = False       # some anon knob says always: every anon VMA may take a PMD fault
+        self.shmem_any = False        # some shmem knob allows large folios without MADV_HUGEPAGE
         for k, v in (values or {}).items():
             err = self.set(k, v)
             if err:
@@ -78,6 +79,7 @@ class ThpSettings:
             return f"{knob}: {value!r} is not one of {', '.join(ch)} (EINVAL)"
         self.values[knob] = value
         self.any_always = any(self.anon_size_allowed(16 << i, 0) for i in range(8)) or self.anon_pmd_allowed(0)
+        self.shmem_any = any(self.shmem_size_allowed(8 << i, 0, True) for i in range(9))
         return None
 
     def show(self, knob: str) -> str:
@@ -179,6 +181,60 @@ class HugeMemory:
             folio.pages.append(p)
         return folio
 
+    # -- shmem ----------------------------------------------------------------------------------------
+    def shmem_alloc_large(self, vmf, idx: int):
+        """shmem_alloc_and_add_folio() with shmem_suitable_orders(): the largest allowed size whose aligned index
+        range lies in the file and in the VMA (thp_vma_suitable_order()) with no page cached there; its pages go
+        into the page cache.  Returns the page at ``idx``, or None (order 0)."""
+        vma, f = vmf.vma, vmf.vma.file
+        if self.vma_thp_disabled(vma) or (vma.start - vma.pgoff) % PAGE_SIZE:
+            return None
+        for kb in (2048 >> i for i in range(9)):
+            n = kb >> 2
+            i0 = idx - idx % n
+            size = kb << 10
+            fits = (i0 + n) * PAGE_SIZE <= f.size
+            if not fits or not self.thp.shmem_size_allowed(kb, vma.flags, fits):
+                continue
+            a = vma.start + i0 * PAGE_SIZE - vma.pgoff
+            if ((vma.start - vma.pgoff) // PAGE_SIZE) % n or a < vma.start or a + size > vma.end:
+                continue
+            if any(i in f.pages for i in range(i0, i0 + n)):
+                continue
+            folio = self.alloc_large_folio(vma, size, anon=False)
+            for i, p in enumerate(folio.pages):
+                f.pages[i0 + i] = p
+            return folio.pages[idx - i0]
+        return None
+
+    def finish_fault_large(self, vmf, page, write: bool) -> bool:
+        """finish_fault() for a page of a large shmem folio in an unarmed shmem VMA: do_set_pmd() for a PMD-sized
+        folio over a none PMD, else the whole folio's PTEs when they lie in the VMA and the PTE table and are
+        all none.  False: map the one page (the caller does)."""
+        vma, folio = vmf.vma, page.head
+        if vma.flags & VM_UFFD_FLAGS or vma.hugetlb:
+            return False                           # "Using per-page fault to maintain the uffd semantics"
+        size = folio.size
+        i = folio.pages.index(page)
+        a = vmf.address - i * PAGE_SIZE
+        writable = True if write else self.vm_page_prot_writable(vma)
+        if size == HPAGE_SIZE and self.pmd_none(a) and not self.vma_thp_disabled(vma) and \
+                self.thp_vma_suitable(vma, a) and a % HPAGE_SIZE == 0:
+            pmd = Pte(folio, write=writable, young=True)
+            if write:
+                self.pte_mkdirty(pmd)
+            self.set_pmd(a, pmd)
+            return True
+        if a < vma.start or a + size > vma.end or a >> 21 != (a + size - 1) >> 21 or \
+                self.pte_keys(a, a + size, PAGE_SIZE) or self.pmd_leaf(a):
+            return False
+        for k, p in enumerate(folio.pages):
+            pte = Pte(p, write=bool(writable), young=True)
+            if write:
+                self.pte_mkdirty(pte)
+            self.set_pte(a + k * PAGE_SIZE, pte)
+        return True
+
     def huge_zero_folio(self) -> Folio:
         z = getattr(self, "_huge_zero", None)
         if z is None:
@@ -247,6 +303,8 @@ class HugeMemory:
             return
         self.set_pmd(haddr, None)
         self.tlb.flush_range([haddr])
+        if not vma.anon and not pmd.special:
+            return                               # a file PMD is only cleared: faults map its pages again
         self.pte_alloc(haddr)
         if pmd.special:
             for i in range(HPAGE_PMD_NR):

@@ -66,14 +66,14 @@ class Khugepaged:
             return SCAN_PMD_NONE
         armed = bool(vma.flags & VM_UFFD_FLAGS)      # userfaultfd_armed()
         writable = False
+        unmapped = []
         for i in range(HPAGE_PMD_NR):
             pte = self.ptes.get(haddr + i * PAGE_SIZE)
             if pte is not None and not pte.present:   # is_swap_pte(): a swap entry or a marker
                 if pte.uffd_wp or pte.marker & PTE_MARKER_UFFD_WP:
                     return SCAN_PTE_UFFD_WP          # "Always be strict with uffd-wp enabled swap entries"
-                if not pte.marker:
-                    raise NotModelledCollapse("MADV_COLLAPSE over swap entries (swap-in)")
-                return SCAN_PTE_NON_PRESENT
+                unmapped.append(pte)                  # swapped in by collapse_huge_page() (MADV_COLLAPSE: no limit)
+                continue
             if pte is None or pte.special:
                 if armed:
                     return SCAN_EXCEED_NONE_PTE
@@ -83,7 +83,12 @@ class Khugepaged:
             if not pte.page.anon:
                 return SCAN_PAGE_ANON
             writable = writable or pte.write
-        return SCAN_SUCCEED if writable else SCAN_PAGE_RO
+        if not writable:
+            return SCAN_PAGE_RO
+        if any(not p.marker for p in unmapped):
+            raise NotModelledCollapse("MADV_COLLAPSE over swap entries (swap-in)")
+        # __collapse_huge_page_swapin(): do_swap_page() on a poison or guard marker fails (HWPOISON / SIGSEGV)
+        return SCAN_FAIL if unmapped else SCAN_SUCCEED
 
     def collapse_huge_page(self, vma, haddr: int) -> int:
         """A new THP with the PTEs' data (none and zero PTEs read zero), mapped by a PMD leaf: writable if

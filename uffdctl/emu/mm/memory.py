@@ -138,6 +138,9 @@ class Memory:
         if ret:
             return ret
         uffd_wp = vmf.orig_pte_uffd_wp
+        if folio.head is not None and not (vmf.write and not vma.shared) and not uffd_wp and \
+                self.finish_fault_large(vmf, folio, vmf.write):       # huge_memory.py: the whole large folio
+            return VM_FAULT_OK
         if vmf.write and not vma.shared:          # do_cow_fault()
             pte = Pte(self.alloc_anon(vma, PAGE_SIZE, folio.copy_data()), write=True, young=True)
             self.pte_mkdirty(pte)
