@@ -399,15 +399,41 @@ def test_thp_anon(run):
     """))
 
 
-def test_shmem_thp_follows_the_sysfs_knob(run):
+def _shmem_thp_knobs_allow() -> str | None:
+    """None if the host's knobs let a memfd take THPs (MADV_HUGEPAGE), else the top-level value."""
+    import glob
     text = open("/sys/kernel/mm/transparent_hugepage/shmem_enabled").read()
     cur = text.split("[")[1].split("]")[0]
+    if cur == "deny":
+        return cur
+    per = [open(p).read() for p in glob.glob("/sys/kernel/mm/transparent_hugepage/hugepages-*kB/shmem_enabled")]
+    if cur == "never" and not any(x in t for t in per for x in ("[always]", "[within_size]", "[advise]")):
+        return cur
+    return None
+
+
+def test_shmem_thp_follows_the_sysfs_knob(run):
+    text = open("/sys/kernel/mm/transparent_hugepage/shmem_enabled").read()
+    cur = _shmem_thp_knobs_allow()
     res = run("mmap --size 4M --type shmem --thp --name s\n")
-    if cur in ("never", "deny"):
+    if cur is not None:
         failed(res, 4, f"shmem_enabled is [{cur}]")
     else:
         ok(res)
     assert open("/sys/kernel/mm/transparent_hugepage/shmem_enabled").read() == text
+
+
+def test_shmem_thp_follows_the_emulators_own_knob(tmp_path):
+    """The emulator answers from its own knobs (never the host's): [never] refuses, a per-size knob allows."""
+    from uffdctl.registry import open_backend
+    from uffdctl.script import run_file
+    f = tmp_path / "s.uffd"
+    f.write_text("mmap --size 4M --type shmem --thp --name s\ntouch s:1 --write --wait\nexpect pagemap s:0-3 present=1\n")
+    b = open_backend("emu", profile="6.18", soft_dirty=False)
+    failed(run_file(str(f), backend=b), 4, "shmem_enabled is [never]")
+    b = open_backend("emu", profile="6.18", soft_dirty=False)
+    b.set_thp_knob("hugepages-16kB/shmem_enabled", "always")
+    ok(run_file(str(f), backend=b))
 
 
 # -- data ---------------------------------------------------------------------------------------------
