@@ -235,7 +235,7 @@ class Side:
                 b.madvise(r.addr, r.len, uapi.MADV_HUGEPAGE)
             self.regions.append(r)
             if r.fd is not None:
-                self.aliases[i] = b.alias(r, name=f"r{i}alias")
+                self.aliases[i] = aligned_alias(b, r, f"r{i}alias")
         # (region index, mapping) also after munmap or mremap, to name addresses: every place a region has been
         # is named after the region, so an address the kernel reuses for a region's later move reads the same
         self.all_regions = list(enumerate(self.regions))
@@ -335,6 +335,15 @@ def aligned_mmap(b, length, memtype, name):
     addr = (probe.addr + HP - 1) & ~(HP - 1)
     b.munmap(probe.addr, probe.len)
     return b.mmap(length, memtype, name=name, addr=addr)
+
+
+def aligned_alias(b, r, name):
+    """The region's file mapped again, 2 MiB-aligned as the region (large folios and fault-around then fall alike
+    in both backends: shmem_suitable_orders() checks the VMA's alignment)."""
+    probe = b.mmap(r.len + 2 * HP, MemType.ANON, name=name + "-probe")
+    addr = (probe.addr + HP - 1) & ~(HP - 1)
+    b.munmap(probe.addr, probe.len)
+    return b.alias_at(r, name, addr)
 
 
 def _call(fn):

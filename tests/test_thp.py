@@ -174,8 +174,110 @@ def zap_protect_cases(p):
     return out
 
 
+def copy_into_pmd(p):           # mfill over a PMD leaf: EEXIST; over a split one: the PTE path (EEXIST too)
+    b = p.b
+    r = p.region(); b.write(r.addr, b"x"); u = b.userfaultfd(); u.api(0)
+    u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
+    src = b.mmap(4096, "anon"); b.write(src.addr, b"y")
+    out = []
+    for dst in (r.addr + 4096, r.addr + M2 + 4096):
+        try:
+            out.append(u.copy(dst, src.addr, 4096))
+        except UffdError as e:
+            out.append((errno.errorcode.get(e.errno), e.done))
+    out.append(p.scan(r)); u.close()
+    return out
+
+
+def huge_zero_split_keeps_uffd_wp(p):   # "propagate uffd-wp bit when PTE-mapping the huge zeropage"
+    r = p.region(); p.b.read(r.addr, 1); u = p.b.userfaultfd(); u.api(0)
+    u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    u.writeprotect(r.addr, M2, uapi.WriteprotectMode.WP)
+    p.b.madvise(r.addr, 4096, uapi.MADV_DONTNEED)
+    out = p.scan(r), [x[2] for x in p.pm(r, 1, 3)]; u.close()
+    return out
+
+
+def collapse_after_close(p):     # the armed rule goes with the registration
+    b = p.b
+    r = p.region(hp=False); b.write(r.addr, b"x"); b.madvise(r.addr, r.len, uapi.MADV_HUGEPAGE)
+    u = b.userfaultfd(); u.api(0); u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
+    first = p.madvise(r, uapi.MADV_COLLAPSE); u.close()
+    return first, p.madvise(r, uapi.MADV_COLLAPSE), p.scan(r)
+
+
+def collapse_full_wp_registered(p):
+    b = p.b
+    r = p.region(hp=False); b.write(r.addr, b"x" * M2); b.madvise(r.addr, r.len, uapi.MADV_HUGEPAGE)
+    u = b.userfaultfd(); u.api(0); u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    out = p.madvise(r, uapi.MADV_COLLAPSE), p.scan(r), p.b.read(r.addr + 4096, 2); u.close()
+    return out
+
+
+def move_whole_pmd(p):           # move_pages_huge_pmd(): aligned, 2 MiB, dst PMD none
+    b = p.b
+    src = p.region(); b.write(src.addr, b"s" * M2)
+    dst = p.region(); u = b.userfaultfd(); u.api(int(uapi.Feature.MOVE))
+    u.register(dst.addr, dst.len, uapi.RegisterMode.MISSING)
+    moved = u.move(dst.addr, src.addr, M2)
+    out = moved, p.scan(dst), p.scan(src), b.read(dst.addr + M2 - 2, 2), p.pm(dst, 0, 2); u.close()
+    return out
+
+
+def move_pmd_unaligned(p):       # the src PMD is split and moved per PTE
+    b = p.b
+    src = p.region(); b.write(src.addr, b"s" * M2)
+    dst = p.region(); u = b.userfaultfd(); u.api(int(uapi.Feature.MOVE))
+    u.register(dst.addr, dst.len, uapi.RegisterMode.MISSING)
+    moved = u.move(dst.addr + 4096, src.addr, M2)
+    out = moved, p.scan(dst), p.scan(src), b.read(dst.addr + 4096, 2); u.close()
+    return out
+
+
+def mremap_wp_pmd_without_remap(p):   # move_huge_pmd() + clear_uffd_wp_pmd() (0cef0bb836e3)
+    b = p.b
+    r = p.region(M2); b.write(r.addr, b"x"); u = b.userfaultfd(); u.api(0)
+    u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    u.writeprotect(r.addr, M2, uapi.WriteprotectMode.WP)
+    t = p.region(M2, hp=False); b.munmap(t.addr, t.len)
+    new = b.mremap(r.addr, M2, M2, uapi.MREMAP_MAYMOVE | uapi.MREMAP_FIXED, t.addr)
+    moved = b.regions[r.name]
+    out = new == t.addr, p.scan(moved), [x[2] for x in p.pm(moved, 0, 2)]; u.close()
+    return out
+
+
+def wp_async_pmd(p):             # wp_huge_pmd(): async WP at PTE level, after a split
+    b = p.b
+    r = p.region(); b.write(r.addr, b"x"); u = b.userfaultfd(); u.api(int(uapi.Feature.WP_ASYNC))
+    u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    u.writeprotect(r.addr, M2, uapi.WriteprotectMode.WP); s1 = p.scan(r)
+    b.write(r.addr + 4096 * 5, b"y"); out = s1, p.scan(r), [x[2] for x in p.pm(r, 4, 3)], u.read_msgs(); u.close()
+    return out
+
+
+def shmem_collapse_cases(p):     # collapse_file(), retract_page_tables(), collapse_pte_mapped_thp()
+    b, out = p.b, {}
+    shm = "shmem"
+    r = p.region(M2, hp=False, memtype=shm); b.write(r.addr, b"x")
+    out["one"] = p.madvise(r, uapi.MADV_COLLAPSE), p.scan(r), b.smaps_vmas(r.addr, r.end)[0]["ShmemPmdMapped"]
+    for mode in (uapi.RegisterMode.MISSING, uapi.RegisterMode.WP, uapi.RegisterMode.MINOR):
+        r = p.region(M2, hp=False, memtype=shm); b.write(r.addr, b"x")
+        u = b.userfaultfd(); u.api(int(uapi.Feature.MISSING_SHMEM | uapi.Feature.MINOR_SHMEM))
+        u.register(r.addr, r.len, mode)
+        out[f"hole-{mode}"] = p.madvise(r, uapi.MADV_COLLAPSE), p.scan(r); u.close()
+    r = p.region(M2, hp=False, memtype=shm); b.write(r.addr, b"y" * M2)
+    u = b.userfaultfd(); u.api(0); u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    out["full-wp"] = p.madvise(r, uapi.MADV_COLLAPSE), p.scan(r), b.read(r.addr + 4096, 2); u.close()
+    r = p.region(M2, hp=False, memtype=shm); b.write(r.addr, b"z" * M2)
+    t = p.region(M2, hp=False); b.munmap(t.addr, t.len); a = b.alias_at(r, None, t.addr)   # a 2 MiB-aligned alias
+    out["alias"] = p.madvise(r, uapi.MADV_COLLAPSE), p.scan(r), b.read(a.addr + 8192, 1), p.scan(a)
+    return out
+
+
 CASES = [read_fault, write_fault, read_then_write, nohugepage, missing_write, missing_read_zeropage,
-         wp_registered_fault, wp_whole_pmd, wp_part_of_pmd, wp_huge_zero, collapse_cases, zap_protect_cases]
+         wp_registered_fault, wp_whole_pmd, wp_part_of_pmd, wp_huge_zero, collapse_cases, zap_protect_cases,
+         copy_into_pmd, huge_zero_split_keeps_uffd_wp, collapse_after_close, collapse_full_wp_registered,
+         move_whole_pmd, move_pmd_unaligned, mremap_wp_pmd_without_remap, wp_async_pmd, shmem_collapse_cases]
 
 # What the emulator must show by itself (so that agreeing on "nothing happened" cannot pass).
 H, Z, P, W = int(C.HUGE), int(C.PFNZERO), int(C.PRESENT), int(C.WRITTEN)
@@ -187,6 +289,14 @@ EMU_EXPECT = {
     "missing_write": lambda o: o == ([(0x3000, 1)], [(3, 4, P | W)]),
     "wp_whole_pmd": lambda o: o[0] == [(0, 512, H | P)] and o[1][0][2] == 1 and o[2] == [(0x5000, 3)],
     "wp_part_of_pmd": lambda o: o[0] == [(0, 4, P), (4, 512, P | W)],
+    "copy_into_pmd": lambda o: o[0] == ("EEXIST", -17) and o[1] == 4096,
+    "huge_zero_split_keeps_uffd_wp": lambda o: o[0] == [(1, 512, Z | P)] and o[1] == [1, 1, 1],
+    "collapse_after_close": lambda o: o[:2] == ("EBUSY", "ok") and o[2] == [(0, 512, H | P | W)],
+    "collapse_full_wp_registered": lambda o: o[0] == "ok" and o[1] == [(0, 512, H | P | W)] and o[2] == b"xx",
+    "move_whole_pmd": lambda o: o[0] == M2 and o[1] == [(0, 512, H | P | W)] and o[2] == [] and o[3] == b"ss",
+    "move_pmd_unaligned": lambda o: o[0] == M2 and o[1] == [(1, 513, P | W)] and o[2] == [],
+    "mremap_wp_pmd_without_remap": lambda o: o[0] and o[1] == [(0, 512, H | P | W)] and o[2] == [0, 0],
+    "wp_async_pmd": lambda o: o[0] == [(0, 512, H | P)] and all(not x[2] & H for x in o[1]) and o[3] == [],
     "collapse_cases": lambda o: (o["empty"][0], o["one"][0], o["armed-1"][0], o["armed-2"][0],
                                  o["uffd-wp-pte"][0], o["zero-ptes"][0]) == ("EINVAL", "ok", "EBUSY", "EBUSY",
                                                                             "EINVAL", "EINVAL"),
@@ -327,3 +437,107 @@ def test_thp_script_on_both(backend_name, tmp_path):
         pytest.skip(f"the kernel got no THP here (thp_fault_fallback={st.get('thp_fault_fallback')}, "
                     f"thp_collapse_alloc_failed={st.get('thp_collapse_alloc_failed')}): {res['error']}")
     assert res["ok"], res.get("error")
+
+
+# -- rows the host cannot show without writing its sysfs (shmem THP, mTHP) or without CONFIG_MEM_SOFT_DIRTY:
+# the model's own knobs are set instead; the kernel side of the shmem/mTHP rows is the selftests' thp-shared /
+# thp-private columns (tests/test_selftests.py pushes the size into the host's knob for the kernel column).
+def _emu():
+    return open_backend("emu", profile="6.18", soft_dirty=False)
+
+
+def test_mthp_order_0_when_armed():
+    """alloc_anon_folio(): an mTHP size enabled, an unregistered VMA takes a 64K folio, an armed one (any mode)
+    order 0."""
+    for mode, expect in ((None, [(0, 16, P | W)]), (uapi.RegisterMode.WP, [(1, 2, P | W)]),
+                         (uapi.RegisterMode.MISSING, None)):
+        b = _emu()
+        b.set_thp_knob("hugepages-64kB/enabled", "always")
+        b.set_thp_knob("hugepages-2048kB/enabled", "never")
+        p = Probe(b)
+        r = p.region()          # MADV_HUGEPAGE: the backends' anon regions are MADV_NOHUGEPAGE otherwise
+        if mode is not None:
+            u = b.userfaultfd(); u.api(0); u.register(r.addr, r.len, mode)
+        if mode == uapi.RegisterMode.MISSING:
+            acc = b.thread("t").access(r.addr + 4096, 1, True)
+            src = b.mmap(4096, "anon"); b.write(src.addr, b"z")
+            u.copy(r.addr + 4096, src.addr, 4096); assert acc.wait(1)
+            expect = [(1, 2, P | W)]
+        else:
+            b.write(r.addr + 4096, b"x")
+        assert p.scan(r) == expect, (mode, p.scan(r))
+        b.close()
+
+
+def test_mthp_wp_is_per_pte():
+    b = _emu()
+    b.set_thp_knob("hugepages-64kB/enabled", "always")
+    b.set_thp_knob("hugepages-2048kB/enabled", "never")
+    p = Probe(b)
+    r = p.region(); b.write(r.addr, b"x")
+    u = b.userfaultfd(); u.api(0); u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    u.writeprotect(r.addr + 4096, 8192, uapi.WriteprotectMode.WP)
+    assert [x[2] for x in p.pm(r, 0, 4)] == [0, 1, 1, 0] and [x[4] for x in p.pm(r, 0, 4)] == [0, 1, 2, 3]
+    b.close()
+
+
+def test_shmem_thp_rows():
+    """shmem_enabled=advise + MADV_HUGEPAGE: a PMD-mapped shmem THP (ShmemPmdMapped); WP of it zaps the PMD and
+    puts markers on all 512 PTEs (Rss 0); a read then faults one 4 KiB PTE of the same folio, no message; MISSING:
+    a hole faults MISSING and COPY adds one 4 KiB page; MINOR: a MINOR fault per 4 KiB, CONTINUE maps one PTE."""
+    b = _emu()
+    b.set_thp_knob("shmem_enabled", "advise")
+    p = Probe(b)
+    r = p.region(M2, memtype="shmem"); b.write(r.addr, b"x")
+    (v,) = b.smaps_vmas(r.addr, r.end)
+    assert v["ShmemPmdMapped"] == M2 and p.scan(r) == [(0, 512, H | P | W)]
+    pfn0 = b.pagemap(r.addr, 1)[0] & ((1 << 55) - 1)
+    u = b.userfaultfd(); u.api(0); u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    u.writeprotect(r.addr, M2, uapi.WriteprotectMode.WP)
+    (v,) = b.smaps_vmas(r.addr, r.end)
+    assert v["ShmemPmdMapped"] == 0 and v["Rss"] == 0
+    assert all(e >> 57 & 1 and e >> 62 & 1 for e in b.pagemap(r.addr, 512))        # uffd-wp markers
+    assert b.read(r.addr + 3 * 4096, 1) == b"\0" and u.read_msgs() == []
+    e3 = b.pagemap(r.addr + 3 * 4096, 1)[0]
+    assert e3 >> 63 & 1 and e3 >> 57 & 1 and (e3 & ((1 << 55) - 1)) == pfn0 + 3
+    acc = b.thread("t").access(r.addr + 3 * 4096, 1, True)
+    assert [m.flags for m in u.read_msgs()] == [int(uapi.PagefaultFlag.WRITE | uapi.PagefaultFlag.WP)]
+    u.writeprotect(r.addr + 3 * 4096, 4096, 0); assert acc.wait(1)
+    u.close()
+    # MISSING on a hole
+    r = p.region(M2, memtype="shmem")
+    u = b.userfaultfd(); u.api(int(uapi.Feature.MISSING_SHMEM)); u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
+    acc = b.thread("m").access(r.addr + 4096, 1, False)
+    assert [m.flags for m in u.read_msgs()] == [0]
+    src = b.mmap(4096, "anon"); b.write(src.addr, b"c")
+    u.copy(r.addr + 4096, src.addr, 4096); assert acc.wait(1)
+    assert p.scan(r) == [(1, 2, P | W)] and b.smaps_vmas(r.addr, r.end)[0]["ShmemPmdMapped"] == 0
+    u.close()
+    # MINOR: the cache holds a THP (faulted in, then zapped: the page cache keeps it), the registered mapping
+    # faults per 4 KiB
+    r = p.region(M2, memtype="shmem")
+    b.write(r.addr, b"a")
+    b.madvise(r.addr, r.len, uapi.MADV_DONTNEED)
+    u = b.userfaultfd(); u.api(int(uapi.Feature.MINOR_SHMEM)); u.register(r.addr, r.len, uapi.RegisterMode.MINOR)
+    acc = b.thread("n").access(r.addr + 5 * 4096, 1, False)
+    assert [m.flags for m in u.read_msgs()] == [int(uapi.PagefaultFlag.MINOR)]
+    u.continue_(r.addr + 5 * 4096, 4096); assert acc.wait(1)
+    assert p.scan(r) == [(5, 6, P | W)] and b.smaps_vmas(r.addr, r.end)[0]["ShmemPmdMapped"] == 0
+    u.close()
+    b.close()
+
+
+def test_soft_dirty_of_a_pmd():
+    """pmd_mkdirty() sets soft-dirty; clear_refs 4 clears it and write-protects the PMD without splitting it
+    (clear_soft_dirty_pmd); the next write sets it again (soft-dirty.c test_hugepage).  CONFIG_MEM_SOFT_DIRTY is
+    off on this host: the model with soft-dirty on."""
+    b = open_backend("emu", profile="6.18", soft_dirty=True)
+    p = Probe(b)
+    r = p.region(M2)
+    b.write(r.addr, b"x")
+    b.clear_refs(4)
+    assert not any(e >> 55 & 1 for e in b.pagemap(r.addr, 512)) and p.scan(r)[0][2] & H
+    t = b.thread("t")
+    acc = t.access(r.addr + 4096, 1, True); assert acc.wait(1)
+    assert acc.result().minflt == 1 and all(e >> 55 & 1 for e in b.pagemap(r.addr, 512)) and p.scan(r)[0][2] & H
+    b.close()

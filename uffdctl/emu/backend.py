@@ -403,6 +403,14 @@ class EmuBackend(Backend):
     def regions(self) -> dict[str, Region]:
         return dict(self._regions)
 
+    def alias_at(self, region, name=None, addr=None):
+        name = self._alias_name(region, name)
+        v = self.mm.mmap(region.len, region.memtype, uapi.PROT_READ | uapi.PROT_WRITE, addr,
+                         self._files[region.fd], shared=True)
+        if isinstance(v, int):
+            raise uffd_error(-v, "mmap", addr, region.len)
+        return self._add_region(Region(name, v.start, region.len, region.memtype, region.page_size, None))
+
     def smaps_vmas(self, start, end):
         return task_mmu.smaps_vmas(self.mm, start, end)
 

@@ -235,6 +235,20 @@ class HugeMemory:
             self.set_pte(a + k * PAGE_SIZE, pte)
         return True
 
+    def filemap_map_pmd(self, vmf) -> bool:
+        """filemap_map_pages()' first step: the cache page at the fault is part of a PMD-sized folio, the PMD is
+        none and the VMA suits it: do_set_pmd() (read-only unless vm_page_prot is writable)."""
+        vma = vmf.vma
+        page = vma.file.pages.get(vma.linear_page_index(vmf.address))
+        if page is None or page.head is None or page.head.size != HPAGE_SIZE:
+            return False
+        haddr = vmf.address & HPAGE_PMD_MASK
+        if not self.pmd_none(haddr) or self.vma_thp_disabled(vma) or not self.thp_vma_suitable(vma, haddr) or \
+                page.head.pages[0] is not vma.file.pages.get(vma.linear_page_index(haddr)):
+            return False
+        self.set_pmd(haddr, Pte(page.head, write=self.vm_page_prot_writable(vma), young=True))
+        return True
+
     def huge_zero_folio(self) -> Folio:
         z = getattr(self, "_huge_zero", None)
         if z is None:

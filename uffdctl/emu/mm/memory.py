@@ -115,6 +115,8 @@ class Memory:
         vma = vmf.vma
         if vma.flags & (VM_UFFD_WP | VM_UFFD_MINOR) or vma.hugetlb:
             return
+        if self.filemap_map_pmd(vmf):          # huge_memory.py: a PMD-sized cache folio over a none PMD
+            return
         nr = 16 * PAGE_SIZE
         lo = max(vmf.address & ~(nr - 1), vma.start, vmf.address & ~(HPAGE_SIZE - 1))
         hi = min(lo + nr, vma.end, (vmf.address & ~(HPAGE_SIZE - 1)) + HPAGE_SIZE)
@@ -132,7 +134,7 @@ class Memory:
             return self.hugetlb_fault(vmf)
         if not vmf.write:
             self.do_fault_around(vmf)
-            if vmf.address in self.ptes and self.ptes[vmf.address].present:
+            if vmf.address in self.ptes and self.ptes[vmf.address].present or self.pmds and self.pmd_leaf(vmf.address):
                 return VM_FAULT_OK   # mapped by fault-around (VM_FAULT_NOPAGE)
         ret, folio = self.shmem_get_folio(vmf)
         if ret:
