@@ -15,7 +15,9 @@ from __future__ import annotations
 import bisect
 
 from .. import tlb as _tlb
-from .mm_types import HPAGE_PMD_MASK, PAGE_SIZE, Pte
+from .mm_types import HPAGE_PMD_MASK, PAGE_SIZE, VM_HUGETLB, Pte
+
+_PAGE_MASK = ~(PAGE_SIZE - 1)
 
 
 class PageTables:
@@ -94,7 +96,9 @@ class PageTables:
                 self._pgt_sorted = None
 
     def page_base(self, vma, addr: int) -> int:
-        return addr - (addr - vma.start) % vma.page_size if vma.hugetlb else addr & ~(PAGE_SIZE - 1)
+        if vma.flags & VM_HUGETLB:
+            return addr - (addr - vma.start) % vma.page_size
+        return addr & _PAGE_MASK
 
     def set_pte(self, addr: int, pte: Pte | None) -> None:
         old = self.ptes.get(addr)
