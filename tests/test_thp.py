@@ -541,3 +541,29 @@ def test_soft_dirty_of_a_pmd():
     acc = t.access(r.addr + 4096, 1, True); assert acc.wait(1)
     assert acc.result().minflt == 1 and all(e >> 55 & 1 for e in b.pagemap(r.addr, 512)) and p.scan(r)[0][2] & H
     b.close()
+
+
+def test_copy_huge_pmd_for_fork():
+    """copy_huge_pmd() (the hook emu/kernel/fork.py calls): both PMDs write-protected, PageAnonExclusive
+    cleared (X=0 for all 512 pages), the child's uffd-wp only in a uffd-wp VMA; the parent's next write
+    splits the PMD and COWs 4 KiB (mm-surface: "parent write to a PMD THP after fork")."""
+    from uffdctl.emu import mm as M
+    b = open_backend("emu", profile="6.18", soft_dirty=False)
+    p = Probe(b)
+    r = p.region(M2); b.write(r.addr, b"x")
+    parent = b.mm
+    vma = parent.find_vma(r.addr)
+    child = M.MM(parent.profile, parent.soft_dirty_config)
+    cv = vma.split_copy(vma.start, vma.end)
+    cv.ctx = None
+    child.insert_vma(cv)
+    parent.copy_huge_pmds(child, cv, vma)
+    assert not parent.pmds[r.addr].write and not child.pmds[r.addr].write
+    assert not any(e >> 56 & 1 for e in b.pagemap(r.addr, 512))          # mapped twice: not exclusive
+    pfn0 = b.pagemap(r.addr, 1)[0] & ((1 << 55) - 1)
+    acc = b.thread("t").access(r.addr + 4096, 1, True); assert acc.wait(1) and acc.result().minflt == 1
+    assert p.scan(r) == [(0, 512, P | W)]                                  # split
+    e = b.pagemap(r.addr, 3)
+    assert (e[1] & ((1 << 55) - 1)) != pfn0 + 1 and (e[2] & ((1 << 55) - 1)) == pfn0 + 2    # COW of 4 KiB
+    assert b.read(r.addr, 1) == b"x" and child.pmds[r.addr].page.pages[0].read(0, 1) == b"x"
+    b.close()

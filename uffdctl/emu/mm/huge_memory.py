@@ -384,6 +384,27 @@ class HugeMemory:
             return pmd.page.anon and pmd.page.exclusive
         return pmd.dirty
 
+    # -- fork ---------------------------------------------------------------------------------------
+    def copy_huge_pmds(self, dst_mm, dst_vma, src_vma) -> None:
+        """copy_huge_pmd() for every PMD leaf of ``src_vma`` (this mm is the parent): an anon THP loses
+        PageAnonExclusive and is write-protected in both, the huge zero PMD is shared; the child's PMD keeps
+        uffd-wp only in a uffd-wp VMA; a file (shmem) PMD is not copied: the child faults it in
+        ("if (!vma_is_anonymous(dst_vma)) return 0")."""
+        if not self.pmds or not dst_vma.anon:
+            return
+        for haddr in [h for h in self.pmds if src_vma.start <= h < src_vma.end]:
+            pmd = self.pmds[haddr]
+            new = pmd.copy()
+            if not pmd.special:
+                pmd.page.exclusive = False
+                if pmd.write:
+                    pmd.write = False
+                    self.tlb.flush_range([haddr])
+                new.write = False
+            if not userfaultfd_wp(dst_vma):
+                new.uffd_wp = False
+            dst_mm.set_pmd(haddr, new)
+
     # -- mremap, UFFDIO_MOVE ----------------------------------------------------------------------------
     def move_huge_pmds(self, vma, old: int, length: int, dst: int, clear_uffd_wp: bool) -> list[int]:
         """move_page_tables()' PMD step: a whole leaf moving to a 2 MiB-aligned destination moves as a leaf
