@@ -158,7 +158,7 @@ struct uffdctl_faulter;
 struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t, uint64_t, uint64_t, int, uint64_t *);
 void uffdctl_bench_faulter_join(struct uffdctl_faulter *);
 struct uffdctl_refhandler;
-struct uffdctl_refhandler *uffdctl_bench_refhandler_start(int, uint64_t, uint64_t, uint64_t, int);
+struct uffdctl_refhandler *uffdctl_bench_refhandler_start(int, uint64_t, uint64_t, uint64_t, int, int);
 int uffdctl_bench_refhandler_join(struct uffdctl_refhandler *);
 
 /* processes of a session (cdefs/uffdctl_proc.c): a child runs a native command loop */

@@ -190,7 +190,8 @@ struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t addr, uint64_t npag
 						    uint64_t *lat_ns);
 void uffdctl_bench_faulter_join(struct uffdctl_faulter *f);
 struct uffdctl_refhandler;
-struct uffdctl_refhandler *uffdctl_bench_refhandler_start(int fd, uint64_t src, uint64_t page, uint64_t n, int cpu);
+struct uffdctl_refhandler *uffdctl_bench_refhandler_start(int fd, uint64_t src, uint64_t page, uint64_t n, int cpu,
+							  int read_first);
 int uffdctl_bench_refhandler_join(struct uffdctl_refhandler *h);
 
 #endif

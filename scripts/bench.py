@@ -141,8 +141,8 @@ class Bench:
         lat = ffi.new("uint64_t[]", n)
         os.sched_setaffinity(0, {hcpu})  # this thread serves the Python policies; a native handler inherits it
         try:
-            if kind == "c":
-                h = lib.uffdctl_bench_refhandler_start(u.fd, src.addr, P, n, hcpu)
+            if kind in ("c", "c-read-first"):
+                h = lib.uffdctl_bench_refhandler_start(u.fd, src.addr, P, n, hcpu, kind == "c-read-first")
                 f = lib.uffdctl_bench_faulter_start(r.addr, n, P, fcpu, lat)
                 lib.uffdctl_bench_faulter_join(f)
                 err = lib.uffdctl_bench_refhandler_join(h)
@@ -176,14 +176,15 @@ class Bench:
             self._free(u, r, src)
         return list(lat)
 
-    def faults_pair(self, kind: str, n: int, blocks: int, hcpu: int, fcpu: int, flip: bool) -> tuple[float, float]:
+    def faults_pair(self, kind: str, n: int, blocks: int, hcpu: int, fcpu: int, flip: bool,
+                    ref: str = "c") -> tuple[float, float]:
         """(C p50, uffdctl p50) of one round: ``blocks`` blocks of n/blocks faults each side, alternating
         C and uffdctl (flip: uffdctl first), so that both see the same moments of a shared machine."""
         c, us = [], []
         per = max(1, n // blocks)
         for k in range(blocks):
             for side in (("ours", "c") if (k % 2 == 0) == flip else ("c", "ours")):
-                (c if side == "c" else us).extend(self._faults("c" if side == "c" else kind, per, hcpu, fcpu))
+                (c if side == "c" else us).extend(self._faults(ref if side == "c" else kind, per, hcpu, fcpu))
         return statistics.median(c), statistics.median(us)
 
     # -- per-page ioctls: the same loop in C (uffdctl_loop_*) and in Python, same pages ----------
@@ -293,7 +294,7 @@ def main() -> int:
     split = (0, 1) if ncpu > 1 else (0, 0)
     mib = 64 if a.quick else 1024
     nfault, fblocks = (1000, 4) if a.quick else (4000, 8)
-    smib, sbounces = (16, 8) if a.quick else (32, 16)
+    smib, sbounces = (16, 8) if a.quick else (16, 16)
     stress_rounds = min(a.rounds, 3)   # ~10 s a run: the stress rows take the first 3 rounds only
     py = sys.executable
     uffdctl_bin = os.path.join(os.path.dirname(py), "uffdctl")
@@ -370,8 +371,8 @@ def main() -> int:
             return c, ours()
         return pair
 
-    def faults(kind, hc, fc, n=nfault):
-        return lambda exe, flip: bench.faults_pair(kind, n, fblocks, hc, fc, flip)
+    def faults(kind, hc, fc, n=nfault, ref="c"):
+        return lambda exe, flip: bench.faults_pair(kind, n, fblocks, hc, fc, flip, ref)
 
     per_round: dict = {}   # C references shared by the rows of one round (cleared every round)
 
@@ -392,8 +393,10 @@ def main() -> int:
          faults("wait", h, h)),
         ("Python policy (select.poll + read_msgs + copy), MISSING round trip p50", "ns", f"{one_vcpu}; {inproc}",
          "time", faults("poll", h, h)),
+        ("native fault handler vs a C loop that also reads before it polls, round trip p50", "ns",
+         f"{one_vcpu}; {inproc}", "time", faults("native", h, h, nfault // 2, "c-read-first")),
         ("native fault handler, round trip p50, on two vCPUs", "ns", f"{two_vcpu}; {inproc}", "time",
-         faults("native", h, f, nfault // 2)),
+         faults("native", h, f, nfault // 4)),
         (f"pagemap.read() of {mib} MiB ({npages} entries) -> PagemapView", "ns", "unpinned", "time",
          sub(pagemap_ref, lambda: timed(lambda: pagemap.read(b, pm.addr, npages)))),
         (f"pagemap.read() + counts() of {mib} MiB (flags decoded in bulk)", "ns", "unpinned", "time",

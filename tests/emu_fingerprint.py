@@ -140,6 +140,63 @@ def handler_scenarios(profile: str, soft_dirty: bool) -> str:
     return h.hexdigest()
 
 
+def scan_scenarios(profile: str, soft_dirty: bool) -> str:
+    """PAGEMAP_SCAN over sparse regions (pages a few PMDs apart, holes with and without page tables), with
+    every flag / mask / budget / vector-length combination the walk forks on, then the pagemap it left."""
+    h = hashlib.sha256()
+    C = uapi.PageCategory
+    masks = [(0, 0, 0, int(C.PRESENT)), (0, int(C.WRITTEN), 0, 0x1FF), (int(C.WRITTEN), int(C.WRITTEN), 0, 0x1FF),
+             (0, 0, int(C.PRESENT | C.PFNZERO), int(C.PRESENT | C.WRITTEN | C.PFNZERO | C.FILE)),
+             (0, int(C.WPALLOWED), 0, 0x1FF)]
+    for mt in ("anon", "shmem", "shmem-private"):
+        for feats, mode in ((0, 0), (0, int(R_MISSING_WP)), (int(uapi.Feature.WP_ASYNC), int(R_MISSING_WP)),
+                            (int(uapi.Feature.WP_UNPOPULATED), int(R_MISSING_WP))):
+            for flags in (0, int(uapi.PM_SCAN_WP_MATCHING), int(uapi.PM_SCAN_WP_MATCHING | uapi.PM_SCAN_CHECK_WPASYNC)):
+                for vec_len, max_pages in ((512, 0), (3, 0), (0, 0), (512, 5), (1, 1)):
+                    for inv, mask, anyof, ret in masks:
+                        b = _emu(profile, soft_dirty)
+                        try:
+                            feats_ok = feats & b.profile.features
+                            n = 8 << 9                        # 8 PMDs of 4 KiB pages
+                            r = b.mmap(n * PS, mt)
+                            src = b.mmap(PS, MemType.ANON)
+                            b.write(src.addr, b"q")
+                            u = b.userfaultfd()
+                            u.api(feats_ok)
+                            pages = (0, 3, 700, 1500, 1501, 3000, 4095)
+                            for i, p in enumerate(pages):       # written, read (zero page / cache), later
+                                if i % 3 == 0:
+                                    b.write(r.addr + p * PS, b"w")
+                                elif i % 3 == 1:
+                                    b.read(r.addr + p * PS, 1)
+                            if mode:
+                                u.register(r.addr, r.len, mode)
+                            for p in pages[2::3]:
+                                if mode:
+                                    u.copy(r.addr + p * PS, src.addr, PS)
+                                else:
+                                    b.write(r.addr + p * PS, b"l")
+                            if mode:
+                                u.writeprotect(r.addr + 1500 * PS, PS, int(uapi.WriteprotectMode.WP))
+                            try:
+                                res = b.pagemap_scan(r.addr + PS, r.end, flags=flags, category_inverted=inv,
+                                                     category_mask=mask, category_anyof_mask=anyof,
+                                                     return_mask=ret, max_pages=max_pages, vec_len=vec_len)
+                                out = ([(s - r.addr, e - r.addr, c) for s, e, c in res.regions],
+                                       res.walk_end - r.addr)
+                            except UffdError as e:
+                                out = ("err", e.errno)
+                            h.update(repr((mt, feats, mode, flags, vec_len, max_pages, inv, mask, anyof, ret, out,
+                                           b.pagemap(r.addr, n), b.tlb_flush_count())).encode())
+                            u.close()
+                        finally:
+                            b.close()
+    return h.hexdigest()
+
+
+R_MISSING_WP = uapi.RegisterMode.MISSING | uapi.RegisterMode.WP
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sequences", type=int, default=2000, help="differential sequences per configuration")
@@ -156,8 +213,10 @@ def main(argv=None) -> int:
         key = f"{profile} soft_dirty={'on' if sd else 'off'}"
         out[f"differential {key}"] = differential(profile, sd, a.seed, a.sequences)
         out[f"handler {key}"] = handler_scenarios(profile, sd)
+        out[f"scan {key}"] = scan_scenarios(profile, sd)
         if not a.json:
-            print(f"{out[f'differential {key}'][:16]}  {out[f'handler {key}'][:16]}  {key}", flush=True)
+            print(f"{out[f'differential {key}'][:16]}  {out[f'handler {key}'][:16]}  {out[f'scan {key}'][:16]}  "
+                  f"{key}", flush=True)
     total = hashlib.sha256(json.dumps(out, sort_keys=True).encode()).hexdigest()
     if a.json:
         json.dump({"seed": a.seed, "sequences": a.sequences, "parts": out, "total": total}, sys.stdout, indent=2)

@@ -275,7 +275,8 @@ class Backend(abc.ABC):
     # The advices the emulator models; anything else is NotModelled there (never a guessed EINVAL).
     MODELLED_ADVICE: frozenset | None = frozenset({uapi.MADV_DONTNEED, uapi.MADV_FREE, uapi.MADV_REMOVE,
                                                    uapi.MADV_GUARD_INSTALL, uapi.MADV_GUARD_REMOVE,
-                                                   uapi.MADV_NOHUGEPAGE, uapi.MADV_HUGEPAGE, uapi.MADV_COLLAPSE})
+                                                   uapi.MADV_NOHUGEPAGE, uapi.MADV_HUGEPAGE, uapi.MADV_COLLAPSE,
+                                                   uapi.MADV_COLD, uapi.MADV_PAGEOUT})
 
     def check_advice(self, advice: int, name: str) -> None:
         """Raise NotModelled unless this backend models ``advice`` (None: every advice, the kernel)."""

@@ -97,7 +97,7 @@ class EmuAccess(Access):
             if r & M.VM_FAULT_ERROR:
                 res.sigbus, res.si_code, res.fault_addr = True, BUS_ADRERR, a
                 break
-            if self.attempt >= 2:                       # mm_account_fault(): TRIED counts as major
+            if self.attempt >= 2 or r & M.VM_FAULT_MAJOR:   # mm_account_fault(): TRIED or a read counts major
                 res.majflt += 1
                 self.thread.majflt += 1
             else:
@@ -301,7 +301,7 @@ class EmuBackend(Backend):
     def __init__(self, profile: str = DEFAULT_PROFILE, soft_dirty: bool = True, thp: dict | None = None,
                  **switches):
         self.profile = get_profile(profile, **switches)
-        self.mm = M.MM(self.profile, soft_dirty, thp)
+        self.mm = M.MM(self.profile, soft_dirty, thp=thp)
         self._regions: dict[str, Region] = {}
         self._files: dict[int, M.ShmemFile] = {}
         self._uffds: list[EmuUffd] = []
@@ -311,6 +311,7 @@ class EmuBackend(Backend):
         self._rq = RunQueue()
         self._names = itertools.count()
         self._fds = itertools.count(1000)
+        self._swapdevs: list = []        # the model's swap devices (swap on), newest last
 
     # -- identity -------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -397,6 +398,37 @@ class EmuBackend(Backend):
 
     def mprotect(self, addr, len, prot):
         self._syscall("mprotect", addr, len, self.mm.mprotect(addr, len, prot))
+
+    # -- the model's own swap devices (emu/mm/swapfile.py): never the host's -------------------------------
+    def swap_on(self, size, directory=None):
+        """swapon of an emulated device of ``size`` bytes (``directory`` names nothing on the host)."""
+        if size < 40 * uapi.PAGE_SIZE:
+            raise uffd_error(E.EINVAL, "swapon", None, size, message="a swapfile needs at least 40 pages")
+        name = f"emu-swap{len(self._swapdevs)}"
+        si = self.mm.swap.swapon(size, name)
+        if isinstance(si, int):
+            raise uffd_error(-si, "swapon", None, size)
+        self._swapdevs.append(si)
+        return {"filename": name, "size": size, "active": self._swap_entry(si), "emulated": 1}
+
+    def _swap_entry(self, si) -> dict:
+        return {"filename": si.name, "type": "emulated", "size": (si.max - 1) * uapi.PAGE_SIZE,
+                "used": si.inuse_pages * uapi.PAGE_SIZE, "priority": -2 - si.type}
+
+    def swap_off(self):
+        if not self._swapdevs:
+            raise uffd_error(E.ENOENT, "swapoff", message="no swap device of this session is on")
+        out = []
+        while self._swapdevs:
+            si = self._swapdevs.pop()
+            M.swapoff(self.mm.swap, si)
+            out.append({"filename": si.name})
+        self._rq.run()
+        return {"removed": out}
+
+    def swap_status(self):
+        return {"swaps": [dict(self._swap_entry(si), mine=1) for si in self._swapdevs],
+                "mine": [si.name for si in self._swapdevs]}
 
     def _syscall(self, name, addr, length, ret):
         """Let woken or queued work run, then turn a -errno from the model into the exception."""

@@ -18,6 +18,8 @@ room               kernel                                       owns
 ``mprotect``       mm/mprotect.c                                change_pte_range, can_change_pte_writable
 ``madvise``        mm/madvise.c                                 madvise()
 ``mremap``         mm/mremap.c                                  mremap(), move_page_tables()
+``swapfile``       mm/swapfile.c, mm/swap_state.c               SwapSystem (devices, swap map, swap cache)
+``vmscan``         mm/vmscan.c, mm/rmap.c                       reclaim_pages(), try_to_unmap_one()
 =================  ===========================================  ==========================================
 
 The state: ``vmas`` (sorted; the mmap room's), ``ptes`` (the page table: page address -> Pte, absent =
@@ -47,15 +49,22 @@ from .mprotect import Mprotect
 from .mremap import Mremap
 from .pgtable import PageTables
 from .shmem import Shmem, ShmemFile
+from .swapfile import SwapSystem, Swapfile, swapoff
+from .vmscan import Vmscan
 from .userfaultfd import Userfaultfd
 
 
-class MM(Mmap, PageTables, Memory, HugeMemory, Khugepaged, Shmem, Hugetlb, Userfaultfd, Mprotect, Madvise, Mremap):
-    """One emulated address space (struct mm_struct)."""
+class MM(Mmap, PageTables, Memory, HugeMemory, Khugepaged, Shmem, Hugetlb, Userfaultfd, Mprotect, Madvise, Mremap,
+         Swapfile, Vmscan):
+    """One emulated address space (struct mm_struct); ``swap``: the machine's swap devices (a fork child
+    passes its parent's); ``thp``: THP knob values for the emulated sysfs (huge_memory.ThpSettings)."""
 
-    def __init__(self, profile: Profile, soft_dirty: bool = True, thp: dict | None = None):
+    def __init__(self, profile: Profile, soft_dirty: bool = True, swap: SwapSystem | None = None,
+                 thp: dict | None = None):
         self.profile = profile
         self.thp = ThpSettings(profile, thp)              # /sys/kernel/mm/transparent_hugepage, emulated
+        self.swap = swap if swap is not None else SwapSystem()
+        self.swap.mms.append(self)
         self.soft_dirty_config = soft_dirty          # CONFIG_MEM_SOFT_DIRTY
         self.vmas: list[Vma] = []
         self._starts: list[int] = []
@@ -74,4 +83,4 @@ class MM(Mmap, PageTables, Memory, HugeMemory, Khugepaged, Shmem, Hugetlb, Userf
         self.exited = False
 
 
-__all__ = ["MM", "ShmemFile", *mm_types.__all__]
+__all__ = ["MM", "ShmemFile", "SwapSystem", "swapoff", *mm_types.__all__]

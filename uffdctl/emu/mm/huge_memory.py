@@ -384,6 +384,18 @@ class HugeMemory:
             return pmd.page.anon and pmd.page.exclusive
         return pmd.dirty
 
+    def madvise_cold_or_pageout_huge_pmds(self, vma, s: int, e: int, pageout: bool) -> None:
+        """madvise_cold_or_pageout_pte_range()'s PMD step: COLD of a whole leaf makes it old in place; PAGEOUT, or
+        a leaf covered in part, splits it and the PTE step goes on (reclaim then sees 4 KiB pages; the whole-THP
+        swap-out of a PMD leaf is modelled as its split pages, not measured)."""
+        flush = []
+        for haddr in self.split_huge_pmds(vma, s, e, keep_whole=not pageout):
+            pmd = self.pmds[haddr]
+            if not pmd.special and pmd.page.mapcount == 1 and pmd.young:
+                pmd.young = False
+                flush.append(haddr)
+        self.tlb.flush_range(flush)
+
     # -- fork ---------------------------------------------------------------------------------------
     def copy_huge_pmds(self, dst_mm, dst_vma, src_vma) -> None:
         """copy_huge_pmd() for every PMD leaf of ``src_vma`` (this mm is the parent): an anon THP loses

@@ -8,9 +8,9 @@ import errno as E
 
 from .huge_memory import VM_FAULT_FALLBACK
 from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
-                       PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_OK,
-                       VM_FAULT_SIGSEGV, VM_HUGEPAGE, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE,
-                       VM_HUGETLB, VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
+                       PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_MAJOR, VM_FAULT_OK,
+                       VM_FAULT_SIGSEGV, VM_HUGEPAGE, VM_HUGETLB, VM_LOCKED, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING,
+                       VM_UFFD_WP, VM_WRITE, VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
 
 _SLOW = object()     # copy_page_from_user(): not the one-page case
 
@@ -52,7 +52,9 @@ class Memory:
             vmf.orig_pte = pte = self.ptes.get(addr)     # split: the PTE level sees the new PTE
         if pte is None:
             return self.do_pte_missing(vmf)
-        if pte.page is None:            # !pte_present()
+        if pte.swp is not None:
+            return self.do_swap_page(vmf)
+        if pte.page is None:            # !pte_present(): a marker
             return self.handle_pte_marker(vmf)
         if write and not pte.write:
             return self.do_wp_page(vmf)
@@ -75,6 +77,45 @@ class Memory:
             self.set_pte(vmf.address, None)
             return VM_FAULT_OK
         return self.do_pte_missing(vmf)
+
+    def do_swap_page(self, vmf) -> int:
+        """do_swap_page(): the folio comes from the swap cache (always there: no memory pressure, a minor
+        fault), mapped with the swp soft-dirty and uffd-wp bits.  Reused (exclusive) it is mapped writable on
+        6.12+ whenever VM_WRITE and neither uffd-wp nor soft-dirty tracking wants the write fault; on 6.1 only
+        on a write fault (maybe_mkwrite), and a uffd-wp entry is write-protected after, so the write faults
+        again.  A write fault that stays a write fault goes on to do_wp_page() (the uffd-wp message)."""
+        vma, orig = vmf.vma, vmf.orig_pte
+        sw = self.swap
+        folio = sw.swap_cache_get_folio(orig.swp)
+        major = VM_FAULT_MAJOR if sw.swap_read_folio(orig.swp) else 0
+        write = vmf.write
+        sw.swap_free(orig.swp)
+        # should_try_to_free_swap(): VM_LOCKED, or a write fault by the folio's only user
+        if folio.swap is not None and (vma.flags & VM_LOCKED or write and not folio.mapcount):
+            if not sw.swap_count(folio.swap):
+                sw.delete_from_swap_cache(folio)
+        pte = Pte(folio, young=True, soft_dirty=orig.soft_dirty, uffd_wp=orig.uffd_wp)
+        if orig.exclusive or folio.swap is None and not folio.mapcount:
+            if self.profile.swapin_read_writable:
+                if vma.flags & VM_WRITE and not (pte.uffd_wp and userfaultfd_wp(vma)) and \
+                        not (self.vma_soft_dirty_enabled(vma) and not pte.soft_dirty):
+                    pte.write = True
+                    if write:
+                        self.pte_mkdirty(pte)
+                        write = False
+            elif write:
+                pte.write = bool(vma.flags & VM_WRITE)     # maybe_mkwrite(pte_mkdirty())
+                self.pte_mkdirty(pte)
+                write = False
+                if pte.uffd_wp:
+                    pte.write = False
+            folio.exclusive = True
+        self.set_pte(vmf.address, pte)
+        if write:
+            vmf.orig_pte = pte
+            r = self.do_wp_page(vmf)
+            return r if r & ~VM_FAULT_MAJOR else r | major     # a RETRY (userfault) is never accounted
+        return major
 
     def do_pte_missing(self, vmf) -> int:
         return self.do_anonymous_page(vmf) if vmf.vma.anon else self.do_fault(vmf)
@@ -127,7 +168,7 @@ class Memory:
             if a in self.ptes:
                 continue
             folio = vma.file.pages.get(vma.linear_page_index(a))
-            if folio is not None:
+            if folio is not None and folio.swap is None:    # a swap entry in the cache is not mapped
                 self.set_pte(a, Pte(folio, write=prot_w, young=True))
 
     def do_fault(self, vmf) -> int:
@@ -139,6 +180,7 @@ class Memory:
             if vmf.address in self.ptes and self.ptes[vmf.address].present or self.pmds and self.pmd_leaf(vmf.address):
                 return VM_FAULT_OK   # mapped by fault-around (VM_FAULT_NOPAGE)
         ret, folio = self.shmem_get_folio(vmf)
+        major, ret = ret & VM_FAULT_MAJOR, ret & ~VM_FAULT_MAJOR
         if ret:
             return ret
         uffd_wp = vmf.orig_pte_uffd_wp
@@ -156,7 +198,7 @@ class Memory:
         if uffd_wp:
             pte.uffd_wp, pte.write = True, False
         self.set_pte(vmf.address, pte)
-        return VM_FAULT_OK
+        return major
 
     def do_wp_page(self, vmf) -> int:
         vma, pte = vmf.vma, vmf.orig_pte
@@ -245,7 +287,11 @@ class Memory:
         flush = []
         for a in self.pte_keys(start, end, vma.page_size):
             pte = self.ptes[a]
+            if pte.swp is not None:
+                self.swap.free_swap_and_cache(pte.swp)
             if pte.present:
+                if pte.dirty and not pte.page.anon:
+                    pte.page.dirty = True                   # folio_mark_dirty()
                 flush.append(a)
                 self.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP) if arm_wp and pte.uffd_wp else None)
             elif pte.marker & PTE_MARKER_GUARD:

@@ -27,6 +27,7 @@ VM_MAYEXEC = 0x40
 VM_MAYSHARE = 0x80
 VM_UFFD_MISSING = 0x200
 VM_UFFD_WP = 0x1000
+VM_LOCKED = 0x2000
 VM_HUGETLB = 0x400000
 VM_HUGEPAGE = 0x20000000
 VM_NOHUGEPAGE = 0x40000000
@@ -42,6 +43,7 @@ PTE_MARKER_GUARD = 1 << 2
 # vm_fault_t
 VM_FAULT_OK = 0
 VM_FAULT_SIGBUS = 0x2
+VM_FAULT_MAJOR = 0x4
 VM_FAULT_HWPOISON = 0x10
 VM_FAULT_SIGSEGV = 0x40
 VM_FAULT_RETRY = 0x400
@@ -71,7 +73,8 @@ class Folio:
     (whose own ``mapcount`` counts PTE mappings); the data lives in the pages.  hugetlb folios are one
     piece (``pages`` None)."""
 
-    __slots__ = ("pfn", "size", "data", "anon", "exclusive", "mapcount", "zero", "swap", "pages", "head")
+    __slots__ = ("pfn", "size", "data", "anon", "exclusive", "mapcount", "zero", "swap", "dirty", "lazyfree",
+                 "pages", "head")
 
     def __init__(self, pfn: int, size: int, anon: bool, data: bytearray | None = None, zero: bool = False):
         self.pfn = pfn
@@ -82,6 +85,8 @@ class Folio:
         self.mapcount = 0
         self.zero = zero
         self.swap = None          # folio->swap: its swap entry while in the swap cache (folio_test_swapcache)
+        self.dirty = False        # folio_test_dirty(): a dirty PTE was unmapped from it (file folios: not written back)
+        self.lazyfree = False     # MADV_FREE'd anon folio (!folio_test_swapbacked): reclaim may discard it
         self.pages = None         # a THP: its 4 KiB pages (the data is theirs)
         self.head = None          # a page of a THP: the large folio
 
@@ -147,10 +152,10 @@ class Pte:
     the entry, with ``uffd_wp`` / ``soft_dirty`` the swp bits pte_swp_uffd_wp() / pte_swp_soft_dirty()),
     never two of them."""
 
-    __slots__ = ("page", "write", "dirty", "young", "soft_dirty", "uffd_wp", "special", "marker", "swp")
+    __slots__ = ("page", "write", "dirty", "young", "soft_dirty", "uffd_wp", "special", "marker", "swp", "exclusive")
 
     def __init__(self, page: Folio | None = None, *, write=False, dirty=False, young=True, soft_dirty=False,
-                 uffd_wp=False, special=False, marker=0, swp=None):
+                 uffd_wp=False, special=False, marker=0, swp=None, exclusive=False):
         self.page = page
         self.write = write
         self.dirty = dirty          # pte_dirty(): D or SavedDirty
@@ -160,6 +165,7 @@ class Pte:
         self.special = special
         self.marker = marker
         self.swp = swp              # a swap entry (swp_entry()), or None
+        self.exclusive = exclusive  # swap entry: pte_swp_exclusive() (PageAnonExclusive at unmap time)
 
     @property
     def present(self) -> bool:
@@ -167,7 +173,8 @@ class Pte:
 
     def copy(self) -> "Pte":
         return Pte(self.page, write=self.write, dirty=self.dirty, young=self.young, soft_dirty=self.soft_dirty,
-                   uffd_wp=self.uffd_wp, special=self.special, marker=self.marker, swp=self.swp)
+                   uffd_wp=self.uffd_wp, special=self.special, marker=self.marker, swp=self.swp,
+                   exclusive=self.exclusive)
 
     def __repr__(self):
         if self.swp is not None:
@@ -189,10 +196,10 @@ def is_swap_entry(pte: Pte | None) -> bool:
     return pte is not None and pte.swp is not None
 
 
-def swp_entry_to_pte(entry: int, *, uffd_wp=False, soft_dirty=False) -> Pte:
+def swp_entry_to_pte(entry: int, *, uffd_wp=False, soft_dirty=False, exclusive=False) -> Pte:
     """swp_entry_to_pte() with the swp bits try_to_unmap_one() carries over (pte_swp_mkuffd_wp(),
-    pte_swp_mksoft_dirty())."""
-    return Pte(None, young=False, uffd_wp=uffd_wp, soft_dirty=soft_dirty, swp=entry)
+    pte_swp_mksoft_dirty(), pte_swp_mkexclusive())."""
+    return Pte(None, young=False, uffd_wp=uffd_wp, soft_dirty=soft_dirty, swp=entry, exclusive=exclusive)
 
 
 class Vma:
@@ -263,9 +270,9 @@ class VmFault:
 
 
 __all__ = ["PAGE_SIZE", "HPAGE_SIZE", "HPAGE_PMD_MASK", "HPAGE_PMD_NR", "TASK_SIZE", "MMAP_BASE", "VM_READ", "VM_WRITE", "VM_EXEC", "VM_SHARED",
-           "VM_MAYREAD", "VM_MAYWRITE", "VM_MAYEXEC", "VM_MAYSHARE", "VM_UFFD_MISSING", "VM_UFFD_WP",
+           "VM_MAYREAD", "VM_MAYWRITE", "VM_MAYEXEC", "VM_MAYSHARE", "VM_UFFD_MISSING", "VM_UFFD_WP", "VM_LOCKED",
            "VM_HUGETLB", "VM_HUGEPAGE", "VM_NOHUGEPAGE", "VM_SOFTDIRTY", "VM_UFFD_MINOR", "VM_UFFD_FLAGS", "PTE_MARKER_UFFD_WP",
-           "PTE_MARKER_POISONED", "PTE_MARKER_GUARD", "VM_FAULT_OK", "VM_FAULT_SIGBUS", "VM_FAULT_HWPOISON",
+           "PTE_MARKER_POISONED", "PTE_MARKER_GUARD", "VM_FAULT_OK", "VM_FAULT_SIGBUS", "VM_FAULT_MAJOR", "VM_FAULT_HWPOISON",
            "VM_FAULT_SIGSEGV", "VM_FAULT_RETRY", "VM_FAULT_LIVELOCK", "VM_FAULT_ERROR", "MFILL_ATOMIC_COPY",
            "MFILL_ATOMIC_ZEROPAGE", "MFILL_ATOMIC_CONTINUE", "MFILL_ATOMIC_POISON",
            "MM_CP_TRY_CHANGE_WRITABLE", "MM_CP_UFFD_WP", "MM_CP_UFFD_WP_RESOLVE", "ZERO_PFN", "FIRST_PFN",

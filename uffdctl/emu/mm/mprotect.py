@@ -69,6 +69,11 @@ class Mprotect:
                     pages += 1
         for a in self.pte_keys(start, end, step):
             pte = ptes[a]
+            if pte.swp is not None:                      # a swap entry: only its swp uffd-wp bit changes
+                if uffd_wp and not pte.uffd_wp or uffd_wp_resolve and pte.uffd_wp:
+                    pte.uffd_wp = bool(uffd_wp)
+                    pages += 1
+                continue
             if pte.page is None:
                 if uffd_wp_resolve and pte.marker & PTE_MARKER_UFFD_WP and not pte.marker & ~PTE_MARKER_UFFD_WP:
                     del ptes[a]

@@ -3,7 +3,7 @@ MINOR and MISSING userfaults.
 """
 from __future__ import annotations
 
-from .mm_types import (Folio, VM_FAULT_OK, VM_HUGEPAGE, VM_FAULT_SIGBUS, VM_UFFD_MINOR, VM_UFFD_MISSING, userfaultfd_minor,
+from .mm_types import (Folio, VM_FAULT_MAJOR, VM_FAULT_OK, VM_FAULT_SIGBUS, VM_HUGEPAGE, VM_UFFD_MINOR, VM_UFFD_MISSING, userfaultfd_minor,
                        userfaultfd_missing)
 
 
@@ -28,7 +28,7 @@ class Shmem:
         if folio is not None:
             if userfaultfd_minor(vma):
                 return self.handle_userfault(vmf, VM_UFFD_MINOR), None
-            return VM_FAULT_OK, folio
+            return self.shmem_swapin_folio(folio), folio
         if idx * vma.page_size >= vma.file.size:
             return VM_FAULT_SIGBUS, None
         if userfaultfd_missing(vma):
@@ -39,3 +39,15 @@ class Shmem:
                 return VM_FAULT_OK, folio
         folio = vma.file.pages[idx] = self.alloc_folio(vma.page_size, anon=False)
         return VM_FAULT_OK, folio
+
+    def shmem_swapin_folio(self, folio) -> int:
+        """A page-cache entry that is in swap: the folio (still in the swap cache) goes back into the page cache
+        and its slot is freed; it stays dirty.  VM_FAULT_MAJOR when it had to be read (a zeromap entry)."""
+        if folio.swap is None:
+            return VM_FAULT_OK
+        entry = folio.swap
+        major = VM_FAULT_MAJOR if self.swap.swap_read_folio(entry) else VM_FAULT_OK
+        self.swap.delete_from_swap_cache(folio)
+        self.swap.swap_free(entry)
+        folio.dirty = True
+        return major

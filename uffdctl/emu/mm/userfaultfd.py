@@ -127,6 +127,7 @@ class Userfaultfd:
             folio = vma.file.pages.get(vma.linear_page_index(dst))
             if folio is None:
                 return -E.EFAULT
+            self.shmem_swapin_folio(folio)              # shmem_get_folio(SGP_NOALLOC) swaps it in
             return self.mfill_atomic_install_pte(vma, dst, folio, True, wp, hints)
         shared_file = vma.shared and not vma.anon
         if kind == MFILL_ATOMIC_ZEROPAGE and not shared_file and not (
@@ -162,7 +163,7 @@ class Userfaultfd:
         """6.18: none or any marker may be overwritten; 7.3: none, uffd-wp or poison marker."""
         if pte is None:
             return True
-        if pte.present:
+        if pte.present or pte.swp is not None:
             return False
         return self.profile.install_over_guard or not pte.marker & PTE_MARKER_GUARD
 
@@ -284,6 +285,14 @@ class Userfaultfd:
         spte = self.ptes.get(src)
         if spte is None:
             return 0 if mode & uapi.MoveMode.ALLOW_SRC_HOLES else -E.ENOENT
+        if spte.swp is not None:                          # move_swap_pte(): the entry itself moves
+            if not spte.exclusive:
+                return -E.EBUSY
+            new = spte.copy()
+            new.soft_dirty = True                         # pte_swp_mksoft_dirty()
+            self.set_pte(src, None)
+            self.set_pte(dst, new)
+            return 0
         if not spte.present:
             return -E.EFAULT
         if spte.special:                                  # move_zeropage_pte()
