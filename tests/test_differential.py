@@ -1175,3 +1175,41 @@ def test_differential_catches_a_broken_swap_or_mprotect_rule(host_swap_module, r
             assert Runner().diverges(small) is None, render(small)   # the real rules agree with the kernel
             return
     pytest.fail(f"4000 random sequences did not catch the broken {rule} rule")
+
+
+# A hand-written THP sequence userfaultfd_armed() decides: a THP split by a DONTNEED of one page, then the
+# whole PMD registered MISSING and collapsed (a none PTE in an armed VMA: EBUSY on the kernel).
+THP_ARMED_COLLAPSE = {"regions": [{"type": "anon", "pages": SRC_PAGES}, {"type": "anon", "pages": 512, "thp": 1}],
+                      "features": 0,
+                      "ops": [["touch", "t0", 1, 0, True, 1], ["dontneed", 1, 1, 1], ["register", 1, 0, 512, 1],
+                              ["madvise", 1, 0, 512, "collapse"]]}
+
+
+@pytest.mark.kernel
+def test_differential_catches_a_broken_thp_rule(monkeypatch):
+    """Break one THP rule of the model (MADV_COLLAPSE ignores userfaultfd_armed()) and the differential catches
+    it: the hand-written sequence, and the random generator over THP regions, with a short reproducer."""
+    runner = Runner()
+    if "thp" not in runner.memtypes:
+        from conftest import require_kernel
+        require_kernel("THP regions are left out here: " + str(thp_reason(make_backend("kernel"))))
+    assert runner.diverges(THP_ARMED_COLLAPSE) is None            # the real rule agrees with the kernel
+    from uffdctl.emu.mm import khugepaged
+    monkeypatch.setattr(khugepaged, "VM_UFFD_FLAGS", 0)             # "armed" is never true
+    d = runner.diverges(THP_ARMED_COLLAPSE)
+    if d is None and runner.not_compared:
+        pytest.skip(f"the kernel could not give a THP here: {runner.not_compared[-1]}")
+    assert d is not None and d.what == "madvise result" and d.kernel[:2] == ("err", "EBUSY") \
+        and d.emu == ("ok", None), d
+    rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
+    for i in range(1500):
+        seq = gen_sequence(random.Random(rng_seed + i), ["thp"])
+        d = runner.diverges(seq)
+        if d is not None:
+            small = runner.minimal(seq)
+            text = runner.report(seq, d, small)
+            assert "minimal reproducer" in text and len(small["ops"]) <= 8, text
+            monkeypatch.undo()
+            assert runner.diverges(small) is None, text
+            return
+    pytest.fail("1500 random THP sequences did not catch the broken MADV_COLLAPSE rule")

@@ -103,6 +103,10 @@ class Profile:
     # "mm: allocate THP on hugezeropage wp-fault" (6.13): a write to the huge zero PMD maps a THP (measured on
     # 6.18); before, the PMD is split and the write gets a 4 KiB page [source history, not measured].
     huge_zero_wp_thp: bool = True
+    # "mm: remap unused subpages to shared zeropage when splitting isolated thp" (6.12): splitting an anon large
+    # folio maps its zero-filled pages to the shared zero page, keeping uffd-wp / soft-dirty (6.12.54) [measured
+    # on 6.18: MADV_PAGEOUT / MADV_COLD of part of a THP leaves 511 zero-page PTEs].
+    thp_split_zero_remap: bool = True
     # userfaultfd_release() resets uffd-wp PTEs and markers of the closed ctx ("mm/userfaultfd: reset ptes
     # when close() for wr-protected ones", 6.2; 6.1.191).  5.19: they stay.
     release_resets_wp: bool = True
@@ -131,7 +135,7 @@ _MM_5_19 = dict(fork_wp_marker_without_event=True, fork_poison_marker_without_ev
                 vm_softdirty_sticky_merge=False,
                 swapin_read_writable=False, madv_collapse=False, khugepaged_uffd_wp_recheck=False,
                 huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False, shmem_mthp=False,
-                huge_zero_wp_thp=False, release_resets_wp=False, swap_zeromap=False)
+                huge_zero_wp_thp=False, thp_split_zero_remap=False, release_resets_wp=False, swap_zeromap=False)
 # Debian's 6.1.192 carries the stable backports named in the fields' comments (6.1.11, 6.1.21, 6.1.26,
 # 6.1.191); what it does not have: poison markers copied without EVENT_FORK, read swap-in writable, mTHP.
 _MM_6_1 = dict(_MM_5_19, fork_wp_marker_without_event=False, fork_poison_marker_without_event=False,

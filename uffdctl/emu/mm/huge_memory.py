@@ -20,7 +20,7 @@ from __future__ import annotations
 import errno as E
 
 from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_PMD_NR, HPAGE_SIZE, PAGE_SIZE, Pte, VM_FAULT_OK,
-                       VM_HUGEPAGE, VM_NOHUGEPAGE, VM_UFFD_FLAGS, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE, userfaultfd_missing,
+                       VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE, VM_UFFD_FLAGS, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE, userfaultfd_missing,
                        userfaultfd_wp)
 
 VM_FAULT_FALLBACK = 0x800
@@ -331,6 +331,32 @@ class HugeMemory:
             self.set_pte(haddr + i * PAGE_SIZE, Pte(p, write=pmd.write, dirty=pmd.dirty, young=pmd.young,
                                                     soft_dirty=pmd.soft_dirty or pmd.dirty, uffd_wp=pmd.uffd_wp))
 
+    def split_folio(self, vma, page, addr: int) -> None:
+        """__folio_split() of the anon large folio ``page`` (mapped at ``addr`` in ``vma``) belongs to: a PMD
+        mapping is split first, every page becomes its own folio, and (6.12) a zero-filled page mapped here is
+        remapped to the shared zero page (RMP_USE_SHARED_ZEROPAGE; not in a VM_LOCKED VMA), keeping its PTE's
+        uffd-wp and soft-dirty bits."""
+        folio = page.head
+        if folio is None:
+            return
+        i = folio.pages.index(page)
+        base = addr - i * PAGE_SIZE
+        if self.pmds and self.pmds.get(base & HPAGE_PMD_MASK) is not None and \
+                self.pmds[base & HPAGE_PMD_MASK].page is folio:
+            self.split_huge_pmd(vma, base & HPAGE_PMD_MASK)
+        remap = folio.anon and self.profile.thp_split_zero_remap and not vma.flags & VM_LOCKED
+        flush = []
+        for k, p in enumerate(folio.pages):
+            p.head = None
+            x = base + k * PAGE_SIZE
+            pte = self.ptes.get(x) if remap else None
+            if pte is not None and pte.page is p and (p.data is None or not any(p.data)):
+                self.set_pte(x, Pte(self.zero_page, special=True, young=True, uffd_wp=pte.uffd_wp,
+                                    soft_dirty=pte.soft_dirty))
+                flush.append(x)
+        folio.pages = None
+        self.tlb.flush_range(flush)
+
     def split_huge_pmds(self, vma, start: int, end: int, keep_whole: bool = False) -> list[int]:
         """Split the leaves [start, end) covers in part (``keep_whole``) or at all; the leaves kept whole."""
         if not self.pmds:
@@ -385,15 +411,26 @@ class HugeMemory:
         return pmd.dirty
 
     def madvise_cold_or_pageout_huge_pmds(self, vma, s: int, e: int, pageout: bool) -> None:
-        """madvise_cold_or_pageout_pte_range()'s PMD step: COLD of a whole leaf makes it old in place; PAGEOUT, or
-        a leaf covered in part, splits it and the PTE step goes on (reclaim then sees 4 KiB pages; the whole-THP
-        swap-out of a PMD leaf is modelled as its split pages, not measured)."""
+        """madvise_cold_or_pageout_pte_range()'s PMD step: the huge zero PMD is skipped, and so is a THP mapped
+        elsewhere too; a leaf covered in part is split (split_folio(): the PTE step goes on); a whole leaf is
+        made old in place, and for PAGEOUT isolated for reclaim: without swap space an anon THP stays mapped
+        [measured on 6.18: the huge zero PMD and a THP without swap keep PAGE_IS_HUGE]; with swap its
+        swap-out (split by try_to_unmap(TTU_SPLIT_HUGE_PMD)) is modelled as its 4 KiB pages, not measured."""
+        if not self.pmds:
+            return
         flush = []
-        for haddr in self.split_huge_pmds(vma, s, e, keep_whole=not pageout):
+        for haddr in sorted(h for h in self.pmds if h < e and s < h + HPAGE_SIZE):
             pmd = self.pmds[haddr]
-            if not pmd.special and pmd.page.mapcount == 1 and pmd.young:
+            if pmd.special or pmd.page.mapcount != 1 or any(p.mapcount for p in pmd.page.pages):
+                continue
+            if not (s <= haddr and haddr + HPAGE_SIZE <= e):
+                self.split_folio(vma, pmd.page.pages[0], haddr)      # split_folio(): then the PTE step
+                continue
+            if pmd.young:
                 pmd.young = False
                 flush.append(haddr)
+            if pageout and pmd.page.anon and self.swap.nr_swap_pages():
+                self.split_folio(vma, pmd.page.pages[0], haddr)      # shrink_folio_list(): split to swap out
         self.tlb.flush_range(flush)
 
     # -- fork ---------------------------------------------------------------------------------------

@@ -105,8 +105,14 @@ class Madvise:
         """madvise_free_huge_pmd(): a whole leaf is made old and clean in place; a leaf covered in part is split
         (the PTE loop then does its part).  Returns the addresses to flush."""
         flush = []
-        for haddr in self.split_huge_pmds(vma, s, e, keep_whole=True):
+        for haddr in sorted(h for h in self.pmds if h < e and s < h + HPAGE_SIZE) if self.pmds else ():
             pmd = self.pmds[haddr]
+            if not (s <= haddr and haddr + HPAGE_SIZE <= e):
+                if pmd.special:
+                    self.split_huge_pmd(vma, haddr)
+                else:
+                    self.split_folio(vma, pmd.page.pages[0], haddr)   # "split_folio(folio)": part of a THP
+                continue
             if pmd.special or not pmd.page.exclusive:
                 continue
             if pmd.young or pmd.dirty:

@@ -295,6 +295,9 @@ class Userfaultfd:
             return 0
         if not spte.present:
             return -E.EFAULT
+        if spte.page.head is not None:                    # a large folio: split_folio(), then retry
+            self.split_folio(src_vma, spte.page, src)     # huge_memory.py (zero-filled pages -> zero page)
+            spte = self.ptes[src]
         if spte.special:                                  # move_zeropage_pte()
             new = Pte(self.zero_page, special=True, young=True)
         else:
