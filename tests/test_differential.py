@@ -796,7 +796,7 @@ def test_differential(host_swap_module):
     runner = Runner()
     knobs = shmem_thp_knobs_on()
     if knobs:   # another process's test switched a shmem THP size on: shmem faults there get large folios
-        runner.memtypes = [m for m in runner.memtypes if not MemType(m).file_backed]
+        runner.memtypes = [m for m in runner.memtypes if m == "thp" or not MemType(m).file_backed]
         print(f"differential: shmem memory types left out: {', '.join(knobs)} on this host now", flush=True)
     print(f"differential: seed {seed}, {EXAMPLES} sequences, memory types {runner.memtypes}", flush=True)
     deadline = time.monotonic() + SECONDS

@@ -433,6 +433,14 @@ class HugeMemory:
                 self.split_folio(vma, pmd.page.pages[0], haddr)      # shrink_folio_list(): split to swap out
         self.tlb.flush_range(flush)
 
+    def reclaim_pt_if_empty(self, s: int, e: int) -> None:
+        """mm/pt_reclaim.c (CONFIG_PT_RECLAIM): after MADV_DONTNEED, a PTE table of a PMD the range covers whole
+        is freed when every entry is none (a marker keeps it)."""
+        for pmd in range((s + HPAGE_SIZE - 1) >> 21, e >> 21):
+            if pmd in self.pgtables and not self.pte_keys(pmd << 21, (pmd + 1) << 21, PAGE_SIZE):
+                self.pgtables.discard(pmd)
+                self._pgt_sorted = None
+
     # -- fork ---------------------------------------------------------------------------------------
     def copy_huge_pmds(self, dst_mm, dst_vma, src_vma) -> None:
         """copy_huge_pmd() for every PMD leaf of ``src_vma`` (this mm is the parent): an anon THP loses

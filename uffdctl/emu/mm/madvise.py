@@ -35,6 +35,8 @@ class Madvise:
             s, e = max(start, vma.start), min(end, vma.end)
             if advice == uapi.MADV_DONTNEED:
                 self.zap_pte_range(vma, s, e)
+                if self.profile.pt_reclaim and not vma.hugetlb:
+                    self.reclaim_pt_if_empty(s, e)           # huge_memory.py
             elif advice == uapi.MADV_REMOVE:
                 if not vma.shared or vma.anon:
                     return -E.EINVAL
