@@ -95,10 +95,22 @@ class Khugepaged:
             if not pte.page.anon:
                 return SCAN_PAGE_ANON
         # no SCAN_PAGE_RO on 6.18: 512 zero-page PTEs (a split huge zero PMD) collapse [measured]
-        if any(not p.marker for p in unmapped):
-            raise NotModelledCollapse("MADV_COLLAPSE over swap entries (swap-in)")
-        # __collapse_huge_page_swapin(): do_swap_page() on a poison or guard marker fails (HWPOISON / SIGSEGV)
-        return SCAN_FAIL if unmapped else SCAN_SUCCEED
+        if any(p.marker for p in unmapped):
+            # __collapse_huge_page_swapin(): do_swap_page() on a poison or guard marker fails (HWPOISON / SIGSEGV)
+            return SCAN_FAIL
+        return self.collapse_huge_page_swapin(vma, haddr) if unmapped else SCAN_SUCCEED
+
+    def collapse_huge_page_swapin(self, vma, haddr: int) -> int:
+        """__collapse_huge_page_swapin(): every swap entry of the PMD is faulted in (do_swap_page(), a read
+        fault from the kernel); any failure is SCAN_FAIL."""
+        from .mm_types import VM_FAULT_OK
+        for i in range(HPAGE_PMD_NR):
+            a = haddr + i * PAGE_SIZE
+            pte = self.ptes.get(a)
+            if pte is not None and not pte.present and getattr(pte, "swp", None) is not None:
+                if self.handle_mm_fault(vma, a, False, None) != VM_FAULT_OK:
+                    return SCAN_FAIL
+        return SCAN_SUCCEED
 
     # -- shmem: collapse_file() -------------------------------------------------------------------------
     def _file_vmas(self, f, i0: int, n: int):
