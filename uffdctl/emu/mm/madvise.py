@@ -109,11 +109,10 @@ class Madvise:
         flush = []
         for haddr in sorted(h for h in self.pmds if h < e and s < h + HPAGE_SIZE) if self.pmds else ():
             pmd = self.pmds[haddr]
+            if pmd.special:
+                continue                     # "if (is_huge_zero_pmd(orig_pmd)) goto out" [differential, seed 44]
             if not (s <= haddr and haddr + HPAGE_SIZE <= e):
-                if pmd.special:
-                    self.split_huge_pmd(vma, haddr)
-                else:
-                    self.split_folio(vma, pmd.page.pages[0], haddr)   # "split_folio(folio)": part of a THP
+                self.split_folio(vma, pmd.page.pages[0], haddr)   # "split_folio(folio)": part of a THP
                 continue
             if pmd.special or not pmd.page.exclusive:
                 continue
