@@ -357,6 +357,21 @@ class HugeMemory:
         folio.pages = None
         self.tlb.flush_range(flush)
 
+    def split_large_folios(self, vma, s: int, e: int, whole_too: bool = False) -> None:
+        """The PTE step of MADV_COLD / PAGEOUT / FREE over PTE-mapped large folios: one the range covers only in
+        part (madvise_folio_pte_batch() < folio_nr_pages()), and not mapped elsewhere, is split_folio()'d;
+        ``whole_too``: so is a whole one (reclaim splits it to swap it out)."""
+        for a in self.pte_keys(s, e, PAGE_SIZE):
+            pte = self.ptes.get(a)
+            if pte is None or not pte.present or pte.page.head is None:
+                continue
+            folio = pte.page.head
+            base = a - folio.pages.index(pte.page) * PAGE_SIZE
+            if any(p.mapcount != 1 for p in folio.pages) or folio.mapcount:
+                continue
+            if whole_too or not (s <= base and base + folio.size <= e):
+                self.split_folio(vma, pte.page, a)
+
     def split_huge_pmds(self, vma, start: int, end: int, keep_whole: bool = False) -> list[int]:
         """Split the leaves [start, end) covers in part (``keep_whole``) or at all; the leaves kept whole."""
         if not self.pmds:

@@ -47,6 +47,7 @@ class Madvise:
                 if not vma.anon:
                     return -E.EINVAL
                 flush = self.madvise_free_huge_pmds(vma, s, e)
+                self.split_large_folios(vma, s, e)       # huge_memory.py: part of a PTE-mapped THP
                 for a in self.pte_keys(s, e, PAGE_SIZE):
                     pte = self.ptes[a]
                     if is_swap_entry(pte):                 # madvise_free_pte_range(): the swap copy is dropped
@@ -73,6 +74,7 @@ class Madvise:
                 if vma.flags & (VM_LOCKED | VM_HUGETLB):  # can_madv_lru_vma()
                     return -E.EINVAL
                 self.madvise_cold_or_pageout_huge_pmds(vma, s, e, advice == uapi.MADV_PAGEOUT)   # huge_memory.py
+                self.split_large_folios(vma, s, e, advice == uapi.MADV_PAGEOUT and self.swap.nr_swap_pages() > 0)
                 self.madvise_cold_or_pageout_pte_range(vma, s, e, advice == uapi.MADV_PAGEOUT)
             elif advice == uapi.MADV_GUARD_INSTALL:
                 if not self.profile.guard_markers or vma.shared or vma.hugetlb:
