@@ -328,3 +328,42 @@ def test_pageout_of_hugetlb_or_locked_is_einval():
             assert ei.value.errno == 22
     finally:
         b.close()
+
+
+def lazyfree_scenario(b):
+    """A written, uffd-wp page MADV_FREE'd then paged out (clean: discarded), and one written again after
+    MADV_FREE (redirtied: kept, then swapped by a second pageout)."""
+    v = View(b, zero_pfn(b))
+    r = b.mmap(2 * PS, MemType.ANON, name="r")
+    acc(b, r.addr, True, 1)
+    acc(b, r.addr + PS, True, 2)
+    u = b.userfaultfd()
+    u.api(0)
+    u.register(r.addr, r.len, int(R.WP))
+    b.madvise(r.addr, r.len, uapi.MADV_FREE)
+    u.writeprotect(r.addr, PS, int(uapi.WriteprotectMode.WP))
+    h = b.fault_handler(u, HandlerPolicy(wp="unprotect"))
+    acc(b, r.addr + PS, True, 3)                     # p1 redirtied after MADV_FREE
+    b.lru_drain()
+    b.madvise(r.addr, r.len, uapi.MADV_PAGEOUT)
+    out = [("pageout", v(r))]
+    b.lru_drain()
+    b.madvise(r.addr, r.len, uapi.MADV_PAGEOUT)
+    out.append(("pageout 2", v(r)))
+    out.append(("w p0", acc(b, r.addr, True, 4), [e.msg.flags for e in h.events() if e.action != "event"]))
+    out.append(("r p1", acc(b, r.addr + PS, False)))
+    h.stop()
+    u.close()
+    return out
+
+
+@pytest.mark.kernel
+def test_lazyfree_then_pageout(host_swap):
+    """try_to_unmap_one()'s MADV_FREE check: a clean lazyfree page is discarded (PTE none: the anon VMA keeps no
+    uffd-wp marker, so the next write is a plain fault without a message); a redirtied one is remapped and
+    swap-backed again, so only the next pageout swaps it (its data kept)."""
+    k = side_by_side(lazyfree_scenario)
+    assert bits(k["pageout"][0]) == ["none", "PX"], k
+    assert bits(k["pageout 2"][0]) == ["none", "S"], k
+    assert k["w p0"][0][:2] == ("fault", 1) and k["w p0"][1] == [], k
+    assert k["r p1"][0][-1] == b"\x03", k

@@ -20,6 +20,8 @@ room               kernel                                       owns
 ``mremap``         mm/mremap.c                                  mremap(), move_page_tables()
 ``swapfile``       mm/swapfile.c, mm/swap_state.c               SwapSystem (devices, swap map, swap cache)
 ``vmscan``         mm/vmscan.c, mm/rmap.c                       reclaim_pages(), try_to_unmap_one()
+``filemap``        mm/filemap.c, mm/msync.c                     RegularFile (disk page cache), msync()
+``mlock``          mm/mlock.c                                   apply_vma_lock_flags(), what populate faults
 =================  ===========================================  ==========================================
 
 The state: ``vmas`` (sorted; the mmap room's), ``ptes`` (the page table: page address -> Pte, absent =
@@ -37,6 +39,7 @@ import itertools
 from .. import tlb as _tlb
 from ..profiles import Profile
 from .huge_memory import HugeMemory, ThpSettings
+from .filemap import Filemap, RegularFile
 from .hugetlb import Hugetlb
 from .khugepaged import Khugepaged
 from .madvise import Madvise
@@ -44,6 +47,7 @@ from .memory import Memory
 from . import mm_types
 from .mm_types import *  # noqa: F403  (the model's names, as M.VM_WRITE etc.)
 from .mm_types import FIRST_PFN, HPAGE_SIZE, MMAP_BASE, PAGE_SIZE, ZERO_PFN, Folio, Pte, Vma
+from .mlock import Mlock
 from .mmap import Mmap
 from .mprotect import Mprotect
 from .mremap import Mremap
@@ -55,7 +59,7 @@ from .userfaultfd import Userfaultfd
 
 
 class MM(Mmap, PageTables, Memory, HugeMemory, Khugepaged, Shmem, Hugetlb, Userfaultfd, Mprotect, Madvise, Mremap,
-         Swapfile, Vmscan):
+         Swapfile, Vmscan, Filemap, Mlock):
     """One emulated address space (struct mm_struct); ``swap``: the machine's swap devices (a fork child
     passes its parent's); ``thp``: THP knob values for the emulated sysfs (huge_memory.ThpSettings)."""
 
@@ -83,4 +87,4 @@ class MM(Mmap, PageTables, Memory, HugeMemory, Khugepaged, Shmem, Hugetlb, Userf
         self.exited = False
 
 
-__all__ = ["MM", "ShmemFile", "SwapSystem", "swapoff", *mm_types.__all__]
+__all__ = ["MM", "ShmemFile", "RegularFile", "SwapSystem", "swapoff", *mm_types.__all__]

@@ -34,6 +34,8 @@ class Madvise:
         for vma in vmas:
             s, e = max(start, vma.start), min(end, vma.end)
             if advice == uapi.MADV_DONTNEED:
+                if vma.flags & VM_LOCKED:                  # madvise_dontneed_free_valid_vma()
+                    return -E.EINVAL
                 self.zap_pte_range(vma, s, e)
                 if self.profile.pt_reclaim and not vma.hugetlb:
                     self.reclaim_pt_if_empty(s, e)           # huge_memory.py

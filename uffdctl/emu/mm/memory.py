@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno as E
 
+from .. import tlb as _tlb
 from .huge_memory import VM_FAULT_FALLBACK
 from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
                        PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_MAJOR, VM_FAULT_OK,
@@ -13,6 +14,8 @@ from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_
                        VM_UFFD_WP, VM_WRITE, VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
 
 _SLOW = object()     # copy_page_from_user(): not the one-page case
+_PAGE_MASK = ~(PAGE_SIZE - 1)
+_PAGE_RW, _PAGE_DIRTY = _tlb._PAGE_RW, _tlb._PAGE_DIRTY
 
 
 class Memory:
@@ -20,22 +23,20 @@ class Memory:
 
     def access_ok(self, vma, addr: int, write: bool) -> bool:
         """The CPU's view: TLB hit, or a page walk that finds a PTE allowing the access (sets A, D)."""
-        base = self.page_base(vma, addr)
-        if self.pmds and addr & HPAGE_PMD_MASK in self.pmds and not vma.hugetlb:
+        base = addr & _PAGE_MASK if not vma.flags & VM_HUGETLB else self.page_base(vma, addr)
+        leaf = self.pmds and addr & HPAGE_PMD_MASK in self.pmds and not vma.flags & VM_HUGETLB
+        if leaf:
             base = addr & HPAGE_PMD_MASK         # a PMD leaf: one TLB entry for its 2 MiB
-            if self.tlb.hit(base, write):
-                return True
-            pte = self.pmds[base]
-        elif self.tlb.hit(base, write):
+        v = self.tlb.entries.get(base)              # Tlb.hit(), inline
+        if v is not None and (not write or v & _PAGE_RW and v & _PAGE_DIRTY):
             return True
-        else:
-            pte = self.ptes.get(base)
+        pte = self.pmds[base] if leaf else self.ptes.get(base)
         if pte is None or pte.page is None or (write and not pte.write):
             return False
         pte.young = True
         if write:
             pte.dirty = True           # hardware D; soft-dirty is only set by pte_mkdirty() in software
-        self.tlb.fill(base, self.pte_val(pte))
+        self.tlb.entries[base] = _tlb.pte_val(pte, self.soft_dirty_config)    # Tlb.fill()
         return True
 
     def handle_mm_fault(self, vma, real_address: int, write: bool, task) -> int:
@@ -168,7 +169,8 @@ class Memory:
             if a in self.ptes:
                 continue
             folio = vma.file.pages.get(vma.linear_page_index(a))
-            if folio is not None and folio.swap is None:    # a swap entry in the cache is not mapped
+            # next_uptodate_folio(): not a swap entry in the cache, not PG_readahead (= PG_reclaim)
+            if folio is not None and folio.swap is None and not folio.reclaim:
                 self.set_pte(a, Pte(folio, write=prot_w, young=True))
 
     def do_fault(self, vmf) -> int:
@@ -183,6 +185,13 @@ class Memory:
         major, ret = ret & VM_FAULT_MAJOR, ret & ~VM_FAULT_MAJOR
         if ret:
             return ret
+        if major and not vmf.write:
+            # filemap_fault() dropped the lock to read (VM_FAULT_RETRY): the retried read fault maps the
+            # read-around by fault-around first [measured on 6.18: a read miss maps its neighbours]
+            self.do_fault_around(vmf)
+            p = self.ptes.get(vmf.address)
+            if p is not None and p.page is not None:
+                return major
         uffd_wp = vmf.orig_pte_uffd_wp
         if folio.head is not None and not (vmf.write and not vma.shared) and not uffd_wp and \
                 self.finish_fault_large(vmf, folio, vmf.write):       # huge_memory.py: the whole large folio
@@ -253,13 +262,15 @@ class Memory:
             pos += n
         return bytes(out)
 
-    def copy_page_from_user(self, addr: int, length: int):
+    def copy_page_from_user(self, addr: int, length: int, vma=None):
         """copy_from_user() of one whole 4 KiB source page, as a new bytearray, None for a page of zeros
         (Folio.data's "not allocated"), or -EFAULT; ``_SLOW`` when the source is anything else (unaligned,
-        another length, a huge page): then copy_from_user() walks it.  One build of the data, not three."""
+        another length, a huge page): then copy_from_user() walks it.  One build of the data, not three.
+        ``vma``: the VMA the caller found for an earlier page of the same source (used if it holds ``addr``)."""
         if length != PAGE_SIZE or addr & (PAGE_SIZE - 1):
             return _SLOW
-        vma = self.find_vma(addr)
+        if vma is None or not vma.start <= addr < vma.end:
+            vma = self.find_vma(addr)
         if vma is None:
             return -E.EFAULT
         if vma.flags & VM_HUGETLB:

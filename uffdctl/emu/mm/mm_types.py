@@ -74,7 +74,7 @@ class Folio:
     piece (``pages`` None)."""
 
     __slots__ = ("pfn", "size", "data", "anon", "exclusive", "mapcount", "zero", "swap", "dirty", "lazyfree",
-                 "pages", "head")
+                 "reclaim", "pages", "head")
 
     def __init__(self, pfn: int, size: int, anon: bool, data: bytearray | None = None, zero: bool = False):
         self.pfn = pfn
@@ -87,6 +87,7 @@ class Folio:
         self.swap = None          # folio->swap: its swap entry while in the swap cache (folio_test_swapcache)
         self.dirty = False        # folio_test_dirty(): a dirty PTE was unmapped from it (file folios: not written back)
         self.lazyfree = False     # MADV_FREE'd anon folio (!folio_test_swapbacked): reclaim may discard it
+        self.reclaim = False      # PG_reclaim (= PG_readahead): a dirty file folio reclaim left for writeback
         self.pages = None         # a THP: its 4 KiB pages (the data is theirs)
         self.head = None          # a page of a THP: the large folio
 
@@ -241,6 +242,24 @@ class Vma:
         return v
 
 
+def vma_is_shmem(vma) -> bool:
+    """vm_ops == &shmem_vm_ops or &shmem_anon_vm_ops: memfd, tmpfs, MAP_SHARED|MAP_ANONYMOUS; not SysV shm."""
+    f = vma.file
+    return f is not None and f.shmem and not f.sysv and not vma.hugetlb
+
+
+def vma_can_userfault(vma, vm_flags: int, wp_async: bool) -> bool:
+    """include/linux/userfaultfd_k.h: MINOR only on shmem / hugetlb; WP alone with UFFD_FEATURE_WP_ASYNC on any
+    VMA (6.7+: the feature is offered only there); else anon, hugetlb or shmem (a regular file or SysV shm is
+    none of them: EINVAL)."""
+    vm_flags &= VM_UFFD_FLAGS
+    if vm_flags & VM_UFFD_MINOR and not (vma.hugetlb or vma_is_shmem(vma)):
+        return False
+    if wp_async and vm_flags == VM_UFFD_WP:
+        return True
+    return vma.anon or vma.hugetlb or vma_is_shmem(vma)
+
+
 def userfaultfd_missing(vma) -> bool:
     return bool(vma.flags & VM_UFFD_MISSING)
 
@@ -278,5 +297,5 @@ __all__ = ["PAGE_SIZE", "HPAGE_SIZE", "HPAGE_PMD_MASK", "HPAGE_PMD_NR", "TASK_SI
            "MM_CP_TRY_CHANGE_WRITABLE", "MM_CP_UFFD_WP", "MM_CP_UFFD_WP_RESOLVE", "ZERO_PFN", "FIRST_PFN",
            "Folio", "Pte", "make_pte_marker",
            "MAX_SWAPFILES_SHIFT", "swp_entry", "swp_type", "swp_offset", "is_swap_entry", "swp_entry_to_pte",
-           "Vma", "userfaultfd_missing", "userfaultfd_wp",
+           "Vma", "vma_is_shmem", "vma_can_userfault", "userfaultfd_missing", "userfaultfd_wp",
            "userfaultfd_minor", "VmFault"]

@@ -29,7 +29,9 @@ class Mprotect:
         """Private: VM_WRITE.  Shared: vma_wants_writenotify(vma, vm_page_prot), which is false
         whenever vm_page_prot was write-protected for write-notify (the §2.3.6 quirk) and
         false anyway for shmem otherwise: so never for shmem."""
-        return bool(vma.flags & VM_WRITE) and not vma.shared and not vma.hugetlb  # hugetlb: never
+        if vma.hugetlb or not vma.flags & VM_WRITE:                          # hugetlb: never
+            return False
+        return not vma.shared or vma.file is not None and not vma.file.shmem  # page_mkwrite: writenotify
 
     def can_change_pte_writable(self, vma, pte: Pte, write_likely: bool = False) -> bool:
         if not vma.flags & VM_WRITE:

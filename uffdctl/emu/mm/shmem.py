@@ -8,13 +8,18 @@ from .mm_types import (Folio, VM_FAULT_MAJOR, VM_FAULT_OK, VM_FAULT_SIGBUS, VM_H
 
 
 class ShmemFile:
-    """A memfd: size and page cache (index -> Folio)."""
+    """A memfd / tmpfs file: size and page cache (index -> Folio).  ``sysv``: a SysV segment (shm_vm_ops
+    wraps shmem's, so its pages are shmem's, but its VMAs are not vma_is_shmem())."""
 
-    def __init__(self, name: str, size: int, page_size: int):
+    shmem = True
+
+    def __init__(self, name: str, size: int, page_size: int, sysv: bool = False):
         self.name = name
         self.size = size
         self.page_size = page_size
         self.pages: dict[int, Folio] = {}
+        self.sysv = sysv
+
 
 
 class Shmem:
@@ -23,6 +28,8 @@ class Shmem:
     def shmem_get_folio(self, vmf) -> tuple[int, Folio | None]:
         """shmem_get_folio_gfp() with a vmf: MINOR / MISSING userfaults, else the (new) cache page."""
         vma = vmf.vma
+        if not vma.file.shmem:                   # a regular file: ->fault is filemap_fault()
+            return self.filemap_fault(vmf)
         idx = vma.linear_page_index(vmf.address)
         folio = vma.file.pages.get(idx)
         if folio is not None:

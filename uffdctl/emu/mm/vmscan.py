@@ -9,7 +9,8 @@ What each kind of folio becomes (measured on the 6.18 host, with and without a s
   written since -> remapped as it was and swap-backed again (the next pageout swaps it).
 * file (shmem page cache, a private mapping's cache pages): the PTE is unmapped (a uffd-wp marker where
   pte_install_uffd_wp_if_needed() wants one); a clean folio leaves the page cache (the next fault gets a new
-  page), a dirty one stays (in swap when there is room: shmem_writeout(); in the cache without).
+  page), a dirty one stays (in swap when there is room: shmem_writeout(); in the cache without; a disk
+  file's with PG_reclaim set, which fault-around reads as PG_readahead and skips).
 """
 from __future__ import annotations
 
@@ -64,6 +65,10 @@ class Vmscan:
             del cache[idx]                           # __remove_mapping(): a clean folio is freed
             return
         folio.dirty = True
+        if not vma.file.shmem:
+            # only kswapd writes file folios back: folio_set_reclaim(), activate_locked (kept, dirty)
+            folio.reclaim = True
+            return
         if getattr(vma.file, "shmem", True) and folio.swap is None and sw.folio_alloc_swap(folio) is not None:
             sw.swap_duplicate(folio.swap)            # shmem_writeout(): the page-cache entry holds the slot
             entry = folio.swap
