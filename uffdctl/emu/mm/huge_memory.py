@@ -367,8 +367,8 @@ class HugeMemory:
                 continue
             folio = pte.page.head
             base = a - folio.pages.index(pte.page) * PAGE_SIZE
-            if any(p.mapcount != 1 for p in folio.pages) or folio.mapcount:
-                continue
+            if any(p.mapcount > 1 for p in folio.pages) or folio.mapcount:
+                continue                              # folio_maybe_mapped_shared()
             if whole_too or not (s <= base and base + folio.size <= e):
                 self.split_folio(vma, pte.page, a)
 
