@@ -713,11 +713,11 @@ expect pagemap buf:1 present=1
 def test_repro_file_side_by_side(cli, tmp_path):
     need_kernel()
     f = tmp_path / "mine.uffd"
-    f.write_text(SIDE + "mprotect buf:0 --prot none\nmsync buf:0\n")
+    f.write_text(SIDE + "mprotect buf:0 --prot none\nmadvise buf:1 --advice willneed\n")
     p = cli("repro", str(f), "--watch", "buf:1", check=0)
     assert "kernel" in p.stdout and "(twin)" in p.stdout            # the backend of every column is named
     assert "EEXIST [P]" in p.stdout
-    assert "PASS" in p.stdout and "UNSUPPORTED: line 12: not modelled: msync (emulator)" in p.stdout
+    assert "PASS" in p.stdout and "UNSUPPORTED: line 12: not modelled: madvise willneed (emulator)" in p.stdout
     r = cli.j("repro", str(f), "--profile", "6.1")
     assert [x["target"]["label"] for x in r["runs"]][0] == "kernel" and len(r["runs"]) == 3
     assert r["runs"][0]["verdict"] == "PASS" and r["differing"] == [12]
