@@ -1,4 +1,4 @@
-"""Kernel-version profiles: small named tables of switches (spec §1.4).
+"""Kernel-version profiles: small named tables of switches (each with the kernel commit that flips it).
 
 Each profile is a :class:`Profile` — a handful of booleans naming the kernel
 change that flips them — never a copy of code.  The model (``mm/``,
@@ -7,7 +7,7 @@ behaviour forks.  ``CONFIG_MEM_SOFT_DIRTY`` is not part of a profile: it is its
 own switch (``EmuBackend(soft_dirty=...)``).
 
 The two ``rfc-hints*`` profiles model Nadav Amit's 2022 access/write-hint RFC
-(spec §1.2), which was **never merged**: the mode bits below are private to
+(Nadav Amit's 2022 RFC series of userfaultfd access/write hints), which was **never merged**: the mode bits below are private to
 uffdctl and are not kernel ABI.
 """
 from __future__ import annotations

@@ -27,7 +27,7 @@ class Mprotect:
 
     def vma_wants_manual_pte_write_upgrade(self, vma) -> bool:
         """Private: VM_WRITE.  Shared: vma_wants_writenotify(vma, vm_page_prot), which is false
-        whenever vm_page_prot was write-protected for write-notify (the §2.3.6 quirk) and
+        whenever vm_page_prot was write-protected for write-notify (vma_wants_writenotify(): the shmem quirk) and
         false anyway for shmem otherwise: so never for shmem."""
         if vma.hugetlb or not vma.flags & VM_WRITE:                          # hugetlb: never
             return False

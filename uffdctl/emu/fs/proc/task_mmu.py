@@ -158,7 +158,7 @@ def _leaves(mm, vma) -> list:
     return [p for h, p in mm.pmds.items() if vma.start <= h < vma.end]
 
 def pagemap_scan_category(mm, vma, pte: Pte | None, has_table: bool = True) -> int:
-    """Categories of one page (6.18 rules, spec §4.1).  A none PTE under an existing page table reads
+    """Categories of one page (6.18 rules: pagemap_page_category()).  A none PTE under an existing page table reads
     WRITTEN on any VMA [measured]; a hole without a page table only in a uffd-wp VMA."""
     C = _C
     cat = 0
