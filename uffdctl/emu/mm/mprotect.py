@@ -61,10 +61,12 @@ class Mprotect:
         clean_wp_noflush = self.profile.clean_wp_noflush
         flush, pages = [], 0
         step = vma.page_size
+        if self.pmds:                      # huge_memory.py: change_huge_pmd() / split
+            pages += self.change_huge_pmds(vma, start, end, newprot_writable, cp_flags)
         ptes = self.ptes
         if uffd_wp and self.userfaultfd_wp_use_markers(vma):
             for a in range(start, end, step):
-                if a not in ptes:
+                if a not in ptes and not (self.pmds and self.pmd_leaf(a)):
                     self.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
                     pages += 1
         for a in self.pte_keys(start, end, step):
