@@ -116,6 +116,22 @@ def copy_present_pte(dst_mm, dst_vma, src_vma, addr: int, pte) -> None:
     dst_mm.set_pte(addr, new)
 
 
+def copy_huge_pmd(dst_mm, dst_vma, src_vma, haddr: int, pmd) -> None:
+    """mm/huge_memory.c copy_huge_pmd(): a PMD-mapped THP is shared by both (the folio loses PageAnonExclusive;
+    the entire mapcount makes pagemap's exclusive bit clear on both sides), write-protected in both for a COW
+    mapping, old in the child; uffd-wp only into a uffd-wp child VMA.  The huge zero folio is copied as is."""
+    new = pmd.copy()
+    folio = pmd.page
+    if folio is not None and folio.anon and not pmd.special:
+        folio.exclusive = False
+    if is_cow_mapping(src_vma.flags) and pmd.write:
+        pmd.write = new.write = False
+    new.young = False
+    if not userfaultfd_wp(dst_vma):
+        new.uffd_wp = False
+    dst_mm.set_pmd(haddr, new)
+
+
 def copy_nonpresent_pte(dst_mm, dst_vma, addr: int, pte) -> None:
     """copy_nonpresent_pte(): a PTE marker goes through copy_pte_marker(); a swap entry is duplicated
     (swap_duplicate(): one more holder of the slot) and marked shared on both sides (the parent's entry loses
@@ -166,6 +182,8 @@ def copy_page_range(dst_mm, dst_vma, src_mm, src_vma) -> None:
     if src_vma.hugetlb:
         copy_hugetlb_page_range(dst_mm, dst_vma, src_mm, src_vma)
         return
+    for haddr in sorted(a for a in src_mm.pmds if src_vma.start <= a < src_vma.end) if src_mm.pmds else ():
+        copy_huge_pmd(dst_mm, dst_vma, src_vma, haddr, src_mm.pmds[haddr])
     for pmd in src_mm._tables_in(src_vma.start >> 21, (src_vma.end - 1) >> 21):
         dst_mm.pte_alloc(max(pmd << 21, src_vma.start))
     for a in src_mm.pte_keys(src_vma.start, src_vma.end, src_vma.page_size):

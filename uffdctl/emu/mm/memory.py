@@ -220,7 +220,8 @@ class Memory:
             # VM_UFFD_WP (re-registered without WP): the write faults again forever [measured on 6.18]
             return VM_FAULT_LIVELOCK
         page = pte.page
-        if not vma.shared and page.anon and not page.exclusive and not pte.special and page.mapcount == 1:
+        if not vma.shared and page.anon and not page.exclusive and not pte.special and page.mapcount == 1 \
+                and getattr(page, "head", None) is None:   # a large folio's page is never reused this way
             page.exclusive = True                    # wp_can_reuse_anon_folio(): the other mapper is gone
         if vma.shared or (page.anon and page.exclusive and not pte.special):
             new = pte.copy()                         # wp_page_reuse() / wp_page_shared()
