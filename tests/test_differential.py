@@ -116,7 +116,7 @@ def gen_fork(frng: random.Random, regions, ops) -> int:
     the ones the generator made before fork was added: in 30% of them a fork early on, its FORK message read,
     a few ops in the child, maybe a kill of it and a MADV_DONTFORK / WIPEONFORK / DOFORK / KEEPONFORK before
     the fork, and half of those with UFFD_FEATURE_EVENT_FORK.  Returns the UFFDIO_API features it adds."""
-    if any(g["type"] == "thp" for g in regions):
+    if any(g.get("thp") for g in regions):
         return 0   # not yet: a child's COW of part of a shared PMD-mapped THP leaves the parent's pagemap X bit at 0
     if frng.random() < 0.3:
         at = frng.randint(0, len(ops) // 2)
