@@ -325,8 +325,69 @@ def test_prefixed_stream():
     p = Prefixed(sink, "[k] ", tee)
     for chunk in (b"ab", b"c\nde", b"f\n", b"\n", b"g"):
         p.write(chunk)
-    assert sink.data == b"[k] abc\n[k] def\n[k] \n[k] g"
+    assert sink.data == b"[k] abc\n[k] def\n[k] \n"     # whole lines only: two columns never mix in one
     assert tee.data == b"abc\ndef\n\ng"
+    p.flush()
+    assert sink.data == b"[k] abc\n[k] def\n[k] \n[k] g"
+
+
+def test_prefixed_streams_of_two_threads_never_mix_within_a_line():
+    import threading
+
+    class Sink:
+        def __init__(self):
+            self.parts = []
+
+        def write(self, b):
+            self.parts.append(b)
+
+        def flush(self):
+            pass
+
+    sink = Sink()
+
+    def column(name):
+        p = Prefixed(sink, f"[{name}] ")
+        for i in range(2000):
+            p.write(f"{name}-{i}".encode())      # a line in two writes, as QEMU's output arrives
+            p.write(b" end\n")
+
+    ts = [threading.Thread(target=column, args=(n,)) for n in ("a", "b")]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    lines = b"".join(sink.parts).decode().splitlines()
+    assert len(lines) == 4000
+    bad = [x for x in lines if not re.fullmatch(r"\[(a|b)\] \1-\d+ end", x)]
+    assert not bad, bad[:3]
+
+
+def test_cap_does_not_charge_the_time_waiting_for_a_cpu():
+    """A process that waits for a CPU behind another on the same core is charged only what it ran."""
+    clock = qemu.Clock()
+    clock.wall, clock.waited = 100.0, 70.0
+    assert clock.charged == 30.0 and not clock.over(40.0) and clock.over(29.0) and not clock.backstop_hit
+    clock.wall, clock.waited = qemu.BACKSTOP * 40.0 + 1, qemu.BACKSTOP * 40.0   # almost all of it waiting
+    assert clock.over(40.0) and clock.backstop_hit
+
+
+def test_group_wait_reads_the_run_queue_delay(tmp_path):
+    """Two busy processes pinned to one CPU: each waits for the other, and group_wait sees it."""
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    code = "import os,time\nos.sched_setaffinity(0,{%d})\nt=time.monotonic()\nwhile time.monotonic()-t<30: pass" % cpu
+    hog = subprocess.Popen([sys.executable, "-c", code])
+    log = str(tmp_path / "out.log")
+    p = qemu.spawn([sys.executable, "-c", code], log)
+    try:
+        deadline = time.monotonic() + 20
+        while qemu.group_wait(p.pid) < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert qemu.group_wait(p.pid) >= 1.0
+    finally:
+        qemu.kill_group(p.pid, proc=p)
+        hog.kill()
+        hog.wait()
 
 
 # -- process hygiene with stand-ins -------------------------------------------------------------
