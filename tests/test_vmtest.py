@@ -328,7 +328,9 @@ def test_prefixed_stream():
     assert sink.data == b"[k] abc\n[k] def\n[k] \n"     # whole lines only: two columns never mix in one
     assert tee.data == b"abc\ndef\n\ng"
     p.flush()
-    assert sink.data == b"[k] abc\n[k] def\n[k] \n[k] g"
+    assert sink.data == b"[k] abc\n[k] def\n[k] \n"     # flush() (after every read of out.log) keeps "g" back
+    p.finish()
+    assert sink.data == b"[k] abc\n[k] def\n[k] \n[k] g\n"
 
 
 def test_prefixed_streams_of_two_threads_never_mix_within_a_line():

@@ -66,12 +66,17 @@ class Prefixed:
 
     def flush(self) -> None:
         with self.lock:
-            if self.pending:
-                self.out.write(self.prefix + self.pending)
-                self.pending = b""
             self.out.flush()
         if self.tee:
             self.tee.flush()
+
+    def finish(self) -> None:
+        """The column ended: its last, unterminated line too."""
+        if self.pending:
+            with self.lock:
+                self.out.write(self.prefix + self.pending + b"\n")
+            self.pending = b""
+        self.flush()
 
 
 # -- options ----------------------------------------------------------------------------------
@@ -277,7 +282,8 @@ def run_column(args, plan: matrix.Plan, vm: qemu.VM | None, criu) -> matrix.Colu
         with open(os.path.join(job.run_dir, "column.log"), "wb") as tee:
             stream = Prefixed(sys.stdout.buffer, f"[{col.label}] ", tee) if not args.quiet else tee
             res = job.run(body, REPO, env, stream=stream)
-            stream.flush()
+            if isinstance(stream, Prefixed):
+                stream.finish()
         col.seconds = res.seconds
         col.share = job.share
         if res.timed_out:
