@@ -365,6 +365,38 @@ def test_prefixed_streams_of_two_threads_never_mix_within_a_line():
     assert not bad, bad[:3]
 
 
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_run_columns_at_most_parallel_at_once_in_order(monkeypatch, tmp_path, parallel):
+    import argparse
+    import threading
+    from vmtest_lib import cli
+    live, peak, lock = [0], [0], threading.Lock()
+
+    def fake(args, plan, vm, criu):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.3)
+        with lock:
+            live[0] -= 1
+        return vm
+
+    monkeypatch.setattr(cli, "run_column", fake)
+    args = argparse.Namespace(parallel=parallel, out=str(tmp_path))
+    cols, _ = cli.run_columns(args, None, ["a", "b", "c", "d"], host=False)
+    assert cols == ["a", "b", "c", "d"] and peak[0] == parallel
+
+
+def test_run_columns_refuses_more_than_two_at_once(tmp_path):
+    import argparse
+    from vmtest_lib import cli
+    r = subprocess.run([sys.executable, VMTEST, "--no-install", "--parallel", "3", "matrix", "--no-host"],
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 2 and "--parallel 3: expected 1 or 2" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(ValueError):
+        cli.run_columns(argparse.Namespace(parallel=0, out=str(tmp_path)), None, [], host=False)
+
+
 def test_cap_does_not_charge_the_time_waiting_for_a_cpu():
     """A process that waits for a CPU behind another on the same core is charged only what it ran."""
     clock = qemu.Clock()

@@ -301,11 +301,15 @@ def run_column(args, plan: matrix.Plan, vm: qemu.VM | None, criu) -> matrix.Colu
     return col
 
 
-def run_columns(args, plan: matrix.Plan, vms: list[qemu.VM], host: bool, criu=lambda k: "") -> tuple[list, float]:
-    """The columns (the host first), ``args.parallel`` at a time; returns them in order and the wall time."""
-    if not 1 <= args.parallel <= 2:
+def check_parallel(args) -> None:
+    if not 1 <= getattr(args, "parallel", 1) <= 2:
         raise ValueError(f"--parallel {args.parallel}: expected 1 or 2 (one host core per TCG guest, and "
                          "the machine is shared)")
+
+
+def run_columns(args, plan: matrix.Plan, vms: list[qemu.VM], host: bool, criu=lambda k: "") -> tuple[list, float]:
+    """The columns (the host first), ``args.parallel`` at a time; returns them in order and the wall time."""
+    check_parallel(args)
     os.makedirs(args.out, exist_ok=True)
     t_all = time.monotonic()
     targets: list[qemu.VM | None] = ([None] if host else []) + vms
@@ -443,6 +447,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd is None:
         args = parser().parse_args((argv if argv is not None else sys.argv[1:]) + ["matrix"])
     try:
+        check_parallel(args)
         return cmd(args)
     except Unavailable as e:
         log(f"cannot run here: {e}")
