@@ -329,6 +329,17 @@ def test_built_kernels_recorded():
         assert build.check_config(kernelpkg.read_config(os.path.join(b.obj, ".config"))) == []
 
 
+def test_kernel_dir_boots_the_tree_vmtest_build_left():
+    """`vmtest build` leaves build/KEY/obj (vmlinux, .config, kernel.release): --kernel-dir boots it."""
+    from test_vmtest import vm_ready
+    builds = build.all_builds(kernelpkg.default_cache())
+    if vm_ready() or not builds:
+        pytest.skip(vm_ready() or "no kernel built yet here (scripts/vmtest build --source 6.1; CI builds none)")
+    b = next((x for x in builds if not x.patches), builds[0])
+    r = run_vmtest("--kernel-dir", b.obj, "run", "--", "uname", "-r", timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == b.release, r.stderr
+
+
 # -- make test-kernels: the recorded run and the table in docs/vmtest.md ----------------------------------
 
 def recorded():
