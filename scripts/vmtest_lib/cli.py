@@ -110,8 +110,9 @@ def add_common(p: argparse.ArgumentParser, sub: bool = False) -> None:
                         "waited for a host CPU is not charged, so a loaded machine stretches the wall time, not "
                         "the cap; a wall-clock backstop of %g x the cap ends any run (default 600; "
                         "kernels: 1800)" % qemu.BACKSTOP)
-    v.add_argument("--parallel", type=int, default=d(1), metavar="N",
-                   help="columns booted at once (default 1; at most 2: TCG wants a host core per guest)")
+    v.add_argument("--parallel", type=int, default=d(None), metavar="N",
+                   help="columns booted at once (default 1, kernels: 2; at most 2: TCG wants a host core per "
+                        "guest)")
     v.add_argument("--qemu", default=d(None), help="QEMU binary (default: qemu-system-x86_64 on PATH)")
     g = p.add_argument_group("host")
     g.add_argument("--venv", default=d(os.path.join(REPO, ".venv")),
@@ -155,14 +156,22 @@ def parser() -> argparse.ArgumentParser:
                         "(about three times the objects)")
     kk = sub.add_parser("kernels", help="make test-kernels: build the 6.1 variants, boot them, assert the flips")
     kk.add_argument("--out", default=os.path.join(REPO, "build", "vmtest", "kernels"))
-    kk.add_argument("--tests", nargs="+", metavar="PATH", help="pytest selection (default tests/test_softdirty.py)")
+    kk.add_argument("--tests", nargs="+", metavar="PATH",
+                    help="pytest selection (default: tests/%s, the differential against each kernel's twin; "
+                         "the rest of tests/test_softdirty.py runs in make test-vm's columns)" % kernels_diff_test())
     kk.add_argument("--record", action="store_true",
                     help="write docs/vmtest-kernels.json and the table in docs/vmtest.md")
     kk.add_argument("-q", "--quiet", action="store_true")
-    kk.add_argument("--diff-examples", type=int, default=300, metavar="N")
+    kk.add_argument("--diff-examples", type=int, default=60, metavar="N",
+                    help="differential sequences per column, seeds 1..N (default %(default)s)")
     for sp in (m, r, f, d, b, kk):
         add_common(sp, sub=True)
     return p
+
+
+def kernels_diff_test() -> str:
+    from .kernels import DIFF_TEST
+    return DIFF_TEST
 
 
 def kernel_specs(args) -> list[tuple[str, str]]:
@@ -302,6 +311,8 @@ def run_column(args, plan: matrix.Plan, vm: qemu.VM | None, criu) -> matrix.Colu
 
 
 def check_parallel(args) -> None:
+    if getattr(args, "parallel", 1) is None:
+        args.parallel = 2 if args.cmd == "kernels" else 1
     if not 1 <= getattr(args, "parallel", 1) <= 2:
         raise ValueError(f"--parallel {args.parallel}: expected 1 or 2 (one host core per TCG guest, and "
                          "the machine is shared)")

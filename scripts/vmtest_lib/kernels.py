@@ -156,7 +156,7 @@ def run(args, run_columns, make_plan) -> int:
         kernels += [(role, localkernel.from_build(b, args.cache)) for role, b in builds]
         vms = [qemu.VM(qemu_bin, k, initramfs.build(k, busybox), accel=accel, smp=args.smp, mem=args.mem,
                        timeout=cli_cap(args)) for _r, k in kernels]
-    args.tests = args.tests or ["tests/test_softdirty.py"]
+    args.tests = args.tests or [f"tests/{DIFF_TEST}"]
     plan = make_plan(args)
     role_of = {id(k): r for r, k in kernels}
     columns, col_seconds = run_columns(args, plan, vms, host=False,
