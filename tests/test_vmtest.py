@@ -418,6 +418,7 @@ def test_group_wait_reads_the_run_queue_delay(tmp_path):
         while qemu.group_wait(p.pid) < 1.0 and time.monotonic() < deadline:
             time.sleep(0.2)
         assert qemu.group_wait(p.pid) >= 1.0
+        assert qemu.group_cpu(p.pid) > 0.0     # it ran too: waited and used are told apart
     finally:
         qemu.kill_group(p.pid, proc=p)
         hog.kill()

@@ -301,12 +301,13 @@ def run_column(args, plan: matrix.Plan, vm: qemu.VM | None, criu) -> matrix.Colu
         elif not res.reported:
             col.problem = "the guest reported no exit status (see console.log)"
         if res.clock is not None:
-            col.waited = round(res.clock.waited, 1)
+            col.waited, col.cpu = round(res.clock.waited, 1), round(res.clock.cpu, 1)
         matrix.collect(col)
         dest = os.path.join(args.out, col.label.replace(" ", "-").replace(":", "_"))
         shutil.rmtree(dest, ignore_errors=True)
         shutil.copytree(job.run_dir, dest, ignore=shutil.ignore_patterns("guest.sh"))
-    log(f"column {col.label}: {col.seconds:.0f} s wall ({col.waited:.0f} s waiting for a host CPU)")
+    log(f"column {col.label}: {col.seconds:.0f} s wall ({col.waited:.0f} s waiting for a host CPU; "
+        f"{col.cpu:.0f} s CPU)")
     return col
 
 

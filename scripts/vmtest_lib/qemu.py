@@ -165,6 +165,20 @@ def spawn(argv: list[str], log_path: str, cwd: str | None = None) -> subprocess.
     return p
 
 
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) the live processes of group ``pgid`` have used."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in group_members(pgid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / tck
+
+
 def group_wait(pgid: int) -> float:
     """Seconds the most-delayed live thread of group ``pgid`` has spent runnable without a CPU (schedstat's
     second field; under TCG that is the vCPU thread, the one the guest's progress depends on)."""
@@ -189,6 +203,7 @@ class Clock:
     t0: float = field(default_factory=time.monotonic)
     wall: float = 0.0
     waited: float = 0.0
+    cpu: float = 0.0                # CPU time used: charged - cpu is time the guest sat idle (sleeping, timers)
     backstop_hit: bool = False
     load_start: float = field(default_factory=lambda: os.getloadavg()[0])
 
@@ -199,6 +214,7 @@ class Clock:
     def tick(self, pgid: int) -> None:
         self.wall = time.monotonic() - self.t0
         self.waited = min(self.wall, max(self.waited, group_wait(pgid)))
+        self.cpu = max(self.cpu, group_cpu(pgid))
 
     def over(self, cap: float) -> bool:
         self.backstop_hit = self.wall > cap * BACKSTOP
