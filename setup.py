@@ -5,9 +5,11 @@ the package still installs, and uffdctl says that only the emulation backend
 is available.
 """
 import os
+import subprocess
 import sys
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ext_modules = []
@@ -23,4 +25,24 @@ if sys.platform.startswith("linux") and os.environ.get("UFFDCTL_NO_EXTENSION") !
         print(f"uffdctl: not building the native extension ({e}); only the emulation backend will be available",
               file=sys.stderr)
 
-setup(ext_modules=ext_modules)
+
+
+class build_py_with_help_index(build_py):
+    """Also write uffdctl/cli/help-index.marshal: the command listing of ``uffdctl --help``, so that it
+    need not load the command table (uffdctl.cli.helpindex).  Built by importing the package just
+    copied into build_lib; where that fails (click absent from an isolated build) --help builds the
+    listing itself, as before."""
+
+    def run(self):
+        super().run()
+        out = os.path.abspath(os.path.join(self.build_lib, "uffdctl", "cli", "help-index.marshal"))
+        code = ("import sys; sys.path.insert(0, sys.argv[1]); from uffdctl.cli.helpindex import write; "
+                "write(sys.argv[2])")
+        r = subprocess.run([sys.executable, "-c", code, os.path.abspath(self.build_lib), out], capture_output=True,
+                           text=True, cwd=self.build_lib, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        if r.returncode != 0:
+            print(f"uffdctl: no --help index ({r.stderr.strip().splitlines()[-1:]}); --help builds its listing "
+                  "each time", file=sys.stderr)
+
+
+setup(ext_modules=ext_modules, cmdclass={"build_py": build_py_with_help_index})

@@ -39,7 +39,7 @@ ffibuilder.set_source(
     sources=[_source(n) for n in HELPERS],
     depends=[_source(n) for n in ("uffd_uapi.h", "uffdctl_helpers.h", "uffdctl_proc.h")],
     include_dirs=[HERE],
-    extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"],
+    extra_compile_args=["-O2", "-Wall", "-Wno-unused-function", "-Werror=implicit-function-declaration"],
     libraries=["pthread"],
 )
 

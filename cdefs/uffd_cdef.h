@@ -64,6 +64,9 @@ int uffdctl_ioctl_range_mode(int, unsigned long, uint64_t, uint64_t, uint64_t, i
 int uffdctl_ioctl_dst_src(int, unsigned long, uint64_t, uint64_t, uint64_t, uint64_t, int64_t *);
 int64_t uffdctl_dst_src1(int, unsigned long, uint64_t, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_range_mode1(int, unsigned long, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_copy1(int, uint64_t, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_zeropage1(int, uint64_t, uint64_t, uint64_t);
+int64_t uffdctl_writeprotect1(int, uint64_t, uint64_t, uint64_t);
 int64_t uffdctl_last_result(void);
 int uffdctl_userfaultfd(int);
 int uffdctl_dev_userfaultfd(int);
@@ -95,6 +98,7 @@ int uffdctl_worker_submit(struct uffdctl_worker *, struct uffdctl_access_job *, 
 int uffdctl_worker_wait(struct uffdctl_worker *, struct uffdctl_access_job *, int);
 int uffdctl_worker_busy(struct uffdctl_worker *);
 int uffdctl_worker_stop(struct uffdctl_worker *, int);
+int uffdctl_worker_stack(struct uffdctl_worker *, uint64_t *);
 int uffdctl_gettid(void);
 
 #define UFFDCTL_POL_QUEUE ...
@@ -120,6 +124,7 @@ int uffdctl_handler_drain(struct uffdctl_handler *, struct uffdctl_event *, int)
 void uffdctl_handler_stats(struct uffdctl_handler *, uint64_t *);
 void uffdctl_handler_free(struct uffdctl_handler *);
 int uffdctl_handler_sync(struct uffdctl_handler *, int);
+int uffdctl_handler_stack(struct uffdctl_handler *, uint64_t *);
 
 #define UFFDCTL_PM_NFLAGS ...
 int64_t uffdctl_pagemap_read(int, uint64_t, uint64_t, uint64_t *);
@@ -152,6 +157,9 @@ int64_t uffdctl_loop_writeprotect(int, uint64_t, uint64_t, uint64_t, uint64_t);
 struct uffdctl_faulter;
 struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t, uint64_t, uint64_t, int, uint64_t *);
 void uffdctl_bench_faulter_join(struct uffdctl_faulter *);
+struct uffdctl_refhandler;
+struct uffdctl_refhandler *uffdctl_bench_refhandler_start(int, uint64_t, uint64_t, uint64_t, int, int);
+int uffdctl_bench_refhandler_join(struct uffdctl_refhandler *);
 
 /* processes of a session (cdefs/uffdctl_proc.c): a child runs a native command loop */
 #define UFFDCTL_PROC_PING ...

@@ -245,6 +245,33 @@ int uffdctl_worker_tid(struct uffdctl_worker *w)
 	return w->tid;
 }
 
+/*
+ * A thread's stack is an anonymous mapping the caller never asked for, placed wherever mmap found room
+ * (often a hole the caller freed a moment ago, meaning to mremap there with MREMAP_FIXED): the backend
+ * refuses a FIXED target that would replace one (the hugetlb mremap side by side did, and the handler
+ * thread returned into the moved region: SIGSEGV).
+ */
+int uffdctl_pthread_stack(pthread_t t, uint64_t *out)
+{
+	pthread_attr_t a;
+	void *addr;
+	size_t size, guard = 0;
+
+	if (pthread_getattr_np(t, &a))
+		return -ESRCH;
+	pthread_attr_getstack(&a, &addr, &size);
+	pthread_attr_getguardsize(&a, &guard);
+	pthread_attr_destroy(&a);
+	out[0] = (uint64_t)(uintptr_t)addr - guard;
+	out[1] = (uint64_t)(uintptr_t)addr + size;
+	return 0;
+}
+
+int uffdctl_worker_stack(struct uffdctl_worker *w, uint64_t *out)
+{
+	return uffdctl_pthread_stack(w->thread, out);
+}
+
 /* Queue n jobs (an array); they run in order after any queued before. */
 int uffdctl_worker_submit(struct uffdctl_worker *w, struct uffdctl_access_job *jobs, int n)
 {

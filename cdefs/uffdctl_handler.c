@@ -8,6 +8,7 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <semaphore.h>
@@ -50,6 +51,8 @@ struct uffdctl_handler {
 	struct uffd_msg *retry;		/* faults answered EAGAIN (mmap changing): retried after the next read */
 	int nretry, retry_cap;
 	int stuck;			/* stop() timed out: the thread is blocked (in a fault of its own?) */
+	int nonblock;			/* the uffd is O_NONBLOCK: read first, poll only when nothing is queued */
+	int stop_req;			/* set by stop() before it signals stopfd (seen without a poll) */
 };
 
 static void uffdctl_log(struct uffdctl_handler *h, const struct uffd_msg *m,
@@ -323,6 +326,25 @@ static void *uffdctl_handler_main(void *arg)
 			uffdctl_handle_batch(h, msgs, got / (ssize_t)sizeof(*msgs));
 			continue;
 		}
+		if (__atomic_load_n(&h->stop_req, __ATOMIC_ACQUIRE))
+			break;
+		/*
+		 * A message already queued (on one vCPU the faulter runs between our UFFDIO_COPY and
+		 * our next poll, and faults again) is read at once: one read(2) per fault instead of
+		 * poll(2) + read(2).  Only on a non-blocking uffd (a blocking read would not see stop),
+		 * and not while faults wait for a retry (the poll below times them).  Counted by the
+		 * barrier like any read.
+		 */
+		if (h->nonblock && !h->nretry) {
+			uint64_t begun = __atomic_add_fetch(&h->reads_begun, 1, __ATOMIC_SEQ_CST);
+			ssize_t got = read(h->cfg.uffd, msgs, n * sizeof(*msgs));
+			if (got > 0) {
+				uffdctl_handle_batch(h, msgs, got / (ssize_t)sizeof(*msgs));
+				uffdctl_reads_done(h, begun);
+				continue;
+			}
+			uffdctl_reads_done(h, begun);	/* EAGAIN, or an error the poll below reports */
+		}
 		struct pollfd p[2] = {
 			{ .fd = h->cfg.uffd, .events = POLLIN },
 			{ .fd = h->stopfd, .events = POLLIN },
@@ -401,6 +423,14 @@ struct uffdctl_handler *uffdctl_handler_start(const struct uffdctl_handler_cfg *
 		goto fail;
 	}
 	memset(h->fill_page, h->cfg.fill, h->cfg.page_size);
+	{
+		int fl = fcntl(h->cfg.uffd, F_GETFL);
+		h->nonblock = fl >= 0 && (fl & O_NONBLOCK);
+		/* poll(2) on a blocking uffd says EPOLLERR (userfaultfd_poll(): "poll() never guarantees
+		 * that read won't block"): such a uffd is served in read mode, or not at all */
+		if (fl >= 0 && !h->nonblock)
+			h->cfg.read_mode = 1;
+	}
 	pthread_mutex_init(&h->lock, NULL);
 	{
 		pthread_condattr_t ca;
@@ -506,8 +536,10 @@ int uffdctl_handler_stop(struct uffdctl_handler *h, int release)
 		/* blocked in read(2), or about to be: read is a cancellation point, and the thread
 		 * the only place the thread accepts cancellation (it holds no lock there) */
 		pthread_cancel(h->thread);
-	} else if (write(h->stopfd, &one, sizeof(one)) < 0) {
-		return -errno;
+	} else {
+		__atomic_store_n(&h->stop_req, 1, __ATOMIC_RELEASE);	/* a thread busy reading sees this */
+		if (write(h->stopfd, &one, sizeof(one)) < 0)		/* one asleep in poll(2), this */
+			return -errno;
 	}
 	r = uffdctl_join_for(h, 1000);
 	for (int i = 0; r == ETIMEDOUT && i < 10; i++) {
@@ -553,6 +585,14 @@ int uffdctl_handler_sync(struct uffdctl_handler *h, int timeout_ms)
 		r = pthread_cond_timedwait(&h->done_cond, &h->lock, &ts);
 	pthread_mutex_unlock(&h->lock);
 	return h->reads_done >= target ? 0 : -ETIMEDOUT;
+}
+
+/* The handler thread's stack (uffdctl_pthread_stack); -ESRCH once the thread is gone. */
+int uffdctl_handler_stack(struct uffdctl_handler *h, uint64_t *out)
+{
+	if (!h->running)
+		return -ESRCH;
+	return uffdctl_pthread_stack(h->thread, out);
 }
 
 /* Copy up to max logged events out; returns how many. */

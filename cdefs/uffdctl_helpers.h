@@ -21,6 +21,7 @@
 #ifndef UFFDCTL_HELPERS_H
 #define UFFDCTL_HELPERS_H
 
+#include <pthread.h>
 #include <stdint.h>
 #include <time.h>
 
@@ -33,6 +34,9 @@ int uffdctl_ioctl_dst_src(int fd, unsigned long req, uint64_t dst, uint64_t src,
 			  int64_t *res);
 int64_t uffdctl_dst_src1(int fd, unsigned long req, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode);
 int64_t uffdctl_range_mode1(int fd, unsigned long req, uint64_t start, uint64_t len, uint64_t mode);
+int64_t uffdctl_copy1(int fd, uint64_t dst, uint64_t src, uint64_t len, uint64_t mode);
+int64_t uffdctl_zeropage1(int fd, uint64_t start, uint64_t len, uint64_t mode);
+int64_t uffdctl_writeprotect1(int fd, uint64_t start, uint64_t len, uint64_t mode);
 int64_t uffdctl_last_result(void);
 int uffdctl_userfaultfd(int flags);
 int uffdctl_dev_userfaultfd(int flags);
@@ -87,6 +91,9 @@ int uffdctl_worker_submit(struct uffdctl_worker *w, struct uffdctl_access_job *j
 int uffdctl_worker_wait(struct uffdctl_worker *w, struct uffdctl_access_job *j, int timeout_ms);
 int uffdctl_worker_busy(struct uffdctl_worker *w);
 int uffdctl_worker_stop(struct uffdctl_worker *w, int timeout_ms);
+/* [lo, hi) of a thread's stack, guard page included: a MAP_FIXED / MREMAP_FIXED target must not take it */
+int uffdctl_pthread_stack(pthread_t t, uint64_t *out);
+int uffdctl_worker_stack(struct uffdctl_worker *w, uint64_t *out);
 int uffdctl_gettid(void);
 
 /* ---- uffdctl_handler.c ---------------------------------------------------- */
@@ -131,6 +138,7 @@ int uffdctl_handler_drain(struct uffdctl_handler *h, struct uffdctl_event *out, 
 void uffdctl_handler_stats(struct uffdctl_handler *h, uint64_t *out);
 void uffdctl_handler_free(struct uffdctl_handler *h);
 int uffdctl_handler_sync(struct uffdctl_handler *h, int timeout_ms);
+int uffdctl_handler_stack(struct uffdctl_handler *h, uint64_t *out);
 
 /* ---- uffdctl_pagemap.c ---------------------------------------------------- */
 #define UFFDCTL_PM_NFLAGS 7	/* present swap file guard uffd_wp exclusive soft_dirty */
@@ -181,5 +189,9 @@ struct uffdctl_faulter;
 struct uffdctl_faulter *uffdctl_bench_faulter_start(uint64_t addr, uint64_t npages, uint64_t page, int cpu,
 						    uint64_t *lat_ns);
 void uffdctl_bench_faulter_join(struct uffdctl_faulter *f);
+struct uffdctl_refhandler;
+struct uffdctl_refhandler *uffdctl_bench_refhandler_start(int fd, uint64_t src, uint64_t page, uint64_t n, int cpu,
+							  int read_first);
+int uffdctl_bench_refhandler_join(struct uffdctl_refhandler *h);
 
 #endif

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """uffdctl against a C reference, side by side (make bench; --json for numbers to compare over time).
 
-Every row runs its C reference (scripts/bench_ref.c, built here against the project's own uapi
-header, or the kernel's own uffd-stress built from Debian's linux-source-6.12) and uffdctl's path
-in the same round, ROUNDS rounds interleaved, and prints the medians and the ratio uffdctl / C (for
-rates, C / uffdctl: above 1.00x uffdctl is slower either way).  Placements are pinned and printed:
+Every row runs its C reference and uffdctl's path in the same round, ROUNDS rounds interleaved
+(uffdctl first in every other round), and prints the medians and the ratio uffdctl / C (for rates,
+C / uffdctl: above 1.00x uffdctl is slower either way).  The references: for the fault round trip
+the selftests' handler loop and for per-page ioctls the same loop, both in C in uffdctl's own
+process on the same memory, run in alternating blocks; for the rest scripts/bench_ref.c (built here
+against the project's own uapi header) or the kernel's own uffd-stress (built from Debian's
+linux-source-6.12).  docs/performance.md says how each row is timed.  Placements are pinned and printed:
 thread placement decides a userfault round trip for C as much as for uffdctl (one vCPU ~9 us, two
 ~50 us here).  The load average is printed before and after: on a machine shared with other jobs the
 numbers are noisy, the ratios less so.
@@ -116,62 +119,117 @@ class Bench:
         self.uapi = uapi
         self.b = open_backend("kernel")
         self.ffi, self.lib = self.b._ffi, self.b._lib
+        self.all_cpus = os.sched_getaffinity(0)
 
-    def fault_native(self, n: int, hcpu: int, fcpu: int) -> float:
-        """p50 ns of a MISSING round trip served by uffdctl's native handler (copy policy)."""
-        from uffdctl.types import HandlerPolicy
-        b, uapi = self.b, self.uapi
-        r = b.mmap(n * P, "anon")
-        src = b.mmap(P, "anon")
-        b.write(src.addr, b"\7" * P)
-        u = b.userfaultfd()
-        u.api(0)
-        u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
-        os.sched_setaffinity(0, {hcpu})  # the handler thread inherits the caller's mask
-        # the copy policy copies from src + (addr - base): a source as large as the region
-        srcn = b.mmap(n * P, "anon")
-        b.write(srcn.addr, b"\7" * srcn.len)
-        h = b.fault_handler(u, HandlerPolicy(missing="copy", base=r.addr, src=srcn.addr, page_size=P))
-        h.start()
-        lat = self.ffi.new("uint64_t[]", n)
-        f = self.lib.uffdctl_bench_faulter_start(r.addr, n, P, fcpu, lat)
-        self.lib.uffdctl_bench_faulter_join(f)
-        h.stop()
-        self._free(u, r, src, srcn)
-        return statistics.median(lat)
-
-    def fault_python(self, n: int, hcpu: int, fcpu: int, via: str) -> float:
-        """p50 ns of a MISSING round trip served by a policy written in Python with the public API:
-        via "wait": Uffd.wait_msgs() + Uffd.copy(); via "poll": select.poll + read_msgs() + copy()."""
+    # -- the userfault round trip: one handler against the C reference, in blocks -------------
+    def _faults(self, kind: str, n: int, hcpu: int, fcpu: int) -> list[int]:
+        """Latencies (ns) of n MISSING faults taken by a native faulting thread pinned to fcpu and
+        served by ``kind`` on hcpu: "c", the C reference (uffdctl_bench_refhandler: the selftests'
+        poll + read + UFFDIO_COPY loop); "native", uffdctl's native handler (fill policy: a copy
+        from one page, as the reference does); "wait", a Python policy with Uffd.wait_msgs() +
+        Uffd.copy(); "poll", select.poll + Uffd.read_msgs() + Uffd.copy().  A fresh region and
+        uffd per block; only the faults are timed (by the faulter, around each touch)."""
         import select
-        b, uapi = self.b, self.uapi
+        from uffdctl.types import HandlerPolicy
+        b, uapi, ffi, lib = self.b, self.uapi, self.ffi, self.lib
         r = b.mmap(n * P, "anon")
         src = b.mmap(P, "anon")
         b.write(src.addr, b"\7" * P)
         u = b.userfaultfd()
         u.api(0)
         u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
-        os.sched_setaffinity(0, {hcpu})
-        lat = self.ffi.new("uint64_t[]", n)
-        f = self.lib.uffdctl_bench_faulter_start(r.addr, n, P, fcpu, lat)
-        served, copy, s, mask = 0, u.copy, src.addr, ~(P - 1)
-        if via == "wait":
-            wait = u.wait_msgs
-            while served < n:
-                for m in wait(5.0):
-                    copy(m.address & mask, s, P)
-                    served += 1
-        else:
-            poll, read = select.poll(), u.read_msgs
-            poll.register(u.fd, select.POLLIN)
-            while served < n:
-                poll.poll(5000)
-                for m in read():
-                    copy(m.address & mask, s, P)
-                    served += 1
-        self.lib.uffdctl_bench_faulter_join(f)
-        self._free(u, r, src)
-        return statistics.median(lat)
+        lat = ffi.new("uint64_t[]", n)
+        os.sched_setaffinity(0, {hcpu})  # this thread serves the Python policies; a native handler inherits it
+        try:
+            if kind in ("c", "c-read-first"):
+                h = lib.uffdctl_bench_refhandler_start(u.fd, src.addr, P, n, hcpu, kind == "c-read-first")
+                f = lib.uffdctl_bench_faulter_start(r.addr, n, P, fcpu, lat)
+                lib.uffdctl_bench_faulter_join(f)
+                err = lib.uffdctl_bench_refhandler_join(h)
+                if err:
+                    raise OSError(-err, "the C reference handler failed")
+            elif kind == "native":
+                h = b.fault_handler(u, HandlerPolicy(missing="fill", fill=7, page_size=P))
+                f = lib.uffdctl_bench_faulter_start(r.addr, n, P, fcpu, lat)
+                lib.uffdctl_bench_faulter_join(f)
+                h.stop()
+            else:
+                f = lib.uffdctl_bench_faulter_start(r.addr, n, P, fcpu, lat)
+                served, copy, s, mask = 0, u.copy, src.addr, ~(P - 1)
+                if kind == "wait":     # the README's policy
+                    wait = u.wait_msgs
+                    while served < n:
+                        for m in wait(5.0):
+                            copy(m.address & mask, s, P)
+                            served += 1
+                else:
+                    poll, read = select.poll(), u.read_msgs
+                    poll.register(u.fd, select.POLLIN)
+                    while served < n:
+                        poll.poll(5000)
+                        for m in read():
+                            copy(m.address & mask, s, P)
+                            served += 1
+                lib.uffdctl_bench_faulter_join(f)
+        finally:
+            os.sched_setaffinity(0, self.all_cpus)
+            self._free(u, r, src)
+        return list(lat)
+
+    def faults_pair(self, kind: str, n: int, blocks: int, hcpu: int, fcpu: int, flip: bool,
+                    ref: str = "c") -> tuple[float, float]:
+        """(C p50, uffdctl p50) of one round: ``blocks`` blocks of n/blocks faults each side, alternating
+        C and uffdctl (flip: uffdctl first), so that both see the same moments of a shared machine."""
+        c, us = [], []
+        per = max(1, n // blocks)
+        for k in range(blocks):
+            for side in (("ours", "c") if (k % 2 == 0) == flip else ("c", "ours")):
+                (c if side == "c" else us).extend(self._faults(ref if side == "c" else kind, per, hcpu, fcpu))
+        return statistics.median(c), statistics.median(us)
+
+    # -- per-page ioctls: the same loop in C (uffdctl_loop_*) and in Python, same pages ----------
+    def per_page_pair(self, op: str, u, region, src, blocks: int, flip: bool) -> tuple[float, float]:
+        """(C ns, uffdctl ns) per ioctl, median of ``blocks`` alternating blocks over the whole region."""
+        b, lib, uapi = self.b, self.lib, self.uapi
+        d, L = region.addr, region.len
+        nops = (2 if op == "wp" else 1) * (L // P)
+
+        def py():
+            if op == "copy":
+                copy, s = u.copy, src.addr
+                for off in range(0, L, P):
+                    copy(d + off, s + off, P)
+            elif op == "zeropage":
+                zp = u.zeropage
+                for a in range(d, d + L, P):
+                    zp(a, P)
+            else:
+                wp = u.writeprotect
+                for mode in (1, 0):
+                    for a in range(d, d + L, P):
+                        wp(a, P, mode)
+
+        def c():
+            if op == "copy":
+                r = lib.uffdctl_loop_copy(u.fd, d, src.addr, L, P, 0)
+            elif op == "zeropage":
+                r = lib.uffdctl_loop_zeropage(u.fd, d, L, P)
+            else:
+                r = lib.uffdctl_loop_writeprotect(u.fd, d, L, P, 1)
+                r = r if r < 0 else lib.uffdctl_loop_writeprotect(u.fd, d, L, P, 0)
+            if r < 0:
+                raise OSError(-r, f"uffdctl_loop_{op}")
+
+        cs, us = [], []
+        for k in range(blocks):
+            for side in ((py, c) if (k % 2 == 0) == flip else (c, py)):
+                if op == "wp":
+                    b.thread("bench").access(d, L, True, fill=2, stride=P).wait()   # present, writable
+                t = cpu_timed(side)
+                (cs if side is c else us).append(t / nops)
+                if op != "wp":
+                    b.madvise(d, L, uapi.MADV_DONTNEED)
+        return statistics.median(cs), statistics.median(us)
 
     def _free(self, u, *regions):
         u.close()
@@ -194,16 +252,30 @@ class Bench:
         return r, u
 
 
+def cpu_timed(fn) -> float:
+    """CPU time of this thread running fn (a loop that never blocks: its wall time less the moments
+    other jobs of a shared machine had the CPU)."""
+    t0 = time.thread_time_ns()
+    fn()
+    return time.thread_time_ns() - t0
+
+
 def timed(fn) -> float:
     t0 = time.perf_counter_ns()
     fn()
     return time.perf_counter_ns() - t0
 
 
-def help_ns(cmd: list[str]) -> float:
-    t0 = time.perf_counter_ns()
-    subprocess.run(cmd, check=True, capture_output=True)
-    return time.perf_counter_ns() - t0
+def help_ns(cmd: list[str], runs: int = 3) -> float:
+    """Wall time of a start-up: the best of ``runs`` (the rows run both sides in turn, so the two
+    see the same load)."""
+    best = None
+    for _ in range(runs):
+        t0 = time.perf_counter_ns()
+        subprocess.run(cmd, check=True, capture_output=True)
+        t = time.perf_counter_ns() - t0
+        best = t if best is None else min(best, t)
+    return best
 
 
 # -- the table --------------------------------------------------------------------------------
@@ -217,12 +289,13 @@ def main() -> int:
 
     from uffdctl import pagemap, uapi
     bench = Bench()
-    b, ffi, lib = bench.b, bench.ffi, bench.lib
+    b = bench.b
     ncpu = os.cpu_count() or 1
     split = (0, 1) if ncpu > 1 else (0, 0)
     mib = 64 if a.quick else 1024
-    nfault = 500 if a.quick else 2000
-    smib, sbounces = (16, 8) if a.quick else (64, 16)
+    nfault, fblocks = (1000, 4) if a.quick else (4000, 8)
+    smib, sbounces = (16, 8) if a.quick else (16, 16)
+    stress_rounds = min(a.rounds, 3)   # ~10 s a run: the stress rows take the first 3 rounds only
     py = sys.executable
     uffdctl_bin = os.path.join(os.path.dirname(py), "uffdctl")
     load0 = os.getloadavg()
@@ -231,35 +304,20 @@ def main() -> int:
     pm = bench.pagemap_area(mib)
     sc, scu = bench.scan_area(mib)
     npages = pm.len // P
-    dst = b.mmap(4096 * P, "anon")
-    src = b.mmap(4096 * P, "anon")
+    pp = 4096   # pages of the per-page rows
+    dst = b.mmap(pp * P, "anon")
+    zpr = b.mmap(pp * P, "anon")
+    src = b.mmap(pp * P, "anon")
     b.write(src.addr, b"\1" * src.len)
     u = b.userfaultfd()
     u.api(0)
     u.register(dst.addr, dst.len, uapi.RegisterMode.MISSING)
-    wpr = b.mmap(4096 * P, "anon")
+    u.register(zpr.addr, zpr.len, uapi.RegisterMode.MISSING)
+    wpr = b.mmap(pp * P, "anon")
     u.register(wpr.addr, wpr.len, uapi.RegisterMode.WP)
     one = b.mmap(P, "anon")
     th = b.thread("bench-access")
     zero = 0
-
-    def per_page(body, region, pages):
-        if region is wpr:
-            b.write(wpr.addr, b"\2" * wpr.len)
-        t = timed(body)
-        b.madvise(region.addr, region.len, uapi.MADV_DONTNEED)
-        return t / pages
-
-    def py_copy():
-        c, d, s = u.copy, dst.addr, src.addr
-        for i in range(4096):
-            c(d + i * P, s + i * P, P)
-
-    def py_wp():
-        w, d = u.writeprotect, wpr.addr
-        for mode in (1, 0):
-            for i in range(4096):
-                w(d + i * P, P, mode)
 
     def access_one(n=2000):
         t0 = time.perf_counter_ns()
@@ -297,93 +355,137 @@ def main() -> int:
         pagemap.read(b, pm.addr, npages).counts()
 
     C = uapi.PageCategory
-    one_cpu, two_cpu = f"{split[0]}", f"{split[0]},{split[1]}"
-    # name, unit, placement, kind ("time": lower is better; "rate": higher), reference, uffdctl
+    h, f = split
+    one_vcpu = f"handler and faulter pinned to vCPU {h}"
+    two_vcpu = f"handler pinned to vCPU {h}, faulter to vCPU {f}"
+    inproc = "in-process, interleaved blocks"
+
+    def sub(ref, ours):
+        """A row whose reference is a separate C program (scripts/bench_ref.c, uffd-stress): (C, uffdctl),
+        run in the round's order."""
+        def pair(exe, flip):
+            if flip:
+                us = ours()
+                return ref(exe), us
+            c = ref(exe)
+            return c, ours()
+        return pair
+
+    def faults(kind, hc, fc, n=nfault, ref="c"):
+        return lambda exe, flip: bench.faults_pair(kind, n, fblocks, hc, fc, flip, ref)
+
+    per_round: dict = {}   # C references shared by the rows of one round (cleared every round)
+
+    def pagemap_ref(exe):
+        """One `bench_ref pagemap` run a round serves the five pagemap rows (each maps and touches 1 GiB)."""
+        if "pagemap" not in per_round:
+            per_round["pagemap"] = c_ref(exe, "pagemap", mib)
+        return per_round["pagemap"]
+
+    def per_page(op, region):
+        return lambda exe, flip: bench.per_page_pair(op, u, region, src, 4, flip)
+
+    # name, unit, placement, kind ("time": lower is better; "rate": higher), pair(exe, flip) -> (C, uffdctl)
     rows = [
-        ("native fault handler (copy policy), MISSING round trip p50", "ns", f"vCPU {split[0]} (both threads)",
-         "time", lambda exe: c_ref(exe, "fault", nfault, split[0], split[0]),
-         lambda: bench.fault_native(nfault, split[0], split[0])),
-        ("native fault handler, round trip p50, handler and faulter on two vCPUs", "ns",
-         f"handler vCPU {split[0]}, faulter vCPU {split[1]}", "time",
-         lambda exe: c_ref(exe, "fault", nfault, split[0], split[1]),
-         lambda: bench.fault_native(nfault, split[0], split[1])),
-        ("Python policy (Uffd.wait_msgs + copy), round trip p50", "ns", f"vCPU {split[0]} (both threads)", "time",
-         lambda exe: c_ref(exe, "fault", nfault, split[0], split[0]),
-         lambda: bench.fault_python(nfault, split[0], split[0], "wait")),
-        ("Python policy (select.poll + read_msgs + copy), round trip p50", "ns", f"vCPU {split[0]} (both threads)",
-         "time", lambda exe: c_ref(exe, "fault", nfault, split[0], split[0]),
-         lambda: bench.fault_python(nfault, split[0], split[0], "poll")),
+        ("native fault handler (fill policy), MISSING round trip p50", "ns", f"{one_vcpu}; {inproc}", "time",
+         faults("native", h, h)),
+        ("Python policy (Uffd.wait_msgs + copy), MISSING round trip p50", "ns", f"{one_vcpu}; {inproc}", "time",
+         faults("wait", h, h)),
+        ("Python policy (select.poll + read_msgs + copy), MISSING round trip p50", "ns", f"{one_vcpu}; {inproc}",
+         "time", faults("poll", h, h)),
+        ("native fault handler vs a C loop that also reads before it polls, round trip p50", "ns",
+         f"{one_vcpu}; {inproc}", "time", faults("native", h, h, nfault // 2, "c-read-first")),
+        ("native fault handler, round trip p50, on two vCPUs", "ns", f"{two_vcpu}; {inproc}", "time",
+         faults("native", h, f, nfault // 4)),
         (f"pagemap.read() of {mib} MiB ({npages} entries) -> PagemapView", "ns", "unpinned", "time",
-         lambda exe: c_ref(exe, "pagemap", mib), lambda: timed(lambda: pagemap.read(b, pm.addr, npages))),
+         sub(pagemap_ref, lambda: timed(lambda: pagemap.read(b, pm.addr, npages)))),
         (f"pagemap.read() + counts() of {mib} MiB (flags decoded in bulk)", "ns", "unpinned", "time",
-         lambda exe: c_ref(exe, "pagemap", mib), lambda: timed(bulk_decode)),
+         sub(pagemap_ref, lambda: timed(bulk_decode))),
         (f"pagemap.read() + per entry flags() + pfn, {mib} MiB", "ns", "unpinned", "time",
-         lambda exe: c_ref(exe, "pagemap", mib), lambda: timed(per_entry)),
-        (f"what `uffdctl pagemap` does for {mib} MiB (counts, runs, --map symbols; every other page: 1 run a page)", "ns", "unpinned", "time",
-         lambda exe: c_ref(exe, "pagemap", mib), lambda: timed(cli_pagemap)),
+         sub(pagemap_ref, lambda: timed(per_entry))),
+        (f"what `uffdctl pagemap` does for {mib} MiB (counts, runs, --map symbols; 1 run a page)", "ns",
+         "unpinned", "time", sub(pagemap_ref, lambda: timed(cli_pagemap))),
         (f"what `uffdctl pagemap` does for {mib} MiB written in 2 MiB chunks ({mib // 2} runs)", "ns", "unpinned",
-         "time",
-         lambda exe: c_ref(exe, "pagemap", mib), lambda: timed(lambda: cli_pagemap(chunky))),
+         "time", sub(pagemap_ref, lambda: timed(lambda: cli_pagemap(chunky)))),
         (f"pagemap.scan_all (PAGEMAP_SCAN, {mib} MiB, WRITTEN every other page)", "ns", "unpinned", "time",
-         lambda exe: c_ref(exe, "scan", mib, 512),
-         lambda: timed(lambda: pagemap.scan_all(b, sc.addr, sc.end, category_mask=C.WRITTEN,
-                                                return_mask=C.WRITTEN))),
-        ("per-page Uffd.copy() (4096 pages)", "ns/page", "unpinned", "time",
-         lambda exe: c_ref(exe, "copy", 4096, 1), lambda: per_page(py_copy, dst, 4096)),
-        ("per-page Uffd.writeprotect() on+off (4096 pages)", "ns/op", "unpinned", "time",
-         lambda exe: c_ref(exe, "wp", 4096, 1), lambda: per_page(py_wp, wpr, 8192)),
+         sub(lambda exe: c_ref(exe, "scan", mib, 512),
+             lambda: timed(lambda: pagemap.scan_all(b, sc.addr, sc.end, category_mask=C.WRITTEN,
+                                                    return_mask=C.WRITTEN)))),
+        (f"per-page Uffd.copy() ({pp} pages)", "ns/page", f"unpinned; {inproc}; thread CPU time", "time", per_page("copy", dst)),
+        (f"per-page Uffd.zeropage() ({pp} pages)", "ns/page", f"unpinned; {inproc}; thread CPU time", "time",
+         per_page("zeropage", zpr)),
+        (f"per-page Uffd.writeprotect() on+off ({pp} pages)", "ns/op", f"unpinned; {inproc}; thread CPU time", "time",
+         per_page("wp", wpr)),
         ("thread(...).access() of one page, handed over and waited for", "ns", "unpinned", "time",
-         lambda exe: c_ref(exe, "handoff", 2000), access_one),
+         sub(lambda exe: c_ref(exe, "handoff", 2000), access_one)),
         ("thread(...).access_many() of 2000 one-page accesses, per access", "ns", "unpinned", "time",
-         lambda exe: c_ref(exe, "handoff", 2000), access_batch),
-        ("`uffdctl --help` vs `python -c 'import click'`", "ns", "unpinned", "time",
-         lambda exe: help_ns([py, "-c", "import click"]), lambda: help_ns([uffdctl_bin, "--help"])),
+         sub(lambda exe: c_ref(exe, "handoff", 2000), access_batch)),
+        ("`uffdctl --help` vs `python -c 'import click'` (best of 3 in turn)", "ns", "unpinned", "time",
+         sub(lambda exe: help_ns([py, "-c", "import click"]), lambda: help_ns([uffdctl_bin, "--help"]))),
     ]
-    stress_exe = build_uffd_stress()
+    stress_exe = build_uffd_stress() if not a.only or "stress" in a.only else None
     if stress_exe:
         from uffdctl import stress as ustress
         for mt in ("anon", "shmem"):
             rows.append((f"stress {mt} {smib} MiB {sbounces} bounces (vs the kernel's uffd-stress)", "userfaults/s",
-                         f"unpinned, {ncpu} threads of each kind", "rate",
-                         lambda exe, mt=mt: run_uffd_stress(stress_exe, mt, smib, sbounces),
-                         lambda mt=mt: (lambda r: r.userfaults / (r.ns / 1e9))(ustress.run(mt, smib, sbounces))))
+                         f"unpinned, {ncpu} threads of each kind; the first {stress_rounds} rounds", "rate",
+                         sub(lambda exe, mt=mt: run_uffd_stress(stress_exe, mt, smib, sbounces),
+                             lambda mt=mt: (lambda r: r.userfaults / (r.ns / 1e9))(ustress.run(mt, smib, sbounces)))))
     if a.only:
         rows = [r for r in rows if a.only in r[0]]
 
     vals: dict[str, tuple[list[float], list[float]]] = {r[0]: ([], []) for r in rows}
+    secs = {r[0]: 0.0 for r in rows}
+    t_start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         exe = build_ref(tmp)
-        for _ in range(a.rounds):  # interleaved: C and uffdctl see the same machine state, row by row
-            for name, _unit, _pl, _kind, ref, ours in rows:
+        for k in range(a.rounds):  # interleaved: C and uffdctl see the same machine state, row by row
+            per_round.clear()
+            for name, _unit, _pl, _kind, pair in rows:
+                if name.startswith("stress") and k >= stress_rounds:
+                    continue
+                t_row = time.monotonic()
                 try:
-                    vals[name][0].append(ref(exe))
-                    vals[name][1].append(ours())
+                    c, us = pair(exe, k % 2 == 1)   # every other round uffdctl goes first
+                    vals[name][0].append(c)
+                    vals[name][1].append(us)
                 finally:
-                    os.sched_setaffinity(0, set(range(ncpu)))
+                    os.sched_setaffinity(0, bench.all_cpus)
+                    secs[name] += time.monotonic() - t_row
     load1 = os.getloadavg()
+    elapsed = time.monotonic() - t_start
 
     out = []
-    for name, unit, placement, kind, _r, _o in rows:
+    for name, unit, placement, kind, _p in rows:
         c, us = statistics.median(vals[name][0]), statistics.median(vals[name][1])
         ratio = (us / c) if kind == "time" else (c / us)
         out.append({"row": name, "unit": unit, "placement": placement, "c": round(c, 1), "uffdctl": round(us, 1),
-                    "ratio": round(ratio, 3), "kind": kind, "rounds": a.rounds,
+                    "ratio": round(ratio, 3), "diff": round(us - c, 1) if kind == "time" else None, "kind": kind,
+                    "rounds": len(vals[name][0]), "seconds": round(secs[name], 1),
                     "c_all": [round(v, 1) for v in vals[name][0]], "uffdctl_all": [round(v, 1) for v in vals[name][1]]})
     doc = {"kernel": os.uname().release, "cpus": ncpu, "rounds": a.rounds, "loadavg_before": load0,
-           "loadavg_after": load1, "rows": out,
+           "loadavg_after": load1, "seconds": round(elapsed, 1), "rows": out,
            "note": "medians of interleaved rounds; ratio = uffdctl/C for times, C/uffdctl for rates (>1: uffdctl slower)"}
+    emu = os.path.join(HERE, "bench_emu.py")
+    run_emu = os.path.exists(emu) and not a.only
     if a.json:
+        if run_emu:
+            r = subprocess.run([py, emu, "--json"], capture_output=True, text=True)
+            doc["emulator"] = json.loads(r.stdout) if r.returncode == 0 else {"error": r.stderr.strip()[-300:]}
         print(json.dumps(doc, indent=1))
     else:
-        print(f"kernel {doc['kernel']}, {ncpu} vCPUs, {a.rounds} rounds interleaved, medians; "
-              f"load average {load0[0]:.1f} before, {load1[0]:.1f} after")
-        print(f"{'row':78} {'C':>12} {'uffdctl':>12} {'ratio':>7}  unit; placement")
+        print(f"kernel {doc['kernel']}, {ncpu} vCPUs, {a.rounds} rounds interleaved (uffdctl first every other "
+              f"round), medians; load average {load0[0]:.1f} before, {load1[0]:.1f} after; {elapsed:.0f} s")
+        print(f"{'row':74} {'C':>11} {'uffdctl':>11} {'ratio':>7} {'diff':>9}  unit; placement")
         for r in out:
-            print(f"{r['row'][:78]:78} {r['c']:12.1f} {r['uffdctl']:12.1f} {r['ratio']:6.2f}x  {r['unit']}; "
+            diff = f"{r['diff']:+9.1f}" if r["diff"] is not None else " " * 9
+            print(f"{r['row'][:74]:74} {r['c']:11.1f} {r['uffdctl']:11.1f} {r['ratio']:6.2f}x {diff}  {r['unit']}; "
                   f"{r['placement']}")
-        print("ratio: uffdctl/C for times, C/uffdctl for rates (1.00x = as fast as C; above: slower)")
-        emu = os.path.join(HERE, "bench_emu.py")
-        if os.path.exists(emu) and not a.only:
+        print("ratio: uffdctl/C for times, C/uffdctl for rates (1.00x = as fast as C; above: slower); "
+              "diff: uffdctl - C")
+        print("C references: in-process rows run the selftests' handler loop (poll, read, UFFDIO_COPY) and "
+              "uffdctl_loop_* in C on the same memory; the rest run scripts/bench_ref.c or the kernel's uffd-stress")
+        if run_emu:
             print("\nemulator (scripts/bench_emu.py; no C reference: the kernel is the reference):", flush=True)
             subprocess.run([py, emu])
     th.stop()

@@ -470,9 +470,30 @@ def _msgs_view(side, msgs):
     return sorted((m.event_name, m.flags, side.where(m.address), tids.get(m.ptid, m.ptid)) for m in msgs)
 
 
-def run(seq: dict, kb, eb, zero_pfn: int) -> int:
+class Clock:
+    """Seconds spent on each side of the lock-step run (``emu``: the emulator's ops, snapshots and setup;
+    ``kernel``: the same on the kernel plus waiting for its threads to settle)."""
+
+    def __init__(self):
+        self.emu = self.kernel = 0.0
+        self._t = time.perf_counter()
+
+    def lap(self, side: str) -> None:
+        now = time.perf_counter()
+        setattr(self, side, getattr(self, side) + now - self._t)
+        self._t = now
+
+
+CLOCK = Clock()
+
+
+def run(seq: dict, kb, eb, zero_pfn: int, clock: Clock = CLOCK) -> int:
     """Run ``seq`` on both backends; raise Divergence on the first difference; returns ops applied."""
-    ks, es = Side(kb, seq, zero_pfn), Side(eb, seq, eb.mm.zero_page.pfn)
+    clock.lap("kernel")
+    ks = Side(kb, seq, zero_pfn)
+    clock.lap("kernel")
+    es = Side(eb, seq, eb.mm.zero_page.pfn)
+    clock.lap("emu")
     applied = 0
     try:
         for step, op in enumerate(seq["ops"], 1):   # numbered as render() numbers them
@@ -480,6 +501,7 @@ def run(seq: dict, kb, eb, zero_pfn: int) -> int:
                 continue
             applied += 1
             er = apply(es, op)
+            clock.lap("emu")
             kr = apply(ks, op)
             settle(ks, es, step)
             if op[0] == "read_msgs":
@@ -491,16 +513,22 @@ def run(seq: dict, kb, eb, zero_pfn: int) -> int:
                 kr, er = _msgs_view(ks, kmsgs), _msgs_view(es, er[1])
             if kr != er:
                 raise Divergence(step, f"{op[0]} result", kr, er)
-            ksnap, esnap = ks.snapshot(), es.snapshot()
+            ksnap = ks.snapshot()
+            clock.lap("kernel")
+            esnap = es.snapshot()
+            clock.lap("emu")
             if ksnap != esnap:
                 kd = [x for x in ksnap if x not in esnap]
                 ed = [x for x in esnap if x not in ksnap]
                 raise Divergence(step, "pagemap", kd[:8], ed[:8])
     finally:
-        ks.u.close()
+        clock.lap("kernel")
         es.u.close()
+        clock.lap("emu")
+        ks.u.close()
         # close() released every fault: the kernel's accesses must finish before the regions go away
         stuck = [tn for tn, (kacc, _) in ks.acc.items() if not kacc.wait(10)]
+        clock.lap("kernel")
         if stuck:
             kb.stuck = True
             raise Divergence(-1, f"kernel access of {stuck} still running 10 s after the uffd was closed",
@@ -565,13 +593,19 @@ class Runner:
             kb.close()
 
     def run(self, seq) -> int:
-        kb, eb = make_backend("kernel"), self.make_emu()
+        CLOCK.lap("kernel")
+        kb = make_backend("kernel")
+        CLOCK.lap("kernel")
+        eb = self.make_emu()
+        CLOCK.lap("emu")
         try:
             return run(seq, kb, eb, self.zero_pfn)
         finally:
             if not getattr(kb, "stuck", False):   # never unmap under a thread still touching the memory
                 kb.close()
+            CLOCK.lap("kernel")
             eb.close()
+            CLOCK.lap("emu")
 
     def diverges(self, seq) -> Divergence | None:
         try:
@@ -601,6 +635,8 @@ def test_differential():
     deadline = time.monotonic() + SECONDS
     done = ops = 0
     unconfirmed = []
+    CLOCK.__init__()
+    t0 = time.perf_counter()
     for i in range(EXAMPLES):
         if time.monotonic() > deadline:
             break
@@ -615,8 +651,12 @@ def test_differential():
                             + runner.report(seq, d), pytrace=False)
         done += 1
         ops += len(seq["ops"])
+    wall = time.perf_counter() - t0
     print(f"differential: {done} sequences ({ops} ops), seed {seed}, zero divergences; "
           f"{len(unconfirmed)} that did not repeat on two reruns: {unconfirmed}")
+    print(f"differential: {done / wall * 60:.0f} sequences/min; per sequence {wall / max(done, 1) * 1e3:.1f} ms: "
+          f"emulator {CLOCK.emu / max(done, 1) * 1e3:.1f} ms, kernel {CLOCK.kernel / max(done, 1) * 1e3:.1f} ms "
+          "(the kernel's includes waiting for its threads to settle)")
     assert len(unconfirmed) <= max(1, done // 500), f"too many non-repeating divergences: {unconfirmed}"
     assert done >= EXAMPLES, (f"only {done} of {EXAMPLES} sequences ran within {SECONDS:.0f} s "
                               "(raise UFFDCTL_DIFF_SECONDS or lower UFFDCTL_DIFF_EXAMPLES)")
@@ -737,7 +777,14 @@ def mremap_scenario(b, memtype: str, feats: int, op: str, expect=(0, 0)) -> list
     r = aligned_mmap(b, n * ps, memtype, "r")
     s = b.mmap(ps, MemType.ANON, name="s")
     b.write(s.addr, b"s" * 8)
+    # (hugetlb-private "part" leaks hugetlb reservations on 6.18: the kernel's mremap of part of a private
+    # hugetlb mapping, copy_vma_and_data() -> clear_vma_resv_huge_pages(); scripts/kernel-repro/
+    # hugetlb-mremap-resv-leak.c shows it without uffd.  Each run leaves 1 HugePages_Rsvd no process owns.)
+    # the target is held by a PROT_NONE placeholder until MREMAP_FIXED replaces it (as the selftests reserve
+    # theirs): a hole free when we looked is where the handler's thread stack (or a malloc arena) goes next,
+    # and MREMAP_FIXED over that stack was the SIGSEGV in handler stop (test_fixed_target_never_takes_...)
     t_addr = _free_aligned(b, (n + 2) * ps)
+    b.mmap((n + 2) * ps, MemType.ANON, name="t", prot=uapi.PROT_NONE, addr=t_addr)
     u = b.userfaultfd()
     u.api(feats | int(F.WP_UNPOPULATED))
     u.register(r.addr, r.len, int(R.MISSING | R.WP))
@@ -805,9 +852,9 @@ def mremap_scenario(b, memtype: str, feats: int, op: str, expect=(0, 0)) -> list
     out.append(("events after", view(drain(expect[1]))))
     h.stop()
     u.close()
-    # what is still ours and no longer a region (the backend forgets what a move took from a region)
-    if ret == t_addr:
-        b.munmap(t_addr, {"part": 2, "grow": n + 2}.get(op, n) * ps)
+    # what is still ours and no longer a region (the backend forgets what a move took from a region), and
+    # what is left of the placeholder
+    b.munmap(t_addr, (n + 2) * ps)
     if ret == t_addr and op == "part":
         b.munmap(r.addr + 3 * ps, ps)
     return out
@@ -828,11 +875,6 @@ def test_mremap_side_by_side(memtype, feats, op):
     """mremap of a registered, partly uffd-wp range under a fault handler: the result, the UNMAP/REMAP events,
     pagemap of the old and the new range, what a write to the moved page and a read of a DONTUNMAP source do
     -- the emulator (6.18) shows what the kernel shows."""
-    if MemType(memtype).hugetlb:
-        # Known open bug, found at the end of the session (see the closing note): on the 6.18 host, with huge
-        # pages free, this scenario crashes the test process (SIGSEGV in uffdctl_handler_stop after the hugetlb
-        # mremap); with the pool short it is ENOMEM.  It must not take the whole suite down with it.
-        pytest.skip("hugetlb mremap side by side: SIGSEGV in handler stop on the kernel (open bug, not run)")
     kb = make_backend("kernel")
     try:
         if MemType(memtype).hugetlb:

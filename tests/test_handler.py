@@ -16,6 +16,7 @@ import pytest
 from conftest import make_backend, registered
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy
+from uffdctl.handler import NativeHandler
 
 pytestmark = pytest.mark.kernel
 P = uapi.PAGE_SIZE
@@ -194,3 +195,198 @@ def test_handlers_threads_gone_after_close():
     assert acc.wait(5)
     assert not h.running
     assert not [t for t in threading.enumerate() if t.name.startswith("uffdctl-")]
+
+
+# -- the fast paths of the Python fault path and the native handler's read-first loop -------------
+def _raw_msg(event: int, arg: bytes) -> bytes:
+    import struct
+    return struct.pack("<BBHI", event, 0, 0, 0) + arg.ljust(24, b"\0")
+
+
+def _raw_msgs():
+    import struct
+    E = uapi.Event
+    return [
+        _raw_msg(E.PAGEFAULT, struct.pack("<QQI", uapi.PagefaultFlag.WRITE, 0x7F0000001234, 4242)),
+        _raw_msg(E.PAGEFAULT, struct.pack("<QQI", uapi.PagefaultFlag.WP | uapi.PagefaultFlag.WRITE, 0x1000, 7)),
+        _raw_msg(E.FORK, struct.pack("<I", 17)),
+        _raw_msg(E.REMAP, struct.pack("<QQQ", 0x10000, 0x20000, 0x3000)),
+        _raw_msg(E.REMOVE, struct.pack("<QQ", 0x40000, 0x42000)),
+        _raw_msg(E.UNMAP, struct.pack("<QQ", 0x50000, 0x51000)),
+    ]
+
+
+def _pipe_uffd(b):
+    """A KernelUffd over a pipe: its reads see exactly the bytes written into the pipe."""
+    from uffdctl.kernel import KernelUffd
+    rfd, wfd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    return KernelUffd(b, rfd, "pipe", os.O_NONBLOCK), wfd
+
+
+def _same(got, raws):
+    from uffdctl.types import decode_msg
+    want = [decode_msg(raw) for raw in raws]
+    for g, w in zip(got, want):
+        w.ts_ns = g.ts_ns   # the read time is not part of the message
+    return got == want and all(g.ts_ns > 0 for g in got)
+
+
+def test_msg_fast_paths_decode_like_decode_msg(kernel_backend):
+    """wait_msgs (one message: decoded inline; several: the batch decoder) and read_msgs give, for every
+    event kind, exactly what the slow path decode_msg() makes of the same 32 bytes."""
+    raws = _raw_msgs()
+    pu, wfd = _pipe_uffd(kernel_backend)
+    try:
+        for raw in raws:                           # one at a time: the inline case
+            os.write(wfd, raw)
+            assert _same(pu.wait_msgs(1.0), [raw]), raw.hex()
+        os.write(wfd, b"".join(raws))              # all at once: the batch decoder
+        assert _same(pu.wait_msgs(1.0), raws)
+        os.write(wfd, b"".join(raws))
+        assert _same(pu.read_msgs(max=2) + pu.read_msgs(max=100), raws)   # a smaller and a larger buffer
+        assert pu.read_msgs() == [] and pu.wait_msgs(0) == []
+    finally:
+        os.close(wfd)
+        pu.close()
+
+
+def test_msg_buffers_are_not_shared_between_threads(kernel_backend):
+    """Concurrent readers of one uffd each decode their own read: every message comes out exactly once."""
+    import struct
+    pu, wfd = _pipe_uffd(kernel_backend)
+    os.set_blocking(wfd, True)   # the feeder waits for the readers (writes of 3200 bytes stay atomic)
+    n = 3000
+    raws = [_raw_msg(uapi.Event.PAGEFAULT, struct.pack("<QQI", 0, (i + 1) * P, i)) for i in range(n)]
+    seen: list[list[int]] = [[] for _ in range(4)]
+
+    def reader(k):
+        idle = 0
+        while idle < 50:
+            ms = pu.read_msgs(max=1 + k)
+            idle = 0 if ms else idle + 1
+            seen[k].extend(m.address for m in ms)
+            if not ms:
+                time.sleep(0.001)
+
+    try:
+        ts = [threading.Thread(target=reader, args=(k,)) for k in range(4)]
+        for t in ts:
+            t.start()
+        for i in range(0, n, 100):                 # fed while the readers run
+            os.write(wfd, b"".join(raws[i:i + 100]))
+        for t in ts:
+            t.join(30)
+        assert not any(t.is_alive() for t in ts)
+        got = sorted(a for s in seen for a in s)
+        assert got == [(i + 1) * P for i in range(n)]
+    finally:
+        os.close(wfd)
+        pu.close()
+
+
+def test_native_handler_on_a_blocking_uffd(kernel_backend):
+    """A uffd without O_NONBLOCK: poll(2) on it says EPOLLERR (userfaultfd_poll()), so the handler serves it
+    in read mode (blocking read(2), cancelled by stop) rather than exiting at its first poll."""
+    b = kernel_backend
+    r = b.mmap(32 * P, "anon")
+    u = b.userfaultfd(flags=uapi.O_CLOEXEC)
+    u.api(0)
+    u.register(r.addr, r.len, uapi.RegisterMode.MISSING)
+    h = b.fault_handler(u, HandlerPolicy(missing="fill", fill=5))
+    acc = b.thread("t").access(r.addr, r.len, False, stride=P)
+    assert acc.wait(10)
+    h.stop()
+    assert h.stop_result == 0 and not h.stuck
+    assert h.stats()["resolved"] == 32 and b.read(r.addr + 31 * P, 1) == b"\x05"
+
+
+def test_native_handler_stops_while_messages_keep_coming(kernel_backend, monkeypatch):
+    """The read-first loop checks for stop before every read.  A feeder keeps a pipe full of PAGEFAULT
+    messages (the handler, slowed to 200 us a read, never finds it empty, so it never polls); stop() still
+    ends the thread: a handler that saw stop only in poll(2) would have to be unstuck (or left behind)."""
+    import struct
+    monkeypatch.setenv("UFFDCTL_TEST_HANDLER_DELAY_US", "200")
+    pu, wfd = _pipe_uffd(kernel_backend)
+    os.set_blocking(wfd, True)
+    chunk = b"".join(_raw_msg(uapi.Event.PAGEFAULT, struct.pack("<QQI", 0, (i + 1) * P, 1)) for i in range(128))
+    fed = [0]
+
+    def feeder():
+        try:
+            while True:
+                os.write(wfd, chunk)
+                fed[0] += 128
+        except OSError:       # EPIPE: the read end is closed (below)
+            pass
+
+    h = NativeHandler(pu, HandlerPolicy(missing="queue"))
+    t = threading.Thread(target=feeder, daemon=True)
+    t.start()
+    h.start()
+    deadline = time.monotonic() + 10
+    while h.stats()["msgs"] < 500 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert h.stats()["msgs"] >= 500
+    h.stop(release=False)
+    assert h.stop_result == 0 and not h.stuck, "stop() had to give up on a handler busy reading"
+    # the policy only queues: a resolved message means stop() had to unstick the thread (it reads what is
+    # unread from the caller's thread until the handler finds the pipe empty and polls)
+    assert h.stats()["resolved"] == 0, "the handler did not see stop while reading"
+    pu.close()
+    t.join(10)
+    os.close(wfd)
+    assert not t.is_alive() and h.stats()["msgs"] < fed[0]
+
+
+FIXED_OVER_STACK = """
+from uffdctl.types import HandlerPolicy
+from uffdctl.errors import UsageError
+def maps():
+    with open("/proc/self/maps") as f:
+        return {tuple(int(x, 16) for x in l.split()[0].split("-")) for l in f}
+src = b.mmap(2 << 20, "anon", name="src")      # the mapping an mremap would move (not registered)
+before = maps()
+h = b.fault_handler(u, HandlerPolicy(missing="zeropage"))
+lo, hi = h.stack()
+# the stack is a mapping the caller never made, and it appeared when the handler started
+assert any(a < hi and lo < e for a, e in maps() - before), (hex(lo), hex(hi))
+target = (hi - (2 << 20)) & ~4095          # 2 MiB ending at the top of the stack: the frames in use
+"""
+
+
+def test_fixed_target_never_takes_the_handler_stack(kernel_backend):
+    """The hugetlb mremap side by side's SIGSEGV in handler stop: the test had picked a free hole for
+    MREMAP_FIXED, the fault handler's thread stack was then mmapped into that hole, and the mremap replaced
+    the stack; the thread returned from poll() into the moved region.  The backend now refuses a FIXED
+    target over one of its own threads' stacks, with a one-line reason, and everything stops cleanly --
+    while the same mremap done raw still kills the process (the failure it prevents)."""
+    p = run_py(FIXED_OVER_STACK + """
+for call in (lambda: b.mremap(src.addr, src.len, src.len, 3, target),
+             lambda: b.mmap(4096, "anon", addr=lo, fixed=True)):
+    try:
+        call()
+    except UsageError as e:
+        assert "would replace" in str(e) and "\\n" not in str(e), e
+        print("refused")
+w = b.thread("w").stack()
+try:
+    b.mremap(src.addr, src.len, src.len, 3, w[0])
+except UsageError as e:
+    assert "access thread w" in str(e), e
+    print("refused")
+h.stop()
+b.close()
+print("stopped")
+""", timeout=60)
+    assert p is not None, "hung"
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["refused"] * 3 + ["stopped"], (p.stdout, p.stderr)
+    raw = run_py(FIXED_OVER_STACK + """
+print("moving", flush=True)
+r = lib.uffdctl_mremap(src.addr, src.len, src.len, 3, target)   # bypassing the check, as before the fix
+assert r == target, r
+h.stop()
+print("survived")
+""", timeout=60)
+    assert raw is not None, "hung"
+    assert raw.stdout.split() == ["moving"] and raw.returncode == -11, (raw.returncode, raw.stdout, raw.stderr)

@@ -99,6 +99,13 @@ class NativeHandler(Handler):
     def running(self) -> bool:
         return self._h is not None
 
+    def stack(self) -> tuple[int, int] | None:
+        """[lo, hi) of the handler thread's stack (guard page included), None once stopped."""
+        if self._h is None:
+            return None
+        out = self._ffi.new("uint64_t[2]")
+        return (out[0], out[1]) if self._lib.uffdctl_handler_stack(self._h, out) == 0 else None
+
     def _drain(self) -> list[HandledEvent]:
         out = []
         buf = self._ffi.new("struct uffdctl_event[]", 256)

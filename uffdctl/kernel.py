@@ -16,14 +16,13 @@ import os
 import platform
 import select
 import struct
-import threading
 import time
 from array import array
 
 from . import uapi
 from ._native import load
 from .backend import Access, Backend, Handler, Thread, Uffd
-from .errors import BackendUnavailable, Unsupported, uffd_error
+from .errors import BackendUnavailable, Unsupported, UsageError, uffd_error
 from .handler import NativeHandler
 from .kernel_mm import KernelMm, _hpage_size, hugepages_total, meminfo  # noqa: F401  (their old home)
 from .types import (AccessResult, HandlerPolicy, MemType, Region, RegionArray, ScanResult, SoftDirtyProbe,
@@ -34,7 +33,6 @@ from .types import (AccessResult, HandlerPolicy, MemType, Region, RegionArray, S
 _UNWRITTEN = -(1 << 63)
 
 _T: dict = {}  # cached cffi pointer types of the uffdio_* structs
-_tls = threading.local()  # per-thread result cell of the range ioctls
 _ORPHANS: list = []  # jobs of a thread stopped while blocked in a fault: kept, the worker may still write them
 
 
@@ -42,26 +40,34 @@ _MSG_ONE = struct.Struct("<B7xQQQ")  # event, then struct uffd_msg's 24-byte arg
 _M32 = 0xFFFFFFFF
 _PF, _FORK, _REMAP = int(uapi.Event.PAGEFAULT), int(uapi.Event.FORK), int(uapi.Event.REMAP)
 max_ = max
-_COPY, _WRITEPROTECT = uapi.UFFDIO_COPY, uapi.UFFDIO_WRITEPROTECT
 _ZERO8 = bytes(8)
+_mono = time.monotonic_ns
+_unpack_msg = _MSG_ONE.unpack_from
 
 
 def _decode_batch(buf, nbytes: int, ts_ns: int) -> list[UffdMsg]:
     """Decode ``nbytes // 32`` packed ``struct uffd_msg`` from a buffer: one unpack_from per message."""
+    unpack, Msg = _MSG_ONE.unpack_from, UffdMsg
+    if nbytes == 32:  # the round-trip case: one message, most often a page fault
+        ev, a0, a1, a2 = unpack(buf, 0)
+        if ev == _PF:  # flags, address, feat.ptid
+            return [Msg(ev, a0, a1, a2 & _M32, 0, 0, 0, 0, 0, 0, ts_ns)]
+        return [_decode_event(ev, a0, a1, a2, ts_ns)]
     out = []
-    unpack = _MSG_ONE.unpack_from
-    PF, FORK, REMAP = _PF, _FORK, _REMAP
+    PF = _PF
     for off in range(0, nbytes - nbytes % 32, 32):
         ev, a0, a1, a2 = unpack(buf, off)
-        if ev == PF:  # flags, address, feat.ptid
-            out.append(UffdMsg(ev, a0, a1, a2 & _M32, 0, 0, 0, 0, 0, 0, ts_ns))
-        elif ev == FORK:
-            out.append(UffdMsg(ev, 0, 0, 0, a0 & _M32, 0, 0, 0, 0, 0, ts_ns))
-        elif ev == REMAP:
-            out.append(UffdMsg(ev, 0, 0, 0, 0, a0, a1, a2, 0, 0, ts_ns))
-        else:  # REMOVE, UNMAP: start, end
-            out.append(UffdMsg(ev, 0, 0, 0, 0, 0, 0, 0, a0, a1, ts_ns))
+        out.append(Msg(ev, a0, a1, a2 & _M32, 0, 0, 0, 0, 0, 0, ts_ns) if ev == PF else
+                   _decode_event(ev, a0, a1, a2, ts_ns))
     return out
+
+
+def _decode_event(ev: int, a0: int, a1: int, a2: int, ts_ns: int) -> UffdMsg:
+    if ev == _FORK:
+        return UffdMsg(ev, 0, 0, 0, a0 & _M32, 0, 0, 0, 0, 0, ts_ns)
+    if ev == _REMAP:
+        return UffdMsg(ev, 0, 0, 0, 0, a0, a1, a2, 0, 0, ts_ns)
+    return UffdMsg(ev, 0, 0, 0, 0, 0, 0, 0, a0, a1, ts_ns)  # REMOVE, UNMAP: start, end
 
 
 def open_error_hint(err: int, via: str) -> str:
@@ -99,7 +105,12 @@ class KernelUffd(Uffd):
         self._io_range_mode = self._lib.uffdctl_ioctl_range_mode
         self._io_dst_src = self._lib.uffdctl_ioctl_dst_src
         self._ds1, self._rm1 = self._lib.uffdctl_dst_src1, self._lib.uffdctl_range_mode1
+        self._copy1, self._zp1, self._wp1 = (self._lib.uffdctl_copy1, self._lib.uffdctl_zeropage1,
+                                             self._lib.uffdctl_writeprotect1)
         self._last = self._lib.uffdctl_last_result
+        self._read, self._poll_read = self._lib.uffdctl_read, self._lib.uffdctl_poll_read
+        self._poll_first = 0 if flags & uapi.O_NONBLOCK else 1  # a blocking read would ignore the timeout
+        self._bufs: list = []  # free message buffers (see read_msgs)
         if not _T:
             _T.update((k, self._ffi.typeof(f"struct uffdio_{k} *")) for k in ("api", "register"))
 
@@ -164,7 +175,7 @@ class KernelUffd(Uffd):
         return r
 
     def copy(self, dst: int, src: int, len: int, mode: int = 0) -> int:
-        r = self._ds1(self.fd, _COPY, dst, src, len, mode)
+        r = self._copy1(self.fd, dst, src, len, mode)
         if r < 0:
             raise self._fail("UFFDIO_COPY", r, dst, len, self._last())
         return r
@@ -173,7 +184,10 @@ class KernelUffd(Uffd):
         return self._dst_src("UFFDIO_MOVE", uapi.UFFDIO_MOVE, dst, src, len, mode)
 
     def zeropage(self, start: int, len: int, mode: int = 0) -> int:
-        return self._range_mode("UFFDIO_ZEROPAGE", uapi.UFFDIO_ZEROPAGE, start, len, mode)
+        r = self._zp1(self.fd, start, len, mode)
+        if r < 0:
+            raise self._fail("UFFDIO_ZEROPAGE", r, start, len, self._last())
+        return r
 
     def continue_(self, start: int, len: int, mode: int = 0) -> int:
         return self._range_mode("UFFDIO_CONTINUE", uapi.UFFDIO_CONTINUE, start, len, mode)
@@ -182,7 +196,7 @@ class KernelUffd(Uffd):
         return self._range_mode("UFFDIO_POISON", uapi.UFFDIO_POISON, start, len, mode)
 
     def writeprotect(self, start: int, len: int, mode: int = 0) -> None:
-        r = self._rm1(self.fd, _WRITEPROTECT, start, len, mode)
+        r = self._wp1(self.fd, start, len, mode)
         if r < 0:
             raise self._fail("UFFDIO_WRITEPROTECT", r, start, len)
 
@@ -193,37 +207,53 @@ class KernelUffd(Uffd):
         return r, bytes(self._ffi.buffer(b))
 
     # -- messages -----------------------------------------------------------------
-    # The Python fault path: one per-thread message buffer reused by every read (no allocation per
-    # call), and one precompiled Struct.unpack_from per message (see _decode_batch).
-    def _msgbuf(self, n: int):
-        try:
-            buf, view = _tls.msgbuf
-        except AttributeError:
-            buf = view = None
-        if buf is None or len(view) < n * 32:
-            buf = self._ffi.new("char[]", max_(n, 64) * 32)
-            view = self._ffi.buffer(buf)
-            _tls.msgbuf = (buf, view)
-        return buf, view
+    # The Python fault path (a round trip is two context switches; what Python adds is counted in
+    # hundreds of ns): a free list of message buffers per uffd (list.pop/append are atomic under the
+    # GIL, so concurrent readers each take their own buffer, and no read allocates one), the C call
+    # and the poll-first choice bound once, one precompiled Struct.unpack_from per message.
+    def _newbuf(self, n: int):
+        cap = max_(n, 64)
+        buf = self._new("char[]", cap * 32)
+        return buf, self._ffi.buffer(buf), cap
 
     def read_msgs(self, max: int = 64) -> list[UffdMsg]:
-        buf, view = self._msgbuf(max)
-        r = self._lib.uffdctl_read(self.fd, buf, max * 32)
-        if r == -E.EAGAIN:
-            return []
-        if r < 0:
-            raise uffd_error(-r, "read")
-        return _decode_batch(view, r, time.monotonic_ns())
+        bufs = self._bufs
+        b = bufs.pop() if bufs else self._newbuf(max)
+        if b[2] < max:
+            b = self._newbuf(max)
+        r = self._read(self.fd, b[0], max << 5)
+        return self._decoded(b, r, E.EAGAIN)
 
     def wait_msgs(self, timeout: float | None = None, max: int = 64) -> list[UffdMsg]:
         """Wait up to ``timeout`` seconds (None: forever) for messages and read them: poll(2) and read(2)
-        in one C call with the GIL released (other Python threads run meanwhile).  [] on timeout."""
-        buf, view = self._msgbuf(max)
-        ms = -1 if timeout is None else max_(0, int(timeout * 1000))
-        r = self._lib.uffdctl_poll_read(self.fd, buf, max * 32, ms, 0 if self.flags & uapi.O_NONBLOCK else 1)
-        if r < 0:
-            raise uffd_error(-r, "read", message="uffd is closed" if self._closed else None)
-        return _decode_batch(view, r, time.monotonic_ns()) if r else []
+        in one C call with the GIL released (other Python threads run meanwhile).  [] on timeout.
+        On a non-blocking uffd (the default) it reads first and polls only when nothing is queued, so
+        a message already waiting costs one read(2)."""
+        bufs = self._bufs
+        b = bufs.pop() if bufs else self._newbuf(max)
+        if b[2] < max:
+            b = self._newbuf(max)
+        r = self._poll_read(self.fd, b[0], max << 5,
+                            -1 if timeout is None else (int(timeout * 1000) if timeout > 0 else 0), self._poll_first)
+        if r == 32:  # the round trip's case: one message, most often a page fault (decoded here: no call)
+            ev, a0, a1, a2 = _unpack_msg(b[1], 0)
+            bufs.append(b)  # after the unpack: another thread may take the buffer from here on
+            if ev == _PF:
+                return [UffdMsg(ev, a0, a1, a2 & _M32, 0, 0, 0, 0, 0, 0, _mono())]
+            return [_decode_event(ev, a0, a1, a2, _mono())]
+        return self._decoded(b, r, 0)
+
+    def _decoded(self, b, r: int, empty: int) -> list[UffdMsg]:
+        """The messages of a read of r bytes into buffer b (then back to the free list); [] for 0 or
+        -``empty``; other errors raise."""
+        try:
+            if r > 0:
+                return _decode_batch(b[1], r, _mono())
+        finally:
+            self._bufs.append(b)
+        if r == 0 or r == -empty:
+            return []
+        raise uffd_error(-r, "read", message="uffd is closed" if self._closed else None)
 
     def _wait_readable(self, timeout: float) -> bool:
         p = select.poll()
@@ -379,6 +409,13 @@ class KernelThread(Thread):
     def busy(self) -> bool:
         return self._w is not None and bool(self._lib.uffdctl_worker_busy(self._w))
 
+    def stack(self) -> tuple[int, int] | None:
+        """[lo, hi) of the thread's stack (guard page included), None once stopped."""
+        if self._w is None:
+            return None
+        out = self._ffi.new("uint64_t[2]")
+        return (out[0], out[1]) if self._lib.uffdctl_worker_stack(self._w, out) == 0 else None
+
 
 class KernelBackend(KernelMm, Backend):
     """The running kernel, this process's own mm."""
@@ -443,6 +480,8 @@ class KernelBackend(KernelMm, Backend):
         flags = uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE
         if addr:
             flags |= uapi.MAP_FIXED if fixed else uapi.MAP_FIXED_NOREPLACE
+            if fixed:
+                self._check_fixed_target("mmap MAP_FIXED", addr, addr + len)
         if noreserve:
             flags |= uapi.MAP_NORESERVE
         if memtype.hugetlb:
@@ -507,7 +546,34 @@ class KernelBackend(KernelMm, Backend):
         if r < 0:
             raise uffd_error(-r, "mprotect", addr, len)
 
+    def own_stacks(self) -> list[tuple[int, int, str]]:
+        """The stacks of this backend's native threads (fault handlers, access threads): mappings the
+        caller never made, placed wherever mmap found room -- often the hole the caller just freed."""
+        out = []
+        for u in self._uffds:
+            for h in u._handlers:
+                st = h.stack() if hasattr(h, "stack") else None
+                if st:
+                    out.append((*st, "[stack of uffdctl's fault-handler thread]"))
+        for name, t in self._threads.items():
+            st = t.stack()
+            if st:
+                out.append((*st, f"[stack of uffdctl's access thread {name}]"))
+        return out
+
+    def _check_fixed_target(self, what, start, end):
+        """MAP_FIXED / MREMAP_FIXED replace what is at the target: never one of our own threads' stacks
+        (the thread would return into the new mapping: SIGSEGV, or a fault on a registered range nobody
+        serves)."""
+        for lo, hi, desc in self.own_stacks():
+            if lo < end and start < hi:
+                raise UsageError(f"{what}: 0x{start:x}-0x{end:x} would replace {desc} at 0x{lo:x}-0x{hi:x}; "
+                                 "reserve the target with a mapping of your own first (e.g. mmap PROT_NONE, "
+                                 "as the selftests do) instead of a hole that was free when you looked")
+
     def mremap(self, old, old_len, new_len, flags=0, new_addr=0):
+        if flags & uapi.MREMAP_FIXED:
+            self._check_fixed_target("mremap MREMAP_FIXED", new_addr, new_addr + new_len)
         r = self._lib.uffdctl_mremap(old, old_len, new_len, flags, new_addr)
         if r < 0:
             raise uffd_error(-r, "mremap", old, old_len)

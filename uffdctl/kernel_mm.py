@@ -72,7 +72,11 @@ class KernelMm:
                 lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
                 if lo < end and start < hi:
                     parts = line.split(None, 5)
-                    out.append((lo, hi, parts[5].strip() if len(parts) > 5 else ""))
+                    what = parts[5].strip() if len(parts) > 5 else ""
+                    for slo, shi, desc in self.own_stacks():   # name what /proc/self/maps leaves anonymous
+                        if slo < hi and lo < shi:
+                            what = desc
+                    out.append((lo, hi, what))
         return out
 
     def dup_fd(self, fd):
@@ -98,6 +102,8 @@ class KernelMm:
         import tempfile
         name = self._region_name(name)
         self._check_len(len, uapi.PAGE_SIZE, addr)
+        if fixed and addr:
+            self._check_fixed_target("mmap MAP_FIXED", addr, addr + len)
         created = None
         if os.path.isdir(path):
             # a fresh file on that filesystem, unlinked at once: nothing is left behind, even on SIGKILL

@@ -1,8 +1,9 @@
 """The ``uffdctl`` command line.
 
-Start-up stays light: the root group loads subcommands lazily, and nothing here
-imports cffi or opens a uffd until a command runs (``uffdctl --help`` loads
-neither; tests/test_cli.py checks).  Session commands are built from the one
+Start-up stays light: the root group loads a subcommand only when it runs, ``--help``
+lists them from the index the install wrote (uffdctl.cli.helpindex) without loading
+the command table, and nothing here imports cffi or opens a uffd until a command runs
+(tests/test_cli.py and tests/test_cli_help.py check).  Session commands are built from the one
 command table (uffdctl.session.commands) and sent to the session daemon.
 
 Exit codes: 0 ok, 1 operation or expectation failed, 2 usage error, 4 unsupported here.
@@ -13,8 +14,6 @@ import os
 import sys
 
 import click
-
-from .output import Emitter
 
 EPILOG = """\b
 Example (a fault resolved by hand):
@@ -43,18 +42,27 @@ LOCAL = {
 
 class Globals:
     def __init__(self, json_mode: bool, pretty: bool, session: str | None):
+        from .output import Emitter
         self.out = Emitter(json_mode, pretty)
         self.session = session
 
 
 class LazyGroup(click.Group):
-    """Subcommands imported on demand (click's documented LazyGroup pattern)."""
+    """Subcommands imported on demand (click's documented LazyGroup pattern): a command's module is
+    imported only when that command runs, and ``--help`` lists the commands from the index the
+    install wrote (uffdctl.cli.helpindex) without loading the command table."""
+
+    _listing: dict | None = None   # while formatting from the index: name -> a help-only stub command
 
     def list_commands(self, ctx):
+        if self._listing is not None:
+            return list(self._listing)
         from ..session.commands import COMMANDS
         return sorted(set(LOCAL) | set(COMMANDS))
 
     def get_command(self, ctx, name):
+        if self._listing is not None:
+            return self._listing.get(name)
         if name in LOCAL:
             import importlib
             mod, attr = LOCAL[name]
@@ -64,6 +72,18 @@ class LazyGroup(click.Group):
             from .build import build
             return build(name, _send)
         return None
+
+    def format_commands(self, ctx, formatter):
+        from .helpindex import load
+        entries = load()
+        if entries is None:     # no index, or a source changed since it was written: the slow way
+            return super().format_commands(ctx, formatter)
+        self._listing = {name: click.Command(name, help=help, short_help=short, hidden=hidden, deprecated=dep)
+                         for name, help, short, hidden, dep in entries}
+        try:
+            super().format_commands(ctx, formatter)
+        finally:
+            self._listing = None
 
 
 def _send(cmd, args, local):
@@ -184,7 +204,7 @@ def main(argv=None) -> int:
     argv = _hoist(list(sys.argv[1:] if argv is None else argv))
     if os.environ.get("_UFFDCTL_COMPLETE"):
         return cli.main(argv, prog_name="uffdctl")
-    out = Emitter(*_json_mode(argv))
+    out = _LazyEmitter(argv)
     try:
         rv = cli.main(argv, prog_name="uffdctl", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
@@ -215,6 +235,20 @@ def main(argv=None) -> int:
             raise
         out.error(to_wire(e))
         return exit_code_of(e)
+
+
+class _LazyEmitter:
+    """The error printer of main(), imported (uffdctl.cli.output: json, shutil) only when an error is printed."""
+
+    def __init__(self, argv):
+        self.json, self._pretty = _json_mode(argv)
+        self._e = None
+
+    def error(self, *a, **kw):
+        if self._e is None:
+            from .output import Emitter
+            self._e = Emitter(self.json, self._pretty)
+        return self._e.error(*a, **kw)
 
 
 def entry() -> None:

@@ -33,6 +33,8 @@ from .sched import RunQueue
 
 BUS_ADRERR = 2
 _TIDS = itertools.count(4_000_001)
+_EV_PAGEFAULT = int(uapi.Event.PAGEFAULT)
+_PF_WP, _PF_MINOR = int(uapi.PagefaultFlag.WP), int(uapi.PagefaultFlag.MINOR)
 
 
 class EmuAccess(Access):
@@ -72,8 +74,9 @@ class EmuAccess(Access):
                 self._segv = True
                 break
             if not self.attempt and mm.access_ok(vma, a, self.write):
-                page = mm.ptes[mm.page_base(vma, a)].page
-                poff = a - mm.page_base(vma, a)
+                base = mm.page_base(vma, a)
+                page = mm.ptes[base].page
+                poff = a - base
                 if self.write:
                     buf = self._data[off:off + n] if self._data is not None else bytes([self._fill & 0xFF]) * n
                     page.write(poff, buf)
@@ -215,28 +218,46 @@ class EmuHandler(Handler):
         msgs = self.uffd.read_msgs(self._batch)
         if not msgs:
             return False
-        self._stats["reads"] += 1
+        stats, log = self._stats, self._log
+        stats["reads"] += 1
         for m in msgs:
-            self._stats["msgs"] += 1
-            if m.event != uapi.Event.PAGEFAULT:
-                self._log.append(HandledEvent(m, "event"))
+            stats["msgs"] += 1
+            if m.event != _EV_PAGEFAULT:
+                log.append(HandledEvent(m, "event"))
                 continue
             action, err, result = self._resolve(m)
             if err:
-                self._stats["errors"] += 1
+                stats["errors"] += 1
             elif action != "queue":
-                self._stats["resolved"] += 1
+                stats["resolved"] += 1
             if action == "queue":
                 self._queued.append(m)
-            self._log.append(HandledEvent(m, action, err, result))
+            log.append(HandledEvent(m, action, err, result))
         return True
+
+    def _call(self, action: str, page: int):
+        p, u = self.policy, self.uffd
+        if action == "copy":
+            return u.copy(page, p.src + (page - p.base), p.page_size, p.copy_mode)
+        if action == "zeropage":
+            return u.zeropage(page, p.page_size)
+        if action == "fill":
+            return u.copy(page, self._fill_page(), p.page_size, p.copy_mode)
+        if action == "continue":
+            return u.continue_(page, p.page_size)
+        if action == "unprotect":
+            return u.writeprotect(page, p.page_size, 0)
+        if action == "wake":
+            return u.wake(page, p.page_size)
+        raise KeyError(action)
 
     def _resolve(self, m) -> tuple[str, int, int]:
         p, u = self.policy, self.uffd
         page = m.address & ~(p.page_size - 1)
-        if m.flags & uapi.PagefaultFlag.WP:
+        flags = m.flags
+        if flags & _PF_WP:
             action = p.wp
-        elif m.flags & uapi.PagefaultFlag.MINOR:
+        elif flags & _PF_MINOR:
             action = p.minor
         else:
             action = p.missing
@@ -245,17 +266,9 @@ class EmuHandler(Handler):
         if action == "copy" and getattr(p, "src_len", 0) and \
                 not (p.base <= page and page - p.base + p.page_size <= p.src_len):
             return "queue", -E.EFAULT, 0       # outside the copy source: left to the user, as the native handler
-        calls = {
-            "zeropage": lambda: u.zeropage(page, p.page_size),
-            "copy": lambda: u.copy(page, p.src + (page - p.base), p.page_size, p.copy_mode),
-            "fill": lambda: u.copy(page, self._fill_page(), p.page_size, p.copy_mode),
-            "continue": lambda: u.continue_(page, p.page_size),
-            "unprotect": lambda: u.writeprotect(page, p.page_size, 0),
-            "wake": lambda: u.wake(page, p.page_size),
-        }
         for _ in range(2):
             try:
-                r = calls[action]()
+                r = self._call(action, page)
                 return action, 0, r or 0
             except UffdError as e:
                 if e.errno == E.EAGAIN and e.done in (None, -E.EAGAIN):

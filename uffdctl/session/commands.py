@@ -370,8 +370,8 @@ def cmd_munmap(st, a):
     if reg is None:
         raise UsageError(f"unknown region {a['region']!r} (munmap takes a region name; regions: "
                          f"{', '.join(st.regions) or 'none'})")
-    for t in st.touches.values():
-        if not t.access.done and t.start < reg.end and reg.addr < t.start + t.len:
+    for t in st.pending_touches():
+        if t.start < reg.end and reg.addr < t.start + t.len:
             # the woken access would retry on an unmapped address: SIGSEGV for the whole session
             raise UsageError(f"touch #{t.id} (thread {t.thread}) is blocked in region {reg.name}: resolve it first")
     st.backend.munmap(reg.addr, reg.len)
@@ -902,7 +902,7 @@ def cmd_status(st, a):
                 "fd": st.uffd.fileno(), "features": st.requested_features,
                 "features_decoded": uapi.Feature.decode(st.requested_features or 0)},
             "regions": sorted(st.regions), "threads": list(st.thread_names),
-            "blocked": sorted(t.id for t in st.touches.values() if not t.access.done),
+            "blocked": sorted(t.id for t in st.pending_touches()),
             "events": len(st.events), "policy": {"missing": st.policy.missing, "wp": st.policy.wp,
                                                  "minor": st.policy.minor}}
 
@@ -1045,8 +1045,8 @@ def forget_range(st: SessionState, start: int, end: int) -> None:
 
 
 def _blocked_in(st: SessionState, start: int, end: int, what: str) -> None:
-    for t in st.touches.values():
-        if not t.access.done and t.start < end and start < t.start + t.len:
+    for t in st.pending_touches():
+        if t.start < end and start < t.start + t.len:
             raise UsageError(f"touch #{t.id} (thread {t.thread}) is blocked in 0x{start:x}-0x{end:x}: "
                              f"resolve it before {what}")
 

@@ -143,6 +143,8 @@ class SessionState(MultiState):
         self.regions: dict[str, Region] = {}
         self.registrations: dict[tuple[int, int], int] = {}   # (start, len) -> mode
         self.touches: dict[int, Touch] = {}
+        self._pending: dict[int, Touch] = {}            # touches not seen finished yet (see pending_touches)
+        self._fault_sums: dict[tuple[str, str], tuple[int, int]] = {}   # (thread, proc) -> finished touches' faults
         self._touch_ids = itertools.count(1)
         self.events: list[dict] = []
         self.events_dropped = 0        # entries no longer in the log (see collect_events)
@@ -276,9 +278,27 @@ class SessionState(MultiState):
         return self.zero_pfn
 
     # -- threads --------------------------------------------------------------------
+    def pending_touches(self) -> list[Touch]:
+        """The touches still in progress. A touch found finished is folded into its thread's fault sums once
+        and dropped from the scan, so a script of 10,000 touches costs what is in flight, not what was made."""
+        live = []
+        for tid, t in list(self._pending.items()):
+            if not t.access.done:
+                live.append(t)
+                continue
+            del self._pending[tid]
+            try:
+                r = t.access.result()
+            except Exception:
+                continue
+            key = (t.thread, t.proc)
+            mn, mj = self._fault_sums.get(key, (0, 0))
+            self._fault_sums[key] = (mn + r.minflt, mj + r.majflt)
+        return live
+
     def busy_touch(self, thread: str) -> Touch | None:
-        for t in self.touches.values():
-            if t.thread == thread and t.proc == self.cur_proc_name and not t.access.done:
+        for t in self.pending_touches():
+            if t.thread == thread and t.proc == self.cur_proc_name:
                 return t
         return None
 
@@ -290,7 +310,7 @@ class SessionState(MultiState):
         acc = th.access(start, len, write, fill=fill, stride=uapi.PAGE_SIZE, want_data=not write)
         t = Touch(next(self._touch_ids), thread, start, len, write, acc, th.tid, first,
                   reg.page_size if reg else uapi.PAGE_SIZE, proc=self.cur_proc_name)
-        self.touches[t.id] = t
+        self.touches[t.id] = self._pending[t.id] = t
         return t
 
     def new_op(self, thread: str, start: int, len: int, access, kind: str) -> Touch:
@@ -298,7 +318,7 @@ class SessionState(MultiState):
         first = (self.events[-1]["seq"] + 1) if self.events else 1
         t = Touch(next(self._touch_ids), thread, start, len, False, access, 0, first, proc=self.cur_proc_name,
                   kind=kind)
-        self.touches[t.id] = t
+        self.touches[t.id] = self._pending[t.id] = t
         return t
 
     def thread(self, name: str):
@@ -311,15 +331,8 @@ class SessionState(MultiState):
     def access_faults(self, thread: str) -> tuple[int, int]:
         """(minflt, majflt) summed over the thread's finished touches: the kernel's count around each
         access (getrusage RUSAGE_THREAD), free of the thread's own bookkeeping faults."""
-        mn = mj = 0
-        for t in self.touches.values():
-            if t.thread == thread and t.proc == self.cur_proc_name and t.access.done:
-                try:
-                    r = t.access.result()
-                except Exception:
-                    continue
-                mn, mj = mn + r.minflt, mj + r.majflt
-        return mn, mj
+        self.pending_touches()
+        return self._fault_sums.get((thread, self.cur_proc_name), (0, 0))
 
     # -- shutdown -------------------------------------------------------------------
     def close(self) -> None:

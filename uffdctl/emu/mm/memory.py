@@ -9,7 +9,9 @@ import errno as E
 from .mm_types import (Folio, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
                        PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_OK,
                        VM_FAULT_SIGSEGV, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE,
-                       VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
+                       VM_HUGETLB, VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
+
+_SLOW = object()     # copy_page_from_user(): not the one-page case
 
 
 class Memory:
@@ -21,7 +23,7 @@ class Memory:
         if self.tlb.hit(base, write):
             return True
         pte = self.ptes.get(base)
-        if pte is None or not pte.present or (write and not pte.write):
+        if pte is None or pte.page is None or (write and not pte.write):
             return False
         pte.young = True
         if write:
@@ -37,7 +39,7 @@ class Memory:
         vmf = VmFault(vma, real_address, addr, write, pte, task)
         if pte is None:
             return self.do_pte_missing(vmf)
-        if not pte.present:
+        if pte.page is None:            # !pte_present()
             return self.handle_pte_marker(vmf)
         if write and not pte.write:
             return self.do_wp_page(vmf)
@@ -74,12 +76,12 @@ class Memory:
 
     def do_anonymous_page(self, vmf) -> int:
         vma = vmf.vma
-        if vma.hugetlb:
+        if vma.flags & VM_HUGETLB:
             return self.hugetlb_fault(vmf)
-        uffd_wp = vmf.orig_pte_uffd_wp
         self.pte_alloc(vmf.address)           # pte_alloc() precedes the userfault check
-        if userfaultfd_missing(vma):
+        if vma.flags & VM_UFFD_MISSING:       # userfaultfd_missing()
             return self.handle_userfault(vmf, VM_UFFD_MISSING)
+        uffd_wp = vmf.orig_pte_uffd_wp
         if not vmf.write:
             pte = Pte(self.zero_page, special=True, young=True, uffd_wp=uffd_wp)
         else:
@@ -160,6 +162,9 @@ class Memory:
         """Read ``length`` bytes the way the kernel's copy_from_user does: faulting pages in
         from the ioctl caller's context.  A fault that would wait in a userfault cannot block
         the emulator's caller: it fails with -EFAULT (documented)."""
+        data = self.copy_page_from_user(addr, length)
+        if data is not _SLOW:
+            return data if isinstance(data, int) else bytes(length) if data is None else bytes(data)
         out = bytearray()
         pos, end = addr, addr + length
         while pos < end:
@@ -178,6 +183,29 @@ class Memory:
             out += self.ptes[base].page.read(pos - base, n)
             pos += n
         return bytes(out)
+
+    def copy_page_from_user(self, addr: int, length: int):
+        """copy_from_user() of one whole 4 KiB source page, as a new bytearray, None for a page of zeros
+        (Folio.data's "not allocated"), or -EFAULT; ``_SLOW`` when the source is anything else (unaligned,
+        another length, a huge page): then copy_from_user() walks it.  One build of the data, not three."""
+        if length != PAGE_SIZE or addr & (PAGE_SIZE - 1):
+            return _SLOW
+        vma = self.find_vma(addr)
+        if vma is None:
+            return -E.EFAULT
+        if vma.flags & VM_HUGETLB:
+            return _SLOW
+        for _ in range(4):
+            if self.access_ok(vma, addr, False):
+                break
+            if self.handle_mm_fault(vma, addr, False, None) != VM_FAULT_OK:
+                return -E.EFAULT
+        else:
+            return -E.EFAULT
+        page = self.ptes[addr].page
+        if page.size != PAGE_SIZE:
+            return bytearray(page.read(0, PAGE_SIZE))
+        return None if page.data is None else bytearray(page.data)
 
     def zap_pte_range(self, vma, start: int, end: int, final: bool = False) -> None:
         """zap_pte_range(): drop PTEs; file VMAs keep uffd-wp (as markers) unless unmapping;

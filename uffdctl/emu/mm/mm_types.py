@@ -1,6 +1,6 @@
 """The model's data structures and constants, as include/linux/mm_types.h, mm.h, swapops.h and
-userfaultfd_k.h name them: :class:`Folio` (a page or huge page), :class:`Pte` (present, or a marker /
-swap entry), :class:`Vma` (vm_area_struct), :class:`VmFault` (struct vm_fault), the VM_* flags,
+userfaultfd_k.h name them: :class:`Folio` (a page or huge page), :class:`Pte` (present, a PTE marker
+or a swap entry: swp_entry() / swp_entry_to_pte()), :class:`Vma` (vm_area_struct), :class:`VmFault` (struct vm_fault), the VM_* flags,
 PTE markers, vm_fault_t codes, MFILL_ATOMIC_* kinds and change_protection() cp_flags.
 
 A leaf of the model: it imports nothing of the emulator but the uffd uapi constants.
@@ -62,7 +62,7 @@ FIRST_PFN = 0x100000
 class Folio:
     """A page (or a huge page): identity (PFN), contents, mapcount."""
 
-    __slots__ = ("pfn", "size", "data", "anon", "exclusive", "mapcount", "zero")
+    __slots__ = ("pfn", "size", "data", "anon", "exclusive", "mapcount", "zero", "swap")
 
     def __init__(self, pfn: int, size: int, anon: bool, data: bytearray | None = None, zero: bool = False):
         self.pfn = pfn
@@ -72,6 +72,7 @@ class Folio:
         self.exclusive = anon     # PageAnonExclusive
         self.mapcount = 0
         self.zero = zero
+        self.swap = None          # folio->swap: its swap entry while in the swap cache (folio_test_swapcache)
 
     def read(self, off: int, n: int) -> bytes:
         if self.data is None:
@@ -87,13 +88,31 @@ class Folio:
         return None if self.data is None else bytearray(self.data)
 
 
-class Pte:
-    """A PTE: present (``page``) with its bits, or a marker (``marker`` bits), never both."""
+MAX_SWAPFILES_SHIFT = 5
 
-    __slots__ = ("page", "write", "dirty", "young", "soft_dirty", "uffd_wp", "special", "marker")
+
+def swp_entry(type_: int, offset: int) -> int:
+    """swp_entry(): a swap entry as pagemap shows it (bits 0-4 the device's type, 5-54 the slot offset)."""
+    return type_ | offset << MAX_SWAPFILES_SHIFT
+
+
+def swp_type(entry: int) -> int:
+    return entry & ((1 << MAX_SWAPFILES_SHIFT) - 1)
+
+
+def swp_offset(entry: int) -> int:
+    return entry >> MAX_SWAPFILES_SHIFT
+
+
+class Pte:
+    """A PTE: present (``page``) with its bits, a PTE marker (``marker`` bits) or a swap entry (``swp``:
+    the entry, with ``uffd_wp`` / ``soft_dirty`` the swp bits pte_swp_uffd_wp() / pte_swp_soft_dirty()),
+    never two of them."""
+
+    __slots__ = ("page", "write", "dirty", "young", "soft_dirty", "uffd_wp", "special", "marker", "swp")
 
     def __init__(self, page: Folio | None = None, *, write=False, dirty=False, young=True, soft_dirty=False,
-                 uffd_wp=False, special=False, marker=0):
+                 uffd_wp=False, special=False, marker=0, swp=None):
         self.page = page
         self.write = write
         self.dirty = dirty          # pte_dirty(): D or SavedDirty
@@ -102,6 +121,7 @@ class Pte:
         self.uffd_wp = uffd_wp      # present: _PAGE_UFFD_WP; marker: the swap entry's uffd-wp bit
         self.special = special
         self.marker = marker
+        self.swp = swp              # a swap entry (swp_entry()), or None
 
     @property
     def present(self) -> bool:
@@ -109,9 +129,12 @@ class Pte:
 
     def copy(self) -> "Pte":
         return Pte(self.page, write=self.write, dirty=self.dirty, young=self.young, soft_dirty=self.soft_dirty,
-                   uffd_wp=self.uffd_wp, special=self.special, marker=self.marker)
+                   uffd_wp=self.uffd_wp, special=self.special, marker=self.marker, swp=self.swp)
 
     def __repr__(self):
+        if self.swp is not None:
+            return (f"Pte(swp type={swp_type(self.swp)} off={swp_offset(self.swp):#x}"
+                    f"{' U' if self.uffd_wp else ''}{' S' if self.soft_dirty else ''})")
         if not self.present:
             return f"Pte(marker={self.marker:#x})"
         bits = "".join(c for c, on in (("W", self.write), ("D", self.dirty), ("A", self.young),
@@ -121,6 +144,17 @@ class Pte:
 
 def make_pte_marker(bits: int) -> Pte:
     return Pte(None, young=False, marker=bits)
+
+
+def is_swap_entry(pte: Pte | None) -> bool:
+    """A real swap entry (not none, not present, not a PTE marker): is_swap_pte() && !non_swap_entry()."""
+    return pte is not None and pte.swp is not None
+
+
+def swp_entry_to_pte(entry: int, *, uffd_wp=False, soft_dirty=False) -> Pte:
+    """swp_entry_to_pte() with the swp bits try_to_unmap_one() carries over (pte_swp_mkuffd_wp(),
+    pte_swp_mksoft_dirty())."""
+    return Pte(None, young=False, uffd_wp=uffd_wp, soft_dirty=soft_dirty, swp=entry)
 
 
 class Vma:
@@ -197,5 +231,7 @@ __all__ = ["PAGE_SIZE", "HPAGE_SIZE", "TASK_SIZE", "MMAP_BASE", "VM_READ", "VM_W
            "VM_FAULT_SIGSEGV", "VM_FAULT_RETRY", "VM_FAULT_LIVELOCK", "VM_FAULT_ERROR", "MFILL_ATOMIC_COPY",
            "MFILL_ATOMIC_ZEROPAGE", "MFILL_ATOMIC_CONTINUE", "MFILL_ATOMIC_POISON",
            "MM_CP_TRY_CHANGE_WRITABLE", "MM_CP_UFFD_WP", "MM_CP_UFFD_WP_RESOLVE", "ZERO_PFN", "FIRST_PFN",
-           "Folio", "Pte", "make_pte_marker", "Vma", "userfaultfd_missing", "userfaultfd_wp",
+           "Folio", "Pte", "make_pte_marker",
+           "MAX_SWAPFILES_SHIFT", "swp_entry", "swp_type", "swp_offset", "is_swap_entry", "swp_entry_to_pte",
+           "Vma", "userfaultfd_missing", "userfaultfd_wp",
            "userfaultfd_minor", "VmFault"]

@@ -11,6 +11,17 @@ from .mm_types import (MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_R
                        PTE_MARKER_UFFD_WP, Pte, VM_MAYWRITE, VM_READ, VM_WRITE, make_pte_marker)
 
 
+def pte_prot_change_needs_flush(old_write: bool, old_d: bool, new_write: bool, new_d: bool,
+                                clean_wp_noflush: bool = False) -> bool:
+    """x86 pte_needs_flush() (``..tlb``) of a present PTE whose PFN, presence and caching bits stay: only
+    RW and hardware D matter (A is ignored, the uffd-wp / soft-dirty / special / SavedDirty bits are
+    software).  A cleared D always flushes; an RW change flushes unless Nadav's RFC 12/14 rule
+    (``clean_wp_noflush``) waives it, where RW->RO of a dirty PTE flushes through the D rule anyway."""
+    if old_d and not new_d:
+        return True
+    return not clean_wp_noflush and old_write != new_write
+
+
 class Mprotect:
     """mm/mprotect.c."""
 
@@ -37,39 +48,46 @@ class Mprotect:
 
     def change_pte_range(self, vma, start: int, end: int, newprot_writable: bool, cp_flags: int,
                          hints: int = 0) -> int:
+        """change_pte_range(): PTEs are rewritten in place (no PTE is shared between two addresses); the
+        TLB-flush decision is pte_needs_flush() of the before/after values, reduced to the bits a protection
+        change can touch (same PFN and presence: hardware D and RW, see :func:`pte_prot_change_needs_flush`)."""
         uffd_wp = cp_flags & MM_CP_UFFD_WP
         uffd_wp_resolve = cp_flags & MM_CP_UFFD_WP_RESOLVE
+        try_change = cp_flags & MM_CP_TRY_CHANGE_WRITABLE
         write_likely = bool(hints & UFFDIO_COPY_MODE_WRITE_LIKELY)
+        rfc_hints = bool(hints and self.profile.hints)
+        clean_wp_noflush = self.profile.clean_wp_noflush
         flush, pages = [], 0
         step = vma.page_size
+        ptes = self.ptes
         if uffd_wp and self.userfaultfd_wp_use_markers(vma):
             for a in range(start, end, step):
-                if a not in self.ptes:
+                if a not in ptes:
                     self.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
                     pages += 1
         for a in self.pte_keys(start, end, step):
-            pte = self.ptes[a]
-            if not pte.present:
+            pte = ptes[a]
+            if pte.page is None:
                 if uffd_wp_resolve and pte.marker & PTE_MARKER_UFFD_WP and not pte.marker & ~PTE_MARKER_UFFD_WP:
-                    del self.ptes[a]
+                    del ptes[a]
                     pages += 1
                 continue
-            new = pte.copy()
-            new.write = newprot_writable and not pte.special     # pte_modify(oldpte, newprot)
+            old_write = pte.write
+            old_d = old_write and pte.dirty                     # hardware D (else SavedDirty)
+            pte.write = newprot_writable and not pte.special    # pte_modify(oldpte, newprot)
             if uffd_wp:
-                new.uffd_wp, new.write = True, False
+                pte.uffd_wp, pte.write = True, False
             elif uffd_wp_resolve:
-                new.uffd_wp = False
-            if hints and self.profile.hints:
-                new.young = True
-            if cp_flags & MM_CP_TRY_CHANGE_WRITABLE and not new.write and \
-                    self.can_change_pte_writable(vma, new, write_likely):
-                new.write = True
+                pte.uffd_wp = False
+            if rfc_hints:
+                pte.young = True
+            if try_change and not pte.write and self.can_change_pte_writable(vma, pte, write_likely):
+                pte.write = True
                 if write_likely and self.profile.hints:
-                    self.pte_mkdirty(new)
-            if self.needs_flush(pte, new):
+                    self.pte_mkdirty(pte)
+            if pte_prot_change_needs_flush(old_write, old_d, pte.write, pte.write and pte.dirty,
+                                           clean_wp_noflush):
                 flush.append(a)
-            self.ptes[a] = new
             pages += 1
         self.tlb.flush_range(flush)
         return pages

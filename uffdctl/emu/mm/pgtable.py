@@ -2,13 +2,20 @@
 map ``mm.ptes`` (page address -> :class:`~.mm_types.Pte`; absent = pte_none) and the set of PMDs that
 have a PTE table (``mm.pgtables``: pte_alloc() adds one, free_pgtables() drops it).  Walks cost what
 exists, never the size of a range.
+
+A PTE value is one of: present (``pte.page``), a PTE marker (``pte.marker``: uffd-wp, poison, guard) or a
+swap entry (``pte.swp``, :func:`~.mm_types.swp_entry`, the swp uffd-wp / soft-dirty bits in ``uffd_wp`` /
+``soft_dirty``; the slot and the swap cache are ``swapfile``'s).  Only set_pte() keeps mapcounts, and only
+for present PTEs.
 """
 from __future__ import annotations
 
 import bisect
 
 from .. import tlb as _tlb
-from .mm_types import PAGE_SIZE, Pte
+from .mm_types import PAGE_SIZE, VM_HUGETLB, Pte
+
+_PAGE_MASK = ~(PAGE_SIZE - 1)
 
 
 class PageTables:
@@ -56,7 +63,9 @@ class PageTables:
                 self._pgt_sorted = None
 
     def page_base(self, vma, addr: int) -> int:
-        return addr - (addr - vma.start) % vma.page_size if vma.hugetlb else addr & ~(PAGE_SIZE - 1)
+        if vma.flags & VM_HUGETLB:
+            return addr - (addr - vma.start) % vma.page_size
+        return addr & _PAGE_MASK
 
     def set_pte(self, addr: int, pte: Pte | None) -> None:
         old = self.ptes.get(addr)

@@ -9,7 +9,8 @@ import errno as E
 
 from ... import uapi
 from ..profiles import (UFFDIO_COPY_MODE_ACCESS_LIKELY, UFFDIO_COPY_MODE_WRITE_LIKELY)
-from .mm_types import (MFILL_ATOMIC_CONTINUE, MFILL_ATOMIC_COPY, MFILL_ATOMIC_POISON, MFILL_ATOMIC_ZEROPAGE,
+from .memory import _SLOW
+from .mm_types import (Folio, MFILL_ATOMIC_CONTINUE, MFILL_ATOMIC_COPY, MFILL_ATOMIC_POISON, MFILL_ATOMIC_ZEROPAGE,
                        MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, PAGE_SIZE,
                        PTE_MARKER_GUARD, PTE_MARKER_POISONED, Pte, VM_EXEC, VM_READ, VM_WRITE,
                        make_pte_marker, userfaultfd_wp)
@@ -34,6 +35,9 @@ class Userfaultfd:
                 return -E.EINVAL
         elif kind == MFILL_ATOMIC_CONTINUE and vma.anon:
             return -E.EINVAL
+        if not vma.hugetlb and (kind == MFILL_ATOMIC_COPY or kind == MFILL_ATOMIC_ZEROPAGE) \
+                and (vma.anon or not vma.shared):
+            return self.mfill_atomic_anon(vma, kind, dst_start, src_start, length, wp, hints)
         copied, err = 0, 0
         step = vma.page_size
         while copied < length:
@@ -43,6 +47,64 @@ class Userfaultfd:
             if err:
                 break
             copied += step
+        return copied if copied else err
+
+    def mfill_atomic_anon(self, vma, kind, dst_start: int, src_start: int, length: int, wp: bool,
+                          hints: int) -> int:
+        """mfill_atomic() of COPY / ZEROPAGE into a VMA whose pages are anon (private), with the per-VMA
+        decisions of mfill_atomic_pte() and mfill_atomic_install_pte() taken once for the range; per page
+        the same steps in the same order (PTE table, source read, PFN allocation, the pte_none_mostly()
+        check, the install) as the general loop."""
+        p = self.profile
+        ptes, pgtables = self.ptes, self.pgtables
+        zero = kind == MFILL_ATOMIC_ZEROPAGE and not (p.hints and hints & UFFDIO_COPY_MODE_WRITE_LIKELY)
+        # mfill_atomic_install_pte(): writable, pte_mkdirty() (RFC: only with WRITE_LIKELY), young, uffd-wp
+        if p.hints:
+            dirty = bool(hints & UFFDIO_COPY_MODE_WRITE_LIKELY)
+            young = bool(hints & (UFFDIO_COPY_MODE_ACCESS_LIKELY | UFFDIO_COPY_MODE_WRITE_LIKELY))
+        else:
+            dirty = young = True
+        write = bool(vma.flags & VM_WRITE) and not wp
+        copy = kind == MFILL_ATOMIC_COPY
+        zero_page = self.zero_page
+        end = dst_start + length
+        dst = dst_start
+        err = 0
+        while dst < end:
+            pmd = dst >> 21
+            if pmd not in pgtables:                   # the dst PTE table is allocated first
+                pgtables.add(pmd)
+                self._pgt_sorted = None
+            if zero:
+                if dst in ptes:                       # !pte_none(): any marker too
+                    err = -E.EEXIST
+                    break
+                ptes[dst] = Pte(zero_page, special=True, young=True)
+                zero_page.mapcount += 1
+                dst += PAGE_SIZE
+                continue
+            if copy:
+                data = self.copy_page_from_user(src_start + dst - dst_start, PAGE_SIZE)
+                if data is _SLOW:
+                    data = self.copy_from_user(src_start + dst - dst_start, PAGE_SIZE)
+                    if not isinstance(data, int):
+                        data = bytearray(data)
+                if isinstance(data, int):
+                    err = data
+                    break
+            else:
+                data = None
+            pfn = self._next_pfn                      # alloc_folio()
+            self._next_pfn = pfn + 1
+            old = ptes.get(dst)
+            if old is not None and not self.pte_none_mostly(old):
+                err = -E.EEXIST
+                break
+            folio = Folio(pfn, PAGE_SIZE, True, data)
+            folio.mapcount = 1
+            ptes[dst] = Pte(folio, write=write, dirty=dirty, young=young, soft_dirty=dirty, uffd_wp=wp)
+            dst += PAGE_SIZE
+        copied = dst - dst_start
         return copied if copied else err
 
     def mfill_atomic_pte(self, vma, kind, dst, src, wp, hints) -> int:

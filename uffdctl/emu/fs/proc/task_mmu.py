@@ -15,6 +15,7 @@ from ....types import ScanResult
 from ....errors import uffd_error
 from ...mm import (PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_UFFD_WP, VM_SOFTDIRTY, Pte, make_pte_marker,
                    userfaultfd_wp)
+from ...mm.mprotect import pte_prot_change_needs_flush
 
 
 # PAGE_IS_* and the scan flags as plain ints: IntFlag arithmetic was most of a scan's time
@@ -35,9 +36,13 @@ def pagemap_read(mm, addr: int, npages: int) -> list[int]:
         i0, i1 = (lo - base) // PAGE_SIZE, (hi - base) // PAGE_SIZE
         if mm.soft_dirty_config and vma.flags & VM_SOFTDIRTY:
             out[i0:i1] = [uapi.PM_SOFT_DIRTY] * (i1 - i0)
+        if vma.page_size == PAGE_SIZE:
+            for a in mm.pte_keys(lo, hi, PAGE_SIZE):
+                out[(a - base) // PAGE_SIZE] = pagemap_pte(mm, a, vma)
+            continue
         for a in mm.pte_keys(mm.page_base(vma, lo), hi, vma.page_size):
             first = max(a, lo)
-            v = pagemap_pte(mm, first)
+            v = pagemap_pte(mm, first, vma)
             step = 1 if v & uapi.PM_PRESENT else 0    # the 4 KiB entries of a huge page: PFN + index
             j0 = (first - base) // PAGE_SIZE
             for k in range((min(a + vma.page_size, hi) - first) // PAGE_SIZE):
@@ -45,8 +50,10 @@ def pagemap_read(mm, addr: int, npages: int) -> list[int]:
     return out
 
 
-def pagemap_pte(mm, addr: int) -> int:
-    vma = mm.find_vma(addr)
+def pagemap_pte(mm, addr: int, vma=None) -> int:
+    """pte_to_pagemap_entry() of the page at ``addr`` (``vma``: its VMA when the caller has it)."""
+    if vma is None:
+        vma = mm.find_vma(addr)
     if vma is None:
         return 0
     flags = 0
@@ -58,6 +65,13 @@ def pagemap_pte(mm, addr: int) -> int:
         return flags
     if not pte.present and vma.hugetlb:       # pagemap_hugetlb_range(): no PM_SWAP for markers
         return flags | (uapi.PM_UFFD_WP if pte.marker & PTE_MARKER_UFFD_WP else 0)
+    if pte.swp is not None:                   # a swap entry: type | offset << 5, swp uffd-wp / soft-dirty, no X
+        flags |= uapi.PM_SWAP | pte.swp
+        if pte.uffd_wp:
+            flags |= uapi.PM_UFFD_WP
+        if mm.soft_dirty_config and pte.soft_dirty:
+            flags |= uapi.PM_SOFT_DIRTY
+        return flags
     if not pte.present:
         flags |= uapi.PM_SWAP | mm.profile.pte_marker_swp_type | (pte.marker << 5)
         if pte.marker & PTE_MARKER_UFFD_WP or pte.uffd_wp:
@@ -137,6 +151,8 @@ def pagemap_scan_category(mm, vma, pte: Pte | None, has_table: bool = True) -> i
         cat |= C.WRITTEN
     if pte.marker & PTE_MARKER_GUARD and mm.profile.pagemap_guard_bit:
         cat |= C.GUARD
+    if pte.swp is not None and mm.soft_dirty_config and pte.soft_dirty:   # pte_swp_soft_dirty()
+        cat |= C.SOFT_DIRTY
     return int(cat)
 
 
@@ -148,6 +164,16 @@ def smaps_private_dirty(mm, vma) -> int:
         if pte.present and not pte.special and pte.dirty and pte.page.mapcount == 1:
             total += vma.page_size
     return total
+
+
+def _make_uffd_wp_pte(pte, addr, flush, clean_wp_noflush) -> None:
+    """make_uffd_wp_pte() of a present PTE, in place: uffd-wp and read-only; ``addr`` joins ``flush`` when the
+    old value needs a TLB flush (pte_needs_flush(), as :func:`pte_prot_change_needs_flush` reduces it)."""
+    old_write = pte.write
+    old_d = old_write and pte.dirty
+    pte.uffd_wp, pte.write = True, False
+    if pte_prot_change_needs_flush(old_write, old_d, False, False, clean_wp_noflush):
+        flush.append(addr)
 
 
 def _exclusive_wp(mm, vma, s, e, vcat, match, flush) -> None:
@@ -168,11 +194,7 @@ def _exclusive_wp(mm, vma, s, e, vcat, match, flush) -> None:
                 mm.set_pte(x, make_pte_marker(PTE_MARKER_UFFD_WP))
             elif pte.present:
                 if not pte.uffd_wp:
-                    new = pte.copy()
-                    new.uffd_wp, new.write = True, False
-                    if mm.needs_flush(pte, new):
-                        flush.append(x)
-                    mm.ptes[x] = new
+                    _make_uffd_wp_pte(pte, x, flush, mm.profile.clean_wp_noflush)
             elif not (pte.uffd_wp or pte.marker & PTE_MARKER_UFFD_WP):
                 pte.uffd_wp = True
 
@@ -199,16 +221,18 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             # no output vector: pagemap_scan_output() returns before counting (max_pages is not applied),
             # the walk covers the whole range and WP_MATCHING still protects [measured on 6.18]
             return n
-        n = min(n, budget)
-        if n <= 0:
-            return 0
+        if n > budget:
+            n = budget
+            if n <= 0:
+                return 0
         out = cat & return_mask
-        if regions and regions[-1][1] == a and regions[-1][2] == out:
-            regions[-1][1] += n * uapi.PAGE_SIZE
+        last = regions[-1] if regions else None
+        if last is not None and last[1] == a and last[2] == out:
+            last[1] += n * PAGE_SIZE
         else:
             if len(regions) >= vec_len:
                 return 0
-            regions.append([a, a + n * uapi.PAGE_SIZE, out])
+            regions.append([a, a + n * PAGE_SIZE, out])
         budget -= n
         return n
 
@@ -231,45 +255,62 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             continue
         pos = s
         keys = mm.pte_keys(s, e, vma.page_size) + [e]
+        # A hole's categories depend on the VMA and on whether a page table is under it, nothing else: when
+        # both kinds read the same, a hole is one run whatever the tables (emit() would merge the pieces).
+        hole_table = pagemap_scan_category(mm, vma, None, not vma.hugetlb) | vcat
+        hole_none = pagemap_scan_category(mm, vma, None, False) | vcat
+        by_table = hole_table != hole_none
+        hole_match = match(hole_table)
+        ptes, psz, hugetlb = mm.ptes, vma.page_size, vma.hugetlb
+        npages = psz // PAGE_SIZE
+        wp_matching = flags & _WP_MATCHING
         for k in keys:
-            for pos, hend, table in (mm.table_runs(pos, k) if k > pos else ()):   # hole runs [pos, k)
-                cat = pagemap_scan_category(mm, vma, None, table and not vma.hugetlb) | vcat
-                if match(cat):
-                    n = (hend - pos) // uapi.PAGE_SIZE
-                    got = emit(pos, n, cat)
-                    if flags & _WP_MATCHING and cat & _C.WRITTEN:
-                        for a in range(pos, pos + got * uapi.PAGE_SIZE, vma.page_size):
-                            mm.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
-                    if got < n:
-                        mm.tlb.flush_range(wp_flush)
-                        return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
+            if k <= pos:
+                pass
+            elif by_table:
+                for pos, hend, table in mm.table_runs(pos, k):   # hole runs [pos, k)
+                    cat = hole_table if table else hole_none
+                    if match(cat):
+                        n = (hend - pos) // uapi.PAGE_SIZE
+                        got = emit(pos, n, cat)
+                        if flags & _WP_MATCHING and cat & _C.WRITTEN:
+                            for a in range(pos, pos + got * uapi.PAGE_SIZE, vma.page_size):
+                                mm.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
+                        if got < n:
+                            mm.tlb.flush_range(wp_flush)
+                            return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
+            elif hole_match:
+                cat = hole_table
+                n = (k - pos) // uapi.PAGE_SIZE
+                got = emit(pos, n, cat)
+                if flags & _WP_MATCHING and cat & _C.WRITTEN:
+                    for a in range(pos, pos + got * uapi.PAGE_SIZE, vma.page_size):
+                        mm.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
+                if got < n:
+                    mm.tlb.flush_range(wp_flush)
+                    return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
             pos = max(pos, k)
             if k >= e:
                 break
-            pte = mm.ptes[k]
+            pte = ptes[k]
             cat = pagemap_scan_category(mm, vma, pte) | vcat
-            npages = vma.page_size // uapi.PAGE_SIZE
-            if match(cat):
-                if vma.hugetlb and flags & _WP_MATCHING and cat & _C.WRITTEN \
-                        and vec_len and budget < npages:
+            c = cat ^ inverted
+            if (c & mask) == mask and (not anyof or c & anyof):      # match(cat)
+                if hugetlb and wp_matching and cat & _C.WRITTEN and vec_len and budget < npages:
                     # "Partial HugeTLB page WP isn't possible": backed out, walk_end = its start, and the
                     # walk goes on (returns 0): walk_end ends at the last such page [measured on 6.18]
                     partial_at = k
-                    pos = k + vma.page_size
+                    pos = k + psz
                     continue
                 got = emit(k, npages, cat)
                 if got < npages:
                     mm.tlb.flush_range(wp_flush)
-                    return ScanResult([tuple(r) for r in regions], k + got * uapi.PAGE_SIZE)
-                if flags & _WP_MATCHING and cat & _C.WRITTEN:
+                    return ScanResult([tuple(r) for r in regions], k + got * PAGE_SIZE)
+                if wp_matching and cat & _C.WRITTEN:
                     if pte.present:
-                        new = pte.copy()
-                        new.uffd_wp, new.write = True, False
-                        if mm.needs_flush(pte, new):
-                            wp_flush.append(k)
-                        mm.ptes[k] = new
+                        _make_uffd_wp_pte(pte, k, wp_flush, mm.profile.clean_wp_noflush)
                     else:                                 # make_uffd_wp_pte(): pte_swp_mkuffd_wp()
                         pte.uffd_wp = True
-            pos = k + vma.page_size
+            pos = k + psz
     mm.tlb.flush_range(wp_flush)
     return ScanResult([tuple(r) for r in regions], end if partial_at is None else partial_at)
