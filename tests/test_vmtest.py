@@ -557,6 +557,16 @@ def test_vm_runs_a_command(vm_kernel):
     assert r.stdout.splitlines()[:3] == [REPO, vm_kernel.release, "out-42"]
 
 
+def test_vm_output_of_one_big_write_arrives_whole(vm_kernel):
+    """The out port takes at most 32 KiB per write(2); Python's unbuffered stdout (PYTHONUNBUFFERED, set in the
+    guest) does not retry a short write, so `uffdctl -j repro all` lost all but its first 32 KiB."""
+    code = "import sys; sys.stdout.write('x' * 100000 + '\\n'); print('end'); sys.exit(3)"
+    r = subprocess.run(vmtest(vm_kernel, "run", "--", "python3", "-c", code), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == "x" * 100000 + "\nend\n"
+
+
 def test_vm_guest_reset_is_reported(vm_kernel):
     """A guest that dies before reporting (here: sysrq reset) gives 125 and the console's last lines."""
     r = subprocess.run(vmtest(vm_kernel, "run", "--", "sh", "-c", "echo b > /proc/sysrq-trigger; sleep 30"),
