@@ -120,6 +120,9 @@ def test_patch_headers():
     fix = build.Patch.read(os.path.join(PATCHES, "rfc-hints-fix.patch"))
     assert (rfc.profile, fix.profile) == ("rfc-hints", "rfc-hints-fixed")
     assert dict(rfc.flips)["clean-writable-escapes-softdirty/anon"] == "REPRODUCED"
+    assert dict(fix.flips)["clean-writable-escapes-softdirty/anon"] == "NOT REPRODUCED"   # the fix undoes it
+    b = build.Build("6.1+rfc-hints+rfc-hints-fix", "k", "linux-source-6.1", "6.1.192-3").take_metadata([rfc, fix])
+    assert b.flips["clean-writable-escapes-softdirty/anon"] == "NOT REPRODUCED" and b.profile == "rfc-hints-fixed"
     assert build.build_name("6.1", [rfc, fix]) == "6.1+rfc-hints+rfc-hints-fix"
     for p in (rfc, fix):   # labelled a reconstruction, values uffdctl's
         text = open(p.path).read()
