@@ -67,6 +67,38 @@ def make_backend(name: str, **kw):
     return open_backend(name, **kw)
 
 
+def active_swaps() -> list[str]:
+    """The host's active swap devices (/proc/swaps)."""
+    try:
+        return [ln.split()[0] for ln in open("/proc/swaps").read().splitlines()[1:]]
+    except OSError:
+        return []
+
+
+SWAP_SIZE = 64 << 20
+
+
+def _host_swap():
+    """A swapfile on the host for a kernel column (SWAP_FLAG_PREFER above any other process's device, so our
+    pages never land on one that could be swapped off under them); always swapped off and removed."""
+    import os
+    from uffdctl import swap
+    if os.geteuid() != 0:
+        require_kernel("a swapfile needs root (swapon: CAP_SYS_ADMIN)")
+    try:
+        d = swap.on(SWAP_SIZE, priority=20000 + os.getpid() % 10000)
+    except Exception as e:          # no disk filesystem for it, no mkswap: a reason found at run time
+        require_kernel(f"cannot make a swapfile here: {e}")
+    try:
+        yield d
+    finally:
+        swap.off(d["filename"])
+
+
+host_swap = pytest.fixture(_host_swap)
+host_swap_module = pytest.fixture(scope="module")(_host_swap)
+
+
 @pytest.fixture
 def kernel_backend():
     b = make_backend("kernel")

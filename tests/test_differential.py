@@ -23,6 +23,7 @@ hugetlb is included only when huge pages are reserved.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
 import random
@@ -30,7 +31,7 @@ import time
 
 import pytest
 
-from conftest import hugetlb_reason, make_backend
+from conftest import SWAP_SIZE, active_swaps, hugetlb_reason, make_backend
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.errors import UffdError
@@ -56,12 +57,12 @@ def gen_sequence(rng: random.Random, memtypes, max_ops: int = 14) -> dict:
     regions = [{"type": "anon", "pages": SRC_PAGES}]
     for _ in range(rng.randint(1, 2)):
         mt = rng.choice(memtypes)
-        if MemType(mt).hugetlb:
-            if any(MemType(g["type"]).hugetlb for g in regions):
+        if _mt(mt).hugetlb:
+            if any(_mt(g["type"]).hugetlb for g in regions):
                 mt = MemType.ANON.value
             else:   # few huge pages (others may use the pool); the source pool must cover huge copies
                 regions[0]["pages"] = SRC_PAGES * 512
-        regions.append({"type": mt, "pages": rng.randint(2, 3 if MemType(mt).hugetlb else 6)})
+        regions.append({"type": mt, "pages": rng.randint(2, 3 if _mt(mt).hugetlb else 6)})
     feats = 0
     for f, p in ((uapi.Feature.WP_UNPOPULATED, 0.3), (uapi.Feature.EXACT_ADDRESS, 0.2), (uapi.Feature.WP_ASYNC, 0.1),
                  (uapi.Feature.THREAD_ID, 0.3), (uapi.Feature.SIGBUS, 0.08)):
@@ -87,8 +88,8 @@ def gen_op(rng: random.Random, regions) -> list:
     kind = rng.choices(
         ["touch", "copy", "zeropage", "continue", "writeprotect", "wake", "poison", "move", "register",
          "unregister", "read_msgs", "clear_refs", "dontneed", "cache_write", "munmap", "scan", "mprotect",
-         "mremap"],
-        [22, 8, 5, 4, 9, 3, 2, 3, 4, 2, 8, 2, 3, 3, 1, 4, 3, 3])[0]
+         "mremap", "pageout", "free"],
+        [22, 8, 5, 4, 9, 3, 2, 3, 4, 2, 8, 2, 3, 3, 1, 4, 3, 3, 4, 1])[0]
     if kind == "touch":
         return ["touch", rng.choice(THREADS), r, p0, rng.random() < 0.5, rng.randrange(1, 256)]
     if kind == "copy":
@@ -117,8 +118,8 @@ def gen_op(rng: random.Random, regions) -> list:
         return ["read_msgs"]
     if kind == "clear_refs":
         return ["clear_refs", rng.choice([1, 2, 3, 4, 5, 6])]
-    if kind == "dontneed":
-        return ["dontneed", r, p0, n]
+    if kind in ("dontneed", "pageout", "free"):
+        return [kind, r, p0, n]
     if kind == "cache_write":
         return ["cache_write", r, p0, rng.randrange(1, 256)]
     if kind == "mprotect":
@@ -152,8 +153,8 @@ def render(seq: dict) -> str:
         elif k == "register":
             lines.append(f"uffd.register(r{op[1]}[{op[2]}:{op[2] + op[3]}], mode="
                          f"{'|'.join(m.name for m in R if op[4] & m)})")
-        elif k in ("unregister", "wake", "dontneed"):
-            name = "madvise(MADV_DONTNEED," if k == "dontneed" else f"uffd.{k}("
+        elif k in ("unregister", "wake", "dontneed", "pageout", "free"):
+            name = f"madvise(MADV_{k.upper()}," if k in ("dontneed", "pageout", "free") else f"uffd.{k}("
             lines.append(f"{name} r{op[1]}[{op[2]}:{op[2] + op[3]}])")
         elif k in ("zeropage", "continue", "writeprotect", "poison"):
             lines.append(f"uffd.{k}(r{op[1]}[{op[2]}:{op[2] + op[3]}], mode={op[4]})")
@@ -191,7 +192,7 @@ class Side:
         self.regions = []
         self.aliases = {}
         for i, g in enumerate(seq["regions"]):
-            r = aligned_mmap(b, g["pages"] * (HP if MemType(g["type"]).hugetlb else PS), g["type"], f"r{i}")
+            r = aligned_mmap(b, g["pages"] * (HP if _mt(g["type"]).hugetlb else PS), g["type"], f"r{i}")
             self.regions.append(r)
             if r.fd is not None:
                 self.aliases[i] = b.alias(r, name=f"r{i}alias")
@@ -260,12 +261,29 @@ class Side:
                             self.labels[pfn] = f"p{self.nextlabel}"
                             self.nextlabel += 1
                         ident = self.labels[pfn]
-                else:
+                elif pfn & 0x1F >= 27:          # a PTE marker (swap type 31 on 6.18, 30 on 6.1): its value
                     ident = f"swp{pfn:#x}"
+                else:                           # a swap entry: named by relation (slots are the allocator's)
+                    key = ("s", pfn)
+                    live.add(key)
+                    if key not in self.labels:
+                        self.labels[key] = f"s{self.nextlabel}"
+                        self.nextlabel += 1
+                    ident = self.labels[key]
                 out.append([name, i, 1, hex(keep), ident])
                 prev = (i, keep, pfn)
         self.labels = {k: v for k, v in self.labels.items() if k in live}
         return [tuple(x) for x in out]
+
+
+# Regions of a regular file on a disk filesystem (a fresh sparse file each): MAP_SHARED and MAP_PRIVATE.
+FILE_TYPES = {"file": True, "file-private": False}
+FILE_DIR = "/var/tmp"
+
+
+def _mt(t: str) -> MemType:
+    """The memory type of a region type (a disk file maps like shmem as far as MemType goes)."""
+    return {"file": MemType.SHMEM, "file-private": MemType.SHMEM_PRIVATE}.get(t) or MemType(t)
 
 
 def aligned_mmap(b, length, memtype, name):
@@ -274,6 +292,8 @@ def aligned_mmap(b, length, memtype, name):
     probe = b.mmap(length + 2 * HP, MemType.ANON, name=name + "-probe")
     addr = (probe.addr + HP - 1) & ~(HP - 1)
     b.munmap(probe.addr, probe.len)
+    if memtype in FILE_TYPES:
+        return b.mmap_file(length, FILE_DIR, FILE_TYPES[memtype], name=name, addr=addr)
     return b.mmap(length, memtype, name=name, addr=addr)
 
 
@@ -334,9 +354,11 @@ def apply(side: Side, op) -> tuple:
         return ("msgs", msgs)
     if k == "clear_refs":
         return _call(lambda: b.clear_refs(op[1]))
-    if k == "dontneed":
-        return _call(lambda: b.madvise(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size,
-                                       uapi.MADV_DONTNEED))
+    if k in ("dontneed", "pageout", "free"):
+        advice = {"dontneed": uapi.MADV_DONTNEED, "pageout": uapi.MADV_PAGEOUT, "free": uapi.MADV_FREE}[k]
+        if k == "pageout":
+            b.lru_drain()            # a folio still in another CPU's LRU batch is skipped by MADV_PAGEOUT
+        return _call(lambda: b.madvise(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size, advice))
     if k == "cache_write":
         a = side.aliases[op[1]]
         return _call(lambda: b.write(a.addr + op[2] * a.page_size, bytes([op[3]])))
@@ -395,7 +417,7 @@ def applicable(emu: Side, op) -> bool:
         return False
     # a region shrunk by mremap: ranges past its end would reach addresses that are no longer the test's
     if k in ("copy", "zeropage", "continue", "writeprotect", "wake", "poison", "register", "unregister", "dontneed",
-             "mprotect", "scan") and op[2] + op[3] > emu.regions[op[1]].pages:
+             "mprotect", "scan", "pageout", "free") and op[2] + op[3] > emu.regions[op[1]].pages:
         return False
     if k == "touch" and op[3] >= emu.regions[op[2]].pages:
         return False
@@ -577,6 +599,21 @@ def emu_6_18():
     return EmuBackend(profile="6.18", soft_dirty=False)
 
 
+def shmem_thp_knobs_on() -> list[str]:
+    """The host's shmem THP knobs that would give a shmem fault a large folio (the model's shmem has 4 KiB
+    pages): another test's thp_pushed() sets one to 'always' for the length of one script."""
+    base = "/sys/kernel/mm/transparent_hugepage"
+    on = []
+    for path in [f"{base}/shmem_enabled"] + sorted(glob.glob(f"{base}/hugepages-*/shmem_enabled")):
+        try:
+            mode = open(path).read().split("[")[1].split("]")[0]
+        except (OSError, IndexError):
+            continue
+        if mode in ("always", "within_size"):
+            on.append(f"{path}={mode}")
+    return on
+
+
 class Runner:
     """Fresh backends per sequence; the kernel's zero-page PFN probed once."""
 
@@ -585,7 +622,8 @@ class Runner:
         kb = make_backend("kernel")
         try:
             self.zero_pfn = kernel_zero_pfn(kb)
-            self.memtypes = [MemType.ANON.value, MemType.SHMEM.value, MemType.SHMEM_PRIVATE.value]
+            self.memtypes = [MemType.ANON.value, MemType.SHMEM.value, MemType.SHMEM_PRIVATE.value, "file",
+                             "file-private"]
             mi = meminfo()    # free and not reserved by another process's mapping
             if hugetlb_reason(kb) is None and mi.get("HugePages_Free", 0) - mi.get("HugePages_Rsvd", 0) >= 16:
                 self.memtypes += [MemType.HUGETLB.value, MemType.HUGETLB_PRIVATE.value]
@@ -597,6 +635,8 @@ class Runner:
         kb = make_backend("kernel")
         CLOCK.lap("kernel")
         eb = self.make_emu()
+        if active_swaps():                        # the emulated machine mirrors the host: a swap device or none
+            eb.swap_on(SWAP_SIZE)
         CLOCK.lap("emu")
         try:
             return run(seq, kb, eb, self.zero_pfn)
@@ -627,14 +667,19 @@ class Runner:
 
 
 @pytest.mark.kernel
-def test_differential():
-    """EXAMPLES random sequences, kernel vs emulator, zero divergences."""
+def test_differential(host_swap_module):
+    """EXAMPLES random sequences, kernel vs emulator, zero divergences; with a swap device on both (MADV_PAGEOUT
+    makes swap entries)."""
     seed = int(os.environ.get("UFFDCTL_DIFF_SEED", str(random.randrange(1 << 30))))
     runner = Runner()
+    knobs = shmem_thp_knobs_on()
+    if knobs:   # another process's test switched a shmem THP size on: shmem faults there get large folios
+        runner.memtypes = [m for m in runner.memtypes if not _mt(m).file_backed]
+        print(f"differential: shmem memory types left out: {', '.join(knobs)} on this host now", flush=True)
     print(f"differential: seed {seed}, {EXAMPLES} sequences, memory types {runner.memtypes}", flush=True)
     deadline = time.monotonic() + SECONDS
     done = ops = 0
-    unconfirmed = []
+    unconfirmed, knob_busy = [], []
     CLOCK.__init__()
     t0 = time.perf_counter()
     for i in range(EXAMPLES):
@@ -646,6 +691,10 @@ def test_differential():
             # the kernel side is concurrent: a divergence counts once it repeats on a rerun
             if runner.diverges(seq) is None and runner.diverges(seq) is None:
                 unconfirmed.append((seed + i, str(d)))
+            elif shmem_thp_knobs_on() and any(_mt(g["type"]).file_backed for g in seq["regions"]):
+                # another process switched a shmem THP size on for a while: this host is not the model now
+                print(f"differential: seed {seed + i} not compared: {', '.join(shmem_thp_knobs_on())}")
+                knob_busy.append(seed + i)
             else:
                 pytest.fail(f"seed {seed + i} (UFFDCTL_DIFF_SEED={seed + i} UFFDCTL_DIFF_EXAMPLES=1): "
                             + runner.report(seq, d), pytrace=False)
@@ -653,10 +702,12 @@ def test_differential():
         ops += len(seq["ops"])
     wall = time.perf_counter() - t0
     print(f"differential: {done} sequences ({ops} ops), seed {seed}, zero divergences; "
-          f"{len(unconfirmed)} that did not repeat on two reruns: {unconfirmed}")
+          f"{len(unconfirmed)} that did not repeat on two reruns: {unconfirmed}; "
+          f"{len(knob_busy)} not compared while a host shmem THP knob was on: {knob_busy}")
     print(f"differential: {done / wall * 60:.0f} sequences/min; per sequence {wall / max(done, 1) * 1e3:.1f} ms: "
           f"emulator {CLOCK.emu / max(done, 1) * 1e3:.1f} ms, kernel {CLOCK.kernel / max(done, 1) * 1e3:.1f} ms "
           "(the kernel's includes waiting for its threads to settle)")
+    assert len(knob_busy) <= done // 10, f"a host shmem THP knob was on for most of the run: {knob_busy}"
     assert len(unconfirmed) <= max(1, done // 500), f"too many non-repeating divergences: {unconfirmed}"
     assert done >= EXAMPLES, (f"only {done} of {EXAMPLES} sequences ran within {SECONDS:.0f} s "
                               "(raise UFFDCTL_DIFF_SECONDS or lower UFFDCTL_DIFF_EXAMPLES)")
@@ -940,3 +991,61 @@ def test_differential_catches_a_broken_mremap_rule(switch):
             assert Runner().diverges(small) is None, render(small)   # the 6.18 rules agree with the kernel
             return
     pytest.fail(f"3000 random sequences did not catch the broken {switch} rule")
+
+
+# -- swap and mprotect rules: each area's broken rule is caught ---------------------------------------------------
+
+def _drop_swp_uffd_wp(self, vma, addr, flush):
+    """A deliberately wrong try_to_unmap_one(): the swap entry loses the PTE's uffd-wp bit."""
+    pte = self.ptes[addr]
+    was = pte.uffd_wp
+    pte.uffd_wp = False
+    try:
+        return _real_shrink(self, vma, addr, flush)
+    finally:
+        if pte.present:
+            pte.uffd_wp = was
+
+
+def _real_shrink(self, vma, addr, flush):
+    from uffdctl.emu.mm.vmscan import Vmscan
+    return Vmscan.shrink_folio(self, vma, addr, flush)
+
+
+BROKEN_RULES = {
+    # do_swap_page(): a read swap-in maps an exclusive page writable on 6.12+ (6.1's rule: only on a write)
+    "swapin_read_writable": ({"swapin_read_writable": False}, None, "pageout"),
+    # try_to_unmap_one(): pte_swp_mkuffd_wp() carries uffd-wp into the swap entry
+    "swp_uffd_wp": ({}, _drop_swp_uffd_wp, "pageout"),
+    # mprotect(): MM_CP_TRY_CHANGE_WRITABLE upgrades exclusive anon PTEs (64fe24a3e05e, 6.0)
+    "mprotect_try_change_writable": ({"mprotect_try_change_writable": False}, None, "mprotect"),
+}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("rule", list(BROKEN_RULES))
+def test_differential_catches_a_broken_swap_or_mprotect_rule(host_swap_module, rule, monkeypatch):
+    """The generator's pageout and mprotect ops can fail: with one rule of the model broken (a 6.1 rule in the 6.18
+    profile, or the swap entry losing its uffd-wp bit), some random sequence diverges from this kernel; its shrunk
+    reproducer has the op in it, and the unbroken model agrees with the kernel on it."""
+    from uffdctl.emu import EmuBackend, mm
+    switches, patch, op = BROKEN_RULES[rule]
+    runner = Runner(lambda: EmuBackend(profile="6.18", soft_dirty=False, **switches))
+    rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
+    if patch is not None:
+        monkeypatch.setattr(mm.MM, "shrink_folio", patch)
+    for i in range(4000):
+        seq = gen_sequence(random.Random(rng_seed + i), [MemType.ANON.value])
+        if not any(o[0] == op for o in seq["ops"]):
+            continue
+        d = runner.diverges(seq)
+        if d is not None:
+            small = runner.minimal(seq)
+            assert any(o[0] == op for o in small["ops"]), render(small)
+            monkeypatch.undo()
+            # the real rules agree with the kernel (the kernel side is concurrent: as the main test, a
+            # divergence counts once it repeats)
+            real = Runner()
+            assert real.diverges(small) is None or real.diverges(small) is None, render(small)
+            return
+    pytest.fail(f"4000 random sequences did not catch the broken {rule} rule")

@@ -246,10 +246,11 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def mmap(self, len: int, memtype: MemType | str = MemType.ANON, name: str | None = None,
              prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None,
-             noreserve: bool = False) -> Region:
+             noreserve: bool = False, page_size: int | None = None) -> Region:
         """mmap(2) ``len`` bytes of ``memtype`` (a memfd behind shmem/hugetlb), named ``name`` (default r<N>);
         ``addr``: MAP_FIXED_NOREPLACE there; ``noreserve``: MAP_NORESERVE (no commit charge; the emulator,
-        sparse, charges nothing either way)."""
+        sparse, charges nothing either way); ``page_size``: hugetlb only, the hstate (1 << 30: MFD_HUGE_1GB;
+        default the default hstate's, 2 MiB on x86-64)."""
 
     @abc.abstractmethod
     def alias(self, region: Region, name: str | None = None) -> Region:
@@ -275,7 +276,7 @@ class Backend(abc.ABC):
     # The advices the emulator models; anything else is NotModelled there (never a guessed EINVAL).
     MODELLED_ADVICE: frozenset | None = frozenset({uapi.MADV_DONTNEED, uapi.MADV_FREE, uapi.MADV_REMOVE,
                                                    uapi.MADV_GUARD_INSTALL, uapi.MADV_GUARD_REMOVE,
-                                                   uapi.MADV_NOHUGEPAGE})
+                                                   uapi.MADV_NOHUGEPAGE, uapi.MADV_COLD, uapi.MADV_PAGEOUT})
 
     def check_advice(self, advice: int, name: str) -> None:
         """Raise NotModelled unless this backend models ``advice`` (None: every advice, the kernel)."""
@@ -301,9 +302,15 @@ class Backend(abc.ABC):
         """alias(), at ``addr`` (MAP_FIXED_NOREPLACE): e.g. a PMD-aligned alias."""
         raise NotModelled("alias at an address")
 
-    def mmap_fixed(self, len: int, memtype: MemType | str, name: str | None, prot: int, addr: int) -> Region:
+    def mmap_fixed(self, len: int, memtype: MemType | str, name: str | None, prot: int, addr: int,
+                   page_size: int | None = None) -> Region:
         """mmap with MAP_FIXED at ``addr`` (replacing what is there: UNMAP events for registered VMAs)."""
         raise NotModelled("mmap MAP_FIXED")
+
+    def mmap_shared_anon(self, len: int, name: str | None = None, prot: int = uapi.PROT_READ | uapi.PROT_WRITE,
+                         addr: int | None = None, fixed: bool = False) -> Region:
+        """mmap(MAP_SHARED|MAP_ANONYMOUS): shmem the kernel sets up itself (shmem_zero_setup()), no fd."""
+        raise NotModelled("MAP_SHARED|MAP_ANONYMOUS")
 
     def mmap_file(self, len: int, path: str, shared: bool, name: str | None = None,
                   prot: int = uapi.PROT_READ | uapi.PROT_WRITE, addr: int | None = None,
@@ -406,8 +413,9 @@ class Backend(abc.ABC):
     def pagemap_scan(self, start: int, end: int, *, flags: int = 0, category_inverted: int = 0,
                      category_mask: int = 0, category_anyof_mask: int = 0,
                      return_mask: int = uapi.PM_SCAN_CATEGORIES_6_18, max_pages: int = 0,
-                     vec_len: int = 512) -> ScanResult:
-        """One PAGEMAP_SCAN ioctl (no continuation: see uffdctl.pagemap.scan_all)."""
+                     vec_len: int = 512, null_vec: bool = False) -> ScanResult:
+        """One PAGEMAP_SCAN ioctl (no continuation: see uffdctl.pagemap.scan_all); ``null_vec``: pass vec=NULL
+        whatever vec_len is (the kernel's EINVAL for NULL with vec_len > 0)."""
 
     @abc.abstractmethod
     def soft_dirty(self) -> SoftDirtyProbe:

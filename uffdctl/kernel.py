@@ -25,6 +25,7 @@ from .backend import Access, Backend, Handler, Thread, Uffd
 from .errors import BackendUnavailable, Unsupported, UsageError, uffd_error
 from .handler import NativeHandler
 from .kernel_mm import KernelMm, _hpage_size, hugepages_total, meminfo  # noqa: F401  (their old home)
+from .kernel_mm import hugetlb_page_flags, hugetlb_pool
 from .types import (AccessResult, HandlerPolicy, MemType, Region, RegionArray, ScanResult, SoftDirtyProbe,
                     UffdioApi, UffdMsg, decode_msg)
 
@@ -471,9 +472,12 @@ class KernelBackend(KernelMm, Backend):
 
     # -- mappings -----------------------------------------------------------------
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
-             fixed=False, noreserve=False):
-        """``fixed``: MAP_FIXED at ``addr`` (else MAP_FIXED_NOREPLACE); ``noreserve``: MAP_NORESERVE."""
+             fixed=False, noreserve=False, page_size=None):
+        """``fixed``: MAP_FIXED at ``addr`` (else MAP_FIXED_NOREPLACE); ``noreserve``: MAP_NORESERVE;
+        ``page_size``: the hugetlb page size (MFD_HUGE_1GB for 1 GiB; default: the default hstate's)."""
         memtype = MemType(memtype)
+        if page_size is not None and not memtype.hugetlb:
+            raise UsageError(f"a page size is for hugetlb mappings, not {memtype.value}")
         name = self._region_name(name)
         page = uapi.PAGE_SIZE
         fd = None
@@ -484,17 +488,17 @@ class KernelBackend(KernelMm, Backend):
                 self._check_fixed_target("mmap MAP_FIXED", addr, addr + len)
         if noreserve:
             flags |= uapi.MAP_NORESERVE
+        huge_bits = 0
         if memtype.hugetlb:
-            page = _hpage_size()
-            total = hugepages_total()
-            if total == 0:
+            page, huge_bits = hugetlb_page_flags(page_size)
+            if not huge_bits and hugepages_total() == 0:
                 raise Unsupported("HugePages_Total=0: no huge pages reserved",
                                   "reserve some with: sysctl vm.nr_hugepages=N")
         self._check_len(len, page, addr)
         if memtype is MemType.ANON:
             flags |= uapi.MAP_ANONYMOUS
         else:
-            mfd_flags = uapi.MFD_CLOEXEC | (uapi.MFD_HUGETLB if memtype.hugetlb else 0)
+            mfd_flags = uapi.MFD_CLOEXEC | (uapi.MFD_HUGETLB | huge_bits if memtype.hugetlb else 0)
             fd = self._lib.uffdctl_memfd_create(f"uffdctl-{name}".encode(), mfd_flags)
             if fd < 0:
                 raise uffd_error(-fd, "memfd_create", None, len)
@@ -504,7 +508,12 @@ class KernelBackend(KernelMm, Backend):
             if fd is not None:
                 os.close(fd)
             hint = None
-            if -a == E.ENOMEM and memtype.hugetlb:
+            if -a == E.ENOMEM and memtype.hugetlb and huge_bits:
+                pool = hugetlb_pool(page)
+                hint = (f"no free {page >> 20} MiB huge page to reserve: free_hugepages={pool['free_hugepages']}, "
+                        f"resv_hugepages={pool['resv_hugepages']} (/sys/kernel/mm/hugepages/"
+                        f"hugepages-{page // 1024}kB/nr_hugepages reserves more)")
+            elif -a == E.ENOMEM and memtype.hugetlb:
                 mi = meminfo()
                 hint = (f"no free huge page to reserve: HugePages_Free={mi.get('HugePages_Free', 0)}, "
                         f"HugePages_Rsvd={mi.get('HugePages_Rsvd', 0)} (other mappings hold the rest; "
@@ -734,12 +743,12 @@ class KernelBackend(KernelMm, Backend):
 
     def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0,
                      category_anyof_mask=0, return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0,
-                     vec_len=512) -> ScanResult:
+                     vec_len=512, null_vec=False) -> ScanResult:
         ffi, lib = self._ffi, self._lib
         vec = ffi.new("struct page_region[]", max(vec_len, 1))
         arg = ffi.new("struct pm_scan_arg *", {
             "size": ffi.sizeof("struct pm_scan_arg"), "flags": flags, "start": start, "end": end,
-            "vec": int(ffi.cast("uintptr_t", vec)) if vec_len else 0, "vec_len": vec_len,
+            "vec": int(ffi.cast("uintptr_t", vec)) if vec_len and not null_vec else 0, "vec_len": vec_len,
             "max_pages": max_pages, "category_inverted": category_inverted, "category_mask": category_mask,
             "category_anyof_mask": category_anyof_mask, "return_mask": return_mask})
         n = lib.uffdctl_ioctl(self._pagemap_fd, lib.PAGEMAP_SCAN, arg)

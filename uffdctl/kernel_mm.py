@@ -9,7 +9,7 @@ import os
 
 from . import _libc, swap, uapi
 from .types import MemType, Region
-from .errors import Unsupported, uffd_error
+from .errors import Unsupported, UsageError, uffd_error
 
 
 def parse_smaps(text: str, start: int, end: int) -> list[dict]:
@@ -60,6 +60,56 @@ def _hpage_size() -> int:
     return meminfo().get("Hugepagesize", 2048) * 1024
 
 
+HUGEPAGES_SYSFS = "/sys/kernel/mm/hugepages"
+
+
+def hugetlb_sizes() -> list[int]:
+    """The hugetlb page sizes this kernel has (hstates: /sys/kernel/mm/hugepages/hugepages-<N>kB)."""
+    try:
+        names = os.listdir(HUGEPAGES_SYSFS)
+    except OSError:
+        return []
+    return sorted(int(n[len("hugepages-"):-2]) * 1024 for n in names if n.startswith("hugepages-") and
+                  n.endswith("kB"))
+
+
+def hugetlb_pool(size: int) -> dict:
+    """One hstate's pool: nr_hugepages free_hugepages resv_hugepages surplus_hugepages (0 when absent)."""
+    out = {}
+    for k in ("nr_hugepages", "free_hugepages", "resv_hugepages", "surplus_hugepages"):
+        try:
+            with open(f"{HUGEPAGES_SYSFS}/hugepages-{size // 1024}kB/{k}") as f:
+                out[k] = int(f.read())
+        except OSError:
+            out[k] = 0
+    return out
+
+
+def _size_name(size: int) -> str:
+    for shift, unit in ((30, "G"), (20, "M"), (10, "K")):
+        if size >= 1 << shift and not size % (1 << shift):
+            return f"{size >> shift}{unit}"
+    return str(size)
+
+
+def hugetlb_page_flags(page_size: int | None) -> tuple[int, int]:
+    """(the page size, the MFD_HUGE_* / MAP_HUGE_* bits) of a hugetlb mapping; the default hstate for None.
+    Raises UsageError for a size this kernel has no hstate of, Unsupported for an empty pool."""
+    default = _hpage_size()
+    if page_size is None or page_size == default:
+        return default, 0
+    sizes = hugetlb_sizes()
+    if page_size not in sizes:
+        raise UsageError(f"no hugetlb page size {_size_name(page_size)} on this kernel (sizes: "
+                         f"{', '.join(_size_name(s) for s in sizes) or 'none'}: /sys/kernel/mm/hugepages)")
+    pool = hugetlb_pool(page_size)
+    if pool["nr_hugepages"] + pool["surplus_hugepages"] == 0:
+        raise Unsupported(f"no {_size_name(page_size)} huge pages reserved",
+                          f"reserve some with: echo N > {HUGEPAGES_SYSFS}/hugepages-{page_size // 1024}kB/"
+                          f"nr_hugepages (1G pages need contiguous memory: at boot, hugepagesz=1G hugepages=N)")
+    return page_size, (page_size.bit_length() - 1) << uapi.MFD_HUGE_SHIFT
+
+
 class KernelMm:
     """Mixin for KernelBackend (uses its ``_lib``, ``_regions`` and the Backend bookkeeping helpers)."""
 
@@ -94,8 +144,8 @@ class KernelMm:
             raise uffd_error(-a, "mmap", addr, region.len)
         return self._add_region(Region(name, a, region.len, region.memtype, region.page_size, None))
 
-    def mmap_fixed(self, len, memtype, name, prot, addr):
-        return self.mmap(len, memtype, name=name, prot=prot, addr=addr, fixed=True)
+    def mmap_fixed(self, len, memtype, name, prot, addr, page_size=None):
+        return self.mmap(len, memtype, name=name, prot=prot, addr=addr, fixed=True, page_size=page_size)
 
     def mmap_file(self, len, path, shared, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
                   fixed=False):
@@ -134,6 +184,22 @@ class KernelMm:
         if created:
             self._created_files[name] = created
         return self._add_region(r)
+
+    def mmap_shared_anon(self, len, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, fixed=False):
+        """MAP_SHARED|MAP_ANONYMOUS: the kernel backs it with a shmem file of its own (shmem_zero_setup()),
+        so it is shmem to userfaultfd (vma_is_shmem()) and to pagemap (PM_FILE), with no fd to alias."""
+        name = self._region_name(name)
+        self._check_len(len, uapi.PAGE_SIZE, addr)
+        flags = uapi.MAP_SHARED | uapi.MAP_ANONYMOUS
+        if addr:
+            flags |= uapi.MAP_FIXED if fixed else uapi.MAP_FIXED_NOREPLACE
+            if fixed:
+                self._check_fixed_target("mmap MAP_FIXED", addr, addr + len)
+        a = self._lib.uffdctl_mmap(addr or 0, len, prot, flags, -1, 0)
+        if a < 0:
+            raise uffd_error(-a, "mmap", addr, len)
+        return self._add_region(Region(name, a, len, MemType.SHMEM, uapi.PAGE_SIZE, None, prot,
+                                       kind="shared-anon"))
 
     def mmap_sysv(self, len, hugetlb, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
         name = self._region_name(name)

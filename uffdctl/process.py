@@ -198,7 +198,7 @@ class _CallAccess(Access):
     def result(self):
         if self._f.exc:
             raise self._f.exc
-        return 0
+        return (self._f.rep or {}).get("value", 0)
 
 
 class _ForkAccess(Access):
@@ -352,8 +352,7 @@ class KernelProcess(Process):
 
         def run():
             try:
-                fn()
-                acc.rep = {"ret": 0}
+                acc.rep = {"ret": 0, "value": fn()}
             except BaseException as e:
                 acc.exc = e
             acc._ev.set()

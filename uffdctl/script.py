@@ -133,10 +133,47 @@ def arith(expr: str) -> int:
         raise ValueError(f"bad arithmetic {expr!r}: {e}") from None
 
 
+_KEY_PART = re.compile(r"\[(-?\d+)\]|([^.\[\]]+)")
+
+
+def _key_parts(key: str) -> list[str]:
+    """``regions[1].start`` -> ["regions", "1", "start"] (``regions.1.start`` too; [-1] is the last)."""
+    parts, pos = [], 0
+    for m in _KEY_PART.finditer(key):
+        if m.start() != pos and key[pos:m.start()] != ".":
+            return [key]              # malformed ("a..b", "a[x]"): no such field
+        parts.append(m.group(1) if m.group(1) is not None else m.group(2))
+        pos = m.end()
+    return parts if pos == len(key) and parts else [key]
+
+
+def _absent(obj, key: str) -> str:
+    """Why ``key`` reaches nothing in ``obj``: the first part that is missing, and what is there instead."""
+    cur, path = obj, ""
+    for part in _key_parts(key):
+        shown = path or "the result"
+        if isinstance(cur, dict):
+            if part not in cur:
+                return f"{shown} has no field {part!r} (fields: {', '.join(map(str, cur)) or 'none'})"
+            cur = cur[part]
+            path = f"{path}.{part}" if path else part
+        elif isinstance(cur, list):
+            if not part.lstrip("-").isdigit():
+                return f"{shown} is a list of {len(cur)}: index it as {shown}[N]"
+            if not -len(cur) <= int(part) < len(cur):
+                return f"{shown} has {len(cur)} item(s): no [{part}]"
+            cur = cur[int(part)]
+            path = f"{path}[{part}]"
+        else:
+            return f"{shown} is {cur!r}, not a list or an object: no {part!r} in it"
+    return f"no field {key!r}"
+
+
 def _dotted(obj, key: str):
-    """obj["a"]["b"][0] for ``a.b.0``; KeyError (the class) when absent."""
+    """obj["a"]["b"][0] for ``a.b.0`` or ``a.b[0]`` (negative indices from the end); KeyError (the class) when
+    absent."""
     cur = obj
-    for part in key.split("."):
+    for part in _key_parts(key):
         if isinstance(cur, dict):
             cur = cur.get(part, KeyError)
         elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
@@ -671,8 +708,8 @@ class Interpreter:
         for k, v in pairs:
             cur = _dotted(obj, k.rstrip("&"))
             if cur is KeyError:
-                raise ScriptError(lineno, line, f"{what} has no field {k.rstrip('&')!r} "
-                                                f"(fields: {', '.join(map(str, obj))})")
+                raise ScriptError(lineno, line, f"{what} {k.rstrip('&')}: " +
+                                  _absent(obj, k.rstrip("&")).replace("the result", what))
             if not self._equal(lineno, line, obj, k, cur, v):
                 shown = self._where(cur) if isinstance(cur, int) and (_looks_like_addr(v) or cur > 0xffff) else cur
                 if k.rstrip("&").split(".")[-1] in _FIELD_FLAGS and isinstance(cur, int):

@@ -93,8 +93,13 @@ def _fs_check(directory: str) -> None:
                           "give --dir on ext4/xfs (default /var/tmp)")
 
 
-def on(size: int, directory: str | None = None) -> dict:
-    """Create, mkswap and swapon a swapfile; returns ``{"filename", "size", ...}``."""
+SWAP_FLAG_PREFER, SWAP_FLAG_PRIO_MASK = 0x8000, 0x7FFF
+
+
+def on(size: int, directory: str | None = None, priority: int | None = None) -> dict:
+    """Create, mkswap and swapon a swapfile; returns ``{"filename", "size", ...}``.  ``priority``
+    (SWAP_FLAG_PREFER): used before every device of lower priority (a test's pages never land on another
+    process's swapfile, which could be swapped off under them)."""
     global _counter
     directory = directory or DEFAULT_DIR
     if os.geteuid() != 0:
@@ -121,7 +126,8 @@ def on(size: int, directory: str | None = None) -> dict:
             msg = ((p.stderr or p.stdout).strip().splitlines() or ["mkswap failed"])[-1]
             raise uffd_error(E.EINVAL, "mkswap", message=msg)
         from . import _libc
-        r = _libc.swapon(path, 0)
+        flags = 0 if priority is None else SWAP_FLAG_PREFER | (priority & SWAP_FLAG_PRIO_MASK)
+        r = _libc.swapon(path, flags)
         if r < 0:
             raise uffd_error(-r, "swapon", None, size, message=path)
     except BaseException:

@@ -305,6 +305,8 @@ MADV_POPULATE_READ, MADV_POPULATE_WRITE, MADV_COLLAPSE = 22, 23, 25
 MS_ASYNC, MS_INVALIDATE, MS_SYNC = 1, 2, 4
 MLOCK_ONFAULT = 1
 MFD_CLOEXEC, MFD_HUGETLB = 0x1, 0x4
+# the hugetlb page size of a mapping / memfd: log2(size) << 26 (MAP_HUGE_2MB, MAP_HUGE_1GB; MFD_HUGE_*)
+MAP_HUGE_SHIFT = MFD_HUGE_SHIFT = 26
 
 # where a fault message's event name comes from
 EVENT_NAMES = {e.value: e.name.lower() for e in Event}

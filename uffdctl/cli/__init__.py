@@ -73,6 +73,17 @@ class LazyGroup(click.Group):
             return build(name, _send)
         return None
 
+    def get_help(self, ctx):
+        """The root page straight from the index when click would render it at a width it holds."""
+        if ctx.parent is None and ctx.terminal_width is None and ctx.max_content_width is None:
+            from click import formatting
+            if formatting.FORCED_WIDTH is None:
+                from .helpindex import rendered
+                text = rendered(ctx.info_name)
+                if text is not None:
+                    return text
+        return super().get_help(ctx)
+
     def format_commands(self, ctx, formatter):
         from .helpindex import load
         entries = load()

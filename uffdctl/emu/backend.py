@@ -22,7 +22,7 @@ import itertools
 from .. import uapi
 from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, HandlerPolicy, MemType, Region,
                        ScanResult, SoftDirtyProbe, Thread, UffdMsg)
-from ..errors import NotModelled, UffdError, uffd_error
+from ..errors import NotModelled, UffdError, UsageError, uffd_error
 from ..types import PteBits
 from . import mm as M
 from .fs.proc import task_mmu
@@ -32,6 +32,19 @@ from .profiles import DEFAULT_PROFILE, get_profile
 from .sched import RunQueue
 
 BUS_ADRERR = 2
+_TMPFS_MAGIC, _RAMFS_MAGIC = 0x01021994, 0x858458F6
+
+
+def _is_tmpfs(directory: str) -> bool:
+    """statfs(2) f_type of ``directory`` on this machine: tmpfs or ramfs (shmem's vm_ops)."""
+    import ctypes
+    import ctypes.util
+
+    class _Statfs(ctypes.Structure):
+        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    buf = _Statfs()
+    return libc.statfs(directory.encode(), ctypes.byref(buf)) == 0 and buf.f_type in (_TMPFS_MAGIC, _RAMFS_MAGIC)
 _TIDS = itertools.count(4_000_001)
 _EV_PAGEFAULT = int(uapi.Event.PAGEFAULT)
 _PF_WP, _PF_MINOR = int(uapi.PagefaultFlag.WP), int(uapi.PagefaultFlag.MINOR)
@@ -58,6 +71,7 @@ class EmuAccess(Access):
         self._res = AccessResult()
         self._done = False
         self._segv = False
+        self.populate = False    # GUP (mlock's populate): fault the pages in, read or write no data
 
     def woken(self) -> None:
         """Handed back by a wake: with per-VMA locks the first retry is an mmap_lock retry; without, it
@@ -67,24 +81,26 @@ class EmuAccess(Access):
     def run(self) -> None:
         mm = self._b.mm
         res = self._res
-        while self._i < len(self._segs):
-            a, off, n = self._segs[self._i]
+        segs, write = self._segs, self.write
+        nsegs = len(segs)
+        while self._i < nsegs:
+            a, off, n = segs[self._i]
             vma = mm.find_vma(a)
             if vma is None:
                 self._segv = True
                 break
-            if not self.attempt and mm.access_ok(vma, a, self.write):
+            if not self.attempt and mm.access_ok(vma, a, write):
                 base = mm.page_base(vma, a)
                 page = mm.ptes[base].page
                 poff = a - base
-                if self.write:
-                    buf = self._data[off:off + n] if self._data is not None else bytes([self._fill & 0xFF]) * n
+                if write and not self.populate:
+                    buf = self._data[off:off + n] if self._data is not None else bytes((self._fill & 0xFF,)) * n
                     page.write(poff, buf)
                 elif self._want:
                     self._buf += page.read(poff, n)
                 self._i += 1
                 continue
-            r = mm.handle_mm_fault(vma, a, self.write, self)
+            r = mm.handle_mm_fault(vma, a, write, self)
             if r == M.VM_FAULT_RETRY:
                 self.blocks += 1
                 return                                  # blocked on self.waiter until woken
@@ -98,7 +114,7 @@ class EmuAccess(Access):
             if r & M.VM_FAULT_ERROR:
                 res.sigbus, res.si_code, res.fault_addr = True, BUS_ADRERR, a
                 break
-            if self.attempt >= 2:                       # mm_account_fault(): TRIED counts as major
+            if self.attempt >= 2 or r & M.VM_FAULT_MAJOR:   # mm_account_fault(): TRIED or a read counts major
                 res.majflt += 1
                 self.thread.majflt += 1
             else:
@@ -152,9 +168,10 @@ class EmuThread(Thread):
         self._queue: collections.deque = collections.deque()
         self._current: EmuAccess | None = None
 
-    def access(self, addr, len, write, data=None, fill=0, stride=0, want_data=False) -> Access:
+    def access(self, addr, len, write, data=None, fill=0, stride=0, want_data=False, populate=False) -> Access:
         acc = EmuAccess(self._b, self, addr, len, write, bytes(data) if data is not None else None, fill,
                         stride, want_data)
+        acc.populate = populate      # GUP: fault the pages in, touch no data
         self._queue.append(acc)
         self._start_next()
         self._b._rq.run()
@@ -311,6 +328,8 @@ class EmuBackend(Backend):
         self._rq = RunQueue()
         self._names = itertools.count()
         self._fds = itertools.count(1000)
+        self._swapdevs: list = []        # the model's swap devices (swap on), newest last
+        self._paths: dict = {}           # path -> the model's file at it (two mappings share its page cache)
 
     # -- identity -------------------------------------------------------------------------
     def describe(self) -> dict:
@@ -349,8 +368,13 @@ class EmuBackend(Backend):
 
     # -- mappings -------------------------------------------------------------------------
     def mmap(self, len, memtype=MemType.ANON, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
-             noreserve=False):   # sparse: no commit accounting to skip
+             noreserve=False, page_size=None):   # sparse: no commit accounting to skip
         memtype = MemType(memtype)
+        if page_size is not None and not memtype.hugetlb:
+            raise UsageError(f"a page size is for hugetlb mappings, not {memtype.value}")
+        if page_size not in (None, M.HPAGE_SIZE):
+            size = f"{page_size >> 30}G" if page_size >= 1 << 30 else f"{page_size >> 10}K"
+            raise NotModelled(f"hugetlb {size} pages (the model has the 2M hstate only)")
         name = self._region_name(name)
         page = M.HPAGE_SIZE if memtype.hugetlb else uapi.PAGE_SIZE
         self._check_len(len, page, addr)
@@ -363,6 +387,18 @@ class EmuBackend(Backend):
         if isinstance(v, int):
             raise uffd_error(-v, "mmap", addr, len)
         return self._add_region(Region(name, v.start, len, memtype, page, fd, prot))
+
+    def mmap_shared_anon(self, len, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, fixed=False):
+        """MAP_SHARED|MAP_ANONYMOUS is shmem in mm/mmap.c (shmem_zero_setup()): a shmem file no fd reaches."""
+        if fixed:
+            raise NotModelled("mmap MAP_FIXED")
+        name = self._region_name(name)
+        self._check_len(len, uapi.PAGE_SIZE, addr)
+        v = self.mm.mmap(len, MemType.SHMEM, prot, addr, M.ShmemFile("dev/zero", len, uapi.PAGE_SIZE))
+        if isinstance(v, int):
+            raise uffd_error(-v, "mmap", addr, len)
+        return self._add_region(Region(name, v.start, len, MemType.SHMEM, uapi.PAGE_SIZE, None, prot,
+                                       kind="shared-anon"))
 
     def alias(self, region, name=None):
         name = self._alias_name(region, name)
@@ -391,6 +427,114 @@ class EmuBackend(Backend):
 
     def mprotect(self, addr, len, prot):
         self._syscall("mprotect", addr, len, self.mm.mprotect(addr, len, prot))
+
+    # -- regular files and SysV shm (emu/mm/filemap.py, shmem) ------------------------------------------------
+    def mmap_file(self, len, path, shared, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None,
+                  fixed=False):
+        """A regular file of ``len`` bytes at ``path`` (a directory: a fresh file there).  The filesystem is the
+        one the path has on this machine: tmpfs gives shmem's semantics, anything else a disk file's
+        (emu/mm/filemap.py).  The model's file starts empty (a host file's contents are not read)."""
+        import os
+        if fixed:
+            raise NotModelled("mmap MAP_FIXED")
+        name = self._region_name(name)
+        self._check_len(len, uapi.PAGE_SIZE, addr)
+        if not os.path.isdir(path) and os.path.exists(path) and os.path.getsize(path):
+            raise NotModelled("the contents of an existing host file")
+        d = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(d):
+            raise uffd_error(E.ENOENT, "open", None, len, message=path)
+        key = None if os.path.isdir(path) else os.path.abspath(path)
+        f = self._paths.get(key) if key else None
+        if f is None:
+            fname = f"{path} (emulated)" if key else f"{path}/uffdctl-{name} (emulated)"
+            f = M.ShmemFile(fname, len, uapi.PAGE_SIZE) if _is_tmpfs(d) else M.RegularFile(fname, len)
+            if key:
+                self._paths[key] = f
+        f.size = max(f.size, len)
+        fd = next(self._fds)
+        self._files[fd] = f
+        v = self.mm.mmap(len, MemType.SHMEM if shared else MemType.SHMEM_PRIVATE, prot, addr, f, shared=shared)
+        if isinstance(v, int):
+            raise uffd_error(-v, "mmap", addr, len, message=path)
+        return self._add_region(Region(name, v.start, len, MemType.SHMEM if shared else MemType.SHMEM_PRIVATE,
+                                       uapi.PAGE_SIZE, fd, prot, kind="file" if shared else "file-private",
+                                       path=f.name))
+
+    def mmap_sysv(self, len, hugetlb, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None):
+        """shmget(IPC_PRIVATE) + shmat, IPC_RMID at once: a shmem (or hugetlb) segment whose VMA is not
+        vma_is_shmem() (shm_vm_ops); SHM_RDONLY without PROT_WRITE (no VM_MAYWRITE)."""
+        name = self._region_name(name)
+        page = M.HPAGE_SIZE if hugetlb else uapi.PAGE_SIZE
+        self._check_len(len, page, addr)
+        mt = MemType.HUGETLB if hugetlb else MemType.SHMEM
+        f = M.ShmemFile(f"SYSV-{name}", len, page, sysv=True)
+        v = self.mm.mmap(len, mt, prot, addr, f, shared=True)
+        if isinstance(v, int):
+            raise uffd_error(-v, "shmat", addr, len)
+        if not prot & uapi.PROT_WRITE:
+            v.flags &= ~M.VM_MAYWRITE
+        return self._add_region(Region(name, v.start, len, mt, page, None, prot,
+                                       kind="sysv-hugetlb" if hugetlb else "sysv"))
+
+    def msync(self, addr, len, flags):
+        self._syscall("msync", addr, len, self.mm.msync(addr, len, flags))
+
+    def mlock(self, addr, len, flags=0):
+        """mlock2(): VM_LOCKED on the range, then (without MLOCK_ONFAULT) every page faulted in by the caller --
+        a write fault on private writable VMAs, as GUP's FOLL_WRITE; a userfault no handler resolves is EDEADLK
+        here (the kernel's mlock would block)."""
+        from .mm.mlock import MLOCK_ONFAULT, VM_LOCKONFAULT
+        if flags & ~MLOCK_ONFAULT:
+            raise uffd_error(E.EINVAL, "mlock2", addr, len)
+        start = addr & ~(uapi.PAGE_SIZE - 1)
+        len += addr - start
+        self._syscall("mlock2", start, len, self.mm.apply_vma_lock_flags(
+            start, len, M.VM_LOCKED | (VM_LOCKONFAULT if flags & MLOCK_ONFAULT else 0)))
+        if flags & MLOCK_ONFAULT:
+            return
+        for s, e, write in self.mm.populate_ranges(start, len):
+            acc = self._caller.access(s, e - s, write, stride=uapi.PAGE_SIZE, populate=True)
+            if not acc.done:
+                self._withdraw(acc)
+                raise uffd_error(E.EDEADLK, "mlock2", s, e - s,
+                                 message="emulator: populating the locked range blocked in a userfault that no "
+                                         "handler resolves (the kernel's mlock would block): run a fault_handler")
+
+    def munlock(self, addr, len):
+        start = addr & ~(uapi.PAGE_SIZE - 1)
+        self._syscall("munlock", start, len + addr - start, self.mm.apply_vma_lock_flags(start, len + addr - start, 0))
+
+    # -- the model's own swap devices (emu/mm/swapfile.py): never the host's -------------------------------
+    def swap_on(self, size, directory=None):
+        """swapon of an emulated device of ``size`` bytes (``directory`` names nothing on the host)."""
+        if size < 40 * uapi.PAGE_SIZE:
+            raise uffd_error(E.EINVAL, "swapon", None, size, message="a swapfile needs at least 40 pages")
+        name = f"emu-swap{len(self._swapdevs)}"
+        si = self.mm.swap.swapon(size, name)
+        if isinstance(si, int):
+            raise uffd_error(-si, "swapon", None, size)
+        self._swapdevs.append(si)
+        return {"filename": name, "size": size, "active": self._swap_entry(si), "emulated": 1}
+
+    def _swap_entry(self, si) -> dict:
+        return {"filename": si.name, "type": "emulated", "size": (si.max - 1) * uapi.PAGE_SIZE,
+                "used": si.inuse_pages * uapi.PAGE_SIZE, "priority": -2 - si.type}
+
+    def swap_off(self):
+        if not self._swapdevs:
+            raise uffd_error(E.ENOENT, "swapoff", message="no swap device of this session is on")
+        out = []
+        while self._swapdevs:
+            si = self._swapdevs.pop()
+            M.swapoff(self.mm.swap, si)
+            out.append({"filename": si.name})
+        self._rq.run()
+        return {"removed": out}
+
+    def swap_status(self):
+        return {"swaps": [dict(self._swap_entry(si), mine=1) for si in self._swapdevs],
+                "mine": [si.name for si in self._swapdevs]}
 
     def _syscall(self, name, addr, length, ret):
         """Let woken or queued work run, then turn a -errno from the model into the exception."""
@@ -461,12 +605,7 @@ class EmuBackend(Backend):
     def _caller_access(self, op, addr, length, write, data=None) -> AccessResult:
         acc = self._caller.access(addr, length, write, data=data, want_data=not write)
         if not acc.done:
-            w = acc.waiter
-            if w is not None:
-                for u in self._uffds:
-                    u.cancel(w)
-            self._caller._current = None
-            self._caller._queue.clear()
+            self._withdraw(acc)
             raise uffd_error(E.EDEADLK, op, addr, length,
                              message="emulator: the caller's own access blocked in a userfault that no handler "
                                      "resolves (the kernel would block): use a thread or a fault_handler")
@@ -474,6 +613,15 @@ class EmuBackend(Backend):
         if r.sigbus:
             raise uffd_error(E.EFAULT, op, addr, length, message=f"SIGBUS (si_code {r.si_code})")
         return r
+
+    def _withdraw(self, acc) -> None:
+        """Take back a caller's access left blocked in a userfault (the emulator cannot block its caller)."""
+        w = acc.waiter
+        if w is not None:
+            for u in self._uffds:
+                u.cancel(w)
+        self._caller._current = None
+        self._caller._queue.clear()
 
     def read(self, addr, len) -> bytes:
         return self._caller_access("read", addr, len, False).data
@@ -495,9 +643,10 @@ class EmuBackend(Backend):
             raise uffd_error(-r, "clear_refs", message=f"value {value!r}")
 
     def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0, category_anyof_mask=0,
-                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512) -> ScanResult:
+                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512,
+                     null_vec=False) -> ScanResult:
         return task_mmu.do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask,
-                               category_anyof_mask, return_mask, max_pages, vec_len)
+                               category_anyof_mask, return_mask, max_pages, vec_len, null_vec)
 
     def soft_dirty(self) -> SoftDirtyProbe:
         if self.mm.soft_dirty_config:

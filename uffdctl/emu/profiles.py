@@ -82,6 +82,11 @@ class Profile:
     # do_swap_page() maps an exclusive anon page writable on a *read* swap-in (VM_WRITE, not uffd-wp, no
     # soft-dirty wp): 6.12 and later (host 6.18 measured: 0 faults on the next write); 6.1.192: write only.
     swapin_read_writable: bool = True
+    # swap_writepage() (6.12, 0ca0c24e3211 "mm: store zero pages to be swapped out in a bitmap"): a zero-filled
+    # folio is not written, only marked in the zeromap, so reclaim frees it at once and its swap-in is a major
+    # fault into a new page [measured on 6.18 by the differential]; before, it was written and stayed in the
+    # swap cache like any other.
+    swap_zeromap: bool = True
     # MADV_COLLAPSE (6.1; khugepaged's uffd rules: a none PTE in an armed VMA -> EBUSY, a uffd-wp PTE -> EINVAL).
     madv_collapse: bool = True
     # "mm/khugepaged: check again on anon uffd-wp during isolation" (6.3; 6.1.26).
@@ -121,7 +126,7 @@ _MM_5_19 = dict(fork_wp_marker_without_event=True, fork_poison_marker_without_ev
                 vm_softdirty_sticky_merge=False,
                 swapin_read_writable=False, madv_collapse=False, khugepaged_uffd_wp_recheck=False,
                 huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False,
-                release_resets_wp=False)
+                release_resets_wp=False, swap_zeromap=False)
 # Debian's 6.1.192 carries the stable backports named in the fields' comments (6.1.11, 6.1.21, 6.1.26,
 # 6.1.191); what it does not have: poison markers copied without EVENT_FORK, read swap-in writable, mTHP.
 _MM_6_1 = dict(_MM_5_19, fork_wp_marker_without_event=False, fork_poison_marker_without_event=False,

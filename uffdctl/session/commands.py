@@ -237,6 +237,8 @@ def execute(st: SessionState, name: str, args: dict | None) -> dict:
         args.setdefault(p.dest, p.default)
         if p.required and args[p.dest] in (None, ""):
             raise UsageError(f"{name}: missing {p.decl}")
+    with st.lock:
+        uffds.finish_ops(st)  # the bookkeeping of --thread system calls that returned meanwhile
     with st.addressing(args.pop("proc", None), args.pop("uffd", None)):
         if not cmd.locked:
             out = cmd.fn(st, args)
@@ -290,12 +292,13 @@ def _span_dict(span: Span, **kw) -> dict:
 _NAME_OK = re.compile(r"^[A-Za-z_][\w.-]{0,63}$")   # at most 64 characters
 
 
-EXTRA_TYPES = ("file", "file-private", "sysv", "sysv-hugetlb")   # mmops: mapped by their own Backend methods
+EXTRA_TYPES = ("file", "file-private", "sysv", "sysv-hugetlb", "shared-anon")   # mapped by their own Backend methods
 
 
 @command("mmap", "Map a new region (anon, shmem, shmem-private, hugetlb, hugetlb-private, file, file-private, "
-         "sysv, sysv-hugetlb).",
-         "uffdctl mmap --size 4M --align 2M --thp --name huge",
+         "sysv, sysv-hugetlb, shared-anon: MAP_SHARED|MAP_ANONYMOUS, shmem to the kernel).",
+         "uffdctl mmap --size 4M --align 2M --thp --name huge    (1 GiB pages: uffdctl mmap --size 1G --type "
+         "hugetlb --page-size 1G)",
          Param("--size", "length, with K/M/G suffix", required=True),
          Param("--type", "memory type", kind="choice", choices=tuple(m.value for m in MemType) + EXTRA_TYPES,
                default="anon"),
@@ -309,10 +312,14 @@ EXTRA_TYPES = ("file", "file-private", "sysv", "sysv-hugetlb")   # mmops: mapped
          Param("--fixed", "with --addr: MAP_FIXED (replaces the session's regions there: UNMAP events)", kind="flag"),
          Param("--thp", "MADV_HUGEPAGE (anon: default --align 2M) instead of the default MADV_NOHUGEPAGE",
                kind="flag"),
-         Param("--prot", "none | read,write,exec (default read,write)"))
+         Param("--prot", "none | read,write,exec (default read,write)"),
+         Param("--page-size", "hugetlb: the huge page size, 2M or 1G (MFD_HUGE_2MB / MFD_HUGE_1GB; default the "
+                              "default hstate's, Hugepagesize in /proc/meminfo)"),
+         Param("--thread", "issue mmap(2) from this session thread and return after 0.2 s like touch (with --fixed: "
+               "blocked=1 while the UNMAP message of what it replaces waits to be read); wait waits for it"))
 def cmd_mmap(st, a):
     if a.get("type") in EXTRA_TYPES or a.get("align") or a.get("addr") or a.get("fixed") or a.get("thp") \
-            or a.get("path") or a.get("prot") is not None:
+            or a.get("path") or a.get("prot") is not None or a.get("page_size") is not None or a.get("thread"):
         return mmap_ext(st, a)
     size = parse_size(a["size"])
     if size <= 0:
@@ -349,6 +356,9 @@ def cmd_alias(st, a):
         raise UsageError(f"unknown region {a['region']!r} (regions: {', '.join(st.regions) or 'none'})")
     if not reg.memtype.file_backed:
         raise UsageError(f"region {reg.name} is anon: there is no file to alias")
+    if reg.kind == "shared-anon":
+        raise UsageError(f"region {reg.name} is shared-anon: its shmem file (shmem_zero_setup()) has no fd to "
+                         f"alias; use --type shmem (a memfd) for a second mapping")
     name = a.get("name") or f"{reg.name}-alias"
     if not _NAME_OK.match(name) or name in st.regions:
         raise UsageError(f"bad or existing region name {name!r}")
@@ -361,11 +371,13 @@ def cmd_alias(st, a):
 
 
 @command("munmap", "Unmap a region, or any range of one (the regions are carved to match).", "uffdctl munmap buf:2-3",
-         Param("region", "REGION, or a range REGION:A-B / 0xADDR+LEN", required=True, metavar="RANGE"))
+         Param("region", "REGION, or a range REGION:A-B / 0xADDR+LEN", required=True, metavar="RANGE"),
+         Param("--thread", "issue munmap(2) from this session thread and return after 0.2 s like touch (blocked=1 "
+               "while its UNMAP message waits to be read, with handler --unread); wait waits for it"))
 def cmd_munmap(st, a):
     if a["region"] not in st.regions and a["region"] is not None and (":" in str(a["region"]) or
                                                                        "+" in str(a["region"])):
-        return munmap_range(st, a["region"])
+        return munmap_range(st, a["region"], a)
     reg = st.regions.get(a["region"])
     if reg is None:
         raise UsageError(f"unknown region {a['region']!r} (munmap takes a region name; regions: "
@@ -374,12 +386,14 @@ def cmd_munmap(st, a):
         if t.start < reg.end and reg.addr < t.start + t.len:
             # the woken access would retry on an unmapped address: SIGSEGV for the whole session
             raise UsageError(f"touch #{t.id} (thread {t.thread}) is blocked in region {reg.name}: resolve it first")
-    st.backend.munmap(reg.addr, reg.len)
-    del st.regions[reg.name]
-    for key in [k for k in st.registrations if reg.addr <= k[0] < reg.end]:
-        del st.registrations[key]
-    forget_range(st, reg.addr, reg.end)
-    return {"start": reg.addr, "len": reg.len, "name": reg.name}
+
+    def finish(_):
+        st.regions.pop(reg.name, None)
+        for key in [k for k in st.registrations if reg.addr <= k[0] < reg.end]:
+            del st.registrations[key]
+        forget_range(st, reg.addr, reg.end)
+        return {"start": reg.addr, "len": reg.len, "name": reg.name}
+    return issue(st, a, "munmap", reg.addr, reg.len, lambda b: b.munmap(reg.addr, reg.len), finish)
 
 
 def _registered_mode(st: SessionState, reg: Region) -> int:
@@ -671,6 +685,7 @@ def cmd_wait(st, a):
         raise UsageError(f"bad --timeout {timeout!r}: a finite number of seconds >= 0")
     t.access.wait(timeout)
     with st.lock:
+        uffds.finish_op(st, t)
         return dict(t.to_dict(), tid=st.backend.thread(t.thread).tid)
 
 
@@ -795,6 +810,13 @@ def maybe_async(st, a, what, span, call):
     return uffds.maybe_async(st, a, what, span, call, TOUCH_DECIDE_S)
 
 
+def issue(st, a, what, start, len, call, finish) -> dict:
+    """call(backend) -> value, then finish(value) -> the command's result; with --thread T from session thread
+    T (blocked=1 while the call waits, e.g. munmap for its UNMAP message to be read), finish once it returned
+    (at the next command, or wait)."""
+    return uffds.maybe_async(st, a, what, Span(start, len, None), call, TOUCH_DECIDE_S, finish)
+
+
 MADVICE = {"dontneed": uapi.MADV_DONTNEED, "free": uapi.MADV_FREE, "remove": uapi.MADV_REMOVE,
            "guard-install": uapi.MADV_GUARD_INSTALL, "guard-remove": uapi.MADV_GUARD_REMOVE,
            # mmops: THP, reclaim and populate
@@ -852,6 +874,8 @@ def cmd_clear_refs(st, a):
          Param("--check-wpasync", "PM_SCAN_CHECK_WPASYNC", kind="flag"),
          Param("--vec-len", "vec_len: regions per ioctl (default 512)", kind="int"),
          Param("--once", "one ioctl, no continuation from walk_end (its return value is in n)", kind="flag"),
+         Param("--null-vec", "with --once: vec = NULL whatever --vec-len says (negative test: NULL with vec_len > 0 "
+                             "is EINVAL)", kind="flag"),
          kernel_name="PAGEMAP_SCAN")
 def cmd_scan(st, a):
     from ..pagemap import scan_all
@@ -875,9 +899,12 @@ def cmd_scan(st, a):
     vec_len = a.get("vec_len")
     if vec_len is not None and (not isinstance(vec_len, int) or vec_len < 0):
         raise UsageError(f"bad --vec-len {vec_len!r}")
+    if a.get("null_vec") and not a.get("once"):
+        raise UsageError("--null-vec goes with --once (one ioctl, as given)")
     if a.get("once"):
         res = st.backend.pagemap_scan(span.start, span.end, flags=flags, return_mask=ret, max_pages=max_pages,
-                                      vec_len=512 if vec_len is None else vec_len, **cat)
+                                      vec_len=512 if vec_len is None else vec_len,
+                                      **({"null_vec": True} if a.get("null_vec") else {}), **cat)
     else:
         res = scan_all(st.backend, span.start, span.end, flags=flags, return_mask=ret, max_pages=max_pages,
                        **({"vec_len": vec_len} if vec_len else {}), **cat)
@@ -1185,6 +1212,8 @@ def cmd_mprotect(st, a):
          Param("--dontunmap", "MREMAP_DONTUNMAP: the old range stays mapped, empty", kind="flag"),
          Param("--to", "new_address: ADDR or REGION:PAGE (with --fixed or --dontunmap)"),
          Param("--name", "name of the new mapping (default: the region's own when it moves whole)"),
+         Param("--thread", "issue mremap(2) from this session thread and return after 0.2 s like touch (blocked=1 "
+               "while its REMAP/UNMAP message waits to be read, with handler --unread); wait waits for it"),
          kernel_name="mremap")
 def cmd_mremap(st, a):
     span = parse_range(st, a["range"])
@@ -1210,7 +1239,13 @@ def cmd_mremap(st, a):
     if flags & uapi.MREMAP_FIXED:
         _check_replace(st, to, to + new_len, "mremap --fixed")
     _blocked_in(st, span.start, span.end, "mremap")
-    new = st.backend.mremap(span.start, span.len, new_len, flags, to)
+    return issue(st, a, "mremap", span.start, span.len,
+                 lambda b: b.mremap(span.start, span.len, new_len, flags, to),
+                 lambda new: _mremapped(st, span, src, new, new_len, flags, whole, name))
+
+
+def _mremapped(st, span, src, new, new_len, flags, whole, name) -> dict:
+    """mremap's bookkeeping once the kernel has moved (or resized) the range."""
     # the REMAP / UNMAP messages, located against the regions as they were
     st.collect_events()
     result_name = src.name
@@ -1269,15 +1304,18 @@ def cmd_msync(st, a):
 
 
 @command("mlock", "mlock2(2) a range (faults it in, unless --onfault).", "uffdctl mlock buf:0-1 --onfault",
-         RANGE, Param("--onfault", "MLOCK_ONFAULT: lock pages as they fault in", kind="flag"), kernel_name="mlock2")
+         RANGE, Param("--onfault", "MLOCK_ONFAULT: lock pages as they fault in", kind="flag"),
+         Param("--thread", "issue mlock2(2) from this session thread and return after 0.2 s like touch (blocked=1 "
+               "while it waits in a fault of a registered range for you to resolve); wait waits for it"),
+         kernel_name="mlock2")
 def cmd_mlock(st, a):
     span = parse_range(st, a["range"])
     flags = uapi.MLOCK_ONFAULT if a.get("onfault") else 0
-    if not flags:
+    if not flags and not a.get("thread"):
         refuse_blocking(st, span, bool(span.region.prot & uapi.PROT_WRITE) and not span.region.memtype.shared,
                         "mlock")
-    st.backend.mlock(span.start, span.len, flags)
-    return _span_dict(span, flags=flags)
+    return issue(st, a, "mlock", span.start, span.len, lambda b: b.mlock(span.start, span.len, flags),
+                 lambda _: _span_dict(span, flags=flags))
 
 
 @command("munlock", "munlock(2) a range.", "uffdctl munlock buf", RANGE, kernel_name="munlock")
@@ -1332,10 +1370,18 @@ def mmap_ext(st: SessionState, a: dict) -> dict:
     if size >= 1 << 47:
         raise UsageError(f"size {a['size']!r} does not fit the x86-64 user address space (128 TiB)")
     if a.get("noreserve"):
-        raise UsageError("--noreserve goes with a plain mmap (not with --align/--addr/--thp/--prot/file/sysv)")
+        raise UsageError("--noreserve goes with a plain mmap (not with --align/--addr/--thp/--prot/--thread/"
+                         "file/sysv)")
     kind = a.get("type") or "anon"
     hugetlb = kind in ("hugetlb", "hugetlb-private", "sysv-hugetlb")
     page = HPAGE_SIZE if hugetlb else PAGE
+    page_size = None
+    if a.get("page_size") is not None:
+        if kind not in ("hugetlb", "hugetlb-private"):
+            raise UsageError(f"--page-size is for --type hugetlb or hugetlb-private, not {kind}")
+        page = page_size = parse_size(a["page_size"], "--page-size")
+        if page_size < PAGE or page_size & (page_size - 1):
+            raise UsageError(f"--page-size {a['page_size']!r} is not a power of two >= 4K (2M, 1G)")
     if size % page:
         raise UsageError(f"size {a['size']!r} is not a multiple of the {kind} page size ({page})")
     name = a.get("name")
@@ -1362,7 +1408,7 @@ def mmap_ext(st: SessionState, a: dict) -> dict:
         align = HPAGE_SIZE
     if align and (align < PAGE or align & (align - 1)):
         raise UsageError(f"--align {a['align']!r} must be a power of two >= 4K")
-    if a.get("thp") and kind in ("shmem", "shmem-private"):
+    if a.get("thp") and kind in ("shmem", "shmem-private", "shared-anon"):
         _shmem_thp_allowed()
     addr = parse_addr(st, a["addr"]) if a.get("addr") else None
     if addr is not None and addr % page:
@@ -1370,10 +1416,33 @@ def mmap_ext(st: SessionState, a: dict) -> dict:
     if a.get("fixed"):
         _check_replace(st, addr, addr + size, "mmap --fixed")
         _blocked_in(st, addr, addr + size, "mmap --fixed")
+
+    def finish(r):
+        if a.get("fixed"):
+            st.collect_events()     # UNMAP messages, located against the regions being replaced
+            carve(st, r.addr, r.end)
+            _backend_regions(st)[r.name] = r
+        forget_range(st, r.addr, r.end)
+        st.regions[r.name] = r
+        d = r.to_dict()
+        if a.get("thp"):
+            d["thp"] = 1
+        if prot != uapi.PROT_READ | uapi.PROT_WRITE:
+            d["prot"] = prot
+        return d
+    if a.get("thread"):
+        if align:
+            raise UsageError("mmap --thread goes with --addr (one mmap(2) call), not --align (a reservation first)")
+        if st.cur_proc is not None:
+            raise UsageError("mmap --thread is for the session itself (a child maps with its own loop)")
+        return issue(st, a, "mmap", addr or 0, size,
+                     lambda b: _map(st, kind, size, name, prot, addr, bool(a.get("fixed")), bool(a.get("thp")),
+                                    a.get("path"), page_size), finish)
     for attempt in range(8):
         at = aligned_addr(st, size, align) if align else addr
         try:
-            r = _map(st, kind, size, name, prot, at, bool(a.get("fixed")), bool(a.get("thp")), a.get("path"))
+            r = _map(st, kind, size, name, prot, at, bool(a.get("fixed")), bool(a.get("thp")), a.get("path"),
+                     page_size)
             break
         except OSError as e:
             import errno
@@ -1381,22 +1450,18 @@ def mmap_ext(st: SessionState, a: dict) -> dict:
             if align and e.errno == errno.EEXIST and attempt < 7:
                 continue
             raise
-    if a.get("fixed"):
-        st.collect_events()     # UNMAP messages, located against the regions being replaced
-        carve(st, r.addr, r.end)
-        _backend_regions(st)[r.name] = r
-    forget_range(st, r.addr, r.end)
-    st.regions[r.name] = r
-    d = r.to_dict()
-    if a.get("thp"):
-        d["thp"] = 1
-    if prot != uapi.PROT_READ | uapi.PROT_WRITE:
-        d["prot"] = prot
-    return d
+    return finish(r)
 
 
-def _map(st, kind, size, name, prot, addr, fixed, thp, path):
+def _map(st, kind, size, name, prot, addr, fixed, thp, path, page_size=None):
     b = st.backend
+    if kind == "shared-anon":
+        r = b.mmap_shared_anon(size, name=name, prot=prot, addr=addr, fixed=fixed)
+        return _thp(b, r) if thp else r
+    if page_size is not None:
+        if fixed:
+            return b.mmap_fixed(size, kind, name, prot, addr, page_size=page_size)
+        return b.mmap(size, kind, name=name, prot=prot, addr=addr, page_size=page_size)
     if kind in ("file", "file-private"):
         r = b.mmap_file(size, path, kind == "file", name=name, prot=prot, addr=addr, fixed=fixed)
         if thp:
@@ -1463,13 +1528,15 @@ def _knob(text: str) -> str:
     return m.group(1) if m else text.strip()
 
 
-def munmap_range(st: SessionState, text: str) -> dict:
+def munmap_range(st: SessionState, text: str, a: dict | None = None) -> dict:
     span = parse_range(st, text)
     _blocked_in(st, span.start, span.end, "munmap")
-    st.backend.munmap(span.start, span.len)
-    st.collect_events()        # UNMAP messages, located against the regions as they were
-    changed = carve(st, span.start, span.end)
-    return {"start": span.start, "len": span.len, "name": span.region.name, "regions": changed}
+
+    def finish(_):
+        st.collect_events()        # UNMAP messages, located against the regions as they were
+        changed = carve(st, span.start, span.end)
+        return {"start": span.start, "len": span.len, "name": span.region.name, "regions": changed}
+    return issue(st, a or {}, "munmap", span.start, span.len, lambda b: b.munmap(span.start, span.len), finish)
 
 
 def src_from_file(st: SessionState, a: dict, length: int) -> tuple[int, str]:
@@ -1490,7 +1557,10 @@ def src_from_file(st: SessionState, a: dict, length: int) -> tuple[int, str]:
     return buf.addr, f"file {path}+{off:#x}"
 
 
-_SCAN_RAW = re.compile(r"^([A-Za-z_][\w.-]*:\d+|0x[0-9a-fA-F]+|\d+)\+(0x[0-9a-fA-F]+|\d+[KMGkmg]?)$")
+_OFF = r"[+-](?:0x[0-9a-fA-F]+|\d+[KMGkmg]?)"
+# START+LEN; START may carry offsets (mem:0+0xff000+8K: two 4 KiB pages inside a huge page)
+_SCAN_RAW = re.compile(rf"^((?:[A-Za-z_][\w.-]*/)?[A-Za-z_][\w.-]*:\d+(?:{_OFF})*|0x[0-9a-fA-F]+|\d+)"
+                       r"\+(0x[0-9a-fA-F]+|\d+[KMGkmg]?)$")
 
 
 @dataclass
@@ -1507,7 +1577,7 @@ class RawSpan:
 
 
 def scan_span(st: SessionState, text):
-    """parse_range, or START+LEN (START 0xADDR or REGION:PAGE; LEN may be 0), anywhere, unaligned."""
+    """parse_range, or START+LEN (START 0xADDR or REGION:PAGE[+OFF]; LEN may be 0), anywhere, unaligned."""
     m = _SCAN_RAW.match(str(text).strip()) if text is not None else None
     if m is None:
         return parse_range(st, text)

@@ -283,7 +283,11 @@ class MultiState:
             if ev.msg.event == uapi.Event.FORK:
                 self._adopt_fork(s, ev.msg.ufd, d)
             out.append(d)
-        if append:
+        if append:      # read by hand (``read``): region:page of each address field, as the regions are now
+            for d in out:
+                at = self.locate_event(d) if hasattr(self, "locate_event") else None
+                if at:
+                    d["at"] = at
             self.events.extend(out)
         return out
 

@@ -7,6 +7,7 @@ last).  Addressing (``--proc``, ``--uffd``, ``child/buf:3``) is :mod:`uffdctl.se
 from __future__ import annotations
 
 import errno as E
+import math
 import signal as _signal
 import time
 
@@ -244,10 +245,19 @@ def cmd_uffd(st, a):
 
 
 @command("read", "read(2) messages from a uffd by hand (its handler --unread): they go to the event log. "
-         "EAGAIN when none is pending; EINVAL for a buffer under 32 bytes.", "uffdctl read --size 32",
-         Param("--size", "buffer size in bytes (default 512: 16 messages)"), kernel_name="read")
+         "EAGAIN when none is pending; EINVAL for a buffer under 32 bytes.",
+         "uffdctl read --size 32    (the UNMAP that follows a REMAP: uffdctl read --timeout 5)",
+         Param("--size", "buffer size in bytes (default 512: 16 messages)"),
+         Param("--timeout", "poll(2) up to S seconds for a message first (a message raised only once an earlier "
+                            "one was read, e.g. mremap's UNMAP after its REMAP); default 0: one read(2) now",
+               kind="float"),
+         kernel_name="read")
 def cmd_read(st, a):
     size = parse_size_arg(a.get("size"))
+    timeout = a.get("timeout")
+    if timeout is not None and (not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or
+                                not 0 <= timeout <= 3600):
+        raise UsageError(f"bad --timeout {timeout!r}: a finite number of seconds, 0-3600")
     s = st.slot
     if s.handler is not None:
         raise UsageError(f"the handler of {s.name} is reading: say handler --unread first")
@@ -262,7 +272,7 @@ def cmd_read(st, a):
         if r < 0:
             raise uffd_error(-r, "read", message=f"size {size}")
         raise UsageError(f"read of {size} bytes returned {r}")  # pragma: no cover (the kernel says EINVAL)
-    msgs = u.read_msgs(size // 32)
+    msgs = u.wait_msgs(timeout, size // 32) if timeout else u.read_msgs(size // 32)
     if not msgs:
         raise uffd_error(E.EAGAIN, "read", message=f"no message pending on {s.name}")
     evs = st.log_messages(s, [HandledEvent(m, "read") for m in msgs])

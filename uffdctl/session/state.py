@@ -9,11 +9,13 @@ neither module imports click or cffi at import time.
 """
 from __future__ import annotations
 
+import errno as _errno
 import itertools
 import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import uapi
 from ..backend import Access, Backend
@@ -49,6 +51,8 @@ class Touch:
     started_ns: int = field(default_factory=time.monotonic_ns)
     proc: str = "self"          # the process the touch runs in (uffdctl.session.multi)
     kind: str = "touch"         # or the system call issued with --thread (madvise, fork): see proc_commands
+    finish: Any = None          # --thread: the command's bookkeeping, run once the call returned (finish_op)
+    outcome: dict | None = None  # ... and what it returned: the command's own result
 
     def to_dict(self) -> dict:
         d = {"touch": self.id, "proc": self.proc, "thread": self.thread, "tid": self.tid, "start": self.start,
@@ -61,9 +65,13 @@ class Touch:
                 r = self.access.result()
             except Exception as e:  # handed back from the thread
                 d.update(error=str(e))
+                if isinstance(getattr(e, "errno", None), int):
+                    d.update(errno=e.errno, errno_name=_errno.errorcode.get(e.errno, str(e.errno)))
             else:
                 if self.kind != "touch":
                     d["ret"] = r if isinstance(r, int) else 0
+                    if self.outcome:
+                        d.update({k: v for k, v in self.outcome.items() if k not in d})
                     return d
                 d.update(minflt=r.minflt, majflt=r.majflt, sigbus=int(r.sigbus), si_code=r.si_code,
                          fault_addr=r.fault_addr, ns=r.ns)
@@ -287,6 +295,8 @@ class SessionState(MultiState):
                 live.append(t)
                 continue
             del self._pending[tid]
+            if t.kind != "touch":     # a system call issued with --thread: no access, no fault counts
+                continue
             try:
                 r = t.access.result()
             except Exception:

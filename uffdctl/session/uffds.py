@@ -146,14 +146,16 @@ def set_unread(st, unread: bool) -> None:
 
 
 # -- system calls issued from a session thread (--thread) -------------------------------------
-def maybe_async(st, a, what, span, call, decide_s: float):
-    """Without --thread: call(backend) now, returns None.  With --thread T: issue it from session thread T
-    (a child: from its only thread, without waiting), wait 0.2 s like touch, and return the touch-like record
-    (``touch`` number for wait, ``blocked``, ``op``)."""
+def maybe_async(st, a, what, span, call, decide_s: float, finish=None):
+    """Without --thread: call(backend) now, returns None (or, with ``finish``, finish(what call returned): the
+    command's result).  With --thread T: issue it from session thread T (a child: from its only thread,
+    without waiting), wait 0.2 s like touch, and return the touch-like record (``touch`` number for wait,
+    ``blocked``, ``op``); ``finish`` -- the command's bookkeeping (regions carved, moved) -- runs once the call
+    has returned: now, or at the next command or ``wait`` (finish_ops), and its result joins the record."""
     thread = a.get("thread")
     if thread is None:
-        call(st.backend)
-        return None
+        ret = call(st.backend)
+        return finish(ret) if finish is not None else None
     if not NAME_OK.match(thread):
         raise UsageError(f"bad thread name {thread!r}")
     b = st.backend
@@ -172,5 +174,27 @@ def maybe_async(st, a, what, span, call, decide_s: float):
             raise NotModelled(f"{what} --thread (a system call blocked until its event is read)") from None
         acc = jt.submit(lambda: call(b))
     tch = st.new_op(thread, span.start, span.len, acc, what)
+    tch.finish = finish
     acc.wait(decide_s)
+    finish_op(st, tch)
     return tch.to_dict()
+
+
+def finish_op(st, t) -> None:
+    """Run a --thread system call's bookkeeping once it has returned (once; a failed call has none)."""
+    if t.finish is None or not t.access.done:
+        return
+    fn, t.finish = t.finish, None
+    try:
+        ret = t.access.result()
+    except Exception:
+        return
+    st.collect_events()     # its UNMAP / REMAP messages, located against the regions as they were
+    t.outcome = fn(ret)
+
+
+def finish_ops(st) -> None:
+    """The bookkeeping of every --thread system call that has returned meanwhile."""
+    for t in list(st.touches.values()):
+        if t.finish is not None and t.access.done:
+            finish_op(st, t)

@@ -214,7 +214,7 @@ class EmuUffd(Uffd):
         for v in vmas:
             if v.hugetlb and (start % v.page_size or end % v.page_size):
                 raise uffd_error(E.EINVAL, name, start, len)
-            if mode & R.MINOR and v.anon:               # vma_can_userfault()
+            if not M.vma_can_userfault(v, vm_flags, self.wp_async):
                 raise uffd_error(E.EINVAL, name, start, len)
             if not v.flags & M.VM_MAYWRITE:
                 raise uffd_error(E.EPERM, name, start, len)
@@ -250,7 +250,11 @@ class EmuUffd(Uffd):
         if self.mm.exited:
             raise uffd_error(E.ENOMEM, name, start, len)
         end = start + len
-        if not self.mm.vmas_in(start, end):
+        vmas = self.mm.vmas_in(start, end)
+        if not vmas:
+            raise uffd_error(E.EINVAL, name, start, len)
+        # "check not compatible vmas": a VMA no mode could register (a disk file, SysV shm) is EINVAL
+        if any(not M.vma_can_userfault(v, v.flags, self.wp_async) for v in vmas):
             raise uffd_error(E.EINVAL, name, start, len)
         # userfaultfd_unregister(): a VMA without a ctx is skipped, not split
         for v in self.mm.split(start, end, only=lambda v: v.ctx is self):

@@ -16,6 +16,10 @@ room               kernel                                       owns
 ``mprotect``       mm/mprotect.c                                change_pte_range, can_change_pte_writable
 ``madvise``        mm/madvise.c                                 madvise()
 ``mremap``         mm/mremap.c                                  mremap(), move_page_tables()
+``swapfile``       mm/swapfile.c, mm/swap_state.c               SwapSystem (devices, swap map, swap cache)
+``vmscan``         mm/vmscan.c, mm/rmap.c                       reclaim_pages(), try_to_unmap_one()
+``filemap``        mm/filemap.c, mm/msync.c                     RegularFile (disk page cache), msync()
+``mlock``          mm/mlock.c                                   apply_vma_lock_flags(), what populate faults
 =================  ===========================================  ==========================================
 
 The state: ``vmas`` (sorted; the mmap room's), ``ptes`` (the page table: page address -> Pte, absent =
@@ -32,25 +36,33 @@ import itertools
 
 from .. import tlb as _tlb
 from ..profiles import Profile
+from .filemap import Filemap, RegularFile
 from .hugetlb import Hugetlb
 from .madvise import Madvise
 from .memory import Memory
 from . import mm_types
 from .mm_types import *  # noqa: F403  (the model's names, as M.VM_WRITE etc.)
 from .mm_types import FIRST_PFN, HPAGE_SIZE, MMAP_BASE, PAGE_SIZE, ZERO_PFN, Folio, Pte, Vma
+from .mlock import Mlock
 from .mmap import Mmap
 from .mprotect import Mprotect
 from .mremap import Mremap
 from .pgtable import PageTables
 from .shmem import Shmem, ShmemFile
+from .swapfile import SwapSystem, Swapfile, swapoff
+from .vmscan import Vmscan
 from .userfaultfd import Userfaultfd
 
 
-class MM(Mmap, PageTables, Memory, Shmem, Hugetlb, Userfaultfd, Mprotect, Madvise, Mremap):
-    """One emulated address space (struct mm_struct)."""
+class MM(Mmap, PageTables, Memory, Shmem, Hugetlb, Userfaultfd, Mprotect, Madvise, Mremap, Swapfile, Vmscan,
+         Filemap, Mlock):
+    """One emulated address space (struct mm_struct); ``swap``: the machine's swap devices (a fork child
+    passes its parent's)."""
 
-    def __init__(self, profile: Profile, soft_dirty: bool = True):
+    def __init__(self, profile: Profile, soft_dirty: bool = True, swap: SwapSystem | None = None):
         self.profile = profile
+        self.swap = swap if swap is not None else SwapSystem()
+        self.swap.mms.append(self)
         self.soft_dirty_config = soft_dirty          # CONFIG_MEM_SOFT_DIRTY
         self.vmas: list[Vma] = []
         self._starts: list[int] = []
@@ -68,4 +80,4 @@ class MM(Mmap, PageTables, Memory, Shmem, Hugetlb, Userfaultfd, Mprotect, Madvis
         self.exited = False
 
 
-__all__ = ["MM", "ShmemFile", *mm_types.__all__]
+__all__ = ["MM", "ShmemFile", "RegularFile", "SwapSystem", "swapoff", *mm_types.__all__]

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import errno as E
 
+from .. import tlb as _tlb
 from .mm_types import (Folio, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
-                       PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_OK,
-                       VM_FAULT_SIGSEGV, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP, VM_WRITE,
-                       VM_HUGETLB, VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
+                       PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_MAJOR, VM_FAULT_OK,
+                       VM_FAULT_SIGSEGV, VM_HUGETLB, VM_LOCKED, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP,
+                       VM_WRITE, VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
 
 _SLOW = object()     # copy_page_from_user(): not the one-page case
+_PAGE_MASK = ~(PAGE_SIZE - 1)
+_PAGE_RW, _PAGE_DIRTY = _tlb._PAGE_RW, _tlb._PAGE_DIRTY
 
 
 class Memory:
@@ -19,8 +22,9 @@ class Memory:
 
     def access_ok(self, vma, addr: int, write: bool) -> bool:
         """The CPU's view: TLB hit, or a page walk that finds a PTE allowing the access (sets A, D)."""
-        base = self.page_base(vma, addr)
-        if self.tlb.hit(base, write):
+        base = addr & _PAGE_MASK if not vma.flags & VM_HUGETLB else self.page_base(vma, addr)
+        v = self.tlb.entries.get(base)              # Tlb.hit(), inline
+        if v is not None and (not write or v & _PAGE_RW and v & _PAGE_DIRTY):
             return True
         pte = self.ptes.get(base)
         if pte is None or pte.page is None or (write and not pte.write):
@@ -28,7 +32,7 @@ class Memory:
         pte.young = True
         if write:
             pte.dirty = True           # hardware D; soft-dirty is only set by pte_mkdirty() in software
-        self.tlb.fill(base, self.pte_val(pte))
+        self.tlb.entries[base] = _tlb.pte_val(pte, self.soft_dirty_config)    # Tlb.fill()
         return True
 
     def handle_mm_fault(self, vma, real_address: int, write: bool, task) -> int:
@@ -39,7 +43,9 @@ class Memory:
         vmf = VmFault(vma, real_address, addr, write, pte, task)
         if pte is None:
             return self.do_pte_missing(vmf)
-        if pte.page is None:            # !pte_present()
+        if pte.swp is not None:
+            return self.do_swap_page(vmf)
+        if pte.page is None:            # !pte_present(): a marker
             return self.handle_pte_marker(vmf)
         if write and not pte.write:
             return self.do_wp_page(vmf)
@@ -62,6 +68,45 @@ class Memory:
             self.set_pte(vmf.address, None)
             return VM_FAULT_OK
         return self.do_pte_missing(vmf)
+
+    def do_swap_page(self, vmf) -> int:
+        """do_swap_page(): the folio comes from the swap cache (always there: no memory pressure, a minor
+        fault), mapped with the swp soft-dirty and uffd-wp bits.  Reused (exclusive) it is mapped writable on
+        6.12+ whenever VM_WRITE and neither uffd-wp nor soft-dirty tracking wants the write fault; on 6.1 only
+        on a write fault (maybe_mkwrite), and a uffd-wp entry is write-protected after, so the write faults
+        again.  A write fault that stays a write fault goes on to do_wp_page() (the uffd-wp message)."""
+        vma, orig = vmf.vma, vmf.orig_pte
+        sw = self.swap
+        folio = sw.swap_cache_get_folio(orig.swp)
+        major = VM_FAULT_MAJOR if sw.swap_read_folio(orig.swp) else 0
+        write = vmf.write
+        sw.swap_free(orig.swp)
+        # should_try_to_free_swap(): VM_LOCKED, or a write fault by the folio's only user
+        if folio.swap is not None and (vma.flags & VM_LOCKED or write and not folio.mapcount):
+            if not sw.swap_count(folio.swap):
+                sw.delete_from_swap_cache(folio)
+        pte = Pte(folio, young=True, soft_dirty=orig.soft_dirty, uffd_wp=orig.uffd_wp)
+        if orig.exclusive or folio.swap is None and not folio.mapcount:
+            if self.profile.swapin_read_writable:
+                if vma.flags & VM_WRITE and not (pte.uffd_wp and userfaultfd_wp(vma)) and \
+                        not (self.vma_soft_dirty_enabled(vma) and not pte.soft_dirty):
+                    pte.write = True
+                    if write:
+                        self.pte_mkdirty(pte)
+                        write = False
+            elif write:
+                pte.write = bool(vma.flags & VM_WRITE)     # maybe_mkwrite(pte_mkdirty())
+                self.pte_mkdirty(pte)
+                write = False
+                if pte.uffd_wp:
+                    pte.write = False
+            folio.exclusive = True
+        self.set_pte(vmf.address, pte)
+        if write:
+            vmf.orig_pte = pte
+            r = self.do_wp_page(vmf)
+            return r if r & ~VM_FAULT_MAJOR else r | major     # a RETRY (userfault) is never accounted
+        return major
 
     def do_pte_missing(self, vmf) -> int:
         return self.do_anonymous_page(vmf) if vmf.vma.anon else self.do_fault(vmf)
@@ -105,7 +150,8 @@ class Memory:
             if a in self.ptes:
                 continue
             folio = vma.file.pages.get(vma.linear_page_index(a))
-            if folio is not None:
+            # next_uptodate_folio(): not a swap entry in the cache, not PG_readahead (= PG_reclaim)
+            if folio is not None and folio.swap is None and not folio.reclaim:
                 self.set_pte(a, Pte(folio, write=prot_w, young=True))
 
     def do_fault(self, vmf) -> int:
@@ -117,8 +163,16 @@ class Memory:
             if vmf.address in self.ptes and self.ptes[vmf.address].present:
                 return VM_FAULT_OK   # mapped by fault-around (VM_FAULT_NOPAGE)
         ret, folio = self.shmem_get_folio(vmf)
+        major, ret = ret & VM_FAULT_MAJOR, ret & ~VM_FAULT_MAJOR
         if ret:
             return ret
+        if major and not vmf.write:
+            # filemap_fault() dropped the lock to read (VM_FAULT_RETRY): the retried read fault maps the
+            # read-around by fault-around first [measured on 6.18: a read miss maps its neighbours]
+            self.do_fault_around(vmf)
+            p = self.ptes.get(vmf.address)
+            if p is not None and p.page is not None:
+                return major
         uffd_wp = vmf.orig_pte_uffd_wp
         if vmf.write and not vma.shared:          # do_cow_fault()
             pte = Pte(self.alloc_anon(vma, PAGE_SIZE, folio.copy_data()), write=True, young=True)
@@ -131,7 +185,7 @@ class Memory:
         if uffd_wp:
             pte.uffd_wp, pte.write = True, False
         self.set_pte(vmf.address, pte)
-        return VM_FAULT_OK
+        return major
 
     def do_wp_page(self, vmf) -> int:
         vma, pte = vmf.vma, vmf.orig_pte
@@ -184,13 +238,15 @@ class Memory:
             pos += n
         return bytes(out)
 
-    def copy_page_from_user(self, addr: int, length: int):
+    def copy_page_from_user(self, addr: int, length: int, vma=None):
         """copy_from_user() of one whole 4 KiB source page, as a new bytearray, None for a page of zeros
         (Folio.data's "not allocated"), or -EFAULT; ``_SLOW`` when the source is anything else (unaligned,
-        another length, a huge page): then copy_from_user() walks it.  One build of the data, not three."""
+        another length, a huge page): then copy_from_user() walks it.  One build of the data, not three.
+        ``vma``: the VMA the caller found for an earlier page of the same source (used if it holds ``addr``)."""
         if length != PAGE_SIZE or addr & (PAGE_SIZE - 1):
             return _SLOW
-        vma = self.find_vma(addr)
+        if vma is None or not vma.start <= addr < vma.end:
+            vma = self.find_vma(addr)
         if vma is None:
             return -E.EFAULT
         if vma.flags & VM_HUGETLB:
@@ -216,7 +272,11 @@ class Memory:
         flush = []
         for a in self.pte_keys(start, end, vma.page_size):
             pte = self.ptes[a]
+            if pte.swp is not None:
+                self.swap.free_swap_and_cache(pte.swp)
             if pte.present:
+                if pte.dirty and not pte.page.anon:
+                    pte.page.dirty = True                   # folio_mark_dirty()
                 flush.append(a)
                 self.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP) if arm_wp and pte.uffd_wp else None)
             elif pte.marker & PTE_MARKER_GUARD:

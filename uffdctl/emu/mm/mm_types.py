@@ -25,6 +25,7 @@ VM_MAYEXEC = 0x40
 VM_MAYSHARE = 0x80
 VM_UFFD_MISSING = 0x200
 VM_UFFD_WP = 0x1000
+VM_LOCKED = 0x2000
 VM_HUGETLB = 0x400000
 VM_SOFTDIRTY = 0x8000000
 VM_UFFD_MINOR = 1 << 38
@@ -38,6 +39,7 @@ PTE_MARKER_GUARD = 1 << 2
 # vm_fault_t
 VM_FAULT_OK = 0
 VM_FAULT_SIGBUS = 0x2
+VM_FAULT_MAJOR = 0x4
 VM_FAULT_HWPOISON = 0x10
 VM_FAULT_SIGSEGV = 0x40
 VM_FAULT_RETRY = 0x400
@@ -62,7 +64,7 @@ FIRST_PFN = 0x100000
 class Folio:
     """A page (or a huge page): identity (PFN), contents, mapcount."""
 
-    __slots__ = ("pfn", "size", "data", "anon", "exclusive", "mapcount", "zero", "swap")
+    __slots__ = ("pfn", "size", "data", "anon", "exclusive", "mapcount", "zero", "swap", "dirty", "lazyfree", "reclaim")
 
     def __init__(self, pfn: int, size: int, anon: bool, data: bytearray | None = None, zero: bool = False):
         self.pfn = pfn
@@ -73,6 +75,9 @@ class Folio:
         self.mapcount = 0
         self.zero = zero
         self.swap = None          # folio->swap: its swap entry while in the swap cache (folio_test_swapcache)
+        self.dirty = False        # folio_test_dirty(): a dirty PTE was unmapped from it (file folios: not written back)
+        self.lazyfree = False     # MADV_FREE'd anon folio (!folio_test_swapbacked): reclaim may discard it
+        self.reclaim = False      # PG_reclaim (= PG_readahead): a dirty file folio reclaim left for writeback
 
     def read(self, off: int, n: int) -> bytes:
         if self.data is None:
@@ -109,10 +114,10 @@ class Pte:
     the entry, with ``uffd_wp`` / ``soft_dirty`` the swp bits pte_swp_uffd_wp() / pte_swp_soft_dirty()),
     never two of them."""
 
-    __slots__ = ("page", "write", "dirty", "young", "soft_dirty", "uffd_wp", "special", "marker", "swp")
+    __slots__ = ("page", "write", "dirty", "young", "soft_dirty", "uffd_wp", "special", "marker", "swp", "exclusive")
 
     def __init__(self, page: Folio | None = None, *, write=False, dirty=False, young=True, soft_dirty=False,
-                 uffd_wp=False, special=False, marker=0, swp=None):
+                 uffd_wp=False, special=False, marker=0, swp=None, exclusive=False):
         self.page = page
         self.write = write
         self.dirty = dirty          # pte_dirty(): D or SavedDirty
@@ -122,6 +127,7 @@ class Pte:
         self.special = special
         self.marker = marker
         self.swp = swp              # a swap entry (swp_entry()), or None
+        self.exclusive = exclusive  # swap entry: pte_swp_exclusive() (PageAnonExclusive at unmap time)
 
     @property
     def present(self) -> bool:
@@ -129,7 +135,8 @@ class Pte:
 
     def copy(self) -> "Pte":
         return Pte(self.page, write=self.write, dirty=self.dirty, young=self.young, soft_dirty=self.soft_dirty,
-                   uffd_wp=self.uffd_wp, special=self.special, marker=self.marker, swp=self.swp)
+                   uffd_wp=self.uffd_wp, special=self.special, marker=self.marker, swp=self.swp,
+                   exclusive=self.exclusive)
 
     def __repr__(self):
         if self.swp is not None:
@@ -151,10 +158,10 @@ def is_swap_entry(pte: Pte | None) -> bool:
     return pte is not None and pte.swp is not None
 
 
-def swp_entry_to_pte(entry: int, *, uffd_wp=False, soft_dirty=False) -> Pte:
+def swp_entry_to_pte(entry: int, *, uffd_wp=False, soft_dirty=False, exclusive=False) -> Pte:
     """swp_entry_to_pte() with the swp bits try_to_unmap_one() carries over (pte_swp_mkuffd_wp(),
-    pte_swp_mksoft_dirty())."""
-    return Pte(None, young=False, uffd_wp=uffd_wp, soft_dirty=soft_dirty, swp=entry)
+    pte_swp_mksoft_dirty(), pte_swp_mkexclusive())."""
+    return Pte(None, young=False, uffd_wp=uffd_wp, soft_dirty=soft_dirty, swp=entry, exclusive=exclusive)
 
 
 class Vma:
@@ -196,6 +203,24 @@ class Vma:
         return v
 
 
+def vma_is_shmem(vma) -> bool:
+    """vm_ops == &shmem_vm_ops or &shmem_anon_vm_ops: memfd, tmpfs, MAP_SHARED|MAP_ANONYMOUS; not SysV shm."""
+    f = vma.file
+    return f is not None and f.shmem and not f.sysv and not vma.hugetlb
+
+
+def vma_can_userfault(vma, vm_flags: int, wp_async: bool) -> bool:
+    """include/linux/userfaultfd_k.h: MINOR only on shmem / hugetlb; WP alone with UFFD_FEATURE_WP_ASYNC on any
+    VMA (6.7+: the feature is offered only there); else anon, hugetlb or shmem (a regular file or SysV shm is
+    none of them: EINVAL)."""
+    vm_flags &= VM_UFFD_FLAGS
+    if vm_flags & VM_UFFD_MINOR and not (vma.hugetlb or vma_is_shmem(vma)):
+        return False
+    if wp_async and vm_flags == VM_UFFD_WP:
+        return True
+    return vma.anon or vma.hugetlb or vma_is_shmem(vma)
+
+
 def userfaultfd_missing(vma) -> bool:
     return bool(vma.flags & VM_UFFD_MISSING)
 
@@ -225,13 +250,13 @@ class VmFault:
 
 
 __all__ = ["PAGE_SIZE", "HPAGE_SIZE", "TASK_SIZE", "MMAP_BASE", "VM_READ", "VM_WRITE", "VM_EXEC", "VM_SHARED",
-           "VM_MAYREAD", "VM_MAYWRITE", "VM_MAYEXEC", "VM_MAYSHARE", "VM_UFFD_MISSING", "VM_UFFD_WP",
+           "VM_MAYREAD", "VM_MAYWRITE", "VM_MAYEXEC", "VM_MAYSHARE", "VM_UFFD_MISSING", "VM_UFFD_WP", "VM_LOCKED",
            "VM_HUGETLB", "VM_SOFTDIRTY", "VM_UFFD_MINOR", "VM_UFFD_FLAGS", "PTE_MARKER_UFFD_WP",
-           "PTE_MARKER_POISONED", "PTE_MARKER_GUARD", "VM_FAULT_OK", "VM_FAULT_SIGBUS", "VM_FAULT_HWPOISON",
+           "PTE_MARKER_POISONED", "PTE_MARKER_GUARD", "VM_FAULT_OK", "VM_FAULT_SIGBUS", "VM_FAULT_MAJOR", "VM_FAULT_HWPOISON",
            "VM_FAULT_SIGSEGV", "VM_FAULT_RETRY", "VM_FAULT_LIVELOCK", "VM_FAULT_ERROR", "MFILL_ATOMIC_COPY",
            "MFILL_ATOMIC_ZEROPAGE", "MFILL_ATOMIC_CONTINUE", "MFILL_ATOMIC_POISON",
            "MM_CP_TRY_CHANGE_WRITABLE", "MM_CP_UFFD_WP", "MM_CP_UFFD_WP_RESOLVE", "ZERO_PFN", "FIRST_PFN",
            "Folio", "Pte", "make_pte_marker",
            "MAX_SWAPFILES_SHIFT", "swp_entry", "swp_type", "swp_offset", "is_swap_entry", "swp_entry_to_pte",
-           "Vma", "userfaultfd_missing", "userfaultfd_wp",
+           "Vma", "vma_is_shmem", "vma_can_userfault", "userfaultfd_missing", "userfaultfd_wp",
            "userfaultfd_minor", "VmFault"]

@@ -152,6 +152,8 @@ class Mmap:
     def vma_wants_writenotify(self, vma) -> bool:
         if not (vma.shared and vma.flags & VM_WRITE):
             return False
+        if vma.file is not None and not vma.file.shmem:
+            return True                    # a disk filesystem's vm_ops->page_mkwrite
         if self.profile.writenotify_uffd_wp and userfaultfd_wp(vma):
             return True
         return self.vma_soft_dirty_enabled(vma)

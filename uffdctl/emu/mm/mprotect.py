@@ -29,7 +29,9 @@ class Mprotect:
         """Private: VM_WRITE.  Shared: vma_wants_writenotify(vma, vm_page_prot), which is false
         whenever vm_page_prot was write-protected for write-notify (the §2.3.6 quirk) and
         false anyway for shmem otherwise: so never for shmem."""
-        return bool(vma.flags & VM_WRITE) and not vma.shared and not vma.hugetlb  # hugetlb: never
+        if vma.hugetlb or not vma.flags & VM_WRITE:                          # hugetlb: never
+            return False
+        return not vma.shared or vma.file is not None and not vma.file.shmem  # page_mkwrite: writenotify
 
     def can_change_pte_writable(self, vma, pte: Pte, write_likely: bool = False) -> bool:
         if not vma.flags & VM_WRITE:
@@ -67,6 +69,11 @@ class Mprotect:
                     pages += 1
         for a in self.pte_keys(start, end, step):
             pte = ptes[a]
+            if pte.swp is not None:                      # a swap entry: only its swp uffd-wp bit changes
+                if uffd_wp and not pte.uffd_wp or uffd_wp_resolve and pte.uffd_wp:
+                    pte.uffd_wp = bool(uffd_wp)
+                    pages += 1
+                continue
             if pte.page is None:
                 if uffd_wp_resolve and pte.marker & PTE_MARKER_UFFD_WP and not pte.marker & ~PTE_MARKER_UFFD_WP:
                     del ptes[a]

@@ -13,7 +13,7 @@ from .memory import _SLOW
 from .mm_types import (Folio, MFILL_ATOMIC_CONTINUE, MFILL_ATOMIC_COPY, MFILL_ATOMIC_POISON, MFILL_ATOMIC_ZEROPAGE,
                        MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, PAGE_SIZE,
                        PTE_MARKER_GUARD, PTE_MARKER_POISONED, Pte, VM_EXEC, VM_READ, VM_WRITE,
-                       make_pte_marker, userfaultfd_wp)
+                       make_pte_marker, userfaultfd_wp, vma_is_shmem)
 
 
 class Userfaultfd:
@@ -33,6 +33,8 @@ class Userfaultfd:
         if vma.hugetlb:
             if dst_start % vma.page_size or length % vma.page_size or kind == MFILL_ATOMIC_ZEROPAGE:
                 return -E.EINVAL
+        elif not vma.anon and not vma_is_shmem(vma):     # a regular file, SysV shm
+            return -E.EINVAL
         elif kind == MFILL_ATOMIC_CONTINUE and vma.anon:
             return -E.EINVAL
         if not vma.hugetlb and (kind == MFILL_ATOMIC_COPY or kind == MFILL_ATOMIC_ZEROPAGE) \
@@ -70,40 +72,47 @@ class Userfaultfd:
         end = dst_start + length
         dst = dst_start
         err = 0
-        while dst < end:
-            pmd = dst >> 21
+        svma = None                                   # the source VMA (faults on the source keep VMAs as they are)
+        while dst < end and not err:
+            pmd = dst >> 21                           # one PMD's worth of pages at a time
             if pmd not in pgtables:                   # the dst PTE table is allocated first
                 pgtables.add(pmd)
                 self._pgt_sorted = None
+            chunk_end = min(end, (pmd + 1) << 21)
             if zero:
-                if dst in ptes:                       # !pte_none(): any marker too
+                while dst < chunk_end:
+                    if dst in ptes:                   # !pte_none(): any marker too
+                        err = -E.EEXIST
+                        break
+                    ptes[dst] = Pte(zero_page, special=True, young=True)
+                    zero_page.mapcount += 1
+                    dst += PAGE_SIZE
+                continue
+            while dst < chunk_end:
+                if copy:
+                    src = src_start + dst - dst_start
+                    if svma is None or not svma.start <= src < svma.end:
+                        svma = self.find_vma(src)
+                    data = self.copy_page_from_user(src, PAGE_SIZE, svma)
+                    if data is _SLOW:
+                        data = self.copy_from_user(src, PAGE_SIZE)
+                        if not isinstance(data, int):
+                            data = bytearray(data)
+                    if isinstance(data, int):
+                        err = data
+                        break
+                else:
+                    data = None
+                pfn = self._next_pfn                  # alloc_folio()
+                self._next_pfn = pfn + 1
+                old = ptes.get(dst)
+                if old is not None and not self.pte_none_mostly(old):
                     err = -E.EEXIST
                     break
-                ptes[dst] = Pte(zero_page, special=True, young=True)
-                zero_page.mapcount += 1
+                folio = Folio(pfn, PAGE_SIZE, True, data)
+                folio.mapcount = 1
+                ptes[dst] = Pte(folio, write=write, dirty=dirty, young=young, soft_dirty=dirty, uffd_wp=wp)
                 dst += PAGE_SIZE
-                continue
-            if copy:
-                data = self.copy_page_from_user(src_start + dst - dst_start, PAGE_SIZE)
-                if data is _SLOW:
-                    data = self.copy_from_user(src_start + dst - dst_start, PAGE_SIZE)
-                    if not isinstance(data, int):
-                        data = bytearray(data)
-                if isinstance(data, int):
-                    err = data
-                    break
-            else:
-                data = None
-            pfn = self._next_pfn                      # alloc_folio()
-            self._next_pfn = pfn + 1
-            old = ptes.get(dst)
-            if old is not None and not self.pte_none_mostly(old):
-                err = -E.EEXIST
-                break
-            folio = Folio(pfn, PAGE_SIZE, True, data)
-            folio.mapcount = 1
-            ptes[dst] = Pte(folio, write=write, dirty=dirty, young=young, soft_dirty=dirty, uffd_wp=wp)
-            dst += PAGE_SIZE
         copied = dst - dst_start
         return copied if copied else err
 
@@ -120,6 +129,7 @@ class Userfaultfd:
             folio = vma.file.pages.get(vma.linear_page_index(dst))
             if folio is None:
                 return -E.EFAULT
+            self.shmem_swapin_folio(folio)              # shmem_get_folio(SGP_NOALLOC) swaps it in
             return self.mfill_atomic_install_pte(vma, dst, folio, True, wp, hints)
         shared_file = vma.shared and not vma.anon
         if kind == MFILL_ATOMIC_ZEROPAGE and not shared_file and not (
@@ -155,7 +165,7 @@ class Userfaultfd:
         """6.18: none or any marker may be overwritten; 7.3: none, uffd-wp or poison marker."""
         if pte is None:
             return True
-        if pte.present:
+        if pte.present or pte.swp is not None:
             return False
         return self.profile.install_over_guard or not pte.marker & PTE_MARKER_GUARD
 
@@ -260,6 +270,14 @@ class Userfaultfd:
         spte = self.ptes.get(src)
         if spte is None:
             return 0 if mode & uapi.MoveMode.ALLOW_SRC_HOLES else -E.ENOENT
+        if spte.swp is not None:                          # move_swap_pte(): the entry itself moves
+            if not spte.exclusive:
+                return -E.EBUSY
+            new = spte.copy()
+            new.soft_dirty = True                         # pte_swp_mksoft_dirty()
+            self.set_pte(src, None)
+            self.set_pte(dst, new)
+            return 0
         if not spte.present:
             return -E.EFAULT
         if spte.special:                                  # move_zeropage_pte()

@@ -111,6 +111,8 @@ def clear_refs_write(mm, value: int) -> int:
                     if pte.present:
                         pte.write = False          # pte_wrprotect() + pte_clear_soft_dirty()
                         pte.soft_dirty = False
+                    elif pte.swp is not None:
+                        pte.soft_dirty = False     # pte_swp_clear_soft_dirty()
         mm.tlb.flush_mm()
         return 0
     for vma in mm.vmas:
@@ -199,7 +201,7 @@ def _exclusive_wp(mm, vma, s, e, vcat, match, flush) -> None:
                 pte.uffd_wp = True
 
 
-def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, max_pages, vec_len):
+def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, max_pages, vec_len, null_vec=False):
     """PAGEMAP_SCAN (fs/proc/task_mmu.c do_pagemap_scan), extent-wise over holes."""
     p = mm.profile
     if not p.pagemap_scan:
@@ -207,6 +209,8 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
     allcat = uapi.PM_SCAN_CATEGORIES_6_18 if p.pagemap_guard_bit else uapi.PM_SCAN_CATEGORIES_6_18 & ~(1 << 8)
     if flags & ~int(uapi.PM_SCAN_WP_MATCHING | uapi.PM_SCAN_CHECK_WPASYNC) \
             or (inverted | mask | anyof | return_mask) & ~int(allcat) or start % uapi.PAGE_SIZE or end < start:
+        raise uffd_error(E.EINVAL, "PAGEMAP_SCAN", start, end - start)
+    if null_vec and vec_len:     # pagemap_scan_get_args(): "if (!arg->vec && arg->vec_len) return -EINVAL"
         raise uffd_error(E.EINVAL, "PAGEMAP_SCAN", start, end - start)
     end = (end + uapi.PAGE_SIZE - 1) & ~(uapi.PAGE_SIZE - 1)
     flags, inverted, mask, anyof, return_mask = int(flags), int(inverted), int(mask), int(anyof), int(return_mask)
@@ -254,7 +258,9 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             _exclusive_wp(mm, vma, s, e, vcat, match, wp_flush)
             continue
         pos = s
-        keys = mm.pte_keys(s, e, vma.page_size) + [e]
+        # a hugetlb range may start or end inside a huge page: pagemap_scan_hugetlb_entry() gets the huge PTE
+        # with start/end clipped to the range (walk_hugetlb_range()), and reports just that part of it
+        keys = mm.pte_keys(s - s % vma.page_size, e, vma.page_size) + [e]
         # A hole's categories depend on the VMA and on whether a page table is under it, nothing else: when
         # both kinds read the same, a hole is one run whatever the tables (emit() would merge the pieces).
         hole_table = pagemap_scan_category(mm, vma, None, not vma.hugetlb) | vcat
@@ -294,18 +300,24 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                 break
             pte = ptes[k]
             cat = pagemap_scan_category(mm, vma, pte) | vcat
+            cs = k
+            if hugetlb and (k < s or k + psz > e):       # the part of the huge page in the range
+                cs, ce = max(k, s), min(k + psz, e)
+                n = (ce - cs) // PAGE_SIZE
+            else:
+                n = npages
             c = cat ^ inverted
             if (c & mask) == mask and (not anyof or c & anyof):      # match(cat)
-                if hugetlb and wp_matching and cat & _C.WRITTEN and vec_len and budget < npages:
+                if hugetlb and wp_matching and cat & _C.WRITTEN and vec_len and (budget < n or n < npages):
                     # "Partial HugeTLB page WP isn't possible": backed out, walk_end = its start, and the
                     # walk goes on (returns 0): walk_end ends at the last such page [measured on 6.18]
-                    partial_at = k
+                    partial_at = cs
                     pos = k + psz
                     continue
-                got = emit(k, npages, cat)
-                if got < npages:
+                got = emit(cs, n, cat)
+                if got < n:
                     mm.tlb.flush_range(wp_flush)
-                    return ScanResult([tuple(r) for r in regions], k + got * PAGE_SIZE)
+                    return ScanResult([tuple(r) for r in regions], cs + got * PAGE_SIZE)
                 if wp_matching and cat & _C.WRITTEN:
                     if pte.present:
                         _make_uffd_wp_pte(pte, k, wp_flush, mm.profile.clean_wp_noflush)

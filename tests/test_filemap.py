@@ -1,0 +1,172 @@
+"""Regular files and SysV shm side by side: which register modes vma_can_userfault() takes on each backing, what a
+disk file's page cache does on faults (major on a miss, read-around, fault-around), write-notify of a shared
+file mapping, msync(MS_SYNC) write-protecting again, mprotect's write upgrade, private COW of a file page, and
+PM_FILE -- the host kernel and the emulator (6.18) compared, and held to the values the kernel shows.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+
+import pytest
+
+from conftest import hugetlb_reason, make_backend, require_kernel
+from uffdctl import uapi
+from uffdctl.backend import MemType
+from uffdctl.errors import UffdError
+
+PS = uapi.PAGE_SIZE
+R, F = uapi.RegisterMode, uapi.Feature
+P, FILE, U, X = uapi.PM_PRESENT, uapi.PM_FILE, uapi.PM_UFFD_WP, uapi.PM_MMAP_EXCLUSIVE
+MS_SYNC = 4
+DISK = os.environ.get("TMPDIR_DISK", "/var/tmp")
+TMPFS = "/dev/shm"
+
+
+def _fs_reason() -> str | None:
+    from uffdctl.emu.backend import _is_tmpfs
+    if _is_tmpfs(DISK):
+        return f"{DISK} is tmpfs here: no disk filesystem for a regular file"
+    if not os.path.isdir(TMPFS) or not _is_tmpfs(TMPFS):
+        return f"{TMPFS} is not tmpfs here"
+    return None
+
+
+BACKINGS = ["anon", "shmem", "tmpfs-file", "tmpfs-file-private", "disk-file", "disk-file-private", "sysv",
+            "sysv-hugetlb"]
+
+
+def mapping(b, backing: str, pages: int = 4):
+    if backing in ("anon", "shmem"):
+        return b.mmap(pages * PS, MemType(backing), name="m")
+    if backing.startswith("sysv"):
+        hp = backing == "sysv-hugetlb"
+        return b.mmap_sysv(pages * (2 << 20 if hp else PS), hp, name="m")
+    d = TMPFS if backing.startswith("tmpfs") else DISK
+    return b.mmap_file(pages * PS, d, not backing.endswith("private"), name="m")
+
+
+def register_modes(b, backing: str) -> list:
+    out = []
+    for feats, mode in ((0, R.MISSING), (0, R.WP), (0, R.MINOR), (int(F.WP_ASYNC), R.WP)):
+        r = mapping(b, backing)
+        u = b.userfaultfd()
+        u.api(feats)
+        try:
+            out.append((int(mode), feats, "ok", hex(u.register(r.addr, r.len, int(mode)))))
+        except UffdError as e:
+            out.append((int(mode), feats, errno.errorcode[e.errno]))
+        u.close()
+        b.munmap(r.addr, r.len)
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("backing", BACKINGS)
+def test_register_modes_by_backing(backing):
+    """vma_can_userfault(): anon, shmem and hugetlb take their modes; a disk file and SysV shm (shm_vm_ops is not
+    shmem) take none but WP with UFFD_FEATURE_WP_ASYNC; a tmpfs file is shmem (MINOR too, even MAP_PRIVATE)."""
+    reason = _fs_reason()
+    if reason:
+        require_kernel(reason)
+    kb = make_backend("kernel")
+    try:
+        if backing == "sysv-hugetlb" and hugetlb_reason(kb):
+            require_kernel(hugetlb_reason(kb))
+        k = register_modes(kb, backing)
+    finally:
+        kb.close()
+    eb = make_backend("emu")
+    try:
+        e = register_modes(eb, backing)
+    finally:
+        eb.close()
+    assert k == e
+    if backing in ("disk-file", "disk-file-private", "sysv"):
+        assert [x[2] for x in k] == ["EINVAL", "EINVAL", "EINVAL", "ok"], k
+        assert k[3][3] == "0x17c", k
+    elif backing == "anon":
+        assert [x[2] for x in k] == ["ok", "ok", "EINVAL", "ok"], k
+    else:
+        assert [x[2] for x in k] == ["ok"] * 4, k
+
+
+def _faults(b, addr, write, fill=0x41):
+    a = b.thread("t").access(addr, 1 if write else 8, write, fill=fill, stride=PS if write else 0,
+                             want_data=not write)
+    assert a.wait(5)
+    r = a.result()
+    return (r.minflt, r.majflt) + (() if write else (r.data[:1],))
+
+
+def _bits(b, r, n=4):
+    return ["".join(c for c, m in (("P", P), ("F", FILE), ("U", U), ("X", X)) if x & m) or "-"
+            for x in b.pagemap(r.addr, n)]
+
+
+def file_scenario(b, backing: str) -> list:
+    """write p0, read p1, read p2, write p1, msync, write p0, mprotect R then RW, write p0, write p2."""
+    r = mapping(b, backing)
+    out = [("w p0", _faults(b, r.addr, True, 1)), ("r p1", _faults(b, r.addr + PS, False)),
+           ("r p2", _faults(b, r.addr + 2 * PS, False)), ("pm", _bits(b, r))]
+    out.append(("w p1", _faults(b, r.addr + PS, True, 2)))
+    b.msync(r.addr, r.len, MS_SYNC)
+    out.append(("msync", _bits(b, r)))
+    out.append(("w p0 after msync", _faults(b, r.addr, True, 3)))
+    b.mprotect(r.addr, r.len, uapi.PROT_READ)
+    b.mprotect(r.addr, r.len, uapi.PROT_READ | uapi.PROT_WRITE)
+    out.append(("w p0 after mprotect", _faults(b, r.addr, True, 4)))
+    out.append(("w p2 after mprotect", _faults(b, r.addr + 2 * PS, True, 5)))
+    out.append(("end", _bits(b, r), b.read(r.addr, 1) + b.read(r.addr + PS, 1)))
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("backing", ["disk-file", "disk-file-private", "tmpfs-file", "sysv"])
+def test_file_faults_side_by_side(backing):
+    """A disk file: the first touch is a major fault and reads the file in around it (later faults minor, read
+    faults map their neighbours); shared: write-notified (a read maps read-only, the first write faults), msync
+    writes back and write-protects again, mprotect's upgrade needs pte_dirty(); private: every write is a COW
+    into an anon page (PM_FILE gone, X set)."""
+    reason = _fs_reason()
+    if reason:
+        require_kernel(reason)
+    kb = make_backend("kernel")
+    try:
+        k = file_scenario(kb, backing)
+    finally:
+        kb.close()
+    eb = make_backend("emu")
+    try:
+        e = file_scenario(eb, backing)
+    finally:
+        eb.close()
+    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+    k = dict((x[0], x[1:]) for x in k)
+    if backing == "disk-file":
+        assert k["w p0"][0] == (0, 1), k                      # a page-cache miss: major, with read-around
+        assert k["r p1"][0] == (1, 0, b"\0") and k["r p2"][0] == (0, 0, b"\0"), k   # then fault-around
+        assert k["w p1"][0] == (1, 0), k                      # write-notify: mapped read-only by the read
+        assert k["w p0 after msync"][0] == (1, 0), k          # folio_mkclean() write-protected it again
+        assert k["w p0 after mprotect"][0] == (0, 0), k       # dirty: can_change_pte_writable() upgrades it
+        assert k["w p2 after mprotect"][0] == (1, 0), k       # clean: it does not
+    elif backing == "disk-file-private":
+        assert k["pm"][0][:2] == ["PX", "PFX"], k             # the written page is an anon COW copy, no F
+
+
+def test_bad_file_input_on_the_emulator():
+    """The emulator refuses what it would have to invent: the contents of an existing host file."""
+    from uffdctl.errors import NotModelled
+    eb = make_backend("emu")
+    try:
+        with tempfile.NamedTemporaryFile(dir=DISK) as f:
+            f.write(b"x" * PS)
+            f.flush()
+            with pytest.raises(NotModelled):
+                eb.mmap_file(PS, f.name, True)
+        with pytest.raises(UffdError) as ei:
+            eb.msync(0x1001, PS, MS_SYNC)
+        assert ei.value.errno == errno.EINVAL
+    finally:
+        eb.close()

@@ -1,0 +1,118 @@
+"""Regular files on a disk filesystem (mm/filemap.c, mm/readahead.c, mm/page-writeback.c, mm/msync.c): the page
+cache of a file that is not shmem, filemap_fault() with its read-around, writeback and msync().
+
+What differs from shmem (measured on the 6.18 host, ext4):
+
+* a page-cache miss is a major fault, and the mmap read-around brings in ``RA_PAGES`` (128 KiB, the disk's
+  read_ahead_kb) centred on it, clamped to the file; the next faults there are minor (and read faults map the
+  neighbours by fault-around);
+* a shared mapping is write-notified (page_mkwrite): read faults map read-only, the first write faults;
+  msync(MS_SYNC) writes dirty pages back and write-protects / cleans their PTEs again (folio_mkclean());
+* registration: no MISSING or MINOR, WP only with UFFD_FEATURE_WP_ASYNC (vma_can_userfault()); UFFDIO_COPY,
+  ZEROPAGE, CONTINUE and POISON are EINVAL (mfill_atomic(): not anon, not shmem).
+"""
+from __future__ import annotations
+
+import errno as E
+
+from .mm_types import PAGE_SIZE, VM_FAULT_MAJOR, VM_FAULT_OK, VM_FAULT_SIGBUS, VM_LOCKED
+
+MS_ASYNC, MS_INVALIDATE, MS_SYNC = 1, 2, 4
+RA_PAGES = 32
+
+
+class RegularFile:
+    """An inode of a disk filesystem: its size, page cache (index -> Folio) and what was written back."""
+
+    shmem = False
+    sysv = False
+
+    def __init__(self, name: str, size: int, page_size: int = PAGE_SIZE):
+        self.name = name
+        self.size = size
+        self.page_size = page_size
+        self.pages: dict = {}
+        self.disk: dict[int, bytes] = {}      # index -> contents written back (a hole reads zeros)
+
+
+class Filemap:
+    """mm/filemap.c's fault and writeback, mm/msync.c."""
+
+    def filemap_fault(self, vmf) -> tuple[int, object]:
+        vma = vmf.vma
+        f = vma.file
+        idx = vma.linear_page_index(vmf.address)
+        if idx * PAGE_SIZE >= f.size:
+            return VM_FAULT_SIGBUS, None
+        folio = f.pages.get(idx)
+        if folio is not None:
+            folio.reclaim = False                 # do_async_mmap_readahead(): folio_test_clear_readahead()
+            return VM_FAULT_OK, folio
+        # do_sync_mmap_readahead(): read-around, ra->start = pgoff - ra_pages / 2, clamped to the file
+        npages = (f.size + PAGE_SIZE - 1) // PAGE_SIZE
+        start = max(0, idx - RA_PAGES // 2)
+        for i in range(start, min(start + RA_PAGES, npages)):
+            if i not in f.pages:
+                data = f.disk.get(i)
+                f.pages[i] = self.alloc_folio(PAGE_SIZE, anon=False,
+                                              data=bytearray(data) if data is not None else None)
+        return VM_FAULT_MAJOR, f.pages[idx]
+
+    def folio_mkclean(self, f, idx: int, folio, flush: list) -> None:
+        """Every PTE of this mm mapping the folio through a shared VMA: write-protected and clean (soft-dirty
+        stays)."""
+        for vma in self.vmas:
+            if vma.file is not f or not vma.shared:
+                continue
+            a = vma.start + idx * PAGE_SIZE - vma.pgoff
+            if vma.start <= a < vma.end:
+                pte = self.ptes.get(a)
+                if pte is not None and pte.page is folio:
+                    if pte.write or pte.dirty:
+                        flush.append(a)
+                    pte.write = pte.dirty = False
+
+    def folio_dirty(self, f, idx: int, folio) -> bool:
+        """The folio is dirty, or a shared PTE mapping it is (dirty bits reach the folio at writeback)."""
+        if folio.dirty:
+            return True
+        for vma in self.vmas:
+            if vma.file is f and vma.shared:
+                a = vma.start + idx * PAGE_SIZE - vma.pgoff
+                pte = self.ptes.get(a) if vma.start <= a < vma.end else None
+                if pte is not None and pte.page is folio and pte.dirty:
+                    return True
+        return False
+
+    def filemap_write_and_wait_range(self, f, first: int, last: int) -> None:
+        flush = []
+        for idx in sorted(i for i in f.pages if first <= i <= last):
+            folio = f.pages[idx]
+            if self.folio_dirty(f, idx, folio):
+                f.disk[idx] = folio.read(0, PAGE_SIZE)
+                folio.dirty = folio.reclaim = False  # folio_end_writeback() clears PG_reclaim
+                self.folio_mkclean(f, idx, folio, flush)
+        self.tlb.flush_range(flush)
+
+    def msync(self, start: int, length: int, flags: int) -> int:
+        """mm/msync.c: argument checks, ENOMEM for a hole (after the walk), EBUSY for MS_INVALIDATE of a locked
+        VMA; MS_SYNC of a shared file VMA writes its range back (vfs_fsync_range); MS_ASYNC does nothing."""
+        if flags & ~(MS_ASYNC | MS_INVALIDATE | MS_SYNC) or start % PAGE_SIZE or \
+                flags & MS_ASYNC and flags & MS_SYNC:
+            return -E.EINVAL
+        end = start + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+        if end < start:
+            return -E.ENOMEM
+        if end == start:
+            return 0
+        err, pos = 0, start
+        for vma in self.vmas_in(start, end):
+            if vma.start > pos:
+                err = -E.ENOMEM
+            if flags & MS_INVALIDATE and vma.flags & VM_LOCKED:
+                return -E.EBUSY
+            s, e = max(start, vma.start), min(end, vma.end)
+            if flags & MS_SYNC and vma.shared and vma.file is not None and not vma.file.shmem:
+                self.filemap_write_and_wait_range(vma.file, vma.linear_page_index(s), vma.linear_page_index(e - 1))
+            pos = vma.end
+        return err if pos >= end else -E.ENOMEM

@@ -1,0 +1,82 @@
+"""Reclaim of the folios MADV_PAGEOUT isolated (mm/vmscan.c reclaim_pages() / shrink_folio_list(), with
+mm/rmap.c try_to_unmap_one() for the one mapping each such folio has).
+
+What each kind of folio becomes (measured on the 6.18 host, with and without a swap device):
+
+* anon, swap-backed: a swap slot (add_to_swap), then the PTE becomes a swap entry carrying soft-dirty,
+  uffd-wp and the exclusive bit; no swap space: nothing changes.  The folio stays in the swap cache.
+* anon, MADV_FREE'd (lazyfree): clean -> discarded (PTE none, uffd-wp lost: an anon VMA gets no marker);
+  written since -> remapped as it was and swap-backed again (the next pageout swaps it).
+* file (shmem page cache, a private mapping's cache pages): the PTE is unmapped (a uffd-wp marker where
+  pte_install_uffd_wp_if_needed() wants one); a clean folio leaves the page cache (the next fault gets a new
+  page), a dirty one stays (in swap when there is room: shmem_writeout(); in the cache without; a disk
+  file's with PG_reclaim set, which fault-around reads as PG_readahead and skips).
+"""
+from __future__ import annotations
+
+from .mm_types import PTE_MARKER_UFFD_WP, make_pte_marker, swp_entry_to_pte, userfaultfd_wp
+
+
+class Vmscan:
+    """mm/vmscan.c + mm/rmap.c: reclaim of isolated folios."""
+
+    def reclaim_pages(self, isolated: list) -> None:
+        """``isolated``: (vma, address) of each folio the madvise walk isolated (mapped once, in that VMA)."""
+        flush = []
+        for vma, addr in isolated:
+            self.shrink_folio(vma, addr, flush)
+        self.tlb.flush_range(flush)
+
+    def shrink_folio(self, vma, addr: int, flush: list) -> None:
+        pte = self.ptes[addr]
+        folio = pte.page
+        sw = self.swap
+        if folio.anon and not folio.lazyfree and folio.swap is None:
+            if sw.folio_alloc_swap(folio) is None:
+                return                               # add_to_swap() failed: activate_locked
+        # try_to_unmap_one()
+        dirty = pte.dirty or folio.dirty
+        if folio.anon and folio.lazyfree:
+            if dirty:                                # "the folio was redirtied": remapped, swap-backed again
+                folio.lazyfree = False
+                return
+            self.set_pte(addr, None)                 # discard
+            flush.append(addr)
+            return
+        flush.append(addr)
+        if folio.anon:
+            folio.dirty = dirty
+            new = swp_entry_to_pte(folio.swap, uffd_wp=pte.uffd_wp, soft_dirty=pte.soft_dirty,
+                                   exclusive=folio.exclusive)
+            sw.swap_duplicate(folio.swap)
+            self.set_pte(addr, new)
+            self.swap_out(folio)
+            return
+        # a file folio: unmapped; pte_install_uffd_wp_if_needed() for a uffd-wp file VMA
+        armed = userfaultfd_wp(vma) and pte.uffd_wp
+        self.set_pte(addr, make_pte_marker(PTE_MARKER_UFFD_WP) if armed else None)
+        if folio.mapcount:
+            return
+        idx = vma.linear_page_index(addr)
+        cache = vma.file.pages
+        if cache.get(idx) is not folio:
+            return
+        if not dirty:
+            del cache[idx]                           # __remove_mapping(): a clean folio is freed
+            return
+        folio.dirty = True
+        if not vma.file.shmem:
+            # only kswapd writes file folios back: folio_set_reclaim(), activate_locked (kept, dirty)
+            folio.reclaim = True
+            return
+        if getattr(vma.file, "shmem", True) and folio.swap is None and sw.folio_alloc_swap(folio) is not None:
+            sw.swap_duplicate(folio.swap)            # shmem_writeout(): the page-cache entry holds the slot
+            entry = folio.swap
+            self.swap_out(folio)
+            cache[idx] = sw.swap_cache_get_folio(entry)
+
+    def swap_out(self, folio) -> None:
+        """pageout() -> swap_writepage(): written (async: the folio stays in the swap cache), or on 6.12+ a
+        zero-filled one only marked in the zeromap and freed."""
+        if self.profile.swap_zeromap and folio.mapcount == 0 and (folio.data is None or not any(folio.data)):
+            self.swap.swap_writepage(folio, lambda: self.alloc_folio(folio.size, folio.anon))
