@@ -53,10 +53,7 @@ struct uffdctl_handler {
 	int stuck;			/* stop() timed out: the thread is blocked (in a fault of its own?) */
 	int nonblock;			/* the uffd is O_NONBLOCK: read first, poll only when nothing is queued */
 	int stop_req;			/* set by stop() before it signals stopfd (seen without a poll) */
-	int skip_reads;			/* rounds left that poll before reading (a read first came back empty) */
 };
-
-#define READ_FIRST_SKIP 8
 
 static void uffdctl_log(struct uffdctl_handler *h, const struct uffd_msg *m,
 			int action, int err, int64_t result, uint64_t ts)
@@ -336,11 +333,9 @@ static void *uffdctl_handler_main(void *arg)
 		 * our next poll, and faults again) is read at once: one read(2) per fault instead of
 		 * poll(2) + read(2).  Only on a non-blocking uffd (a blocking read would not see stop),
 		 * and not while faults wait for a retry (the poll below times them).  Counted by the
-		 * barrier like any read.  Where nothing is queued yet (the faulter on another vCPU, or
-		 * not preempting us) a read first is a wasted system call: after one comes back empty
-		 * the next READ_FIRST_SKIP rounds poll first, then reading first is tried again.
+		 * barrier like any read.
 		 */
-		if (h->nonblock && !h->nretry && !(h->skip_reads && h->skip_reads--)) {
+		if (h->nonblock && !h->nretry) {
 			uint64_t begun = __atomic_add_fetch(&h->reads_begun, 1, __ATOMIC_SEQ_CST);
 			ssize_t got = read(h->cfg.uffd, msgs, n * sizeof(*msgs));
 			if (got > 0) {
@@ -349,7 +344,6 @@ static void *uffdctl_handler_main(void *arg)
 				continue;
 			}
 			uffdctl_reads_done(h, begun);	/* EAGAIN, or an error the poll below reports */
-			h->skip_reads = READ_FIRST_SKIP;
 		}
 		struct pollfd p[2] = {
 			{ .fd = h->cfg.uffd, .events = POLLIN },

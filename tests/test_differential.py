@@ -1019,23 +1019,31 @@ BROKEN_RULES = {
     "swp_uffd_wp": ({}, _drop_swp_uffd_wp, "pageout"),
     # mprotect(): MM_CP_TRY_CHANGE_WRITABLE upgrades exclusive anon PTEs (64fe24a3e05e, 6.0)
     "mprotect_try_change_writable": ({"mprotect_try_change_writable": False}, None, "mprotect"),
+    # a disk file: filemap_fault()'s read-around (a model reading only the faulting page)
+    "file_readaround": ({}, "RA_PAGES", "touch"),
 }
 
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("rule", list(BROKEN_RULES))
 def test_differential_catches_a_broken_swap_or_mprotect_rule(host_swap_module, rule, monkeypatch):
-    """The generator's pageout and mprotect ops can fail: with one rule of the model broken (a 6.1 rule in the 6.18
-    profile, or the swap entry losing its uffd-wp bit), some random sequence diverges from this kernel; its shrunk
-    reproducer has the op in it, and the unbroken model agrees with the kernel on it."""
+    """The generator's pageout, mprotect and file-region ops can fail: with one rule of the model broken (a 6.1
+    rule in the 6.18 profile, the swap entry losing its uffd-wp bit, a disk file read without read-around), some
+    random sequence diverges from this kernel; its shrunk reproducer has the op in it, and the unbroken model
+    agrees with the kernel on it."""
     from uffdctl.emu import EmuBackend, mm
     switches, patch, op = BROKEN_RULES[rule]
     runner = Runner(lambda: EmuBackend(profile="6.18", soft_dirty=False, **switches))
     rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
-    if patch is not None:
+    types = [MemType.ANON.value]
+    if patch == "RA_PAGES":
+        from uffdctl.emu.mm import filemap
+        monkeypatch.setattr(filemap, "RA_PAGES", 1)
+        types = ["file", "file-private"]
+    elif patch is not None:
         monkeypatch.setattr(mm.MM, "shrink_folio", patch)
     for i in range(4000):
-        seq = gen_sequence(random.Random(rng_seed + i), [MemType.ANON.value])
+        seq = gen_sequence(random.Random(rng_seed + i), types)
         if not any(o[0] == op for o in seq["ops"]):
             continue
         d = runner.diverges(seq)
