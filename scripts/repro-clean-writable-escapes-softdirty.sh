@@ -6,8 +6,9 @@
 #
 # Thread: Nadav Amit, 2022-06-27: there is a bug in my code ... I do need to fix my code so it would
 # not write-unprotect memory if soft-dirty is enabled and UFFD_FLAGS_WRITE_LIKELY is not provided.
-# Spec: spec §1.2 (RFC 02/14: MM_CP_TRY_CHANGE_WRITABLE on un-protect; the fix: only with
-# WRITE_LIKELY); §2.3.6 can_change_pte_writable() (pte_needs_soft_dirty_wp); §7.1 B step 4
+# Cites: the 2022 RFC's patch 02/14 (MM_CP_TRY_CHANGE_WRITABLE on un-protect; the fix: only with
+# WRITE_LIKELY); can_change_pte_writable() and vma_soft_dirty_enabled() (mm/mprotect.c); measured:
+# soft-dirty after clear_refs 4, WP on, WP off, write
 # REPRODUCED means: after clear-refs 4, WP on and off, a write to the page leaves it NOT soft-dirty:
 # an incremental dump would miss the write (lost data)
 #

@@ -6,8 +6,8 @@
 #
 # Thread: Nadav Amit, 2022-06-27: marking the PTE as dirty (and soft-dirty) might be misleading,
 # causing unnecessary userspace writeback of memory.
-# Spec: spec §7.1 A; §1.1 9ae0f87d009c (mfill_atomic_install_pte: pte_mkdirty, which sets
-# _PAGE_SOFT_DIRTY on x86); §2.2; §7.2 rows 'A-analog'
+# Cites: 9ae0f87d009c (5.16, mfill_atomic_install_pte(): pte_mkdirty(), which sets _PAGE_SOFT_DIRTY
+# on x86); measured on 6.18: Private_Dirty 4 kB and PAGE_IS_WRITTEN after one UFFDIO_COPY
 # REPRODUCED means: right after the install, the untouched page reads soft-dirty (pagemap bit 55);
 # where the kernel has no soft-dirty, smaps Private_Dirty (and, in case copy-written, PAGEMAP_SCAN
 # PAGE_IS_WRITTEN) say the same

@@ -6,9 +6,9 @@
 #
 # Thread: the write-unprotect policy of the 2022-06-27 mail; David Hildenbrand's December 2022
 # follow-up (931298e103c2, with 51d3d5eb74ff)
-# Spec: spec §1.1 (5.19-6.2: un-protect uses vm_get_page_prot(vm_flags), writable for MAP_SHARED);
-# §1.3 51d3d5eb74ff, 931298e103c2 (<20221223155616.297723-2-david@redhat.com>); §1.4 row 'un-WP of
-# shmem MAP_SHARED page makes PTE writable'
+# Cites: 5.19-6.2: uffd_wp_range() un-protects with vm_get_page_prot(vm_flags), writable for
+# MAP_SHARED; 51d3d5eb74ff, 931298e103c2 (6.3, <20221223155616.297723-2-david@redhat.com>:
+# vma->vm_page_prot instead)
 # REPRODUCED means: after write, clear-refs 4, uffd-wp on and off, a second write leaves the shmem
 # page NOT soft-dirty (the write escapes tracking)
 #

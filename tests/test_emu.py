@@ -404,7 +404,7 @@ def test_one_tib_region_costs_what_is_touched():
     assert len(b.mm.ptes) <= 1
 
 
-@pytest.mark.parametrize("advice", [3, 14, 25, 10, 18])   # WILLNEED HUGEPAGE COLLAPSE DONTFORK WIPEONFORK
+@pytest.mark.parametrize("advice", [3, 10, 18])   # WILLNEED DONTFORK WIPEONFORK (HUGEPAGE, COLLAPSE: tests/test_thp.py)
 def test_madvise_not_modelled_is_said(advice):
     """Advice the kernel takes but the model does not carry out is refused as not modelled (exit 4), never
     answered with a guess (EINVAL, or silently nothing)."""

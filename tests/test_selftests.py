@@ -395,6 +395,7 @@ DRIVER = textwrap.dedent("""\
     import inspect, json, sys
     from uffdctl.script import run_file
     path, backend, env = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    thp = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
     if backend == "kernel":
         from uffdctl.kernel import KernelBackend
         b = KernelBackend()
@@ -404,6 +405,8 @@ DRIVER = textwrap.dedent("""\
         except ImportError:          # a checkout before the opener moved
             from uffdctl.backend import open_backend
         b = open_backend("emu", profile="6.18", soft_dirty=(backend == "emu-sd"))
+        for knob, value in thp.items():      # thp_pushed(): the emulator's own knobs, as the host's for the kernel
+            b.set_thp_knob(knob, value)
     kw = {}
     if env and "variables" in inspect.signature(run_file).parameters:
         kw["variables"] = env
@@ -420,9 +423,10 @@ DRIVER = textwrap.dedent("""\
 """)
 
 
-def run_script(path: Path, backend_name: str, env: dict, timeout: int = TIMEOUT_S) -> dict:
+def run_script(path: Path, backend_name: str, env: dict, timeout: int = TIMEOUT_S, thp: dict | None = None) -> dict:
     try:
-        p = subprocess.run([sys.executable, "-c", DRIVER, str(path), backend_name, json.dumps(env)],
+        p = subprocess.run([sys.executable, "-c", DRIVER, str(path), backend_name, json.dumps(env),
+                            json.dumps(thp or {})],
                            capture_output=True, text=True, timeout=timeout, cwd=str(HERE))
     except subprocess.TimeoutExpired:
         pytest.fail(f"{path.name} on {backend_name}: no result within {timeout} s (a hang)", pytrace=False)
@@ -439,10 +443,15 @@ NOT_MODELLED = re.compile(r"not modelled: .*\(emulator\)")
 @contextlib.contextmanager
 def thp_pushed(h: dict, size: str | None, backend_name: str):
     """uffd-wp-mremap.c's thp_push_settings(): this THP size 'always' (anon: enabled, shmem: shmem_enabled) for the
-    run, the previous setting restored after it.  Only for the kernel column (the emulator has no sysfs)."""
+    run, the previous setting restored after it.  The kernel column writes the host's sysfs; the emulator
+    columns get the knobs to set in the model (yielded: knob -> value), never the host's."""
     knob = h.get("thp_knob")
-    if not knob or backend_name != "kernel" or size is None:
-        yield
+    if not knob or size is None:
+        yield {}
+        return
+    if backend_name != "kernel":
+        kb = int(size[:-1]) * (1024 if size.endswith("M") else 1)
+        yield {f"hugepages-{kb}kB/{knob}": "always"}
         return
     kb = int(size[:-1]) * (1024 if size.endswith("M") else 1)
     path = THP_SYSFS / f"hugepages-{kb}kB" / knob
@@ -456,7 +465,7 @@ def thp_pushed(h: dict, size: str | None, backend_name: str):
     except OSError as e:
         require_kernel(f"cannot write {path}: {e.strerror}")
     try:
-        yield
+        yield {}
     finally:
         path.write_text(old)
 
@@ -480,8 +489,8 @@ def test_selftest(script, size, backend_name, tmp_path):
         missing = list(h.get("waiting", [])) + waiting_on(text, env)
         if missing:
             pytest.skip(f"waiting on: {', '.join(missing)} (issue 10, planned syntax not in this checkout)")
-        with thp_pushed(h, size, backend_name):
-            res = run_script(script, backend_name, env, int(h.get("timeout", TIMEOUT_S)))
+        with thp_pushed(h, size, backend_name) as thp:
+            res = run_script(script, backend_name, env, int(h.get("timeout", TIMEOUT_S)), thp)
     kind, msg = verdict(h, backend_name, res)
     if kind == "xfail":
         pytest.xfail(msg)

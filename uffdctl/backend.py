@@ -276,7 +276,8 @@ class Backend(abc.ABC):
     # The advices the emulator models; anything else is NotModelled there (never a guessed EINVAL).
     MODELLED_ADVICE: frozenset | None = frozenset({uapi.MADV_DONTNEED, uapi.MADV_FREE, uapi.MADV_REMOVE,
                                                    uapi.MADV_GUARD_INSTALL, uapi.MADV_GUARD_REMOVE,
-                                                   uapi.MADV_NOHUGEPAGE, uapi.MADV_COLD, uapi.MADV_PAGEOUT})
+                                                   uapi.MADV_NOHUGEPAGE, uapi.MADV_HUGEPAGE, uapi.MADV_COLLAPSE,
+                                                   uapi.MADV_COLD, uapi.MADV_PAGEOUT})
 
     def check_advice(self, advice: int, name: str) -> None:
         """Raise NotModelled unless this backend models ``advice`` (None: every advice, the kernel)."""
@@ -337,6 +338,15 @@ class Backend(abc.ABC):
         """The VMAs overlapping [start, end) as /proc/self/smaps shows them: ``start end flags`` (VmFlags
         two-letter codes) and the numeric fields in bytes (``Rss``, ``AnonHugePages``, ``Swap``, ...)."""
         raise NotModelled("smaps VMAs")
+
+    def thp_knob(self, knob: str) -> str | None:
+        """The text of transparent_hugepage/<knob> (``enabled``, ``hugepages-16kB/shmem_enabled`` ...) of the
+        kernel this backend is (a model: its own knobs, never the host's); None: no such knob."""
+        raise NotModelled("THP sysfs knobs")
+
+    def set_thp_knob(self, knob: str, value: str) -> None:
+        """Write a THP knob (a model's own; uffdctl never writes the host's sysfs)."""
+        raise Unsupported(f"uffdctl never writes the host's /sys/kernel/mm/transparent_hugepage/{knob}")
 
     def swap_on(self, size: int, directory: str | None = None) -> dict:
         """A swapfile of ``size`` bytes made, mkswap'd and swapon'd; removed by swap_off/close."""

@@ -817,7 +817,7 @@ def soft_dirty_roundtrip(b: Backend) -> SoftDirtyProbe:
     """clear_refs 4, then write a scratch page: PM_SOFT_DIRTY must read 0 then 1.
 
     Writing 4 to clear_refs succeeds silently on kernels without CONFIG_MEM_SOFT_DIRTY,
-    so only the round trip tells (spec §5.4).
+    so only the round trip tells (measured here: CONFIG_MEM_SOFT_DIRTY is off and bit 55 stays 0).
     """
     r = b.mmap(uapi.PAGE_SIZE, MemType.ANON, name="__softdirty_probe")
     try:

@@ -115,6 +115,13 @@ class KernelMm:
 
     MODELLED_ADVICE = None  # the kernel: every advice is the kernel's to judge
 
+    def thp_knob(self, knob):
+        try:
+            with open(f"/sys/kernel/mm/transparent_hugepage/{knob}") as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
     def mappings(self, start, end):
         out = []
         with open("/proc/self/maps") as f:

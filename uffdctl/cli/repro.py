@@ -75,7 +75,7 @@ def repro(name, backend, profiles, soft_dirty, cases, verbose, scenario_dir, var
         raise click.UsageError(str(e)) from None
     names = [s.name for s in scenarios]
     if name == "list":
-        rows = [{"name": s.name, "title": s.title, "cases": [c.id for c in s.cases], "spec": s.spec,
+        rows = [{"name": s.name, "title": s.title, "cases": [c.id for c in s.cases], "cites": s.spec,
                  "profiles": sorted({p for c in s.cases for p in c.profiles})} for s in scenarios]
         if out is not None and out.json:
             out.result("repro-list", {"scenarios": rows})

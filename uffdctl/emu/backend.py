@@ -26,6 +26,7 @@ from ..errors import NotModelled, UffdError, UsageError, uffd_error
 from ..types import PteBits
 from . import mm as M
 from .fs.proc import task_mmu
+from .mm.khugepaged import NotModelledCollapse
 from .mm.madvise import MADV_NOT_MODELLED
 from .fs.userfaultfd import EmuUffd
 from .profiles import DEFAULT_PROFILE, get_profile
@@ -90,9 +91,7 @@ class EmuAccess(Access):
                 self._segv = True
                 break
             if not self.attempt and mm.access_ok(vma, a, write):
-                base = mm.page_base(vma, a)
-                page = mm.ptes[base].page
-                poff = a - base
+                _, page, poff = mm.page_at(vma, a)
                 if write and not self.populate:
                     buf = self._data[off:off + n] if self._data is not None else bytes((self._fill & 0xFF,)) * n
                     page.write(poff, buf)
@@ -316,9 +315,10 @@ class EmuBackend(Backend):
 
     name = "emu"
 
-    def __init__(self, profile: str = DEFAULT_PROFILE, soft_dirty: bool = True, **switches):
+    def __init__(self, profile: str = DEFAULT_PROFILE, soft_dirty: bool = True, thp: dict | None = None,
+                 **switches):
         self.profile = get_profile(profile, **switches)
-        self.mm = M.MM(self.profile, soft_dirty)
+        self.mm = M.MM(self.profile, soft_dirty, thp=thp)
         self._regions: dict[str, Region] = {}
         self._files: dict[int, M.ShmemFile] = {}
         self._uffds: list[EmuUffd] = []
@@ -386,6 +386,8 @@ class EmuBackend(Backend):
         v = self.mm.mmap(len, memtype, prot, addr, f)
         if isinstance(v, int):
             raise uffd_error(-v, "mmap", addr, len)
+        if memtype is MemType.ANON:      # as the kernel backend: MADV_NOHUGEPAGE unless asked (mmap --thp)
+            v.flags |= M.VM_NOHUGEPAGE
         return self._add_region(Region(name, v.start, len, memtype, page, fd, prot))
 
     def mmap_shared_anon(self, len, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, fixed=False):
@@ -423,7 +425,11 @@ class EmuBackend(Backend):
         if advice in (uapi.MADV_DONTNEED, uapi.MADV_REMOVE):
             self._event(uapi.Feature.EVENT_REMOVE, {"event": uapi.Event.REMOVE, "start": addr, "end": addr + len},
                         self.mm.vmas_in(addr, addr + len))
-        self._syscall("madvise", addr, len, self.mm.madvise(addr, len, advice))
+        try:
+            ret = self.mm.madvise(addr, len, advice)
+        except NotModelledCollapse as e:
+            raise NotModelled(str(e)) from None
+        self._syscall("madvise", addr, len, ret)
 
     def mprotect(self, addr, len, prot):
         self._syscall("mprotect", addr, len, self.mm.mprotect(addr, len, prot))
@@ -552,6 +558,26 @@ class EmuBackend(Backend):
     @property
     def regions(self) -> dict[str, Region]:
         return dict(self._regions)
+
+    def alias_at(self, region, name=None, addr=None):
+        name = self._alias_name(region, name)
+        v = self.mm.mmap(region.len, region.memtype, uapi.PROT_READ | uapi.PROT_WRITE, addr,
+                         self._files[region.fd], shared=True)
+        if isinstance(v, int):
+            raise uffd_error(-v, "mmap", addr, region.len)
+        return self._add_region(Region(name, v.start, region.len, region.memtype, region.page_size, None))
+
+    def smaps_vmas(self, start, end):
+        return task_mmu.smaps_vmas(self.mm, start, end)
+
+    def thp_knob(self, knob):
+        return self.mm.thp.show(knob) if knob in self.mm.thp.choices else None
+
+    def set_thp_knob(self, knob, value):
+        """The emulated kernel's sysfs store: a bad value is EINVAL, as the kernel's."""
+        err = self.mm.thp.set(knob, value)
+        if err:
+            raise uffd_error(E.EINVAL, "thp", message=err)
 
     # -- userfaultfd ----------------------------------------------------------------------
     def userfaultfd(self, flags=uapi.O_CLOEXEC | uapi.O_NONBLOCK, via="auto") -> EmuUffd:

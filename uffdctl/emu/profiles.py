@@ -1,4 +1,4 @@
-"""Kernel-version profiles: small named tables of switches (spec §1.4).
+"""Kernel-version profiles: small named tables of switches (each with the kernel commit that flips it).
 
 Each profile is a :class:`Profile` — a handful of booleans naming the kernel
 change that flips them — never a copy of code.  The model (``mm/``,
@@ -7,7 +7,7 @@ behaviour forks.  ``CONFIG_MEM_SOFT_DIRTY`` is not part of a profile: it is its
 own switch (``EmuBackend(soft_dirty=...)``).
 
 The two ``rfc-hints*`` profiles model Nadav Amit's 2022 access/write-hint RFC
-(spec §1.2), which was **never merged**: the mode bits below are private to
+(Nadav Amit's 2022 RFC series of userfaultfd access/write hints), which was **never merged**: the mode bits below are private to
 uffdctl and are not kernel ABI.
 """
 from __future__ import annotations
@@ -98,6 +98,19 @@ class Profile:
     mkuffd_wp_wrprotects: bool = True
     # anon mTHP (6.8): large anon folios, order 0 whenever userfaultfd_armed(vma) (alloc_anon_folio()).
     mthp: bool = True
+    # per-size shmem THP knobs, hugepages-*kB/shmem_enabled (6.11) [source history].
+    shmem_mthp: bool = True
+    # "mm: allocate THP on hugezeropage wp-fault" (6.13): a write to the huge zero PMD maps a THP (measured on
+    # 6.18); before, the PMD is split and the write gets a 4 KiB page [source history, not measured].
+    huge_zero_wp_thp: bool = True
+    # "mm: remap unused subpages to shared zeropage when splitting isolated thp" (6.12): splitting an anon large
+    # folio maps its zero-filled pages to the shared zero page, keeping uffd-wp / soft-dirty (6.12.54) [measured
+    # on 6.18: MADV_PAGEOUT / MADV_COLD of part of a THP leaves 511 zero-page PTEs].
+    thp_split_zero_remap: bool = True
+    # CONFIG_PT_RECLAIM (6.14, x86-64): MADV_DONTNEED frees a PTE table it left empty when it covered the whole
+    # PMD (zap_details.reclaim_pt) [measured on 6.18: a read there then maps the huge zero PMD; found by the
+    # differential at seed 903]; 6.12 and before keep the table [source history].
+    pt_reclaim: bool = True
     # userfaultfd_release() resets uffd-wp PTEs and markers of the closed ctx ("mm/userfaultfd: reset ptes
     # when close() for wr-protected ones", 6.2; 6.1.191).  5.19: they stay.
     release_resets_wp: bool = True
@@ -125,8 +138,9 @@ _MM_5_19 = dict(fork_wp_marker_without_event=True, fork_poison_marker_without_ev
                 vma_needs_copy="uffd_wp|anon_vma", mremap_clear_uffd_wp=False, mremap_multi_vma=False,
                 vm_softdirty_sticky_merge=False,
                 swapin_read_writable=False, madv_collapse=False, khugepaged_uffd_wp_recheck=False,
-                huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False,
-                release_resets_wp=False, swap_zeromap=False)
+                huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False, shmem_mthp=False,
+                huge_zero_wp_thp=False, thp_split_zero_remap=False, pt_reclaim=False, release_resets_wp=False,
+                swap_zeromap=False)
 # Debian's 6.1.192 carries the stable backports named in the fields' comments (6.1.11, 6.1.21, 6.1.26,
 # 6.1.191); what it does not have: poison markers copied without EVENT_FORK, read swap-in writable, mTHP.
 _MM_6_1 = dict(_MM_5_19, fork_wp_marker_without_event=False, fork_poison_marker_without_event=False,
@@ -156,7 +170,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     # an early EAGAIN writes -EAGAIN into the result field (95567729173e: COPY with a REMOVE event unread).
     replace(_6_18, name="6.12", release="6.12.117",
             guard_markers=False, pagemap_guard_bit=False, install_over_guard=False,
-            vma_needs_copy="uffd_wp|anon_vma", vm_softdirty_sticky_merge=False,
+            vma_needs_copy="uffd_wp|anon_vma", vm_softdirty_sticky_merge=False, huge_zero_wp_thp=False,
+            pt_reclaim=False,
             mremap_multi_vma=False),     # 6.17 [source history, not measured in the 6.12 guest]
     _6_18,
     replace(_6_18, name="7.3", release="7.3.4", install_over_guard=False, scan_written_any_vma=False),

@@ -1,4 +1,4 @@
-"""x86 TLB-flush rules: ``pte_flags_need_flush()`` / ``pte_needs_flush()`` (spec §6).
+"""x86 TLB-flush rules: ``pte_flags_need_flush()`` / ``pte_needs_flush()`` (arch/x86/include/asm/tlbflush.h).
 
 The model keeps PTEs as fields (``mm.Pte``); :func:`pte_val` renders one the way
 x86-64 lays it out (SavedDirty shift included), and :func:`pte_needs_flush`

@@ -126,7 +126,7 @@ def scenario_head(sc) -> str:
     return "\n".join([
         f"== {sc.name}: {sc.title}",
         textwrap.fill(sc.thread, 118, initial_indent="   thread: ", subsequent_indent=" " * 11),
-        textwrap.fill(sc.spec, 118, initial_indent="   spec:   ", subsequent_indent=" " * 11),
+        textwrap.fill(sc.spec, 118, initial_indent="   cites:  ", subsequent_indent=" " * 11),
         textwrap.fill(sc.reproduced, 118, initial_indent="   REPRODUCED means: ", subsequent_indent=" " * 11),
     ])
 

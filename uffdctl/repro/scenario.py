@@ -5,7 +5,7 @@ session commands, one per line) under a small TOML header in ``#:`` comment
 lines.  The header names the scenario, quotes the thread, says what
 "REPRODUCED" means as an expression over the observed state of the watched page
 after the last step (``symptom``), and lists the expected verdict per kernel
-version / emulator profile, each with its source (a line of the spec or a
+version / emulator profile, each with its source (a kernel commit or function, or a
 measurement)::
 
     #: name = "unprotect-extra-fault"
@@ -14,7 +14,7 @@ measurement)::
     #: [[case]]
     #: id = "anon"
     #: vars = { TYPE = "anon" }
-    #: expect = [ { release = "5.19-6.2", verdict = "REPRODUCED", source = "spec §7.1 B step 3" } ]
+    #: expect = [ { release = "5.19-6.2", verdict = "REPRODUCED", source = "931298e103c2 (6.3); measured: Δminflt" } ]
     mmap --size 8K --type ${TYPE} --name buf
     [softdirty] clear-refs 4          # only in the cases tagged softdirty
 
@@ -224,7 +224,7 @@ def parse(text: str, path: str = "<scenario>", bodies: dict | None = None) -> Sc
         h = tomllib.loads("\n".join(head))
     except tomllib.TOMLDecodeError as e:
         raise ScenarioError(f"{path}: header: {e}") from None
-    for key in ("name", "title", "thread", "spec", "reproduced", "watch", "symptom"):
+    for key in ("name", "title", "thread", "cites", "reproduced", "watch", "symptom"):
         if key not in h:
             raise ScenarioError(f"{path}: header lacks {key!r}")
     if h.get("steps"):
@@ -233,7 +233,7 @@ def parse(text: str, path: str = "<scenario>", bodies: dict | None = None) -> Sc
         if h["steps"] not in (bodies or {}):
             raise ScenarioError(f"{path}: steps = {h['steps']!r}: no such scenario")
         body = bodies[h["steps"]]
-    sc = Scenario(h["name"], h["title"], h["thread"], h["spec"], h["reproduced"], h["watch"], body,
+    sc = Scenario(h["name"], h["title"], h["thread"], h["cites"], h["reproduced"], h["watch"], body,
                   path=path, header=h)
     defaults = {k: h.get(k) for k in ("symptom", "needs", "fallback", "expect", "profiles", "switches")}
     for raw_case in h.get("case") or [{"id": "default"}]:
@@ -246,7 +246,7 @@ def parse(text: str, path: str = "<scenario>", bodies: dict | None = None) -> Sc
             if r.get("verdict") not in VERDICTS:
                 raise ScenarioError(f"{where}: expectation verdict {r.get('verdict')!r} (valid: {', '.join(VERDICTS)})")
             if not r.get("source"):
-                raise ScenarioError(f"{where}: expectation {r} has no source (a spec line or a measurement)")
+                raise ScenarioError(f"{where}: expectation {r} has no source (a kernel commit or function, or a measurement)")
             unknown = set(r) - {"verdict", "source", "release", "profile", "backend", "soft_dirty"}
             if unknown:
                 raise ScenarioError(f"{where}: expectation keys {sorted(unknown)} unknown")

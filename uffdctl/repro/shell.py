@@ -56,7 +56,7 @@ def generate(sc: S.Scenario) -> str:
            "# edit the scenario, not this file (tests/test_repro_shell.py compares them).",
            "#"]
     out += _comment("Thread: " + sc.thread)
-    out += _comment("Spec: " + sc.spec)
+    out += _comment("Cites: " + sc.spec)
     out += _comment("REPRODUCED means: " + sc.reproduced)
     cases = ", ".join(c.id for c in sc.cases)
     out += ["#",

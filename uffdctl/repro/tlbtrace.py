@@ -1,4 +1,4 @@
-"""Counting TLB flushes on the real kernel: the ``tlb:tlb_flush`` tracepoint (spec §6, §7.1 C).
+"""Counting TLB flushes on the real kernel: the ``tlb:tlb_flush`` tracepoint (pte_flags_need_flush(): a write-protect of a writable PTE needs one).
 
 A private tracefs instance (``instances/uffdctl-repro-PID``) so the global
 trace buffer is left alone; the event is filtered on the thread that issues the

@@ -1409,7 +1409,7 @@ def mmap_ext(st: SessionState, a: dict) -> dict:
     if align and (align < PAGE or align & (align - 1)):
         raise UsageError(f"--align {a['align']!r} must be a power of two >= 4K")
     if a.get("thp") and kind in ("shmem", "shmem-private", "shared-anon"):
-        _shmem_thp_allowed()
+        _shmem_thp_allowed(st.backend)
     addr = parse_addr(st, a["addr"]) if a.get("addr") else None
     if addr is not None and addr % page:
         raise UsageError(f"--addr 0x{addr:x} is not aligned to the page size ({page})")
@@ -1497,26 +1497,19 @@ def _thp(b, r):
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
 
 
-def _shmem_thp_allowed() -> None:
+def _shmem_thp_allowed(b) -> None:
+    """Does the backend's kernel (the host's sysfs, or a model's own knobs) let a memfd take THPs?"""
     from ..errors import Unsupported
-    try:
-        with open(f"{THP_SYSFS}/shmem_enabled") as f:
-            text = f.read()
-    except OSError:
-        raise Unsupported("no THP here: /sys/kernel/mm/transparent_hugepage/shmem_enabled is missing") from None
+    text = b.thp_knob("shmem_enabled")
+    if text is None:
+        raise Unsupported("no THP here: /sys/kernel/mm/transparent_hugepage/shmem_enabled is missing")
     cur = _knob(text)
     if cur == "deny":
         raise Unsupported(f"shmem THP is off here: {THP_SYSFS}/shmem_enabled is [deny]")
     if cur != "never":
         return
-    sizes = []
-    for d in sorted(os.listdir(THP_SYSFS)) if os.path.isdir(THP_SYSFS) else ():
-        try:
-            with open(f"{THP_SYSFS}/{d}/shmem_enabled") as f:
-                if _knob(f.read()) in ("always", "within_size", "advise"):
-                    sizes.append(d)
-        except OSError:
-            continue
+    sizes = [f"hugepages-{kb}kB" for kb in (8 << i for i in range(9))
+             if _knob(b.thp_knob(f"hugepages-{kb}kB/shmem_enabled") or "[never]") in ("always", "within_size", "advise")]
     if not sizes:
         raise Unsupported(f"shmem THP is off here: {THP_SYSFS}/shmem_enabled is [never] and no "
                           f"hugepages-*kB/shmem_enabled allows it (MADV_HUGEPAGE needs advise, within_size or "

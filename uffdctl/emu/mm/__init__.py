@@ -11,6 +11,8 @@ room               kernel                                       owns
 ``pgtable``        include/linux/pgtable.h, mm/pagewalk.c       ``pgtables``, set_pte(), sparse walks
 ``memory``         mm/memory.c (+ anon_vma_prepare, rmap.c)     the fault path, zap_pte_range()
 ``shmem``          mm/shmem.c                                   ShmemFile (page cache), shmem_get_folio()
+``huge_memory``    mm/huge_memory.c                             THP knobs, PMD faults, split, zap, move
+``khugepaged``     mm/khugepaged.c                              MADV_COLLAPSE
 ``hugetlb``        mm/hugetlb.c                                 hugetlb faults and mfill
 ``userfaultfd``    mm/userfaultfd.c                             mfill_atomic*, uffd_wp_range, move_pages
 ``mprotect``       mm/mprotect.c                                change_pte_range, can_change_pte_writable
@@ -36,8 +38,10 @@ import itertools
 
 from .. import tlb as _tlb
 from ..profiles import Profile
+from .huge_memory import HugeMemory, ThpSettings
 from .filemap import Filemap, RegularFile
 from .hugetlb import Hugetlb
+from .khugepaged import Khugepaged
 from .madvise import Madvise
 from .memory import Memory
 from . import mm_types
@@ -54,13 +58,15 @@ from .vmscan import Vmscan
 from .userfaultfd import Userfaultfd
 
 
-class MM(Mmap, PageTables, Memory, Shmem, Hugetlb, Userfaultfd, Mprotect, Madvise, Mremap, Swapfile, Vmscan,
-         Filemap, Mlock):
+class MM(Mmap, PageTables, Memory, HugeMemory, Khugepaged, Shmem, Hugetlb, Userfaultfd, Mprotect, Madvise, Mremap,
+         Swapfile, Vmscan, Filemap, Mlock):
     """One emulated address space (struct mm_struct); ``swap``: the machine's swap devices (a fork child
-    passes its parent's)."""
+    passes its parent's); ``thp``: THP knob values for the emulated sysfs (huge_memory.ThpSettings)."""
 
-    def __init__(self, profile: Profile, soft_dirty: bool = True, swap: SwapSystem | None = None):
+    def __init__(self, profile: Profile, soft_dirty: bool = True, swap: SwapSystem | None = None,
+                 thp: dict | None = None):
         self.profile = profile
+        self.thp = ThpSettings(profile, thp)              # /sys/kernel/mm/transparent_hugepage, emulated
         self.swap = swap if swap is not None else SwapSystem()
         self.swap.mms.append(self)
         self.soft_dirty_config = soft_dirty          # CONFIG_MEM_SOFT_DIRTY
@@ -76,6 +82,7 @@ class MM(Mmap, PageTables, Memory, Shmem, Hugetlb, Userfaultfd, Mprotect, Madvis
         self.next_addr = MMAP_BASE
         self.low_addr = MMAP_BASE - HPAGE_SIZE
         self.pgtables: set[int] = set()   # PMD indices (addr >> 21) that have a PTE table
+        self.pmds: dict[int, Pte] = {}    # PMD leaves: 2 MiB-aligned address -> Pte of a THP (huge_memory)
         self._pgt_sorted: list[int] | None = None   # pgtable.py's sorted view of it (None: rebuild)
         self.exited = False
 

@@ -1,21 +1,22 @@
-"""madvise() (mm/madvise.c): DONTNEED, REMOVE, FREE, COLD, PAGEOUT, guard regions.
+"""madvise() (mm/madvise.c): DONTNEED, REMOVE, FREE, COLD, PAGEOUT, guard regions, HUGEPAGE / NOHUGEPAGE
+(hugepage_madvise()) and COLLAPSE (khugepaged.py).
 """
 from __future__ import annotations
 
 import errno as E
 
 from ... import uapi
-from .mm_types import (PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED, VM_HUGETLB, VM_LOCKED, is_swap_entry,
-                       make_pte_marker)
+from .mm_types import (HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED, VM_HUGEPAGE, VM_HUGETLB,
+                       VM_LOCKED, VM_NOHUGEPAGE, is_swap_entry, make_pte_marker)
 
 
 # include/uapi/asm-generic/mman-common.h: advice the kernel takes that this model does not carry out.  The
 # adapter raises NotModelled for them instead of the model answering EINVAL (which the kernel never would).
 MADV_NOT_MODELLED = {0: "MADV_NORMAL", 1: "MADV_RANDOM", 2: "MADV_SEQUENTIAL", 3: "MADV_WILLNEED",
                      10: "MADV_DONTFORK", 11: "MADV_DOFORK", 12: "MADV_MERGEABLE", 13: "MADV_UNMERGEABLE",
-                     14: "MADV_HUGEPAGE", 16: "MADV_DONTDUMP", 17: "MADV_DODUMP", 18: "MADV_WIPEONFORK",
+                     16: "MADV_DONTDUMP", 17: "MADV_DODUMP", 18: "MADV_WIPEONFORK",
                      19: "MADV_KEEPONFORK", 22: "MADV_POPULATE_READ",
-                     23: "MADV_POPULATE_WRITE", 24: "MADV_DONTNEED_LOCKED", 25: "MADV_COLLAPSE",
+                     23: "MADV_POPULATE_WRITE", 24: "MADV_DONTNEED_LOCKED",
                      100: "MADV_HWPOISON", 101: "MADV_SOFT_OFFLINE"}
 
 
@@ -28,12 +29,16 @@ class Madvise:
         end = start + ((length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
         vmas = self.vmas_in(start, end)
         covered = sum(min(end, v.end) - max(start, v.start) for v in vmas)
+        if advice in (uapi.MADV_HUGEPAGE, uapi.MADV_NOHUGEPAGE):
+            return self.hugepage_madvise(start, end, advice, covered)
         for vma in vmas:
             s, e = max(start, vma.start), min(end, vma.end)
             if advice == uapi.MADV_DONTNEED:
                 if vma.flags & VM_LOCKED:                  # madvise_dontneed_free_valid_vma()
                     return -E.EINVAL
                 self.zap_pte_range(vma, s, e)
+                if self.profile.pt_reclaim and not vma.hugetlb:
+                    self.reclaim_pt_if_empty(s, e)           # huge_memory.py
             elif advice == uapi.MADV_REMOVE:
                 if not vma.shared or vma.anon:
                     return -E.EINVAL
@@ -43,7 +48,8 @@ class Madvise:
             elif advice == uapi.MADV_FREE:
                 if not vma.anon:
                     return -E.EINVAL
-                flush = []
+                flush = self.madvise_free_huge_pmds(vma, s, e)
+                self.split_large_folios(vma, s, e)       # huge_memory.py: part of a PTE-mapped THP
                 for a in self.pte_keys(s, e, PAGE_SIZE):
                     pte = self.ptes[a]
                     if is_swap_entry(pte):                 # madvise_free_pte_range(): the swap copy is dropped
@@ -69,6 +75,8 @@ class Madvise:
             elif advice in (uapi.MADV_COLD, uapi.MADV_PAGEOUT):
                 if vma.flags & (VM_LOCKED | VM_HUGETLB):  # can_madv_lru_vma()
                     return -E.EINVAL
+                self.madvise_cold_or_pageout_huge_pmds(vma, s, e, advice == uapi.MADV_PAGEOUT)   # huge_memory.py
+                self.split_large_folios(vma, s, e, advice == uapi.MADV_PAGEOUT and self.swap.nr_swap_pages() > 0)
                 self.madvise_cold_or_pageout_pte_range(vma, s, e, advice == uapi.MADV_PAGEOUT)
             elif advice == uapi.MADV_GUARD_INSTALL:
                 if not self.profile.guard_markers or vma.shared or vma.hugetlb:
@@ -82,11 +90,40 @@ class Madvise:
                 for a in self.pte_keys(s, e, PAGE_SIZE):
                     if not self.ptes[a].present and self.ptes[a].marker & PTE_MARKER_GUARD:
                         del self.ptes[a]
-            elif advice == uapi.MADV_NOHUGEPAGE:
-                pass
+            elif advice == uapi.MADV_COLLAPSE:
+                err = self.madvise_collapse(vma, s, e)   # khugepaged.py
+                if err:
+                    return err
             else:
                 return -E.EINVAL
         return 0 if covered == end - start else -E.ENOMEM
+
+    def hugepage_madvise(self, start: int, end: int, advice: int, covered: int) -> int:
+        """MADV_HUGEPAGE sets VM_HUGEPAGE and clears VM_NOHUGEPAGE, MADV_NOHUGEPAGE the reverse; only the
+        VMAs whose flags change are split (madvise_update_vma())."""
+        on, off = (VM_HUGEPAGE, VM_NOHUGEPAGE) if advice == uapi.MADV_HUGEPAGE else (VM_NOHUGEPAGE, VM_HUGEPAGE)
+        for vma in self.split(start, end, only=lambda v: (v.flags & ~off) | on != v.flags):
+            vma.flags = (vma.flags & ~off) | on
+        self.merge()
+        return 0 if covered == end - start else -E.ENOMEM
+
+    def madvise_free_huge_pmds(self, vma, s: int, e: int) -> list:
+        """madvise_free_huge_pmd(): a whole leaf is made old and clean in place; a leaf covered in part is split
+        (the PTE loop then does its part).  Returns the addresses to flush."""
+        flush = []
+        for haddr in sorted(h for h in self.pmds if h < e and s < h + HPAGE_SIZE) if self.pmds else ():
+            pmd = self.pmds[haddr]
+            if pmd.special:
+                continue                     # "if (is_huge_zero_pmd(orig_pmd)) goto out" [differential, seed 44]
+            if not (s <= haddr and haddr + HPAGE_SIZE <= e):
+                self.split_folio(vma, pmd.page.pages[0], haddr)   # "split_folio(folio)": part of a THP
+                continue
+            if pmd.special or not pmd.page.exclusive:
+                continue
+            if pmd.young or pmd.dirty:
+                pmd.young = pmd.dirty = False
+                flush.append(haddr)
+        return flush
 
     def madvise_cold_or_pageout_pte_range(self, vma, start: int, end: int, pageout: bool) -> None:
         """Present PTEs of normal folios mapped only here (folio_mapcount() == 1: "do not interfere with other

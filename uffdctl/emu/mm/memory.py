@@ -7,10 +7,11 @@ from __future__ import annotations
 import errno as E
 
 from .. import tlb as _tlb
-from .mm_types import (Folio, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
+from .huge_memory import VM_FAULT_FALLBACK
+from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
                        PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_MAJOR, VM_FAULT_OK,
-                       VM_FAULT_SIGSEGV, VM_HUGETLB, VM_LOCKED, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING, VM_UFFD_WP,
-                       VM_WRITE, VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
+                       VM_FAULT_SIGSEGV, VM_HUGEPAGE, VM_HUGETLB, VM_LOCKED, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING,
+                       VM_UFFD_WP, VM_WRITE, VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
 
 _SLOW = object()     # copy_page_from_user(): not the one-page case
 _PAGE_MASK = ~(PAGE_SIZE - 1)
@@ -23,10 +24,13 @@ class Memory:
     def access_ok(self, vma, addr: int, write: bool) -> bool:
         """The CPU's view: TLB hit, or a page walk that finds a PTE allowing the access (sets A, D)."""
         base = addr & _PAGE_MASK if not vma.flags & VM_HUGETLB else self.page_base(vma, addr)
+        leaf = self.pmds and addr & HPAGE_PMD_MASK in self.pmds and not vma.flags & VM_HUGETLB
+        if leaf:
+            base = addr & HPAGE_PMD_MASK         # a PMD leaf: one TLB entry for its 2 MiB
         v = self.tlb.entries.get(base)              # Tlb.hit(), inline
         if v is not None and (not write or v & _PAGE_RW and v & _PAGE_DIRTY):
             return True
-        pte = self.ptes.get(base)
+        pte = self.pmds[base] if leaf else self.ptes.get(base)
         if pte is None or pte.page is None or (write and not pte.write):
             return False
         pte.young = True
@@ -41,6 +45,12 @@ class Memory:
         addr = self.page_base(vma, real_address)
         pte = self.ptes.get(addr)
         vmf = VmFault(vma, real_address, addr, write, pte, task)
+        if pte is None and not vma.hugetlb and (self.pmds or vma.flags & VM_HUGEPAGE or
+                                                 self.thp.any_always):
+            r = self.huge_pmd_fault(vmf)                 # huge_memory.py: the PMD level
+            if r != VM_FAULT_FALLBACK:
+                return r
+            vmf.orig_pte = pte = self.ptes.get(addr)     # split: the PTE level sees the new PTE
         if pte is None:
             return self.do_pte_missing(vmf)
         if pte.swp is not None:
@@ -129,6 +139,13 @@ class Memory:
         uffd_wp = vmf.orig_pte_uffd_wp
         if not vmf.write:
             pte = Pte(self.zero_page, special=True, young=True, uffd_wp=uffd_wp)
+        elif self.profile.mthp and (m := self.alloc_anon_folio(vmf)) is not None:   # huge_memory.py: mTHP
+            a, size = m
+            for i, p in enumerate(self.alloc_large_folio(vma, size).pages):
+                new = Pte(p, write=True, young=True)
+                self.pte_mkdirty(new)
+                self.set_pte(a + i * PAGE_SIZE, new)
+            return VM_FAULT_OK
         else:
             pte = Pte(self.alloc_anon(vma, PAGE_SIZE), write=True, young=True)
             self.pte_mkdirty(pte)
@@ -141,6 +158,8 @@ class Memory:
         """filemap_map_pages() over the 16-page window around a read fault (not for uffd-wp/minor VMAs)."""
         vma = vmf.vma
         if vma.flags & (VM_UFFD_WP | VM_UFFD_MINOR) or vma.hugetlb:
+            return
+        if self.filemap_map_pmd(vmf):          # huge_memory.py: a PMD-sized cache folio over a none PMD
             return
         nr = 16 * PAGE_SIZE
         lo = max(vmf.address & ~(nr - 1), vma.start, vmf.address & ~(HPAGE_SIZE - 1))
@@ -160,7 +179,7 @@ class Memory:
             return self.hugetlb_fault(vmf)
         if not vmf.write:
             self.do_fault_around(vmf)
-            if vmf.address in self.ptes and self.ptes[vmf.address].present:
+            if vmf.address in self.ptes and self.ptes[vmf.address].present or self.pmds and self.pmd_leaf(vmf.address):
                 return VM_FAULT_OK   # mapped by fault-around (VM_FAULT_NOPAGE)
         ret, folio = self.shmem_get_folio(vmf)
         major, ret = ret & VM_FAULT_MAJOR, ret & ~VM_FAULT_MAJOR
@@ -174,6 +193,9 @@ class Memory:
             if p is not None and p.page is not None:
                 return major
         uffd_wp = vmf.orig_pte_uffd_wp
+        if folio.head is not None and not (vmf.write and not vma.shared) and not uffd_wp and \
+                self.finish_fault_large(vmf, folio, vmf.write):       # huge_memory.py: the whole large folio
+            return VM_FAULT_OK
         if vmf.write and not vma.shared:          # do_cow_fault()
             pte = Pte(self.alloc_anon(vma, PAGE_SIZE, folio.copy_data()), write=True, young=True)
             self.pte_mkdirty(pte)
@@ -234,7 +256,9 @@ class Memory:
                     return -E.EFAULT
             else:
                 return -E.EFAULT
-            out += self.ptes[base].page.read(pos - base, n)
+            _, page, off = self.page_at(vma, pos)
+            n = min(n, page.size - off)
+            out += page.read(off, n)
             pos += n
         return bytes(out)
 
@@ -258,9 +282,9 @@ class Memory:
                 return -E.EFAULT
         else:
             return -E.EFAULT
-        page = self.ptes[addr].page
+        _, page, off = self.page_at(vma, addr)          # a PTE, or a page of a PMD leaf
         if page.size != PAGE_SIZE:
-            return bytearray(page.read(0, PAGE_SIZE))
+            return bytearray(page.read(off, PAGE_SIZE))
         return None if page.data is None else bytearray(page.data)
 
     def zap_pte_range(self, vma, start: int, end: int, final: bool = False) -> None:
@@ -269,6 +293,8 @@ class Memory:
         # pte_install_uffd_wp_if_needed(): shmem only in a uffd-wp VMA; __unmap_hugepage_range(): always
         arm_wp = not final and (vma.hugetlb or not vma.anon and userfaultfd_wp(vma))
         keep_markers = not vma.anon and not final      # only an unmap drops a file VMA's uffd-wp markers
+        if self.pmds:
+            self.zap_huge_pmds(vma, start, end)
         flush = []
         for a in self.pte_keys(start, end, vma.page_size):
             pte = self.ptes[a]

@@ -11,6 +11,8 @@ from ... import uapi
 
 PAGE_SIZE = uapi.PAGE_SIZE
 HPAGE_SIZE = 2 << 20
+HPAGE_PMD_MASK = ~(HPAGE_SIZE - 1)
+HPAGE_PMD_NR = HPAGE_SIZE // PAGE_SIZE
 TASK_SIZE = (1 << 47) - PAGE_SIZE
 MMAP_BASE = 0x7F0000000000
 
@@ -27,6 +29,8 @@ VM_UFFD_MISSING = 0x200
 VM_UFFD_WP = 0x1000
 VM_LOCKED = 0x2000
 VM_HUGETLB = 0x400000
+VM_HUGEPAGE = 0x20000000
+VM_NOHUGEPAGE = 0x40000000
 VM_SOFTDIRTY = 0x8000000
 VM_UFFD_MINOR = 1 << 38
 VM_UFFD_FLAGS = VM_UFFD_MISSING | VM_UFFD_WP | VM_UFFD_MINOR
@@ -62,9 +66,15 @@ FIRST_PFN = 0x100000
 
 
 class Folio:
-    """A page (or a huge page): identity (PFN), contents, mapcount."""
+    """A page (or a huge page): identity (PFN), contents, mapcount.
 
-    __slots__ = ("pfn", "size", "data", "anon", "exclusive", "mapcount", "zero", "swap", "dirty", "lazyfree", "reclaim")
+    A THP (huge_memory.py) is a large folio whose ``pages`` are its 4 KiB pages (``head`` points back):
+    a PMD leaf maps the large folio (its ``mapcount`` is the entire mapcount), a PTE maps one of its pages
+    (whose own ``mapcount`` counts PTE mappings); the data lives in the pages.  hugetlb folios are one
+    piece (``pages`` None)."""
+
+    __slots__ = ("pfn", "size", "data", "anon", "exclusive", "mapcount", "zero", "swap", "dirty", "lazyfree",
+                 "reclaim", "pages", "head")
 
     def __init__(self, pfn: int, size: int, anon: bool, data: bytearray | None = None, zero: bool = False):
         self.pfn = pfn
@@ -78,19 +88,48 @@ class Folio:
         self.dirty = False        # folio_test_dirty(): a dirty PTE was unmapped from it (file folios: not written back)
         self.lazyfree = False     # MADV_FREE'd anon folio (!folio_test_swapbacked): reclaim may discard it
         self.reclaim = False      # PG_reclaim (= PG_readahead): a dirty file folio reclaim left for writeback
+        self.pages = None         # a THP: its 4 KiB pages (the data is theirs)
+        self.head = None          # a page of a THP: the large folio
+
+    def precise_mapcount(self) -> int:
+        """folio_precise_page_mapcount() of a 4 KiB page: its PTE mappings plus its THP's PMD mappings."""
+        return self.mapcount + (self.head.mapcount if self.head is not None else 0)
 
     def read(self, off: int, n: int) -> bytes:
+        if self.pages is not None:
+            out = bytearray()
+            for i in _page_steps(off, n):
+                a = off + i
+                out += self.pages[a >> 12].read(a & 0xFFF, min(n - i, 0x1000 - (a & 0xFFF)))
+            return bytes(out)
         if self.data is None:
             return bytes(n)
         return bytes(self.data[off:off + n])
 
     def write(self, off: int, buf: bytes) -> None:
+        if self.pages is not None:
+            for i in _page_steps(off, len(buf)):
+                a = off + i
+                self.pages[a >> 12].write(a & 0xFFF, buf[i:i + min(len(buf) - i, 0x1000 - (a & 0xFFF))])
+            return
         if self.data is None:
             self.data = bytearray(self.size)
         self.data[off:off + len(buf)] = buf
 
     def copy_data(self) -> bytearray | None:
+        if self.pages is not None:
+            if all(p.data is None for p in self.pages):
+                return None
+            return bytearray(self.read(0, self.size))
         return None if self.data is None else bytearray(self.data)
+
+
+def _page_steps(off: int, n: int):
+    """Offsets into an n-byte run from ``off`` where a new 4 KiB page begins (0 first)."""
+    i = 0
+    while i < n:
+        yield i
+        i += 0x1000 - ((off + i) & 0xFFF)
 
 
 MAX_SWAPFILES_SHIFT = 5
@@ -249,9 +288,9 @@ class VmFault:
         return p is not None and not p.present and bool(p.marker & PTE_MARKER_UFFD_WP)
 
 
-__all__ = ["PAGE_SIZE", "HPAGE_SIZE", "TASK_SIZE", "MMAP_BASE", "VM_READ", "VM_WRITE", "VM_EXEC", "VM_SHARED",
+__all__ = ["PAGE_SIZE", "HPAGE_SIZE", "HPAGE_PMD_MASK", "HPAGE_PMD_NR", "TASK_SIZE", "MMAP_BASE", "VM_READ", "VM_WRITE", "VM_EXEC", "VM_SHARED",
            "VM_MAYREAD", "VM_MAYWRITE", "VM_MAYEXEC", "VM_MAYSHARE", "VM_UFFD_MISSING", "VM_UFFD_WP", "VM_LOCKED",
-           "VM_HUGETLB", "VM_SOFTDIRTY", "VM_UFFD_MINOR", "VM_UFFD_FLAGS", "PTE_MARKER_UFFD_WP",
+           "VM_HUGETLB", "VM_HUGEPAGE", "VM_NOHUGEPAGE", "VM_SOFTDIRTY", "VM_UFFD_MINOR", "VM_UFFD_FLAGS", "PTE_MARKER_UFFD_WP",
            "PTE_MARKER_POISONED", "PTE_MARKER_GUARD", "VM_FAULT_OK", "VM_FAULT_SIGBUS", "VM_FAULT_MAJOR", "VM_FAULT_HWPOISON",
            "VM_FAULT_SIGSEGV", "VM_FAULT_RETRY", "VM_FAULT_LIVELOCK", "VM_FAULT_ERROR", "MFILL_ATOMIC_COPY",
            "MFILL_ATOMIC_ZEROPAGE", "MFILL_ATOMIC_CONTINUE", "MFILL_ATOMIC_POISON",

@@ -68,6 +68,8 @@ class Mmap:
                 continue
             for cut in (start, end):
                 if v.start < cut < v.end:
+                    if self.pmds and cut % HPAGE_SIZE:
+                        self.split_huge_pmd(v, cut & ~(HPAGE_SIZE - 1))   # vma_adjust_trans_huge()
                     left, right = v.split_copy(v.start, cut), v.split_copy(cut, v.end)
                     self.vmas.remove(v)
                     self.vmas += [left, right]

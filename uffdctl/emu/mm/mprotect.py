@@ -27,7 +27,7 @@ class Mprotect:
 
     def vma_wants_manual_pte_write_upgrade(self, vma) -> bool:
         """Private: VM_WRITE.  Shared: vma_wants_writenotify(vma, vm_page_prot), which is false
-        whenever vm_page_prot was write-protected for write-notify (the §2.3.6 quirk) and
+        whenever vm_page_prot was write-protected for write-notify (vma_wants_writenotify(): the shmem quirk) and
         false anyway for shmem otherwise: so never for shmem."""
         if vma.hugetlb or not vma.flags & VM_WRITE:                          # hugetlb: never
             return False
@@ -61,10 +61,12 @@ class Mprotect:
         clean_wp_noflush = self.profile.clean_wp_noflush
         flush, pages = [], 0
         step = vma.page_size
+        if self.pmds:                      # huge_memory.py: change_huge_pmd() / split
+            pages += self.change_huge_pmds(vma, start, end, newprot_writable, cp_flags)
         ptes = self.ptes
         if uffd_wp and self.userfaultfd_wp_use_markers(vma):
             for a in range(start, end, step):
-                if a not in ptes:
+                if a not in ptes and not (self.pmds and self.pmd_leaf(a)):
                     self.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
                     pages += 1
         for a in self.pte_keys(start, end, step):

@@ -130,7 +130,7 @@ class Mremap:
         """move_ptes(): PTEs (present, swap, markers) move with their page and mapcount and become
         soft-dirty (move_soft_dirty_pte()); with ``clear_uffd_wp`` the uffd-wp bits are cleared and
         uffd-wp markers dropped."""
-        moved = []
+        moved = self.move_huge_pmds(src, old, old_len, dst, clear_uffd_wp)   # huge_memory.py
         for a, b, table in self.table_runs(old, old + old_len):   # pte_alloc() at dst for each old PTE table
             if table:
                 for pmd in range((dst + a - old) >> 21, ((dst + b - old - 1) >> 21) + 1):

@@ -1,7 +1,9 @@
 """The page tables (include/linux/pgtable.h, mm/pgtable-generic.c, mm/pagewalk.c): the sparse PTE
-map ``mm.ptes`` (page address -> :class:`~.mm_types.Pte`; absent = pte_none) and the set of PMDs that
-have a PTE table (``mm.pgtables``: pte_alloc() adds one, free_pgtables() drops it).  Walks cost what
-exists, never the size of a range.
+map ``mm.ptes`` (page address -> :class:`~.mm_types.Pte`; absent = pte_none), the set of PMDs that
+have a PTE table (``mm.pgtables``: pte_alloc() adds one, free_pgtables() drops it) and the PMD leaves
+(``mm.pmds``: 2 MiB-aligned address -> a Pte whose page is a THP or the huge zero folio: pmd_trans_huge;
+huge_memory.py makes and splits them).  A PMD is none, a leaf or a table, never two of them.  Walks
+cost what exists, never the size of a range.
 
 A PTE value is one of: present (``pte.page``), a PTE marker (``pte.marker``: uffd-wp, poison, guard) or a
 swap entry (``pte.swp``, :func:`~.mm_types.swp_entry`, the swp uffd-wp / soft-dirty bits in ``uffd_wp`` /
@@ -13,7 +15,7 @@ from __future__ import annotations
 import bisect
 
 from .. import tlb as _tlb
-from .mm_types import PAGE_SIZE, VM_HUGETLB, Pte
+from .mm_types import HPAGE_PMD_MASK, PAGE_SIZE, VM_HUGETLB, Pte
 
 _PAGE_MASK = ~(PAGE_SIZE - 1)
 
@@ -37,7 +39,38 @@ class PageTables:
         return srt[bisect.bisect_left(srt, lo):bisect.bisect_right(srt, hi)]
 
     def pmd_none(self, addr: int) -> bool:
-        return addr >> 21 not in self.pgtables
+        return addr >> 21 not in self.pgtables and not (self.pmds and addr & HPAGE_PMD_MASK in self.pmds)
+
+    def pmd_leaf(self, addr: int) -> Pte | None:
+        """The PMD leaf (pmd_trans_huge) over ``addr``, or None."""
+        return self.pmds.get(addr & HPAGE_PMD_MASK) if self.pmds else None
+
+    def set_pmd(self, haddr: int, pmd: Pte | None) -> None:
+        """set_pmd_at() / pmdp_huge_clear(): install or clear the leaf at ``haddr``, keeping the entire
+        mapcount of the large folio it maps."""
+        old = self.pmds.get(haddr)
+        if old is not None and old.present and (pmd is None or pmd.page is not old.page):
+            old.page.mapcount -= 1
+        if pmd is None:
+            self.pmds.pop(haddr, None)
+            return
+        if pmd.present and (old is None or not old.present or old.page is not pmd.page):
+            pmd.page.mapcount += 1
+        self.pmds[haddr] = pmd
+
+    def page_at(self, vma, addr: int):
+        """(PTE or PMD leaf, 4 KiB page or hugetlb folio, offset into it) of a present mapping of ``addr``."""
+        if self.pmds and not vma.hugetlb:
+            pmd = self.pmds.get(addr & HPAGE_PMD_MASK)
+            if pmd is not None:
+                off = addr & ~HPAGE_PMD_MASK
+                folio = pmd.page
+                if folio.pages is None:          # the huge zero folio
+                    return pmd, folio, off
+                return pmd, folio.pages[off >> 12], off & (PAGE_SIZE - 1)
+        base = self.page_base(vma, addr)
+        pte = self.ptes[base]
+        return pte, pte.page, addr - base
 
     def table_runs(self, start: int, end: int):
         """Split [start, end) into (start, end, has_page_table) runs; O(page tables), not O(range)."""

@@ -3,7 +3,7 @@ MINOR and MISSING userfaults.
 """
 from __future__ import annotations
 
-from .mm_types import (Folio, VM_FAULT_MAJOR, VM_FAULT_OK, VM_FAULT_SIGBUS, VM_UFFD_MINOR, VM_UFFD_MISSING, userfaultfd_minor,
+from .mm_types import (Folio, VM_FAULT_MAJOR, VM_FAULT_OK, VM_FAULT_SIGBUS, VM_HUGEPAGE, VM_UFFD_MINOR, VM_UFFD_MISSING, userfaultfd_minor,
                        userfaultfd_missing)
 
 
@@ -40,6 +40,10 @@ class Shmem:
             return VM_FAULT_SIGBUS, None
         if userfaultfd_missing(vma):
             return self.handle_userfault(vmf, VM_UFFD_MISSING), None
+        if not vma.hugetlb and (self.thp.shmem_any or vma.flags & VM_HUGEPAGE):
+            folio = self.shmem_alloc_large(vmf, idx)            # huge_memory.py: a large folio, if allowed
+            if folio is not None:
+                return VM_FAULT_OK, folio
         folio = vma.file.pages[idx] = self.alloc_folio(vma.page_size, anon=False)
         return VM_FAULT_OK, folio
 

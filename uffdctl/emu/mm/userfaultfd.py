@@ -11,7 +11,7 @@ from ... import uapi
 from ..profiles import (UFFDIO_COPY_MODE_ACCESS_LIKELY, UFFDIO_COPY_MODE_WRITE_LIKELY)
 from .memory import _SLOW
 from .mm_types import (Folio, MFILL_ATOMIC_CONTINUE, MFILL_ATOMIC_COPY, MFILL_ATOMIC_POISON, MFILL_ATOMIC_ZEROPAGE,
-                       MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, PAGE_SIZE,
+                       HPAGE_SIZE, MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, PAGE_SIZE,
                        PTE_MARKER_GUARD, PTE_MARKER_POISONED, Pte, VM_EXEC, VM_READ, VM_WRITE,
                        make_pte_marker, userfaultfd_wp, vma_is_shmem)
 
@@ -44,6 +44,9 @@ class Userfaultfd:
         step = vma.page_size
         while copied < length:
             if not vma.hugetlb:
+                if self.pmd_leaf(dst_start + copied):
+                    err = -E.EEXIST                   # "If the dst_pmd is THP don't override it"
+                    break
                 self.pte_alloc(dst_start + copied)    # the dst PTE table is allocated first
             err = self.mfill_atomic_pte(vma, kind, dst_start + copied, src_start + copied, wp, hints)
             if err:
@@ -72,9 +75,13 @@ class Userfaultfd:
         end = dst_start + length
         dst = dst_start
         err = 0
+        pmds = self.pmds
         svma = None                                   # the source VMA (faults on the source keep VMAs as they are)
         while dst < end and not err:
             pmd = dst >> 21                           # one PMD's worth of pages at a time
+            if pmds and pmd << 21 in pmds:
+                err = -E.EEXIST                       # "If the dst_pmd is THP don't override it"
+                break
             if pmd not in pgtables:                   # the dst PTE table is allocated first
                 pgtables.add(pmd)
                 self._pgt_sorted = None
@@ -251,6 +258,23 @@ class Userfaultfd:
         moved, err = 0, 0
         flush = []
         while moved < length:
+            s, d = src_start + moved, dst_start + moved
+            if self.pmd_leaf(s):                          # huge_memory.py: a PMD leaf under src
+                if s % HPAGE_SIZE or d % HPAGE_SIZE or length - moved < HPAGE_SIZE or not self.pmd_none(d):
+                    if not self.pmds[s & ~(HPAGE_SIZE - 1)].special and \
+                            not self.pmds[s & ~(HPAGE_SIZE - 1)].page.exclusive:
+                        err = -E.EBUSY
+                        break
+                    self.split_huge_pmd(src_vma, s & ~(HPAGE_SIZE - 1))   # the pages move one by one
+                else:
+                    err = self.move_pages_huge_pmd(dst_vma, src_vma, d, s, flush)
+                    if err:
+                        break
+                    moved += HPAGE_SIZE
+                    continue
+            if self.pmd_leaf(d):
+                err = -E.EEXIST
+                break
             if self.pmd_none(src_start + moved):          # no page table under src at all
                 if not mode & uapi.MoveMode.ALLOW_SRC_HOLES:
                     err = -E.ENOENT
@@ -280,6 +304,9 @@ class Userfaultfd:
             return 0
         if not spte.present:
             return -E.EFAULT
+        if spte.page.head is not None:                    # a large folio: split_folio(), then retry
+            self.split_folio(src_vma, spte.page, src)     # huge_memory.py (zero-filled pages -> zero page)
+            spte = self.ptes[src]
         if spte.special:                                  # move_zeropage_pte()
             new = Pte(self.zero_page, special=True, young=True)
         else:

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from .... import uapi
 from ....types import ScanResult
 from ....errors import uffd_error
-from ...mm import (PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_UFFD_WP, VM_SOFTDIRTY, Pte, make_pte_marker,
+from ...mm import (HPAGE_PMD_NR, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_UFFD_WP, VM_SOFTDIRTY, Pte, make_pte_marker,
                    userfaultfd_wp)
 from ...mm.mprotect import pte_prot_change_needs_flush
 
@@ -36,6 +36,10 @@ def pagemap_read(mm, addr: int, npages: int) -> list[int]:
         i0, i1 = (lo - base) // PAGE_SIZE, (hi - base) // PAGE_SIZE
         if mm.soft_dirty_config and vma.flags & VM_SOFTDIRTY:
             out[i0:i1] = [uapi.PM_SOFT_DIRTY] * (i1 - i0)
+        if mm.pmds and not vma.hugetlb:
+            for haddr in [h for h in mm.pmds if h < hi and lo < h + HPAGE_SIZE]:   # pagemap_pmd_range()
+                for x in range(max(haddr, lo), min(haddr + HPAGE_SIZE, hi), PAGE_SIZE):
+                    out[(x - base) // PAGE_SIZE] = pagemap_pmd(mm, vma, mm.pmds[haddr], x)
         if vma.page_size == PAGE_SIZE:
             for a in mm.pte_keys(lo, hi, PAGE_SIZE):
                 out[(a - base) // PAGE_SIZE] = pagemap_pte(mm, a, vma)
@@ -61,6 +65,8 @@ def pagemap_pte(mm, addr: int, vma=None) -> int:
         flags |= uapi.PM_SOFT_DIRTY
     base = mm.page_base(vma, addr)
     pte = mm.ptes.get(base)
+    if pte is None and mm.pmd_leaf(addr) and not vma.hugetlb:
+        return pagemap_pmd(mm, vma, mm.pmd_leaf(addr), addr)
     if pte is None:
         return flags
     if not pte.present and vma.hugetlb:       # pagemap_hugetlb_range(): no PM_SWAP for markers
@@ -88,9 +94,26 @@ def pagemap_pte(mm, addr: int, vma=None) -> int:
     if not pte.special:
         if not page.anon:
             flags |= uapi.PM_FILE
-        if page.mapcount == 1:
+        if page.precise_mapcount() == 1:
             flags |= uapi.PM_MMAP_EXCLUSIVE
     return flags
+
+def pagemap_pmd(mm, vma, pmd: Pte, addr: int) -> int:
+    """pagemap_pmd_range() for one 4 KiB page of a PMD leaf: the folio's PFN + index, PM_FILE for a non-anon
+    folio (the huge zero folio included), PM_MMAP_EXCLUSIVE where that page is mapped once [measured on
+    6.18: THP 0x102 << 55, huge zero PMD 0x140 << 55]."""
+    flags = uapi.PM_PRESENT
+    if mm.soft_dirty_config and (vma.flags & VM_SOFTDIRTY or pmd.soft_dirty):
+        flags |= uapi.PM_SOFT_DIRTY
+    if pmd.uffd_wp:
+        flags |= uapi.PM_UFFD_WP
+    folio, i = pmd.page, (addr & (HPAGE_SIZE - 1)) // PAGE_SIZE
+    if not folio.anon:
+        flags |= uapi.PM_FILE
+    if folio.pages is not None and folio.pages[i].precise_mapcount() == 1:
+        flags |= uapi.PM_MMAP_EXCLUSIVE
+    return flags | (folio.pfn + i)
+
 
 def clear_refs_write(mm, value: int) -> int:
     if value not in (1, 2, 3, 4, 5):
@@ -113,6 +136,8 @@ def clear_refs_write(mm, value: int) -> int:
                         pte.soft_dirty = False
                     elif pte.swp is not None:
                         pte.soft_dirty = False     # pte_swp_clear_soft_dirty()
+                for pmd in _leaves(mm, vma):       # clear_soft_dirty_pmd()
+                    pmd.write = pmd.soft_dirty = False
         mm.tlb.flush_mm()
         return 0
     for vma in mm.vmas:
@@ -121,10 +146,19 @@ def clear_refs_write(mm, value: int) -> int:
         for a in mm.pte_keys(vma.start, vma.end, vma.page_size):
             if mm.ptes[a].present:
                 mm.ptes[a].young = False         # no flush: the TLB may keep A
+        for pmd in _leaves(mm, vma):
+            pmd.young = False
     return 0
 
+
+def _leaves(mm, vma) -> list:
+    """The PMD leaves of a VMA."""
+    if not mm.pmds or vma.hugetlb:
+        return []
+    return [p for h, p in mm.pmds.items() if vma.start <= h < vma.end]
+
 def pagemap_scan_category(mm, vma, pte: Pte | None, has_table: bool = True) -> int:
-    """Categories of one page (6.18 rules, spec §4.1).  A none PTE under an existing page table reads
+    """Categories of one page (6.18 rules: pagemap_page_category()).  A none PTE under an existing page table reads
     WRITTEN on any VMA [measured]; a hole without a page table only in a uffd-wp VMA."""
     C = _C
     cat = 0
@@ -158,13 +192,83 @@ def pagemap_scan_category(mm, vma, pte: Pte | None, has_table: bool = True) -> i
     return int(cat)
 
 
+# show_smap_vma_flags(): the two-letter codes of the VM_* flags the model carries, in the kernel's order
+_VMFLAG_CODES = (("rd", 0x1), ("wr", 0x2), ("ex", 0x4), ("sh", 0x8), ("mr", 0x10), ("mw", 0x20), ("me", 0x40),
+                 ("ms", 0x80), ("ht", 0x400000), ("sd", VM_SOFTDIRTY), ("hg", 0x20000000), ("nh", 0x40000000),
+                 ("um", 0x200), ("uw", 0x1000), ("ui", 1 << 38))
+
+
+def smaps_vmas(mm, start: int, end: int) -> list[dict]:
+    """/proc/PID/smaps entries of the VMAs overlapping [start, end), in uffdctl.kernel_mm.parse_smaps()'s shape:
+    start, end, perms, path, flags (VmFlags codes) and the fields the model knows, in bytes: Size, Rss,
+    Anonymous, AnonHugePages, ShmemPmdMapped, Private_Dirty, Swap, Locked (smaps_pte_entry() /
+    smaps_pmd_entry(): the zero pages are not counted)."""
+    out = []
+    for vma in mm.vmas_in(start, end):
+        f = vma.flags
+        rss = anon = swap = 0
+        for a in mm.pte_keys(vma.start, vma.end, vma.page_size):
+            pte = mm.ptes[a]
+            if pte.present and not pte.special:
+                rss += vma.page_size
+                anon += vma.page_size if pte.page.anon else 0
+            elif not pte.present and getattr(pte, "swp", None) is not None:
+                swap += vma.page_size
+        thp = shmem_pmd = 0
+        for pmd in _leaves(mm, vma):
+            if not pmd.special:
+                rss += HPAGE_SIZE
+                if pmd.page.anon:
+                    anon += HPAGE_SIZE
+                    thp += HPAGE_SIZE
+                else:
+                    shmem_pmd += HPAGE_SIZE
+        perms = "".join(c if f & b else "-" for c, b in (("r", 0x1), ("w", 0x2), ("x", 0x4))) + \
+            ("s" if f & 0x80 else "p")
+        flags = [c for c, b in _VMFLAG_CODES if f & b and (c != "sd" or mm.soft_dirty_config)]
+        out.append({"start": vma.start, "end": vma.end, "perms": perms,
+                    "path": "" if vma.anon else f"/memfd:{vma.file.name} (deleted)", "flags": flags,
+                    "Size": vma.end - vma.start, "Rss": rss, "Anonymous": anon, "AnonHugePages": thp,
+                    "ShmemPmdMapped": shmem_pmd, "Private_Dirty": smaps_private_dirty(mm, vma), "Swap": swap,
+                    "Locked": 0})
+    return out
+
+
+def _leaf_starts(mm, vma, s: int, e: int) -> dict:
+    """{first address in [s, e): its PMD leaf's address} for the leaves [s, e) reaches."""
+    if not mm.pmds or vma.hugetlb:
+        return {}
+    return {max(h, s): h for h in mm.pmds if h < e and s < h + HPAGE_SIZE}
+
+
+def pagemap_thp_category(mm, vma, pmd: Pte) -> int:
+    """pagemap_thp_category(): PRESENT, HUGE, WRITTEN unless uffd-wp, FILE (not anon), PFNZERO (the huge zero
+    folio), SOFT_DIRTY [measured on 6.18: THP 0x4a, huge zero PMD 0x6a]."""
+    C = _C
+    cat = C.PRESENT | C.HUGE
+    if mm.soft_dirty_config and vma.flags & VM_SOFTDIRTY:
+        cat |= C.SOFT_DIRTY
+    if (mm.profile.scan_written_any_vma or userfaultfd_wp(vma)) and not pmd.uffd_wp:
+        cat |= C.WRITTEN
+    if pmd.special:
+        cat |= C.PFNZERO
+    elif not pmd.page.anon:
+        cat |= C.FILE
+    if mm.soft_dirty_config and pmd.soft_dirty:
+        cat |= C.SOFT_DIRTY
+    return int(cat)
+
+
 def smaps_private_dirty(mm, vma) -> int:
     """smaps ``Private_Dirty`` of one VMA (smaps_pte_entry(): dirty pages mapped once)."""
     total = 0
     for a in mm.pte_keys(vma.start, vma.end, vma.page_size):
         pte = mm.ptes[a]
-        if pte.present and not pte.special and pte.dirty and pte.page.mapcount == 1:
+        if pte.present and not pte.special and pte.dirty and pte.page.precise_mapcount() == 1:
             total += vma.page_size
+    for pmd in _leaves(mm, vma):
+        if not pmd.special and pmd.dirty:
+            total += sum(PAGE_SIZE for p in pmd.page.pages if p.precise_mapcount() == 1)
     return total
 
 
@@ -182,8 +286,26 @@ def _exclusive_wp(mm, vma, s, e, vcat, match, flush) -> None:
     """pagemap_scan_pmd_entry()'s fast path ("exclusive WP": WP_MATCHING without an output vector): every PTE
     under an existing page table is write-protected whatever its categories (none -> a uffd-wp marker, swap
     and markers get the swp uffd-wp bit); a hole without a page table goes through pagemap_scan_pte_hole()
-    as in the walk [measured on 6.18: a none PTE next to a written page, category_mask=PRESENT]."""
+    as in the walk [measured on 6.18: a none PTE next to a written page, category_mask=PRESENT].  A PMD leaf
+    goes through pagemap_scan_thp_entry() first: write-protected whole, or split where the range covers part."""
+    leaves = set()
+    for k, h in _leaf_starts(mm, vma, s, e).items():
+        pmd = mm.pmds[h]
+        cat = pagemap_thp_category(mm, vma, pmd) | vcat
+        if match(cat) and cat & _C.WRITTEN:
+            if k == h and h + HPAGE_SIZE <= e:
+                new = pmd.copy()
+                new.uffd_wp, new.write = True, False
+                if mm.needs_flush(pmd, new):
+                    flush.append(h)
+                mm.pmds[h] = new
+            else:
+                mm.split_huge_pmd(vma, h)
+                continue
+        leaves.add(h >> 21)
     for a, b, table in mm.table_runs(s, e):
+        if not table and a >> 21 in leaves:
+            continue
         if not table:
             cat = pagemap_scan_category(mm, vma, None, False) | vcat
             if match(cat) and cat & _C.WRITTEN:
@@ -258,9 +380,11 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             _exclusive_wp(mm, vma, s, e, vcat, match, wp_flush)
             continue
         pos = s
+        leaves = _leaf_starts(mm, vma, s, e)
         # a hugetlb range may start or end inside a huge page: pagemap_scan_hugetlb_entry() gets the huge PTE
         # with start/end clipped to the range (walk_hugetlb_range()), and reports just that part of it
-        keys = mm.pte_keys(s - s % vma.page_size, e, vma.page_size) + [e]
+        keys = mm.pte_keys(s - s % vma.page_size, e, vma.page_size)
+        keys = (sorted(keys + list(leaves)) if leaves else keys) + [e]
         # A hole's categories depend on the VMA and on whether a page table is under it, nothing else: when
         # both kinds read the same, a hole is one run whatever the tables (emit() would merge the pieces).
         hole_table = pagemap_scan_category(mm, vma, None, not vma.hugetlb) | vcat
@@ -270,7 +394,10 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
         ptes, psz, hugetlb = mm.ptes, vma.page_size, vma.hugetlb
         npages = psz // PAGE_SIZE
         wp_matching = flags & _WP_MATCHING
-        for k in keys:
+        i = -1
+        while i + 1 < len(keys):
+            i += 1
+            k = keys[i]
             if k <= pos:
                 pass
             elif by_table:
@@ -298,6 +425,33 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             pos = max(pos, k)
             if k >= e:
                 break
+            if leaves and k in leaves:       # pagemap_scan_thp_entry()
+                h = leaves[k]
+                pmd = mm.pmds[h]
+                cat = pagemap_thp_category(mm, vma, pmd) | vcat
+                kend = min(h + HPAGE_SIZE, e)
+                n = (kend - k) // uapi.PAGE_SIZE
+                if match(cat):
+                    wp = flags & _WP_MATCHING and cat & _C.WRITTEN
+                    if wp and (n < HPAGE_PMD_NR or vec_len and budget < n):
+                        # "Break huge page into small pages if the WP operation needs to be performed on a
+                        # portion of the huge page": split, and walk it as PTEs
+                        mm.split_huge_pmd(vma, h)
+                        keys[i:i + 1] = list(range(k, kend, PAGE_SIZE))
+                        i -= 1
+                        continue
+                    got = emit(k, n, cat)
+                    if got < n:
+                        mm.tlb.flush_range(wp_flush)
+                        return ScanResult([tuple(r) for r in regions], k + got * uapi.PAGE_SIZE)
+                    if wp:                           # make_uffd_wp_pmd()
+                        new = pmd.copy()
+                        new.uffd_wp, new.write = True, False
+                        if mm.needs_flush(pmd, new):
+                            wp_flush.append(h)
+                        mm.pmds[h] = new
+                pos = kend
+                continue
             pte = ptes[k]
             cat = pagemap_scan_category(mm, vma, pte) | vcat
             cs = k
