@@ -369,23 +369,23 @@ def hstate_page(size: str):
     memory; when the kernel finds none, nr_hugepages stays where it was and the case skips with that reason."""
     kb = int(size[:-1]) * (1 << 20 if size.endswith("G") else 1 << 10)
     d = Path(f"/sys/kernel/mm/hugepages/hugepages-{kb}kB")
-    old = wrote = None
+    added = 0
     try:
         if os.geteuid() == 0 and d.exists():
             free = int((d / "free_hugepages").read_text()) - int((d / "resv_hugepages").read_text())
             if free < 1:
                 old = int((d / "nr_hugepages").read_text())
-                wrote = old + 1 - free
-                (d / "nr_hugepages").write_text(str(wrote))
+                (d / "nr_hugepages").write_text(str(old + 1 - free))
+                added = int((d / "nr_hugepages").read_text()) - old     # what the kernel could allocate
     except OSError:
         pass
     try:
         yield
     finally:
-        if old is not None:
+        if added > 0:      # give back what this case added (other runs may add and give back theirs meanwhile)
             try:
-                if int((d / "nr_hugepages").read_text()) == wrote:     # nobody else changed it meanwhile
-                    (d / "nr_hugepages").write_text(str(old))
+                now = int((d / "nr_hugepages").read_text())
+                (d / "nr_hugepages").write_text(str(max(now - added, 0)))
             except OSError:
                 pass
 
