@@ -27,6 +27,15 @@ from vmtest_lib import build, kernelpkg, localkernel, matrix  # noqa: E402
 
 PATCHES = os.path.join(REPO, "patches", "6.1")
 
+# What the backport of 931298e103c2 does on the real 6.1.192 (stock build -> + backport), measured.  The issue
+# expected the last row unchanged; the kernel wins: with the backport, vma_wants_writenotify(vma,
+# vma->vm_page_prot) is 0 for a uffd-wp shmem VMA (its vm_page_prot is already read-only), so un-protect
+# leaves the PTE read-only and the next write faults, as on 6.3+ and the 6.18 host.
+BACKPORT_FLIPS = {"softdirty-lost-wp-shmem/wp-onoff": ("REPRODUCED", "NOT REPRODUCED"),
+                  "softdirty-lost-wp-shmem/unregister": ("REPRODUCED", "NOT REPRODUCED"),
+                  "unprotect-extra-fault/anon": ("REPRODUCED", "NOT REPRODUCED"),
+                  "unprotect-extra-fault/shmem": ("NOT REPRODUCED", "REPRODUCED")}
+
 
 def run_vmtest(*args, cache=None, timeout=120):
     env = dict(os.environ)
@@ -81,6 +90,23 @@ def test_key_follows_options_and_patches_not_comments(tmp_path):
     changed = tmp_path / "931298e103c2-backport.patch"
     changed.write_text(open(p.path).read().replace("cp_flags |= MM_CP_TRY", "cp_flags |=  MM_CP_TRY"))
     assert build.build_key("linux-source-6.1", "6.1.192-3", frag, [build.Patch.read(str(changed))]) != k
+    # the description and the Vmtest-*/Emulator-* headers are metadata: correcting them rebuilds nothing
+    header = tmp_path / "header" / "931298e103c2-backport.patch"
+    header.parent.mkdir()
+    header.write_text(open(p.path).read().replace("Vmtest-Label:", "A new sentence.\n\nVmtest-Flips: x/y=REPRODUCED\n"
+                                                  "Vmtest-Label:"))
+    hp = build.Patch.read(str(header))
+    assert build.build_key("linux-source-6.1", "6.1.192-3", frag, [hp]) == k and hp.sha256 != p.sha256
+    assert dict(hp.flips)["x/y"] == "REPRODUCED"
+
+
+def test_a_cached_build_takes_the_patch_headers_of_now(tmp_path):
+    p = build.Patch.read(os.path.join(PATCHES, "931298e103c2-backport.patch"))
+    b = build.Build("6.1+backport-931298e103c2", "k", "linux-source-6.1", "6.1.192-3", dir=str(tmp_path),
+                    flips={"softdirty-lost-wp-shmem/wp-onoff": "NOT REPRODUCED"})
+    b.take_metadata([p], save=True)
+    assert b.flips == dict(p.flips) and b.profile == "6.1" and b.switches == {"uffd_wp_range_vm_page_prot": "1"}
+    assert json.load(open(tmp_path / "build.json"))["flips"] == dict(p.flips)
 
 
 # -- the patches ----------------------------------------------------------------------------------
@@ -89,13 +115,14 @@ def test_patch_headers():
     bp = build.Patch.read(os.path.join(PATCHES, "931298e103c2-backport.patch"))
     assert (bp.label, bp.profile, dict(bp.switches)) == ("backport-931298e103c2", "6.1",
                                                         {"uffd_wp_range_vm_page_prot": "1"})
-    assert dict(bp.flips) == {"softdirty-lost-wp-shmem/wp-onoff": "NOT REPRODUCED",
-                              "softdirty-lost-wp-shmem/unregister": "NOT REPRODUCED",
-                              "unprotect-extra-fault/anon": "NOT REPRODUCED"}
+    assert dict(bp.flips) == {row: after for row, (_before, after) in BACKPORT_FLIPS.items()}
     rfc = build.Patch.read(os.path.join(PATCHES, "rfc-hints.patch"))
     fix = build.Patch.read(os.path.join(PATCHES, "rfc-hints-fix.patch"))
     assert (rfc.profile, fix.profile) == ("rfc-hints", "rfc-hints-fixed")
     assert dict(rfc.flips)["clean-writable-escapes-softdirty/anon"] == "REPRODUCED"
+    assert dict(fix.flips)["clean-writable-escapes-softdirty/anon"] == "NOT REPRODUCED"   # the fix undoes it
+    b = build.Build("6.1+rfc-hints+rfc-hints-fix", "k", "linux-source-6.1", "6.1.192-3").take_metadata([rfc, fix])
+    assert b.flips["clean-writable-escapes-softdirty/anon"] == "NOT REPRODUCED" and b.profile == "rfc-hints-fixed"
     assert build.build_name("6.1", [rfc, fix]) == "6.1+rfc-hints+rfc-hints-fix"
     for p in (rfc, fix):   # labelled a reconstruction, values uffdctl's
         text = open(p.path).read()
@@ -305,6 +332,17 @@ def test_built_kernels_recorded():
         assert build.check_config(kernelpkg.read_config(os.path.join(b.obj, ".config"))) == []
 
 
+def test_kernel_dir_boots_the_tree_vmtest_build_left():
+    """`vmtest build` leaves build/KEY/obj (vmlinux, .config, kernel.release): --kernel-dir boots it."""
+    from test_vmtest import vm_ready
+    builds = build.all_builds(kernelpkg.default_cache())
+    if vm_ready() or not builds:
+        pytest.skip(vm_ready() or "no kernel built yet here (scripts/vmtest build --source 6.1; CI builds none)")
+    b = next((x for x in builds if not x.patches), builds[0])
+    r = run_vmtest("--kernel-dir", b.obj, "run", "--", "uname", "-r", timeout=600)
+    assert r.returncode == 0 and r.stdout.strip() == b.release, r.stderr
+
+
 # -- make test-kernels: the recorded run and the table in docs/vmtest.md ----------------------------------
 
 def recorded():
@@ -325,6 +363,26 @@ def test_recorded_assertions_hold():
     assert [a["name"] for a in again if not a["ok"]] == []
     assert {c["role"] for c in rec["columns"]} == {"debian", "built", "backport", "rfc", "rfc-fixed"}
     assert all(b["seconds"] > 0 for b in rec["builds"])
+
+
+def test_recorded_table_is_what_the_kernels_did():
+    """The rows themselves, stated here (not taken from the patch header or the record's own assertions): the
+    backport flips exactly BACKPORT_FLIPS; the unpatched build gives every reproduction verdict Debian's
+    6.1.192 gives; the RFC reconstruction reproduces the escape and its fix does not; every column ran
+    to its end and the differential held each kernel's emulator twin to it."""
+    kernels, rec = recorded()
+    cols = {c["role"]: c for c in rec["columns"]}
+    assert all(not c["problem"] for c in rec["columns"]), [(c["role"], c["problem"]) for c in rec["columns"]]
+    rows = {r: kernels.repro_kernel_rows(c) for r, c in cols.items()}
+    changed = {k[len("repro: "):-len(" [kernel]")]: (rows["built"][k], rows["backport"].get(k))
+               for k in rows["built"] if rows["built"][k] != rows["backport"].get(k)}
+    assert changed == BACKPORT_FLIPS
+    assert rows["debian"] == rows["built"]
+    esc = "repro: clean-writable-escapes-softdirty/anon [kernel]"
+    assert (rows["built"][esc], rows["rfc"][esc], rows["rfc-fixed"][esc]) == ("NOT REPRODUCED", "REPRODUCED",
+                                                                              "NOT REPRODUCED")
+    for role in cols:
+        assert cols[role]["verdicts"][kernels.DIFF_TEST]["verdict"] == "PASS", role
 
 
 def test_docs_table_is_the_record():

@@ -306,11 +306,40 @@ def test_cli_bad_scenario_dir(cli, tmp_path):
     ("6.12.117", True, ("6.1",), ["kernel", "emu 6.12", "emu 6.1"]),     # the 6.12 profile is its twin
     ("6.13.2", True, ("6.1",), ["kernel", "emu 6.18", "emu 6.1"]),       # no 6.13 profile: the default twin
 ])
-def test_targets_of_both(release, sd, profiles, want):
+def test_targets_of_both(release, sd, profiles, want, monkeypatch):
+    monkeypatch.delenv("UFFDCTL_EMU_PROFILE", raising=False)
     ts = R.targets_for("both", profiles, {"available": True, "release": release, "soft_dirty": sd})
     assert [t.label for t in ts] == want and ts[1].mirror
     assert [t.label for t in R.targets_for("kernel", profiles, None)] == ["kernel"]
     assert [t.label for t in R.targets_for("emu", ("7.3",), None)] == ["emu 7.3"]
+
+
+def test_a_built_kernel_declares_its_twin(monkeypatch):
+    """vmtest's guest of a patched build names the twin (the patch's Emulator-Profile/-Switches): the repro step's
+    mirror is that profile, not the release's series."""
+    k = {"available": True, "release": "6.1.192-vmtest-53e00ae7", "soft_dirty": True}
+    monkeypatch.setenv("UFFDCTL_EMU_PROFILE", "rfc-hints")
+    monkeypatch.delenv("UFFDCTL_EMU_SWITCHES", raising=False)
+    ts = R.targets_for("both", ("rfc-hints",), k)
+    assert [t.label for t in ts] == ["kernel", "emu rfc-hints"] and ts[1].mirror
+    monkeypatch.setenv("UFFDCTL_EMU_PROFILE", "6.1")
+    monkeypatch.setenv("UFFDCTL_EMU_SWITCHES", "uffd_wp_range_vm_page_prot=1")
+    ts = R.targets_for("both", ("6.1",), k)
+    assert [t.label for t in ts] == ["kernel", "emu 6.1 uffd_wp_range_vm_page_prot=1", "emu 6.1"]
+    assert ts[1].mirror and ts[1].switches == (("uffd_wp_range_vm_page_prot", True),)
+    monkeypatch.setenv("UFFDCTL_EMU_PROFILE", "no-such-profile")
+    assert [t.label for t in R.targets_for("both", (), k)] == ["kernel", "emu 6.1"]
+
+
+def test_the_twin_runs_with_its_switches(monkeypatch):
+    """The backport's twin (6.1 + uffd_wp_range_vm_page_prot) shows the backport's flips, the plain 6.1 does not."""
+    sc = next(s for s in R.load_all() if s.name == "unprotect-extra-fault")
+    case = next(c for c in sc.cases if c.id == "anon")
+    plain = R.run_case(sc, case, R.Target("emu", "6.1", True))
+    twin = R.run_case(sc, case, R.Target("emu", "6.1", True, mirror=True,
+                                         switches=(("uffd_wp_range_vm_page_prot", True),)))
+    assert (plain.verdict, twin.verdict) == ("REPRODUCED", "NOT REPRODUCED")
+    assert twin.facts["switches"] == {"uffd_wp_range_vm_page_prot": True}
 
 
 @pytest.mark.parametrize("line,local", [

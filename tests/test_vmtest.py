@@ -325,8 +325,104 @@ def test_prefixed_stream():
     p = Prefixed(sink, "[k] ", tee)
     for chunk in (b"ab", b"c\nde", b"f\n", b"\n", b"g"):
         p.write(chunk)
-    assert sink.data == b"[k] abc\n[k] def\n[k] \n[k] g"
+    assert sink.data == b"[k] abc\n[k] def\n[k] \n"     # whole lines only: two columns never mix in one
     assert tee.data == b"abc\ndef\n\ng"
+    p.flush()
+    assert sink.data == b"[k] abc\n[k] def\n[k] \n"     # flush() (after every read of out.log) keeps "g" back
+    p.finish()
+    assert sink.data == b"[k] abc\n[k] def\n[k] \n[k] g\n"
+
+
+def test_prefixed_streams_of_two_threads_never_mix_within_a_line():
+    import threading
+
+    class Sink:
+        def __init__(self):
+            self.parts = []
+
+        def write(self, b):
+            self.parts.append(b)
+
+        def flush(self):
+            pass
+
+    sink = Sink()
+
+    def column(name):
+        p = Prefixed(sink, f"[{name}] ")
+        for i in range(2000):
+            p.write(f"{name}-{i}".encode())      # a line in two writes, as QEMU's output arrives
+            p.write(b" end\n")
+
+    ts = [threading.Thread(target=column, args=(n,)) for n in ("a", "b")]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    lines = b"".join(sink.parts).decode().splitlines()
+    assert len(lines) == 4000
+    bad = [x for x in lines if not re.fullmatch(r"\[(a|b)\] \1-\d+ end", x)]
+    assert not bad, bad[:3]
+
+
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_run_columns_at_most_parallel_at_once_in_order(monkeypatch, tmp_path, parallel):
+    import argparse
+    import threading
+    from vmtest_lib import cli
+    live, peak, lock = [0], [0], threading.Lock()
+
+    def fake(args, plan, vm, criu):
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.3)
+        with lock:
+            live[0] -= 1
+        return vm
+
+    monkeypatch.setattr(cli, "run_column", fake)
+    args = argparse.Namespace(parallel=parallel, out=str(tmp_path))
+    cols, _ = cli.run_columns(args, None, ["a", "b", "c", "d"], host=False)
+    assert cols == ["a", "b", "c", "d"] and peak[0] == parallel
+
+
+def test_run_columns_refuses_more_than_two_at_once(tmp_path):
+    import argparse
+    from vmtest_lib import cli
+    r = subprocess.run([sys.executable, VMTEST, "--no-install", "--parallel", "3", "matrix", "--no-host"],
+                       capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert r.returncode == 2 and "--parallel 3: expected 1 or 2" in r.stderr and "Traceback" not in r.stderr
+    with pytest.raises(ValueError):
+        cli.run_columns(argparse.Namespace(parallel=0, out=str(tmp_path)), None, [], host=False)
+
+
+def test_cap_does_not_charge_the_time_waiting_for_a_cpu():
+    """A process that waits for a CPU behind another on the same core is charged only what it ran."""
+    clock = qemu.Clock()
+    clock.wall, clock.waited = 100.0, 70.0
+    assert clock.charged == 30.0 and not clock.over(40.0) and clock.over(29.0) and not clock.backstop_hit
+    clock.wall, clock.waited = qemu.BACKSTOP * 40.0 + 1, qemu.BACKSTOP * 40.0   # almost all of it waiting
+    assert clock.over(40.0) and clock.backstop_hit
+
+
+def test_group_wait_reads_the_run_queue_delay(tmp_path):
+    """Two busy processes pinned to one CPU: each waits for the other, and group_wait sees it."""
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    code = "import os,time\nos.sched_setaffinity(0,{%d})\nt=time.monotonic()\nwhile time.monotonic()-t<30: pass" % cpu
+    hog = subprocess.Popen([sys.executable, "-c", code])
+    log = str(tmp_path / "out.log")
+    p = qemu.spawn([sys.executable, "-c", code], log)
+    try:
+        deadline = time.monotonic() + 20
+        while qemu.group_wait(p.pid) < 1.0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert qemu.group_wait(p.pid) >= 1.0
+        assert qemu.group_cpu(p.pid) > 0.0     # it ran too: waited and used are told apart
+    finally:
+        qemu.kill_group(p.pid, proc=p)
+        hog.kill()
+        hog.wait()
 
 
 # -- process hygiene with stand-ins -------------------------------------------------------------
@@ -459,6 +555,16 @@ def test_vm_runs_a_command(vm_kernel):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 3, r.stderr
     assert r.stdout.splitlines()[:3] == [REPO, vm_kernel.release, "out-42"]
+
+
+def test_vm_output_of_one_big_write_arrives_whole(vm_kernel):
+    """The out port takes at most 32 KiB per write(2); Python's unbuffered stdout (PYTHONUNBUFFERED, set in the
+    guest) does not retry a short write, so `uffdctl -j repro all` lost all but its first 32 KiB."""
+    code = "import sys; sys.stdout.write('x' * 100000 + '\\n'); print('end'); sys.exit(3)"
+    r = subprocess.run(vmtest(vm_kernel, "run", "--", "python3", "-c", code), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 3, r.stderr
+    assert r.stdout == "x" * 100000 + "\nend\n"
 
 
 def test_vm_guest_reset_is_reported(vm_kernel):

@@ -170,11 +170,12 @@ def ensure_source(series: str, cache: str, install: bool = True) -> tuple[str, s
 class Patch:
     path: str
     name: str           # file name without .patch
-    sha256: str
+    sha256: str         # of the whole file (recorded)
     profile: str = ""   # "Emulator-Profile:" in the patch's description: the emulator twin of the built kernel
     label: str = ""     # "Vmtest-Label:" in the description: the column's short name (default: name)
     switches: tuple = ()  # "Emulator-Switches: NAME=1 ...": profile switches the patch turns (the twin's)
     flips: tuple = ()     # "Vmtest-Flips: SCENARIO/CASE=VERDICT": the reproductions the patch changes
+    diff_sha256: str = ""  # of the diff alone (from its first "--- " line): what the build depends on
 
     @classmethod
     def read(cls, path: str) -> "Patch":
@@ -193,8 +194,16 @@ class Patch:
         flips = tuple(tuple(x.strip() for x in line.split("=", 1))
                       for line in re.findall(r"^Vmtest-Flips:(.*)$", head, re.M) if "=" in line)
         name = re.sub(r"\.(patch|diff)$", "", os.path.basename(path))
+        m = re.search(rb"^--- ", data, re.M)
+        diff = data[m.start():] if m else data
         return cls(os.path.abspath(path), name, hashlib.sha256(data).hexdigest(),
-                   prof.group(1) if prof else "", label.group(1) if label else "", switches, flips)
+                   prof.group(1) if prof else "", label.group(1) if label else "", switches, flips,
+                   hashlib.sha256(diff).hexdigest())
+
+    def record(self) -> dict:
+        """What build.json keeps of the patch."""
+        return {"name": self.name, "file": os.path.relpath(self.path, REPO)
+                if self.path.startswith(REPO + os.sep) else self.path, "sha256": self.sha256}
 
 
 def fragment_digest(fragment: str) -> str:
@@ -204,8 +213,11 @@ def fragment_digest(fragment: str) -> str:
 
 
 def build_key(pkg: str, version: str, fragment: str, patches: list[Patch], base: str = "tiny") -> str:
+    """The cache key: what the built kernel depends on.  A patch counts by its diff alone: its description and
+    its Vmtest-*/Emulator-* headers are metadata (read from the file at every use), so correcting them does
+    not rebuild."""
     h = hashlib.sha256(json.dumps({"source": pkg, "version": version, "fragment": fragment_digest(fragment),
-                                   "patches": [(p.name, p.sha256) for p in patches], "base": base}).encode())
+                                   "patches": [(p.name, p.diff_sha256) for p in patches], "base": base}).encode())
     return h.hexdigest()[:16]
 
 
@@ -237,6 +249,19 @@ class Build:
     @property
     def obj(self) -> str:
         return os.path.join(self.dir, "obj")
+
+    def take_metadata(self, patches: list[Patch], save: bool = False) -> "Build":
+        """The patches' current headers (the key ignores them): the emulator twin is the last patch that names
+        a profile (a fix on top of a series names the fixed one), switches and flips are the union."""
+        profiles = [p.profile for p in patches if p.profile]
+        new = {"patches": [p.record() for p in patches], "profile": profiles[-1] if profiles else "",
+               "switches": {k: v for p in patches for k, v in p.switches},
+               "flips": {k: v for p in patches for k, v in p.flips}}
+        if any(getattr(self, k) != v for k, v in new.items()):
+            self.__dict__.update(new)
+            if save:
+                self.save()
+        return self
 
     def save(self) -> None:
         d = dict(self.__dict__)
@@ -396,16 +421,10 @@ def build(series: str, patch_paths: list[str], cache: str, install: bool = True,
         done = Build.load(d)
         if done is not None:
             log(f"built:{name}: cached ({done.release}, built in {done.seconds:.0f} s) in {d}")
-            return done
-    # The emulator twin: the last patch that names a profile (a fix on top of a series names the fixed one).
-    profiles = [p.profile for p in patches if p.profile]
+            return done.take_metadata(patches, save=True)
     os.makedirs(os.path.join(d, "obj", "include", "config"), exist_ok=True)
-    b = Build(name, key, pkg, version, [{"name": p.name, "file": os.path.relpath(p.path, REPO)
-                                         if p.path.startswith(REPO + os.sep) else p.path, "sha256": p.sha256}
-                                        for p in patches],
-              fragment_digest(fragment), profile=profiles[-1] if profiles else "",
-              switches={k: v for p in patches for k, v in p.switches},
-              flips={k: v for p in patches for k, v in p.flips}, base=base, dir=d)
+    b = Build(name, key, pkg, version, [], fragment_digest(fragment), base=base, dir=d)
+    b.take_metadata(patches)
     jobs = jobs or os.cpu_count() or 1
     work = os.path.join(cache, "build", f"work_{pkg}_{version}_{base}")
     src, obj = os.path.join(work, "src"), os.path.join(work, "obj")
@@ -415,7 +434,7 @@ def build(series: str, patch_paths: list[str], cache: str, install: bool = True,
         done = None if force else Build.load(d)      # built by another vmtest while this one waited
         if done is not None:
             log(f"built:{name}: cached ({done.release}, built in {done.seconds:.0f} s) in {d}")
-            return done
+            return done.take_metadata(patches, save=True)
         return _build_locked(b, patches, fragment, pristine, src, obj, work, jobs, env, log_path, base, pkg,
                              version, name, key)
 

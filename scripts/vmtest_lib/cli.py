@@ -22,7 +22,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 from . import Unavailable, build, host, initramfs, kernelpkg, localkernel, matrix, qemu
 from .guest import Job
@@ -43,33 +45,38 @@ def _on_signal(signum, _frame):
 
 
 class Prefixed:
-    """A byte stream that prefixes every line (columns of the matrix stream into one terminal)."""
+    """A byte stream that prefixes every line (columns of the matrix stream into one terminal).
+
+    Whole lines only, under one lock: columns running side by side (``--parallel 2``) never mix within a line.
+    """
+
+    lock = threading.Lock()
 
     def __init__(self, out, prefix: str, tee=None):
         self.out, self.prefix, self.tee = out, prefix.encode(), tee
-        self.at_bol = True
+        self.pending = b""
 
     def write(self, data: bytes) -> None:
         if self.tee:
             self.tee.write(data)
-        parts = data.split(b"\n")
-        buf = []
-        for i, part in enumerate(parts):
-            last = i == len(parts) - 1
-            if last and not part:
-                break
-            if self.at_bol:
-                buf.append(self.prefix)
-            buf.append(part)
-            if not last:
-                buf.append(b"\n")
-            self.at_bol = not last
-        self.out.write(b"".join(buf))
+        *lines, self.pending = (self.pending + data).split(b"\n")
+        if lines:
+            with self.lock:
+                self.out.write(b"".join(self.prefix + line + b"\n" for line in lines))
 
     def flush(self) -> None:
-        self.out.flush()
+        with self.lock:
+            self.out.flush()
         if self.tee:
             self.tee.flush()
+
+    def finish(self) -> None:
+        """The column ended: its last, unterminated line too."""
+        if self.pending:
+            with self.lock:
+                self.out.write(self.prefix + self.pending + b"\n")
+            self.pending = b""
+        self.flush()
 
 
 # -- options ----------------------------------------------------------------------------------
@@ -98,8 +105,14 @@ def add_common(p: argparse.ArgumentParser, sub: bool = False) -> None:
                    help="guest CPUs (default 1: under TCG on 2 host cores one vCPU boots and runs the matrix "
                         "faster than two)")
     v.add_argument("--mem", default=d("2G"))
-    v.add_argument("--timeout", type=float, default=d(600.0),
-                   help="seconds per boot, and for the host column (default 600)")
+    v.add_argument("--timeout", type=float, default=d(None),
+                   help="cap per boot (and for the host column), in seconds of the guest's own time: time QEMU "
+                        "waited for a host CPU is not charged, so a loaded machine stretches the wall time, not "
+                        "the cap; a wall-clock backstop of %g x the cap ends any run (default 600; "
+                        "kernels: 1800)" % qemu.BACKSTOP)
+    v.add_argument("--parallel", type=int, default=d(None), metavar="N",
+                   help="columns booted at once (default 1, kernels: 2; at most 2: TCG wants a host core per "
+                        "guest)")
     v.add_argument("--qemu", default=d(None), help="QEMU binary (default: qemu-system-x86_64 on PATH)")
     g = p.add_argument_group("host")
     g.add_argument("--venv", default=d(os.path.join(REPO, ".venv")),
@@ -143,14 +156,22 @@ def parser() -> argparse.ArgumentParser:
                         "(about three times the objects)")
     kk = sub.add_parser("kernels", help="make test-kernels: build the 6.1 variants, boot them, assert the flips")
     kk.add_argument("--out", default=os.path.join(REPO, "build", "vmtest", "kernels"))
-    kk.add_argument("--tests", nargs="+", metavar="PATH", help="pytest selection (default tests/test_softdirty.py)")
+    kk.add_argument("--tests", nargs="+", metavar="PATH",
+                    help="pytest selection (default: tests/%s, the differential against each kernel's twin; "
+                         "the rest of tests/test_softdirty.py runs in make test-vm's columns)" % kernels_diff_test())
     kk.add_argument("--record", action="store_true",
                     help="write docs/vmtest-kernels.json and the table in docs/vmtest.md")
     kk.add_argument("-q", "--quiet", action="store_true")
-    kk.add_argument("--diff-examples", type=int, default=300, metavar="N")
+    kk.add_argument("--diff-examples", type=int, default=60, metavar="N",
+                    help="differential sequences per column, seeds 1..N (default %(default)s)")
     for sp in (m, r, f, d, b, kk):
         add_common(sp, sub=True)
     return p
+
+
+def kernels_diff_test() -> str:
+    from .kernels import DIFF_TEST
+    return DIFF_TEST
 
 
 def kernel_specs(args) -> list[tuple[str, str]]:
@@ -196,7 +217,7 @@ def prepare(args) -> list[qemu.VM]:
     with kernelpkg.locked(args.cache):
         built = [(k, initramfs.build(k, busybox)) for k in get_kernels(args)]
     for k, initrd in built:
-        vms.append(qemu.VM(qemu_bin, k, initrd, accel=accel, smp=args.smp, mem=args.mem, timeout=args.timeout))
+        vms.append(qemu.VM(qemu_bin, k, initrd, accel=accel, smp=args.smp, mem=args.mem, timeout=cap(args)))
         log(f"kernel {k.package} {k.version} ({k.release}; {'vmlinux/PVH' if k.pvh else 'bzImage'}; "
             f"soft-dirty {'y' if k.soft_dirty else 'n'}); accel {accel} ({why})")
     return vms
@@ -245,37 +266,83 @@ def make_plan(args) -> matrix.Plan:
     return matrix.Plan(venv, tests, repro=repro, profiles=profiles, diff_examples=args.diff_examples)
 
 
+def cap(args, default: float = 600.0) -> float:
+    return args.timeout if args.timeout is not None else default
+
+
+def last_step(out_log: str) -> str:
+    """The guest's last ``== vmtest step NAME`` line: where a stopped column was."""
+    steps = [line.split()[-1] for line in qemu.tail(out_log, 400).splitlines() if line.startswith("== vmtest step ")]
+    return steps[-1] if steps else "boot"
+
+
+def run_column(args, plan: matrix.Plan, vm: qemu.VM | None, criu) -> matrix.Column:
+    """One column (``vm`` None: the host): its artifacts under args.out, its verdicts collected."""
+    col = matrix.Column("host" if vm is None else vm.kernel.label, "host" if vm is None else "vm")
+    k = vm.kernel if vm else None
+    if k is not None and k.title:
+        col.fixed_label = True
+        col.flips, col.twin = dict(k.flips), k.emu_profile
+    with Job(vm, timeout=cap(args), keep=args.keep) as job:
+        body, env = plan.script(job.share, soft_dirty=k.soft_dirty if k else False, guest=vm is not None,
+                                profile=k.emu_profile if k else "", switches=k.emu_switches if k else None,
+                                criu=criu(k) if k else "")
+        log(f"column {col.label}: {'booting ' + vm.kernel.package if vm else 'running on the host'}")
+        with open(os.path.join(job.run_dir, "column.log"), "wb") as tee:
+            stream = Prefixed(sys.stdout.buffer, f"[{col.label}] ", tee) if not args.quiet else tee
+            res = job.run(body, REPO, env, stream=stream)
+            if isinstance(stream, Prefixed):
+                stream.finish()
+        col.seconds = res.seconds
+        col.share = job.share
+        if res.timed_out:
+            col.problem = f"in step {last_step(os.path.join(job.run_dir, 'out.log'))}: {res.cap_message(cap(args))}"
+            log(f"column {col.label}: {col.problem}")
+        elif not res.reported:
+            col.problem = "the guest reported no exit status (see console.log)"
+        if res.clock is not None:
+            col.waited, col.cpu = round(res.clock.waited, 1), round(res.clock.cpu, 1)
+        matrix.collect(col)
+        dest = os.path.join(args.out, col.label.replace(" ", "-").replace(":", "_"))
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(job.run_dir, dest, ignore=shutil.ignore_patterns("guest.sh"))
+    log(f"column {col.label}: {col.seconds:.0f} s wall ({col.waited:.0f} s waiting for a host CPU; "
+        f"{col.cpu:.0f} s CPU)")
+    return col
+
+
+def check_parallel(args) -> None:
+    if getattr(args, "parallel", 1) is None:
+        args.parallel = 2 if args.cmd == "kernels" else 1
+    if not 1 <= getattr(args, "parallel", 1) <= 2:
+        raise ValueError(f"--parallel {args.parallel}: expected 1 or 2 (one host core per TCG guest, and "
+                         "the machine is shared)")
+
+
 def run_columns(args, plan: matrix.Plan, vms: list[qemu.VM], host: bool, criu=lambda k: "") -> tuple[list, float]:
-    """Each column in turn (the host first): its artifacts under args.out, its verdicts collected."""
+    """The columns (the host first), ``args.parallel`` at a time; returns them in order and the wall time."""
+    check_parallel(args)
     os.makedirs(args.out, exist_ok=True)
     t_all = time.monotonic()
-    columns: list[matrix.Column] = []
     targets: list[qemu.VM | None] = ([None] if host else []) + vms
-    for vm in targets:
-        col = matrix.Column("host" if vm is None else vm.kernel.label, "host" if vm is None else "vm")
-        k = vm.kernel if vm else None
-        if k is not None and k.title:
-            col.fixed_label = True
-            col.flips, col.twin = dict(k.flips), k.emu_profile
-        with Job(vm, timeout=args.timeout, keep=args.keep) as job:
-            body, env = plan.script(job.share, soft_dirty=k.soft_dirty if k else False, guest=vm is not None,
-                                    profile=k.emu_profile if k else "", switches=k.emu_switches if k else None,
-                                    criu=criu(k) if k else "")
-            log(f"column {col.label}: {'booting ' + vm.kernel.package if vm else 'running on the host'}")
-            with open(os.path.join(job.run_dir, "column.log"), "wb") as tee:
-                stream = Prefixed(sys.stdout.buffer, f"[{col.label}] ", tee) if not args.quiet else tee
-                res = job.run(body, REPO, env, stream=stream)
-            col.seconds = res.seconds
-            col.share = job.share
-            if res.timed_out:
-                col.problem = f"timeout after {args.timeout:.0f} s"
-            elif not res.reported:
-                col.problem = "the guest reported no exit status (see console.log)"
-            matrix.collect(col)
-            dest = os.path.join(args.out, col.label.replace(" ", "-").replace(":", "_"))
-            shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(job.run_dir, dest, ignore=shutil.ignore_patterns("guest.sh"))
-        columns.append(col)
+    if args.parallel == 1:
+        return [run_column(args, plan, vm, criu) for vm in targets], time.monotonic() - t_all
+    with ThreadPoolExecutor(args.parallel, thread_name_prefix="column") as pool:
+        futs = [pool.submit(run_column, args, plan, vm, criu) for vm in targets]
+        try:
+            while True:     # wake up often: the main thread takes the signals (Ctrl-C, SIGTERM)
+                done, pending = wait(futs, timeout=0.5, return_when=FIRST_EXCEPTION)
+                if not pending or any(f.exception() for f in done):
+                    break
+        except BaseException:
+            qemu.kill_all()
+            raise
+        finally:
+            for f in futs:
+                f.cancel()
+        if any(f.exception() for f in done):
+            qemu.kill_all()
+        columns = [f.result() for f in futs]
     return columns, time.monotonic() - t_all
 
 
@@ -392,6 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd is None:
         args = parser().parse_args((argv if argv is not None else sys.argv[1:]) + ["matrix"])
     try:
+        check_parallel(args)
         return cmd(args)
     except Unavailable as e:
         log(f"cannot run here: {e}")

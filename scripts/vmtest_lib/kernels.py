@@ -98,12 +98,19 @@ def render(record: dict) -> str:
     widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
     fmt = lambda r: "| " + " | ".join(x.ljust(w) for x, w in zip(r, widths)) + " |"  # noqa: E731
     lines = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in body]
-    lines += ["", "| build | patches | time (nice 19, -j2, ccache) |", "|---|---|---|"]
+    lines += ["", "| build | patches | build time (nice 19, -j2, ccache) | in this run |", "|---|---|---|---|"]
     for bd in record["builds"]:
+        here = bd.get("this_run_seconds")
+        here = "-" if here is None else f"from the cache ({here:.0f} s)" if bd.get("cached") else f"built ({here:.0f} s)"
         lines.append(f"| built:{bd['name']} ({bd['release']}) | {', '.join(bd['patches']) or 'none'} | "
-                     f"{bd['seconds']:.0f} s ({bd['ccache']}) |")
+                     f"{bd['seconds']:.0f} s ({bd['ccache']}) | {here} |")
     lines += ["", f"`make test-kernels` wall time: {record['seconds']:.0f} s "
-              f"(builds {record['build_seconds']:.0f} s, columns {record['columns_seconds']:.0f} s)"]
+              f"(builds {record['build_seconds']:.0f} s, columns {record['columns_seconds']:.0f} s"
+              + (f", {record['parallel']} at a time, cap {record['cap']:.0f} s of guest time per column, "
+                 f"load average {record['load_start']} at the start" if "parallel" in record else "") + ")"]
+    waits = [f"{c['label']} {c['seconds']:.0f} s ({c.get('waited', 0):.0f} s waiting for a CPU)"
+             for c in record["columns"]]
+    lines.append("Columns, wall: " + "; ".join(waits))
     if record.get("note"):
         lines.append(f"({record['note']})")
     lines.append("")
@@ -123,12 +130,22 @@ def write_doc(record: dict, path: str = DOC) -> None:
         f.write(text)
 
 
+CAP = 1800.0   # charged seconds per column: the guest's own time (qemu.Clock), so a loaded machine does not eat it
+
+
+def cli_cap(args) -> float:
+    return args.timeout if args.timeout is not None else CAP
+
+
 def run(args, run_columns, make_plan) -> int:
     t0 = time.monotonic()
-    builds = []
+    load_start = round(os.getloadavg()[0], 1)
+    builds, this_run = [], {}
     for role, names in BUILDS:
+        t = time.monotonic()
         builds.append((role, build.build("6.1", [os.path.join(P61, n) for n in names], args.cache,
                                          install=not args.no_install)))
+        this_run[role] = round(time.monotonic() - t, 1)
     build_seconds = time.monotonic() - t0
     qemu_bin, busybox = host.ensure_tools(args.qemu, install=not args.no_install)
     if not args.no_install and os.geteuid() == 0 and not shutil.which("criu"):
@@ -138,8 +155,8 @@ def run(args, run_columns, make_plan) -> int:
         kernels = [("debian", kernelpkg.get_kernel(args.cache, series="6.1", refresh=not args.no_install))]
         kernels += [(role, localkernel.from_build(b, args.cache)) for role, b in builds]
         vms = [qemu.VM(qemu_bin, k, initramfs.build(k, busybox), accel=accel, smp=args.smp, mem=args.mem,
-                       timeout=args.timeout) for _r, k in kernels]
-    args.tests = args.tests or ["tests/test_softdirty.py"]
+                       timeout=cli_cap(args)) for _r, k in kernels]
+    args.tests = args.tests or [f"tests/{DIFF_TEST}"]
     plan = make_plan(args)
     role_of = {id(k): r for r, k in kernels}
     columns, col_seconds = run_columns(args, plan, vms, host=False,
@@ -152,7 +169,9 @@ def run(args, run_columns, make_plan) -> int:
     record = {"seconds": round(time.monotonic() - t0, 1), "build_seconds": round(build_seconds, 1),
               "columns_seconds": round(col_seconds, 1),
               "builds": [{"role": r, "name": b.name, "release": b.release, "seconds": b.seconds, "ccache": b.ccache,
-                          "patches": [p["name"] for p in b.patches]} for r, b in builds],
+                          "patches": [p["name"] for p in b.patches], "this_run_seconds": this_run[r],
+                          "cached": this_run[r] < b.seconds} for r, b in builds],
+              "parallel": args.parallel, "cap": cli_cap(args), "load_start": load_start,
               "columns": list(cols.values())}
     record["assertions"] = assertions(cols, flips)
     os.makedirs(args.out, exist_ok=True)

@@ -50,6 +50,8 @@ class Column:
     share: str = ""                  # the artifacts directory
     release: str = ""
     seconds: float = 0.0
+    waited: float = 0.0              # of those, seconds QEMU (or the host column) waited for a host CPU
+    cpu: float = 0.0                 # CPU seconds QEMU (or the host column's processes still alive) used
     problem: str = ""                # why the column has no (complete) results
     verdicts: dict[str, Verdict] = field(default_factory=dict)
     rcs: dict[str, int] = field(default_factory=dict)
@@ -66,7 +68,7 @@ class Column:
 
     def to_dict(self) -> dict:
         return {"label": self.label, "where": self.where, "release": self.release, "seconds": round(self.seconds, 1),
-                "problem": self.problem, "rcs": self.rcs, "flips": self.flips, "twin": self.twin,
+                "waited": self.waited, "cpu": self.cpu, "problem": self.problem, "rcs": self.rcs, "flips": self.flips, "twin": self.twin,
                 "verdicts": {k: {"verdict": v.verdict, "reason": v.reason, "bad": v.bad}
                              for k, v in self.verdicts.items()}}
 

@@ -4,6 +4,12 @@ QEMU runs in its own process group (``start_new_session``) with
 ``PR_SET_PDEATHSIG`` = SIGKILL, so it dies with vmtest even on SIGKILL; on a
 timeout, Ctrl-C, SIGTERM/SIGHUP or any error :func:`run` kills the whole group
 (SIGTERM, then SIGKILL) before returning or re-raising.  Nothing is left behind.
+
+The time limit (``--timeout``) is a cap on the guest's own time, not on the wall clock: the seconds a
+thread of the group spent runnable but waiting for a host CPU (its run-queue delay,
+``/proc/PID/task/TID/schedstat``) are not charged.  Under TCG on a 2-core machine shared with other
+work the wall time of a column stretches with the load; its charged time does not, so one cap fits a
+quiet and a loaded machine.  A wall-clock backstop (:data:`BACKSTOP` times the cap) still ends any run.
 """
 from __future__ import annotations
 
@@ -22,6 +28,8 @@ from .kernelpkg import Kernel
 PR_SET_PDEATHSIG = 1
 STATUS_TIMEOUT = 124        # as timeout(1)
 STATUS_NO_REPORT = 125      # the guest never reported an exit status
+
+BACKSTOP = 4.0              # the wall-clock limit, as a multiple of the (charged-time) cap
 
 _live: set[int] = set()     # process groups started and not yet reaped
 
@@ -71,6 +79,17 @@ class Result:
     qemu_status: int | None = None
     console_tail: str = ""
     qemu_stderr: str = ""
+    clock: "Clock | None" = None
+
+    def cap_message(self, cap: float) -> str:
+        """Why the run was stopped, in one line: the cap, the wall time, the time spent waiting for a CPU."""
+        c = self.clock
+        if c is None:
+            return f"timeout after {cap:.0f} s"
+        why = "the wall-clock backstop" if c.backstop_hit else "its cap"
+        return (f"stopped at {why}: {c.charged:.0f} s charged of a {cap:.0f} s cap (wall {c.wall:.0f} s, "
+                f"{c.waited:.0f} s of it waiting for a host CPU; load average {c.load_start:.1f} at the start, "
+                f"{os.getloadavg()[0]:.1f} now); raise --timeout")
 
     @property
     def reported(self) -> bool:
@@ -146,13 +165,72 @@ def spawn(argv: list[str], log_path: str, cwd: str | None = None) -> subprocess.
     return p
 
 
-def supervise(proc: subprocess.Popen, out_path: str, timeout: float, stream=None) -> tuple[int | None, bool]:
-    """Stream ``out_path`` to ``stream`` while ``proc`` runs; kill its group on timeout or any exception.
+def group_cpu(pgid: int) -> float:
+    """CPU seconds (user + system) the live processes of group ``pgid`` have used."""
+    tck = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in group_members(pgid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / tck
+
+
+def group_wait(pgid: int) -> float:
+    """Seconds the most-delayed live thread of group ``pgid`` has spent runnable without a CPU (schedstat's
+    second field; under TCG that is the vCPU thread, the one the guest's progress depends on)."""
+    worst = 0
+    for pid in group_members(pgid):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    worst = max(worst, int(f.read().split()[1]))
+            except (OSError, ValueError, IndexError):
+                continue
+    return worst / 1e9
+
+
+@dataclass
+class Clock:
+    """A run's time: wall, waited (run-queue delay, never decreasing) and charged = wall - waited."""
+    t0: float = field(default_factory=time.monotonic)
+    wall: float = 0.0
+    waited: float = 0.0
+    cpu: float = 0.0                # CPU time used: charged - cpu is time the guest sat idle (sleeping, timers)
+    backstop_hit: bool = False
+    load_start: float = field(default_factory=lambda: os.getloadavg()[0])
+
+    @property
+    def charged(self) -> float:
+        return self.wall - self.waited
+
+    def tick(self, pgid: int) -> None:
+        self.wall = time.monotonic() - self.t0
+        self.waited = min(self.wall, max(self.waited, group_wait(pgid)))
+        self.cpu = max(self.cpu, group_cpu(pgid))
+
+    def over(self, cap: float) -> bool:
+        self.backstop_hit = self.wall > cap * BACKSTOP
+        return self.charged > cap or self.backstop_hit
+
+
+def supervise(proc: subprocess.Popen, out_path: str, timeout: float, stream=None,
+              clock: Clock | None = None) -> tuple[int | None, bool]:
+    """Stream ``out_path`` to ``stream`` while ``proc`` runs; kill its group when its charged time passes
+    ``timeout`` (see the module's docstring; ``clock`` receives the accounting) or on any exception.
 
     Returns (QEMU exit status or None if killed, timed_out).
     """
     stream = stream if stream is not None else sys.stdout.buffer
-    deadline = time.monotonic() + timeout
+    clock = clock if clock is not None else Clock()
+    next_tick = 0.0
     timed_out = False
     rc = None
     try:
@@ -172,7 +250,13 @@ def supervise(proc: subprocess.Popen, out_path: str, timeout: float, stream=None
                 except subprocess.TimeoutExpired:
                     pass
                 pump()
-                if time.monotonic() > deadline:
+                now = time.monotonic()
+                if now >= next_tick:          # /proc walk once a second; the wall time every 0.1 s
+                    clock.tick(proc.pid)
+                    next_tick = now + 1.0
+                else:
+                    clock.wall = now - clock.t0
+                if clock.over(timeout):
                     timed_out = True
                     break
             pump()
@@ -195,13 +279,14 @@ def run(vm: VM, run_dir: str, share: str, stream=None) -> Result:
         f.write(shlex.join(argv) + "\n")
     t0 = time.monotonic()
     proc = spawn(argv, os.path.join(run_dir, "qemu.stderr"))
-    rc, timed_out = supervise(proc, out_path, vm.timeout, stream)
+    clock = Clock()
+    rc, timed_out = supervise(proc, out_path, vm.timeout, stream, clock)
     secs = time.monotonic() - t0
     res = Result(STATUS_NO_REPORT, secs, timed_out, rc, tail(os.path.join(run_dir, "console.log")),
-                 tail(os.path.join(run_dir, "qemu.stderr")))
+                 tail(os.path.join(run_dir, "qemu.stderr")), clock=clock)
     if timed_out:
         res.status = STATUS_TIMEOUT
-        log(f"timeout after {vm.timeout:.0f} s: QEMU killed")
+        log(f"QEMU killed: {res.cap_message(vm.timeout)}")
         return res
     try:
         with open(status_path) as f:
@@ -217,8 +302,9 @@ def run_here(argv: list[str], run_dir: str, timeout: float, stream=None) -> Resu
     out_path = os.path.join(run_dir, "out.log")
     t0 = time.monotonic()
     proc = spawn(argv, out_path)
-    rc, timed_out = supervise(proc, out_path, timeout, stream)
-    res = Result(STATUS_TIMEOUT if timed_out else rc, time.monotonic() - t0, timed_out, rc)
+    clock = Clock()
+    rc, timed_out = supervise(proc, out_path, timeout, stream, clock)
+    res = Result(STATUS_TIMEOUT if timed_out else rc, time.monotonic() - t0, timed_out, rc, clock=clock)
     if timed_out:
-        log(f"timeout after {timeout:.0f} s: {argv[0]} killed")
+        log(f"{argv[0]} killed: {res.cap_message(timeout)}")
     return res

@@ -78,18 +78,32 @@ def mirror_profile(release: str) -> str:
     return series if series in emulator_profiles() else default_profile()
 
 
+def declared_twin() -> tuple[str | None, tuple]:
+    """A kernel that is not its series' (a build with patches) names its twin: UFFDCTL_EMU_PROFILE and
+    UFFDCTL_EMU_SWITCHES ("name=1,other=0"), which scripts/vmtest sets in the guest of a built kernel."""
+    import os
+    from ..registry import emulator_profiles
+    prof = os.environ.get("UFFDCTL_EMU_PROFILE") or None
+    if prof not in emulator_profiles():
+        return None, ()
+    sw = [kv.split("=", 1) for kv in os.environ.get("UFFDCTL_EMU_SWITCHES", "").split(",") if "=" in kv]
+    return prof, tuple(sorted((k.strip(), bool(int(v))) for k, v in sw))
+
+
 def targets_for(backend: str, profiles: tuple, kernel: dict | None, soft_dirty: bool = True) -> list[Target]:
     out = []
     if backend in ("kernel", "both"):
         out.append(Target("kernel"))
     twin = None
     if backend == "both" and kernel and kernel.get("available"):
-        twin = Target("emu", mirror_profile(kernel["release"]), bool(kernel.get("soft_dirty")), mirror=True)
+        prof, switches = declared_twin()
+        twin = Target("emu", prof or mirror_profile(kernel["release"]), bool(kernel.get("soft_dirty")),
+                      mirror=True, switches=switches)
         out.append(twin)
     if backend in ("emu", "both"):
         # a profile the twin already is (same series and soft-dirty setting) is not run twice
         out += [Target("emu", p, soft_dirty) for p in profiles
-                if not (twin and twin.soft_dirty == soft_dirty and twin.profile == p)]
+                if not (twin and twin.soft_dirty == soft_dirty and twin.profile == p and not twin.switches)]
     return out
 
 

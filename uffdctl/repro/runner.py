@@ -53,12 +53,14 @@ class Target:
     profile: str | None = None
     soft_dirty: bool = True          # emulator only; the kernel's is what it is
     mirror: bool = False             # the emulator twin of the kernel (--backend both)
+    switches: tuple = ()             # (name, bool) profile switches of the twin (a patched kernel's)
 
     @property
     def label(self) -> str:
         if self.backend == "kernel":
             return "kernel"
-        return f"emu {self.profile}" + ("" if self.soft_dirty else " sd=off")
+        return (f"emu {self.profile}" + "".join(f" {k}={int(v)}" for k, v in self.switches)
+                + ("" if self.soft_dirty else " sd=off"))
 
     def to_dict(self) -> dict:
         return {"backend": self.backend, "profile": self.profile, "label": self.label,
@@ -217,7 +219,8 @@ def run_case(sc: S.Scenario, case: S.Case, target: Target, echo=None) -> CaseRun
     """Run one case on one target; never raises for what the kernel does (that is the verdict)."""
     t0 = time.monotonic()
     run = CaseRun(sc.name, case.id, target)
-    switches = case.switches.get(target.profile) if target.backend == "emu" else None
+    switches = ({**dict(target.switches), **(case.switches.get(target.profile) or {})} or None
+                if target.backend == "emu" else None)
     try:
         backend = open_target(target, switches)
     except (BackendUnavailable, UffdctlError, OSError) as e:
