@@ -14,6 +14,8 @@ help: ## list the targets
 $(VENV)/.installed: $(SOURCES)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel cffi
+	@# the runtime dependencies first: the build (no isolation) imports click to render the --help index
+	@$(PIP) install -q --disable-pip-version-check 'click>=8.1' 'psutil>=5.9'
 	@$(PIP) install -q --disable-pip-version-check --no-build-isolation '.[test]'
 	@touch $@
 

@@ -7,6 +7,8 @@ the child is gone.  The emulator's own fork rules that the host cannot show (sof
 asserted on the emulator, each against the kernel source it follows."""
 from __future__ import annotations
 
+import os
+import tempfile
 import errno
 import time
 
@@ -246,11 +248,14 @@ def test_fork_waits_for_its_fork_message():
     finally:
         eb.close()
     make_backend("kernel").close()           # skips (or fails under REQUIRE_KERNEL) without a kernel backend
-    code = ("import json, sys; sys.path.insert(0, 'tests'); import test_fork as T; "
+    here = os.path.dirname(os.path.abspath(__file__))
+    # run outside the checkout: from its root `-c` would import the source tree, which has no native extension
+    code = (f"import json, sys; sys.path.insert(0, {here!r}); import test_fork as T; "
             "from uffdctl.registry import open_backend; "
             "print(json.dumps(T.fork_pending_scenario(open_backend('kernel'), 'anon')), flush=True); "
             "import os; os._exit(0)")
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       cwd=tempfile.gettempdir())
     assert p.returncode == 0, p.stderr[-2000:]
     k = json.loads(p.stdout.strip().splitlines()[-1])
     assert k == e

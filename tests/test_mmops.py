@@ -873,7 +873,7 @@ def test_thread_on_every_blocking_mm_call(run, run_emu):
     regions are carved and moved once the call has returned.  mlock blocks in a fault nobody resolves until
     the handler's policy resolves it.  The emulator runs no operation blocked on its event: exit 4."""
     ok(run(THREADED_MM))
-    not_modelled(run_emu(THREADED_MM), "handler --unread (messages left unread in the uffd)")
+    not_modelled(run_emu(THREADED_MM), "munmap --thread (a system call blocked until its event is read)")
     not_modelled(run_emu("mmap --size 8K --name buf\nmunmap buf:1 --thread t1\n"),
                  "munmap --thread (a system call blocked until its event is read)")
 
