@@ -1491,8 +1491,11 @@ def test_differential_catches_a_broken_swap_or_mprotect_rule(host_swap_module, r
         monkeypatch.setattr(mm.MM, "shrink_folio", patch)
     for i in range(4000):
         seq = gen_sequence(random.Random(rng_seed + i), types)
-        # a fork makes the swapped pages shared (not exclusive): the swap-in rules under test no longer apply
-        if not any(o[0] == op for o in seq["ops"]) or any(o[0] == "fork" for o in seq["ops"]):
+        # a fork makes the swapped pages shared (not exclusive): the swap-in rules under test no longer apply.
+        # MADV_FREE then PAGEOUT is left out too: whether the kernel discards or swaps the lazyfree page depends on
+        # whether the per-CPU lru_lazyfree batch has drained (lru_lazyfree_fn clears PG_swapbacked), which the
+        # kernel side does not control yet -- seen both ways on this host for the same sequence (open bug).
+        if not any(o[0] == op for o in seq["ops"]) or any(o[0] in ("fork", "free") for o in seq["ops"]):
             continue
         d = runner.diverges(seq)
         if d is not None:
