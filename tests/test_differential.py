@@ -562,8 +562,9 @@ def apply(side: Side, op) -> tuple:
         return _call(lambda: b.madvise(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size, advice))
     if k in ("dontneed", "pageout", "free"):
         advice = {"dontneed": uapi.MADV_DONTNEED, "pageout": uapi.MADV_PAGEOUT, "free": uapi.MADV_FREE}[k]
-        if k == "pageout":
-            b.lru_drain()            # a folio still in another CPU's LRU batch is skipped by MADV_PAGEOUT
+        if k in ("pageout", "free"):
+            b.lru_drain()            # a folio still in another CPU's LRU batch is skipped by MADV_PAGEOUT, and
+            #                          by lru_lazyfree_fn() after MADV_FREE (it then stays swap-backed)
         return _call(lambda: b.madvise(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size, advice))
     if k == "cache_write":
         a = side.aliases[op[1]]
@@ -1493,8 +1494,8 @@ def test_differential_catches_a_broken_swap_or_mprotect_rule(host_swap_module, r
         seq = gen_sequence(random.Random(rng_seed + i), types)
         # a fork makes the swapped pages shared (not exclusive): the swap-in rules under test no longer apply.
         # MADV_FREE then PAGEOUT is left out too: whether the kernel discards or swaps the lazyfree page depends on
-        # whether the per-CPU lru_lazyfree batch has drained (lru_lazyfree_fn clears PG_swapbacked), which the
-        # kernel side does not control yet -- seen both ways on this host for the same sequence (open bug).
+        # whether the folio was on the LRU when lru_lazyfree_fn() ran (the kernel side now drains the LRU batches
+        # before MADV_FREE; seen both ways on this host before it did).
         if not any(o[0] == op for o in seq["ops"]) or any(o[0] in ("fork", "free") for o in seq["ops"]):
             continue
         d = runner.diverges(seq)

@@ -340,6 +340,7 @@ def lazyfree_scenario(b):
     u = b.userfaultfd()
     u.api(0)
     u.register(r.addr, r.len, int(R.WP))
+    b.lru_drain()                                    # on the LRU, or lru_lazyfree_fn() skips it (stays swap-backed)
     b.madvise(r.addr, r.len, uapi.MADV_FREE)
     u.writeprotect(r.addr, PS, int(uapi.WriteprotectMode.WP))
     h = b.fault_handler(u, HandlerPolicy(wp="unprotect"))

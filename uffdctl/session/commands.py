@@ -842,7 +842,9 @@ def cmd_madvise(st, a):
     st.backend.check_advice(advice, a["advice"])
     if a["advice"] in ("populate_read", "populate_write") and not a.get("thread"):
         refuse_blocking(st, span, a["advice"] == "populate_write", f"madvise {a['advice']}")
-    if a["advice"] in ("pageout", "cold") and not a.get("no_drain"):
+    # MADV_FREE too: a folio still in another CPU's lru_add batch is not on the LRU, so lru_lazyfree_fn() skips
+    # it and it stays swap-backed (a later pageout swaps it instead of discarding it)
+    if a["advice"] in ("pageout", "cold", "free") and not a.get("no_drain"):
         st.backend.lru_drain()
     pending = maybe_async(st, a, "madvise", span, lambda b: b.madvise(span.start, span.len, advice))
     if pending is not None:   # --thread: it may stay blocked until its event is read
