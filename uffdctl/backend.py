@@ -547,9 +547,24 @@ class Process(abc.ABC):
     def exit(self) -> dict | None:
         return self._exit
 
-    @abc.abstractmethod
     def close(self) -> None:
-        """Kill and reap (bounded); never hangs."""
+        """Kill (SIGKILL) and reap, children first, then release what the parent holds of it; bounded,
+        never hangs."""
+        if self._closed:
+            return
+        for c in list(self.children):
+            c.close()
+        if self._exit is None:
+            self._kill_and_reap()
+        self._closed = True
+        self._release()
+
+    @abc.abstractmethod
+    def _kill_and_reap(self) -> None:
+        """close() of a process not reaped yet: SIGKILL it and reap it (bounded)."""
+
+    def _release(self) -> None:
+        """What the parent holds of a closed process (sockets, fds): nothing here."""
 
     @property
     @abc.abstractmethod

@@ -433,22 +433,18 @@ class KernelProcess(Process):
         self._exit = decode_status(self.pid, status)
         return self._exit
 
-    def close(self) -> None:
-        """Kill (SIGKILL) and reap; close the socket and the /proc fds.  Bounded."""
-        if self._closed:
-            return
-        for c in list(self.children):
-            c.close()
-        if self._exit is None:
-            try:
-                self.kill(_signal.SIGKILL)
-            except (OSError, ProcessError):
-                pass
-            try:
-                self.wait(5.0)
-            except (OSError, UffdctlError):
-                pass
-        self._closed = True
+    def _kill_and_reap(self) -> None:
+        try:
+            self.kill(_signal.SIGKILL)
+        except (OSError, ProcessError):
+            pass
+        try:
+            self.wait(5.0)
+        except (OSError, UffdctlError):
+            pass
+
+    def _release(self) -> None:
+        """Close the socket and the /proc fds."""
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -300,17 +300,11 @@ class EmuProcess(Process):
         self._exit = decode_status(self.pid, self._status)
         return self._exit
 
-    def close(self) -> None:
-        """Kill (SIGKILL) and reap; children first.  Never blocks."""
-        if self._closed:
-            return
-        for c in list(self.children):
-            c.close()
+    def _kill_and_reap(self) -> None:
+        """Never blocks."""
         if self._status is None:
             self.die(_signal.SIGKILL)
-        if self._exit is None:
-            self._exit = decode_status(self.pid, self._status)
-        self._closed = True
+        self._exit = decode_status(self.pid, self._status)
 
     @property
     def _busy_now(self) -> str | None:
