@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from conftest import hugetlb_reason, make_backend, require_kernel
+from conftest import assert_steps_agree, hugetlb_reason, make_backend, require_kernel, run_closing
 from uffdctl import uapi
 from uffdctl.backend import MemType
 from uffdctl.errors import UffdError
@@ -77,11 +77,7 @@ def test_register_modes_by_backing(backing):
         k = register_modes(kb, backing)
     finally:
         kb.close()
-    eb = make_backend("emu")
-    try:
-        e = register_modes(eb, backing)
-    finally:
-        eb.close()
+    e = run_closing(make_backend("emu"), register_modes, backing)
     assert k == e
     if backing in ("disk-file", "disk-file-private", "sysv"):
         assert [x[2] for x in k] == ["EINVAL", "EINVAL", "EINVAL", "ok"], k
@@ -132,17 +128,8 @@ def test_file_faults_side_by_side(backing):
     reason = _fs_reason()
     if reason:
         require_kernel(reason)
-    kb = make_backend("kernel")
-    try:
-        k = file_scenario(kb, backing)
-    finally:
-        kb.close()
-    eb = make_backend("emu")
-    try:
-        e = file_scenario(eb, backing)
-    finally:
-        eb.close()
-    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+    k, e = (run_closing(make_backend(n), file_scenario, backing) for n in ("kernel", "emu"))
+    assert_steps_agree(k, e)
     k = dict((x[0], x[1:]) for x in k)
     if backing == "disk-file":
         assert k["w p0"][0] == (0, 1), k                      # a page-cache miss: major, with read-around
@@ -172,13 +159,6 @@ def test_bad_file_input_on_the_emulator():
         eb.close()
 
 
-def _closing(b, scenario, *args):
-    try:
-        return scenario(b, *args)
-    finally:
-        b.close()
-
-
 def copy_from_file_scenario(b, backing: str) -> list:
     """UFFDIO_COPY whose source is a never-touched page of a file mapping: the copy's fault is a page-cache miss
     (filemap_fault(): VM_FAULT_MAJOR on a disk file), not an error; then a write to the source and a second copy."""
@@ -206,7 +186,7 @@ def test_copy_from_an_uncached_file_page(backing):
     reason = _fs_reason()
     if reason:
         require_kernel(reason)
-    k, e = (_closing(make_backend(n), copy_from_file_scenario, backing) for n in ("kernel", "emu"))
-    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+    k, e = (run_closing(make_backend(n), copy_from_file_scenario, backing) for n in ("kernel", "emu"))
+    assert_steps_agree(k, e)
     k = dict((x[0], x[1:]) for x in k)
     assert k["copy"] == (2 * PS,) and k["copy 2"] == (2 * PS, b"\x07"), k

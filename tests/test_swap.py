@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from conftest import SWAP_SIZE, active_swaps as other_swaps, make_backend, require_kernel
+from conftest import (SWAP_SIZE, active_swaps as other_swaps, assert_steps_agree, make_backend, require_kernel,
+                      run_closing, zero_pfn)
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 
@@ -66,14 +67,6 @@ class View:
 
 def bits(entries: list[str]) -> list[str]:
     return [e.split(":")[0] for e in entries]
-
-
-def zero_pfn(b) -> int:
-    z = b.mmap(PS, MemType.ANON, name="zeroprobe")
-    b.read(z.addr, 8)
-    pfn = b.pagemap(z.addr, 1)[0] & uapi.PM_PFRAME_MASK
-    b.munmap(z.addr, z.len)
-    return pfn
 
 
 def acc(b, addr, write, fill=0x5A, thread="t"):
@@ -140,16 +133,12 @@ def _events(h, n):
 def side_by_side(scenario, *args, with_swap=True):
     e = _run("emu", scenario, args, with_swap)
     k = _run("kernel", scenario, args, with_swap)
-    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+    assert_steps_agree(k, e)
     return dict((x[0], x[1:]) for x in k)
 
 
 def _run(name, scenario, args, with_swap):
-    b = backend(name, with_swap)
-    try:
-        return scenario(b, *args)
-    finally:
-        b.close()
+    return run_closing(backend(name, with_swap), scenario, *args)
 
 
 # -- no swap device ---------------------------------------------------------------------------------------------------
