@@ -33,6 +33,12 @@ def _fs_reason() -> str | None:
     return None
 
 
+def _need_fs() -> None:
+    reason = _fs_reason()
+    if reason:
+        require_kernel(reason)
+
+
 BACKINGS = ["anon", "shmem", "tmpfs-file", "tmpfs-file-private", "disk-file", "disk-file-private", "sysv",
             "sysv-hugetlb"]
 
@@ -67,9 +73,7 @@ def register_modes(b, backing: str) -> list:
 def test_register_modes_by_backing(backing):
     """vma_can_userfault(): anon, shmem and hugetlb take their modes; a disk file and SysV shm (shm_vm_ops is not
     shmem) take none but WP with UFFD_FEATURE_WP_ASYNC; a tmpfs file is shmem (MINOR too, even MAP_PRIVATE)."""
-    reason = _fs_reason()
-    if reason:
-        require_kernel(reason)
+    _need_fs()
     kb = make_backend("kernel")
     try:
         if backing == "sysv-hugetlb" and hugetlb_reason(kb):
@@ -125,9 +129,7 @@ def test_file_faults_side_by_side(backing):
     faults map their neighbours); shared: write-notified (a read maps read-only, the first write faults), msync
     writes back and write-protects again, mprotect's upgrade needs pte_dirty(); private: every write is a COW
     into an anon page (PM_FILE gone, X set)."""
-    reason = _fs_reason()
-    if reason:
-        require_kernel(reason)
+    _need_fs()
     k, e = (run_closing(make_backend(n), file_scenario, backing) for n in ("kernel", "emu"))
     assert_steps_agree(k, e)
     k = dict((x[0], x[1:]) for x in k)
@@ -183,9 +185,7 @@ def copy_from_file_scenario(b, backing: str) -> list:
 @pytest.mark.parametrize("backing", ["disk-file", "disk-file-private", "tmpfs-file"])
 def test_copy_from_an_uncached_file_page(backing):
     """copy_from_user() of UFFDIO_COPY faults the source in from the file (a major fault is no failure)."""
-    reason = _fs_reason()
-    if reason:
-        require_kernel(reason)
+    _need_fs()
     k, e = (run_closing(make_backend(n), copy_from_file_scenario, backing) for n in ("kernel", "emu"))
     assert_steps_agree(k, e)
     k = dict((x[0], x[1:]) for x in k)
