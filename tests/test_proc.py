@@ -61,32 +61,6 @@ def ok(r):
     return r
 
 
-REMOVE = """
-    api --features event_remove,thread_id
-    mmap --size 16K --name buf
-    register buf --mode missing
-    touch buf:0 --write
-    copy buf:0 --fill 0x41
-    wait
-    madvise buf:0 --advice dontneed
-    expect event event=remove start=%d
-"""
-
-
-def _remove_script(tmp_path):
-    # the REMOVE event's start is the region's first page: checked through the result of mmap
-    return """
-    api --features event_remove,thread_id
-    mmap --size 16K --name buf
-    register buf --mode missing
-    touch buf:0 --write
-    copy buf:0 --fill 0x41
-    wait
-    madvise buf:0 --advice dontneed
-    expect event event=remove region=buf page=0
-    """
-
-
 # -- fix (1): blocking events are in the log when the command returns -----------------------
 def test_remove_event_in_log_when_madvise_returns_200_runs(tmp_path):
     """Issue 10's measurement, 200 times on the kernel: register, fault, resolve, madvise dontneed,
