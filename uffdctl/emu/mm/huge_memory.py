@@ -444,6 +444,19 @@ class HugeMemory:
             if pmd.young:
                 pmd.young = False
                 flush.append(haddr)
+            if pageout and pmd.page.anon and pmd.page.lazyfree:
+                # shrink_folio_list(): a lazyfree folio needs no swap; try_to_unmap(TTU_SPLIT_HUGE_PMD) ->
+                # unmap_huge_pmd_locked() -> __discard_anon_folio_pmd_locked(): clean, the PMD is cleared and
+                # the THP freed whole (no split); redirtied, it is swap-backed again and the PMD is split, the
+                # unmap then aborts and the folio stays, PTE-mapped [measured on 6.18: MADV_FREE + PAGEOUT of
+                # a whole THP leaves every entry none; found by the soak, seed 639469770]
+                if pmd.dirty or pmd.page.dirty:
+                    pmd.page.lazyfree = False
+                    self.split_huge_pmd(vma, haddr)
+                else:
+                    self.set_pmd(haddr, None)
+                    flush.append(haddr)
+                continue
             if pageout and pmd.page.anon and self.swap.nr_swap_pages():
                 self.split_folio(vma, pmd.page.pages[0], haddr)      # shrink_folio_list(): split to swap out
         self.tlb.flush_range(flush)

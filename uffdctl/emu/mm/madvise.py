@@ -139,11 +139,14 @@ class Madvise:
             if not (s <= haddr and haddr + HPAGE_SIZE <= e):
                 self.split_folio(vma, pmd.page.pages[0], haddr)   # "split_folio(folio)": part of a THP
                 continue
-            if pmd.special or not pmd.page.exclusive:
+            folio = pmd.page
+            if folio.mapcount != 1 or any(p.mapcount for p in folio.pages):    # folio_mapcount(folio) != 1
                 continue
+            folio.dirty = False                  # folio_clear_dirty()
             if pmd.young or pmd.dirty:
                 pmd.young = pmd.dirty = False
                 flush.append(haddr)
+            folio.lazyfree = True                # folio_mark_lazyfree(): reclaim may discard it whole
         return flush
 
     def madvise_cold_or_pageout_pte_range(self, vma, start: int, end: int, pageout: bool) -> None:
