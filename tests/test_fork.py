@@ -429,3 +429,84 @@ def test_fork_of_a_pmd_mapped_thp(tmp_path, backend, profile):
         from test_thp import vmstat
         pytest.skip(f"the kernel got no THP here (thp_fault_fallback={vmstat().get('thp_fault_fallback')})")
     assert r["ok"], r.get("error")
+
+
+FORK_SWAPPED = """\
+mmap --size 16K --type {memtype} --name r
+touch r:0 --write --fill 0x10 --wait
+touch r:1 --write --fill 0x11 --wait
+madvise r --advice pageout
+expect pagemap r:0-1 swap=1
+fork --name child
+touch child/r:0 --write --fill 0x96 --wait
+touch child/r:1 --read --wait
+expect result data=11
+touch r:0 --read --wait
+expect result data=10
+expect pagemap r:0 present=1 exclusive=1
+touch child/r:0 --read --wait
+expect result data=96
+touch r:1 --write --fill 0x22 --wait
+touch child/r:1 --read --wait
+expect result data=11
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("memtype", ["anon", "shmem-private"])
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_fork_shares_swap_entries_and_cow_keeps_them_apart(tmp_path, host_swap, backend, memtype):
+    """copy_nonpresent_pte(): a swapped-out page is shared by its swap entry (swap_duplicate()); a write by
+    either side after its swap-in copies (wp_can_reuse_anon_folio(): folio_free_swap() fails while the other
+    entry holds the slot, and try_to_unmap_one() had cleared PageAnonExclusive), so the other side keeps the old
+    data [the differential, seed 227488197: the emulator let the child's write through to the parent]."""
+    from uffdctl.script import run_file
+    if backend == "kernel":
+        b = make_backend("kernel")
+    else:
+        b = _emu()
+        b.swap_on(64 << 20)
+    p = tmp_path / "fork-swapped.uffd"
+    p.write_text(FORK_SWAPPED.format(memtype=memtype))
+    r = run_file(str(p), backend=b)
+    assert r["ok"], r.get("error")
+
+
+CHILD_THREAD_CALLS = """\
+mmap --size 16K --name r
+touch r:0 --write --wait
+fork --name child
+madvise child/r:0 --advice dontneed --thread main
+wait
+expect pagemap child/r:0 present=0
+expect pagemap r:0 present=1
+uffd open --proc child --name cu
+api --uffd child/cu --features event_remove
+register child/r --mode missing --uffd child/cu
+handler --unread --uffd child/cu
+madvise child/r:1 --advice dontneed --thread main
+expect result blocked=1
+read --uffd child/cu
+expect result messages[0].event=remove
+wait
+expect result blocked=0 op=madvise
+madvise child/r:1 --advice dontneed --thread main
+expect result blocked=1
+kill child
+waitpid child
+expect result signal_name=SIGKILL
+"""
+
+
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_thread_calls_in_a_child(tmp_path, backend):
+    """--thread on a child's system call: its only thread issues it and the session goes on; with the child's
+    own uffd unread the madvise sleeps until its REMOVE message is read (userfaultfd_remove()); a SIGKILL
+    ends it asleep (userfaultfd_event_wait_completion() gives up on a fatal signal), nothing hangs."""
+    from uffdctl.script import run_file
+    if backend == "kernel":
+        make_backend("kernel").close()
+    p = tmp_path / "child-thread.uffd"
+    p.write_text(CHILD_THREAD_CALLS)
+    r = run_file(str(p), backend)
+    assert r["exit"] == 0, r.get("error")
