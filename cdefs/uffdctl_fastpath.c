@@ -150,6 +150,8 @@ static PyObject *fast_copy(FastUffd *self, PyObject *const *args, Py_ssize_t nar
 	Py_END_ALLOW_THREADS
 	if (r < 0)
 		return raise_fail(self, "UFFDIO_COPY", r, a[0], a[2], c.copy, 1);
+	if ((__u64)c.copy == c.len && PyLong_CheckExact(a[2]))
+		return Py_NewRef(a[2]);		/* all of it: the caller's len (no int made) */
 	return PyLong_FromLongLong(c.copy == UNWRITTEN ? 0 : c.copy);
 }
 
@@ -172,6 +174,8 @@ static PyObject *fast_zeropage(FastUffd *self, PyObject *const *args, Py_ssize_t
 	Py_END_ALLOW_THREADS
 	if (r < 0)
 		return raise_fail(self, "UFFDIO_ZEROPAGE", r, a[0], a[1], z.zeropage, 1);
+	if ((__u64)z.zeropage == z.range.len && PyLong_CheckExact(a[1]))
+		return Py_NewRef(a[1]);
 	return PyLong_FromLongLong(z.zeropage == UNWRITTEN ? 0 : z.zeropage);
 }
 
