@@ -170,3 +170,43 @@ def test_bad_file_input_on_the_emulator():
         assert ei.value.errno == errno.EINVAL
     finally:
         eb.close()
+
+
+def _closing(b, scenario, *args):
+    try:
+        return scenario(b, *args)
+    finally:
+        b.close()
+
+
+def copy_from_file_scenario(b, backing: str) -> list:
+    """UFFDIO_COPY whose source is a never-touched page of a file mapping: the copy's fault is a page-cache miss
+    (filemap_fault(): VM_FAULT_MAJOR on a disk file), not an error; then a write to the source and a second copy."""
+    src = mapping(b, backing, 2)
+    dst = b.mmap(4 * PS, MemType.ANON, name="dst")
+    u = b.userfaultfd()
+    u.api(0)
+    u.register(dst.addr, dst.len, int(R.MISSING))
+    out = []
+    try:
+        out.append(("copy", u.copy(dst.addr, src.addr, 2 * PS)))
+        out.append(("src", _bits(b, src, 2), "dst", _bits(b, dst, 2), b.read(dst.addr, 1)))
+        out.append(("w src", _faults(b, src.addr + PS, True, 7)))
+        out.append(("copy 2", u.copy(dst.addr + 2 * PS, src.addr, 2 * PS), b.read(dst.addr + 3 * PS, 1)))
+    except UffdError as e:
+        out.append(("copy", errno.errorcode[e.errno]))
+    u.close()
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("backing", ["disk-file", "disk-file-private", "tmpfs-file"])
+def test_copy_from_an_uncached_file_page(backing):
+    """copy_from_user() of UFFDIO_COPY faults the source in from the file (a major fault is no failure)."""
+    reason = _fs_reason()
+    if reason:
+        require_kernel(reason)
+    k, e = (_closing(make_backend(n), copy_from_file_scenario, backing) for n in ("kernel", "emu"))
+    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+    k = dict((x[0], x[1:]) for x in k)
+    assert k["copy"] == (2 * PS,) and k["copy 2"] == (2 * PS, b"\x07"), k

@@ -368,3 +368,46 @@ def test_lazyfree_then_pageout(host_swap):
     assert bits(k["pageout 2"][0]) == ["none", "S"], k
     assert k["w p0"][0][:2] == ("fault", 1) and k["w p0"][1] == [], k
     assert k["r p1"][0][-1] == b"\x03", k
+
+
+# -- a swapped-out UFFDIO_COPY source ---------------------------------------------------------------------------------
+def copy_source_scenario(b, memtype: str, fill: int) -> list:
+    """UFFDIO_COPY into a MISSING-registered page from a source page that was paged out: mfill_atomic_pte_copy()'s
+    copy_from_user() runs with page faults disabled and fails, mfill_atomic() drops mmap_lock and copies with
+    faults enabled (copy_folio_from_user()): the fault swaps the source in (do_swap_page(); a zero-filled page
+    in the zeromap on 6.12+ is a major fault, VM_FAULT_MAJOR, no error) and the copy goes on."""
+    v = View(b, zero_pfn(b))
+    src = b.mmap(2 * PS, MemType(memtype), name="src")
+    dst = b.mmap(2 * PS, MemType.ANON, name="dst")
+    out = [("w src", acc(b, src.addr, True, fill), acc(b, src.addr + PS, True, fill + 1))]
+    u = b.userfaultfd()
+    u.api(0)
+    u.register(dst.addr, dst.len, int(R.MISSING))
+    b.lru_drain()
+    b.madvise(src.addr, src.len, uapi.MADV_PAGEOUT)
+    out.append(("pageout", v(src)))
+    try:
+        out.append(("copy", u.copy(dst.addr, src.addr, dst.len)))
+    except Exception as e:
+        out.append(("copy", type(e).__name__, getattr(e, "errno", None)))
+    out.append(("after", v(src), bits(v(dst))))
+    if out[-2][1:] == (dst.len,):                         # the dst is filled: reading it cannot block
+        out.append(("data", b.read(dst.addr, 1) + b.read(dst.addr + PS, 1), b.read(src.addr, 1)))
+    u.close()
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("memtype", ["anon", "shmem"])
+@pytest.mark.parametrize("fill", [0, 0x21], ids=["zero-filled", "written"])
+def test_copy_from_a_swapped_out_source(host_swap, memtype, fill):
+    """A swapped-out source is swapped in by the copy, which succeeds, whether the swap-in is minor (the swap
+    cache still holds the folio: no memory pressure) or major (a zeromap entry, read into a new folio): only the
+    VM_FAULT_ERROR bits of handle_mm_fault() make copy_from_user() fail (do_user_addr_fault())."""
+    k = side_by_side(copy_source_scenario, memtype, fill)
+    assert k["copy"] == (2 * PS,), k
+    assert k["data"] == (bytes((fill, fill + 1)), bytes((fill,))), k
+    assert bits(k["after"][1]) == ["PX", "PX"], k              # the copies: present, exclusive anon pages
+    if memtype == "anon":
+        assert bits(k["pageout"][0]) == ["S", "S"], k
+        assert all(e.startswith("P") for e in k["after"][0]), k   # the source swapped back in by the copy

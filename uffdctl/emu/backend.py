@@ -23,7 +23,7 @@ from .. import uapi
 from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, HandlerPolicy, MemType, Region,
                        ScanResult, SoftDirtyProbe, Thread, UffdMsg)
 from ..errors import NotModelled, ProcessError, UffdError, UsageError, uffd_error
-from ..types import PteBits
+from ..types import PteBits, size_name
 from . import mm as M
 from .fs.proc import task_mmu
 from .mm.khugepaged import NotModelledCollapse
@@ -381,30 +381,47 @@ class EmuBackend(Backend):
         memtype = MemType(memtype)
         if page_size is not None and not memtype.hugetlb:
             raise UsageError(f"a page size is for hugetlb mappings, not {memtype.value}")
-        if page_size not in (None, M.HPAGE_SIZE):
-            size = f"{page_size >> 30}G" if page_size >= 1 << 30 else f"{page_size >> 10}K"
-            raise NotModelled(f"hugetlb {size} pages (the model has the 2M hstate only)")
+        if page_size not in (None,) + M.HSTATES:
+            raise UsageError(f"no hugetlb page size {size_name(page_size)} in the model (sizes: "
+                             f"{', '.join(size_name(s) for s in M.HSTATES)}: x86-64's PMD and PUD hstates)")
         name = self._region_name(name)
-        page = M.HPAGE_SIZE if memtype.hugetlb else uapi.PAGE_SIZE
+        page = (page_size or M.HPAGE_SIZE) if memtype.hugetlb else uapi.PAGE_SIZE
         self._check_len(len, page, addr)
         f = None
         fd = None
         if memtype.file_backed:
             fd = next(self._fds)
             f = self._files[fd] = M.ShmemFile(f"uffdctl-{name}", len, page)
-        v = self.mm.mmap(len, memtype, prot, addr, f)
+        v = self.mm.mmap(len, memtype, prot, addr, f, page_size=page if memtype.hugetlb else None)
         if isinstance(v, int):
             raise uffd_error(-v, "mmap", addr, len)
         if memtype is MemType.ANON:      # as the kernel backend: MADV_NOHUGEPAGE unless asked (mmap --thp)
             v.flags |= M.VM_NOHUGEPAGE
         return self._add_region(Region(name, v.start, len, memtype, page, fd, prot))
 
+    def mmap_fixed(self, len, memtype, name, prot, addr, page_size=None):
+        memtype = MemType(memtype)
+        page = (page_size or M.HPAGE_SIZE) if memtype.hugetlb else uapi.PAGE_SIZE
+        self._check_len(len, page, addr)
+        self._map_fixed_unmap(addr, len, page)
+        return self.mmap(len, memtype, name=name, prot=prot, addr=addr, page_size=page_size)
+
+    def _map_fixed_unmap(self, addr, len, page) -> None:
+        """MAP_FIXED: mmap_region() unmaps what lies in [addr, addr+len) first (do_vmi_munmap(), with
+        userfaultfd_unmap_prep(): an UNMAP message for each EVENT_UNMAP ctx there; the caller's
+        userfaultfd_unmap_complete() follows the new mapping), as munmap() would; a bad address is EINVAL
+        before anything is unmapped."""
+        if addr is None or addr % page or addr + len > M.TASK_SIZE:
+            raise uffd_error(E.EINVAL, "mmap", addr, len)
+        if self.mm.vmas_in(addr, addr + len):
+            self.munmap(addr, len)
+
     def mmap_shared_anon(self, len, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, fixed=False):
         """MAP_SHARED|MAP_ANONYMOUS is shmem in mm/mmap.c (shmem_zero_setup()): a shmem file no fd reaches."""
-        if fixed:
-            raise NotModelled("mmap MAP_FIXED")
         name = self._region_name(name)
         self._check_len(len, uapi.PAGE_SIZE, addr)
+        if fixed:
+            self._map_fixed_unmap(addr, len, uapi.PAGE_SIZE)
         v = self.mm.mmap(len, MemType.SHMEM, prot, addr, M.ShmemFile("dev/zero", len, uapi.PAGE_SIZE))
         if isinstance(v, int):
             raise uffd_error(-v, "mmap", addr, len)
@@ -454,8 +471,6 @@ class EmuBackend(Backend):
         one the path has on this machine: tmpfs gives shmem's semantics, anything else a disk file's
         (emu/mm/filemap.py).  The model's file starts empty (a host file's contents are not read)."""
         import os
-        if fixed:
-            raise NotModelled("mmap MAP_FIXED")
         name = self._region_name(name)
         self._check_len(len, uapi.PAGE_SIZE, addr)
         if not os.path.isdir(path) and os.path.exists(path) and os.path.getsize(path):
@@ -463,6 +478,8 @@ class EmuBackend(Backend):
         d = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(d):
             raise uffd_error(E.ENOENT, "open", None, len, message=path)
+        if fixed:
+            self._map_fixed_unmap(addr, len, uapi.PAGE_SIZE)
         key = None if os.path.isdir(path) else os.path.abspath(path)
         f = self._paths.get(key) if key else None
         if f is None:

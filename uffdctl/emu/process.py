@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import errno as E
-import os
 import resource
 import signal as _signal
 
@@ -172,11 +171,6 @@ class EmuProcess(Process):
         except UffdError as e:
             raise uffd_error(e.errno, what, start, length, message=f"in process {self.name}") from None
 
-    def thread(self, name: str = "main") -> Thread:
-        if name != "main":
-            raise ProcessError(f"process {self.name} has one thread, main (not {name!r})")
-        return self._thread
-
     def faults(self) -> tuple[int, int]:
         if self._exit is not None:        # a zombie's /proc/PID/stat still counts; a reaped one is gone
             raise ProcessError(f"process {self.name} (pid {self.pid}) is gone")
@@ -186,11 +180,8 @@ class EmuProcess(Process):
     def madvise(self, addr, len, advice):
         self._call("madvise", lambda: self._b.madvise(addr, len, advice, mm=self.mm), addr, len)
 
-    def munmap(self, addr, len):
+    def _munmap(self, addr, len):
         self._call("munmap", lambda: self._b.munmap(addr, len, mm=self.mm), addr, len)
-        for name, reg in list(self.regions.items()):
-            if addr <= reg.addr and reg.end <= addr + len:
-                del self.regions[name]
 
     def mprotect(self, addr, len, prot):
         self._call("mprotect", lambda: self._b.mprotect(addr, len, prot, mm=self.mm), addr, len)
@@ -199,19 +190,11 @@ class EmuProcess(Process):
         return self._call("mremap", lambda: self._b.mremap(old, old_len, new_len, flags, new_addr, mm=self.mm),
                           old, old_len)
 
-    def mmap(self, len, memtype="anon", name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, **kw):
-        memtype = MemType(memtype)
-        if memtype is not MemType.ANON:
-            raise uffd_error(E.EOPNOTSUPP, "mmap", addr, len,
-                             message=f"a child process maps anon memory only (not {memtype.value})")
-        if name is None:
-            name = next(f"r{i}" for i in range(1 << 20) if f"r{i}" not in self.regions)
-        v = self._call("mmap", lambda: self.mm.mmap(len, memtype, prot, addr), addr, len)
+    def _mmap_anon(self, len, prot, addr):
+        v = self._call("mmap", lambda: self.mm.mmap(len, MemType.ANON, prot, addr), addr, len)
         if isinstance(v, int):
             raise uffd_error(-v, "mmap", addr, len, message=f"in process {self.name}")
-        r = Region(name, v.start, len, memtype, uapi.PAGE_SIZE, None, prot)
-        self.regions[name] = r
-        return r
+        return v.start
 
     def read(self, addr, len) -> bytes:
         acc = self._thread.access(addr, len, False, want_data=True)
@@ -271,9 +254,6 @@ class EmuProcess(Process):
                              message=f"no mapping of process {self.name} contains this address")
         return task_mmu.smaps_private_dirty(self.mm, vma)
 
-    def soft_dirty(self):
-        return self._b.soft_dirty()
-
     # -- processes and uffds of the child -------------------------------------------------------
     def fork_access(self, name: str) -> Access:
         """The child forks (a grandchild): an Access whose result() is the new EmuProcess."""
@@ -289,17 +269,8 @@ class EmuProcess(Process):
         return u
 
     # -- exit ------------------------------------------------------------------------------------
-    @property
-    def alive(self) -> bool:
-        return self._exit is None and not self._closed
-
-    @property
-    def exit(self) -> dict | None:
-        return self._exit
-
     def kill(self, sig: int = _signal.SIGKILL) -> None:
-        if self._exit is not None:
-            raise ProcessError(f"process {self.name} (pid {self.pid}) has been reaped already")
+        self._not_reaped()
         if self._status is not None or sig in _IGNORED:
             return                         # a zombie, or the default action is to ignore it
         if sig in _STOP:
@@ -329,25 +300,15 @@ class EmuProcess(Process):
         self._exit = decode_status(self.pid, self._status)
         return self._exit
 
-    def close(self) -> None:
-        """Kill (SIGKILL) and reap; children first.  Never blocks."""
-        if self._closed:
-            return
-        for c in list(self.children):
-            c.close()
+    def _kill_and_reap(self) -> None:
+        """Never blocks."""
         if self._status is None:
             self.die(_signal.SIGKILL)
-        if self._exit is None:
-            self._exit = decode_status(self.pid, self._status)
-        self._closed = True
+        self._exit = decode_status(self.pid, self._status)
 
-    def to_dict(self) -> dict:
-        d = {"name": self.name, "pid": self.pid, "ppid": self.parent.pid if self.parent else os.getpid(),
-             "parent": self.parent.name if self.parent else "self", "alive": int(self.alive),
-             "busy": self.busy_what if self._status is None else None, "regions": sorted(self.regions)}
-        if self._exit is not None:
-            d.update(exit=self._exit)
-        return d
+    @property
+    def _busy_now(self) -> str | None:
+        return self.busy_what if self._status is None else None
 
 
 __all__ = ["EmuProcess"]

@@ -201,7 +201,8 @@ _VMFLAG_CODES = (("rd", 0x1), ("wr", 0x2), ("ex", 0x4), ("sh", 0x8), ("mr", 0x10
 def smaps_vmas(mm, start: int, end: int) -> list[dict]:
     """/proc/PID/smaps entries of the VMAs overlapping [start, end), in uffdctl.kernel_mm.parse_smaps()'s shape:
     start, end, perms, path, flags (VmFlags codes) and the fields the model knows, in bytes: Size, Rss,
-    Anonymous, AnonHugePages, ShmemPmdMapped, Private_Dirty, Swap, Locked (smaps_pte_entry() /
+    Anonymous, AnonHugePages, ShmemPmdMapped, Private_Dirty, Swap, Locked, KernelPageSize, MMUPageSize
+    (smaps_pte_entry() /
     smaps_pmd_entry(): the zero pages are not counted)."""
     out = []
     for vma in mm.vmas_in(start, end):
@@ -230,7 +231,9 @@ def smaps_vmas(mm, start: int, end: int) -> list[dict]:
                     "path": "" if vma.anon else f"/memfd:{vma.file.name} (deleted)", "flags": flags,
                     "Size": vma.end - vma.start, "Rss": rss, "Anonymous": anon, "AnonHugePages": thp,
                     "ShmemPmdMapped": shmem_pmd, "Private_Dirty": smaps_private_dirty(mm, vma), "Swap": swap,
-                    "Locked": 0})
+                    "Locked": 0,
+                    # vma_kernel_pagesize() / vma_mmu_pagesize(): the hstate's size for hugetlb (x86: the same)
+                    "KernelPageSize": vma.page_size, "MMUPageSize": vma.page_size})
     return out
 
 
