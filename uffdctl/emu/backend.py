@@ -236,9 +236,10 @@ class EmuHandler(Handler):
 
     def service(self) -> bool:
         """Read and resolve one batch of messages (the run queue calls it); False: nothing to read."""
-        if self.uffd.closed:
+        u = self.uffd
+        if u.closed or not (u.pending or u.event_q):   # nothing to read (read_msgs would return [])
             return False
-        msgs = self.uffd.read_msgs(self._batch)
+        msgs = u.read_msgs(self._batch)
         if not msgs:
             return False
         stats, log = self._stats, self._log

@@ -22,6 +22,12 @@ class RunQueue:
         self._spinning: list = []
         self._services: list = []
         self._running = False
+        self._readable: dict = {}      # uffds whose pollable pipe is brought up to date when the run ends
+
+    def defer_readable(self, uffd) -> None:
+        """Inside run(): bring ``uffd``'s pollable state up to date when the run ends, not at each message
+        (no one can poll it before: emulated threads and handlers run synchronously, inside run())."""
+        self._readable[id(uffd)] = uffd
 
     def enqueue(self, task) -> None:
         """A new or resumed task becomes runnable."""
@@ -60,3 +66,7 @@ class RunQueue:
                     break
         finally:
             self._running = False
+            if self._readable:
+                sync, self._readable = self._readable, {}
+                for u in sync.values():
+                    u._update_readable()
