@@ -397,6 +397,12 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
         ptes, psz, hugetlb = mm.ptes, vma.page_size, vma.hugetlb
         npages = psz // PAGE_SIZE
         wp_matching = flags & _WP_MATCHING
+        # pagemap_scan_category() of a present PTE of this VMA: the VMA's part once, the PTE's bits per page
+        sdc = mm.soft_dirty_config
+        p_base = vcat | _C.PRESENT | (_C.SOFT_DIRTY if sdc and vma.flags & VM_SOFTDIRTY else 0) | \
+            (_C.HUGE if hugetlb else 0)
+        p_written = _C.WRITTEN if p.scan_written_any_vma or userfaultfd_wp(vma) else 0
+        p_sd, p_zero, p_file = _C.SOFT_DIRTY if sdc else 0, _C.PFNZERO, _C.FILE
         i = -1
         while i + 1 < len(keys):
             i += 1
@@ -456,7 +462,12 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                 pos = kend
                 continue
             pte = ptes[k]
-            cat = pagemap_scan_category(mm, vma, pte) | vcat
+            page = pte.page
+            if page is not None:
+                cat = p_base | (0 if pte.uffd_wp else p_written) | (p_sd if pte.soft_dirty else 0) | \
+                    (p_zero if pte.special else 0 if page.anon else p_file)
+            else:
+                cat = pagemap_scan_category(mm, vma, pte) | vcat
             cs = k
             if hugetlb and (k < s or k + psz > e):       # the part of the huge page in the range
                 cs, ce = max(k, s), min(k + psz, e)
