@@ -841,11 +841,10 @@ def test_thread_on_every_blocking_mm_call(run, run_emu):
     """munmap, mremap, mmap --fixed and mlock with --thread: issued from a session thread, they stay blocked
     while their UNMAP/REMAP message is unread (handler --unread) and the session goes on (read, wait); the
     regions are carved and moved once the call has returned.  mlock blocks in a fault nobody resolves until
-    the handler's policy resolves it.  The emulator runs no operation blocked on its event: exit 4."""
+    the handler's policy resolves it.  The emulator runs each as a call that sleeps where the kernel's does
+    (sched.SyscallTask): the same results, message by message."""
     ok(run(THREADED_MM))
-    not_modelled(run_emu(THREADED_MM), "munmap --thread (a system call blocked until its event is read)")
-    not_modelled(run_emu("mmap --size 8K --name buf\nmunmap buf:1 --thread t1\n"),
-                 "munmap --thread (a system call blocked until its event is read)")
+    ok(run_emu(THREADED_MM))
 
 
 def test_thread_bookkeeping_waits_for_the_call(run):
