@@ -403,8 +403,8 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             k = keys[i]
             if k <= pos:
                 pass
-            elif by_table:
-                for pos, hend, table in mm.table_runs(pos, k):   # hole runs [pos, k)
+            elif by_table or hole_match:     # pagemap_scan_pte_hole() over the hole runs [pos, k)
+                for pos, hend, table in (mm.table_runs(pos, k) if by_table else ((pos, k, True),)):
                     cat = hole_table if table else hole_none
                     if match(cat):
                         n = (hend - pos) // uapi.PAGE_SIZE
@@ -415,16 +415,6 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                         if got < n:
                             mm.tlb.flush_range(wp_flush)
                             return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
-            elif hole_match:
-                cat = hole_table
-                n = (k - pos) // uapi.PAGE_SIZE
-                got = emit(pos, n, cat)
-                if flags & _WP_MATCHING and cat & _C.WRITTEN:
-                    for a in range(pos, pos + got * uapi.PAGE_SIZE, vma.page_size):
-                        mm.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
-                if got < n:
-                    mm.tlb.flush_range(wp_flush)
-                    return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
             pos = max(pos, k)
             if k >= e:
                 break
