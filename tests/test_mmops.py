@@ -17,19 +17,12 @@ from conftest import require_kernel
 from uffdctl.script import run_file
 
 
-from test_script import _runner, run  # noqa: E402,F401  (one script runner and its kernel fixture)
+from test_script import _runner, run, run_any  # noqa: E402,F401  (one script runner, its fixtures)
 
 
 @pytest.fixture
 def run_emu(tmp_path):
     return _runner(tmp_path, "emu")
-
-
-@pytest.fixture(params=["kernel", "emu"])
-def run_any(request, tmp_path):
-    if request.param == "kernel":
-        need_kernel()
-    return _runner(tmp_path, request.param)
 
 
 def ok(res):
@@ -370,36 +363,8 @@ def test_mm_ops_not_modelled_on_emulator(run_emu):
 
 
 # -- THP ----------------------------------------------------------------------------------------------
-def _thp_mode() -> str:
-    try:
-        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
-    except OSError:
-        return "missing"
-    return text.split("[")[1].split("]")[0] if "[" in text else text.strip()
-
-
-def test_thp_anon(run):
-    if _thp_mode() not in ("always", "madvise"):
-        require_kernel(f"THP is {_thp_mode()} here (/sys/kernel/mm/transparent_hugepage/enabled)")
-    ok(run("""
-        mmap --size 4M --thp --name huge
-        expect addr huge:0 aligned=2M
-        expect vma huge flags=hg,!nh
-        touch huge:0 --write --wait
-        expect vma huge AnonHugePages=2M
-        expect scan huge --category-mask huge --return-mask huge regions=1 r0.start=huge:0 r0.end=huge:512
-        expect scan huge --category-mask present,huge regions=1 r0.categories=present|huge|written
-        mmap --size 2M --align 2M --name small
-        touch small:0 --write --wait
-        expect vma small flags=nh AnonHugePages=0
-        madvise small --advice hugepage
-        expect vma small flags=hg,!nh
-        madvise small --advice collapse
-        expect vma small AnonHugePages=2M
-        expect pagemap small:0-511 present=1
-    """))
-
-
+# The anon THP script (smaps VmFlags hg/nh, AnonHugePages, PAGE_IS_HUGE, MADV_COLLAPSE) runs on both backends in
+# tests/test_thp.py::test_thp_script_on_both.
 def _shmem_thp_knobs_allow() -> str | None:
     """None if the host's knobs let a memfd take THPs (MADV_HUGEPAGE), else the top-level value."""
     import glob
@@ -876,11 +841,10 @@ def test_thread_on_every_blocking_mm_call(run, run_emu):
     """munmap, mremap, mmap --fixed and mlock with --thread: issued from a session thread, they stay blocked
     while their UNMAP/REMAP message is unread (handler --unread) and the session goes on (read, wait); the
     regions are carved and moved once the call has returned.  mlock blocks in a fault nobody resolves until
-    the handler's policy resolves it.  The emulator runs no operation blocked on its event: exit 4."""
+    the handler's policy resolves it.  The emulator runs each as a call that sleeps where the kernel's does
+    (sched.SyscallTask): the same results, message by message."""
     ok(run(THREADED_MM))
-    not_modelled(run_emu(THREADED_MM), "munmap --thread (a system call blocked until its event is read)")
-    not_modelled(run_emu("mmap --size 8K --name buf\nmunmap buf:1 --thread t1\n"),
-                 "munmap --thread (a system call blocked until its event is read)")
+    ok(run_emu(THREADED_MM))
 
 
 def test_thread_bookkeeping_waits_for_the_call(run):

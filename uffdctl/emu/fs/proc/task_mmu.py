@@ -11,7 +11,7 @@ import errno as E
 from types import SimpleNamespace
 
 from .... import uapi
-from ....types import ScanResult
+from ....types import PteBits, ScanResult
 from ....errors import uffd_error
 from ...mm import (HPAGE_PMD_NR, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_UFFD_WP, VM_SOFTDIRTY, Pte, make_pte_marker,
                    userfaultfd_wp)
@@ -409,8 +409,8 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             k = keys[i]
             if k <= pos:
                 pass
-            elif by_table:
-                for pos, hend, table in mm.table_runs(pos, k):   # hole runs [pos, k)
+            elif by_table or hole_match:     # pagemap_scan_pte_hole() over the hole runs [pos, k)
+                for pos, hend, table in (mm.table_runs(pos, k) if by_table else ((pos, k, True),)):
                     cat = hole_table if table else hole_none
                     if match(cat):
                         n = (hend - pos) // uapi.PAGE_SIZE
@@ -421,16 +421,6 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                         if got < n:
                             mm.tlb.flush_range(wp_flush)
                             return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
-            elif hole_match:
-                cat = hole_table
-                n = (k - pos) // uapi.PAGE_SIZE
-                got = emit(pos, n, cat)
-                if flags & _WP_MATCHING and cat & _C.WRITTEN:
-                    for a in range(pos, pos + got * uapi.PAGE_SIZE, vma.page_size):
-                        mm.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
-                if got < n:
-                    mm.tlb.flush_range(wp_flush)
-                    return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
             pos = max(pos, k)
             if k >= e:
                 break
@@ -494,3 +484,45 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             pos = k + psz
     mm.tlb.flush_range(wp_flush)
     return ScanResult([tuple(r) for r in regions], end if partial_at is None else partial_at)
+
+
+class TaskMmuFiles:
+    """What a task shows of its mm through /proc/PID (clear_refs, PAGEMAP_SCAN, smaps) and the PTE queries of
+    uffdctl.backend, for an object with an ``mm``: the emulated process (EmuBackend) and each of its children
+    (EmuProcess) answer through the same code.  ``_task_label`` names the task in an error (None: the caller's
+    own process)."""
+
+    _task_label: str | None = None
+
+    def clear_refs(self, value) -> None:
+        try:
+            v = int(str(value).strip())           # clear_refs_write(): kstrtoint(strstrip(buffer))
+        except ValueError:
+            v = -1
+        r = clear_refs_write(self.mm, v)
+        if r < 0:
+            who = f"{self._task_label}: " if self._task_label else ""
+            raise uffd_error(-r, "clear_refs", message=f"{who}value {value!r}")
+
+    def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0, category_anyof_mask=0,
+                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512,
+                     null_vec=False) -> ScanResult:
+        return do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask, category_anyof_mask,
+                               return_mask, max_pages, vec_len, null_vec)
+
+    def smaps_private_dirty(self, addr) -> int:
+        vma = self.mm.find_vma(addr)
+        if vma is None:
+            of = f" of {self._task_label}" if self._task_label else ""
+            raise uffd_error(E.ENOENT, "smaps", addr, message=f"no mapping{of} contains this address")
+        return smaps_private_dirty(self.mm, vma)
+
+    def pte_bits(self, addr: int) -> PteBits:
+        pte = self.mm.ptes.get(addr)
+        if pte is None or not pte.present:
+            return PteBits(0, 0)
+        return PteBits(int(pte.write), int(pte.dirty))
+
+    def vma_bounds(self, addr: int) -> tuple[int, int] | None:
+        v = self.mm.find_vma(addr)
+        return (v.start, v.end) if v is not None else None
