@@ -8,12 +8,11 @@ Pages are named by relation (the first PFN seen is p0, the first swap slot s0, .
 """
 from __future__ import annotations
 
-import time
 
 import pytest
 
-from conftest import (SWAP_SIZE, active_swaps as other_swaps, assert_steps_agree, make_backend, require_kernel,
-                      run_closing, zero_pfn)
+from conftest import (SWAP_SIZE, active_swaps as other_swaps, assert_steps_agree, drain_events, make_backend,
+                      require_kernel, run_closing, zero_pfn)
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 
@@ -122,7 +121,7 @@ def swap_scenario(b, memtype: str) -> list:
     out.append(("w p1 again", acc(b, r.addr + PS, True, 3)))
     h = b.fault_handler(u, HandlerPolicy(missing="zeropage", wp="unprotect"))
     out.append(("w p0", acc(b, r.addr, True, 4), [(e.msg.flags, (e.msg.address - r.addr) // PS, e.action)
-                                                  for e in _events(h, 1)]))
+                                                  for e in drain_events(h, 1, keep=lambda e: e.action != "event")]))
     out.append(("after", v(r)))
     pageout(b, r)
     out.append(("pageout 2", v(r)))
@@ -131,14 +130,6 @@ def swap_scenario(b, memtype: str) -> list:
     h.stop()
     u.close()
     return out
-
-
-def _events(h, n):
-    got, deadline = [], time.monotonic() + 5
-    while len(got) < n and time.monotonic() < deadline:
-        got += [e for e in h.events() if e.action != "event"]
-        time.sleep(0.002)
-    return got
 
 
 def side_by_side(scenario, *args, with_swap=True):
