@@ -386,3 +386,21 @@ def test_copy_from_a_swapped_out_source(host_swap, memtype, fill):
     if memtype == "anon":
         assert bits(k["pageout"][0]) == ["S", "S"], k
         assert all(e.startswith("P") for e in k["after"][0]), k   # the source swapped back in by the copy
+
+
+def test_swapfile_refused_on_tmpfs():
+    """A swapfile on tmpfs/ramfs is refused before anything is created (statfs(2) f_type: TMPFS_MAGIC); a disk
+    filesystem's magic is not taken for tmpfs."""
+    import os
+    from uffdctl import _libc, swap
+    from uffdctl.errors import Unsupported
+    if os.geteuid() != 0:
+        require_kernel("swap on needs root")
+    if not _libc.on_tmpfs("/dev/shm"):
+        require_kernel("/dev/shm is not tmpfs here")
+    before = set(os.listdir("/dev/shm"))
+    with pytest.raises(Unsupported, match="tmpfs/ramfs"):
+        swap.on(SWAP_SIZE, "/dev/shm")
+    assert not {f for f in set(os.listdir("/dev/shm")) - before if f.startswith("uffdctl-swap-")}
+    assert _libc.statfs_type("/proc") == 0x9FA0 and not _libc.on_tmpfs("/proc")     # PROC_SUPER_MAGIC
+    assert _libc.statfs_type("/no/such/dir") == -2                                  # -ENOENT
