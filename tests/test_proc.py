@@ -239,6 +239,20 @@ def test_fork_with_event_fork(tmp_path, backend):
 
 
 @pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_child_pagemap_scan_takes_what_the_process_takes(tmp_path, backend):
+    """A child's PAGEMAP_SCAN is the same ioctl as the process's own (on the emulator, one TaskMmuFiles serves
+    both): --null-vec reaches it in the child too, with the errno the process's own scan gets."""
+    own = run(tmp_path, "mmap --size 16K --name buf\nscan buf --once --null-vec\n", backend)
+    assert own["exit"] == 1 and own["error"]["line"] == 2 and own["error"]["errno_name"], own
+    ok(run(tmp_path, f"""
+    mmap --size 16K --name buf
+    fork --name child
+    scan child/buf --once --null-vec
+    expect errno {own["error"]["errno_name"]}
+    """, backend))
+
+
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
 def test_fork_without_event_fork_unregisters_the_child(tmp_path, backend):
     r = ok(run(tmp_path, """
     mmap --size 16K --name buf

@@ -20,10 +20,11 @@ import errno as E
 import itertools
 
 from .. import uapi
+from .._libc import on_tmpfs
 from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, HandlerPolicy, MemType, Region,
-                       ScanResult, SoftDirtyProbe, Thread, UffdMsg)
+                       SoftDirtyProbe, Thread, UffdMsg)
 from ..errors import NotModelled, ProcessError, UffdError, UsageError, uffd_error
-from ..types import PteBits, size_name
+from ..types import size_name
 from . import mm as M
 from .fs.proc import task_mmu
 from .mm.khugepaged import NotModelledCollapse
@@ -35,19 +36,6 @@ from .profiles import DEFAULT_PROFILE, get_profile
 from .sched import RunQueue, SyscallTask
 
 BUS_ADRERR = 2
-_TMPFS_MAGIC, _RAMFS_MAGIC = 0x01021994, 0x858458F6
-
-
-def _is_tmpfs(directory: str) -> bool:
-    """statfs(2) f_type of ``directory`` on this machine: tmpfs or ramfs (shmem's vm_ops)."""
-    import ctypes
-    import ctypes.util
-
-    class _Statfs(ctypes.Structure):
-        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    buf = _Statfs()
-    return libc.statfs(directory.encode(), ctypes.byref(buf)) == 0 and buf.f_type in (_TMPFS_MAGIC, _RAMFS_MAGIC)
 _TIDS = itertools.count(4_000_001)
 _EV_PAGEFAULT = int(uapi.Event.PAGEFAULT)
 _PF_WP, _PF_MINOR = int(uapi.PagefaultFlag.WP), int(uapi.PagefaultFlag.MINOR)
@@ -307,9 +295,10 @@ class EmuHandler(Handler):
 
     def service(self) -> bool:
         """Read and resolve one batch of messages (the run queue calls it); False: nothing to read."""
-        if self.uffd.closed:
+        u = self.uffd
+        if u.closed or not (u.pending or u.event_q):   # nothing to read (read_msgs would return [])
             return False
-        msgs = self.uffd.read_msgs(self._batch)
+        msgs = u.read_msgs(self._batch)
         if not msgs:
             return False
         stats, log = self._stats, self._log
@@ -388,7 +377,7 @@ class EmuHandler(Handler):
         return dict(self._stats)
 
 
-class EmuBackend(Backend):
+class EmuBackend(task_mmu.TaskMmuFiles, Backend):
     """The emulator: ``EmuBackend(profile="6.18", soft_dirty=True, **switch_overrides)``."""
 
     name = "emu"
@@ -425,16 +414,6 @@ class EmuBackend(Backend):
         return self.mm.tlb.flushes
 
     # -- queries of uffdctl.backend.Backend (what callers ask instead of reading the model) ---------------
-    def pte_bits(self, addr: int) -> PteBits:
-        pte = self.mm.ptes.get(addr)
-        if pte is None or not pte.present:
-            return PteBits(0, 0)
-        return PteBits(int(pte.write), int(pte.dirty))
-
-    def vma_bounds(self, addr: int) -> tuple[int, int] | None:
-        v = self.mm.find_vma(addr)
-        return (v.start, v.end) if v is not None else None
-
     def tlb_flush_count(self) -> int:
         return self.mm.tlb.flushes
 
@@ -558,7 +537,7 @@ class EmuBackend(Backend):
         f = self._paths.get(key) if key else None
         if f is None:
             fname = f"{path} (emulated)" if key else f"{path}/uffdctl-{name} (emulated)"
-            f = M.ShmemFile(fname, len, uapi.PAGE_SIZE) if _is_tmpfs(d) else M.RegularFile(fname, len)
+            f = M.ShmemFile(fname, len, uapi.PAGE_SIZE) if on_tmpfs(d) else M.RegularFile(fname, len)
             if key:
                 self._paths[key] = f
         f.size = max(f.size, len)
@@ -846,31 +825,12 @@ class EmuBackend(Backend):
     def pagemap(self, addr, npages) -> list[int]:
         return task_mmu.pagemap_read(self.mm, addr, npages)
 
-    def clear_refs(self, value) -> None:
-        try:
-            v = int(str(value).strip())
-        except ValueError:
-            v = -1
-        r = task_mmu.clear_refs_write(self.mm, v)
-        if r < 0:
-            raise uffd_error(-r, "clear_refs", message=f"value {value!r}")
-
-    def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0, category_anyof_mask=0,
-                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512,
-                     null_vec=False) -> ScanResult:
-        return task_mmu.do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask,
-                               category_anyof_mask, return_mask, max_pages, vec_len, null_vec)
+    # clear_refs, pagemap_scan, smaps_private_dirty, pte_bits, vma_bounds: task_mmu.TaskMmuFiles
 
     def soft_dirty(self) -> SoftDirtyProbe:
         if self.mm.soft_dirty_config:
             return SoftDirtyProbe(True, "emulated CONFIG_MEM_SOFT_DIRTY=y")
         return SoftDirtyProbe(False, "emulated CONFIG_MEM_SOFT_DIRTY=n: bit 55 reads 0")
-
-    def smaps_private_dirty(self, addr) -> int:
-        vma = self.mm.find_vma(addr)
-        if vma is None:
-            raise uffd_error(E.ENOENT, "smaps", addr, message="no mapping contains this address")
-        return task_mmu.smaps_private_dirty(self.mm, vma)
 
     def close(self) -> None:
         for jt in self._job_threads.values():

@@ -24,7 +24,7 @@ import signal as _signal
 from .. import uapi
 from ..backend import Access, Process, Thread, decode_status
 from ..errors import NotModelled, ProcessError, UffdError, uffd_error
-from ..types import AccessResult, MemType, PteBits, Region
+from ..types import AccessResult, MemType, Region
 from .fs.proc import task_mmu
 from .kernel.fork import exit_mmap
 from .sched import SyscallTask
@@ -156,7 +156,7 @@ class _ForkAccess(Access):
         return self._child
 
 
-class EmuProcess(Process):
+class EmuProcess(task_mmu.TaskMmuFiles, Process):
     """A child of the emulated process: its own mm, one thread (``main``), the parent's regions at fork
     time (a MADV_DONTFORK one is there by name and faults SIGSEGV, as on the kernel)."""
 
@@ -262,36 +262,11 @@ class EmuProcess(Process):
         from array import array
         return array("Q", self.pagemap(addr, npages))
 
-    def vma_bounds(self, addr):
-        v = self.mm.find_vma(addr)
-        return (v.start, v.end) if v is not None else None
-
-    def pte_bits(self, addr):
-        pte = self.mm.ptes.get(addr)
-        if pte is None or not pte.present:
-            return PteBits(0, 0)
-        return PteBits(int(pte.write), int(pte.dirty))
-
-    def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0, category_anyof_mask=0,
-                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512):
-        return task_mmu.do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask,
-                                        category_anyof_mask, return_mask, max_pages, vec_len)
-
-    def clear_refs(self, value) -> None:
-        try:
-            v = int(str(value).strip())
-        except ValueError:
-            v = -1
-        r = task_mmu.clear_refs_write(self.mm, v)
-        if r < 0:
-            raise uffd_error(-r, "clear_refs", message=f"process {self.name}: value {value!r}")
-
-    def smaps_private_dirty(self, addr) -> int:
-        vma = self.mm.find_vma(addr)
-        if vma is None:
-            raise uffd_error(E.ENOENT, "smaps", addr,
-                             message=f"no mapping of process {self.name} contains this address")
-        return task_mmu.smaps_private_dirty(self.mm, vma)
+    # clear_refs, pagemap_scan, smaps_private_dirty, pte_bits, vma_bounds: task_mmu.TaskMmuFiles, as the
+    # emulated process itself
+    @property
+    def _task_label(self) -> str:
+        return f"process {self.name}"
 
     # -- processes and uffds of the child -------------------------------------------------------
     def fork_access(self, name: str) -> Access:
