@@ -501,3 +501,44 @@ def test_thread_calls_in_a_child(tmp_path, backend):
     p.write_text(CHILD_THREAD_CALLS)
     r = run_file(str(p), backend)
     assert r["exit"] == 0, r.get("error")
+
+
+FORK_THP_PAGEOUT = """\
+mmap --size 4M --thp --name r
+touch r:512 --write --fill 0xdf --wait
+expect vma r AnonHugePages=2M
+fork --name child
+touch r:839 --write --fill 0xaf --wait
+madvise r:512-1023 --advice pageout
+expect pagemap r:512-838 present=1 exclusive=0
+expect pagemap r:839 swap=1
+expect pagemap r:840-1023 present=1 exclusive=0
+expect pagemap child/r:512-1023 present=1 exclusive=0
+touch r:839 --read --wait
+expect result data=af
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_pageout_leaves_a_thp_a_child_still_maps(tmp_path, host_swap, backend):
+    """After fork, the parent's write splits its PMD (the child keeps its own); MADV_PAGEOUT of the range then
+    swaps only the parent's own COW copy: madvise_cold_or_pageout_pte_range() leaves a large folio another mm
+    still maps (folio_likely_mapped_shared()) [the differential, seed 280]."""
+    from uffdctl.script import run_file
+    from test_thp import _thp_reason
+    if backend == "kernel":
+        reason = _thp_reason()
+        if reason:
+            require_kernel(reason)
+        b = make_backend("kernel")
+    else:
+        b = _emu()
+        b.swap_on(64 << 20)
+    p = tmp_path / "fork-thp-pageout.uffd"
+    p.write_text(FORK_THP_PAGEOUT)
+    r = run_file(str(p), backend=b)
+    if not r["ok"] and backend == "kernel" and "AnonHugePages" in str(r.get("error")):
+        from test_thp import vmstat
+        pytest.skip(f"the kernel got no THP here (thp_fault_fallback={vmstat().get('thp_fault_fallback')})")
+    assert r["ok"], r.get("error")

@@ -158,6 +158,12 @@ class Madvise:
             pte = self.ptes[a]
             if not pte.present or pte.special or pte.page.mapcount != 1:
                 continue
+            folio = pte.page.head
+            # a large folio left unsplit (split_large_folios()): mapped elsewhere too -- another mm's PMD or
+            # PTEs (folio_likely_mapped_shared()), or folio_mapcount(folio) != folio_nr_pages(folio) -- is left
+            # alone [differential, seed 280: a parent's pageout of a THP its forked child still maps whole]
+            if folio is not None and (folio.mapcount or sum(p.mapcount for p in folio.pages) != len(folio.pages)):
+                continue
             if pageout:
                 isolated.append((vma, a))
             elif pte.young:
