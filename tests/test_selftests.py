@@ -285,6 +285,14 @@ def check_needs(h: dict, backend_name: str, size: str | None) -> None:
         return
     if ("root" in needs or "swap" in needs) and os.geteuid() != 0:
         require_kernel("needs root (swapfile, sysfs or sysctl knobs)")
+    if "swap" in needs:
+        from uffdctl import swap
+        reason = swap.cannot_hold_swapfile()
+        if reason and os.environ.get("UFFDCTL_IN_VM") == "1":
+            # a guest whose kernel cannot mount vmtest's scratch disk: a property of that kernel, with the cure
+            pytest.skip(f"UNSUPPORTED: {reason} ({swap.swap_cure()})")
+        if reason:
+            require_kernel(reason)
     if "hugetlb" in needs:
         reason = _hugetlb_reason(size, h.get("_huge_pages", 4))
         if reason and size not in (None, "2M"):
