@@ -525,6 +525,13 @@ class KernelBackend(KernelMm, Backend):
         if memtype is MemType.ANON:
             # page-granular behaviour, as the selftests ask for: no THP under our feet
             self._lib.uffdctl_madvise(a, len, uapi.MADV_NOHUGEPAGE)
+            if name and name.startswith("__"):
+                # the tool's own pages (zero-PFN probe, scratch, LRU drain; "__" names are refused to users):
+                # VM_DONTDUMP keeps them from merging into a session region mapped next to them (vma_merge()
+                # compares every flag but VM_SOFTDIRTY).  A merge gave that region the new VMA's VM_SOFTDIRTY
+                # (mmap_region()), and the split at munmap left it there: soft-dirty.c test_simple read 1 at
+                # iteration 0 on 6.1.192, the first `pagemap` having made the zero-PFN probe.
+                self._lib.uffdctl_madvise(a, len, uapi.MADV_DONTDUMP)
         return self._add_region(Region(name, a, len, memtype, page, fd, prot))
 
     def alias(self, region, name=None):
