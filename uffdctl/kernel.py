@@ -523,15 +523,16 @@ class KernelBackend(KernelMm, Backend):
                         "RAM + swap can commit); mmap --noreserve maps it with MAP_NORESERVE")
             raise uffd_error(-a, "mmap", addr, len, message=hint)
         if memtype is MemType.ANON:
-            # page-granular behaviour, as the selftests ask for: no THP under our feet
-            self._lib.uffdctl_madvise(a, len, uapi.MADV_NOHUGEPAGE)
             if name and name.startswith("__"):
                 # the tool's own pages (zero-PFN probe, scratch, LRU drain; "__" names are refused to users):
-                # VM_DONTDUMP keeps them from merging into a session region mapped next to them (vma_merge()
-                # compares every flag but VM_SOFTDIRTY).  A merge gave that region the new VMA's VM_SOFTDIRTY
-                # (mmap_region()), and the split at munmap left it there: soft-dirty.c test_simple read 1 at
-                # iteration 0 on 6.1.192, the first `pagemap` having made the zero-PFN probe.
+                # VM_DONTDUMP, first, keeps them from merging into a session region mapped next to them
+                # (vma_merge() compares every flag but VM_SOFTDIRTY).  Merged -- at the MADV_NOHUGEPAGE below,
+                # which made the flags equal -- the region took the new VMA's VM_SOFTDIRTY (mmap_region()) and
+                # kept it after the split at munmap: soft-dirty.c test_simple read 1 at iteration 0 on 6.1.192,
+                # the first `pagemap` having made the zero-PFN probe.
                 self._lib.uffdctl_madvise(a, len, uapi.MADV_DONTDUMP)
+            # page-granular behaviour, as the selftests ask for: no THP under our feet
+            self._lib.uffdctl_madvise(a, len, uapi.MADV_NOHUGEPAGE)
         return self._add_region(Region(name, a, len, memtype, page, fd, prot))
 
     def alias(self, region, name=None):
