@@ -67,6 +67,29 @@ def make_backend(name: str, **kw):
     return open_backend(name, **kw)
 
 
+# -- side by side: one scenario (a function of a backend returning a list of steps) on the kernel and the model --
+def run_closing(b, scenario, *args):
+    """``scenario(b, *args)``, then ``b.close()`` whatever happened."""
+    try:
+        return scenario(b, *args)
+    finally:
+        b.close()
+
+
+def assert_steps_agree(k: list, e: list) -> None:
+    """The kernel's steps equal the emulator's; else every step is listed, ``!=`` where the two differ."""
+    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+
+
+def zero_pfn(b) -> int:
+    """The PFN of the shared zero page (my_zero_pfn()) on ``b``: a read of a fresh anon page maps it."""
+    r = b.mmap(uapi.PAGE_SIZE, MemType.ANON, name="zeroprobe")
+    b.read(r.addr, 8)
+    pfn = b.pagemap(r.addr, 1)[0] & uapi.PM_PFRAME_MASK
+    b.munmap(r.addr, r.len)
+    return pfn
+
+
 def active_swaps() -> list[str]:
     """The host's active swap devices (/proc/swaps)."""
     try:

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import hugetlb_reason, make_backend, require_kernel
+from conftest import assert_steps_agree, hugetlb_reason, make_backend, require_kernel, run_closing
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.errors import UffdError
@@ -153,16 +153,12 @@ def _side_by_side(scenario, memtype, *args):
     try:
         if MemType(memtype).hugetlb:
             _need_hugetlb(kb, 12)
-        eb = _emu()
-        try:
-            e = scenario(eb, memtype, *args)
-        finally:
-            eb.close()
+        e = run_closing(_emu(), scenario, memtype, *args)
         ev = [x[1] for x in e if x[0] == "child events"]
         k = scenario(kb, memtype, *args, len(ev[0]) if ev else 0)
     finally:
         kb.close()
-    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+    assert_steps_agree(k, e)
     return e
 
 

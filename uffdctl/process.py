@@ -32,7 +32,7 @@ import threading
 from . import uapi
 from .backend import Access, Process, Thread, decode_status   # noqa: F401  (Process, decode_status: re-exported)
 from .errors import ProcessError, UffdctlError, uffd_error
-from .types import AccessResult, MemType, Region
+from .types import AccessResult, Region
 
 _REQ = struct.Struct("<II6Q")          # struct uffdctl_proc_req
 _REP = struct.Struct("<qqqiiQQQii")    # struct uffdctl_proc_rep
@@ -319,11 +319,6 @@ class KernelProcess(Process):
         return _CallAccess(acc)
 
     # -- the Backend-like surface the session commands use ---------------------------
-    def thread(self, name: str = "main") -> Thread:
-        if name != "main":
-            raise ProcessError(f"process {self.name} has one thread, main (not {name!r})")
-        return self._thread
-
     def faults(self) -> tuple[int, int]:
         try:
             with open(f"/proc/{self.pid}/stat", "rb") as f:
@@ -335,11 +330,8 @@ class KernelProcess(Process):
     def madvise(self, addr, len, advice):
         self.call(self._lib.UFFDCTL_PROC_MADVISE, addr, len, advice, what="madvise", start=addr, len=len)
 
-    def munmap(self, addr, len):
+    def _munmap(self, addr, len):
         self.call(self._lib.UFFDCTL_PROC_MUNMAP, addr, len, what="munmap", start=addr, len=len)
-        for name, reg in list(self.regions.items()):
-            if addr <= reg.addr and reg.end <= addr + len:
-                del self.regions[name]
 
     def mprotect(self, addr, len, prot):
         self.call(self._lib.UFFDCTL_PROC_MPROTECT, addr, len, prot, what="mprotect", start=addr, len=len)
@@ -348,18 +340,9 @@ class KernelProcess(Process):
         return self.call(self._lib.UFFDCTL_PROC_MREMAP, old, old_len, new_len, flags, new_addr, what="mremap",
                          start=old, len=old_len).rep["ret"]
 
-    def mmap(self, len, memtype="anon", name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, **kw):
-        memtype = MemType(memtype)
-        if memtype is not MemType.ANON:
-            raise uffd_error(E.EOPNOTSUPP, "mmap", addr, len,
-                             message=f"a child process maps anon memory only (not {memtype.value})")
-        if name is None:
-            name = next(f"r{i}" for i in range(1 << 20) if f"r{i}" not in self.regions)
+    def _mmap_anon(self, len, prot, addr):
         flags = uapi.MAP_PRIVATE | (uapi.MAP_FIXED_NOREPLACE if addr else 0)
-        a = self.call(self._lib.UFFDCTL_PROC_MMAP, addr or 0, len, prot, flags, what="mmap", len=len).rep["ret"]
-        r = Region(name, a, len, memtype, uapi.PAGE_SIZE, None, prot)
-        self.regions[name] = r
-        return r
+        return self.call(self._lib.UFFDCTL_PROC_MMAP, addr or 0, len, prot, flags, what="mmap", len=len).rep["ret"]
 
     def read(self, addr, len) -> bytes:
         r = self._thread.access(addr, len, False, want_data=True)
@@ -414,9 +397,6 @@ class KernelProcess(Process):
                 return m.private_dirty
         raise uffd_error(E.ENOENT, "smaps", addr, message=f"no mapping of process {self.name} contains this address")
 
-    def soft_dirty(self):
-        return self._b.soft_dirty()
-
     # -- processes and uffds of the child ---------------------------------------------
     def fork_access(self, name: str) -> Access:
         """The child forks (a grandchild): an Access whose result() is the new KernelProcess."""
@@ -431,17 +411,8 @@ class KernelProcess(Process):
         return u
 
     # -- exit ---------------------------------------------------------------------------
-    @property
-    def alive(self) -> bool:
-        return self._exit is None and not self._closed
-
-    @property
-    def exit(self) -> dict | None:
-        return self._exit
-
     def kill(self, sig: int = _signal.SIGKILL) -> None:
-        if self._exit is not None:
-            raise ProcessError(f"process {self.name} (pid {self.pid}) has been reaped already")
+        self._not_reaped()
         _signal.pidfd_send_signal(self._pidfd, sig)
 
     def wait(self, timeout: float) -> dict | None:
@@ -462,22 +433,18 @@ class KernelProcess(Process):
         self._exit = decode_status(self.pid, status)
         return self._exit
 
-    def close(self) -> None:
-        """Kill (SIGKILL) and reap; close the socket and the /proc fds.  Bounded."""
-        if self._closed:
-            return
-        for c in list(self.children):
-            c.close()
-        if self._exit is None:
-            try:
-                self.kill(_signal.SIGKILL)
-            except (OSError, ProcessError):
-                pass
-            try:
-                self.wait(5.0)
-            except (OSError, UffdctlError):
-                pass
-        self._closed = True
+    def _kill_and_reap(self) -> None:
+        try:
+            self.kill(_signal.SIGKILL)
+        except (OSError, ProcessError):
+            pass
+        try:
+            self.wait(5.0)
+        except (OSError, UffdctlError):
+            pass
+
+    def _release(self) -> None:
+        """Close the socket and the /proc fds."""
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -490,14 +457,9 @@ class KernelProcess(Process):
                 os.close(fd)
         self._pidfd = self._pagemap_fd = -1
 
-    def to_dict(self) -> dict:
-        d = {"name": self.name, "pid": self.pid, "ppid": self.parent.pid if self.parent else os.getpid(),
-             "parent": self.parent.name if self.parent else "self", "alive": int(self.alive),
-             "busy": self.busy_what if (self.busy is not None and not self.busy.done) else None,
-             "regions": sorted(self.regions)}
-        if self._exit is not None:
-            d.update(exit=self._exit)
-        return d
+    @property
+    def _busy_now(self) -> str | None:
+        return self.busy_what if (self.busy is not None and not self.busy.done) else None
 
 
 __all__ = ["KernelProcess", "Process", "ProcessError", "decode_status"]

@@ -10,7 +10,7 @@ from .. import tlb as _tlb
 from .huge_memory import VM_FAULT_FALLBACK
 from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
                        PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_MAJOR, VM_FAULT_OK,
-                       VM_FAULT_SIGSEGV, VM_HUGEPAGE, VM_HUGETLB, VM_LOCKED, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING,
+                       VM_FAULT_ERROR, VM_FAULT_SIGSEGV, VM_HUGEPAGE, VM_HUGETLB, VM_LOCKED, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING,
                        VM_UFFD_WP, VM_WRITE, VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
 
 _SLOW = object()     # copy_page_from_user(): not the one-page case
@@ -252,18 +252,26 @@ class Memory:
                 return -E.EFAULT
             base = self.page_base(vma, pos)
             n = min(end, base + vma.page_size) - pos
-            for _ in range(4):
-                if self.access_ok(vma, pos, False):
-                    break
-                if self.handle_mm_fault(vma, pos, False, None) != VM_FAULT_OK:
-                    return -E.EFAULT
-            else:
+            if not self.fault_in_user_page(vma, pos):
                 return -E.EFAULT
             _, page, off = self.page_at(vma, pos)
             n = min(n, page.size - off)
             out += page.read(off, n)
             pos += n
         return bytes(out)
+
+    def fault_in_user_page(self, vma, addr: int) -> bool:
+        """A kernel read of user memory that misses (mfill_atomic()'s copy_folio_from_user() retry outside
+        mmap_lock, faults enabled): the page fault of the uaccess, do_user_addr_fault().  Only the
+        VM_FAULT_ERROR bits fail it (kernelmode_fixup_or_oops(): -EFAULT); VM_FAULT_MAJOR is an accounting bit
+        (a swap-in that read, a page-cache miss), after which the access is tried again.  A read never
+        livelocks (only a write to a uffd-wp hugetlb page does)."""
+        for _ in range(4):
+            if self.access_ok(vma, addr, False):
+                return True
+            if self.handle_mm_fault(vma, addr, False, None) & VM_FAULT_ERROR:
+                return False
+        return False
 
     def copy_page_from_user(self, addr: int, length: int, vma=None):
         """copy_from_user() of one whole 4 KiB source page, as a new bytearray, None for a page of zeros
@@ -278,12 +286,7 @@ class Memory:
             return -E.EFAULT
         if vma.flags & VM_HUGETLB:
             return _SLOW
-        for _ in range(4):
-            if self.access_ok(vma, addr, False):
-                break
-            if self.handle_mm_fault(vma, addr, False, None) != VM_FAULT_OK:
-                return -E.EFAULT
-        else:
+        if not self.fault_in_user_page(vma, addr):
             return -E.EFAULT
         _, page, off = self.page_at(vma, addr)          # a PTE, or a page of a PMD leaf
         if page.size != PAGE_SIZE:

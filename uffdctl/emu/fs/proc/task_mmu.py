@@ -11,7 +11,7 @@ import errno as E
 from types import SimpleNamespace
 
 from .... import uapi
-from ....types import ScanResult
+from ....types import PteBits, ScanResult
 from ....errors import uffd_error
 from ...mm import (HPAGE_PMD_NR, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_UFFD_WP, VM_SOFTDIRTY, Pte, make_pte_marker,
                    userfaultfd_wp)
@@ -201,7 +201,8 @@ _VMFLAG_CODES = (("rd", 0x1), ("wr", 0x2), ("ex", 0x4), ("sh", 0x8), ("mr", 0x10
 def smaps_vmas(mm, start: int, end: int) -> list[dict]:
     """/proc/PID/smaps entries of the VMAs overlapping [start, end), in uffdctl.kernel_mm.parse_smaps()'s shape:
     start, end, perms, path, flags (VmFlags codes) and the fields the model knows, in bytes: Size, Rss,
-    Anonymous, AnonHugePages, ShmemPmdMapped, Private_Dirty, Swap, Locked (smaps_pte_entry() /
+    Anonymous, AnonHugePages, ShmemPmdMapped, Private_Dirty, Swap, Locked, KernelPageSize, MMUPageSize
+    (smaps_pte_entry() /
     smaps_pmd_entry(): the zero pages are not counted)."""
     out = []
     for vma in mm.vmas_in(start, end):
@@ -230,7 +231,9 @@ def smaps_vmas(mm, start: int, end: int) -> list[dict]:
                     "path": "" if vma.anon else f"/memfd:{vma.file.name} (deleted)", "flags": flags,
                     "Size": vma.end - vma.start, "Rss": rss, "Anonymous": anon, "AnonHugePages": thp,
                     "ShmemPmdMapped": shmem_pmd, "Private_Dirty": smaps_private_dirty(mm, vma), "Swap": swap,
-                    "Locked": 0})
+                    "Locked": 0,
+                    # vma_kernel_pagesize() / vma_mmu_pagesize(): the hstate's size for hugetlb (x86: the same)
+                    "KernelPageSize": vma.page_size, "MMUPageSize": vma.page_size})
     return out
 
 
@@ -480,3 +483,45 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             pos = k + psz
     mm.tlb.flush_range(wp_flush)
     return ScanResult([tuple(r) for r in regions], end if partial_at is None else partial_at)
+
+
+class TaskMmuFiles:
+    """What a task shows of its mm through /proc/PID (clear_refs, PAGEMAP_SCAN, smaps) and the PTE queries of
+    uffdctl.backend, for an object with an ``mm``: the emulated process (EmuBackend) and each of its children
+    (EmuProcess) answer through the same code.  ``_task_label`` names the task in an error (None: the caller's
+    own process)."""
+
+    _task_label: str | None = None
+
+    def clear_refs(self, value) -> None:
+        try:
+            v = int(str(value).strip())           # clear_refs_write(): kstrtoint(strstrip(buffer))
+        except ValueError:
+            v = -1
+        r = clear_refs_write(self.mm, v)
+        if r < 0:
+            who = f"{self._task_label}: " if self._task_label else ""
+            raise uffd_error(-r, "clear_refs", message=f"{who}value {value!r}")
+
+    def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0, category_anyof_mask=0,
+                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512,
+                     null_vec=False) -> ScanResult:
+        return do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask, category_anyof_mask,
+                               return_mask, max_pages, vec_len, null_vec)
+
+    def smaps_private_dirty(self, addr) -> int:
+        vma = self.mm.find_vma(addr)
+        if vma is None:
+            of = f" of {self._task_label}" if self._task_label else ""
+            raise uffd_error(E.ENOENT, "smaps", addr, message=f"no mapping{of} contains this address")
+        return smaps_private_dirty(self.mm, vma)
+
+    def pte_bits(self, addr: int) -> PteBits:
+        pte = self.mm.ptes.get(addr)
+        if pte is None or not pte.present:
+            return PteBits(0, 0)
+        return PteBits(int(pte.write), int(pte.dirty))
+
+    def vma_bounds(self, addr: int) -> tuple[int, int] | None:
+        v = self.mm.find_vma(addr)
+        return (v.start, v.end) if v is not None else None
