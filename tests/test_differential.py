@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SWAP_SIZE, active_swaps, assert_steps_agree, hugetlb_reason, make_backend, zero_pfn
+from conftest import SWAP_SIZE, active_swaps, assert_steps_agree, drain_events, hugetlb_reason, make_backend, zero_pfn
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.errors import UffdError
@@ -1251,14 +1251,6 @@ def mremap_scenario(b, memtype: str, feats: int, op: str, expect=(0, 0)) -> list
                 return f"{name}+{(a - base) // ps}"
         return "elsewhere"
 
-    def drain(expect_at_least):
-        got, deadline = [], time.monotonic() + SETTLE
-        while True:
-            got += h.events()
-            if len(got) >= expect_at_least or time.monotonic() > deadline:
-                return got
-            time.sleep(0.002)
-
     def view(evs):
         res = []
         for e in evs:
@@ -1290,7 +1282,7 @@ def mremap_scenario(b, memtype: str, feats: int, op: str, expect=(0, 0)) -> list
     except UffdError as e:
         out.append(("mremap", errno.errorcode.get(e.errno, e.errno)))
         ret = None
-    out.append(("events", view(drain(expect[0]))))
+    out.append(("events", view(drain_events(h, expect[0], SETTLE))))
     out.append(("old", pm(r.addr, n)))
     if ret is not None and ret != r.addr:
         out.append(("new", pm(ret, n)))
@@ -1300,7 +1292,7 @@ def mremap_scenario(b, memtype: str, feats: int, op: str, expect=(0, 0)) -> list
     if op == "dontunmap":
         acc = b.thread("rd").access(r.addr, 8, False, want_data=True)
         out.append(("read old p0", acc.wait(SETTLE), _acc_short(acc)))
-    out.append(("events after", view(drain(expect[1]))))
+    out.append(("events after", view(drain_events(h, expect[1], SETTLE))))
     h.stop()
     u.close()
     # what is still ours and no longer a region (the backend forgets what a move took from a region), and

@@ -25,10 +25,10 @@ TMPFS = "/dev/shm"
 
 
 def _fs_reason() -> str | None:
-    from uffdctl.emu.backend import _is_tmpfs
-    if _is_tmpfs(DISK):
+    from uffdctl._libc import on_tmpfs
+    if on_tmpfs(DISK):
         return f"{DISK} is tmpfs here: no disk filesystem for a regular file"
-    if not os.path.isdir(TMPFS) or not _is_tmpfs(TMPFS):
+    if not os.path.isdir(TMPFS) or not on_tmpfs(TMPFS):
         return f"{TMPFS} is not tmpfs here"
     return None
 

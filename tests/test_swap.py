@@ -8,12 +8,11 @@ Pages are named by relation (the first PFN seen is p0, the first swap slot s0, .
 """
 from __future__ import annotations
 
-import time
 
 import pytest
 
-from conftest import (SWAP_SIZE, active_swaps as other_swaps, assert_steps_agree, make_backend, require_kernel,
-                      run_closing, zero_pfn)
+from conftest import (SWAP_SIZE, active_swaps as other_swaps, assert_steps_agree, drain_events, make_backend,
+                      require_kernel, run_closing, zero_pfn)
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 
@@ -122,7 +121,7 @@ def swap_scenario(b, memtype: str) -> list:
     out.append(("w p1 again", acc(b, r.addr + PS, True, 3)))
     h = b.fault_handler(u, HandlerPolicy(missing="zeropage", wp="unprotect"))
     out.append(("w p0", acc(b, r.addr, True, 4), [(e.msg.flags, (e.msg.address - r.addr) // PS, e.action)
-                                                  for e in _events(h, 1)]))
+                                                  for e in drain_events(h, 1, keep=lambda e: e.action != "event")]))
     out.append(("after", v(r)))
     pageout(b, r)
     out.append(("pageout 2", v(r)))
@@ -131,14 +130,6 @@ def swap_scenario(b, memtype: str) -> list:
     h.stop()
     u.close()
     return out
-
-
-def _events(h, n):
-    got, deadline = [], time.monotonic() + 5
-    while len(got) < n and time.monotonic() < deadline:
-        got += [e for e in h.events() if e.action != "event"]
-        time.sleep(0.002)
-    return got
 
 
 def side_by_side(scenario, *args, with_swap=True):
@@ -395,3 +386,21 @@ def test_copy_from_a_swapped_out_source(host_swap, memtype, fill):
     if memtype == "anon":
         assert bits(k["pageout"][0]) == ["S", "S"], k
         assert all(e.startswith("P") for e in k["after"][0]), k   # the source swapped back in by the copy
+
+
+def test_swapfile_refused_on_tmpfs():
+    """A swapfile on tmpfs/ramfs is refused before anything is created (statfs(2) f_type: TMPFS_MAGIC); a disk
+    filesystem's magic is not taken for tmpfs."""
+    import os
+    from uffdctl import _libc, swap
+    from uffdctl.errors import Unsupported
+    if os.geteuid() != 0:
+        require_kernel("swap on needs root")
+    if not _libc.on_tmpfs("/dev/shm"):
+        require_kernel("/dev/shm is not tmpfs here")
+    before = set(os.listdir("/dev/shm"))
+    with pytest.raises(Unsupported, match="on tmpfs, which cannot hold a swapfile"):
+        swap.on(SWAP_SIZE, "/dev/shm")
+    assert not {f for f in set(os.listdir("/dev/shm")) - before if f.startswith("uffdctl-swap-")}
+    assert _libc.statfs_type("/proc") == 0x9FA0 and not _libc.on_tmpfs("/proc")     # PROC_SUPER_MAGIC
+    assert _libc.statfs_type("/no/such/dir") == -2                                  # -ENOENT

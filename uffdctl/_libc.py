@@ -1,4 +1,4 @@
-"""libc calls the compiled helpers do not wrap (msync, mlock2, SysV shm, swapon), through cffi's ABI mode.
+"""libc calls the compiled helpers do not wrap (msync, mlock2, SysV shm, swapon, statfs), through cffi's ABI mode.
 
 cffi releases the GIL around every call, so an ``mlock`` that faults in registered
 memory blocks without the GIL, as the accesses do.  Each wrapper returns the
@@ -18,6 +18,7 @@ void *shmat(int shmid, const void *shmaddr, int shmflg);
 int shmctl(int shmid, int cmd, void *buf);
 int swapon(const char *path, int swapflags);
 int swapoff(const char *path);
+int statfs(const char *path, void *buf);
 long syscall(long number, ...);
 """)
 _lib = None
@@ -90,3 +91,18 @@ def swapon(path: str, flags: int = 0) -> int:
 
 def swapoff(path: str) -> int:
     return _ret(lib().swapoff(path.encode()))
+
+
+TMPFS_MAGIC, RAMFS_MAGIC = 0x01021994, 0x858458F6     # include/uapi/linux/magic.h
+
+
+def statfs_type(path: str) -> int:
+    """statfs(2) ``f_type`` of the filesystem ``path`` is on (its superblock magic), or -errno."""
+    buf = _ffi.new("long[16]")            # struct statfs: f_type first (__fsword_t), 120 bytes on x86-64
+    r = lib().statfs(path.encode(), buf)
+    return -_ffi.errno if r < 0 else buf[0]
+
+
+def on_tmpfs(path: str) -> bool:
+    """``path`` is on tmpfs or ramfs: a file there is shmem (shmem_file_operations), not page cache of a disk."""
+    return statfs_type(path) in (TMPFS_MAGIC, RAMFS_MAGIC)

@@ -40,11 +40,11 @@ ANSWER_TIMEOUT_S = 10.0                # a synchronous request the child does no
 MAX_READ = 64 << 20
 
 
-class _Job(Access):
+class _Completion(Access):
+    """An Access that is done once its event is set (by the thread that ran the call)."""
+
     def __init__(self):
         self._ev = threading.Event()
-        self._value = None
-        self._exc: BaseException | None = None
 
     def wait(self, timeout=None) -> bool:
         return self._ev.wait(timeout)
@@ -52,6 +52,13 @@ class _Job(Access):
     @property
     def done(self) -> bool:
         return self._ev.is_set()
+
+
+class _Job(_Completion):
+    def __init__(self):
+        super().__init__()
+        self._value = None
+        self._exc: BaseException | None = None
 
     def result(self):
         if not self._ev.is_set():
@@ -110,22 +117,15 @@ def stop_job_threads(backend) -> None:
         t.stop()
 
 
-class _Future(Access):
+class _Future(_Completion):
     """One request to a child; also the Access of a touch made in the child."""
 
     def __init__(self):
-        self._ev = threading.Event()
+        super().__init__()
         self.rep: dict | None = None
         self.data: bytes | None = None
         self.fd: int | None = None
         self.exc: BaseException | None = None
-
-    def wait(self, timeout=None) -> bool:
-        return self._ev.wait(timeout)
-
-    @property
-    def done(self) -> bool:
-        return self._ev.is_set()
 
     def result(self) -> AccessResult:
         if not self._ev.is_set():
@@ -143,7 +143,9 @@ class _Future(Access):
         return out
 
 
-class _CallAccess(Access):
+class _OnFuture(Access):
+    """An Access done when its request's _Future is."""
+
     def __init__(self, fut: _Future):
         self._f = fut
 
@@ -154,26 +156,22 @@ class _CallAccess(Access):
     def done(self) -> bool:
         return self._f.done
 
+
+class _CallAccess(_OnFuture):
     def result(self):
         if self._f.exc:
             raise self._f.exc
         return (self._f.rep or {}).get("value", 0)
 
 
-class _ForkAccess(Access):
+class _ForkAccess(_OnFuture):
     def __init__(self, parent: "KernelProcess", name: str, fut: _Future):
-        self._p, self._name, self._fut, self._child = parent, name, fut, None
-
-    def wait(self, timeout=None) -> bool:
-        return self._fut.wait(timeout)
-
-    @property
-    def done(self) -> bool:
-        return self._fut.done
+        super().__init__(fut)
+        self._p, self._name, self._child = parent, name, None
 
     def result(self):
         if self._child is None:
-            f = self._fut
+            f = self._f
             if f.exc:
                 raise f.exc
             if f.rep["ret"] < 0:

@@ -86,14 +86,9 @@ def cleanup_stale(directory: str = DEFAULT_DIR) -> list[str]:
 
 def fs_type(directory: str) -> int | None:
     """statfs(2)'s f_type of ``directory`` (None if it cannot be read)."""
-    import ctypes
-    import ctypes.util
-
-    class _Statfs(ctypes.Structure):
-        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    buf = _Statfs()
-    return buf.f_type & 0xFFFFFFFF if libc.statfs(directory.encode(), ctypes.byref(buf)) == 0 else None
+    from . import _libc
+    t = _libc.statfs_type(directory)
+    return None if t < 0 else t & 0xFFFFFFFF
 
 
 def cannot_hold_swapfile(directory: str = DEFAULT_DIR) -> str | None:

@@ -20,6 +20,7 @@ import errno as E
 import itertools
 
 from .. import uapi
+from .._libc import on_tmpfs
 from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, HandlerPolicy, MemType, Region,
                        SoftDirtyProbe, Thread, UffdMsg)
 from ..errors import NotModelled, ProcessError, UffdError, UsageError, uffd_error
@@ -35,19 +36,6 @@ from .profiles import DEFAULT_PROFILE, get_profile
 from .sched import RunQueue, SyscallTask
 
 BUS_ADRERR = 2
-_TMPFS_MAGIC, _RAMFS_MAGIC = 0x01021994, 0x858458F6
-
-
-def _is_tmpfs(directory: str) -> bool:
-    """statfs(2) f_type of ``directory`` on this machine: tmpfs or ramfs (shmem's vm_ops)."""
-    import ctypes
-    import ctypes.util
-
-    class _Statfs(ctypes.Structure):
-        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    buf = _Statfs()
-    return libc.statfs(directory.encode(), ctypes.byref(buf)) == 0 and buf.f_type in (_TMPFS_MAGIC, _RAMFS_MAGIC)
 _TIDS = itertools.count(4_000_001)
 _EV_PAGEFAULT = int(uapi.Event.PAGEFAULT)
 _PF_WP, _PF_MINOR = int(uapi.PagefaultFlag.WP), int(uapi.PagefaultFlag.MINOR)
@@ -330,9 +318,10 @@ class EmuHandler(Handler):
 
     def service(self) -> bool:
         """Read and resolve one batch of messages (the run queue calls it); False: nothing to read."""
-        if self.uffd.closed:
+        u = self.uffd
+        if u.closed or not (u.pending or u.event_q):   # nothing to read (read_msgs would return [])
             return False
-        msgs = self.uffd.read_msgs(self._batch)
+        msgs = u.read_msgs(self._batch)
         if not msgs:
             return False
         stats, log = self._stats, self._log
@@ -571,7 +560,7 @@ class EmuBackend(task_mmu.TaskMmuFiles, Backend):
         f = self._paths.get(key) if key else None
         if f is None:
             fname = f"{path} (emulated)" if key else f"{path}/uffdctl-{name} (emulated)"
-            f = M.ShmemFile(fname, len, uapi.PAGE_SIZE) if _is_tmpfs(d) else M.RegularFile(fname, len)
+            f = M.ShmemFile(fname, len, uapi.PAGE_SIZE) if on_tmpfs(d) else M.RegularFile(fname, len)
             if key:
                 self._paths[key] = f
         f.size = max(f.size, len)

@@ -24,6 +24,13 @@ class RunQueue:
         self._services: list = []
         self._running = False
         self.current = None        # the SyscallTask whose system call runs now (its events wait: see below)
+        self._readable: dict = {}      # uffds whose pollable pipe is brought up to date when the run ends
+
+    def defer_readable(self, uffd) -> None:
+        """Inside run(): bring ``uffd``'s pollable state up to date when the run ends, not at each message
+        (no one can poll it before: emulated threads, handlers and system calls run inside run(), and the
+        caller only once it returns)."""
+        self._readable[id(uffd)] = uffd
 
     def enqueue(self, task) -> None:
         """A new or resumed task becomes runnable."""
@@ -62,6 +69,10 @@ class RunQueue:
                     break
         finally:
             self._running = False
+            if self._readable:
+                sync, self._readable = self._readable, {}
+                for u in sync.values():
+                    u._update_readable()
 
 
 class _Cancelled(BaseException):

@@ -31,6 +31,7 @@ _WAITED_EVENTS = frozenset({uapi.Event.REMOVE, uapi.Event.UNMAP, uapi.Event.REMA
 _PF_WRITE, _PF_WP, _PF_MINOR = (int(uapi.PagefaultFlag.WRITE), int(uapi.PagefaultFlag.WP),
                                 int(uapi.PagefaultFlag.MINOR))
 _EV_PAGEFAULT = int(uapi.Event.PAGEFAULT)
+_EV_PAGEFAULT_ENUM = uapi.Event.PAGEFAULT
 _COPY_MODES = int(uapi.CopyMode.DONTWAKE | uapi.CopyMode.WP)
 _COPY_DONTWAKE, _COPY_WP = int(uapi.CopyMode.DONTWAKE), int(uapi.CopyMode.WP)
 _ZP_DONTWAKE = int(uapi.ZeropageMode.DONTWAKE)
@@ -138,11 +139,18 @@ class EmuUffd(Uffd):
         else:
             address = vmf.address      # page- (hugetlb: huge-page-) aligned
         ptid = vmf.task.thread.tid if features & _F_THREAD_ID else 0
-        w = Waiter(UffdMsg(uapi.Event.PAGEFAULT, flags, address, ptid), vmf.task)
+        w = Waiter(UffdMsg(_EV_PAGEFAULT_ENUM, flags, address, ptid), vmf.task)
         self.pending.append(w)
         vmf.task.waiter = w
-        self._update_readable()
+        self._readable_changed()
         return M.VM_FAULT_RETRY
+
+    def _readable_changed(self) -> None:
+        rq = self.rq
+        if rq._running:
+            rq.defer_readable(self)         # synced when the run queue's run ends
+        else:
+            self._update_readable()
 
     def dup(self, mm) -> "EmuUffd":
         """dup_userfaultfd(): a ctx for the child's mm with this one's flags and negotiated features."""
@@ -311,7 +319,7 @@ class EmuUffd(Uffd):
                dontwake: int, wp_bit: int = 0) -> int:
         self._check(name, dst, length)
         p = self.mm.profile
-        if self.mmap_changing:
+        if self.event_q or self.changing > 0:   # mmap_changing
             raise uffd_error(E.EAGAIN, name, dst, length, -E.EAGAIN if p.early_eagain_result else None)
         if kind == M.MFILL_ATOMIC_COPY:
             self._validate_range(name, src, length, aligned=False)
@@ -409,14 +417,17 @@ class EmuUffd(Uffd):
                 w = self.pending.pop(0)
                 w.read = True
                 self.waiting.append(w)
-                msg = w.msg
+                msg = w.msg                 # made by handle_userfault() for this read alone: stamped as is
+                msg.ts_ns = ts
+                out.append(msg)
             else:
                 msg = self.event_q.pop(0)
                 done = self.event_done.pop(id(msg), None) if self.event_done else None
                 if done is not None:
                     completed.append(done)
-            out.append(_stamped(msg, ts))   # a copy stamped with the read time
-        self._update_readable()
+                out.append(_stamped(msg, ts))   # a copy stamped with the read time
+        if out:
+            self._readable_changed()
         for done in completed:              # the waiting mm operation (fork) goes on
             done(False)
         return out

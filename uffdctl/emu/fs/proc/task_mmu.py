@@ -397,14 +397,20 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
         ptes, psz, hugetlb = mm.ptes, vma.page_size, vma.hugetlb
         npages = psz // PAGE_SIZE
         wp_matching = flags & _WP_MATCHING
+        # pagemap_scan_category() of a present PTE of this VMA: the VMA's part once, the PTE's bits per page
+        sdc = mm.soft_dirty_config
+        p_base = vcat | _C.PRESENT | (_C.SOFT_DIRTY if sdc and vma.flags & VM_SOFTDIRTY else 0) | \
+            (_C.HUGE if hugetlb else 0)
+        p_written = _C.WRITTEN if p.scan_written_any_vma or userfaultfd_wp(vma) else 0
+        p_sd, p_zero, p_file = _C.SOFT_DIRTY if sdc else 0, _C.PFNZERO, _C.FILE
         i = -1
         while i + 1 < len(keys):
             i += 1
             k = keys[i]
             if k <= pos:
                 pass
-            elif by_table:
-                for pos, hend, table in mm.table_runs(pos, k):   # hole runs [pos, k)
+            elif by_table or hole_match:     # pagemap_scan_pte_hole() over the hole runs [pos, k)
+                for pos, hend, table in (mm.table_runs(pos, k) if by_table else ((pos, k, True),)):
                     cat = hole_table if table else hole_none
                     if match(cat):
                         n = (hend - pos) // uapi.PAGE_SIZE
@@ -415,16 +421,6 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                         if got < n:
                             mm.tlb.flush_range(wp_flush)
                             return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
-            elif hole_match:
-                cat = hole_table
-                n = (k - pos) // uapi.PAGE_SIZE
-                got = emit(pos, n, cat)
-                if flags & _WP_MATCHING and cat & _C.WRITTEN:
-                    for a in range(pos, pos + got * uapi.PAGE_SIZE, vma.page_size):
-                        mm.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
-                if got < n:
-                    mm.tlb.flush_range(wp_flush)
-                    return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
             pos = max(pos, k)
             if k >= e:
                 break
@@ -456,7 +452,12 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                 pos = kend
                 continue
             pte = ptes[k]
-            cat = pagemap_scan_category(mm, vma, pte) | vcat
+            page = pte.page
+            if page is not None:
+                cat = p_base | (0 if pte.uffd_wp else p_written) | (p_sd if pte.soft_dirty else 0) | \
+                    (p_zero if pte.special else 0 if page.anon else p_file)
+            else:
+                cat = pagemap_scan_category(mm, vma, pte) | vcat
             cs = k
             if hugetlb and (k < s or k + psz > e):       # the part of the huge page in the range
                 cs, ce = max(k, s), min(k + psz, e)
