@@ -504,11 +504,7 @@ class KernelBackend(KernelMm, Backend):
         name = self._region_name(name)
         page = uapi.PAGE_SIZE
         fd = None
-        flags = uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE
-        if addr:
-            flags |= uapi.MAP_FIXED if fixed else uapi.MAP_FIXED_NOREPLACE
-            if fixed:
-                self._check_fixed_target("mmap MAP_FIXED", addr, addr + len)
+        flags = (uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE) | self._map_fixed(addr, len, fixed)
         if noreserve:
             flags |= uapi.MAP_NORESERVE
         huge_bits = 0
@@ -600,6 +596,16 @@ class KernelBackend(KernelMm, Backend):
             if st:
                 out.append((*st, f"[stack of uffdctl's access thread {name}]"))
         return out
+
+    def _map_fixed(self, addr, len, fixed) -> int:
+        """The mmap flags that place a mapping at ``addr``: MAP_FIXED_NOREPLACE, or MAP_FIXED with ``fixed``
+        (checked by _check_fixed_target first); 0 without an address."""
+        if not addr:
+            return 0
+        if not fixed:
+            return uapi.MAP_FIXED_NOREPLACE
+        self._check_fixed_target("mmap MAP_FIXED", addr, addr + len)
+        return uapi.MAP_FIXED
 
     def _check_fixed_target(self, what, start, end):
         """MAP_FIXED / MREMAP_FIXED replace what is at the target: never one of our own threads' stacks
