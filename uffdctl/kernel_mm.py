@@ -154,8 +154,7 @@ class KernelMm:
         import tempfile
         name = self._region_name(name)
         self._check_len(len, uapi.PAGE_SIZE, addr)
-        if fixed and addr:
-            self._check_fixed_target("mmap MAP_FIXED", addr, addr + len)
+        flags = (uapi.MAP_SHARED if shared else uapi.MAP_PRIVATE) | self._map_fixed(addr, len, fixed)
         created = None
         if os.path.isdir(path):
             # a fresh file on that filesystem, unlinked at once: nothing is left behind, even on SIGKILL
@@ -173,8 +172,6 @@ class KernelMm:
             except OSError as e:
                 raise uffd_error(e.errno, "open", None, len, message=path) from None
             shown = path
-        flags = (uapi.MAP_SHARED if shared else uapi.MAP_PRIVATE) | \
-            (uapi.MAP_FIXED if fixed else (uapi.MAP_FIXED_NOREPLACE if addr else 0))
         a = self._lib.uffdctl_mmap(addr or 0, len, prot, flags, fd, 0)
         if a < 0:
             os.close(fd)
@@ -192,11 +189,7 @@ class KernelMm:
         so it is shmem to userfaultfd (vma_is_shmem()) and to pagemap (PM_FILE), with no fd to alias."""
         name = self._region_name(name)
         self._check_len(len, uapi.PAGE_SIZE, addr)
-        flags = uapi.MAP_SHARED | uapi.MAP_ANONYMOUS
-        if addr:
-            flags |= uapi.MAP_FIXED if fixed else uapi.MAP_FIXED_NOREPLACE
-            if fixed:
-                self._check_fixed_target("mmap MAP_FIXED", addr, addr + len)
+        flags = uapi.MAP_SHARED | uapi.MAP_ANONYMOUS | self._map_fixed(addr, len, fixed)
         a = self._lib.uffdctl_mmap(addr or 0, len, prot, flags, -1, 0)
         if a < 0:
             raise uffd_error(-a, "mmap", addr, len)

@@ -285,6 +285,15 @@ def _make_uffd_wp_pte(pte, addr, flush, clean_wp_noflush) -> None:
         flush.append(addr)
 
 
+def _make_uffd_wp_pmd(mm, haddr, pmd, flush) -> None:
+    """make_uffd_wp_pmd(): the PMD leaf at ``haddr`` uffd-wp and read-only (a new entry, flushed if it has to)."""
+    new = pmd.copy()
+    new.uffd_wp, new.write = True, False
+    if mm.needs_flush(pmd, new):
+        flush.append(haddr)
+    mm.pmds[haddr] = new
+
+
 def _exclusive_wp(mm, vma, s, e, vcat, match, flush) -> None:
     """pagemap_scan_pmd_entry()'s fast path ("exclusive WP": WP_MATCHING without an output vector): every PTE
     under an existing page table is write-protected whatever its categories (none -> a uffd-wp marker, swap
@@ -297,11 +306,7 @@ def _exclusive_wp(mm, vma, s, e, vcat, match, flush) -> None:
         cat = pagemap_thp_category(mm, vma, pmd) | vcat
         if match(cat) and cat & _C.WRITTEN:
             if k == h and h + HPAGE_SIZE <= e:
-                new = pmd.copy()
-                new.uffd_wp, new.write = True, False
-                if mm.needs_flush(pmd, new):
-                    flush.append(h)
-                mm.pmds[h] = new
+                _make_uffd_wp_pmd(mm, h, pmd, flush)
             else:
                 mm.split_huge_pmd(vma, h)
                 continue
@@ -443,12 +448,8 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                     if got < n:
                         mm.tlb.flush_range(wp_flush)
                         return ScanResult([tuple(r) for r in regions], k + got * uapi.PAGE_SIZE)
-                    if wp:                           # make_uffd_wp_pmd()
-                        new = pmd.copy()
-                        new.uffd_wp, new.write = True, False
-                        if mm.needs_flush(pmd, new):
-                            wp_flush.append(h)
-                        mm.pmds[h] = new
+                    if wp:
+                        _make_uffd_wp_pmd(mm, h, pmd, wp_flush)
                 pos = kend
                 continue
             pte = ptes[k]
