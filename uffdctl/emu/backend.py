@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import errno as E
 import itertools
+import os
 
 from .. import uapi
 from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, HandlerPolicy, MemType, Region,
@@ -35,11 +36,10 @@ from .profiles import DEFAULT_PROFILE, get_profile
 from .sched import RunQueue
 
 BUS_ADRERR = 2
-_TMPFS_MAGIC, _RAMFS_MAGIC = 0x01021994, 0x858458F6
+_TMPFS_MAGIC, _RAMFS_MAGIC, _OVERLAYFS_MAGIC = 0x01021994, 0x858458F6, 0x794C7630
 
 
-def _is_tmpfs(directory: str) -> bool:
-    """statfs(2) f_type of ``directory`` on this machine: tmpfs or ramfs (shmem's vm_ops)."""
+def _statfs_type(path: str) -> int | None:
     import ctypes
     import ctypes.util
 
@@ -47,7 +47,40 @@ def _is_tmpfs(directory: str) -> bool:
         _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
     libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
     buf = _Statfs()
-    return libc.statfs(directory.encode(), ctypes.byref(buf)) == 0 and buf.f_type in (_TMPFS_MAGIC, _RAMFS_MAGIC)
+    return buf.f_type if libc.statfs(path.encode(), ctypes.byref(buf)) == 0 else None
+
+
+def _overlay_upperdir(directory: str) -> str | None:
+    """The upperdir of the overlay mount ``directory`` is on (/proc/self/mountinfo's super options)."""
+    real, best, upper = os.path.realpath(directory), "", None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        pre, _, post = line.partition(" - ")
+        mnt, fields = pre.split()[4].replace("\\040", " "), post.split()
+        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best = mnt
+            opts = fields[2].split(",") if fields[:1] == ["overlay"] and len(fields) > 2 else []
+            upper = next((o[9:] for o in opts if o.startswith("upperdir=")), None)
+    return upper
+
+
+def _is_tmpfs(directory: str) -> bool:
+    """Whether a file created in ``directory`` on this machine is a shmem file (tmpfs or ramfs: shmem's vm_ops).
+
+    On an overlay, the file is created in (or copied up to) the upper layer, and ovl_mmap() maps that real file
+    (vma_set_file(vma, realfile); call_mmap()): a VMA of an overlay on tmpfs is vma_is_shmem() -- the
+    scripts/vmtest guest's /var/tmp is one.  An upper layer this mount namespace cannot reach counts as a disk."""
+    t = _statfs_type(directory)
+    if t == _OVERLAYFS_MAGIC:
+        upper = _overlay_upperdir(directory)
+        t = _statfs_type(upper) if upper else None
+    return t in (_TMPFS_MAGIC, _RAMFS_MAGIC)
+
+
 _TIDS = itertools.count(4_000_001)
 _EV_PAGEFAULT = int(uapi.Event.PAGEFAULT)
 _PF_WP, _PF_MINOR = int(uapi.PagefaultFlag.WP), int(uapi.PagefaultFlag.MINOR)
