@@ -284,6 +284,30 @@ def help_ns(cmd: list[str], runs: int = 3, cpu: bool = False) -> float:
     return best
 
 
+# -- the targets (issue 14's "Done when") -----------------------------------------------------
+# (substring of the row name, target text, check(ratio, diff) -> bool); rows without one are context.
+TARGETS = [
+    ("native fault handler (fill policy), MISSING", "ratio <= 1.05", lambda r, d: r <= 1.05),
+    ("Python policy (Uffd.wait_msgs", "ratio <= 1.20", lambda r, d: r <= 1.20),
+    ("Python policy (select.poll", "ratio <= 1.20", lambda r, d: r <= 1.20),
+    ("-> PagemapView", "ratio <= 1.50", lambda r, d: r <= 1.50),
+    ("+ counts() of", "ratio <= 1.50", lambda r, d: r <= 1.50),
+    ("pagemap.scan_all", "ratio <= 1.50", lambda r, d: r <= 1.50),
+    ("per-page Uffd.copy()", "diff <= +500 ns", lambda r, d: d <= 500),
+    ("per-page Uffd.zeropage()", "diff <= +500 ns", lambda r, d: d <= 500),
+    ("per-page Uffd.writeprotect()", "diff <= +500 ns", lambda r, d: d <= 500),
+    ("`uffdctl --help`", "ratio <= 1.30", lambda r, d: r <= 1.30),
+    ("stress ", "uffdctl >= 0.95x C (ratio <= 1.053)", lambda r, d: r <= 1 / 0.95),
+]
+
+
+def target_of(name: str):
+    for sub, text, check in TARGETS:
+        if sub in name:
+            return text, check
+    return None, None
+
+
 # -- the table --------------------------------------------------------------------------------
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -466,8 +490,11 @@ def main() -> int:
     for name, unit, placement, kind, _p in rows:
         c, us = statistics.median(vals[name][0]), statistics.median(vals[name][1])
         ratio = (us / c) if kind == "time" else (c / us)
+        ttext, tcheck = target_of(name)
+        verdict = None if tcheck is None else ("PASS" if tcheck(ratio, us - c) else "MISS")
         out.append({"row": name, "unit": unit, "placement": placement, "c": round(c, 1), "uffdctl": round(us, 1),
                     "ratio": round(ratio, 3), "diff": round(us - c, 1) if kind == "time" else None, "kind": kind,
+                    "target": ttext, "verdict": verdict,
                     "rounds": len(vals[name][0]), "seconds": round(secs[name], 1),
                     "c_all": [round(v, 1) for v in vals[name][0]], "uffdctl_all": [round(v, 1) for v in vals[name][1]]})
     doc = {"kernel": os.uname().release, "cpus": ncpu, "rounds": a.rounds, "loadavg_before": load0,
@@ -483,11 +510,16 @@ def main() -> int:
     else:
         print(f"kernel {doc['kernel']}, {ncpu} vCPUs, {a.rounds} rounds interleaved (uffdctl first every other "
               f"round), medians; load average {load0[0]:.1f} before, {load1[0]:.1f} after; {elapsed:.0f} s")
-        print(f"{'row':74} {'C':>11} {'uffdctl':>11} {'ratio':>7} {'diff':>9}  unit; placement")
+        print(f"{'row':74} {'C':>11} {'uffdctl':>11} {'ratio':>7} {'diff':>9}  {'verdict':7} {'target':17} "
+              "unit; placement")
         for r in out:
             diff = f"{r['diff']:+9.1f}" if r["diff"] is not None else " " * 9
-            print(f"{r['row'][:74]:74} {r['c']:11.1f} {r['uffdctl']:11.1f} {r['ratio']:6.2f}x {diff}  {r['unit']}; "
-                  f"{r['placement']}")
+            print(f"{r['row'][:74]:74} {r['c']:11.1f} {r['uffdctl']:11.1f} {r['ratio']:6.2f}x {diff}  "
+                  f"{r['verdict'] or '-':7} {r['target'] or '(context)':17} {r['unit']}; {r['placement']}")
+        hit = [r for r in out if r["verdict"]]
+        print(f"targets: {sum(r['verdict'] == 'PASS' for r in hit)} PASS, {sum(r['verdict'] == 'MISS' for r in hit)} "
+              f"MISS of {len(hit)} (issue 14's Done-when is for a quiet machine: load average "
+              f"{load0[0]:.1f} -> {load1[0]:.1f} here)")
         print("ratio: uffdctl/C for times, C/uffdctl for rates (1.00x = as fast as C; above: slower); "
               "diff: uffdctl - C")
         print("C references: in-process rows run the selftests' handler loop (poll, read, UFFDIO_COPY) and "

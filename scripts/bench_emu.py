@@ -140,6 +140,27 @@ def peak_bytes(fn) -> int:
         tracemalloc.stop()
 
 
+# issue 14's "Done when" for the emulator: (key, target text, check(value) -> bool); CPU time, quiet machine
+RANGED_TARGETS = {
+    "copy": (">= 300,000", lambda v: v >= 300_000),
+    "writeprotect": (">= 1,000,000", lambda v: v >= 1_000_000),
+    "unprotect": (">= 1,000,000", lambda v: v >= 1_000_000),
+    "zeropage_anon": (">= 1,000,000", lambda v: v >= 1_000_000),
+    "missing_round_trips": (">= 100,000", lambda v: v >= 100_000),
+    "missing_round_trips_src_populated": (">= 100,000", lambda v: v >= 100_000),
+}
+SPARSE_TARGETS = {"pagemap_scan": ("<= 3.00 ms", lambda s: s <= 3e-3)}
+
+
+def verdicts(res: dict) -> dict:
+    out = {}
+    for k, (text, check) in RANGED_TARGETS.items():
+        out[k] = {"target": text, "verdict": "PASS" if check(res["ranged"][k]) else "MISS"}
+    for k, (text, check) in SPARSE_TARGETS.items():
+        out["sparse_1TiB_" + k] = {"target": text, "verdict": "PASS" if check(res["sparse_1TiB_cpu_s"][k]) else "MISS"}
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pages", type=int, default=16384, help="pages per ranged op (default 16384 = 64 MiB)")
@@ -149,6 +170,8 @@ def main(argv=None) -> int:
                                     "(default: this checkout's; give one tree's to compare two emulators)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
+    import os
+    load0 = os.getloadavg()
     runs = [ranged(a.pages) for _ in range(a.rounds)]
     res = {"ranged": {k: max(x[k] for x in runs) for k in runs[0]}}
     res["ranged"]["missing_round_trips"] = max(missing_round_trips(a.pages // 2) for _ in range(a.rounds))
@@ -161,21 +184,32 @@ def main(argv=None) -> int:
     mem = sparse_tib(lambda fn: peak_bytes(fn))           # the memory pass: peak Python memory per step
     res["sparse_1TiB_peak_bytes"] = mem
     res["ranged_peak_bytes"] = peak_bytes(lambda: ranged(a.pages))
+    res["targets"] = verdicts(res)
+    res["loadavg_before"], res["loadavg_after"] = load0, os.getloadavg()
     if a.json:
         json.dump(res, sys.stdout, indent=2)
         print()
         return 0
-    print(f"emulator page-ops per CPU second ({a.pages} pages per ioctl, best of {a.rounds}):")
+    T = res["targets"]
+
+    def mark(key):
+        t = T.get(key)
+        return f"  {t['verdict']} (target {t['target']})" if t else ""
+    print(f"emulator page-ops per CPU second ({a.pages} pages per ioctl, best of {a.rounds}; load average "
+          f"{load0[0]:.1f} before, {res['loadavg_after'][0]:.1f} after):")
     for k, v in res["ranged"].items():
-        print(f"  {k:36s} {v:12,.0f}" if k != "tlb_flushes" else f"  {k:36s} {v:12.0f}")
+        print((f"  {k:36s} {v:12,.0f}" if k != "tlb_flushes" else f"  {k:36s} {v:12.0f}") + mark(k))
     print(f"  {'differential sequence, emulator side':36s} {res['differential_emu_side_ms']:8.2f} ms CPU "
           f"({a.sequences} seed-1 sequences)")
     s, m = res["sparse_1TiB_cpu_s"], res["sparse_1TiB_peak_bytes"]
     print(f"1 TiB sparse anon region, {TOUCHED} pages touched (CPU time; peak Python memory in its own pass):")
     for k, label in (("setup", f"register + {TOUCHED} COPYs"), ("writeprotect", "WRITEPROTECT 1 TiB"),
                      ("pagemap_scan", "PAGEMAP_SCAN 1 TiB"), ("dontneed", "MADV_DONTNEED 1 TiB")):
-        print(f"  {label:24s} {s[k] * 1e3:8.2f} ms  {m[k] / 1024:8.0f} KiB")
+        print(f"  {label:24s} {s[k] * 1e3:8.2f} ms  {m[k] / 1024:8.0f} KiB" + mark("sparse_1TiB_" + k))
     print(f"  ranged rows' peak Python memory {res['ranged_peak_bytes'] / 1024:8.0f} KiB")
+    hit = list(T.values())
+    print(f"targets: {sum(t['verdict'] == 'PASS' for t in hit)} PASS, {sum(t['verdict'] == 'MISS' for t in hit)} MISS "
+          f"of {len(hit)} (issue 14's Done-when is for a quiet machine)")
     return 0
 
 

@@ -10,6 +10,7 @@ UFFDCTL_REQUIRE_SOFTDIRTY=1 (set inside the QEMU run).
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -65,6 +66,40 @@ def make_backend(name: str, **kw):
         kw.setdefault("soft_dirty", name == "emu-sd")
         name = "emu"
     return open_backend(name, **kw)
+
+
+# -- side by side: one scenario (a function of a backend returning a list of steps) on the kernel and the model --
+def run_closing(b, scenario, *args):
+    """``scenario(b, *args)``, then ``b.close()`` whatever happened."""
+    try:
+        return scenario(b, *args)
+    finally:
+        b.close()
+
+
+def assert_steps_agree(k: list, e: list) -> None:
+    """The kernel's steps equal the emulator's; else every step is listed, ``!=`` where the two differ."""
+    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+
+
+def drain_events(h, at_least: int, timeout: float = 5.0, keep=None) -> list:
+    """A fault handler's events (those ``keep`` takes) until ``at_least`` have come or ``timeout`` s passed: the
+    handler logs a message once it is served, which may be after the access that raised it has returned."""
+    got, deadline = [], time.monotonic() + timeout
+    while True:
+        got += [e for e in h.events() if keep is None or keep(e)]
+        if len(got) >= at_least or time.monotonic() > deadline:
+            return got
+        time.sleep(0.002)
+
+
+def zero_pfn(b) -> int:
+    """The PFN of the shared zero page (my_zero_pfn()) on ``b``: a read of a fresh anon page maps it."""
+    r = b.mmap(uapi.PAGE_SIZE, MemType.ANON, name="zeroprobe")
+    b.read(r.addr, 8)
+    pfn = b.pagemap(r.addr, 1)[0] & uapi.PM_PFRAME_MASK
+    b.munmap(r.addr, r.len)
+    return pfn
 
 
 def active_swaps() -> list[str]:

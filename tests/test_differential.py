@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SWAP_SIZE, active_swaps, hugetlb_reason, make_backend
+from conftest import SWAP_SIZE, active_swaps, assert_steps_agree, drain_events, hugetlb_reason, make_backend, zero_pfn
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.errors import UffdError
@@ -452,14 +452,6 @@ def _call(fn):
         return ("ok", v if isinstance(v, int) else None)
     except UffdError as e:
         return ("err", errno.errorcode.get(e.errno, e.errno), e.done)
-
-
-def kernel_zero_pfn(kb) -> int:
-    r = kb.mmap(PS, MemType.ANON, name="zeroprobe")
-    kb.read(r.addr, 8)
-    pfn = kb.pagemap(r.addr, 1)[0] & uapi.PM_PFRAME_MASK
-    kb.munmap(r.addr, r.len)
-    return pfn
 
 
 # -- the lock-step run --------------------------------------------------------------------------
@@ -981,7 +973,7 @@ class Runner:
         self.not_compared: list[str] = []      # ThpShortfall reasons
         kb = make_backend("kernel")
         try:
-            self.zero_pfn = kernel_zero_pfn(kb)
+            self.zero_pfn = zero_pfn(kb)
             self.memtypes = [MemType.ANON.value, MemType.SHMEM.value, MemType.SHMEM_PRIVATE.value, "file",
                              "file-private"]
             mi = meminfo()    # free and not reserved by another process's mapping
@@ -1116,6 +1108,33 @@ SHMEM_UNWP = {"regions": [{"type": "anon", "pages": SRC_PAGES}, {"type": "shmem"
                       ["touch", "t0", 1, 0, True, 2]]}
 
 
+def generator_catches(runner, memtypes, tries: int, what: str, *, op=None, leave_out=(), short=False, undo=None,
+                      real=None, repeat=1) -> dict:
+    """The random generator catches a broken model: of ``tries`` sequences over ``memtypes`` (from
+    UFFDCTL_DIFF_SEED; only those with ``op`` and none of ``leave_out``), one diverges under ``runner``; its shrunk
+    reproducer keeps ``op`` (``short``: reads as a report of at most 8 ops), and -- after ``undo()`` -- the
+    unbroken model (``real()``, else ``runner``) agrees with the kernel on it (``repeat``: a divergence counts once
+    it repeats that often).  Returns the reproducer."""
+    rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
+    for i in range(tries):
+        seq = gen_sequence(random.Random(rng_seed + i), memtypes)
+        if op is not None and not any(o[0] == op for o in seq["ops"]) or any(o[0] in leave_out for o in seq["ops"]):
+            continue
+        d = runner.diverges(seq)
+        if d is None:
+            continue
+        small = runner.minimal(seq)
+        text = runner.report(seq, d, small) if short else render(small)
+        assert not short or "minimal reproducer" in text and len(small["ops"]) <= 8, text
+        assert op is None or any(o[0] == op for o in small["ops"]), text
+        if undo is not None:
+            undo()
+        check = real() if real is not None else runner
+        assert any(check.diverges(small) is None for _ in range(repeat)), text
+        return small
+    pytest.fail(f"{tries} random sequences did not catch {what}")
+
+
 def _broken_upgrade(self, vma):
     """A deliberately wrong rule: shmem MAP_SHARED un-protect makes the PTE writable (as 5.19-6.2 did)."""
     return bool(vma.flags & 0x2)
@@ -1131,19 +1150,9 @@ def test_differential_catches_a_broken_rule(monkeypatch):
     d = runner.diverges(SHMEM_UNWP)
     assert d is not None and d.what == "t0 access result", d
     assert d.kernel[:2] == ("done", 1) and d.emu[:2] == ("done", 0)
-    # and the random generator finds it too, then shrinks it to a readable reproducer
-    rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
-    for i in range(1500):
-        seq = gen_sequence(random.Random(rng_seed + i), [MemType.SHMEM.value])
-        d = runner.diverges(seq)
-        if d is not None:
-            small = runner.minimal(seq)
-            text = runner.report(seq, d, small)
-            assert "minimal reproducer" in text and len(small["ops"]) <= 8, text
-            monkeypatch.undo()                            # the reproducer is about the broken rule
-            assert runner.diverges(small) is None, text
-            return
-    pytest.fail("1500 random shmem sequences did not catch the broken un-protect rule")
+    # and the random generator finds it too, then shrinks it to a readable reproducer about the broken rule
+    generator_catches(runner, [MemType.SHMEM.value], 1500, "the broken un-protect rule", short=True,
+                      undo=monkeypatch.undo)
 
 
 @pytest.mark.kernel
@@ -1242,14 +1251,6 @@ def mremap_scenario(b, memtype: str, feats: int, op: str, expect=(0, 0)) -> list
                 return f"{name}+{(a - base) // ps}"
         return "elsewhere"
 
-    def drain(expect_at_least):
-        got, deadline = [], time.monotonic() + SETTLE
-        while True:
-            got += h.events()
-            if len(got) >= expect_at_least or time.monotonic() > deadline:
-                return got
-            time.sleep(0.002)
-
     def view(evs):
         res = []
         for e in evs:
@@ -1281,7 +1282,7 @@ def mremap_scenario(b, memtype: str, feats: int, op: str, expect=(0, 0)) -> list
     except UffdError as e:
         out.append(("mremap", errno.errorcode.get(e.errno, e.errno)))
         ret = None
-    out.append(("events", view(drain(expect[0]))))
+    out.append(("events", view(drain_events(h, expect[0], SETTLE))))
     out.append(("old", pm(r.addr, n)))
     if ret is not None and ret != r.addr:
         out.append(("new", pm(ret, n)))
@@ -1291,7 +1292,7 @@ def mremap_scenario(b, memtype: str, feats: int, op: str, expect=(0, 0)) -> list
     if op == "dontunmap":
         acc = b.thread("rd").access(r.addr, 8, False, want_data=True)
         out.append(("read old p0", acc.wait(SETTLE), _acc_short(acc)))
-    out.append(("events after", view(drain(expect[1]))))
+    out.append(("events after", view(drain_events(h, expect[1], SETTLE))))
     h.stop()
     u.close()
     # what is still ours and no longer a region (the backend forgets what a move took from a region), and
@@ -1334,7 +1335,7 @@ def test_mremap_side_by_side(memtype, feats, op):
         k = mremap_scenario(kb, memtype, MREMAP_FEATURES[feats], op, counts)
     finally:
         kb.close()
-    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+    assert_steps_agree(k, e)
 
 
 @pytest.mark.kernel
@@ -1370,18 +1371,9 @@ def test_differential_catches_a_broken_mremap_rule(switch):
     diverges, and its shrunk reproducer has an mremap in it."""
     from uffdctl.emu import EmuBackend
     runner = Runner(lambda: EmuBackend(profile="6.18", soft_dirty=False, **{switch: False}))
-    rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
-    for i in range(3000):       # ~1 in 5 has an mremap; only those run
-        seq = gen_sequence(random.Random(rng_seed + i), [MemType.ANON.value, MemType.SHMEM.value])
-        if not any(op[0] == "mremap" for op in seq["ops"]):
-            continue
-        d = runner.diverges(seq)
-        if d is not None:
-            small = runner.minimal(seq)
-            assert any(op[0] == "mremap" for op in small["ops"]), render(small)
-            assert Runner().diverges(small) is None, render(small)   # the 6.18 rules agree with the kernel
-            return
-    pytest.fail(f"3000 random sequences did not catch the broken {switch} rule")
+    # ~1 in 5 has an mremap; only those run.  The 6.18 rules agree with the kernel on the reproducer.
+    generator_catches(runner, [MemType.ANON.value, MemType.SHMEM.value], 3000, f"the broken {switch} rule",
+                      op="mremap", real=Runner)
 
 
 # -- fork (kernel/fork.c dup_mmap, mm/memory.c copy_page_range): the child's pagemap, its uffd, COW ------------------
@@ -1403,19 +1395,8 @@ def test_differential_catches_a_broken_fork_rule(monkeypatch):
     monkeypatch.setattr(fork, "is_cow_mapping", lambda flags: False)
     d = runner.diverges(FORK_COW)
     assert d is not None, "the broken COW rule went unnoticed"
-    rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
-    for i in range(3000):
-        seq = gen_sequence(random.Random(rng_seed + i), [MemType.ANON.value, MemType.SHMEM_PRIVATE.value])
-        if not any(op[0] == "fork" for op in seq["ops"]):
-            continue
-        d = runner.diverges(seq)
-        if d is not None:
-            small = runner.minimal(seq)
-            assert any(op[0] == "fork" for op in small["ops"]), render(small)
-            monkeypatch.undo()
-            assert runner.diverges(small) is None, render(small)
-            return
-    pytest.fail("3000 random sequences did not catch the broken COW rule")
+    generator_catches(runner, [MemType.ANON.value, MemType.SHMEM_PRIVATE.value], 3000, "the broken COW rule",
+                      op="fork", undo=monkeypatch.undo)
 
 
 @pytest.mark.kernel
@@ -1427,18 +1408,8 @@ def test_differential_catches_an_old_fork_marker_rule(switch, value):
     kernel on some random sequence, whose reproducer forks."""
     from uffdctl.emu import EmuBackend
     runner = Runner(lambda: EmuBackend(profile="6.18", soft_dirty=False, **{switch: value}))
-    rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
-    for i in range(4000):
-        seq = gen_sequence(random.Random(rng_seed + i), [MemType.ANON.value, MemType.SHMEM.value])
-        if not any(op[0] == "fork" for op in seq["ops"]):
-            continue
-        d = runner.diverges(seq)
-        if d is not None:
-            small = runner.minimal(seq)
-            assert any(op[0] == "fork" for op in small["ops"]), render(small)
-            assert Runner().diverges(small) is None, render(small)
-            return
-    pytest.fail(f"4000 random sequences did not catch {switch}={value}")
+    generator_catches(runner, [MemType.ANON.value, MemType.SHMEM.value], 4000, f"{switch}={value}", op="fork",
+                      real=Runner)
 
 
 # -- swap and mprotect rules: each area's broken rule is caught ---------------------------------------------------
@@ -1482,7 +1453,6 @@ def test_differential_catches_a_broken_swap_or_mprotect_rule(host_swap_module, r
     from uffdctl.emu import EmuBackend, mm
     switches, patch, op = BROKEN_RULES[rule]
     runner = Runner(lambda: EmuBackend(profile="6.18", soft_dirty=False, **switches))
-    rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
     types = [MemType.ANON.value]
     if patch == "RA_PAGES":
         from uffdctl.emu.mm import filemap
@@ -1490,25 +1460,13 @@ def test_differential_catches_a_broken_swap_or_mprotect_rule(host_swap_module, r
         types = ["file", "file-private"]
     elif patch is not None:
         monkeypatch.setattr(mm.MM, "shrink_folio", patch)
-    for i in range(4000):
-        seq = gen_sequence(random.Random(rng_seed + i), types)
-        # a fork makes the swapped pages shared (not exclusive): the swap-in rules under test no longer apply.
-        # MADV_FREE then PAGEOUT is left out too: whether the kernel discards or swaps the lazyfree page depends on
-        # whether the folio was on the LRU when lru_lazyfree_fn() ran (the kernel side now drains the LRU batches
-        # before MADV_FREE; seen both ways on this host before it did).
-        if not any(o[0] == op for o in seq["ops"]) or any(o[0] in ("fork", "free") for o in seq["ops"]):
-            continue
-        d = runner.diverges(seq)
-        if d is not None:
-            small = runner.minimal(seq)
-            assert any(o[0] == op for o in small["ops"]), render(small)
-            monkeypatch.undo()
-            # the real rules agree with the kernel (the kernel side is concurrent: as the main test, a
-            # divergence counts once it repeats)
-            real = Runner()
-            assert real.diverges(small) is None or real.diverges(small) is None, render(small)
-            return
-    pytest.fail(f"4000 random sequences did not catch the broken {rule} rule")
+    # a fork makes the swapped pages shared (not exclusive): the swap-in rules under test no longer apply.
+    # MADV_FREE then PAGEOUT is left out too: whether the kernel discards or swaps the lazyfree page depends on
+    # whether the folio was on the LRU when lru_lazyfree_fn() ran (the kernel side now drains the LRU batches
+    # before MADV_FREE; seen both ways on this host before it did).  The real rules agree with the kernel (the
+    # kernel side is concurrent: as the main test, a divergence counts once it repeats).
+    generator_catches(runner, types, 4000, f"the broken {rule} rule", op=op, leave_out=("fork", "free"),
+                      undo=monkeypatch.undo, real=Runner, repeat=2)
 
 
 # A hand-written THP sequence userfaultfd_armed() decides: a THP split by a DONTNEED of one page, then the
@@ -1535,15 +1493,4 @@ def test_differential_catches_a_broken_thp_rule(monkeypatch):
         pytest.skip(f"the kernel could not give a THP here: {runner.not_compared[-1]}")
     assert d is not None and d.what == "madvise result" and d.kernel[:2] == ("err", "EBUSY") \
         and d.emu == ("ok", None), d
-    rng_seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
-    for i in range(1500):
-        seq = gen_sequence(random.Random(rng_seed + i), ["thp"])
-        d = runner.diverges(seq)
-        if d is not None:
-            small = runner.minimal(seq)
-            text = runner.report(seq, d, small)
-            assert "minimal reproducer" in text and len(small["ops"]) <= 8, text
-            monkeypatch.undo()
-            assert runner.diverges(small) is None, text
-            return
-    pytest.fail("1500 random THP sequences did not catch the broken MADV_COLLAPSE rule")
+    generator_catches(runner, ["thp"], 1500, "the broken MADV_COLLAPSE rule", short=True, undo=monkeypatch.undo)

@@ -11,7 +11,7 @@ import tempfile
 
 import pytest
 
-from conftest import hugetlb_reason, make_backend, require_kernel
+from conftest import assert_steps_agree, hugetlb_reason, make_backend, require_kernel, run_closing
 from uffdctl import uapi
 from uffdctl.backend import MemType
 from uffdctl.errors import UffdError
@@ -25,12 +25,18 @@ TMPFS = "/dev/shm"
 
 
 def _fs_reason() -> str | None:
-    from uffdctl.emu.backend import _is_tmpfs
-    if _is_tmpfs(DISK):
+    from uffdctl._libc import on_tmpfs
+    if on_tmpfs(DISK):
         return f"{DISK} is tmpfs here: no disk filesystem for a regular file"
-    if not os.path.isdir(TMPFS) or not _is_tmpfs(TMPFS):
+    if not os.path.isdir(TMPFS) or not on_tmpfs(TMPFS):
         return f"{TMPFS} is not tmpfs here"
     return None
+
+
+def _need_fs() -> None:
+    reason = _fs_reason()
+    if reason:
+        require_kernel(reason)
 
 
 BACKINGS = ["anon", "shmem", "tmpfs-file", "tmpfs-file-private", "disk-file", "disk-file-private", "sysv",
@@ -69,9 +75,7 @@ def register_modes(b, backing: str) -> list:
 def test_register_modes_by_backing(backing):
     """vma_can_userfault(): anon, shmem and hugetlb take their modes; a disk file and SysV shm (shm_vm_ops is not
     shmem) take none but WP with UFFD_FEATURE_WP_ASYNC; a tmpfs file is shmem (MINOR too, even MAP_PRIVATE)."""
-    reason = _fs_reason()
-    if reason:
-        require_kernel(reason)
+    _need_fs()
     kb = make_backend("kernel")
     try:
         if backing == "sysv-hugetlb" and hugetlb_reason(kb):
@@ -79,11 +83,7 @@ def test_register_modes_by_backing(backing):
         k = register_modes(kb, backing)
     finally:
         kb.close()
-    eb = make_backend("emu")
-    try:
-        e = register_modes(eb, backing)
-    finally:
-        eb.close()
+    e = run_closing(make_backend("emu"), register_modes, backing)
     assert k == e
     if backing in ("disk-file", "disk-file-private", "sysv"):
         assert [x[2] for x in k] == ["EINVAL", "EINVAL", "EINVAL", "ok"], k
@@ -179,20 +179,9 @@ def test_file_faults_side_by_side(backing):
     faults map their neighbours); shared: write-notified (a read maps read-only, the first write faults), msync
     writes back and write-protects again, mprotect's upgrade needs pte_dirty(); private: every write is a COW
     into an anon page (PM_FILE gone, X set)."""
-    reason = _fs_reason()
-    if reason:
-        require_kernel(reason)
-    kb = make_backend("kernel")
-    try:
-        k = file_scenario(kb, backing)
-    finally:
-        kb.close()
-    eb = make_backend("emu")
-    try:
-        e = file_scenario(eb, backing)
-    finally:
-        eb.close()
-    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+    _need_fs()
+    k, e = (run_closing(make_backend(n), file_scenario, backing) for n in ("kernel", "emu"))
+    assert_steps_agree(k, e)
     k = dict((x[0], x[1:]) for x in k)
     if backing == "disk-file":
         assert k["w p0"][0] == (0, 1), k                      # a page-cache miss: major, with read-around
@@ -220,3 +209,34 @@ def test_bad_file_input_on_the_emulator():
         assert ei.value.errno == errno.EINVAL
     finally:
         eb.close()
+
+
+def copy_from_file_scenario(b, backing: str) -> list:
+    """UFFDIO_COPY whose source is a never-touched page of a file mapping: the copy's fault is a page-cache miss
+    (filemap_fault(): VM_FAULT_MAJOR on a disk file), not an error; then a write to the source and a second copy."""
+    src = mapping(b, backing, 2)
+    dst = b.mmap(4 * PS, MemType.ANON, name="dst")
+    u = b.userfaultfd()
+    u.api(0)
+    u.register(dst.addr, dst.len, int(R.MISSING))
+    out = []
+    try:
+        out.append(("copy", u.copy(dst.addr, src.addr, 2 * PS)))
+        out.append(("src", _bits(b, src, 2), "dst", _bits(b, dst, 2), b.read(dst.addr, 1)))
+        out.append(("w src", _faults(b, src.addr + PS, True, 7)))
+        out.append(("copy 2", u.copy(dst.addr + 2 * PS, src.addr, 2 * PS), b.read(dst.addr + 3 * PS, 1)))
+    except UffdError as e:
+        out.append(("copy", errno.errorcode[e.errno]))
+    u.close()
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("backing", ["disk-file", "disk-file-private", "tmpfs-file"])
+def test_copy_from_an_uncached_file_page(backing):
+    """copy_from_user() of UFFDIO_COPY faults the source in from the file (a major fault is no failure)."""
+    _need_fs()
+    k, e = (run_closing(make_backend(n), copy_from_file_scenario, backing) for n in ("kernel", "emu"))
+    assert_steps_agree(k, e)
+    k = dict((x[0], x[1:]) for x in k)
+    assert k["copy"] == (2 * PS,) and k["copy 2"] == (2 * PS, b"\x07"), k

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import hugetlb_reason, make_backend, require_kernel
+from conftest import assert_steps_agree, drain_events, hugetlb_reason, make_backend, require_kernel, run_closing
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.errors import UffdError
@@ -83,7 +83,7 @@ def fork_scenario(b, memtype: str, event: bool, expect: int = 0) -> list:
     child = acc.result()
     ch = cu = None
     try:
-        evs = _drain(h, 1 if event else 0)
+        evs = drain_events(h, 1 if event else 0, SETTLE)
         out.append(("events", [e.msg.event_name for e in evs]))
         forks = [e.msg for e in evs if e.msg.event == uapi.Event.FORK]
         if forks:
@@ -108,7 +108,7 @@ def fork_scenario(b, memtype: str, event: bool, expect: int = 0) -> list:
         out.append(("child reads p2", _acc(child.thread("main").access(r.addr + 2 * ps, 8, False, want_data=True))))
         out.append(("child reads p3", _acc(child.thread("main").access(r.addr + 3 * ps, 8, False, want_data=True))))
         out.append(("child events", sorted((e.msg.event_name, e.msg.flags, (e.msg.address - r.addr) // ps, e.action)
-                                           for e in (_drain(ch, expect) if ch is not None else []))))
+                                           for e in (drain_events(ch, expect, SETTLE) if ch is not None else []))))
         out.append(("child end", [_bits(e) for e in _pm(child, r.addr, n, ps)]))
         child.kill(9)
         st = child.wait(SETTLE)
@@ -124,15 +124,6 @@ def fork_scenario(b, memtype: str, event: bool, expect: int = 0) -> list:
                 x.close()
         child.close()
     return out
-
-
-def _drain(h, at_least):
-    got, deadline = [], time.monotonic() + SETTLE
-    while True:
-        got += h.events()
-        if len(got) >= at_least or time.monotonic() > deadline:
-            return got
-        time.sleep(0.002)
 
 
 def _need_hugetlb(kb, pages):
@@ -153,16 +144,12 @@ def _side_by_side(scenario, memtype, *args):
     try:
         if MemType(memtype).hugetlb:
             _need_hugetlb(kb, 12)
-        eb = _emu()
-        try:
-            e = scenario(eb, memtype, *args)
-        finally:
-            eb.close()
+        e = run_closing(_emu(), scenario, memtype, *args)
         ev = [x[1] for x in e if x[0] == "child events"]
         k = scenario(kb, memtype, *args, len(ev[0]) if ev else 0)
     finally:
         kb.close()
-    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+    assert_steps_agree(k, e)
     return e
 
 

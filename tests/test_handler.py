@@ -4,6 +4,7 @@ Scenarios that could hang run in a subprocess with a timeout, so the suite itsel
 """
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import pytest
 from conftest import make_backend, registered
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy
+from uffdctl.errors import uffd_error
 from uffdctl.handler import NativeHandler
 
 pytestmark = pytest.mark.kernel
@@ -231,7 +233,71 @@ def _same(got, raws):
     return got == want and all(g.ts_ns > 0 for g in got)
 
 
-def test_msg_fast_paths_decode_like_decode_msg(kernel_backend):
+@pytest.fixture(params=["fastpath", "cffi"])
+def uffd_path(request, monkeypatch):
+    """KernelUffd's per-call methods through the C fast path (uffdctl._fastpath) or the cffi wrappers."""
+    from uffdctl import kernel
+    if request.param == "cffi":
+        monkeypatch.setenv("UFFDCTL_NO_FASTPATH", "1")
+    else:
+        monkeypatch.delenv("UFFDCTL_NO_FASTPATH", raising=False)
+        assert kernel._FastUffd is not None, "uffdctl._fastpath was not built next to uffdctl._uffd"
+    return request.param
+
+
+def test_fast_path_is_the_one_in_use(kernel_backend, uffd_path):
+    """The fast path's methods replace the Python ones on the instance exactly when it is enabled."""
+    from uffdctl import kernel
+    r, u = registered(kernel_backend)
+    fast = uffd_path == "fastpath"
+    assert kernel.fastpath_enabled() is fast
+    for name in ("copy", "zeropage", "writeprotect", "read_msgs", "wait_msgs"):
+        assert (type(getattr(u, name)).__name__ == "builtin_function_or_method") is fast, name
+
+
+def test_per_page_calls_agree_on_both_paths(kernel_backend, uffd_path):
+    """copy/zeropage/writeprotect by position and by keyword, their results, and their errors (class,
+    errno, done: the partial progress, None where the kernel did not write it; the closed message)."""
+    from uffdctl.errors import UffdError
+    b = kernel_backend
+    r, u = registered(b, pages=8, mode=uapi.RegisterMode.MISSING | uapi.RegisterMode.WP)
+    src = b.mmap(8 * P, "anon")
+    b.write(src.addr, b"\5" * src.len)
+    assert u.copy(r.addr, src.addr, P) == P
+    assert u.copy(dst=r.addr + P, src=src.addr, len=P, mode=0) == P
+    assert u.copy(r.addr + 2 * P, src.addr, P, uapi.CopyMode.WP) == P
+    assert u.zeropage(r.addr + 3 * P, P) == P
+    assert u.zeropage(start=r.addr + 4 * P, len=P) == P
+    assert u.writeprotect(r.addr, 2 * P, uapi.WriteprotectMode.WP) is None
+    assert u.writeprotect(r.addr, len=2 * P, mode=0) is None
+    assert b.read(r.addr, 2) == b"\5\5" and b.read(r.addr + 3 * P, 1) == b"\0"
+
+    def err(fn):
+        with pytest.raises(UffdError) as ei:
+            fn()
+        e = ei.value
+        return type(e).__name__, e.errno, e.done, str(e)
+    # a page that exists after 2 of 3: EAGAIN, and the partial progress is the result field
+    assert u.copy(r.addr + 7 * P, src.addr, P) == P
+    assert err(lambda: u.copy(r.addr + 5 * P, src.addr, 3 * P)) == \
+        ("RetryLater", errno.EAGAIN, 2 * P, str(uffd_error(errno.EAGAIN, "UFFDIO_COPY", r.addr + 5 * P, 3 * P, 2 * P)))
+    assert err(lambda: u.zeropage(r.addr, P))[1:3] == (errno.EEXIST, -errno.EEXIST)
+    assert err(lambda: u.copy(r.addr + 1, src.addr, P))[1:3] == (errno.EINVAL, None)   # not written
+    assert err(lambda: u.writeprotect(r.addr, P, 3))[1:3] == (errno.EINVAL, None)
+    with pytest.raises(TypeError):
+        u.copy(r.addr, src.addr)
+    with pytest.raises(TypeError):
+        u.zeropage(r.addr, P, bogus=1)
+    with pytest.raises(OverflowError):
+        u.copy(-1, src.addr, P)
+    u.close()
+    for fn, name in ((lambda: u.copy(r.addr, src.addr, P), "UFFDIO_COPY"), (lambda: u.zeropage(r.addr, P), "UFFDIO_ZEROPAGE"),
+                     (lambda: u.writeprotect(r.addr, P), "UFFDIO_WRITEPROTECT"), (lambda: u.read_msgs(), "read")):
+        cls, eno, done, text = err(fn)
+        assert eno == errno.EBADF and done is None and text.startswith(name) and text.endswith("uffd is closed"), text
+
+
+def test_msg_fast_paths_decode_like_decode_msg(kernel_backend, uffd_path):
     """wait_msgs (one message: decoded inline; several: the batch decoder) and read_msgs give, for every
     event kind, exactly what the slow path decode_msg() makes of the same 32 bytes."""
     raws = _raw_msgs()
@@ -250,7 +316,7 @@ def test_msg_fast_paths_decode_like_decode_msg(kernel_backend):
         pu.close()
 
 
-def test_msg_buffers_are_not_shared_between_threads(kernel_backend):
+def test_msg_buffers_are_not_shared_between_threads(kernel_backend, uffd_path):
     """Concurrent readers of one uffd each decode their own read: every message comes out exactly once."""
     import struct
     pu, wfd = _pipe_uffd(kernel_backend)

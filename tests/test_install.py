@@ -54,6 +54,7 @@ def test_wheel_without_compiler_is_emulator_only(tmp_path):
 def test_wheel_carries_native_module(tmp_path):
     whl = _wheel(tmp_path, {})
     assert [n for n in zipfile.ZipFile(whl).namelist() if n.startswith("uffdctl/_uffd") and n.endswith(".so")]
+    assert [n for n in zipfile.ZipFile(whl).namelist() if n.startswith("uffdctl/_fastpath") and n.endswith(".so")]
     assert not [n for n in zipfile.ZipFile(whl).namelist() if "_ffi_build" in n]  # build code is not shipped
     out = _run_installed(tmp_path, whl, "import uffdctl._native as n; print(n.available()[0])")
     assert out.strip() == "True"

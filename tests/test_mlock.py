@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import make_backend
+from conftest import assert_steps_agree, make_backend, run_closing
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.errors import UffdError
@@ -59,15 +59,8 @@ def mlock_scenario(b, memtype: str, onfault: bool) -> list:
 @pytest.mark.parametrize("onfault", [False, True])
 @pytest.mark.parametrize("memtype", ["anon", "shmem"])
 def test_mlock_side_by_side(memtype, onfault):
-    runs = {}
-    for name in ("emu", "kernel"):
-        b = make_backend(name)
-        try:
-            runs[name] = mlock_scenario(b, memtype, onfault)
-        finally:
-            b.close()
-    k, e = runs["kernel"], runs["emu"]
-    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+    e, k = (run_closing(make_backend(n), mlock_scenario, memtype, onfault) for n in ("emu", "kernel"))
+    assert_steps_agree(k, e)
     k = dict((x[0], x[1:]) for x in k)
     assert k["mlock"] == ("ok",) and k["pageout"] == ("EINVAL",) and k["dontneed"] == ("EINVAL",), k
     assert k["munlock"] == ("ok",) and k["pageout after"] == ("ok",) and k["bad flags"] == ("EINVAL",), k

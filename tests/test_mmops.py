@@ -17,19 +17,12 @@ from conftest import require_kernel
 from uffdctl.script import run_file
 
 
-from test_script import _runner, run  # noqa: E402,F401  (one script runner and its kernel fixture)
+from test_script import _runner, run, run_any  # noqa: E402,F401  (one script runner, its fixtures)
 
 
 @pytest.fixture
 def run_emu(tmp_path):
     return _runner(tmp_path, "emu")
-
-
-@pytest.fixture(params=["kernel", "emu"])
-def run_any(request, tmp_path):
-    if request.param == "kernel":
-        need_kernel()
-    return _runner(tmp_path, request.param)
 
 
 def ok(res):
@@ -245,8 +238,10 @@ def test_munmap_range_carves_regions(run_any):
     assert names == ["buf.4", "buf.1"] or sorted(names) == ["buf.1", "buf.4"]
 
 
-def test_mmap_addr_noreplace_and_fixed(run):
-    ok(run("""
+def test_mmap_addr_noreplace_and_fixed(run_any):
+    """MAP_FIXED_NOREPLACE over a region is EEXIST; MAP_FIXED replaces it: mmap_region() unmaps the old range
+    first (the UNMAP message of an EVENT_UNMAP ctx there) and the new VMA is not registered."""
+    ok(run_any("""
         api --features thread_id,event_unmap
         mmap --size 32K --name buf
         register buf --mode missing
@@ -261,10 +256,15 @@ def test_mmap_addr_noreplace_and_fixed(run):
         touch over --write --wait
         expect pagemap over present=1
         expect scan buf:1+12K --category-mask present regions=1 r0.start=over:0 r0.end=over:2
+        expect events count=1 event=unmap start=buf:2 end=buf:4
         mmap --size 32K --addr buf:0 --fixed --name all
         regions
         expect result regions.0.name=all
+        expect events count=2 event=unmap      # one per ctx for the whole range (has_unmap_ctx())
     """))
+
+
+def test_mmap_fixed_refuses_memory_not_the_sessions(run):
     daemon = int(open("/proc/self/maps").readline().split("-")[0], 16)   # run is in-process: our own memory
     failed(run(f"mmap --size 8K --addr {daemon:#x} --fixed --name x\n"), 2, "not one of the session's regions")
 
@@ -357,43 +357,14 @@ def test_mlock_msync(run):
 
 
 def test_mm_ops_not_modelled_on_emulator(run_emu):
-    for line, what in (("madvise buf --advice populate_write", "madvise populate_write"),
-                       ("mmap --size 16K --addr buf:0 --fixed --name f", "mmap MAP_FIXED")):
+    for line, what in (("madvise buf --advice populate_write", "madvise populate_write"),):
         not_modelled(run_emu(f"mmap --size 16K --name buf\n{line}\n"), what)
     ok(run_emu("mmap --size 16K --name buf\nexpect vma buf count=1 flags=rd,wr,nh,!hg\n"))   # smaps: modelled
 
 
 # -- THP ----------------------------------------------------------------------------------------------
-def _thp_mode() -> str:
-    try:
-        text = open("/sys/kernel/mm/transparent_hugepage/enabled").read()
-    except OSError:
-        return "missing"
-    return text.split("[")[1].split("]")[0] if "[" in text else text.strip()
-
-
-def test_thp_anon(run):
-    if _thp_mode() not in ("always", "madvise"):
-        require_kernel(f"THP is {_thp_mode()} here (/sys/kernel/mm/transparent_hugepage/enabled)")
-    ok(run("""
-        mmap --size 4M --thp --name huge
-        expect addr huge:0 aligned=2M
-        expect vma huge flags=hg,!nh
-        touch huge:0 --write --wait
-        expect vma huge AnonHugePages=2M
-        expect scan huge --category-mask huge --return-mask huge regions=1 r0.start=huge:0 r0.end=huge:512
-        expect scan huge --category-mask present,huge regions=1 r0.categories=present|huge|written
-        mmap --size 2M --align 2M --name small
-        touch small:0 --write --wait
-        expect vma small flags=nh AnonHugePages=0
-        madvise small --advice hugepage
-        expect vma small flags=hg,!nh
-        madvise small --advice collapse
-        expect vma small AnonHugePages=2M
-        expect pagemap small:0-511 present=1
-    """))
-
-
+# The anon THP script (smaps VmFlags hg/nh, AnonHugePages, PAGE_IS_HUGE, MADV_COLLAPSE) runs on both backends in
+# tests/test_thp.py::test_thp_script_on_both.
 def _shmem_thp_knobs_allow() -> str | None:
     """None if the host's knobs let a memfd take THPs (MADV_HUGEPAGE), else the top-level value."""
     import glob
@@ -792,8 +763,7 @@ def test_page_size_bad_input(run, line, needle):
 
 def test_hugetlb_1g_pages(run, run_emu):
     """mmap --type hugetlb --page-size 1G maps 1 GiB pages (MFD_HUGE_1GB): one write fault maps the whole GiB
-    (one present, huge region; smaps KernelPageSize 1G); the emulator, which has the 2 MiB hstate only, says
-    so (exit 4)."""
+    (one present, huge region; smaps KernelPageSize 1G); the emulator models the PUD-sized hstate too."""
     d = "/sys/kernel/mm/hugepages/hugepages-1048576kB"
     if not os.path.isdir(d):
         require_kernel(f"no {d}: this kernel has no 1 GiB hstate")
@@ -805,7 +775,7 @@ def test_hugetlb_1g_pages(run, run_emu):
         expect scan mem --category-mask present,huge regions=1 r0.start=mem:0 r0.end=mem:1
         expect vma mem KernelPageSize=1G
     """
-    not_modelled(run_emu(script), "hugetlb 1G pages (the model has the 2M hstate only)")
+    ok(run_emu(script))
     nr = os.path.join(d, "nr_hugepages")
     free = int(open(os.path.join(d, "free_hugepages")).read()) - int(open(os.path.join(d, "resv_hugepages")).read())
     added = 0
@@ -871,11 +841,10 @@ def test_thread_on_every_blocking_mm_call(run, run_emu):
     """munmap, mremap, mmap --fixed and mlock with --thread: issued from a session thread, they stay blocked
     while their UNMAP/REMAP message is unread (handler --unread) and the session goes on (read, wait); the
     regions are carved and moved once the call has returned.  mlock blocks in a fault nobody resolves until
-    the handler's policy resolves it.  The emulator runs no operation blocked on its event: exit 4."""
+    the handler's policy resolves it.  The emulator runs each as a call that sleeps where the kernel's does
+    (sched.SyscallTask): the same results, message by message."""
     ok(run(THREADED_MM))
-    not_modelled(run_emu(THREADED_MM), "munmap --thread (a system call blocked until its event is read)")
-    not_modelled(run_emu("mmap --size 8K --name buf\nmunmap buf:1 --thread t1\n"),
-                 "munmap --thread (a system call blocked until its event is read)")
+    ok(run_emu(THREADED_MM))
 
 
 def test_thread_bookkeeping_waits_for_the_call(run):

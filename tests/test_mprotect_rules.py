@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import make_backend
+from conftest import make_backend, run_closing
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 
@@ -47,14 +47,7 @@ def mprotect_scenario(b, memtype: str) -> list:
 @pytest.mark.kernel
 @pytest.mark.parametrize("memtype", ["anon", "shmem", "shmem-private"])
 def test_mprotect_upgrade_side_by_side(memtype):
-    runs = {}
-    for name in ("emu", "kernel"):
-        b = make_backend(name)
-        try:
-            runs[name] = mprotect_scenario(b, memtype)
-        finally:
-            b.close()
-    k, e = runs["kernel"], runs["emu"]
+    e, k = (run_closing(make_backend(n), mprotect_scenario, memtype) for n in ("emu", "kernel"))
     assert k == e, f"kernel {k}\nemu    {e}"
     assert k[0] == ("uffd-wp kept", True) and k[1] == ("uffd-wp kept", True), k
     assert k[3][1] >= 1 and k[3][2] == [int(uapi.PagefaultFlag.WRITE | uapi.PagefaultFlag.WP)], k

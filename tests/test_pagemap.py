@@ -192,16 +192,23 @@ def test_pagemap_live_bits(kernel_backend):
     assert g.guard and g.swap and not g.present
 
 
+def wp_async_tracking(b, r):
+    """Async uffd-wp as a dirty tracker (the selftests' pagemap_ioctl wp_init()): WP_ASYNC|WP_UNPOPULATED,
+    ``r`` registered WP and write-protected whole, so PAGE_IS_WRITTEN names the pages written since."""
+    u = b.userfaultfd()
+    u.api(uapi.Feature.WP_ASYNC | uapi.Feature.WP_UNPOPULATED)
+    u.register(r.addr, r.len, uapi.RegisterMode.WP)
+    u.writeprotect(r.addr, r.len, uapi.WriteprotectMode.WP)
+    return u
+
+
 def test_pagemap_scan_written_and_continuation(kernel_backend):
     """PAGEMAP_SCAN on a WP_ASYNC range: the vector fills, walk_end says where to resume, and
     scan_all's result equals one big-vector call."""
     b = kernel_backend
     n = 32
     r = b.mmap(n * P, "anon")
-    u = b.userfaultfd()
-    u.api(uapi.Feature.WP_ASYNC | uapi.Feature.WP_UNPOPULATED)
-    u.register(r.addr, r.len, uapi.RegisterMode.WP)
-    u.writeprotect(r.addr, r.len, uapi.WriteprotectMode.WP)
+    u = wp_async_tracking(b, r)
     for i in range(0, n, 3):  # written pages every third page: many small regions
         b.write(r.addr + i * P, b"w")
     one = b.pagemap_scan(r.addr, r.end, category_mask=C.WRITTEN, return_mask=C.WRITTEN, vec_len=64)
@@ -281,10 +288,7 @@ def test_scan_all_live_no_duplicates(kernel_backend, vec_len):
     b = kernel_backend
     n = 2048
     r = b.mmap(n * P, "anon")
-    u = b.userfaultfd()
-    u.api(uapi.Feature.WP_ASYNC | uapi.Feature.WP_UNPOPULATED)
-    u.register(r.addr, r.len, uapi.RegisterMode.WP)
-    u.writeprotect(r.addr, r.len, uapi.WriteprotectMode.WP)
+    u = wp_async_tracking(b, r)
     b.thread("w").access(r.addr, r.len, True, fill=1, stride=2 * P).wait(30)
     want = [(r.addr + i * P, r.addr + (i + 1) * P, C.WRITTEN) for i in range(0, n, 2)]
     res = pagemap.scan_all(b, r.addr, r.end, category_mask=C.WRITTEN, return_mask=C.WRITTEN, vec_len=vec_len)

@@ -61,32 +61,6 @@ def ok(r):
     return r
 
 
-REMOVE = """
-    api --features event_remove,thread_id
-    mmap --size 16K --name buf
-    register buf --mode missing
-    touch buf:0 --write
-    copy buf:0 --fill 0x41
-    wait
-    madvise buf:0 --advice dontneed
-    expect event event=remove start=%d
-"""
-
-
-def _remove_script(tmp_path):
-    # the REMOVE event's start is the region's first page: checked through the result of mmap
-    return """
-    api --features event_remove,thread_id
-    mmap --size 16K --name buf
-    register buf --mode missing
-    touch buf:0 --write
-    copy buf:0 --fill 0x41
-    wait
-    madvise buf:0 --advice dontneed
-    expect event event=remove region=buf page=0
-    """
-
-
 # -- fix (1): blocking events are in the log when the command returns -----------------------
 def test_remove_event_in_log_when_madvise_returns_200_runs(tmp_path):
     """Issue 10's measurement, 200 times on the kernel: register, fault, resolve, madvise dontneed,
@@ -262,6 +236,20 @@ expect proc child alive=0 signaled=1 signal_name=SIGTERM
 @pytest.mark.parametrize("backend", ["kernel", "emu"])
 def test_fork_with_event_fork(tmp_path, backend):
     ok(run(tmp_path, FORK, backend))
+
+
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_child_pagemap_scan_takes_what_the_process_takes(tmp_path, backend):
+    """A child's PAGEMAP_SCAN is the same ioctl as the process's own (on the emulator, one TaskMmuFiles serves
+    both): --null-vec reaches it in the child too, with the errno the process's own scan gets."""
+    own = run(tmp_path, "mmap --size 16K --name buf\nscan buf --once --null-vec\n", backend)
+    assert own["exit"] == 1 and own["error"]["line"] == 2 and own["error"]["errno_name"], own
+    ok(run(tmp_path, f"""
+    mmap --size 16K --name buf
+    fork --name child
+    scan child/buf --once --null-vec
+    expect errno {own["error"]["errno_name"]}
+    """, backend))
 
 
 @pytest.mark.parametrize("backend", ["kernel", "emu"])
@@ -444,10 +432,10 @@ def test_unread_fork_blocks_until_read(tmp_path, backend):
     """, backend))
 
 
-def test_unread_madvise_on_the_emulator_says_not_modelled(tmp_path):
-    """handler --unread works on the emulator; a madvise that would wait for its REMOVE message does not."""
-    r = run(tmp_path, UNREAD, "emu")
-    assert r["exit"] == 4 and "not modelled: madvise --thread" in r["error"]["message"], r
+def test_unread_madvise_on_the_emulator(tmp_path):
+    """handler --unread on the emulator: a madvise --thread sleeps until its REMOVE message is read (the range
+    ioctls EAGAIN meanwhile), a read with a buffer under 32 bytes is EINVAL, as on the kernel."""
+    ok(run(tmp_path, UNREAD, "emu"))
 
 
 def test_read_refused_while_the_handler_reads(tmp_path):

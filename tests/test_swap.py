@@ -8,11 +8,11 @@ Pages are named by relation (the first PFN seen is p0, the first swap slot s0, .
 """
 from __future__ import annotations
 
-import time
 
 import pytest
 
-from conftest import SWAP_SIZE, active_swaps as other_swaps, make_backend, require_kernel
+from conftest import (SWAP_SIZE, active_swaps as other_swaps, assert_steps_agree, drain_events, make_backend,
+                      require_kernel, run_closing, zero_pfn)
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 
@@ -68,14 +68,6 @@ def bits(entries: list[str]) -> list[str]:
     return [e.split(":")[0] for e in entries]
 
 
-def zero_pfn(b) -> int:
-    z = b.mmap(PS, MemType.ANON, name="zeroprobe")
-    b.read(z.addr, 8)
-    pfn = b.pagemap(z.addr, 1)[0] & uapi.PM_PFRAME_MASK
-    b.munmap(z.addr, z.len)
-    return pfn
-
-
 def acc(b, addr, write, fill=0x5A, thread="t"):
     a = b.thread(thread).access(addr, 1 if write else 8, write, fill=fill, stride=PS if write else 0,
                                 want_data=not write)
@@ -83,6 +75,22 @@ def acc(b, addr, write, fill=0x5A, thread="t"):
         return a
     r = a.result()
     return ("fault", r.minflt, r.majflt) if write else ("fault", r.minflt, r.majflt, r.data[:1])
+
+
+def pageout(b, r) -> None:
+    """MADV_PAGEOUT of region ``r`` after lru_add_drain(): the folios are on the LRU, so reclaim_pages() takes them."""
+    b.lru_drain()
+    b.madvise(r.addr, r.len, uapi.MADV_PAGEOUT)
+
+
+def wp_registered(b, r, protect: int = PS):
+    """A uffd with ``r`` registered WP and its first ``protect`` bytes write-protected."""
+    u = b.userfaultfd()
+    u.api(0)
+    u.register(r.addr, r.len, int(R.WP))
+    if protect:
+        u.writeprotect(r.addr, protect, int(uapi.WriteprotectMode.WP))
+    return u
 
 
 def swap_scenario(b, memtype: str) -> list:
@@ -95,13 +103,9 @@ def swap_scenario(b, memtype: str) -> list:
     out.append(("w p0", acc(b, r.addr, True, 1)))
     out.append(("w p1", acc(b, r.addr + PS, True, 2)))
     out.append(("r p2", acc(b, r.addr + 2 * PS, False)))
-    u = b.userfaultfd()
-    u.api(0)
-    u.register(r.addr, r.len, int(R.WP))
-    u.writeprotect(r.addr, PS, int(uapi.WriteprotectMode.WP))
+    u = wp_registered(b, r)
     out.append(("before", v(r)))
-    b.lru_drain()
-    b.madvise(r.addr, r.len, uapi.MADV_PAGEOUT)
+    pageout(b, r)
     out.append(("pageout", v(r)))
     slot1 = b.pagemap(r.addr + PS, 1)[0]
     u.writeprotect(r.addr + PS, PS, int(uapi.WriteprotectMode.WP))
@@ -117,10 +121,9 @@ def swap_scenario(b, memtype: str) -> list:
     out.append(("w p1 again", acc(b, r.addr + PS, True, 3)))
     h = b.fault_handler(u, HandlerPolicy(missing="zeropage", wp="unprotect"))
     out.append(("w p0", acc(b, r.addr, True, 4), [(e.msg.flags, (e.msg.address - r.addr) // PS, e.action)
-                                                  for e in _events(h, 1)]))
+                                                  for e in drain_events(h, 1, keep=lambda e: e.action != "event")]))
     out.append(("after", v(r)))
-    b.lru_drain()
-    b.madvise(r.addr, r.len, uapi.MADV_PAGEOUT)
+    pageout(b, r)
     out.append(("pageout 2", v(r)))
     out.append(("p1 kept its slot", b.pagemap(r.addr + PS, 1)[0] == slot1))
     out.append(("r p1 2", acc(b, r.addr + PS, False), v(r)))
@@ -129,27 +132,15 @@ def swap_scenario(b, memtype: str) -> list:
     return out
 
 
-def _events(h, n):
-    got, deadline = [], time.monotonic() + 5
-    while len(got) < n and time.monotonic() < deadline:
-        got += [e for e in h.events() if e.action != "event"]
-        time.sleep(0.002)
-    return got
-
-
 def side_by_side(scenario, *args, with_swap=True):
     e = _run("emu", scenario, args, with_swap)
     k = _run("kernel", scenario, args, with_swap)
-    assert k == e, "\n".join(f"{'==' if a == b else '!='} kernel {a}\n   emu    {b}" for a, b in zip(k, e))
+    assert_steps_agree(k, e)
     return dict((x[0], x[1:]) for x in k)
 
 
 def _run(name, scenario, args, with_swap):
-    b = backend(name, with_swap)
-    try:
-        return scenario(b, *args)
-    finally:
-        b.close()
+    return run_closing(backend(name, with_swap), scenario, *args)
 
 
 # -- no swap device ---------------------------------------------------------------------------------------------------
@@ -157,13 +148,9 @@ def noswap_scenario(b, memtype):
     v = View(b, zero_pfn(b))
     r = b.mmap(3 * PS, MemType(memtype), name="r")
     out = [("w p0", acc(b, r.addr, True, 1)), ("r p1", acc(b, r.addr + PS, False))]
-    u = b.userfaultfd()
-    u.api(0)
-    u.register(r.addr, r.len, int(R.WP))
-    u.writeprotect(r.addr, PS, int(uapi.WriteprotectMode.WP))
+    u = wp_registered(b, r)
     out.append(("before", v(r)))
-    b.lru_drain()
-    b.madvise(r.addr, r.len, uapi.MADV_PAGEOUT)
+    pageout(b, r)
     out.append(("pageout", v(r)))
     out.append(("r p0", acc(b, r.addr, False), "r p1", acc(b, r.addr + PS, False), v(r)))
     u.close()
@@ -245,10 +232,7 @@ def test_swapin_write_of_uffd_wp_entry_per_version():
             b.swap_on(SWAP_SIZE)
             r = b.mmap(PS, MemType.ANON)
             b.write(r.addr, b"x")
-            u = b.userfaultfd()
-            u.api(0)
-            u.register(r.addr, PS, int(R.WP))
-            u.writeprotect(r.addr, PS, int(uapi.WriteprotectMode.WP))
+            u = wp_registered(b, r)
             b.madvise(r.addr, PS, uapi.MADV_PAGEOUT)
             h = b.fault_handler(u, HandlerPolicy(wp="unprotect"))
             res = acc(b, r.addr, True)
@@ -266,15 +250,11 @@ def swapoff_scenario(b, memtype):
     r = b.mmap(2 * PS, MemType(memtype), name="r")
     acc(b, r.addr, True, 1)
     acc(b, r.addr + PS, True, 2)
-    u = b.userfaultfd()
-    u.api(0)
-    u.register(r.addr, r.len, int(R.WP))
-    u.writeprotect(r.addr, PS, int(uapi.WriteprotectMode.WP))
+    u = wp_registered(b, r)
     if b.name == "kernel":
         b.swap_on(SWAP_SIZE)
     try:
-        b.lru_drain()
-        b.madvise(r.addr, r.len, uapi.MADV_PAGEOUT)
+        pageout(b, r)
         out = [("pageout", v(r))]
     finally:
         b.swap_off()
@@ -337,19 +317,15 @@ def lazyfree_scenario(b):
     r = b.mmap(2 * PS, MemType.ANON, name="r")
     acc(b, r.addr, True, 1)
     acc(b, r.addr + PS, True, 2)
-    u = b.userfaultfd()
-    u.api(0)
-    u.register(r.addr, r.len, int(R.WP))
+    u = wp_registered(b, r, protect=0)
     b.lru_drain()                                    # on the LRU, or lru_lazyfree_fn() skips it (stays swap-backed)
     b.madvise(r.addr, r.len, uapi.MADV_FREE)
     u.writeprotect(r.addr, PS, int(uapi.WriteprotectMode.WP))
     h = b.fault_handler(u, HandlerPolicy(wp="unprotect"))
     acc(b, r.addr + PS, True, 3)                     # p1 redirtied after MADV_FREE
-    b.lru_drain()
-    b.madvise(r.addr, r.len, uapi.MADV_PAGEOUT)
+    pageout(b, r)
     out = [("pageout", v(r))]
-    b.lru_drain()
-    b.madvise(r.addr, r.len, uapi.MADV_PAGEOUT)
+    pageout(b, r)
     out.append(("pageout 2", v(r)))
     out.append(("w p0", acc(b, r.addr, True, 4), [e.msg.flags for e in h.events() if e.action != "event"]))
     out.append(("r p1", acc(b, r.addr + PS, False)))
@@ -368,3 +344,63 @@ def test_lazyfree_then_pageout(host_swap):
     assert bits(k["pageout 2"][0]) == ["none", "S"], k
     assert k["w p0"][0][:2] == ("fault", 1) and k["w p0"][1] == [], k
     assert k["r p1"][0][-1] == b"\x03", k
+
+
+# -- a swapped-out UFFDIO_COPY source ---------------------------------------------------------------------------------
+def copy_source_scenario(b, memtype: str, fill: int) -> list:
+    """UFFDIO_COPY into a MISSING-registered page from a source page that was paged out: mfill_atomic_pte_copy()'s
+    copy_from_user() runs with page faults disabled and fails, mfill_atomic() drops mmap_lock and copies with
+    faults enabled (copy_folio_from_user()): the fault swaps the source in (do_swap_page(); a zero-filled page
+    in the zeromap on 6.12+ is a major fault, VM_FAULT_MAJOR, no error) and the copy goes on."""
+    v = View(b, zero_pfn(b))
+    src = b.mmap(2 * PS, MemType(memtype), name="src")
+    dst = b.mmap(2 * PS, MemType.ANON, name="dst")
+    out = [("w src", acc(b, src.addr, True, fill), acc(b, src.addr + PS, True, fill + 1))]
+    u = b.userfaultfd()
+    u.api(0)
+    u.register(dst.addr, dst.len, int(R.MISSING))
+    pageout(b, src)
+    out.append(("pageout", v(src)))
+    try:
+        out.append(("copy", u.copy(dst.addr, src.addr, dst.len)))
+    except Exception as e:
+        out.append(("copy", type(e).__name__, getattr(e, "errno", None)))
+    out.append(("after", v(src), bits(v(dst))))
+    if out[-2][1:] == (dst.len,):                         # the dst is filled: reading it cannot block
+        out.append(("data", b.read(dst.addr, 1) + b.read(dst.addr + PS, 1), b.read(src.addr, 1)))
+    u.close()
+    return out
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("memtype", ["anon", "shmem"])
+@pytest.mark.parametrize("fill", [0, 0x21], ids=["zero-filled", "written"])
+def test_copy_from_a_swapped_out_source(host_swap, memtype, fill):
+    """A swapped-out source is swapped in by the copy, which succeeds, whether the swap-in is minor (the swap
+    cache still holds the folio: no memory pressure) or major (a zeromap entry, read into a new folio): only the
+    VM_FAULT_ERROR bits of handle_mm_fault() make copy_from_user() fail (do_user_addr_fault())."""
+    k = side_by_side(copy_source_scenario, memtype, fill)
+    assert k["copy"] == (2 * PS,), k
+    assert k["data"] == (bytes((fill, fill + 1)), bytes((fill,))), k
+    assert bits(k["after"][1]) == ["PX", "PX"], k              # the copies: present, exclusive anon pages
+    if memtype == "anon":
+        assert bits(k["pageout"][0]) == ["S", "S"], k
+        assert all(e.startswith("P") for e in k["after"][0]), k   # the source swapped back in by the copy
+
+
+def test_swapfile_refused_on_tmpfs():
+    """A swapfile on tmpfs/ramfs is refused before anything is created (statfs(2) f_type: TMPFS_MAGIC); a disk
+    filesystem's magic is not taken for tmpfs."""
+    import os
+    from uffdctl import _libc, swap
+    from uffdctl.errors import Unsupported
+    if os.geteuid() != 0:
+        require_kernel("swap on needs root")
+    if not _libc.on_tmpfs("/dev/shm"):
+        require_kernel("/dev/shm is not tmpfs here")
+    before = set(os.listdir("/dev/shm"))
+    with pytest.raises(Unsupported, match="tmpfs/ramfs"):
+        swap.on(SWAP_SIZE, "/dev/shm")
+    assert not {f for f in set(os.listdir("/dev/shm")) - before if f.startswith("uffdctl-swap-")}
+    assert _libc.statfs_type("/proc") == 0x9FA0 and not _libc.on_tmpfs("/proc")     # PROC_SUPER_MAGIC
+    assert _libc.statfs_type("/no/such/dir") == -2                                  # -ENOENT

@@ -21,7 +21,7 @@ import signal as _signal
 import time
 
 from . import uapi
-from .errors import NotModelled, Unsupported, uffd_error
+from .errors import NotModelled, ProcessError, Unsupported, uffd_error
 # The shared types live in the leaf module uffdctl.types; they are re-exported here, where they were first
 # defined, so that ``from uffdctl.backend import MemType, Region, HandlerPolicy`` keeps working.
 from .types import (HPAGE_SIZE, PAGE_SIZE, AccessResult, BackendSelection, HandledEvent, HandlerPolicy, MemType,
@@ -477,30 +477,107 @@ class Backend(abc.ABC):
 # -- processes (uffdctl.process: the kernel's children; uffdctl.emu.process: the emulator's) ---------------
 class Process(abc.ABC):
     """A process of the session other than the session itself: its own mm, one thread (``main``),
-    its own regions (the parent's at fork time, minus MADV_DONTFORK ones)."""
+    its own regions (the parent's at fork time, minus MADV_DONTFORK ones).
+
+    What both kinds share lives here: the one thread, the session's names for the child's regions (anon
+    mmap and munmap), the exit status once reaped, the ``procs`` row.  A subclass provides the system calls
+    (``_mmap_anon``, ``_munmap``), ``_busy_now`` and the rest."""
 
     name: str
     pid: int
     parent: "Process | None"          # None: the session itself
     regions: dict[str, Region]
+    children: list
+    _b: "Backend"
+    _thread: "Thread"
+    _exit: dict | None                # the decoded wait status, once reaped
+    _closed: bool
+
+    def thread(self, name: str = "main") -> "Thread":
+        if name != "main":
+            raise ProcessError(f"process {self.name} has one thread, main (not {name!r})")
+        return self._thread
+
+    # -- mappings: the system call is the subclass's, the session's name for the range is kept here -----
+    @abc.abstractmethod
+    def _mmap_anon(self, len: int, prot: int, addr: int | None) -> int:
+        """mmap(MAP_PRIVATE|MAP_ANONYMOUS) in the child (MAP_FIXED_NOREPLACE at ``addr``): the address."""
 
     @abc.abstractmethod
-    def thread(self, name: str = "main") -> "Thread": ...
+    def _munmap(self, addr: int, len: int) -> None: ...
 
+    def mmap(self, len, memtype="anon", name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, **kw):
+        memtype = MemType(memtype)
+        if memtype is not MemType.ANON:
+            raise uffd_error(errno.EOPNOTSUPP, "mmap", addr, len,
+                             message=f"a child process maps anon memory only (not {memtype.value})")
+        if name is None:
+            name = next(f"r{i}" for i in range(1 << 20) if f"r{i}" not in self.regions)
+        r = Region(name, self._mmap_anon(len, prot, addr), len, memtype, uapi.PAGE_SIZE, None, prot)
+        self.regions[name] = r
+        return r
+
+    def munmap(self, addr, len):
+        self._munmap(addr, len)
+        for name, reg in list(self.regions.items()):
+            if addr <= reg.addr and reg.end <= addr + len:
+                del self.regions[name]
+
+    def soft_dirty(self):
+        return self._b.soft_dirty()
+
+    # -- exit ----------------------------------------------------------------------------------------
     @abc.abstractmethod
     def kill(self, sig: int = _signal.SIGKILL) -> None: ...
+
+    def _not_reaped(self) -> None:
+        """kill(2) of a reaped pid would name another process (or none): refused."""
+        if self._exit is not None:
+            raise ProcessError(f"process {self.name} (pid {self.pid}) has been reaped already")
 
     @abc.abstractmethod
     def wait(self, timeout: float) -> dict | None:
         """Reap the process; its exit as a dict, or None if it is still running after ``timeout``."""
 
     @property
-    @abc.abstractmethod
-    def alive(self) -> bool: ...
+    def alive(self) -> bool:
+        return self._exit is None and not self._closed
+
+    @property
+    def exit(self) -> dict | None:
+        return self._exit
+
+    def close(self) -> None:
+        """Kill (SIGKILL) and reap, children first, then release what the parent holds of it; bounded,
+        never hangs."""
+        if self._closed:
+            return
+        for c in list(self.children):
+            c.close()
+        if self._exit is None:
+            self._kill_and_reap()
+        self._closed = True
+        self._release()
 
     @abc.abstractmethod
-    def close(self) -> None:
-        """Kill and reap (bounded); never hangs."""
+    def _kill_and_reap(self) -> None:
+        """close() of a process not reaped yet: SIGKILL it and reap it (bounded)."""
+
+    def _release(self) -> None:
+        """What the parent holds of a closed process (sockets, fds): nothing here."""
+
+    @property
+    @abc.abstractmethod
+    def _busy_now(self) -> str | None:
+        """What the only thread is blocked in (``touch``, ``fork``, ...), or None."""
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "pid": self.pid, "ppid": self.parent.pid if self.parent else os.getpid(),
+             "parent": self.parent.name if self.parent else "self", "alive": int(self.alive),
+             "busy": self._busy_now, "regions": sorted(self.regions)}
+        if self._exit is not None:
+            d.update(exit=self._exit)
+        return d
 
 
 def decode_status(pid: int, status: int) -> dict:

@@ -45,6 +45,22 @@ _ZERO8 = bytes(8)
 _mono = time.monotonic_ns
 _unpack_msg = _MSG_ONE.unpack_from
 
+try:  # the per-call fast path (cdefs/uffdctl_fastpath.c); without it the cffi wrappers below serve
+    from ._fastpath import FastUffd as _FastUffd  # type: ignore[import-not-found]
+except ImportError:
+    _FastUffd = None
+
+
+def _fast_fail(name: str, r: int, start, len, done, closed: bool):
+    """The exception of a failed fast-path call (KernelUffd._fail's, for the C caller)."""
+    return uffd_error(-r, name, start, len, done, "uffd is closed" if closed else None)
+
+
+def fastpath_enabled() -> bool:
+    """Whether KernelUffd's copy/zeropage/writeprotect/read_msgs/wait_msgs run the C fast path
+    (built, and not turned off with UFFDCTL_NO_FASTPATH=1)."""
+    return _FastUffd is not None and os.environ.get("UFFDCTL_NO_FASTPATH") != "1"
+
 
 def _decode_batch(buf, nbytes: int, ts_ns: int) -> list[UffdMsg]:
     """Decode ``nbytes // 32`` packed ``struct uffd_msg`` from a buffer: one unpack_from per message."""
@@ -114,6 +130,11 @@ class KernelUffd(Uffd):
         self._bufs: list = []  # free message buffers (see read_msgs)
         if not _T:
             _T.update((k, self._ffi.typeof(f"struct uffdio_{k} *")) for k in ("api", "register"))
+        self._fast = None
+        if fastpath_enabled():  # the same five methods as METH_FASTCALL calls (same results and errors)
+            f = self._fast = _FastUffd(fd, self._poll_first, _fast_fail, UffdMsg, _decode_event)
+            self.copy, self.zeropage, self.writeprotect = f.copy, f.zeropage, f.writeprotect
+            self.read_msgs, self.wait_msgs = f.read_msgs, f.wait_msgs
 
     # -- plumbing -----------------------------------------------------------------
     def _fail(self, name: str, r: int, start, len, done=None):
@@ -274,6 +295,8 @@ class KernelUffd(Uffd):
         self._closed = True
         os.close(self.fd)
         self.fd = -1  # later ioctls fail with EBADF ("uffd is closed")
+        if self._fast is not None:
+            self._fast.fd = -1
         if self in self._b._uffds:
             self._b._uffds.remove(self)
 
@@ -481,11 +504,7 @@ class KernelBackend(KernelMm, Backend):
         name = self._region_name(name)
         page = uapi.PAGE_SIZE
         fd = None
-        flags = uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE
-        if addr:
-            flags |= uapi.MAP_FIXED if fixed else uapi.MAP_FIXED_NOREPLACE
-            if fixed:
-                self._check_fixed_target("mmap MAP_FIXED", addr, addr + len)
+        flags = (uapi.MAP_SHARED if memtype.shared else uapi.MAP_PRIVATE) | self._map_fixed(addr, len, fixed)
         if noreserve:
             flags |= uapi.MAP_NORESERVE
         huge_bits = 0
@@ -569,6 +588,16 @@ class KernelBackend(KernelMm, Backend):
             if st:
                 out.append((*st, f"[stack of uffdctl's access thread {name}]"))
         return out
+
+    def _map_fixed(self, addr, len, fixed) -> int:
+        """The mmap flags that place a mapping at ``addr``: MAP_FIXED_NOREPLACE, or MAP_FIXED with ``fixed``
+        (checked by _check_fixed_target first); 0 without an address."""
+        if not addr:
+            return 0
+        if not fixed:
+            return uapi.MAP_FIXED_NOREPLACE
+        self._check_fixed_target("mmap MAP_FIXED", addr, addr + len)
+        return uapi.MAP_FIXED
 
     def _check_fixed_target(self, what, start, end):
         """MAP_FIXED / MREMAP_FIXED replace what is at the target: never one of our own threads' stacks

@@ -8,7 +8,7 @@ import errno as E
 import os
 
 from . import _libc, swap, uapi
-from .types import MemType, Region
+from .types import MemType, Region, size_name
 from .errors import Unsupported, UsageError, uffd_error
 
 
@@ -85,11 +85,6 @@ def hugetlb_pool(size: int) -> dict:
     return out
 
 
-def _size_name(size: int) -> str:
-    for shift, unit in ((30, "G"), (20, "M"), (10, "K")):
-        if size >= 1 << shift and not size % (1 << shift):
-            return f"{size >> shift}{unit}"
-    return str(size)
 
 
 def hugetlb_page_flags(page_size: int | None) -> tuple[int, int]:
@@ -100,11 +95,11 @@ def hugetlb_page_flags(page_size: int | None) -> tuple[int, int]:
         return default, 0
     sizes = hugetlb_sizes()
     if page_size not in sizes:
-        raise UsageError(f"no hugetlb page size {_size_name(page_size)} on this kernel (sizes: "
-                         f"{', '.join(_size_name(s) for s in sizes) or 'none'}: /sys/kernel/mm/hugepages)")
+        raise UsageError(f"no hugetlb page size {size_name(page_size)} on this kernel (sizes: "
+                         f"{', '.join(size_name(s) for s in sizes) or 'none'}: /sys/kernel/mm/hugepages)")
     pool = hugetlb_pool(page_size)
     if pool["nr_hugepages"] + pool["surplus_hugepages"] == 0:
-        raise Unsupported(f"no {_size_name(page_size)} huge pages reserved",
+        raise Unsupported(f"no {size_name(page_size)} huge pages reserved",
                           f"reserve some with: echo N > {HUGEPAGES_SYSFS}/hugepages-{page_size // 1024}kB/"
                           f"nr_hugepages (1G pages need contiguous memory: at boot, hugepagesz=1G hugepages=N)")
     return page_size, (page_size.bit_length() - 1) << uapi.MFD_HUGE_SHIFT
@@ -159,8 +154,7 @@ class KernelMm:
         import tempfile
         name = self._region_name(name)
         self._check_len(len, uapi.PAGE_SIZE, addr)
-        if fixed and addr:
-            self._check_fixed_target("mmap MAP_FIXED", addr, addr + len)
+        flags = (uapi.MAP_SHARED if shared else uapi.MAP_PRIVATE) | self._map_fixed(addr, len, fixed)
         created = None
         if os.path.isdir(path):
             # a fresh file on that filesystem, unlinked at once: nothing is left behind, even on SIGKILL
@@ -178,8 +172,6 @@ class KernelMm:
             except OSError as e:
                 raise uffd_error(e.errno, "open", None, len, message=path) from None
             shown = path
-        flags = (uapi.MAP_SHARED if shared else uapi.MAP_PRIVATE) | \
-            (uapi.MAP_FIXED if fixed else (uapi.MAP_FIXED_NOREPLACE if addr else 0))
         a = self._lib.uffdctl_mmap(addr or 0, len, prot, flags, fd, 0)
         if a < 0:
             os.close(fd)
@@ -197,11 +189,7 @@ class KernelMm:
         so it is shmem to userfaultfd (vma_is_shmem()) and to pagemap (PM_FILE), with no fd to alias."""
         name = self._region_name(name)
         self._check_len(len, uapi.PAGE_SIZE, addr)
-        flags = uapi.MAP_SHARED | uapi.MAP_ANONYMOUS
-        if addr:
-            flags |= uapi.MAP_FIXED if fixed else uapi.MAP_FIXED_NOREPLACE
-            if fixed:
-                self._check_fixed_target("mmap MAP_FIXED", addr, addr + len)
+        flags = uapi.MAP_SHARED | uapi.MAP_ANONYMOUS | self._map_fixed(addr, len, fixed)
         a = self._lib.uffdctl_mmap(addr or 0, len, prot, flags, -1, 0)
         if a < 0:
             raise uffd_error(-a, "mmap", addr, len)

@@ -32,7 +32,7 @@ import threading
 from . import uapi
 from .backend import Access, Process, Thread, decode_status   # noqa: F401  (Process, decode_status: re-exported)
 from .errors import ProcessError, UffdctlError, uffd_error
-from .types import AccessResult, MemType, Region
+from .types import AccessResult, Region
 
 _REQ = struct.Struct("<II6Q")          # struct uffdctl_proc_req
 _REP = struct.Struct("<qqqiiQQQii")    # struct uffdctl_proc_rep
@@ -40,11 +40,11 @@ ANSWER_TIMEOUT_S = 10.0                # a synchronous request the child does no
 MAX_READ = 64 << 20
 
 
-class _Job(Access):
+class _Completion(Access):
+    """An Access that is done once its event is set (by the thread that ran the call)."""
+
     def __init__(self):
         self._ev = threading.Event()
-        self._value = None
-        self._exc: BaseException | None = None
 
     def wait(self, timeout=None) -> bool:
         return self._ev.wait(timeout)
@@ -52,6 +52,13 @@ class _Job(Access):
     @property
     def done(self) -> bool:
         return self._ev.is_set()
+
+
+class _Job(_Completion):
+    def __init__(self):
+        super().__init__()
+        self._value = None
+        self._exc: BaseException | None = None
 
     def result(self):
         if not self._ev.is_set():
@@ -110,22 +117,15 @@ def stop_job_threads(backend) -> None:
         t.stop()
 
 
-class _Future(Access):
+class _Future(_Completion):
     """One request to a child; also the Access of a touch made in the child."""
 
     def __init__(self):
-        self._ev = threading.Event()
+        super().__init__()
         self.rep: dict | None = None
         self.data: bytes | None = None
         self.fd: int | None = None
         self.exc: BaseException | None = None
-
-    def wait(self, timeout=None) -> bool:
-        return self._ev.wait(timeout)
-
-    @property
-    def done(self) -> bool:
-        return self._ev.is_set()
 
     def result(self) -> AccessResult:
         if not self._ev.is_set():
@@ -143,7 +143,9 @@ class _Future(Access):
         return out
 
 
-class _CallAccess(Access):
+class _OnFuture(Access):
+    """An Access done when its request's _Future is."""
+
     def __init__(self, fut: _Future):
         self._f = fut
 
@@ -154,26 +156,22 @@ class _CallAccess(Access):
     def done(self) -> bool:
         return self._f.done
 
+
+class _CallAccess(_OnFuture):
     def result(self):
         if self._f.exc:
             raise self._f.exc
         return (self._f.rep or {}).get("value", 0)
 
 
-class _ForkAccess(Access):
+class _ForkAccess(_OnFuture):
     def __init__(self, parent: "KernelProcess", name: str, fut: _Future):
-        self._p, self._name, self._fut, self._child = parent, name, fut, None
-
-    def wait(self, timeout=None) -> bool:
-        return self._fut.wait(timeout)
-
-    @property
-    def done(self) -> bool:
-        return self._fut.done
+        super().__init__(fut)
+        self._p, self._name, self._child = parent, name, None
 
     def result(self):
         if self._child is None:
-            f = self._fut
+            f = self._f
             if f.exc:
                 raise f.exc
             if f.rep["ret"] < 0:
@@ -319,11 +317,6 @@ class KernelProcess(Process):
         return _CallAccess(acc)
 
     # -- the Backend-like surface the session commands use ---------------------------
-    def thread(self, name: str = "main") -> Thread:
-        if name != "main":
-            raise ProcessError(f"process {self.name} has one thread, main (not {name!r})")
-        return self._thread
-
     def faults(self) -> tuple[int, int]:
         try:
             with open(f"/proc/{self.pid}/stat", "rb") as f:
@@ -335,11 +328,8 @@ class KernelProcess(Process):
     def madvise(self, addr, len, advice):
         self.call(self._lib.UFFDCTL_PROC_MADVISE, addr, len, advice, what="madvise", start=addr, len=len)
 
-    def munmap(self, addr, len):
+    def _munmap(self, addr, len):
         self.call(self._lib.UFFDCTL_PROC_MUNMAP, addr, len, what="munmap", start=addr, len=len)
-        for name, reg in list(self.regions.items()):
-            if addr <= reg.addr and reg.end <= addr + len:
-                del self.regions[name]
 
     def mprotect(self, addr, len, prot):
         self.call(self._lib.UFFDCTL_PROC_MPROTECT, addr, len, prot, what="mprotect", start=addr, len=len)
@@ -348,18 +338,9 @@ class KernelProcess(Process):
         return self.call(self._lib.UFFDCTL_PROC_MREMAP, old, old_len, new_len, flags, new_addr, what="mremap",
                          start=old, len=old_len).rep["ret"]
 
-    def mmap(self, len, memtype="anon", name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, **kw):
-        memtype = MemType(memtype)
-        if memtype is not MemType.ANON:
-            raise uffd_error(E.EOPNOTSUPP, "mmap", addr, len,
-                             message=f"a child process maps anon memory only (not {memtype.value})")
-        if name is None:
-            name = next(f"r{i}" for i in range(1 << 20) if f"r{i}" not in self.regions)
+    def _mmap_anon(self, len, prot, addr):
         flags = uapi.MAP_PRIVATE | (uapi.MAP_FIXED_NOREPLACE if addr else 0)
-        a = self.call(self._lib.UFFDCTL_PROC_MMAP, addr or 0, len, prot, flags, what="mmap", len=len).rep["ret"]
-        r = Region(name, a, len, memtype, uapi.PAGE_SIZE, None, prot)
-        self.regions[name] = r
-        return r
+        return self.call(self._lib.UFFDCTL_PROC_MMAP, addr or 0, len, prot, flags, what="mmap", len=len).rep["ret"]
 
     def read(self, addr, len) -> bytes:
         r = self._thread.access(addr, len, False, want_data=True)
@@ -414,9 +395,6 @@ class KernelProcess(Process):
                 return m.private_dirty
         raise uffd_error(E.ENOENT, "smaps", addr, message=f"no mapping of process {self.name} contains this address")
 
-    def soft_dirty(self):
-        return self._b.soft_dirty()
-
     # -- processes and uffds of the child ---------------------------------------------
     def fork_access(self, name: str) -> Access:
         """The child forks (a grandchild): an Access whose result() is the new KernelProcess."""
@@ -431,17 +409,8 @@ class KernelProcess(Process):
         return u
 
     # -- exit ---------------------------------------------------------------------------
-    @property
-    def alive(self) -> bool:
-        return self._exit is None and not self._closed
-
-    @property
-    def exit(self) -> dict | None:
-        return self._exit
-
     def kill(self, sig: int = _signal.SIGKILL) -> None:
-        if self._exit is not None:
-            raise ProcessError(f"process {self.name} (pid {self.pid}) has been reaped already")
+        self._not_reaped()
         _signal.pidfd_send_signal(self._pidfd, sig)
 
     def wait(self, timeout: float) -> dict | None:
@@ -462,22 +431,18 @@ class KernelProcess(Process):
         self._exit = decode_status(self.pid, status)
         return self._exit
 
-    def close(self) -> None:
-        """Kill (SIGKILL) and reap; close the socket and the /proc fds.  Bounded."""
-        if self._closed:
-            return
-        for c in list(self.children):
-            c.close()
-        if self._exit is None:
-            try:
-                self.kill(_signal.SIGKILL)
-            except (OSError, ProcessError):
-                pass
-            try:
-                self.wait(5.0)
-            except (OSError, UffdctlError):
-                pass
-        self._closed = True
+    def _kill_and_reap(self) -> None:
+        try:
+            self.kill(_signal.SIGKILL)
+        except (OSError, ProcessError):
+            pass
+        try:
+            self.wait(5.0)
+        except (OSError, UffdctlError):
+            pass
+
+    def _release(self) -> None:
+        """Close the socket and the /proc fds."""
         try:
             self._sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -490,14 +455,9 @@ class KernelProcess(Process):
                 os.close(fd)
         self._pidfd = self._pagemap_fd = -1
 
-    def to_dict(self) -> dict:
-        d = {"name": self.name, "pid": self.pid, "ppid": self.parent.pid if self.parent else os.getpid(),
-             "parent": self.parent.name if self.parent else "self", "alive": int(self.alive),
-             "busy": self.busy_what if (self.busy is not None and not self.busy.done) else None,
-             "regions": sorted(self.regions)}
-        if self._exit is not None:
-            d.update(exit=self._exit)
-        return d
+    @property
+    def _busy_now(self) -> str | None:
+        return self.busy_what if (self.busy is not None and not self.busy.done) else None
 
 
 __all__ = ["KernelProcess", "Process", "ProcessError", "decode_status"]

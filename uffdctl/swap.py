@@ -21,7 +21,6 @@ from .errors import Unsupported, uffd_error
 
 DEFAULT_DIR = "/var/tmp"
 _NAME = re.compile(r"^uffdctl-swap-(\d+)-\d+\.img$")
-_TMPFS_MAGIC, _RAMFS_MAGIC = 0x01021994, 0x858458F6
 _counter = 0
 
 
@@ -81,14 +80,8 @@ def cleanup_stale(directory: str = DEFAULT_DIR) -> list[str]:
 
 
 def _fs_check(directory: str) -> None:
-    import ctypes
-    import ctypes.util
-
-    class _Statfs(ctypes.Structure):
-        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    buf = _Statfs()
-    if libc.statfs(directory.encode(), ctypes.byref(buf)) == 0 and buf.f_type in (_TMPFS_MAGIC, _RAMFS_MAGIC):
+    from . import _libc
+    if _libc.on_tmpfs(directory):
         raise Unsupported(f"{directory} is tmpfs/ramfs: a swapfile needs a disk filesystem",
                           "give --dir on ext4/xfs (default /var/tmp)")
 

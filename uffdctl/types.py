@@ -56,6 +56,14 @@ def page_size_of(memtype: "MemType | str") -> int:
     return HPAGE_SIZE if MemType(memtype).hugetlb else PAGE_SIZE
 
 
+def size_name(size: int) -> str:
+    """A size as the page-size options spell it: 2M, 1G, 64K (bytes when no unit divides it)."""
+    for shift, unit in ((30, "G"), (20, "M"), (10, "K")):
+        if size >= 1 << shift and not size % (1 << shift):
+            return f"{size >> shift}{unit}"
+    return str(size)
+
+
 @dataclass
 class Region:
     """One mapping made by :meth:`Backend.mmap`.
@@ -328,5 +336,5 @@ class BackendSelection:
                 "fallback": int(self.fallback)}
 
 
-__all__ = ["BackendSelection", "RegionArray", "PteBits", "PAGE_SIZE", "HPAGE_SIZE", "UFFD_MSG_SIZE", "MemType", "Region", "UffdioApi", "UffdMsg", "decode_msg",
+__all__ = ["size_name", "BackendSelection", "RegionArray", "PteBits", "PAGE_SIZE", "HPAGE_SIZE", "UFFD_MSG_SIZE", "MemType", "Region", "UffdioApi", "UffdMsg", "decode_msg",
            "AccessResult", "ScanResult", "HandlerPolicy", "HandledEvent", "SoftDirtyProbe", "page_size_of"]

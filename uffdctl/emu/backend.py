@@ -18,13 +18,13 @@ from __future__ import annotations
 import collections
 import errno as E
 import itertools
-import os
 
 from .. import uapi
+from .._libc import on_tmpfs
 from ..backend import (Access, AccessResult, Backend, HandledEvent, Handler, HandlerPolicy, MemType, Region,
-                       ScanResult, SoftDirtyProbe, Thread, UffdMsg)
+                       SoftDirtyProbe, Thread, UffdMsg)
 from ..errors import NotModelled, ProcessError, UffdError, UsageError, uffd_error
-from ..types import PteBits
+from ..types import size_name
 from . import mm as M
 from .fs.proc import task_mmu
 from .mm.khugepaged import NotModelledCollapse
@@ -33,54 +33,9 @@ from .fs.userfaultfd import EmuUffd
 from .kernel.fork import dup_mmap
 from .process import EmuProcess, _ForkAccess
 from .profiles import DEFAULT_PROFILE, get_profile
-from .sched import RunQueue
+from .sched import RunQueue, SyscallTask
 
 BUS_ADRERR = 2
-_TMPFS_MAGIC, _RAMFS_MAGIC, _OVERLAYFS_MAGIC = 0x01021994, 0x858458F6, 0x794C7630
-
-
-def _statfs_type(path: str) -> int | None:
-    import ctypes
-    import ctypes.util
-
-    class _Statfs(ctypes.Structure):
-        _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    buf = _Statfs()
-    return buf.f_type if libc.statfs(path.encode(), ctypes.byref(buf)) == 0 else None
-
-
-def _overlay_upperdir(directory: str) -> str | None:
-    """The upperdir of the overlay mount ``directory`` is on (/proc/self/mountinfo's super options)."""
-    real, best, upper = os.path.realpath(directory), "", None
-    try:
-        with open("/proc/self/mountinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        pre, _, post = line.partition(" - ")
-        mnt, fields = pre.split()[4].replace("\\040", " "), post.split()
-        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
-            best = mnt
-            opts = fields[2].split(",") if fields[:1] == ["overlay"] and len(fields) > 2 else []
-            upper = next((o[9:] for o in opts if o.startswith("upperdir=")), None)
-    return upper
-
-
-def _is_tmpfs(directory: str) -> bool:
-    """Whether a file created in ``directory`` on this machine is a shmem file (tmpfs or ramfs: shmem's vm_ops).
-
-    On an overlay, the file is created in (or copied up to) the upper layer, and ovl_mmap() maps that real file
-    (vma_set_file(vma, realfile); call_mmap()): a VMA of an overlay on tmpfs is vma_is_shmem() -- the
-    scripts/vmtest guest's /var/tmp is one.  An upper layer this mount namespace cannot reach counts as a disk."""
-    t = _statfs_type(directory)
-    if t == _OVERLAYFS_MAGIC:
-        upper = _overlay_upperdir(directory)
-        t = _statfs_type(upper) if upper else None
-    return t in (_TMPFS_MAGIC, _RAMFS_MAGIC)
-
-
 _TIDS = itertools.count(4_000_001)
 _EV_PAGEFAULT = int(uapi.Event.PAGEFAULT)
 _PF_WP, _PF_MINOR = int(uapi.PagefaultFlag.WP), int(uapi.PagefaultFlag.MINOR)
@@ -231,6 +186,59 @@ class EmuThread(Thread):
         return self._current is not None
 
 
+class EmuCall(Access):
+    """A system call issued from a job thread (sched.SyscallTask): done once it has returned."""
+
+    def __init__(self, backend, task: SyscallTask):
+        self._b, self._t = backend, task
+
+    def wait(self, timeout=None) -> bool:
+        if not self._t.done:
+            self._b._rq.run()
+        return self._t.done      # the emulated world changes only through calls: never worth sleeping for
+
+    @property
+    def done(self) -> bool:
+        return self._t.done
+
+    def result(self):
+        if not self._t.done:
+            raise RuntimeError("still blocked in the kernel")
+        if self._t.exc is not None:
+            raise self._t.exc
+        return self._t.value
+
+
+class EmuJobThread:
+    """A thread of the emulated process that runs system calls in order (uffdctl.process.JobThread's
+    interface), each one a sched.SyscallTask that may sleep where the kernel's would."""
+
+    def __init__(self, backend, name: str):
+        self._b, self.name = backend, name
+        self.thread = EmuThread(backend, f"job-{name}")   # its own task: the faults its calls take
+        self._calls: collections.deque = collections.deque()
+
+    def submit(self, fn) -> Access:
+        task = SyscallTask(self._b._rq, fn, on_done=self._next)
+        task.thread = self.thread
+        self._calls.append(task)
+        if len(self._calls) == 1:
+            self._b._rq.enqueue(task)
+            self._b._rq.run()
+        return EmuCall(self._b, task)
+
+    def _next(self, task) -> None:
+        """A call returned: the next one of this thread starts (it was queued behind it)."""
+        self._calls.remove(task)
+        if self._calls:
+            self._b._rq.enqueue(self._calls[0])
+
+    def cancel(self) -> None:
+        for t in list(self._calls):
+            t.cancel()
+        self._calls.clear()
+
+
 class EmuHandler(Handler):
     """Resolves faults by policy as they are queued (from the backend's pump), like the native handler."""
 
@@ -261,17 +269,59 @@ class EmuHandler(Handler):
         self.running = False
         self._b._rq.remove_service(self)
         self.uffd.detach_handler(self)
-        if release and not self.uffd.closed:     # release faults left queued by hand
-            for m in self._queued:
-                self.uffd.wake_userfault(m.address & ~(self.policy.page_size - 1), self.policy.page_size)
+        if release and not self.uffd.closed:
+            self._release_pending()
             self._b._rq.run()
         self._queued = []
 
+    def _release_pending(self) -> None:
+        """As the native handler's uffdctl_release_pending(): every message still unread is drained (logged as
+        queued), then every fault it queued is resolved so that its thread goes on -- MISSING: a zero-filled
+        page (UFFDIO_COPY), WP: un-protect, MINOR: CONTINUE; one already resolved (EEXIST) is woken; EAGAIN
+        (an event pending) drains and retries."""
+        self._drain_unread()
+        ps = self.policy.page_size
+        for m in self._queued:
+            page = m.address & ~(ps - 1)
+            for _ in range(1000):
+                try:
+                    if m.flags & _PF_WP:
+                        self.uffd.writeprotect(page, ps, 0)
+                    elif m.flags & _PF_MINOR:
+                        self.uffd.continue_(page, ps)
+                    else:
+                        self.uffd.copy(page, self._zero_page(), ps)
+                except UffdError as e:
+                    if e.errno == E.EAGAIN:
+                        self._drain_unread()
+                        continue
+                    if e.errno == E.EEXIST:
+                        self.uffd.wake(page, ps)
+                break
+
+    def _drain_unread(self) -> None:
+        while not self.uffd.closed and (msgs := self.uffd.read_msgs(64)):
+            for m in msgs:
+                if m.event == _EV_PAGEFAULT:
+                    self._queued.append(m)
+                    self._log.append(HandledEvent(m, "queue"))
+                else:
+                    self._log.append(HandledEvent(m, "event"))
+
+    def _zero_page(self) -> int:
+        """The zero-filled source of a release (the native handler's fill page, memset to 0)."""
+        r = getattr(self, "_zero_region", None)
+        if r is None:
+            r = self._zero_region = self._b.mmap(self.policy.page_size, MemType.ANON, name=None)
+            self._b.write(r.addr, bytes(self.policy.page_size))
+        return r.addr
+
     def service(self) -> bool:
         """Read and resolve one batch of messages (the run queue calls it); False: nothing to read."""
-        if self.uffd.closed:
+        u = self.uffd
+        if u.closed or not (u.pending or u.event_q):   # nothing to read (read_msgs would return [])
             return False
-        msgs = self.uffd.read_msgs(self._batch)
+        msgs = u.read_msgs(self._batch)
         if not msgs:
             return False
         stats, log = self._stats, self._log
@@ -350,7 +400,7 @@ class EmuHandler(Handler):
         return dict(self._stats)
 
 
-class EmuBackend(Backend):
+class EmuBackend(task_mmu.TaskMmuFiles, Backend):
     """The emulator: ``EmuBackend(profile="6.18", soft_dirty=True, **switch_overrides)``."""
 
     name = "emu"
@@ -365,6 +415,7 @@ class EmuBackend(Backend):
         self._uffds: list[EmuUffd] = []
         self._threads: dict[str, EmuThread] = {}
         self._caller = EmuThread(self, "caller")
+        self._job_threads: dict = {}     # job_thread(): name -> EmuJobThread
         self._pids = itertools.count(1000)  # pids of emulated fork children
         self._procs: list[EmuProcess] = []
         self._rq = RunQueue()
@@ -386,16 +437,6 @@ class EmuBackend(Backend):
         return self.mm.tlb.flushes
 
     # -- queries of uffdctl.backend.Backend (what callers ask instead of reading the model) ---------------
-    def pte_bits(self, addr: int) -> PteBits:
-        pte = self.mm.ptes.get(addr)
-        if pte is None or not pte.present:
-            return PteBits(0, 0)
-        return PteBits(int(pte.write), int(pte.dirty))
-
-    def vma_bounds(self, addr: int) -> tuple[int, int] | None:
-        v = self.mm.find_vma(addr)
-        return (v.start, v.end) if v is not None else None
-
     def tlb_flush_count(self) -> int:
         return self.mm.tlb.flushes
 
@@ -414,30 +455,47 @@ class EmuBackend(Backend):
         memtype = MemType(memtype)
         if page_size is not None and not memtype.hugetlb:
             raise UsageError(f"a page size is for hugetlb mappings, not {memtype.value}")
-        if page_size not in (None, M.HPAGE_SIZE):
-            size = f"{page_size >> 30}G" if page_size >= 1 << 30 else f"{page_size >> 10}K"
-            raise NotModelled(f"hugetlb {size} pages (the model has the 2M hstate only)")
+        if page_size not in (None,) + M.HSTATES:
+            raise UsageError(f"no hugetlb page size {size_name(page_size)} in the model (sizes: "
+                             f"{', '.join(size_name(s) for s in M.HSTATES)}: x86-64's PMD and PUD hstates)")
         name = self._region_name(name)
-        page = M.HPAGE_SIZE if memtype.hugetlb else uapi.PAGE_SIZE
+        page = (page_size or M.HPAGE_SIZE) if memtype.hugetlb else uapi.PAGE_SIZE
         self._check_len(len, page, addr)
         f = None
         fd = None
         if memtype.file_backed:
             fd = next(self._fds)
             f = self._files[fd] = M.ShmemFile(f"uffdctl-{name}", len, page)
-        v = self.mm.mmap(len, memtype, prot, addr, f)
+        v = self.mm.mmap(len, memtype, prot, addr, f, page_size=page if memtype.hugetlb else None)
         if isinstance(v, int):
             raise uffd_error(-v, "mmap", addr, len)
         if memtype is MemType.ANON:      # as the kernel backend: MADV_NOHUGEPAGE unless asked (mmap --thp)
             v.flags |= M.VM_NOHUGEPAGE
         return self._add_region(Region(name, v.start, len, memtype, page, fd, prot))
 
+    def mmap_fixed(self, len, memtype, name, prot, addr, page_size=None):
+        memtype = MemType(memtype)
+        page = (page_size or M.HPAGE_SIZE) if memtype.hugetlb else uapi.PAGE_SIZE
+        self._check_len(len, page, addr)
+        self._map_fixed_unmap(addr, len, page)
+        return self.mmap(len, memtype, name=name, prot=prot, addr=addr, page_size=page_size)
+
+    def _map_fixed_unmap(self, addr, len, page) -> None:
+        """MAP_FIXED: mmap_region() unmaps what lies in [addr, addr+len) first (do_vmi_munmap(), with
+        userfaultfd_unmap_prep(): an UNMAP message for each EVENT_UNMAP ctx there; the caller's
+        userfaultfd_unmap_complete() follows the new mapping), as munmap() would; a bad address is EINVAL
+        before anything is unmapped."""
+        if addr is None or addr % page or addr + len > M.TASK_SIZE:
+            raise uffd_error(E.EINVAL, "mmap", addr, len)
+        if self.mm.vmas_in(addr, addr + len):
+            self.munmap(addr, len)
+
     def mmap_shared_anon(self, len, name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, fixed=False):
         """MAP_SHARED|MAP_ANONYMOUS is shmem in mm/mmap.c (shmem_zero_setup()): a shmem file no fd reaches."""
-        if fixed:
-            raise NotModelled("mmap MAP_FIXED")
         name = self._region_name(name)
         self._check_len(len, uapi.PAGE_SIZE, addr)
+        if fixed:
+            self._map_fixed_unmap(addr, len, uapi.PAGE_SIZE)
         v = self.mm.mmap(len, MemType.SHMEM, prot, addr, M.ShmemFile("dev/zero", len, uapi.PAGE_SIZE))
         if isinstance(v, int):
             raise uffd_error(-v, "mmap", addr, len)
@@ -471,6 +529,8 @@ class EmuBackend(Backend):
         if advice in (uapi.MADV_DONTNEED, uapi.MADV_REMOVE):
             self._event(uapi.Feature.EVENT_REMOVE, {"event": uapi.Event.REMOVE, "start": addr, "end": addr + len},
                         mm.vmas_in(addr, addr + len))
+            if self._rq.current is not None:    # userfaultfd_remove(): asleep until read, before the zap
+                self._rq.current.send_events()
         try:
             ret = mm.madvise(addr, len, advice)
         except NotModelledCollapse as e:
@@ -487,8 +547,6 @@ class EmuBackend(Backend):
         one the path has on this machine: tmpfs gives shmem's semantics, anything else a disk file's
         (emu/mm/filemap.py).  The model's file starts empty (a host file's contents are not read)."""
         import os
-        if fixed:
-            raise NotModelled("mmap MAP_FIXED")
         name = self._region_name(name)
         self._check_len(len, uapi.PAGE_SIZE, addr)
         if not os.path.isdir(path) and os.path.exists(path) and os.path.getsize(path):
@@ -496,11 +554,13 @@ class EmuBackend(Backend):
         d = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
         if not os.path.isdir(d):
             raise uffd_error(E.ENOENT, "open", None, len, message=path)
+        if fixed:
+            self._map_fixed_unmap(addr, len, uapi.PAGE_SIZE)
         key = None if os.path.isdir(path) else os.path.abspath(path)
         f = self._paths.get(key) if key else None
         if f is None:
             fname = f"{path} (emulated)" if key else f"{path}/uffdctl-{name} (emulated)"
-            f = M.ShmemFile(fname, len, uapi.PAGE_SIZE) if _is_tmpfs(d) else M.RegularFile(fname, len)
+            f = M.ShmemFile(fname, len, uapi.PAGE_SIZE) if on_tmpfs(d) else M.RegularFile(fname, len)
             if key:
                 self._paths[key] = f
         f.size = max(f.size, len)
@@ -545,8 +605,12 @@ class EmuBackend(Backend):
             start, len, M.VM_LOCKED | (VM_LOCKONFAULT if flags & MLOCK_ONFAULT else 0)))
         if flags & MLOCK_ONFAULT:
             return
+        call = self._rq.current                 # a session thread's mlock (job_thread()) sleeps in its faults
         for s, e, write in self.mm.populate_ranges(start, len):
-            acc = self._caller.access(s, e - s, write, stride=uapi.PAGE_SIZE, populate=True)
+            acc = (self._caller if call is None else call.thread).access(s, e - s, write, stride=uapi.PAGE_SIZE,
+                                                                          populate=True)
+            if not acc.done and call is not None:
+                call.park(lambda acc=acc: acc.done)
             if not acc.done:
                 self._withdraw(acc)
                 raise uffd_error(E.EDEADLK, "mlock2", s, e - s,
@@ -732,6 +796,14 @@ class EmuBackend(Backend):
         thread._current = None
         thread._queue.clear()
 
+    def job_thread(self, name: str) -> "EmuJobThread":
+        """A thread of the emulated process that issues system calls which may sleep in the kernel (an event
+        that waits to be read, a fault in mlock's populate): each runs as a sched.SyscallTask."""
+        jt = self._job_threads.get(name)
+        if jt is None:
+            jt = self._job_threads[name] = EmuJobThread(self, name)
+        return jt
+
     def adopt_uffd(self, fd: int) -> EmuUffd:
         for u in self._uffds:
             if u.fd == fd and not u.closed:
@@ -776,33 +848,16 @@ class EmuBackend(Backend):
     def pagemap(self, addr, npages) -> list[int]:
         return task_mmu.pagemap_read(self.mm, addr, npages)
 
-    def clear_refs(self, value) -> None:
-        try:
-            v = int(str(value).strip())
-        except ValueError:
-            v = -1
-        r = task_mmu.clear_refs_write(self.mm, v)
-        if r < 0:
-            raise uffd_error(-r, "clear_refs", message=f"value {value!r}")
-
-    def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0, category_anyof_mask=0,
-                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512,
-                     null_vec=False) -> ScanResult:
-        return task_mmu.do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask,
-                               category_anyof_mask, return_mask, max_pages, vec_len, null_vec)
+    # clear_refs, pagemap_scan, smaps_private_dirty, pte_bits, vma_bounds: task_mmu.TaskMmuFiles
 
     def soft_dirty(self) -> SoftDirtyProbe:
         if self.mm.soft_dirty_config:
             return SoftDirtyProbe(True, "emulated CONFIG_MEM_SOFT_DIRTY=y")
         return SoftDirtyProbe(False, "emulated CONFIG_MEM_SOFT_DIRTY=n: bit 55 reads 0")
 
-    def smaps_private_dirty(self, addr) -> int:
-        vma = self.mm.find_vma(addr)
-        if vma is None:
-            raise uffd_error(E.ENOENT, "smaps", addr, message="no mapping contains this address")
-        return task_mmu.smaps_private_dirty(self.mm, vma)
-
     def close(self) -> None:
+        for jt in self._job_threads.values():
+            jt.cancel()
         for p in reversed(self._procs):
             p.close()
         for u in list(self._uffds):

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import errno as E
-import os
 import resource
 import signal as _signal
 
 from .. import uapi
 from ..backend import Access, Process, Thread, decode_status
 from ..errors import NotModelled, ProcessError, UffdError, uffd_error
-from ..types import AccessResult, MemType, PteBits, Region
+from ..types import AccessResult, MemType, Region
 from .fs.proc import task_mmu
 from .kernel.fork import exit_mmap
 from .mm.mm_types import VM_READ, VM_WRITE
@@ -133,7 +132,7 @@ class _ForkAccess(Access):
         return self._child
 
 
-class EmuProcess(Process):
+class EmuProcess(task_mmu.TaskMmuFiles, Process):
     """A child of the emulated process: its own mm, one thread (``main``), the parent's regions at fork
     time (a MADV_DONTFORK one is there by name and faults SIGSEGV, as on the kernel)."""
 
@@ -172,11 +171,6 @@ class EmuProcess(Process):
         except UffdError as e:
             raise uffd_error(e.errno, what, start, length, message=f"in process {self.name}") from None
 
-    def thread(self, name: str = "main") -> Thread:
-        if name != "main":
-            raise ProcessError(f"process {self.name} has one thread, main (not {name!r})")
-        return self._thread
-
     def faults(self) -> tuple[int, int]:
         if self._exit is not None:        # a zombie's /proc/PID/stat still counts; a reaped one is gone
             raise ProcessError(f"process {self.name} (pid {self.pid}) is gone")
@@ -186,11 +180,8 @@ class EmuProcess(Process):
     def madvise(self, addr, len, advice):
         self._call("madvise", lambda: self._b.madvise(addr, len, advice, mm=self.mm), addr, len)
 
-    def munmap(self, addr, len):
+    def _munmap(self, addr, len):
         self._call("munmap", lambda: self._b.munmap(addr, len, mm=self.mm), addr, len)
-        for name, reg in list(self.regions.items()):
-            if addr <= reg.addr and reg.end <= addr + len:
-                del self.regions[name]
 
     def mprotect(self, addr, len, prot):
         self._call("mprotect", lambda: self._b.mprotect(addr, len, prot, mm=self.mm), addr, len)
@@ -199,19 +190,11 @@ class EmuProcess(Process):
         return self._call("mremap", lambda: self._b.mremap(old, old_len, new_len, flags, new_addr, mm=self.mm),
                           old, old_len)
 
-    def mmap(self, len, memtype="anon", name=None, prot=uapi.PROT_READ | uapi.PROT_WRITE, addr=None, **kw):
-        memtype = MemType(memtype)
-        if memtype is not MemType.ANON:
-            raise uffd_error(E.EOPNOTSUPP, "mmap", addr, len,
-                             message=f"a child process maps anon memory only (not {memtype.value})")
-        if name is None:
-            name = next(f"r{i}" for i in range(1 << 20) if f"r{i}" not in self.regions)
-        v = self._call("mmap", lambda: self.mm.mmap(len, memtype, prot, addr), addr, len)
+    def _mmap_anon(self, len, prot, addr):
+        v = self._call("mmap", lambda: self.mm.mmap(len, MemType.ANON, prot, addr), addr, len)
         if isinstance(v, int):
             raise uffd_error(-v, "mmap", addr, len, message=f"in process {self.name}")
-        r = Region(name, v.start, len, memtype, uapi.PAGE_SIZE, None, prot)
-        self.regions[name] = r
-        return r
+        return v.start
 
     def read(self, addr, len) -> bytes:
         acc = self._thread.access(addr, len, False, want_data=True)
@@ -240,39 +223,11 @@ class EmuProcess(Process):
         from array import array
         return array("Q", self.pagemap(addr, npages))
 
-    def vma_bounds(self, addr):
-        v = self.mm.find_vma(addr)
-        return (v.start, v.end) if v is not None else None
-
-    def pte_bits(self, addr):
-        pte = self.mm.ptes.get(addr)
-        if pte is None or not pte.present:
-            return PteBits(0, 0)
-        return PteBits(int(pte.write), int(pte.dirty))
-
-    def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0, category_anyof_mask=0,
-                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512):
-        return task_mmu.do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask,
-                                        category_anyof_mask, return_mask, max_pages, vec_len)
-
-    def clear_refs(self, value) -> None:
-        try:
-            v = int(str(value).strip())
-        except ValueError:
-            v = -1
-        r = task_mmu.clear_refs_write(self.mm, v)
-        if r < 0:
-            raise uffd_error(-r, "clear_refs", message=f"process {self.name}: value {value!r}")
-
-    def smaps_private_dirty(self, addr) -> int:
-        vma = self.mm.find_vma(addr)
-        if vma is None:
-            raise uffd_error(E.ENOENT, "smaps", addr,
-                             message=f"no mapping of process {self.name} contains this address")
-        return task_mmu.smaps_private_dirty(self.mm, vma)
-
-    def soft_dirty(self):
-        return self._b.soft_dirty()
+    # clear_refs, pagemap_scan, smaps_private_dirty, pte_bits, vma_bounds: task_mmu.TaskMmuFiles, as the
+    # emulated process itself
+    @property
+    def _task_label(self) -> str:
+        return f"process {self.name}"
 
     # -- processes and uffds of the child -------------------------------------------------------
     def fork_access(self, name: str) -> Access:
@@ -289,17 +244,8 @@ class EmuProcess(Process):
         return u
 
     # -- exit ------------------------------------------------------------------------------------
-    @property
-    def alive(self) -> bool:
-        return self._exit is None and not self._closed
-
-    @property
-    def exit(self) -> dict | None:
-        return self._exit
-
     def kill(self, sig: int = _signal.SIGKILL) -> None:
-        if self._exit is not None:
-            raise ProcessError(f"process {self.name} (pid {self.pid}) has been reaped already")
+        self._not_reaped()
         if self._status is not None or sig in _IGNORED:
             return                         # a zombie, or the default action is to ignore it
         if sig in _STOP:
@@ -329,25 +275,15 @@ class EmuProcess(Process):
         self._exit = decode_status(self.pid, self._status)
         return self._exit
 
-    def close(self) -> None:
-        """Kill (SIGKILL) and reap; children first.  Never blocks."""
-        if self._closed:
-            return
-        for c in list(self.children):
-            c.close()
+    def _kill_and_reap(self) -> None:
+        """Never blocks."""
         if self._status is None:
             self.die(_signal.SIGKILL)
-        if self._exit is None:
-            self._exit = decode_status(self.pid, self._status)
-        self._closed = True
+        self._exit = decode_status(self.pid, self._status)
 
-    def to_dict(self) -> dict:
-        d = {"name": self.name, "pid": self.pid, "ppid": self.parent.pid if self.parent else os.getpid(),
-             "parent": self.parent.name if self.parent else "self", "alive": int(self.alive),
-             "busy": self.busy_what if self._status is None else None, "regions": sorted(self.regions)}
-        if self._exit is not None:
-            d.update(exit=self._exit)
-        return d
+    @property
+    def _busy_now(self) -> str | None:
+        return self.busy_what if self._status is None else None
 
 
 __all__ = ["EmuProcess"]

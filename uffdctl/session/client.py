@@ -21,14 +21,6 @@ from . import paths, protocol
 START_TIMEOUT_S = 30.0
 
 
-def _read_pid(name: str) -> int | None:
-    try:
-        with open(paths.pid_path(name)) as f:
-            return int(f.read().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
-
-
 def _pid_is_server(pid: int | None, name: str | None = None) -> bool:
     """Is ``pid`` a live session server (named ``name``)?  A recycled pid is not."""
     if not pid:
@@ -62,7 +54,7 @@ def clean(name: str, log: bool = False) -> bool:
 
 def state_of(name: str) -> str:
     """"live", "starting" (a daemon holds the name, not serving yet), or "gone" (stale files removed)."""
-    pid = _read_pid(name)
+    pid = paths.read_pid(name)
     if _pid_is_server(pid, name) and os.path.exists(paths.sock_path(name)):
         return "live"
     if not clean(name):
@@ -168,7 +160,7 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
     paths.ensure_dir()
     name = _checked(_free_name() if name is None else name)
     if state_of(name) != "gone":
-        raise UsageError(f"session {name!r} is already running (pid {_read_pid(name)})")
+        raise UsageError(f"session {name!r} is already running (pid {paths.read_pid(name)})")
     r, w = os.pipe()
     cmd = [sys.executable, "-m", "uffdctl.session.server", "--name", name, "--backend", backend,
            "--ready-fd", str(w)]
@@ -215,7 +207,7 @@ def start(name: str | None = None, backend: str = "auto", profile: str | None = 
 
 def stop(name: str | None) -> dict:
     name = resolve(name)
-    pid = _read_pid(name)
+    pid = paths.read_pid(name)
     with Client(name, timeout=10) as c:
         c.call("stop")
     deadline = time.monotonic() + 10
@@ -231,7 +223,7 @@ def listing() -> list[dict]:
     """Every session in the runtime directory: live ones with psutil numbers, gone ones reported and cleaned."""
     out = []
     for name in paths.names():
-        pid = _read_pid(name)
+        pid = paths.read_pid(name)
         st = state_of(name)
         if st != "live":
             out.append({"name": name, "state": st, "pid": pid})

@@ -68,6 +68,15 @@ def pid_path(name: str) -> str:
     return os.path.join(runtime_dir(), f"{name}.pid")
 
 
+def read_pid(name: str) -> int | None:
+    """The pid the session ``name`` wrote in its pid file (None: no file, empty or not a number)."""
+    try:
+        with open(pid_path(name)) as f:
+            return int(f.read().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
 def log_path(name: str) -> str:
     return os.path.join(runtime_dir(), f"{name}.log")
 

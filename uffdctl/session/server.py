@@ -172,14 +172,6 @@ class Server:
 CLAIM_WAIT_S = 1.0   # a client checking for stale files holds the name's lock for a moment
 
 
-def _holder(name: str) -> int | None:
-    try:
-        with open(paths.pid_path(name)) as f:
-            return int(f.read().strip() or 0) or None
-    except (OSError, ValueError):
-        return None
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m uffdctl.session.server")
     ap.add_argument("--name", required=True)
@@ -204,7 +196,7 @@ def main(argv=None) -> int:
         paths.ensure_dir()
         lock = paths.claim(ns.name, wait=CLAIM_WAIT_S)    # before any of the name's files is touched
         if lock is None:
-            holder = _holder(ns.name)
+            holder = paths.read_pid(ns.name)
             raise UsageError(f"session {ns.name!r} is already running" + (f" (pid {holder})" if holder else ""))
     except Exception as e:
         print(f"session {ns.name}: not started: {e}", flush=True)

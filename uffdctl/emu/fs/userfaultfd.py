@@ -17,7 +17,7 @@ import time
 
 from ... import uapi
 from ...backend import Uffd
-from ...types import UffdioApi, UffdMsg
+from ...types import UFFD_MSG_SIZE, UffdioApi, UffdMsg
 from ...errors import uffd_error
 from .. import mm as M
 from ..profiles import HINT_MODES
@@ -27,9 +27,11 @@ from ..profiles import HINT_MODES
 _F_SIGBUS, _F_EXACT_ADDRESS, _F_THREAD_ID = (int(uapi.Feature.SIGBUS), int(uapi.Feature.EXACT_ADDRESS),
                                              int(uapi.Feature.THREAD_ID))
 _F_WP_ASYNC, _F_WP_UNPOPULATED = int(uapi.Feature.WP_ASYNC), int(uapi.Feature.WP_UNPOPULATED)
+_WAITED_EVENTS = frozenset({uapi.Event.REMOVE, uapi.Event.UNMAP, uapi.Event.REMAP})   # the caller sleeps until read
 _PF_WRITE, _PF_WP, _PF_MINOR = (int(uapi.PagefaultFlag.WRITE), int(uapi.PagefaultFlag.WP),
                                 int(uapi.PagefaultFlag.MINOR))
 _EV_PAGEFAULT = int(uapi.Event.PAGEFAULT)
+_EV_PAGEFAULT_ENUM = uapi.Event.PAGEFAULT
 _COPY_MODES = int(uapi.CopyMode.DONTWAKE | uapi.CopyMode.WP)
 _COPY_DONTWAKE, _COPY_WP = int(uapi.CopyMode.DONTWAKE), int(uapi.CopyMode.WP)
 _ZP_DONTWAKE = int(uapi.ZeropageMode.DONTWAKE)
@@ -56,6 +58,7 @@ class EmuUffd(Uffd):
     def __init__(self, mm, rq, flags: int):
         self.mm: M.MM = mm
         self.rq = rq                        # the run queue its waiters are woken onto
+        self.released = False
         self.flags = flags
         self.features = 0
         self._initialized = False
@@ -136,11 +139,18 @@ class EmuUffd(Uffd):
         else:
             address = vmf.address      # page- (hugetlb: huge-page-) aligned
         ptid = vmf.task.thread.tid if features & _F_THREAD_ID else 0
-        w = Waiter(UffdMsg(uapi.Event.PAGEFAULT, flags, address, ptid), vmf.task)
+        w = Waiter(UffdMsg(_EV_PAGEFAULT_ENUM, flags, address, ptid), vmf.task)
         self.pending.append(w)
         vmf.task.waiter = w
-        self._update_readable()
+        self._readable_changed()
         return M.VM_FAULT_RETRY
+
+    def _readable_changed(self) -> None:
+        rq = self.rq
+        if rq._running:
+            rq.defer_readable(self)         # synced when the run queue's run ends
+        else:
+            self._update_readable()
 
     def dup(self, mm) -> "EmuUffd":
         """dup_userfaultfd(): a ctx for the child's mm with this one's flags and negotiated features."""
@@ -173,6 +183,13 @@ class EmuUffd(Uffd):
         """A non-cooperative event: mmap_changing until read (the mm operation does not block here).
         ``on_read(released)``: called once the message has been read (False) or dropped by close (True) --
         userfaultfd_event_wait_completion(), which fork() waits in."""
+        call = self.rq.current
+        if call is not None and on_read is None and msg.event in _WAITED_EVENTS:
+            # raised by a system call that can sleep (sched.SyscallTask): held back, mmap_changing raised, and
+            # sent where the kernel waits for it to be read (its send_events())
+            self.changing += 1
+            call.deferred.append((self, msg))
+            return
         self.event_q.append(msg)
         if on_read is not None:
             self.event_done[id(msg)] = on_read
@@ -302,7 +319,7 @@ class EmuUffd(Uffd):
                dontwake: int, wp_bit: int = 0) -> int:
         self._check(name, dst, length)
         p = self.mm.profile
-        if self.mmap_changing:
+        if self.event_q or self.changing > 0:   # mmap_changing
             raise uffd_error(E.EAGAIN, name, dst, length, -E.EAGAIN if p.early_eagain_result else None)
         if kind == M.MFILL_ATOMIC_COPY:
             self._validate_range(name, src, length, aligned=False)
@@ -400,17 +417,35 @@ class EmuUffd(Uffd):
                 w = self.pending.pop(0)
                 w.read = True
                 self.waiting.append(w)
-                msg = w.msg
+                msg = w.msg                 # made by handle_userfault() for this read alone: stamped as is
+                msg.ts_ns = ts
+                out.append(msg)
             else:
                 msg = self.event_q.pop(0)
                 done = self.event_done.pop(id(msg), None) if self.event_done else None
                 if done is not None:
                     completed.append(done)
-            out.append(_stamped(msg, ts))   # a copy stamped with the read time
-        self._update_readable()
+                out.append(_stamped(msg, ts))   # a copy stamped with the read time
+        if out:
+            self._readable_changed()
         for done in completed:              # the waiting mm operation (fork) goes on
             done(False)
         return out
+
+    def read_raw(self, size: int) -> int:
+        """read() with a buffer of ``size`` bytes, under 32 here: userfaultfd_read_iter() takes whole messages
+        only, EINVAL (also before UFFDIO_API: UFFD_STATE_WAIT_API); EBADF once closed."""
+        if self._closed:
+            return -E.EBADF
+        if size >= UFFD_MSG_SIZE:
+            raise ValueError("read_raw() is for a buffer smaller than one uffd_msg")
+        return -E.EINVAL
+
+    def _wait_readable(self, timeout: float) -> bool:
+        """poll(): what the work woken meanwhile raises (the UNMAP an mremap sends once its REMAP was read) is
+        queued once the run queue has run; nothing else can come while the caller waits."""
+        self.rq.run()
+        return bool(self.pending or self.event_q) and not self._closed
 
     def close(self) -> None:
         """close() of this fd.  The ctx is released (userfaultfd_release()) when its file's last reference
@@ -435,6 +470,7 @@ class EmuUffd(Uffd):
             self.userfaultfd_release()
 
     def userfaultfd_release(self) -> None:
+        self.released = True                # ctx->released: an event not queued yet is never sent
         for v in list(self.mm.vmas):
             if v.ctx is self:
                 self._clear_vma(v)

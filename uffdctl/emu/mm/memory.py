@@ -10,7 +10,7 @@ from .. import tlb as _tlb
 from .huge_memory import VM_FAULT_FALLBACK
 from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
                        PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_MAJOR, VM_FAULT_OK,
-                       VM_FAULT_SIGSEGV, VM_HUGEPAGE, VM_HUGETLB, VM_LOCKED, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING,
+                       VM_FAULT_ERROR, VM_FAULT_SIGSEGV, VM_HUGEPAGE, VM_HUGETLB, VM_LOCKED, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING,
                        VM_UFFD_WP, VM_WRITE, VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
 
 _SLOW = object()     # copy_page_from_user(): not the one-page case
@@ -138,7 +138,7 @@ class Memory:
             return self.handle_userfault(vmf, VM_UFFD_MISSING)
         uffd_wp = vmf.orig_pte_uffd_wp
         if not vmf.write:
-            pte = Pte(self.zero_page, special=True, young=True, uffd_wp=uffd_wp)
+            pte = Pte(self.zero_page, False, False, True, False, uffd_wp, True)   # young, special
         elif self.profile.mthp and (m := self.alloc_anon_folio(vmf)) is not None:   # huge_memory.py: mTHP
             a, size = m
             for i, p in enumerate(self.alloc_large_folio(vma, size).pages):
@@ -147,8 +147,7 @@ class Memory:
                 self.set_pte(a + i * PAGE_SIZE, new)
             return VM_FAULT_OK
         else:
-            pte = Pte(self.alloc_anon(vma, PAGE_SIZE), write=True, young=True)
-            self.pte_mkdirty(pte)
+            pte = Pte(self.alloc_anon(vma, PAGE_SIZE), True, True, True, True)   # write, young, pte_mkdirty()
             if uffd_wp:
                 pte.uffd_wp, pte.write = True, False   # pte_mkuffd_wp() write-protects
         self.set_pte(vmf.address, pte)
@@ -243,7 +242,7 @@ class Memory:
         the emulator's caller: it fails with -EFAULT (documented)."""
         data = self.copy_page_from_user(addr, length)
         if data is not _SLOW:
-            return data if isinstance(data, int) else bytes(length) if data is None else bytes(data)
+            return data if isinstance(data, int) else bytes(length) if data is None else bytes(data).ljust(length, b"\0")
         out = bytearray()
         pos, end = addr, addr + length
         while pos < end:
@@ -252,12 +251,7 @@ class Memory:
                 return -E.EFAULT
             base = self.page_base(vma, pos)
             n = min(end, base + vma.page_size) - pos
-            for _ in range(4):
-                if self.access_ok(vma, pos, False):
-                    break
-                if self.handle_mm_fault(vma, pos, False, None) != VM_FAULT_OK:
-                    return -E.EFAULT
-            else:
+            if not self.fault_in_user_page(vma, pos):
                 return -E.EFAULT
             _, page, off = self.page_at(vma, pos)
             n = min(n, page.size - off)
@@ -265,9 +259,30 @@ class Memory:
             pos += n
         return bytes(out)
 
+    def fault_in_user_page(self, vma, addr: int) -> bool:
+        """A kernel read of user memory that misses (mfill_atomic()'s copy_folio_from_user() retry outside
+        mmap_lock, faults enabled): the page fault of the uaccess, do_user_addr_fault().  Only the
+        VM_FAULT_ERROR bits fail it (kernelmode_fixup_or_oops(): -EFAULT); VM_FAULT_MAJOR is an accounting bit
+        (a swap-in that read, a page-cache miss), after which the access is tried again.  A read never
+        livelocks (only a write to a uffd-wp hugetlb page does)."""
+        for _ in range(4):
+            if self.access_ok(vma, addr, False):
+                return True
+            if self.handle_mm_fault(vma, addr, False, None) & VM_FAULT_ERROR:
+                return False
+        return False
+
+    def read_fault_maps_zero_page(self, vma) -> bool:
+        """Whether a read fault on a none PTE of ``vma`` by the kernel itself (copy_from_user(): no task)
+        is handle_mm_fault() -> do_anonymous_page() mapping the zero page and nothing else: a readable
+        private anon VMA with no MISSING registration, no hugetlb, and no PMD level to try first."""
+        return (vma.file is None and vma.flags & (VM_READ | VM_WRITE) and
+                not vma.flags & (VM_HUGETLB | VM_UFFD_MISSING | VM_HUGEPAGE) and
+                not self.pmds and not self.thp.any_always)
+
     def copy_page_from_user(self, addr: int, length: int, vma=None):
-        """copy_from_user() of one whole 4 KiB source page, as a new bytearray, None for a page of zeros
-        (Folio.data's "not allocated"), or -EFAULT; ``_SLOW`` when the source is anything else (unaligned,
+        """copy_from_user() of one whole 4 KiB source page, as a new bytearray (Folio.data's form: the page's
+        first bytes, the rest zeros), None for a page of zeros (Folio.data's "not allocated"), or -EFAULT; ``_SLOW`` when the source is anything else (unaligned,
         another length, a huge page): then copy_from_user() walks it.  One build of the data, not three.
         ``vma``: the VMA the caller found for an earlier page of the same source (used if it holds ``addr``)."""
         if length != PAGE_SIZE or addr & (PAGE_SIZE - 1):
@@ -278,12 +293,7 @@ class Memory:
             return -E.EFAULT
         if vma.flags & VM_HUGETLB:
             return _SLOW
-        for _ in range(4):
-            if self.access_ok(vma, addr, False):
-                break
-            if self.handle_mm_fault(vma, addr, False, None) != VM_FAULT_OK:
-                return -E.EFAULT
-        else:
+        if not self.fault_in_user_page(vma, addr):
             return -E.EFAULT
         _, page, off = self.page_at(vma, addr)          # a PTE, or a page of a PMD leaf
         if page.size != PAGE_SIZE:

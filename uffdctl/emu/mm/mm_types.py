@@ -13,6 +13,9 @@ PAGE_SIZE = uapi.PAGE_SIZE
 HPAGE_SIZE = 2 << 20
 HPAGE_PMD_MASK = ~(HPAGE_SIZE - 1)
 HPAGE_PMD_NR = HPAGE_SIZE // PAGE_SIZE
+PUD_SIZE = 1 << 30
+# hugetlb_add_hstate() on x86-64: the PMD size (the default hstate) and, with X86_FEATURE_GBPAGES, the PUD size
+HSTATES = (HPAGE_SIZE, PUD_SIZE)
 TASK_SIZE = (1 << 47) - PAGE_SIZE
 MMAP_BASE = 0x7F0000000000
 
@@ -81,7 +84,9 @@ class Folio:
     def __init__(self, pfn: int, size: int, anon: bool, data: bytearray | None = None, zero: bool = False):
         self.pfn = pfn
         self.size = size
-        self.data = data          # None: all zeros (allocated on first write)
+        # None: all zeros; else the page's first len(data) bytes, the rest zeros (a page written in its first
+        # bytes holds only those: a 4 KiB bytearray per page is a fresh host page, and a host page fault)
+        self.data = data
         self.anon = anon
         self.exclusive = anon     # PageAnonExclusive
         self.mapcount = 0
@@ -104,9 +109,11 @@ class Folio:
                 a = off + i
                 out += self.pages[a >> 12].read(a & 0xFFF, min(n - i, 0x1000 - (a & 0xFFF)))
             return bytes(out)
-        if self.data is None:
+        d = self.data
+        if d is None:
             return bytes(n)
-        return bytes(self.data[off:off + n])
+        b = d[off:off + n]
+        return bytes(b) if len(b) == n else bytes(b) + bytes(n - len(b))   # past the prefix: zeros
 
     def write(self, off: int, buf: bytes) -> None:
         if self.pages is not None:
@@ -114,9 +121,12 @@ class Folio:
                 a = off + i
                 self.pages[a >> 12].write(a & 0xFFF, buf[i:i + min(len(buf) - i, 0x1000 - (a & 0xFFF))])
             return
-        if self.data is None:
-            self.data = bytearray(self.size)
-        self.data[off:off + len(buf)] = buf
+        d, end = self.data, off + len(buf)
+        if d is None:
+            self.data = d = bytearray(end)   # only up to the last byte written: the rest reads as zeros
+        elif len(d) < end:
+            d += bytes(end - len(d))
+        d[off:end] = buf
 
     def copy_data(self) -> bytearray | None:
         if self.pages is not None:
@@ -157,7 +167,9 @@ class Pte:
 
     __slots__ = ("page", "write", "dirty", "young", "soft_dirty", "uffd_wp", "special", "marker", "swp", "exclusive")
 
-    def __init__(self, page: Folio | None = None, *, write=False, dirty=False, young=True, soft_dirty=False,
+    # Positional or keyword: the hot paths (mfill, faults) pass the bits by position, because a class
+    # called with keywords builds a kwargs dict (Pte(p, special=True, young=True) ~2x the positional call).
+    def __init__(self, page: Folio | None = None, write=False, dirty=False, young=True, soft_dirty=False,
                  uffd_wp=False, special=False, marker=0, swp=None, exclusive=False):
         self.page = page
         self.write = write
@@ -290,7 +302,7 @@ class VmFault:
         return p is not None and not p.present and bool(p.marker & PTE_MARKER_UFFD_WP)
 
 
-__all__ = ["PAGE_SIZE", "HPAGE_SIZE", "HPAGE_PMD_MASK", "HPAGE_PMD_NR", "TASK_SIZE", "MMAP_BASE", "VM_READ", "VM_WRITE", "VM_EXEC", "VM_SHARED",
+__all__ = ["PAGE_SIZE", "HPAGE_SIZE", "PUD_SIZE", "HSTATES", "HPAGE_PMD_MASK", "HPAGE_PMD_NR", "TASK_SIZE", "MMAP_BASE", "VM_READ", "VM_WRITE", "VM_EXEC", "VM_SHARED",
            "VM_MAYREAD", "VM_MAYWRITE", "VM_MAYEXEC", "VM_MAYSHARE", "VM_UFFD_MISSING", "VM_UFFD_WP", "VM_LOCKED",
            "VM_HUGETLB", "VM_HUGEPAGE", "VM_NOHUGEPAGE", "VM_DONTCOPY", "VM_WIPEONFORK", "VM_SOFTDIRTY",
            "VM_UFFD_MINOR", "VM_UFFD_FLAGS", "PTE_MARKER_UFFD_WP", "PTE_MARKER_POISONED", "PTE_MARKER_GUARD",

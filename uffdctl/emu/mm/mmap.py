@@ -110,8 +110,9 @@ class Mmap:
         return addr
 
     def mmap(self, length: int, memtype, prot: int, addr: int | None = None,
-             file=None, pgoff: int = 0, shared: bool | None = None) -> Vma:
-        page_size = HPAGE_SIZE if memtype.hugetlb else PAGE_SIZE
+             file=None, pgoff: int = 0, shared: bool | None = None, page_size: int | None = None) -> Vma:
+        """``page_size``: a hugetlb mapping's hstate (hstate_file(); default the default hstate's, 2 MiB)."""
+        page_size = (page_size or HPAGE_SIZE) if memtype.hugetlb else PAGE_SIZE
         if length <= 0 or length % page_size:
             return -E.EINVAL
         if addr:

@@ -22,6 +22,10 @@ def pte_prot_change_needs_flush(old_write: bool, old_d: bool, new_write: bool, n
     return not clean_wp_noflush and old_write != new_write
 
 
+def _never(pte) -> bool:
+    return False
+
+
 class Mprotect:
     """mm/mprotect.c."""
 
@@ -34,19 +38,30 @@ class Mprotect:
         return not vma.shared or vma.file is not None and not vma.file.shmem  # page_mkwrite: writenotify
 
     def can_change_pte_writable(self, vma, pte: Pte, write_likely: bool = False) -> bool:
+        return self.can_change_pte_writable_in(vma, write_likely)(pte)
+
+    def can_change_pte_writable_in(self, vma, write_likely: bool = False):
+        """can_change_pte_writable() of ``vma`` as a function of the PTE: what depends on the VMA and the
+        version is decided once (change_pte_range() asks it of every PTE of a range)."""
         if not vma.flags & VM_WRITE:
-            return False
-        if self.vma_soft_dirty_enabled(vma) and not pte.soft_dirty:   # pte_needs_soft_dirty_wp()
-            if not (self.profile.hints == "rfc" or self.profile.hints == "rfc-fixed" and write_likely):
+            return _never
+        # pte_needs_soft_dirty_wp(): a PTE not soft-dirty while tracking is on stays read-only (the RFC waives it)
+        sd_wp = self.vma_soft_dirty_enabled(vma) and not (
+            self.profile.hints == "rfc" or self.profile.hints == "rfc-fixed" and write_likely)
+        if vma.shared:
+            def shared(pte) -> bool:
+                return not (sd_wp and not pte.soft_dirty) and not pte.uffd_wp and pte.dirty
+            return shared
+        needs_dirty = self.profile.can_change_writable_needs_dirty
+
+        def private(pte) -> bool:
+            if sd_wp and not pte.soft_dirty or pte.uffd_wp:
                 return False
-        if pte.uffd_wp:
-            return False
-        if not vma.shared:
             page = pte.page
             if pte.special or not page.anon or not page.exclusive:
                 return False
-            return pte.dirty if self.profile.can_change_writable_needs_dirty else True
-        return pte.dirty
+            return pte.dirty if needs_dirty else True
+        return private
 
     def change_pte_range(self, vma, start: int, end: int, newprot_writable: bool, cp_flags: int,
                          hints: int = 0) -> int:
@@ -61,6 +76,7 @@ class Mprotect:
         clean_wp_noflush = self.profile.clean_wp_noflush
         flush, pages = [], 0
         step = vma.page_size
+        can_change = self.can_change_pte_writable_in(vma, write_likely) if try_change else None
         if self.pmds:                      # huge_memory.py: change_huge_pmd() / split
             pages += self.change_huge_pmds(vma, start, end, newprot_writable, cp_flags)
         ptes = self.ptes
@@ -90,7 +106,7 @@ class Mprotect:
                 pte.uffd_wp = False
             if rfc_hints:
                 pte.young = True
-            if try_change and not pte.write and self.can_change_pte_writable(vma, pte, write_likely):
+            if try_change and not pte.write and can_change(pte):
                 pte.write = True
                 if write_likely and self.profile.hints:
                     self.pte_mkdirty(pte)

@@ -77,6 +77,9 @@ class Userfaultfd:
         err = 0
         pmds = self.pmds
         svma = None                                   # the source VMA (faults on the source keep VMAs as they are)
+        src_zero = False                              # its read fault of a none PTE maps the zero page (below)
+        tlb = self.tlb.entries
+        zero_val = 0
         while dst < end and not err:
             pmd = dst >> 21                           # one PMD's worth of pages at a time
             if pmds and pmd << 21 in pmds:
@@ -91,7 +94,7 @@ class Userfaultfd:
                     if dst in ptes:                   # !pte_none(): any marker too
                         err = -E.EEXIST
                         break
-                    ptes[dst] = Pte(zero_page, special=True, young=True)
+                    ptes[dst] = Pte(zero_page, False, False, True, False, False, True)   # special, young
                     zero_page.mapcount += 1
                     dst += PAGE_SIZE
                 continue
@@ -100,7 +103,20 @@ class Userfaultfd:
                     src = src_start + dst - dst_start
                     if svma is None or not svma.start <= src < svma.end:
                         svma = self.find_vma(src)
-                    data = self.copy_page_from_user(src, PAGE_SIZE, svma)
+                        src_zero = svma is not None and self.read_fault_maps_zero_page(svma)
+                    if src_zero and src not in ptes and src not in tlb and not pmds and not src & 0xFFF:
+                        # copy_from_user() of a never-touched anon source page: the read fault that
+                        # handle_mm_fault() -> do_anonymous_page() takes (PTE table, the zero page mapped
+                        # special and young), then the walk that fills the TLB; its contents are zeros
+                        if src >> 21 not in pgtables:
+                            pgtables.add(src >> 21)
+                            self._pgt_sorted = None
+                        ptes[src] = zpte = Pte(zero_page, False, False, True, False, False, True)
+                        zero_page.mapcount += 1
+                        tlb[src] = zero_val or (zero_val := self.pte_val(zpte))
+                        data = None if zero_page.data is None else bytearray(zero_page.data)
+                    else:
+                        data = self.copy_page_from_user(src, PAGE_SIZE, svma)
                     if data is _SLOW:
                         data = self.copy_from_user(src, PAGE_SIZE)
                         if not isinstance(data, int):
@@ -118,7 +134,7 @@ class Userfaultfd:
                     break
                 folio = Folio(pfn, PAGE_SIZE, True, data)
                 folio.mapcount = 1
-                ptes[dst] = Pte(folio, write=write, dirty=dirty, young=young, soft_dirty=dirty, uffd_wp=wp)
+                ptes[dst] = Pte(folio, write, dirty, young, dirty, wp)       # soft_dirty as dirty
                 dst += PAGE_SIZE
         copied = dst - dst_start
         return copied if copied else err

@@ -11,7 +11,7 @@ import errno as E
 from types import SimpleNamespace
 
 from .... import uapi
-from ....types import ScanResult
+from ....types import PteBits, ScanResult
 from ....errors import uffd_error
 from ...mm import (HPAGE_PMD_NR, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_UFFD_WP, VM_SOFTDIRTY, Pte, make_pte_marker,
                    userfaultfd_wp)
@@ -201,7 +201,8 @@ _VMFLAG_CODES = (("rd", 0x1), ("wr", 0x2), ("ex", 0x4), ("sh", 0x8), ("mr", 0x10
 def smaps_vmas(mm, start: int, end: int) -> list[dict]:
     """/proc/PID/smaps entries of the VMAs overlapping [start, end), in uffdctl.kernel_mm.parse_smaps()'s shape:
     start, end, perms, path, flags (VmFlags codes) and the fields the model knows, in bytes: Size, Rss,
-    Anonymous, AnonHugePages, ShmemPmdMapped, Private_Dirty, Swap, Locked (smaps_pte_entry() /
+    Anonymous, AnonHugePages, ShmemPmdMapped, Private_Dirty, Swap, Locked, KernelPageSize, MMUPageSize
+    (smaps_pte_entry() /
     smaps_pmd_entry(): the zero pages are not counted)."""
     out = []
     for vma in mm.vmas_in(start, end):
@@ -230,7 +231,9 @@ def smaps_vmas(mm, start: int, end: int) -> list[dict]:
                     "path": "" if vma.anon else f"/memfd:{vma.file.name} (deleted)", "flags": flags,
                     "Size": vma.end - vma.start, "Rss": rss, "Anonymous": anon, "AnonHugePages": thp,
                     "ShmemPmdMapped": shmem_pmd, "Private_Dirty": smaps_private_dirty(mm, vma), "Swap": swap,
-                    "Locked": 0})
+                    "Locked": 0,
+                    # vma_kernel_pagesize() / vma_mmu_pagesize(): the hstate's size for hugetlb (x86: the same)
+                    "KernelPageSize": vma.page_size, "MMUPageSize": vma.page_size})
     return out
 
 
@@ -282,6 +285,15 @@ def _make_uffd_wp_pte(pte, addr, flush, clean_wp_noflush) -> None:
         flush.append(addr)
 
 
+def _make_uffd_wp_pmd(mm, haddr, pmd, flush) -> None:
+    """make_uffd_wp_pmd(): the PMD leaf at ``haddr`` uffd-wp and read-only (a new entry, flushed if it has to)."""
+    new = pmd.copy()
+    new.uffd_wp, new.write = True, False
+    if mm.needs_flush(pmd, new):
+        flush.append(haddr)
+    mm.pmds[haddr] = new
+
+
 def _exclusive_wp(mm, vma, s, e, vcat, match, flush) -> None:
     """pagemap_scan_pmd_entry()'s fast path ("exclusive WP": WP_MATCHING without an output vector): every PTE
     under an existing page table is write-protected whatever its categories (none -> a uffd-wp marker, swap
@@ -294,11 +306,7 @@ def _exclusive_wp(mm, vma, s, e, vcat, match, flush) -> None:
         cat = pagemap_thp_category(mm, vma, pmd) | vcat
         if match(cat) and cat & _C.WRITTEN:
             if k == h and h + HPAGE_SIZE <= e:
-                new = pmd.copy()
-                new.uffd_wp, new.write = True, False
-                if mm.needs_flush(pmd, new):
-                    flush.append(h)
-                mm.pmds[h] = new
+                _make_uffd_wp_pmd(mm, h, pmd, flush)
             else:
                 mm.split_huge_pmd(vma, h)
                 continue
@@ -394,14 +402,20 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
         ptes, psz, hugetlb = mm.ptes, vma.page_size, vma.hugetlb
         npages = psz // PAGE_SIZE
         wp_matching = flags & _WP_MATCHING
+        # pagemap_scan_category() of a present PTE of this VMA: the VMA's part once, the PTE's bits per page
+        sdc = mm.soft_dirty_config
+        p_base = vcat | _C.PRESENT | (_C.SOFT_DIRTY if sdc and vma.flags & VM_SOFTDIRTY else 0) | \
+            (_C.HUGE if hugetlb else 0)
+        p_written = _C.WRITTEN if p.scan_written_any_vma or userfaultfd_wp(vma) else 0
+        p_sd, p_zero, p_file = _C.SOFT_DIRTY if sdc else 0, _C.PFNZERO, _C.FILE
         i = -1
         while i + 1 < len(keys):
             i += 1
             k = keys[i]
             if k <= pos:
                 pass
-            elif by_table:
-                for pos, hend, table in mm.table_runs(pos, k):   # hole runs [pos, k)
+            elif by_table or hole_match:     # pagemap_scan_pte_hole() over the hole runs [pos, k)
+                for pos, hend, table in (mm.table_runs(pos, k) if by_table else ((pos, k, True),)):
                     cat = hole_table if table else hole_none
                     if match(cat):
                         n = (hend - pos) // uapi.PAGE_SIZE
@@ -412,16 +426,6 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                         if got < n:
                             mm.tlb.flush_range(wp_flush)
                             return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
-            elif hole_match:
-                cat = hole_table
-                n = (k - pos) // uapi.PAGE_SIZE
-                got = emit(pos, n, cat)
-                if flags & _WP_MATCHING and cat & _C.WRITTEN:
-                    for a in range(pos, pos + got * uapi.PAGE_SIZE, vma.page_size):
-                        mm.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
-                if got < n:
-                    mm.tlb.flush_range(wp_flush)
-                    return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
             pos = max(pos, k)
             if k >= e:
                 break
@@ -444,16 +448,17 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                     if got < n:
                         mm.tlb.flush_range(wp_flush)
                         return ScanResult([tuple(r) for r in regions], k + got * uapi.PAGE_SIZE)
-                    if wp:                           # make_uffd_wp_pmd()
-                        new = pmd.copy()
-                        new.uffd_wp, new.write = True, False
-                        if mm.needs_flush(pmd, new):
-                            wp_flush.append(h)
-                        mm.pmds[h] = new
+                    if wp:
+                        _make_uffd_wp_pmd(mm, h, pmd, wp_flush)
                 pos = kend
                 continue
             pte = ptes[k]
-            cat = pagemap_scan_category(mm, vma, pte) | vcat
+            page = pte.page
+            if page is not None:
+                cat = p_base | (0 if pte.uffd_wp else p_written) | (p_sd if pte.soft_dirty else 0) | \
+                    (p_zero if pte.special else 0 if page.anon else p_file)
+            else:
+                cat = pagemap_scan_category(mm, vma, pte) | vcat
             cs = k
             if hugetlb and (k < s or k + psz > e):       # the part of the huge page in the range
                 cs, ce = max(k, s), min(k + psz, e)
@@ -480,3 +485,45 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             pos = k + psz
     mm.tlb.flush_range(wp_flush)
     return ScanResult([tuple(r) for r in regions], end if partial_at is None else partial_at)
+
+
+class TaskMmuFiles:
+    """What a task shows of its mm through /proc/PID (clear_refs, PAGEMAP_SCAN, smaps) and the PTE queries of
+    uffdctl.backend, for an object with an ``mm``: the emulated process (EmuBackend) and each of its children
+    (EmuProcess) answer through the same code.  ``_task_label`` names the task in an error (None: the caller's
+    own process)."""
+
+    _task_label: str | None = None
+
+    def clear_refs(self, value) -> None:
+        try:
+            v = int(str(value).strip())           # clear_refs_write(): kstrtoint(strstrip(buffer))
+        except ValueError:
+            v = -1
+        r = clear_refs_write(self.mm, v)
+        if r < 0:
+            who = f"{self._task_label}: " if self._task_label else ""
+            raise uffd_error(-r, "clear_refs", message=f"{who}value {value!r}")
+
+    def pagemap_scan(self, start, end, *, flags=0, category_inverted=0, category_mask=0, category_anyof_mask=0,
+                     return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0, vec_len=512,
+                     null_vec=False) -> ScanResult:
+        return do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask, category_anyof_mask,
+                               return_mask, max_pages, vec_len, null_vec)
+
+    def smaps_private_dirty(self, addr) -> int:
+        vma = self.mm.find_vma(addr)
+        if vma is None:
+            of = f" of {self._task_label}" if self._task_label else ""
+            raise uffd_error(E.ENOENT, "smaps", addr, message=f"no mapping{of} contains this address")
+        return smaps_private_dirty(self.mm, vma)
+
+    def pte_bits(self, addr: int) -> PteBits:
+        pte = self.mm.ptes.get(addr)
+        if pte is None or not pte.present:
+            return PteBits(0, 0)
+        return PteBits(int(pte.write), int(pte.dirty))
+
+    def vma_bounds(self, addr: int) -> tuple[int, int] | None:
+        v = self.mm.find_vma(addr)
+        return (v.start, v.end) if v is not None else None
