@@ -299,3 +299,23 @@ def test_scan_all_live_no_duplicates(kernel_backend, vec_len):
         got = pagemap.scan_all(b, r.addr, r.end, category_mask=C.WRITTEN, return_mask=C.WRITTEN, vec_len=vec_len,
                                max_pages=budget)
         assert got.regions == want[:budget] and got.regions[-1] == want[budget - 1]
+
+
+def test_the_tools_own_pages_never_merge_into_a_region(kernel_backend):
+    """A page the tool maps for itself ("__" names: the zero-PFN probe, scratch, the LRU drain page) right next
+    to a session region stays a VMA of its own (VM_DONTDUMP).  Merged, the region took the new VMA's
+    VM_SOFTDIRTY and kept it after the tool's page was unmapped: soft-dirty.c test_simple read 1 at iteration 0
+    on 6.1.192."""
+    b = kernel_backend
+    r = b.mmap(2 * P, "anon", name="mine")
+    b.munmap(r.addr, P)                              # a one-page hole right below what is left of the region
+    mine = (r.addr + P, r.addr + 2 * P)
+    assert b.vma_bounds(mine[0]) == mine
+    t = b.mmap(P, "anon", name="__tool", addr=r.addr)   # a hint: the kernel puts it in the hole
+    try:
+        assert t.addr == r.addr, "the kernel did not honour the address hint: the test cannot place the page"
+        assert b.vma_bounds(mine[0]) == mine, "the tool's page merged into the region's VMA"
+        assert b.vma_bounds(t.addr) == (t.addr, t.addr + P)
+        assert b.vma_bounds(b.mmap(P, "anon", name="user2", addr=r.addr - P).addr) != mine  # users' pages do merge
+    finally:
+        b.munmap(t.addr, P)

@@ -13,6 +13,8 @@ needs of the machine::
     #: features = ["MISSING_SHMEM"]            # uffd_feature_required: skip "feature missing: ..."
     #: needs = ["hugetlb"]                     # hugetlb softdirty gup_test thp swap root
     #: sizes = "thp"                           # run once per THP size found in sysfs (${SIZE})
+    #: vars = { CHILD_WP = 0 }                  # ${NAME} in the script
+    #: by_release = [{ release = "-6.3", vars = { CHILD_WP = 1 }, source = "the commit or function" }]
     #: asserts = "what the selftest checks"
 
 Each script runs in its own process (``uffdctl.script.run_file``; a hang is a failure
@@ -28,6 +30,9 @@ Outcomes:
   ``UFFDCTL_REQUIRE_SOFTDIRTY=1`` a failure), no ``gup_test``, THP off;
 * ``UNSUPPORTED: not modelled: X (emulator)`` -- the emulator column only, when a command
   exits 4 saying so; on the kernel column an exit 4 is a failure;
+* a kernel whose rule differs (a fix it lacks) gets the header's ``by_release`` variables: the
+  kernel column by ``uname -r``, the emulator by its profile (``EMU_RELEASE``), each rule with its
+  source -- the script's expectation is the kernel's, never loosened to "either";
 * ``waiting on: CMD`` -- the script uses a command, option or expectation of issue 10's
   planned syntax that this checkout does not have: a failure since that syntax landed
   (``PLANNED`` names it; anything else unknown is a failure too).
@@ -37,6 +42,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import re
 import shlex
 import subprocess
@@ -88,7 +94,26 @@ def header(path: Path) -> dict:
     assert h["selftest"] in SELFTEST_FILES, f"{path.name}: unknown selftest {h['selftest']!r}"
     unknown = set(h.get("needs", [])) - NEEDS
     assert not unknown, f"{path.name}: unknown needs {sorted(unknown)}"
+    for rule in h.get("by_release", []):
+        assert {"release", "vars", "source"} <= set(rule), f"{path.name}: by_release needs release, vars, source"
+        assert set(rule["vars"]) <= set(h.get("vars", {})), \
+            f"{path.name}: by_release sets {sorted(set(rule['vars']) - set(h.get('vars', {})))} without a default in vars"
     return h
+
+
+EMU_RELEASE = "6.18"     # the emulator columns' profile (DRIVER: open_backend("emu", profile="6.18"))
+
+
+def release_vars(h: dict, backend_name: str, release: str | None = None) -> dict:
+    """The header's ``by_release`` variables for the kernel that runs the script: ``uname -r`` on the kernel
+    column, the profile's release on the emulator."""
+    from uffdctl.repro.scenario import release_in
+    rel = release or (platform.release() if backend_name == "kernel" else EMU_RELEASE)
+    out = {}
+    for rule in h.get("by_release", []):
+        if release_in(rel, rule["release"]):
+            out.update(rule["vars"])
+    return out
 
 
 def thp_sizes() -> list[str]:
@@ -285,6 +310,14 @@ def check_needs(h: dict, backend_name: str, size: str | None) -> None:
         return
     if ("root" in needs or "swap" in needs) and os.geteuid() != 0:
         require_kernel("needs root (swapfile, sysfs or sysctl knobs)")
+    if "swap" in needs:
+        from uffdctl import swap
+        reason = swap.cannot_hold_swapfile()
+        if reason and os.environ.get("UFFDCTL_IN_VM") == "1":
+            # a guest whose kernel cannot mount vmtest's scratch disk: a property of that kernel, with the cure
+            pytest.skip(f"UNSUPPORTED: {reason} ({swap.swap_cure()})")
+        if reason:
+            require_kernel(reason)
     if "hugetlb" in needs:
         reason = _hugetlb_reason(size, h.get("_huge_pages", 4))
         if reason and size not in (None, "2M"):
@@ -474,7 +507,8 @@ def test_selftest(script, size, backend_name, tmp_path):
     if backend_name != "kernel" and os.environ.get("UFFDCTL_IN_VM") == "1":
         pytest.skip("the emulator columns run on the host (make test); a guest runs the kernel column")
     h = header(script)
-    env = {k: str(v) for k, v in dict(h.get("vars", {}), TMPDIR=str(tmp_path)).items()}
+    env = {k: str(v) for k, v in dict(h.get("vars", {}), **release_vars(h, backend_name),
+                                      TMPDIR=str(tmp_path)).items()}
     if "N" in env and os.environ.get("UFFDCTL_SELFTEST_ITERATIONS"):
         # soft-dirty.c's TEST_ITERATIONS (10000): a guest under TCG may need fewer to stay in its time budget
         env["N"] = os.environ["UFFDCTL_SELFTEST_ITERATIONS"]
@@ -545,6 +579,14 @@ def test_unknown_syntax_is_a_failure_not_a_wait():
         waiting_on("mmap --size 4K --name buf\nexpect nonsense x=1\n", {})
 
 
+def test_release_vars():
+    h = {"vars": {"CHILD_WP": 0}, "by_release": [{"release": "-6.3", "vars": {"CHILD_WP": 1}, "source": "x"}]}
+    assert release_vars(h, "kernel", "6.1.0-57-amd64") == {"CHILD_WP": 1}
+    assert release_vars(h, "kernel", "6.12.117+deb12-amd64") == {}
+    assert release_vars(h, "emu") == {}                        # the emulator's profile is 6.18
+    assert release_vars({"vars": {}}, "kernel", "6.1") == {}
+
+
 def test_verdicts():
     h = {"selftest": "uffd-unit-tests.c", "function": "f", "case": "c", "memtype": "anon",
          "skip_on": [{"line": "madvise x --advice collapse", "reason": "MADV_COLLAPSE failed"}]}
@@ -586,6 +628,8 @@ def inventory_markdown() -> str:
             notes.append("waits on " + "; ".join(h["waiting"]))
         if h.get("known"):
             notes.append("known bug on " + ", ".join(k["backend"] for k in h["known"]))
+        if h.get("by_release"):
+            notes.append("differs on " + ", ".join(r["release"] for r in h["by_release"]))
         rows.append(f"| {h['selftest']} | `{h['function']}` | {h['case']} | {h['memtype']} {sizes} | "
                     f"[{path.name}]({path.name}) | {h['asserts']} | {'; '.join(notes)} |")
     head = textwrap.dedent("""\

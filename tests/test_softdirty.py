@@ -215,6 +215,38 @@ def test_roundtrip(sd):
 
 
 @pytest.mark.softdirty
+def test_roundtrip_leaves_the_caller_alone(kb):
+    """The round trip runs in a process of its own, so asking it first in the middle of the work neither
+    clears the caller's soft-dirty bits (clear_refs 4 acts on a whole mm) nor makes a hole of the caller's
+    newest region soft-dirty (its scratch page merged into that VMA and left it VM_SOFTDIRTY).  In-process,
+    it did both: soft-dirty.c test_simple read 1 at iteration 0 on 6.1.192."""
+    r = kb.mmap(2 * PS, MemType.ANON, name="mine")
+    kb.write(r.addr, b"\x01")
+    kb.clear_refs(uapi.CLEAR_REFS_SOFT_DIRTY)
+    kb.write(r.addr, b"\x02")
+    probe = kb.soft_dirty()                      # the backend's first soft-dirty question: the probe runs now
+    if not probe.available:
+        require_softdirty(probe.reason)
+    assert soft_dirty(kb, r.addr) == 1, "the probe cleared the caller's soft-dirty bit"
+    assert soft_dirty(kb, r.addr + PS) == 0, "the probe left the caller's VMA VM_SOFTDIRTY"
+
+
+@pytest.mark.softdirty
+def test_the_tools_own_page_leaves_a_region_clean(sd):
+    """A page the tool maps for itself next to a region (the zero-PFN probe of a script's first `pagemap`) and
+    unmaps again leaves the region's never-touched page soft-clean: it never merges into the region's VMA, so
+    the region never takes the new VMA's VM_SOFTDIRTY (mmap_region())."""
+    r = sd.mmap(2 * PS, MemType.ANON, name="mine")
+    sd.munmap(r.addr, PS)
+    sd.clear_refs(uapi.CLEAR_REFS_SOFT_DIRTY)
+    assert soft_dirty(sd, r.addr + PS) == 0
+    t = sd.mmap(PS, MemType.ANON, name="__tool", addr=r.addr)
+    sd.munmap(t.addr, PS)
+    assert t.addr == r.addr, "the kernel did not honour the address hint: the test cannot place the page"
+    assert soft_dirty(sd, r.addr + PS) == 0, "the region took the tool page's VM_SOFTDIRTY"
+
+
+@pytest.mark.softdirty
 def test_clear_refs_write_protects(sd):
     """clear_refs 4 write-protects: the next write takes exactly one fault and marks soft-dirty (spec §5.3)."""
     r = populated(sd, MemType.ANON, "p")

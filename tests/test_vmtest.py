@@ -93,8 +93,45 @@ def test_cpio_roundtrip():
 
 def test_init_script_contract():
     """/init and the QEMU command line agree on the names they share."""
-    for word in ("hostroot", "vmtest_share", "vmtest.share=", "port out", "port status", "guest.sh", "reboot -f"):
+    for word in ("hostroot", "vmtest_share", "vmtest.share=", "port out", "port status", "guest.sh", "reboot -f",
+                 "vmtest.scratch=", "/dev/vda", "mount -t ext4"):
         assert word in initramfs.INIT, word
+
+
+def _kernel(tmp_path, modules=(), config=""):
+    d = tmp_path / "k"
+    d.mkdir(exist_ok=True)
+    (d / "config").write_text(config)
+    return kernelpkg.Kernel("linux-image-x", "6.1.1-1", "6.1.0-1-amd64", str(d), "vmlinux", list(modules))
+
+
+def test_scratch_disk_only_for_a_kernel_that_can_mount_it(tmp_path):
+    """A virtio-blk disk and vmtest.scratch= on the command line when the kernel has virtio_blk and ext4 (built
+    in or shipped as modules); none for a tiny build without ext4, which then keeps /var/tmp on the overlay."""
+    debian = _kernel(tmp_path, ["virtio_blk.ko", "jbd2.ko", "ext4.ko"], "CONFIG_VIRTIO_BLK=m\nCONFIG_EXT4_FS=m\n")
+    assert debian.scratch_disk
+    assert _kernel(tmp_path, [], "CONFIG_VIRTIO_BLK=y\nCONFIG_EXT4_FS=y\n").scratch_disk
+    assert not _kernel(tmp_path, [], "CONFIG_VIRTIO_BLK=y\n").scratch_disk            # vmtest build's tiny config
+    assert not _kernel(tmp_path, ["ext4.ko"], "CONFIG_VIRTIO_BLK=m\nCONFIG_EXT4_FS=m\n").scratch_disk  # not shipped
+    vm = qemu.VM("qemu", debian, "initrd")
+    assert vm.scratch_size == qemu.SCRATCH_SIZE
+    argv = vm.argv(str(tmp_path), "/share", "/run/scratch.img")
+    assert "virtio-blk-pci,drive=scratch" in argv
+    assert any(a.startswith("file=/run/scratch.img,") for a in argv)
+    assert f"vmtest.scratch={qemu.SCRATCH_MOUNT}" in argv[argv.index("-append") + 1]
+    plain = vm.argv(str(tmp_path), "/share")
+    assert "virtio-blk-pci,drive=scratch" not in plain and "vmtest.scratch" not in " ".join(plain)
+
+
+@pytest.mark.skipif(not (shutil.which("mkfs.ext4") or os.path.exists("/usr/sbin/mkfs.ext4")),
+                    reason="no mkfs.ext4 (e2fsprogs)")
+def test_make_scratch_is_a_sparse_ext4_image(tmp_path):
+    path = qemu.make_scratch(str(tmp_path), 256 << 20)
+    with open(path, "rb") as f:
+        f.seek(1024 + 0x38)
+        assert f.read(2) == b"\x53\xef"                   # the ext2/3/4 superblock magic 0xEF53
+    st = os.stat(path)
+    assert st.st_size == 256 << 20 and st.st_blocks * 512 < 64 << 20     # sparse: only the metadata written
 
 
 def test_modinfo_and_static():
@@ -555,6 +592,20 @@ def test_vm_runs_a_command(vm_kernel):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 3, r.stderr
     assert r.stdout.splitlines()[:3] == [REPO, vm_kernel.release, "out-42"]
+
+
+def test_vm_scratch_disk_holds_a_swapfile(vm_kernel):
+    """The guest's /var/tmp is the ext4 scratch disk, not the overlay, so `swap on` works there (on the overlay
+    swapon(2) is EINVAL) and the swapfile is gone after `swap off`."""
+    code = ("import os; from uffdctl import swap; print(swap.fs_type('/var/tmp') == 0xEF53, swap.cannot_hold_swapfile());"
+            "d = swap.on(64 << 20); print(bool(swap._entry(d['filename']))); swap.off(d['filename']);"
+            "print(os.path.exists(d['filename']), swap.cannot_hold_swapfile('/'))")
+    r = subprocess.run(vmtest(vm_kernel, "run", "--", "python3", "-c", code), capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[:2] == ["True None", "True"], r.stdout
+    assert lines[2].startswith("False / is on overlayfs, which cannot hold a swapfile"), r.stdout
 
 
 def test_vm_output_of_one_big_write_arrives_whole(vm_kernel):

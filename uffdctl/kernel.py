@@ -542,6 +542,14 @@ class KernelBackend(KernelMm, Backend):
                         "RAM + swap can commit); mmap --noreserve maps it with MAP_NORESERVE")
             raise uffd_error(-a, "mmap", addr, len, message=hint)
         if memtype is MemType.ANON:
+            if name and name.startswith("__"):
+                # the tool's own pages (zero-PFN probe, scratch, LRU drain; "__" names are refused to users):
+                # VM_DONTDUMP, first, keeps them from merging into a session region mapped next to them
+                # (vma_merge() compares every flag but VM_SOFTDIRTY).  Merged -- at the MADV_NOHUGEPAGE below,
+                # which made the flags equal -- the region took the new VMA's VM_SOFTDIRTY (mmap_region()) and
+                # kept it after the split at munmap: soft-dirty.c test_simple read 1 at iteration 0 on 6.1.192,
+                # the first `pagemap` having made the zero-PFN probe.
+                self._lib.uffdctl_madvise(a, len, uapi.MADV_DONTDUMP)
             # page-granular behaviour, as the selftests ask for: no THP under our feet
             self._lib.uffdctl_madvise(a, len, uapi.MADV_NOHUGEPAGE)
         return self._add_region(Region(name, a, len, memtype, page, fd, prot))
@@ -842,23 +850,55 @@ class KernelBackend(KernelMm, Backend):
             self._pagemap_fd = -1
 
 
-def soft_dirty_roundtrip(b: Backend) -> SoftDirtyProbe:
-    """clear_refs 4, then write a scratch page: PM_SOFT_DIRTY must read 0 then 1.
+# The round trip, in a process of its own: clear_refs 4 acts on a whole mm (clear_refs_write() clears
+# every PTE's soft-dirty bit and every VMA's VM_SOFTDIRTY), so run in the caller's process -- lazily, at the
+# first soft-dirty question, in the middle of a script -- it wiped the caller's own soft-dirty state; and
+# its scratch page, mapped next to the caller's newest anon region with the same flags, merged into that
+# VMA (vma_merge() from madvise_update_vma()) and left it VM_SOFTDIRTY, so a never-touched page of the
+# caller's read soft-dirty (soft-dirty.c test_simple on 6.1.192, iteration 0).
+_SD_PROBE = r"""
+import ctypes, mmap, os, struct
+m = mmap.mmap(-1, 4096)
+a = ctypes.addressof(ctypes.c_char.from_buffer(m))
+fd = os.open("/proc/self/pagemap", os.O_RDONLY)
+def pm():
+    return struct.unpack("Q", os.pread(fd, 8, a // 4096 * 8))[0]
+m[0] = 1
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("4")
+before = pm()
+m[0] = 2
+print(before, pm())
+"""
 
-    Writing 4 to clear_refs succeeds silently on kernels without CONFIG_MEM_SOFT_DIRTY,
-    so only the round trip tells (measured here: CONFIG_MEM_SOFT_DIRTY is off and bit 55 stays 0).
-    """
-    r = b.mmap(uapi.PAGE_SIZE, MemType.ANON, name="__softdirty_probe")
-    try:
-        b.write(r.addr, b"\1")
-        b.clear_refs(uapi.CLEAR_REFS_SOFT_DIRTY)
-        before = b.pagemap(r.addr, 1)[0]
-        b.write(r.addr, b"\2")
-        after = b.pagemap(r.addr, 1)[0]
-    finally:
-        b.munmap(r.addr, r.len)
+
+def _sd_verdict(before: int, after: int) -> SoftDirtyProbe:
     if after & uapi.PM_SOFT_DIRTY and not before & uapi.PM_SOFT_DIRTY:
         return SoftDirtyProbe(True, "round trip: clear_refs 4 cleared bit 55, a write set it", before, after)
     if before & uapi.PM_SOFT_DIRTY:
         return SoftDirtyProbe(False, "clear_refs 4 did not clear bit 55", before, after)
     return SoftDirtyProbe(False, "CONFIG_MEM_SOFT_DIRTY off: round trip read 0", before, after)
+
+
+def soft_dirty_roundtrip(b: Backend | None = None) -> SoftDirtyProbe:
+    """clear_refs 4, then write a scratch page: PM_SOFT_DIRTY must read 0 then 1.
+
+    Writing 4 to clear_refs succeeds silently on kernels without CONFIG_MEM_SOFT_DIRTY,
+    so only the round trip tells (measured here: CONFIG_MEM_SOFT_DIRTY is off and bit 55 stays 0).
+    It runs in a child process (``_SD_PROBE``; fork + exec, no Python between them), never in the
+    caller's mm; ``b`` is unused (kept for callers that pass the backend).
+    """
+    import subprocess
+    import sys
+    exe = sys.executable or "/usr/bin/python3"
+    try:
+        p = subprocess.run([exe, "-I", "-S", "-c", _SD_PROBE], capture_output=True, text=True, timeout=120,
+                           stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return SoftDirtyProbe(False, f"the soft-dirty round trip could not run: {e}")
+    try:
+        before, after = (int(x) for x in p.stdout.split())
+    except ValueError:
+        tail = (p.stderr.strip().splitlines() or [f"exit {p.returncode}"])[-1]
+        return SoftDirtyProbe(False, f"the soft-dirty round trip failed: {tail}")
+    return _sd_verdict(before, after)

@@ -21,6 +21,11 @@ from .errors import Unsupported, uffd_error
 
 DEFAULT_DIR = "/var/tmp"
 _NAME = re.compile(r"^uffdctl-swap-(\d+)-\d+\.img$")
+# statfs(2) f_type of filesystems whose files swapon(2) refuses with EINVAL: their address_space_operations
+# have neither ->swap_activate nor ->bmap, so setup_swap_extents() -> generic_swapfile_activate() fails at
+# bmap() (mm/swapfile.c, mm/page_io.c).  Overlayfs measured in the vmtest guests (6.1.192: EINVAL on an
+# overlay with a tmpfs upper layer); its ovl_aops has only ->direct_IO.
+NO_SWAPFILE = {0x01021994: "tmpfs", 0x858458F6: "ramfs", 0x794C7630: "overlayfs", 0x01021997: "9p (v9fs)"}
 _counter = 0
 
 
@@ -79,11 +84,33 @@ def cleanup_stale(directory: str = DEFAULT_DIR) -> list[str]:
     return removed
 
 
-def _fs_check(directory: str) -> None:
+def fs_type(directory: str) -> int | None:
+    """statfs(2)'s f_type of ``directory`` (None if it cannot be read)."""
     from . import _libc
-    if _libc.on_tmpfs(directory):
-        raise Unsupported(f"{directory} is tmpfs/ramfs: a swapfile needs a disk filesystem",
-                          "give --dir on ext4/xfs (default /var/tmp)")
+    t = _libc.statfs_type(directory)
+    return None if t < 0 else t & 0xFFFFFFFF
+
+
+def cannot_hold_swapfile(directory: str = DEFAULT_DIR) -> str | None:
+    """Why a swapfile in ``directory`` cannot be swapped on (its filesystem), or None if it may."""
+    name = NO_SWAPFILE.get(fs_type(directory))
+    if name is None:
+        return None
+    return f"{directory} is on {name}, which cannot hold a swapfile (swapon(2): EINVAL, no bmap/swap_activate)"
+
+
+def swap_cure() -> str:
+    cure = "give --dir on a disk filesystem (ext4, xfs; default /var/tmp)"
+    if os.environ.get("UFFDCTL_IN_VM") == "1":
+        cure += ("; scripts/vmtest mounts an ext4 scratch disk at /var/tmp when the guest kernel has ext4 and "
+                 "virtio_blk (built in or as modules) and the host has mkfs.ext4 (e2fsprogs)")
+    return cure
+
+
+def _fs_check(directory: str) -> None:
+    why = cannot_hold_swapfile(directory)
+    if why:
+        raise Unsupported(why, swap_cure())
 
 
 SWAP_FLAG_PREFER, SWAP_FLAG_PRIO_MASK = 0x8000, 0x7FFF

@@ -2,7 +2,8 @@
 
 ``/init`` mounts the host's ``/`` (9p tag ``hostroot``, read-only) under a tmpfs
 overlay, mounts the run's share (9p tag ``vmtest_share``, read-write) at the same
-path the host uses, and runs ``$share/guest.sh`` in a chroot with stdout and
+path the host uses, mounts the scratch disk (``vmtest.scratch=DIR``: ext4 on ``/dev/vda``, see
+``qemu.make_scratch``) at DIR over the overlay, and runs ``$share/guest.sh`` in a chroot with stdout and
 stderr on the virtio-serial port ``out``; the exit status goes to the port
 ``status``.  Any failure on the way is reported as ``vmtest-init: ...`` on the
 console and as status 125.
@@ -29,7 +30,10 @@ say() { echo "vmtest-init: $*" > /dev/console; }
 die() { say "$*"; [ -n "$STATUS" ] && echo 125 > "$STATUS"; sync; reboot -f; }
 for m in $(cat /modules/order); do insmod "/modules/$m" || say "insmod $m failed"; done
 for arg in $(cat /proc/cmdline); do
-    case "$arg" in vmtest.share=*) SHARE="${arg#vmtest.share=}";; esac
+    case "$arg" in
+    vmtest.share=*) SHARE="${arg#vmtest.share=}";;
+    vmtest.scratch=*) SCRATCH="${arg#vmtest.scratch=}";;
+    esac
 done
 port() {
     for p in /sys/class/virtio-ports/*; do
@@ -50,6 +54,9 @@ mount -t tmpfs -o mode=0755 tmpfs /mnt/rw || die "tmpfs"
 mkdir -p /mnt/rw/upper /mnt/rw/work
 mount -t overlay overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /mnt/root \
     || die "cannot mount the overlay"
+# The overlay's upper layer, reachable inside the chroot at the path its mount options name: a file made in
+# /var/tmp is a tmpfs file there (ovl_mmap() maps the real file), and the emulator finds that out from it.
+mkdir -p /mnt/root/mnt/rw && mount -o bind /mnt/rw /mnt/root/mnt/rw || die "cannot bind the overlay's upper layer"
 mount -t proc proc /mnt/root/proc
 mount -t sysfs sysfs /mnt/root/sys
 mount -t tracefs tracefs /mnt/root/sys/kernel/tracing 2>/dev/null
@@ -61,6 +68,16 @@ mount -t devpts devpts /mnt/root/dev/pts
 mount -t tmpfs tmpfs /mnt/root/run
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 vmtest_share "/mnt/root$SHARE" \
     || die "cannot mount the share at $SHARE"
+if [ -n "$SCRATCH" ]; then
+    i=0
+    until [ -b /dev/vda ]; do
+        i=$((i + 1)); [ $i -gt 100 ] && die "no /dev/vda for the scratch disk (virtio_blk)"
+        sleep 0.05
+    done
+    mkdir -p "/mnt/root$SCRATCH"
+    mount -t ext4 -o noinit_itable /dev/vda "/mnt/root$SCRATCH" || die "cannot mount the scratch disk at $SCRATCH"
+    chmod 1777 "/mnt/root$SCRATCH"
+fi
 # Through cat: the port takes at most 32 KiB per write(2) (virtio_console's port_fops_write), and a writer
 # that does not retry a short write -- Python with PYTHONUNBUFFERED, whose unbuffered stdout drops the
 # rest -- lost everything past 32 KiB of one write; cat retries until all is written.

@@ -7,7 +7,8 @@ Cache layout (``--cache``, default ``$XDG_CACHE_HOME/uffdctl-vmtest``)::
     kernels/NAME_VERSION/vmlinux         decompressed ELF, booted through its PVH entry
                         /vmlinuz         (only if the payload could not be decompressed)
                         /config
-                        /modules/*.ko    9p, virtio, overlay and their dependencies, load order in kernel.json
+                        /modules/*.ko    9p, virtio, overlay and their dependencies, load order in kernel.json;
+                                         virtio_blk and ext4 for the scratch disk (qemu.py) when shipped
                         /initramfs-*.cpio
 
 Only the generic flavour can be used: the ``-cloud`` flavour has no 9p.
@@ -35,10 +36,13 @@ from .host import log
 ROOT_MODULES = ("virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay")
 # Loaded too when the package has them: CRIU 3.17 refuses to start without nf_tables (kerndat checks
 # nftables set concatenation), and scripts/vmtest_lib/criu_demo.py runs CRIU in the 6.1 guest.
-# libcrc32c (nf_tables' dependency) asks the crypto API for "crc32c" at load: a softdep, not in depends=.
-OPTIONAL_MODULES = ("crc32c_generic", "nf_tables")
+# libcrc32c (nf_tables' dependency) asks the crypto API for "crc32c" at load: a softdep, not in depends=;
+# so does ext4 (metadata_csum), so crc32c_generic comes first.
+# virtio_blk + ext4: the guest's scratch disk (an ext4 image the host made, mounted at /var/tmp): a disk
+# filesystem for regular-file mappings and for swapfiles (swapon(2) refuses a file on overlayfs, 9p or tmpfs).
+OPTIONAL_MODULES = ("crc32c_generic", "nf_tables", "virtio_blk", "ext4")
 # Bumped when the set of unpacked modules changes: older cache entries are unpacked again.
-LAYOUT = 2
+LAYOUT = 3
 # Config options without which the guest cannot work (y or m).
 REQUIRED_CONFIG = ("CONFIG_NET_9P", "CONFIG_NET_9P_VIRTIO", "CONFIG_9P_FS", "CONFIG_OVERLAY_FS",
                    "CONFIG_VIRTIO_PCI", "CONFIG_VIRTIO_CONSOLE", "CONFIG_DEVTMPFS", "CONFIG_USERFAULTFD")
@@ -96,6 +100,16 @@ class Kernel:
     @property
     def image_path(self) -> str:
         return os.path.join(self.dir, self.image)
+
+    @property
+    def scratch_disk(self) -> bool:
+        """The guest can mount an ext4 virtio-blk disk: both built in (config y) or shipped here as modules."""
+        path = os.path.join(self.dir, "config")
+        cfg = read_config(path) if os.path.exists(path) else self.config
+
+        def has(opt: str, mod: str) -> bool:
+            return cfg.get(opt) == "y" or f"{mod}.ko" in self.modules
+        return has("CONFIG_VIRTIO_BLK", "virtio_blk") and has("CONFIG_EXT4_FS", "ext4")
 
     @property
     def soft_dirty(self) -> bool:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,6 +32,14 @@ STATUS_NO_REPORT = 125      # the guest never reported an exit status
 
 BACKSTOP = 4.0              # the wall-clock limit, as a multiple of the (charged-time) cap
 
+# The scratch disk: a sparse raw image in the run directory, ext4 made on the host (mkfs.ext4 takes well
+# under a second; in the guest, under TCG, far longer), attached as virtio-blk and mounted by /init at
+# SCRATCH_MOUNT over the overlay.  The overlay (tmpfs upper, the host's / over 9p below) cannot hold a
+# swapfile -- swapon(2) is EINVAL there, as on tmpfs -- and a file on it is not a disk file; one on the
+# scratch disk is both, as /var/tmp is on the host.
+SCRATCH_MOUNT = "/var/tmp"
+SCRATCH_SIZE = 2 << 30      # sparse: the host stores only what the guest writes
+
 _live: set[int] = set()     # process groups started and not yet reaped
 
 
@@ -44,20 +53,33 @@ class VM:
     mem: str = "2G"
     timeout: float = 900.0
     extra_append: list[str] = field(default_factory=list)
+    scratch: int | None = None     # scratch disk bytes; None: one when the kernel can mount it (ext4, virtio-blk)
 
-    def append(self, share: str) -> str:
+    @property
+    def scratch_size(self) -> int:
+        if self.scratch is not None:
+            return self.scratch
+        return SCRATCH_SIZE if self.kernel.scratch_disk else 0
+
+    def append(self, share: str, scratch: bool = False) -> str:
         args = ["console=ttyS0", "loglevel=4", "panic=-1", "mitigations=off", "8250.nr_uarts=1",
                 "random.trust_cpu=on", f"vmtest.share={share}"]
+        if scratch:
+            args.append(f"vmtest.scratch={SCRATCH_MOUNT}")
         return " ".join(args + self.extra_append)
 
-    def argv(self, run_dir: str, share: str) -> list[str]:
-        """The QEMU command line.  ``run_dir`` holds the host-side files, ``share`` is shared read-write."""
+    def argv(self, run_dir: str, share: str, scratch: str | None = None) -> list[str]:
+        """The QEMU command line.  ``run_dir`` holds the host-side files, ``share`` is shared read-write,
+        ``scratch`` is the scratch disk's image (see :func:`make_scratch`)."""
         accel = "kvm" if self.accel == "kvm" else "tcg,thread=multi"
         cpu = "host" if self.accel == "kvm" else "max"
+        disk = ["-drive", f"file={scratch},if=none,id=scratch,format=raw,cache=unsafe,discard=unmap",
+                "-device", "virtio-blk-pci,drive=scratch"] if scratch else []
         return [
             self.qemu, "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-machine", "pc", "-accel", accel, "-cpu", cpu, "-smp", str(self.smp), "-m", self.mem,
-            "-kernel", self.kernel.image_path, "-initrd", self.initramfs, "-append", self.append(share),
+            "-kernel", self.kernel.image_path, "-initrd", self.initramfs,
+            "-append", self.append(share, bool(scratch)),
             "-serial", f"file:{os.path.join(run_dir, 'console.log')}",
             "-device", "virtio-serial-pci,id=vser0",
             "-chardev", f"file,id=out,path={os.path.join(run_dir, 'out.log')}",
@@ -68,7 +90,29 @@ class VM:
             "-device", "virtio-9p-pci,fsdev=hostroot,mount_tag=hostroot",
             "-fsdev", f"local,id=share,path={share},security_model=none,multidevs=remap",
             "-device", "virtio-9p-pci,fsdev=share,mount_tag=vmtest_share",
-        ]
+        ] + disk
+
+
+def make_scratch(run_dir: str, size: int) -> str | None:
+    """A sparse ext4 image of ``size`` bytes in ``run_dir``; None (and why, logged) when it cannot be made."""
+    mkfs = shutil.which("mkfs.ext4") or next((p for p in ("/sbin/mkfs.ext4", "/usr/sbin/mkfs.ext4")
+                                               if os.path.exists(p)), None)
+    if mkfs is None:
+        log(f"no mkfs.ext4 (apt-get install e2fsprogs): the guest gets no scratch disk, so {SCRATCH_MOUNT} "
+            "stays on the overlay and `swap on` there says it cannot hold a swapfile")
+        return None
+    path = os.path.join(run_dir, "scratch.img")
+    with open(path, "wb") as f:
+        f.truncate(size)
+    # lazy_journal_init: the journal is not zeroed (a fresh image reads zeros anyway); the inode tables are
+    # left to the guest's mount option noinit_itable (no ext4lazyinit thread eating a TCG vCPU)
+    p = subprocess.run([mkfs, "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-L", "vmtest-scratch",
+                        path], capture_output=True, text=True)
+    if p.returncode:
+        log(f"mkfs.ext4 {path} failed ({(p.stderr.strip().splitlines() or ['?'])[-1]}): no scratch disk")
+        os.unlink(path)
+        return None
+    return path
 
 
 @dataclass
@@ -274,7 +318,8 @@ def run(vm: VM, run_dir: str, share: str, stream=None) -> Result:
     status_path = os.path.join(run_dir, "status")
     for p in (out_path, status_path):
         open(p, "wb").close()
-    argv = vm.argv(run_dir, share)
+    scratch = make_scratch(run_dir, vm.scratch_size) if vm.scratch_size else None
+    argv = vm.argv(run_dir, share, scratch)
     with open(os.path.join(run_dir, "qemu.cmd"), "w") as f:
         f.write(shlex.join(argv) + "\n")
     t0 = time.monotonic()
