@@ -11,16 +11,9 @@ import textwrap
 
 import pytest
 
-from conftest import _kernel_reason, require_kernel
-from test_cli_support import BIN, cli, session  # noqa: F401  (fixtures)
+from test_cli_support import BIN, cli, need_kernel, session  # noqa: F401  (fixtures)
 
 from uffdctl.script import run_file
-
-
-def need_kernel():
-    reason = _kernel_reason()
-    if reason:
-        require_kernel(reason)
 
 
 def run(tmp_path, text, backend="kernel", name="t.uffd", env=None):

@@ -165,7 +165,11 @@ _6_18 = Profile("6.18", "6.18.44", uapi.FEATURES_6_18, uffd_wp_range_vm_page_pro
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     _5_19,
-    replace(_5_19, name="6.1", release="6.1.192", mprotect_try_change_writable=True, **_MM_6_1),
+    # 51d3d5eb74ff is in 6.1.192 (vma_wants_writenotify()'s "write faults for uffd-wp tracking", and
+    # userfaultfd_set_vm_flags()): a read fault of a uffd-wp shared VMA maps read-only, the write faults
+    # [measured: 6.1.192 guest, differential seed 152].
+    replace(_5_19, name="6.1", release="6.1.192", mprotect_try_change_writable=True, writenotify_uffd_wp=True,
+            **_MM_6_1),
     replace(_5_19, name="6.2", release="6.2.0", writenotify_uffd_wp=True, can_change_writable_needs_dirty=False,
             mprotect_try_change_writable=True, **_MM_6_2),
     # Debian 13 / RHEL 10: held to Debian's 6.12.117 in the vmtest guest (tests/data/kernels/6.12.117.json).

@@ -92,7 +92,7 @@ class Madvise:
                 if vma.flags & (VM_LOCKED | VM_HUGETLB):  # can_madv_lru_vma()
                     return -E.EINVAL
                 self.madvise_cold_or_pageout_huge_pmds(vma, s, e, advice == uapi.MADV_PAGEOUT)   # huge_memory.py
-                self.split_large_folios(vma, s, e, advice == uapi.MADV_PAGEOUT and self.swap.nr_swap_pages() > 0)
+                self.split_large_folios(vma, s, e, advice == uapi.MADV_PAGEOUT)
                 self.madvise_cold_or_pageout_pte_range(vma, s, e, advice == uapi.MADV_PAGEOUT)
             elif advice == uapi.MADV_GUARD_INSTALL:
                 if not self.profile.guard_markers or vma.shared or vma.hugetlb:
