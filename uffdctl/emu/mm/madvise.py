@@ -91,9 +91,10 @@ class Madvise:
             elif advice in (uapi.MADV_COLD, uapi.MADV_PAGEOUT):
                 if vma.flags & (VM_LOCKED | VM_HUGETLB):  # can_madv_lru_vma()
                     return -E.EINVAL
-                self.madvise_cold_or_pageout_huge_pmds(vma, s, e, advice == uapi.MADV_PAGEOUT)   # huge_memory.py
-                self.split_large_folios(vma, s, e, advice == uapi.MADV_PAGEOUT)
-                self.madvise_cold_or_pageout_pte_range(vma, s, e, advice == uapi.MADV_PAGEOUT)
+                done = self.madvise_cold_or_pageout_huge_pmds(vma, s, e, advice == uapi.MADV_PAGEOUT)  # huge_memory.py
+                for ps, pe in _ranges_without(s, e, done, HPAGE_SIZE):     # the PTE step: not those PMDs
+                    self.split_large_folios(vma, ps, pe, advice == uapi.MADV_PAGEOUT)
+                    self.madvise_cold_or_pageout_pte_range(vma, ps, pe, advice == uapi.MADV_PAGEOUT)
             elif advice == uapi.MADV_GUARD_INSTALL:
                 if not self.profile.guard_markers or vma.shared or vma.hugetlb:
                     return -E.EINVAL
@@ -172,3 +173,13 @@ class Madvise:
         self.tlb.flush_range(flush)
         if isolated:
             self.reclaim_pages(isolated)
+
+
+def _ranges_without(s: int, e: int, holes: list, size: int):
+    """[s, e) less the ``size``-long blocks starting at ``holes`` (sorted), as (start, end) runs."""
+    for h in sorted(holes):
+        if s < h:
+            yield s, min(h, e)
+        s = max(s, h + size)
+    if s < e:
+        yield s, e
