@@ -608,3 +608,67 @@ def test_lazyfree_thp_pageout_on_both(backend_name, tmp_path):
     if not res["ok"] and backend_name == "kernel" and "AnonHugePages=4M" in str(res.get("error")):
         pytest.skip(f"the kernel got no THP here (thp_fault_fallback={vmstat().get('thp_fault_fallback')})")
     assert res["ok"], res.get("error")
+
+
+MOVE_ONTO_ITSELF_SCRIPT = """\
+api --features move
+mmap --size 2M --thp --name huge
+register huge --mode wp
+touch huge:365 --read --wait
+expect scan huge --category-mask huge regions=1 r0.start=huge:0 r0.end=huge:512
+move huge --src huge --allow-src-holes
+expect error errno=EEXIST ioctl=UFFDIO_MOVE
+expect scan huge --category-mask huge regions=1 r0.start=huge:0 r0.end=huge:512
+"""
+
+
+@pytest.mark.parametrize("backend_name", ["kernel", "emu"])
+def test_move_onto_a_huge_pmd_is_eexist_before_any_split(backend_name, tmp_path):
+    """move_pages(): "If the dst_pmd is mapped as THP don't override it": EEXIST before the source PMD is looked
+    at, so a MOVE onto itself of the huge zero PMD splits nothing [the soak, seed 291519181]."""
+    from uffdctl.script import run_file
+    if backend_name == "kernel":
+        reason = _thp_reason()
+        k = _open_kernel()
+        if reason or not hasattr(k, "mmap"):
+            require_kernel(reason or f"no kernel backend: {k}")
+        b = k
+    else:
+        b = open_backend("emu", profile="6.18", soft_dirty=False)
+    f = tmp_path / "move-onto-itself.uffd"
+    f.write_text(MOVE_ONTO_ITSELF_SCRIPT)
+    res = run_file(str(f), backend=b)
+    assert res["ok"], res.get("error")
+
+
+COLLAPSE_AFTER_A_MISSING_WRITE_SCRIPT = """\
+mmap --size 2M --thp --name huge
+register huge --mode missing
+madvise huge:148-170 --advice nohugepage
+handler --policy queue
+touch huge:0 --write
+expect result blocked=1
+madvise huge --advice hugepage
+madvise huge --advice collapse
+expect error errno=EBUSY
+"""
+
+
+@pytest.mark.parametrize("backend_name", ["kernel", "emu"])
+def test_a_missing_write_prepares_the_anon_vma(backend_name, tmp_path):
+    """do_anonymous_page(): a write fault runs vmf_anon_prepare() before the userfaultfd_missing() check, so a
+    VMA whose only fault is a blocked MISSING write has an anon_vma and MADV_COLLAPSE scans it (EBUSY: none
+    PTEs in a registered VMA), not EINVAL (no anon_vma) [the differential, seed 5081]."""
+    from uffdctl.script import run_file
+    if backend_name == "kernel":
+        reason = _thp_reason()
+        k = _open_kernel()
+        if reason or not hasattr(k, "mmap"):
+            require_kernel(reason or f"no kernel backend: {k}")
+        b = k
+    else:
+        b = open_backend("emu", profile="6.18", soft_dirty=False)
+    f = tmp_path / "collapse-after-missing-write.uffd"
+    f.write_text(COLLAPSE_AFTER_A_MISSING_WRITE_SCRIPT)
+    res = run_file(str(f), backend=b)
+    assert res["ok"], res.get("error")
