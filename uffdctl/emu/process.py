@@ -27,6 +27,7 @@ from ..errors import NotModelled, ProcessError, UffdError, uffd_error
 from ..types import AccessResult, MemType, Region
 from .fs.proc import task_mmu
 from .kernel.fork import exit_mmap
+from .sched import SyscallTask
 from .mm.mm_types import VM_READ, VM_WRITE
 
 _IGNORED = {_signal.SIGCHLD, _signal.SIGURG, _signal.SIGWINCH, _signal.SIGCONT}
@@ -97,6 +98,29 @@ class _ChildAccess(Access):
         return r
 
 
+class EmuCall(Access):
+    """A system call issued from a job thread (sched.SyscallTask): done once it has returned."""
+
+    def __init__(self, backend, task):
+        self._b, self._t = backend, task
+
+    def wait(self, timeout=None) -> bool:
+        if not self._t.done:
+            self._b._rq.run()
+        return self._t.done      # the emulated world changes only through calls: never worth sleeping for
+
+    @property
+    def done(self) -> bool:
+        return self._t.done
+
+    def result(self):
+        if not self._t.done:
+            raise RuntimeError("still blocked in the kernel")
+        if self._t.exc is not None:
+            raise self._t.exc
+        return self._t.value
+
+
 class _ForkAccess(Access):
     """fork(2) in progress: done once every FORK message it raised has been read (or dropped)."""
 
@@ -146,6 +170,7 @@ class EmuProcess(task_mmu.TaskMmuFiles, Process):
         self._exit: dict | None = None        # once reaped
         self._closed = False
         self._forking: _ForkAccess | None = None
+        self._calling = None                  # submit_call(): the system call its only thread is in
 
     # -- the only thread ----------------------------------------------------------------
     def _ready(self, what: str) -> None:
@@ -154,7 +179,7 @@ class EmuProcess(task_mmu.TaskMmuFiles, Process):
         if self._status is not None:
             raise ProcessError(f"process {self.name} (pid {self.pid}) is gone")
         busy = self.busy_what
-        if busy:
+        if busy and not (self._calling is not None and self._b._rq.current is self._calling):
             raise ProcessError(f"process {self.name} (pid {self.pid}) is still busy with {busy}: its only thread "
                                f"is blocked (resolve the fault, read the event, or kill it)")
 
@@ -162,7 +187,21 @@ class EmuProcess(task_mmu.TaskMmuFiles, Process):
     def busy_what(self) -> str | None:
         if self._forking is not None and not self._forking.done:
             return "fork"
+        if self._calling is not None and not self._calling.done:
+            return self._calling.what
         return "touch" if self._thread.busy else None
+
+    def submit_call(self, what: str, fn) -> Access:
+        """Run ``fn`` (one system call of this process) on its only thread without waiting: a sched.SyscallTask
+        that sleeps where the kernel's call would (an event not read yet, a fault in mlock's populate); the
+        process is busy with it until it returns."""
+        self._ready(what)
+        task = SyscallTask(self._b._rq, fn)
+        task.thread, task.what = self._thread._t, what
+        self._calling = task
+        self._b._rq.enqueue(task)
+        self._b._rq.run()
+        return EmuCall(self._b, task)
 
     def _call(self, what: str, fn, start=None, length=None):
         self._ready(what)
@@ -260,6 +299,8 @@ class EmuProcess(task_mmu.TaskMmuFiles, Process):
         then creates no child -- then exit_mmap()."""
         if self._forking is not None and not self._forking.done:
             self._forking.fatal_signal()
+        if self._calling is not None and not self._calling.done:
+            self._calling.fatal_signal()     # a --thread system call asleep in the kernel
         self._b._cancel_thread(self._thread._t)
         exit_mmap(self.mm)
         self._status = status

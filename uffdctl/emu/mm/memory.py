@@ -221,7 +221,13 @@ class Memory:
         page = pte.page
         if not vma.shared and page.anon and not page.exclusive and not pte.special and page.mapcount == 1 \
                 and getattr(page, "head", None) is None:   # a large folio's page is never reused this way
-            page.exclusive = True                    # wp_can_reuse_anon_folio(): the other mapper is gone
+            # wp_can_reuse_anon_folio(): the other mapper is gone; a folio in the swap cache is freed from it
+            # first (folio_free_swap()), which fails while a swap entry still holds its slot (one a fork
+            # shared): that reference blocks the reuse, the write copies [differential, seed 227488197]
+            if page.swap is not None and not self.swap.swap_count(page.swap):
+                self.swap.delete_from_swap_cache(page)
+            if page.swap is None:
+                page.exclusive = True
         if vma.shared or (page.anon and page.exclusive and not pte.special):
             new = pte.copy()                         # wp_page_reuse() / wp_page_shared()
             new.young, new.write = True, True
