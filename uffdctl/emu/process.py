@@ -160,6 +160,8 @@ class EmuProcess(task_mmu.TaskMmuFiles, Process):
     """A child of the emulated process: its own mm, one thread (``main``), the parent's regions at fork
     time (a MADV_DONTFORK one is there by name and faults SIGSEGV, as on the kernel)."""
 
+    _answer_timeout = 0               # nothing else runs meanwhile: an access done at all is done at once
+
     def __init__(self, backend, name: str, pid: int, mm, parent: "EmuProcess | None", regions: dict, thread):
         self._b = backend
         self.name, self.pid, self.mm, self.parent = name, pid, mm, parent
@@ -235,21 +237,13 @@ class EmuProcess(task_mmu.TaskMmuFiles, Process):
             raise uffd_error(-v, "mmap", addr, len, message=f"in process {self.name}")
         return v.start
 
-    def read(self, addr, len) -> bytes:
-        acc = self._thread.access(addr, len, False, want_data=True)
-        if not acc.wait(0):
-            raise ProcessError(f"read in process {self.name} blocked (in a fault?)")
-        res = acc.result()
-        if res.sigbus:
-            raise uffd_error(E.EFAULT, "read", addr, len, message=f"signal in process {self.name}")
-        return res.data
-
     def write(self, addr, data) -> None:
         acc = self._thread.access(addr, len(data), True, data=bytes(data))
         if not acc.wait(0):
             raise ProcessError(f"write in process {self.name} (pid {self.pid}) has not returned: blocked in the "
                                f"kernel (an event waiting to be read? see events, read)")
-        if acc.result().sigbus:
+        res = acc.result()
+        if res.sigbus or res.sigsegv:
             raise uffd_error(E.EFAULT, "write", addr, len(data), message=f"in process {self.name}")
 
     # -- /proc/PID views --------------------------------------------------------------------
