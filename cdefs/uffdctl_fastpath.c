@@ -57,15 +57,19 @@ typedef struct {
 static PyObject *zero;
 
 /* -- arguments ---------------------------------------------------------------------------- */
+/* PyLong_AsUnsignedLong: 64 bits on x86-64, and a digit loop where PyLong_AsUnsignedLongLong takes
+ * _PyLong_AsByteArray for anything above 30 bits (every user-space address). */
+_Static_assert(sizeof(unsigned long) == sizeof(__u64), "unsigned long is 64 bits");
+
 static int as_u64(PyObject *o, __u64 *v)
 {
-	if (PyLong_CheckExact(o) || PyLong_Check(o)) {
-		*v = PyLong_AsUnsignedLongLong(o);
+	if (PyLong_Check(o)) {
+		*v = PyLong_AsUnsignedLong(o);
 	} else {
 		PyObject *i = PyNumber_Index(o);
 		if (!i)
 			return -1;
-		*v = PyLong_AsUnsignedLongLong(i);
+		*v = PyLong_AsUnsignedLong(i);
 		Py_DECREF(i);
 	}
 	return (*v == (__u64)-1 && PyErr_Occurred()) ? -1 : 0;
