@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import assert_steps_agree, drain_events, hugetlb_reason, make_backend, require_kernel, run_closing
+from test_script import run_any  # noqa: F401  (the fixture: one script on the kernel and on the emulator)
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.errors import UffdError
@@ -354,17 +355,10 @@ expect pagemap a:0 present=1 exclusive=1
 """
 
 
-@pytest.mark.parametrize("backend", ["kernel", "emu"])
-def test_fork_advice_side_by_side(tmp_path, backend):
+def test_fork_advice_side_by_side(run_any):
     """MADV_DONTFORK / DOFORK / WIPEONFORK / KEEPONFORK (madvise_vma_behavior(): VM_DONTCOPY, VM_WIPEONFORK;
     WIPEONFORK on a file or shared VMA is EINVAL): the same script passes on both backends."""
-    import textwrap
-    from uffdctl.script import run_file
-    if backend == "kernel":
-        make_backend("kernel").close()
-    p = tmp_path / "advice.uffd"
-    p.write_text(textwrap.dedent(FORK_ADVICE))
-    r = run_file(str(p), backend)
+    r = run_any(FORK_ADVICE)
     assert r["exit"] == 0, r.get("error")
 
 
@@ -476,17 +470,11 @@ expect result signal_name=SIGKILL
 """
 
 
-@pytest.mark.parametrize("backend", ["kernel", "emu"])
-def test_thread_calls_in_a_child(tmp_path, backend):
+def test_thread_calls_in_a_child(run_any):
     """--thread on a child's system call: its only thread issues it and the session goes on; with the child's
     own uffd unread the madvise sleeps until its REMOVE message is read (userfaultfd_remove()); a SIGKILL
     ends it asleep (userfaultfd_event_wait_completion() gives up on a fatal signal), nothing hangs."""
-    from uffdctl.script import run_file
-    if backend == "kernel":
-        make_backend("kernel").close()
-    p = tmp_path / "child-thread.uffd"
-    p.write_text(CHILD_THREAD_CALLS)
-    r = run_file(str(p), backend)
+    r = run_any(CHILD_THREAD_CALLS)
     assert r["exit"] == 0, r.get("error")
 
 
