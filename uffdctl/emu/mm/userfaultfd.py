@@ -102,8 +102,10 @@ class Userfaultfd:
                 if copy:
                     src = src_start + dst - dst_start
                     if svma is None or not svma.start <= src < svma.end:
-                        svma = self.find_vma(src)
-                        src_zero = svma is not None and self.read_fault_maps_zero_page(svma)
+                        # the source is read in current->mm: the monitor's, also for a forked child's uffd
+                        svma = self.uaccess_mm.find_vma(src)
+                        src_zero = svma is not None and self.uaccess_mm is self and \
+                            self.read_fault_maps_zero_page(svma)
                     if src_zero and src not in ptes and src not in tlb and not pmds and not src & 0xFFF:
                         # copy_from_user() of a never-touched anon source page: the read fault that
                         # handle_mm_fault() -> do_anonymous_page() takes (PTE table, the zero page mapped
