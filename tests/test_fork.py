@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import assert_steps_agree, drain_events, hugetlb_reason, make_backend, require_kernel, run_closing
+from test_script import run_any  # noqa: F401  (the fixture: one script on the kernel and on the emulator)
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.errors import UffdError
@@ -354,17 +355,10 @@ expect pagemap a:0 present=1 exclusive=1
 """
 
 
-@pytest.mark.parametrize("backend", ["kernel", "emu"])
-def test_fork_advice_side_by_side(tmp_path, backend):
+def test_fork_advice_side_by_side(run_any):
     """MADV_DONTFORK / DOFORK / WIPEONFORK / KEEPONFORK (madvise_vma_behavior(): VM_DONTCOPY, VM_WIPEONFORK;
     WIPEONFORK on a file or shared VMA is EINVAL): the same script passes on both backends."""
-    import textwrap
-    from uffdctl.script import run_file
-    if backend == "kernel":
-        make_backend("kernel").close()
-    p = tmp_path / "advice.uffd"
-    p.write_text(textwrap.dedent(FORK_ADVICE))
-    r = run_file(str(p), backend)
+    r = run_any(FORK_ADVICE)
     assert r["exit"] == 0, r.get("error")
 
 
@@ -402,24 +396,11 @@ def test_fork_of_a_pmd_mapped_thp(tmp_path, backend, profile):
     exclusive bits follow pagemap_pmd_range(): since 6.15 the head page's precise mapcount for all 512 entries
     [measured on 6.18, CONFIG_PAGE_MAPCOUNT=y: X stays 0 everywhere after the child's COW of page 941, and
     turns 1 on all of them once the child has COWed the head page]; 6.12 and before, each page's own."""
-    from uffdctl.script import run_file
-    from test_thp import _thp_reason
-    if backend == "kernel":
-        reason = _thp_reason()
-        if reason:
-            require_kernel(reason)
-        b = make_backend("kernel")
-    else:
-        from uffdctl.emu import EmuBackend
-        b = EmuBackend(profile=profile, soft_dirty=False)
+    from test_thp import thp_script_on
+    from uffdctl.emu import EmuBackend
     rule = "per-page" if profile == "6.12" else "head"
-    p = tmp_path / "fork-thp.uffd"
-    p.write_text(FORK_THP.format(**FORK_THP_RULES[rule]))
-    r = run_file(str(p), backend=b)
-    if not r["ok"] and backend == "kernel" and "AnonHugePages" in str(r.get("error")):
-        from test_thp import vmstat
-        pytest.skip(f"the kernel got no THP here (thp_fault_fallback={vmstat().get('thp_fault_fallback')})")
-    assert r["ok"], r.get("error")
+    thp_script_on(backend, tmp_path, FORK_THP.format(**FORK_THP_RULES[rule]),
+                  emu=EmuBackend(profile=profile, soft_dirty=False) if backend == "emu" else None)
 
 
 FORK_SWAPPED = """\
@@ -489,17 +470,11 @@ expect result signal_name=SIGKILL
 """
 
 
-@pytest.mark.parametrize("backend", ["kernel", "emu"])
-def test_thread_calls_in_a_child(tmp_path, backend):
+def test_thread_calls_in_a_child(run_any):
     """--thread on a child's system call: its only thread issues it and the session goes on; with the child's
     own uffd unread the madvise sleeps until its REMOVE message is read (userfaultfd_remove()); a SIGKILL
     ends it asleep (userfaultfd_event_wait_completion() gives up on a fatal signal), nothing hangs."""
-    from uffdctl.script import run_file
-    if backend == "kernel":
-        make_backend("kernel").close()
-    p = tmp_path / "child-thread.uffd"
-    p.write_text(CHILD_THREAD_CALLS)
-    r = run_file(str(p), backend)
+    r = run_any(CHILD_THREAD_CALLS)
     assert r["exit"] == 0, r.get("error")
 
 
@@ -525,20 +500,9 @@ def test_pageout_leaves_a_thp_a_child_still_maps(tmp_path, host_swap, backend):
     """After fork, the parent's write splits its PMD (the child keeps its own); MADV_PAGEOUT of the range then
     swaps only the parent's own COW copy: madvise_cold_or_pageout_pte_range() leaves a large folio another mm
     still maps (folio_likely_mapped_shared()) [the differential, seed 280]."""
-    from uffdctl.script import run_file
-    from test_thp import _thp_reason
-    if backend == "kernel":
-        reason = _thp_reason()
-        if reason:
-            require_kernel(reason)
-        b = make_backend("kernel")
-    else:
-        b = _emu()
-        b.swap_on(64 << 20)
-    p = tmp_path / "fork-thp-pageout.uffd"
-    p.write_text(FORK_THP_PAGEOUT)
-    r = run_file(str(p), backend=b)
-    if not r["ok"] and backend == "kernel" and "AnonHugePages" in str(r.get("error")):
-        from test_thp import vmstat
-        pytest.skip(f"the kernel got no THP here (thp_fault_fallback={vmstat().get('thp_fault_fallback')})")
-    assert r["ok"], r.get("error")
+    from test_thp import thp_script_on
+    eb = None
+    if backend == "emu":
+        eb = _emu()
+        eb.swap_on(64 << 20)
+    thp_script_on(backend, tmp_path, FORK_THP_PAGEOUT, emu=eb)

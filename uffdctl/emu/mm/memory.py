@@ -139,6 +139,8 @@ class Memory:
         if vma.flags & VM_HUGETLB:
             return self.hugetlb_fault(vmf)
         self.pte_alloc(vmf.address)           # pte_alloc() precedes the userfault check
+        if vmf.write:                         # vmf_anon_prepare() too, on a write [differential, seed 5081:
+            self.anon_vma_prepare(vma)        # a MISSING write makes the VMA collapsible: EBUSY, not EINVAL]
         if vma.flags & VM_UFFD_MISSING:       # userfaultfd_missing()
             return self.handle_userfault(vmf, VM_UFFD_MISSING)
         uffd_wp = vmf.orig_pte_uffd_wp
