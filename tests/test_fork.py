@@ -478,6 +478,28 @@ def test_thread_calls_in_a_child(run_any):
     assert r["exit"] == 0, r.get("error")
 
 
+CHILD_DATA = """\
+mmap --size 16K --name buf
+touch buf --write --fill 0x41 --wait
+fork --name c
+expect data c/buf:0 hex=41
+touch c/buf:1 --write --fill 0x42 --wait
+expect data c/buf:1 hex=42
+expect data buf:1 hex=41
+touch c/buf:2 --write --fill 0x43 --wait
+touch c/buf:3 --write --wait --thread main
+expect data c/buf:2 hex=43
+kill c
+"""
+
+
+def test_expect_data_reads_a_child(run_any):
+    """expect data c/RANGE reads the child's memory with its one thread (the COW copy: the child's write is
+    not the parent's)."""
+    r = run_any(CHILD_DATA)
+    assert r["exit"] == 0, r.get("error")
+
+
 FORK_THP_PAGEOUT = """\
 mmap --size 4M --thp --name r
 touch r:512 --write --fill 0xdf --wait
