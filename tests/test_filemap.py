@@ -240,3 +240,34 @@ def test_copy_from_an_uncached_file_page(backing):
     assert_steps_agree(k, e)
     k = dict((x[0], x[1:]) for x in k)
     assert k["copy"] == (2 * PS,) and k["copy 2"] == (2 * PS, b"\x07"), k
+
+
+def _rewrite_after_pageout(b) -> tuple:
+    r = b.mmap_file(3 * PS, DISK, True, name="ra")
+    _faults(b, r.addr, True, 0x78)
+    b.lru_drain()                 # on the LRU, so reclaim_pages() takes it
+    b.madvise(r.addr, 3 * PS, uapi.MADV_PAGEOUT)
+    return _faults(b, r.addr, True, 0x0F)
+
+
+@pytest.mark.kernel
+def test_a_pg_readahead_page_retries_the_fault():
+    """MADV_PAGEOUT leaves a dirty disk-file page in the cache with PG_reclaim (= PG_readahead); the next fault's
+    do_async_mmap_readahead() drops the fault lock and retries: with per-VMA locks (6.4+) the retry is a plain
+    minor fault (host kernel and emulator 6.18 agree); on 6.1 the mmap_lock retry carries FAULT_FLAG_TRIED and
+    counts major [measured in the 6.1.192 guest's differential]."""
+    _need_fs()
+    kb = make_backend("kernel")
+    try:
+        k = _rewrite_after_pageout(kb)
+    finally:
+        kb.close()
+    got = {}
+    for prof in ("6.18", "6.1"):
+        eb = make_backend("emu", profile=prof)
+        try:
+            got[prof] = _rewrite_after_pageout(eb)
+        finally:
+            eb.close()
+    assert k == got["6.18"] == (1, 0), (k, got)
+    assert got["6.1"] == (0, 1), got
