@@ -552,3 +552,46 @@ def test_copy_into_a_child_reads_the_monitors_source(run_any):
     it into the child]."""
     r = run_any(COPY_INTO_A_CHILD)
     assert r["exit"] == 0, r.get("error")
+
+
+def _fork_after_failed_mfill(b, mfill: bool) -> int:
+    """A tmpfs file mapped MAP_PRIVATE, its page 4 read in; an UFFDIO_ZEROPAGE on the unregistered range (ENOENT)
+    or none; fork: the parent's pagemap bits of page 4 (PM_MMAP_EXCLUSIVE stays only if fork copied no PTE)."""
+    r = b.mmap_file(5 * PS, "/dev/shm", False, name="f")
+    a = b.thread("t0").access(r.addr + 4 * PS, 1, False)
+    assert a.wait(10)
+    u = b.userfaultfd()
+    u.api(0)
+    if mfill:
+        with pytest.raises(UffdError) as e:
+            u.zeropage(r.addr, 4 * PS, 1)
+        assert e.value.errno == errno.ENOENT
+    f = b.fork("child", dict(b.regions))
+    assert f.wait(10)
+    f.result()
+    return b.pagemap(r.addr + 4 * PS, 1)[0] >> 56
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("mfill", [False, True], ids=["no-mfill", "failed-mfill"])
+def test_a_failed_mfill_prepares_the_anon_vma_fork_copies(mfill):
+    """uffd_lock_vma() (6.9+, 867a43a34ff8) gives a private VMA an anon_vma before it checks anything, so an
+    UFFDIO_ZEROPAGE that fails ENOENT still makes vma_needs_copy() true: fork copies the file PTE (the parent's
+    page loses PM_MMAP_EXCLUSIVE).  Host kernel and emulator 6.18 agree; 6.1.192 prepares it only for an mfill
+    that passed its checks (the 6.1 guest's differential found it, seed 130)."""
+    if not os.path.isdir("/dev/shm"):
+        require_kernel("no /dev/shm here")
+    kb = make_backend("kernel")
+    try:
+        k = _fork_after_failed_mfill(kb, mfill)
+    finally:
+        kb.close()
+    e = {}
+    for prof in ("6.18", "6.1"):
+        eb = make_backend("emu", profile=prof)
+        try:
+            e[prof] = _fork_after_failed_mfill(eb, mfill)
+        finally:
+            eb.close()
+    assert k == e["6.18"] == (0xA0 if mfill else 0xA1), (hex(k), e)
+    assert e["6.1"] == 0xA1, e

@@ -22,7 +22,8 @@ class Userfaultfd:
     def mfill_atomic(self, ctx, kind: str, dst_start: int, src_start: int, length: int, wp: bool,
                      hints: int = 0) -> int:
         vma = self.find_vma(dst_start)
-        if vma is not None:
+        early = self.profile.uffd_lock_vma_prepares_anon
+        if vma is not None and early:
             self.anon_vma_prepare(vma)         # uffd_lock_vma(): "we know we're going to need anon_vma"
         if vma is None or dst_start + length > vma.end or vma.ctx is None:
             return -E.ENOENT
@@ -38,6 +39,9 @@ class Userfaultfd:
             return -E.EINVAL
         elif kind == MFILL_ATOMIC_CONTINUE and anon:
             return -E.EINVAL
+        if not early and not vma.flags & VM_SHARED:
+            self.anon_vma_prepare(vma)         # before 6.9: once the checks passed ("this page would get a
+        #                                        NULL anon_vma when moved in the dst_vma")
         if not hugetlb and (kind == MFILL_ATOMIC_COPY or kind == MFILL_ATOMIC_ZEROPAGE) \
                 and (anon or not vma.flags & VM_SHARED):
             return self.mfill_atomic_anon(vma, kind, dst_start, src_start, length, wp, hints)
