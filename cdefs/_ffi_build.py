@@ -37,7 +37,7 @@ ffibuilder.set_source(
     "uffdctl._uffd",
     "#ifndef _GNU_SOURCE\n#define _GNU_SOURCE\n#endif\n" '#include "uffd_uapi.h"\n#include "uffdctl_helpers.h"\n#include "uffdctl_proc.h"\n',
     sources=[_source(n) for n in HELPERS],
-    depends=[_source(n) for n in ("uffd_uapi.h", "uffdctl_helpers.h", "uffdctl_proc.h")],
+    depends=[_source(n) for n in ("uffd_uapi.h", "uffdctl_helpers.h", "uffdctl_proc.h", "uffdctl_readfirst.h")],
     include_dirs=[HERE],
     extra_compile_args=["-O2", "-Wall", "-Wno-unused-function", "-Werror=implicit-function-declaration"],
     libraries=["pthread"],

@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include "uffd_uapi.h"
+#include "uffdctl_readfirst.h"
 
 #if PY_VERSION_HEX < 0x030A0000
 static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
@@ -56,15 +57,19 @@ typedef struct {
 static PyObject *zero;
 
 /* -- arguments ---------------------------------------------------------------------------- */
+/* PyLong_AsUnsignedLong: 64 bits on x86-64, and a digit loop where PyLong_AsUnsignedLongLong takes
+ * _PyLong_AsByteArray for anything above 30 bits (every user-space address). */
+_Static_assert(sizeof(unsigned long) == sizeof(__u64), "unsigned long is 64 bits");
+
 static int as_u64(PyObject *o, __u64 *v)
 {
-	if (PyLong_CheckExact(o) || PyLong_Check(o)) {
-		*v = PyLong_AsUnsignedLongLong(o);
+	if (PyLong_Check(o)) {
+		*v = PyLong_AsUnsignedLong(o);
 	} else {
 		PyObject *i = PyNumber_Index(o);
 		if (!i)
 			return -1;
-		*v = PyLong_AsUnsignedLongLong(i);
+		*v = PyLong_AsUnsignedLong(i);
 		Py_DECREF(i);
 	}
 	return (*v == (__u64)-1 && PyErr_Occurred()) ? -1 : 0;
@@ -272,45 +277,14 @@ static PyObject *decode(FastUffd *self, const struct uffd_msg *msgs, Py_ssize_t 
 	return out;
 }
 
-/* read(2), or with wait: read first (poll first on a blocking uffd), poll(2) only when nothing is
- * queued (uffdctl_poll_read in uffdctl_sys.c).  Returns bytes read, 0 on timeout, or -errno. */
+/* read(2), or with wait the read-first wait of uffdctl_poll_read(): bytes read, 0 on timeout, -errno. */
 static long do_read(int fd, void *buf, size_t count, int wait, int timeout_ms, int poll_first)
 {
 	if (!wait) {
 		ssize_t r = read(fd, buf, count);
 		return r < 0 ? -errno : r;
 	}
-	for (;;) {
-		ssize_t r = poll_first ? (errno = EAGAIN, -1) : read(fd, buf, count);
-		poll_first = 0;
-		if (r >= 0)
-			return r;
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN)
-			return -errno;
-		struct pollfd p = { .fd = fd, .events = POLLIN };
-		int n = poll(&p, 1, timeout_ms);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return 0;
-		if (p.revents & POLLIN) {
-			r = read(fd, buf, count);
-			if (r >= 0)
-				return r;
-			if (errno != EAGAIN && errno != EINTR)
-				return -errno;
-			continue;	/* another reader took it */
-		}
-		if (p.revents & (POLLERR | POLLNVAL))
-			return -EBADF;
-		if (p.revents & POLLHUP && !(p.revents & POLLIN))
-			return -EPIPE;
-	}
+	return (long)uffdctl_read_first(fd, buf, count, timeout_ms, poll_first);
 }
 
 static PyObject *msgs(FastUffd *self, Py_ssize_t max, int wait, int timeout_ms, int empty_errno)

@@ -17,6 +17,7 @@
 
 #include "uffd_uapi.h"
 #include "uffdctl_helpers.h"
+#include "uffdctl_readfirst.h"
 
 #ifndef __NR_userfaultfd
 #define __NR_userfaultfd 323
@@ -138,43 +139,11 @@ int64_t uffdctl_read(int fd, void *buf, uint64_t count)
 
 /*
  * poll(2) + read(2) in one call, so a Python fault policy waits with the GIL released and pays
- * one crossing per batch: bytes read, 0 on timeout (timeout_ms < 0: wait forever), or -errno.
- * poll_first: poll before the first read (a blocking fd, whose read would ignore the timeout);
- * otherwise read first and poll only on EAGAIN (one syscall when a message is already queued).
+ * one crossing per batch: uffdctl_read_first() (uffdctl_readfirst.h).
  */
 int64_t uffdctl_poll_read(int fd, void *buf, uint64_t count, int timeout_ms, int poll_first)
 {
-	for (;;) {
-		ssize_t r = poll_first ? (errno = EAGAIN, -1) : read(fd, buf, count);
-		poll_first = 0;
-		if (r >= 0)
-			return r;
-		if (errno == EINTR)
-			continue;
-		if (errno != EAGAIN)
-			return -errno;
-		struct pollfd p = { .fd = fd, .events = POLLIN };
-		int n = poll(&p, 1, timeout_ms);
-		if (n < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		if (n == 0)
-			return 0;
-		if (p.revents & POLLIN) {
-			r = read(fd, buf, count);
-			if (r >= 0)
-				return r;
-			if (errno != EAGAIN && errno != EINTR)
-				return -errno;
-			continue;	/* another reader took it */
-		}
-		if (p.revents & (POLLERR | POLLNVAL))
-			return -EBADF;
-		if (p.revents & POLLHUP && !(p.revents & POLLIN))
-			return -EPIPE;
-	}
+	return uffdctl_read_first(fd, buf, count, timeout_ms, poll_first);
 }
 
 /*

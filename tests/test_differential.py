@@ -16,7 +16,7 @@ On a divergence the sequence is shrunk (ops dropped while it still diverges),
 printed as readable lines, and saved as JSON; ``UFFDCTL_DIFF_REPLAY=<file>``
 reruns it.  ``UFFDCTL_DIFF_EXAMPLES`` (default 2000; ``make soak``: 20000) sets how
 many sequences; ``UFFDCTL_DIFF_SECONDS`` bounds the time; ``UFFDCTL_DIFF_SEED``
-fixes the seed.  Accesses that end in SIGBUS are compared without their fault
+fixes the seed; ``UFFDCTL_DIFF_MEMTYPES=thp,anon`` keeps only those memory types.  Accesses that end in SIGBUS are compared without their fault
 count (the first signal delivered to a thread faults in its signal frame).
 hugetlb is included only when huge pages are reserved.
 
@@ -116,8 +116,6 @@ def gen_fork(frng: random.Random, regions, ops) -> int:
     the ones the generator made before fork was added: in 30% of them a fork early on, its FORK message read,
     a few ops in the child, maybe a kill of it and a MADV_DONTFORK / WIPEONFORK / DOFORK / KEEPONFORK before
     the fork, and half of those with UFFD_FEATURE_EVENT_FORK.  Returns the UFFDIO_API features it adds."""
-    if any(g.get("thp") for g in regions):
-        return 0   # not yet: a child's COW of part of a shared PMD-mapped THP leaves the parent's pagemap X bit at 0
     if frng.random() < 0.3:
         at = frng.randint(0, len(ops) // 2)
         burst = [["fork"], ["read_msgs"]]
@@ -1043,6 +1041,10 @@ def test_differential(host_swap_module):
     makes swap entries)."""
     seed = int(os.environ.get("UFFDCTL_DIFF_SEED", str(random.randrange(1 << 30))))
     runner = Runner()
+    only = [m for m in os.environ.get("UFFDCTL_DIFF_MEMTYPES", "").split(",") if m]
+    if only:            # e.g. UFFDCTL_DIFF_MEMTYPES=thp: only those memory types (the ones this host has)
+        runner.memtypes = [m for m in runner.memtypes if m in only]
+        assert runner.memtypes, f"UFFDCTL_DIFF_MEMTYPES={','.join(only)}: none of them here ({Runner().memtypes})"
     knobs = shmem_thp_knobs_on()
     if knobs:   # another process's test switched a shmem THP size on: shmem faults there get large folios
         runner.memtypes = [m for m in runner.memtypes if m == "thp" or not _mt(m).file_backed]

@@ -15,6 +15,7 @@ import time
 import pytest
 
 from conftest import assert_steps_agree, drain_events, hugetlb_reason, make_backend, require_kernel, run_closing
+from test_script import run_any  # noqa: F401  (the fixture: one script on the kernel and on the emulator)
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.errors import UffdError
@@ -354,15 +355,154 @@ expect pagemap a:0 present=1 exclusive=1
 """
 
 
-@pytest.mark.parametrize("backend", ["kernel", "emu"])
-def test_fork_advice_side_by_side(tmp_path, backend):
+def test_fork_advice_side_by_side(run_any):
     """MADV_DONTFORK / DOFORK / WIPEONFORK / KEEPONFORK (madvise_vma_behavior(): VM_DONTCOPY, VM_WIPEONFORK;
     WIPEONFORK on a file or shared VMA is EINVAL): the same script passes on both backends."""
-    import textwrap
+    r = run_any(FORK_ADVICE)
+    assert r["exit"] == 0, r.get("error")
+
+
+# -- fork of a PMD-mapped THP -------------------------------------------------------------------------------------
+FORK_THP = """\
+mmap --size 4M --thp --name r
+touch r:512 --write --fill 0xdf --wait
+expect vma r AnonHugePages=2M
+fork --name child
+expect pagemap r:512-1023 present=1 exclusive=0
+touch child/r:941 --write --fill 0x7a --wait
+expect pagemap child/r:941 present=1 exclusive=1
+expect pagemap child/r:940 present=1 exclusive=0
+expect vma r AnonHugePages=2M
+expect pagemap r:{other} exclusive=0
+expect pagemap r:941 exclusive={x941}
+touch child/r:512 --write --fill 0x7b --wait
+expect pagemap child/r:513 exclusive=0
+expect pagemap r:512 exclusive=1
+expect pagemap r:{rest} exclusive={xrest}
+kill child
+waitpid child
+expect pagemap r:512-1023 present=1 exclusive=1
+"""
+# 6.15+ (pagemap_pmd_range(): __folio_page_mapped_exclusively() of the head page for every entry) and the rule
+# before it (folio_precise_page_mapcount() of page + idx)
+FORK_THP_RULES = {"head": {"other": "512-1023", "x941": 0, "rest": "513-1023", "xrest": 1},
+                  "per-page": {"other": "512-940", "x941": 1, "rest": "513-940", "xrest": 0}}
+
+
+@pytest.mark.parametrize("backend,profile", [("kernel", None), ("emu", "6.18"), ("emu", "6.12")])
+def test_fork_of_a_pmd_mapped_thp(tmp_path, backend, profile):
+    """copy_huge_pmd(): the THP is shared whole (PageAnonExclusive cleared, the child's PMD write-protected); a
+    write in the child splits only the child's PMD and copies one page.  The parent's PMD stays, and its
+    exclusive bits follow pagemap_pmd_range(): since 6.15 the head page's precise mapcount for all 512 entries
+    [measured on 6.18, CONFIG_PAGE_MAPCOUNT=y: X stays 0 everywhere after the child's COW of page 941, and
+    turns 1 on all of them once the child has COWed the head page]; 6.12 and before, each page's own."""
+    from test_thp import thp_script_on
+    from uffdctl.emu import EmuBackend
+    rule = "per-page" if profile == "6.12" else "head"
+    thp_script_on(backend, tmp_path, FORK_THP.format(**FORK_THP_RULES[rule]),
+                  emu=EmuBackend(profile=profile, soft_dirty=False) if backend == "emu" else None)
+
+
+FORK_SWAPPED = """\
+mmap --size 16K --type {memtype} --name r
+touch r:0 --write --fill 0x10 --wait
+touch r:1 --write --fill 0x11 --wait
+madvise r --advice pageout
+expect pagemap r:0-1 swap=1
+fork --name child
+touch child/r:0 --write --fill 0x96 --wait
+touch child/r:1 --read --wait
+expect result data=11
+touch r:0 --read --wait
+expect result data=10
+expect pagemap r:0 present=1 exclusive=1
+touch child/r:0 --read --wait
+expect result data=96
+touch r:1 --write --fill 0x22 --wait
+touch child/r:1 --read --wait
+expect result data=11
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("memtype", ["anon", "shmem-private"])
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_fork_shares_swap_entries_and_cow_keeps_them_apart(tmp_path, host_swap, backend, memtype):
+    """copy_nonpresent_pte(): a swapped-out page is shared by its swap entry (swap_duplicate()); a write by
+    either side after its swap-in copies (wp_can_reuse_anon_folio(): folio_free_swap() fails while the other
+    entry holds the slot, and try_to_unmap_one() had cleared PageAnonExclusive), so the other side keeps the old
+    data [the differential, seed 227488197: the emulator let the child's write through to the parent]."""
     from uffdctl.script import run_file
     if backend == "kernel":
-        make_backend("kernel").close()
-    p = tmp_path / "advice.uffd"
-    p.write_text(textwrap.dedent(FORK_ADVICE))
-    r = run_file(str(p), backend)
+        b = make_backend("kernel")
+    else:
+        b = _emu()
+        b.swap_on(64 << 20)
+    p = tmp_path / "fork-swapped.uffd"
+    p.write_text(FORK_SWAPPED.format(memtype=memtype))
+    r = run_file(str(p), backend=b)
+    assert r["ok"], r.get("error")
+
+
+CHILD_THREAD_CALLS = """\
+mmap --size 16K --name r
+touch r:0 --write --wait
+fork --name child
+madvise child/r:0 --advice dontneed --thread main
+wait
+expect pagemap child/r:0 present=0
+expect pagemap r:0 present=1
+uffd open --proc child --name cu
+api --uffd child/cu --features event_remove
+register child/r --mode missing --uffd child/cu
+handler --unread --uffd child/cu
+madvise child/r:1 --advice dontneed --thread main
+expect result blocked=1
+read --uffd child/cu
+expect result messages[0].event=remove
+wait
+expect result blocked=0 op=madvise
+madvise child/r:1 --advice dontneed --thread main
+expect result blocked=1
+kill child
+waitpid child
+expect result signal_name=SIGKILL
+"""
+
+
+def test_thread_calls_in_a_child(run_any):
+    """--thread on a child's system call: its only thread issues it and the session goes on; with the child's
+    own uffd unread the madvise sleeps until its REMOVE message is read (userfaultfd_remove()); a SIGKILL
+    ends it asleep (userfaultfd_event_wait_completion() gives up on a fatal signal), nothing hangs."""
+    r = run_any(CHILD_THREAD_CALLS)
     assert r["exit"] == 0, r.get("error")
+
+
+FORK_THP_PAGEOUT = """\
+mmap --size 4M --thp --name r
+touch r:512 --write --fill 0xdf --wait
+expect vma r AnonHugePages=2M
+fork --name child
+touch r:839 --write --fill 0xaf --wait
+madvise r:512-1023 --advice pageout
+expect pagemap r:512-838 present=1 exclusive=0
+expect pagemap r:839 swap=1
+expect pagemap r:840-1023 present=1 exclusive=0
+expect pagemap child/r:512-1023 present=1 exclusive=0
+touch r:839 --read --wait
+expect result data=af
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_pageout_leaves_a_thp_a_child_still_maps(tmp_path, host_swap, backend):
+    """After fork, the parent's write splits its PMD (the child keeps its own); MADV_PAGEOUT of the range then
+    swaps only the parent's own COW copy: madvise_cold_or_pageout_pte_range() leaves a large folio another mm
+    still maps (folio_likely_mapped_shared()) [the differential, seed 280]."""
+    from test_thp import thp_script_on
+    eb = None
+    if backend == "emu":
+        eb = _emu()
+        eb.swap_on(64 << 20)
+    thp_script_on(backend, tmp_path, FORK_THP_PAGEOUT, emu=eb)

@@ -11,16 +11,9 @@ import textwrap
 
 import pytest
 
-from conftest import _kernel_reason, require_kernel
-from test_cli_support import BIN, cli, session  # noqa: F401  (fixtures)
+from test_cli_support import BIN, cli, need_kernel, session  # noqa: F401  (fixtures)
 
 from uffdctl.script import run_file
-
-
-def need_kernel():
-    reason = _kernel_reason()
-    if reason:
-        require_kernel(reason)
 
 
 def run(tmp_path, text, backend="kernel", name="t.uffd", env=None):
@@ -236,6 +229,33 @@ expect proc child alive=0 signaled=1 signal_name=SIGTERM
 @pytest.mark.parametrize("backend", ["kernel", "emu"])
 def test_fork_with_event_fork(tmp_path, backend):
     ok(run(tmp_path, FORK, backend))
+
+
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_child_read_and_write_of_a_dontfork_page_are_efault(backend):
+    """Process.read / write of a page the child does not have (MADV_DONTFORK: SIGSEGV in the child) is EFAULT on
+    both backends (the emulator's child used to return None and write nothing, silently)."""
+    import errno
+    from uffdctl.errors import UffdError
+    from uffdctl.registry import open_backend
+    if backend == "kernel":
+        need_kernel()
+    b = open_backend(backend)
+    try:
+        r = b.mmap(2 * 4096, "anon", name="nf")
+        b.write(r.addr, b"x")
+        b.madvise(r.addr, r.len, 10)               # MADV_DONTFORK
+        a = b.fork("c", {"nf": r})
+        assert a.wait(10)
+        p = a.result()
+        for call in (lambda: p.read(r.addr, 8), lambda: p.write(r.addr, b"y")):
+            with pytest.raises(UffdError) as ei:
+                call()
+            assert ei.value.errno == errno.EFAULT and "process c" in str(ei.value), ei.value
+        assert b.read(r.addr, 1) == b"x"            # the parent's page is untouched
+        p.close()
+    finally:
+        b.close()
 
 
 @pytest.mark.parametrize("backend", ["kernel", "emu"])

@@ -13,7 +13,7 @@ import errno
 
 import pytest
 
-from conftest import require_kernel
+from conftest import make_backend, require_kernel
 from uffdctl import uapi
 from uffdctl.errors import UffdError
 from uffdctl.registry import open_backend
@@ -416,27 +416,33 @@ expect pagemap small:0-511 present=1
 """
 
 
-@pytest.mark.parametrize("backend_name", ["kernel", "emu"])
-def test_thp_script_on_both(backend_name, tmp_path):
-    """The mmops THP script (smaps VmFlags hg/nh, AnonHugePages, PAGE_IS_HUGE, MADV_COLLAPSE) passes on the
-    kernel and on the host model (profile 6.18, soft-dirty off)."""
+def thp_script_on(backend_name, tmp_path, text, *, emu=None, needle="AnonHugePages"):
+    """The script ``text`` passes on the kernel (THP on here, else the kernel skip) or on the model (``emu``, by
+    default the host's: profile 6.18, soft-dirty off).  A kernel run that fails at ``needle`` -- the kernel got
+    no THP (a fallback or a failed collapse, under memory fragmentation) -- skips with the vmstat counters."""
     from uffdctl.script import run_file
     if backend_name == "kernel":
         reason = _thp_reason()
-        k = _open_kernel()
-        if reason or not hasattr(k, "mmap"):
-            require_kernel(reason or f"no kernel backend: {k}")
-        b = k
+        if reason:
+            require_kernel(reason)
+        b = make_backend("kernel")
     else:
-        b = open_backend("emu", profile="6.18", soft_dirty=False)
+        b = emu if emu is not None else open_backend("emu", profile="6.18", soft_dirty=False)
     f = tmp_path / "thp.uffd"
-    f.write_text(THP_SCRIPT)
+    f.write_text(text)
     res = run_file(str(f), backend=b)
-    if not res["ok"] and backend_name == "kernel" and "AnonHugePages" in str(res.get("error")):
+    if not res["ok"] and backend_name == "kernel" and needle in str(res.get("error")):
         st = vmstat()
         pytest.skip(f"the kernel got no THP here (thp_fault_fallback={st.get('thp_fault_fallback')}, "
                     f"thp_collapse_alloc_failed={st.get('thp_collapse_alloc_failed')}): {res['error']}")
     assert res["ok"], res.get("error")
+
+
+@pytest.mark.parametrize("backend_name", ["kernel", "emu"])
+def test_thp_script_on_both(backend_name, tmp_path):
+    """The mmops THP script (smaps VmFlags hg/nh, AnonHugePages, PAGE_IS_HUGE, MADV_COLLAPSE) passes on the
+    kernel and on the host model (profile 6.18, soft-dirty off)."""
+    thp_script_on(backend_name, tmp_path, THP_SCRIPT)
 
 
 # -- rows the host cannot show without writing its sysfs (shmem THP, mTHP) or without CONFIG_MEM_SOFT_DIRTY:
@@ -567,3 +573,70 @@ def test_copy_huge_pmd_for_fork():
     assert (e[1] & ((1 << 55) - 1)) != pfn0 + 1 and (e[2] & ((1 << 55) - 1)) == pfn0 + 2    # COW of 4 KiB
     assert b.read(r.addr, 1) == b"x" and child.pmds[r.addr].page.pages[0].read(0, 1) == b"x"
     b.close()
+
+
+LAZYFREE_THP_SCRIPT = """\
+mmap --size 4M --thp --name huge
+touch huge:0 --write --fill 0xd8 --wait
+touch huge:512 --write --fill 0xd9 --wait
+expect vma huge AnonHugePages=4M
+madvise huge --advice free
+touch huge:600 --write --fill 2 --wait
+madvise huge --advice pageout
+expect pagemap huge:0-511 present=0 swap=0
+expect pagemap huge:512-1023 present=1 exclusive=1
+expect vma huge AnonHugePages=0
+touch huge:600 --read --wait
+expect result data=02
+touch huge:0 --read --wait
+expect result data=00
+"""
+
+
+@pytest.mark.parametrize("backend_name", ["kernel", "emu"])
+def test_lazyfree_thp_pageout_on_both(backend_name, tmp_path):
+    """MADV_FREE of whole THPs (madvise_free_huge_pmd(): folio_mark_lazyfree(), the PMD made clean and old) then
+    MADV_PAGEOUT: a clean one is discarded whole by try_to_unmap() (unmap_huge_pmd_locked() ->
+    __discard_anon_folio_pmd_locked(): the PMD none, nothing swapped, no split), a redirtied one is swap-backed
+    again and only split (its data kept) [measured on 6.18; the soak found the first at seed 639469770]."""
+    thp_script_on(backend_name, tmp_path, LAZYFREE_THP_SCRIPT, needle="AnonHugePages=4M")
+
+
+MOVE_ONTO_ITSELF_SCRIPT = """\
+api --features move
+mmap --size 2M --thp --name huge
+register huge --mode wp
+touch huge:365 --read --wait
+expect scan huge --category-mask huge regions=1 r0.start=huge:0 r0.end=huge:512
+move huge --src huge --allow-src-holes
+expect error errno=EEXIST ioctl=UFFDIO_MOVE
+expect scan huge --category-mask huge regions=1 r0.start=huge:0 r0.end=huge:512
+"""
+
+
+@pytest.mark.parametrize("backend_name", ["kernel", "emu"])
+def test_move_onto_a_huge_pmd_is_eexist_before_any_split(backend_name, tmp_path):
+    """move_pages(): "If the dst_pmd is mapped as THP don't override it": EEXIST before the source PMD is looked
+    at, so a MOVE onto itself of the huge zero PMD splits nothing [the soak, seed 291519181]."""
+    thp_script_on(backend_name, tmp_path, MOVE_ONTO_ITSELF_SCRIPT, needle="category-mask huge")
+
+
+COLLAPSE_AFTER_A_MISSING_WRITE_SCRIPT = """\
+mmap --size 2M --thp --name huge
+register huge --mode missing
+madvise huge:148-170 --advice nohugepage
+handler --policy queue
+touch huge:0 --write
+expect result blocked=1
+madvise huge --advice hugepage
+madvise huge --advice collapse
+expect error errno=EBUSY
+"""
+
+
+@pytest.mark.parametrize("backend_name", ["kernel", "emu"])
+def test_a_missing_write_prepares_the_anon_vma(backend_name, tmp_path):
+    """do_anonymous_page(): a write fault runs vmf_anon_prepare() before the userfaultfd_missing() check, so a
+    VMA whose only fault is a blocked MISSING write has an anon_vma and MADV_COLLAPSE scans it (EBUSY: none
+    PTEs in a registered VMA), not EINVAL (no anon_vma) [the differential, seed 5081]."""
+    thp_script_on(backend_name, tmp_path, COLLAPSE_AFTER_A_MISSING_WRITE_SCRIPT)

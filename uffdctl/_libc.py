@@ -93,7 +93,7 @@ def swapoff(path: str) -> int:
     return _ret(lib().swapoff(path.encode()))
 
 
-TMPFS_MAGIC, RAMFS_MAGIC = 0x01021994, 0x858458F6     # include/uapi/linux/magic.h
+TMPFS_MAGIC, RAMFS_MAGIC, OVERLAYFS_MAGIC = 0x01021994, 0x858458F6, 0x794C7630   # include/uapi/linux/magic.h
 
 
 def statfs_type(path: str) -> int:
@@ -103,6 +103,34 @@ def statfs_type(path: str) -> int:
     return -_ffi.errno if r < 0 else buf[0]
 
 
+def overlay_upperdir(path: str) -> str | None:
+    """The upperdir of the overlay mount ``path`` is on (its super options in /proc/self/mountinfo), or None."""
+    import os
+    real, best, upper = os.path.realpath(path), "", None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        pre, _, post = line.partition(" - ")
+        mnt, fields = pre.split()[4].replace("\\040", " "), post.split()
+        if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+            best = mnt
+            opts = fields[2].split(",") if fields[:1] == ["overlay"] and len(fields) > 2 else []
+            upper = next((o[9:] for o in opts if o.startswith("upperdir=")), None)
+    return upper
+
+
 def on_tmpfs(path: str) -> bool:
-    """``path`` is on tmpfs or ramfs: a file there is shmem (shmem_file_operations), not page cache of a disk."""
-    return statfs_type(path) in (TMPFS_MAGIC, RAMFS_MAGIC)
+    """``path`` is on tmpfs or ramfs: a file there is shmem (shmem_file_operations), not page cache of a disk.
+
+    On an overlay a file is made in (or copied up to) the upper layer, and ovl_mmap() maps that real file
+    (vma_set_file(vma, realfile); call_mmap()): on a tmpfs upper layer its VMA is vma_is_shmem() -- the
+    scripts/vmtest guest's /var/tmp is such an overlay.  An upper layer this mount namespace cannot reach
+    counts as a disk."""
+    t = statfs_type(path)
+    if t == OVERLAYFS_MAGIC:
+        upper = overlay_upperdir(path)
+        t = statfs_type(upper) if upper else -1
+    return t in (TMPFS_MAGIC, RAMFS_MAGIC)

@@ -526,6 +526,19 @@ class Process(abc.ABC):
     def soft_dirty(self):
         return self._b.soft_dirty()
 
+    _answer_timeout: float            # how long read() waits for the child's thread to answer
+
+    def read(self, addr, len) -> bytes:
+        """The child's memory, read by its only thread; a signal there (SIGBUS, or SIGSEGV: nothing mapped, a
+        MADV_DONTFORK range) is EFAULT, as copy_to_user() of a fault nobody resolves."""
+        acc = self._thread.access(addr, len, False, want_data=True)
+        if not acc.wait(self._answer_timeout):
+            raise ProcessError(f"read in process {self.name} blocked (in a fault?)")
+        res = acc.result()
+        if res.sigbus or getattr(res, "sigsegv", False):
+            raise uffd_error(errno.EFAULT, "read", addr, len, message=f"signal in process {self.name}")
+        return res.data
+
     # -- exit ----------------------------------------------------------------------------------------
     @abc.abstractmethod
     def kill(self, sig: int = _signal.SIGKILL) -> None: ...

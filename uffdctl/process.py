@@ -206,6 +206,8 @@ class _ProcThread(Thread):
 class KernelProcess(Process):
     """A child of the session on the real kernel, driven over its command socket."""
 
+    _answer_timeout = ANSWER_TIMEOUT_S
+
     def __init__(self, backend, name: str, pid: int, sock: int, parent: "KernelProcess | None",
                  regions: dict[str, Region]):
         self._b = backend
@@ -341,15 +343,6 @@ class KernelProcess(Process):
     def _mmap_anon(self, len, prot, addr):
         flags = uapi.MAP_PRIVATE | (uapi.MAP_FIXED_NOREPLACE if addr else 0)
         return self.call(self._lib.UFFDCTL_PROC_MMAP, addr or 0, len, prot, flags, what="mmap", len=len).rep["ret"]
-
-    def read(self, addr, len) -> bytes:
-        r = self._thread.access(addr, len, False, want_data=True)
-        if not r.wait(ANSWER_TIMEOUT_S):
-            raise ProcessError(f"read in process {self.name} blocked (in a fault?)")
-        res = r.result()
-        if res.sigbus or getattr(res, "sigsegv", False):
-            raise uffd_error(E.EFAULT, "read", addr, len, message=f"signal in process {self.name}")
-        return res.data
 
     def write(self, addr, data) -> None:
         self.call(self._lib.UFFDCTL_PROC_WRITE, addr, payload=bytes(data), what="write", start=addr, len=len(data))

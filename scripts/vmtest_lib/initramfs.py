@@ -54,6 +54,9 @@ mount -t tmpfs -o mode=0755 tmpfs /mnt/rw || die "tmpfs"
 mkdir -p /mnt/rw/upper /mnt/rw/work
 mount -t overlay overlay -o lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work /mnt/root \
     || die "cannot mount the overlay"
+# The overlay's upper layer, reachable inside the chroot at the path its mount options name: a file made in
+# /var/tmp is a tmpfs file there (ovl_mmap() maps the real file), and the emulator finds that out from it.
+mkdir -p /mnt/root/mnt/rw && mount -o bind /mnt/rw /mnt/root/mnt/rw || die "cannot bind the overlay's upper layer"
 mount -t proc proc /mnt/root/proc
 mount -t sysfs sysfs /mnt/root/sys
 mount -t tracefs tracefs /mnt/root/sys/kernel/tracing 2>/dev/null

@@ -31,7 +31,7 @@ from .mm.khugepaged import NotModelledCollapse
 from .mm.madvise import MADV_NOT_MODELLED
 from .fs.userfaultfd import EmuUffd
 from .kernel.fork import dup_mmap
-from .process import EmuProcess, _ForkAccess
+from .process import EmuCall, EmuProcess, _ForkAccess
 from .profiles import DEFAULT_PROFILE, get_profile
 from .sched import RunQueue, SyscallTask
 
@@ -184,29 +184,6 @@ class EmuThread(Thread):
     @property
     def busy(self) -> bool:
         return self._current is not None
-
-
-class EmuCall(Access):
-    """A system call issued from a job thread (sched.SyscallTask): done once it has returned."""
-
-    def __init__(self, backend, task: SyscallTask):
-        self._b, self._t = backend, task
-
-    def wait(self, timeout=None) -> bool:
-        if not self._t.done:
-            self._b._rq.run()
-        return self._t.done      # the emulated world changes only through calls: never worth sleeping for
-
-    @property
-    def done(self) -> bool:
-        return self._t.done
-
-    def result(self):
-        if not self._t.done:
-            raise RuntimeError("still blocked in the kernel")
-        if self._t.exc is not None:
-            raise self._t.exc
-        return self._t.value
 
 
 class EmuJobThread:

@@ -27,6 +27,7 @@ from ..errors import NotModelled, ProcessError, UffdError, uffd_error
 from ..types import AccessResult, MemType, Region
 from .fs.proc import task_mmu
 from .kernel.fork import exit_mmap
+from .sched import SyscallTask
 from .mm.mm_types import VM_READ, VM_WRITE
 
 _IGNORED = {_signal.SIGCHLD, _signal.SIGURG, _signal.SIGWINCH, _signal.SIGCONT}
@@ -97,6 +98,29 @@ class _ChildAccess(Access):
         return r
 
 
+class EmuCall(Access):
+    """A system call issued from a job thread (sched.SyscallTask): done once it has returned."""
+
+    def __init__(self, backend, task):
+        self._b, self._t = backend, task
+
+    def wait(self, timeout=None) -> bool:
+        if not self._t.done:
+            self._b._rq.run()
+        return self._t.done      # the emulated world changes only through calls: never worth sleeping for
+
+    @property
+    def done(self) -> bool:
+        return self._t.done
+
+    def result(self):
+        if not self._t.done:
+            raise RuntimeError("still blocked in the kernel")
+        if self._t.exc is not None:
+            raise self._t.exc
+        return self._t.value
+
+
 class _ForkAccess(Access):
     """fork(2) in progress: done once every FORK message it raised has been read (or dropped)."""
 
@@ -136,6 +160,8 @@ class EmuProcess(task_mmu.TaskMmuFiles, Process):
     """A child of the emulated process: its own mm, one thread (``main``), the parent's regions at fork
     time (a MADV_DONTFORK one is there by name and faults SIGSEGV, as on the kernel)."""
 
+    _answer_timeout = 0               # nothing else runs meanwhile: an access done at all is done at once
+
     def __init__(self, backend, name: str, pid: int, mm, parent: "EmuProcess | None", regions: dict, thread):
         self._b = backend
         self.name, self.pid, self.mm, self.parent = name, pid, mm, parent
@@ -146,6 +172,7 @@ class EmuProcess(task_mmu.TaskMmuFiles, Process):
         self._exit: dict | None = None        # once reaped
         self._closed = False
         self._forking: _ForkAccess | None = None
+        self._calling = None                  # submit_call(): the system call its only thread is in
 
     # -- the only thread ----------------------------------------------------------------
     def _ready(self, what: str) -> None:
@@ -154,7 +181,7 @@ class EmuProcess(task_mmu.TaskMmuFiles, Process):
         if self._status is not None:
             raise ProcessError(f"process {self.name} (pid {self.pid}) is gone")
         busy = self.busy_what
-        if busy:
+        if busy and not (self._calling is not None and self._b._rq.current is self._calling):
             raise ProcessError(f"process {self.name} (pid {self.pid}) is still busy with {busy}: its only thread "
                                f"is blocked (resolve the fault, read the event, or kill it)")
 
@@ -162,7 +189,21 @@ class EmuProcess(task_mmu.TaskMmuFiles, Process):
     def busy_what(self) -> str | None:
         if self._forking is not None and not self._forking.done:
             return "fork"
+        if self._calling is not None and not self._calling.done:
+            return self._calling.what
         return "touch" if self._thread.busy else None
+
+    def submit_call(self, what: str, fn) -> Access:
+        """Run ``fn`` (one system call of this process) on its only thread without waiting: a sched.SyscallTask
+        that sleeps where the kernel's call would (an event not read yet, a fault in mlock's populate); the
+        process is busy with it until it returns."""
+        self._ready(what)
+        task = SyscallTask(self._b._rq, fn)
+        task.thread, task.what = self._thread._t, what
+        self._calling = task
+        self._b._rq.enqueue(task)
+        self._b._rq.run()
+        return EmuCall(self._b, task)
 
     def _call(self, what: str, fn, start=None, length=None):
         self._ready(what)
@@ -196,21 +237,13 @@ class EmuProcess(task_mmu.TaskMmuFiles, Process):
             raise uffd_error(-v, "mmap", addr, len, message=f"in process {self.name}")
         return v.start
 
-    def read(self, addr, len) -> bytes:
-        acc = self._thread.access(addr, len, False, want_data=True)
-        if not acc.wait(0):
-            raise ProcessError(f"read in process {self.name} blocked (in a fault?)")
-        res = acc.result()
-        if res.sigbus:
-            raise uffd_error(E.EFAULT, "read", addr, len, message=f"signal in process {self.name}")
-        return res.data
-
     def write(self, addr, data) -> None:
         acc = self._thread.access(addr, len(data), True, data=bytes(data))
         if not acc.wait(0):
             raise ProcessError(f"write in process {self.name} (pid {self.pid}) has not returned: blocked in the "
                                f"kernel (an event waiting to be read? see events, read)")
-        if acc.result().sigbus:
+        res = acc.result()
+        if res.sigbus or res.sigsegv:
             raise uffd_error(E.EFAULT, "write", addr, len(data), message=f"in process {self.name}")
 
     # -- /proc/PID views --------------------------------------------------------------------
@@ -260,6 +293,8 @@ class EmuProcess(task_mmu.TaskMmuFiles, Process):
         then creates no child -- then exit_mmap()."""
         if self._forking is not None and not self._forking.done:
             self._forking.fatal_signal()
+        if self._calling is not None and not self._calling.done:
+            self._calling.fatal_signal()     # a --thread system call asleep in the kernel
         self._b._cancel_thread(self._thread._t)
         exit_mmap(self.mm)
         self._status = status

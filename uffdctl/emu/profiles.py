@@ -115,6 +115,11 @@ class Profile:
     # PMD (zap_details.reclaim_pt) [measured on 6.18: a read there then maps the huge zero PMD; found by the
     # differential at seed 903]; 6.12 and before keep the table [source history].
     pt_reclaim: bool = True
+    # "fs/proc/task_mmu: remove per-page mapcount dependency for PM_MMAP_EXCLUSIVE (CONFIG_NO_PAGE_MAPCOUNT)"
+    # (6.15): pagemap_pmd_range() asks __folio_page_mapped_exclusively(folio, page) of the PMD's head page for
+    # all 512 entries (before: folio_precise_page_mapcount() of page + idx) [measured on 6.18, PAGE_MAPCOUNT=y:
+    # a child's COW of the head page of a shared THP sets X on all of the parent's PMD, of another page none].
+    pagemap_pmd_head_mapcount: bool = True
     # userfaultfd_release() resets uffd-wp PTEs and markers of the closed ctx ("mm/userfaultfd: reset ptes
     # when close() for wr-protected ones", 6.2; 6.1.191).  5.19: they stay.
     release_resets_wp: bool = True
@@ -144,7 +149,7 @@ _MM_5_19 = dict(fork_wp_marker_without_event=True, fork_poison_marker_without_ev
                 swapin_read_writable=False, madv_collapse=False, khugepaged_uffd_wp_recheck=False,
                 huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False, shmem_mthp=False,
                 huge_zero_wp_thp=False, thp_split_zero_remap=False, pt_reclaim=False, release_resets_wp=False,
-                swap_zeromap=False, fork_hugetlb_clears_uffd_wp=False)
+                swap_zeromap=False, pagemap_pmd_head_mapcount=False, fork_hugetlb_clears_uffd_wp=False)
 # Debian's 6.1.192 carries the stable backports named in the fields' comments (6.1.11, 6.1.21, 6.1.26,
 # 6.1.191); what it does not have: poison markers copied without EVENT_FORK, read swap-in writable, mTHP.
 _MM_6_1 = dict(_MM_5_19, fork_wp_marker_without_event=False, fork_poison_marker_without_event=False,
@@ -164,7 +169,11 @@ _6_18 = Profile("6.18", "6.18.44", uapi.FEATURES_6_18, uffd_wp_range_vm_page_pro
 
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     _5_19,
-    replace(_5_19, name="6.1", release="6.1.192", mprotect_try_change_writable=True, **_MM_6_1),
+    # 51d3d5eb74ff is in 6.1.192 (vma_wants_writenotify()'s "write faults for uffd-wp tracking", and
+    # userfaultfd_set_vm_flags()): a read fault of a uffd-wp shared VMA maps read-only, the write faults
+    # [measured: 6.1.192 guest, differential seed 152].
+    replace(_5_19, name="6.1", release="6.1.192", mprotect_try_change_writable=True, writenotify_uffd_wp=True,
+            **_MM_6_1),
     replace(_5_19, name="6.2", release="6.2.0", writenotify_uffd_wp=True, can_change_writable_needs_dirty=False,
             mprotect_try_change_writable=True, **_MM_6_2),
     # Debian 13 / RHEL 10: held to Debian's 6.12.117 in the vmtest guest (tests/data/kernels/6.12.117.json).
@@ -175,7 +184,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     replace(_6_18, name="6.12", release="6.12.117",
             guard_markers=False, pagemap_guard_bit=False, install_over_guard=False,
             vma_needs_copy="uffd_wp|anon_vma", vm_softdirty_sticky_merge=False, huge_zero_wp_thp=False,
-            pt_reclaim=False,
+            pt_reclaim=False, pagemap_pmd_head_mapcount=False,
             mremap_multi_vma=False),     # 6.17 [source history, not measured in the 6.12 guest]
     _6_18,
     replace(_6_18, name="7.3", release="7.3.4", install_over_guard=False, scan_written_any_vma=False),

@@ -104,6 +104,7 @@ class SyscallTask:
         self._back = threading.Semaphore(0)
         self._thread: threading.Thread | None = None
         self._cancelled = False
+        self._sent = None                # (ctx, msg) queued and waited for, not read yet
 
     # -- the run queue's side ------------------------------------------------------------------
     def woken(self) -> None:
@@ -134,6 +135,20 @@ class SyscallTask:
     def wake(self) -> None:
         if not self.done:
             self._rq.enqueue(self)
+
+    def fatal_signal(self) -> None:
+        """The task is killed while its call sleeps: userfaultfd_event_wait_completion() gives up on a fatal
+        signal (the message it waits on, not read yet, is taken back), the events still held back are never
+        sent (their mmap_changing dropped), and the call's stack unwinds."""
+        if self.done:
+            return
+        if self._sent is not None:
+            ctx, msg = self._sent
+            ctx.drop_event(lambda m, msg=msg: m is msg)
+        for ctx, _msg in self.deferred:
+            ctx.changing -= 1
+        self.deferred.clear()
+        self.cancel()
 
     def cancel(self) -> None:
         """The process goes away with the call parked: unwind its stack (no result)."""
@@ -179,4 +194,6 @@ class SyscallTask:
                 continue
             read = []
             ctx.queue_event(msg, on_read=lambda released, read=read: (read.append(released), self.wake()))
+            self._sent = (ctx, msg)
             self.park(lambda read=read: bool(read))
+            self._sent = None

@@ -357,10 +357,13 @@ class HugeMemory:
         folio.pages = None
         self.tlb.flush_range(flush)
 
-    def split_large_folios(self, vma, s: int, e: int, whole_too: bool = False) -> None:
+    def split_large_folios(self, vma, s: int, e: int, pageout: bool = False) -> None:
         """The PTE step of MADV_COLD / PAGEOUT / FREE over PTE-mapped large folios: one the range covers only in
         part (madvise_folio_pte_batch() < folio_nr_pages()), and not mapped elsewhere, is split_folio()'d;
-        ``whole_too``: so is a whole one (reclaim splits it to swap it out)."""
+        ``pageout``: so is a whole one reclaim splits -- shrink_folio_list() splits an anon large folio to swap
+        it out, and when add_to_swap() fails ("Fallback to swap normal pages"; no swap space) too; a file
+        one only to swap it out."""
+        whole_too = pageout and self.swap.nr_swap_pages() > 0
         for a in self.pte_keys(s, e, PAGE_SIZE):
             pte = self.ptes.get(a)
             if pte is None or not pte.present or pte.page.head is None:
@@ -369,7 +372,7 @@ class HugeMemory:
             base = a - folio.pages.index(pte.page) * PAGE_SIZE
             if any(p.mapcount > 1 for p in folio.pages) or folio.mapcount:
                 continue                              # folio_maybe_mapped_shared()
-            if whole_too or not (s <= base and base + folio.size <= e):
+            if whole_too or (pageout and folio.anon) or not (s <= base and base + folio.size <= e):
                 self.split_folio(vma, pte.page, a)
 
     def split_huge_pmds(self, vma, start: int, end: int, keep_whole: bool = False) -> list[int]:
@@ -425,15 +428,18 @@ class HugeMemory:
             return pmd.page.anon and pmd.page.exclusive
         return pmd.dirty
 
-    def madvise_cold_or_pageout_huge_pmds(self, vma, s: int, e: int, pageout: bool) -> None:
+    def madvise_cold_or_pageout_huge_pmds(self, vma, s: int, e: int, pageout: bool) -> list[int]:
         """madvise_cold_or_pageout_pte_range()'s PMD step: the huge zero PMD is skipped, and so is a THP mapped
         elsewhere too; a leaf covered in part is split (split_folio(): the PTE step goes on); a whole leaf is
-        made old in place, and for PAGEOUT isolated for reclaim: without swap space an anon THP stays mapped
-        [measured on 6.18: the huge zero PMD and a THP without swap keep PAGE_IS_HUGE]; with swap its
-        swap-out (split by try_to_unmap(TTU_SPLIT_HUGE_PMD)) is modelled as its 4 KiB pages, not measured."""
+        made old in place, and for PAGEOUT an anon THP is isolated for reclaim, whose shrink_folio_list()
+        splits it: to swap it out, or, without swap space, because add_to_swap() failed ("Fallback to swap
+        normal pages": split_folio_to_list(); on 6.12+ its zero-filled pages then map the shared zero page)
+        [measured on 6.18 with the LRU batches drained: AnonHugePages 2048 kB -> 0, pages 1..511 of a THP
+        written at page 0 read the zero pfn; the huge zero PMD keeps PAGE_IS_HUGE].  The swap-out is modelled
+        as its 4 KiB pages.  Returns the leaves reclaimed here whole (lazyfree), which the PTE step leaves."""
         if not self.pmds:
-            return
-        flush = []
+            return []
+        flush, done = [], []
         for haddr in sorted(h for h in self.pmds if h < e and s < h + HPAGE_SIZE):
             pmd = self.pmds[haddr]
             if pmd.special or pmd.page.mapcount != 1 or any(p.mapcount for p in pmd.page.pages):
@@ -444,9 +450,24 @@ class HugeMemory:
             if pmd.young:
                 pmd.young = False
                 flush.append(haddr)
-            if pageout and pmd.page.anon and self.swap.nr_swap_pages():
-                self.split_folio(vma, pmd.page.pages[0], haddr)      # shrink_folio_list(): split to swap out
+            if pageout and pmd.page.anon and pmd.page.lazyfree:
+                # shrink_folio_list(): a lazyfree folio needs no swap; try_to_unmap(TTU_SPLIT_HUGE_PMD) ->
+                # unmap_huge_pmd_locked() -> __discard_anon_folio_pmd_locked(): clean, the PMD is cleared and
+                # the THP freed whole (no split); redirtied, it is swap-backed again and the PMD is split, the
+                # unmap then aborts and the folio stays, PTE-mapped [measured on 6.18: MADV_FREE + PAGEOUT of
+                # a whole THP leaves every entry none; found by the soak, seed 639469770]
+                if pmd.dirty or pmd.page.dirty:
+                    pmd.page.lazyfree = False
+                    self.split_huge_pmd(vma, haddr)
+                else:
+                    self.set_pmd(haddr, None)
+                    flush.append(haddr)
+                done.append(haddr)               # reclaimed here: the PTE step does not walk it again
+                continue
+            if pageout and pmd.page.anon:
+                self.split_folio(vma, pmd.page.pages[0], haddr)      # shrink_folio_list(): split (to swap out)
         self.tlb.flush_range(flush)
+        return done
 
     def reclaim_pt_if_empty(self, s: int, e: int) -> None:
         """mm/pt_reclaim.c (CONFIG_PT_RECLAIM): after MADV_DONTNEED, a PTE table of a PMD the range covers whole

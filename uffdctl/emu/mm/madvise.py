@@ -91,9 +91,10 @@ class Madvise:
             elif advice in (uapi.MADV_COLD, uapi.MADV_PAGEOUT):
                 if vma.flags & (VM_LOCKED | VM_HUGETLB):  # can_madv_lru_vma()
                     return -E.EINVAL
-                self.madvise_cold_or_pageout_huge_pmds(vma, s, e, advice == uapi.MADV_PAGEOUT)   # huge_memory.py
-                self.split_large_folios(vma, s, e, advice == uapi.MADV_PAGEOUT and self.swap.nr_swap_pages() > 0)
-                self.madvise_cold_or_pageout_pte_range(vma, s, e, advice == uapi.MADV_PAGEOUT)
+                done = self.madvise_cold_or_pageout_huge_pmds(vma, s, e, advice == uapi.MADV_PAGEOUT)  # huge_memory.py
+                for ps, pe in _ranges_without(s, e, done, HPAGE_SIZE):     # the PTE step: not those PMDs
+                    self.split_large_folios(vma, ps, pe, advice == uapi.MADV_PAGEOUT)
+                    self.madvise_cold_or_pageout_pte_range(vma, ps, pe, advice == uapi.MADV_PAGEOUT)
             elif advice == uapi.MADV_GUARD_INSTALL:
                 if not self.profile.guard_markers or vma.shared or vma.hugetlb:
                     return -E.EINVAL
@@ -139,11 +140,14 @@ class Madvise:
             if not (s <= haddr and haddr + HPAGE_SIZE <= e):
                 self.split_folio(vma, pmd.page.pages[0], haddr)   # "split_folio(folio)": part of a THP
                 continue
-            if pmd.special or not pmd.page.exclusive:
+            folio = pmd.page
+            if folio.mapcount != 1 or any(p.mapcount for p in folio.pages):    # folio_mapcount(folio) != 1
                 continue
+            folio.dirty = False                  # folio_clear_dirty()
             if pmd.young or pmd.dirty:
                 pmd.young = pmd.dirty = False
                 flush.append(haddr)
+            folio.lazyfree = True                # folio_mark_lazyfree(): reclaim may discard it whole
         return flush
 
     def madvise_cold_or_pageout_pte_range(self, vma, start: int, end: int, pageout: bool) -> None:
@@ -155,6 +159,12 @@ class Madvise:
             pte = self.ptes[a]
             if not pte.present or pte.special or pte.page.mapcount != 1:
                 continue
+            folio = pte.page.head
+            # a large folio left unsplit (split_large_folios()): mapped elsewhere too -- another mm's PMD or
+            # PTEs (folio_likely_mapped_shared()), or folio_mapcount(folio) != folio_nr_pages(folio) -- is left
+            # alone [differential, seed 280: a parent's pageout of a THP its forked child still maps whole]
+            if folio is not None and (folio.mapcount or sum(p.mapcount for p in folio.pages) != len(folio.pages)):
+                continue
             if pageout:
                 isolated.append((vma, a))
             elif pte.young:
@@ -163,3 +173,13 @@ class Madvise:
         self.tlb.flush_range(flush)
         if isolated:
             self.reclaim_pages(isolated)
+
+
+def _ranges_without(s: int, e: int, holes: list, size: int):
+    """[s, e) less the ``size``-long blocks starting at ``holes`` (sorted), as (start, end) runs."""
+    for h in sorted(holes):
+        if s < h:
+            yield s, min(h, e)
+        s = max(s, h + size)
+    if s < e:
+        yield s, e

@@ -134,6 +134,8 @@ class Memory:
         if vma.flags & VM_HUGETLB:
             return self.hugetlb_fault(vmf)
         self.pte_alloc(vmf.address)           # pte_alloc() precedes the userfault check
+        if vmf.write:                         # vmf_anon_prepare() too, on a write [differential, seed 5081:
+            self.anon_vma_prepare(vma)        # a MISSING write makes the VMA collapsible: EBUSY, not EINVAL]
         if vma.flags & VM_UFFD_MISSING:       # userfaultfd_missing()
             return self.handle_userfault(vmf, VM_UFFD_MISSING)
         uffd_wp = vmf.orig_pte_uffd_wp
@@ -221,7 +223,13 @@ class Memory:
         page = pte.page
         if not vma.shared and page.anon and not page.exclusive and not pte.special and page.mapcount == 1 \
                 and getattr(page, "head", None) is None:   # a large folio's page is never reused this way
-            page.exclusive = True                    # wp_can_reuse_anon_folio(): the other mapper is gone
+            # wp_can_reuse_anon_folio(): the other mapper is gone; a folio in the swap cache is freed from it
+            # first (folio_free_swap()), which fails while a swap entry still holds its slot (one a fork
+            # shared): that reference blocks the reuse, the write copies [differential, seed 227488197]
+            if page.swap is not None and not self.swap.swap_count(page.swap):
+                self.swap.delete_from_swap_cache(page)
+            if page.swap is None:
+                page.exclusive = True
         if vma.shared or (page.anon and page.exclusive and not pte.special):
             new = pte.copy()                         # wp_page_reuse() / wp_page_shared()
             new.young, new.write = True, True

@@ -275,6 +275,9 @@ class Userfaultfd:
         flush = []
         while moved < length:
             s, d = src_start + moved, dst_start + moved
+            if self.pmd_leaf(d):         # "If the dst_pmd is mapped as THP don't override it": before the src
+                err = -E.EEXIST          # PMD is looked at (a move onto itself splits nothing) [soak, seed 291519181]
+                break
             if self.pmd_leaf(s):                          # huge_memory.py: a PMD leaf under src
                 if s % HPAGE_SIZE or d % HPAGE_SIZE or length - moved < HPAGE_SIZE or not self.pmd_none(d):
                     if not self.pmds[s & ~(HPAGE_SIZE - 1)].special and \

@@ -48,6 +48,10 @@ class Vmscan:
             folio.dirty = dirty
             new = swp_entry_to_pte(folio.swap, uffd_wp=pte.uffd_wp, soft_dirty=pte.soft_dirty,
                                    exclusive=folio.exclusive)
+            # folio_try_share_anon_rmap_pte(): the page is no longer PageAnonExclusive (only the swap entry
+            # can say so); do_swap_page() makes it exclusive again only where it may [differential, seed
+            # 227488197: a forked child's write after swap-in reused the page its parent's swap entry held]
+            folio.exclusive = False
             sw.swap_duplicate(folio.swap)
             self.set_pte(addr, new)
             self.swap_out(folio)

@@ -100,8 +100,8 @@ def pagemap_pte(mm, addr: int, vma=None) -> int:
 
 def pagemap_pmd(mm, vma, pmd: Pte, addr: int) -> int:
     """pagemap_pmd_range() for one 4 KiB page of a PMD leaf: the folio's PFN + index, PM_FILE for a non-anon
-    folio (the huge zero folio included), PM_MMAP_EXCLUSIVE where that page is mapped once [measured on
-    6.18: THP 0x102 << 55, huge zero PMD 0x140 << 55]."""
+    folio (the huge zero folio included), PM_MMAP_EXCLUSIVE where that page (6.15+: the head page) is mapped
+    once [measured on 6.18: THP 0x102 << 55, huge zero PMD 0x140 << 55]."""
     flags = uapi.PM_PRESENT
     if mm.soft_dirty_config and (vma.flags & VM_SOFTDIRTY or pmd.soft_dirty):
         flags |= uapi.PM_SOFT_DIRTY
@@ -110,7 +110,9 @@ def pagemap_pmd(mm, vma, pmd: Pte, addr: int) -> int:
     folio, i = pmd.page, (addr & (HPAGE_SIZE - 1)) // PAGE_SIZE
     if not folio.anon:
         flags |= uapi.PM_FILE
-    if folio.pages is not None and folio.pages[i].precise_mapcount() == 1:
+    # 6.15+: the head page's mapcount speaks for every page of the PMD (profile.pagemap_pmd_head_mapcount)
+    if folio.pages is not None and \
+            folio.pages[0 if mm.profile.pagemap_pmd_head_mapcount else i].precise_mapcount() == 1:
         flags |= uapi.PM_MMAP_EXCLUSIVE
     return flags | (folio.pfn + i)
 
