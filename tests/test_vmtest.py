@@ -98,6 +98,23 @@ def test_init_script_contract():
         assert word in initramfs.INIT, word
 
 
+def test_initramfs_of_another_checkout_is_left_alone(tmp_path, monkeypatch):
+    """Two checkouts with a different /init share the cache: each build keeps the other's initramfs (it may
+    be booting now; deleting it failed that QEMU's -initrd), and only one unused for a day is removed."""
+    bb = tmp_path / "busybox"
+    bb.write_bytes(b"bb")
+    k = _kernel(tmp_path)
+    a = initramfs.build(k, str(bb))
+    monkeypatch.setattr(initramfs, "INIT", initramfs.INIT + "# another checkout\n")
+    b = initramfs.build(k, str(bb))
+    assert a != b and os.path.exists(a) and os.path.exists(b)
+    old = time.time() - initramfs.STALE_S - 60
+    os.utime(a, (old, old))
+    monkeypatch.setattr(initramfs, "INIT", initramfs.INIT + "# a third\n")
+    c = initramfs.build(k, str(bb))
+    assert not os.path.exists(a) and os.path.exists(b) and os.path.exists(c)
+
+
 def _kernel(tmp_path, modules=(), config=""):
     d = tmp_path / "k"
     d.mkdir(exist_ok=True)
