@@ -478,6 +478,28 @@ def test_thread_calls_in_a_child(run_any):
     assert r["exit"] == 0, r.get("error")
 
 
+CHILD_DATA = """\
+mmap --size 16K --name buf
+touch buf --write --fill 0x41 --wait
+fork --name c
+expect data c/buf:0 hex=41
+touch c/buf:1 --write --fill 0x42 --wait
+expect data c/buf:1 hex=42
+expect data buf:1 hex=41
+touch c/buf:2 --write --fill 0x43 --wait
+touch c/buf:3 --write --wait --thread main
+expect data c/buf:2 hex=43
+kill c
+"""
+
+
+def test_expect_data_reads_a_child(run_any):
+    """expect data c/RANGE reads the child's memory with its one thread (the COW copy: the child's write is
+    not the parent's)."""
+    r = run_any(CHILD_DATA)
+    assert r["exit"] == 0, r.get("error")
+
+
 FORK_THP_PAGEOUT = """\
 mmap --size 4M --thp --name r
 touch r:512 --write --fill 0xdf --wait
@@ -506,3 +528,27 @@ def test_pageout_leaves_a_thp_a_child_still_maps(tmp_path, host_swap, backend):
         eb = _emu()
         eb.swap_on(64 << 20)
     thp_script_on(backend, tmp_path, FORK_THP_PAGEOUT, emu=eb)
+
+
+COPY_INTO_A_CHILD = """\
+api --features event_fork
+mmap --size 16K --name src
+mmap --size 16K --name dst
+register dst --mode missing
+fork --name child
+expect event event=fork child=child ufd_name=child/u0
+copy child/dst:0-1 --src src:0-1 --uffd child/u0
+expect result copy=8192
+expect pagemap src:0-1 present=1 zero=1
+expect pagemap child/src:0-1 present=0
+expect pagemap child/dst:0-1 present=1 zero=0
+"""
+
+
+def test_copy_into_a_child_reads_the_monitors_source(run_any):
+    """UFFDIO_COPY on a forked child's uffd: copy_from_user() reads the source in current->mm, the monitor's --
+    a never-touched source page is faulted in there (the zero page), the child's own mapping of that range
+    stays empty [the soak, seeds 922208471 and 922213180: the emulator's inline zero-page source read faulted
+    it into the child]."""
+    r = run_any(COPY_INTO_A_CHILD)
+    assert r["exit"] == 0, r.get("error")

@@ -307,3 +307,17 @@ def test_sizes_beyond_ram(tmp_path):
     res = kern(f"mmap --size {big} --name big --noreserve\nregister big --mode missing\n"
                f"zeropage big:{big // 4096 - 1}\nexpect pagemap big:{big // 4096 - 1} present=1\n")
     assert res["ok"], res.get("error")
+
+
+def test_a_field_an_unfinished_touch_lacks_says_it_is_blocked(run_any):
+    """``expect result data=..`` of a touch still blocked in a userfault names the cause, not only the
+    missing field (a loaded CI run printed just "has no field 'data'")."""
+    r = run_any("""\
+        mmap --size 16K --name buf
+        register buf --mode missing
+        touch buf:0 --read
+        expect result data=00
+        """)
+    assert r["exit"] == 1
+    assert "has no field 'data'" in r["error"]["message"] and "touch #1 has not finished (still blocked)" \
+        in r["error"]["message"], r["error"]

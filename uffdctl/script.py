@@ -154,7 +154,10 @@ def _absent(obj, key: str) -> str:
         shown = path or "the result"
         if isinstance(cur, dict):
             if part not in cur:
-                return f"{shown} has no field {part!r} (fields: {', '.join(map(str, cur)) or 'none'})"
+                why = f"{shown} has no field {part!r} (fields: {', '.join(map(str, cur)) or 'none'})"
+                if not path and cur.get("finished") == 0 and "touch" in cur:   # what a finished touch adds
+                    why += f": touch #{cur['touch']} has not finished (still blocked)"
+                return why
             cur = cur[part]
             path = f"{path}.{part}" if path else part
         elif isinstance(cur, list):

@@ -34,7 +34,7 @@ _FLUSH_ON_CHANGE = (_PAGE_RW | _PAGE_USER | _PAGE_PWT | _PAGE_PCD | _PAGE_PSE | 
 
 def pte_val(pte, soft_dirty_config: bool = True) -> int:
     """The x86-64 bits of a model PTE (0 for none and for markers: they are not present)."""
-    if pte is None or not pte.present:
+    if pte is None or pte.page is None:     # none, or not present (a marker, a swap entry)
         return 0
     v = _PAGE_PRESENT | _PAGE_USER | _PAGE_NX | ((pte.page.pfn << 12) & PTE_PFN_MASK)
     if pte.write:

@@ -1166,10 +1166,19 @@ def read_span(st: SessionState, span: Span, timeout: float) -> bytes:
     check_access(st, span, False, "reading")
     refuse_blocking(st, span, False, f"reading {locate(st, span.start)}")
     n = getattr(st, "_data_reader", 0)
-    th = st.backend.thread(f"__data{n}")
+    if st.cur_proc is not None:
+        # a forked child has one thread (fork() copies only the caller): it reads, when it is not blocked
+        busy = st.busy_touch("main")
+        if busy is not None:
+            raise UsageError(f"reading {locate(st, span.start)}: process {st.cur_proc_name}'s one thread is "
+                             f"blocked in touch #{busy.id} at 0x{busy.start:x}; resolve that fault first")
+        th = st.backend.thread("main")
+    else:
+        th = st.backend.thread(f"__data{n}")
     acc = th.access(span.start, span.len, False, want_data=True)
     if not acc.wait(timeout):
-        st._data_reader = n + 1   # that thread stays blocked until the session ends
+        if st.cur_proc is None:
+            st._data_reader = n + 1   # that thread stays blocked until the session ends
         raise UsageError(f"reading {locate(st, span.start)} is still blocked in a userfault after {timeout:g} s")
     r = acc.result()
     if r.sigbus:

@@ -146,6 +146,8 @@ class EmuUffd(Uffd):
         return M.VM_FAULT_RETRY
 
     def _readable_changed(self) -> None:
+        if (bool(self.pending or self.event_q) and not self._closed) == self._signalled:
+            return                          # the pipe already says it
         rq = self.rq
         if rq._running:
             rq.defer_readable(self)         # synced when the run queue's run ends

@@ -46,6 +46,7 @@ def mm_alloc_child(oldmm: MM) -> MM:
     mm._next_pfn = FIRST_PFN + (next(ids) << 40)
     # current->mm: the monitor's (see the module docstring); every reader of a UFFDIO_COPY source is bound here
     mm.copy_from_user, mm.copy_page_from_user = oldmm.copy_from_user, oldmm.copy_page_from_user
+    mm.uaccess_mm = oldmm.uaccess_mm
     mm._origins, mm._anon_vmas = oldmm._origins, oldmm._anon_vmas
     mm.zero_page = oldmm.zero_page
     mm.next_addr, mm.low_addr = oldmm.next_addr, oldmm.low_addr

@@ -68,6 +68,7 @@ class MM(Mmap, PageTables, Memory, HugeMemory, Khugepaged, Shmem, Hugetlb, Userf
         self.profile = profile
         self.thp = ThpSettings(profile, thp)              # /sys/kernel/mm/transparent_hugepage, emulated
         self.swap = swap if swap is not None else SwapSystem()
+        self.uaccess_mm = self      # current->mm of a UFFDIO_COPY's copy_from_user() (kernel/fork.py: the monitor's)
         self.swap.mms.append(self)
         self.soft_dirty_config = soft_dirty          # CONFIG_MEM_SOFT_DIRTY
         self.vmas: list[Vma] = []

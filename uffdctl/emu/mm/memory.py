@@ -42,8 +42,13 @@ class Memory:
     def handle_mm_fault(self, vma, real_address: int, write: bool, task) -> int:
         if write and not vma.flags & VM_WRITE or not vma.flags & (VM_READ | VM_WRITE):
             return VM_FAULT_SIGSEGV     # access_error()
-        addr = self.page_base(vma, real_address)
+        addr = real_address & _PAGE_MASK if not vma.flags & VM_HUGETLB else self.page_base(vma, real_address)
         pte = self.ptes.get(addr)
+        if pte is not None and pte.page is not None and (not write or pte.write):
+            pte.young = True           # spurious fault: the TLB was stale (the last case below, without a vmf)
+            if write:
+                self.pte_mkdirty(pte)
+            return VM_FAULT_OK
         vmf = VmFault(vma, real_address, addr, write, pte, task)
         if pte is None and not vma.hugetlb and (self.pmds or vma.flags & VM_HUGEPAGE or
                                                  self.thp.any_always):
@@ -119,7 +124,7 @@ class Memory:
         return major
 
     def do_pte_missing(self, vmf) -> int:
-        return self.do_anonymous_page(vmf) if vmf.vma.anon else self.do_fault(vmf)
+        return self.do_anonymous_page(vmf) if vmf.vma.file is None else self.do_fault(vmf)   # vma_is_anonymous()
 
     def pte_mkdirty(self, pte: Pte) -> None:
         pte.dirty = True

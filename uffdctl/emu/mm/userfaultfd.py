@@ -12,8 +12,8 @@ from ..profiles import (UFFDIO_COPY_MODE_ACCESS_LIKELY, UFFDIO_COPY_MODE_WRITE_L
 from .memory import _SLOW
 from .mm_types import (Folio, MFILL_ATOMIC_CONTINUE, MFILL_ATOMIC_COPY, MFILL_ATOMIC_POISON, MFILL_ATOMIC_ZEROPAGE,
                        HPAGE_SIZE, MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, PAGE_SIZE,
-                       PTE_MARKER_GUARD, PTE_MARKER_POISONED, Pte, VM_EXEC, VM_READ, VM_WRITE,
-                       make_pte_marker, userfaultfd_wp, vma_is_shmem)
+                       PTE_MARKER_GUARD, PTE_MARKER_POISONED, Pte, VM_EXEC, VM_HUGETLB, VM_READ, VM_SHARED,
+                       VM_WRITE, make_pte_marker, userfaultfd_wp, vma_is_shmem)
 
 
 class Userfaultfd:
@@ -26,19 +26,20 @@ class Userfaultfd:
             self.anon_vma_prepare(vma)         # uffd_lock_vma(): "we know we're going to need anon_vma"
         if vma is None or dst_start + length > vma.end or vma.ctx is None:
             return -E.ENOENT
-        if ctx.mmap_changing:
+        if ctx.event_q or ctx.changing > 0:              # mmap_changing
             return -E.EAGAIN
         if wp and not userfaultfd_wp(vma):
             return -E.EINVAL
-        if vma.hugetlb:
+        hugetlb, anon = vma.flags & VM_HUGETLB, vma.file is None
+        if hugetlb:
             if dst_start % vma.page_size or length % vma.page_size or kind == MFILL_ATOMIC_ZEROPAGE:
                 return -E.EINVAL
-        elif not vma.anon and not vma_is_shmem(vma):     # a regular file, SysV shm
+        elif not anon and not vma_is_shmem(vma):     # a regular file, SysV shm
             return -E.EINVAL
-        elif kind == MFILL_ATOMIC_CONTINUE and vma.anon:
+        elif kind == MFILL_ATOMIC_CONTINUE and anon:
             return -E.EINVAL
-        if not vma.hugetlb and (kind == MFILL_ATOMIC_COPY or kind == MFILL_ATOMIC_ZEROPAGE) \
-                and (vma.anon or not vma.shared):
+        if not hugetlb and (kind == MFILL_ATOMIC_COPY or kind == MFILL_ATOMIC_ZEROPAGE) \
+                and (anon or not vma.flags & VM_SHARED):
             return self.mfill_atomic_anon(vma, kind, dst_start, src_start, length, wp, hints)
         copied, err = 0, 0
         step = vma.page_size
@@ -102,8 +103,10 @@ class Userfaultfd:
                 if copy:
                     src = src_start + dst - dst_start
                     if svma is None or not svma.start <= src < svma.end:
-                        svma = self.find_vma(src)
-                        src_zero = svma is not None and self.read_fault_maps_zero_page(svma)
+                        # the source is read in current->mm: the monitor's, also for a forked child's uffd
+                        svma = self.uaccess_mm.find_vma(src)
+                        src_zero = svma is not None and self.uaccess_mm is self and \
+                            self.read_fault_maps_zero_page(svma)
                     if src_zero and src not in ptes and src not in tlb and not pmds and not src & 0xFFF:
                         # copy_from_user() of a never-touched anon source page: the read fault that
                         # handle_mm_fault() -> do_anonymous_page() takes (PTE table, the zero page mapped
