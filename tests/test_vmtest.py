@@ -612,18 +612,18 @@ def test_vm_runs_a_command(vm_kernel):
 
 
 def test_vm_scratch_disk_holds_a_swapfile(vm_kernel):
-    """The guest's /var/tmp is the ext4 scratch disk, not the overlay, so `swap on` works there (on the overlay
-    swapon(2) is EINVAL) and the swapfile is gone after `swap off`; TMPDIR points there."""
-    code = ("import os; from uffdctl import swap; print(swap.fs_type('/var/tmp') == 0xEF53, swap.cannot_hold_swapfile());"
+    """The guest's swap directory is the ext4 scratch disk, not the overlay, so `swap on` works (on the overlay
+    swapon(2) is EINVAL) and the swapfile is gone after `swap off`."""
+    code = ("import os; from uffdctl import swap; print(swap.fs_type(swap.swap_dir()) == 0xEF53, swap.cannot_hold_swapfile());"
             "d = swap.on(64 << 20); print(bool(swap._entry(d['filename']))); swap.off(d['filename']);"
-            "print(os.path.exists(d['filename']), swap.cannot_hold_swapfile('/')); print(os.environ.get('TMPDIR'))")
+            "print(os.path.exists(d['filename']), swap.cannot_hold_swapfile('/')); print(swap.swap_dir())")
     r = subprocess.run(vmtest(vm_kernel, "run", "--", "python3", "-c", code), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[:2] == ["True None", "True"], r.stdout
     assert lines[2].startswith("False / is on overlayfs, which cannot hold a swapfile"), r.stdout
-    assert lines[3] == "/var/tmp", r.stdout       # temporary files on the disk too, as the host's /tmp
+    assert lines[3] == qemu.SCRATCH_MOUNT, r.stdout
 
 
 def test_vm_output_of_one_big_write_arrives_whole(vm_kernel):

@@ -61,9 +61,8 @@ class Job:
         with open(path, "w") as f:
             base = None
             if self.vm:
-                # temporary files (pytest's tmp_path, the selftests' regular files) on the scratch disk, a disk
-                # filesystem as the host's /tmp is, not on the overlay whose upper layer is tmpfs
-                base = dict(BASE_ENV, TMPDIR=qemu.SCRATCH_MOUNT) if self.vm.scratch_size else BASE_ENV
+                # swapfiles on the scratch disk: the overlay cannot hold one (qemu.SCRATCH_MOUNT)
+                base = dict(BASE_ENV, UFFDCTL_SWAP_DIR=qemu.SCRATCH_MOUNT) if self.vm.scratch_size else BASE_ENV
             f.write(script(cwd, env or {}, body, base))
         if self.vm:
             return qemu.run(self.vm, self.run_dir, self.share, stream)
