@@ -587,6 +587,29 @@ def test_release_vars():
     assert release_vars({"vars": {}}, "kernel", "6.1") == {}
 
 
+@pytest.mark.parametrize("profile", ["6.1", "6.12", "6.18"])
+def test_by_release_rule_holds_on_the_emulator_profile_of_that_release(profile):
+    """wp-fork-hugetlb-private's version rule on the emulator's profiles: the 6.1 profile's child keeps the
+    hugetlb uffd-wp bit (fork_hugetlb_clears_uffd_wp off, as the 6.1.192 guest measured), 6.12 and 6.18 drop it;
+    with the other release's variables the script fails on the first child pagemap."""
+    from uffdctl import open_backend
+    from uffdctl.emu.profiles import get_profile
+    from uffdctl.script import run_file
+    script = HERE / "uffd-unit-tests-wp-fork-hugetlb-private.uffd"
+    h = header(script)
+    mine = dict(h["vars"], **release_vars(h, "kernel", get_profile(profile).release))
+    assert mine["CHILD_WP"] == (1 if profile == "6.1" else 0)
+    for variables, ok in ((mine, True), (dict(mine, CHILD_WP=1 - mine["CHILD_WP"]), False)):
+        b = open_backend("emu", profile=profile)
+        try:
+            res = run_file(str(script), backend=b, variables={k: str(v) for k, v in variables.items()})
+        finally:
+            b.close()
+        assert bool(res["ok"]) == ok, res.get("error")
+        if not ok:
+            assert res["error"]["text"].startswith("expect pagemap c1/dst:0 uffd_wp="), res["error"]
+
+
 def test_verdicts():
     h = {"selftest": "uffd-unit-tests.c", "function": "f", "case": "c", "memtype": "anon",
          "skip_on": [{"line": "madvise x --advice collapse", "reason": "MADV_COLLAPSE failed"}]}

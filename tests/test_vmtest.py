@@ -98,6 +98,23 @@ def test_init_script_contract():
         assert word in initramfs.INIT, word
 
 
+def test_initramfs_of_another_checkout_is_left_alone(tmp_path, monkeypatch):
+    """Two checkouts with a different /init share the cache: each build keeps the other's initramfs (it may
+    be booting now; deleting it failed that QEMU's -initrd), and only one unused for a day is removed."""
+    bb = tmp_path / "busybox"
+    bb.write_bytes(b"bb")
+    k = _kernel(tmp_path)
+    a = initramfs.build(k, str(bb))
+    monkeypatch.setattr(initramfs, "INIT", initramfs.INIT + "# another checkout\n")
+    b = initramfs.build(k, str(bb))
+    assert a != b and os.path.exists(a) and os.path.exists(b)
+    old = time.time() - initramfs.STALE_S - 60
+    os.utime(a, (old, old))
+    monkeypatch.setattr(initramfs, "INIT", initramfs.INIT + "# a third\n")
+    c = initramfs.build(k, str(bb))
+    assert not os.path.exists(a) and os.path.exists(b) and os.path.exists(c)
+
+
 def _kernel(tmp_path, modules=(), config=""):
     d = tmp_path / "k"
     d.mkdir(exist_ok=True)
@@ -595,17 +612,18 @@ def test_vm_runs_a_command(vm_kernel):
 
 
 def test_vm_scratch_disk_holds_a_swapfile(vm_kernel):
-    """The guest's /var/tmp is the ext4 scratch disk, not the overlay, so `swap on` works there (on the overlay
+    """The guest's swap directory is the ext4 scratch disk, not the overlay, so `swap on` works (on the overlay
     swapon(2) is EINVAL) and the swapfile is gone after `swap off`."""
-    code = ("import os; from uffdctl import swap; print(swap.fs_type('/var/tmp') == 0xEF53, swap.cannot_hold_swapfile());"
+    code = ("import os; from uffdctl import swap; print(swap.fs_type(swap.swap_dir()) == 0xEF53, swap.cannot_hold_swapfile());"
             "d = swap.on(64 << 20); print(bool(swap._entry(d['filename']))); swap.off(d['filename']);"
-            "print(os.path.exists(d['filename']), swap.cannot_hold_swapfile('/'))")
+            "print(os.path.exists(d['filename']), swap.cannot_hold_swapfile('/')); print(swap.swap_dir())")
     r = subprocess.run(vmtest(vm_kernel, "run", "--", "python3", "-c", code), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     assert lines[:2] == ["True None", "True"], r.stdout
     assert lines[2].startswith("False / is on overlayfs, which cannot hold a swapfile"), r.stdout
+    assert lines[3] == qemu.SCRATCH_MOUNT, r.stdout
 
 
 def test_vm_output_of_one_big_write_arrives_whole(vm_kernel):

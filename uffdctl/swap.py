@@ -19,7 +19,7 @@ import subprocess
 
 from .errors import Unsupported, uffd_error
 
-DEFAULT_DIR = "/var/tmp"
+DEFAULT_DIR = "/var/tmp"          # or $UFFDCTL_SWAP_DIR (scripts/vmtest sets it to the guest's scratch disk)
 _NAME = re.compile(r"^uffdctl-swap-(\d+)-\d+\.img$")
 # statfs(2) f_type of filesystems whose files swapon(2) refuses with EINVAL: their address_space_operations
 # have neither ->swap_activate nor ->bmap, so setup_swap_extents() -> generic_swapfile_activate() fails at
@@ -91,8 +91,13 @@ def fs_type(directory: str) -> int | None:
     return None if t < 0 else t & 0xFFFFFFFF
 
 
-def cannot_hold_swapfile(directory: str = DEFAULT_DIR) -> str | None:
-    """Why a swapfile in ``directory`` cannot be swapped on (its filesystem), or None if it may."""
+def swap_dir() -> str:
+    return os.environ.get("UFFDCTL_SWAP_DIR") or DEFAULT_DIR
+
+
+def cannot_hold_swapfile(directory: str | None = None) -> str | None:
+    """Why a swapfile in ``directory`` (default: :func:`swap_dir`) cannot be swapped on, or None if it may."""
+    directory = directory or swap_dir()
     name = NO_SWAPFILE.get(fs_type(directory))
     if name is None:
         return None
@@ -102,8 +107,8 @@ def cannot_hold_swapfile(directory: str = DEFAULT_DIR) -> str | None:
 def swap_cure() -> str:
     cure = "give --dir on a disk filesystem (ext4, xfs; default /var/tmp)"
     if os.environ.get("UFFDCTL_IN_VM") == "1":
-        cure += ("; scripts/vmtest mounts an ext4 scratch disk at /var/tmp when the guest kernel has ext4 and "
-                 "virtio_blk (built in or as modules) and the host has mkfs.ext4 (e2fsprogs)")
+        cure += ("; scripts/vmtest gives the guest an ext4 scratch disk for swapfiles (UFFDCTL_SWAP_DIR) when its "
+                 "kernel has ext4 and virtio_blk (built in or as modules) and the host has mkfs.ext4 (e2fsprogs)")
     return cure
 
 
@@ -121,7 +126,7 @@ def on(size: int, directory: str | None = None, priority: int | None = None) -> 
     (SWAP_FLAG_PREFER): used before every device of lower priority (a test's pages never land on another
     process's swapfile, which could be swapped off under them)."""
     global _counter
-    directory = directory or DEFAULT_DIR
+    directory = directory or swap_dir()
     if os.geteuid() != 0:
         raise Unsupported("swap on needs root: swapon(2) needs CAP_SYS_ADMIN", "run as root")
     if size < 40 * 4096:

@@ -305,7 +305,8 @@ def run_column(args, plan: matrix.Plan, vm: qemu.VM | None, criu) -> matrix.Colu
         matrix.collect(col)
         dest = os.path.join(args.out, col.label.replace(" ", "-").replace(":", "_"))
         shutil.rmtree(dest, ignore_errors=True)
-        shutil.copytree(job.run_dir, dest, ignore=shutil.ignore_patterns("guest.sh"))
+        # not the scratch disk: copytree would write its 2 GiB of holes out in full
+        shutil.copytree(job.run_dir, dest, ignore=shutil.ignore_patterns("guest.sh", "scratch.img"))
     log(f"column {col.label}: {col.seconds:.0f} s wall ({col.waited:.0f} s waiting for a host CPU; "
         f"{col.cpu:.0f} s CPU)")
     return col

@@ -59,7 +59,11 @@ class Job:
     def run(self, body: str, cwd: str, env: dict[str, str] | None = None, stream=None) -> qemu.Result:
         path = os.path.join(self.share, "guest.sh")
         with open(path, "w") as f:
-            f.write(script(cwd, env or {}, body, BASE_ENV if self.vm else None))
+            base = None
+            if self.vm:
+                # swapfiles on the scratch disk: the overlay cannot hold one (qemu.SCRATCH_MOUNT)
+                base = dict(BASE_ENV, UFFDCTL_SWAP_DIR=qemu.SCRATCH_MOUNT) if self.vm.scratch_size else BASE_ENV
+            f.write(script(cwd, env or {}, body, base))
         if self.vm:
             return qemu.run(self.vm, self.run_dir, self.share, stream)
         return qemu.run_here(["/bin/sh", path], self.run_dir, self.timeout, stream)

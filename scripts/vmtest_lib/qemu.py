@@ -34,10 +34,12 @@ BACKSTOP = 4.0              # the wall-clock limit, as a multiple of the (charge
 
 # The scratch disk: a sparse raw image in the run directory, ext4 made on the host (mkfs.ext4 takes well
 # under a second; in the guest, under TCG, far longer), attached as virtio-blk and mounted by /init at
-# SCRATCH_MOUNT over the overlay.  The overlay (tmpfs upper, the host's / over 9p below) cannot hold a
-# swapfile -- swapon(2) is EINVAL there, as on tmpfs -- and a file on it is not a disk file; one on the
-# scratch disk is both, as /var/tmp is on the host.
-SCRATCH_MOUNT = "/var/tmp"
+# SCRATCH_MOUNT.  The overlay (tmpfs upper, the host's / over 9p below) cannot hold a swapfile --
+# swapon(2) is EINVAL there, as on tmpfs -- so the guest's `swap on` makes its swapfiles here
+# (UFFDCTL_SWAP_DIR, guest.py).  /var/tmp and /tmp stay on the overlay: regular files there are what the
+# differential's file regions were validated against in the guests (on ext4 the 6.1 guest's pageout of a
+# dirty shared file page keeps it where the emulator's 6.1 profile drops it: not modelled yet).
+SCRATCH_MOUNT = "/mnt/scratch"
 SCRATCH_SIZE = 2 << 30      # sparse: the host stores only what the guest writes
 
 _live: set[int] = set()     # process groups started and not yet reaped

@@ -78,6 +78,10 @@ class Profile:
     # 0cef0bb836e3 "mm: clear uffd-wp PTE/PMD state on mremap()" (6.13; 6.12.11, 6.1.191): PTEs moved out of
     # a VMA whose ctx lacks EVENT_REMAP lose their uffd-wp bits and markers; before, they kept them.
     mremap_clear_uffd_wp: bool = True
+    # fork, copy_hugetlb_page_range(): a present huge PTE's uffd-wp bit is cleared for a child VMA without
+    # uffd-wp (no EVENT_FORK) only since 5a2f8d22ace4 "mm/hugetlb: fix uffd-wp during fork()" (6.4; its
+    # 6.1-stable backport failed to apply).  Before, the child kept it [measured: 6.1.192 guest keeps it].
+    fork_hugetlb_clears_uffd_wp: bool = True
     # 6.17 "mm/mremap: permit mremap() move of multiple VMAs": MREMAP_FIXED without resizing may span VMAs
     # and holes (uffd-registered ones excepted: EFAULT there); before, EFAULT for any range past one VMA.
     mremap_multi_vma: bool = True
@@ -151,7 +155,7 @@ _MM_5_19 = dict(fork_wp_marker_without_event=True, fork_poison_marker_without_ev
                 swapin_read_writable=False, madv_collapse=False, khugepaged_uffd_wp_recheck=False,
                 huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False, shmem_mthp=False,
                 huge_zero_wp_thp=False, thp_split_zero_remap=False, pt_reclaim=False, release_resets_wp=False,
-                swap_zeromap=False, pagemap_pmd_head_mapcount=False)
+                swap_zeromap=False, pagemap_pmd_head_mapcount=False, fork_hugetlb_clears_uffd_wp=False)
 # Debian's 6.1.192 carries the stable backports named in the fields' comments (6.1.11, 6.1.21, 6.1.26,
 # 6.1.191); what it does not have: poison markers copied without EVENT_FORK, read swap-in writable, mTHP.
 _MM_6_1 = dict(_MM_5_19, fork_wp_marker_without_event=False, fork_poison_marker_without_event=False,

@@ -155,7 +155,8 @@ def copy_nonpresent_pte(dst_mm, dst_vma, addr: int, pte) -> None:
 def copy_hugetlb_page_range(dst_mm, dst_vma, src_mm, src_vma) -> None:
     """mm/hugetlb.c copy_hugetlb_page_range(): markers through copy_pte_marker(); a present huge page of a
     COW mapping is write-protected in both (huge_ptep_set_wrprotect), an anon one loses PageAnonExclusive
-    (hugetlb_try_dup_anon_rmap); uffd-wp is kept only in a uffd-wp child VMA.  No mkold / mkclean here."""
+    (hugetlb_try_dup_anon_rmap); uffd-wp is kept only in a uffd-wp child VMA (6.4+: profile
+    fork_hugetlb_clears_uffd_wp; before, a present huge PTE kept it).  No mkold / mkclean here."""
     cow = is_cow_mapping(src_vma.flags)
     for a in src_mm.pte_keys(src_vma.start, src_vma.end, src_vma.page_size):
         pte = src_mm.ptes[a]
@@ -169,8 +170,8 @@ def copy_hugetlb_page_range(dst_mm, dst_vma, src_mm, src_vma) -> None:
             pte.page.exclusive = False
         if cow:
             pte.write = new.write = False
-        if not userfaultfd_wp(dst_vma):
-            new.uffd_wp = False
+        if not userfaultfd_wp(dst_vma) and dst_mm.profile.fork_hugetlb_clears_uffd_wp:
+            new.uffd_wp = False             # huge_pte_clear_uffd_wp() (6.4+; before, the child kept it)
         dst_mm.set_pte(a, new)
 
 
