@@ -595,3 +595,18 @@ def test_a_failed_mfill_prepares_the_anon_vma_fork_copies(mfill):
             eb.close()
     assert k == e["6.18"] == (0xA0 if mfill else 0xA1), (hex(k), e)
     assert e["6.1"] == 0xA1, e
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("backend", ["kernel", "emu"])
+def test_backend_close_ends_the_processes_it_forked(backend):
+    """Backend.close() kills and reaps every process its fork() made and stops their threads (the kernel backend
+    left each child's request thread waiting forever when the caller was not a session)."""
+    import threading
+    b = make_backend(backend)
+    f = b.fork("leaky", {})
+    assert f.wait(10)
+    p = f.result()
+    b.close()
+    assert not p.alive
+    assert not [t.name for t in threading.enumerate() if t.name == "uffdctl-proc-leaky"]

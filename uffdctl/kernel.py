@@ -455,6 +455,7 @@ class KernelBackend(KernelMm, Backend):
         self.user_mode_only_reason: str | None = "asked for" if user_mode_only else None
         self._regions: dict[str, Region] = {}
         self._uffds: list[KernelUffd] = []
+        self._procs: list = []           # the processes fork() made (uffdctl.process.KernelProcess)
         self._threads: dict[str, KernelThread] = {}
         self._names = itertools.count()
         self._pagemap_fd = os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
@@ -679,7 +680,9 @@ class KernelBackend(KernelMm, Backend):
             pid = self._lib.uffdctl_proc_fork(sock)
             if pid < 0:
                 raise uffd_error(-pid, "fork")
-            return KernelProcess(self, name, pid, sock[0], None, regions)
+            p = KernelProcess(self, name, pid, sock[0], None, regions)
+            self._procs.append(p)
+            return p
 
         return job_thread(self, thread or "__fork").submit(job)
 
@@ -832,6 +835,9 @@ class KernelBackend(KernelMm, Backend):
         raise uffd_error(E.ENOENT, "smaps", addr, message="no mapping contains this address")
 
     def close(self) -> None:
+        for p in reversed(self._procs):  # killed and reaped, their workers stopped (Process.close(): bounded)
+            p.close()
+        self._procs.clear()
         for u in list(self._uffds):
             u.close()  # releases any fault still blocked (memory then reads as zeros)
         from .process import stop_job_threads
