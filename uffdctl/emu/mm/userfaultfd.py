@@ -123,6 +123,7 @@ class Userfaultfd:
                         tlb[src] = zero_val or (zero_val := self.pte_val(zpte))
                         data = None if zero_page.data is None else bytearray(zero_page.data)
                     else:
+                        self._pte_index = None        # the keys stored so far (a fault below may walk)
                         data = self.copy_page_from_user(src, PAGE_SIZE, svma)
                     if data is _SLOW:
                         data = self.copy_from_user(src, PAGE_SIZE)
@@ -143,6 +144,7 @@ class Userfaultfd:
                 folio.mapcount = 1
                 ptes[dst] = Pte(folio, write, dirty, young, dirty, wp)       # soft_dirty as dirty
                 dst += PAGE_SIZE
+        self._pte_index = None                        # new keys stored directly (pgtable.pte_index)
         copied = dst - dst_start
         return copied if copied else err
 
