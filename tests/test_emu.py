@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import inspect
 import select
-import time
 
 import pytest
 
@@ -382,6 +381,7 @@ def test_pagemap_scan_written_and_wp_matching():
 # -- sparseness --------------------------------------------------------------------------------------
 
 def test_one_tib_region_costs_what_is_touched():
+    """What the walks of a 1 TiB region find (their cost, counted: tests/test_emu_sparse.py)."""
     TiB = 1 << 40
     b = EmuBackend()
     r = b.mmap(TiB, MemType.ANON)
@@ -389,7 +389,6 @@ def test_one_tib_region_costs_what_is_touched():
     b.write(src.addr, b"x")
     u = b.userfaultfd()
     u.api(0)
-    t0 = time.monotonic()
     u.register(r.addr, TiB, uapi.RegisterMode.MISSING | uapi.RegisterMode.WP)
     for off in (0, TiB // 2, TiB - PS):
         u.copy(r.addr + off, src.addr, PS)
@@ -399,7 +398,6 @@ def test_one_tib_region_costs_what_is_touched():
     b.madvise(r.addr, TiB, uapi.MADV_DONTNEED)
     u.unregister(r.addr, TiB)
     b.munmap(r.addr, TiB)
-    assert time.monotonic() - t0 < 2.0
     assert [(s - r.addr, e - s) for s, e, c in res.regions if c] == [(0, PS), (TiB // 2, PS), (TiB - PS, PS)]
     assert len(b.mm.ptes) <= 1
 
