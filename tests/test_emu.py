@@ -416,3 +416,18 @@ def test_madvise_not_modelled_is_said(advice):
     assert ei.value.exit_code == 4 and "not modelled: madvise MADV_" in str(ei.value)
     assert b.pagemap(r.addr, 2) == before          # and nothing changed
     b.close()
+
+
+def test_the_fast_constructors_build_what_the_classes_build():
+    """mm_types.new_anon_page / new_present_pte (the mfill hot path's) set every slot as Folio(...) / Pte(...) do:
+    a slot added to a class and not to its fast constructor fails here (and reads as AttributeError there)."""
+    from uffdctl.emu.mm.mm_types import Folio, Pte, new_anon_page, new_present_pte
+    data = bytearray(b"abc")
+    ref = Folio(0x123, PS, True, data)
+    ref.mapcount = 1
+    got = new_anon_page(0x123, data)
+    assert {s: getattr(got, s) for s in Folio.__slots__} == {s: getattr(ref, s) for s in Folio.__slots__}
+    for bits in [(False, False, True, False, False, True), (True, True, True, True, True, False),
+                 (False, True, False, True, False, False)]:
+        ref, got = Pte(got, *bits), new_present_pte(got, *bits)
+        assert {s: getattr(got, s) for s in Pte.__slots__} == {s: getattr(ref, s) for s in Pte.__slots__}
