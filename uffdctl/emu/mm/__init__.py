@@ -85,6 +85,7 @@ class MM(Mmap, PageTables, Memory, HugeMemory, Khugepaged, Shmem, Hugetlb, Userf
         self.pgtables: set[int] = set()   # PMD indices (addr >> 21) that have a PTE table
         self.pmds: dict[int, Pte] = {}    # PMD leaves: 2 MiB-aligned address -> Pte of a THP (huge_memory)
         self._pgt_sorted: list[int] | None = None   # pgtable.py's sorted view of it (None: rebuild)
+        self._pte_index: list[int] | None = None    # pgtable.py's sorted view of ptes' keys (None: rebuild)
         self.exited = False
 
 

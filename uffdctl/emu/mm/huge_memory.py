@@ -472,8 +472,9 @@ class HugeMemory:
     def reclaim_pt_if_empty(self, s: int, e: int) -> None:
         """mm/pt_reclaim.c (CONFIG_PT_RECLAIM): after MADV_DONTNEED, a PTE table of a PMD the range covers whole
         is freed when every entry is none (a marker keeps it)."""
-        for pmd in range((s + HPAGE_SIZE - 1) >> 21, e >> 21):
-            if pmd in self.pgtables and not self.pte_keys(pmd << 21, (pmd + 1) << 21, PAGE_SIZE):
+        lo, hi = (s + HPAGE_SIZE - 1) >> 21, e >> 21
+        for pmd in self._tables_in(lo, hi - 1) if lo < hi else ():      # the tables there, not every index
+            if not self.pte_keys(pmd << 21, (pmd + 1) << 21, PAGE_SIZE):
                 self.pgtables.discard(pmd)
                 self._pgt_sorted = None
 

@@ -202,6 +202,42 @@ class Pte:
         return f"Pte(pfn={self.page.pfn:#x} {bits})"
 
 
+_new = object.__new__
+
+
+def new_anon_page(pfn: int, data: bytearray | None) -> Folio:
+    """Folio(pfn, PAGE_SIZE, True, data) with mapcount 1: a fresh exclusive anon page, mapped once.  The same
+    object as the class call builds, without its __init__ dispatch (on 3.11 a class call costs about twice
+    the stores), for the per-page hot paths (mfill); tests/test_emu.py holds it equal to the class
+    call slot by slot, so a new slot cannot be forgotten here."""
+    f = _new(Folio)
+    f.pfn = pfn
+    f.size = PAGE_SIZE
+    f.data = data
+    f.anon = f.exclusive = True
+    f.mapcount = 1
+    f.zero = f.dirty = f.lazyfree = f.reclaim = False
+    f.swap = f.pages = f.head = None
+    return f
+
+
+def new_present_pte(page: Folio, write, dirty, young, soft_dirty, uffd_wp, special) -> Pte:
+    """Pte(page, write, dirty, young, soft_dirty, uffd_wp, special), built as :func:`new_anon_page` builds
+    its folio (held equal to the class call slot by slot)."""
+    p = _new(Pte)
+    p.page = page
+    p.write = write
+    p.dirty = dirty
+    p.young = young
+    p.soft_dirty = soft_dirty
+    p.uffd_wp = uffd_wp
+    p.special = special
+    p.marker = 0
+    p.swp = None
+    p.exclusive = False
+    return p
+
+
 def make_pte_marker(bits: int) -> Pte:
     return Pte(None, young=False, marker=bits)
 
@@ -310,7 +346,7 @@ __all__ = ["PAGE_SIZE", "HPAGE_SIZE", "PUD_SIZE", "HSTATES", "HPAGE_PMD_MASK", "
            "VM_FAULT_SIGSEGV", "VM_FAULT_RETRY", "VM_FAULT_LIVELOCK", "VM_FAULT_ERROR", "MFILL_ATOMIC_COPY",
            "MFILL_ATOMIC_ZEROPAGE", "MFILL_ATOMIC_CONTINUE", "MFILL_ATOMIC_POISON",
            "MM_CP_TRY_CHANGE_WRITABLE", "MM_CP_UFFD_WP", "MM_CP_UFFD_WP_RESOLVE", "ZERO_PFN", "FIRST_PFN",
-           "Folio", "Pte", "make_pte_marker",
+           "Folio", "Pte", "new_anon_page", "new_present_pte", "make_pte_marker",
            "MAX_SWAPFILES_SHIFT", "swp_entry", "swp_type", "swp_offset", "is_swap_entry", "swp_entry_to_pte",
            "Vma", "vma_is_shmem", "vma_can_userfault", "userfaultfd_missing", "userfaultfd_wp",
            "userfaultfd_minor", "VmFault"]

@@ -144,6 +144,7 @@ class Mremap:
                 pte.marker &= ~PTE_MARKER_UFFD_WP
             pte.soft_dirty = True
             self.ptes[dst + a - old] = pte
+            self._pte_index = None           # a new key (pgtable.pte_index)
             self.pte_alloc(dst + a - old)
             moved.append(a)
         self.tlb.flush_tlb_range(moved)

@@ -109,6 +109,8 @@ class PageTables:
             return
         if pte.present and (old is None or not old.present or old.page is not pte.page):
             pte.page.mapcount += 1
+        if old is None:
+            self._pte_index = None        # a new key: the sorted view is rebuilt on next use
         self.ptes[addr] = pte
         self.pte_alloc(addr)
 
@@ -119,8 +121,21 @@ class PageTables:
         return _tlb.pte_needs_flush(self.pte_val(old), self.pte_val(new), self.profile.clean_wp_noflush)
 
     def pte_keys(self, start: int, end: int, step: int):
-        """Addresses of existing PTEs in [start, end), ascending: O(range) or O(ptes), whichever is less."""
+        """Addresses of existing PTEs in [start, end), ascending: O(log P + the keys in the range) by bisect over
+        the sorted view of the PTE map; O(range) probes when the range is tiny, or smaller than the PTE map
+        while that view would have to be rebuilt."""
+        ptes = self.ptes
         n = (end - start) // step
-        if n <= len(self.ptes):
-            return [a for a in range(start, end, step) if a in self.ptes]
-        return sorted(a for a in self.ptes if start <= a < end)
+        if n <= 8 or n <= len(ptes) and self._pte_index is None:
+            return [a for a in range(start, end, step) if a in ptes]
+        srt = self.pte_index()
+        return [a for a in srt[bisect.bisect_left(srt, start):bisect.bisect_left(srt, end)] if a in ptes]
+
+    def pte_index(self) -> list[int]:
+        """The PTE map's keys, ascending, kept until a key is added (set_pte(), or a ``_pte_index = None`` where
+        a hot path stores into ``ptes`` directly).  A key removed since stays in it until the next rebuild:
+        readers skip what ``ptes`` no longer has, and many such keys make the next use rebuild it."""
+        srt = self._pte_index
+        if srt is None or len(srt) > 2 * len(self.ptes) + 64:
+            srt = self._pte_index = sorted(self.ptes)
+        return srt

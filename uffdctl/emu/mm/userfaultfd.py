@@ -10,10 +10,10 @@ import errno as E
 from ... import uapi
 from ..profiles import (UFFDIO_COPY_MODE_ACCESS_LIKELY, UFFDIO_COPY_MODE_WRITE_LIKELY)
 from .memory import _SLOW
-from .mm_types import (Folio, MFILL_ATOMIC_CONTINUE, MFILL_ATOMIC_COPY, MFILL_ATOMIC_POISON, MFILL_ATOMIC_ZEROPAGE,
+from .mm_types import (MFILL_ATOMIC_CONTINUE, MFILL_ATOMIC_COPY, MFILL_ATOMIC_POISON, MFILL_ATOMIC_ZEROPAGE,
                        HPAGE_SIZE, MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, PAGE_SIZE,
                        PTE_MARKER_GUARD, PTE_MARKER_POISONED, Pte, VM_EXEC, VM_HUGETLB, VM_READ, VM_SHARED,
-                       VM_WRITE, make_pte_marker, userfaultfd_wp, vma_is_shmem)
+                       VM_WRITE, make_pte_marker, new_anon_page, new_present_pte, userfaultfd_wp, vma_is_shmem)
 
 
 class Userfaultfd:
@@ -23,7 +23,7 @@ class Userfaultfd:
                      hints: int = 0) -> int:
         vma = self.find_vma(dst_start)
         early = self.profile.uffd_lock_vma_prepares_anon
-        if vma is not None and early:
+        if vma is not None and early and vma.anon_vma is None:
             self.anon_vma_prepare(vma)         # uffd_lock_vma(): "we know we're going to need anon_vma"
         if vma is None or dst_start + length > vma.end or vma.ctx is None:
             return -E.ENOENT
@@ -85,6 +85,11 @@ class Userfaultfd:
         src_zero = False                              # its read fault of a none PTE maps the zero page (below)
         tlb = self.tlb.entries
         zero_val = 0
+        zdata = zero_page.data
+        new_pte, new_page = new_present_pte, new_anon_page
+        # alloc_folio()'s next PFN and the zero page's new mappings are kept here, and stored back before
+        # anything else can look at them (a fault on the source, below) and at the end
+        pfn, zmap = self._next_pfn, 0
         while dst < end and not err:
             pmd = dst >> 21                           # one PMD's worth of pages at a time
             if pmds and pmd << 21 in pmds:
@@ -99,8 +104,8 @@ class Userfaultfd:
                     if dst in ptes:                   # !pte_none(): any marker too
                         err = -E.EEXIST
                         break
-                    ptes[dst] = Pte(zero_page, False, False, True, False, False, True)   # special, young
-                    zero_page.mapcount += 1
+                    ptes[dst] = new_pte(zero_page, False, False, True, False, False, True)   # special, young
+                    zmap += 1
                     dst += PAGE_SIZE
                 continue
             while dst < chunk_end:
@@ -118,31 +123,37 @@ class Userfaultfd:
                         if src >> 21 not in pgtables:
                             pgtables.add(src >> 21)
                             self._pgt_sorted = None
-                        ptes[src] = zpte = Pte(zero_page, False, False, True, False, False, True)
-                        zero_page.mapcount += 1
+                        ptes[src] = zpte = new_pte(zero_page, False, False, True, False, False, True)
+                        zmap += 1
                         tlb[src] = zero_val or (zero_val := self.pte_val(zpte))
-                        data = None if zero_page.data is None else bytearray(zero_page.data)
+                        data = None if zdata is None else bytearray(zdata)
                     else:
+                        self._next_pfn = pfn
+                        zero_page.mapcount += zmap
+                        zmap = 0
+                        self._pte_index = None        # the keys stored so far (a fault below may walk)
                         data = self.copy_page_from_user(src, PAGE_SIZE, svma)
-                    if data is _SLOW:
-                        data = self.copy_from_user(src, PAGE_SIZE)
-                        if not isinstance(data, int):
-                            data = bytearray(data)
-                    if isinstance(data, int):
-                        err = data
-                        break
+                        if data is _SLOW:
+                            data = self.copy_from_user(src, PAGE_SIZE)
+                            if not isinstance(data, int):
+                                data = bytearray(data)
+                        pfn, zdata = self._next_pfn, zero_page.data
+                        if isinstance(data, int):
+                            err = data
+                            break
                 else:
                     data = None
-                pfn = self._next_pfn                  # alloc_folio()
-                self._next_pfn = pfn + 1
-                old = ptes.get(dst)
+                old = ptes.get(dst)                   # after alloc_folio(): a PFN is used up either way
                 if old is not None and not self.pte_none_mostly(old):
+                    pfn += 1
                     err = -E.EEXIST
                     break
-                folio = Folio(pfn, PAGE_SIZE, True, data)
-                folio.mapcount = 1
-                ptes[dst] = Pte(folio, write, dirty, young, dirty, wp)       # soft_dirty as dirty
+                ptes[dst] = new_pte(new_page(pfn, data), write, dirty, young, dirty, wp, False)   # soft_dirty = dirty
+                pfn += 1
                 dst += PAGE_SIZE
+        self._next_pfn = pfn
+        zero_page.mapcount += zmap
+        self._pte_index = None                        # new keys stored directly (pgtable.pte_index)
         copied = dst - dst_start
         return copied if copied else err
 

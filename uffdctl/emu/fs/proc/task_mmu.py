@@ -347,12 +347,17 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
     end = (end + uapi.PAGE_SIZE - 1) & ~(uapi.PAGE_SIZE - 1)
     flags, inverted, mask, anyof, return_mask = int(flags), int(inverted), int(mask), int(anyof), int(return_mask)
     budget = max_pages or (1 << 64)
-    regions: list[list[int]] = []
+    # The regions: the closed ones as tuples in ``regions``, the last one open in (o_s, o_e, o_c) so that a
+    # run that extends it costs an add; ``nreg`` counts both.
+    regions: list[tuple[int, int, int]] = []
+    o_s = o_e = o_c = -1
+    nreg = 0
     wp_flush = []
 
     def emit(a, n, cat) -> int:
-        """Record n pages at a; returns how many fit (0: stop here)."""
-        nonlocal budget
+        """Record n pages at a; returns how many fit (0: stop here).  The walk below inlines the common case
+        (a vector, n within the budget) of this."""
+        nonlocal budget, o_s, o_e, o_c, nreg
         if not vec_len:
             # no output vector: pagemap_scan_output() returns before counting (max_pages is not applied),
             # the walk covers the whole range and WP_MATCHING still protects [measured on 6.18]
@@ -362,15 +367,23 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             if n <= 0:
                 return 0
         out = cat & return_mask
-        last = regions[-1] if regions else None
-        if last is not None and last[1] == a and last[2] == out:
-            last[1] += n * PAGE_SIZE
+        if o_e == a and o_c == out:
+            o_e += n * PAGE_SIZE
         else:
-            if len(regions) >= vec_len:
+            if nreg >= vec_len:
                 return 0
-            regions.append([a, a + n * PAGE_SIZE, out])
+            if nreg:
+                regions.append((o_s, o_e, o_c))
+            o_s, o_e, o_c = a, a + n * PAGE_SIZE, out
+            nreg += 1
         budget -= n
         return n
+
+    def result(walk_end) -> ScanResult:
+        mm.tlb.flush_range(wp_flush)
+        if nreg:
+            regions.append((o_s, o_e, o_c))
+        return ScanResult(regions, walk_end)
 
     def match(cat) -> bool:
         c = cat ^ inverted
@@ -401,6 +414,8 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
         hole_none = pagemap_scan_category(mm, vma, None, False) | vcat
         by_table = hole_table != hole_none
         hole_match = match(hole_table)
+        hole_wp = flags & _WP_MATCHING and hole_table & _C.WRITTEN
+        hole_out = hole_table & return_mask
         ptes, psz, hugetlb = mm.ptes, vma.page_size, vma.hugetlb
         npages = psz // PAGE_SIZE
         wp_matching = flags & _WP_MATCHING
@@ -416,19 +431,45 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             k = keys[i]
             if k <= pos:
                 pass
-            elif by_table or hole_match:     # pagemap_scan_pte_hole() over the hole runs [pos, k)
-                for pos, hend, table in (mm.table_runs(pos, k) if by_table else ((pos, k, True),)):
+            elif by_table:                   # pagemap_scan_pte_hole() over the hole runs [pos, k)
+                for pos, hend, table in mm.table_runs(pos, k):
                     cat = hole_table if table else hole_none
                     if match(cat):
-                        n = (hend - pos) // uapi.PAGE_SIZE
+                        n = (hend - pos) // PAGE_SIZE
                         got = emit(pos, n, cat)
                         if flags & _WP_MATCHING and cat & _C.WRITTEN:
-                            for a in range(pos, pos + got * uapi.PAGE_SIZE, vma.page_size):
+                            for a in range(pos, pos + got * PAGE_SIZE, psz):
                                 mm.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
                         if got < n:
-                            mm.tlb.flush_range(wp_flush)
-                            return ScanResult([tuple(r) for r in regions], pos + got * uapi.PAGE_SIZE)
-            pos = max(pos, k)
+                            return result(pos + got * PAGE_SIZE)
+                pos = k
+            elif hole_match:                 # the hole [pos, k) is one run: emit() inline
+                n = (k - pos) // PAGE_SIZE
+                if not vec_len:
+                    got = n
+                elif n > budget:
+                    got = emit(pos, n, hole_table)
+                elif o_e == pos and o_c == hole_out:
+                    o_e += n * PAGE_SIZE
+                    budget -= n
+                    got = n
+                elif nreg < vec_len:
+                    if nreg:
+                        regions.append((o_s, o_e, o_c))
+                    o_s, o_e, o_c = pos, pos + n * PAGE_SIZE, hole_out
+                    nreg += 1
+                    budget -= n
+                    got = n
+                else:
+                    got = 0
+                if hole_wp:
+                    for a in range(pos, pos + got * PAGE_SIZE, psz):
+                        mm.set_pte(a, make_pte_marker(PTE_MARKER_UFFD_WP))
+                if got < n:
+                    return result(pos + got * PAGE_SIZE)
+                pos = k
+            else:
+                pos = k
             if k >= e:
                 break
             if leaves and k in leaves:       # pagemap_scan_thp_entry()
@@ -436,20 +477,20 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                 pmd = mm.pmds[h]
                 cat = pagemap_thp_category(mm, vma, pmd) | vcat
                 kend = min(h + HPAGE_SIZE, e)
-                n = (kend - k) // uapi.PAGE_SIZE
+                n = (kend - k) // PAGE_SIZE
                 if match(cat):
                     wp = flags & _WP_MATCHING and cat & _C.WRITTEN
                     if wp and (n < HPAGE_PMD_NR or vec_len and budget < n):
                         # "Break huge page into small pages if the WP operation needs to be performed on a
                         # portion of the huge page": split, and walk it as PTEs
                         mm.split_huge_pmd(vma, h)
+                        del leaves[k]            # no leaf there now: its pages are PTEs
                         keys[i:i + 1] = list(range(k, kend, PAGE_SIZE))
                         i -= 1
                         continue
                     got = emit(k, n, cat)
                     if got < n:
-                        mm.tlb.flush_range(wp_flush)
-                        return ScanResult([tuple(r) for r in regions], k + got * uapi.PAGE_SIZE)
+                        return result(k + got * PAGE_SIZE)
                     if wp:
                         _make_uffd_wp_pmd(mm, h, pmd, wp_flush)
                 pos = kend
@@ -475,18 +516,29 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                     partial_at = cs
                     pos = k + psz
                     continue
-                got = emit(cs, n, cat)
-                if got < n:
-                    mm.tlb.flush_range(wp_flush)
-                    return ScanResult([tuple(r) for r in regions], cs + got * PAGE_SIZE)
+                if vec_len and n <= budget:                         # emit(cs, n, cat) inline
+                    out = cat & return_mask
+                    if o_e == cs and o_c == out:
+                        o_e += n * PAGE_SIZE
+                    elif nreg < vec_len:
+                        if nreg:
+                            regions.append((o_s, o_e, o_c))
+                        o_s, o_e, o_c = cs, cs + n * PAGE_SIZE, out
+                        nreg += 1
+                    else:
+                        return result(cs)
+                    budget -= n
+                else:
+                    got = emit(cs, n, cat)
+                    if got < n:
+                        return result(cs + got * PAGE_SIZE)
                 if wp_matching and cat & _C.WRITTEN:
-                    if pte.present:
+                    if page is not None:
                         _make_uffd_wp_pte(pte, k, wp_flush, mm.profile.clean_wp_noflush)
                     else:                                 # make_uffd_wp_pte(): pte_swp_mkuffd_wp()
                         pte.uffd_wp = True
             pos = k + psz
-    mm.tlb.flush_range(wp_flush)
-    return ScanResult([tuple(r) for r in regions], end if partial_at is None else partial_at)
+    return result(end if partial_at is None else partial_at)
 
 
 class TaskMmuFiles:
@@ -512,6 +564,55 @@ class TaskMmuFiles:
                      null_vec=False) -> ScanResult:
         return do_pagemap_scan(self.mm, start, end, flags, category_inverted, category_mask, category_anyof_mask,
                                return_mask, max_pages, vec_len, null_vec)
+
+    def pagemap_scan_all(self, start, end, *, flags=0, category_inverted=0, category_mask=0,
+                         category_anyof_mask=0, return_mask=uapi.PM_SCAN_CATEGORIES_6_18, max_pages=0,
+                         vec_len=512) -> ScanResult:
+        """uffdctl.pagemap.scan_all(): the calls of uffdctl.pagemap.scan_all_loop(), continuing from walk_end,
+        with the same result.  A call of do_pagemap_scan() returns its regions ascending, disjoint and
+        merged (emit() extends a run of the same categories) and from at or above where it started, so
+        each call's regions join the list in bulk, merged with the last one held where they meet; a call
+        that returned something below what is held goes region by region, as scan_all_loop() does."""
+        regions: list[tuple[int, int, int]] = []
+        pos = covered = start
+        budget = max_pages                        # 0: unlimited
+        while pos < end:
+            res = do_pagemap_scan(self.mm, pos, end, flags, category_inverted, category_mask, category_anyof_mask,
+                                  return_mask, budget, vec_len)
+            got = res.regions
+            new_pages = 0
+            if got and got[0][0] >= covered:
+                s0, e0, c0 = got[0]
+                if regions and regions[-1][1] == s0 and regions[-1][2] == c0:
+                    regions[-1] = (regions[-1][0], e0, c0)
+                    regions += got[1:]
+                else:
+                    regions += got
+                covered = got[-1][1]
+                if budget:
+                    new_pages = sum(e - s for s, e, _ in got) // PAGE_SIZE
+            else:
+                for s, e, c in got:
+                    if e <= covered:
+                        continue
+                    if s < covered:
+                        s = covered
+                    new_pages += (e - s) // PAGE_SIZE
+                    if regions and regions[-1][1] == s and regions[-1][2] == c:
+                        regions[-1] = (regions[-1][0], e, c)
+                    else:
+                        regions.append((s, e, c))
+                    covered = e
+            if res.walk_end <= pos:               # no progress: never loop forever
+                break
+            pos = res.walk_end
+            if covered < pos:
+                covered = pos
+            if budget:
+                budget -= new_pages
+                if budget <= 0:
+                    break
+        return ScanResult(regions, min(pos, end))
 
     def smaps_private_dirty(self, addr) -> int:
         vma = self.mm.find_vma(addr)
