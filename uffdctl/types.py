@@ -269,7 +269,7 @@ class HandlerPolicy:
                 raise ValueError(f"unknown {kind} policy {getattr(self, kind)!r} (valid: {', '.join(allowed)})")
 
 
-@dataclass
+@dataclass(**({"slots": True} if sys.version_info >= (3, 10) else {}))   # one per handled fault, as UffdMsg
 class HandledEvent:
     """One message the handler read, with what it did about it."""
 

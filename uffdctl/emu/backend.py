@@ -75,12 +75,15 @@ class EmuAccess(Access):
         res = self._res
         segs, write = self._segs, self.write
         nsegs = len(segs)
+        vma = fault_addr = None
         while self._i < nsegs:
             a, off, n = segs[self._i]
-            vma = mm.find_vma(a)
-            if vma is None:
-                self._segv = a
-                break
+            # find_vma(), unless the fault just handled was at this address: no fault changes the VMAs
+            if vma is None or a != fault_addr:
+                vma = mm.find_vma(a)
+                if vma is None:
+                    self._segv = a
+                    break
             if not self.attempt and mm.access_ok(vma, a, write):
                 _, page, poff = mm.page_at(vma, a)
                 if write and not self.populate:
@@ -91,6 +94,7 @@ class EmuAccess(Access):
                 self._i += 1
                 continue
             r = mm.handle_mm_fault(vma, a, write, self)
+            fault_addr = a
             if r == M.VM_FAULT_RETRY:
                 self.blocks += 1
                 return                                  # blocked on self.waiter until woken
@@ -351,7 +355,10 @@ class EmuHandler(Handler):
             return "queue", -E.EFAULT, 0       # outside the copy source: left to the user, as the native handler
         for _ in range(2):
             try:
-                r = self._call(action, page)
+                if action == "copy":           # _call("copy"), inline: the MISSING round trip
+                    r = u.copy(page, p.src + (page - p.base), p.page_size, p.copy_mode)
+                else:
+                    r = self._call(action, page)
                 return action, 0, r or 0
             except UffdError as e:
                 if e.errno == E.EAGAIN and e.done in (None, -E.EAGAIN):

@@ -61,11 +61,15 @@ class RunQueue:
         self._running = True
         spinning, self._spinning = self._spinning, []
         self._runnable.extend(spinning)                # state may have changed: let them fault again
+        runnable, services = self._runnable, self._services
         try:
             while True:
-                while self._runnable:
-                    self._runnable.popleft().run()
-                if not any([s.service() for s in list(self._services)]):
+                while runnable:
+                    runnable.popleft().run()
+                if len(services) == 1:         # one handler (the fault round trip): no copy, no list
+                    if not services[0].service():
+                        break
+                elif not any([s.service() for s in list(services)]):
                     break
         finally:
             self._running = False

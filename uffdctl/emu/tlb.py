@@ -36,20 +36,14 @@ def pte_val(pte, soft_dirty_config: bool = True) -> int:
     """The x86-64 bits of a model PTE (0 for none and for markers: they are not present)."""
     if pte is None or pte.page is None:     # none, or not present (a marker, a swap entry)
         return 0
-    v = _PAGE_PRESENT | _PAGE_USER | _PAGE_NX | ((pte.page.pfn << 12) & PTE_PFN_MASK)
-    if pte.write:
-        v |= _PAGE_RW
-    if pte.young:
-        v |= _PAGE_ACCESSED
-    if pte.dirty:  # mksaveddirty_shift(): a read-only dirty PTE keeps D in SavedDirty
-        v |= _PAGE_DIRTY if pte.write else _PAGE_SAVED_DIRTY
-    if pte.special:
-        v |= _PAGE_SPECIAL
-    if pte.uffd_wp:
-        v |= _PAGE_UFFD_WP
-    if pte.soft_dirty and soft_dirty_config:
-        v |= _PAGE_SOFT_DIRTY
-    return v
+    # one expression (it is on every TLB fill): a dirty read-only PTE keeps D in SavedDirty
+    # (mksaveddirty_shift())
+    return (_PAGE_PRESENT | _PAGE_USER | _PAGE_NX | ((pte.page.pfn << 12) & PTE_PFN_MASK)
+            | (((_PAGE_RW | _PAGE_DIRTY) if pte.dirty else _PAGE_RW) if pte.write else
+               (_PAGE_SAVED_DIRTY if pte.dirty else 0))
+            | (_PAGE_ACCESSED if pte.young else 0) | (_PAGE_SPECIAL if pte.special else 0)
+            | (_PAGE_UFFD_WP if pte.uffd_wp else 0)
+            | (_PAGE_SOFT_DIRTY if pte.soft_dirty and soft_dirty_config else 0))
 
 
 def pte_flags_need_flush(oldflags: int, newflags: int, ignore_access: bool = True,

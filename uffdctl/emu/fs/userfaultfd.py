@@ -142,7 +142,8 @@ class EmuUffd(Uffd):
         w = Waiter(UffdMsg(_EV_PAGEFAULT_ENUM, flags, address, ptid), vmf.task)
         self.pending.append(w)
         vmf.task.waiter = w
-        self._readable_changed()
+        if self._closed == self._signalled:   # _readable_changed(): only when the pipe's state changes
+            self._readable_changed()
         return M.VM_FAULT_RETRY
 
     def _readable_changed(self) -> None:
@@ -206,10 +207,13 @@ class EmuUffd(Uffd):
 
     def wake_userfault(self, start: int, length: int | None) -> None:
         """Wake waiters whose message address lies in [start, start+len); len None: all."""
-        if not self.pending and not self.waiting:
+        pending, waiting = self.pending, self.waiting
+        if not pending and not waiting:
             return                         # nothing waits: no wake, and readability cannot have changed
         woken = []
-        for q in (self.pending, self.waiting):
+        for q in (pending, waiting):
+            if not q:
+                continue
             keep = []
             for w in q:
                 if length is None or start <= w.msg.address < start + length:
@@ -217,9 +221,11 @@ class EmuUffd(Uffd):
                 else:
                     keep.append(w)
             q[:] = keep
-        self._update_readable()
+        if (bool(pending or self.event_q) and not self._closed) != self._signalled:
+            self._update_readable()
+        wake_up = self.rq.wake_up
         for w in woken:
-            self.rq.wake_up(w)
+            wake_up(w)
 
     def cancel(self, w: Waiter) -> None:
         for q in (self.pending, self.waiting):
@@ -319,7 +325,8 @@ class EmuUffd(Uffd):
 
     def _mfill(self, name: str, kind: str, dst: int, src: int, length: int, mode: int, modes: int,
                dontwake: int, wp_bit: int = 0) -> int:
-        self._check(name, dst, length)
+        if self._closed or not self._initialized:
+            self._check(name, dst, length)
         p = self.mm.profile
         if self.event_q or self.changing > 0:   # mmap_changing
             raise uffd_error(E.EAGAIN, name, dst, length, -E.EAGAIN if p.early_eagain_result else None)
@@ -428,7 +435,7 @@ class EmuUffd(Uffd):
                 if done is not None:
                     completed.append(done)
                 out.append(_stamped(msg, ts))   # a copy stamped with the read time
-        if out:
+        if out and (bool(self.pending or self.event_q) and not self._closed) != self._signalled:
             self._readable_changed()
         for done in completed:              # the waiting mm operation (fork) goes on
             done(False)

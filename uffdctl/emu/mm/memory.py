@@ -50,14 +50,19 @@ class Memory:
                 self.pte_mkdirty(pte)
             return VM_FAULT_OK
         vmf = VmFault(vma, real_address, addr, write, pte, task)
-        if pte is None and not vma.hugetlb and (self.pmds or vma.flags & VM_HUGEPAGE or
-                                                 self.thp.any_always):
-            r = self.huge_pmd_fault(vmf)                 # huge_memory.py: the PMD level
-            if r != VM_FAULT_FALLBACK:
-                return r
-            vmf.orig_pte = pte = self.ptes.get(addr)     # split: the PTE level sees the new PTE
         if pte is None:
-            return self.do_pte_missing(vmf)
+            flags = vma.flags
+            if flags & VM_HUGETLB:
+                return self.do_pte_missing(vmf)
+            if self.pmds or flags & VM_HUGEPAGE or self.thp.any_always:
+                r = self.huge_pmd_fault(vmf)                 # huge_memory.py: the PMD level
+                if r != VM_FAULT_FALLBACK:
+                    return r
+                vmf.orig_pte = pte = self.ptes.get(addr)     # split: the PTE level sees the new PTE
+                if pte is None:
+                    return self.do_pte_missing(vmf)
+            else:                                            # do_pte_missing(), inline
+                return self.do_anonymous_page(vmf) if vma.file is None else self.do_fault(vmf)
         if pte.swp is not None:
             return self.do_swap_page(vmf)
         if pte.page is None:            # !pte_present(): a marker
@@ -139,10 +144,10 @@ class Memory:
         if vma.flags & VM_HUGETLB:
             return self.hugetlb_fault(vmf)
         self.pte_alloc(vmf.address)           # pte_alloc() precedes the userfault check
-        if vmf.write:                         # vmf_anon_prepare() too, on a write [differential, seed 5081:
+        if vmf.write and vma.anon_vma is None:   # vmf_anon_prepare() too, on a write [differential, seed 5081:
             self.anon_vma_prepare(vma)        # a MISSING write makes the VMA collapsible: EBUSY, not EINVAL]
-        if vma.flags & VM_UFFD_MISSING:       # userfaultfd_missing()
-            return self.handle_userfault(vmf, VM_UFFD_MISSING)
+        if vma.flags & VM_UFFD_MISSING:       # userfaultfd_missing(): handle_userfault() of the VMA's ctx
+            return vma.ctx.handle_userfault(vmf, VM_UFFD_MISSING)
         uffd_wp = vmf.orig_pte_uffd_wp
         if not vmf.write:
             pte = Pte(self.zero_page, False, False, True, False, uffd_wp, True)   # young, special

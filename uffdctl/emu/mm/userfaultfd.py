@@ -23,7 +23,7 @@ class Userfaultfd:
                      hints: int = 0) -> int:
         vma = self.find_vma(dst_start)
         early = self.profile.uffd_lock_vma_prepares_anon
-        if vma is not None and early:
+        if vma is not None and early and vma.anon_vma is None:
             self.anon_vma_prepare(vma)         # uffd_lock_vma(): "we know we're going to need anon_vma"
         if vma is None or dst_start + length > vma.end or vma.ctx is None:
             return -E.ENOENT
