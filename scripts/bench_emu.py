@@ -60,11 +60,12 @@ def ranged(pages: int) -> dict:
     return out
 
 
-def missing_round_trips(pages: int, populated: bool = False) -> float:
+def missing_round_trips(pages: int, populated: bool = False, measure=None) -> float:
     """MISSING faults per CPU second through fault_handler (copy policy): one thread writes every page of a
     registered anon region; each write faults, the handler reads the message and COPYs, the write retries.
     The source is untouched but for its first page (each COPY then read-faults a source page in, as the
-    kernel's copy_from_user() does), or ``populated`` (every source page written beforehand)."""
+    kernel's copy_from_user() does), or ``populated`` (every source page written beforehand).
+    ``measure(fn)``: what is returned per fault instead (default: CPU seconds, returned as faults/s)."""
     b = EmuBackend(profile="6.18", soft_dirty=False)
     r = b.mmap(pages * PS, MemType.ANON)
     src = b.mmap(pages * PS, MemType.ANON)
@@ -74,11 +75,49 @@ def missing_round_trips(pages: int, populated: bool = False) -> float:
     u.register(r.addr, r.len, R.MISSING)
     h = b.fault_handler(u, HandlerPolicy(missing="copy", src=src.addr, base=r.addr, page_size=PS))
     t = b.thread("t")
-    dt = cpu(lambda: t.access(r.addr, r.len, True, fill=1, stride=PS).wait(1))
+    dt = (measure or cpu)(lambda: t.access(r.addr, r.len, True, fill=1, stride=PS).wait(1))
     assert h.stats()["resolved"] == pages, h.stats()
     h.stop()
     b.close()
-    return pages / dt
+    return pages / dt if measure is None else dt / pages
+
+
+def python_cost(fn) -> tuple[int, int]:
+    """(Python calls, Python lines) that ``fn()`` executes inside uffdctl/ (sys.settrace): the round trip's
+    cost as a property of the code, the same on a loaded machine as on a quiet one."""
+    import os
+    import uffdctl
+    pkg = os.path.dirname(os.path.abspath(uffdctl.__file__))
+    n = [0, 0]
+
+    def local(frame, event, arg):
+        if event == "line":
+            n[1] += 1
+        return local
+
+    def calls(frame, event, arg):
+        if frame.f_code.co_filename.startswith(pkg):
+            n[0] += 1
+            return local
+        return None
+    old = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        fn()
+    finally:
+        sys.settrace(old)
+    return n[0], n[1]
+
+
+def round_trip_cost(pages: int = 1024, populated: bool = False) -> dict:
+    """Python calls and lines per MISSING round trip (the access and the handler's work, nothing of the set-up)."""
+    got = {}
+
+    def measure(fn):
+        got["calls"], got["lines"] = python_cost(fn)
+        return pages
+    missing_round_trips(pages, populated, measure)
+    return {"calls_per_fault": got["calls"] / pages, "lines_per_fault": got["lines"] / pages}
 
 
 def sparse_tib(measure) -> dict:
@@ -161,6 +200,45 @@ def verdicts(res: dict) -> dict:
     return out
 
 
+def round_trips(pages: int, rounds: int) -> dict:
+    """The two MISSING round-trip rows (best of ``rounds``) and their Python cost per fault."""
+    return {"missing_round_trips": max(missing_round_trips(pages) for _ in range(rounds)),
+            "missing_round_trips_src_populated": max(missing_round_trips(pages, populated=True)
+                                                     for _ in range(rounds)),
+            "cost": round_trip_cost(), "cost_src_populated": round_trip_cost(populated=True)}
+
+
+def compare_round_trips(other: str, pages: int, rounds: int) -> int:
+    """A/B of the round-trip rows, interleaved: each round runs ``--round-trip --json --rounds 3`` (best of 3) once with this checkout's
+    uffdctl and once with ``other``'s (PYTHONPATH), in fresh processes; medians over the rounds, and their ratio."""
+    import os
+    import statistics
+    import subprocess
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    import uffdctl
+    this = os.path.dirname(os.path.dirname(os.path.abspath(uffdctl.__file__)))
+    runs: dict = {"A": [], "B": []}
+    load0 = os.getloadavg()
+    for _ in range(rounds):
+        for side, path in (("A", other), ("B", this)):
+            env = dict(os.environ, PYTHONPATH=path)
+            out = subprocess.run([sys.executable, os.path.join(here, "scripts", "bench_emu.py"), "--round-trip",
+                                  "--json", "--pages", str(pages * 2), "--rounds", "3"],
+                                 env=env, capture_output=True, text=True, check=True, cwd="/").stdout
+            runs[side].append(json.loads(out))
+    print(f"MISSING round trips through fault_handler, A = {other}, B = {this}; {rounds} interleaved rounds, "
+          f"{pages // 2} faults each, medians (load average {load0[0]:.1f} before, {os.getloadavg()[0]:.1f} after):")
+    for key in ("missing_round_trips", "missing_round_trips_src_populated"):
+        a = statistics.median(r[key] for r in runs["A"])
+        b = statistics.median(r[key] for r in runs["B"])
+        ca = runs["A"][0]["cost" + key[len("missing_round_trips"):]]
+        cb = runs["B"][0]["cost" + key[len("missing_round_trips"):]]
+        print(f"  {key:36s} A {a:9,.0f}/s  B {b:9,.0f}/s  B/A {b / a:5.2f}x   Python calls/lines per fault: "
+              f"A {ca['calls_per_fault']:.0f}/{ca['lines_per_fault']:.0f}, B {cb['calls_per_fault']:.0f}/"
+              f"{cb['lines_per_fault']:.0f}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pages", type=int, default=16384, help="pages per ranged op (default 16384 = 64 MiB)")
@@ -168,9 +246,27 @@ def main(argv=None) -> int:
     ap.add_argument("--sequences", type=int, default=200, help="differential sequences for the emulator-side row")
     ap.add_argument("--tests", help="the tests/ directory whose differential generator the emulator-side row runs "
                                     "(default: this checkout's; give one tree's to compare two emulators)")
+    ap.add_argument("--round-trip", action="store_true",
+                    help="only the MISSING round-trip rows, with their Python calls and lines per fault")
+    ap.add_argument("--compare", metavar="TREE",
+                    help="A/B the round-trip rows against another checkout's uffdctl (the directory holding its "
+                         "uffdctl/ package), interleaved over --rounds rounds")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     import os
+    if a.compare:
+        return compare_round_trips(a.compare, a.pages // 2, a.rounds)
+    if a.round_trip:
+        rt = round_trips(a.pages // 2, a.rounds)
+        if a.json:
+            json.dump(rt, sys.stdout)
+            print()
+        else:
+            for k in ("missing_round_trips", "missing_round_trips_src_populated"):
+                c = rt["cost" + k[len("missing_round_trips"):]]
+                print(f"  {k:36s} {rt[k]:12,.0f}  {RANGED_TARGETS[k][0]}  ({c['calls_per_fault']:.0f} Python "
+                      f"calls, {c['lines_per_fault']:.0f} lines per fault)")
+        return 0
     load0 = os.getloadavg()
     runs = [ranged(a.pages) for _ in range(a.rounds)]
     res = {"ranged": {k: max(x[k] for x in runs) for k in runs[0]}}
