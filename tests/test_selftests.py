@@ -17,9 +17,10 @@ needs of the machine::
     #: by_release = [{ release = "-6.3", vars = { CHILD_WP = 1 }, source = "the commit or function" }]
     #: asserts = "what the selftest checks"
 
-Each script runs in its own process (``uffdctl.script.run_file``; a hang is a failure
-after ``TIMEOUT_S``), on the host kernel and on the emulator as this host is (profile
-6.18, CONFIG_MEM_SOFT_DIRTY off); scripts that need soft-dirty also on the emulator
+Each script runs in its own process (``uffdctl.script.run_file``; a hang -- no new line
+for ``STALL_S`` -- is a failure naming the line and what each thread was blocked in), on
+the host kernel and on the emulator as this host is (profile 6.18, CONFIG_MEM_SOFT_DIRTY
+off); scripts that need soft-dirty also on the emulator
 with soft-dirty on (``emu-sd``), since the host kernel cannot show it.
 
 Outcomes:
@@ -57,7 +58,7 @@ from conftest import _kernel_reason, require_kernel, require_softdirty
 
 HERE = Path(__file__).parent / "selftests"
 SCRIPTS = sorted(HERE.glob("*.uffd"))
-TIMEOUT_S = 180          # per script (header `timeout` for long ones); a run that exceeds it is a hang
+TIMEOUT_S = 180          # per script (header `timeout` for long ones): its budget; see STALL_S and BACKSTOP
 THP_SYSFS = Path("/sys/kernel/mm/transparent_hugepage")
 GUP_TEST = Path("/sys/kernel/debug/gup_test")
 SELFTEST_FILES = {"uffd-unit-tests.c", "uffd-wp-mremap.c", "pagemap_ioctl.c", "soft-dirty.c"}
@@ -313,11 +314,8 @@ def check_needs(h: dict, backend_name: str, size: str | None) -> None:
     if "swap" in needs:
         from uffdctl import swap
         reason = swap.cannot_hold_swapfile()
-        if reason and os.environ.get("UFFDCTL_IN_VM") == "1":
-            # a guest whose kernel cannot mount vmtest's scratch disk: a property of that kernel, with the cure
-            pytest.skip(f"UNSUPPORTED: {reason} ({swap.swap_cure()})")
         if reason:
-            require_kernel(reason)
+            swap_unsupported(reason)
     if "hugetlb" in needs:
         reason = _hugetlb_reason(size, h.get("_huge_pages", 4))
         if reason and size not in (None, "2M"):
@@ -336,6 +334,21 @@ def check_needs(h: dict, backend_name: str, size: str | None) -> None:
     if "gup_test" in needs and not GUP_TEST.exists():
         pytest.skip(f"no {GUP_TEST} (CONFIG_GUP_TEST off): the selftest skips "
                     "'Possibly CONFIG_GUP_TEST missing or unprivileged'")
+
+
+def swap_unsupported(reason: str) -> None:
+    """No swapfile can exist here.  In a vmtest guest that vmtest said has no scratch disk (its kernel cannot
+    mount one: UFFDCTL_VM_NO_SCRATCH names why) the case is UNSUPPORTED with both reasons; a guest that has
+    the disk (UFFDCTL_VM_SCRATCH), or that does not say, fails; on the host it is require_kernel()."""
+    from uffdctl import swap
+    if os.environ.get("UFFDCTL_IN_VM") == "1":
+        no_disk = os.environ.get("UFFDCTL_VM_NO_SCRATCH")
+        if no_disk:
+            pytest.skip(f"UNSUPPORTED: {reason} ({no_disk}; {swap.swap_cure()})")
+        disk = os.environ.get("UFFDCTL_VM_SCRATCH")
+        pytest.fail(f"this guest should have vmtest's scratch disk{' at ' + disk if disk else ''}, but {reason}",
+                    pytrace=False)
+    require_kernel(reason)
 
 
 def huge_pages_needed(text: str, env: dict) -> int:
@@ -424,11 +437,34 @@ def hstate_page(size: str):
 
 
 # -- running one script --------------------------------------------------------------------------------
+# The driver writes where it is (line, repeat iterations, text) into a small file before every line: the
+# test fails a run whose position has not moved for STALL_S (a hang: nothing the scripts wait for takes half
+# that, their longest --timeout is 60 s), not a run that is merely slow -- soft-dirty.c's 10,000 iterations
+# take ~10 minutes in a TCG guest on a loaded machine and half that on a quiet one, so a wall-clock cap on
+# the whole script failed or passed with the load.  A stalled run is reported with what was blocked: the
+# script line, each thread's kernel wait channel and stack, and the Python stacks (faulthandler, SIGUSR1).
+STALL_S = 180
+BACKSTOP = 5             # x the header's timeout (or TIMEOUT_S): a run still moving then is failed too
+POS_BYTES = 512
+
 DRIVER = textwrap.dedent("""\
-    import inspect, json, sys
+    import faulthandler, inspect, json, os, signal, sys
+    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    from uffdctl import script as script_mod
     from uffdctl.script import run_file
     path, backend, env = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     thp = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
+    if len(sys.argv) > 5:        # the position file the test watches (run_script)
+        pos = os.open(sys.argv[5], os.O_WRONLY | os.O_CREAT, 0o644)
+        def _tracked(f):
+            def at(self, lineno, line, *a):
+                text = f"{lineno}\\t{','.join(map(str, getattr(self, '_iter', ())))}\\t{line}"
+                os.pwrite(pos, text.encode()[:%d].ljust(%d), 0)
+                return f(self, lineno, line, *a)
+            return at
+        for name in ("command", "expect", "set_var"):
+            if hasattr(script_mod.Interpreter, name):
+                setattr(script_mod.Interpreter, name, _tracked(getattr(script_mod.Interpreter, name)))
     if backend == "kernel":
         from uffdctl.kernel import KernelBackend
         b = KernelBackend()
@@ -453,19 +489,113 @@ DRIVER = textwrap.dedent("""\
     res = run_file(path, backend=b, **kw)
     res.pop("lines", None)
     print(json.dumps(res, default=str))
-""")
+""" % (POS_BYTES, POS_BYTES))
 
 
-def run_script(path: Path, backend_name: str, env: dict, timeout: int = TIMEOUT_S, thp: dict | None = None) -> dict:
+def read_position(path: Path) -> tuple[int, str, str] | None:
+    """(line, repeat iterations "i,j" or "", text) the driver last started, or None before the first line."""
     try:
-        p = subprocess.run([sys.executable, "-c", DRIVER, str(path), backend_name, json.dumps(env),
-                            json.dumps(thp or {})],
-                           capture_output=True, text=True, timeout=timeout, cwd=str(HERE))
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"{path.name} on {backend_name}: no result within {timeout} s (a hang)", pytrace=False)
-    out = p.stdout.strip().splitlines()
+        raw = path.read_bytes().rstrip(b" ").decode(errors="replace")
+        lineno, iters, text = raw.split("\t", 2)
+        return int(lineno), iters, text
+    except (OSError, ValueError):
+        return None
+
+
+def describe_position(pos: tuple[int, str, str] | None) -> str:
+    if pos is None:
+        return "before its first line"
+    lineno, iters, text = pos
+    where = f" (repeat iteration {iters.replace(',', '/')})" if iters else ""
+    return f"at line {lineno}{where}: {text.strip()}"
+
+
+def blocked_threads(pid: int) -> list[str]:
+    """One line per thread of ``pid`` and its children: name, state, kernel wait channel, and the kernel
+    stack's innermost frames (root only)."""
+    out = []
+    pids = [pid]
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        pids += [int(k) for k in kids]
+    except OSError:
+        pass
+    for p in pids:
+        try:
+            tids = sorted(int(t) for t in os.listdir(f"/proc/{p}/task"))
+        except OSError:
+            continue
+        for t in tids:
+            d = Path(f"/proc/{p}/task/{t}")
+            try:
+                comm = (d / "comm").read_text().strip()
+                state = (d / "stat").read_text().rsplit(")", 1)[1].split()[0]
+                wchan = (d / "wchan").read_text().strip() or "-"
+            except OSError:
+                continue
+            try:
+                frames = [ln.split("] ", 1)[-1].split("+")[0] for ln in (d / "stack").read_text().splitlines()]
+            except OSError:
+                frames = []
+            stack = f" [{' < '.join(frames[:6])}]" if frames else ""
+            who = "" if p == pid else f"child {p} "
+            out.append(f"{who}{comm} (tid {t}) {state} {wchan}{stack}")
+    return out
+
+
+def _python_stacks(err: str, keep: int = 40) -> str:
+    """faulthandler's dump (the tail of stderr from the first 'Thread 0x' on), shortened to ``keep`` lines."""
+    i = err.find("Thread 0x")
+    if i < 0:
+        i = err.find("Current thread 0x")
+    lines = err[i:].splitlines() if i >= 0 else []
+    return "\n    ".join(ln.strip() for ln in lines[:keep])
+
+
+def run_script(path: Path, backend_name: str, env: dict, timeout: int = TIMEOUT_S, thp: dict | None = None,
+               stall: float = STALL_S, pos_file: Path | None = None) -> dict:
+    """Run one script in a driver process; returns its result document.  A run whose position does not move
+    for ``stall`` seconds, or that is still running after BACKSTOP x ``timeout``, fails with where it was."""
+    import tempfile
+    import time
+    with contextlib.ExitStack() as stack:
+        if pos_file is None:
+            pos_file = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="uffdctl-st-"))) / "pos"
+        pos_file.write_bytes(b"")
+        p = subprocess.Popen([sys.executable, "-c", DRIVER, str(path), backend_name, json.dumps(env),
+                              json.dumps(thp or {}), str(pos_file)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                             cwd=str(HERE))
+        t0 = last_move = time.monotonic()
+        last = read_position(pos_file)
+        why = ""
+        startup = max(stall, 60.0)   # before its first line the driver imports uffdctl (seconds under TCG)
+        while True:
+            try:
+                out, err = p.communicate(timeout=min(5.0, stall / 2))
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now, pos = time.monotonic(), read_position(pos_file)
+            if pos != last:
+                last, last_move = pos, now
+            if now - last_move >= (stall if last is not None else startup):
+                why = f"no progress for {now - last_move:.0f} s (a hang)"
+            elif now - t0 >= BACKSTOP * timeout:
+                why = (f"still running after {now - t0:.0f} s ({BACKSTOP} x its {timeout} s budget), "
+                       f"though not stalled")
+            if why:
+                threads = blocked_threads(p.pid)
+                p.send_signal(__import__("signal").SIGUSR1)    # faulthandler: every thread's Python stack
+                time.sleep(1.0)
+                p.kill()
+                out, err = p.communicate()
+                pytest.fail(f"{path.name} on {backend_name}: {why}, {describe_position(last)}\n  threads:\n    "
+                            + "\n    ".join(threads or ["(none left)"])
+                            + f"\n  Python:\n    {_python_stacks(err)}", pytrace=False)
+    out = out.strip().splitlines()
     if p.returncode != 0 or not out:
-        pytest.fail(f"{path.name} on {backend_name}: the driver died (rc {p.returncode}):\n{p.stderr[-3000:]}",
+        pytest.fail(f"{path.name} on {backend_name}: the driver died (rc {p.returncode}):\n{err[-3000:]}",
                     pytrace=False)
     return json.loads(out[-1])
 
@@ -558,6 +688,51 @@ def verdict(h: dict, backend_name: str, res: dict) -> tuple[str, str]:
     where = f"line {err.get('line')}: {err.get('text', '')}" if err.get("line") else ""
     return "fail", (f"{h['selftest']} {h['function']} ({h['case']} on {h['memtype']}) on {backend_name}: "
                     f"exit {res.get('exit')}: {msg}\n  {where}")
+
+
+def test_a_stalled_script_fails_saying_where_and_what_blocked(tmp_path):
+    """A hang is a failure within STALL_S that names the line (and repeat iteration) and each thread's wait:
+    here a read fault nobody serves, in the second iteration of a loop."""
+    reason = _kernel_reason()
+    if reason:
+        require_kernel(reason)
+    script = tmp_path / "stall.uffd"
+    script.write_text("api --features 0\nmmap --size 8K --name dst\nregister dst:1 --mode missing\n"
+                      "repeat 2 --var I\n  touch dst:${I} --read --wait     # dst:1: nobody serves the fault\nend\n")
+    with pytest.raises(pytest.fail.Exception) as e:
+        run_script(script, "kernel", {}, stall=3)
+    msg = str(e.value)
+    assert "stall.uffd on kernel: no progress for" in msg, msg
+    assert "at line 5 (repeat iteration 1): touch dst:${I} --read --wait" in msg, msg
+    assert "handle_userfault" in msg, msg          # the touching thread's kernel wait channel / stack
+    assert "Python:" in msg and "cmd_touch" in msg, msg
+
+
+def test_no_swapfile_in_a_guest_is_unsupported_only_where_vmtest_said_why(monkeypatch):
+    """A guest whose kernel cannot mount vmtest's scratch disk (UFFDCTL_VM_NO_SCRATCH) skips a swap case with
+    both reasons; a guest that has the disk, or that does not say, fails: never a silent UNSUPPORTED."""
+    why = "/mnt/scratch is on overlayfs, which cannot hold a swapfile"
+    monkeypatch.setenv("UFFDCTL_IN_VM", "1")
+    monkeypatch.delenv("UFFDCTL_VM_SCRATCH", raising=False)
+    monkeypatch.setenv("UFFDCTL_VM_NO_SCRATCH", "kernel 6.1.0-tiny cannot mount it: CONFIG_EXT4_FS is not set")
+    with pytest.raises(pytest.skip.Exception, match=r"UNSUPPORTED: .*overlayfs.*\(kernel 6.1.0-tiny cannot mount"):
+        swap_unsupported(why)
+    monkeypatch.delenv("UFFDCTL_VM_NO_SCRATCH")
+    monkeypatch.setenv("UFFDCTL_VM_SCRATCH", "/mnt/scratch")
+    with pytest.raises(pytest.fail.Exception, match="should have vmtest's scratch disk at /mnt/scratch, but /mnt"):
+        swap_unsupported(why)
+    monkeypatch.delenv("UFFDCTL_VM_SCRATCH")
+    with pytest.raises(pytest.fail.Exception, match="should have vmtest's scratch disk, but"):
+        swap_unsupported(why)
+
+
+def test_the_driver_records_its_last_line(tmp_path):
+    script, pos = tmp_path / "ok.uffd", tmp_path / "pos"
+    script.write_text("mmap --size 4K --name b\nrepeat 3\n  touch b:0 --write --wait --timeout 10\nend\n"
+                      "expect pagemap b:0 present=1\n")
+    assert run_script(script, "emu", {}, pos_file=pos)["ok"]
+    assert read_position(pos) == (5, "", "expect pagemap b:0 present=1")
+    assert describe_position(None) == "before its first line"
 
 
 # -- the inventory itself ----------------------------------------------------------------------------------

@@ -140,6 +140,35 @@ def test_scratch_disk_only_for_a_kernel_that_can_mount_it(tmp_path):
     assert "virtio-blk-pci,drive=scratch" not in plain and "vmtest.scratch" not in " ".join(plain)
 
 
+def test_a_guest_that_should_have_the_scratch_disk_never_boots_without_it(tmp_path, monkeypatch):
+    """A Debian kernel (virtio_blk and ext4 as modules) whose cache entry lost ext4.ko, or a host without
+    mkfs.ext4, is an error naming why -- not a guest whose swap cases turn UNSUPPORTED unseen.  A kernel whose
+    config cannot mount the disk boots without it, and the guest's UFFDCTL_VM_NO_SCRATCH says why."""
+    from vmtest_lib import cli, guest
+    lost = _kernel(tmp_path, ["virtio_blk.ko"], "CONFIG_VIRTIO_BLK=m\nCONFIG_EXT4_FS=m\n")
+    assert lost.scratch_expected and not lost.scratch_disk
+    assert lost.scratch_reason == f"CONFIG_EXT4_FS=m but no ext4.ko in {lost.dir}"
+    with pytest.raises(Unavailable, match="the guest would have no scratch disk .*no ext4.ko in"):
+        cli.check_scratch(lost)
+    tiny = _kernel(tmp_path, [], "CONFIG_VIRTIO_BLK=y\n")
+    assert not tiny.scratch_expected and tiny.scratch_reason == "CONFIG_EXT4_FS is not set"
+    cli.check_scratch(tiny)                                           # boots, without the disk
+    env = guest.guest_env(qemu.VM("qemu", tiny, "initrd"))
+    assert "UFFDCTL_SWAP_DIR" not in env and "UFFDCTL_VM_SCRATCH" not in env
+    assert env["UFFDCTL_VM_NO_SCRATCH"] == ("kernel 6.1.0-1-amd64 cannot mount vmtest's ext4 scratch disk: "
+                                            "CONFIG_EXT4_FS is not set")
+    debian = _kernel(tmp_path, ["virtio_blk.ko", "jbd2.ko", "ext4.ko"], "CONFIG_VIRTIO_BLK=m\nCONFIG_EXT4_FS=m\n")
+    env = guest.guest_env(qemu.VM("qemu", debian, "initrd"))
+    assert env["UFFDCTL_SWAP_DIR"] == env["UFFDCTL_VM_SCRATCH"] == qemu.SCRATCH_MOUNT
+    assert "UFFDCTL_VM_NO_SCRATCH" not in env
+    monkeypatch.setattr(qemu, "find_mkfs", lambda: None)
+    with pytest.raises(Unavailable, match="no mkfs.ext4 .*e2fsprogs"):
+        cli.check_scratch(debian)
+    with pytest.raises(Unavailable, match="no mkfs.ext4"):
+        qemu.make_scratch(str(tmp_path), 1 << 20)
+    assert not (tmp_path / "scratch.img").exists()
+
+
 @pytest.mark.skipif(not (shutil.which("mkfs.ext4") or os.path.exists("/usr/sbin/mkfs.ext4")),
                     reason="no mkfs.ext4 (e2fsprogs)")
 def test_make_scratch_is_a_sparse_ext4_image(tmp_path):
@@ -362,6 +391,39 @@ def test_plan_script(tmp_path):
     assert calls[2] == f"uffdctl -j repro all --backend both --profile {series}"
     assert {p.name for p in share.iterdir()} >= {"release", "proc_version", "check.rc", "pytest.rc", "repro.rc",
                                                   "check.json", "repro.json"}
+
+
+def test_every_column_runs_with_the_hosts_test_knobs_and_the_selection(tmp_path, monkeypatch):
+    """A guest's environment starts empty: UFFDCTL_SELFTEST_ITERATIONS=10 on the host ran soft-dirty.c's
+    10,000 iterations in the guests (minutes under TCG: the 6.12 guest's "hang" in soft-dirty-test_hugepage).
+    The host's test knobs, --env K=V and -k EXPR reach every column."""
+    from vmtest_lib import cli
+    assert matrix.forwarded_env({"UFFDCTL_SELFTEST_ITERATIONS": "10", "UFFDCTL_DIFF_SEED": "7", "HOME": "/x",
+                                 "UFFDCTL_RUNTIME_DIR": "/run/x"}) == {"UFFDCTL_SELFTEST_ITERATIONS": "10",
+                                                                       "UFFDCTL_DIFF_SEED": "7"}
+    plan = matrix.Plan("/v", ["tests/test_selftests.py"], env={"UFFDCTL_SELFTEST_ITERATIONS": "10",
+                                                                "VMTEST_OUT": "/elsewhere"},
+                       select="soft-dirty and kernel")
+    body, env = plan.script(str(tmp_path), soft_dirty=True, guest=True)
+    assert env["UFFDCTL_SELFTEST_ITERATIONS"] == "10"
+    assert env["VMTEST_OUT"] == str(tmp_path)                  # the share is vmtest's, whatever --env says
+    assert "tests/test_selftests.py -k 'soft-dirty and kernel'" in body
+    assert " -k " not in matrix.Plan("/v", ["t.py"]).script(str(tmp_path), soft_dirty=False)[0]
+    args = cli.parser().parse_args(["matrix", "-k", "hugepage", "-e", "A=1", "-e", "B=x=y", "--tests", "t.py"])
+    assert (args.select, args.env, args.tests) == ("hugepage", ["A=1", "B=x=y"], ["t.py"])
+    assert cli.parse_env(args.env, "matrix") == {"A": "1", "B": "x=y"}
+    for bad in ("A", "=1", "1A=2"):
+        with pytest.raises(ValueError, match="expected K=V"):
+            cli.parse_env([bad], "matrix")
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for tool in ("pytest", "python"):            # a venv whose python knows no emulator profiles
+        (venv / "bin" / tool).write_text("#!/bin/sh\nexit 1\n")
+        (venv / "bin" / tool).chmod(0o755)
+    monkeypatch.setenv("UFFDCTL_SELFTEST_ITERATIONS", "10")
+    args = cli.parser().parse_args(["--venv", str(venv), "matrix", "-e", "UFFDCTL_DIFF_SEED=3", "-k", "x"])
+    plan = cli.make_plan(args)
+    assert plan.env == {"UFFDCTL_SELFTEST_ITERATIONS": "10", "UFFDCTL_DIFF_SEED": "3"} and plan.select == "x"
 
 
 def test_prefixed_stream():

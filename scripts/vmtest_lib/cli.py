@@ -17,6 +17,7 @@ import argparse
 import atexit
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -139,6 +140,12 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("-q", "--quiet", action="store_true", help="do not stream the columns' output")
     m.add_argument("--diff-examples", type=int, default=300, metavar="N",
                    help="random sequences of the differential test in each column (default %(default)s)")
+    m.add_argument("-k", dest="select", default="", metavar="EXPR",
+                   help="pytest -k EXPR within the selection, e.g. -k 'soft-dirty and kernel'")
+    m.add_argument("--no-repro", action="store_true", help="no `uffdctl repro all` step (a targeted run)")
+    m.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
+                   help="environment of every column (repeat); the host's %s are passed on when set"
+                        % ", ".join(matrix.FORWARD_ENV[:1]) + " and the other test knobs (docs/vmtest.md)")
     r = sub.add_parser("run", help="run a command in the guest")
     r.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     r.add_argument("--cwd", default=REPO, help="working directory in the guest (default: the checkout)")
@@ -209,6 +216,18 @@ def get_kernels(args) -> list[kernelpkg.Kernel]:
     return out
 
 
+def check_scratch(k: kernelpkg.Kernel) -> None:
+    """A kernel whose config can mount the scratch disk boots only with it: without the disk its guest's
+    swap cases would turn UNSUPPORTED unseen.  A kernel whose config cannot (vmtest build's tiny ones) boots
+    without it, and the guest's UFFDCTL_VM_NO_SCRATCH says why."""
+    if k.scratch_expected and not k.scratch_disk:
+        raise Unavailable(f"{k.package}: the guest would have no scratch disk (swap cases UNSUPPORTED): "
+                          f"{k.scratch_reason} (scripts/vmtest fetch unpacks a package's modules again; "
+                          "--kernel-image takes --modules)")
+    if k.scratch_disk and qemu.find_mkfs() is None:
+        raise Unavailable(f"no mkfs.ext4 for the scratch disk of {k.package}'s guest (apt-get install e2fsprogs)")
+
+
 def prepare(args) -> list[qemu.VM]:
     """Tools, accelerator, kernels, initramfs: one VM description per kernel."""
     qemu_bin, busybox = host.ensure_tools(args.qemu, install=not args.no_install)
@@ -217,6 +236,7 @@ def prepare(args) -> list[qemu.VM]:
     with kernelpkg.locked(args.cache):
         built = [(k, initramfs.build(k, busybox)) for k in get_kernels(args)]
     for k, initrd in built:
+        check_scratch(k)
         vms.append(qemu.VM(qemu_bin, k, initrd, accel=accel, smp=args.smp, mem=args.mem, timeout=cap(args)))
         log(f"kernel {k.package} {k.version} ({k.release}; {'vmlinux/PVH' if k.pvh else 'bzImage'}; "
             f"soft-dirty {'y' if k.soft_dirty else 'n'}); accel {accel} ({why})")
@@ -229,12 +249,7 @@ def cmd_run(args) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise ValueError("run: no command (scripts/vmtest run -- CMD ...)")
-    env = {}
-    for kv in args.env:
-        if "=" not in kv:
-            raise ValueError(f"run: --env {kv!r}: expected K=V")
-        k, v = kv.split("=", 1)
-        env[k] = v
+    env = parse_env(args.env, "run")
     body = shlex.join(command)
     venv_bin = os.path.join(os.path.abspath(args.venv), "bin")
     if os.path.isdir(venv_bin):
@@ -250,6 +265,16 @@ def cmd_run(args) -> int:
     return status
 
 
+def parse_env(pairs: list[str], cmd: str) -> dict[str, str]:
+    env = {}
+    for kv in pairs:
+        k, sep, v = kv.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", k):
+            raise ValueError(f"{cmd}: --env {kv!r}: expected K=V")
+        env[k] = v
+    return env
+
+
 def make_plan(args) -> matrix.Plan:
     venv = os.path.abspath(args.venv)
     if not os.access(os.path.join(venv, "bin", "pytest"), os.X_OK):
@@ -261,9 +286,13 @@ def make_plan(args) -> matrix.Plan:
                             "from uffdctl.emu import PROFILES; print(' '.join(PROFILES))"],
                            capture_output=True, text=True, cwd="/")
     profiles = tuple(probe.stdout.split()) if probe.returncode == 0 else ()
-    repro = os.access(os.path.join(bin_, "uffdctl"), os.X_OK) and subprocess.run(
-        [os.path.join(bin_, "uffdctl"), "repro", "--help"], capture_output=True, cwd="/").returncode == 0
-    return matrix.Plan(venv, tests, repro=repro, profiles=profiles, diff_examples=args.diff_examples)
+    repro = not getattr(args, "no_repro", False) and os.access(os.path.join(bin_, "uffdctl"), os.X_OK) and \
+        subprocess.run([os.path.join(bin_, "uffdctl"), "repro", "--help"], capture_output=True, cwd="/").returncode == 0
+    env = dict(matrix.forwarded_env(), **parse_env(getattr(args, "env", []), args.cmd or "matrix"))
+    if env:
+        log("every column's environment: " + " ".join(f"{k}={v}" for k, v in sorted(env.items())))
+    return matrix.Plan(venv, tests, repro=repro, profiles=profiles, diff_examples=args.diff_examples, env=env,
+                       select=getattr(args, "select", ""))
 
 
 def cap(args, default: float = 600.0) -> float:

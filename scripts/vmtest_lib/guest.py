@@ -20,6 +20,15 @@ BASE_ENV = {
 }
 
 
+def guest_env(vm: qemu.VM) -> dict[str, str]:
+    """BASE_ENV, plus the scratch disk: swapfiles go there (the overlay cannot hold one), and the tests learn
+    whether the guest has it -- UFFDCTL_VM_SCRATCH (the mount point), else UFFDCTL_VM_NO_SCRATCH (why not),
+    so a swap case is UNSUPPORTED only where vmtest said why, and a failure where the disk should be."""
+    if vm.scratch_size:
+        return dict(BASE_ENV, UFFDCTL_SWAP_DIR=qemu.SCRATCH_MOUNT, UFFDCTL_VM_SCRATCH=qemu.SCRATCH_MOUNT)
+    return dict(BASE_ENV, UFFDCTL_VM_NO_SCRATCH=vm.no_scratch_reason)
+
+
 def script(cwd: str, env: dict[str, str], body: str, base: dict[str, str] | None = None) -> str:
     """guest.sh: environment (``base`` then ``env``), working directory, then ``body`` (its exit status is
     the script's)."""
@@ -59,10 +68,7 @@ class Job:
     def run(self, body: str, cwd: str, env: dict[str, str] | None = None, stream=None) -> qemu.Result:
         path = os.path.join(self.share, "guest.sh")
         with open(path, "w") as f:
-            base = None
-            if self.vm:
-                # swapfiles on the scratch disk: the overlay cannot hold one (qemu.SCRATCH_MOUNT)
-                base = dict(BASE_ENV, UFFDCTL_SWAP_DIR=qemu.SCRATCH_MOUNT) if self.vm.scratch_size else BASE_ENV
+            base = guest_env(self.vm) if self.vm else None
             f.write(script(cwd, env or {}, body, base))
         if self.vm:
             return qemu.run(self.vm, self.run_dir, self.share, stream)

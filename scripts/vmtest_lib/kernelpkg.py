@@ -101,15 +101,34 @@ class Kernel:
     def image_path(self) -> str:
         return os.path.join(self.dir, self.image)
 
+    SCRATCH_NEEDS = (("CONFIG_VIRTIO_BLK", "virtio_blk"), ("CONFIG_EXT4_FS", "ext4"))
+
+    def _full_config(self) -> dict[str, str]:
+        path = os.path.join(self.dir, "config")
+        return read_config(path) if os.path.exists(path) else self.config
+
     @property
     def scratch_disk(self) -> bool:
         """The guest can mount an ext4 virtio-blk disk: both built in (config y) or shipped here as modules."""
-        path = os.path.join(self.dir, "config")
-        cfg = read_config(path) if os.path.exists(path) else self.config
+        return not self.scratch_reason
 
-        def has(opt: str, mod: str) -> bool:
-            return cfg.get(opt) == "y" or f"{mod}.ko" in self.modules
-        return has("CONFIG_VIRTIO_BLK", "virtio_blk") and has("CONFIG_EXT4_FS", "ext4")
+    @property
+    def scratch_reason(self) -> str:
+        """Why the guest cannot mount the scratch disk ("" when it can)."""
+        cfg, why = self._full_config(), []
+        for opt, mod in self.SCRATCH_NEEDS:
+            v = cfg.get(opt)
+            if v == "y" or (v == "m" and f"{mod}.ko" in self.modules):
+                continue
+            why.append(f"{opt}=m but no {mod}.ko in {self.dir}" if v == "m" else f"{opt} is not set")
+        return "; ".join(why)
+
+    @property
+    def scratch_expected(self) -> bool:
+        """Its config has what the scratch disk needs (y or m): a guest of it without the disk is an error
+        (a cache entry or --modules that lost the modules), not a property of the kernel."""
+        cfg = self._full_config()
+        return all(cfg.get(opt) in ("y", "m") for opt, _ in self.SCRATCH_NEEDS)
 
     @property
     def soft_dirty(self) -> bool:

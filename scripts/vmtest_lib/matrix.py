@@ -31,6 +31,19 @@ DEFAULT_TESTS = ("tests/test_softdirty.py", "tests/test_selftests.py")
 PYTEST_OPTS = ("-p", "no:cacheprovider", "-p", "no:hypothesispytest", "-q", "-rs")
 GUEST_HUGEPAGES = 32   # 64 MiB of the guest's 2 GiB
 
+# The host's test knobs every column runs with.  A guest's environment starts empty (busybox init), so
+# without this `UFFDCTL_SELFTEST_ITERATIONS=10 scripts/vmtest matrix ...` ran 10 iterations on the host
+# and soft-dirty.c's 10,000 in each guest: under TCG soft-dirty-test_hugepage alone then takes many
+# minutes, which read as a hang of the 6.12 guest.
+FORWARD_ENV = ("UFFDCTL_SELFTEST_ITERATIONS", "UFFDCTL_DIFF_SEED", "UFFDCTL_DIFF_MEMTYPES", "UFFDCTL_DIFF_SECONDS",
+               "UFFDCTL_DIFF_EXAMPLES", "UFFDCTL_NO_FASTPATH", "UFFDCTL_DEBUG")
+
+
+def forwarded_env(environ=None) -> dict[str, str]:
+    """The FORWARD_ENV variables set in ``environ`` (default: this process's environment)."""
+    environ = os.environ if environ is None else environ
+    return {k: environ[k] for k in FORWARD_ENV if k in environ}
+
 
 @dataclass(frozen=True)
 class Verdict:
@@ -82,6 +95,8 @@ class Plan:
     repro: bool = False              # the venv has ``uffdctl repro``
     profiles: tuple[str, ...] = ()   # emulator profiles the venv knows
     diff_examples: int = 300         # random sequences of the differential test per column
+    env: dict[str, str] = field(default_factory=dict)   # forwarded knobs and --env K=V, in every column
+    select: str = ""                 # pytest -k EXPR
 
     def script(self, share: str, soft_dirty: bool, guest: bool = False, profile: str = "",
                switches: dict[str, str] | None = None, criu: str = "") -> tuple[str, dict[str, str]]:
@@ -92,9 +107,10 @@ class Plan:
         the emulator has one of that name, or ``profile`` (a built kernel's patches name their twin:
         ``rfc-hints``, or ``6.1`` with ``switches``), passed on as UFFDCTL_EMU_PROFILE/UFFDCTL_EMU_SWITCHES."""
         bin_ = os.path.join(self.venv, "bin")
-        env = {"UFFDCTL_REQUIRE_KERNEL": "1", "VMTEST_OUT": share,
+        env = {"UFFDCTL_REQUIRE_KERNEL": "1",
                "UFFDCTL_DIFF_KERNEL_EXAMPLES": str(self.diff_examples),
-               "UFFDCTL_DIFF_DIR": os.path.join(share, "diff")}  # shrunk reproducers outlive the guest
+               "UFFDCTL_DIFF_DIR": os.path.join(share, "diff"),  # shrunk reproducers outlive the guest
+               **self.env, "VMTEST_OUT": share}
         if soft_dirty:
             env["UFFDCTL_REQUIRE_SOFTDIRTY"] = "1"
         if profile:
@@ -117,7 +133,7 @@ class Plan:
         want = q(profile) if profile else '"$SERIES"'
         lines.append(f'PROFILE=""; for p in {profiles}; do [ "$p" = {want} ] && PROFILE=$p; done'
                      if profiles else 'PROFILE=""')
-        tests = " ".join(q(t) for t in self.tests)
+        tests = " ".join(q(t) for t in self.tests) + (f" -k {q(self.select)}" if self.select else "")
         lines.append(f'step pytest pytest {" ".join(PYTEST_OPTS)} --junitxml="$VMTEST_OUT/junit.xml" {tests}')
         if self.repro:
             lines.append('if [ -n "$PROFILE" ]; then RB="--backend both --profile $PROFILE"; '

@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from . import Unavailable
 from .host import log
 from .kernelpkg import Kernel
 
@@ -63,6 +64,15 @@ class VM:
             return self.scratch
         return SCRATCH_SIZE if self.kernel.scratch_disk else 0
 
+    @property
+    def no_scratch_reason(self) -> str:
+        """Why this guest has no scratch disk ("" when it has one): the guest's UFFDCTL_VM_NO_SCRATCH."""
+        if self.scratch_size:
+            return ""
+        if self.scratch == 0:
+            return "vmtest was asked for no scratch disk"
+        return f"kernel {self.kernel.release} cannot mount vmtest's ext4 scratch disk: {self.kernel.scratch_reason}"
+
     def append(self, share: str, scratch: bool = False) -> str:
         args = ["console=ttyS0", "loglevel=4", "panic=-1", "mitigations=off", "8250.nr_uarts=1",
                 "random.trust_cpu=on", f"vmtest.share={share}"]
@@ -95,14 +105,17 @@ class VM:
         ] + disk
 
 
-def make_scratch(run_dir: str, size: int) -> str | None:
-    """A sparse ext4 image of ``size`` bytes in ``run_dir``; None (and why, logged) when it cannot be made."""
-    mkfs = shutil.which("mkfs.ext4") or next((p for p in ("/sbin/mkfs.ext4", "/usr/sbin/mkfs.ext4")
+def find_mkfs() -> str | None:
+    return shutil.which("mkfs.ext4") or next((p for p in ("/sbin/mkfs.ext4", "/usr/sbin/mkfs.ext4")
                                                if os.path.exists(p)), None)
+
+
+def make_scratch(run_dir: str, size: int) -> str:
+    """A sparse ext4 image of ``size`` bytes in ``run_dir``.  A guest that should have the disk never boots
+    without it (its swap cases would turn UNSUPPORTED unseen): Unavailable, with why and the cure."""
+    mkfs = find_mkfs()
     if mkfs is None:
-        log(f"no mkfs.ext4 (apt-get install e2fsprogs): the guest gets no scratch disk, so {SCRATCH_MOUNT} "
-            "stays on the overlay and `swap on` there says it cannot hold a swapfile")
-        return None
+        raise Unavailable("no mkfs.ext4 for the guest's scratch disk (apt-get install e2fsprogs)")
     path = os.path.join(run_dir, "scratch.img")
     with open(path, "wb") as f:
         f.truncate(size)
@@ -111,9 +124,9 @@ def make_scratch(run_dir: str, size: int) -> str | None:
     p = subprocess.run([mkfs, "-q", "-F", "-E", "lazy_itable_init=1,lazy_journal_init=1", "-L", "vmtest-scratch",
                         path], capture_output=True, text=True)
     if p.returncode:
-        log(f"mkfs.ext4 {path} failed ({(p.stderr.strip().splitlines() or ['?'])[-1]}): no scratch disk")
         os.unlink(path)
-        return None
+        raise Unavailable(f"mkfs.ext4 {path} failed ({(p.stderr.strip().splitlines() or ['?'])[-1]}): "
+                          "the guest would have no scratch disk")
     return path
 
 

@@ -131,6 +131,18 @@ class PageTables:
         srt = self.pte_index()
         return [a for a in srt[bisect.bisect_left(srt, start):bisect.bisect_left(srt, end)] if a in ptes]
 
+    def pte_keys_view(self, start: int, end: int, step: int) -> tuple[list[int], int, int]:
+        """(keys, i0, i1): keys[i0:i1] are what pte_keys() gives, ascending, without a copy of the sorted view
+        (so it may also hold keys removed since it was built: a reader skips what ``ptes`` lacks); for a
+        tiny range, the probed list."""
+        ptes = self.ptes
+        n = (end - start) // step
+        if n <= 8 or n <= len(ptes) and self._pte_index is None:
+            keys = [a for a in range(start, end, step) if a in ptes]
+            return keys, 0, len(keys)
+        srt = self.pte_index()
+        return srt, bisect.bisect_left(srt, start), bisect.bisect_left(srt, end)
+
     def pte_index(self) -> list[int]:
         """The PTE map's keys, ascending, kept until a key is added (set_pte(), or a ``_pte_index = None`` where
         a hot path stores into ``ptes`` directly).  A key removed since stays in it until the next rebuild:

@@ -406,8 +406,15 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
         leaves = _leaf_starts(mm, vma, s, e)
         # a hugetlb range may start or end inside a huge page: pagemap_scan_hugetlb_entry() gets the huge PTE
         # with start/end clipped to the range (walk_hugetlb_range()), and reports just that part of it
-        keys = mm.pte_keys(s - s % vma.page_size, e, vma.page_size)
-        keys = (sorted(keys + list(leaves)) if leaves else keys) + [e]
+        # keys[i + 1:i_end] are the PTE (and PMD leaf) addresses to visit, ascending, then ``e``.  Without leaves
+        # they are the sorted PTE view itself, not a copy (a scan_all's calls each walk only up to where their
+        # vector fills), and may hold a key removed since it was built: the walk skips what ``ptes`` lacks
+        if leaves:
+            keys = sorted(mm.pte_keys(s - s % vma.page_size, e, vma.page_size) + list(leaves))
+            i, i_end = -1, len(keys)
+        else:
+            keys, i, i_end = mm.pte_keys_view(s - s % vma.page_size, e, vma.page_size)
+            i -= 1
         # A hole's categories depend on the VMA and on whether a page table is under it, nothing else: when
         # both kinds read the same, a hole is one run whatever the tables (emit() would merge the pieces).
         hole_table = pagemap_scan_category(mm, vma, None, not vma.hugetlb) | vcat
@@ -425,10 +432,9 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
             (_C.HUGE if hugetlb else 0)
         p_written = _C.WRITTEN if p.scan_written_any_vma or userfaultfd_wp(vma) else 0
         p_sd, p_zero, p_file = _C.SOFT_DIRTY if sdc else 0, _C.PFNZERO, _C.FILE
-        i = -1
-        while i + 1 < len(keys):
+        while i < i_end:
             i += 1
-            k = keys[i]
+            k = keys[i] if i < i_end else e
             if k <= pos:
                 pass
             elif by_table:                   # pagemap_scan_pte_hole() over the hole runs [pos, k)
@@ -485,7 +491,9 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                         # portion of the huge page": split, and walk it as PTEs
                         mm.split_huge_pmd(vma, h)
                         del leaves[k]            # no leaf there now: its pages are PTEs
-                        keys[i:i + 1] = list(range(k, kend, PAGE_SIZE))
+                        pages = list(range(k, kend, PAGE_SIZE))
+                        keys[i:i + 1] = pages
+                        i_end += len(pages) - 1
                         i -= 1
                         continue
                     got = emit(k, n, cat)
@@ -495,7 +503,9 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
                         _make_uffd_wp_pmd(mm, h, pmd, wp_flush)
                 pos = kend
                 continue
-            pte = ptes[k]
+            pte = ptes.get(k)
+            if pte is None:                  # removed since the sorted view was built: part of the hole
+                continue
             page = pte.page
             if page is not None:
                 cat = p_base | (0 if pte.uffd_wp else p_written) | (p_sd if pte.soft_dirty else 0) | \
