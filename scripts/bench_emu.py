@@ -60,11 +60,12 @@ def ranged(pages: int) -> dict:
     return out
 
 
-def missing_round_trips(pages: int, populated: bool = False) -> float:
+def missing_round_trips(pages: int, populated: bool = False, measure=None) -> float:
     """MISSING faults per CPU second through fault_handler (copy policy): one thread writes every page of a
     registered anon region; each write faults, the handler reads the message and COPYs, the write retries.
     The source is untouched but for its first page (each COPY then read-faults a source page in, as the
-    kernel's copy_from_user() does), or ``populated`` (every source page written beforehand)."""
+    kernel's copy_from_user() does), or ``populated`` (every source page written beforehand).
+    ``measure(fn)``: what is returned per fault instead (default: CPU seconds, returned as faults/s)."""
     b = EmuBackend(profile="6.18", soft_dirty=False)
     r = b.mmap(pages * PS, MemType.ANON)
     src = b.mmap(pages * PS, MemType.ANON)
@@ -74,11 +75,49 @@ def missing_round_trips(pages: int, populated: bool = False) -> float:
     u.register(r.addr, r.len, R.MISSING)
     h = b.fault_handler(u, HandlerPolicy(missing="copy", src=src.addr, base=r.addr, page_size=PS))
     t = b.thread("t")
-    dt = cpu(lambda: t.access(r.addr, r.len, True, fill=1, stride=PS).wait(1))
+    dt = (measure or cpu)(lambda: t.access(r.addr, r.len, True, fill=1, stride=PS).wait(1))
     assert h.stats()["resolved"] == pages, h.stats()
     h.stop()
     b.close()
-    return pages / dt
+    return pages / dt if measure is None else dt / pages
+
+
+def python_cost(fn) -> tuple[int, int]:
+    """(Python calls, Python lines) that ``fn()`` executes inside uffdctl/ (sys.settrace): the round trip's
+    cost as a property of the code, the same on a loaded machine as on a quiet one."""
+    import os
+    import uffdctl
+    pkg = os.path.dirname(os.path.abspath(uffdctl.__file__))
+    n = [0, 0]
+
+    def local(frame, event, arg):
+        if event == "line":
+            n[1] += 1
+        return local
+
+    def calls(frame, event, arg):
+        if frame.f_code.co_filename.startswith(pkg):
+            n[0] += 1
+            return local
+        return None
+    old = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        fn()
+    finally:
+        sys.settrace(old)
+    return n[0], n[1]
+
+
+def round_trip_cost(pages: int = 1024, populated: bool = False) -> dict:
+    """Python calls and lines per MISSING round trip (the access and the handler's work, nothing of the set-up)."""
+    got = {}
+
+    def measure(fn):
+        got["calls"], got["lines"] = python_cost(fn)
+        return pages
+    missing_round_trips(pages, populated, measure)
+    return {"calls_per_fault": got["calls"] / pages, "lines_per_fault": got["lines"] / pages}
 
 
 def sparse_tib(measure) -> dict:
@@ -161,6 +200,62 @@ def verdicts(res: dict) -> dict:
     return out
 
 
+def flat_round_trip_floor(pages: int) -> float:
+    """Not the model: the state changes of one MISSING round trip (the objects it makes, the page-table, TLB and
+    queue updates, the read timestamp, the written byte) in one loop, with no check and no call layer.  Faults/s
+    of this loop bound what any Python model building those objects can reach on this machine."""
+    import bisect
+    from uffdctl.emu.fs.userfaultfd import Waiter
+    from uffdctl.emu.mm.mm_types import Folio, VmFault, new_anon_page, new_present_pte
+    from uffdctl.types import HandledEvent, UffdMsg
+    dst0, src0 = 1 << 32, 2 << 32
+    starts, ends = [dst0, src0], [dst0 + pages * PS, src0 + pages * PS]
+    ptes, tlb, pgtables, log, pending, waiting = {}, {}, set(), [], [], []
+    zero = Folio(1, PS, False)
+    pfn = 0x100000
+
+    def loop():
+        nonlocal pfn
+        for i in range(pages):
+            a, s = dst0 + i * PS, src0 + i * PS
+            j = bisect.bisect_right(starts, a) - 1          # the access: find_vma, TLB miss, PTE walk, the fault
+            assert starts[j] <= a < ends[j]
+            tlb.get(a)
+            ptes.get(a)
+            VmFault(None, a, a, True, None, None)
+            pgtables.add(a >> 21)
+            pending.append(Waiter(UffdMsg(0x12, 1, a, 0), None))
+            w = pending.pop(0)                              # the handler: read, COPY (its source's read fault), wake
+            w.read = True
+            waiting.append(w)
+            w.msg.ts_ns = time.monotonic_ns()
+            bisect.bisect_right(starts, a)
+            bisect.bisect_right(starts, s)
+            pgtables.add(s >> 21)
+            ptes[s] = new_present_pte(zero, False, False, True, False, False, True)
+            zero.mapcount += 1
+            tlb[s] = 0x8000000000000225 | zero.pfn << 12
+            ptes[a] = new_present_pte(new_anon_page(pfn, None), True, True, True, True, False, False)
+            pfn += 1
+            waiting.remove(w)
+            log.append(HandledEvent(w.msg, "copy", 0, PS))
+            p = ptes[a]                                     # the retry: the spurious fault, TLB fill, the write
+            p.young = p.dirty = True
+            tlb[a] = 0x8000000000000067 | p.page.pfn << 12
+            p.page.data = d = bytearray(1)
+            d[0:1] = b"\1"
+    return pages / cpu(loop)
+
+
+def round_trips(pages: int, rounds: int) -> dict:
+    """The two MISSING round-trip rows (best of ``rounds``) and their Python cost per fault."""
+    return {"missing_round_trips": max(missing_round_trips(pages) for _ in range(rounds)),
+            "missing_round_trips_src_populated": max(missing_round_trips(pages, populated=True)
+                                                     for _ in range(rounds)),
+            "cost": round_trip_cost(), "cost_src_populated": round_trip_cost(populated=True),
+            "flat_floor": max(flat_round_trip_floor(pages) for _ in range(rounds))}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pages", type=int, default=16384, help="pages per ranged op (default 16384 = 64 MiB)")
@@ -168,9 +263,24 @@ def main(argv=None) -> int:
     ap.add_argument("--sequences", type=int, default=200, help="differential sequences for the emulator-side row")
     ap.add_argument("--tests", help="the tests/ directory whose differential generator the emulator-side row runs "
                                     "(default: this checkout's; give one tree's to compare two emulators)")
+    ap.add_argument("--round-trip", action="store_true",
+                    help="only the MISSING round-trip rows, with their Python calls and lines per fault")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     import os
+    if a.round_trip:
+        rt = round_trips(a.pages // 2, a.rounds)
+        if a.json:
+            json.dump(rt, sys.stdout)
+            print()
+        else:
+            for k in ("missing_round_trips", "missing_round_trips_src_populated"):
+                c = rt["cost" + k[len("missing_round_trips"):]]
+                print(f"  {k:36s} {rt[k]:12,.0f}  {RANGED_TARGETS[k][0]}  ({c['calls_per_fault']:.0f} Python "
+                      f"calls, {c['lines_per_fault']:.0f} lines per fault)")
+            print(f"  {'the same state changes, flat (floor)':36s} {rt['flat_floor']:12,.0f}  (one loop, no checks, "
+                  f"no layers: not the model)")
+        return 0
     load0 = os.getloadavg()
     runs = [ranged(a.pages) for _ in range(a.rounds)]
     res = {"ranged": {k: max(x[k] for x in runs) for k in runs[0]}}

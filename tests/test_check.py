@@ -43,10 +43,11 @@ def test_register_matrix(res):
     assert rows[("anon", "missing")]["ioctls"] == 0x13c            # spec 3.3 [E B1]
     assert rows[("anon", "missing,wp")]["ioctls"] == 0x17c
     assert rows[("shmem", "missing,wp,minor")]["ioctls"] == 0x1fc
-    from uffdctl.kernel import hugepages_total
     hp = rows[("hugetlb", "missing")]
-    if hugepages_total() == 0:
+    if res["hugetlb"]["HugePages_Total"] == 0:
         assert hp["status"] == "unsupported" and "HugePages_Total=0" in hp["reason"]
+    elif res["hugetlb"]["usable"] == 0:      # every free page held by a reservation: the 2 MiB mmap is refused
+        assert hp["status"] == "unsupported" and hp["errno"] == "ENOMEM"
     else:
         assert hp["status"] == "ok" and hp["ioctls"] & ~0x1cc == 0   # UFFD_API_RANGE_IOCTLS_BASIC
 
@@ -59,10 +60,14 @@ def test_soft_dirty_and_hugetlb_verdicts(res):
         assert sd["status"] == "unsupported"
         assert sd["message"] == "not available (CONFIG_MEM_SOFT_DIRTY off: round trip read 0)"
     hp = _verdict(res, "hugetlb")
-    if res["hugetlb"]["HugePages_Total"] == 0:
+    h = res["hugetlb"]
+    assert h["usable"] == max(0, h["HugePages_Free"] - h["HugePages_Rsvd"])
+    if h["HugePages_Total"] == 0:
         assert hp["status"] == "unsupported" and hp["message"].startswith("0 pages reserved")
+    elif h["usable"] == 0:
+        assert hp["status"] == "unsupported" and "none usable" in hp["message"]
     else:
-        assert hp["status"] == "ok" and hp["message"].startswith(f"{res['hugetlb']['HugePages_Total']} pages reserved")
+        assert hp["status"] == "ok" and hp["message"].startswith(f"{h['HugePages_Total']} pages reserved")
 
 
 def test_exit_code_follows_the_verdicts(res):
@@ -137,3 +142,19 @@ def test_no_huge_pages_reserved_is_unsupported_here(monkeypatch):
     assert r["exit"] == 4
     text = render(r)
     assert "hugetlb: UNSUPPORTED: 0 pages reserved" in text and text.endswith("unsupported here (exit 4).")
+
+
+def test_huge_pages_all_held_by_reservations_are_not_usable(monkeypatch):
+    """HugePages_Total > 0 is not enough: free pages that reservations hold cannot back a new mapping (this host
+    kept 104 of them reserved with no hugetlb mapping left in any process); check says so and names the cure."""
+    need_kernel()
+    from uffdctl.check import run_checks
+    import uffdctl.kernel as k
+    real = k.meminfo
+    monkeypatch.setattr(k, "meminfo",
+                        lambda: dict(real(), HugePages_Total=104, HugePages_Free=104, HugePages_Rsvd=104))
+    r = run_checks()
+    hp = _verdict(r, "hugetlb")
+    assert hp["status"] == "unsupported" and hp["message"].startswith("104 pages reserved, none usable")
+    assert "HugePages_Rsvd=104" in hp["message"] and "vm.nr_hugepages=105" in hp["message"]
+    assert r["hugetlb"]["usable"] == 0 and r["exit"] == 4

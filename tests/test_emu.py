@@ -431,3 +431,38 @@ def test_the_fast_constructors_build_what_the_classes_build():
                  (False, True, False, True, False, False)]:
         ref, got = Pte(got, *bits), new_present_pte(got, *bits)
         assert {s: getattr(got, s) for s in Pte.__slots__} == {s: getattr(ref, s) for s in Pte.__slots__}
+
+
+def test_a_ranged_fill_pauses_the_gc_only_for_itself(monkeypatch):
+    """A COPY / ZEROPAGE of 256+ pages runs with the cyclic GC paused (mm/userfaultfd.py): on again after it,
+    after one that raised, and never turned on when the caller had it off."""
+    import gc
+    b, r, u = setup(pages=1024, mode=uapi.RegisterMode.MISSING)
+    src = b.mmap(512 * PS, MemType.ANON)
+    seen = []
+    real = b.mm.mfill_atomic_anon
+
+    def spy(*a):
+        seen.append(gc.isenabled())
+        return real(*a)
+
+    def boom(*a):
+        raise RuntimeError("boom")
+    monkeypatch.setattr(b.mm, "mfill_atomic_anon", spy)
+    assert gc.isenabled()
+    assert u.copy(r.addr, src.addr, 256 * PS) == 256 * PS
+    assert u.copy(r.addr + 256 * PS, src.addr, PS) == PS          # short: not paused
+    assert seen == [False, True] and gc.isenabled()
+    monkeypatch.setattr(b.mm, "mfill_atomic_anon", boom)
+    with pytest.raises(RuntimeError):
+        u.copy(r.addr + 512 * PS, src.addr, 256 * PS)
+    assert gc.isenabled()
+    monkeypatch.setattr(b.mm, "mfill_atomic_anon", spy)
+    gc.disable()
+    try:
+        assert u.zeropage(r.addr + 768 * PS, 256 * PS) == 256 * PS
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert seen[-1] is False and len(seen) == 3
+    b.close()

@@ -256,11 +256,20 @@ def run_checks() -> dict:
         # huge pages
         mi = meminfo()
         hp = {"HugePages_Total": mi.get("HugePages_Total", 0), "HugePages_Free": mi.get("HugePages_Free", 0),
-              "Hugepagesize": mi.get("Hugepagesize", 0) * 1024}
+              "HugePages_Rsvd": mi.get("HugePages_Rsvd", 0), "Hugepagesize": mi.get("Hugepagesize", 0) * 1024}
+        # a free page that a reservation holds cannot back a new mapping (hugetlb_reserve_pages() counts
+        # resv_huge_pages against free_huge_pages); reservations can outlive every mapping (seen here)
+        hp["usable"] = max(0, hp["HugePages_Free"] - hp["HugePages_Rsvd"])
         res["hugetlb"] = hp
-        if hp["HugePages_Total"]:
+        size = f"{hp['Hugepagesize'] >> 10} KiB"
+        if hp["HugePages_Total"] and hp["usable"]:
             v.append(_verdict("hugetlb", OK, f"{hp['HugePages_Total']} pages reserved "
-                                             f"({hp['HugePages_Free']} free, {hp['Hugepagesize'] >> 10} KiB)"))
+                                             f"({hp['usable']} usable of {hp['HugePages_Free']} free, {size})"))
+        elif hp["HugePages_Total"]:
+            v.append(_verdict("hugetlb", UNSUPPORTED,
+                              f"{hp['HugePages_Total']} pages reserved, none usable: reservations hold all "
+                              f"{hp['HugePages_Free']} free (HugePages_Rsvd={hp['HugePages_Rsvd']}; "
+                              f"sysctl vm.nr_hugepages={hp['HugePages_Total'] + 1} or more adds usable ones)"))
         else:
             v.append(_verdict("hugetlb", UNSUPPORTED, "0 pages reserved (HugePages_Total=0; "
                                                       "sysctl vm.nr_hugepages=N reserves some)"))

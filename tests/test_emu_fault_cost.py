@@ -1,0 +1,73 @@
+"""What one MISSING round trip through fault_handler costs the emulator -- counted, not timed.
+
+A thread writes every page of a MISSING-registered anon region; each write faults, the handler reads the
+message, COPYs the page and wakes the thread, which retries.  The cost is the number of Python calls and
+lines the package runs per fault (``sys.settrace`` inside uffdctl/), a property of the code that a loaded
+machine does not change (``scripts/bench_emu.py --round-trip`` prints it beside the time).  The budget is
+the cost of the tree that passed it plus a margin: a change that adds a layer to every fault has to say
+so here.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+import uffdctl
+from uffdctl import uapi
+from uffdctl.backend import HandlerPolicy, MemType
+from uffdctl.emu import EmuBackend
+
+PS = uapi.PAGE_SIZE
+PKG = os.path.dirname(os.path.abspath(uffdctl.__file__))
+PAGES = 256
+# measured 43 calls / 377 lines (src untouched) and 45 / 377 (src populated) per fault; 54 / ~390 before
+CALLS_PER_FAULT, LINES_PER_FAULT = 48, 420
+
+
+def cost(fn) -> tuple[int, int]:
+    n = [0, 0]
+
+    def local(frame, event, arg):
+        if event == "line":
+            n[1] += 1
+        return local
+
+    def calls(frame, event, arg):
+        if frame.f_code.co_filename.startswith(PKG):
+            n[0] += 1
+            return local
+        return None
+
+    old = sys.gettrace()
+    sys.settrace(calls)
+    try:
+        fn()
+    finally:
+        sys.settrace(old)
+    return n[0], n[1]
+
+
+@pytest.mark.parametrize("populated", [False, True], ids=["src-untouched", "src-populated"])
+def test_missing_round_trip_cost(populated):
+    b = EmuBackend(profile="6.18", soft_dirty=False)
+    try:
+        r = b.mmap(PAGES * PS, MemType.ANON)
+        src = b.mmap(PAGES * PS, MemType.ANON)
+        b.write(src.addr, b"s" * (src.len if populated else PS))
+        u = b.userfaultfd()
+        u.api(0)
+        u.register(r.addr, r.len, int(uapi.RegisterMode.MISSING))
+        h = b.fault_handler(u, HandlerPolicy(missing="copy", src=src.addr, base=r.addr, page_size=PS))
+        t = b.thread("t")
+        calls, lines = cost(lambda: t.access(r.addr, r.len, True, fill=1, stride=PS).wait(1))
+        # the work was done: every page faulted once, was copied, and holds the source then the fill byte
+        assert h.stats()["resolved"] == PAGES and t.faults()[0] == PAGES
+        assert b.read(r.addr, 2) == b"\1s"
+        assert b.read(r.addr + 5 * PS, 2) == (b"\1s" if populated else b"\1\0")
+        h.stop()
+        assert calls / PAGES <= CALLS_PER_FAULT, f"{calls / PAGES:.1f} Python calls per fault"
+        assert lines / PAGES <= LINES_PER_FAULT, f"{lines / PAGES:.1f} Python lines per fault"
+    finally:
+        b.close()
