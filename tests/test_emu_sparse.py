@@ -65,6 +65,9 @@ def peak_bytes(fn) -> int:
 
 
 TOUCHED = 48
+# what any of these scenarios may cost in a 1 TiB region (the tree of this test: ~43,000 lines for the walks,
+# ~3,400 for shmem); an O(range) walk there stops at it instead of running for hours under the tracer
+SMALL_CAP = 1_000_000
 
 
 def scenario(size: int, busy: bool = False):
@@ -125,7 +128,7 @@ def cost(size: int, busy: bool = False, cap: int | None = None):
 
 
 def test_the_walks_cost_what_is_touched_not_the_range():
-    small, res_small = cost(1 * TiB)
+    small, res_small = cost(1 * TiB, cap=SMALL_CAP)
     # the results are the same but for where the range ends
     assert res_small[0][0][0][-1][1] == TiB
     try:
@@ -143,7 +146,7 @@ def test_the_walks_cost_what_is_touched_not_the_range():
 def test_a_busy_mapping_elsewhere_does_not_slow_the_walks():
     """4,096 present pages outside the range: what the walks of the range cost does not grow with them (the
     PTEs of the range are found by bisect over a sorted view of the PTE map, not by filtering every PTE)."""
-    quiet, res_quiet = cost(TiB)
+    quiet, res_quiet = cost(TiB, cap=SMALL_CAP)
     busy, res_busy = cost(TiB, busy=True, cap=2 * quiet)
     assert busy <= quiet * 1.05 + 200, (quiet, busy)
     assert res_busy[0] == res_quiet[0]
@@ -283,3 +286,40 @@ def test_scan_all_costs_the_regions_not_the_regions_times_the_calls():
     assert out["many"].regions == out["one"].regions and len(out["one"].regions) == 16384
     assert many <= one * 1.25 + 5000, (one, many)
     b.close()
+
+
+def shmem_cost(size: int, cap: int | None = None):
+    """Writes, a scan, MADV_DONTNEED, writes, MADV_REMOVE and munmap of a ``size`` shmem region (page cache
+    and PTEs at the same offsets whatever the size); the lines run and what the scan and the cache saw."""
+    b = EmuBackend(profile="6.18", soft_dirty=False)
+    r = b.mmap(size, MemType.SHMEM)
+    offs = [0, PS, (1 << 32) + 5 * PS, (1 << 38) + 9 * PS, size - PS]
+    out = {}
+
+    def run():
+        for off in offs:
+            b.write(r.addr + off, b"m")
+        res = pagemap.scan_all(b, r.addr, r.end, return_mask=C.PRESENT | C.FILE)
+        out["scan"] = [(s - r.addr, e - r.addr, c) for s, e, c in res.regions if c]
+        b.madvise(r.addr, r.len, uapi.MADV_DONTNEED)
+        for off in offs:
+            b.write(r.addr + off, b"n")
+        out["cached"] = len(b.mm.vmas[0].file.pages) if b.mm.vmas else None
+        b.madvise(r.addr, r.len, uapi.MADV_REMOVE)
+        out["left"] = len(b.mm.find_vma(r.addr).file.pages)
+        b.munmap(r.addr, r.len)
+    n = lines_run(run, cap)
+    b.close()
+    return n, out
+
+
+def test_a_shmem_region_costs_what_is_touched():
+    small, out = shmem_cost(TiB, cap=SMALL_CAP)
+    assert [s for s, e, c in out["scan"]] == [0, (1 << 32) + 5 * PS, (1 << 38) + 9 * PS, TiB - PS]
+    assert out["left"] == 0
+    try:
+        large, out_large = shmem_cost(64 * TiB, cap=2 * small)
+    except OverBudget:
+        pytest.fail(f"a 64 TiB shmem region cost more than twice a 1 TiB one ({small} lines): O(range)")
+    assert large <= small * 1.05 + 200, (small, large)
+    assert out_large["scan"][:3] == out["scan"][:3] and out_large["left"] == 0

@@ -58,8 +58,9 @@ class Madvise:
             elif advice == uapi.MADV_REMOVE:
                 if not vma.shared or vma.anon:
                     return -E.EINVAL
-                for idx in range(vma.linear_page_index(s), vma.linear_page_index(e - 1) + 1):
-                    vma.file.pages.pop(idx, None)
+                lo, hi, pages = vma.linear_page_index(s), vma.linear_page_index(e - 1), vma.file.pages
+                for idx in range(lo, hi + 1) if hi - lo < len(pages) else [i for i in pages if lo <= i <= hi]:
+                    pages.pop(idx, None)              # the range or the cached pages, whichever is fewer
                 self.zap_pte_range(vma, s, e)
             elif advice == uapi.MADV_FREE:
                 if not vma.anon:

@@ -587,8 +587,9 @@ class TaskMmuFiles:
         pos = covered = start
         budget = max_pages                        # 0: unlimited
         while pos < end:
-            res = do_pagemap_scan(self.mm, pos, end, flags, category_inverted, category_mask, category_anyof_mask,
-                                  return_mask, budget, vec_len)
+            res = self.pagemap_scan(pos, end, flags=flags, category_inverted=category_inverted,
+                                    category_mask=category_mask, category_anyof_mask=category_anyof_mask,
+                                    return_mask=return_mask, max_pages=budget, vec_len=vec_len)
             got = res.regions
             new_pages = 0
             if got and got[0][0] >= covered:
