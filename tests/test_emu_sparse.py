@@ -93,8 +93,10 @@ def scenario(size: int, busy: bool = False):
 
 
 def run_ops(b, r, w, u, offs, src):
-    """The operations of :func:`ops` (COPYs from ``src``), returning the scans' results relative to the
-    regions' starts."""
+    """What the model must do in what is touched: a COPY from ``src`` to each offset of ``r``, a write to each
+    of ``w``, WRITEPROTECT of all of ``r`` on and off around six scans (every region, a category mask, a
+    small vector, a budget, one call, the loop), MADV_DONTNEED, unregister, munmap.  Returns the scans'
+    results relative to the regions' starts and how many PTEs were left after MADV_DONTNEED."""
     for off in offs:
         u.copy(r.addr + off, src, PS)
     for off in offs:
@@ -129,14 +131,14 @@ def cost(size: int, busy: bool = False, cap: int | None = None):
 
 def test_the_walks_cost_what_is_touched_not_the_range():
     small, res_small = cost(1 * TiB, cap=SMALL_CAP)
-    # the results are the same but for where the range ends
-    assert res_small[0][0][0][-1][1] == TiB
+    assert res_small[0][0][0][-1][1] == TiB           # the first scan's last region ends at the region's end
     try:
         large, res_large = cost(64 * TiB, cap=2 * small)
     except OverBudget:
         pytest.fail(f"a 64 TiB region cost more than twice a 1 TiB one ({small} lines) with the same pages "
                     f"touched: a walk is O(range)")
     assert large <= small * 1.05 + 200, (small, large)
+    # the results are the same but for where the range ends
     shape = lambda res: [[(s, e, c) for s, e, c in regs if e < TiB // 2] for regs, _ in res[0]]   # noqa: E731
     assert shape(res_large) == shape(res_small)
     present = sum((e - s) // PS for s, e, c in res_small[0][0][0] if c & C.PRESENT)

@@ -700,7 +700,7 @@ def test_a_stalled_script_fails_saying_where_and_what_blocked(tmp_path):
     script.write_text("api --features 0\nmmap --size 8K --name dst\nregister dst:1 --mode missing\n"
                       "repeat 2 --var I\n  touch dst:${I} --read --wait     # dst:1: nobody serves the fault\nend\n")
     with pytest.raises(pytest.fail.Exception) as e:
-        run_script(script, "kernel", {}, stall=3)
+        run_script(script, "kernel", {}, stall=8)   # the lines before the fault take well under a second
     msg = str(e.value)
     assert "stall.uffd on kernel: no progress for" in msg, msg
     assert "at line 5 (repeat iteration 1): touch dst:${I} --read --wait" in msg, msg

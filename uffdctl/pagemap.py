@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from . import uapi
 from .backend import Backend, ScanResult
 from .types import RegionArray  # noqa: F401 (re-exported: PAGEMAP_SCAN regions in one array)
+from .types import scan_continuation
 
 FLAG_BITS = (
     ("present", uapi.PM_PRESENT),
@@ -247,34 +248,9 @@ def scan_all(backend: Backend, start: int, end: int, *, vec_len: int = 512, **kw
 
 def scan_all_loop(backend: Backend, start: int, end: int, *, vec_len: int = 512, **kw) -> ScanResult:
     """scan_all() written over single ``pagemap_scan`` calls (any backend; the kernel's does it in C)."""
-    regions: list[tuple[int, int, int]] = []
-    pos = start
-    covered = start  # every page below this has been reported (or was not matching)
     budget = kw.pop("max_pages", 0)  # 0: unlimited
-    while pos < end:
-        res = backend.pagemap_scan(pos, end, vec_len=vec_len, max_pages=budget, **kw)
-        new_pages = 0
-        for s, e, c in res.regions:
-            if e <= covered:
-                continue  # returned again from below a short walk_end
-            if s < covered:
-                s = covered
-            new_pages += (e - s) // uapi.PAGE_SIZE
-            if regions and regions[-1][1] == s and regions[-1][2] == c:
-                regions[-1] = (regions[-1][0], e, c)
-            else:
-                regions.append((s, e, c))
-            covered = e
-        if res.walk_end <= pos:  # no progress: never loop forever
-            break
-        pos = res.walk_end
-        if covered < pos:
-            covered = pos
-        if budget:
-            budget -= new_pages
-            if budget <= 0:
-                break
-    return ScanResult(regions, min(pos, end))
+    return scan_continuation(lambda pos, left: backend.pagemap_scan(pos, end, vec_len=vec_len, max_pages=left, **kw),
+                             start, end, budget)
 
 
 def probe_scan_categories(backend: Backend, addr: int) -> dict[str, bool]:

@@ -241,6 +241,50 @@ class ScanResult:
                              "categories_decoded": uapi.PageCategory.decode(c)} for s, e, c in self.regions]}
 
 
+def scan_continuation(scan, start: int, end: int, max_pages: int = 0, join=None) -> ScanResult:
+    """PAGEMAP_SCAN over [start, end) as calls of ``scan(pos, budget) -> ScanResult`` (budget 0: unlimited),
+    each from the last one's ``walk_end`` until the walk is done, no progress is made or ``max_pages`` (the
+    total over the calls) is spent: the continuation uffdctl.pagemap.scan_all() describes.  ``join(regions,
+    got, covered, count) -> (covered, new_pages)`` adds one call's regions (default :func:`join_scan_regions`;
+    ``count``: whether the new pages are needed, i.e. there is a budget)."""
+    join = join or join_scan_regions
+    regions: list[tuple[int, int, int]] = []
+    pos = covered = start  # every page below ``covered`` has been reported (or was not matching)
+    budget = max_pages
+    while pos < end:
+        res = scan(pos, budget)
+        covered, new_pages = join(regions, res.regions, covered, bool(budget))
+        if res.walk_end <= pos:  # no progress: never loop forever
+            break
+        pos = res.walk_end
+        if covered < pos:
+            covered = pos
+        if budget:
+            budget -= new_pages
+            if budget <= 0:
+                break
+    return ScanResult(regions, min(pos, end))
+
+
+def join_scan_regions(regions: list, got, covered: int, count: bool = True) -> tuple[int, int]:
+    """One call's regions ``got`` appended to ``regions``: what ends at or below ``covered`` is dropped (the
+    kernel may return it again from below a short walk_end), a region that meets the last one held with the
+    same categories extends it.  Returns (covered, pages new)."""
+    new_pages = 0
+    for s, e, c in got:
+        if e <= covered:
+            continue  # returned again from below a short walk_end
+        if s < covered:
+            s = covered
+        new_pages += (e - s) // uapi.PAGE_SIZE
+        if regions and regions[-1][1] == s and regions[-1][2] == c:
+            regions[-1] = (regions[-1][0], e, c)
+        else:
+            regions.append((s, e, c))
+        covered = e
+    return covered, new_pages
+
+
 @dataclass
 class HandlerPolicy:
     """How a fault handler resolves each kind of fault.
@@ -336,5 +380,5 @@ class BackendSelection:
                 "fallback": int(self.fallback)}
 
 
-__all__ = ["size_name", "BackendSelection", "RegionArray", "PteBits", "PAGE_SIZE", "HPAGE_SIZE", "UFFD_MSG_SIZE", "MemType", "Region", "UffdioApi", "UffdMsg", "decode_msg",
+__all__ = ["size_name", "BackendSelection", "RegionArray", "scan_continuation", "join_scan_regions", "PteBits", "PAGE_SIZE", "HPAGE_SIZE", "UFFD_MSG_SIZE", "MemType", "Region", "UffdioApi", "UffdMsg", "decode_msg",
            "AccessResult", "ScanResult", "HandlerPolicy", "HandledEvent", "SoftDirtyProbe", "page_size_of"]

@@ -38,7 +38,7 @@ ROOT_MODULES = ("virtio_pci", "virtio_console", "9pnet_virtio", "9p", "overlay")
 # nftables set concatenation), and scripts/vmtest_lib/criu_demo.py runs CRIU in the 6.1 guest.
 # libcrc32c (nf_tables' dependency) asks the crypto API for "crc32c" at load: a softdep, not in depends=;
 # so does ext4 (metadata_csum), so crc32c_generic comes first.
-# virtio_blk + ext4: the guest's scratch disk (an ext4 image the host made, mounted at /var/tmp): a disk
+# virtio_blk + ext4: the guest's scratch disk (an ext4 image the host made, mounted at /mnt/scratch): a disk
 # filesystem for regular-file mappings and for swapfiles (swapon(2) refuses a file on overlayfs, 9p or tmpfs).
 OPTIONAL_MODULES = ("crc32c_generic", "nf_tables", "virtio_blk", "ext4")
 # Bumped when the set of unpacked modules changes: older cache entries are unpacked again.

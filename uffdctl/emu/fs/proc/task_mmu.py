@@ -11,7 +11,7 @@ import errno as E
 from types import SimpleNamespace
 
 from .... import uapi
-from ....types import PteBits, ScanResult
+from ....types import PteBits, ScanResult, join_scan_regions, scan_continuation
 from ....errors import uffd_error
 from ...mm import (HPAGE_PMD_NR, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_UFFD_WP, VM_SOFTDIRTY, Pte, make_pte_marker,
                    userfaultfd_wp)
@@ -551,6 +551,20 @@ def do_pagemap_scan(mm, start, end, flags, inverted, mask, anyof, return_mask, m
     return result(end if partial_at is None else partial_at)
 
 
+def _join_in_bulk(regions: list, got, covered: int, count: bool) -> tuple[int, int]:
+    """types.join_scan_regions() for regions that come ascending, disjoint, merged and at or above
+    ``covered`` (do_pagemap_scan()'s): one merge where they meet what is held, the rest appended at once."""
+    if not got or got[0][0] < covered:
+        return join_scan_regions(regions, got, covered, count)
+    s0, e0, c0 = got[0]
+    if regions and regions[-1][1] == s0 and regions[-1][2] == c0:
+        regions[-1] = (regions[-1][0], e0, c0)
+        regions += got[1:]
+    else:
+        regions += got
+    return got[-1][1], sum(e - s for s, e, _ in got) // PAGE_SIZE if count else 0
+
+
 class TaskMmuFiles:
     """What a task shows of its mm through /proc/PID (clear_refs, PAGEMAP_SCAN, smaps) and the PTE queries of
     uffdctl.backend, for an object with an ``mm``: the emulated process (EmuBackend) and each of its children
@@ -583,47 +597,11 @@ class TaskMmuFiles:
         merged (emit() extends a run of the same categories) and from at or above where it started, so
         each call's regions join the list in bulk, merged with the last one held where they meet; a call
         that returned something below what is held goes region by region, as scan_all_loop() does."""
-        regions: list[tuple[int, int, int]] = []
-        pos = covered = start
-        budget = max_pages                        # 0: unlimited
-        while pos < end:
-            res = self.pagemap_scan(pos, end, flags=flags, category_inverted=category_inverted,
-                                    category_mask=category_mask, category_anyof_mask=category_anyof_mask,
-                                    return_mask=return_mask, max_pages=budget, vec_len=vec_len)
-            got = res.regions
-            new_pages = 0
-            if got and got[0][0] >= covered:
-                s0, e0, c0 = got[0]
-                if regions and regions[-1][1] == s0 and regions[-1][2] == c0:
-                    regions[-1] = (regions[-1][0], e0, c0)
-                    regions += got[1:]
-                else:
-                    regions += got
-                covered = got[-1][1]
-                if budget:
-                    new_pages = sum(e - s for s, e, _ in got) // PAGE_SIZE
-            else:
-                for s, e, c in got:
-                    if e <= covered:
-                        continue
-                    if s < covered:
-                        s = covered
-                    new_pages += (e - s) // PAGE_SIZE
-                    if regions and regions[-1][1] == s and regions[-1][2] == c:
-                        regions[-1] = (regions[-1][0], e, c)
-                    else:
-                        regions.append((s, e, c))
-                    covered = e
-            if res.walk_end <= pos:               # no progress: never loop forever
-                break
-            pos = res.walk_end
-            if covered < pos:
-                covered = pos
-            if budget:
-                budget -= new_pages
-                if budget <= 0:
-                    break
-        return ScanResult(regions, min(pos, end))
+        return scan_continuation(
+            lambda pos, left: self.pagemap_scan(pos, end, flags=flags, category_inverted=category_inverted,
+                                                category_mask=category_mask, category_anyof_mask=category_anyof_mask,
+                                                return_mask=return_mask, max_pages=left, vec_len=vec_len),
+            start, end, max_pages, _join_in_bulk)
 
     def smaps_private_dirty(self, addr) -> int:
         vma = self.mm.find_vma(addr)
