@@ -300,7 +300,7 @@ class EmuHandler(Handler):
     def service(self) -> bool:
         """Read and resolve one batch of messages (the run queue calls it); False: nothing to read."""
         u = self.uffd
-        if u.closed or not (u.pending or u.event_q):   # nothing to read (read_msgs would return [])
+        if u._closed or not (u.pending or u.event_q):   # nothing to read (read_msgs would return [])
             return False
         msgs = u.read_msgs(self._batch)
         if not msgs:

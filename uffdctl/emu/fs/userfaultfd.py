@@ -208,8 +208,20 @@ class EmuUffd(Uffd):
     def wake_userfault(self, start: int, length: int | None) -> None:
         """Wake waiters whose message address lies in [start, start+len); len None: all."""
         pending, waiting = self.pending, self.waiting
-        if not pending and not waiting:
-            return                         # nothing waits: no wake, and readability cannot have changed
+        if not pending:
+            if not waiting:
+                return                     # nothing waits: no wake, and readability cannot have changed
+            if len(waiting) == 1:          # one fault read and waiting (a handler's round trip): the loop below
+                w = waiting[0]
+                if length is None or start <= w.msg.address < start + length:
+                    waiting.clear()
+                else:
+                    w = None
+                if (bool(self.event_q) and not self._closed) != self._signalled:
+                    self._update_readable()
+                if w is not None:
+                    self.rq.wake_up(w)
+                return
         woken = []
         for q in (pending, waiting):
             if not q:
@@ -349,7 +361,9 @@ class EmuUffd(Uffd):
             raise uffd_error(-ret, name, dst, length, ret)
         if not dontwake:
             self.wake_userfault(dst, ret)
-        self.rq.run()
+        rq = self.rq
+        if not rq._running:                 # run() would return at once (an ioctl from a handler's service)
+            rq.run()
         if ret != length:
             raise uffd_error(E.EAGAIN, name, dst, length, ret)
         return ret
