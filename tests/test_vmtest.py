@@ -150,6 +150,8 @@ def test_a_guest_that_should_have_the_scratch_disk_never_boots_without_it(tmp_pa
     assert lost.scratch_reason == f"CONFIG_EXT4_FS=m but no ext4.ko in {lost.dir}"
     with pytest.raises(Unavailable, match="the guest would have no scratch disk .*no ext4.ko in"):
         cli.check_scratch(lost)
+    lost.title = "image:6.1"                       # --kernel-image without the modules: boots, without the disk
+    cli.check_scratch(lost)
     tiny = _kernel(tmp_path, [], "CONFIG_VIRTIO_BLK=y\n")
     assert not tiny.scratch_expected and tiny.scratch_reason == "CONFIG_EXT4_FS is not set"
     cli.check_scratch(tiny)                                           # boots, without the disk

@@ -217,10 +217,11 @@ def get_kernels(args) -> list[kernelpkg.Kernel]:
 
 
 def check_scratch(k: kernelpkg.Kernel) -> None:
-    """A kernel whose config can mount the scratch disk boots only with it: without the disk its guest's
-    swap cases would turn UNSUPPORTED unseen.  A kernel whose config cannot (vmtest build's tiny ones) boots
+    """A Debian kernel package (its config has virtio_blk and ext4) boots only with the scratch disk: without
+    it its guest's swap cases would turn UNSUPPORTED unseen.  Any other kernel without it (vmtest build's tiny
+    configs; --kernel-image/--kernel-dir, whose cache entry keeps only the modules that reach the host) boots
     without it, and the guest's UFFDCTL_VM_NO_SCRATCH says why."""
-    if k.scratch_expected and not k.scratch_disk:
+    if not k.title and k.scratch_expected and not k.scratch_disk:
         raise Unavailable(f"{k.package}: the guest would have no scratch disk (swap cases UNSUPPORTED): "
                           f"{k.scratch_reason} (scripts/vmtest fetch unpacks a package's modules again; "
                           "--kernel-image takes --modules)")
