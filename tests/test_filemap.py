@@ -271,3 +271,33 @@ def test_a_pg_readahead_page_retries_the_fault():
             eb.close()
     assert k == got["6.18"] == (1, 0), (k, got)
     assert got["6.1"] == (0, 1), got
+
+
+@pytest.mark.kernel
+def test_lru_drain_without_move_pages_drains_every_cpu(monkeypatch):
+    """A kernel without CONFIG_NUMA has no move_pages(2) (ENOSYS: the tiny kernels `vmtest build` makes, whose
+    differential failed on it); lru_drain() then runs MADV_COLD of a page of its own on each CPU it may use
+    (madvise_cold() starts with lru_add_drain() of that CPU).  A file page first written on one CPU sits in that
+    CPU's lru_add batch; after the drain, MADV_PAGEOUT from another CPU reclaims it: no longer present."""
+    _need_fs()
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.skip(f"this process may run on one CPU only ({cpus}): no other CPU's batch to drain")
+    import uffdctl._libc as libc
+    called = []
+    monkeypatch.setattr(libc, "move_pages_here", lambda addr: called.append(addr) or -errno.ENOSYS)
+    b = make_backend("kernel")
+    mask = os.sched_getaffinity(0)
+    try:
+        r = b.mmap_file(PS, DISK, True, name="drain")
+        os.sched_setaffinity(0, {cpus[1]})
+        b.write(r.addr, b"\x11")                    # folio_add_lru() on cpus[1]
+        os.sched_setaffinity(0, {cpus[0]})
+        b.lru_drain()
+        assert called, "move_pages was not tried first"
+        b.madvise(r.addr, PS, uapi.MADV_PAGEOUT)    # its own lru_add_drain() is cpus[0]'s only
+        assert not b.pagemap(r.addr, 1)[0] & P, "the page written on another CPU was not reclaimed"
+        assert b.read(r.addr, 1) == b"\x11"
+    finally:
+        os.sched_setaffinity(0, mask)
+        b.close()

@@ -131,6 +131,20 @@ def test_patch_headers():
     assert "VALUES ARE" in text and "UFFDCTL'S OWN" in text and "never merged" in text
 
 
+
+def test_the_rfc_twins_stand_on_6_1():
+    """The RFC reconstruction is applied to Debian's 6.1.192, so the twin of each rfc column (the rfc-hints
+    profiles, whose own base is 5.19, plus the patches' switches) is the 6.1 profile but for the RFC's two
+    rules; without the switches the cold-cache recording's rfc differentials diverged at a mremap."""
+    from uffdctl.emu.profiles import PROFILES
+    rfc = build.Patch.read(os.path.join(PATCHES, "rfc-hints.patch"))
+    fix = build.Patch.read(os.path.join(PATCHES, "rfc-hints-fix.patch"))
+    b = build.Build("6.1+rfc-hints+rfc-hints-fix", "k", "linux-source-6.1", "6.1.192-3").take_metadata([rfc, fix])
+    for profile, switches in (("rfc-hints", dict(rfc.switches)), (b.profile, b.switches)):
+        twin = PROFILES[profile].with_(**{k: bool(int(v)) for k, v in switches.items()}).switches()
+        base = PROFILES["6.1"].switches()
+        assert {k for k in base if base[k] != twin[k]} == {"hints", "can_change_writable_needs_dirty"}, profile
+
 def test_emulator_values_are_the_patch_values():
     """The reconstruction uses the emulator's (uffdctl-private) mode values, so one uffdctl drives both."""
     from uffdctl.emu import profiles

@@ -235,14 +235,31 @@ class KernelMm:
     def lru_drain(self) -> None:
         """Drain every CPU's LRU folio batches (a folio still in another CPU's batch is not on the LRU,
         and MADV_PAGEOUT / MADV_COLD skip it: mm/madvise.c, folio_isolate_lru()).  The session's toucher
-        threads run on any CPU, so reclaim advice drains first."""
+        threads run on any CPU, so reclaim advice drains first.
+
+        move_pages(2) drains them all in one call (do_pages_move() -> lru_cache_disable()).  A kernel without
+        CONFIG_NUMA has no move_pages (ENOSYS: the tiny kernels `vmtest build` makes); then this thread runs
+        on each CPU the process may use in turn and calls MADV_COLD on a page of its own there: madvise_cold() starts
+        with lru_add_drain() of the CPU it runs on."""
         if getattr(self, "_drain_page", None) is None:
             r = self.mmap(uapi.PAGE_SIZE, MemType.ANON, name=f"__lru_drain{os.getpid()}")
             self.write(r.addr, b"\1")
             self._drain_page = r
-        err = _libc.move_pages_here(self._drain_page.addr)
-        if err < 0:
-            raise uffd_error(-err, "move_pages", self._drain_page.addr, uapi.PAGE_SIZE,
+        addr = self._drain_page.addr
+        err = _libc.move_pages_here(addr)
+        if err == -E.ENOSYS:
+            mask = os.sched_getaffinity(0)
+            try:
+                for cpu in range(os.cpu_count() or 1):   # not only this thread's mask: the others' may differ
+                    try:
+                        os.sched_setaffinity(0, {cpu})
+                    except OSError:                       # offline, or outside our cpuset: none of ours ran there
+                        continue
+                    self.madvise(addr, uapi.PAGE_SIZE, uapi.MADV_COLD)
+            finally:
+                os.sched_setaffinity(0, mask)
+        elif err < 0:
+            raise uffd_error(-err, "move_pages", addr, uapi.PAGE_SIZE,
                              message="draining the LRU batches before reclaim advice")
 
     def smaps_vmas(self, start, end):
