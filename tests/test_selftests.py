@@ -378,9 +378,10 @@ def _hugetlb_reason(size: str | None, need: int = 4) -> str | None:
     return None if free >= 1 else f"no free {size} huge page (hugepages-{kb}kB/free_hugepages={free})"
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def _huge_pages():
     """Reserve a few 2 MiB huge pages for the hugetlb scripts when none are (as root), give them back after.
+    Only test_selftest asks for it: the module's other tests never touch the host's pool.
 
     CI reserves 32 itself (.ci/run); this makes a plain `make test` as root run the hugetlb cases too."""
     hp = Path("/proc/sys/vm/nr_hugepages")
@@ -633,7 +634,7 @@ def thp_pushed(h: dict, size: str | None, backend_name: str):
         path.write_text(old)
 
 
-def test_selftest(script, size, backend_name, tmp_path):
+def test_selftest(script, size, backend_name, tmp_path, _huge_pages):
     if backend_name != "kernel" and os.environ.get("UFFDCTL_IN_VM") == "1":
         pytest.skip("the emulator columns run on the host (make test); a guest runs the kernel column")
     h = header(script)
