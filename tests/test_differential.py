@@ -689,6 +689,26 @@ def _wchan(path) -> str:
         return ""
 
 
+# A kernel without CONFIG_KALLSYMS (the tiny kernels scripts/vmtest builds) has no /proc/kallsyms and names no
+# wchan (proc_pid_wchan() prints "0"); there a task that sleeps (S, or D: TASK_KILLABLE) in a page fault (its
+# syscall file says -1) or in fork(2) stands in for handle_userfault / userfaultfd_event_wait_completion.
+_KALLSYMS = os.path.exists("/proc/kallsyms")
+_FORK_SYSCALLS = ("56", "57", "58", "435")      # x86-64 clone, fork, vfork, clone3
+
+
+def _sleeps_in(path, symbol: str, syscalls=None) -> bool:
+    if _KALLSYMS:
+        return _wchan(path) == symbol
+    try:
+        with open(f"{path}/stat") as f:
+            state = f.read().rsplit(")", 1)[1].split()[0]
+        with open(f"{path}/syscall") as f:
+            nr = f.read().split()[0]
+    except (OSError, IndexError):
+        return False
+    return state in ("S", "D") and (nr == "-1" if syscalls is None else nr in syscalls)
+
+
 def settle(ks: Side, es: Side, step: int):
     """Wait for the kernel's threads to reach the state the emulator is in, then compare accesses."""
     for tn, (eacc, _) in es.acc.items():
@@ -699,7 +719,7 @@ def settle(ks: Side, es: Side, step: int):
         else:
             deadline = time.monotonic() + SETTLE
             while time.monotonic() < deadline and not kacc.done:
-                if _wchan(ks.task_path(tn)) == "handle_userfault" and ks.vcsw(tn) - base >= eacc.blocks:
+                if _sleeps_in(ks.task_path(tn), "handle_userfault") and ks.vcsw(tn) - base >= eacc.blocks:
                     break
                 time.sleep(0.0005)
             if kacc.done:
@@ -733,7 +753,8 @@ def settle_fork(ks: Side, es: Side, step: int) -> None:
         from uffdctl.process import job_thread
         tid = job_thread(ks.b, "__fork")._t.native_id
         deadline = time.monotonic() + SETTLE
-        while _wchan(f"/proc/self/task/{tid}") != "userfaultfd_event_wait_completion" and not ks.fork_acc.done:
+        while (not _sleeps_in(f"/proc/self/task/{tid}", "userfaultfd_event_wait_completion", _FORK_SYSCALLS)
+               and not ks.fork_acc.done):
             if time.monotonic() > deadline:
                 raise Divergence(step, "fork blocked until its FORK message is read", "not blocked", "blocked")
             time.sleep(0.0005)
