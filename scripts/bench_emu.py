@@ -82,9 +82,15 @@ def missing_round_trips(pages: int, populated: bool = False, measure=None) -> fl
     return pages / dt if measure is None else dt / pages
 
 
-def python_cost(fn) -> tuple[int, int]:
-    """(Python calls, Python lines) that ``fn()`` executes inside uffdctl/ (sys.settrace): the round trip's
-    cost as a property of the code, the same on a loaded machine as on a quiet one."""
+class OverBudget(Exception):
+    """python_cost() went past its ``cap`` of lines."""
+
+
+def python_cost(fn, cap: int | None = None) -> tuple[int, int]:
+    """(Python calls, Python lines) that ``fn()`` executes inside uffdctl/ (sys.settrace): an operation's
+    cost as a property of the code, the same on a loaded machine as on a quiet one.  Past ``cap`` lines it
+    raises OverBudget (a regression to O(range) would otherwise run for hours under the tracer).  The
+    counted-cost tests (tests/test_emu_sparse.py, tests/test_emu_fault_cost.py) use it too."""
     import os
     import uffdctl
     pkg = os.path.dirname(os.path.abspath(uffdctl.__file__))
@@ -93,6 +99,8 @@ def python_cost(fn) -> tuple[int, int]:
     def local(frame, event, arg):
         if event == "line":
             n[1] += 1
+            if cap is not None and n[1] > cap:
+                raise OverBudget(f"more than {cap} lines")
         return local
 
     def calls(frame, event, arg):

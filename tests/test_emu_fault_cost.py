@@ -14,39 +14,16 @@ import sys
 
 import pytest
 
-import uffdctl
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.emu import EmuBackend
 
 PS = uapi.PAGE_SIZE
-PKG = os.path.dirname(os.path.abspath(uffdctl.__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from bench_emu import python_cost as cost  # noqa: E402
 PAGES = 256
 # measured 41 calls / 367 lines (src untouched) and 43 / 367 (src populated) per fault; 54 / ~390 before
 CALLS_PER_FAULT, LINES_PER_FAULT = 48, 420
-
-
-def cost(fn) -> tuple[int, int]:
-    n = [0, 0]
-
-    def local(frame, event, arg):
-        if event == "line":
-            n[1] += 1
-        return local
-
-    def calls(frame, event, arg):
-        if frame.f_code.co_filename.startswith(PKG):
-            n[0] += 1
-            return local
-        return None
-
-    old = sys.gettrace()
-    sys.settrace(calls)
-    try:
-        fn()
-    finally:
-        sys.settrace(old)
-    return n[0], n[1]
 
 
 @pytest.mark.parametrize("populated", [False, True], ids=["src-untouched", "src-populated"])

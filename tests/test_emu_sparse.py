@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import os
 import sys
-import tracemalloc
 
 import pytest
 
-import uffdctl
 from uffdctl import pagemap, uapi
 from uffdctl.backend import MemType
 from uffdctl.emu import EmuBackend
@@ -23,45 +21,13 @@ from uffdctl.emu import EmuBackend
 PS = uapi.PAGE_SIZE
 TiB = 1 << 40
 C = uapi.PageCategory
-PKG = os.path.dirname(os.path.abspath(uffdctl.__file__))
-
-
-class OverBudget(Exception):
-    pass
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
+from bench_emu import OverBudget, peak_bytes, python_cost  # noqa: E402
 
 
 def lines_run(fn, cap: int | None = None) -> int:
-    """Lines of uffdctl/ that ``fn()`` executes; raises OverBudget past ``cap`` (a regression to O(range)
-    would otherwise run for hours under the tracer)."""
-    n = 0
-
-    def local(frame, event, arg):
-        nonlocal n
-        if event == "line":
-            n += 1
-            if cap is not None and n > cap:
-                raise OverBudget(f"more than {cap} lines")
-        return local
-
-    def calls(frame, event, arg):
-        return local if frame.f_code.co_filename.startswith(PKG) else None
-
-    old = sys.gettrace()
-    sys.settrace(calls)
-    try:
-        fn()
-    finally:
-        sys.settrace(old)
-    return n
-
-
-def peak_bytes(fn) -> int:
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    """Lines of uffdctl/ that ``fn()`` executes; raises OverBudget past ``cap``."""
+    return python_cost(fn, cap)[1]
 
 
 TOUCHED = 48
