@@ -430,11 +430,13 @@ def test_differential_this_kernel():
         probe.close()
     runner = td.Runner(make_emu=lambda: EmuBackend(profile=series, soft_dirty=have_sd, **switches))
     seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
-    for i in range(DIFF_EXAMPLES):
-        seq = td.gen_sequence(random.Random(seed + i), runner.memtypes)
-        seq["features"] &= offered
-        d = runner.diverges(seq)
-        if d is not None:
+    with td.khugepaged_paused():
+        for i in range(DIFF_EXAMPLES):
+            seq = td.gen_sequence(random.Random(seed + i), runner.memtypes)
+            seq["features"] &= offered
+            d = runner.diverges(seq)
+            if d is None:
+                continue
             pytest.fail(f"profile {series}{switches or ''} (soft-dirty {int(have_sd)}), seed {seed + i}: " + runner.report(seq, d),
                         pytrace=False)
 
