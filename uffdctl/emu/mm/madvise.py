@@ -138,11 +138,14 @@ class Madvise:
             pmd = self.pmds[haddr]
             if pmd.special:
                 continue                     # "if (is_huge_zero_pmd(orig_pmd)) goto out" [differential, seed 44]
-            if not (s <= haddr and haddr + HPAGE_SIZE <= e):
-                self.split_folio(vma, pmd.page.pages[0], haddr)   # "split_folio(folio)": part of a THP
-                continue
             folio = pmd.page
-            if folio.mapcount != 1 or any(p.mapcount for p in folio.pages):    # folio_mapcount(folio) != 1
+            # mapped elsewhere (6.1: total_mapcount() != 1; 6.12: folio_likely_mapped_shared()): the leaf is
+            # skipped before the split is considered -- a shared THP covered in part stays PMD-mapped, and the
+            # PTE loop finds no table under it [differential, soak seed 555073453: fork, then MADV_FREE of part]
+            if folio.mapcount != 1 or any(p.mapcount for p in folio.pages):
+                continue
+            if not (s <= haddr and haddr + HPAGE_SIZE <= e):
+                self.split_folio(vma, folio.pages[0], haddr)   # "split_folio(folio)": part of a THP
                 continue
             folio.dirty = False                  # folio_clear_dirty()
             if pmd.young or pmd.dirty:
