@@ -125,6 +125,12 @@ class Profile:
     # all 512 entries (before: folio_precise_page_mapcount() of page + idx) [measured on 6.18, PAGE_MAPCOUNT=y:
     # a child's COW of the head page of a shared THP sets X on all of the parent's PMD, of another page none].
     pagemap_pmd_head_mapcount: bool = True
+    # "mm: Copy-on-Write (COW) reuse support for PTE-mapped THP" (6.15): a write fault on a page of a PTE-mapped
+    # anon THP that no other mm maps any more reuses it (__wp_can_reuse_large_anon_folio()) [measured on 6.18
+    # by the differential]; 6.12 and 6.1 copy it ("if (folio_test_large(folio)) return false" in 6.12's
+    # wp_can_reuse_anon_folio(); 6.1's "folio_ref_count(folio) > 1 + folio_test_swapcache(folio)" fails while
+    # another page of the folio is mapped -- its reuse of a large folio's last mapped page is not modelled).
+    wp_reuse_large_anon: bool = True
     # userfaultfd_release() resets uffd-wp PTEs and markers of the closed ctx ("mm/userfaultfd: reset ptes
     # when close() for wr-protected ones", 6.2; 6.1.191).  5.19: they stay.
     release_resets_wp: bool = True
@@ -155,7 +161,8 @@ _MM_5_19 = dict(fork_wp_marker_without_event=True, fork_poison_marker_without_ev
                 swapin_read_writable=False, madv_collapse=False, khugepaged_uffd_wp_recheck=False,
                 huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False, shmem_mthp=False,
                 huge_zero_wp_thp=False, thp_split_zero_remap=False, pt_reclaim=False, release_resets_wp=False,
-                swap_zeromap=False, pagemap_pmd_head_mapcount=False, fork_hugetlb_clears_uffd_wp=False)
+                swap_zeromap=False, pagemap_pmd_head_mapcount=False, fork_hugetlb_clears_uffd_wp=False,
+                wp_reuse_large_anon=False)
 # Debian's 6.1.192 carries the stable backports named in the fields' comments (6.1.11, 6.1.21, 6.1.26,
 # 6.1.191); what it does not have: poison markers copied without EVENT_FORK, read swap-in writable, mTHP.
 _MM_6_1 = dict(_MM_5_19, fork_wp_marker_without_event=False, fork_poison_marker_without_event=False,
@@ -190,7 +197,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     replace(_6_18, name="6.12", release="6.12.117",
             guard_markers=False, pagemap_guard_bit=False, install_over_guard=False,
             vma_needs_copy="uffd_wp|anon_vma", vm_softdirty_sticky_merge=False, huge_zero_wp_thp=False,
-            pt_reclaim=False, pagemap_pmd_head_mapcount=False,
+            pt_reclaim=False, pagemap_pmd_head_mapcount=False, wp_reuse_large_anon=False,
             mremap_multi_vma=False),     # 6.17 [source history, not measured in the 6.12 guest]
     _6_18,
     replace(_6_18, name="7.3", release="7.3.4", install_over_guard=False, scan_written_any_vma=False),

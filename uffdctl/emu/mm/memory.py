@@ -192,6 +192,11 @@ class Memory:
             self.do_fault_around(vmf)
             if vmf.address in self.ptes and self.ptes[vmf.address].present or self.pmds and self.pmd_leaf(vmf.address):
                 return VM_FAULT_OK   # mapped by fault-around (VM_FAULT_NOPAGE)
+        if vmf.write and not vma.shared and vma.anon_vma is None:
+            # do_cow_fault() prepares the anon_vma before __do_fault(), so a write that then waits in a MISSING
+            # userfault leaves one, and fork copies the VMA's page tables (vma_needs_copy()) [differential,
+            # seed 651397666: a shmem-private read-mapped page-cache page reached the child]
+            self.anon_vma_prepare(vma)
         ret, folio = self.shmem_get_folio(vmf)
         major, ret = ret & VM_FAULT_MAJOR, ret & ~VM_FAULT_MAJOR
         if ret:
@@ -231,15 +236,18 @@ class Memory:
             # VM_UFFD_WP (re-registered without WP): the write faults again forever [measured on 6.18]
             return VM_FAULT_LIVELOCK
         page = pte.page
-        if not vma.shared and page.anon and not page.exclusive and not pte.special and page.mapcount == 1 \
-                and getattr(page, "head", None) is None:   # a large folio's page is never reused this way
-            # wp_can_reuse_anon_folio(): the other mapper is gone; a folio in the swap cache is freed from it
-            # first (folio_free_swap()), which fails while a swap entry still holds its slot (one a fork
-            # shared): that reference blocks the reuse, the write copies [differential, seed 227488197]
-            if page.swap is not None and not self.swap.swap_count(page.swap):
-                self.swap.delete_from_swap_cache(page)
-            if page.swap is None:
-                page.exclusive = True
+        if not vma.shared and page.anon and not page.exclusive and not pte.special:
+            head = getattr(page, "head", None)
+            if head is None and page.mapcount == 1:
+                # wp_can_reuse_anon_folio(): the other mapper is gone; a folio in the swap cache is freed from
+                # it first (folio_free_swap()), which fails while a swap entry still holds its slot (one a fork
+                # shared): that reference blocks the reuse, the write copies [differential, seed 227488197]
+                if page.swap is not None and not self.swap.swap_count(page.swap):
+                    self.swap.delete_from_swap_cache(page)
+                if page.swap is None:
+                    page.exclusive = True
+            elif head is not None and self.profile.wp_reuse_large_anon and self.wp_can_reuse_large_anon_folio(head):
+                page.exclusive = True                # SetPageAnonExclusive(vmf->page), then wp_page_reuse()
         if vma.shared or (page.anon and page.exclusive and not pte.special):
             new = pte.copy()                         # wp_page_reuse() / wp_page_shared()
             new.young, new.write = True, True
@@ -253,6 +261,23 @@ class Memory:
         self.set_pte(vmf.address, new)
         self.tlb.flush_range([vmf.address])          # ptep_clear_flush()
         return VM_FAULT_OK
+
+    def wp_can_reuse_large_anon_folio(self, folio) -> bool:
+        """__wp_can_reuse_large_anon_folio() (6.15, "mm: Copy-on-Write (COW) reuse support for PTE-mapped THP";
+        before, wp_can_reuse_anon_folio() said no to any large folio): a page of a PTE-mapped anon THP is
+        reused when the folio has more than one mapping and every one of them is in this mm (the folio's mm_id
+        slots: FOLIO_MM_IDS_SHARED_BITNUM clear) -- e.g. once the child a fork shared it with has exited
+        [measured on 6.18 by the differential: make soak, seed 869787569].  Modelled exactly (this mm's PTEs and
+        PMD mappings of the folio are all of its mappings), where the kernel's two mm_id slots can keep the
+        shared bit after both slot holders unmap while a third mm still maps it.  This path only (a write to a
+        page a fork shared) walks the mm's page tables.  A large folio is never in the swap cache here
+        (reclaim splits it first)."""
+        total = folio.mapcount + sum(p.mapcount for p in folio.pages)     # folio_large_mapcount()
+        if total <= 1:
+            return False                     # "just free up a large folio if only a single page is mapped"
+        here = sum(1 for p in self.pmds.values() if p.page is folio) + \
+            sum(1 for p in self.ptes.values() if p.page is not None and p.page.head is folio)
+        return here == total
 
     def copy_from_user(self, addr: int, length: int) -> bytes | int:
         """Read ``length`` bytes the way the kernel's copy_from_user does: faulting pages in
