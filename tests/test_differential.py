@@ -507,6 +507,21 @@ def register_child(side: Side) -> None:
         side.cu = side.b.adopt_uffd(side.child_ufd)
 
 
+def wait_writeback(timeout: float = SETTLE) -> bool:
+    """Wait (bounded) until no page is under writeback (/proc/vmstat nr_writeback 0).  Swap writeback after
+    MADV_PAGEOUT is asynchronous, and until it completes reclaim skips the folio (PG_writeback in
+    shrink_folio_list()); the model is the settled kernel, so the kernel side waits
+    [differential, seed 297802295: a second pageout of a clean swap-cache folio freed it once the first
+    write-out had completed, and a run that came sooner kept it]."""
+    end = time.monotonic() + timeout
+    while True:
+        with open("/proc/vmstat") as f:
+            n = next((int(ln.split()[1]) for ln in f if ln.startswith("nr_writeback ")), 0)
+        if n == 0 or time.monotonic() > end:
+            return n == 0
+        time.sleep(0.0005)
+
+
 def apply(side: Side, op) -> tuple:
     if op[0] in ("fork", "kill", "madvise_fork", "child"):
         return apply_fork(side, op)
@@ -558,7 +573,10 @@ def apply(side: Side, op) -> tuple:
         if k in ("pageout", "free"):
             b.lru_drain()            # a folio still in another CPU's LRU batch is skipped by MADV_PAGEOUT, and
             #                          by lru_lazyfree_fn() after MADV_FREE (it then stays swap-backed)
-        return _call(lambda: b.madvise(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size, advice))
+        r = _call(lambda: b.madvise(A(op[1], op[2]), op[3] * side.regions[op[1]].page_size, advice))
+        if k == "pageout" and b.name == "kernel":
+            wait_writeback()
+        return r
     if k == "cache_write":
         a = side.aliases[op[1]]
         return _call(lambda: b.write(a.addr + op[2] * a.page_size, bytes([op[3]])))

@@ -131,6 +131,10 @@ class Profile:
     # wp_can_reuse_anon_folio(); 6.1's "folio_ref_count(folio) > 1 + folio_test_swapcache(folio)" fails while
     # another page of the folio is mapped -- its reuse of a large folio's last mapped page is not modelled).
     wp_reuse_large_anon: bool = True
+    # Large folios in a disk file's page cache (ext4, 6.16): page_cache_ra_order() adds the readahead window's
+    # folios itself, and marks PG_readahead where the unclamped window says (measured on 6.18 by the
+    # differential); without them (6.12 and before on ext4) do_page_cache_ra() marks the clamped window [source].
+    filemap_large_folios: bool = True
     # userfaultfd_release() resets uffd-wp PTEs and markers of the closed ctx ("mm/userfaultfd: reset ptes
     # when close() for wr-protected ones", 6.2; 6.1.191).  5.19: they stay.
     release_resets_wp: bool = True
@@ -162,7 +166,7 @@ _MM_5_19 = dict(fork_wp_marker_without_event=True, fork_poison_marker_without_ev
                 huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False, shmem_mthp=False,
                 huge_zero_wp_thp=False, thp_split_zero_remap=False, pt_reclaim=False, release_resets_wp=False,
                 swap_zeromap=False, pagemap_pmd_head_mapcount=False, fork_hugetlb_clears_uffd_wp=False,
-                wp_reuse_large_anon=False)
+                wp_reuse_large_anon=False, filemap_large_folios=False)
 # Debian's 6.1.192 carries the stable backports named in the fields' comments (6.1.11, 6.1.21, 6.1.26,
 # 6.1.191); what it does not have: poison markers copied without EVENT_FORK, read swap-in writable, mTHP.
 _MM_6_1 = dict(_MM_5_19, fork_wp_marker_without_event=False, fork_poison_marker_without_event=False,
@@ -197,7 +201,7 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     replace(_6_18, name="6.12", release="6.12.117",
             guard_markers=False, pagemap_guard_bit=False, install_over_guard=False,
             vma_needs_copy="uffd_wp|anon_vma", vm_softdirty_sticky_merge=False, huge_zero_wp_thp=False,
-            pt_reclaim=False, pagemap_pmd_head_mapcount=False, wp_reuse_large_anon=False,
+            pt_reclaim=False, pagemap_pmd_head_mapcount=False, wp_reuse_large_anon=False, filemap_large_folios=False,
             mremap_multi_vma=False),     # 6.17 [source history, not measured in the 6.12 guest]
     _6_18,
     replace(_6_18, name="7.3", release="7.3.4", install_over_guard=False, scan_written_any_vma=False),

@@ -15,10 +15,19 @@ from __future__ import annotations
 
 import errno as E
 
-from .mm_types import PAGE_SIZE, VM_FAULT_MAJOR, VM_FAULT_OK, VM_FAULT_SIGBUS, VM_LOCKED
+from .mm_types import PAGE_SIZE, VM_FAULT_MAJOR, VM_FAULT_OK, VM_FAULT_RETRY, VM_FAULT_SIGBUS, VM_LOCKED
 
 MS_ASYNC, MS_INVALIDATE, MS_SYNC = 1, 2, 4
 RA_PAGES = 32
+
+
+def _next_ra_size(cur: int, max_pages: int = RA_PAGES) -> int:
+    """mm/readahead.c get_next_ra_size()."""
+    if cur < max_pages // 16:
+        return 4 * cur
+    if cur <= max_pages // 2:
+        return 2 * cur
+    return max_pages
 
 
 class RegularFile:
@@ -33,6 +42,7 @@ class RegularFile:
         self.page_size = page_size
         self.pages: dict = {}
         self.disk: dict[int, bytes] = {}      # index -> contents written back (a hole reads zeros)
+        self.ra = (0, 0, 0)                   # file_ra_state of the one open file: start, size, async_size
 
 
 class Filemap:
@@ -46,24 +56,70 @@ class Filemap:
             return VM_FAULT_SIGBUS, None
         folio = f.pages.get(idx)
         if folio is not None:
-            if folio.reclaim and not self.profile.per_vma_lock:
-                # do_async_mmap_readahead() on PG_readahead: maybe_unlock_mmap_for_io() drops mmap_lock, the
-                # fault returns VM_FAULT_RETRY and its retry carries FAULT_FLAG_TRIED, which mm_account_fault()
-                # counts major (with per-VMA locks the retry under mmap_lock is a plain one: minor)
-                # [measured: 6.1.192 guest, a disk file's page written after MADV_PAGEOUT: majflt 1]
+            if folio.reclaim:                     # PG_readahead (= PG_reclaim): do_async_mmap_readahead()
                 folio.reclaim = False
-                return VM_FAULT_MAJOR, folio
-            folio.reclaim = False                 # do_async_mmap_readahead(): folio_test_clear_readahead()
+                self.page_cache_async_ra(f, idx)
+                # maybe_unlock_mmap_for_io() drops the lock: VM_FAULT_RETRY, and the retried fault runs
+                # fault-around again over what the readahead brought in.  The retry carries FAULT_FLAG_TRIED,
+                # which mm_account_fault() counts major; with per-VMA locks the retry under mmap_lock is a plain
+                # one: minor [measured: 6.1.192 guest, a disk file's page written after MADV_PAGEOUT: majflt 1]
+                return VM_FAULT_RETRY | (0 if self.profile.per_vma_lock else VM_FAULT_MAJOR), folio
             return VM_FAULT_OK, folio
         # do_sync_mmap_readahead(): read-around, ra->start = pgoff - ra_pages / 2, clamped to the file
-        npages = (f.size + PAGE_SIZE - 1) // PAGE_SIZE
         start = max(0, idx - RA_PAGES // 2)
-        for i in range(start, min(start + RA_PAGES, npages)):
-            if i not in f.pages:
-                data = f.disk.get(i)
-                f.pages[i] = self.alloc_folio(PAGE_SIZE, anon=False,
-                                              data=bytearray(data) if data is not None else None)
+        f.ra = (start, RA_PAGES, RA_PAGES // 4)
+        self.page_cache_ra(f, start, RA_PAGES, RA_PAGES // 4)
         return VM_FAULT_MAJOR, f.pages[idx]
+
+    def page_cache_ra(self, f, start: int, nr: int, lookahead: int) -> None:
+        """page_cache_ra_order(): the missing pages of the window [start, start + nr), clamped to the file's last
+        page, are read into the page cache, and the page ``lookahead`` before the window's end gets PG_readahead.
+        With large folios on the mapping (ext4 since 6.16: ``profile.filemap_large_folios``) the folios go in
+        from ``start`` until a page already cached stops them, the mark placed by the unclamped window (so a
+        window the file's end clamps still marks its first page when lookahead = size); the rest of the window,
+        and every window without large folios, is do_page_cache_ra()'s: the clamped window, marked only when it
+        still holds ``lookahead`` pages [differential, seed 780291293: the async window's first page, marked,
+        was not mapped by the retried fault's fault-around on 6.18]."""
+        npages = (f.size + PAGE_SIZE - 1) // PAGE_SIZE
+        end = min(start + nr, npages)
+        i = start
+        if self.profile.filemap_large_folios:
+            mark = start + nr - lookahead
+            while i < end and i not in f.pages:
+                self._ra_read(f, i, i == mark)
+                i += 1
+            if i >= end:
+                return
+            nr -= i - start                       # fallback: do_page_cache_ra(ra->size - (index - start))
+        n = end - i
+        mark = i + n - lookahead if 0 < n and lookahead <= n else None
+        for j in range(i, end):
+            if j not in f.pages:
+                self._ra_read(f, j, j == mark)
+
+    def _ra_read(self, f, i: int, mark: bool) -> None:
+        data = f.disk.get(i)
+        folio = f.pages[i] = self.alloc_folio(PAGE_SIZE, anon=False, data=bytearray(data) if data is not None else None)
+        if mark:
+            folio.reclaim = True                  # folio_set_readahead() (the same bit as PG_reclaim)
+
+    def page_cache_async_ra(self, f, idx: int) -> None:
+        """mm/readahead.c page_cache_async_ra() for a fault on a PG_readahead folio at ``idx`` (mmap: the request
+        is ra_pages): the window moves on when the mark is where the state expects it; else ("a marked folio
+        without valid readahead state", e.g. PG_reclaim left by MADV_PAGEOUT) it starts at the next page not in
+        the cache after ``idx``.  The whole window is async (async_size = size) [measured on 6.18: the write
+        fault on a dirty page MADV_PAGEOUT kept brought the next, dropped, page back, and a read of it was then
+        minor; differential, soak seed 145651076]."""
+        start, size, async_size = f.ra
+        if idx == start + size - async_size:
+            start, size = start + size, _next_ra_size(size)
+        else:
+            miss = next((i for i in range(idx + 1, idx + 1 + RA_PAGES) if i not in f.pages), None)
+            if miss is None:                      # page_cache_next_miss(): none within ra_pages
+                return
+            start, size = miss, _next_ra_size(miss - idx + RA_PAGES)
+        f.ra = (start, size, size)
+        self.page_cache_ra(f, start, size, size)
 
     def folio_mkclean(self, f, idx: int, folio, flush: list) -> None:
         """Every PTE of this mm mapping the folio through a shared VMA: write-protected and clean (soft-dirty

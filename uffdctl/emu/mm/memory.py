@@ -10,6 +10,7 @@ from .. import tlb as _tlb
 from .huge_memory import VM_FAULT_FALLBACK
 from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_GUARD, PTE_MARKER_POISONED,
                        PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_MAJOR, VM_FAULT_OK,
+                       VM_FAULT_RETRY,
                        VM_FAULT_ERROR, VM_FAULT_SIGSEGV, VM_HUGEPAGE, VM_HUGETLB, VM_LOCKED, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING,
                        VM_UFFD_WP, VM_WRITE, VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
 
@@ -198,10 +199,11 @@ class Memory:
             # seed 651397666: a shmem-private read-mapped page-cache page reached the child]
             self.anon_vma_prepare(vma)
         ret, folio = self.shmem_get_folio(vmf)
-        major, ret = ret & VM_FAULT_MAJOR, ret & ~VM_FAULT_MAJOR
+        dropped = folio is not None and ret & VM_FAULT_RETRY     # filemap_fault() dropped the lock for readahead
+        major, ret = ret & VM_FAULT_MAJOR, ret & ~(VM_FAULT_MAJOR | (VM_FAULT_RETRY if dropped else 0))
         if ret:
             return ret
-        if major and not vmf.write:
+        if (major or dropped) and not vmf.write:
             # filemap_fault() dropped the lock to read (VM_FAULT_RETRY): the retried read fault maps the
             # read-around by fault-around first [measured on 6.18: a read miss maps its neighbours]
             self.do_fault_around(vmf)

@@ -49,9 +49,9 @@ class SwapSystem:
     def __init__(self):
         self.devices: list[SwapInfo | None] = []
         self.cache: dict[int, object] = {}      # swap entry -> Folio (add_to_swap_cache)
-        # entries whose folio was freed at swap-out (zero-filled: the zeromap); the cache then holds the page
-        # the next swap-in reads (a new one: a major fault)
-        self.zeromap: set[int] = set()
+        # entries whose folio was freed after swap-out (zero-filled: the zeromap; clean and written: reclaim's
+        # __remove_mapping()); the cache then holds the page the next swap-in reads (a new one: a major fault)
+        self.freed: set[int] = set()
         self.mms: list = []                     # the address spaces try_to_unuse() walks
 
     def swapon(self, size: int, name: str) -> SwapInfo | int:
@@ -106,17 +106,25 @@ class SwapSystem:
     def swap_writepage(self, folio, alloc_folio) -> None:
         """swap_writepage() of a zero-filled folio (6.12+): only the zeromap bit is set, no writeback, so reclaim
         frees the folio; the swap cache is left holding the page a later swap-in reads, ``alloc_folio()``."""
+        self._freed(folio, alloc_folio)
+
+    def remove_mapping(self, folio, alloc_folio) -> None:
+        """__remove_mapping() of a clean folio already in the swap cache (its slot holds what it holds: no
+        pageout()): the folio is freed, and a later swap-in reads ``alloc_folio()`` from the slot."""
+        self._freed(folio, alloc_folio)
+
+    def _freed(self, folio, alloc_folio) -> None:
         entry = folio.swap
         fresh = alloc_folio()
         folio.swap = None
         fresh.swap = entry
         self.cache[entry] = fresh
-        self.zeromap.add(entry)
+        self.freed.add(entry)
 
     def swap_read_folio(self, entry: int) -> bool:
         """True when the swap-in had to read (a major fault): the entry's folio had been freed."""
-        if entry in self.zeromap:
-            self.zeromap.discard(entry)
+        if entry in self.freed:
+            self.freed.discard(entry)
             return True
         return False
 
@@ -124,7 +132,7 @@ class SwapSystem:
         """The folio leaves the swap cache; its slot is freed when no entry holds it any more."""
         entry, folio.swap = folio.swap, None
         self.cache.pop(entry, None)
-        self.zeromap.discard(entry)
+        self.freed.discard(entry)
         self._maybe_free(entry)
 
     def _maybe_free(self, entry: int) -> None:

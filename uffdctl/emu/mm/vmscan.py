@@ -31,6 +31,7 @@ class Vmscan:
         pte = self.ptes[addr]
         folio = pte.page
         sw = self.swap
+        written = folio.anon and folio.swap is not None      # in the swap cache already: its slot is written
         if folio.anon and not folio.lazyfree and folio.swap is None:
             if sw.folio_alloc_swap(folio) is None:
                 return                               # add_to_swap() failed: activate_locked
@@ -54,7 +55,13 @@ class Vmscan:
             folio.exclusive = False
             sw.swap_duplicate(folio.swap)
             self.set_pte(addr, new)
-            self.swap_out(folio)
+            if written and not dirty and not folio.mapcount:
+                # clean since its last write-out (a read swap-in): no pageout(), __remove_mapping() frees it and
+                # the next access reads it back, a major fault [differential, seed 297802295; the kernel side
+                # waits for swap writeback after MADV_PAGEOUT, else a folio still under writeback is skipped]
+                sw.remove_mapping(folio, lambda: self.alloc_folio(folio.size, True, folio.copy_data()))
+            else:
+                self.swap_out(folio)
             return
         # a file folio: unmapped; pte_install_uffd_wp_if_needed() for a uffd-wp file VMA
         armed = userfaultfd_wp(vma) and pte.uffd_wp
@@ -80,7 +87,10 @@ class Vmscan:
             cache[idx] = sw.swap_cache_get_folio(entry)
 
     def swap_out(self, folio) -> None:
-        """pageout() -> swap_writepage(): written (async: the folio stays in the swap cache), or on 6.12+ a
+        """pageout() -> swap_writepage(): written and clean (folio_clear_dirty_for_io(); the folio stays in the
+        swap cache, and the differential's kernel side waits for the writeback to end), or on 6.12+ a
         zero-filled one only marked in the zeromap and freed."""
         if self.profile.swap_zeromap and folio.mapcount == 0 and (folio.data is None or not any(folio.data)):
             self.swap.swap_writepage(folio, lambda: self.alloc_folio(folio.size, folio.anon))
+        else:
+            folio.dirty = False
