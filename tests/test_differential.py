@@ -43,7 +43,7 @@ import pytest
 from conftest import SWAP_SIZE, active_swaps, assert_steps_agree, drain_events, hugetlb_reason, make_backend, zero_pfn
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
-from uffdctl.errors import UffdError
+from uffdctl.errors import OutOfMemory, UffdError
 from uffdctl.kernel import meminfo
 
 R = uapi.RegisterMode
@@ -57,6 +57,11 @@ HP = 2 << 20
 
 class ThpShortfall(Exception):
     """The kernel did not get a THP the model has (allocation failure): the sequence is not compared."""
+
+
+class HugetlbShortfall(ThpShortfall):
+    """The host's huge-page pool could not back a hugetlb region's mmap (ENOMEM): other users of the pool (the
+    soak's own forked children and files being torn down) took the pages; the sequence is not compared."""
 
 
 THP_FAIL_COUNTERS = ("thp_fault_fallback", "thp_collapse_alloc_failed", "thp_fault_fallback_charge")
@@ -1076,6 +1081,11 @@ class Runner:
             knobs = mirror_thp_knobs(kb, eb)
             try:
                 return run(seq, kb, eb, self.zero_pfn)
+            except OutOfMemory as e:
+                if not any(_mt(g["type"]).hugetlb for g in seq["regions"]):
+                    raise
+                pool = {k: meminfo().get(k) for k in ("HugePages_Free", "HugePages_Rsvd")}
+                raise HugetlbShortfall(f"a hugetlb region could not be mapped: {e} ({pool})") from None
             finally:
                 now = {k: kb.thp_knob(k) for k in knobs}
                 if now != knobs:     # a concurrent test pushed a THP size: this run compared two kernels
@@ -1160,8 +1170,8 @@ def test_differential(host_swap_module):
           f"{len(unconfirmed)} that did not repeat on two reruns: {unconfirmed}; "
           f"{len(knob_busy)} not compared while a host shmem THP knob was on: {knob_busy}")
     if runner.not_compared:
-        print(f"differential: {len(runner.not_compared)} runs not compared (the kernel's THP allocation failed "
-              "or the host's THP knobs changed under the run):")
+        print(f"differential: {len(runner.not_compared)} runs not compared (the kernel's THP allocation failed, "
+              "its huge-page pool ran short, or the host's THP knobs changed under the run):")
         for why in runner.not_compared:
             print(f"  {why}")
     assert len(runner.not_compared) <= max(3, done // 20), \
