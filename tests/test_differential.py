@@ -435,6 +435,8 @@ def aligned_mmap(b, length, memtype, name):
     boundary then fall on the same pages in both.  Never at the probe's start: the probe may fill a hole
     exactly, and a mapping there would abut (and merge into) a VMA of this process the model does not have,
     taking its anon_vma (6.1's MADV_COLLAPSE then passes hugepage_vma_check() -- the 6.1 guest's seed 76)."""
+    if _mt(memtype).hugetlb:
+        return b.mmap(length, memtype, name=name, addr=alone_in_a_gib(b, length))
     probe = b.mmap(length + 2 * HP, MemType.ANON, name=name + "-probe")
     addr = (probe.addr + HP) & ~(HP - 1)          # a gap below (>= 4 KiB) and above (>= 2 MiB)
     b.munmap(probe.addr, probe.len)
@@ -446,10 +448,38 @@ def aligned_mmap(b, length, memtype, name):
 def aligned_alias(b, r, name):
     """The region's file mapped again, 2 MiB-aligned as the region (large folios and fault-around then fall alike
     in both backends: shmem_suitable_orders() checks the VMA's alignment)."""
+    if r.memtype.hugetlb:
+        return b.alias_at(r, name, alone_in_a_gib(b, r.len))
     probe = b.mmap(r.len + 2 * HP, MemType.ANON, name=name + "-probe")
     addr = (probe.addr + HP) & ~(HP - 1)          # never abutting another VMA (see aligned_mmap)
     b.munmap(probe.addr, probe.len)
     return b.alias_at(r, name, addr)
+
+
+GIB = 1 << 30
+
+
+def alone_in_a_gib(b, length, avoid=()):
+    """A place for a hugetlb mapping 2 MiB into a 1 GiB range (a PUD) that no other mapping of the process shares:
+    whether a PMD table covers a hugetlb VMA decides what a walk reports of its none PTEs (walk_hugetlb_range():
+    .pte_hole without one, .hugetlb_entry's PAGE_IS_HUGE with one), and a mapping of this process the model
+    lacks (libraries, the interpreter's arenas) in the same GiB would have made one [the fixed-seed run's seed
+    386: scan of a never-touched hugetlb-private region, 0 on the kernel, HUGE in the model].  The GiB is the
+    aligned one inside a 3 GiB PROT_NONE probe, so at least 1 GiB stays free above it: top-down mmap fills that
+    first.  ``avoid``: ranges once used (see _free_aligned)."""
+    probes = []
+    try:
+        for i in range(8):
+            probe = b.mmap(3 * GIB, MemType.ANON, name=f"gib-probe{i}", prot=0)
+            probes.append(probe)
+            g = (probe.addr + GIB - 1) & ~(GIB - 1)
+            assert length <= GIB - 2 * HP
+            if not any(a < g + GIB and g < e for a, e in avoid):
+                return g + HP
+        raise AssertionError("no free GiB away from the regions' old places")
+    finally:
+        for probe in probes:
+            b.munmap(probe.addr, probe.len)
 
 
 def _call(fn):
@@ -610,7 +640,8 @@ def apply(side: Side, op) -> tuple:
             res = _call(lambda: b.mremap(r.addr, r.len, max(ps, r.len // ps // 2 * ps), 0))
         else:
             new_len = r.len + (ps if op[2] == "grow" else 0)
-            target = _free_aligned(b, new_len, [(x.addr, x.end) for _, x in side.all_regions])
+            used = [(x.addr, x.end) for _, x in side.all_regions]
+            target = alone_in_a_gib(b, new_len, used) if r.memtype.hugetlb else _free_aligned(b, new_len, used)
             res = _call(lambda: b.mremap(r.addr, r.len, new_len,
                                          uapi.MREMAP_MAYMOVE | uapi.MREMAP_FIXED, target))
         if res[0] == "ok":

@@ -307,15 +307,77 @@ def test_the_tools_own_pages_never_merge_into_a_region(kernel_backend):
     VM_SOFTDIRTY and kept it after the tool's page was unmapped: soft-dirty.c test_simple read 1 at iteration 0
     on 6.1.192."""
     b = kernel_backend
-    r = b.mmap(2 * P, "anon", name="mine")
-    b.munmap(r.addr, P)                              # a one-page hole right below what is left of the region
-    mine = (r.addr + P, r.addr + 2 * P)
+    # a two-page hole right below what is left of the region: the region may have been placed right above
+    # another mapping (top-down mmap packs them), so the hole is made, never assumed [fresh machine: EEXIST]
+    r = b.mmap(5 * P, "anon", name="mine")
+    b.munmap(r.addr, 2 * P)
+    b.munmap(r.addr + 4 * P, P)                      # and a page above, for a user page that merges
+    mine = (r.addr + 2 * P, r.addr + 4 * P)
     assert b.vma_bounds(mine[0]) == mine
-    t = b.mmap(P, "anon", name="__tool", addr=r.addr)   # a hint: the kernel puts it in the hole
+    t = b.mmap(P, "anon", name="__tool", addr=r.addr + P)   # a hint: the kernel puts it in the hole
     try:
-        assert t.addr == r.addr, "the kernel did not honour the address hint: the test cannot place the page"
+        assert t.addr == r.addr + P, "the kernel did not honour the address hint: the test cannot place the page"
         assert b.vma_bounds(mine[0]) == mine, "the tool's page merged into the region's VMA"
         assert b.vma_bounds(t.addr) == (t.addr, t.addr + P)
-        assert b.vma_bounds(b.mmap(P, "anon", name="user2", addr=r.addr - P).addr) != mine  # users' pages do merge
+        u2 = b.mmap(P, "anon", name="user2", addr=r.addr)
+        assert b.vma_bounds(u2.addr) == (u2.addr, u2.addr + P), "a user page merged into the tool's page"
+        u3 = b.mmap(P, "anon", name="user3", addr=mine[1])
+        assert b.vma_bounds(u3.addr) == (mine[0], u3.end), "users' pages do merge: the test shows nothing"
     finally:
         b.munmap(t.addr, P)
+
+
+def _alone_in_a_gib(b, length):
+    """An address for ``length`` bytes in a 1 GiB range (a PUD) no other mapping of this process touches, 2 MiB
+    in: a 3 GiB PROT_NONE probe's aligned GiB, with at least 1 GiB free above it for what maps next."""
+    GB = 1 << 30
+    probe = b.mmap(3 * GB, "anon", name="gib-probe", prot=0)
+    g = (probe.addr + GB - 1) & ~(GB - 1)
+    b.munmap(probe.addr, probe.len)
+    return g + (2 << 20)
+
+
+@pytest.mark.parametrize("backend_name", ["kernel", "emu"])
+@pytest.mark.parametrize("memtype", ["hugetlb", "hugetlb-private"])
+def test_scan_of_a_hugetlb_hole_depends_on_the_pmd_table(backend_name, memtype):
+    """walk_hugetlb_range(): a none huge PTE is reported by .hugetlb_entry (PAGE_IS_HUGE) only where a PMD table
+    covers it; with none in its GiB hugetlb_walk() returns NULL and .pte_hole reports the VMA's categories alone
+    (not WRITTEN even in a uffd-wp VMA, unlike a hole in any other VMA) -- and, under PM_SCAN_WP_MATCHING,
+    write-protects it all the same.  The first fault allocates the table (huge_pte_alloc()), munmap of the last
+    VMA in the GiB frees it.  Measured on 6.18; the model keeps ``mm.pmd_tables``."""
+    from conftest import hugetlb_reason, require_kernel
+    HP = 2 << 20
+    b = make_backend(backend_name)
+    reason = hugetlb_reason(b)
+    if reason:
+        require_kernel(reason)
+    allc = uapi.PM_SCAN_CATEGORIES_6_18
+
+    def scan(r, **kw):
+        res = b.pagemap_scan(r.addr, r.end, return_mask=allc, **kw)
+        return [(s - r.addr, e - r.addr, int(c)) for s, e, c in res.regions]
+
+    try:
+        addr = _alone_in_a_gib(b, 3 * HP)
+        r = b.mmap(3 * HP, memtype, name="h", addr=addr)
+        assert scan(r) == [(0, 3 * HP, 0)]                  # no table: .pte_hole
+        b.write(r.addr, b"x")                                # huge_pte_alloc(), then the page
+        file = C.FILE if memtype == "hugetlb" else 0
+        assert scan(r) == [(0, HP, int(C.PRESENT | C.WRITTEN | C.HUGE | file)), (HP, 3 * HP, int(C.HUGE))]
+        b.munmap(r.addr, r.len)                              # the last VMA in the GiB: free_pgtables()
+        r = b.mmap(3 * HP, memtype, name="h2", addr=addr)
+        assert scan(r) == [(0, 3 * HP, 0)]
+        u = b.userfaultfd()
+        u.api(uapi.Feature.WP_ASYNC | uapi.Feature.WP_HUGETLBFS_SHMEM)
+        u.register(r.addr, r.len, uapi.RegisterMode.WP)
+        W = int(C.WPALLOWED)
+        assert scan(r) == [(0, 3 * HP, W)]                   # registering allocates nothing
+        # PM_SCAN_WP_MATCHING over the hole: the first huge page is reported by .pte_hole, which write-protects
+        # it (uffd_wp_range(): a marker, so a table); hugetlb_walk() runs per huge page, so the next ones are
+        # .hugetlb_entry's: HUGE, not WRITTEN, and left alone
+        H = W | int(C.HUGE)
+        assert scan(r, flags=uapi.PM_SCAN_WP_MATCHING, category_anyof_mask=allc) == [(0, HP, W), (HP, 3 * HP, H)]
+        assert scan(r) == [(0, HP, H | int(C.SWAPPED)), (HP, 3 * HP, H)]     # a uffd-wp marker: not WRITTEN
+        u.close()
+    finally:
+        b.close()

@@ -158,6 +158,8 @@ def copy_hugetlb_page_range(dst_mm, dst_vma, src_mm, src_vma) -> None:
     (hugetlb_try_dup_anon_rmap); uffd-wp is kept only in a uffd-wp child VMA (6.4+: profile
     fork_hugetlb_clears_uffd_wp; before, a present huge PTE kept it).  No mkold / mkclean here."""
     cow = is_cow_mapping(src_vma.flags)
+    for pud in src_mm._puds_in(src_vma.start, src_vma.end):   # huge_pte_alloc() in the child wherever
+        dst_mm.huge_pte_alloc(max(pud << 30, src_vma.start))     # hugetlb_walk() finds a table
     for a in src_mm.pte_keys(src_vma.start, src_vma.end, src_vma.page_size):
         pte = src_mm.ptes[a]
         if not pte.present:
@@ -224,6 +226,7 @@ def exit_mmap(mm: MM) -> None:
         mm.zap_pte_range(vma, vma.start, vma.end, final=True)
         mm.remove_vma(vma)
     mm.pgtables.clear()
+    mm.pmd_tables.clear()
     mm._pgt_sorted = None
     mm.exited = True
     if mm in mm.swap.mms:

@@ -83,6 +83,7 @@ class MM(Mmap, PageTables, Memory, HugeMemory, Khugepaged, Shmem, Hugetlb, Userf
         self.next_addr = MMAP_BASE
         self.low_addr = MMAP_BASE - HPAGE_SIZE
         self.pgtables: set[int] = set()   # PMD indices (addr >> 21) that have a PTE table
+        self.pmd_tables: set[int] = set()  # PUD indices (addr >> 30) that have a PMD table (pgtable.py)
         self.pmds: dict[int, Pte] = {}    # PMD leaves: 2 MiB-aligned address -> Pte of a THP (huge_memory)
         self._pgt_sorted: list[int] | None = None   # pgtable.py's sorted view of it (None: rebuild)
         self._pte_index: list[int] | None = None    # pgtable.py's sorted view of ptes' keys (None: rebuild)

@@ -514,6 +514,7 @@ class HugeMemory:
                 pmd.uffd_wp = False
             pmd.soft_dirty = True
             self.pmds[dst + haddr - old] = pmd
+            self.pmd_tables.add((dst + haddr - old) >> 30)
             moved.append(haddr)
         return moved
 

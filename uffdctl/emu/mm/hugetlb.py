@@ -17,6 +17,7 @@ class Hugetlb:
         """hugetlb_no_page(): shared -> page cache; private -> the cache page if there is one (COW on
         write), else a new anon page; a private write fault does the COW at once (hugetlb_wp)."""
         vma = vmf.vma
+        self.huge_pte_alloc(vmf.address)     # hugetlb_fault(): first of all, even for a fault that goes to userfault
         idx = vma.linear_page_index(vmf.address)
         folio = vma.file.pages.get(idx)
         if folio is not None and userfaultfd_minor(vma):
@@ -47,7 +48,9 @@ class Hugetlb:
         return VM_FAULT_OK
 
     def hugetlb_mfill_atomic_pte(self, vma, kind, dst, src, wp) -> int:
-        """mfill_atomic_hugetlb() + hugetlb_mfill_atomic_pte(): the PTE is checked before the copy."""
+        """mfill_atomic_hugetlb() + hugetlb_mfill_atomic_pte(): the table is allocated and the PTE checked before
+        the copy."""
+        self.huge_pte_alloc(dst)
         pte = self.ptes.get(dst)
         if kind == MFILL_ATOMIC_POISON:
             if pte is not None:

@@ -131,7 +131,9 @@ class Mremap:
         soft-dirty (move_soft_dirty_pte()); with ``clear_uffd_wp`` the uffd-wp bits are cleared and
         uffd-wp markers dropped."""
         moved = self.move_huge_pmds(src, old, old_len, dst, clear_uffd_wp)   # huge_memory.py
-        for a, b, table in self.table_runs(old, old + old_len):   # pte_alloc() at dst for each old PTE table
+        # pte_alloc() at dst for each old PTE table; move_hugetlb_page_tables() allocates a dst table only for a
+        # huge PTE that is not none (set_pte() below)
+        for a, b, table in () if src.hugetlb else self.table_runs(old, old + old_len):
             if table:
                 for pmd in range((dst + a - old) >> 21, ((dst + b - old - 1) >> 21) + 1):
                     self.pte_alloc(pmd << 21)

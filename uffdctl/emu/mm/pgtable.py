@@ -1,6 +1,7 @@
 """The page tables (include/linux/pgtable.h, mm/pgtable-generic.c, mm/pagewalk.c): the sparse PTE
 map ``mm.ptes`` (page address -> :class:`~.mm_types.Pte`; absent = pte_none), the set of PMDs that
-have a PTE table (``mm.pgtables``: pte_alloc() adds one, free_pgtables() drops it) and the PMD leaves
+have a PTE table (``mm.pgtables``: pte_alloc() adds one, free_pgtables() drops it), the set of PUDs that have
+a PMD table (``mm.pmd_tables``: what a hugetlb walk finds or not, see huge_pte_alloc()) and the PMD leaves
 (``mm.pmds``: 2 MiB-aligned address -> a Pte whose page is a THP or the huge zero folio: pmd_trans_huge;
 huge_memory.py makes and splits them).  A PMD is none, a leaf or a table, never two of them.  Walks
 cost what exists, never the size of a range.
@@ -28,7 +29,35 @@ class PageTables:
         p = addr >> 21
         if p not in self.pgtables:
             self.pgtables.add(p)
+            self.pmd_tables.add(p >> 9)
             self._pgt_sorted = None
+
+    def huge_pte_alloc(self, addr: int) -> None:
+        """huge_pte_alloc(): the PUD over ``addr`` gets a PMD table, where a 2 MiB hugetlb PTE lives.  hugetlb_fault()
+        and mfill_atomic_hugetlb() call it first, before anything can fail or go to userfault; a PTE table or a
+        PMD leaf has one under it too.  Whether one exists decides a hugetlb walk: hugetlb_walk() returns NULL
+        without it and walk_hugetlb_range() calls .pte_hole instead of .hugetlb_entry [measured: PAGEMAP_SCAN
+        of a never-touched hugetlb VMA alone in its GiB reads 0, not PAGE_IS_HUGE, until a fault there]."""
+        self.pmd_tables.add(addr >> 30)
+
+    def pmd_table_runs(self, start: int, end: int):
+        """Split [start, end) into (start, end, has_pmd_table) runs, a PUD (1 GiB) at a time."""
+        pos = start
+        for p in self._puds_in(start, end):
+            a, b = max(start, p << 30), min(end, (p + 1) << 30)
+            if a > pos:
+                yield pos, a, False
+            yield a, b, True
+            pos = b
+        if pos < end:
+            yield pos, end, False
+
+    def _puds_in(self, start: int, end: int) -> list[int]:
+        """PUD indices with a PMD table over [start, end), ascending: O(tables), not O(range)."""
+        lo, hi = start >> 30, (end - 1) >> 30
+        if hi - lo < 8:
+            return [p for p in range(lo, hi + 1) if p in self.pmd_tables]
+        return sorted(p for p in self.pmd_tables if lo <= p <= hi)
 
     def _tables_in(self, lo: int, hi: int) -> list[int]:
         """PMD indices in [lo, hi] that have a table, ascending: bisect over a sorted copy kept until the
@@ -57,6 +86,7 @@ class PageTables:
         if pmd.present and (old is None or not old.present or old.page is not pmd.page):
             pmd.page.mapcount += 1
         self.pmds[haddr] = pmd
+        self.pmd_tables.add(haddr >> 30)
 
     def page_at(self, vma, addr: int):
         """(PTE or PMD leaf, 4 KiB page or hugetlb folio, offset into it) of a present mapping of ``addr``."""
@@ -90,10 +120,15 @@ class PageTables:
             yield pos, end, False
 
     def free_pgtables(self, start: int, end: int) -> None:
+        """free_pgtables() after an unmap of [start, end): a table goes when no VMA is left in the range it maps
+        (free_pmd_range() / free_pud_range(): floor and ceiling are the neighbouring VMAs)."""
         for pmd in self._tables_in(start >> 21, (end - 1) >> 21):
             if not self.vmas_in(pmd << 21, (pmd + 1) << 21):
                 self.pgtables.discard(pmd)
                 self._pgt_sorted = None
+        for pud in self._puds_in(start, end):
+            if not self.vmas_in(pud << 30, (pud + 1) << 30):
+                self.pmd_tables.discard(pud)
 
     def page_base(self, vma, addr: int) -> int:
         if vma.flags & VM_HUGETLB:

@@ -110,6 +110,7 @@ class Userfaultfd:
                 break
             if pmd not in pgtables:                   # the dst PTE table is allocated first
                 pgtables.add(pmd)
+                self.pmd_tables.add(pmd >> 9)
                 self._pgt_sorted = None
             chunk_end = min(end, (pmd + 1) << 21)
             if zero:
@@ -135,6 +136,7 @@ class Userfaultfd:
                         # special and young), then the walk that fills the TLB; its contents are zeros
                         if src >> 21 not in pgtables:
                             pgtables.add(src >> 21)
+                            self.pmd_tables.add(src >> 30)
                             self._pgt_sorted = None
                         ptes[src] = zpte = new_pte(zero_page, False, False, True, False, False, True)
                         zmap += 1
