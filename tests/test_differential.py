@@ -1324,7 +1324,8 @@ def test_hugetlb_stale_uffd_wp_livelock(backend_name):
         # The spinning writer may have seen the uffd-wp bit just before the un-protect and be on its way into
         # handle_userfault(): it queues a WP message after the un-protect's wake and sleeps, since
         # userfaultfd_huge_must_wait() waits on a PTE that is not writable, uffd-wp or not (a message was
-        # pending and the writer asleep in 8 of 40 runs here; the old assert failed 2 in 16 differential runs).  A handler answers such a message with UFFDIO_WAKE; so does this test, within the same bound.
+        # pending and the writer asleep in 8 of 40 runs here; the old assert failed 2 in 16 differential runs).
+        # A handler answers such a message with UFFDIO_WAKE; so does this test, within the same bound.
         deadline = time.monotonic() + 5
         while not acc.wait(0.1) and time.monotonic() < deadline:
             msgs = u.read_msgs()
