@@ -172,6 +172,30 @@ def hugetlb_reason(backend) -> str | None:
     return None
 
 
+def alone_in_a_gib(b, length, avoid=()):
+    """A place for a hugetlb mapping 2 MiB into a 1 GiB range (a PUD) that no other mapping of the process shares:
+    whether a PMD table covers a hugetlb VMA decides what a walk reports of its none PTEs (walk_hugetlb_range():
+    .pte_hole without one, .hugetlb_entry's PAGE_IS_HUGE with one), and a mapping of this process the model
+    lacks (libraries, the interpreter's arenas) in the same GiB would have made one [the fixed-seed run's seed
+    386: scan of a never-touched hugetlb-private region, 0 on the kernel, HUGE in the model].  The GiB is the
+    aligned one inside a 3 GiB PROT_NONE probe, so at least 1 GiB stays free above it: top-down mmap fills that
+    first.  ``avoid``: ranges once used (the kernel hands a region's old place to the next mapping)."""
+    gib, hp = 1 << 30, 2 << 20
+    assert length <= gib - 2 * hp
+    probes = []
+    try:
+        for i in range(8):
+            probe = b.mmap(3 * gib, "anon", name=f"gib-probe{i}", prot=0)
+            probes.append(probe)
+            g = (probe.addr + gib - 1) & ~(gib - 1)
+            if not any(a < g + gib and g < e for a, e in avoid):
+                return g + hp
+        raise AssertionError("no free GiB away from the regions' old places")
+    finally:
+        for probe in probes:
+            b.munmap(probe.addr, probe.len)
+
+
 def feature_reason(backend, required: int) -> str | None:
     """Ask the kernel (UFFDIO_API on a throwaway fd), as the selftests' uffd_feature_supported()."""
     if not required:

@@ -40,7 +40,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SWAP_SIZE, active_swaps, assert_steps_agree, drain_events, hugetlb_reason, make_backend, zero_pfn
+from conftest import (SWAP_SIZE, active_swaps, alone_in_a_gib, assert_steps_agree, drain_events, hugetlb_reason,
+                      make_backend, zero_pfn)
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.errors import OutOfMemory, UffdError
@@ -454,32 +455,6 @@ def aligned_alias(b, r, name):
     addr = (probe.addr + HP) & ~(HP - 1)          # never abutting another VMA (see aligned_mmap)
     b.munmap(probe.addr, probe.len)
     return b.alias_at(r, name, addr)
-
-
-GIB = 1 << 30
-
-
-def alone_in_a_gib(b, length, avoid=()):
-    """A place for a hugetlb mapping 2 MiB into a 1 GiB range (a PUD) that no other mapping of the process shares:
-    whether a PMD table covers a hugetlb VMA decides what a walk reports of its none PTEs (walk_hugetlb_range():
-    .pte_hole without one, .hugetlb_entry's PAGE_IS_HUGE with one), and a mapping of this process the model
-    lacks (libraries, the interpreter's arenas) in the same GiB would have made one [the fixed-seed run's seed
-    386: scan of a never-touched hugetlb-private region, 0 on the kernel, HUGE in the model].  The GiB is the
-    aligned one inside a 3 GiB PROT_NONE probe, so at least 1 GiB stays free above it: top-down mmap fills that
-    first.  ``avoid``: ranges once used (see _free_aligned)."""
-    probes = []
-    try:
-        for i in range(8):
-            probe = b.mmap(3 * GIB, MemType.ANON, name=f"gib-probe{i}", prot=0)
-            probes.append(probe)
-            g = (probe.addr + GIB - 1) & ~(GIB - 1)
-            assert length <= GIB - 2 * HP
-            if not any(a < g + GIB and g < e for a, e in avoid):
-                return g + HP
-        raise AssertionError("no free GiB away from the regions' old places")
-    finally:
-        for probe in probes:
-            b.munmap(probe.addr, probe.len)
 
 
 def _call(fn):

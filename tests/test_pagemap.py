@@ -5,7 +5,7 @@ import errno
 
 import pytest
 
-from conftest import TABLE_BACKENDS, make_backend
+from conftest import TABLE_BACKENDS, alone_in_a_gib, make_backend
 from uffdctl import pagemap, uapi
 from uffdctl.backend import Backend, ScanResult
 from uffdctl.errors import UffdError
@@ -327,16 +327,6 @@ def test_the_tools_own_pages_never_merge_into_a_region(kernel_backend):
         b.munmap(t.addr, P)
 
 
-def _alone_in_a_gib(b, length):
-    """An address for ``length`` bytes in a 1 GiB range (a PUD) no other mapping of this process touches, 2 MiB
-    in: a 3 GiB PROT_NONE probe's aligned GiB, with at least 1 GiB free above it for what maps next."""
-    GB = 1 << 30
-    probe = b.mmap(3 * GB, "anon", name="gib-probe", prot=0)
-    g = (probe.addr + GB - 1) & ~(GB - 1)
-    b.munmap(probe.addr, probe.len)
-    return g + (2 << 20)
-
-
 @pytest.mark.parametrize("backend_name", ["kernel", "emu"])
 @pytest.mark.parametrize("memtype", ["hugetlb", "hugetlb-private"])
 def test_scan_of_a_hugetlb_hole_depends_on_the_pmd_table(backend_name, memtype):
@@ -358,7 +348,7 @@ def test_scan_of_a_hugetlb_hole_depends_on_the_pmd_table(backend_name, memtype):
         return [(s - r.addr, e - r.addr, int(c)) for s, e, c in res.regions]
 
     try:
-        addr = _alone_in_a_gib(b, 3 * HP)
+        addr = alone_in_a_gib(b, 3 * HP)
         r = b.mmap(3 * HP, memtype, name="h", addr=addr)
         assert scan(r) == [(0, 3 * HP, 0)]                  # no table: .pte_hole
         b.write(r.addr, b"x")                                # huge_pte_alloc(), then the page
