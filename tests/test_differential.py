@@ -917,7 +917,7 @@ def _racing_thp_faults(es: Side, blocked: set) -> None:
     in one PMD of a THP region race in the huge-page fault: a read may map the huge zero PMD while a write
     allocates a THP, finds the PMD taken, and faults again (2 minor faults, or 1, by the scheduler [soak seed
     719996764: 3 of 9 replays]).  The model runs them in order, so their fault counts are not compared."""
-    woke = [tn for tn in blocked if es.acc[tn][0].done and es.acc_at.get(tn, (None,))[0] in es.thp]
+    woke = [tn for tn in blocked if tn in es.acc and es.acc[tn][0].done and es.acc_at.get(tn, (None,))[0] in es.thp]
     pmds: dict = {}
     for tn in woke:
         r, p = es.acc_at[tn]
