@@ -1052,20 +1052,51 @@ def khugepaged_paused():
     sequence that ran past a wakeup diverged: in a slow guest column (make test-kernels' backport and rfc columns,
     seed 31) 512 new PFNs appeared after a one-page MADV_PAGEOUT.  The run sets a day's sleep first (the write
     wakes khugepaged for one pass, before any sequence's region exists) and restores the value after.  The
-    generator's MADV_COLLAPSE is synchronous and unaffected."""
+    generator's MADV_COLLAPSE is synchronous and unaffected.
+
+    khugepaged also wakes, whatever its sleep, when an mm joins its empty list (__khugepaged_enter()): this
+    process's first THP fault or MADV_HUGEPAGE of a VMA with an anon_vma, which is a sequence's -- in a fresh
+    process (a replay, or CI's first THP sequence) it then scanned that region and collapsed a PMD that a COPY had
+    just filled (soak seed 316255611's reproducer: a read fault in the other PMD, thp_collapse_alloc +1 during a
+    0.75 s replay, every time).  So this process joins the list first, with
+    a throwaway MADV_HUGEPAGE mapping (an mm stays on it until it exits), and the pause waits for the pass its
+    own write starts (full_scans changes, bounded)."""
     try:
         with open(KHUGEPAGED_SLEEP) as f:
             old = f.read().strip()
+        _join_khugepaged()
+        scans = _full_scans()
         with open(KHUGEPAGED_SLEEP, "w") as f:
             f.write("86400000")
     except OSError:            # no THP, or not root: nothing to pause
         yield
         return
+    deadline = time.monotonic() + SETTLE
+    while _full_scans() == scans and time.monotonic() < deadline:
+        time.sleep(0.005)
     try:
         yield
     finally:
         with open(KHUGEPAGED_SLEEP, "w") as f:
             f.write(old)
+
+
+def _full_scans() -> int:
+    with open(os.path.join(os.path.dirname(KHUGEPAGED_SLEEP), "full_scans")) as f:
+        return int(f.read())
+
+
+def _join_khugepaged() -> None:
+    """Put this process's mm on khugepaged's list (MMF_VM_HUGEPAGE): khugepaged_enter_vma() takes it only from a VMA
+    thp_vma_allowable_order() allows, which needs an aligned 2 MiB in it and an anon_vma (a touched page; a VMA
+    without one allows no order outside a fault) -- then MADV_HUGEPAGE, and unmapped."""
+    import mmap
+    m = mmap.mmap(-1, 2 * HP, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    try:
+        m[0] = 1
+        m.madvise(mmap.MADV_HUGEPAGE)
+    finally:
+        m.close()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -1212,8 +1243,8 @@ def test_differential(host_swap_module):
 
 @pytest.mark.kernel
 @pytest.mark.skipif(not os.environ.get("UFFDCTL_DIFF_REPLAY"), reason="set UFFDCTL_DIFF_REPLAY=<file.json>")
-def test_replay():
-    """Rerun a saved reproducer."""
+def test_replay(host_swap_module):
+    """Rerun a saved reproducer (with the swap device the differential has: MADV_PAGEOUT makes swap entries)."""
     with open(os.environ["UFFDCTL_DIFF_REPLAY"]) as f:
         seq = json.load(f)
     print(render(seq))
@@ -1225,9 +1256,10 @@ FOUND = sorted((Path(__file__).parent / "data" / "differential").glob("*.json"))
 
 @pytest.mark.kernel
 @pytest.mark.parametrize("path", FOUND, ids=[p.stem for p in FOUND])
-def test_sequences_the_soak_found(path):
+def test_sequences_the_soak_found(path, host_swap_module):
     """The minimal reproducers of divergences that fresh seeds found (make soak, local runs), each fixed in
-    the model or the harness, replayed on both sides every run: a fixed seed would not meet them again."""
+    the model or the harness, replayed on both sides every run, with the differential's swap device: a fixed
+    seed would not meet them again."""
     seq = json.loads(path.read_text())
     print(render(seq))
     Runner().run(seq)

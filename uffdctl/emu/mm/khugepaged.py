@@ -102,13 +102,15 @@ class Khugepaged:
 
     def collapse_huge_page_swapin(self, vma, haddr: int) -> int:
         """__collapse_huge_page_swapin(): every swap entry of the PMD is faulted in (do_swap_page(), a read
-        fault from the kernel); any failure is SCAN_FAIL."""
-        from .mm_types import VM_FAULT_OK
+        fault from the kernel); VM_FAULT_ERROR is SCAN_FAIL -- a read from the swap device is VM_FAULT_MAJOR,
+        which is no failure [soak seed 316255611: PAGEOUT of part of a WP-registered THP region, then
+        MADV_COLLAPSE: the kernel collapsed, the model said EINVAL]."""
+        from .mm_types import VM_FAULT_ERROR, VM_FAULT_RETRY
         for i in range(HPAGE_PMD_NR):
             a = haddr + i * PAGE_SIZE
             pte = self.ptes.get(a)
             if pte is not None and not pte.present and getattr(pte, "swp", None) is not None:
-                if self.handle_mm_fault(vma, a, False, None) != VM_FAULT_OK:
+                if self.handle_mm_fault(vma, a, False, None) & (VM_FAULT_ERROR | VM_FAULT_RETRY):
                     return SCAN_FAIL
         return SCAN_SUCCEED
 
