@@ -887,6 +887,31 @@ def _step(ks: Side, es: Side, step: int, op, clock: Clock = CLOCK) -> int:
         # write copied the page; with the batches drained it is reused, as the model says].
         ks.b.lru_drain()
     kr = apply(ks, op)
+    try:
+        return _compare(ks, es, step, op, inner, kr, er, clock)
+    except Divergence as d:
+        _hugetlb_pool_excuse(ks, d)
+        raise
+
+
+def _hugetlb_pool_excuse(ks: Side, d: Divergence) -> None:
+    """A page no mapping reserved (a private mapping's child: its COW and COPY pages; the owner's pages are
+    reserved at mmap) comes from the pool's unreserved free pages, and a COPY whose source is not faulted in holds
+    a temporary folio besides it (hugetlb_mfill_atomic_pte() -> alloc_hugetlb_folio_vma()): short of two, the
+    kernel's COPY stops (ENOMEM, or the ioctl's EAGAIN with the pages done) or the fault is SIGBUS, where the
+    model's pool never runs dry [a soak whose children held 21 pages beyond leaked reservations: a child's 3-page
+    COPY gave EAGAIN after 1; that sequence with nr_hugepages=8 (6 reserved) gives EAGAIN after 1, with 7 ENOMEM]."""
+    if not any(r.memtype.hugetlb for _, r in ks.all_regions):
+        return
+    mi = meminfo()
+    free, rsvd = mi.get("HugePages_Free", 0), mi.get("HugePages_Rsvd", 0)
+    if free - rsvd < 2 and any(w in str(d.kernel) for w in ("EAGAIN", "ENOMEM", "sigbus")):
+        raise HugetlbShortfall(f"step {d.step}: {d.what}: the kernel's {d.kernel} with {free - rsvd} unreserved "
+                               f"huge pages left (HugePages_Free {free}, Rsvd {rsvd})") from None
+
+
+def _compare(ks: Side, es: Side, step: int, op, inner, kr, er, clock: Clock) -> int:
+    """The comparison after ``op`` ran on both sides (``kr``, ``er``: its results)."""
     settle(ks, es, step)
     if inner[0] == "read_msgs":
         ku = ks.cu if op[0] == "child" else ks.u
