@@ -1228,25 +1228,77 @@ def test_differential(host_swap_module):
     unconfirmed, knob_busy = [], []
     CLOCK.__init__()
     t0 = time.perf_counter()
-    for i in range(EXAMPLES):
-        if time.monotonic() > deadline:
-            break
-        seq = gen_sequence(random.Random(seed + i), runner.memtypes)
-        d = runner.diverges(seq)
-        if d is not None:
-            # the kernel side is concurrent: a divergence counts once it repeats on a rerun
-            if runner.diverges(seq) is None and runner.diverges(seq) is None:
-                unconfirmed.append((seed + i, str(d)))
-            elif shmem_thp_knobs_on() and any(_mt(g["type"]).file_backed for g in seq["regions"]):
-                # another process switched a shmem THP size on for a while: this host is not the model now
-                print(f"differential: seed {seed + i} not compared: {', '.join(shmem_thp_knobs_on())}")
-                knob_busy.append(seed + i)
-            else:
-                pytest.fail(f"seed {seed + i} (UFFDCTL_DIFF_SEED={seed + i} UFFDCTL_DIFF_EXAMPLES=1): "
-                            + runner.report(seq, d), pytrace=False)
-        done += 1
-        ops += len(seq["ops"])
+    pool = HugetlbPoolKeeper()
+    try:
+        for i in range(EXAMPLES):
+            if time.monotonic() > deadline:
+                break
+            seq = gen_sequence(random.Random(seed + i), runner.memtypes)
+            if any(_mt(g["type"]).hugetlb for g in seq["regions"]):
+                pool.top_up()
+            done, ops = _compare_one(runner, seq, seed + i, unconfirmed, knob_busy, done, ops)
+    finally:
+        pool.restore()
+    _report_run(runner, seed, done, ops, unconfirmed, knob_busy, t0, pool)
+
+
+class HugetlbPoolKeeper:
+    """A long run drains the huge-page pool: reservations no live sequence holds pile up in this process (a
+    hugetlb-only soak here: HugePages_Rsvd 46 of 64 after 4 minutes, back to 0 once the process exited; no fd or
+    mapping of the harness was left over in a 150-sequence check; the kernel's mremap of part of a private
+    hugetlb mapping is one known leak, scripts/kernel-repro/hugetlb-mremap-resv-leak.c), and then 2,960
+    sequences could not map their regions.  As root, the run grows vm.nr_hugepages back to 16 usable pages
+    before each hugetlb sequence (at most ``cap`` pages in all) and restores the old value after."""
+
+    NR = "/proc/sys/vm/nr_hugepages"
+
+    def __init__(self, need: int = 16, cap: int = 512):
+        self.need, self.cap, self.added, self.orig = need, cap, 0, None
+
+    def top_up(self) -> None:
+        mi = meminfo()
+        short = self.need - (mi.get("HugePages_Free", 0) - mi.get("HugePages_Rsvd", 0))
+        if short <= 0 or self.added + short > self.cap:
+            return
+        try:
+            with open(self.NR) as f:
+                nr = int(f.read())
+            with open(self.NR, "w") as f:
+                f.write(str(nr + short))
+        except OSError:
+            return
+        if self.orig is None:
+            self.orig = nr
+        self.added += short
+
+    def restore(self) -> None:
+        if self.orig is not None:
+            with contextlib.suppress(OSError), open(self.NR, "w") as f:
+                f.write(str(self.orig))
+
+
+def _compare_one(runner, seq, seed: int, unconfirmed: list, knob_busy: list, done: int, ops: int):
+    d = runner.diverges(seq)
+    if d is not None:
+        # the kernel side is concurrent: a divergence counts once it repeats on a rerun
+        if runner.diverges(seq) is None and runner.diverges(seq) is None:
+            unconfirmed.append((seed, str(d)))
+        elif shmem_thp_knobs_on() and any(_mt(g["type"]).file_backed for g in seq["regions"]):
+            # another process switched a shmem THP size on for a while: this host is not the model now
+            print(f"differential: seed {seed} not compared: {', '.join(shmem_thp_knobs_on())}")
+            knob_busy.append(seed)
+        else:
+            pytest.fail(f"seed {seed} (UFFDCTL_DIFF_SEED={seed} UFFDCTL_DIFF_EXAMPLES=1): "
+                        + runner.report(seq, d), pytrace=False)
+    return done + 1, ops + len(seq["ops"])
+
+
+def _report_run(runner, seed: int, done: int, ops: int, unconfirmed: list, knob_busy: list, t0: float,
+                pool: HugetlbPoolKeeper) -> None:
     wall = time.perf_counter() - t0
+    if pool.added:
+        print(f"differential: the huge-page pool was grown by {pool.added} pages over the run (leaked "
+              "reservations), and restored")
     print(f"differential: {done} sequences ({ops} ops), seed {seed}, zero divergences; "
           f"{len(unconfirmed)} that did not repeat on two reruns: {unconfirmed}; "
           f"{len(knob_busy)} not compared while a host shmem THP knob was on: {knob_busy}")
@@ -1256,7 +1308,7 @@ def test_differential(host_swap_module):
         for why in runner.not_compared:
             print(f"  {why}")
     assert len(runner.not_compared) <= max(3, done // 20), \
-        f"too many runs not compared: {runner.not_compared}"
+        f"too many runs not compared: {len(runner.not_compared)} of {done}; the first: {runner.not_compared[:5]}"
     print(f"differential: {done / wall * 60:.0f} sequences/min; per sequence {wall / max(done, 1) * 1e3:.1f} ms: "
           f"emulator {CLOCK.emu / max(done, 1) * 1e3:.1f} ms, kernel {CLOCK.kernel / max(done, 1) * 1e3:.1f} ms "
           "(the kernel's includes waiting for its threads to settle)")

@@ -43,6 +43,7 @@ class RegularFile:
         self.pages: dict = {}
         self.disk: dict[int, bytes] = {}      # index -> contents written back (a hole reads zeros)
         self.ra = (0, 0, 0)                   # file_ra_state of the one open file: start, size, async_size
+        self.ra_order = 0                     # and its order (6.16+: the folio order readahead asks for)
 
 
 class Filemap:
@@ -67,7 +68,7 @@ class Filemap:
             return VM_FAULT_OK, folio
         # do_sync_mmap_readahead(): read-around, ra->start = pgoff - ra_pages / 2, clamped to the file
         start = max(0, idx - RA_PAGES // 2)
-        f.ra = (start, RA_PAGES, RA_PAGES // 4)
+        f.ra, f.ra_order = (start, RA_PAGES, RA_PAGES // 4), 0
         self.page_cache_ra(f, start, RA_PAGES, RA_PAGES // 4)
         return VM_FAULT_MAJOR, f.pages[idx]
 
@@ -83,11 +84,25 @@ class Filemap:
         npages = (f.size + PAGE_SIZE - 1) // PAGE_SIZE
         end = min(start + nr, npages)
         i = start
-        if self.profile.filemap_large_folios:
+        if self.profile.filemap_large_folios and nr >= 4:
+            # the folios of ra_order (ilog2(size) at most), smaller where the index is not aligned to it or the
+            # file's end would cut one; a folio over a page already cached is -EEXIST and ends the loop [soak
+            # seed 864900119: the async window at index 2 of a 4-page file is one order-1 folio over pages 2-3,
+            # page 3 cached: nothing read there, and the fallback's page 2 is not marked, so fault-around maps it]
+            new_order = min(f.ra_order, nr.bit_length() - 1)
             mark = start + nr - lookahead
-            while i < end and i not in f.pages:
-                self._ra_read(f, i, i == mark)
-                i += 1
+            while i < end:
+                order = new_order
+                if i & ((1 << order) - 1):
+                    order = (i & -i).bit_length() - 1          # __ffs(index)
+                while order > 0 and i + (1 << order) > end:
+                    order -= 1
+                if any(j in f.pages for j in range(i, i + (1 << order))):
+                    break
+                head_marked = i == mark & ~((1 << order) - 1)  # ra_alloc_folio(): round_down(mark, nr)
+                for j in range(i, i + (1 << order)):           # the folio's PG_readahead, on each of its pages
+                    self._ra_read(f, j, head_marked)
+                i += 1 << order
             if i >= end:
                 return
             nr -= i - start                       # fallback: do_page_cache_ra(ra->size - (index - start))
@@ -118,7 +133,7 @@ class Filemap:
             if miss is None:                      # page_cache_next_miss(): none within ra_pages
                 return
             start, size = miss, _next_ra_size(miss - idx + RA_PAGES)
-        f.ra = (start, size, size)
+        f.ra, f.ra_order = (start, size, size), f.ra_order + 2
         self.page_cache_ra(f, start, size, size)
 
     def folio_mkclean(self, f, idx: int, folio, flush: list) -> None:
