@@ -42,15 +42,7 @@ class PageTables:
 
     def pmd_table_runs(self, start: int, end: int):
         """Split [start, end) into (start, end, has_pmd_table) runs, a PUD (1 GiB) at a time."""
-        pos = start
-        for p in self._puds_in(start, end):
-            a, b = max(start, p << 30), min(end, (p + 1) << 30)
-            if a > pos:
-                yield pos, a, False
-            yield a, b, True
-            pos = b
-        if pos < end:
-            yield pos, end, False
+        return _runs(start, end, 30, self._puds_in(start, end))
 
     def _puds_in(self, start: int, end: int) -> list[int]:
         """PUD indices with a PMD table over [start, end), ascending: O(tables), not O(range)."""
@@ -109,15 +101,7 @@ class PageTables:
             tables = [p for p in range(lo, hi + 1) if p in self.pgtables]
         else:
             tables = self._tables_in(lo, hi)
-        pos = start
-        for p in tables:
-            a, b = max(start, p << 21), min(end, (p + 1) << 21)
-            if a > pos:
-                yield pos, a, False
-            yield a, b, True
-            pos = b
-        if pos < end:
-            yield pos, end, False
+        return _runs(start, end, 21, tables)
 
     def free_pgtables(self, start: int, end: int) -> None:
         """free_pgtables() after an unmap of [start, end): a table goes when no VMA is left in the range it maps
@@ -186,3 +170,16 @@ class PageTables:
         if srt is None or len(srt) > 2 * len(self.ptes) + 64:
             srt = self._pte_index = sorted(self.ptes)
         return srt
+
+
+def _runs(start: int, end: int, shift: int, tables):
+    """[start, end) as (start, end, has_table) runs, given the ascending indices (addr >> shift) with a table."""
+    pos = start
+    for p in tables:
+        a, b = max(start, p << shift), min(end, (p + 1) << shift)
+        if a > pos:
+            yield pos, a, False
+        yield a, b, True
+        pos = b
+    if pos < end:
+        yield pos, end, False
