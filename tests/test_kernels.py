@@ -190,10 +190,13 @@ def test_bad_kernel_options_are_one_line(tmp_path):
     for args, what in ((["--modules", str(tmp_path), "run", "--", "true"], "--modules goes with --kernel-image"),
                        (["--kernel", "built:", "run", "--", "true"], "built:NAME: no NAME"),
                        (["--kernel-dir", str(tmp_path), "run", "--", "true"], "no .config"),
-                       (["--kernel-image", str(tmp_path / "nope"), "run", "--", "true"], "no such file")):
-        r = run_vmtest(*args, cache=tmp_path / "cache")
-        assert r.returncode == 2, (args, r.stderr)
-        assert what in r.stderr and "Traceback" not in r.stderr
+                       (["--kernel-image", str(tmp_path / "nope"), "run", "--", "true"], "no such file"),
+                       (["--kernel", "six", "fetch"], "expected MAJOR.MINOR")):
+        # The same refusal with QEMU missing: what the user typed is checked before the tools are.
+        for qemu in ([], ["--qemu", str(tmp_path / "no-qemu")]):
+            r = run_vmtest(*qemu, *args, cache=tmp_path / "cache")
+            assert r.returncode == 2, (args, r.stderr)
+            assert what in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_vmtest("--kernel", "built:nothing", "run", "--", "true", cache=tmp_path / "cache")
     assert r.returncode == 4 and "no built kernel 'nothing'" in r.stderr
 
@@ -236,8 +239,9 @@ def test_image_release_and_embedded_config():
 def test_a_vmlinux_without_pvh_is_refused_with_the_cure(tmp_path):
     img = tmp_path / "vmlinux"
     img.write_bytes(elf_with_notes([(b"GNU", 3, b"abcd")]))
-    r = run_vmtest("--kernel-image", str(img), "run", "--", "true", cache=tmp_path / "cache")
-    assert r.returncode == 4 and "no PVH entry note" in r.stderr and "bzImage" in r.stderr
+    for qemu in ([], ["--qemu", str(tmp_path / "no-qemu")]):
+        r = run_vmtest(*qemu, "--kernel-image", str(img), "run", "--", "true", cache=tmp_path / "cache")
+        assert r.returncode == 4 and "no PVH entry note" in r.stderr and "bzImage" in r.stderr, r.stderr
 
 
 # -- built-kernel columns of the matrix -------------------------------------------------------------------

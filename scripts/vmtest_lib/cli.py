@@ -191,6 +191,8 @@ def kernel_specs(args) -> list[tuple[str, str]]:
                     raise ValueError("--kernel built:NAME: no NAME (scripts/vmtest doctor lists the built kernels)")
                 specs.append(("built", x[6:]))
             elif x:
+                if x != "newest" and not re.fullmatch(r"\d+\.\d+", x):
+                    raise ValueError(f"kernel series {x!r}: expected MAJOR.MINOR (e.g. 6.1) or 'newest'")
                 specs.append(("series", x))
     if args.modules and not args.kernel_image:
         raise ValueError("--modules goes with --kernel-image (a --kernel-dir's modules come from its modules.order)")
@@ -199,21 +201,22 @@ def kernel_specs(args) -> list[tuple[str, str]]:
     return specs
 
 
+LOCAL_KINDS = ("image", "dir", "built")
+
+
+def get_kernel(args, kind: str, val: str) -> kernelpkg.Kernel:
+    if kind == "image":
+        return localkernel.from_image(val, args.cache, args.modules)
+    if kind == "dir":
+        return localkernel.from_build_dir(val, args.cache)
+    if kind == "built":
+        return localkernel.from_build(build.find_build(args.cache, val), args.cache)
+    what = {"deb": {"deb": val}, "pkg": {"pkg": val}, "series": {"series": val}}[kind]
+    return kernelpkg.get_kernel(args.cache, refresh=not args.no_install, **what)
+
+
 def get_kernels(args) -> list[kernelpkg.Kernel]:
-    out = []
-    for kind, val in kernel_specs(args):
-        if kind == "image":
-            out.append(localkernel.from_image(val, args.cache, args.modules))
-            continue
-        if kind == "dir":
-            out.append(localkernel.from_build_dir(val, args.cache))
-            continue
-        if kind == "built":
-            out.append(localkernel.from_build(build.find_build(args.cache, val), args.cache))
-            continue
-        what = {"deb": {"deb": val}, "pkg": {"pkg": val}, "series": {"series": val}}[kind]
-        out.append(kernelpkg.get_kernel(args.cache, refresh=not args.no_install, **what))
-    return out
+    return [get_kernel(args, kind, val) for kind, val in kernel_specs(args)]
 
 
 def check_scratch(k: kernelpkg.Kernel) -> None:
@@ -231,11 +234,17 @@ def check_scratch(k: kernelpkg.Kernel) -> None:
 
 def prepare(args) -> list[qemu.VM]:
     """Tools, accelerator, kernels, initramfs: one VM description per kernel."""
+    # What the user typed is checked before anything is installed or fetched: a bad option or a local image
+    # that cannot boot is refused the same way on a host with QEMU and on one without.
+    specs = kernel_specs(args)
+    with kernelpkg.locked(args.cache):
+        local = {i: get_kernel(args, kind, val) for i, (kind, val) in enumerate(specs) if kind in LOCAL_KINDS}
     qemu_bin, busybox = host.ensure_tools(args.qemu, install=not args.no_install)
     accel, why = host.choose_accel(args.accel)
     vms = []
     with kernelpkg.locked(args.cache):
-        built = [(k, initramfs.build(k, busybox)) for k in get_kernels(args)]
+        kernels = [local[i] if i in local else get_kernel(args, kind, val) for i, (kind, val) in enumerate(specs)]
+        built = [(k, initramfs.build(k, busybox)) for k in kernels]
     for k, initrd in built:
         check_scratch(k)
         vms.append(qemu.VM(qemu_bin, k, initrd, accel=accel, smp=args.smp, mem=args.mem, timeout=cap(args)))
