@@ -590,15 +590,18 @@ touch huge:600 --read --wait
 expect result data=02
 touch huge:0 --read --wait
 expect result data=00
+expect scan huge --category-mask huge regions=0
+expect pagemap huge:0 present=1 zero=1
 """
 
 
 @pytest.mark.parametrize("backend_name", ["kernel", "emu"])
 def test_lazyfree_thp_pageout_on_both(backend_name, tmp_path):
     """MADV_FREE of whole THPs (madvise_free_huge_pmd(): folio_mark_lazyfree(), the PMD made clean and old) then
-    MADV_PAGEOUT: a clean one is discarded whole by try_to_unmap() (unmap_huge_pmd_locked() ->
-    __discard_anon_folio_pmd_locked(): the PMD none, nothing swapped, no split), a redirtied one is swap-backed
-    again and only split (its data kept) [measured on 6.18; the soak found the first at seed 639469770]."""
+    MADV_PAGEOUT: try_to_unmap(TTU_SPLIT_HUGE_PMD) splits the PMD and try_to_unmap_one() discards each clean page
+    (nothing swapped; the PTE table stays, so the next read maps the 4 KiB zero page, not the huge zero PMD); a
+    redirtied one is swap-backed again at its first PTE, split, its data kept [measured on 6.18: thp_split_pmd 1
+    and pglazyfreed 512 for the clean THP; the soak found it at seeds 639469770 and 93986452]."""
     thp_script_on(backend_name, tmp_path, LAZYFREE_THP_SCRIPT, needle="AnonHugePages=4M")
 
 
