@@ -605,6 +605,50 @@ def test_lazyfree_thp_pageout_on_both(backend_name, tmp_path):
     thp_script_on(backend_name, tmp_path, LAZYFREE_THP_SCRIPT, needle="AnonHugePages=4M")
 
 
+LAZYFREE_PTE_MAPPED_THP_SCRIPT = """\
+mmap --size 2M --thp --name whole
+touch whole:0 --write --fill 0xd8 --wait
+expect vma whole AnonHugePages=2M
+madvise whole --advice free
+mprotect whole:100 --prot read
+mprotect whole:100 --prot read,write
+expect scan whole --category-mask huge regions=0
+touch whole:300 --write --fill 3 --wait
+madvise whole --advice pageout
+expect pagemap whole:0-511 present=1
+mmap --size 2M --thp --name clean
+touch clean:0 --write --fill 0xd8 --wait
+expect vma clean AnonHugePages=2M
+madvise clean --advice free
+mprotect clean:100 --prot read
+mprotect clean:100 --prot read,write
+madvise clean --advice pageout
+expect pagemap clean:0-511 present=0 swap=0
+mmap --size 2M --thp --name part
+touch part:0 --write --fill 0xd8 --wait
+expect vma part AnonHugePages=2M
+madvise part --advice free
+madvise part:100-149 --advice dontneed
+touch part:300 --write --fill 3 --wait
+madvise part --advice pageout
+expect pagemap part:0 present=1 zero=0
+expect pagemap part:1-99 present=1 zero=1
+expect pagemap part:300 present=1 zero=0
+touch part:0 --read --wait
+expect result data=d8
+"""
+
+
+@pytest.mark.parametrize("backend_name", ["kernel", "emu"])
+def test_lazyfree_pte_mapped_thp_pageout_on_both(backend_name, tmp_path):
+    """A lazyfree THP mapped by PTEs (its PMD split by mprotect, the folio whole) is reclaimed as one batch
+    (try_to_unmap_one(), folio_unmap_pte_batch()): one page rewritten keeps all 512 mapped, none rewritten
+    discards them all -- it is never split, having no swap to go to.  Split by a DONTNEED of part, the
+    split's unmap (try_to_migrate_one(): folio_mark_dirty() of a dirty PTE) makes every new folio dirty, so
+    the written page 0 stays too, and the zero-filled ones map the zero page [measured on 6.18]."""
+    thp_script_on(backend_name, tmp_path, LAZYFREE_PTE_MAPPED_THP_SCRIPT, needle="AnonHugePages=2M")
+
+
 FREE_PART_OF_A_SHARED_THP_SCRIPT = """\
 mmap --size 2M --thp --name huge
 touch huge:490 --write --fill 0xaa --wait

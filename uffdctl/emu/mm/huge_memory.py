@@ -317,6 +317,8 @@ class HugeMemory:
             return
         self.set_pmd(haddr, None)
         self.tlb.flush_range([haddr])
+        if pmd.dirty and not pmd.special:
+            pmd.page.dirty = True                # "if (pmd_dirty(old_pmd)) folio_set_dirty(folio)"
         if not vma.anon and not pmd.special:
             return                               # a file PMD is only cleared: faults map its pages again
         self.pte_alloc(haddr)
@@ -345,9 +347,18 @@ class HugeMemory:
                 self.pmds[base & HPAGE_PMD_MASK].page is folio:
             self.split_huge_pmd(vma, base & HPAGE_PMD_MASK)
         remap = folio.anon and self.profile.thp_split_zero_remap and not vma.flags & VM_LOCKED
+        # unmap_folio() -> try_to_migrate_one(): "if (pte_dirty(pteval)) folio_mark_dirty(folio)" -- before the
+        # split, so every new folio is dirty [measured on 6.18: a lazyfree THP split by DONTNEED of part, one
+        # page rewritten, MADV_PAGEOUT keeps its written pages, not only the rewritten one]
+        ptes = self.ptes
+        if not folio.dirty and any((q := ptes.get(base + k * PAGE_SIZE)) is not None and q.page is p and q.dirty
+                                   for k, p in enumerate(folio.pages)):
+            folio.dirty = True
         flush = []
         for k, p in enumerate(folio.pages):
             p.head = None
+            p.dirty |= folio.dirty         # __split_folio_to_order(): the new folios keep PG_dirty, PG_swapbacked
+            p.lazyfree |= folio.lazyfree
             x = base + k * PAGE_SIZE
             pte = self.ptes.get(x) if remap else None
             if pte is not None and pte.page is p and (p.data is None or not any(p.data)):
@@ -380,7 +391,9 @@ class HugeMemory:
             skip = a + nr * PAGE_SIZE
             if any(p.mapcount > 1 for p in folio.pages) or folio.mapcount:
                 continue                              # folio_maybe_mapped_shared()
-            if whole_too or (pageout and folio.anon) or nr < len(folio.pages):
+            if nr < len(folio.pages) or (pageout and not (folio.anon and folio.lazyfree) and
+                                         (whole_too or folio.anon)):
+                # (a lazyfree folio, not swap-backed, is neither swapped nor split by reclaim: no add_to_swap())
                 self.split_folio(vma, pte.page, a)
 
     def folio_pte_batch(self, folio, i: int, addr: int, pte, end: int) -> int:

@@ -88,6 +88,9 @@ class Madvise:
                             flush.append(a)
                         self.ptes[a] = new
                         folio.lazyfree = folio.anon        # folio_mark_lazyfree()
+                        head = folio.head
+                        if head is not None:               # a large folio's flags are the folio's, not a page's
+                            head.dirty, head.lazyfree = False, head.anon
                 self.tlb.flush_range(flush)
             elif advice in (uapi.MADV_COLD, uapi.MADV_PAGEOUT):
                 if vma.flags & (VM_LOCKED | VM_HUGETLB):  # can_madv_lru_vma()
@@ -169,7 +172,10 @@ class Madvise:
             # alone [differential, seed 280: a parent's pageout of a THP its forked child still maps whole]
             if folio is not None and (folio.mapcount or sum(p.mapcount for p in folio.pages) != len(folio.pages)):
                 continue
-            if pageout:
+            if pageout and folio is not None and folio.anon and folio.lazyfree:
+                if not isolated or isolated[-1][1][0] is not folio:
+                    isolated.append((vma, (folio, a)))   # the large folio once: reclaim unmaps it as one batch
+            elif pageout:
                 isolated.append((vma, a))
             elif pte.young:
                 pte.young = False
