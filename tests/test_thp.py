@@ -649,6 +649,49 @@ def test_lazyfree_pte_mapped_thp_pageout_on_both(backend_name, tmp_path):
     thp_script_on(backend_name, tmp_path, LAZYFREE_PTE_MAPPED_THP_SCRIPT, needle="AnonHugePages=2M")
 
 
+MOVED_PIECES_MERGE_SCRIPT = """\
+mmap --size 2M --thp --name huge
+madvise huge:474-507 --advice nohugepage
+expect vma huge count=3
+mmap --size 2M --thp --name dst
+mremap huge --size 2M --maymove --fixed --to dst:0
+expect vma huge count=3
+madvise huge --advice hugepage
+expect vma huge count=1 flags=hg
+touch huge:0 --write --fill 0x83 --wait
+expect vma huge AnonHugePages=2M
+"""
+
+
+def _kernel_moves_multiple_vmas() -> bool:
+    """Whether this kernel's move-only mremap() crosses VMAs: three pages, the middle one read-only, moved whole."""
+    from uffdctl.types import MemType
+    b = make_backend("kernel")
+    try:
+        src, dst = b.mmap(3 * 4096, MemType.ANON), b.mmap(3 * 4096, MemType.ANON)
+        b.mprotect(src.addr + 4096, 4096, uapi.PROT_READ)
+        try:
+            b.mremap(src.addr, src.len, src.len, uapi.MREMAP_MAYMOVE | uapi.MREMAP_FIXED, dst.addr)
+        except UffdError as e:
+            if e.errno == errno.EFAULT:
+                return False
+            raise
+        return True
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("backend_name", ["kernel", "emu"])
+def test_pieces_of_a_mapping_moved_together_merge(backend_name, tmp_path):
+    """mremap() of several VMAs of one mapping (6.17+) keeps each piece's vm_pgoff (copy_vma()), so once
+    MADV_HUGEPAGE makes their flags agree they merge into one VMA, and a write faults in a THP [the soak, seed
+    127020136: the model kept the pieces apart and mapped a 4 KiB page]."""
+    if backend_name == "emu" or _kernel_moves_multiple_vmas():
+        thp_script_on(backend_name, tmp_path, MOVED_PIECES_MERGE_SCRIPT, needle="AnonHugePages=2M")
+    else:
+        pytest.skip("this kernel's mremap() moves one VMA only (EFAULT over several: before 6.17)")
+
+
 FREE_PART_OF_A_SHARED_THP_SCRIPT = """\
 mmap --size 2M --thp --name huge
 touch huge:490 --write --fill 0xaa --wait

@@ -80,7 +80,8 @@ class Mmap:
         return [v for v in self.vmas_in(start, end)]
 
     def merge(self) -> None:
-        """vma_merge(): join neighbours of one mapping with equal flags and uffd ctx (VM_SOFTDIRTY ignored)."""
+        """vma_merge(): join neighbours of one mapping, its pages in order (vm_pgoff), with equal flags and uffd ctx
+        (VM_SOFTDIRTY ignored)."""
         out: list[Vma] = []
         for v in self.vmas:
             p = out[-1] if out else None
@@ -89,7 +90,7 @@ class Mmap:
                     and (p.flags ^ v.flags) & ~VM_SOFTDIRTY == 0
                     # is_mergeable_anon_vma(): two different anon_vmas never merge
                     and (p.anon_vma is None or v.anon_vma is None or p.anon_vma == v.anon_vma)
-                    and (p.file is None or p.pgoff + (p.end - p.start) == v.pgoff)):
+                    and p.pgoff + (p.end - p.start) == v.pgoff):      # anon too: vm_pgoff in order
                 p.end = v.end
                 p.flags |= v.flags & VM_SOFTDIRTY
                 p.anon_vma = p.anon_vma or v.anon_vma

@@ -108,8 +108,10 @@ class Mremap:
     def move_vma(self, vma, old: int, old_len: int, new_len: int, dst: int, flags: int) -> int:
         (src,) = self.split(old, old + old_len)
         ctx = src.ctx
-        # copy_vma(): the new VMA inherits the old one's flags, VM_SOFTDIRTY included
-        moved = Vma(dst, dst + new_len, src.flags, src.memtype, src.file, src.pgoff, src.page_size, None)
+        # copy_vma(): the new VMA inherits the old one's flags, VM_SOFTDIRTY included, and its vm_pgoff: pieces of
+        # one mapping moved side by side merge once their flags agree [soak seed 127020136: hg / nh / hg pieces
+        # moved together, MADV_HUGEPAGE over them, a write: one VMA and a THP on 6.18]
+        moved = Vma(dst, dst + new_len, src.flags, src.memtype, src.file, src.pgoff, src.page_size, src.origin)
         moved.anon_vma = src.anon_vma
         keep = ctx is not None and ctx.features & uapi.Feature.EVENT_REMAP
         if keep:
