@@ -35,6 +35,8 @@ import glob
 import json
 import os
 import random
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -1128,12 +1130,9 @@ def khugepaged_paused():
     a throwaway MADV_HUGEPAGE mapping (an mm stays on it until it exits), and the pause waits for the pass its
     own write starts (full_scans changes, bounded)."""
     try:
-        with open(KHUGEPAGED_SLEEP) as f:
-            old = f.read().strip()
         _join_khugepaged()
         scans = _full_scans()
-        with open(KHUGEPAGED_SLEEP, "w") as f:
-            f.write("86400000")
+        _pausers(+1)
     except OSError:            # no THP, or not root: nothing to pause
         yield
         return
@@ -1143,8 +1142,47 @@ def khugepaged_paused():
     try:
         yield
     finally:
-        with open(KHUGEPAGED_SLEEP, "w") as f:
-            f.write(old)
+        _pausers(-1)
+
+
+PAUSE_STATE = "/run/uffdctl-khugepaged-pause.json"
+
+
+def _pausers(delta: int) -> None:
+    """Join (+1) or leave (-1) the processes pausing khugepaged, under a lock: the first saves the sleep and
+    sets a day's, the last out puts the saved one back.  Two test runs at once (make test beside a soak, or
+    test_softdirty's pause beside test_differential's) each saved and restored the value they found, and
+    the one that ended last left khugepaged paused for good; a pauser that died is dropped at the next
+    change (its pid gone)."""
+    import fcntl
+    with open(PAUSE_STATE + ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(PAUSE_STATE) as f:
+                st = json.load(f)
+        except (OSError, ValueError):
+            st = None
+        with open(KHUGEPAGED_SLEEP) as f:
+            now = f.read().strip()
+        pids = [p for p in (st or {}).get("pids", []) if os.path.exists(f"/proc/{p}")]
+        orig = st["orig"] if st and (pids or now == PAUSED) else now
+        if delta > 0:
+            pids.append(os.getpid())
+        elif os.getpid() in pids:
+            pids.remove(os.getpid())
+        if pids:
+            with open(KHUGEPAGED_SLEEP, "w") as f:
+                f.write(PAUSED)
+            with open(PAUSE_STATE, "w") as f:
+                json.dump({"orig": orig, "pids": pids}, f)
+        else:
+            with open(KHUGEPAGED_SLEEP, "w") as f:
+                f.write(orig if orig != PAUSED else "10000")
+            with contextlib.suppress(OSError):
+                os.unlink(PAUSE_STATE)
+
+
+PAUSED = "86400000"
 
 
 def _full_scans() -> int:
@@ -1794,19 +1832,37 @@ def test_differential_catches_a_broken_thp_rule(monkeypatch):
 
 
 def test_khugepaged_is_paused_while_sequences_run():
+    """The module's pause holds; a pause nested in it, or one in another process overlapping it, ends without
+    un-pausing; the last one out restores the sleep the first one found."""
     if not os.access(KHUGEPAGED_SLEEP, os.W_OK):
         pytest.skip(f"{KHUGEPAGED_SLEEP} is not writable here (no THP, or not root): nothing to pause")
-    with open(KHUGEPAGED_SLEEP) as f:
-        assert f.read().strip() == "86400000"          # the module's fixture
-    with open(KHUGEPAGED_SLEEP, "w") as f:
-        f.write("5000")
-    with khugepaged_paused():
+
+    def sleep():
         with open(KHUGEPAGED_SLEEP) as f:
-            assert f.read().strip() == "86400000"
-    with open(KHUGEPAGED_SLEEP) as f:
-        assert f.read().strip() == "5000"              # restored
-    with open(KHUGEPAGED_SLEEP, "w") as f:
-        f.write("86400000")
+            return f.read().strip()
+    assert sleep() == PAUSED                           # the module's fixture
+    with khugepaged_paused():
+        assert sleep() == PAUSED
+    assert sleep() == PAUSED                           # the module's pause still holds
+    with open(PAUSE_STATE) as f:
+        orig = json.load(f)["orig"]
+    other = subprocess.Popen([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+                              "import test_differential as t\nwith t.khugepaged_paused():\n"
+                              "    print('in', flush=True); sys.stdin.readline()", os.path.dirname(__file__)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline() == "in\n"
+        _pausers(-1)                                   # the module's pause ends first ...
+        assert sleep() == PAUSED                       # ... and the other process's holds
+        other.stdin.write("\n")
+        other.stdin.flush()
+        assert other.wait(60) == 0
+        assert sleep() == orig                         # the last one out restored it
+    finally:
+        if other.poll() is None:
+            other.kill()
+        _pausers(+1)                                   # the module's pause again, for the tests after
+    assert sleep() == PAUSED
 
 
 @pytest.mark.kernel
