@@ -96,6 +96,11 @@ class Profile:
     # fault into a new page [measured on 6.18 by the differential]; before, it was written and stayed in the
     # swap cache like any other.
     swap_zeromap: bool = True
+    # 354dffd29575 "mm: support batched unmap for lazyfree large folios during reclamation" (6.16): a PTE-mapped
+    # lazyfree large folio is unmapped as one batch -- all discarded, or all kept when one PTE is dirty
+    # [measured on 6.18]; before, try_to_unmap_one() went PTE by PTE, discarding up to the first dirty one
+    # [source history, not measured].
+    lazyfree_batch_unmap: bool = True
     # MADV_COLLAPSE (6.1; khugepaged's uffd rules: a none PTE in an armed VMA -> EBUSY, a uffd-wp PTE -> EINVAL).
     madv_collapse: bool = True
     # "mm/khugepaged: check again on anon uffd-wp during isolation" (6.3; 6.1.26).
@@ -166,7 +171,7 @@ _MM_5_19 = dict(fork_wp_marker_without_event=True, fork_poison_marker_without_ev
                 huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False, shmem_mthp=False,
                 huge_zero_wp_thp=False, thp_split_zero_remap=False, pt_reclaim=False, release_resets_wp=False,
                 swap_zeromap=False, pagemap_pmd_head_mapcount=False, fork_hugetlb_clears_uffd_wp=False,
-                wp_reuse_large_anon=False, filemap_large_folios=False)
+                wp_reuse_large_anon=False, filemap_large_folios=False, lazyfree_batch_unmap=False)
 # Debian's 6.1.192 carries the stable backports named in the fields' comments (6.1.11, 6.1.21, 6.1.26,
 # 6.1.191); what it does not have: poison markers copied without EVENT_FORK, read swap-in writable, mTHP.
 _MM_6_1 = dict(_MM_5_19, fork_wp_marker_without_event=False, fork_poison_marker_without_event=False,
@@ -202,7 +207,8 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             guard_markers=False, pagemap_guard_bit=False, install_over_guard=False,
             vma_needs_copy="uffd_wp|anon_vma", vm_softdirty_sticky_merge=False, huge_zero_wp_thp=False,
             pt_reclaim=False, pagemap_pmd_head_mapcount=False, wp_reuse_large_anon=False, filemap_large_folios=False,
-            mremap_multi_vma=False),     # 6.17 [source history, not measured in the 6.12 guest]
+            mremap_multi_vma=False,      # 6.17 [source history, not measured in the 6.12 guest]
+            lazyfree_batch_unmap=False),
     _6_18,
     replace(_6_18, name="7.3", release="7.3.4", install_over_guard=False, scan_written_any_vma=False),
     replace(_5_19, name="rfc-hints", release="5.19.0-rfc-hints", hints="rfc", mprotect_try_change_writable=True,

@@ -42,6 +42,16 @@ class Vmscan:
         addrs = [a for a in range(addr, addr + len(folio.pages) * PAGE_SIZE, PAGE_SIZE)
                  if a in ptes and ptes[a].present and ptes[a].page.head is folio]
         first = ptes[addrs[0]]
+        if not self.profile.lazyfree_batch_unmap:      # before 6.16: PTE by PTE, up to the first dirty one
+            for a in addrs:
+                if ptes[a].dirty or folio.dirty or ptes[a].page.dirty:
+                    folio.dirty, folio.lazyfree = True, False
+                    for p in folio.pages:
+                        p.lazyfree = False
+                    return
+                self.set_pte(a, None)
+                flush.append(a)
+            return
         dirty = folio.dirty or any(ptes[a].dirty or ptes[a].page.dirty for a in addrs)
         if not dirty:
             for a in addrs:
