@@ -489,24 +489,14 @@ class HugeMemory:
             if pageout and pmd.page.anon and pmd.page.lazyfree:
                 # shrink_folio_list(): a lazyfree folio needs no swap; try_to_unmap(TTU_SPLIT_HUGE_PMD) splits
                 # the PMD (split_huge_pmd_locked(): the PTE table stays) and try_to_unmap_one() goes on over the
-                # PTEs: a clean page is discarded (its PTE none), the first dirty one -- or any, the folio
-                # redirtied -- is mapped back, the folio swap-backed again and the walk aborted, the rest kept
+                # PTEs as for any PTE-mapped lazyfree folio: clean, every page is discarded (its PTE none);
+                # redirtied, they are mapped back and the folio is swap-backed again
                 # [measured on 6.18: MADV_FREE + PAGEOUT of a whole THP counts thp_split_pmd 1, pglazyfreed
                 # 512, every entry none, and the next write maps a 4 KiB page, no THP; soak seeds 639469770,
                 # 93986452.  __discard_anon_folio_pmd_locked(), which would clear the PMD whole, is not reached
                 # from try_to_unmap_one() there]
-                folio = pmd.page
-                self.split_huge_pmd(vma, haddr)
-                for k, p in enumerate(folio.pages or ()):
-                    a = haddr + k * PAGE_SIZE
-                    pte = self.ptes.get(a)
-                    if pte is None or not pte.present or pte.page is not p:
-                        continue
-                    if pte.dirty or folio.dirty:
-                        folio.dirty, folio.lazyfree = True, False    # folio_mark_dirty(); folio_set_swapbacked()
-                        break
-                    self.set_pte(a, None)
-                    flush.append(a)
+                self.split_huge_pmd(vma, haddr)      # every PTE takes the PMD's dirty bit: one verdict for all
+                self.discard_lazyfree_large_folio(vma, pmd.page, haddr, flush)    # vmscan.py
                 done.append(haddr)               # reclaimed here: the PTE step does not walk it again
                 continue
             if pageout and pmd.page.anon:

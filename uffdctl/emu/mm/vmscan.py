@@ -45,9 +45,7 @@ class Vmscan:
         if not self.profile.lazyfree_batch_unmap:      # before 6.16: PTE by PTE, up to the first dirty one
             for a in addrs:
                 if ptes[a].dirty or folio.dirty or ptes[a].page.dirty:
-                    folio.dirty, folio.lazyfree = True, False
-                    for p in folio.pages:
-                        p.lazyfree = False
+                    _redirtied(folio)
                     return
                 self.set_pte(a, None)
                 flush.append(a)
@@ -63,9 +61,7 @@ class Vmscan:
             new = ptes[a].copy()
             new.dirty, new.young, new.write, new.soft_dirty = True, young, first.write, first.soft_dirty
             ptes[a] = new
-        folio.dirty, folio.lazyfree = True, False           # folio_mark_dirty(); folio_set_swapbacked()
-        for p in folio.pages:
-            p.lazyfree = False
+        _redirtied(folio)
 
     def shrink_folio(self, vma, addr: int, flush: list) -> None:
         pte = self.ptes[addr]
@@ -134,3 +130,10 @@ class Vmscan:
             self.swap.swap_writepage(folio, lambda: self.alloc_folio(folio.size, folio.anon))
         else:
             folio.dirty = False
+
+
+def _redirtied(folio) -> None:
+    """A lazyfree large folio found redirtied by reclaim: folio_mark_dirty(), folio_set_swapbacked()."""
+    folio.dirty, folio.lazyfree = True, False
+    for p in folio.pages:
+        p.lazyfree = False
