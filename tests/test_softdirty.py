@@ -441,6 +441,49 @@ def test_differential_this_kernel():
                         pytrace=False)
 
 
+@pytest.mark.kernel
+def test_found_sequences_this_kernel():
+    """The reproducers in tests/data/differential/ (divergences the soak found, each fixed), replayed against
+    the running kernel with its own profile: in the 6.1 and 6.12 guests they hold the older profiles to the
+    cases the 6.18 soak found (here, test_differential.py replays them with profile 6.18)."""
+    import json
+    from pathlib import Path
+
+    import test_differential as td
+    from uffdctl.emu import PROFILES, EmuBackend
+
+    series = os.environ.get("UFFDCTL_EMU_PROFILE") or "%d.%d" % running_version()[:2]
+    switches = {k: bool(int(v)) for k, v in (kv.split("=", 1) for kv in
+                                              os.environ.get("UFFDCTL_EMU_SWITCHES", "").split(",") if kv)}
+    if series not in PROFILES:
+        pytest.skip(f"no emulator profile for kernel {series} (profiles: {', '.join(PROFILES)})")
+    if series == "6.18" and not switches:
+        pytest.skip("test_differential.py::test_sequences_the_soak_found replays them on this kernel (profile 6.18)")
+    probe = make_backend("kernel")
+    try:
+        have_sd = probe.soft_dirty().available
+        with probe.userfaultfd() as u:
+            offered = u.api(0).features
+    finally:
+        probe.close()
+    runner = td.Runner(make_emu=lambda: EmuBackend(profile=series, soft_dirty=have_sd, **switches))
+    ran, left = 0, []
+    with td.khugepaged_paused():
+        for path in sorted((Path(__file__).parent / "data" / "differential").glob("*.json")):
+            seq = json.loads(path.read_text())
+            if any(g["type"] not in runner.memtypes + ["anon"] for g in seq["regions"]):
+                left.append(path.stem)        # a memory type this machine lacks (hugetlb without a pool)
+                continue
+            seq["features"] &= offered
+            d = runner.diverges(seq)
+            if d is not None:
+                pytest.fail(f"profile {series}{switches or ''} (soft-dirty {int(have_sd)}), {path.name}: "
+                            + runner.report(seq, d), pytrace=False)
+            ran += 1
+    print(f"{ran} sequences replayed; not here ({', '.join(runner.memtypes)} only): {', '.join(left) or 'none'}")
+    assert ran, "no reproducer could run here"
+
+
 def test_parse_version():
     assert parse_version("6.1.0-56-amd64", "Linux version 6.1.0-56-amd64 (debian-kernel@lists.debian.org) "
                          "(gcc-12 (Debian 12.2.0-14+deb12u1) 12.2.0, GNU ld (GNU Binutils for Debian) 2.40) "

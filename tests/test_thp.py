@@ -649,6 +649,72 @@ def test_lazyfree_pte_mapped_thp_pageout_on_both(backend_name, tmp_path):
     thp_script_on(backend_name, tmp_path, LAZYFREE_PTE_MAPPED_THP_SCRIPT, needle="AnonHugePages=2M")
 
 
+# MADV_FREE of a whole PTE-mapped THP, a rewrite of one page, PAGEOUT; then PAGEOUT of a PMD whose first pages
+# are a THP a child also maps (after the fork, the parent's own pages 504-511, lazyfree).
+_PTE_MAPPED_THP_FREE_SETUP = """\
+mmap --size 2M --thp --name whole
+touch whole:0 --write --fill 0xd8 --wait
+expect vma whole AnonHugePages=2M
+mprotect whole:100 --prot read
+mprotect whole:100 --prot read,write
+madvise whole --advice free
+touch whole:300 --write --fill 3 --wait
+madvise whole --advice pageout
+expect pagemap whole:300 present=1
+mmap --size 2M --thp --name shared
+touch shared:0 --write --fill 0xd8 --wait
+expect vma shared AnonHugePages=2M
+madvise shared:504-511 --advice dontneed
+fork --name child
+touch shared:504-511 --write --fill 5 --wait
+madvise shared:504-511 --advice free
+madvise shared --advice pageout
+"""
+PTE_MAPPED_THP_FREE_SCRIPT = {
+    # 6.16+ (folio_unmap_pte_batch()): the folio is whole in the range, so MADV_FREE leaves it whole (6.10's
+    # madvise_folio_pte_batch()) and reclaim keeps all of it for the one rewritten page; the shared THP is
+    # stepped over and the pages after it are reclaimed
+    "6.18": _PTE_MAPPED_THP_FREE_SETUP + """\
+expect pagemap whole:0-511 present=1
+expect pagemap shared:0-503 present=1
+expect pagemap shared:504-511 present=0 swap=0
+""",
+    # 6.10-6.15: MADV_FREE leaves it whole too, but try_to_unmap_one() goes PTE by PTE and stops at the first
+    # dirty one: the pages before it are discarded
+    "6.12": _PTE_MAPPED_THP_FREE_SETUP + """\
+expect pagemap whole:0-299 present=0 swap=0
+expect pagemap whole:300-511 present=1
+expect pagemap shared:0-503 present=1
+expect pagemap shared:504-511 present=0 swap=0
+""",
+    # before 6.10: MADV_FREE splits it, each page is lazyfree on its own and only the rewritten one stays; at
+    # the shared THP the PTE loop stops ("break"), so nothing after it in that PMD is reclaimed
+    "6.1": _PTE_MAPPED_THP_FREE_SETUP + """\
+expect pagemap whole:0-299 present=0 swap=0
+expect pagemap whole:301-511 present=0 swap=0
+expect pagemap shared:0-511 present=1
+""",
+}
+
+
+@pytest.mark.parametrize("backend_name", ["kernel", "emu-6.18", "emu-6.12", "emu-6.1"])
+def test_madvise_of_a_pte_mapped_thp_by_version(backend_name, tmp_path):
+    """MADV_FREE / PAGEOUT over a PTE-mapped THP, three kernel eras: since madvise_folio_pte_batch() (6.10) a
+    folio the range covers whole is left whole and one mapped elsewhere is stepped over; before,
+    madvise_free_pte_range() and madvise_cold_or_pageout_pte_range() split every one mapped only here and stop
+    the PMD's loop at one mapped elsewhere; reclaim unmaps a lazyfree large folio as one batch since 6.16
+    [measured: 6.18 here, the 6.12.117 and 6.1.192 guests]."""
+    from test_softdirty import running_version
+    if backend_name == "kernel":
+        v = running_version()
+        era = "6.18" if v >= (6, 16, 0) else "6.12" if v >= (6, 10, 0) else "6.1"
+        thp_script_on("kernel", tmp_path, PTE_MAPPED_THP_FREE_SCRIPT[era], needle="AnonHugePages=2M")
+    else:
+        profile = backend_name.split("-")[1]
+        thp_script_on("emu", tmp_path, PTE_MAPPED_THP_FREE_SCRIPT[profile],
+                      emu=open_backend("emu", profile=profile, soft_dirty=False))
+
+
 MOVED_PIECES_MERGE_SCRIPT = """\
 mmap --size 2M --thp --name huge
 madvise huge:474-507 --advice nohugepage

@@ -99,8 +99,16 @@ class Profile:
     # 354dffd29575 "mm: support batched unmap for lazyfree large folios during reclamation" (6.16): a PTE-mapped
     # lazyfree large folio is unmapped as one batch -- all discarded, or all kept when one PTE is dirty
     # [measured on 6.18]; before, try_to_unmap_one() went PTE by PTE, discarding up to the first dirty one
-    # [source history, not measured].
+    # [measured: 6.12.117 guest, test_madvise_of_a_pte_mapped_thp_by_version].
     lazyfree_batch_unmap: bool = True
+    # madvise_folio_pte_batch() ("mm: madvise: avoid split during MADV_PAGEOUT and MADV_COLD" and "mm/madvise:
+    # optimize lazyfreeing with mTHP in madvise_free", 6.10): the PTE loops of MADV_COLD / PAGEOUT / FREE split
+    # a PTE-mapped large folio only when the range (or the PTEs left) cover it in part, and skip one mapped
+    # elsewhere.  Before, they split every one whose page is mapped once (COLD/PAGEOUT: page_mapcount(page);
+    # FREE: folio_estimated_sharers(), the first page's) and stop the PMD's loop ("break") at one that is not
+    # [measured: 6.1.192 guest, a MADV_FREE of a whole PTE-mapped THP then PAGEOUT keeps only its redirtied
+    # pages; 6.12 source has the batch].
+    madvise_folio_pte_batch: bool = True
     # MADV_COLLAPSE (6.1; khugepaged's uffd rules: a none PTE in an armed VMA -> EBUSY, a uffd-wp PTE -> EINVAL).
     madv_collapse: bool = True
     # "mm/khugepaged: check again on anon uffd-wp during isolation" (6.3; 6.1.26).
@@ -171,7 +179,8 @@ _MM_5_19 = dict(fork_wp_marker_without_event=True, fork_poison_marker_without_ev
                 huge_zeropage_split_keeps_uffd_wp=False, mkuffd_wp_wrprotects=False, mthp=False, shmem_mthp=False,
                 huge_zero_wp_thp=False, thp_split_zero_remap=False, pt_reclaim=False, release_resets_wp=False,
                 swap_zeromap=False, pagemap_pmd_head_mapcount=False, fork_hugetlb_clears_uffd_wp=False,
-                wp_reuse_large_anon=False, filemap_large_folios=False, lazyfree_batch_unmap=False)
+                wp_reuse_large_anon=False, filemap_large_folios=False, lazyfree_batch_unmap=False,
+                madvise_folio_pte_batch=False)
 # Debian's 6.1.192 carries the stable backports named in the fields' comments (6.1.11, 6.1.21, 6.1.26,
 # 6.1.191); what it does not have: poison markers copied without EVENT_FORK, read swap-in writable, mTHP.
 _MM_6_1 = dict(_MM_5_19, fork_wp_marker_without_event=False, fork_poison_marker_without_event=False,

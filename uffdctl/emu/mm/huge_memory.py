@@ -368,7 +368,7 @@ class HugeMemory:
         folio.pages = None
         self.tlb.flush_range(flush)
 
-    def split_large_folios(self, vma, s: int, e: int, pageout: bool = False) -> None:
+    def split_large_folios(self, vma, s: int, e: int, pageout: bool = False, free: bool = False) -> list:
         """The PTE step of MADV_COLD / PAGEOUT / FREE over PTE-mapped large folios: one whose batch of PTEs from
         here is shorter than the folio (madvise_folio_pte_batch() < folio_nr_pages(): the range covers it in
         part, or a PTE of it is gone -- a MADV_DONTNEED of part of a THP zaps some after the PMD split), and
@@ -376,7 +376,10 @@ class HugeMemory:
         other 511, MADV_FREE the whole THP: its zero-filled pages then read the zero pfn; soak seed
         413289510]; ``pageout``: so is a whole one reclaim splits -- shrink_folio_list() splits an anon large
         folio to swap it out, and when add_to_swap() fails ("Fallback to swap normal pages"; no swap space)
-        too; a file one only to swap it out."""
+        too; a file one only to swap it out.  Returns the parts of [s, e) the PTE loop does not reach (before
+        6.10 only: see split_every_large_folio())."""
+        if not self.profile.madvise_folio_pte_batch:
+            return self.split_every_large_folio(vma, s, e, free)
         whole_too = pageout and self.swap.nr_swap_pages() > 0
         ptes, skip = self.ptes, s
         for a in self.pte_keys(s, e, PAGE_SIZE):
@@ -395,6 +398,27 @@ class HugeMemory:
                                          (whole_too or folio.anon)):
                 # (a lazyfree folio, not swap-backed, is neither swapped nor split by reclaim: no add_to_swap())
                 self.split_folio(vma, pte.page, a)
+        return []
+
+    def split_every_large_folio(self, vma, s: int, e: int, free: bool) -> list:
+        """Before madvise_folio_pte_batch() (6.10), the PTE loops of MADV_COLD / PAGEOUT / FREE split every
+        PTE-mapped large folio they meet, whole or in part, when the page at hand is mapped only here
+        (madvise_cold_or_pageout_pte_range(): page_mapcount(page) != 1; madvise_free_pte_range():
+        folio_estimated_sharers(), its first page's); at one that is mapped elsewhere they "break": the rest
+        of that PMD's PTEs are left alone [measured: 6.1.192 guest].  Returns those rests, (start, end) pairs."""
+        cuts, ptes = [], self.ptes
+        for a in self.pte_keys(s, e, PAGE_SIZE):
+            if cuts and a < cuts[-1][1]:
+                continue
+            pte = ptes.get(a)
+            if pte is None or not pte.present or pte.special or pte.page.head is None:
+                continue
+            folio = pte.page.head
+            if (folio.pages[0] if free else pte.page).mapcount + folio.mapcount != 1:
+                cuts.append((a, min(e, (a | (HPAGE_SIZE - 1)) + 1)))
+                continue
+            self.split_folio(vma, pte.page, a)
+        return cuts
 
     def folio_pte_batch(self, folio, i: int, addr: int, pte, end: int) -> int:
         """folio_pte_batch(): how many PTEs from ``addr`` (mapping page ``i`` of ``folio``) map the folio's next

@@ -66,8 +66,10 @@ class Madvise:
                 if not vma.anon:
                     return -E.EINVAL
                 flush = self.madvise_free_huge_pmds(vma, s, e)
-                self.split_large_folios(vma, s, e)       # huge_memory.py: part of a PTE-mapped THP
+                cuts = self.split_large_folios(vma, s, e, free=True)   # huge_memory.py: part of a PTE-mapped THP
                 for a in self.pte_keys(s, e, PAGE_SIZE):
+                    if cuts and any(c <= a < ce for c, ce in cuts):
+                        continue                           # past a shared large folio (before 6.10)
                     pte = self.ptes[a]
                     if is_swap_entry(pte):                 # madvise_free_pte_range(): the swap copy is dropped
                         self.swap.free_swap_and_cache(pte.swp)
@@ -97,8 +99,9 @@ class Madvise:
                     return -E.EINVAL
                 done = self.madvise_cold_or_pageout_huge_pmds(vma, s, e, advice == uapi.MADV_PAGEOUT)  # huge_memory.py
                 for ps, pe in _ranges_without(s, e, done, HPAGE_SIZE):     # the PTE step: not those PMDs
-                    self.split_large_folios(vma, ps, pe, advice == uapi.MADV_PAGEOUT)
-                    self.madvise_cold_or_pageout_pte_range(vma, ps, pe, advice == uapi.MADV_PAGEOUT)
+                    cuts = self.split_large_folios(vma, ps, pe, advice == uapi.MADV_PAGEOUT)
+                    for cs, ce in _ranges_without_runs(ps, pe, cuts):       # past a shared large folio (< 6.10)
+                        self.madvise_cold_or_pageout_pte_range(vma, cs, ce, advice == uapi.MADV_PAGEOUT)
             elif advice == uapi.MADV_GUARD_INSTALL:
                 if not self.profile.guard_markers or vma.shared or vma.hugetlb:
                     return -E.EINVAL
@@ -185,11 +188,16 @@ class Madvise:
             self.reclaim_pages(isolated)
 
 
-def _ranges_without(s: int, e: int, holes: list, size: int):
-    """[s, e) less the ``size``-long blocks starting at ``holes`` (sorted), as (start, end) runs."""
-    for h in sorted(holes):
-        if s < h:
-            yield s, min(h, e)
-        s = max(s, h + size)
+def _ranges_without_runs(s: int, e: int, runs: list):
+    """[s, e) less the (start, end) ``runs`` (sorted, disjoint)."""
+    for rs, re_ in runs:
+        if s < rs:
+            yield s, min(rs, e)
+        s = max(s, re_)
     if s < e:
         yield s, e
+
+
+def _ranges_without(s: int, e: int, holes: list, size: int):
+    """[s, e) less the ``size``-long blocks starting at ``holes``, as (start, end) runs."""
+    return _ranges_without_runs(s, e, [(h, h + size) for h in sorted(holes)])
