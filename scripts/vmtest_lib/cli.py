@@ -109,8 +109,9 @@ def add_common(p: argparse.ArgumentParser, sub: bool = False) -> None:
     v.add_argument("--timeout", type=float, default=d(None),
                    help="cap per boot (and for the host column), in seconds of the guest's own time: time QEMU "
                         "waited for a host CPU is not charged, so a loaded machine stretches the wall time, not "
-                        "the cap; a wall-clock backstop of %g x the cap ends any run (default 600; "
-                        "kernels: 1800)" % qemu.BACKSTOP)
+                        "the cap; a wall-clock backstop of %g x the cap ends any run (default 600; 3600 for a matrix "
+                        "whose selection has tests/test_selftests.py, as the default one does; kernels: 1800)"
+                   % qemu.BACKSTOP)
     v.add_argument("--parallel", type=int, default=d(None), metavar="N",
                    help="columns booted at once (default 1, kernels: 2; at most 2: TCG wants a host core per "
                         "guest)")
@@ -305,8 +306,20 @@ def make_plan(args) -> matrix.Plan:
                        select=getattr(args, "select", ""))
 
 
+# The ported selftests in a guest: about 2,000 s of the 6.12 guest's own time on a quiet machine
+# (soft-dirty.c's 10,000-iteration loops alone ~920 s; docs/vmtest.md "The selftest column"), about 1,300 s
+# in 6.1; the default selection has them, and 600 s stopped the 6.1 column at 40 % of it.
+SELFTEST_CAP = 3600.0
+
+
 def cap(args, default: float = 600.0) -> float:
-    return args.timeout if args.timeout is not None else default
+    """--timeout, else the default: SELFTEST_CAP when the matrix's selection has tests/test_selftests.py."""
+    if args.timeout is not None:
+        return args.timeout
+    tests = getattr(args, "tests", None) or (matrix.DEFAULT_TESTS if args.cmd == "matrix" else ())
+    if any(os.path.basename(t.split("::")[0]) == "test_selftests.py" for t in tests):
+        return SELFTEST_CAP
+    return default
 
 
 def last_step(out_log: str) -> str:
