@@ -406,16 +406,14 @@ def test_unprotect_soft_dirty(sd, memtype):
 DIFF_EXAMPLES = int(os.environ.get("UFFDCTL_DIFF_KERNEL_EXAMPLES", "100"))
 
 
-@pytest.mark.kernel
-def test_differential_this_kernel():
-    """tests/test_differential.py's random sequences, with the emulator profile named after the running kernel
-    (6.1 in the 6.1 guest, 6.18 here) and its soft-dirty configuration: zero divergences.
-
-    The generator's UFFDIO_API features are masked to what this kernel offers (6.1 has no WP_UNPOPULATED)."""
+def _this_kernels_runner():
+    """(runner, label, offered features) for a differential against the running kernel with the emulator
+    profile named after it (UFFDCTL_EMU_PROFILE / UFFDCTL_EMU_SWITCHES for a kernel vmtest built with
+    patches: its twin profile and the switches the patches turn) and its soft-dirty configuration; skips
+    where no profile is named after the kernel."""
     import test_differential as td
     from uffdctl.emu import PROFILES, EmuBackend
 
-    # A kernel scripts/vmtest built with patches names its twin: a profile, and switches the patches turn.
     series = os.environ.get("UFFDCTL_EMU_PROFILE") or "%d.%d" % running_version()[:2]
     switches = {k: bool(int(v)) for k, v in (kv.split("=", 1) for kv in
                                               os.environ.get("UFFDCTL_EMU_SWITCHES", "").split(",") if kv)}
@@ -429,6 +427,18 @@ def test_differential_this_kernel():
     finally:
         probe.close()
     runner = td.Runner(make_emu=lambda: EmuBackend(profile=series, soft_dirty=have_sd, **switches))
+    return runner, f"profile {series}{switches or ''} (soft-dirty {int(have_sd)})", offered
+
+
+@pytest.mark.kernel
+def test_differential_this_kernel():
+    """tests/test_differential.py's random sequences, with the emulator profile named after the running kernel
+    (6.1 in the 6.1 guest, 6.18 here) and its soft-dirty configuration: zero divergences.
+
+    The generator's UFFDIO_API features are masked to what this kernel offers (6.1 has no WP_UNPOPULATED)."""
+    import test_differential as td
+
+    runner, label, offered = _this_kernels_runner()
     seed = int(os.environ.get("UFFDCTL_DIFF_SEED", "1"))
     with td.khugepaged_paused():
         for i in range(DIFF_EXAMPLES):
@@ -437,8 +447,7 @@ def test_differential_this_kernel():
             d = runner.diverges(seq)
             if d is None:
                 continue
-            pytest.fail(f"profile {series}{switches or ''} (soft-dirty {int(have_sd)}), seed {seed + i}: " + runner.report(seq, d),
-                        pytrace=False)
+            pytest.fail(f"{label}, seed {seed + i}: " + runner.report(seq, d), pytrace=False)
 
 
 @pytest.mark.kernel
@@ -450,23 +459,11 @@ def test_found_sequences_this_kernel():
     from pathlib import Path
 
     import test_differential as td
-    from uffdctl.emu import PROFILES, EmuBackend
 
-    series = os.environ.get("UFFDCTL_EMU_PROFILE") or "%d.%d" % running_version()[:2]
-    switches = {k: bool(int(v)) for k, v in (kv.split("=", 1) for kv in
-                                              os.environ.get("UFFDCTL_EMU_SWITCHES", "").split(",") if kv)}
-    if series not in PROFILES:
-        pytest.skip(f"no emulator profile for kernel {series} (profiles: {', '.join(PROFILES)})")
-    if series == "6.18" and not switches:
+    if (os.environ.get("UFFDCTL_EMU_PROFILE") or "%d.%d" % running_version()[:2]) == "6.18" and \
+            not os.environ.get("UFFDCTL_EMU_SWITCHES"):
         pytest.skip("test_differential.py::test_sequences_the_soak_found replays them on this kernel (profile 6.18)")
-    probe = make_backend("kernel")
-    try:
-        have_sd = probe.soft_dirty().available
-        with probe.userfaultfd() as u:
-            offered = u.api(0).features
-    finally:
-        probe.close()
-    runner = td.Runner(make_emu=lambda: EmuBackend(profile=series, soft_dirty=have_sd, **switches))
+    runner, label, offered = _this_kernels_runner()
     ran, left = 0, []
     with td.khugepaged_paused():
         for path in sorted((Path(__file__).parent / "data" / "differential").glob("*.json")):
@@ -477,8 +474,7 @@ def test_found_sequences_this_kernel():
             seq["features"] &= offered
             d = runner.diverges(seq)
             if d is not None:
-                pytest.fail(f"profile {series}{switches or ''} (soft-dirty {int(have_sd)}), {path.name}: "
-                            + runner.report(seq, d), pytrace=False)
+                pytest.fail(f"{label}, {path.name}: " + runner.report(seq, d), pytrace=False)
             ran += 1
     print(f"{ran} sequences replayed; not here ({', '.join(runner.memtypes)} only): {', '.join(left) or 'none'}")
     assert ran, "no reproducer could run here"
