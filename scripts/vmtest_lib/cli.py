@@ -306,9 +306,10 @@ def make_plan(args) -> matrix.Plan:
                        select=getattr(args, "select", ""))
 
 
-# The ported selftests in a guest: about 2,000 s of the 6.12 guest's own time on a quiet machine
-# (soft-dirty.c's 10,000-iteration loops alone ~920 s; docs/vmtest.md "The selftest column"), about 1,300 s
-# in 6.1; the default selection has them, and 600 s stopped the 6.1 column at 40 % of it.
+# The default selection (with the ported selftests) took 592 s of the 6.12 guest's own time and 526 s of the
+# 6.1 guest's on a quiet machine (`make test-vm ARGS='--kernel 6.12,6.1 --parallel 2'`, 2026-12-02), but
+# 600 s charged stopped the 6.1 column at 40 % beside two busy loops and `make test` (under load a charged
+# second of TCG does less): a cap of about six times the quiet need.
 SELFTEST_CAP = 3600.0
 
 
