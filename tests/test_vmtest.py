@@ -599,8 +599,11 @@ def test_timeout_kills_the_whole_group(tmp_path):
     assert p.pid not in qemu._live
 
 
+# As scripts/vmtest's main() does: a shell starts background jobs with SIGINT ignored, and Python keeps an
+# inherited SIG_IGN (a `make test` started from such a job failed the SIGINT case every time).
 SUPERVISOR = textwrap.dedent("""
-    import sys
+    import signal, sys
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.path.insert(0, {scripts!r})
     from vmtest_lib import qemu
     p = qemu.spawn(["sh", "-c", {cmd!r}], {log!r})
