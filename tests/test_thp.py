@@ -28,6 +28,9 @@ def vmstat() -> dict:
         return {k: int(v) for k, v in (ln.split() for ln in f)}
 
 
+COLLAPSE_TRIES = 5
+
+
 class Probe:
     def __init__(self, b):
         self.b = b
@@ -53,11 +56,17 @@ class Probe:
         return [(e >> 63 & 1, e >> 61 & 1, e >> 57 & 1, e >> 56 & 1, (e & ((1 << 55) - 1)) - pfn0) for e in v]
 
     def madvise(self, r, advice, n=M2):
-        try:
-            self.b.madvise(r.addr, n, advice)
-            return "ok"
-        except UffdError as e:
-            return errno.errorcode.get(e.errno)
+        for _ in range(COLLAPSE_TRIES):
+            try:
+                self.b.madvise(r.addr, n, advice)
+                return "ok"
+            except UffdError as e:
+                # madvise(2): MADV_COLLAPSE's EAGAIN is "a kernel resource was temporarily unavailable" (a
+                # page still in a per-CPU LRU batch or briefly referenced: once in a loaded make test, the
+                # full-missing case): retried, as a caller would; an EAGAIN every time is still the answer
+                if not (advice == uapi.MADV_COLLAPSE and e.errno == errno.EAGAIN):
+                    return errno.errorcode.get(e.errno)
+        return errno.errorcode.get(errno.EAGAIN)
 
 
 # -- the cases: (probe) -> observation ------------------------------------------------------------------------
