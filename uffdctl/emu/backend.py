@@ -39,6 +39,9 @@ BUS_ADRERR = 2
 _TIDS = itertools.count(4_000_001)
 _EV_PAGEFAULT = int(uapi.Event.PAGEFAULT)
 _PF_WP, _PF_MINOR = int(uapi.PagefaultFlag.WP), int(uapi.PagefaultFlag.MINOR)
+_VM_FAULT_RETRY, _VM_FAULT_LIVELOCK, _VM_FAULT_MAJOR = M.VM_FAULT_RETRY, M.VM_FAULT_LIVELOCK, M.VM_FAULT_MAJOR
+_VM_FAULT_SIGSEGV, _VM_FAULT_ERROR = M.VM_FAULT_SIGSEGV, M.VM_FAULT_ERROR
+_TWICE = (0, 1)
 
 
 class EmuAccess(Access):
@@ -48,7 +51,7 @@ class EmuAccess(Access):
         self.mm = thread.mm
         self.write = write
         self._data = data
-        self._fill = fill
+        self._fill_byte = bytes((fill & 0xFF,))   # a write without data writes this byte
         self._want = want_data and not write
         self._buf = bytearray()
         self._segs = list(_segments(addr, length, stride))
@@ -72,14 +75,14 @@ class EmuAccess(Access):
 
     def run(self) -> None:
         mm = self.mm
-        res = self._res
-        segs, write = self._segs, self.write
+        segs, write, i = self._segs, self.write, self._i
         nsegs = len(segs)
-        vma = fault_addr = None
-        while self._i < nsegs:
-            a, off, n = segs[self._i]
-            # find_vma(), unless the fault just handled was at this address: no fault changes the VMAs
-            if vma is None or a != fault_addr:
+        vma = None
+        while i < nsegs:
+            a, off, n = segs[i]
+            # find_vma(), unless the last VMA holds it: no fault changes the VMAs, and the segments are in
+            # address order (a >= vma.start); a blocked access looks its VMA up again when it retries
+            if vma is None or a >= vma.end:
                 vma = mm.find_vma(a)
                 if vma is None:
                     self._segv = a
@@ -87,36 +90,38 @@ class EmuAccess(Access):
             if not self.attempt and mm.access_ok(vma, a, write):
                 _, page, poff = mm.page_at(vma, a)
                 if write and not self.populate:
-                    buf = self._data[off:off + n] if self._data is not None else bytes((self._fill & 0xFF,)) * n
-                    page.write(poff, buf)
+                    page.write(poff, self._data[off:off + n] if self._data is not None else self._fill_byte * n)
                 elif self._want:
                     self._buf += page.read(poff, n)
-                self._i += 1
+                i += 1
                 continue
             r = mm.handle_mm_fault(vma, a, write, self)
-            fault_addr = a
-            if r == M.VM_FAULT_RETRY:
+            if r == _VM_FAULT_RETRY:
+                self._i = i
                 self.blocks += 1
                 return                                  # blocked on self.waiter until woken
-            if r == M.VM_FAULT_LIVELOCK:
+            if r == _VM_FAULT_LIVELOCK:
+                self._i = i
                 self.spinning = True                    # retried after the next ioctl, never counted
                 self._b._rq.spin(self)
                 return
-            if r & M.VM_FAULT_SIGSEGV:
+            if r & _VM_FAULT_SIGSEGV:
                 self._segv = a
                 break
-            if r & M.VM_FAULT_ERROR:
+            res = self._res
+            if r & _VM_FAULT_ERROR:
                 res.sigbus, res.si_code, res.fault_addr = True, BUS_ADRERR, a
                 break
-            if self.attempt >= 2 or r & M.VM_FAULT_MAJOR:   # mm_account_fault(): TRIED or a read counts major
+            if self.attempt >= 2 or r & _VM_FAULT_MAJOR:   # mm_account_fault(): TRIED or a read counts major
                 res.majflt += 1
                 self.thread.majflt += 1
             else:
                 res.minflt += 1
                 self.thread.minflt += 1
             self.attempt = 0
-        if self._want and not res.sigbus:
-            res.data = bytes(self._buf)
+        self._i = i
+        if self._want and not self._res.sigbus:
+            self._res.data = bytes(self._buf)
         self._done = True
         self.thread._finished(self)
 
@@ -307,8 +312,8 @@ class EmuHandler(Handler):
             return False
         stats, log = self._stats, self._log
         stats["reads"] += 1
+        stats["msgs"] += len(msgs)
         for m in msgs:
-            stats["msgs"] += 1
             if m.event != _EV_PAGEFAULT:
                 log.append(HandledEvent(m, "event"))
                 continue
@@ -342,18 +347,13 @@ class EmuHandler(Handler):
         p, u = self.policy, self.uffd
         page = m.address & ~(p.page_size - 1)
         flags = m.flags
-        if flags & _PF_WP:
-            action = p.wp
-        elif flags & _PF_MINOR:
-            action = p.minor
-        else:
-            action = p.missing
+        action = p.wp if flags & _PF_WP else p.minor if flags & _PF_MINOR else p.missing
         if action == "queue":
             return action, 0, 0
         if action == "copy" and getattr(p, "src_len", 0) and \
                 not (p.base <= page and page - p.base + p.page_size <= p.src_len):
             return "queue", -E.EFAULT, 0       # outside the copy source: left to the user, as the native handler
-        for _ in range(2):
+        for _ in _TWICE:
             try:
                 if action == "copy":           # _call("copy"), inline: the MISSING round trip
                     r = u.copy(page, p.src + (page - p.base), p.page_size, p.copy_mode)

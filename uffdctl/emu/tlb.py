@@ -26,6 +26,8 @@ _PAGE_PKEY_MASK = 0xF << 59
 _PAGE_NX = 1 << 63
 PTE_PFN_MASK = ((1 << 52) - 1) & ~0xFFF
 
+_PRESENT_USER_NX = _PAGE_PRESENT | _PAGE_USER | _PAGE_NX
+_PAGE_RW_DIRTY = _PAGE_RW | _PAGE_DIRTY
 _SOFTWARE = _PAGE_SOFTW1 | _PAGE_SOFTW2 | _PAGE_SOFTW3 | _PAGE_SOFTW4 | _PAGE_SAVED_DIRTY
 _FLUSH_ON_CLEAR = _PAGE_DIRTY | _PAGE_PRESENT | _PAGE_ACCESSED
 _FLUSH_ON_CHANGE = (_PAGE_RW | _PAGE_USER | _PAGE_PWT | _PAGE_PCD | _PAGE_PSE | _PAGE_GLOBAL | _PAGE_PAT
@@ -36,14 +38,21 @@ def pte_val(pte, soft_dirty_config: bool = True) -> int:
     """The x86-64 bits of a model PTE (0 for none and for markers: they are not present)."""
     if pte is None or pte.page is None:     # none, or not present (a marker, a swap entry)
         return 0
-    # one expression (it is on every TLB fill): a dirty read-only PTE keeps D in SavedDirty
-    # (mksaveddirty_shift())
-    return (_PAGE_PRESENT | _PAGE_USER | _PAGE_NX | ((pte.page.pfn << 12) & PTE_PFN_MASK)
-            | (((_PAGE_RW | _PAGE_DIRTY) if pte.dirty else _PAGE_RW) if pte.write else
-               (_PAGE_SAVED_DIRTY if pte.dirty else 0))
-            | (_PAGE_ACCESSED if pte.young else 0) | (_PAGE_SPECIAL if pte.special else 0)
-            | (_PAGE_UFFD_WP if pte.uffd_wp else 0)
-            | (_PAGE_SOFT_DIRTY if pte.soft_dirty and soft_dirty_config else 0))
+    # on every TLB fill: only the bits that are set are or-ed in (each | makes a new int)
+    v = _PRESENT_USER_NX | ((pte.page.pfn << 12) & PTE_PFN_MASK)
+    if pte.write:
+        v |= _PAGE_RW_DIRTY if pte.dirty else _PAGE_RW
+    elif pte.dirty:
+        v |= _PAGE_SAVED_DIRTY              # a dirty read-only PTE keeps D in SavedDirty (mksaveddirty_shift())
+    if pte.young:
+        v |= _PAGE_ACCESSED
+    if pte.special:
+        v |= _PAGE_SPECIAL
+    if pte.uffd_wp:
+        v |= _PAGE_UFFD_WP
+    if pte.soft_dirty and soft_dirty_config:
+        v |= _PAGE_SOFT_DIRTY
+    return v
 
 
 def pte_flags_need_flush(oldflags: int, newflags: int, ignore_access: bool = True,

@@ -36,6 +36,11 @@ _COPY_MODES = int(uapi.CopyMode.DONTWAKE | uapi.CopyMode.WP)
 _COPY_DONTWAKE, _COPY_WP = int(uapi.CopyMode.DONTWAKE), int(uapi.CopyMode.WP)
 _ZP_DONTWAKE = int(uapi.ZeropageMode.DONTWAKE)
 _WPM_WP, _WPM_DONTWAKE = int(uapi.WriteprotectMode.WP), int(uapi.WriteprotectMode.DONTWAKE)
+_PAGE_OFF = uapi.PAGE_SIZE - 1
+_TASK_SIZE = M.TASK_SIZE
+_VM_UFFD_WP, _VM_UFFD_MINOR, _VM_FAULT_RETRY = M.VM_UFFD_WP, M.VM_UFFD_MINOR, M.VM_FAULT_RETRY
+_COPY = M.MFILL_ATOMIC_COPY
+_monotonic_ns = time.monotonic_ns
 _MSG_FIELDS = ("event", "flags", "address", "ptid", "ufd", "from_", "to", "len", "start", "end", "ts_ns")
 assert tuple(UffdMsg.__dataclass_fields__) == _MSG_FIELDS, "UffdMsg changed: update _stamped()"
 
@@ -107,8 +112,8 @@ class EmuUffd(Uffd):
             raise uffd_error(E.EINVAL, name, start, length, message="UFFDIO_API not done yet")
 
     def _validate_range(self, name, start, length, aligned=True):
-        if aligned and start % uapi.PAGE_SIZE or length % uapi.PAGE_SIZE or length == 0 \
-                or start >= M.TASK_SIZE or length > M.TASK_SIZE - start:
+        if aligned and start & _PAGE_OFF or length & _PAGE_OFF or length <= 0 \
+                or start >= _TASK_SIZE or length > _TASK_SIZE - start:
             raise uffd_error(E.EINVAL, name, start, length)
 
     def _has_ioctl(self, bit: int) -> bool:
@@ -130,21 +135,20 @@ class EmuUffd(Uffd):
         if vmf.task is None:          # a kernel access (copy_from_user) by the ioctl caller
             return M.VM_FAULT_SIGBUS
         flags = _PF_WRITE if vmf.write else 0
-        if reason == M.VM_UFFD_WP:
+        if reason == _VM_UFFD_WP:
             flags |= _PF_WP
-        elif reason == M.VM_UFFD_MINOR:
+        elif reason == _VM_UFFD_MINOR:
             flags |= _PF_MINOR
-        if features & _F_EXACT_ADDRESS:
-            address = vmf.real_address
-        else:
-            address = vmf.address      # page- (hugetlb: huge-page-) aligned
-        ptid = vmf.task.thread.tid if features & _F_THREAD_ID else 0
-        w = Waiter(UffdMsg(_EV_PAGEFAULT_ENUM, flags, address, ptid), vmf.task)
+        # EXACT_ADDRESS: the faulting address, else the page- (hugetlb: huge-page-) aligned one
+        address = vmf.real_address if features & _F_EXACT_ADDRESS else vmf.address
+        task = vmf.task
+        w = Waiter(UffdMsg(_EV_PAGEFAULT_ENUM, flags, address, task.thread.tid if features & _F_THREAD_ID else 0),
+                   task)
         self.pending.append(w)
-        vmf.task.waiter = w
+        task.waiter = w
         if self._closed == self._signalled:   # _readable_changed(): only when the pipe's state changes
             self._readable_changed()
-        return M.VM_FAULT_RETRY
+        return _VM_FAULT_RETRY
 
     def _readable_changed(self) -> None:
         if (bool(self.pending or self.event_q) and not self._closed) == self._signalled:
@@ -339,20 +343,20 @@ class EmuUffd(Uffd):
                dontwake: int, wp_bit: int = 0) -> int:
         if self._closed or not self._initialized:
             self._check(name, dst, length)
-        p = self.mm.profile
+        mm = self.mm
+        p = mm.profile
         if self.event_q or self.changing > 0:   # mmap_changing
             raise uffd_error(E.EAGAIN, name, dst, length, -E.EAGAIN if p.early_eagain_result else None)
-        if kind == M.MFILL_ATOMIC_COPY:
+        if kind == _COPY:
             self._validate_range(name, src, length, aligned=False)
         self._validate_range(name, dst, length)
         if p.hints and kind != M.MFILL_ATOMIC_CONTINUE and kind != M.MFILL_ATOMIC_POISON:
             modes |= HINT_MODES
         if mode & ~modes:
             raise uffd_error(E.EINVAL, name, dst, length)
-        if self.mm.exited:
+        if mm.exited:
             raise uffd_error(E.ESRCH, name, dst, length)
-        wp = bool(wp_bit and mode & wp_bit)
-        ret = self.mm.mfill_atomic(self, kind, dst, src, length, wp, mode & HINT_MODES)
+        ret = mm.mfill_atomic(self, kind, dst, src, length, bool(mode & wp_bit), mode & HINT_MODES)
         return self._finish(name, dst, length, ret, mode & dontwake)
 
     def _finish(self, name, dst, length, ret, dontwake) -> int:
@@ -369,8 +373,7 @@ class EmuUffd(Uffd):
         return ret
 
     def copy(self, dst: int, src: int, len: int, mode: int = 0) -> int:
-        return self._mfill("UFFDIO_COPY", M.MFILL_ATOMIC_COPY, dst, src, len, mode, _COPY_MODES, _COPY_DONTWAKE,
-                           _COPY_WP)
+        return self._mfill("UFFDIO_COPY", _COPY, dst, src, len, mode, _COPY_MODES, _COPY_DONTWAKE, _COPY_WP)
 
     def zeropage(self, start: int, len: int, mode: int = 0) -> int:
         return self._mfill("UFFDIO_ZEROPAGE", M.MFILL_ATOMIC_ZEROPAGE, start, 0, len, mode, _ZP_DONTWAKE,
@@ -433,25 +436,26 @@ class EmuUffd(Uffd):
         if not self._initialized:
             raise uffd_error(E.EINVAL, "read")
         out = []
-        completed = []
-        ts = time.monotonic_ns()
-        while len(out) < max and (self.pending or self.event_q):
-            if self.pending:                # userfaultfd_ctx_read(): page faults first, then events
-                w = self.pending.pop(0)
-                w.read = True
-                self.waiting.append(w)
-                msg = w.msg                 # made by handle_userfault() for this read alone: stamped as is
-                msg.ts_ns = ts
-                out.append(msg)
-            else:
-                msg = self.event_q.pop(0)
-                done = self.event_done.pop(id(msg), None) if self.event_done else None
-                if done is not None:
-                    completed.append(done)
-                out.append(_stamped(msg, ts))   # a copy stamped with the read time
-        if out and (bool(self.pending or self.event_q) and not self._closed) != self._signalled:
+        ts = _monotonic_ns()
+        pending = self.pending
+        while pending and len(out) < max:   # userfaultfd_ctx_read(): page faults first, then events
+            w = pending.pop(0)
+            w.read = True
+            self.waiting.append(w)
+            msg = w.msg                     # made by handle_userfault() for this read alone: stamped as is
+            msg.ts_ns = ts
+            out.append(msg)
+        completed = None
+        event_q = self.event_q
+        while event_q and len(out) < max:
+            msg = event_q.pop(0)
+            done = self.event_done.pop(id(msg), None) if self.event_done else None
+            if done is not None:
+                completed = (completed or []) + [done]
+            out.append(_stamped(msg, ts))   # a copy stamped with the read time
+        if out and (bool(pending or event_q) and not self._closed) != self._signalled:
             self._readable_changed()
-        for done in completed:              # the waiting mm operation (fork) goes on
+        for done in completed or ():        # the waiting mm operation (fork) goes on
             done(False)
         return out
 

@@ -17,6 +17,8 @@ from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_
 _SLOW = object()     # copy_page_from_user(): not the one-page case
 _PAGE_MASK = ~(PAGE_SIZE - 1)
 _PAGE_RW, _PAGE_DIRTY = _tlb._PAGE_RW, _tlb._PAGE_DIRTY
+_pte_val = _tlb.pte_val
+_VM_READ_WRITE = VM_READ | VM_WRITE
 
 
 class Memory:
@@ -24,35 +26,39 @@ class Memory:
 
     def access_ok(self, vma, addr: int, write: bool) -> bool:
         """The CPU's view: TLB hit, or a page walk that finds a PTE allowing the access (sets A, D)."""
-        base = addr & _PAGE_MASK if not vma.flags & VM_HUGETLB else self.page_base(vma, addr)
-        leaf = self.pmds and addr & HPAGE_PMD_MASK in self.pmds and not vma.flags & VM_HUGETLB
-        if leaf:
-            base = addr & HPAGE_PMD_MASK         # a PMD leaf: one TLB entry for its 2 MiB
-        v = self.tlb.entries.get(base)              # Tlb.hit(), inline
+        pmds = self.pmds
+        if vma.flags & VM_HUGETLB:
+            base, leaf = self.page_base(vma, addr), False
+        elif pmds and addr & HPAGE_PMD_MASK in pmds:
+            base, leaf = addr & HPAGE_PMD_MASK, True    # a PMD leaf: one TLB entry for its 2 MiB
+        else:
+            base, leaf = addr & _PAGE_MASK, False
+        entries = self.tlb.entries
+        v = entries.get(base)                       # Tlb.hit(), inline
         if v is not None and (not write or v & _PAGE_RW and v & _PAGE_DIRTY):
             return True
-        pte = self.pmds[base] if leaf else self.ptes.get(base)
+        pte = pmds[base] if leaf else self.ptes.get(base)
         if pte is None or pte.page is None or (write and not pte.write):
             return False
         pte.young = True
         if write:
             pte.dirty = True           # hardware D; soft-dirty is only set by pte_mkdirty() in software
-        self.tlb.entries[base] = _tlb.pte_val(pte, self.soft_dirty_config)    # Tlb.fill()
+        entries[base] = _pte_val(pte, self.soft_dirty_config)    # Tlb.fill()
         return True
 
     def handle_mm_fault(self, vma, real_address: int, write: bool, task) -> int:
-        if write and not vma.flags & VM_WRITE or not vma.flags & (VM_READ | VM_WRITE):
+        flags = vma.flags
+        if write and not flags & VM_WRITE or not flags & _VM_READ_WRITE:
             return VM_FAULT_SIGSEGV     # access_error()
-        addr = real_address & _PAGE_MASK if not vma.flags & VM_HUGETLB else self.page_base(vma, real_address)
+        addr = real_address & _PAGE_MASK if not flags & VM_HUGETLB else self.page_base(vma, real_address)
         pte = self.ptes.get(addr)
         if pte is not None and pte.page is not None and (not write or pte.write):
             pte.young = True           # spurious fault: the TLB was stale (the last case below, without a vmf)
             if write:
-                self.pte_mkdirty(pte)
+                pte.dirty = pte.soft_dirty = True     # pte_mkdirty(), inline
             return VM_FAULT_OK
         vmf = VmFault(vma, real_address, addr, write, pte, task)
         if pte is None:
-            flags = vma.flags
             if flags & VM_HUGETLB:
                 return self.do_pte_missing(vmf)
             if self.pmds or flags & VM_HUGEPAGE or self.thp.any_always:
@@ -144,7 +150,9 @@ class Memory:
         vma = vmf.vma
         if vma.flags & VM_HUGETLB:
             return self.hugetlb_fault(vmf)
-        self.pte_alloc(vmf.address)           # pte_alloc() precedes the userfault check
+        pmd = vmf.address >> 21               # pte_alloc(), inline: it precedes the userfault check
+        if pmd not in self.pgtables:
+            self.pte_alloc(vmf.address)
         if vmf.write and vma.anon_vma is None:   # vmf_anon_prepare() too, on a write [differential, seed 5081:
             self.anon_vma_prepare(vma)        # a MISSING write makes the VMA collapsible: EBUSY, not EINVAL]
         if vma.flags & VM_UFFD_MISSING:       # userfaultfd_missing(): handle_userfault() of the VMA's ctx

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import bisect
 import errno as E
+from bisect import bisect_right
 
 from ... import uapi
 from .mm_types import (HPAGE_SIZE, PAGE_SIZE, TASK_SIZE, VM_HUGETLB, VM_MAYEXEC, VM_MAYREAD, VM_MAYSHARE,
@@ -43,9 +44,11 @@ class Mmap:
 
     def find_vma(self, addr: int) -> Vma | None:
         """The VMA containing ``addr`` (vma_lookup)."""
-        i = bisect.bisect_right(self._starts, addr) - 1
-        if i >= 0 and self.vmas[i].start <= addr < self.vmas[i].end:
-            return self.vmas[i]
+        i = bisect_right(self._starts, addr) - 1    # _starts[i] = vmas[i].start <= addr
+        if i >= 0:
+            v = self.vmas[i]
+            if addr < v.end:
+                return v
         return None
 
     def vmas_in(self, start: int, end: int) -> list[Vma]:

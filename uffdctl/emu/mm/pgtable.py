@@ -90,7 +90,7 @@ class PageTables:
                 if folio.pages is None:          # the huge zero folio
                     return pmd, folio, off
                 return pmd, folio.pages[off >> 12], off & (PAGE_SIZE - 1)
-        base = self.page_base(vma, addr)
+        base = addr & _PAGE_MASK if not vma.flags & VM_HUGETLB else self.page_base(vma, addr)
         pte = self.ptes[base]
         return pte, pte.page, addr - base
 

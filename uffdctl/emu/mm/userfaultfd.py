@@ -10,14 +10,18 @@ import gc
 
 from ... import uapi
 from ..profiles import (UFFDIO_COPY_MODE_ACCESS_LIKELY, UFFDIO_COPY_MODE_WRITE_LIKELY)
+from ..tlb import pte_val
 from .memory import _SLOW
 from .mm_types import (MFILL_ATOMIC_CONTINUE, MFILL_ATOMIC_COPY, MFILL_ATOMIC_POISON, MFILL_ATOMIC_ZEROPAGE,
-                       HPAGE_SIZE, MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, PAGE_SIZE,
+                       Folio, HPAGE_SIZE, MM_CP_TRY_CHANGE_WRITABLE, MM_CP_UFFD_WP, MM_CP_UFFD_WP_RESOLVE, PAGE_SIZE,
                        PTE_MARKER_GUARD, PTE_MARKER_POISONED, Pte, VM_EXEC, VM_HUGETLB, VM_READ, VM_SHARED,
-                       VM_WRITE, make_pte_marker, new_anon_page, new_present_pte, userfaultfd_wp, vma_is_shmem)
+                       VM_WRITE, ZERO_PFN, make_pte_marker, new_anon_page, new_present_pte, userfaultfd_wp,
+                       vma_is_shmem)
 
 
 _GC_PAUSE_BYTES = 256 * PAGE_SIZE   # a ranged COPY / ZEROPAGE this long runs with the cyclic GC paused
+# the TLB entry a read of a never-touched anon page leaves: the zero page, mapped special and young
+_ZERO_READ_TLB = pte_val(Pte(Folio(ZERO_PFN, PAGE_SIZE, anon=False, zero=True), special=True, young=True))
 
 
 class Userfaultfd:
@@ -35,7 +39,8 @@ class Userfaultfd:
             return -E.EAGAIN
         if wp and not userfaultfd_wp(vma):
             return -E.EINVAL
-        hugetlb, anon = vma.flags & VM_HUGETLB, vma.file is None
+        flags = vma.flags
+        hugetlb, anon = flags & VM_HUGETLB, vma.file is None
         if hugetlb:
             if dst_start % vma.page_size or length % vma.page_size or kind == MFILL_ATOMIC_ZEROPAGE:
                 return -E.EINVAL
@@ -43,11 +48,11 @@ class Userfaultfd:
             return -E.EINVAL
         elif kind == MFILL_ATOMIC_CONTINUE and anon:
             return -E.EINVAL
-        if not early and not vma.flags & VM_SHARED:
+        if not early and not flags & VM_SHARED:
             self.anon_vma_prepare(vma)         # before 6.9: once the checks passed ("this page would get a
         #                                        NULL anon_vma when moved in the dst_vma")
         if not hugetlb and (kind == MFILL_ATOMIC_COPY or kind == MFILL_ATOMIC_ZEROPAGE) \
-                and (anon or not vma.flags & VM_SHARED):
+                and (anon or not flags & VM_SHARED):
             if length < _GC_PAUSE_BYTES or not gc.isenabled():
                 return self.mfill_atomic_anon(vma, kind, dst_start, src_start, length, wp, hints)
             # Every object a ranged fill makes (a Folio and a Pte per page, a Pte per zero-page source
@@ -79,27 +84,23 @@ class Userfaultfd:
         the same steps in the same order (PTE table, source read, PFN allocation, the pte_none_mostly()
         check, the install) as the general loop."""
         p = self.profile
-        ptes, pgtables = self.ptes, self.pgtables
-        zero = kind == MFILL_ATOMIC_ZEROPAGE and not (p.hints and hints & UFFDIO_COPY_MODE_WRITE_LIKELY)
         # mfill_atomic_install_pte(): writable, pte_mkdirty() (RFC: only with WRITE_LIKELY), young, uffd-wp
         if p.hints:
             dirty = bool(hints & UFFDIO_COPY_MODE_WRITE_LIKELY)
-            young = bool(hints & (UFFDIO_COPY_MODE_ACCESS_LIKELY | UFFDIO_COPY_MODE_WRITE_LIKELY))
+            young = dirty or bool(hints & UFFDIO_COPY_MODE_ACCESS_LIKELY)
+            zero = kind == MFILL_ATOMIC_ZEROPAGE and not dirty    # RFC: a WRITE_LIKELY ZEROPAGE allocates
         else:
             dirty = young = True
-        write = bool(vma.flags & VM_WRITE) and not wp
+            zero = kind == MFILL_ATOMIC_ZEROPAGE
+        write = not wp and bool(vma.flags & VM_WRITE)
         copy = kind == MFILL_ATOMIC_COPY
+        ptes, pgtables, pmds, tlb = self.ptes, self.pgtables, self.pmds, self.tlb.entries
         zero_page = self.zero_page
-        end = dst_start + length
-        dst = dst_start
+        end = dst = dst_start
+        end += length
         err = 0
-        pmds = self.pmds
         svma = None                                   # the source VMA (faults on the source keep VMAs as they are)
         src_zero = False                              # its read fault of a none PTE maps the zero page (below)
-        tlb = self.tlb.entries
-        zero_val = 0
-        zdata = zero_page.data
-        new_pte, new_page = new_present_pte, new_anon_page
         # alloc_folio()'s next PFN and the zero page's new mappings are kept here, and stored back before
         # anything else can look at them (a fault on the source, below) and at the end
         pfn, zmap = self._next_pfn, 0
@@ -112,13 +113,15 @@ class Userfaultfd:
                 pgtables.add(pmd)
                 self.pmd_tables.add(pmd >> 9)
                 self._pgt_sorted = None
-            chunk_end = min(end, (pmd + 1) << 21)
+            chunk_end = (pmd + 1) << 21
+            if chunk_end > end:
+                chunk_end = end
             if zero:
                 while dst < chunk_end:
                     if dst in ptes:                   # !pte_none(): any marker too
                         err = -E.EEXIST
                         break
-                    ptes[dst] = new_pte(zero_page, False, False, True, False, False, True)   # special, young
+                    ptes[dst] = new_present_pte(zero_page, False, False, True, False, False, True)  # special, young
                     zmap += 1
                     dst += PAGE_SIZE
                 continue
@@ -138,10 +141,10 @@ class Userfaultfd:
                             pgtables.add(src >> 21)
                             self.pmd_tables.add(src >> 30)
                             self._pgt_sorted = None
-                        ptes[src] = zpte = new_pte(zero_page, False, False, True, False, False, True)
+                        ptes[src] = new_present_pte(zero_page, False, False, True, False, False, True)
                         zmap += 1
-                        tlb[src] = zero_val or (zero_val := self.pte_val(zpte))
-                        data = None if zdata is None else bytearray(zdata)
+                        tlb[src] = _ZERO_READ_TLB
+                        data = None if zero_page.data is None else bytearray(zero_page.data)
                     else:
                         self._next_pfn = pfn
                         zero_page.mapcount += zmap
@@ -152,7 +155,7 @@ class Userfaultfd:
                             data = self.copy_from_user(src, PAGE_SIZE)
                             if not isinstance(data, int):
                                 data = bytearray(data)
-                        pfn, zdata = self._next_pfn, zero_page.data
+                        pfn = self._next_pfn
                         if isinstance(data, int):
                             err = data
                             break
@@ -163,8 +166,8 @@ class Userfaultfd:
                     pfn += 1
                     err = -E.EEXIST
                     break
-                ptes[dst] = new_pte(new_page(pfn, data), write, dirty, young, dirty, wp, False)   # soft_dirty = dirty
-                pfn += 1
+                ptes[dst] = new_present_pte(new_anon_page(pfn, data), write, dirty, young, dirty, wp, False)
+                pfn += 1                              # soft_dirty = dirty: x86's pte_mkdirty() sets both
                 dst += PAGE_SIZE
         self._next_pfn = pfn
         zero_page.mapcount += zmap
