@@ -25,7 +25,13 @@ if sys.platform.startswith("linux") and os.environ.get("UFFDCTL_NO_EXTENSION") !
 
         # KernelUffd's per-call fast path (cdefs/uffdctl_fastpath.c); optional: the cffi wrappers serve without it
         ext_modules.append(Extension("uffdctl._fastpath", ["cdefs/uffdctl_fastpath.c"], include_dirs=["cdefs"],
-                                     depends=["cdefs/uffd_uapi.h", "cdefs/uffdctl_readfirst.h"], extra_compile_args=["-O2", "-Wall"],
+                                     depends=["cdefs/uffd_uapi.h", "cdefs/uffdctl_readfirst.h",
+                                              "cdefs/uffdctl_slotoff.h"], extra_compile_args=["-O2", "-Wall"],
+                                     optional=True))
+        # the emulator's per-fault objects made by slot offset (cdefs/uffdctl_slots.c); optional: the Python
+        # constructors serve without it
+        ext_modules.append(Extension("uffdctl._slots", ["cdefs/uffdctl_slots.c"], include_dirs=["cdefs"],
+                                     depends=["cdefs/uffdctl_slotoff.h"], extra_compile_args=["-O2", "-Wall"],
                                      optional=True))
     except Exception as e:  # cffi or a compiler missing: emulator only
         print(f"uffdctl: not building the native extension ({e}); only the emulation backend will be available",

@@ -32,6 +32,7 @@
 
 #include "uffd_uapi.h"
 #include "uffdctl_readfirst.h"
+#include "uffdctl_slotoff.h"
 
 #if PY_VERSION_HEX < 0x030A0000
 static inline PyObject *Py_NewRef(PyObject *o) { Py_INCREF(o); return o; }
@@ -358,19 +359,11 @@ static int slot_offsets(FastUffd *self)
 	if (!PyType_Check(self->msg_type) || t->tp_alloc == NULL || t->tp_new == NULL)
 		return 0;
 	for (i = 0; i < NFIELDS; i++) {
-		PyObject *d = PyObject_GetAttrString(self->msg_type, msg_fields[i]);
-		if (!d) {
-			PyErr_Clear();
-			self->off[0] = -1;
-			return 0;
-		}
-		if (Py_TYPE(d) != &PyMemberDescr_Type || ((PyMemberDescrObject *)d)->d_member->type != T_OBJECT_EX) {
-			Py_DECREF(d);
+		self->off[i] = slot_offset(self->msg_type, msg_fields[i]);
+		if (self->off[i] < 0) {
 			self->off[0] = -1;	/* not a slotted class: call it */
 			return 0;
 		}
-		self->off[i] = ((PyMemberDescrObject *)d)->d_member->offset;
-		Py_DECREF(d);
 	}
 	return 0;
 }

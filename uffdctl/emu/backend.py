@@ -34,6 +34,7 @@ from .kernel.fork import dup_mmap
 from .process import EmuCall, EmuProcess, _ForkAccess
 from .profiles import DEFAULT_PROFILE, get_profile
 from .sched import RunQueue, SyscallTask
+from .slots import slot_maker
 
 BUS_ADRERR = 2
 _TIDS = itertools.count(4_000_001)
@@ -42,6 +43,7 @@ _PF_WP, _PF_MINOR = int(uapi.PagefaultFlag.WP), int(uapi.PagefaultFlag.MINOR)
 _VM_FAULT_RETRY, _VM_FAULT_LIVELOCK, _VM_FAULT_MAJOR = M.VM_FAULT_RETRY, M.VM_FAULT_LIVELOCK, M.VM_FAULT_MAJOR
 _VM_FAULT_SIGSEGV, _VM_FAULT_ERROR = M.VM_FAULT_SIGSEGV, M.VM_FAULT_ERROR
 _TWICE = (0, 1)
+_handled = slot_maker(HandledEvent, ("msg", "action", "err", "result"), HandledEvent, seq=0)   # a log entry per fault
 
 
 class EmuAccess(Access):
@@ -324,7 +326,7 @@ class EmuHandler(Handler):
                 stats["resolved"] += 1
             if action == "queue":
                 self._queued.append(m)
-            log.append(HandledEvent(m, action, err, result))
+            log.append(_handled(m, action, err, result))
         return True
 
     def _call(self, action: str, page: int):

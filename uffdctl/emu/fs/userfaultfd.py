@@ -21,6 +21,7 @@ from ...types import UFFD_MSG_SIZE, UffdioApi, UffdMsg
 from ...errors import uffd_error
 from .. import mm as M
 from ..profiles import HINT_MODES
+from ..slots import slot_maker
 
 # The uapi flags as plain ints on the per-fault and per-ioctl paths: IntFlag arithmetic was 11% of an
 # emulated fault.
@@ -57,6 +58,12 @@ class Waiter:
 
     def __init__(self, msg: UffdMsg, access):
         self.msg, self.access, self.read = msg, access, False
+
+
+# the two objects a fault queues, made by slot where uffdctl._slots is built (..slots)
+_new_waiter = slot_maker(Waiter, ("msg", "access"), Waiter, read=False)
+_pagefault_msg = slot_maker(UffdMsg, ("event", "flags", "address", "ptid"), UffdMsg, ufd=0, from_=0, to=0,
+                            len=0, start=0, end=0, ts_ns=0)
 
 
 class EmuUffd(Uffd):
@@ -142,8 +149,8 @@ class EmuUffd(Uffd):
         # EXACT_ADDRESS: the faulting address, else the page- (hugetlb: huge-page-) aligned one
         address = vmf.real_address if features & _F_EXACT_ADDRESS else vmf.address
         task = vmf.task
-        w = Waiter(UffdMsg(_EV_PAGEFAULT_ENUM, flags, address, task.thread.tid if features & _F_THREAD_ID else 0),
-                   task)
+        w = _new_waiter(_pagefault_msg(_EV_PAGEFAULT_ENUM, flags, address,
+                                       task.thread.tid if features & _F_THREAD_ID else 0), task)
         self.pending.append(w)
         task.waiter = w
         if self._closed == self._signalled:   # _readable_changed(): only when the pipe's state changes

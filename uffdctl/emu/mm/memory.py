@@ -12,7 +12,7 @@ from .mm_types import (Folio, HPAGE_PMD_MASK, HPAGE_SIZE, PAGE_SIZE, PTE_MARKER_
                        PTE_MARKER_UFFD_WP, Pte, VM_FAULT_HWPOISON, VM_FAULT_LIVELOCK, VM_FAULT_MAJOR, VM_FAULT_OK,
                        VM_FAULT_RETRY,
                        VM_FAULT_ERROR, VM_FAULT_SIGSEGV, VM_HUGEPAGE, VM_HUGETLB, VM_LOCKED, VM_READ, VM_UFFD_MINOR, VM_UFFD_MISSING,
-                       VM_UFFD_WP, VM_WRITE, VmFault, make_pte_marker, userfaultfd_missing, userfaultfd_wp)
+                       VM_UFFD_WP, VM_WRITE, VmFault, make_pte_marker, new_vmf, userfaultfd_missing, userfaultfd_wp)
 
 _SLOW = object()     # copy_page_from_user(): not the one-page case
 _PAGE_MASK = ~(PAGE_SIZE - 1)
@@ -57,7 +57,7 @@ class Memory:
             if write:
                 pte.dirty = pte.soft_dirty = True     # pte_mkdirty(), inline
             return VM_FAULT_OK
-        vmf = VmFault(vma, real_address, addr, write, pte, task)
+        vmf = new_vmf(vma, real_address, addr, write, pte, task)
         if pte is None:
             if flags & VM_HUGETLB:
                 return self.do_pte_missing(vmf)

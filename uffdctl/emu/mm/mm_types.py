@@ -3,11 +3,14 @@ userfaultfd_k.h name them: :class:`Folio` (a page or huge page), :class:`Pte` (p
 or a swap entry: swp_entry() / swp_entry_to_pte()), :class:`Vma` (vm_area_struct), :class:`VmFault` (struct vm_fault), the VM_* flags,
 PTE markers, vm_fault_t codes, MFILL_ATOMIC_* kinds and change_protection() cp_flags.
 
-A leaf of the model: it imports nothing of the emulator but the uffd uapi constants.
+A leaf of the model: it imports nothing of the emulator but the uffd uapi constants and the makers of
+the per-fault objects (``..slots``: the C twins of :func:`_new_anon_page`, :func:`_new_present_pte` and
+``VmFault(...)``).
 """
 from __future__ import annotations
 
 from ... import uapi
+from ..slots import slot_maker
 
 PAGE_SIZE = uapi.PAGE_SIZE
 HPAGE_SIZE = 2 << 20
@@ -205,11 +208,12 @@ class Pte:
 _new = object.__new__
 
 
-def new_anon_page(pfn: int, data: bytearray | None) -> Folio:
+def _new_anon_page(pfn: int, data: bytearray | None) -> Folio:
     """Folio(pfn, PAGE_SIZE, True, data) with mapcount 1: a fresh exclusive anon page, mapped once.  The same
     object as the class call builds, without its __init__ dispatch (on 3.11 a class call costs about twice
     the stores), for the per-page hot paths (mfill); tests/test_emu.py holds it equal to the class
-    call slot by slot, so a new slot cannot be forgotten here."""
+    call slot by slot, so a new slot cannot be forgotten here.  :data:`new_anon_page` is its C twin where
+    uffdctl._slots is built (``slots.slot_maker``)."""
     f = _new(Folio)
     f.pfn = pfn
     f.size = PAGE_SIZE
@@ -221,9 +225,9 @@ def new_anon_page(pfn: int, data: bytearray | None) -> Folio:
     return f
 
 
-def new_present_pte(page: Folio, write, dirty, young, soft_dirty, uffd_wp, special) -> Pte:
-    """Pte(page, write, dirty, young, soft_dirty, uffd_wp, special), built as :func:`new_anon_page` builds
-    its folio (held equal to the class call slot by slot)."""
+def _new_present_pte(page: Folio, write, dirty, young, soft_dirty, uffd_wp, special) -> Pte:
+    """Pte(page, write, dirty, young, soft_dirty, uffd_wp, special), built as :func:`_new_anon_page` builds
+    its folio (held equal to the class call slot by slot); :data:`new_present_pte` is its C twin."""
     p = _new(Pte)
     p.page = page
     p.write = write
@@ -236,6 +240,13 @@ def new_present_pte(page: Folio, write, dirty, young, soft_dirty, uffd_wp, speci
     p.swp = None
     p.exclusive = False
     return p
+
+
+new_anon_page = slot_maker(Folio, ("pfn", "data"), _new_anon_page, size=PAGE_SIZE, anon=True, exclusive=True,
+                           mapcount=1, zero=False, swap=None, dirty=False, lazyfree=False, reclaim=False,
+                           pages=None, head=None)
+new_present_pte = slot_maker(Pte, ("page", "write", "dirty", "young", "soft_dirty", "uffd_wp", "special"),
+                             _new_present_pte, marker=0, swp=None, exclusive=False)
 
 
 def make_pte_marker(bits: int) -> Pte:
@@ -338,6 +349,9 @@ class VmFault:
         return p is not None and not p.present and bool(p.marker & PTE_MARKER_UFFD_WP)
 
 
+new_vmf = slot_maker(VmFault, VmFault.__slots__, VmFault)     # VmFault(...) on the fault path, by slot
+
+
 __all__ = ["PAGE_SIZE", "HPAGE_SIZE", "PUD_SIZE", "HSTATES", "HPAGE_PMD_MASK", "HPAGE_PMD_NR", "TASK_SIZE", "MMAP_BASE", "VM_READ", "VM_WRITE", "VM_EXEC", "VM_SHARED",
            "VM_MAYREAD", "VM_MAYWRITE", "VM_MAYEXEC", "VM_MAYSHARE", "VM_UFFD_MISSING", "VM_UFFD_WP", "VM_LOCKED",
            "VM_HUGETLB", "VM_HUGEPAGE", "VM_NOHUGEPAGE", "VM_DONTCOPY", "VM_WIPEONFORK", "VM_SOFTDIRTY",
@@ -349,4 +363,4 @@ __all__ = ["PAGE_SIZE", "HPAGE_SIZE", "PUD_SIZE", "HSTATES", "HPAGE_PMD_MASK", "
            "Folio", "Pte", "new_anon_page", "new_present_pte", "make_pte_marker",
            "MAX_SWAPFILES_SHIFT", "swp_entry", "swp_type", "swp_offset", "is_swap_entry", "swp_entry_to_pte",
            "Vma", "vma_is_shmem", "vma_can_userfault", "userfaultfd_missing", "userfaultfd_wp",
-           "userfaultfd_minor", "VmFault"]
+           "userfaultfd_minor", "VmFault", "new_vmf"]
