@@ -273,15 +273,26 @@ def main(argv=None) -> int:
                                     "(default: this checkout's; give one tree's to compare two emulators)")
     ap.add_argument("--round-trip", action="store_true",
                     help="only the MISSING round-trip rows, with their Python calls and lines per fault")
+    ap.add_argument("--cpu", type=int, help="the CPU the whole run is pinned to (default: the highest one this "
+                                                "process may run on)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
     import os
+    # pinned, as every row of scripts/bench.py: the model is one thread, and a migration mid-row is a stall
+    pin = a.cpu if a.cpu is not None else max(os.sched_getaffinity(0))
+    try:
+        os.sched_setaffinity(0, {pin})
+    except (OSError, ValueError) as e:
+        print(f"bench_emu: cannot pin to CPU {pin}: {e}", file=sys.stderr)
+        return 2
     if a.round_trip:
         rt = round_trips(a.pages // 2, a.rounds)
+        rt["cpu"] = pin
         if a.json:
             json.dump(rt, sys.stdout)
             print()
         else:
+            print(f"MISSING round trips per CPU second ({a.pages // 2} pages, best of {a.rounds}; pinned to CPU {pin}):")
             for k in ("missing_round_trips", "missing_round_trips_src_populated"):
                 c = rt["cost" + k[len("missing_round_trips"):]]
                 print(f"  {k:36s} {rt[k]:12,.0f}  {RANGED_TARGETS[k][0]}  ({c['calls_per_fault']:.0f} Python "
@@ -304,6 +315,7 @@ def main(argv=None) -> int:
     res["ranged_peak_bytes"] = peak_bytes(lambda: ranged(a.pages))
     res["targets"] = verdicts(res)
     res["loadavg_before"], res["loadavg_after"] = load0, os.getloadavg()
+    res["cpu"] = pin
     if a.json:
         json.dump(res, sys.stdout, indent=2)
         print()
@@ -313,7 +325,7 @@ def main(argv=None) -> int:
     def mark(key):
         t = T.get(key)
         return f"  {t['verdict']} (target {t['target']})" if t else ""
-    print(f"emulator page-ops per CPU second ({a.pages} pages per ioctl, best of {a.rounds}; load average "
+    print(f"emulator page-ops per CPU second ({a.pages} pages per ioctl, best of {a.rounds}; pinned to CPU {pin}; load average "
           f"{load0[0]:.1f} before, {res['loadavg_after'][0]:.1f} after):")
     for k, v in res["ranged"].items():
         print((f"  {k:36s} {v:12,.0f}" if k != "tlb_flushes" else f"  {k:36s} {v:12.0f}") + mark(k))
