@@ -63,7 +63,11 @@ def build_uffd_stress() -> str | None:
     tarball = "/usr/src/linux-source-6.12.tar.xz"
     if not os.path.exists(tarball) and os.geteuid() == 0 and shutil.which("apt-get"):
         print("bench: apt-get install linux-source-6.12 (the kernel's uffd-stress source)", file=sys.stderr)
-        subprocess.run(["apt-get", "install", "-y", "-q", "linux-source-6.12"], capture_output=True)
+        install = ["apt-get", "install", "-y", "-q", "linux-source-6.12"]
+        if subprocess.run(install, capture_output=True).returncode != 0:
+            # a fresh machine may have no package lists yet (measured: "Unable to locate package")
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True)
+            subprocess.run(install, capture_output=True)
     if not os.path.exists(tarball):
         print("bench: no /usr/src/linux-source-6.12.tar.xz: the stress rows are skipped", file=sys.stderr)
         return None
