@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import pytest
@@ -178,6 +179,7 @@ def test_uffdctl_run_cli(cli, tmp_path):
     f.write_text(textwrap.dedent(MISSING_COPY))
     p = cli("run", "--backend", "kernel", f, check=0)
     assert "  3: register buf --mode missing,wp" in p.stdout and "BLOCKED" in p.stdout
+    assert p.stdout.splitlines()[0].startswith(f"# backend: kernel {os.uname().release}; requested; soft-dirty: ")
     r = cli.j("run", "--backend", "kernel", f)
     assert r["ok"] is True and r["exit"] == 0 and len(r["lines"]) > 10
     bad = tmp_path / "bad.uffd"
@@ -321,3 +323,20 @@ def test_a_field_an_unfinished_touch_lacks_says_it_is_blocked(run_any):
     assert r["exit"] == 1
     assert "has no field 'data'" in r["error"]["message"] and "touch #1 has not finished (still blocked)" \
         in r["error"]["message"], r["error"]
+
+
+@pytest.mark.parametrize("args, first", [
+    (("--backend", "emu"), "# backend: emu (the emulator, profile 6.18); requested; soft-dirty: emulated "
+                           "CONFIG_MEM_SOFT_DIRTY=y"),
+    (("--profile", "5.19", "--soft-dirty", "off"), "# backend: emu (the emulator, profile 5.19); --profile 5.19 and "
+                                                   "--soft-dirty off ask for the emulator; soft-dirty: emulated "
+                                                   "CONFIG_MEM_SOFT_DIRTY=n"),
+])
+def test_run_names_the_emulator_in_its_first_line(cli, tmp_path, args, first):
+    """The text output of a run on the model says so before anything else, asked for or not; -q prints no
+    echo, so no header either."""
+    f = tmp_path / "s.uffd"
+    f.write_text("mmap --size 16K --name buf\nexpect result len=16384\n")
+    p = cli("run", *args, f, check=0)
+    assert p.stdout.splitlines()[0] == first, p.stdout
+    assert cli("run", "-q", *args, f, check=0).stdout == ""

@@ -887,6 +887,14 @@ def read_script(path: str) -> str:
             from None
 
 
+def backend_line(info: dict) -> str:
+    """The text output's first line: which backend the script runs on, and why (``-j`` has it as
+    ``backend``): a run on the model never reads as a run on this kernel."""
+    what = (f"emu (the emulator, profile {info.get('profile')})" if info.get("backend") == "emu"
+            else f"kernel {info.get('release')}")
+    return f"# backend: {what}; {info.get('reason')}; soft-dirty: {info.get('soft_dirty_reason')}"
+
+
 def run_text(text: str, path: str, backend="auto", profile: str | None = None, echo=None, render=None,
              soft_dirty: bool | None = None, notice=None, variables: dict | None = None,
              user_mode_only: bool = False) -> dict:
@@ -904,6 +912,8 @@ def run_text(text: str, path: str, backend="auto", profile: str | None = None, e
         info = st.backend_info()
         if notice is not None and st.notice():
             notice(st.notice())
+        if echo is not None:
+            echo(backend_line(info))
         res = it.run(text)
         res.update(file=path, backend=info, exit=0)
         return res
