@@ -101,6 +101,7 @@ class Userfaultfd:
         err = 0
         svma = None                                   # the source VMA (faults on the source keep VMAs as they are)
         src_zero = False                              # its read fault of a none PTE maps the zero page (below)
+        src_tlb = False                               # its TLB hits are read from the PTE's page (below)
         # alloc_folio()'s next PFN and the zero page's new mappings are kept here, and stored back before
         # anything else can look at them (a fault on the source, below) and at the end
         pfn, zmap = self._next_pfn, 0
@@ -131,8 +132,9 @@ class Userfaultfd:
                     if svma is None or not svma.start <= src < svma.end:
                         # the source is read in current->mm: the monitor's, also for a forked child's uffd
                         svma = self.uaccess_mm.find_vma(src)
-                        src_zero = svma is not None and self.uaccess_mm is self and \
-                            self.read_fault_maps_zero_page(svma)
+                        own = svma is not None and self.uaccess_mm is self
+                        src_zero = own and self.read_fault_maps_zero_page(svma)
+                        src_tlb = own and not svma.flags & VM_HUGETLB
                     if src_zero and src not in ptes and src not in tlb and not pmds and not src & 0xFFF:
                         # copy_from_user() of a never-touched anon source page: the read fault that
                         # handle_mm_fault() -> do_anonymous_page() takes (PTE table, the zero page mapped
@@ -145,6 +147,11 @@ class Userfaultfd:
                         zmap += 1
                         tlb[src] = _ZERO_READ_TLB
                         data = None if zero_page.data is None else bytearray(zero_page.data)
+                    elif src_tlb and not pmds and src in tlb and not src & 0xFFF and \
+                            (page := ptes[src].page).size == PAGE_SIZE:
+                        # copy_page_from_user()'s common case inline: a TLB hit on a 4 KiB source page
+                        # (access_ok() true, no fault), read from the page page_at() would return
+                        data = None if page.data is None else bytearray(page.data)
                     else:
                         self._next_pfn = pfn
                         zero_page.mapcount += zmap
