@@ -329,7 +329,6 @@ def main() -> int:
     mib = 64 if a.quick else 1024
     nfault, fblocks = (1000, 4) if a.quick else (4000, 8)
     smib, sbounces = (16, 8) if a.quick else (32, 16)
-    stress_rounds = min(a.rounds, 3)   # ~10 s a run: the stress rows take the first 3 rounds only
     py = sys.executable
     uffdctl_bin = os.path.join(os.path.dirname(py), "uffdctl")
     load0 = os.getloadavg()
@@ -463,7 +462,7 @@ def main() -> int:
         from uffdctl import stress as ustress
         for mt in ("anon", "shmem"):
             rows.append((f"stress {mt} {smib} MiB {sbounces} bounces (vs the kernel's uffd-stress)", "userfaults/s",
-                         f"unpinned, {ncpu} threads of each kind; the first {stress_rounds} rounds", "rate",
+                         f"unpinned, {ncpu} threads of each kind", "rate",
                          sub(lambda exe, mt=mt: run_uffd_stress(stress_exe, mt, smib, sbounces),
                              lambda mt=mt: (lambda r: r.userfaults / (r.ns / 1e9))(ustress.run(mt, smib, sbounces)))))
     if a.only:
@@ -477,8 +476,6 @@ def main() -> int:
         for k in range(a.rounds):  # interleaved: C and uffdctl see the same machine state, row by row
             per_round.clear()
             for name, _unit, _pl, _kind, pair in rows:
-                if name.startswith("stress") and k >= stress_rounds:
-                    continue
                 t_row = time.monotonic()
                 try:
                     c, us = pair(exe, k % 2 == 1)   # every other round uffdctl goes first
