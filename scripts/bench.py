@@ -489,18 +489,24 @@ def main() -> int:
 
     out = []
     for name, unit, placement, kind, _p in rows:
-        c, us = statistics.median(vals[name][0]), statistics.median(vals[name][1])
-        ratio = (us / c) if kind == "time" else (c / us)
+        cs, uss = vals[name]
+        c, us = statistics.median(cs), statistics.median(uss)
+        # the verdict's ratio and diff are medians of the rounds' own ratios and diffs: a round's C and uffdctl
+        # ran back to back on the same machine state, and pairing them is what the interleaving is for (the
+        # median C and the median uffdctl may come from different rounds: a ratio of medians mixes moments)
+        ratio = statistics.median([(u / x) if kind == "time" else (x / u) for x, u in zip(cs, uss)])
+        diff = statistics.median([u - x for x, u in zip(cs, uss)])
         ttext, tcheck = target_of(name)
-        verdict = None if tcheck is None else ("PASS" if tcheck(ratio, us - c) else "MISS")
+        verdict = None if tcheck is None else ("PASS" if tcheck(ratio, diff) else "MISS")
         out.append({"row": name, "unit": unit, "placement": placement, "c": round(c, 1), "uffdctl": round(us, 1),
-                    "ratio": round(ratio, 3), "diff": round(us - c, 1) if kind == "time" else None, "kind": kind,
+                    "ratio": round(ratio, 3), "diff": round(diff, 1) if kind == "time" else None, "kind": kind,
                     "target": ttext, "verdict": verdict,
                     "rounds": len(vals[name][0]), "seconds": round(secs[name], 1),
                     "c_all": [round(v, 1) for v in vals[name][0]], "uffdctl_all": [round(v, 1) for v in vals[name][1]]})
     doc = {"kernel": os.uname().release, "cpus": ncpu, "rounds": a.rounds, "loadavg_before": load0,
            "loadavg_after": load1, "seconds": round(elapsed, 1), "rows": out,
-           "note": "medians of interleaved rounds; ratio = uffdctl/C for times, C/uffdctl for rates (>1: uffdctl slower)"}
+           "note": "c, uffdctl: medians of interleaved rounds; ratio, diff: medians of each round's own ratio and diff; "
+                   "ratio = uffdctl/C for times, C/uffdctl for rates (>1: uffdctl slower)"}
     emu = os.path.join(HERE, "bench_emu.py")
     run_emu = os.path.exists(emu) and not a.only
     if a.json:
@@ -510,7 +516,8 @@ def main() -> int:
         print(json.dumps(doc, indent=1))
     else:
         print(f"kernel {doc['kernel']}, {ncpu} vCPUs, {a.rounds} rounds interleaved (uffdctl first every other "
-              f"round), medians; load average {load0[0]:.1f} before, {load1[0]:.1f} after; {elapsed:.0f} s")
+              f"round), medians (ratio, diff: of the rounds' own); load average {load0[0]:.1f} before, "
+              f"{load1[0]:.1f} after; {elapsed:.0f} s")
         print(f"{'row':74} {'C':>11} {'uffdctl':>11} {'ratio':>7} {'diff':>9}  {'verdict':7} {'target':17} "
               "unit; placement")
         for r in out:
@@ -522,7 +529,7 @@ def main() -> int:
               f"MISS of {len(hit)} (issue 14's Done-when is for a quiet machine: load average "
               f"{load0[0]:.1f} -> {load1[0]:.1f} here)")
         print("ratio: uffdctl/C for times, C/uffdctl for rates (1.00x = as fast as C; above: slower); "
-              "diff: uffdctl - C")
+              "diff: uffdctl - C; both are medians of each round's own (C and uffdctl ran back to back)")
         print("C references: in-process rows run the selftests' handler loop (poll, read, UFFDIO_COPY) and "
               "uffdctl_loop_* in C on the same memory; the rest run scripts/bench_ref.c or the kernel's uffd-stress")
         if run_emu:
