@@ -29,7 +29,7 @@ from . import mm as M
 from .fs.proc import task_mmu
 from .mm.khugepaged import NotModelledCollapse
 from .mm.madvise import MADV_NOT_MODELLED
-from .fs.userfaultfd import EmuUffd
+from .fs.userfaultfd import _COPY, _COPY_DONTWAKE, _COPY_MODES, _COPY_WP, EmuUffd
 from .kernel.fork import dup_mmap
 from .process import EmuCall, EmuProcess, _ForkAccess
 from .profiles import DEFAULT_PROFILE, get_profile
@@ -43,6 +43,8 @@ _PF_WP, _PF_MINOR = int(uapi.PagefaultFlag.WP), int(uapi.PagefaultFlag.MINOR)
 _VM_FAULT_RETRY, _VM_FAULT_LIVELOCK, _VM_FAULT_MAJOR = M.VM_FAULT_RETRY, M.VM_FAULT_LIVELOCK, M.VM_FAULT_MAJOR
 _VM_FAULT_SIGSEGV, _VM_FAULT_ERROR = M.VM_FAULT_SIGSEGV, M.VM_FAULT_ERROR
 _TWICE = (0, 1)
+_VM_HUGETLB, _PAGE_OFF = M.VM_HUGETLB, uapi.PAGE_SIZE - 1
+_PAGE_MASK = ~_PAGE_OFF
 _handled = slot_maker(HandledEvent, ("msg", "action", "err", "result"), HandledEvent, seq=0)   # a log entry per fault
 
 
@@ -90,9 +92,16 @@ class EmuAccess(Access):
                     self._segv = a
                     break
             if not self.attempt and mm.access_ok(vma, a, write):
-                _, page, poff = mm.page_at(vma, a)
+                if not mm.pmds and not vma.flags & _VM_HUGETLB:    # page_at() of a 4 KiB PTE, inline
+                    page, poff = mm.ptes[a & _PAGE_MASK].page, a & _PAGE_OFF
+                else:
+                    _, page, poff = mm.page_at(vma, a)
                 if write and not self.populate:
-                    page.write(poff, self._data[off:off + n] if self._data is not None else self._fill_byte * n)
+                    buf = self._data[off:off + n] if self._data is not None else self._fill_byte * n
+                    if page.data is None and page.pages is None and not poff:
+                        page.data = bytearray(buf)   # Folio.write() of a page never written, inline
+                    else:
+                        page.write(poff, buf)
                 elif self._want:
                     self._buf += page.read(poff, n)
                 i += 1
@@ -357,8 +366,9 @@ class EmuHandler(Handler):
             return "queue", -E.EFAULT, 0       # outside the copy source: left to the user, as the native handler
         for _ in _TWICE:
             try:
-                if action == "copy":           # _call("copy"), inline: the MISSING round trip
-                    r = u.copy(page, p.src + (page - p.base), p.page_size, p.copy_mode)
+                if action == "copy":           # _call("copy") -> EmuUffd.copy(), inline: the MISSING round trip
+                    r = u._mfill("UFFDIO_COPY", _COPY, page, p.src + (page - p.base), p.page_size, p.copy_mode,
+                                 _COPY_MODES, _COPY_DONTWAKE, _COPY_WP)
                 else:
                     r = self._call(action, page)
                 return action, 0, r or 0

@@ -162,7 +162,7 @@ class EmuUffd(Uffd):
             return                          # the pipe already says it
         rq = self.rq
         if rq._running:
-            rq.defer_readable(self)         # synced when the run queue's run ends
+            rq._readable[id(self)] = self   # rq.defer_readable(), inline: synced when the run queue's run ends
         else:
             self._update_readable()
 
@@ -354,9 +354,11 @@ class EmuUffd(Uffd):
         p = mm.profile
         if self.event_q or self.changing > 0:   # mmap_changing
             raise uffd_error(E.EAGAIN, name, dst, length, -E.EAGAIN if p.early_eagain_result else None)
-        if kind == _COPY:
-            self._validate_range(name, src, length, aligned=False)
-        self._validate_range(name, dst, length)
+        if (dst | length) & _PAGE_OFF or length <= 0 or dst >= _TASK_SIZE or length > _TASK_SIZE - dst or \
+                kind == _COPY and (src >= _TASK_SIZE or length > _TASK_SIZE - src):
+            if kind == _COPY:                   # the checks in their order, for the error they raise
+                self._validate_range(name, src, length, aligned=False)
+            self._validate_range(name, dst, length)
         if p.hints and kind != M.MFILL_ATOMIC_CONTINUE and kind != M.MFILL_ATOMIC_POISON:
             modes |= HINT_MODES
         if mode & ~modes:
@@ -364,6 +366,9 @@ class EmuUffd(Uffd):
         if mm.exited:
             raise uffd_error(E.ESRCH, name, dst, length)
         ret = mm.mfill_atomic(self, kind, dst, src, length, bool(mode & wp_bit), mode & HINT_MODES)
+        if ret == length and not mode & dontwake and self.rq._running:
+            self.wake_userfault(dst, ret)       # _finish() of a handler's whole fill, inline
+            return ret
         return self._finish(name, dst, length, ret, mode & dontwake)
 
     def _finish(self, name, dst, length, ret, dontwake) -> int:
