@@ -43,7 +43,7 @@ from pathlib import Path
 import pytest
 
 from conftest import (SWAP_SIZE, active_swaps, alone_in_a_gib, assert_steps_agree, drain_events, hugetlb_reason,
-                      make_backend, zero_pfn)
+                      make_backend, require_kernel, zero_pfn)
 from uffdctl import uapi
 from uffdctl.backend import HandlerPolicy, MemType
 from uffdctl.errors import OutOfMemory, UffdError
@@ -1418,7 +1418,20 @@ def test_sequences_the_soak_found(path, host_swap_module):
     seed would not meet them again."""
     seq = json.loads(path.read_text())
     print(render(seq))
-    Runner().run(seq)
+    pool = HugetlbPoolKeeper()
+    try:
+        if any(_mt(g["type"]).hugetlb for g in seq["regions"]):
+            pool.top_up()        # a fresh machine reserves none: as root, reserve what the replay maps
+            kb = make_backend("kernel")
+            try:
+                reason = hugetlb_reason(kb)
+            finally:
+                kb.close()
+            if reason is not None:
+                require_kernel(f"a hugetlb region: {reason}")
+        Runner().run(seq)
+    finally:
+        pool.restore()
 
 
 # A hand-written sequence the shmem un-protect rule decides (spec §2.3.6): write, WP, un-WP, write.

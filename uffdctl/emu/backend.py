@@ -58,7 +58,7 @@ class EmuAccess(Access):
         self._fill_byte = bytes((fill & 0xFF,))   # a write without data writes this byte
         self._want = want_data and not write
         self._buf = bytearray()
-        self._segs = list(_segments(addr, length, stride))
+        self._segs = _segments(addr, length, stride)
         self._pos = 0            # offset of the current segment into the caller's buffer
         self._i = 0
         # 0: a new hardware fault (per-VMA lock); after a userfault wake the fault handler retries
@@ -154,18 +154,17 @@ class EmuAccess(Access):
         return self._res
 
 
-def _segments(addr, length, stride):
+def _segments(addr, length, stride) -> list:
     """(address, offset into the buffer, length) runs, split at 4 KiB boundaries, in address order."""
     if stride:
-        for off in range(0, length, stride):
-            yield addr + off, off, 1
-        return
-    off = 0
+        return [(addr + off, off, 1) for off in range(0, length, stride)]
+    out, off = [], 0
     while off < length:
         a = addr + off
         n = min(length - off, uapi.PAGE_SIZE - a % uapi.PAGE_SIZE)
-        yield a, off, n
+        out.append((a, off, n))
         off += n
+    return out
 
 
 class EmuThread(Thread):
