@@ -817,15 +817,15 @@ class KernelBackend(KernelMm, Backend):
             "category_anyof_mask": category_anyof_mask, "return_mask": return_mask})
         out = ffi.new("struct page_region **")
         n = lib.uffdctl_scan_all(self._pagemap_fd, arg, max_pages, out)
-        try:
+        if n <= 0:
+            lib.uffdctl_free(out[0])
             if n < 0:
                 raise uffd_error(-n, "PAGEMAP_SCAN", start, end - start)
-            flat = array("Q")
-            if n:
-                flat.frombytes(ffi.buffer(out[0], n * 24))
-        finally:
-            lib.uffdctl_free(out[0])
-        return ScanResult(RegionArray(flat), arg.walk_end)
+            return ScanResult(RegionArray(array("Q")), arg.walk_end)
+        # the regions stay where C put them, read in place ('Q' words; freed with the last view of them): a
+        # copy into an array('Q') was 3 MiB more of fresh memory for 1 GiB written every other page, 0.3-1 ms
+        regions = ffi.gc(out[0], lib.uffdctl_free, n * 24)
+        return ScanResult(RegionArray(memoryview(ffi.buffer(regions, n * 24)).cast("Q")), arg.walk_end)
 
     def soft_dirty(self) -> SoftDirtyProbe:
         if self._sd is None:

@@ -190,13 +190,14 @@ class AccessResult:
 
 
 class RegionArray(Sequence):
-    """PAGEMAP_SCAN regions held as one ``array('Q')`` (start, end, categories per region): a
-    ``(start, end, categories)`` tuple is made only when one is asked for.  Compares equal to any
+    """PAGEMAP_SCAN regions held as one sequence of 64-bit words (start, end, categories per region: an
+    ``array('Q')``, or a ``memoryview`` cast to 'Q' over the buffer the kernel backend's C loop filled):
+    a ``(start, end, categories)`` tuple is made only when one is asked for.  Compares equal to any
     sequence of the same tuples."""
 
     __slots__ = ("flat",)
 
-    def __init__(self, flat: array):
+    def __init__(self, flat):
         self.flat = flat
 
     def __len__(self) -> int:
