@@ -447,9 +447,18 @@ class EmuUffd(Uffd):
             raise uffd_error(E.EBADF, "read")
         if not self._initialized:
             raise uffd_error(E.EINVAL, "read")
+        pending = self.pending
+        if len(pending) == 1 and not self.event_q and max > 0:   # one fault queued (a round trip): the loops
+            w = pending.pop()                                      # below, inline
+            w.read = True
+            self.waiting.append(w)
+            msg = w.msg
+            msg.ts_ns = _monotonic_ns()
+            if self._signalled:             # nothing left to read
+                self._readable_changed()
+            return [msg]
         out = []
         ts = _monotonic_ns()
-        pending = self.pending
         while pending and len(out) < max:   # userfaultfd_ctx_read(): page faults first, then events
             w = pending.pop(0)
             w.read = True
