@@ -244,12 +244,6 @@ class KernelUffd(Uffd):
         if b[2] < max:
             b = self._newbuf(max)
         r = self._read(self.fd, b[0], max << 5)
-        if r == 32:  # one message (a select/poll loop's round trip): decoded here, as in wait_msgs()
-            ev, a0, a1, a2 = _unpack_msg(b[1], 0)
-            bufs.append(b)
-            if ev == _PF:
-                return [UffdMsg(ev, a0, a1, a2 & _M32, 0, 0, 0, 0, 0, 0, _mono())]
-            return [_decode_event(ev, a0, a1, a2, _mono())]
         return self._decoded(b, r, E.EAGAIN)
 
     def wait_msgs(self, timeout: float | None = None, max: int = 64) -> list[UffdMsg]:
