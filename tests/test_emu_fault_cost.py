@@ -22,12 +22,12 @@ PS = uapi.PAGE_SIZE
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts"))
 from bench_emu import python_cost as cost  # noqa: E402
 PAGES = 256
-# measured per fault (src untouched / populated): 21 calls, 286 lines / 22, 289 with the per-fault objects made
+# measured per fault (src untouched / populated): 25 calls, 293 lines / 26, 296 with the per-fault objects made
 # in C (uffdctl._slots: their constructors are no Python calls), a TLB-hit source read inline in
-# mfill_atomic_anon(), and page_at() + Folio.write(), the range checks and _finish() of _mfill(),
-# do_anonymous_page()'s userfault, EmuUffd.copy() and read_msgs()' lone fault inline where the round trip
-# calls them; 26, 322 / 26, 313 without the C makers (UFFDCTL_NO_FASTPATH=1); 30, 314 / 30, 312 before those
-# inlinings; 30, 313 / 34, 339 before the inline read; 41, 367 / 43, 367 before that; 54 / ~390 before that
+# mfill_atomic_anon(), and page_at() + Folio.write() of a fresh page, _finish() of a handler's whole fill and
+# read_msgs()' lone fault inline where the round trip calls them; 30, 329 / 30, 320 without the C makers
+# (UFFDCTL_NO_FASTPATH=1); 30, 314 / 30, 312 before those inlinings; 30, 313 / 34, 339 before the inline read;
+# 41, 367 / 43, 367 before that; 54 / ~390 before that
 CALLS_PER_FAULT, LINES_PER_FAULT = 32, 345
 
 

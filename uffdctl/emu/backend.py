@@ -29,7 +29,7 @@ from . import mm as M
 from .fs.proc import task_mmu
 from .mm.khugepaged import NotModelledCollapse
 from .mm.madvise import MADV_NOT_MODELLED
-from .fs.userfaultfd import _COPY, _COPY_DONTWAKE, _COPY_MODES, _COPY_WP, EmuUffd
+from .fs.userfaultfd import EmuUffd
 from .kernel.fork import dup_mmap
 from .process import EmuCall, EmuProcess, _ForkAccess
 from .profiles import DEFAULT_PROFILE, get_profile
@@ -365,9 +365,8 @@ class EmuHandler(Handler):
             return "queue", -E.EFAULT, 0       # outside the copy source: left to the user, as the native handler
         for _ in _TWICE:
             try:
-                if action == "copy":           # _call("copy") -> EmuUffd.copy(), inline: the MISSING round trip
-                    r = u._mfill("UFFDIO_COPY", _COPY, page, p.src + (page - p.base), p.page_size, p.copy_mode,
-                                 _COPY_MODES, _COPY_DONTWAKE, _COPY_WP)
+                if action == "copy":           # _call("copy"), inline: the MISSING round trip
+                    r = u.copy(page, p.src + (page - p.base), p.page_size, p.copy_mode)
                 else:
                     r = self._call(action, page)
                 return action, 0, r or 0

@@ -354,11 +354,9 @@ class EmuUffd(Uffd):
         p = mm.profile
         if self.event_q or self.changing > 0:   # mmap_changing
             raise uffd_error(E.EAGAIN, name, dst, length, -E.EAGAIN if p.early_eagain_result else None)
-        if (dst | length) & _PAGE_OFF or length <= 0 or dst >= _TASK_SIZE or length > _TASK_SIZE - dst or \
-                kind == _COPY and (src >= _TASK_SIZE or length > _TASK_SIZE - src):
-            if kind == _COPY:                   # the checks in their order, for the error they raise
-                self._validate_range(name, src, length, aligned=False)
-            self._validate_range(name, dst, length)
+        if kind == _COPY:
+            self._validate_range(name, src, length, aligned=False)
+        self._validate_range(name, dst, length)
         if p.hints and kind != M.MFILL_ATOMIC_CONTINUE and kind != M.MFILL_ATOMIC_POISON:
             modes |= HINT_MODES
         if mode & ~modes:

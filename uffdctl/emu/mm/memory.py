@@ -68,17 +68,8 @@ class Memory:
                 vmf.orig_pte = pte = self.ptes.get(addr)     # split: the PTE level sees the new PTE
                 if pte is None:
                     return self.do_pte_missing(vmf)
-            elif vma.file is not None:                       # do_pte_missing(), inline
-                return self.do_fault(vmf)
-            elif flags & VM_UFFD_MISSING:
-                # do_anonymous_page() up to its userfaultfd_missing(), inline: the MISSING round trip
-                if addr >> 21 not in self.pgtables:
-                    self.pte_alloc(addr)
-                if write and vma.anon_vma is None:
-                    self.anon_vma_prepare(vma)
-                return vma.ctx.handle_userfault(vmf, VM_UFFD_MISSING)
-            else:
-                return self.do_anonymous_page(vmf)
+            else:                                            # do_pte_missing(), inline
+                return self.do_anonymous_page(vmf) if vma.file is None else self.do_fault(vmf)
         if pte.swp is not None:
             return self.do_swap_page(vmf)
         if pte.page is None:            # !pte_present(): a marker
