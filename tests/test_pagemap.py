@@ -301,6 +301,22 @@ def test_scan_all_live_no_duplicates(kernel_backend, vec_len):
         assert got.regions == want[:budget] and got.regions[-1] == want[budget - 1]
 
 
+def test_scan_all_regions_outlive_the_call(kernel_backend):
+    """The kernel backend's scan_all hands back the C loop's own buffer (no copy): it must stay valid, and hold
+    the same regions, after the call, the ScanResult and a collection are gone and the allocator reused memory."""
+    import gc
+    b = kernel_backend
+    r = b.mmap(512 * P, "anon")
+    b.thread("w").access(r.addr, r.len, True, fill=1, stride=2 * P).wait(30)
+    regions = pagemap.scan_all(b, r.addr, r.end, category_mask=C.PRESENT, return_mask=C.PRESENT).regions
+    gc.collect()
+    churn = [bytes(24 * 256) for _ in range(256)]     # the size of the result, many times: a freed buffer is reused
+    want = [(r.addr + i * P, r.addr + (i + 1) * P, C.PRESENT) for i in range(0, 512, 2)]
+    assert len(churn) == 256 and list(regions) == want and regions[-1] == want[-1] and regions == want
+    empty = pagemap.scan_all(b, r.addr + P, r.addr + 2 * P, category_mask=C.PRESENT).regions
+    assert len(empty) == 0 and list(empty) == [] and empty == []
+
+
 def test_the_tools_own_pages_never_merge_into_a_region(kernel_backend):
     """A page the tool maps for itself ("__" names: the zero-PFN probe, scratch, the LRU drain page) right next
     to a session region stays a VMA of its own (VM_DONTDUMP).  Merged, the region took the new VMA's
