@@ -312,12 +312,14 @@ def main(argv=None) -> int:
     load0 = os.getloadavg()
     med = statistics.median
     runs = [ranged(a.pages) for _ in range(a.rounds)]
+    rt = round_trips(a.pages // 2, a.rounds)
     for k in ("missing_round_trips", "missing_round_trips_src_populated"):
-        rt = [missing_round_trips(a.pages // 2, populated=k.endswith("populated")) for _ in range(a.rounds)]
-        for x, v in zip(runs, rt):
+        for x, v in zip(runs, rt[k + "_runs"]):
             x[k] = v
     res = {"ranged": {k: med(x[k] for x in runs) for k in runs[0]},
-           "ranged_best": {k: max(x[k] for x in runs) for k in runs[0]}, "ranged_runs": runs}
+           "ranged_best": {k: max(x[k] for x in runs) for k in runs[0]}, "ranged_runs": runs,
+           "flat_floor": rt["flat_floor"], "flat_floor_runs": rt["flat_floor_runs"],
+           "round_trip_cost": rt["cost"], "round_trip_cost_src_populated": rt["cost_src_populated"]}
     diff = [differential_emu_side(a.sequences, a.tests) * 1e3 for _ in range(a.rounds)]
     res["differential_emu_side_ms"], res["differential_emu_side_ms_best"] = med(diff), min(diff)
     sparse = [sparse_tib(cpu) for _ in range(a.rounds)]
@@ -345,6 +347,9 @@ def main(argv=None) -> int:
         best = res["ranged_best"][k]
         print((f"  {k:36s} {v:12,.0f} {f'({best:,.0f})':>12s}" if k != "tlb_flushes" else f"  {k:36s} {v:12.0f}")
               + mark(k))
+    floor_best = f"({max(res['flat_floor_runs']):,.0f})"
+    print(f"  {'round trip state changes, flat (floor)':36s} {res['flat_floor']:12,.0f} {floor_best:>12s}"
+          "  (not the model: how fast this machine runs such Python now)")
     print(f"  {'differential sequence, emulator side':36s} {res['differential_emu_side_ms']:8.2f} ms CPU "
           f"({res['differential_emu_side_ms_best']:.2f}; {a.sequences} seed-1 sequences)")
     s, sb, m = res["sparse_1TiB_cpu_s"], res["sparse_1TiB_cpu_s_best"], res["sparse_1TiB_peak_bytes"]
