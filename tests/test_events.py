@@ -11,6 +11,7 @@ import pytest
 from conftest import make_backend, registered
 from uffdctl import uapi
 from uffdctl.backend import Handler
+from uffdctl.emu.backend import EmuHandler
 from uffdctl.handler import NativeHandler
 from uffdctl.session.commands import execute
 from uffdctl.session.state import SessionState
@@ -19,19 +20,49 @@ from uffdctl.types import HandledEvent, HandlerPolicy, UffdMsg
 P = uapi.PAGE_SIZE
 
 
-def test_native_log_numbers_survive_overwrites():
-    """A ring of 8 entries, 64 zeropage faults: the 8 left are seq 57-64 and stats say 56 dropped."""
-    b = make_backend("kernel")
+def _ring_of_8(name):
+    """64 zeropage faults through a handler whose log keeps 8: the seqs left, and the stats."""
+    b = make_backend(name)
     try:
         r, u = registered(b, pages=64, mode=int(uapi.RegisterMode.MISSING))
-        h = NativeHandler(u, HandlerPolicy(missing="zeropage"), log_cap=8)
+        policy = HandlerPolicy(missing="zeropage")
+        h = NativeHandler(u, policy, log_cap=8) if name == "kernel" else EmuHandler(b, u, policy, log_cap=8)
         h.start()
         acc = b.thread("t").access(r.addr, r.len, False, stride=P)
         assert acc.wait(30), "the zeropage handler did not resolve the touch"
         h.stop()
-        evs = h.events()
-        assert [e.seq for e in evs] == list(range(57, 65)), [e.seq for e in evs]
-        assert h.stats()["dropped"] == 56 and h.stats()["msgs"] == 64
+        seqs = [e.seq for e in h.events()]
+        st = h.stats()
+        again = [e.seq for e in h.events()]
+        return seqs, st["dropped"], st["msgs"], again
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("name", ["kernel", "emu"])
+def test_log_numbers_survive_overwrites(name):
+    """A ring of 8 entries, 64 zeropage faults: the 8 left are seq 57-64 and stats say 56 dropped -- the
+    emulator's handler keeps the native ring's bound and numbers, so a session reports the same gap."""
+    seqs, dropped, msgs, again = _ring_of_8(name)
+    assert seqs == list(range(57, 65)), seqs
+    assert (dropped, msgs) == (56, 64)
+    assert again == []
+
+
+def test_emu_log_numbers_continue_across_drains():
+    """Drained in two halves, the numbers go on where the first drain stopped; nothing is dropped."""
+    b = make_backend("emu")
+    try:
+        r, u = registered(b, pages=8, mode=int(uapi.RegisterMode.MISSING))
+        h = EmuHandler(b, u, HandlerPolicy(missing="zeropage"), log_cap=8)
+        h.start()
+        t = b.thread("t")
+        assert t.access(r.addr, 4 * P, False, stride=P).wait(5)
+        first = [e.seq for e in h.events()]
+        assert t.access(r.addr + 4 * P, 4 * P, False, stride=P).wait(5)
+        second = [e.seq for e in h.events()]
+        h.stop()
+        assert (first, second, h.stats()["dropped"]) == ([1, 2, 3, 4], [5, 6, 7, 8], 0)
     finally:
         b.close()
 

@@ -238,12 +238,17 @@ class EmuJobThread:
 class EmuHandler(Handler):
     """Resolves faults by policy as they are queued (from the backend's pump), like the native handler."""
 
-    def __init__(self, backend, uffd: EmuUffd, policy: HandlerPolicy, batch: int = 16):
+    def __init__(self, backend, uffd: EmuUffd, policy: HandlerPolicy, batch: int = 16, log_cap: int = 65536):
         self._b = backend
         self.uffd = uffd
         self.policy = policy
         self._batch = batch
+        # the native handler's bounded ring (cdefs/uffdctl_handler.c): the newest ``log_cap`` entries are
+        # kept, older ones are dropped and counted; each entry's ``seq`` is its position in the stream
+        # (1-based), given as it is drained -- the fault path pays one length test per batch, not per entry
+        self.log_cap = log_cap
         self._log: list[HandledEvent] = []
+        self._log_base = 0       # entries before self._log[0]: drained or dropped
         self._stats = {"msgs": 0, "resolved": 0, "errors": 0, "dropped": 0, "reads": 0}
         self._queued: list = []
         self.running = False
@@ -303,6 +308,15 @@ class EmuHandler(Handler):
                     self._log.append(HandledEvent(m, "queue"))
                 else:
                     self._log.append(HandledEvent(m, "event"))
+            self._trim_log()
+
+    def _trim_log(self) -> None:
+        """The ring overwrites its oldest entries: keep the newest ``log_cap``, count the rest dropped."""
+        n = len(self._log) - self.log_cap
+        if n > 0:
+            del self._log[:n]
+            self._log_base += n
+            self._stats["dropped"] += n
 
     def _zero_page(self) -> int:
         """The zero-filled source of a release (the native handler's fill page, memset to 0)."""
@@ -335,6 +349,8 @@ class EmuHandler(Handler):
             if action == "queue":
                 self._queued.append(m)
             log.append(_handled(m, action, err, result))
+        if len(log) > self.log_cap:
+            self._trim_log()
         return True
 
     def _call(self, action: str, page: int):
@@ -388,6 +404,10 @@ class EmuHandler(Handler):
 
     def events(self) -> list[HandledEvent]:
         out, self._log = self._log, []
+        base = self._log_base
+        for i, ev in enumerate(out, base + 1):
+            ev.seq = i
+        self._log_base = base + len(out)
         return out
 
     def stats(self) -> dict:
