@@ -34,6 +34,12 @@ def _series(release: str) -> str:
     return ".".join(release.split("-")[0].split("+")[0].split(".")[:2])
 
 
+def _release_profile(rec: dict) -> str:
+    """The profile of a recorded kernel's release ("6.1.192", its sublevel read from /proc/version)."""
+    from uffdctl.kernel import parse_version
+    return "%d.%d.%d" % parse_version(rec["release"], rec.get("kernel", ""))
+
+
 def test_recorded_kernels_cover_the_guest_kernels():
     """A recording for each kernel the vmtest matrix boots (6.1, 6.12) and for the host's series."""
     series = {_series(_load(p)["release"]) for p in RECORDED}
@@ -44,8 +50,8 @@ def test_recorded_kernels_cover_the_guest_kernels():
 def test_profile_probes_match_the_recorded_kernel(path):
     """Every probe of the profile's twin gives what the real kernel gave."""
     rec = _load(path)
-    profile = _series(rec["release"])
-    assert profile in PROFILES, f"no emulator profile for {rec['release']} ({rec['kernel']})"
+    assert _series(rec["release"]) in PROFILES, f"no emulator profile for {rec['release']} ({rec['kernel']})"
+    profile = _release_profile(rec)
     b = EmuBackend(profile=profile, soft_dirty=rec["soft_dirty"])
     try:
         got = profile_probe.run(b)
@@ -62,7 +68,7 @@ def test_repro_verdicts_match_the_recorded_kernel(path):
     """``uffdctl repro all --backend emu --profile SERIES`` gives the verdicts the real kernel gave, case for
     case (soft-dirty as that kernel had it)."""
     rec = _load(path)
-    profile = _series(rec["release"])
+    profile = _release_profile(rec)
     sd = "on" if rec["soft_dirty"] else "off"
     r = subprocess.run([sys.executable, "-m", "uffdctl", "-j", "repro", "all", "--backend", "emu",
                         "--profile", profile, "--soft-dirty", sd],
@@ -87,14 +93,14 @@ def test_repro_verdicts_match_the_recorded_kernel(path):
 
 @pytest.mark.kernel
 def test_profile_probes_match_this_kernel():
-    """Live: the running kernel and the profile of its series (in a vmtest guest: 6.1, 6.12) agree on
-    every probe."""
+    """Live: the running kernel and the profile of its release (in a vmtest guest: 6.1.x, 6.12.x: the
+    series' profile less the stable backports that release lacks) agree on every probe."""
     from conftest import require_kernel  # noqa: F401  (kernel-marked: skips with its reason without one)
     kb = make_backend("kernel")
     try:
         d = kb.describe()
-        profile = _series(d["release"])
-        if profile not in PROFILES:
+        profile = d["version"]
+        if _series(profile) not in PROFILES:
             pytest.skip(f"no emulator profile for kernel {d['release']} (profiles: {', '.join(PROFILES)})")
         want = profile_probe.run(kb)
         sd = bool(d.get("soft_dirty"))
@@ -177,3 +183,124 @@ def test_session_soft_dirty_switch(tmp_path):
         assert sel["soft_dirty"] == 0 and "CONFIG_MEM_SOFT_DIRTY=n" in sel["soft_dirty_reason"], sel
     finally:
         run("session", "stop", "sd")
+
+
+# -- a release of a series: the series' profile less the stable backports that release lacks -------------
+
+def test_release_profiles_take_back_the_later_backports():
+    """STABLE_BACKPORTS agrees with the series' profiles (held to a release that has every backport listed)
+    and a release profile has each backport from its sublevel on, the earlier value before it."""
+    from uffdctl.emu.profiles import STABLE_BACKPORTS, get_profile, split_release
+    for series, backports in STABLE_BACKPORTS.items():
+        base = PROFILES[series]
+        top = split_release(base.release)[1]
+        assert get_profile(base.release).switches() == base.switches()
+        for sub, change, sw in backports:
+            assert sub <= top, f"{change}: {series}.{sub} is after the release {base.release} the profile models"
+            for k, (before, after) in sw.items():
+                assert before != after and getattr(base, k) == after, (series, change, k)
+                assert getattr(get_profile(f"{series}.{sub}"), k) == after, (series, sub, k)
+                assert getattr(get_profile(f"{series}.{sub - 1}"), k) == before, (series, sub - 1, k)
+
+
+def test_the_6_1_176_release_profile():
+    """Debian's 6.1.0-50 (6.1.176) predates the two 6.1.191 backports: mremap() keeps a moved PTE's uffd-wp
+    bit and close() leaves uffd-wp PTEs as they are (measured in the 6.1.176 guest: the differential's
+    seed 3, now tests/data/differential/mremap-keeps-uffd-wp-before-6.1.191.json)."""
+    from uffdctl.emu.profiles import get_profile
+    p = get_profile("6.1.176")
+    assert (p.name, p.release) == ("6.1.176", "6.1.176")
+    base = PROFILES["6.1"].switches()
+    assert {k for k, v in p.switches().items() if v != base[k]} == {"mremap_clear_uffd_wp", "release_resets_wp"}
+    assert get_profile("6.1.176", per_vma_lock=True).per_vma_lock is True     # switches still apply on top
+    assert get_profile("6.1.200").switches() == base     # later than the profile's release: no backport known
+
+
+@pytest.mark.parametrize("bad", ["6.3.1", "6.1.x", "6.1.", "seven", "rfc-hints.1"])
+def test_release_profile_names_that_are_not(bad):
+    from uffdctl.emu.profiles import get_profile, is_profile
+    assert not is_profile(bad)
+    with pytest.raises(ValueError, match="unknown emulator profile"):
+        get_profile(bad)
+
+
+def test_mirror_profile_names_the_release_only_where_it_differs():
+    from uffdctl.repro import mirror_profile
+    assert mirror_profile("6.1.0-50-amd64", "6.1.176") == "6.1.176"
+    assert mirror_profile("6.1.0-57-amd64", "6.1.192") == "6.1"
+    assert mirror_profile("6.18.44-fc-v1045", "6.18.44") == "6.18"
+    assert mirror_profile("6.18.20", "6.18.20") == "6.18.20"
+    assert mirror_profile("5.10.0-30-amd64", "5.10.218") == "6.18"      # a series not modelled: the default
+
+
+def test_run_with_a_release_profile_from_the_shell(tmp_path):
+    """``--profile 6.1.176`` from the shell: the backend line says which profile ran; a release of a series
+    not modelled is a one-line usage error."""
+    f = tmp_path / "sd.uffd"
+    f.write_text(SOFT_DIRTY_SCRIPT)
+    r = _uffdctl("-j", "run", "--backend", "emu", "--profile", "6.1.176", "--soft-dirty", "on", str(f))
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert '"6.1.176"' in r.stdout, doc
+    r = _uffdctl("run", "--backend", "emu", "--profile", "6.3.1", str(f))
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "6.3.1" in r.stderr, r.stderr
+
+
+def _mremap_keeps_uffd_wp(profile: str) -> bool:
+    """The 6.1.176 guest's differential seed 3: a COPY_MODE_WP page of a WP-registered private shmem mapping,
+    then mremap(MAYMOVE|FIXED) one page longer without EVENT_REMAP; does the moved PTE keep uffd-wp?"""
+    from uffdctl import pagemap, uapi
+    from uffdctl.backend import MemType
+    ps = uapi.PAGE_SIZE
+    b = EmuBackend(profile=profile)
+    try:
+        r = b.mmap(4 * ps, MemType.SHMEM_PRIVATE)
+        s = b.mmap(ps, MemType.ANON)
+        b.write(s.addr, b"s")
+        u = b.userfaultfd()
+        u.api(0)
+        u.register(r.addr, r.len, uapi.RegisterMode.WP)
+        u.copy(r.addr + 2 * ps, s.addr, ps, uapi.CopyMode.WP)
+        new = b.mmap(5 * ps, MemType.ANON)
+        b.mremap(r.addr, r.len, 5 * ps, uapi.MREMAP_MAYMOVE | uapi.MREMAP_FIXED, new.addr)
+        e = pagemap.read(b, new.addr + 2 * ps, 1)[0]
+        assert e.present
+        return bool(e.uffd_wp)
+    finally:
+        b.close()
+
+
+def _hugetlb_write_after_close_spins(profile: str) -> bool:
+    """The 6.1.176 guest's differential seed 77: a write blocked in a MISSING fault of a hugetlb page that is
+    then write-protected (a uffd-wp marker), and the uffd closed: does the released write fault forever?"""
+    from uffdctl import uapi
+    from uffdctl.backend import MemType
+    hp = 2 << 20
+    b = EmuBackend(profile=profile)
+    try:
+        r = b.mmap(2 * hp, MemType.HUGETLB)
+        u = b.userfaultfd()
+        u.api(0)
+        R = uapi.RegisterMode
+        u.register(r.addr, r.len, R.MISSING | R.WP | R.MINOR)
+        acc = b.thread("t1").access(r.addr + hp, 1, True, fill=0x53)
+        assert not acc.wait(0)
+        u.writeprotect(r.addr + hp, hp, uapi.WriteprotectMode.WP)
+        u.close()
+        done = acc.wait(0)
+        assert done != bool(acc.spinning)
+        return not done
+    finally:
+        b.close()
+
+
+@pytest.mark.parametrize("profile,kept,spins", [("6.1.176", True, True), ("6.1", False, False),
+                                                ("6.1.191", False, False), ("6.18", False, False)])
+def test_the_6_1_191_backports_by_release(profile, kept, spins):
+    """What the 6.1.176 guest showed against 6.1.192: before 6.1.191 mremap() keeps the moved PTE's uffd-wp bit
+    (0cef0bb836e3 not yet backported) and close() leaves a uffd-wp marker, so a hugetlb write released by the
+    close faults forever (hugetlb_wp() never CoWs a uffd-wp page; "mm/userfaultfd: reset ptes when close()
+    for wr-protected ones" not yet backported)."""
+    assert _mremap_keeps_uffd_wp(profile) is kept
+    assert _hugetlb_write_after_close_spins(profile) is spins

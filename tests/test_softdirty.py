@@ -20,9 +20,7 @@ and would read soft-dirty as a whole.
 from __future__ import annotations
 
 import os
-import platform
 import random
-import re
 from dataclasses import dataclass
 
 import pytest
@@ -30,34 +28,10 @@ import pytest
 from conftest import feature_reason, make_backend, require_softdirty
 from uffdctl import pagemap, uapi
 from uffdctl.backend import MemType
+from uffdctl.kernel import parse_version, running_version
 
 PS = uapi.PAGE_SIZE
 INF = (999,)
-
-
-# -- the running kernel ----------------------------------------------------------------------
-
-def parse_version(release: str, proc_version: str = "") -> tuple[int, int, int]:
-    """(major, minor, sublevel).  Debian's ``uname -r`` is "6.1.0-56-amd64" for 6.1.192; the real
-    sublevel is in /proc/version ("... Debian 6.1.192-2 ..."), so that wins when present."""
-    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
-    if not m:
-        raise ValueError(f"cannot parse a kernel version from {release!r}")
-    v = tuple(int(x or 0) for x in m.groups())
-    # /proc/version also names the compiler ("gcc-12 (Debian 12.2.0-14) ..."): take the one matching uname
-    for d in re.findall(r"Debian (\d+)\.(\d+)\.(\d+)", proc_version):
-        if tuple(map(int, d[:2])) == v[:2]:
-            return tuple(map(int, d))
-    return v
-
-
-def running_version() -> tuple[int, int, int]:
-    try:
-        with open("/proc/version") as f:
-            pv = f.read()
-    except OSError:
-        pv = ""
-    return parse_version(platform.release(), pv)
 
 
 @dataclass(frozen=True)
@@ -408,16 +382,18 @@ DIFF_EXAMPLES = int(os.environ.get("UFFDCTL_DIFF_KERNEL_EXAMPLES", "100"))
 
 def _this_kernels_runner():
     """(runner, label, offered features) for a differential against the running kernel with the emulator
-    profile named after it (UFFDCTL_EMU_PROFILE / UFFDCTL_EMU_SWITCHES for a kernel vmtest built with
-    patches: its twin profile and the switches the patches turn) and its soft-dirty configuration; skips
-    where no profile is named after the kernel."""
+    profile of its release (6.1.176: the 6.1 profile less the stable backports 6.1.176 lacks;
+    UFFDCTL_EMU_PROFILE / UFFDCTL_EMU_SWITCHES for a kernel vmtest built with patches: its twin profile and
+    the switches the patches turn) and its soft-dirty configuration; skips where no profile models the
+    kernel's series."""
     import test_differential as td
     from uffdctl.emu import PROFILES, EmuBackend
+    from uffdctl.emu.profiles import is_profile
 
-    series = os.environ.get("UFFDCTL_EMU_PROFILE") or "%d.%d" % running_version()[:2]
+    series = os.environ.get("UFFDCTL_EMU_PROFILE") or "%d.%d.%d" % running_version()
     switches = {k: bool(int(v)) for k, v in (kv.split("=", 1) for kv in
                                               os.environ.get("UFFDCTL_EMU_SWITCHES", "").split(",") if kv)}
-    if series not in PROFILES:
+    if not is_profile(series):
         pytest.skip(f"no emulator profile for kernel {series} (profiles: {', '.join(PROFILES)})")
     probe = make_backend("kernel")   # closed before the sequences run: they alone own the process
     try:

@@ -87,6 +87,31 @@ def _decode_event(ev: int, a0: int, a1: int, a2: int, ts_ns: int) -> UffdMsg:
     return UffdMsg(ev, 0, 0, 0, 0, 0, 0, 0, a0, a1, ts_ns)  # REMOVE, UNMAP: start, end
 
 
+def parse_version(release: str, proc_version: str = "") -> tuple[int, int, int]:
+    """(major, minor, sublevel).  Debian's ``uname -r`` is "6.1.0-50-amd64" for 6.1.176: the real sublevel
+    is in /proc/version ("... Debian 6.1.176-1 ..."), which wins when it names the same series."""
+    import re
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
+    if not m:
+        raise ValueError(f"cannot parse a kernel version from {release!r}")
+    v = tuple(int(x or 0) for x in m.groups())
+    # /proc/version also names the compiler ("gcc-12 (Debian 12.2.0-14) ..."): take the one matching uname
+    for d in re.findall(r"Debian (\d+)\.(\d+)\.(\d+)", proc_version):
+        if tuple(map(int, d[:2])) == v[:2]:
+            return tuple(map(int, d))
+    return v
+
+
+def running_version() -> tuple[int, int, int]:
+    """The running kernel's upstream version, sublevel included (see parse_version())."""
+    try:
+        with open("/proc/version") as f:
+            pv = f.read()
+    except OSError:
+        pv = ""
+    return parse_version(platform.release(), pv)
+
+
 def open_error_hint(err: int, via: str) -> str:
     """Why a uffd could not be opened, and what cures it."""
     if via == "dev":
@@ -489,8 +514,8 @@ class KernelBackend(KernelMm, Backend):
         if self._features is None:
             self._features = self.probe_features()
         sd = self.soft_dirty()
-        return {"backend": self.name, "release": platform.release(), "machine": platform.machine(),
-                "profile": None, "soft_dirty": sd.available, "soft_dirty_reason": sd.reason,
+        return {"backend": self.name, "release": platform.release(),
+                "version": "%d.%d.%d" % running_version(), "machine": platform.machine(), "profile": None, "soft_dirty": sd.available, "soft_dirty_reason": sd.reason,
                 "features": self._features, "user_mode_only": int(bool(self.user_mode_only)),
                 "user_mode_only_reason": self.user_mode_only_reason}
 

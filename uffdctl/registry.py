@@ -112,6 +112,30 @@ def emulator_profiles() -> tuple[str, ...]:
     return tuple(PROFILES)
 
 
+def is_emulator_profile(name: str) -> bool:
+    """A profile name, or a release of a modelled series ("6.1.176": the 6.1 profile less later backports)."""
+    from .emu.profiles import is_profile
+    return is_profile(name)
+
+
+def release_lacks_backports(version: str) -> bool:
+    """True when a release ("6.1.176") of a modelled series predates backports its series' profile has."""
+    from .emu.profiles import split_release, taken_back
+    sr = split_release(version)
+    return bool(sr and taken_back(*sr))
+
+
+def profile_series(name: str) -> str:
+    """The profile a release profile derives from ("6.1" for "6.1.176"); any other name is its own."""
+    from .emu.profiles import series_of
+    return series_of(name)
+
+
+def emulator_profiles_help() -> str:
+    from .emu.profiles import profile_names_help
+    return profile_names_help()
+
+
 def default_profile() -> str:
     """The profile the emulator models when none is asked for."""
     from .emu import DEFAULT_PROFILE

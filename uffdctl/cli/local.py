@@ -13,7 +13,8 @@ def _g() -> Globals:
 BACKEND = click.option("--backend", type=click.Choice(["auto", "kernel", "emu"]), default="auto",
                        envvar="UFFDCTL_BACKEND", show_default=True, help="kernel, emulator, or kernel if it can serve")
 PROFILE = click.option("--profile", default=None,
-                       help="emulator profile (6.18, 5.19, rfc-hints, ...); with --backend auto: the emulator")
+                       help="emulator profile (6.18, 5.19, rfc-hints, ..., or a release: 6.1.176 is 6.1 less the "
+                            "stable backports it lacks); with --backend auto: the emulator")
 SOFT_DIRTY = click.option("--soft-dirty", type=click.Choice(["on", "off"]), default=None,
                           help="emulator: model CONFIG_MEM_SOFT_DIRTY on or off (default on); with --backend "
                                "auto: the emulator")

@@ -90,12 +90,11 @@ def repro(name, backend, profiles, soft_dirty, cases, verbose, scenario_dir, var
     bad = [c for c in _split(cases) if c not in known_cases]
     if bad:
         raise click.UsageError(f"unknown case(s) {', '.join(bad)} (valid: {', '.join(sorted(known_cases))})")
-    from ..registry import emulator_profiles
-    PROFILES = emulator_profiles()
+    from ..registry import emulator_profiles_help, is_emulator_profile
     profs = _split(profiles) or R.DEFAULT_PROFILES
-    badp = [p for p in profs if p not in PROFILES]
+    badp = [p for p in profs if not is_emulator_profile(p)]
     if badp:
-        raise click.UsageError(f"unknown profile(s) {', '.join(badp)} (valid: {', '.join(PROFILES)})")
+        raise click.UsageError(f"unknown profile(s) {', '.join(badp)} (valid: {emulator_profiles_help()})")
     if backend == "kernel" and profiles:
         raise click.UsageError("--profile is for the emulator: use --backend emu or both")
     if backend == "kernel" and soft_dirty:
@@ -112,12 +111,12 @@ def repro(name, backend, profiles, soft_dirty, cases, verbose, scenario_dir, var
 def side_by_side(out, path, backend, profiles, variables, watch, soft_dirty=True):
     """``uffdctl repro FILE`` / ``uffdctl run FILE --backend both``."""
     from ..errors import ScriptError, UsageError
-    from ..registry import emulator_profiles
+    from ..registry import emulator_profiles_help, is_emulator_profile
     from ..repro import sidebyside
     from ..script import parse_vars, read_script
-    bad = [p for p in profiles if p not in emulator_profiles()]
+    bad = [p for p in profiles if not is_emulator_profile(p)]
     if bad:
-        raise click.UsageError(f"unknown profile(s) {', '.join(bad)} (valid: {', '.join(emulator_profiles())})")
+        raise click.UsageError(f"unknown profile(s) {', '.join(bad)} (valid: {emulator_profiles_help()})")
     if backend == "kernel" and profiles:
         raise click.UsageError("--profile is for the emulator: use --backend emu or both")
     try:

@@ -12,6 +12,7 @@ uffdctl and are not kernel ABI.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, fields, replace
 
 from .. import uapi
@@ -228,10 +229,73 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
 )}
 DEFAULT_PROFILE = "6.18"
 
+# Stable backports whose first sublevel is known, per series: (sublevel, the change, {switch: (before, after)}).
+# A profile named by a full release, "6.1.176", is its series' profile (which is held to the series'
+# ``release``, 6.1.192) with every backport of a later sublevel taken back: a stable kernel is its series
+# plus what was backported by then.  Found by the 6.1.176 guest (Debian's 6.1.0-50): its mremap() keeps a
+# moved PTE's uffd-wp bit, where 6.1.192's clears it.  Backports of an unrecorded sublevel stay as the
+# series' profile has them (those of 6.12's two 6.15 fixes are among them).
+STABLE_BACKPORTS: dict[str, list[tuple[int, str, dict]]] = {
+    "6.1": [
+        (8, "51d3d5eb74ff (vma_wants_writenotify(): write faults for uffd-wp tracking)",
+         {"writenotify_uffd_wp": (False, True)}),
+        (11, "mm/uffd: fix pte marker when fork() without fork event", {"fork_wp_marker_without_event": (True, False)}),
+        (21, "mm/userfaultfd: propagate uffd-wp bit when PTE-mapping the huge zeropage",
+         {"huge_zeropage_split_keeps_uffd_wp": (False, True)}),
+        (26, "mm/khugepaged: check again on anon uffd-wp during isolation",
+         {"khugepaged_uffd_wp_recheck": (False, True)}),
+        (191, "0cef0bb836e3 mm: clear uffd-wp PTE/PMD state on mremap()", {"mremap_clear_uffd_wp": (False, True)}),
+        (191, "mm/userfaultfd: reset ptes when close() for wr-protected ones", {"release_resets_wp": (False, True)}),
+    ],
+    "6.12": [
+        (11, "0cef0bb836e3 mm: clear uffd-wp PTE/PMD state on mremap()", {"mremap_clear_uffd_wp": (False, True)}),
+    ],
+    "6.18": [
+        (37, "35e247032606 make VM_MAYBE_GUARD copy-on-fork",
+         {"vma_needs_copy": ("uffd_wp|anon_vma", "copy_on_fork")}),
+        (37, "bf14d4a05387 mm: propagate VM_SOFTDIRTY on merge", {"vm_softdirty_sticky_merge": (False, True)}),
+    ],
+}
+
+
+def split_release(name: str) -> tuple[str, int] | None:
+    """("6.1", 176) for "6.1.176" (a trailing "-suffix" allowed), None for a name without a sublevel."""
+    m = re.fullmatch(r"(\d+\.\d+)\.(\d+)(?:[-+~][\w.+~-]*)?", name)
+    return (m.group(1), int(m.group(2))) if m else None
+
+
+def taken_back(series: str, sublevel: int) -> list[tuple[int, str, dict]]:
+    """The backports of ``series`` that ``series.sublevel`` does not have yet."""
+    return [b for b in STABLE_BACKPORTS.get(series, ()) if b[0] > sublevel]
+
+
+def series_of(name: str) -> str:
+    """The profile a release profile derives from ("6.1" for "6.1.176"); any other name is its own."""
+    sr = split_release(name) if name not in PROFILES else None
+    return sr[0] if sr and sr[0] in PROFILES else name
+
+
+def profile_names_help() -> str:
+    return f"{', '.join(PROFILES)}, or a release of a series such as 6.1.176"
+
 
 def get_profile(name: str, **switches) -> Profile:
-    try:
-        p = PROFILES[name]
-    except KeyError:
-        raise ValueError(f"unknown emulator profile {name!r} (valid: {', '.join(PROFILES)})") from None
+    """A profile by name ("6.1", "6.18", "rfc-hints", ...) or by a release of a series ("6.1.176": the 6.1
+    profile less the stable backports after 6.1.176, see STABLE_BACKPORTS), with ``switches`` overridden."""
+    p = PROFILES.get(name)
+    if p is None:
+        sr = split_release(name) if isinstance(name, str) else None
+        if sr is None or sr[0] not in PROFILES:
+            raise ValueError(f"unknown emulator profile {name!r} (valid: {profile_names_help()})") from None
+        series, sub = sr
+        back = {k: before for _, _, sw in taken_back(series, sub) for k, (before, _after) in sw.items()}
+        p = replace(PROFILES[series], name=name, release=name, **back)
     return p.with_(**switches) if switches else p
+
+
+def is_profile(name: str) -> bool:
+    try:
+        get_profile(name)
+    except ValueError:
+        return False
+    return True

@@ -64,27 +64,33 @@ def kernel_facts() -> dict:
         return {"available": False, "reason": str(e), "release": platform.release()}
     try:
         d = b.describe()
-        d = {k: d.get(k) for k in ("release", "machine", "soft_dirty", "soft_dirty_reason", "features")}
+        d = {k: d.get(k) for k in ("release", "version", "machine", "soft_dirty", "soft_dirty_reason", "features")}
         d["available"] = True
         return d
     finally:
         b.close()
 
 
-def mirror_profile(release: str) -> str:
-    """The emulator profile of the kernel's series (6.1, 6.18, ...), else the default (6.18)."""
-    from ..registry import default_profile, emulator_profiles
+def mirror_profile(release: str, version: str | None = None) -> str:
+    """The emulator profile of the running kernel: its series' (6.1, 6.18, ...), or its release's ("6.1.176",
+    ``version`` being the upstream version describe() reads) where that release lacks stable backports the
+    series' profile has; the default (6.18) for a series not modelled."""
+    from ..registry import default_profile, emulator_profiles, release_lacks_backports
     series = ".".join(release.split("-")[0].split(".")[:2])
-    return series if series in emulator_profiles() else default_profile()
+    if series not in emulator_profiles():
+        return default_profile()
+    if version and ".".join(version.split(".")[:2]) == series and release_lacks_backports(version):
+        return version
+    return series
 
 
 def declared_twin() -> tuple[str | None, tuple]:
     """A kernel that is not its series' (a build with patches) names its twin: UFFDCTL_EMU_PROFILE and
     UFFDCTL_EMU_SWITCHES ("name=1,other=0"), which scripts/vmtest sets in the guest of a built kernel."""
     import os
-    from ..registry import emulator_profiles
+    from ..registry import is_emulator_profile
     prof = os.environ.get("UFFDCTL_EMU_PROFILE") or None
-    if prof not in emulator_profiles():
+    if prof is None or not is_emulator_profile(prof):
         return None, ()
     sw = [kv.split("=", 1) for kv in os.environ.get("UFFDCTL_EMU_SWITCHES", "").split(",") if "=" in kv]
     return prof, tuple(sorted((k.strip(), bool(int(v))) for k, v in sw))
@@ -97,7 +103,7 @@ def targets_for(backend: str, profiles: tuple, kernel: dict | None, soft_dirty: 
     twin = None
     if backend == "both" and kernel and kernel.get("available"):
         prof, switches = declared_twin()
-        twin = Target("emu", prof or mirror_profile(kernel["release"]), bool(kernel.get("soft_dirty")),
+        twin = Target("emu", prof or mirror_profile(kernel["release"], kernel.get("version")), bool(kernel.get("soft_dirty")),
                       mirror=True, switches=switches)
         out.append(twin)
     if backend in ("emu", "both"):
@@ -109,16 +115,18 @@ def targets_for(backend: str, profiles: tuple, kernel: dict | None, soft_dirty: 
 
 def applies(case, t: Target) -> bool:
     """Kernel and mirror runs always; other emulator profiles only where the scenario says."""
-    return t.backend == "kernel" or t.mirror or not case.profiles or t.profile in case.profiles
+    if t.backend == "kernel" or t.mirror or not case.profiles:
+        return True
+    from ..registry import profile_series     # a release profile (6.1.176) runs where its series does
+    return t.profile in case.profiles or profile_series(t.profile) in case.profiles
 
 
 def run(scenarios: list[Scenario], backend: str = "both", profiles: tuple = DEFAULT_PROFILES,
         cases: tuple = (), on_run=None, soft_dirty: bool = True) -> Report:
-    from ..registry import emulator_profiles
-    PROFILES = emulator_profiles()
-    bad = [p for p in profiles if p not in PROFILES]
+    from ..registry import emulator_profiles_help, is_emulator_profile
+    bad = [p for p in profiles if not is_emulator_profile(p)]
     if bad:
-        raise ValueError(f"unknown emulator profile(s) {', '.join(bad)} (valid: {', '.join(PROFILES)})")
+        raise ValueError(f"unknown emulator profile(s) {', '.join(bad)} (valid: {emulator_profiles_help()})")
     kernel = kernel_facts() if backend in ("kernel", "both") else None
     rep = Report(backend, kernel, targets_for(backend, profiles, kernel, soft_dirty))
     for sc in scenarios:

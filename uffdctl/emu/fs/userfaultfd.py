@@ -310,9 +310,9 @@ class EmuUffd(Uffd):
             ioctls &= ~int(uapi.Ioctl.CONTINUE)
         return ioctls
 
-    def _clear_vma(self, v) -> None:
-        """userfaultfd_clear_vma(): drop uffd-wp bits and markers, then the flags."""
-        if M.userfaultfd_wp(v):
+    def _clear_vma(self, v, reset_wp: bool = True) -> None:
+        """userfaultfd_clear_vma(): drop uffd-wp bits and markers (``reset_wp``), then the flags."""
+        if reset_wp and M.userfaultfd_wp(v):
             self.mm.uffd_wp_range(v, v.start, v.end, False)
         v.flags &= ~M.VM_UFFD_FLAGS
         v.ctx = None
@@ -517,9 +517,13 @@ class EmuUffd(Uffd):
 
     def userfaultfd_release(self) -> None:
         self.released = True                # ctx->released: an event not queued yet is never sent
+        # before "mm/userfaultfd: reset ptes when close() for wr-protected ones" (6.2; 6.1.191) the VMAs lose
+        # their flags and keep their uffd-wp PTEs and markers: a hugetlb write there then faults forever
+        # (hugetlb_wp() never CoWs a uffd-wp page) [measured: 6.1.176 guest, differential seed 77]
+        reset_wp = self.mm.profile.release_resets_wp
         for v in list(self.mm.vmas):
             if v.ctx is self:
-                self._clear_vma(v)
+                self._clear_vma(v, reset_wp)
         self.mm.merge()
         dropped = [self.event_done.pop(id(m)) for m in self.event_q if id(m) in self.event_done]
         self.event_q.clear()
