@@ -12,6 +12,11 @@
  *                             continuing from walk_end with a VEC-entry vector; prints ns
  *   bench_ref handoff N       N accesses of one page handed to another thread (mutex + condvar) and
  *                             waited for, with getrusage(RUSAGE_THREAD) around each; prints ns per access
+ *   bench_ref wp-touch K STRIDE   what a UFFDIO_WRITEPROTECT leaves behind for the caller: per-page WP on+off
+ *                             over 4096 present pages with K one-byte reads STRIDE bytes apart after each
+ *                             ioctl, the same reads after a UFFDIO_WAKE (changes no PTE) instead, and the reads
+ *                             alone; pinned to the last CPU, thread CPU time, medians of 9 rounds; prints
+ *                             "wp+reads wake+reads reads" in ns per ioctl
  * Prints nanoseconds per ioctl (or per page for copy1).  Uses the project's own uapi header.
  */
 #define _GNU_SOURCE
@@ -282,6 +287,70 @@ static int bench_handoff(long n)
 	return 0;
 }
 
+static int cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+	return (x > y) - (x < y);
+}
+
+static uint64_t cpu_now(void)
+{
+	struct timespec t;
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+	return t.tv_sec * 1000000000ull + t.tv_nsec;
+}
+
+static int bench_wp_touch(int k, long stride)
+{
+	enum { PAGES = 4096, ROUNDS = 9 };
+	size_t len = (size_t)PAGES * 4096, tlen = (size_t)k * stride + 4096;
+	double v[3][ROUNDS];
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(sysconf(_SC_NPROCESSORS_ONLN) - 1, &set);
+	sched_setaffinity(0, sizeof(set), &set);
+	int fd = syscall(__NR_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	struct uffdio_api api = { UFFD_API, 0 };
+	if (fd < 0 || ioctl(fd, UFFDIO_API, &api)) die("userfaultfd");
+	char *dst = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	volatile char *rd = mmap(NULL, tlen, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE, -1, 0);
+	if (dst == MAP_FAILED || rd == MAP_FAILED) die("mmap");
+	struct uffdio_register reg = { { (uintptr_t)dst, len }, UFFDIO_REGISTER_MODE_WP };
+	if (ioctl(fd, UFFDIO_REGISTER, &reg)) die("register");
+	for (int r = 0; r < ROUNDS; r++) {
+		memset(dst, 2, len);
+		uint64_t t0 = cpu_now();
+		for (int on = 1; on >= 0; on--)
+			for (long i = 0; i < PAGES; i++) {
+				struct uffdio_writeprotect w = { { (uintptr_t)dst + i * 4096, 4096 },
+								 on ? UFFDIO_WRITEPROTECT_MODE_WP : 0 };
+				if (ioctl(fd, UFFDIO_WRITEPROTECT, &w)) die("wp");
+				for (int j = 0; j < k; j++)
+					(void)rd[(size_t)j * stride];
+			}
+		v[0][r] = (double)(cpu_now() - t0) / (2 * PAGES);
+		t0 = cpu_now();
+		for (long i = 0; i < 2 * PAGES; i++) {
+			struct uffdio_range w = { (uintptr_t)dst, 4096 };
+			if (ioctl(fd, UFFDIO_WAKE, &w)) die("wake");
+			for (int j = 0; j < k; j++)
+				(void)rd[(size_t)j * stride];
+		}
+		v[1][r] = (double)(cpu_now() - t0) / (2 * PAGES);
+		t0 = cpu_now();
+		for (long i = 0; i < 2 * PAGES; i++) {
+			for (int j = 0; j < k; j++)
+				(void)rd[(size_t)j * stride];
+			__asm__ volatile("" ::: "memory");
+		}
+		v[2][r] = (double)(cpu_now() - t0) / (2 * PAGES);
+	}
+	for (int i = 0; i < 3; i++)
+		qsort(v[i], ROUNDS, sizeof(double), cmp_double);
+	printf("%.1f %.1f %.1f\n", v[0][ROUNDS / 2], v[1][ROUNDS / 2], v[2][ROUNDS / 2]);
+	return 0;
+}
+
 int main(int argc, char **argv)
 {
 	const char *what = argc > 1 ? argv[1] : "wake";
@@ -294,5 +363,7 @@ int main(int argc, char **argv)
 		return bench_scan(argc > 2 ? atol(argv[2]) : 1024, argc > 3 ? atol(argv[3]) : 512);
 	if (!strcmp(what, "handoff"))
 		return bench_handoff(argc > 2 ? atol(argv[2]) : 10000);
+	if (!strcmp(what, "wp-touch"))
+		return bench_wp_touch(argc > 2 ? atoi(argv[2]) : 0, argc > 3 ? atol(argv[3]) : 4160);
 	return main_ioctl(argc, argv);
 }
