@@ -116,6 +116,23 @@ def test_check_cli(cli, res):
     assert p.returncode == res["exit"] and json.loads(p.stdout)["exit"] == res["exit"]
 
 
+def test_check_names_the_version_and_the_emulator_twin(cli, res):
+    """The kernel line carries the upstream version (Debian's sublevel from /proc/version) and the next line the
+    emulator profile that is this kernel's twin, the one `uffdctl repro` runs beside it."""
+    from uffdctl.kernel import running_version
+    from uffdctl.registry import describe_twin, twin_profile
+    from uffdctl.repro import kernel_facts, mirror_profile
+    k = res["kernel"]
+    assert k["version"] == "%d.%d.%d" % running_version()
+    facts = kernel_facts()
+    assert k["emulator_twin"] == twin_profile(k["release"], k["version"]) == \
+        mirror_profile(facts["release"], facts["version"])
+    assert k["emulator_twin_description"] == describe_twin(k["emulator_twin"])
+    lines = cli("check").stdout.splitlines()
+    assert lines[0].endswith(f"({k['version']})")
+    assert lines[1] == "emulator twin: " + k["emulator_twin_description"]
+
+
 def test_check_without_the_native_module(monkeypatch):
     import uffdctl._native as native
     from uffdctl.check import run_checks

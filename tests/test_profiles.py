@@ -233,6 +233,15 @@ def test_mirror_profile_names_the_release_only_where_it_differs():
     assert mirror_profile("5.10.0-30-amd64", "5.10.218") == "6.18"      # a series not modelled: the default
 
 
+def test_describe_twin_names_what_a_release_lacks():
+    from uffdctl.registry import describe_twin
+    assert describe_twin("6.1") == "profile 6.1 (6.1.192)"
+    d = describe_twin("6.1.176")
+    assert d.startswith("profile 6.1.176: the 6.1 profile (6.1.192) less 2 stable backports (")
+    assert "0cef0bb836e3" in d and d.count("6.1.191") == 2
+    assert describe_twin("6.1.200") == "profile 6.1.200: the 6.1 profile (6.1.192), no later backport recorded"
+
+
 def test_run_with_a_release_profile_from_the_shell(tmp_path):
     """``--profile 6.1.176`` from the shell: the backend line says which profile ran; a release of a series
     not modelled is a one-line usage error."""

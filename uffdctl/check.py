@@ -168,10 +168,25 @@ def probe_register(b, features: int) -> list[dict]:
     return rows
 
 
+def _kernel_facts() -> dict:
+    """uname, the upstream version (Debian's sublevel from /proc/version) and the emulator profile that is this
+    kernel's twin (what `uffdctl repro` runs beside it)."""
+    from .kernel import running_version
+    from .registry import describe_twin, twin_profile
+    k = {"release": platform.release(), "machine": platform.machine()}
+    try:
+        k["version"] = "%d.%d.%d" % running_version()
+    except ValueError:
+        k["version"] = None
+    k["emulator_twin"] = twin_profile(k["release"], k["version"])
+    k["emulator_twin_description"] = describe_twin(k["emulator_twin"])
+    return k
+
+
 def run_checks() -> dict:
     """Probe everything; never raises for a property of the host."""
     from ._native import available
-    res: dict = {"kernel": {"release": platform.release(), "machine": platform.machine()}, "verdicts": []}
+    res: dict = {"kernel": _kernel_facts(), "verdicts": []}
     v = res["verdicts"]
     ok, why = available()
     if not ok:
@@ -297,7 +312,9 @@ def _finish(res: dict) -> dict:
 
 def render(res: dict, verbose: bool = False) -> str:
     k = res["kernel"]
-    lines = [f"kernel: {k['release']} {k['machine']}"]
+    lines = [f"kernel: {k['release']} {k['machine']}" + (f" ({k['version']})" if k.get("version") else "")]
+    if k.get("emulator_twin_description"):
+        lines.append(f"emulator twin: {k['emulator_twin_description']}")
     tag = {OK: "ok", UNSUPPORTED: "UNSUPPORTED", BROKEN: "BROKEN", NA: "n/a"}
     for x in res["verdicts"]:
         lines.append(f"{x['check']}: {tag[x['status']]}: {x['message']}")

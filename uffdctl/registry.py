@@ -118,11 +118,34 @@ def is_emulator_profile(name: str) -> bool:
     return is_profile(name)
 
 
-def release_lacks_backports(version: str) -> bool:
-    """True when a release ("6.1.176") of a modelled series predates backports its series' profile has."""
+def twin_profile(release: str, version: str | None = None) -> str:
+    """The emulator profile of a kernel: its series' (6.1, 6.18, ...), or its release's ("6.1.176", ``version``
+    being the upstream version the kernel backend's describe() reads) where that release lacks stable
+    backports the series' profile has; the default (6.18) for a series not modelled."""
     from .emu.profiles import split_release, taken_back
-    sr = split_release(version)
-    return bool(sr and taken_back(*sr))
+    series = ".".join(release.split("-")[0].split(".")[:2])
+    if series not in emulator_profiles():
+        return default_profile()
+    sr = split_release(version) if version else None
+    if sr and sr[0] == series and taken_back(*sr):
+        return version
+    return series
+
+
+def describe_twin(name: str) -> str:
+    """One line on what a profile models: "profile 6.1.176: the 6.1 profile (6.1.192) less 2 stable backports
+    (...)", or "profile 6.18 (6.18.44)"."""
+    from .emu.profiles import PROFILES, get_profile, split_release, taken_back
+    p = get_profile(name)
+    if name in PROFILES:
+        return f"profile {name} ({p.release})"
+    series, sub = split_release(name)
+    back = taken_back(series, sub)
+    base = f"profile {name}: the {series} profile ({PROFILES[series].release})"
+    if not back:
+        return base + ", no later backport recorded"
+    return base + f" less {len(back)} stable backport{'s' if len(back) > 1 else ''} (" + \
+        "; ".join(f"{change}, {series}.{s}" for s, change, _ in back) + ")"
 
 
 def profile_series(name: str) -> str:

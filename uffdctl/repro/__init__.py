@@ -72,16 +72,9 @@ def kernel_facts() -> dict:
 
 
 def mirror_profile(release: str, version: str | None = None) -> str:
-    """The emulator profile of the running kernel: its series' (6.1, 6.18, ...), or its release's ("6.1.176",
-    ``version`` being the upstream version describe() reads) where that release lacks stable backports the
-    series' profile has; the default (6.18) for a series not modelled."""
-    from ..registry import default_profile, emulator_profiles, release_lacks_backports
-    series = ".".join(release.split("-")[0].split(".")[:2])
-    if series not in emulator_profiles():
-        return default_profile()
-    if version and ".".join(version.split(".")[:2]) == series and release_lacks_backports(version):
-        return version
-    return series
+    """The emulator profile of the running kernel (registry.twin_profile())."""
+    from ..registry import twin_profile
+    return twin_profile(release, version)
 
 
 def declared_twin() -> tuple[str | None, tuple]:
