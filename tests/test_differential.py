@@ -928,17 +928,17 @@ def _unprotect_spinning(ks: Side, tn: str, bound: float = 10) -> bool:
     message the spinning writer may queue on its way into handle_userfault()).  True once it finished."""
     r, p = ks.acc_at[tn]
     reg = ks.regions[r]
-    addr = reg.addr + p * reg.page_size
+    page = ks.addr(r, p)
     acc = ks.acc[tn][0]
     u = ks.b.userfaultfd()
     try:
         u.api(0)
         u.register(reg.addr, reg.len, R.WP)
-        u.writeprotect(addr - addr % reg.page_size, reg.page_size, 0)
+        u.writeprotect(page, reg.page_size, 0)
         deadline = time.monotonic() + bound
         while not acc.wait(0.05) and time.monotonic() < deadline:
             if u.read_msgs():
-                u.wake(addr - addr % reg.page_size, reg.page_size)
+                u.wake(page, reg.page_size)
         return acc.done
     finally:
         u.close()

@@ -171,13 +171,9 @@ def probe_register(b, features: int) -> list[dict]:
 def _kernel_facts() -> dict:
     """uname, the upstream version (Debian's sublevel from /proc/version) and the emulator profile that is this
     kernel's twin (what `uffdctl repro` runs beside it)."""
-    from .kernel import running_version
+    from .kernel import running_version_str
     from .registry import describe_twin, twin_profile
-    k = {"release": platform.release(), "machine": platform.machine()}
-    try:
-        k["version"] = "%d.%d.%d" % running_version()
-    except ValueError:
-        k["version"] = None
+    k = {"release": platform.release(), "machine": platform.machine(), "version": running_version_str()}
     k["emulator_twin"] = twin_profile(k["release"], k["version"])
     k["emulator_twin_description"] = describe_twin(k["emulator_twin"])
     return k

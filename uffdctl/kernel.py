@@ -103,13 +103,22 @@ def parse_version(release: str, proc_version: str = "") -> tuple[int, int, int]:
 
 
 def running_version() -> tuple[int, int, int]:
-    """The running kernel's upstream version, sublevel included (see parse_version())."""
+    """The running kernel's upstream version, sublevel included (see parse_version()); ValueError when
+    neither uname nor /proc/version gives one."""
     try:
         with open("/proc/version") as f:
             pv = f.read()
     except OSError:
         pv = ""
     return parse_version(platform.release(), pv)
+
+
+def running_version_str() -> str | None:
+    """running_version() as "6.1.176", None when it cannot be read."""
+    try:
+        return "%d.%d.%d" % running_version()
+    except ValueError:
+        return None
 
 
 def open_error_hint(err: int, via: str) -> str:
@@ -514,8 +523,8 @@ class KernelBackend(KernelMm, Backend):
         if self._features is None:
             self._features = self.probe_features()
         sd = self.soft_dirty()
-        return {"backend": self.name, "release": platform.release(),
-                "version": "%d.%d.%d" % running_version(), "machine": platform.machine(), "profile": None, "soft_dirty": sd.available, "soft_dirty_reason": sd.reason,
+        return {"backend": self.name, "release": platform.release(), "version": running_version_str(),
+                "machine": platform.machine(), "profile": None, "soft_dirty": sd.available, "soft_dirty_reason": sd.reason,
                 "features": self._features, "user_mode_only": int(bool(self.user_mode_only)),
                 "user_mode_only_reason": self.user_mode_only_reason}
 

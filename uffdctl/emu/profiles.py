@@ -233,7 +233,9 @@ DEFAULT_PROFILE = "6.18"
 # A profile named by a full release, "6.1.176", is its series' profile (which is held to the series'
 # ``release``, 6.1.192) with every backport of a later sublevel taken back: a stable kernel is its series
 # plus what was backported by then.  Found by the 6.1.176 guest (Debian's 6.1.0-50): its mremap() keeps a
-# moved PTE's uffd-wp bit, where 6.1.192's clears it.  Backports of an unrecorded sublevel stay as the
+# moved PTE's uffd-wp bit, where 6.1.192's clears it.  Measured here: the two 6.1.191 entries (6.1.176 against
+# 6.1.192, tests/data/kernels/); the other sublevels are the ones the switches' comments above cite (stable
+# history, no kernel of those sublevels booted here).  Backports of an unrecorded sublevel stay as the
 # series' profile has them (those of 6.12's two 6.15 fixes are among them).
 STABLE_BACKPORTS: dict[str, list[tuple[int, str, dict]]] = {
     "6.1": [
@@ -284,9 +286,9 @@ def get_profile(name: str, **switches) -> Profile:
     profile less the stable backports after 6.1.176, see STABLE_BACKPORTS), with ``switches`` overridden."""
     p = PROFILES.get(name)
     if p is None:
-        sr = split_release(name) if isinstance(name, str) else None
+        sr = split_release(name)
         if sr is None or sr[0] not in PROFILES:
-            raise ValueError(f"unknown emulator profile {name!r} (valid: {profile_names_help()})") from None
+            raise ValueError(f"unknown emulator profile {name!r} (valid: {profile_names_help()})")
         series, sub = sr
         back = {k: before for _, _, sw in taken_back(series, sub) for k, (before, _after) in sw.items()}
         p = replace(PROFILES[series], name=name, release=name, **back)
